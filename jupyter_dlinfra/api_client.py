@@ -1,0 +1,120 @@
+"""The kernel's side of ``/dlinfra/api``: a small client on the standard library.
+
+It runs inside every kernel, so it imports nothing heavy; it speaks only to the server that started
+the kernel (``DLINFRA_API_URL``), with the kernel's own token.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ApiFailure", "DLInfraUnavailable", "KernelApiClient"]
+
+
+class DLInfraUnavailable(Exception):
+    """No dlinfra server can be reached from this kernel."""
+
+
+class ApiFailure(Exception):
+    """The server answered with an error; ``str()`` is its message for people."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class KernelApiClient:
+    def __init__(self, base_url: str, kernel_id: str, token: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.kernel_id = kernel_id
+        self._token = token
+        self.timeout = timeout
+        # the server is local to the kernel: a proxy from the environment must not get in the way
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> KernelApiClient:
+        missing = [
+            name
+            for name in ("DLINFRA_API_URL", "DLINFRA_KERNEL_ID", "DLINFRA_TOKEN")
+            if not environ.get(name)
+        ]
+        if missing:
+            raise DLInfraUnavailable(
+                "this kernel was not started by a Jupyter server with jupyter-dlinfra "
+                f"({', '.join(missing)} not set), so there is no GPU ledger to ask"
+            )
+        return cls(
+            environ["DLINFRA_API_URL"], environ["DLINFRA_KERNEL_ID"], environ["DLINFRA_TOKEN"]
+        )
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        query: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        url = urllib.parse.urljoin(self.base_url, "dlinfra/api/" + path)
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Authorization", f"DLInfra-Kernel {self._token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(req, timeout=timeout or self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            raise _failure(err) from None
+        except (urllib.error.URLError, OSError) as err:
+            why = getattr(err, "reason", err)
+            raise DLInfraUnavailable(
+                f"cannot reach the dlinfra server at {self.base_url}: {why}"
+            ) from None
+        return json.loads(raw) if raw else {}
+
+    # -- the calls %gpu makes ------------------------------------------------------------------
+
+    def request_gpus(self, count: int, model: str | None) -> dict[str, Any]:
+        return self.call(
+            "POST", "allocations", {"kernel_id": self.kernel_id, "count": count, "model": model}
+        )
+
+    def allocation(self, allocation_id: int, *, wait: float = 0.0) -> dict[str, Any]:
+        return self.call(
+            "GET",
+            f"allocations/{allocation_id}",
+            query={"wait": f"{wait:.3f}"},
+            timeout=self.timeout + wait,
+        )
+
+    def my_allocations(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.call("GET", "allocations")["allocations"]
+        return found
+
+    def release(self, allocation_id: int) -> None:
+        self.call("DELETE", f"allocations/{allocation_id}")
+
+    def restart_kernel(self) -> dict[str, Any]:
+        return self.call("POST", f"kernels/{self.kernel_id}/restart", {})
+
+    def cluster(self) -> dict[str, Any]:
+        return self.call("GET", "cluster")
+
+
+def _failure(err: urllib.error.HTTPError) -> ApiFailure:
+    try:
+        body = json.loads(err.read() or b"{}")
+        return ApiFailure(err.code, str(body.get("message") or err.reason), str(body.get("reason")))
+    except ValueError:
+        return ApiFailure(err.code, f"HTTP {err.code} {err.reason}", "http")

@@ -1,0 +1,563 @@
+"""The GPU ledger: who holds which GPU, who waits, in what order, and why.
+
+Requests are served first come, first served per node: a request that cannot be granted keeps the
+free GPUs it could use for itself, so a large request is never starved by a stream of small ones,
+while requests that want other GPUs (another model or node) go ahead. Every change is written,
+with an event row, in one transaction before anyone is told about it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, insert, select, update
+
+from .clock import Clock
+from .errors import Conflict, InvalidRequest, NotFound, Unsatisfiable
+from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
+from .store import Store, Transaction, allocation_gpus, allocations, events, gpus, holdings, kernels
+
+__all__ = ["Ledger", "model_matches"]
+
+_ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
+
+
+def model_matches(wanted: str | None, model: str) -> bool:
+    """``--model A100`` matches "NVIDIA A100-SXM4-80GB": people type the short name."""
+    return wanted is None or wanted.strip().lower() in model.lower()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class Ledger:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    # -- inventory ---------------------------------------------------------------------------
+
+    def sync_inventory(self, node: str, devices: Sequence[Gpu]) -> None:
+        """Make the node's GPUs in the ledger those that telemetry reports now.
+
+        A GPU that disappears is marked absent, not deleted: a grant that holds it stays visible
+        until its kernel releases it, but it is never granted again.
+        """
+        for gpu in devices:
+            if gpu.node != node:
+                raise InvalidRequest(f"GPU {gpu.uuid} belongs to node {gpu.node}, not {node}")
+        with self.store.write() as tx:
+            conn = tx.conn
+            known = {r.uuid: r for r in conn.execute(select(gpus).where(gpus.c.node == node))}
+            seen = set()
+            for gpu in devices:
+                seen.add(gpu.uuid)
+                values = {
+                    "node": node,
+                    "idx": gpu.index,
+                    "model": gpu.model,
+                    "memory_bytes": gpu.memory_bytes,
+                    "simulated": gpu.simulated,
+                    "present": True,
+                }
+                old = known.get(gpu.uuid)
+                if old is None:
+                    conn.execute(insert(gpus).values(uuid=gpu.uuid, **values))
+                elif any(getattr(old, k) != v for k, v in values.items()):
+                    conn.execute(update(gpus).where(gpus.c.uuid == gpu.uuid).values(**values))
+                else:
+                    continue
+                self._event(tx, "gpu_seen", detail={"gpu": gpu.uuid, "node": node})
+            for uuid, row in known.items():
+                if uuid not in seen and row.present:
+                    conn.execute(update(gpus).where(gpus.c.uuid == uuid).values(present=False))
+                    self._event(tx, "gpu_lost", detail={"gpu": uuid, "node": node})
+            if tx.changed:
+                self._schedule(tx)
+
+    def gpus(self, node: str | None = None, *, include_absent: bool = False) -> list[Gpu]:
+        query = select(gpus).order_by(gpus.c.node, gpus.c.idx)
+        if node is not None:
+            query = query.where(gpus.c.node == node)
+        if not include_absent:
+            query = query.where(gpus.c.present.is_(True))
+        with self.store.read() as conn:
+            return [_gpu(r) for r in conn.execute(query)]
+
+    def holders(self) -> dict[str, Allocation]:
+        """Granted allocations by the UUID of each GPU they hold."""
+        with self.store.read() as conn:
+            held = conn.execute(select(holdings.c.gpu_uuid, holdings.c.allocation_id)).all()
+            by_id = {a.id: a for a in self._load(conn, allocations.c.id.in_({h[1] for h in held}))}
+        return {uuid: by_id[aid] for uuid, aid in held}
+
+    # -- kernels -----------------------------------------------------------------------------
+
+    def register_kernel(
+        self, record: KernelRecord, *, token_hash: str | None = None
+    ) -> KernelRecord:
+        """Insert or refresh a kernel; a relaunch keeps its row (and its GPUs when carried over)."""
+        values = {
+            "user": record.user,
+            "node": record.node,
+            "server_id": record.server_id,
+            "kernel_name": record.kernel_name,
+            "path": record.path,
+            "pid": record.pid,
+            "pid_started_at": record.pid_started_at,
+            "keep_on_restart": record.keep_on_restart,
+            "token_hash": token_hash,
+        }
+        with self.store.write() as tx:
+            exists = tx.conn.execute(
+                select(kernels.c.created_at).where(kernels.c.kernel_id == record.kernel_id)
+            ).first()
+            if exists is None:
+                created = record.created_at or self.clock.now()
+                tx.conn.execute(
+                    insert(kernels).values(kernel_id=record.kernel_id, created_at=created, **values)
+                )
+            else:
+                tx.conn.execute(
+                    update(kernels).where(kernels.c.kernel_id == record.kernel_id).values(**values)
+                )
+            self._event(tx, "kernel_registered", kernel_id=record.kernel_id)
+            return self._kernel(tx.conn, record.kernel_id)
+
+    def update_kernel(self, kernel_id: str, **changes: Any) -> KernelRecord:
+        allowed = {"pid", "pid_started_at", "keep_on_restart", "path", "kernel_name"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidRequest(f"cannot change {', '.join(sorted(unknown))} of a kernel")
+        with self.store.write() as tx:
+            self._kernel(tx.conn, kernel_id)
+            tx.conn.execute(
+                update(kernels).where(kernels.c.kernel_id == kernel_id).values(**changes)
+            )
+            tx.touch()
+            return self._kernel(tx.conn, kernel_id)
+
+    def kernel(self, kernel_id: str) -> KernelRecord:
+        with self.store.read() as conn:
+            return self._kernel(conn, kernel_id)
+
+    def kernel_by_token_hash(self, token_hash: str) -> KernelRecord | None:
+        with self.store.read() as conn:
+            row = conn.execute(select(kernels).where(kernels.c.token_hash == token_hash)).first()
+            return None if row is None else _kernel(row)
+
+    def kernels(self, node: str | None = None) -> list[KernelRecord]:
+        query = select(kernels).order_by(kernels.c.created_at)
+        if node is not None:
+            query = query.where(kernels.c.node == node)
+        with self.store.read() as conn:
+            return [_kernel(r) for r in conn.execute(query)]
+
+    def forget_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
+        """The kernel is gone for good: end its allocations and drop its token."""
+        with self.store.write() as tx:
+            ended = self._end_kernel_allocations(tx, kernel_id, reason)
+            gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
+            if gone.rowcount:
+                self._event(tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason})
+            if ended:
+                self._schedule(tx)
+            return [self._allocation(tx.conn, a) for a in ended]
+
+    def reconcile(
+        self, node: str, is_alive: Callable[[KernelRecord], bool], *, reason: str
+    ) -> list[str]:
+        """Forget the kernels of ``node`` whose process is gone; return their ids."""
+        dead = [k.kernel_id for k in self.kernels(node) if not is_alive(k)]
+        for kernel_id in dead:
+            self.forget_kernel(kernel_id, reason=reason)
+        return dead
+
+    # -- allocations -------------------------------------------------------------------------
+
+    def request(self, *, kernel_id: str, count: int, model: str | None = None) -> Allocation:
+        """Ask for ``count`` GPUs for a kernel: granted at once, or queued with a position."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise InvalidRequest(f"the GPU count must be a whole number, not {count!r}")
+        if count <= 0:
+            raise InvalidRequest(f"ask for at least 1 GPU (got {count})")
+        if model is not None:
+            if not isinstance(model, str) or not model.strip():
+                raise InvalidRequest("the GPU model must be a non-empty name, such as 'A100'")
+            model = model.strip()
+        with self.store.write() as tx:
+            conn = tx.conn
+            kernel = self._kernel(conn, kernel_id)
+            self._check_satisfiable(conn, kernel.node, count, model)
+            current = self._load(
+                conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
+            )
+            if current:
+                held = current[0]
+                if held.count == count and held.model == model:
+                    return self._allocation(conn, held)
+                verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
+                raise Conflict(
+                    f"this kernel already {verb} {_plural(held.count, 'GPU')} (allocation "
+                    f"{held.id}); release them first with `%gpu release`",
+                    reason="already_allocated",
+                )
+            inserted = conn.execute(
+                insert(allocations).values(
+                    kernel_id=kernel_id,
+                    user=kernel.user,
+                    node=kernel.node,
+                    count=count,
+                    model=model,
+                    state=AllocationState.QUEUED.value,
+                    created_at=self.clock.now(),
+                )
+            )
+            new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+            self._event(
+                tx,
+                "requested",
+                allocation_id=new_id,
+                kernel_id=kernel_id,
+                detail={"count": count, "model": model},
+            )
+            self._schedule(tx)
+            return self._allocation(conn, self._one(conn, new_id))
+
+    def release(self, allocation_id: int, *, reason: str) -> Allocation:
+        """End an allocation: a queued one is cancelled, a granted one released. Idempotent."""
+        with self.store.write() as tx:
+            alloc = self._one(tx.conn, allocation_id)
+            if alloc.state.active:
+                self._end(tx, alloc, reason)
+                self._schedule(tx)
+            return self._allocation(tx.conn, self._one(tx.conn, allocation_id))
+
+    def release_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
+        with self.store.write() as tx:
+            ended = self._end_kernel_allocations(tx, kernel_id, reason)
+            if ended:
+                self._schedule(tx)
+            return [self._allocation(tx.conn, a) for a in ended]
+
+    def allocation(self, allocation_id: int) -> Allocation:
+        with self.store.read() as conn:
+            return self._allocation(conn, self._one(conn, allocation_id))
+
+    def allocations(
+        self,
+        *,
+        kernel_id: str | None = None,
+        user: str | None = None,
+        node: str | None = None,
+        active: bool = True,
+    ) -> list[Allocation]:
+        cond: Any = allocations.c.id.is_not(None)
+        if kernel_id is not None:
+            cond = cond & (allocations.c.kernel_id == kernel_id)
+        if user is not None:
+            cond = cond & (allocations.c.user == user)
+        if node is not None:
+            cond = cond & (allocations.c.node == node)
+        if active:
+            cond = cond & allocations.c.state.in_(_ACTIVE)
+        with self.store.read() as conn:
+            found = self._load(conn, cond)
+            waiting = self._queue_view(conn)
+        return [_with_queue_info(a, waiting) for a in found]
+
+    def queue(self, node: str | None = None) -> list[Allocation]:
+        """Waiting requests in the order they will be served."""
+        with self.store.read() as conn:
+            cond = allocations.c.state == AllocationState.QUEUED.value
+            if node is not None:
+                cond = cond & (allocations.c.node == node)
+            found = self._load(conn, cond)
+            waiting = self._queue_view(conn)
+        return [_with_queue_info(a, waiting) for a in found]
+
+    def events(self, since: int = 0, limit: int = 1000) -> list[LedgerEvent]:
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.seq > since).order_by(events.c.seq).limit(limit)
+            )
+            return [
+                LedgerEvent(
+                    seq=r.seq,
+                    at=r.at,
+                    kind=r.kind,
+                    allocation_id=r.allocation_id,
+                    kernel_id=r.kernel_id,
+                    detail=json.loads(r.detail),
+                )
+                for r in rows
+            ]
+
+    def version(self) -> int:
+        return self.store.version()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _event(
+        self,
+        tx: Transaction,
+        kind: str,
+        *,
+        allocation_id: int | None = None,
+        kernel_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        tx.conn.execute(
+            insert(events).values(
+                at=self.clock.now(),
+                kind=kind,
+                allocation_id=allocation_id,
+                kernel_id=kernel_id,
+                detail=json.dumps(detail or {}),
+            )
+        )
+        tx.touch()
+
+    def _check_satisfiable(
+        self, conn: Connection, node: str, count: int, model: str | None
+    ) -> None:
+        present = [
+            _gpu(r)
+            for r in conn.execute(select(gpus).where((gpus.c.node == node) & gpus.c.present))
+        ]
+        if not present:
+            raise Unsatisfiable(f"node {node} has no GPUs", reason="no_gpus")
+        matching = [g for g in present if model_matches(model, g.model)]
+        if not matching:
+            models = ", ".join(sorted({g.model for g in present}))
+            raise Unsatisfiable(
+                f"no GPU of model '{model}' on node {node}; models here: {models}",
+                reason="unknown_model",
+            )
+        if count > len(matching):
+            kind = f" of model '{model}'" if model else ""
+            raise Unsatisfiable(
+                f"asked for {_plural(count, 'GPU')}{kind} but node {node} has {len(matching)}",
+                reason="too_many",
+            )
+
+    def _end(self, tx: Transaction, alloc: Allocation, reason: str) -> None:
+        state = (
+            AllocationState.RELEASED
+            if alloc.state is AllocationState.GRANTED
+            else AllocationState.CANCELLED
+        )
+        tx.conn.execute(delete(holdings).where(holdings.c.allocation_id == alloc.id))
+        tx.conn.execute(
+            update(allocations)
+            .where(allocations.c.id == alloc.id)
+            .values(state=state.value, ended_at=self.clock.now(), end_reason=reason)
+        )
+        self._event(
+            tx,
+            state.value,
+            allocation_id=alloc.id,
+            kernel_id=alloc.kernel_id,
+            detail={"reason": reason, "gpus": list(alloc.gpus)},
+        )
+
+    def _end_kernel_allocations(
+        self, tx: Transaction, kernel_id: str, reason: str
+    ) -> list[Allocation]:
+        active = self._load(
+            tx.conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
+        )
+        for alloc in active:
+            self._end(tx, alloc, reason)
+        return [self._one(tx.conn, a.id) for a in active]
+
+    def _schedule(self, tx: Transaction) -> list[int]:
+        """Grant what can be granted, in queue order. Runs inside the caller's write lock."""
+        conn = tx.conn
+        queued = self._load(conn, allocations.c.state == AllocationState.QUEUED.value)
+        if not queued:
+            return []
+        free = self._free_by_node(conn, {a.node for a in queued})
+        granted = []
+        now = self.clock.now()
+        for alloc in queued:
+            pool = free[alloc.node]
+            fits = [g for g in pool if model_matches(alloc.model, g.model)]
+            if len(fits) < alloc.count:
+                # keep these for the head of the line: strict order among rivals
+                for g in fits:
+                    pool.remove(g)
+                continue
+            chosen = fits[: alloc.count]
+            for g in chosen:
+                pool.remove(g)
+            conn.execute(
+                insert(holdings), [{"gpu_uuid": g.uuid, "allocation_id": alloc.id} for g in chosen]
+            )
+            conn.execute(
+                insert(allocation_gpus),
+                [{"gpu_uuid": g.uuid, "allocation_id": alloc.id} for g in chosen],
+            )
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == alloc.id)
+                .values(state=AllocationState.GRANTED.value, granted_at=now)
+            )
+            self._event(
+                tx,
+                "granted",
+                allocation_id=alloc.id,
+                kernel_id=alloc.kernel_id,
+                detail={"gpus": [g.uuid for g in chosen], "waited_s": now - alloc.created_at},
+            )
+            granted.append(alloc.id)
+        return granted
+
+    def _free_by_node(self, conn: Connection, nodes: Iterable[str]) -> dict[str, list[Gpu]]:
+        rows = conn.execute(
+            select(gpus)
+            .where(
+                gpus.c.node.in_(set(nodes))
+                & gpus.c.present
+                & gpus.c.uuid.not_in(select(holdings.c.gpu_uuid))
+            )
+            .order_by(gpus.c.node, gpus.c.idx)
+        )
+        free: dict[str, list[Gpu]] = defaultdict(list)
+        for r in rows:
+            free[r.node].append(_gpu(r))
+        return free
+
+    def _queue_view(self, conn: Connection) -> dict[int, tuple[int, str]]:
+        """Position and reason in words for every queued request, replaying the scheduler."""
+        queued = self._load(conn, allocations.c.state == AllocationState.QUEUED.value)
+        if not queued:
+            return {}
+        nodes = {a.node for a in queued}
+        free = self._free_by_node(conn, nodes)
+        all_gpus = [
+            _gpu(r)
+            for r in conn.execute(select(gpus).where(gpus.c.node.in_(nodes) & gpus.c.present))
+        ]
+        holder_of: dict[str, str] = {
+            uuid: user
+            for uuid, user in conn.execute(
+                select(holdings.c.gpu_uuid, allocations.c.user).join(
+                    allocations, allocations.c.id == holdings.c.allocation_id
+                )
+            )
+        }
+        positions: Counter[str] = Counter()
+        view: dict[int, tuple[int, str]] = {}
+        for alloc in queued:
+            positions[alloc.node] += 1
+            pool = free[alloc.node]
+            matching = [
+                g for g in all_gpus if g.node == alloc.node and model_matches(alloc.model, g.model)
+            ]
+            fits = [g for g in pool if model_matches(alloc.model, g.model)]
+            for g in fits:
+                pool.remove(g)
+            kind = f" of model '{alloc.model}'" if alloc.model else ""
+            free_count = sum(1 for g in matching if g.uuid not in holder_of)
+            reason = (
+                f"waiting for {_plural(alloc.count, 'GPU')}{kind} on {alloc.node}: "
+                f"{free_count} of {len(matching)} free"
+            )
+            holders = Counter(holder_of[g.uuid] for g in matching if g.uuid in holder_of)
+            if holders:
+                reason += "; held by " + ", ".join(f"{u} ({n})" for u, n in holders.most_common())
+            reserved = free_count - len(fits)
+            if reserved > 0:
+                reason += f"; {reserved} kept for earlier requests in the queue"
+            view[alloc.id] = (positions[alloc.node], reason)
+        return view
+
+    def _kernel(self, conn: Connection, kernel_id: str) -> KernelRecord:
+        row = conn.execute(select(kernels).where(kernels.c.kernel_id == kernel_id)).first()
+        if row is None:
+            raise NotFound(f"no kernel {kernel_id} is known to the GPU ledger", reason="no_kernel")
+        return _kernel(row)
+
+    def _one(self, conn: Connection, allocation_id: int) -> Allocation:
+        found = self._load(conn, allocations.c.id == allocation_id)
+        if not found:
+            raise NotFound(f"no allocation {allocation_id}", reason="no_allocation")
+        return found[0]
+
+    def _load(self, conn: Connection, cond: Any) -> list[Allocation]:
+        rows = conn.execute(select(allocations).where(cond).order_by(allocations.c.id)).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        owned: dict[int, list[str]] = defaultdict(list)
+        gpu_rows = conn.execute(
+            select(allocation_gpus.c.allocation_id, allocation_gpus.c.gpu_uuid, gpus.c.idx)
+            .join(gpus, gpus.c.uuid == allocation_gpus.c.gpu_uuid)
+            .where(allocation_gpus.c.allocation_id.in_(ids))
+            .order_by(gpus.c.idx)
+        )
+        for aid, uuid, _idx in gpu_rows:
+            owned[aid].append(uuid)
+        return [_allocation_row(r, tuple(owned.get(r.id, ()))) for r in rows]
+
+    def _allocation(self, conn: Connection, alloc: Allocation) -> Allocation:
+        if alloc.state is not AllocationState.QUEUED:
+            return alloc
+        return _with_queue_info(alloc, self._queue_view(conn))
+
+
+def _with_queue_info(alloc: Allocation, view: dict[int, tuple[int, str]]) -> Allocation:
+    info = view.get(alloc.id)
+    if info is None:
+        return alloc
+    return replace(alloc, position=info[0], waiting_reason=info[1])
+
+
+def _gpu(r: Row[Any]) -> Gpu:
+    return Gpu(
+        uuid=r.uuid,
+        node=r.node,
+        index=r.idx,
+        model=r.model,
+        memory_bytes=r.memory_bytes,
+        simulated=bool(r.simulated),
+        present=bool(r.present),
+    )
+
+
+def _kernel(r: Row[Any]) -> KernelRecord:
+    return KernelRecord(
+        kernel_id=r.kernel_id,
+        user=r.user,
+        node=r.node,
+        server_id=r.server_id,
+        kernel_name=r.kernel_name,
+        path=r.path,
+        pid=r.pid,
+        pid_started_at=r.pid_started_at,
+        keep_on_restart=bool(r.keep_on_restart),
+        created_at=r.created_at,
+    )
+
+
+def _allocation_row(r: Row[Any], owned: tuple[str, ...]) -> Allocation:
+    return Allocation(
+        id=r.id,
+        kernel_id=r.kernel_id,
+        user=r.user,
+        node=r.node,
+        count=r._mapping["count"],
+        model=r.model,
+        state=AllocationState(r.state),
+        gpus=owned,
+        created_at=r.created_at,
+        granted_at=r.granted_at,
+        ended_at=r.ended_at,
+        end_reason=r.end_reason,
+    )

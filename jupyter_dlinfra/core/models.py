@@ -1,0 +1,81 @@
+"""The ledger's value objects: frozen, keyword-only, free of any storage or web concern."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = ["Allocation", "AllocationState", "Gpu", "KernelRecord", "LedgerEvent"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gpu:
+    uuid: str
+    node: str
+    index: int
+    model: str
+    memory_bytes: int
+    simulated: bool = False
+    #: False once the telemetry provider stops reporting it; it is then never granted again
+    present: bool = True
+
+
+class AllocationState(str, enum.Enum):
+    QUEUED = "queued"
+    GRANTED = "granted"
+    RELEASED = "released"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (AllocationState.QUEUED, AllocationState.GRANTED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Allocation:
+    """One request for GPUs by one kernel, through its whole life: queued, granted, then ended."""
+
+    id: int
+    kernel_id: str
+    user: str
+    node: str
+    count: int
+    model: str | None
+    state: AllocationState
+    gpus: tuple[str, ...] = ()
+    created_at: float
+    granted_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+    #: 1-based place among the requests waiting on the same node; None unless queued
+    position: int | None = None
+    #: why a queued request waits, in words; None unless queued
+    waiting_reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelRecord:
+    """A kernel the ledger knows: who owns it, and how to tell whether its process still lives."""
+
+    kernel_id: str
+    user: str
+    node: str
+    server_id: str
+    kernel_name: str = ""
+    path: str | None = None
+    pid: int | None = None
+    #: the process's start time, so that a recycled pid is not mistaken for the kernel
+    pid_started_at: float | None = None
+    #: set by a restart that must keep the kernel's GPUs and apply them at the next launch
+    keep_on_restart: bool = False
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEvent:
+    seq: int
+    at: float
+    kind: str
+    allocation_id: int | None = None
+    kernel_id: str | None = None
+    detail: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,205 @@
+"""Persistence: the ledger's tables and transactions, on SQLite (WAL) or any SQLAlchemy database.
+
+Every write goes through :meth:`Store.write`, which takes the database-wide write lock first
+(``BEGIN IMMEDIATE`` on SQLite, a row lock on PostgreSQL and others), so scheduling decisions
+made by several server processes sharing one database are serialised. The primary key of
+``holdings`` is a second line of defence: a GPU has one holder row at most, whatever the isolation
+level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+__all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "dlinfra_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+gpus = Table(
+    "dlinfra_gpus",
+    metadata,
+    Column("uuid", String(128), primary_key=True),
+    Column("node", String(255), nullable=False, index=True),
+    Column("idx", Integer, nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("memory_bytes", BigInteger, nullable=False),
+    Column("simulated", Boolean, nullable=False, default=False),
+    Column("present", Boolean, nullable=False, default=True),
+)
+
+kernels = Table(
+    "dlinfra_kernels",
+    metadata,
+    Column("kernel_id", String(64), primary_key=True),
+    Column("user", String(255), nullable=False),
+    Column("node", String(255), nullable=False, index=True),
+    Column("server_id", String(64), nullable=False),
+    Column("kernel_name", String(255), nullable=False, default=""),
+    Column("path", Text, nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("pid_started_at", Float, nullable=True),
+    Column("keep_on_restart", Boolean, nullable=False, default=False),
+    Column("token_hash", String(64), nullable=True, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+allocations = Table(
+    "dlinfra_allocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kernel_id", String(64), nullable=False, index=True),
+    Column("user", String(255), nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("model", String(255), nullable=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
+    Column("granted_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Column("end_reason", Text, nullable=True),
+)
+
+allocation_gpus = Table(
+    "dlinfra_allocation_gpus",
+    metadata,
+    Column("allocation_id", Integer, ForeignKey("dlinfra_allocations.id"), primary_key=True),
+    Column("gpu_uuid", String(128), primary_key=True),
+)
+
+holdings = Table(
+    "dlinfra_holdings",
+    metadata,
+    Column("gpu_uuid", String(128), ForeignKey("dlinfra_gpus.uuid"), primary_key=True),
+    Column("allocation_id", Integer, ForeignKey("dlinfra_allocations.id"), nullable=False),
+)
+
+events = Table(
+    "dlinfra_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("allocation_id", Integer, nullable=True),
+    Column("kernel_id", String(64), nullable=True),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+_WRITE = "dlinfra_write"
+
+
+class Transaction:
+    """An open write transaction; ``touch()`` marks that it changed the ledger."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.changed = False
+
+    def touch(self) -> None:
+        self.changed = True
+
+
+class Store:
+    """Owns the engine; hands out read and write transactions."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            engine_kwargs.setdefault("connect_args", {}).update(
+                {"timeout": 60, "check_same_thread": False}
+            )
+        self.engine: Engine = create_engine(self.url, **engine_kwargs)
+        if self.is_sqlite:
+            self._configure_sqlite(self.engine)
+        self._create_schema()
+
+    @staticmethod
+    def _configure_sqlite(engine: Engine) -> None:
+        # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up
+        # front; we switch it off and issue BEGIN ourselves (SQLAlchemy's documented recipe).
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout = 60000")
+            if engine.url.database not in (None, "", ":memory:"):
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get(_WRITE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    def _create_schema(self) -> None:
+        with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+            if self.url.get_backend_name() == "postgresql":
+                # concurrent first starts must not race on CREATE TABLE
+                conn.execute(text("SELECT pg_advisory_xact_lock(421337)"))
+            metadata.create_all(conn)
+            existing = set(conn.execute(select(meta.c.key)).scalars())
+            for key, value in (("schema", SCHEMA_VERSION), ("version", 0)):
+                if key not in existing:
+                    conn.execute(meta.insert().values(key=key, value=value))
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """A transaction that holds the ledger's write lock from its first statement."""
+        with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+            if not self.is_sqlite:
+                conn.execute(select(meta.c.value).where(meta.c.key == "version").with_for_update())
+            tx = Transaction(conn)
+            yield tx
+            if tx.changed:
+                conn.execute(
+                    update(meta).where(meta.c.key == "version").values(value=meta.c.value + 1)
+                )
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def version(self) -> int:
+        """A counter that grows with every change: cheap to poll from other processes."""
+        with self.read() as conn:
+            return int(
+                conn.execute(select(meta.c.value).where(meta.c.key == "version")).scalar_one()
+            )
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""The jupyter-server side: extension app, REST handlers, kernel authentication, periodic loops."""

@@ -1,0 +1,186 @@
+"""REST handlers under ``/dlinfra/api``: thin, each one parse -> ledger call -> view."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..core import AllocationState, Gpu
+from .auth import DLInfraHandler, authorized
+from .errors import ApiError
+from .views import allocation_json, cluster_json
+
+__all__ = ["ROUTES"]
+
+MAX_WAIT_S = 60.0
+
+
+def _allocation_id(raw: str) -> int:
+    if not raw.isdigit():
+        raise ApiError(400, f"allocation id must be a number, not {raw!r}", code="bad_id")
+    return int(raw)
+
+
+class _Base(DLInfraHandler):
+    async def gpu_index(self) -> dict[str, Gpu]:
+        gpus = await self.service.call(self.service.ledger.gpus, include_absent=True)
+        return {g.uuid: g for g in gpus}
+
+
+class ClusterHandler(_Base):
+    @authorized("read")
+    async def get(self) -> None:
+        ledger = self.service.ledger
+        gpus = await self.service.call(ledger.gpus)
+        holders = await self.service.call(ledger.holders)
+        kernels = await self.service.call(ledger.kernels)
+        queue = await self.service.call(ledger.queue)
+        self.answer(
+            cluster_json(
+                gpus=gpus,
+                holders=holders,
+                kernels={k.kernel_id: k for k in kernels},
+                samples=self.service.samples,
+                provider=self.service.provider,
+                local_node=self.service.settings.node,
+                queue_length=len(queue),
+            )
+        )
+
+
+class AllocationsHandler(_Base):
+    @authorized("read")
+    async def get(self) -> None:
+        kernel_id = self.get_query_argument("kernel_id", None)
+        if self.kernel_scope is not None:
+            kernel_id = self.kernel_scope
+        state = self.get_query_argument("state", "active")
+        if state not in ("active", "all"):
+            raise ApiError(400, "state must be 'active' or 'all'", code="bad_query")
+        found = await self.service.call(
+            self.service.ledger.allocations,
+            kernel_id=kernel_id,
+            user=self.get_query_argument("user", None),
+            active=state == "active",
+        )
+        gpus = await self.gpu_index()
+        self.answer(
+            {"allocations": [allocation_json(a, gpus, self.service.samples) for a in found]}
+        )
+
+    @authorized("write")
+    async def post(self) -> None:
+        body = self.json_body()
+        unknown = set(body) - {"kernel_id", "count", "model"}
+        if unknown:
+            raise ApiError(
+                400,
+                f"unknown field(s): {', '.join(sorted(unknown))}; expected kernel_id, "
+                "count and model",
+                code="bad_field",
+            )
+        kernel_id = body.get("kernel_id", self.kernel_scope)
+        if not isinstance(kernel_id, str) or not kernel_id:
+            raise ApiError(400, "kernel_id (a string) is required", code="bad_field")
+        count = body.get("count")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ApiError(400, "count must be a whole number of GPUs, such as 2", code="bad_field")
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ApiError(400, "model must be a string, such as 'A100', or null", code="bad_field")
+        record = await self.service.call(self.service.ledger.kernel, kernel_id)
+        self.own_kernel(kernel_id, record.user)
+        alloc = await self.service.mutate(
+            self.service.ledger.request, kernel_id=kernel_id, count=count, model=model
+        )
+        self.set_header(
+            "Location", self.base_url.rstrip("/") + f"/dlinfra/api/allocations/{alloc.id}"
+        )
+        self.answer(allocation_json(alloc, await self.gpu_index()), status=201)
+
+
+class AllocationHandler(_Base):
+    @authorized("read")
+    async def get(self, allocation_id: str) -> None:
+        aid = _allocation_id(allocation_id)
+        try:
+            wait = float(self.get_query_argument("wait", "0"))
+        except ValueError:
+            raise ApiError(400, "wait must be a number of seconds", code="bad_query") from None
+        if not 0 <= wait <= MAX_WAIT_S:
+            raise ApiError(400, f"wait must be between 0 and {MAX_WAIT_S:g} s", code="bad_query")
+        ledger = self.service.ledger
+        alloc = await self.service.call(ledger.allocation, aid)
+        if self.kernel_scope is not None and alloc.kernel_id != self.kernel_scope:
+            raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        seen = (alloc.state, alloc.position, alloc.waiting_reason)
+        while alloc.state is AllocationState.QUEUED and loop.time() < deadline:
+            await self.service.wait_for_change(deadline - loop.time())
+            alloc = await self.service.call(ledger.allocation, aid)
+            if (alloc.state, alloc.position, alloc.waiting_reason) != seen:
+                break
+        self.answer(allocation_json(alloc, await self.gpu_index(), self.service.samples))
+
+    @authorized("write")
+    async def delete(self, allocation_id: str) -> None:
+        aid = _allocation_id(allocation_id)
+        ledger = self.service.ledger
+        alloc = await self.service.call(ledger.allocation, aid)
+        self.own_kernel(alloc.kernel_id, alloc.user)
+        who = "its kernel" if self.kernel_scope else "the user"
+        await self.service.mutate(ledger.release, aid, reason=f"released by {who}")
+        self.set_status(204)
+        self.finish()
+
+
+class QueueHandler(_Base):
+    @authorized("read")
+    async def get(self) -> None:
+        queued = await self.service.call(self.service.ledger.queue)
+        gpus = await self.gpu_index()
+        self.answer({"queue": [allocation_json(a, gpus) for a in queued]})
+
+
+class KernelRestartHandler(_Base):
+    """Restart a kernel so that its GPUs apply at launch (CUDA was initialised too early)."""
+
+    @authorized("write")
+    async def post(self, kernel_id: str) -> None:
+        self.json_body()
+        record = await self.service.call(self.service.ledger.kernel, kernel_id)
+        self.own_kernel(kernel_id, record.user)
+        km: Any = self.kernel_manager
+        if kernel_id not in km:
+            raise ApiError(404, f"kernel {kernel_id} does not run in this server", code="no_kernel")
+        held = await self.service.call(self.service.ledger.allocations, kernel_id=kernel_id)
+        granted = [a for a in held if a.state is AllocationState.GRANTED]
+        if granted:
+            await self.service.mutate(
+                self.service.ledger.update_kernel, kernel_id, keep_on_restart=True
+            )
+        # answer first: the caller may be the kernel that is about to be restarted
+        self.answer(
+            {
+                "kernel_id": kernel_id,
+                "restarting": True,
+                "keeps": [allocation_json(a, await self.gpu_index()) for a in granted],
+            },
+            status=202,
+        )
+        task = asyncio.ensure_future(km.restart_kernel(kernel_id))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+#: (path under base_url, handler, methods) - the OpenAPI test reads this table
+ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
+    (r"/dlinfra/api/cluster", ClusterHandler, ("GET",)),
+    (r"/dlinfra/api/allocations", AllocationsHandler, ("GET", "POST")),
+    (r"/dlinfra/api/allocations/(?P<allocation_id>[^/]+)", AllocationHandler, ("GET", "DELETE")),
+    (r"/dlinfra/api/queue", QueueHandler, ("GET",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/restart", KernelRestartHandler, ("POST",)),
+]

@@ -1,0 +1,247 @@
+"""One per server process: the ledger, telemetry and the kernels of this server, kept in step.
+
+Handlers and the provisioner call in here; nothing in here knows about HTTP. Ledger and telemetry
+calls block (SQLite locks, NVML), so they run on a small thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from ..core import Allocation, AllocationState, Gpu, KernelRecord, Ledger, LedgerError, NotFound
+from ..provisioning import LaunchPlan
+from ..telemetry import GpuSample, TelemetryProvider
+from .liveness import process_alive, process_started_at
+
+__all__ = ["GpuService", "ServiceSettings", "hash_token"]
+
+T = TypeVar("T")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    node: str
+    user: str
+    server_id: str
+    telemetry_interval: float = 2.0
+    reconcile_interval: float = 30.0
+    watch_interval: float = 0.2
+    #: a kernel of another server with no pid yet counts as alive for this long (seconds)
+    launch_grace: float = 300.0
+    hide_unallocated_gpus: bool = True
+
+
+class GpuService:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        provider: TelemetryProvider,
+        settings: ServiceSettings,
+        api_url: Callable[[], str],
+        local_kernel_exists: Callable[[str], bool],
+        log: logging.Logger,
+    ) -> None:
+        self.ledger = ledger
+        self.provider = provider
+        self.settings = settings
+        self._api_url = api_url
+        self._local_kernel_exists = local_kernel_exists
+        self.log = log
+        self.samples: dict[str, GpuSample] = {}
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dlinfra")
+        self._tick = asyncio.Event()
+        self._seen_version = -1
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- running blocking work -----------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    async def mutate(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`call`, for ledger writes: waiters in this process hear of it at once."""
+        try:
+            return await self.call(fn, *args, **kwargs)
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return after the next ledger change (in any process sharing the store) or ``timeout``."""
+        tick = self._tick
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(tick.wait(), timeout)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sync_inventory()
+        await self.reconcile()
+        await self.sample()
+        self._seen_version = await self.call(self.ledger.version)
+        self._tasks = [
+            asyncio.create_task(self._every(self.settings.watch_interval, self._watch)),
+            asyncio.create_task(self._every(self.settings.telemetry_interval, self.sample)),
+            asyncio.create_task(self._every(self.settings.reconcile_interval, self._maintain)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.call(self.provider.close)
+        self._executor.shutdown(wait=True)
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await step()
+            except Exception:  # a failing pass must not end the loop
+                self.log.exception("dlinfra: periodic %s failed", step.__name__)
+
+    async def _watch(self) -> None:
+        version = await self.call(self.ledger.version)
+        if version != self._seen_version:
+            self._seen_version = version
+            self._notify()
+
+    async def _maintain(self) -> None:
+        await self.sync_inventory()
+        await self.reconcile()
+
+    async def sync_inventory(self) -> None:
+        devices = await self.call(self.provider.devices)
+        gpus = [
+            Gpu(
+                uuid=d.uuid,
+                node=self.settings.node,
+                index=d.index,
+                model=d.model,
+                memory_bytes=d.memory_total_bytes,
+                simulated=self.provider.simulated,
+            )
+            for d in devices
+        ]
+        await self.mutate(self.ledger.sync_inventory, self.settings.node, gpus)
+
+    async def sample(self) -> None:
+        readings = await self.call(self.provider.sample)
+        self.samples = {s.uuid: s for s in readings}
+
+    async def reconcile(self) -> list[str]:
+        """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""
+        dead = await self.mutate(
+            self.ledger.reconcile,
+            self.settings.node,
+            self._kernel_alive,
+            reason="kernel no longer exists",
+        )
+        for kernel_id in dead:
+            self.log.info("dlinfra: released the GPUs of vanished kernel %s", kernel_id)
+        return dead
+
+    def _kernel_alive(self, record: KernelRecord) -> bool:
+        if record.server_id == self.settings.server_id:
+            return self._local_kernel_exists(record.kernel_id)
+        if record.pid is None:
+            return self.ledger.clock.now() - record.created_at < self.settings.launch_grace
+        return process_alive(record)
+
+    # -- the provisioner's port --------------------------------------------------------------
+
+    async def kernel_launching(
+        self, *, kernel_id: str, kernel_name: str, path: str | None, gpus: int, model: str | None
+    ) -> LaunchPlan:
+        token = secrets.token_urlsafe(32)
+        try:
+            previous: KernelRecord | None = await self.call(self.ledger.kernel, kernel_id)
+        except NotFound:
+            previous = None
+        record = KernelRecord(
+            kernel_id=kernel_id,
+            user=self.settings.user,
+            node=self.settings.node,
+            server_id=self.settings.server_id,
+            kernel_name=kernel_name,
+            path=path,
+        )
+        await self.mutate(self.ledger.register_kernel, record, token_hash=hash_token(token))
+        env = {
+            "DLINFRA_API_URL": self._api_url(),
+            "DLINFRA_KERNEL_ID": kernel_id,
+            "DLINFRA_TOKEN": token,
+        }
+        granted: Allocation | None = None
+        summary = "no GPUs at launch"
+        if previous is not None and previous.keep_on_restart:
+            held = await self.call(self.ledger.allocations, kernel_id=kernel_id)
+            granted = next((a for a in held if a.state is AllocationState.GRANTED), None)
+            summary = "GPUs carried over the restart"
+        elif gpus > 0:
+            try:
+                alloc = await self.mutate(
+                    self.ledger.request, kernel_id=kernel_id, count=gpus, model=model
+                )
+            except LedgerError as err:
+                env["DLINFRA_LAUNCH_ERROR"] = f"could not request {gpus} GPU(s) at launch: {err}"
+                summary = env["DLINFRA_LAUNCH_ERROR"]
+            else:
+                if alloc.state is AllocationState.GRANTED:
+                    granted = alloc
+                else:
+                    env["DLINFRA_PENDING_ALLOCATION"] = str(alloc.id)
+                    summary = f"queued for {gpus} GPU(s) at position {alloc.position}"
+        if granted is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(granted.gpus)
+            env["DLINFRA_ALLOCATION"] = str(granted.id)
+            summary = f"launched with GPUs {env['CUDA_VISIBLE_DEVICES']}"
+        elif self.settings.hide_unallocated_gpus:
+            # a kernel sees only GPUs the ledger gave it; an empty list hides all of them
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return LaunchPlan(env=env, summary=summary)
+
+    async def kernel_started(self, *, kernel_id: str, pid: int) -> None:
+        started = await self.call(process_started_at, pid)
+        await self.mutate(self.ledger.update_kernel, kernel_id, pid=pid, pid_started_at=started)
+
+    async def kernel_stopped(self, *, kernel_id: str, restart: bool, reason: str) -> None:
+        try:
+            if not restart:
+                await self.mutate(self.ledger.forget_kernel, kernel_id, reason=reason)
+                return
+            record = await self.call(self.ledger.kernel, kernel_id)
+            if not record.keep_on_restart:
+                await self.mutate(self.ledger.release_kernel, kernel_id, reason=reason)
+        except NotFound:
+            pass
+        except Exception:  # releasing must never break a kernel shutdown
+            self.log.exception("dlinfra: could not release the GPUs of kernel %s", kernel_id)
+
+    # -- authentication of kernels -------------------------------------------------------------
+
+    async def kernel_for_token(self, token: str) -> KernelRecord | None:
+        return await self.call(self.ledger.kernel_by_token_hash, hash_token(token))

@@ -1,0 +1,113 @@
+"""JSON shapes of the API (the OpenAPI document in ``api/openapi.yaml`` describes them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from ..core import Allocation, Gpu, KernelRecord
+from ..telemetry import GpuSample, TelemetryProvider
+
+__all__ = ["allocation_json", "cluster_json", "iso"]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _gpu_brief(uuid: str, gpus: Mapping[str, Gpu]) -> dict[str, Any]:
+    gpu = gpus.get(uuid)
+    if gpu is None:
+        return {"uuid": uuid, "index": None, "model": None, "simulated": False}
+    return {"uuid": uuid, "index": gpu.index, "model": gpu.model, "simulated": gpu.simulated}
+
+
+def allocation_json(
+    alloc: Allocation,
+    gpus: Mapping[str, Gpu],
+    samples: Mapping[str, GpuSample] | None = None,
+) -> dict[str, Any]:
+    held = [_gpu_brief(u, gpus) for u in alloc.gpus]
+    if samples is not None:
+        for entry in held:
+            entry.update(_metrics(samples.get(entry["uuid"])))
+    return {
+        "id": alloc.id,
+        "kernel_id": alloc.kernel_id,
+        "user": alloc.user,
+        "node": alloc.node,
+        "count": alloc.count,
+        "model": alloc.model,
+        "state": alloc.state.value,
+        "gpus": held,
+        "cuda_visible_devices": ",".join(alloc.gpus),
+        "created_at": iso(alloc.created_at),
+        "granted_at": iso(alloc.granted_at),
+        "ended_at": iso(alloc.ended_at),
+        "end_reason": alloc.end_reason,
+        "position": alloc.position,
+        "waiting_reason": alloc.waiting_reason,
+        "simulated": any(e["simulated"] for e in held),
+    }
+
+
+def _metrics(sample: GpuSample | None) -> dict[str, Any]:
+    if sample is None:
+        return {"utilization_percent": None, "memory_used_bytes": None, "sampled_at": None}
+    return {
+        "utilization_percent": round(sample.utilization_percent, 1),
+        "memory_used_bytes": sample.memory_used_bytes,
+        "sampled_at": iso(sample.at),
+    }
+
+
+def cluster_json(
+    *,
+    gpus: Sequence[Gpu],
+    holders: Mapping[str, Allocation],
+    kernels: Mapping[str, KernelRecord],
+    samples: Mapping[str, GpuSample],
+    provider: TelemetryProvider,
+    local_node: str,
+    queue_length: int,
+) -> dict[str, Any]:
+    nodes: dict[str, list[dict[str, Any]]] = {}
+    for gpu in gpus:
+        holder = holders.get(gpu.uuid)
+        holder_json = None
+        if holder is not None:
+            kernel = kernels.get(holder.kernel_id)
+            holder_json = {
+                "allocation_id": holder.id,
+                "kernel_id": holder.kernel_id,
+                "user": holder.user,
+                "kernel_name": kernel.kernel_name if kernel else None,
+                "path": kernel.path if kernel else None,
+                "since": iso(holder.granted_at),
+            }
+        nodes.setdefault(gpu.node, []).append(
+            {
+                "uuid": gpu.uuid,
+                "index": gpu.index,
+                "model": gpu.model,
+                "memory_total_bytes": gpu.memory_bytes,
+                "simulated": gpu.simulated,
+                "holder": holder_json,
+                **_metrics(samples.get(gpu.uuid) if gpu.node == local_node else None),
+            }
+        )
+    return {
+        "provider": {
+            "name": provider.name,
+            "simulated": provider.simulated,
+            "reason": provider.reason,
+        },
+        "simulated": provider.simulated or any(g.simulated for g in gpus),
+        "nodes": [{"name": name, "gpus": entries} for name, entries in sorted(nodes.items())],
+        "gpu_count": len(gpus),
+        "free_count": sum(1 for g in gpus if g.uuid not in holders),
+        "queue_length": queue_length,
+    }

@@ -1,0 +1,91 @@
+"""GPU telemetry: where the inventory and live readings come from, and choosing that source."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from .base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
+from .errors import TelemetryUnavailable
+from .nvml import NvmlProvider
+from .simulated import SimulatedProvider
+from .unavailable import UnavailableProvider
+
+__all__ = [
+    "SIMULATED_GPUS_ENV",
+    "SIMULATED_MODELS_ENV",
+    "GpuDevice",
+    "GpuSample",
+    "NvmlProvider",
+    "ProcessUse",
+    "SimulatedProvider",
+    "TelemetryProvider",
+    "TelemetryUnavailable",
+    "UnavailableProvider",
+    "select_provider",
+    "simulated_gpus_from_env",
+    "simulated_models_from_env",
+]
+
+log = logging.getLogger(__name__)
+
+SIMULATED_GPUS_ENV = "DLINFRA_SIMULATED_GPUS"
+SIMULATED_MODELS_ENV = "DLINFRA_SIMULATED_GPU_MODELS"
+
+
+def select_provider(
+    *,
+    simulated_gpus: int,
+    simulated_models: Sequence[str],
+    node: str,
+    clock: Callable[[], float] = time.time,
+) -> TelemetryProvider:
+    """Simulated GPUs when asked for, else the real ones, else a provider that explains why not.
+
+    Never raises for a missing driver: a server without GPUs must still start and say so.
+    An empty ``simulated_models`` means "not configured" and takes the simulator's default.
+    """
+    if simulated_gpus < 0:
+        raise ValueError(f"simulated_gpus must be 0 or more, got {simulated_gpus}")
+    provider: TelemetryProvider
+    if simulated_gpus > 0:
+        if simulated_models:
+            provider = SimulatedProvider(
+                count=simulated_gpus, models=simulated_models, node=node, clock=clock
+            )
+        else:
+            provider = SimulatedProvider(count=simulated_gpus, node=node, clock=clock)
+    else:
+        try:
+            provider = NvmlProvider(clock=clock)
+        except TelemetryUnavailable as exc:
+            provider = UnavailableProvider(
+                f"{exc}. Set c.DLInfra.simulated_gpus = 8 or {SIMULATED_GPUS_ENV}=8 "
+                "to run on simulated GPUs."
+            )
+    log.info("GPU telemetry: %s (%s)", provider.name, provider.reason)
+    return provider
+
+
+def simulated_gpus_from_env(environ: Mapping[str, str]) -> int | None:
+    """The GPU count ``DLINFRA_SIMULATED_GPUS`` asks for; None when it is unset or blank."""
+    raw = environ.get(SIMULATED_GPUS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        count = int(raw)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(
+            f"{SIMULATED_GPUS_ENV} must be a whole number of GPUs, 0 or more; got {raw!r}"
+        )
+    return count
+
+
+def simulated_models_from_env(environ: Mapping[str, str]) -> list[str] | None:
+    """The model names in ``DLINFRA_SIMULATED_GPU_MODELS`` (comma-separated); None when unset."""
+    names = [name.strip() for name in environ.get(SIMULATED_MODELS_ENV, "").split(",")]
+    names = [name for name in names if name]
+    return names or None

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from jupyter_dlinfra.telemetry import SimulatedProvider
+
+UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_same_inputs_give_same_gpus_and_readings() -> None:
+    clock = FakeClock()
+    a = SimulatedProvider(count=4, node="node-a", clock=clock, seed=7)
+    b = SimulatedProvider(count=4, node="node-a", clock=clock, seed=7)
+    assert a.devices() == b.devices()
+    for _ in range(20):
+        assert a.sample() == b.sample()
+        clock.now += 37.5
+
+
+def test_uuids_look_like_nvml_ones_and_depend_on_node_and_index_only() -> None:
+    gpus = SimulatedProvider(count=8, node="node-a").devices()
+    uuids = [gpu.uuid for gpu in gpus]
+    assert all(UUID_RE.match(uuid) for uuid in uuids), uuids
+    assert len(set(uuids)) == 8
+    assert [gpu.index for gpu in gpus] == list(range(8))
+    reseeded = SimulatedProvider(count=8, node="node-a", seed=99).devices()
+    assert [gpu.uuid for gpu in reseeded] == uuids
+    other_node = SimulatedProvider(count=8, node="node-b").devices()
+    assert not set(uuids) & {gpu.uuid for gpu in other_node}
+
+
+def test_readings_stay_in_range_and_cover_idle_and_busy() -> None:
+    memory = 16 * 2**30
+    clock = FakeClock()
+    provider = SimulatedProvider(count=8, node="n", memory_bytes=memory, clock=clock)
+    utilisations = []
+    for _ in range(500):
+        samples = provider.sample()
+        assert [s.uuid for s in samples] == [d.uuid for d in provider.devices()]
+        for s in samples:
+            assert 0.0 <= s.utilization_percent <= 100.0
+            assert 0 <= s.memory_used_bytes <= s.memory_total_bytes == memory
+            assert s.processes == ()
+            assert s.at == clock.now
+            utilisations.append(s.utilization_percent)
+        clock.now += 61.0
+    assert min(utilisations) < 5.0
+    assert max(utilisations) > 80.0
+
+
+def test_readings_change_smoothly_as_the_clock_advances() -> None:
+    clock = FakeClock()
+    provider = SimulatedProvider(count=2, node="n", clock=clock)
+    series = []
+    for _ in range(200):
+        series.append(provider.sample()[0].utilization_percent)
+        clock.now += 1.0
+    assert len(set(series)) > 10
+    # One second apart the readings drift; they do not jump at random.
+    steps = [abs(b - a) for a, b in itertools.pairwise(series)]
+    assert sorted(steps)[len(steps) // 2] < 10.0
+
+
+def test_seed_changes_readings() -> None:
+    clock = FakeClock()
+    a = SimulatedProvider(count=4, node="n", clock=clock, seed=1).sample()
+    b = SimulatedProvider(count=4, node="n", clock=clock, seed=2).sample()
+    assert [s.utilization_percent for s in a] != [s.utilization_percent for s in b]
+
+
+def test_models_cycle_over_the_gpus() -> None:
+    gpus = SimulatedProvider(count=5, models=("A100", "H100"), node="n").devices()
+    assert [gpu.model for gpu in gpus] == ["A100", "H100", "A100", "H100", "A100"]
+    assert SimulatedProvider(count=1, node="n").devices()[0].model == "Simulated A100 80GB"
+
+
+def test_set_load_pins_and_clear_load_releases() -> None:
+    clock = FakeClock()
+    provider = SimulatedProvider(count=3, node="n", clock=clock, memory_bytes=1000)
+    target = provider.devices()[1].uuid
+    provider.set_load(target, 97.5, memory_used_bytes=900)
+    for _ in range(10):
+        pinned = {s.uuid: s for s in provider.sample()}[target]
+        assert (pinned.utilization_percent, pinned.memory_used_bytes) == (97.5, 900)
+        clock.now += 100.0
+
+    provider.set_load(target, 0.0)  # memory keeps following the simulation
+    assert {s.uuid: s for s in provider.sample()}[target].utilization_percent == 0.0
+
+    provider.clear_load(target)
+    unpinned = SimulatedProvider(count=3, node="n", clock=clock, memory_bytes=1000)
+    assert provider.sample() == unpinned.sample()
+    provider.clear_load(target)  # clearing twice is harmless
+
+
+def test_set_load_rejects_bad_values() -> None:
+    provider = SimulatedProvider(count=1, node="n", memory_bytes=1000)
+    uuid = provider.devices()[0].uuid
+    with pytest.raises(ValueError, match="no simulated GPU"):
+        provider.set_load("GPU-nope", 10.0)
+    with pytest.raises(ValueError, match="no simulated GPU"):
+        provider.clear_load("GPU-nope")
+    with pytest.raises(ValueError, match="0-100"):
+        provider.set_load(uuid, 101.0)
+    with pytest.raises(ValueError, match="memory used"):
+        provider.set_load(uuid, 10.0, memory_used_bytes=1001)
+
+
+def test_constructor_validation() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        SimulatedProvider(count=-1, node="n")
+    with pytest.raises(ValueError, match="models"):
+        SimulatedProvider(count=1, models=(), node="n")
+    with pytest.raises(ValueError, match="models"):
+        SimulatedProvider(count=1, models=("A100", " "), node="n")
+    with pytest.raises(ValueError, match="memory"):
+        SimulatedProvider(count=1, node="n", memory_bytes=0)
+
+
+def test_provider_identity() -> None:
+    provider = SimulatedProvider(count=8, node="n")
+    assert (provider.name, provider.simulated) == ("simulated", True)
+    assert provider.reason == "8 simulated GPUs (no GPU hardware is used)"
+    assert SimulatedProvider(count=1, node="n").reason.startswith("1 simulated GPU ")
+    empty = SimulatedProvider(count=0, node="n")
+    assert empty.devices() == [] and empty.sample() == []
+    provider.close()
