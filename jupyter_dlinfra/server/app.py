@@ -166,6 +166,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             local_kernel_exists=lambda kernel_id: kernel_id in self._server.kernel_manager,
             log=self.log,
         )
+        self.service.prepare()
         self.settings["dlinfra_service"] = self.service
         set_port(self.service)
         if self.default_provisioner:

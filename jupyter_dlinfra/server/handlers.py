@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
-from ..core import AllocationState, Gpu
+from ..core import Allocation, AllocationState, Gpu
+from ..telemetry import GpuSample
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
 from .views import allocation_json, cluster_json
@@ -25,6 +27,14 @@ class _Base(DLInfraHandler):
     async def gpu_index(self) -> dict[str, Gpu]:
         gpus = await self.service.call(self.service.ledger.gpus, include_absent=True)
         return {g.uuid: g for g in gpus}
+
+    def view(
+        self,
+        alloc: Allocation,
+        gpus: dict[str, Gpu],
+        samples: Mapping[str, GpuSample] | None = None,
+    ) -> dict[str, Any]:
+        return allocation_json(alloc, gpus, samples, simulated=self.service.provider.simulated)
 
 
 class ClusterHandler(_Base):
@@ -64,9 +74,7 @@ class AllocationsHandler(_Base):
             active=state == "active",
         )
         gpus = await self.gpu_index()
-        self.answer(
-            {"allocations": [allocation_json(a, gpus, self.service.samples) for a in found]}
-        )
+        self.answer({"allocations": [self.view(a, gpus, self.service.samples) for a in found]})
 
     @authorized("write")
     async def post(self) -> None:
@@ -96,7 +104,7 @@ class AllocationsHandler(_Base):
         self.set_header(
             "Location", self.base_url.rstrip("/") + f"/dlinfra/api/allocations/{alloc.id}"
         )
-        self.answer(allocation_json(alloc, await self.gpu_index()), status=201)
+        self.answer(self.view(alloc, await self.gpu_index()), status=201)
 
 
 class AllocationHandler(_Base):
@@ -121,7 +129,7 @@ class AllocationHandler(_Base):
             alloc = await self.service.call(ledger.allocation, aid)
             if (alloc.state, alloc.position, alloc.waiting_reason) != seen:
                 break
-        self.answer(allocation_json(alloc, await self.gpu_index(), self.service.samples))
+        self.answer(self.view(alloc, await self.gpu_index(), self.service.samples))
 
     @authorized("write")
     async def delete(self, allocation_id: str) -> None:
@@ -140,7 +148,7 @@ class QueueHandler(_Base):
     async def get(self) -> None:
         queued = await self.service.call(self.service.ledger.queue)
         gpus = await self.gpu_index()
-        self.answer({"queue": [allocation_json(a, gpus) for a in queued]})
+        self.answer({"queue": [self.view(a, gpus) for a in queued]})
 
 
 class KernelRestartHandler(_Base):
@@ -165,7 +173,7 @@ class KernelRestartHandler(_Base):
             {
                 "kernel_id": kernel_id,
                 "restarting": True,
-                "keeps": [allocation_json(a, await self.gpu_index()) for a in granted],
+                "keeps": [self.view(a, await self.gpu_index()) for a in granted],
             },
             status=202,
         )

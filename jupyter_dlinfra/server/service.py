@@ -92,11 +92,15 @@ class GpuService:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Blocking start-up work, done before the server answers its first request."""
+        self._sync_inventory()
+        self._reconcile()
+        self._sample()
+        self._seen_version = self.ledger.version()
+
     async def start(self) -> None:
-        await self.sync_inventory()
-        await self.reconcile()
-        await self.sample()
-        self._seen_version = await self.call(self.ledger.version)
+        """Start the periodic loops (once the event loop runs)."""
         self._tasks = [
             asyncio.create_task(self._every(self.settings.watch_interval, self._watch)),
             asyncio.create_task(self._every(self.settings.telemetry_interval, self.sample)),
@@ -134,7 +138,10 @@ class GpuService:
         await self.reconcile()
 
     async def sync_inventory(self) -> None:
-        devices = await self.call(self.provider.devices)
+        await self.mutate(self._sync_inventory)
+
+    def _sync_inventory(self) -> None:
+        devices = self.provider.devices()
         gpus = [
             Gpu(
                 uuid=d.uuid,
@@ -146,19 +153,21 @@ class GpuService:
             )
             for d in devices
         ]
-        await self.mutate(self.ledger.sync_inventory, self.settings.node, gpus)
+        self.ledger.sync_inventory(self.settings.node, gpus)
 
     async def sample(self) -> None:
-        readings = await self.call(self.provider.sample)
-        self.samples = {s.uuid: s for s in readings}
+        await self.call(self._sample)
+
+    def _sample(self) -> None:
+        self.samples = {s.uuid: s for s in self.provider.sample()}
 
     async def reconcile(self) -> list[str]:
         """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""
-        dead = await self.mutate(
-            self.ledger.reconcile,
-            self.settings.node,
-            self._kernel_alive,
-            reason="kernel no longer exists",
+        return await self.mutate(self._reconcile)
+
+    def _reconcile(self) -> list[str]:
+        dead = self.ledger.reconcile(
+            self.settings.node, self._kernel_alive, reason="kernel no longer exists"
         )
         for kernel_id in dead:
             self.log.info("dlinfra: released the GPUs of vanished kernel %s", kernel_id)

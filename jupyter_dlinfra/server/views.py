@@ -29,7 +29,10 @@ def allocation_json(
     alloc: Allocation,
     gpus: Mapping[str, Gpu],
     samples: Mapping[str, GpuSample] | None = None,
+    *,
+    simulated: bool = False,
 ) -> dict[str, Any]:
+    """``simulated`` marks the answer even before any GPU is held (a queued request)."""
     held = [_gpu_brief(u, gpus) for u in alloc.gpus]
     if samples is not None:
         for entry in held:
@@ -50,7 +53,7 @@ def allocation_json(
         "end_reason": alloc.end_reason,
         "position": alloc.position,
         "waiting_reason": alloc.waiting_reason,
-        "simulated": any(e["simulated"] for e in held),
+        "simulated": simulated or any(e["simulated"] for e in held),
     }
 
 

@@ -1,0 +1,317 @@
+"""Real servers and kernels for tests and benchmarks: a jupyter server in a subprocess on loopback,
+kernels started through its REST API, and code run in them over the kernel websocket.
+
+Nothing here is imported by the product; it is shipped so that the test suite and ``benchmarks/``
+drive the product exactly as a user's browser would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import websocket
+
+__all__ = ["ExecResult", "KernelSession", "ServerProcess", "free_port", "wait_until"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class ServerProcess:
+    """A ``jupyter server`` with the dlinfra extension, in its own process, on 127.0.0.1."""
+
+    workdir: Path
+    db_url: str
+    simulated_gpus: int = 4
+    extra_args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"server-{self.port}.log"
+
+    def start(self, *, timeout: float = 90.0) -> ServerProcess:
+        self.port = free_port()
+        root = self.workdir / "root"
+        root.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
+            {
+                "JUPYTER_DATA_DIR": str(self.workdir / "data"),
+                "JUPYTER_RUNTIME_DIR": str(self.workdir / "runtime"),
+                "JUPYTER_CONFIG_DIR": str(self.workdir / "config"),
+                "JUPYTER_PLATFORM_DIRS": "1",
+            }
+        )
+        env.pop("DLINFRA_SIMULATED_GPUS", None)
+        env.update(self.env)
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--port-retries=0",
+            "--no-browser",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
+            f"--DLInfra.db_url={self.db_url}",
+            f"--DLInfra.simulated_gpus={self.simulated_gpus}",
+            *self.extra_args,
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_text()[-4000:]}")
+            try:
+                self.get("api/status")
+                return True
+            except (OSError, HttpError):
+                return False
+
+        wait_until(ready, timeout=timeout, interval=0.1, what="the jupyter server to answer")
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, *, timeout: float = 30.0) -> None:
+        """A clean stop, as Ctrl-C or a shutdown from the UI would do."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError, HttpError):
+            self.post("api/shutdown", None)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=timeout)
+
+    def crash(self) -> None:
+        """SIGKILL: what a power cut or the OOM killer does to the server."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        for key, value in (headers or {"Authorization": f"token {self.token}"}).items():
+            req.add_header(key, value)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                payload = resp.read()
+                return resp.status, json.loads(payload) if payload else None, dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            payload = err.read()
+            try:
+                parsed = json.loads(payload) if payload else None
+            except ValueError:
+                parsed = payload.decode(errors="replace")
+            return err.code, parsed, dict(err.headers)
+
+    def _ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, payload, _ = self.request(method, path, body)
+        if status >= 400:
+            raise HttpError(status, payload)
+        return payload
+
+    def get(self, path: str) -> Any:
+        return self._ok("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._ok("POST", path, body if body is not None else {})
+
+    def delete(self, path: str) -> Any:
+        return self._ok("DELETE", path)
+
+    def start_kernel(self, name: str = "python3") -> KernelSession:
+        model = self.post("api/kernels", {"name": name})
+        session = KernelSession(self, model["id"])
+        session.wait_ready()
+        return session
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: str
+    stderr: str
+    #: text/plain of display_data, as last updated (the live queue line ends here)
+    displays: tuple[str, ...]
+    error: str | None
+
+    @property
+    def text(self) -> str:
+        return self.stdout + self.stderr + "".join(self.displays)
+
+
+class KernelSession:
+    """One kernel of a ServerProcess; runs code through the server's websocket, like JupyterLab."""
+
+    def __init__(self, server: ServerProcess, kernel_id: str) -> None:
+        self.server = server
+        self.kernel_id = kernel_id
+        self.session = uuid.uuid4().hex
+
+    def _connect(self, timeout: float) -> websocket.WebSocket:
+        url = f"ws://127.0.0.1:{self.server.port}/api/kernels/{self.kernel_id}/channels"
+        return websocket.create_connection(
+            f"{url}?session_id={self.session}",
+            header=[f"Authorization: token {self.server.token}"],
+            timeout=timeout,
+            http_proxy_host=None,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.execute("pass", timeout=10)
+                return
+            except (OSError, TimeoutError, websocket.WebSocketException):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def execute(self, code: str, *, timeout: float = 60.0) -> ExecResult:
+        ws = self._connect(timeout)
+        try:
+            return self._run(ws, code, timeout)
+        finally:
+            ws.close()
+
+    def _run(self, ws: websocket.WebSocket, code: str, timeout: float) -> ExecResult:
+        msg_id = uuid.uuid4().hex
+        ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": "test",
+                        "session": self.session,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": True,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                    "channel": "shell",
+                    "buffers": [],
+                }
+            )
+        )
+        stdout: list[str] = []
+        stderr: list[str] = []
+        displays: dict[str, str] = {}
+        anonymous: list[str] = []
+        error: str | None = None
+        replied = idle = False
+        deadline = time.monotonic() + timeout
+        while not (replied and idle):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no reply within {timeout} s to {code!r}")
+            ws.settimeout(max(0.1, deadline - time.monotonic()))
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            content = msg["content"]
+            if kind == "execute_reply":
+                replied = True
+            elif kind == "status" and content.get("execution_state") == "idle":
+                idle = True
+            elif kind == "stream":
+                (stdout if content["name"] == "stdout" else stderr).append(content["text"])
+            elif kind in ("display_data", "update_display_data", "execute_result"):
+                text = content.get("data", {}).get("text/plain", "")
+                display_id = content.get("transient", {}).get("display_id")
+                if display_id:
+                    displays[display_id] = text
+                else:
+                    anonymous.append(text)
+            elif kind == "error":
+                error = f"{content['ename']}: {content['evalue']}"
+        return ExecResult("".join(stdout), "".join(stderr), (*anonymous, *displays.values()), error)
+
+    def value(self, expression: str) -> Any:
+        """Evaluate an expression in the kernel and bring its JSON value back."""
+        result = self.execute(f"import json as _j; print(_j.dumps({expression}))")
+        if result.error:
+            raise RuntimeError(result.error)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def shutdown(self) -> None:
+        self.server.delete(f"api/kernels/{self.kernel_id}")

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
+# servers started by tests pick their own GPUs; the developer's shell must not leak in
+os.environ.pop("DLINFRA_SIMULATED_GPUS", None)
+os.environ.pop("DLINFRA_DB_URL", None)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[object]]:
+    """Collects ServerProcess objects so that each is stopped, and its log kept on failure."""
+    started: list[object] = []
+    yield started
+    from jupyter_dlinfra.testing import ServerProcess
+
+    for server in started:
+        assert isinstance(server, ServerProcess)
+        server.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / server.log_path.name).write_text(server.log_text())

@@ -1,0 +1,1 @@
+"""Tests of the pure core: the ledger, its store and its clock (no Jupyter involved)."""
