@@ -239,14 +239,16 @@ class KernelSession:
                     raise
                 time.sleep(0.2)
 
-    def execute(self, code: str, *, timeout: float = 60.0) -> ExecResult:
+    def execute(self, code: str, *, timeout: float = 60.0, partial: bool = False) -> ExecResult:
+        """Run ``code``; with ``partial``, a cell that never replies (it restarted its own
+        kernel) gives what it printed by ``timeout`` instead of an error."""
         ws = self._connect(timeout)
         try:
-            return self._run(ws, code, timeout)
+            return self._run(ws, code, timeout, partial)
         finally:
             ws.close()
 
-    def _run(self, ws: websocket.WebSocket, code: str, timeout: float) -> ExecResult:
+    def _run(self, ws: websocket.WebSocket, code: str, timeout: float, partial: bool) -> ExecResult:
         msg_id = uuid.uuid4().hex
         ws.send(
             json.dumps(
@@ -282,9 +284,15 @@ class KernelSession:
         deadline = time.monotonic() + timeout
         while not (replied and idle):
             if time.monotonic() > deadline:
+                if partial:
+                    error = "no reply"
+                    break
                 raise TimeoutError(f"no reply within {timeout} s to {code!r}")
             ws.settimeout(max(0.1, deadline - time.monotonic()))
-            msg = json.loads(ws.recv())
+            try:
+                msg = json.loads(ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = msg["msg_type"]

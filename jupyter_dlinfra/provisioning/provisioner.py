@@ -42,6 +42,7 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
     )
 
     _death_reported = False
+    _stopping = False
     _warned_no_port = False
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -70,6 +71,7 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
             cmd.append("--ext=jupyter_dlinfra")
         kwargs["cmd"] = cmd
         self._death_reported = False
+        self._stopping = False
         if plan.summary:
             self.log.info("kernel %s: %s", self.kernel_id, plan.summary)
         return kwargs
@@ -84,6 +86,8 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def poll(self) -> int | None:
         status: int | None = await super().poll()
         if status is not None and self.process is not None and not self._death_reported:
+            if self._stopping:
+                return status  # an exit we asked for: cleanup() says why
             # the restarter polls every few seconds: free the GPUs now, not at the next cleanup
             self._death_reported = True
             port = get_port()
@@ -94,6 +98,18 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
                     reason=f"kernel died (exit status {status})",
                 )
         return status
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        self._stopping = True
+        await super().shutdown_requested(restart=restart)
+
+    async def kill(self, restart: bool = False) -> None:
+        self._stopping = True
+        await super().kill(restart=restart)
+
+    async def terminate(self, restart: bool = False) -> None:
+        self._stopping = True
+        await super().terminate(restart=restart)
 
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart=restart)

@@ -63,6 +63,8 @@ class AllocationsHandler(_Base):
     async def get(self) -> None:
         kernel_id = self.get_query_argument("kernel_id", None)
         if self.kernel_scope is not None:
+            if kernel_id not in (None, self.kernel_scope):
+                raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
             kernel_id = self.kernel_scope
         state = self.get_query_argument("state", "active")
         if state not in ("active", "all"):
@@ -156,7 +158,8 @@ class KernelRestartHandler(_Base):
 
     @authorized("write")
     async def post(self, kernel_id: str) -> None:
-        self.json_body()
+        if self.json_body():
+            raise ApiError(400, "a restart takes no fields: send {}", code="bad_field")
         record = await self.service.call(self.service.ledger.kernel, kernel_id)
         self.own_kernel(kernel_id, record.user)
         km: Any = self.kernel_manager

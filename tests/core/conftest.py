@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_server import PostgresUnavailable, postgres_optional, start_postgres
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
-from postgres_server import PostgresUnavailable, postgres_optional, start_postgres
 
 from jupyter_dlinfra.core import Ledger, ManualClock
 
@@ -36,7 +35,8 @@ def fresh_postgres_db(postgres_url: str) -> Iterator[str]:
     admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            # FILE_COPY: much quicker than the default WAL_LOG for a throw-away database
+            conn.execute(text(f'CREATE DATABASE "{name}" STRATEGY = FILE_COPY'))
         yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -15,7 +15,9 @@ from jupyter_dlinfra.server.auth import KERNEL_AUTH_SCHEME
 from jupyter_dlinfra.server.service import hash_token
 
 
-def register(app: Any, kernel_id: str, *, user: str | None = None, token: str | None = None) -> None:
+def register(
+    app: Any, kernel_id: str, *, user: str | None = None, token: str | None = None
+) -> None:
     """A kernel record as the provisioner writes it (no process needed for API checks)."""
     service = app.service
     service.ledger.register_kernel(

@@ -41,7 +41,9 @@ async def test_requests_fail_clearly(api: Any, dlinfra_app: Any) -> None:
     service = dlinfra_app.service
     service.ledger.register_kernel(
         KernelRecord(
-            kernel_id="k", user=service.settings.user, node=service.settings.node,
+            kernel_id="k",
+            user=service.settings.user,
+            node=service.settings.node,
             server_id=service.settings.server_id,
         )
     )

@@ -1,0 +1,452 @@
+"""``api/openapi.yaml`` against the code: the routes, the document itself, and real answers.
+
+The live tests run the extension in a pytest-jupyter server with 4 simulated GPUs and a real
+``python3`` kernel, and validate every JSON body against the schema the document gives for that
+operation and status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from tornado.httpclient import HTTPClientError, HTTPResponse
+
+from jupyter_dlinfra.server.handlers import MAX_WAIT_S, ROUTES
+
+DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
+DOC_URI = "urn:dlinfra:openapi"
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+# -- the document --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    with DOC_PATH.open(encoding="utf-8") as f:
+        loaded = yaml.safe_load(f)
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _template(pattern: str) -> str:
+    """``/x/(?P<name>[^/]+)/y`` -> ``/x/{name}/y``; anything else regex-like is a test failure."""
+    path = re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", pattern)
+    assert not re.search(r"[()\[\]*+?\\^$|]", path), f"route {pattern!r} is not a plain path"
+    return path
+
+
+def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, op
+
+
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), f"only local $refs are expected, not {ref!r}"
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"$ref {ref!r} does not resolve"
+        node = node[part]
+    return node
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def _deref(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = _resolve(doc, node["$ref"])
+    return node
+
+
+def test_every_route_is_documented_and_every_documented_operation_has_a_route(
+    doc: dict[str, Any],
+) -> None:
+    routed = {
+        (_template(pattern), method.lower())
+        for pattern, _handler, methods in ROUTES
+        for method in methods
+    }
+    documented = {(path, method) for path, method, _op in _operations(doc)}
+    assert routed - documented == set(), "handlers without documentation"
+    assert documented - routed == set(), "documentation without a handler"
+
+
+def test_routed_methods_are_implemented_by_their_handlers() -> None:
+    for pattern, handler, methods in ROUTES:
+        for method in methods:
+            assert method.lower() in vars(handler), f"{handler.__name__} lacks {method} {pattern}"
+
+
+def test_document_is_structurally_valid_openapi_3_1(doc: dict[str, Any]) -> None:
+    assert re.fullmatch(r"3\.1\.\d+", str(doc["openapi"]))
+    assert doc["info"]["title"] and doc["info"]["version"]
+    assert doc["servers"] and all("url" in s for s in doc["servers"])
+    schemes = doc["components"]["securitySchemes"]
+    for requirement in doc["security"]:
+        assert set(requirement) <= set(schemes)
+
+    for ref in _refs(doc):
+        _resolve(doc, ref)
+
+    ids: list[str] = []
+    for path, method, op in _operations(doc):
+        where = f"{method.upper()} {path}"
+        assert path.startswith("/dlinfra/api/"), where
+        assert isinstance(op.get("operationId"), str), f"{where} has no operationId"
+        ids.append(op["operationId"])
+        assert op.get("summary") and op.get("description"), f"{where} is not described"
+        responses = op.get("responses")
+        assert responses, f"{where} has no responses"
+        for code, response in responses.items():
+            assert isinstance(code, str), f"{where}: status {code!r} must be a quoted string"
+            assert re.fullmatch(r"[1-5](\d\d|XX)|default", code), f"{where}: status {code!r}"
+            assert "description" in _deref(doc, response), f"{where} {code} has no description"
+        # path template parameters are declared, required, and nothing else is in the path
+        params = [_deref(doc, p) for p in doc["paths"][path].get("parameters", [])]
+        params += [_deref(doc, p) for p in op.get("parameters", [])]
+        in_path = {p["name"] for p in params if p["in"] == "path"}
+        assert in_path == set(re.findall(r"{(\w+)}", path)), where
+        assert all(p["required"] is True for p in params if p["in"] == "path"), where
+        names = [(p["name"], p["in"]) for p in params]
+        assert len(names) == len(set(names)), f"{where} declares a parameter twice"
+    assert len(ids) == len(set(ids)), "operationIds must be unique"
+
+    for name, schema in doc["components"]["schemas"].items():
+        try:
+            Draft202012Validator.check_schema(schema)
+        except Exception as err:  # pragma: no cover - the message is the point
+            pytest.fail(f"components.schemas.{name} is not a valid JSON Schema: {err}")
+
+
+def test_documented_queries_and_bodies_match_the_handlers(doc: dict[str, Any]) -> None:
+    post = doc["paths"]["/dlinfra/api/allocations"]["post"]
+    body = _deref(doc, post["requestBody"]["content"]["application/json"]["schema"])
+    assert set(body["properties"]) == {"kernel_id", "count", "model"}
+    assert body["additionalProperties"] is False
+    assert body["properties"]["count"]["minimum"] == 1
+    wait = next(
+        p
+        for p in doc["paths"]["/dlinfra/api/allocations/{allocation_id}"]["get"]["parameters"]
+        if p["name"] == "wait"
+    )
+    assert (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (0, MAX_WAIT_S)
+
+
+# -- real answers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_dlinfra": True}},
+        "DLInfra": {
+            "simulated_gpus": 4,
+            "db_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+            "telemetry_interval": 0,
+            "reconcile_interval": 0,
+        },
+    }
+
+
+class Api:
+    """Calls one server and checks each answer against the document's operation."""
+
+    def __init__(self, doc: dict[str, Any], fetch: Any) -> None:
+        self.doc = doc
+        self.fetch = fetch
+        resource = Resource.from_contents(doc, default_specification=DRAFT202012)
+        self.registry: Registry = Registry().with_resource(DOC_URI, resource)
+
+    def validator(self, schema: dict[str, Any]) -> Draft202012Validator:
+        return Draft202012Validator(
+            {"$ref": f"{DOC_URI}{schema['$ref']}"} if "$ref" in schema else schema,
+            registry=self.registry,
+            format_checker=FormatChecker(),
+        )
+
+    def schema_of(self, op: dict[str, Any], status: int) -> dict[str, Any] | None:
+        responses = op["responses"]
+        assert str(status) in responses, f"status {status} is not documented"
+        content = _deref(self.doc, responses[str(status)]).get("content")
+        return None if content is None else content["application/json"]["schema"]
+
+    async def __call__(
+        self,
+        method: str,
+        template: str,
+        *,
+        path: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        expect: int,
+        schema_name: str | None = None,
+    ) -> tuple[HTTPResponse, Any]:
+        op = self.doc["paths"][template][method.lower()]
+        url = template.format(**(path or {}))
+        kwargs: dict[str, Any] = {"method": method, "params": params, "headers": headers}
+        if body is not None:
+            kwargs["body"] = json.dumps(body)
+        elif method in ("POST", "PUT", "PATCH"):
+            kwargs["body"] = b""
+        try:
+            response = await self.fetch(*url.strip("/").split("/"), **kwargs)
+        except HTTPClientError as err:
+            assert err.response is not None
+            response = err.response
+        text = response.body.decode() if response.body else ""
+        assert response.code == expect, f"{method} {url}: {response.code} {text}"
+        if body is not None and response.code < 300:
+            request_schema = op["requestBody"]["content"]["application/json"]["schema"]
+            self.validator(request_schema).validate(body)
+        schema = self.schema_of(op, response.code)
+        if schema is None:
+            assert text == "", f"{method} {url}: {response.code} should have no body"
+            return response, None
+        if schema_name is not None:
+            assert schema == {"$ref": f"#/components/schemas/{schema_name}"}
+        assert response.headers["Content-Type"].startswith("application/json")
+        answer = json.loads(text)
+        errors = sorted(self.validator(schema).iter_errors(answer), key=str)
+        assert not errors, f"{method} {url}: " + "; ".join(
+            f"{list(e.absolute_path)}: {e.message}" for e in errors
+        )
+        if response.code < 300:
+            assert isinstance(answer["simulated"], bool)
+        return response, answer
+
+
+def _extension(serverapp: Any) -> Any:
+    return serverapp.extension_manager.extension_points["jupyter_dlinfra"].app
+
+
+async def _inventory(api: Api) -> dict[str, Any]:
+    """The GPUs must be in the ledger before the first request is answered.
+
+    pytest-jupyter never starts the IOLoop, so extensions are not *started* (no periodic loops);
+    the inventory sync happens earlier, in ``initialize_settings`` (``GpuService.prepare``).
+    """
+    _, cluster = await api("GET", "/dlinfra/api/cluster", expect=200, schema_name="Cluster")
+    assert cluster["gpu_count"] == 4, "the inventory was not synced at initialisation"
+    return cluster
+
+
+async def test_answers_without_a_kernel_match_the_document(
+    doc: dict[str, Any], jp_fetch: Any
+) -> None:
+    api = Api(doc, jp_fetch)
+    cluster = await _inventory(api)
+    assert cluster["free_count"] == 4 and cluster["queue_length"] == 0
+    assert cluster["simulated"] is True and cluster["provider"]["simulated"] is True
+    assert all(g["simulated"] for n in cluster["nodes"] for g in n["gpus"])
+
+    alloc = "/dlinfra/api/allocations/{allocation_id}"
+    for status, reason, kwargs in [
+        (400, "bad_id", {"path": {"allocation_id": "abc"}}),
+        (400, "bad_query", {"path": {"allocation_id": "1"}, "params": {"wait": "61"}}),
+        (400, "bad_query", {"path": {"allocation_id": "1"}, "params": {"wait": "soon"}}),
+        (404, "no_allocation", {"path": {"allocation_id": "999"}}),
+    ]:
+        _, err = await api("GET", alloc, expect=status, schema_name="Error", **kwargs)
+        assert err["reason"] == reason
+    _, err = await api("DELETE", alloc, path={"allocation_id": "999"}, expect=404)
+    assert err["reason"] == "no_allocation"
+
+    allocs = "/dlinfra/api/allocations"
+    _, err = await api("GET", allocs, params={"state": "ended"}, expect=400)
+    assert err["reason"] == "bad_query"
+    _, listed = await api(
+        "GET", allocs, params={"state": "all"}, expect=200, schema_name="AllocationList"
+    )
+    assert listed["allocations"] == []
+    for status, reason, body in [
+        (400, "bad_field", {"kernel_id": "k", "count": 1, "colour": "red"}),
+        (400, "bad_field", {"kernel_id": "k", "count": "2"}),
+        (400, "bad_field", {"count": 1}),
+        (400, "bad_json", [1, 2]),
+        (404, "no_kernel", {"kernel_id": "no-such-kernel", "count": 1}),
+    ]:
+        _, err = await api("POST", allocs, body=body, expect=status)
+        assert err["reason"] == reason, body
+
+    restart = "/dlinfra/api/kernels/{kernel_id}/restart"
+    _, err = await api("POST", restart, path={"kernel_id": "no-such-kernel"}, body={}, expect=404)
+    assert err["reason"] == "no_kernel"
+
+    _, err = await api(
+        "GET",
+        "/dlinfra/api/queue",
+        headers={"Authorization": "DLInfra-Kernel not-a-token"},
+        expect=403,
+    )
+    assert err["reason"] == "bad_kernel_token"
+    _, err = await api("GET", "/dlinfra/api/queue", headers={"Authorization": ""}, expect=403)
+    assert err["reason"] == "forbidden"
+
+
+async def test_a_kernel_through_its_life_matches_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any, jp_base_url: str
+) -> None:
+    api = Api(doc, jp_fetch)
+    await _inventory(api)
+    service = _extension(jp_serverapp).service
+    started = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kernel_id = json.loads(started.body)["id"]
+    try:
+        allocs = "/dlinfra/api/allocations"
+        one = "/dlinfra/api/allocations/{allocation_id}"
+        response, granted = await api(
+            "POST",
+            allocs,
+            body={"kernel_id": kernel_id, "count": 2},
+            expect=201,
+            schema_name="Allocation",
+        )
+        aid = granted["id"]
+        assert response.headers["Location"] == f"{jp_base_url}dlinfra/api/allocations/{aid}"
+        assert granted["state"] == "granted" and len(granted["gpus"]) == 2
+        assert granted["simulated"] is True
+        assert granted["cuda_visible_devices"] == ",".join(g["uuid"] for g in granted["gpus"])
+
+        _, cluster = await api("GET", "/dlinfra/api/cluster", expect=200, schema_name="Cluster")
+        assert cluster["free_count"] == 2
+        holders = [g["holder"] for n in cluster["nodes"] for g in n["gpus"] if g["holder"]]
+        assert [h["kernel_id"] for h in holders] == [kernel_id, kernel_id]
+
+        _, listed = await api(
+            "GET",
+            allocs,
+            params={"kernel_id": kernel_id},
+            expect=200,
+            schema_name="AllocationList",
+        )
+        assert [a["id"] for a in listed["allocations"]] == [aid]
+        _, again = await api(
+            "GET",
+            one,
+            path={"allocation_id": aid},
+            params={"wait": "0.5"},
+            expect=200,
+            schema_name="Allocation",
+        )
+        assert again["state"] == "granted"
+        assert {"utilization_percent", "memory_used_bytes", "sampled_at"} <= set(again["gpus"][0])
+
+        # a second kernel, known to the ledger only, with its own token: it waits in the queue
+        plan = await service.kernel_launching(
+            kernel_id="queued-kernel", kernel_name="python3", path=None, gpus=0, model=None
+        )
+        as_kernel = {"Authorization": f"DLInfra-Kernel {plan.env['DLINFRA_TOKEN']}"}
+        _, queued = await api(
+            "POST",
+            allocs,
+            body={"count": 3},
+            headers=as_kernel,
+            expect=201,
+            schema_name="Allocation",
+        )
+        assert queued["state"] == "queued" and queued["position"] == 1
+        assert queued["gpus"] == [] and queued["waiting_reason"]
+        assert queued["simulated"] is True, "a queued request on simulated GPUs is labelled"
+        _, waited = await api(
+            "GET",
+            one,
+            path={"allocation_id": queued["id"]},
+            params={"wait": "0.2"},
+            headers=as_kernel,
+            expect=200,
+        )
+        assert waited["state"] == "queued"
+        _, queue = await api("GET", "/dlinfra/api/queue", expect=200, schema_name="Queue")
+        assert [a["id"] for a in queue["queue"]] == [queued["id"]]
+        _, mine = await api("GET", allocs, headers=as_kernel, expect=200)
+        assert [a["id"] for a in mine["allocations"]] == [queued["id"]]
+        _, err = await api("GET", one, path={"allocation_id": aid}, headers=as_kernel, expect=403)
+        assert err["reason"] == "forbidden"
+        _, err = await api(
+            "POST",
+            allocs,
+            body={"kernel_id": kernel_id, "count": 1},
+            headers=as_kernel,
+            expect=403,
+        )
+        assert err["reason"] == "forbidden"
+        await api(
+            "DELETE", one, path={"allocation_id": queued["id"]}, headers=as_kernel, expect=204
+        )
+        _, cancelled = await api("GET", one, path={"allocation_id": queued["id"]}, expect=200)
+        assert cancelled["state"] == "cancelled" and cancelled["position"] is None
+
+        for count, status, reason in [
+            (99, 400, "too_many"),
+            (0, 400, "invalid"),
+            (1, 409, "already_allocated"),
+        ]:
+            _, err = await api(
+                "POST",
+                allocs,
+                body={"kernel_id": kernel_id, "count": count},
+                expect=status,
+                schema_name="Error",
+            )
+            assert err["reason"] == reason, (count, err)
+
+        before = await service.call(service.ledger.kernel, kernel_id)
+        _, restarted = await api(
+            "POST",
+            "/dlinfra/api/kernels/{kernel_id}/restart",
+            path={"kernel_id": kernel_id},
+            body={},
+            expect=202,
+            schema_name="RestartAnswer",
+        )
+        assert [a["id"] for a in restarted["keeps"]] == [aid]
+        await _restarted(service, kernel_id, before.pid)
+        _, kept = await api("GET", one, path={"allocation_id": aid}, expect=200)
+        assert kept["state"] == "granted"
+
+        await api("DELETE", one, path={"allocation_id": aid}, expect=204)
+        await api("DELETE", one, path={"allocation_id": aid}, expect=204)
+        _, released = await api(
+            "GET", one, path={"allocation_id": aid}, expect=200, schema_name="Allocation"
+        )
+        assert released["state"] == "released" and released["ended_at"] is not None
+        _, everything = await api("GET", allocs, params={"state": "all"}, expect=200)
+        assert {a["id"] for a in everything["allocations"]} == {aid, queued["id"]}
+    finally:
+        await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+
+
+async def _restarted(
+    service: Any, kernel_id: str, old_pid: int | None, timeout: float = 60
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        record = await service.call(service.ledger.kernel, kernel_id)
+        if record.pid is not None and record.pid != old_pid:
+            return
+        assert loop.time() < deadline, f"kernel {kernel_id} did not restart in {timeout} s"
+        await asyncio.sleep(0.1)
