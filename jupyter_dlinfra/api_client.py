@@ -7,11 +7,13 @@ the kernel (``DLINFRA_API_URL``), with the kernel's own token.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import urllib.error
+    import urllib.request
 
 __all__ = ["ApiFailure", "DLInfraUnavailable", "KernelApiClient"]
 
@@ -35,6 +37,10 @@ class KernelApiClient:
         self.kernel_id = kernel_id
         self._token = token
         self.timeout = timeout
+        # imported here, not at module level: every kernel imports this module at start-up,
+        # and urllib.request (with http.client and email) is most of its import time
+        import urllib.request
+
         # the server is local to the kernel: a proxy from the environment must not get in the way
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -63,6 +69,9 @@ class KernelApiClient:
         query: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
+        import urllib.error
+        import urllib.request
+
         url = urllib.parse.urljoin(self.base_url, "dlinfra/api/" + path)
         if query:
             url += "?" + urllib.parse.urlencode(query)

@@ -14,7 +14,6 @@ import psutil
 
 from jupyter_dlinfra.testing import ServerProcess, wait_until
 
-
 LIVE = ("utilization_percent", "memory_used_bytes", "sampled_at")
 
 
