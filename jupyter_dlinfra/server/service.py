@@ -174,9 +174,12 @@ class GpuService:
         return dead
 
     def _kernel_alive(self, record: KernelRecord) -> bool:
-        if record.server_id == self.settings.server_id:
-            return self._local_kernel_exists(record.kernel_id)
+        if record.server_id == self.settings.server_id and self._local_kernel_exists(
+            record.kernel_id
+        ):
+            return True
         if record.pid is None:
+            # registered in pre_launch, before the kernel manager lists it or its pid is known
             return self.ledger.clock.now() - record.created_at < self.settings.launch_grace
         return process_alive(record)
 

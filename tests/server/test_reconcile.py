@@ -1,0 +1,56 @@
+"""Which kernels reconciliation keeps: decided by the kernel manager, the pid and its start time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from jupyter_dlinfra.core import KernelRecord
+from jupyter_dlinfra.server.liveness import process_started_at
+
+
+def record(app: Any, kernel_id: str, **fields: Any) -> KernelRecord:
+    service = app.service
+    values = {
+        "user": service.settings.user,
+        "node": service.settings.node,
+        "server_id": service.settings.server_id,
+        **fields,
+    }
+    rec = KernelRecord(kernel_id=kernel_id, **values)
+    service.ledger.register_kernel(rec)
+    service.ledger.request(kernel_id=kernel_id, count=1)
+    return rec
+
+
+def known(app: Any) -> set[str]:
+    return {k.kernel_id for k in app.service.ledger.kernels()}
+
+
+async def test_reconcile_keeps_the_living_and_releases_the_dead(dlinfra_app: Any) -> None:
+    service = dlinfra_app.service
+    now = service.ledger.clock.now()
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_started = process_started_at(finished.pid)
+    finished.wait()
+    me = os.getpid()
+
+    # launching in this server: not yet in the kernel manager, no pid yet
+    record(dlinfra_app, "launching", created_at=now)
+    # a launch that never finished, long ago
+    record(dlinfra_app, "stuck", created_at=now - 3600)
+    # another server's kernel whose process is alive (this test process stands in for it)
+    record(dlinfra_app, "alive", server_id="other", pid=me, pid_started_at=process_started_at(me))
+    # a process that has ended
+    record(dlinfra_app, "ended", server_id="other", pid=finished.pid, pid_started_at=dead_started)
+    # a live pid that belongs to another process than the one recorded (pid reuse)
+    record(dlinfra_app, "recycled", server_id="other", pid=me, pid_started_at=1.0)
+
+    dead = await service.reconcile()
+
+    assert set(dead) == {"stuck", "ended", "recycled"}
+    assert known(dlinfra_app) == {"launching", "alive"}
+    ended = service.ledger.allocations(kernel_id="ended", active=False)
+    assert ended[0].end_reason == "kernel no longer exists"
