@@ -1,0 +1,72 @@
+"""The parts of %gpu that need no server: parsing, CUDA detection, a kernel without a ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jupyter_dlinfra.cuda_state import cuda_initialised
+from jupyter_dlinfra.magics import Command, GpuMagic, UsageError, parse_line
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", Command(action="show")),
+        ("  ", Command(action="show")),
+        ("release", Command(action="release")),
+        ("--restart", Command(action="restart")),
+        ("--help", Command(action="help")),
+        ("2", Command(action="request", count=2)),
+        ("4 --model A100", Command(action="request", count=4, model="A100")),
+        ("1 --timeout 30", Command(action="request", count=1, timeout=30.0)),
+        ("1 --no-wait", Command(action="request", count=1, wait=False)),
+        ("2 --restart", Command(action="request", count=2, restart=True)),
+        ("1 --model 'A100 80GB'", Command(action="request", count=1, model="A100 80GB")),
+    ],
+)
+def test_parse(line: str, expected: Command) -> None:
+    assert parse_line(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("0", "at least 1 GPU"),
+        ("-1", "at least 1 GPU"),
+        ("two", "expected a number of GPUs"),
+        ("1.5", "expected a number of GPUs"),
+        ("1 --timeout 0", "--timeout must be a positive"),
+        ("1 --timeout soon", "invalid float value"),
+        ("--model A100", "say how many GPUs"),
+        ("1 --colour red", "unrecognized arguments"),
+        ("1 'unclosed", "No closing quotation"),
+    ],
+)
+def test_parse_errors(line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_line(line)
+
+
+def test_cuda_detection_reads_the_process_maps(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert cuda_initialised(maps) is None
+    maps.write_text(maps.read_text() + "7f02-7f03 r-xp 0 08:01 2 /usr/lib/libcuda.so.550.54\n")
+    assert cuda_initialised(maps) == "the CUDA driver (libcuda) is loaded in this process"
+    assert cuda_initialised(tmp_path / "missing") is None
+
+
+def test_a_kernel_without_a_ledger_gets_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    magic = GpuMagic(shell=None, environ={})
+    magic("2")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("%gpu: GPU ledger not reachable: this kernel was not started by")
+
+
+def test_usage_error_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    GpuMagic(shell=None, environ={})("0")
+    err = capsys.readouterr().err
+    assert err.startswith("%gpu: ask for at least 1 GPU") and "%gpu release" in err
