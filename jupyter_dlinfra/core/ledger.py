@@ -31,6 +31,10 @@ def model_matches(wanted: str | None, model: str) -> bool:
     return wanted is None or wanted.strip().lower() in model.lower()
 
 
+def _same_model(a: str | None, b: str | None) -> bool:
+    return (a or "").lower() == (b or "").lower()
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -53,7 +57,13 @@ class Ledger:
                 raise InvalidRequest(f"GPU {gpu.uuid} belongs to node {gpu.node}, not {node}")
         with self.store.write() as tx:
             conn = tx.conn
-            known = {r.uuid: r for r in conn.execute(select(gpus).where(gpus.c.node == node))}
+            uuids = [g.uuid for g in devices]
+            known = {
+                r.uuid: r
+                for r in conn.execute(
+                    select(gpus).where((gpus.c.node == node) | gpus.c.uuid.in_(uuids))
+                )
+            }
             seen = set()
             for gpu in devices:
                 seen.add(gpu.uuid)
@@ -74,7 +84,7 @@ class Ledger:
                     continue
                 self._event(tx, "gpu_seen", detail={"gpu": gpu.uuid, "node": node})
             for uuid, row in known.items():
-                if uuid not in seen and row.present:
+                if uuid not in seen and row.node == node and row.present:
                     conn.execute(update(gpus).where(gpus.c.uuid == uuid).values(present=False))
                     self._event(tx, "gpu_lost", detail={"gpu": uuid, "node": node})
             if tx.changed:
@@ -193,13 +203,12 @@ class Ledger:
         with self.store.write() as tx:
             conn = tx.conn
             kernel = self._kernel(conn, kernel_id)
-            self._check_satisfiable(conn, kernel.node, count, model)
             current = self._load(
                 conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
             )
             if current:
                 held = current[0]
-                if held.count == count and held.model == model:
+                if held.count == count and _same_model(held.model, model):
                     return self._allocation(conn, held)
                 verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
                 raise Conflict(
@@ -207,6 +216,7 @@ class Ledger:
                     f"{held.id}); release them first with `%gpu release`",
                     reason="already_allocated",
                 )
+            self._check_satisfiable(conn, kernel.node, count, model)
             inserted = conn.execute(
                 insert(allocations).values(
                     kernel_id=kernel_id,
@@ -382,10 +392,23 @@ class Ledger:
         queued = self._load(conn, allocations.c.state == AllocationState.QUEUED.value)
         if not queued:
             return []
-        free = self._free_by_node(conn, {a.node for a in queued})
+        nodes = {a.node for a in queued}
+        free = self._free_by_node(conn, nodes)
+        present = self._present_by_node(conn, nodes)
         granted = []
         now = self.clock.now()
         for alloc in queued:
+            possible = sum(1 for g in present[alloc.node] if model_matches(alloc.model, g.model))
+            if possible < alloc.count:
+                # GPUs were lost since it queued: waiting would block the node for ever
+                kind = f" of model '{alloc.model}'" if alloc.model else ""
+                self._end(
+                    tx,
+                    alloc,
+                    f"cannot be granted any more: node {alloc.node} now has {possible} "
+                    f"GPU(s){kind}, fewer than the {alloc.count} asked for",
+                )
+                continue
             pool = free[alloc.node]
             fits = [g for g in pool if model_matches(alloc.model, g.model)]
             if len(fits) < alloc.count:
@@ -432,6 +455,13 @@ class Ledger:
         for r in rows:
             free[r.node].append(_gpu(r))
         return free
+
+    def _present_by_node(self, conn: Connection, nodes: Iterable[str]) -> dict[str, list[Gpu]]:
+        rows = conn.execute(select(gpus).where(gpus.c.node.in_(set(nodes)) & gpus.c.present))
+        present: dict[str, list[Gpu]] = defaultdict(list)
+        for r in rows:
+            present[r.node].append(_gpu(r))
+        return present
 
     def _queue_view(self, conn: Connection) -> dict[int, tuple[int, str]]:
         """Position and reason in words for every queued request, replaying the scheduler."""

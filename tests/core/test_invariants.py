@@ -8,7 +8,13 @@ from collections import Counter, defaultdict
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from jupyter_dlinfra.core import (
     Allocation,
@@ -54,6 +60,12 @@ class LedgerMachine(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- rules -----------------------------------------------------------------------------
+
+    @initialize(counts=st.lists(st.integers(1, 4), min_size=6, max_size=6))
+    def everyone_asks(self, counts: list[int]) -> None:
+        """Start under contention: every kernel asks once, so that most runs have a queue."""
+        for kernel, count in zip(sorted(KERNEL_NODE), counts, strict=True):
+            self.request(kernel, count, None)
 
     @rule(
         kernel=st.sampled_from(sorted(KERNEL_NODE)),

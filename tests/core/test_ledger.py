@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from jupyter_dlinfra.core import (
@@ -625,15 +627,9 @@ def test_events_are_recorded_in_order(kit: Kit) -> None:
     assert kit.ledger.events(since=evs[-1].seq) == []
 
 
-# -- known defects (strict xfail: remove the marker once fixed) --------------------------------
+# -- inventory changes under waiting and holding requests ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ledger._schedule: a queued request that a lost GPU made unsatisfiable stays queued "
-    "for ever and keeps the node's free GPUs reserved, so the whole node starves",
-)
 def test_a_request_made_unsatisfiable_by_a_lost_gpu_does_not_block_the_node(kit: Kit) -> None:
     devices = kit.node("node-a")
     for kid in ("k1", "k2", "k3"):
@@ -642,17 +638,14 @@ def test_a_request_made_unsatisfiable_by_a_lost_gpu_does_not_block_the_node(kit:
     big = kit.ledger.request(kernel_id="k2", count=4)
     assert big.state is QUEUED
     kit.ledger.sync_inventory("node-a", devices[:3])  # now at most 3 GPUs: k2 can never run
+    ended = kit.ledger.allocation(big.id)
+    assert ended.state is AllocationState.CANCELLED
+    assert ended.end_reason is not None and "now has 3 GPU(s)" in ended.end_reason
     kit.ledger.release(small.id, reason="done")
     late = kit.ledger.request(kernel_id="k3", count=1)
     assert late.state is GRANTED  # 3 of 3 GPUs are free
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Unsatisfiable,
-    reason="Ledger.request checks satisfiability before looking for the kernel's existing "
-    "allocation, so repeating a granted request after a GPU vanished raises Unsatisfiable",
-)
 def test_repeating_a_request_after_a_gpu_vanished_returns_the_existing_allocation(
     kit: Kit,
 ) -> None:
@@ -661,3 +654,22 @@ def test_repeating_a_request_after_a_gpu_vanished_returns_the_existing_allocatio
     held = kit.ledger.request(kernel_id="k1", count=4)
     kit.ledger.sync_inventory("node-a", devices[:3])
     assert kit.ledger.request(kernel_id="k1", count=4).id == held.id
+
+
+def test_repeating_a_request_ignores_the_case_of_the_model(kit: Kit) -> None:
+    kit.node("node-a")
+    kit.kernel("k1")
+    held = kit.ledger.request(kernel_id="k1", count=1, model=kit.ledger.gpus()[0].model.upper())
+    again = kit.ledger.request(
+        kernel_id="k1", count=1, model=held.model.lower() if held.model else None
+    )
+    assert again.id == held.id
+
+
+def test_a_gpu_that_moves_to_another_node_is_moved_not_duplicated(kit: Kit) -> None:
+    devices = kit.node("node-a")
+    moved = [replace(devices[0], node="node-b")]
+    kit.ledger.sync_inventory("node-b", moved)
+    by_uuid = {g.uuid: g for g in kit.ledger.gpus()}
+    assert by_uuid[devices[0].uuid].node == "node-b"
+    assert len(kit.ledger.gpus(include_absent=True)) == len(devices)
