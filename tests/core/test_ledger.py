@@ -508,27 +508,22 @@ def test_everything_survives_reopening_the_store(kit: Kit) -> None:
     done = kit.ledger.release(on_b.id, reason="finished")
     kit.ledger.sync_inventory("node-b", make_gpus("node-b", (1, H100)))
 
-    before = {
-        "allocations": kit.ledger.allocations(active=False),
-        "queue": kit.ledger.queue(),
-        "kernels": kit.ledger.kernels(),
-        "gpus": kit.ledger.gpus(include_absent=True),
-        "holders": kit.ledger.holders(),
-        "events": kit.ledger.events(),
-        "version": kit.ledger.version(),
-    }
+    def snapshot() -> dict[str, object]:
+        return {
+            "allocations": kit.ledger.allocations(active=False),
+            "queue": kit.ledger.queue(),
+            "kernels": kit.ledger.kernels(),
+            "gpus": kit.ledger.gpus(include_absent=True),
+            "holders": kit.ledger.holders(),
+            "events": kit.ledger.events(),
+            "version": kit.ledger.version(),
+        }
+
+    before = snapshot()
     assert [(a.id, a.position) for a in before["queue"]] == [(q1.id, 1), (q2.id, 2), (q3.id, 3)]
 
     kit.reopen()
-    after = {
-        "allocations": kit.ledger.allocations(active=False),
-        "queue": kit.ledger.queue(),
-        "kernels": kit.ledger.kernels(),
-        "gpus": kit.ledger.gpus(include_absent=True),
-        "holders": kit.ledger.holders(),
-        "events": kit.ledger.events(),
-        "version": kit.ledger.version(),
-    }
+    after = snapshot()
     assert after == before
     k1 = kit.ledger.kernel("k1")
     assert (k1.pid, k1.pid_started_at, k1.kernel_name, k1.path) == (
