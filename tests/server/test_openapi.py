@@ -400,7 +400,7 @@ async def test_a_kernel_through_its_life_matches_the_document(
         assert cancelled["state"] == "cancelled" and cancelled["position"] is None
 
         for count, status, reason in [
-            (99, 400, "too_many"),
+            (99, 409, "already_allocated"),  # holding GPUs is the first problem
             (0, 400, "invalid"),
             (1, 409, "already_allocated"),
         ]:
