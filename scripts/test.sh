@@ -3,13 +3,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# PostgreSQL server binaries: the ledger's store tests run on PostgreSQL as well as SQLite
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+# System packages: a PostgreSQL server (the ledger's store tests run on it as well as on
+# SQLite) and Debian's chromium (the browser tests drive a real JupyterLab with it)
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "PostgreSQL server binaries are missing: install the 'postgresql' package" >&2
+        echo "missing system packages: ${missing[*]} (install them with apt-get)" >&2
         exit 1
     fi
 fi

@@ -21,6 +21,7 @@ from ..core import Ledger, Store, SystemClock
 from ..provisioning import set_port
 from ..telemetry import select_provider, simulated_gpus_from_env, simulated_models_from_env
 from .handlers import ROUTES
+from .metrics import registry_for
 from .service import GpuService, ServiceSettings
 
 __all__ = ["DLInfra"]
@@ -89,6 +90,19 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         help="Seconds between two looks at the ledger for changes made by other server "
         "processes (waiting requests notice grants this fast). 0 disables it.",
     )
+    events_debounce = Float(
+        0.05,
+        config=True,
+        help="Seconds within which ledger changes and telemetry samples share one snapshot of "
+        "the event stream (GET /dlinfra/api/events); the first change after a quiet spell goes "
+        "out at once.",
+    )
+    events_keepalive = Float(
+        15.0,
+        config=True,
+        help="Seconds after which an idle event stream gets a keepalive comment, so that proxies "
+        "do not close it.",
+    )
     hide_unallocated_gpus = Bool(
         True,
         config=True,
@@ -127,6 +141,13 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
 
+    @validate("events_debounce", "events_keepalive")
+    def _check_events_timing(self, proposal: dict[str, Any]) -> float:
+        value = float(proposal["value"])
+        if value < 0 or (proposal["trait"].name == "events_keepalive" and value == 0):
+            raise TraitError(f"DLInfra.{proposal['trait'].name} must be positive, not {value}")
+        return value
+
     @validate("simulated_gpus")
     def _check_simulated_gpus(self, proposal: dict[str, Any]) -> int:
         value = int(proposal["value"])
@@ -161,6 +182,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
                 reconcile_interval=self.reconcile_interval,
                 watch_interval=self.watch_interval,
                 hide_unallocated_gpus=self.hide_unallocated_gpus,
+                events_debounce=self.events_debounce,
+                events_keepalive=self.events_keepalive,
             ),
             api_url=self._kernel_api_url,
             local_kernel_exists=lambda kernel_id: kernel_id in self._server.kernel_manager,
@@ -168,6 +191,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         )
         self.service.prepare()
         self.settings["dlinfra_service"] = self.service
+        # per server, not prometheus_client's global registry: servers must not share series
+        self.settings["dlinfra_metrics_registry"] = registry_for(self.service)
         set_port(self.service)
         if self.default_provisioner:
             self._make_provisioner_default()

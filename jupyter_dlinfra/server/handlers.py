@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from tornado.iostream import StreamClosedError
 
 from ..core import Allocation, AllocationState, Gpu
 from ..telemetry import GpuSample
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
+from .events import Subscription
 from .views import allocation_json, cluster_json
 
 __all__ = ["ROUTES"]
@@ -185,6 +191,67 @@ class KernelRestartHandler(_Base):
         task.add_done_callback(_background.discard)
 
 
+class EventsHandler(_Base):
+    """Server-sent events: snapshots of the whole ledger and notices, as they happen.
+
+    Each frame is built once by the service's broadcaster and written as is to every
+    subscriber; this handler only copies bytes from its subscription to its socket.
+    """
+
+    # an open dashboard is not activity: it must not keep an idle server from being culled
+    _track_activity = False
+    _subscription: Subscription | None = None
+    _gone = False
+
+    @authorized("read")
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        broadcaster = self.service.events
+        sub = self._subscription = await broadcaster.subscribe()
+        try:
+            if self._gone:
+                return
+            # an EventSource that loses the connection tries again after this long (ms)
+            self.write(b"retry: 3000\n\n")
+            while True:
+                frames = await sub.next(broadcaster.keepalive)
+                if frames is None:
+                    break
+                for frame in frames:
+                    self.write(frame)
+                await self.flush()
+        except StreamClosedError:
+            self._gone = True
+        finally:
+            broadcaster.unsubscribe(sub)
+        if not self._gone:
+            # the server is stopping: end the response so that the client sees a clean close
+            with contextlib.suppress(StreamClosedError):
+                self.finish()
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        if self._subscription is not None:
+            self.service.events.unsubscribe(self._subscription)
+        super().on_connection_close()
+
+
+class MetricsHandler(_Base):
+    """Prometheus text exposition of this server's view of the ledger and telemetry."""
+
+    _track_activity = False
+
+    @authorized("read")
+    async def get(self) -> None:
+        registry: CollectorRegistry = self.settings["dlinfra_metrics_registry"]
+        await self.service.events.current()
+        body = await self.service.call(generate_latest, registry)
+        self.set_status(200)
+        self.finish(body, set_content_type=CONTENT_TYPE_LATEST)
+
+
 _background: set[asyncio.Future[Any]] = set()
 
 #: (path under base_url, handler, methods) - the OpenAPI test reads this table
@@ -194,4 +261,7 @@ ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
     (r"/dlinfra/api/allocations/(?P<allocation_id>[^/]+)", AllocationHandler, ("GET", "DELETE")),
     (r"/dlinfra/api/queue", QueueHandler, ("GET",)),
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/restart", KernelRestartHandler, ("POST",)),
+    (r"/dlinfra/api/events", EventsHandler, ("GET",)),
+    # a scrape target rather than an API call, hence outside /dlinfra/api
+    (r"/dlinfra/metrics", MetricsHandler, ("GET",)),
 ]

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from ..core import Allocation, AllocationState, Gpu, KernelRecord, Ledger, LedgerError, NotFound
 from ..provisioning import LaunchPlan
 from ..telemetry import GpuSample, TelemetryProvider
+from .events import Broadcaster, Notice
 from .liveness import process_alive, process_started_at
 
 __all__ = ["GpuService", "ServiceSettings", "hash_token"]
@@ -42,6 +43,10 @@ class ServiceSettings:
     #: a kernel of another server with no pid yet counts as alive for this long (seconds)
     launch_grace: float = 300.0
     hide_unallocated_gpus: bool = True
+    #: changes closer together than this share one event-stream snapshot (seconds)
+    events_debounce: float = 0.05
+    #: an idle event stream gets a keepalive comment this often (seconds)
+    events_keepalive: float = 15.0
 
 
 class GpuService:
@@ -66,6 +71,12 @@ class GpuService:
         self._tick = asyncio.Event()
         self._seen_version = -1
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        #: how many times provider.sample() ran: once per interval, whatever the clients
+        self.sampling_calls = 0
+        self.events = Broadcaster(
+            self, debounce=settings.events_debounce, keepalive=settings.events_keepalive
+        )
 
     # -- running blocking work -----------------------------------------------------------------
 
@@ -83,6 +94,7 @@ class GpuService:
     def _notify(self) -> None:
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
+        self.events.poke()
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return after the next ledger change (in any process sharing the store) or ``timeout``."""
@@ -98,6 +110,7 @@ class GpuService:
         self._reconcile()
         self._sample()
         self._seen_version = self.ledger.version()
+        self.events.prime()
 
     async def start(self) -> None:
         """Start the periodic loops (once the event loop runs)."""
@@ -106,14 +119,24 @@ class GpuService:
             asyncio.create_task(self._every(self.settings.telemetry_interval, self.sample)),
             asyncio.create_task(self._every(self.settings.reconcile_interval, self._maintain)),
         ]
+        self.events.start()
 
-    async def stop(self) -> None:
+    async def stop_loops(self) -> None:
+        """Cancel the periodic loops; the service still answers calls. Idempotent."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+    async def stop(self) -> None:
+        """End the event streams and the loops, then release the provider. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.events.close()
+        await self.stop_loops()
         await self.call(self.provider.close)
         self._executor.shutdown(wait=True)
 
@@ -157,9 +180,42 @@ class GpuService:
 
     async def sample(self) -> None:
         await self.call(self._sample)
+        self.events.poke()
 
     def _sample(self) -> None:
+        # only the sampling loop (or start-up) runs this, one call at a time
+        self.sampling_calls += 1
         self.samples = {s.uuid: s for s in self.provider.sample()}
+
+    def publish_notice(
+        self,
+        kind: str,
+        level: str,
+        message: str,
+        *,
+        user: str | None = None,
+        kernel_id: str | None = None,
+        allocation_id: int | None = None,
+        actions: Iterable[tuple[str, str]] = (),
+    ) -> Notice:
+        """Tell every event-stream subscriber something now (call on the event loop).
+
+        The generic warning channel, e.g. for idle reclaim: ``kind`` is free ("warning" for
+        warnings), ``level`` one of info, warning, error, and ``actions`` ``(id, label)`` pairs
+        the front end offers as buttons. The notice gets a negative id (-1, -2, ... per server
+        process) so that it never collides with the ids of notices made from ledger events,
+        which are the events' positive ``seq``. Nothing is stored: only connected subscribers see
+        it.
+        """
+        return self.events.publish_notice(
+            kind,
+            level,
+            message,
+            user=user,
+            kernel_id=kernel_id,
+            allocation_id=allocation_id,
+            actions=actions,
+        )
 
     async def reconcile(self) -> list[str]:
         """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""

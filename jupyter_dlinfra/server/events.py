@@ -1,0 +1,564 @@
+"""The live event stream behind ``GET /dlinfra/api/events``: one producer, many subscribers.
+
+The service owns one :class:`Broadcaster`. Whatever the number of subscribers, each change is
+turned into a snapshot once: the ledger is read and the JSON serialised in the service's thread
+pool, and the same bytes are handed to every subscriber's :class:`Subscription`. Telemetry is not
+sampled here; the service's own loop samples once per interval and pokes the broadcaster.
+
+What triggers a snapshot: :meth:`Broadcaster.poke`, called by the service on every ledger change
+it makes or sees (``GpuService._notify``) and after every telemetry sample. Pokes are coalesced:
+the first one after a quiet spell is built at once, later ones at most once per ``debounce``
+seconds. A poke that changed nothing visible (same ledger version, same sample, no new ledger
+event) builds nothing. With no subscriber the producer rests; the next subscriber, or a metrics
+scrape, builds what it needs on demand.
+
+Notices come from two sources, in one stream:
+
+- ledger events read with ``Ledger.events(since=...)`` as snapshots are built: ids are the
+  ledger's event ``seq`` (positive, shared by every server of the ledger);
+- :meth:`Broadcaster.publish_notice` (``GpuService.publish_notice``), for warnings the server makes
+  up itself (idle reclaim): ids are negative, -1, -2, ... per server process, so they never collide
+  with ledger ids. They are not stored and restart from -1 when the server restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from ..core import Allocation, Gpu, KernelRecord, LedgerEvent, NotFound
+from ..core.store import events as events_table
+from ..telemetry import GpuSample
+from .views import allocation_json, cluster_json, iso
+
+if TYPE_CHECKING:
+    from .service import GpuService
+
+__all__ = [
+    "KEEPALIVE",
+    "LEVELS",
+    "Broadcaster",
+    "Notice",
+    "Snapshot",
+    "Subscription",
+    "WaitHistogram",
+    "notice_from_event",
+]
+
+#: an SSE comment: keeps proxies from timing the connection out, ignored by EventSource
+KEEPALIVE = b": keepalive\n\n"
+LEVELS = ("info", "warning", "error")
+#: bucket bounds (seconds) of the grant wait histogram: immediate grants up to an hour's wait
+WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+#: ends that a user or a kernel asked for: no notice, they know
+_CHOSEN_END_REASONS = ("kernel shut down", "kernel restarted")
+_EVENT_PAGE = 1000
+
+
+def _frame(event: str, payload: str) -> bytes:
+    # json.dumps never writes a newline, so one data line carries the whole payload
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notice:
+    id: int
+    kind: str
+    level: str
+    message: str
+    user: str | None = None
+    kernel_id: str | None = None
+    allocation_id: int | None = None
+    actions: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "level": self.level,
+            "user": self.user,
+            "kernel_id": self.kernel_id,
+            "allocation_id": self.allocation_id,
+            "message": self.message,
+            "actions": [{"id": a, "label": label} for a, label in self.actions],
+        }
+
+    def frame(self) -> bytes:
+        return _frame("notice", json.dumps(self.to_json()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """The state one snapshot event showed, kept for metrics, with its serialised frame."""
+
+    seq: int
+    at: float
+    version: int
+    gpus: tuple[Gpu, ...]
+    holders: Mapping[str, Allocation]
+    queue: tuple[Allocation, ...]
+    allocations: tuple[Allocation, ...]
+    samples: Mapping[str, GpuSample]
+    simulated: bool
+    frame: bytes = field(repr=False)
+
+
+def _kernel_words(kernel: KernelRecord | None, kernel_id: str | None) -> str:
+    if kernel is not None and kernel.path:
+        return f"kernel {kernel.path}"
+    if kernel is not None and kernel.kernel_name:
+        return f"kernel {kernel.kernel_name} ({kernel.kernel_id[:8]})"
+    return f"kernel {(kernel_id or '?')[:8]}"
+
+
+def notice_from_event(
+    event: LedgerEvent,
+    *,
+    previous: LedgerEvent | None,
+    kernels: Mapping[str, KernelRecord],
+    owner_of: Callable[[int], str | None],
+) -> Notice | None:
+    """The notice a ledger event deserves, if any.
+
+    A grant is worth a notice only when the request waited in the queue. The ledger writes
+    ``waited_s`` with the real clock, so an immediate grant has a few microseconds of "wait";
+    what tells it apart is that its ``requested`` event is the one just before, written in the
+    same transaction.
+    """
+    kernel = kernels.get(event.kernel_id) if event.kernel_id else None
+    aid = event.allocation_id
+
+    def owner() -> str | None:
+        if kernel is not None:
+            return kernel.user
+        return owner_of(aid) if aid is not None else None
+
+    if event.kind == "granted":
+        waited = event.detail.get("waited_s")
+        if not isinstance(waited, (int, float)) or waited <= 0:
+            return None
+        if (
+            previous is not None
+            and previous.kind == "requested"
+            and previous.allocation_id == aid
+            and previous.seq == event.seq - 1
+        ):
+            return None
+        gpus = event.detail.get("gpus")
+        count = len(gpus) if isinstance(gpus, list) else 0
+        return Notice(
+            id=event.seq,
+            kind="granted",
+            level="info",
+            message=f"{_plural(count, 'GPU')} granted to {_kernel_words(kernel, event.kernel_id)} "
+            f"after {waited:.0f} s in the queue",
+            user=owner(),
+            kernel_id=event.kernel_id,
+            allocation_id=aid,
+        )
+    if event.kind in ("cancelled", "released"):
+        reason = str(event.detail.get("reason") or "")
+        if reason.startswith("released by") or reason in _CHOSEN_END_REASONS:
+            return None
+        who = _kernel_words(kernel, event.kernel_id)
+        if event.kind == "cancelled":
+            # a request that will never be granted: the user's work cannot go on as planned
+            level, what = "error", f"The GPU request of {who} was cancelled"
+        else:
+            gpus = event.detail.get("gpus")
+            count = len(gpus) if isinstance(gpus, list) else 0
+            level, what = "warning", f"The {_plural(count, 'GPU')} of {who} were released"
+        return Notice(
+            id=event.seq,
+            kind="ended",
+            level=level,
+            message=f"{what}: {reason or 'no reason given'}",
+            user=owner(),
+            kernel_id=event.kernel_id,
+            allocation_id=aid,
+        )
+    return None
+
+
+class WaitHistogram:
+    """Cumulative counts of grant waits, for the ``dlinfra_grant_wait_seconds`` histogram.
+
+    Written by the snapshot builder (a pool thread), read by metrics scrapes (another one).
+    """
+
+    def __init__(self, buckets: Sequence[float] = WAIT_BUCKETS) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self._counts = [0] * (len(self.buckets) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._counts[bisect.bisect_left(self.buckets, seconds)] += 1
+            self._sum += seconds
+
+    def read(self) -> tuple[list[tuple[str, float]], float]:
+        """Cumulative ``(le, count)`` pairs ending with ``+Inf``, and the sum of waits."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out, total
+
+
+class Subscription:
+    """One subscriber's bounded queue of serialised frames.
+
+    When full, the oldest snapshot goes: a later snapshot supersedes it, so the subscriber loses
+    nothing it needs. Only a queue full of notices (a client that stopped reading while
+    ``maxsize`` notices came) loses its oldest notice, counted in ``dropped_notices``.
+    """
+
+    def __init__(self, maxsize: int = 16) -> None:
+        if maxsize < 2:
+            raise ValueError("a subscription must hold at least a snapshot and a notice")
+        self.maxsize = maxsize
+        self.closed = False
+        self.dropped_snapshots = 0
+        self.dropped_notices = 0
+        self._items: deque[tuple[bool, bytes]] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, frame: bytes, *, snapshot: bool) -> None:
+        if self.closed:
+            return
+        if len(self._items) >= self.maxsize:
+            for i, (is_snapshot, _) in enumerate(self._items):
+                if is_snapshot:
+                    del self._items[i]
+                    self.dropped_snapshots += 1
+                    break
+            else:
+                self._items.popleft()
+                self.dropped_notices += 1
+        self._items.append((snapshot, frame))
+        self._ready.set()
+
+    async def next(self, keepalive: float) -> list[bytes] | None:
+        """Every frame waiting, or ``[KEEPALIVE]`` after ``keepalive`` idle seconds; None once
+        closed."""
+        while not self._items:
+            if self.closed:
+                return None
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), keepalive)
+            except asyncio.TimeoutError:
+                if self.closed:
+                    return None
+                return [KEEPALIVE]
+        if self.closed:
+            return None
+        frames = [frame for _, frame in self._items]
+        self._items.clear()
+        return frames
+
+    def close(self) -> None:
+        self.closed = True
+        self._items.clear()
+        self._ready.set()
+
+
+class Broadcaster:
+    def __init__(
+        self,
+        service: GpuService,
+        *,
+        debounce: float = 0.05,
+        keepalive: float = 15.0,
+        queue_size: int = 16,
+    ) -> None:
+        self._service = service
+        self.debounce = debounce
+        self.keepalive = keepalive
+        self.queue_size = queue_size
+        #: snapshots built and serialised (one per change, whatever the number of subscribers)
+        self.snapshots_built = 0
+        self.grant_waits = WaitHistogram()
+        self.latest: Snapshot | None = None
+        self._subs: set[Subscription] = set()
+        self._subs_changed = asyncio.Event()
+        self._dirty = True
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._last_build_at = float("-inf")
+        self._next_notice_id = -1
+        # touched only by _build, which runs under _lock, so one pool thread at a time
+        self._last_seq = 0
+        self._last_event: LedgerEvent | None = None
+        self._seen_samples: Mapping[str, GpuSample] | None = None
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def prime(self) -> None:
+        """Blocking: start reading ledger events from now on, not from the ledger's beginning."""
+        # Ledger has no "latest seq" call; paging through the whole history to find it would
+        # cost a read of every event ever written at each start-up
+        with self._service.ledger.store.read() as conn:
+            self._last_seq = int(conn.execute(select(func.max(events_table.c.seq))).scalar() or 0)
+
+    def start(self) -> None:
+        """Start the producer; needs a running event loop. Idempotent."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        """End every stream and the producer. Idempotent."""
+        self._closed = True
+        for sub in list(self._subs):
+            sub.close()
+        self._subs.clear()
+        self._subs_changed.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- producers -------------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something may have changed: the ledger or the telemetry. Call on the event loop."""
+        self._dirty = True
+        self._wake.set()
+
+    def publish_notice(
+        self,
+        kind: str,
+        level: str,
+        message: str,
+        *,
+        user: str | None = None,
+        kernel_id: str | None = None,
+        allocation_id: int | None = None,
+        actions: Iterable[tuple[str, str]] = (),
+    ) -> Notice:
+        """Send a notice to every subscriber now. Call on the event loop. Ids are negative."""
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+        if not kind or not message:
+            raise ValueError("a notice needs a kind and a message")
+        notice = Notice(
+            id=self._next_notice_id,
+            kind=kind,
+            level=level,
+            message=message,
+            user=user,
+            kernel_id=kernel_id,
+            allocation_id=allocation_id,
+            actions=tuple((str(a), str(label)) for a, label in actions),
+        )
+        self._next_notice_id -= 1
+        self._fan_out(notice.frame(), snapshot=False)
+        return notice
+
+    # -- subscribers -----------------------------------------------------------------------------
+
+    async def subscribe(self) -> Subscription:
+        """A new subscription, whose first frame is a snapshot of the current state."""
+        if self._closed:
+            raise RuntimeError("the event stream is closed (the server is stopping)")
+        self.start()
+        sub = Subscription(self.queue_size)
+        # no await between reading the latest snapshot and joining the fan-out: none is missed
+        snapshot = await self.current()
+        sub.offer(snapshot.frame, snapshot=True)
+        self._subs.add(sub)
+        self._subs_changed.set()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close()
+        if sub in self._subs:
+            self._subs.discard(sub)
+            self._subs_changed.set()
+
+    async def wait_for_subscribers(self, count: int, timeout: float) -> bool:
+        """Wait until exactly ``count`` subscribers are connected (tests, benchmarks)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self._subs) != count:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._subs_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._subs_changed.wait(), left)
+        return True
+
+    # -- building --------------------------------------------------------------------------------
+
+    async def current(self) -> Snapshot:
+        """The latest snapshot, built first when something changed since."""
+        if self.latest is None or self._dirty:
+            return await self.refresh()
+        return self.latest
+
+    async def refresh(self) -> Snapshot:
+        async with self._lock:
+            if self.latest is not None and not self._dirty:
+                return self.latest  # built by whoever held the lock before us
+            self._dirty = False
+            try:
+                snapshot, notices = await self._service.call(self._build)
+            except BaseException:
+                self._dirty = True
+                raise
+            for notice in notices:
+                self._fan_out(notice.frame(), snapshot=False)
+            if snapshot is not None:
+                # only a snapshot sent counts: a poke that changed nothing must not delay the next
+                self._last_build_at = asyncio.get_running_loop().time()
+                self.latest = snapshot
+                self._fan_out(snapshot.frame, snapshot=True)
+            assert self.latest is not None
+            return self.latest
+
+    def _fan_out(self, frame: bytes, *, snapshot: bool) -> None:
+        for sub in self._subs:
+            sub.offer(frame, snapshot=snapshot)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            delay = self._last_build_at + self.debounce - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # pokes that came during the delay are covered by this build
+            self._wake.clear()
+            if not self._subs:
+                continue  # stays dirty: the next subscriber or scrape builds on demand
+            try:
+                await self.refresh()
+            except Exception:
+                self._service.log.exception("dlinfra: building the event snapshot failed")
+                await asyncio.sleep(1.0)  # a broken ledger must not make this loop spin
+                self._wake.set()
+
+    def _build(self) -> tuple[Snapshot | None, list[Notice]]:
+        """Blocking (pool thread): read the ledger, turn new events into notices, serialise."""
+        service = self._service
+        ledger = service.ledger
+        # read the version first: a change racing with the reads below pokes again and is
+        # rebuilt, instead of being hidden behind a version that already counts it
+        version = ledger.version()
+        samples = service.samples
+        new_events = self._read_events()
+        if (
+            self.latest is not None
+            and version == self.latest.version
+            and samples is self._seen_samples
+            and not new_events
+        ):
+            return None, []
+        all_gpus = ledger.gpus(include_absent=True)
+        present = tuple(g for g in all_gpus if g.present)
+        index = {g.uuid: g for g in all_gpus}
+        holders = ledger.holders()
+        kernels = {k.kernel_id: k for k in ledger.kernels()}
+        queue = tuple(ledger.queue())
+        active = tuple(ledger.allocations(active=True))
+        notices = self._notices(new_events, kernels)
+        now = ledger.clock.now()
+        provider = service.provider
+        simulated = provider.simulated or any(g.simulated for g in present)
+        seq = self.snapshots_built + 1
+        body = {
+            "seq": seq,
+            "at": iso(now),
+            "cluster": cluster_json(
+                gpus=present,
+                holders=holders,
+                kernels=kernels,
+                samples=samples,
+                provider=provider,
+                local_node=service.settings.node,
+                queue_length=len(queue),
+            ),
+            "queue": [allocation_json(a, index, simulated=provider.simulated) for a in queue],
+            "allocations": [
+                allocation_json(a, index, samples, simulated=provider.simulated) for a in active
+            ],
+            "simulated": simulated,
+        }
+        snapshot = Snapshot(
+            seq=seq,
+            at=now,
+            version=version,
+            gpus=present,
+            holders=holders,
+            queue=queue,
+            allocations=active,
+            samples=samples,
+            simulated=simulated,
+            frame=_frame("snapshot", json.dumps(body)),
+        )
+        self.snapshots_built = seq
+        self._seen_samples = samples
+        return snapshot, notices
+
+    def _read_events(self) -> list[LedgerEvent]:
+        found: list[LedgerEvent] = []
+        while True:
+            page = self._service.ledger.events(since=self._last_seq, limit=_EVENT_PAGE)
+            found.extend(page)
+            if page:
+                self._last_seq = page[-1].seq
+            if len(page) < _EVENT_PAGE:
+                return found
+
+    def _notices(
+        self, new_events: list[LedgerEvent], kernels: Mapping[str, KernelRecord]
+    ) -> list[Notice]:
+        ledger = self._service.ledger
+
+        def owner_of(allocation_id: int) -> str | None:
+            try:
+                return ledger.allocation(allocation_id).user
+            except NotFound:
+                return None
+
+        notices = []
+        for event in new_events:
+            if event.kind == "granted":
+                waited = event.detail.get("waited_s")
+                if isinstance(waited, (int, float)):
+                    self.grant_waits.observe(max(0.0, float(waited)))
+            notice = notice_from_event(
+                event, previous=self._last_event, kernels=kernels, owner_of=owner_of
+            )
+            if notice is not None:
+                notices.append(notice)
+            self._last_event = event
+        return notices

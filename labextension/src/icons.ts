@@ -1,0 +1,10 @@
+import { LabIcon } from '@jupyterlab/ui-components';
+
+/** A GPU board: the sidebar tab, the toolbar button and the dialogs use it. */
+const GPU_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <path fill-rule="evenodd" d="M2 5h3v1h14a2 2 0 0 1 2 2v8a2 2 0 0 1-2 2h-3v2h-2v-2H8v2H6v-2H5v-1H3V7H2zm3 3v8h14V8zm2 1.5h10v5H7z"/>
+  </g>
+</svg>`;
+
+export const gpuIcon = new LabIcon({ name: 'jupyter-dlinfra:gpu', svgstr: GPU_SVG });

@@ -1,0 +1,125 @@
+/**
+ * jupyter-dlinfra: the JupyterLab side of the GPU ledger. One plugin wires the client, the
+ * model and the widgets (sidebar, status bar item, notebook toolbar button, notifications).
+ */
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { Signal } from '@lumino/signaling';
+
+import { DLInfraClient, IDLInfraClient } from './api';
+import { gpuIcon } from './icons';
+import { DLInfraModel } from './model';
+import { connectNotifications } from './notifications';
+import { DLInfraSidebar, SIDEBAR_ID } from './sidebar';
+import { DLInfraStatus, STATUS_ITEM_ID } from './statusbar';
+import { GpuToolbarExtension } from './toolbar';
+
+export * from './api';
+export { DLInfraModel } from './model';
+export type { ConnectionMode, IMyAllocation, IFailure } from './model';
+
+const PLUGIN_ID = 'jupyter-dlinfra:plugin';
+
+namespace CommandIDs {
+  export const open = 'dlinfra:open';
+  export const refresh = 'dlinfra:refresh';
+  export const toggleCompact = 'dlinfra:toggle-compact';
+}
+
+const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
+  id: PLUGIN_ID,
+  description: 'GPU ledger sidebar, status bar item, notebook toolbar button and notifications.',
+  autoStart: true,
+  provides: IDLInfraClient,
+  optional: [ISettingRegistry, IStatusBar, INotebookTracker, ILayoutRestorer, ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    settingRegistry: ISettingRegistry | null,
+    statusBar: IStatusBar | null,
+    tracker: INotebookTracker | null,
+    restorer: ILayoutRestorer | null,
+    palette: ICommandPalette | null
+  ): IDLInfraClient => {
+    const client = new DLInfraClient(app.serviceManager.serverSettings);
+    const model = new DLInfraModel({ client, serviceManager: app.serviceManager });
+
+    const sidebar = new DLInfraSidebar(model);
+    app.shell.add(sidebar, 'left', { rank: 650 });
+    restorer?.add(sidebar, SIDEBAR_ID);
+    const openSidebar = () => app.shell.activateById(SIDEBAR_ID);
+
+    if (statusBar && tracker) {
+      const item = new DLInfraStatus(model, tracker, openSidebar);
+      const activeChanged = new Signal<DLInfraStatus, void>(item);
+      app.shell.currentChanged?.connect(() => activeChanged.emit());
+      statusBar.registerStatusItem(STATUS_ITEM_ID, {
+        item,
+        align: 'left',
+        rank: 4,
+        isActive: () => !!tracker.currentWidget && app.shell.currentWidget === tracker.currentWidget,
+        activeStateChanged: activeChanged
+      });
+    }
+
+    app.docRegistry.addWidgetExtension('Notebook', new GpuToolbarExtension(model));
+    connectNotifications(model);
+
+    app.commands.addCommand(CommandIDs.open, {
+      label: 'Show the GPUs panel',
+      icon: gpuIcon,
+      execute: openSidebar
+    });
+    app.commands.addCommand(CommandIDs.refresh, {
+      label: 'Refresh the GPU view',
+      execute: () => model.refresh()
+    });
+    app.commands.addCommand(CommandIDs.toggleCompact, {
+      label: 'Compact GPU view',
+      isToggled: () => sidebar.compact,
+      execute: async () => {
+        if (settings) {
+          await settings.set('compact', !sidebar.compact);
+        } else {
+          sidebar.compact = !sidebar.compact;
+        }
+      }
+    });
+    if (palette) {
+      for (const command of Object.values(CommandIDs)) {
+        palette.addItem({ command, category: 'GPUs' });
+      }
+    }
+
+    let settings: ISettingRegistry.ISettings | null = null;
+    const applySettings = (s: ISettingRegistry.ISettings) => {
+      model.refreshInterval = Number(s.composite.refreshInterval ?? 2);
+      model.sparklinePoints = Number(s.composite.sparklinePoints ?? 60);
+      sidebar.compact = Boolean(s.composite.compact);
+    };
+    const start = () => model.start();
+    if (settingRegistry) {
+      settingRegistry
+        .load(PLUGIN_ID)
+        .then(s => {
+          settings = s;
+          applySettings(s);
+          s.changed.connect(applySettings);
+        })
+        .catch(error => console.warn('jupyter-dlinfra: cannot load settings', error))
+        .then(start, start);
+    } else {
+      start();
+    }
+
+    return client;
+  }
+};
+
+export default plugin;

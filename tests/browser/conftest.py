@@ -1,0 +1,100 @@
+"""A real JupyterLab (jupyter server subprocess with the extension) and Debian's chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_dlinfra.testing import ServerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def jp_asyncio_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """pytest-jupyter's autouse loop fixture would close Playwright's running loop: these tests
+    start their servers as processes and need no loop of their own, so give it a private one."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, servers: list[object]) -> Any:
+    """Start JupyterLab on ``gpus`` simulated GPUs; returns a factory."""
+
+    def start(gpus: int = 4) -> ServerProcess:
+        server = ServerProcess(
+            tmp_path / f"lab{len(servers)}",
+            db_url=f"sqlite:///{tmp_path}/ledger.sqlite",
+            simulated_gpus=gpus,
+            extra_args=("--DLInfra.telemetry_interval=1",),
+        )
+        server.workdir.mkdir(parents=True, exist_ok=True)
+        servers.append(server)
+        return server.start()
+
+    return start
+
+
+@pytest.fixture
+def page(browser_context: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    page = browser_context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield page
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failure.png"))
+        page.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+
+
+def save_artifact(path: Path) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    target = ARTIFACTS / path.name
+    shutil.copy(path, target)
+    return target

@@ -1,0 +1,113 @@
+"""The GPU sidebar in a real JupyterLab, driven by Debian's chromium."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from playwright.sync_api import expect
+
+from jupyter_dlinfra.testing import ServerProcess, wait_until
+
+from .conftest import ARTIFACTS
+
+
+def make_notebook(server: ServerProcess, name: str, source: str) -> None:
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "source": source,
+                "metadata": {},
+                "outputs": [],
+                "execution_count": None,
+            }
+        ],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    server._ok("PUT", f"api/contents/{name}", {"type": "notebook", "content": notebook})
+
+
+def open_and_run(page: Any, server: ServerProcess, name: str) -> None:
+    page.goto(f"{server.url}lab/tree/{name}?token={server.token}")
+    editor = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first
+    editor.click()
+    # the kernel must be idle before Shift+Enter, or the run waits on a kernel that is starting
+    expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")).to_be_visible()
+    page.wait_for_function(
+        "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset?.status "
+        "=== 'idle' || !!document.querySelector('[data-status=\"idle\"]')",
+        timeout=60_000,
+    )
+    page.keyboard.press("Shift+Enter")
+
+
+def open_sidebar(page: Any) -> Any:
+    sidebar = page.locator("#dlinfra-sidebar")
+    if not sidebar.is_visible():
+        page.locator('.jp-SideBar.jp-mod-left li[data-id="dlinfra-sidebar"]').click()
+    expect(sidebar).to_be_visible()
+    return sidebar
+
+
+def active(server: ServerProcess) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = server.get("dlinfra/api/allocations")["allocations"]
+    return found
+
+
+def test_percent_gpu_shows_in_the_sidebar_and_releases_from_it(lab: Any, page: Any) -> None:
+    server = lab(gpus=4)
+    make_notebook(server, "train.ipynb", "%gpu 2")
+    open_and_run(page, server, "train.ipynb")
+    expect(page.locator(".jp-OutputArea-output").first).to_contain_text(
+        "Granted 2 GPUs", timeout=60_000
+    )
+    sidebar = open_sidebar(page)
+    expect(sidebar.locator(".jp-DLInfra-gpuCard")).to_have_count(4)
+    expect(sidebar.locator(".jp-DLInfra-simulatedBadge").first).to_be_visible()
+    mine = sidebar.locator(".jp-DLInfra-myAllocation.jp-mod-granted")
+    expect(mine).to_have_count(1, timeout=5_000)
+    expect(mine.locator(".jp-DLInfra-myGpu")).to_have_count(2)
+    held = active(server)
+    assert len(held) == 1 and held[0]["count"] == 2
+    held_uuids = {g["uuid"] for g in held[0]["gpus"]}
+    cards = sidebar.locator(".jp-DLInfra-gpuCard.jp-mod-held, .jp-DLInfra-gpuCard.jp-mod-mine")
+    expect(cards).to_have_count(2)
+    assert {cards.nth(i).get_attribute("data-uuid") for i in range(2)} == held_uuids
+    ARTIFACTS.mkdir(exist_ok=True)
+    sidebar.screenshot(path=str(ARTIFACTS / "sidebar.png"))
+
+    mine.locator(".jp-DLInfra-release").click()
+    wait_until(lambda: active(server) == [], timeout=10, what="the release to reach the ledger")
+    expect(sidebar.locator(".jp-DLInfra-myAllocation")).to_have_count(0)
+    expect(sidebar.locator(".jp-DLInfra-gpuCard.jp-mod-free")).to_have_count(4)
+
+
+def test_queue_entry_then_grant_with_a_notification(lab: Any, page: Any) -> None:
+    server = lab(gpus=2)
+    rival = server.start_kernel()
+    assert "Granted 2 GPUs" in rival.execute("%gpu 2").stdout
+    make_notebook(server, "waiting.ipynb", "%gpu 1")
+    open_and_run(page, server, "waiting.ipynb")
+    sidebar = open_sidebar(page)
+    entry = sidebar.locator(".jp-DLInfra-queueEntry")
+    expect(entry).to_have_count(1, timeout=30_000)
+    expect(entry).to_have_attribute("data-position", "1")
+    expect(entry.locator(".jp-DLInfra-waitingReason")).to_contain_text("0 of 2 free")
+    queued = server.get("dlinfra/api/queue")["queue"]
+    assert len(queued) == 1 and queued[0]["kernel_id"] != rival.kernel_id
+    ARTIFACTS.mkdir(exist_ok=True)
+    sidebar.screenshot(path=str(ARTIFACTS / "sidebar-queue.png"))
+
+    rival.execute("%gpu release")
+    expect(entry).to_have_count(0, timeout=10_000)
+    toast = page.locator(".Toastify__toast", has_text="Granted")
+    expect(toast.first).to_be_visible(timeout=10_000)
+    expect(page.locator(".jp-OutputArea").first).to_contain_text("Granted 1 GPU")
+    granted = active(server)
+    assert [a["kernel_id"] for a in granted] == [queued[0]["kernel_id"]]
+    assert json.dumps(granted[0]["state"]) == '"granted"'
