@@ -34,24 +34,20 @@ def jp_asyncio_loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-@pytest.fixture(scope="session")
-def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+# package scope: Playwright's sync API runs an event loop in this thread until it stops, and
+# pytest-jupyter's fixtures in the other test packages need that thread's loop to themselves
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1400, "height": 900},
-        )
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            yield context
+            yield browser
         finally:
-            context.close()
+            browser.close()
 
 
 @pytest.fixture
@@ -73,8 +69,10 @@ def lab(tmp_path: Path, servers: list[object]) -> Any:
 
 
 @pytest.fixture
-def page(browser_context: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    page = browser_context.new_page()
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    # a fresh context per test: no storage carried from one Lab to the next (ports get reused)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
     page.set_default_timeout(30_000)
     try:
         yield page
@@ -82,7 +80,7 @@ def page(browser_context: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         ARTIFACTS.mkdir(exist_ok=True)
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
             page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failure.png"))
-        page.close()
+        context.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

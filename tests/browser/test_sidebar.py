@@ -111,3 +111,30 @@ def test_queue_entry_then_grant_with_a_notification(lab: Any, page: Any) -> None
     granted = active(server)
     assert [a["kernel_id"] for a in granted] == [queued[0]["kernel_id"]]
     assert json.dumps(granted[0]["state"]) == '"granted"'
+
+
+def test_toolbar_requests_and_releases_and_the_status_bar_follows(lab: Any, page: Any) -> None:
+    server = lab(gpus=2)
+    make_notebook(server, "bar.ipynb", "x = 1")
+    open_and_run(page, server, "bar.ipynb")
+    status = page.locator("#dlinfra-status")
+    expect(status).to_have_attribute("data-state", "none", timeout=30_000)
+    expect(status).to_contain_text("GPU \u2013")  # an en dash: no GPUs
+
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-DLInfra-toolbarButton").click()
+    page.locator("#dlinfra-request-count").fill("2")
+    page.locator(".jp-Dialog-footer button", has_text="Request").click()
+    expect(page.locator(".jp-Dialog-header", has_text="GPUs granted")).to_be_visible()
+    page.locator(".jp-Dialog-footer button", has_text="Ok").click()
+    held = active(server)
+    assert len(held) == 1 and held[0]["count"] == 2 and held[0]["state"] == "granted"
+
+    expect(status).to_have_attribute("data-state", "granted", timeout=10_000)
+    expect(status).to_contain_text("GPU 2")
+    status.click()
+    expect(page.locator("#dlinfra-sidebar")).to_be_visible()
+
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-DLInfra-toolbarButton").click()
+    page.locator(".jp-Dialog-footer button", has_text="Release").click()
+    wait_until(lambda: active(server) == [], timeout=10, what="the toolbar release")
+    expect(status).to_have_attribute("data-state", "none", timeout=10_000)
