@@ -38,11 +38,12 @@ def open_and_run(page: Any, server: ServerProcess, name: str) -> None:
     editor.click()
     # the kernel must be idle before Shift+Enter, or the run waits on a kernel that is starting
     expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")).to_be_visible()
-    page.wait_for_function(
-        "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset?.status "
-        "=== 'idle' || !!document.querySelector('[data-status=\"idle\"]')",
-        timeout=60_000,
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(panel.locator(".jp-KernelName")).to_contain_text("Python 3", timeout=60_000)
+    expect(panel.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute(
+        "data-status", "idle", timeout=60_000
     )
+    editor.click()
     page.keyboard.press("Shift+Enter")
 
 
@@ -81,7 +82,14 @@ def test_percent_gpu_shows_in_the_sidebar_and_releases_from_it(lab: Any, page: A
     ARTIFACTS.mkdir(exist_ok=True)
     sidebar.screenshot(path=str(ARTIFACTS / "sidebar.png"))
 
-    mine.locator(".jp-DLInfra-release").click()
+    # screen readers: labelled controls and a live queue; keyboard: Enter on the focused button
+    expect(sidebar.locator(".jp-DLInfra-section-queue [aria-live='polite']")).to_have_count(1)
+    release = mine.locator(".jp-DLInfra-release")
+    assert release.get_attribute("aria-label")
+    bar = sidebar.locator(".jp-DLInfra-meter-util [role='progressbar']").first
+    assert 0 <= float(bar.get_attribute("aria-valuenow") or "-1") <= 100
+    release.focus()
+    page.keyboard.press("Enter")
     wait_until(lambda: active(server) == [], timeout=10, what="the release to reach the ledger")
     expect(sidebar.locator(".jp-DLInfra-myAllocation")).to_have_count(0)
     expect(sidebar.locator(".jp-DLInfra-gpuCard.jp-mod-free")).to_have_count(4)
