@@ -16,9 +16,9 @@ Notices come from two sources, in one stream:
 
 - ledger events read with ``Ledger.events(since=...)`` as snapshots are built: ids are the
   ledger's event ``seq`` (positive, shared by every server of the ledger);
-- :meth:`Broadcaster.publish_notice` (``GpuService.publish_notice``), for warnings the server makes
-  up itself (idle reclaim): ids are negative, -1, -2, ... per server process, so they never collide
-  with ledger ids. They are not stored and restart from -1 when the server restarts.
+- :meth:`Broadcaster.publish_notice` (``GpuService.events.publish_notice``), for warnings the
+  server makes up itself (idle reclaim): ids are negative, -1, -2, ... per server process, so
+  they never collide with ledger ids. They are not stored and restart from -1 with the server.
 """
 
 from __future__ import annotations
@@ -363,7 +363,15 @@ class Broadcaster:
         allocation_id: int | None = None,
         actions: Iterable[tuple[str, str]] = (),
     ) -> Notice:
-        """Send a notice to every subscriber now. Call on the event loop. Ids are negative."""
+        """Tell every event-stream subscriber something now (call on the event loop).
+
+        The generic warning channel, e.g. for idle reclaim: ``kind`` is free ("warning" for
+        warnings), ``level`` one of info, warning, error, and ``actions`` ``(id, label)`` pairs
+        the front end offers as buttons. The notice gets a negative id (-1, -2, ... per server
+        process) so that it never collides with the ids of notices made from ledger events,
+        which are the events' positive ``seq``. Nothing is stored: only connected subscribers see
+        it.
+        """
         if level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
         if not kind or not message:

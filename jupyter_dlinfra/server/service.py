@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..core import Allocation, AllocationState, Gpu, KernelRecord, Ledger, LedgerError, NotFound
 from ..provisioning import LaunchPlan
 from ..telemetry import GpuSample, TelemetryProvider
-from .events import Broadcaster, Notice
+from .events import Broadcaster
 from .liveness import process_alive, process_started_at
 
 __all__ = ["GpuService", "ServiceSettings", "hash_token"]
@@ -186,36 +186,6 @@ class GpuService:
         # only the sampling loop (or start-up) runs this, one call at a time
         self.sampling_calls += 1
         self.samples = {s.uuid: s for s in self.provider.sample()}
-
-    def publish_notice(
-        self,
-        kind: str,
-        level: str,
-        message: str,
-        *,
-        user: str | None = None,
-        kernel_id: str | None = None,
-        allocation_id: int | None = None,
-        actions: Iterable[tuple[str, str]] = (),
-    ) -> Notice:
-        """Tell every event-stream subscriber something now (call on the event loop).
-
-        The generic warning channel, e.g. for idle reclaim: ``kind`` is free ("warning" for
-        warnings), ``level`` one of info, warning, error, and ``actions`` ``(id, label)`` pairs
-        the front end offers as buttons. The notice gets a negative id (-1, -2, ... per server
-        process) so that it never collides with the ids of notices made from ledger events,
-        which are the events' positive ``seq``. Nothing is stored: only connected subscribers see
-        it.
-        """
-        return self.events.publish_notice(
-            kind,
-            level,
-            message,
-            user=user,
-            kernel_id=kernel_id,
-            allocation_id=allocation_id,
-            actions=actions,
-        )
 
     async def reconcile(self) -> list[str]:
         """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""

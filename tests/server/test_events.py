@@ -322,7 +322,7 @@ async def test_published_notices_reach_every_subscriber(
 ) -> None:
     service = dlinfra_app.service
     streams = [await open_stream(), await open_stream()]
-    sent = service.publish_notice(
+    sent = service.events.publish_notice(
         "warning",
         "warning",
         "2 GPUs idle for 30 min will be released in 10 min",
@@ -331,7 +331,7 @@ async def test_published_notices_reach_every_subscriber(
         allocation_id=12,
         actions=[("keep", "Keep my GPUs")],
     )
-    service.publish_notice("warning", "info", "second")
+    service.events.publish_notice("warning", "info", "second")
     for stream in streams:
         notice = await stream.next("notice")
         schemas["Notice"].validate(notice)
@@ -348,7 +348,7 @@ async def test_published_notices_reach_every_subscriber(
         assert (await stream.next("notice"))["id"] == -2
     assert sent.id == -1
     with pytest.raises(ValueError, match="level"):
-        service.publish_notice("warning", "fatal", "no such level")
+        service.events.publish_notice("warning", "fatal", "no such level")
 
 
 async def test_subscribers_see_the_same_snapshots(
