@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psutil
 from playwright.sync_api import expect
 
 from jupyter_dlinfra.testing import ServerProcess, wait_until
@@ -146,3 +147,24 @@ def test_toolbar_requests_and_releases_and_the_status_bar_follows(lab: Any, page
     page.locator(".jp-Dialog-footer button", has_text="Release").click()
     wait_until(lambda: active(server) == [], timeout=10, what="the toolbar release")
     expect(status).to_have_attribute("data-state", "none", timeout=10_000)
+
+
+def test_a_request_that_fails_is_notified(lab: Any, page: Any) -> None:
+    server = lab(gpus=1)
+    rival = server.start_kernel()
+    rival.execute("%gpu 1")
+    make_notebook(server, "doomed.ipynb", "%gpu 1")
+    open_and_run(page, server, "doomed.ipynb")
+    sidebar = open_sidebar(page)
+    expect(sidebar.locator(".jp-DLInfra-queueEntry")).to_have_count(1, timeout=30_000)
+    kernel_id = server.get("dlinfra/api/queue")["queue"][0]["kernel_id"]
+    victims = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(kernel_id in part for part in p.info["cmdline"] or [])
+    ]
+    assert len(victims) == 1
+    victims[0].kill()  # the kernel dies while it waits: its request ends without being asked
+    toast = page.locator(".Toastify__toast", has_text="kernel died")
+    expect(toast.first).to_be_visible(timeout=30_000)
+    expect(sidebar.locator(".jp-DLInfra-queueEntry")).to_have_count(0)
