@@ -271,9 +271,11 @@ class GpuMagic:
         print(f"Released {held} GPU(s); CUDA_VISIBLE_DEVICES is now empty.")
 
     def restart(self) -> None:
-        answer = self.client.restart_kernel()
-        kept = sum(len(a["gpus"]) for a in answer.get("keeps", []))
-        print(f"Restarting this kernel with {kept} GPU(s) applied at launch...")
+        held = [a for a in self.client.my_allocations() if a["state"] == "granted"]
+        kept = sum(len(a["gpus"]) for a in held)
+        # said and flushed first: the restart may end this process before a later print is sent
+        print(f"Restarting this kernel with {kept} GPU(s) applied at launch...", flush=True)
+        self.client.restart_kernel()
 
     @staticmethod
     def _fail(message: str) -> None:
