@@ -8,27 +8,10 @@ from typing import Any
 
 import pytest
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from server_kit import register
 from tornado.httpclient import HTTPClientError
 
-from jupyter_dlinfra.core import KernelRecord
 from jupyter_dlinfra.server.auth import KERNEL_AUTH_SCHEME
-from jupyter_dlinfra.server.service import hash_token
-
-
-def register(
-    app: Any, kernel_id: str, *, user: str | None = None, token: str | None = None
-) -> None:
-    """A kernel record as the provisioner writes it (no process needed for API checks)."""
-    service = app.service
-    service.ledger.register_kernel(
-        KernelRecord(
-            kernel_id=kernel_id,
-            user=user or service.settings.user,
-            node=service.settings.node,
-            server_id=service.settings.server_id,
-        ),
-        token_hash=hash_token(token) if token else None,
-    )
 
 
 def kernel_auth(token: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from server_kit import register
 from tornado.httpclient import HTTPClientError
 from tornado.httputil import HTTPHeaders
 
@@ -188,19 +189,6 @@ def open_stream(
     # pytest-jupyter runs no async fixtures; the test's loop is idle again by now
     for stream in opened:
         jp_asyncio_loop.run_until_complete(stream.close())
-
-
-def register(app: Any, kernel_id: str) -> None:
-    """A kernel record as the provisioner writes it, as in test_api."""
-    service = app.service
-    service.ledger.register_kernel(
-        KernelRecord(
-            kernel_id=kernel_id,
-            user=service.settings.user,
-            node=service.settings.node,
-            server_id=service.settings.server_id,
-        )
-    )
 
 
 def _holders(snapshot: dict[str, Any]) -> set[str]:

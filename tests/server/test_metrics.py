@@ -9,22 +9,10 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from server_kit import register
 from tornado.httpclient import HTTPClientError
 
-from jupyter_dlinfra.core import KernelRecord
 from jupyter_dlinfra.server.metrics import registry_for
-
-
-def register(app: Any, kernel_id: str) -> None:
-    service = app.service
-    service.ledger.register_kernel(
-        KernelRecord(
-            kernel_id=kernel_id,
-            user=service.settings.user,
-            node=service.settings.node,
-            server_id=service.settings.server_id,
-        )
-    )
 
 
 async def scrape(jp_fetch: Any) -> dict[str, list[Sample]]:
