@@ -393,8 +393,9 @@ class Ledger:
         if not queued:
             return []
         nodes = {a.node for a in queued}
-        free = self._free_by_node(conn, nodes)
         present = self._present_by_node(conn, nodes)
+        held = set(conn.execute(select(holdings.c.gpu_uuid)).scalars())
+        free = _free(present, held)
         granted = []
         now = self.clock.now()
         for alloc in queued:
@@ -441,23 +442,12 @@ class Ledger:
             granted.append(alloc.id)
         return granted
 
-    def _free_by_node(self, conn: Connection, nodes: Iterable[str]) -> dict[str, list[Gpu]]:
+    def _present_by_node(self, conn: Connection, nodes: Iterable[str]) -> dict[str, list[Gpu]]:
         rows = conn.execute(
             select(gpus)
-            .where(
-                gpus.c.node.in_(set(nodes))
-                & gpus.c.present
-                & gpus.c.uuid.not_in(select(holdings.c.gpu_uuid))
-            )
+            .where(gpus.c.node.in_(set(nodes)) & gpus.c.present)
             .order_by(gpus.c.node, gpus.c.idx)
         )
-        free: dict[str, list[Gpu]] = defaultdict(list)
-        for r in rows:
-            free[r.node].append(_gpu(r))
-        return free
-
-    def _present_by_node(self, conn: Connection, nodes: Iterable[str]) -> dict[str, list[Gpu]]:
-        rows = conn.execute(select(gpus).where(gpus.c.node.in_(set(nodes)) & gpus.c.present))
         present: dict[str, list[Gpu]] = defaultdict(list)
         for r in rows:
             present[r.node].append(_gpu(r))
@@ -469,11 +459,7 @@ class Ledger:
         if not queued:
             return {}
         nodes = {a.node for a in queued}
-        free = self._free_by_node(conn, nodes)
-        all_gpus = [
-            _gpu(r)
-            for r in conn.execute(select(gpus).where(gpus.c.node.in_(nodes) & gpus.c.present))
-        ]
+        present = self._present_by_node(conn, nodes)
         holder_of: dict[str, str] = {
             uuid: user
             for uuid, user in conn.execute(
@@ -482,14 +468,13 @@ class Ledger:
                 )
             )
         }
+        free = _free(present, set(holder_of))
         positions: Counter[str] = Counter()
         view: dict[int, tuple[int, str]] = {}
         for alloc in queued:
             positions[alloc.node] += 1
             pool = free[alloc.node]
-            matching = [
-                g for g in all_gpus if g.node == alloc.node and model_matches(alloc.model, g.model)
-            ]
+            matching = [g for g in present[alloc.node] if model_matches(alloc.model, g.model)]
             fits = [g for g in pool if model_matches(alloc.model, g.model)]
             for g in fits:
                 pool.remove(g)
@@ -540,6 +525,14 @@ class Ledger:
         if alloc.state is not AllocationState.QUEUED:
             return alloc
         return _with_queue_info(alloc, self._queue_view(conn))
+
+
+def _free(present: dict[str, list[Gpu]], held: set[str]) -> dict[str, list[Gpu]]:
+    """Per node, the present GPUs nobody holds, in index order (fresh lists: callers consume)."""
+    free: dict[str, list[Gpu]] = defaultdict(list)
+    for node, node_gpus in present.items():
+        free[node] = [g for g in node_gpus if g.uuid not in held]
+    return free
 
 
 def _with_queue_info(alloc: Allocation, view: dict[int, tuple[int, str]]) -> Allocation:
