@@ -2,8 +2,11 @@
 
 from .clock import Clock, ManualClock, SystemClock
 from .errors import Conflict, InvalidRequest, LedgerError, NotFound, PermissionDenied, Unsatisfiable
+from .idle import IdlePolicy, IdleState, Phase, PolicyError, ReclaimAction, ReclaimPolicy
+from .idle_book import IdleBook
 from .ledger import Ledger, model_matches
 from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
+from .replay import ReplayReport, UsageSeries, replay
 from .store import SCHEMA_VERSION, Store
 
 __all__ = [
@@ -13,6 +16,9 @@ __all__ = [
     "Clock",
     "Conflict",
     "Gpu",
+    "IdleBook",
+    "IdlePolicy",
+    "IdleState",
     "InvalidRequest",
     "KernelRecord",
     "Ledger",
@@ -21,8 +27,15 @@ __all__ = [
     "ManualClock",
     "NotFound",
     "PermissionDenied",
+    "Phase",
+    "PolicyError",
+    "ReclaimAction",
+    "ReclaimPolicy",
+    "ReplayReport",
     "Store",
     "SystemClock",
     "Unsatisfiable",
+    "UsageSeries",
     "model_matches",
+    "replay",
 ]

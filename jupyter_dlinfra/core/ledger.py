@@ -82,11 +82,11 @@ class Ledger:
                     conn.execute(update(gpus).where(gpus.c.uuid == gpu.uuid).values(**values))
                 else:
                     continue
-                self._event(tx, "gpu_seen", detail={"gpu": gpu.uuid, "node": node})
+                self.write_event(tx, "gpu_seen", detail={"gpu": gpu.uuid, "node": node})
             for uuid, row in known.items():
                 if uuid not in seen and row.node == node and row.present:
                     conn.execute(update(gpus).where(gpus.c.uuid == uuid).values(present=False))
-                    self._event(tx, "gpu_lost", detail={"gpu": uuid, "node": node})
+                    self.write_event(tx, "gpu_lost", detail={"gpu": uuid, "node": node})
             if tx.changed:
                 self._schedule(tx)
 
@@ -136,7 +136,7 @@ class Ledger:
                 tx.conn.execute(
                     update(kernels).where(kernels.c.kernel_id == record.kernel_id).values(**values)
                 )
-            self._event(tx, "kernel_registered", kernel_id=record.kernel_id)
+            self.write_event(tx, "kernel_registered", kernel_id=record.kernel_id)
             return self._kernel(tx.conn, record.kernel_id)
 
     def update_kernel(self, kernel_id: str, **changes: Any) -> KernelRecord:
@@ -174,7 +174,9 @@ class Ledger:
             ended = self._end_kernel_allocations(tx, kernel_id, reason)
             gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
             if gone.rowcount:
-                self._event(tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason})
+                self.write_event(
+                    tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason}
+                )
             if ended:
                 self._schedule(tx)
             return [self._allocation(tx.conn, a) for a in ended]
@@ -229,7 +231,7 @@ class Ledger:
                 )
             )
             new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
-            self._event(
+            self.write_event(
                 tx,
                 "requested",
                 allocation_id=new_id,
@@ -313,7 +315,7 @@ class Ledger:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _event(
+    def write_event(
         self,
         tx: Transaction,
         kind: str,
@@ -321,10 +323,12 @@ class Ledger:
         allocation_id: int | None = None,
         kernel_id: str | None = None,
         detail: dict[str, Any] | None = None,
+        at: float | None = None,
     ) -> None:
+        """Add an event row within ``tx`` (for the other books of the ledger's store)."""
         tx.conn.execute(
             insert(events).values(
-                at=self.clock.now(),
+                at=self.clock.now() if at is None else at,
                 kind=kind,
                 allocation_id=allocation_id,
                 kernel_id=kernel_id,
@@ -368,7 +372,7 @@ class Ledger:
             .where(allocations.c.id == alloc.id)
             .values(state=state.value, ended_at=self.clock.now(), end_reason=reason)
         )
-        self._event(
+        self.write_event(
             tx,
             state.value,
             allocation_id=alloc.id,
@@ -432,7 +436,7 @@ class Ledger:
                 .where(allocations.c.id == alloc.id)
                 .values(state=AllocationState.GRANTED.value, granted_at=now)
             )
-            self._event(
+            self.write_event(
                 tx,
                 "granted",
                 allocation_id=alloc.id,

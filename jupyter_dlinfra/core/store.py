@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 
 __all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -116,6 +116,60 @@ events = Table(
     Column("detail", Text, nullable=False, default="{}"),
 )
 
+#: the idle-reclaim state of each kernel that holds GPUs (core/idle.py)
+idle_states = Table(
+    "dlinfra_idle",
+    metadata,
+    Column("kernel_id", String(64), primary_key=True),
+    Column("phase", String(16), nullable=False),
+    Column("idle_since", Float, nullable=True),
+    Column("warned_at", Float, nullable=True),
+    Column("keeps", Integer, nullable=False, default=0),
+    Column("hold_until", Float, nullable=True),
+    Column("reclaimed_at", Float, nullable=True),
+    Column("last_util", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    #: said to the kernel at its next launch (after a reclaim restarted it), then cleared
+    Column("message", Text, nullable=True),
+)
+
+#: the reclaim policy set through the API (one row, key "reclaim"); absent: the config's
+policies = Table(
+    "dlinfra_policy",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(255), nullable=False),
+)
+
+#: one row per changed policy value: who, when, old and new
+policy_changes = Table(
+    "dlinfra_policy_changes",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("who", String(255), nullable=False),
+    Column("field", String(255), nullable=False),
+    Column("old", Text, nullable=True),
+    Column("new", Text, nullable=True),
+)
+
+#: kernels' GPU use, downsampled to one row per kernel per bucket, for policy dry runs
+usage = Table(
+    "dlinfra_usage",
+    metadata,
+    Column("kernel_id", String(64), primary_key=True),
+    Column("bucket", Float, primary_key=True),
+    Column("user", String(255), nullable=False),
+    Column("path", Text, nullable=True),
+    Column("gpus", Integer, nullable=False),
+    Column("util_mean", Float, nullable=False),
+    Column("util_max", Float, nullable=False),
+    Column("memory_bytes", BigInteger, nullable=False),
+    Column("samples", Integer, nullable=False),
+)
+
 _WRITE = "dlinfra_write"
 
 
@@ -175,6 +229,12 @@ class Store:
             for key, value in (("schema", SCHEMA_VERSION), ("version", 0)):
                 if key not in existing:
                     conn.execute(meta.insert().values(key=key, value=value))
+            # version 2 only added tables, which create_all has just made on older ledgers
+            conn.execute(
+                update(meta)
+                .where(meta.c.key == "schema", meta.c.value < SCHEMA_VERSION)
+                .values(value=SCHEMA_VERSION)
+            )
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:

@@ -22,6 +22,9 @@ PUBLIC_API = [
     "Clock",
     "Conflict",
     "Gpu",
+    "IdleBook",
+    "IdlePolicy",
+    "IdleState",
     "InvalidRequest",
     "KernelRecord",
     "Ledger",
@@ -30,11 +33,18 @@ PUBLIC_API = [
     "ManualClock",
     "NotFound",
     "PermissionDenied",
+    "Phase",
+    "PolicyError",
+    "ReclaimAction",
+    "ReclaimPolicy",
+    "ReplayReport",
     "SCHEMA_VERSION",
     "Store",
     "SystemClock",
     "Unsatisfiable",
+    "UsageSeries",
     "model_matches",
+    "replay",
 ]
 
 CORE_FILES = sorted(CORE_DIR.glob("*.py"))

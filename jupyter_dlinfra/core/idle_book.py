@@ -1,0 +1,371 @@
+"""The stored side of idle reclaim: kernels' idle states, the policy and its audit, usage history.
+
+Each state change is written, with a ledger event, in one transaction before any effect (a
+notice, a restart) follows, like every other change of the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, insert, select
+
+from .errors import NotFound
+from .idle import IdlePolicy, IdleState, Phase, ReclaimPolicy, Transition, keep, observe
+from .ledger import Ledger
+from .replay import UsageSeries
+from .store import idle_states, policies, policy_changes, usage
+
+__all__ = [
+    "EVENT_KINDS",
+    "IdleBook",
+    "PolicyChange",
+    "Reading",
+    "StoredPolicy",
+    "UsageBucket",
+]
+
+#: ledger event kind written for each transition of the state machine
+EVENT_KINDS = {
+    Phase.IDLE.value: "gpu_idle",
+    Phase.ACTIVE.value: "gpu_active",
+    Phase.WARNED.value: "idle_warning",
+    "kept": "idle_kept",
+    Phase.RECLAIMED.value: "idle_reclaimed",
+}
+_POLICY_KEY = "reclaim"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reading:
+    """The highest utilisation among one kernel's GPUs at one sample."""
+
+    kernel_id: str
+    utilization: float
+    at: float
+    allocation_id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyChange:
+    seq: int
+    at: float
+    who: str
+    field: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredPolicy:
+    policy: ReclaimPolicy
+    updated_at: float
+    updated_by: str
+
+
+@dataclass(kw_only=True)
+class UsageBucket:
+    """One kernel's samples within one bucket of time, being summed up."""
+
+    kernel_id: str
+    bucket: float
+    user: str
+    path: str | None
+    gpus: int
+    util_sum: float = 0.0
+    util_max: float = 0.0
+    memory_bytes: int = 0
+    samples: int = 0
+
+    def add(self, utilization: float, memory_bytes: int) -> None:
+        self.util_sum += utilization
+        self.util_max = max(self.util_max, utilization)
+        self.memory_bytes = max(self.memory_bytes, memory_bytes)
+        self.samples += 1
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class IdleBook:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.store = ledger.store
+        self.clock = ledger.clock
+
+    # -- the policy ------------------------------------------------------------------------------
+
+    def stored_policy(self) -> StoredPolicy | None:
+        with self.store.read() as conn:
+            row = conn.execute(select(policies).where(policies.c.key == _POLICY_KEY)).first()
+        if row is None:
+            return None
+        return StoredPolicy(
+            policy=ReclaimPolicy.from_json(json.loads(row.document)),
+            updated_at=row.updated_at,
+            updated_by=row.updated_by,
+        )
+
+    def set_policy(
+        self, policy: ReclaimPolicy, *, who: str, previous: ReclaimPolicy
+    ) -> list[PolicyChange]:
+        """Store ``policy``; one audit row per value that differs from ``previous``."""
+        now = self.clock.now()
+        old, new = _flatten(previous.to_json()), _flatten(policy.to_json())
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        with self.store.write() as tx:
+            conn = tx.conn
+            conn.execute(delete(policies).where(policies.c.key == _POLICY_KEY))
+            conn.execute(
+                insert(policies).values(
+                    key=_POLICY_KEY,
+                    document=json.dumps(policy.to_json()),
+                    updated_at=now,
+                    updated_by=who,
+                )
+            )
+            for name in changed:
+                conn.execute(
+                    insert(policy_changes).values(
+                        at=now,
+                        who=who,
+                        field=name,
+                        old=json.dumps(old.get(name)),
+                        new=json.dumps(new.get(name)),
+                    )
+                )
+            if changed:
+                self.ledger.write_event(
+                    tx, "policy_changed", detail={"who": who, "fields": changed}
+                )
+            tx.touch()
+        return self.policy_changes(limit=len(changed)) if changed else []
+
+    def policy_changes(self, limit: int = 100) -> list[PolicyChange]:
+        """The latest changes first."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(policy_changes).order_by(policy_changes.c.seq.desc()).limit(limit)
+            ).all()
+        return [
+            PolicyChange(
+                seq=r.seq,
+                at=r.at,
+                who=r.who,
+                field=r.field,
+                old=json.loads(r.old) if r.old is not None else None,
+                new=json.loads(r.new) if r.new is not None else None,
+            )
+            for r in rows
+        ]
+
+    # -- idle states -----------------------------------------------------------------------------
+
+    def states(self, kernel_ids: Iterable[str] | None = None) -> dict[str, IdleState]:
+        with self.store.read() as conn:
+            return self._states(conn, kernel_ids)
+
+    def state(self, kernel_id: str) -> IdleState:
+        return self.states([kernel_id]).get(kernel_id) or IdleState(kernel_id=kernel_id)
+
+    def observe(
+        self,
+        readings: Sequence[Reading],
+        policy_for: Callable[[str], IdlePolicy | None],
+    ) -> list[Transition]:
+        """Advance the kernels read in this sample; forget the state of kernels not read.
+
+        ``policy_for(kernel_id)`` gives the policy of the kernel's owner (None: exempt).
+        """
+        found: list[Transition] = []
+        with self.store.write() as tx:
+            conn = tx.conn
+            current = self._states(conn, None)
+            seen = {r.kernel_id for r in readings}
+            gone = [k for k, s in current.items() if k not in seen]
+            if gone:
+                # a row with a message waits for its kernel's relaunch: it is not forgotten
+                conn.execute(
+                    delete(idle_states).where(
+                        idle_states.c.kernel_id.in_(gone), idle_states.c.message.is_(None)
+                    )
+                )
+            for reading in readings:
+                before = current.get(reading.kernel_id) or IdleState(kernel_id=reading.kernel_id)
+                after, transitions = observe(
+                    before, reading.utilization, reading.at, policy_for(reading.kernel_id)
+                )
+                if after != before:
+                    self._put(conn, after)
+                for t in transitions:
+                    self._record(tx, t, reading.allocation_id)
+                found.extend(transitions)
+        return found
+
+    def keep(self, kernel_id: str, policy: IdlePolicy | None, *, who: str) -> IdleState:
+        with self.store.write() as tx:
+            current = self._states(tx.conn, [kernel_id]).get(kernel_id)
+            if current is None:
+                raise NotFound(
+                    f"kernel {kernel_id} holds no GPUs that are watched for idleness",
+                    reason="no_idle_state",
+                )
+            kept, transition = keep(current, self.clock.now(), policy)
+            self._put(tx.conn, kept)
+            self._record(tx, transition, None, who=who)
+        return kept
+
+    def set_message(self, kernel_id: str, message: str) -> None:
+        """Keep a sentence for the kernel's next launch (it is restarted without GPUs)."""
+        now = self.clock.now()
+        with self.store.write() as tx:
+            current = self._states(tx.conn, [kernel_id]).get(kernel_id)
+            state = current or IdleState(kernel_id=kernel_id, updated_at=now)
+            self._put(tx.conn, state, message=message)
+
+    def take_message(self, kernel_id: str) -> str | None:
+        """The sentence kept for this kernel, once; its idle state goes with it."""
+        with self.store.write() as tx:
+            row = tx.conn.execute(
+                select(idle_states.c.message).where(idle_states.c.kernel_id == kernel_id)
+            ).first()
+            if row is None:
+                return None
+            tx.conn.execute(delete(idle_states).where(idle_states.c.kernel_id == kernel_id))
+            return str(row.message) if row.message is not None else None
+
+    def clear(self, kernel_id: str) -> None:
+        with self.store.write() as tx:
+            tx.conn.execute(delete(idle_states).where(idle_states.c.kernel_id == kernel_id))
+
+    # -- usage history ---------------------------------------------------------------------------
+
+    def record_usage(self, buckets: Sequence[UsageBucket]) -> None:
+        """Add finished buckets; a bucket written before (by a restarted server) is merged."""
+        if not buckets:
+            return
+        with self.store.write() as tx:
+            conn = tx.conn
+            for b in buckets:
+                key = (usage.c.kernel_id == b.kernel_id) & (usage.c.bucket == b.bucket)
+                old = conn.execute(select(usage).where(key)).first()
+                samples, util_sum = b.samples, b.util_sum
+                util_max, memory = b.util_max, b.memory_bytes
+                if old is not None:
+                    util_sum += old.util_mean * old.samples
+                    samples += old.samples
+                    util_max = max(util_max, old.util_max)
+                    memory = max(memory, old.memory_bytes)
+                    conn.execute(delete(usage).where(key))
+                conn.execute(
+                    insert(usage).values(
+                        kernel_id=b.kernel_id,
+                        bucket=b.bucket,
+                        user=b.user,
+                        path=b.path,
+                        gpus=b.gpus,
+                        util_mean=util_sum / samples if samples else 0.0,
+                        util_max=util_max,
+                        memory_bytes=memory,
+                        samples=samples,
+                    )
+                )
+
+    def usage_series(self, since: float, until: float | None = None) -> list[UsageSeries]:
+        """Per kernel, the highest utilisation of each bucket since ``since``, in time order."""
+        cond = usage.c.bucket >= since
+        if until is not None:
+            cond = cond & (usage.c.bucket < until)
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(usage).where(cond).order_by(usage.c.kernel_id, usage.c.bucket)
+            ).all()
+        points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        first: dict[str, Row[Any]] = {}
+        for r in rows:
+            points[r.kernel_id].append((r.bucket, r.util_max))
+            first.setdefault(r.kernel_id, r)
+        return [
+            UsageSeries(
+                kernel_id=k,
+                user=first[k].user,
+                path=first[k].path,
+                gpus=max(1, first[k].gpus),
+                points=tuple(p),
+            )
+            for k, p in points.items()
+        ]
+
+    def prune_usage(self, before: float) -> int:
+        with self.store.write() as tx:
+            result = tx.conn.execute(delete(usage).where(usage.c.bucket < before))
+            return int(result.rowcount or 0)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _states(conn: Connection, kernel_ids: Iterable[str] | None) -> dict[str, IdleState]:
+        query = select(idle_states)
+        if kernel_ids is not None:
+            query = query.where(idle_states.c.kernel_id.in_(list(kernel_ids)))
+        return {
+            r.kernel_id: IdleState(
+                kernel_id=r.kernel_id,
+                phase=Phase(r.phase),
+                idle_since=r.idle_since,
+                warned_at=r.warned_at,
+                keeps=r.keeps,
+                hold_until=r.hold_until,
+                reclaimed_at=r.reclaimed_at,
+                last_util=r.last_util,
+                updated_at=r.updated_at,
+            )
+            for r in conn.execute(query)
+        }
+
+    @staticmethod
+    def _put(conn: Connection, state: IdleState, *, message: str | None = None) -> None:
+        old = conn.execute(
+            select(idle_states.c.message).where(idle_states.c.kernel_id == state.kernel_id)
+        ).first()
+        conn.execute(delete(idle_states).where(idle_states.c.kernel_id == state.kernel_id))
+        conn.execute(
+            insert(idle_states).values(
+                kernel_id=state.kernel_id,
+                phase=state.phase.value,
+                idle_since=state.idle_since,
+                warned_at=state.warned_at,
+                keeps=state.keeps,
+                hold_until=state.hold_until,
+                reclaimed_at=state.reclaimed_at,
+                last_util=state.last_util,
+                updated_at=state.updated_at,
+                message=message if message is not None else (old.message if old else None),
+            )
+        )
+
+    def _record(
+        self, tx: Any, t: Transition, allocation_id: int | None, *, who: str | None = None
+    ) -> None:
+        detail = dict(t.detail)
+        if who is not None:
+            detail["who"] = who
+        self.ledger.write_event(
+            tx,
+            EVENT_KINDS[t.kind],
+            kernel_id=t.kernel_id,
+            allocation_id=allocation_id,
+            detail=detail,
+            at=t.at,
+        )
