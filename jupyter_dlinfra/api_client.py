@@ -120,6 +120,12 @@ class KernelApiClient:
     def cluster(self) -> dict[str, Any]:
         return self.call("GET", "cluster")
 
+    def keep(self) -> dict[str, Any]:
+        return self.call("POST", f"kernels/{self.kernel_id}/keep", {})
+
+    def usage(self) -> dict[str, Any]:
+        return self.call("GET", f"kernels/{self.kernel_id}/usage")
+
 
 def _failure(err: urllib.error.HTTPError) -> ApiFailure:
     try:

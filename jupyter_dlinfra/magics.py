@@ -19,9 +19,15 @@ USAGE = """\
 %gpu N [--model NAME] [--timeout SECONDS] [--no-wait]   ask for N GPUs (waits in the queue)
 %gpu                                                    show this kernel's GPUs, live
 %gpu release                                            give this kernel's GPUs back
+%gpu keep                                               keep idle GPUs past a reclaim warning
+%gpu profile SECONDS                                    sample this kernel's GPUs, report findings
+%%gpu profile                                           (cell magic) profile while the cell runs
 %gpu --restart                                          restart the kernel with its GPUs applied"""
 
 POLL_S = 2.0
+#: how often %gpu profile asks the server for the kernel's latest reading (seconds)
+PROFILE_POLL_S = 0.5
+MAX_PROFILE_S = 3600.0
 
 
 class UsageError(Exception):
@@ -30,8 +36,9 @@ class UsageError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class Command:
-    action: str  # show | request | release | restart | help
+    action: str  # show | request | release | restart | keep | profile | help
     count: int = 0
+    seconds: float = 0.0
     model: str | None = None
     timeout: float | None = None
     wait: bool = True
@@ -46,6 +53,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> _Parser:
     p = _Parser(prog="%gpu", add_help=False)
     p.add_argument("what", nargs="?")
+    p.add_argument("extra", nargs="*")
     p.add_argument("--model")
     p.add_argument("--timeout", type=float)
     p.add_argument("--no-wait", action="store_true")
@@ -54,7 +62,23 @@ def _parser() -> _Parser:
     return p
 
 
-def parse_line(line: str) -> Command:
+def _profile_command(extra: list[str], cell: str | None) -> Command:
+    if cell is not None:
+        if extra:
+            raise UsageError("%%gpu profile profiles its cell while it runs: give no SECONDS")
+        return Command(action="profile")
+    if len(extra) != 1:
+        raise UsageError("say for how long, e.g. %gpu profile 30 (seconds)")
+    try:
+        seconds = float(extra[0])
+    except ValueError:
+        raise UsageError(f"expected a number of seconds, not {extra[0]!r}") from None
+    if not 0 < seconds <= MAX_PROFILE_S:
+        raise UsageError(f"profile for more than 0 and at most {MAX_PROFILE_S:g} seconds")
+    return Command(action="profile", seconds=seconds)
+
+
+def parse_line(line: str, cell: str | None = None) -> Command:
     try:
         args = _parser().parse_args(shlex.split(line))
     except ValueError as err:
@@ -62,12 +86,20 @@ def parse_line(line: str) -> Command:
     if args.help:
         return Command(action="help")
     what = args.what
+    if cell is not None and what != "profile":
+        raise UsageError("only %%gpu profile takes a cell; the other commands are line magics")
+    if args.extra and what not in ("release", "keep", "profile"):
+        raise UsageError(f"unexpected {' '.join(args.extra)!r}")
     if what is None:
         if args.model or args.timeout is not None or args.no_wait:
             raise UsageError("say how many GPUs, e.g. %gpu 2 --model A100")
         return Command(action="restart" if args.restart else "show")
-    if what == "release":
-        return Command(action="release")
+    if what in ("release", "keep"):
+        if args.extra:
+            raise UsageError(f"%gpu {what} takes nothing more, not {' '.join(args.extra)!r}")
+        return Command(action=what)
+    if what == "profile":
+        return _profile_command(args.extra, cell)
     try:
         count = int(what)
     except ValueError:
@@ -86,6 +118,39 @@ def parse_line(line: str) -> Command:
         wait=not args.no_wait,
         restart=args.restart,
     )
+
+
+def idle_warning(idle: dict[str, Any]) -> str:
+    """The reclaim warning as the notebook shows it."""
+    action = {
+        "release": "the kernel will be restarted without GPUs",
+        "shutdown": "the kernel will be shut down",
+        "notify": "nothing will be taken: the policy only reports",
+    }.get(str(idle.get("action")), "they will be reclaimed")
+    left = idle.get("keeps_left", 0)
+    keep = f"run `%gpu keep` ({left} left), " if left else ""
+    return (
+        f"this kernel's GPUs have been idle since {_when(idle.get('idle_since'))} and will be "
+        f"reclaimed {_when(idle.get('reclaim_at'), relative=True)} ({action}). To hold them, "
+        f"use them, {keep}or give them back with `%gpu release`."
+    )
+
+
+def _when(stamp: Any, *, relative: bool = False) -> str:
+    """'13:40:12 UTC', or with ``relative`` 'at 13:40:12 UTC (in 29 min)'."""
+    from datetime import datetime, timezone
+
+    if not isinstance(stamp, str):
+        return "soon" if relative else "a while"
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    clock = moment.astimezone(timezone.utc).strftime("%H:%M:%S UTC")
+    if not relative:
+        return clock
+    left = (moment - datetime.now(timezone.utc)).total_seconds()
+    return f"at {clock} (in {max(0.0, left) / 60:.0f} min)"
 
 
 def _gib(n: int | None) -> str:
@@ -109,6 +174,10 @@ class GpuMagic:
         pending = self.environ.get("DLINFRA_PENDING_ALLOCATION", "")
         self.pending: int | None = int(pending) if pending.isdigit() else None
         self._launch_error = self.environ.get("DLINFRA_LAUNCH_ERROR") or None
+        # why the kernel was restarted without its GPUs, said once at the first execution
+        self._notice = self.environ.get("DLINFRA_NOTICE") or None
+        self.holding = bool(self.environ.get("DLINFRA_ALLOCATION"))
+        self._warned_at: str | None = None
 
     @property
     def client(self) -> KernelApiClient:
@@ -118,15 +187,19 @@ class GpuMagic:
 
     # -- entry points ----------------------------------------------------------------------------
 
-    def __call__(self, line: str) -> None:
+    def __call__(self, line: str, cell: str | None = None) -> None:
         try:
-            cmd = parse_line(line)
+            cmd = parse_line(line, cell)
             if cmd.action == "help":
                 print(USAGE)
             elif cmd.action == "show":
                 self.show()
             elif cmd.action == "release":
                 self.release()
+            elif cmd.action == "keep":
+                self.keep()
+            elif cmd.action == "profile":
+                self.profile(cmd.seconds, cell)
             elif cmd.action == "restart":
                 self.restart()
             else:
@@ -143,6 +216,11 @@ class GpuMagic:
         if self._launch_error:
             print(f"%gpu: {self._launch_error}", file=sys.stderr)
             self._launch_error = None
+        if self._notice:
+            print(self._notice, file=sys.stderr)
+            self._notice = None
+        if self.holding:
+            self._warn_if_idle()
         if self.pending is None:
             return
         try:
@@ -220,7 +298,20 @@ class GpuMagic:
         else:
             print(text)
 
+    def _warn_if_idle(self) -> None:
+        try:
+            usage = self.client.usage()
+        except (DLInfraUnavailable, ApiFailure):
+            return
+        idle = usage.get("idle") or {}
+        if idle.get("state") == "warned" and idle.get("warned_at") != self._warned_at:
+            self._warned_at = idle.get("warned_at")
+            print(f"%gpu: {idle_warning(idle)}", file=sys.stderr)
+        elif not usage.get("held"):
+            self.holding = False
+
     def _apply(self, alloc: dict[str, Any]) -> None:
+        self.holding = True
         self.environ["CUDA_VISIBLE_DEVICES"] = alloc["cuda_visible_devices"]
         label = " (simulated)" if alloc.get("simulated") else ""
         n = len(alloc["gpus"])
@@ -247,16 +338,54 @@ class GpuMagic:
                 "are free. Ask with `%gpu N`."
             )
             return
+        held = False
         for alloc in mine:
             if alloc["state"] == "queued":
                 print(f"Queued at position {alloc['position']}: {alloc['waiting_reason']}")
                 continue
+            held = True
             label = " (simulated)" if alloc.get("simulated") else ""
             print(
                 f"This kernel holds {len(alloc['gpus'])} GPU(s){label}, allocation {alloc['id']}:"
             )
             for gpu in alloc["gpus"]:
                 print("  " + _describe(gpu))
+        if held:
+            usage = self.client.usage()
+            idle = usage.get("idle") or {}
+            if idle.get("state") == "warned":
+                print(idle_warning(idle))
+            elif idle.get("state") == "idle":
+                print(
+                    f"Idle since {_when(idle.get('idle_since'))}; a reclaim warning comes "
+                    f"{_when(idle.get('warn_at'), relative=True)}."
+                )
+            for hint in usage.get("hints", []):
+                print(f"Hint: {hint['message']}")
+
+    def keep(self) -> None:
+        idle = self.client.keep()
+        left = idle.get("keeps_left", 0)
+        print(
+            f"Kept: these GPUs will not be reclaimed before {_when(idle.get('hold_until'))} "
+            f"({left} keep{'s' if left != 1 else ''} left while they stay idle)."
+        )
+
+    def profile(self, seconds: float, cell: str | None) -> None:
+        from .profiling import Profiler
+
+        profiler = Profiler(self.client)
+        if not profiler.holds_gpus():
+            print("This kernel holds no GPUs: nothing to profile. Ask with `%gpu N`.")
+            return
+        if cell is None:
+            print(f"Profiling this kernel's GPUs for {seconds:g} s...", flush=True)
+            profiler.sample_for(seconds)
+        else:
+            code = self.shell.transform_cell(cell)
+            with profiler.in_background():
+                self.shell.ex(compile(code, "<%%gpu profile>", "exec"))
+        print(profiler.report())
 
     def release(self) -> None:
         mine = self.client.my_allocations()
@@ -284,6 +413,6 @@ class GpuMagic:
 
 def register(ipython: Any) -> GpuMagic:
     magic = GpuMagic(ipython)
-    ipython.register_magic_function(magic, magic_kind="line", magic_name="gpu")
+    ipython.register_magic_function(magic, magic_kind="line_cell", magic_name="gpu")
     ipython.events.register("pre_run_cell", magic.before_cell)
     return magic

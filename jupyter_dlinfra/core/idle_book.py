@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,17 +183,21 @@ class IdleBook:
         self,
         readings: Sequence[Reading],
         policy_for: Callable[[str], IdlePolicy | None],
+        *,
+        scope: Collection[str] | None = None,
     ) -> list[Transition]:
         """Advance the kernels read in this sample; forget the state of kernels not read.
 
         ``policy_for(kernel_id)`` gives the policy of the kernel's owner (None: exempt).
+        ``scope``: the kernels this caller watches (those of one server); states of kernels
+        outside it are left alone. None: every kernel.
         """
         found: list[Transition] = []
         with self.store.write() as tx:
             conn = tx.conn
             current = self._states(conn, None)
             seen = {r.kernel_id for r in readings}
-            gone = [k for k, s in current.items() if k not in seen]
+            gone = [k for k in current if k not in seen and (scope is None or k in scope)]
             if gone:
                 # a row with a message waits for its kernel's relaunch: it is not forgotten
                 conn.execute(

@@ -15,13 +15,20 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
-from ..core import Ledger, Store, SystemClock
+from ..core import Ledger, PolicyError, ReclaimPolicy, Store, SystemClock
 from ..provisioning import set_port
-from ..telemetry import select_provider, simulated_gpus_from_env, simulated_models_from_env
+from ..telemetry import (
+    SIMULATED_LOAD_FILE_ENV,
+    select_provider,
+    simulated_gpus_from_env,
+    simulated_models_from_env,
+)
 from .handlers import ROUTES
+from .identity import Directory
 from .metrics import registry_for
+from .reclaim import PolicySource, Reclaimer, ReclaimSettings
 from .service import GpuService, ServiceSettings
 
 __all__ = ["DLInfra"]
@@ -54,6 +61,13 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         help="Model names given to simulated GPUs in turn (GPU i gets models[i % len]); empty: "
         "one default model. Only used when simulated_gpus > 0. "
         "Environment: DLINFRA_SIMULATED_GPU_MODELS (comma-separated).",
+    )
+    simulated_load_file = Unicode(
+        config=True,
+        help="JSON file that pins simulated GPUs' readings, re-read whenever it changes: "
+        '{"0": {"utilization_percent": 0, "memory_used_bytes": 0, "processes": {"PID": '
+        "BYTES}}} (keys: GPU index or UUID). Lets a demo or test make GPUs idle or busy. Empty: "
+        "no file. Only used with simulated_gpus > 0. Environment: DLINFRA_SIMULATED_LOAD_FILE.",
     )
     node_name = Unicode(
         config=True,
@@ -117,6 +131,147 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         "python3 kernel), unless KernelProvisionerFactory.default_provisioner_name is set.",
     )
 
+    # -- idle reclaim (see core/idle.py); the policy API can replace these at run time ----------
+
+    idle_util_percent = Float(
+        5.0,
+        config=True,
+        help="A GPU under this utilisation (%) is idle; a kernel is idle when all its GPUs are. "
+        "Only GPU utilisation counts: CPU work or kernel messages do not make a kernel active. "
+        "0 disables idle detection, warnings and reclaim.",
+    )
+    idle_after = Float(
+        600.0,
+        config=True,
+        help="Seconds a kernel's GPUs must stay idle before the kernel shows as idle (sidebar, "
+        "API). 0 disables idle detection, warnings and reclaim.",
+    )
+    warn_after = Float(
+        1800.0,
+        config=True,
+        help="Seconds of idleness before the kernel's user is warned: in the notebook, as a "
+        "JupyterLab notification with a Keep button, and in the event stream. At least "
+        "idle_after. 0 disables warnings and reclaim (nothing is taken without a warning).",
+    )
+    reclaim_after = Float(
+        3600.0,
+        config=True,
+        help="Seconds of idleness before the GPUs are reclaimed by reclaim_action. Later than "
+        "warn_after: users always get reclaim_after - warn_after seconds of warning, even "
+        "after a gap in sampling. 0 disables reclaim (warnings only).",
+    )
+    reclaim_action = Enum(
+        ["release", "shutdown", "notify"],
+        "release",
+        config=True,
+        help="What a reclaim does: 'release' frees the GPUs and restarts the kernel without "
+        "them (the notebook says why at its next execution); 'shutdown' frees them and shuts "
+        "the kernel down; 'notify' takes nothing and only records what would have happened "
+        "(a dry run). Freed GPUs go to the head of the queue at once.",
+    )
+    keep_extension = Float(
+        3600.0,
+        config=True,
+        help="Seconds that one Keep (the notification's button, or %gpu keep) holds idle GPUs "
+        "longer; the next warning comes reclaim_after - warn_after before the new deadline. "
+        "0 disables Keep.",
+    )
+    max_keeps = Int(
+        3,
+        config=True,
+        help="Keeps allowed while GPUs stay idle; the count starts again once they are used. "
+        "0 disables Keep.",
+    )
+    policy_overrides = Dict(
+        config=True,
+        help="Per-user and per-group policy: {'users': {'alice': {'reclaim_after': 7200}}, "
+        "'groups': {'interns': {'reclaim_after': 1800}, 'oncall': {'exempt': True}}}. Fields "
+        "as the options above (seconds; 'action' for reclaim_action), plus 'exempt'. Group "
+        "overrides apply in alphabetical order of the groups, then the user's own; an "
+        "exemption anywhere wins.",
+    )
+    exempt_users = List(
+        Unicode(),
+        config=True,
+        help="Users whose kernels are never warned or reclaimed (same as an override "
+        "{'exempt': True}).",
+    )
+    exempt_groups = List(
+        Unicode(), config=True, help="Groups whose members are never warned or reclaimed."
+    )
+    admin_users = List(
+        Unicode(),
+        config=True,
+        help="Users who may change the reclaim policy (PUT /dlinfra/api/policy, the admin "
+        "panel) and run policy dry runs. Checked on the server. On a personal server, whoever "
+        "logs in acts as its owner (user_name). Empty, with admin_groups empty: nobody; the "
+        "policy then comes from this configuration alone.",
+    )
+    admin_groups = List(
+        Unicode(), config=True, help="Groups whose members are admins (see admin_users)."
+    )
+    user_groups = Dict(
+        config=True,
+        help="Group membership for policy overrides and admin_groups: {'alice': ['ml']}. "
+        "Added to the user's groups in the system's group database (see unix_groups).",
+    )
+    unix_groups = Bool(
+        True,
+        config=True,
+        help="Also take users' groups from the system's group database when the user name is "
+        "a local account. False: user_groups alone.",
+    )
+    usage_bucket = Float(
+        60.0,
+        config=True,
+        help="Seconds of each kernel's GPU use summed into one stored row of history, which "
+        "policy dry runs (POST /dlinfra/api/policy/simulate) replay. 0 keeps no history.",
+    )
+    usage_retention = Float(
+        7 * 86400.0,
+        config=True,
+        help="Seconds of usage history kept for dry runs; older rows are deleted hourly. "
+        "0 keeps no history.",
+    )
+    coach_window = Float(
+        300.0,
+        config=True,
+        help="Seconds of recent samples behind the utilisation hints (input-bound, batch too "
+        "small, idle between cells) in the sidebar and %gpu.",
+    )
+
+    def configured_policy(self) -> ReclaimPolicy:
+        """The reclaim policy of this configuration (before any change through the API)."""
+        overrides = dict(self.policy_overrides)
+        users = {k: dict(v) for k, v in dict(overrides.pop("users", {}) or {}).items()}
+        groups = {k: dict(v) for k, v in dict(overrides.pop("groups", {}) or {}).items()}
+        if overrides:
+            raise TraitError(
+                "DLInfra.policy_overrides takes 'users' and 'groups', not "
+                + ", ".join(sorted(overrides))
+            )
+        for name in self.exempt_users:
+            users.setdefault(name, {})["exempt"] = True
+        for name in self.exempt_groups:
+            groups.setdefault(name, {})["exempt"] = True
+        doc = {
+            "idle_util_percent": self.idle_util_percent,
+            "idle_after": self.idle_after,
+            "warn_after": self.warn_after,
+            "reclaim_after": self.reclaim_after,
+            "action": self.reclaim_action,
+            "keep_extension": self.keep_extension,
+            "max_keeps": self.max_keeps,
+            "users": users,
+            "groups": groups,
+        }
+        try:
+            return ReclaimPolicy.from_json(doc)
+        except PolicyError as err:
+            field = err.field.replace("action", "reclaim_action")
+            where = field if "." in field else f"DLInfra.{field}"
+            raise TraitError(f"{where}: {err.message.partition(': ')[2]}") from None
+
     @default("simulated_gpus")
     def _default_simulated_gpus(self) -> int:
         return simulated_gpus_from_env(os.environ) or 0
@@ -124,6 +279,10 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
     @default("simulated_gpu_models")
     def _default_simulated_models(self) -> list[str]:
         return simulated_models_from_env(os.environ) or []
+
+    @default("simulated_load_file")
+    def _default_simulated_load_file(self) -> str:
+        return os.environ.get(SIMULATED_LOAD_FILE_ENV, "")
 
     @default("node_name")
     def _default_node_name(self) -> str:
@@ -164,6 +323,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             simulated_models=self.simulated_gpu_models,
             node=self.node_name,
             clock=clock.now,
+            simulated_load_file=self.simulated_load_file or None,
         )
         self.log.info(
             "dlinfra: ledger %s; GPUs from %s: %s",
@@ -189,8 +349,28 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             local_kernel_exists=lambda kernel_id: kernel_id in self._server.kernel_manager,
             log=self.log,
         )
+        self.directory = Directory(
+            user_groups=self.user_groups,
+            admin_users=self.admin_users,
+            admin_groups=self.admin_groups,
+            unix_groups=self.unix_groups,
+        )
+        self.service.reclaimer = Reclaimer(
+            self.service,
+            policies=PolicySource(
+                self.service.idle_book, self.configured_policy(), self.directory.groups_of
+            ),
+            control=_KernelControl(self),
+            settings=ReclaimSettings(
+                usage_bucket=self.usage_bucket,
+                usage_retention=self.usage_retention,
+                coach_window=self.coach_window,
+            ),
+            log=self.log,
+        )
         self.service.prepare()
         self.settings["dlinfra_service"] = self.service
+        self.settings["dlinfra_directory"] = self.directory
         # per server, not prometheus_client's global registry: servers must not share series
         self.settings["dlinfra_metrics_registry"] = registry_for(self.service)
         set_port(self.service)
@@ -237,3 +417,30 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         if ":" in host:
             host = f"[{host}]"
         return f"{scheme}://{host}:{app.port}{app.base_url}"
+
+
+class _KernelControl:
+    """The reclaim loop's hands on this server's kernel manager."""
+
+    def __init__(self, app: DLInfra) -> None:
+        self._app = app
+
+    @property
+    def _km(self) -> Any:
+        return self._app._server.kernel_manager
+
+    def exists(self, kernel_id: str) -> bool:
+        return kernel_id in self._km
+
+    def executing(self, kernel_id: str) -> bool | None:
+        try:
+            state = self._km.get_kernel(kernel_id).execution_state
+        except KeyError:
+            return None
+        return {"busy": True, "idle": False}.get(state)
+
+    async def restart(self, kernel_id: str) -> None:
+        await self._km.restart_kernel(kernel_id)
+
+    async def shutdown(self, kernel_id: str) -> None:
+        await self._km.shutdown_kernel(kernel_id)

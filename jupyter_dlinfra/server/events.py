@@ -169,10 +169,14 @@ def notice_from_event(
             kernel_id=event.kernel_id,
             allocation_id=aid,
         )
+    if event.kind in ("idle_warning", "idle_reclaimed"):
+        return _idle_notice(event, kernel, owner())
     if event.kind in ("cancelled", "released"):
         reason = str(event.detail.get("reason") or "")
         if reason.startswith("released by") or reason in _CHOSEN_END_REASONS:
             return None
+        if reason.startswith("reclaimed:"):
+            return None  # the idle_reclaimed notice has said it
         who = _kernel_words(kernel, event.kernel_id)
         if event.kind == "cancelled":
             # a request that will never be granted: the user's work cannot go on as planned
@@ -191,6 +195,68 @@ def notice_from_event(
             allocation_id=aid,
         )
     return None
+
+
+_ACTION_WORDS = {
+    "release": "the kernel will be restarted without GPUs",
+    "shutdown": "the kernel will be shut down",
+    "notify": "nothing will be taken: the policy only reports",
+}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _idle_notice(event: LedgerEvent, kernel: KernelRecord | None, user: str | None) -> Notice:
+    who = _kernel_words(kernel, event.kernel_id)
+    idle = event.detail.get("idle_s")
+    idle_words = _duration(float(idle)) if isinstance(idle, (int, float)) else "a while"
+    action = str(event.detail.get("action") or "release")
+    if event.kind == "idle_warning":
+        reclaim_at = event.detail.get("reclaim_at")
+        when = ""
+        if isinstance(reclaim_at, (int, float)):
+            when = f" in {_duration(max(0.0, float(reclaim_at) - event.at))}"
+        keeps = event.detail.get("keeps_left")
+        left = int(keeps) if isinstance(keeps, (int, float)) else 0
+        keep_words = f" Keep them ({left} left) or" if left else ""
+        return Notice(
+            id=event.seq,
+            kind="idle_warning",
+            level="warning",
+            message=f"The GPUs of {who} have been idle for {idle_words} and will be reclaimed"
+            f"{when} ({_ACTION_WORDS.get(action, action)}).{keep_words} use them to hold them.",
+            user=user,
+            kernel_id=event.kernel_id,
+            allocation_id=event.allocation_id,
+            actions=(("keep", "Keep"),) if left else (),
+        )
+    if action == "notify":
+        message = (
+            f"The GPUs of {who} would have been reclaimed after {idle_words} idle; the policy "
+            "only reports (notify), so nothing was taken."
+        )
+        level = "info"
+    else:
+        done = "restarted without GPUs" if action == "release" else "shut down"
+        message = (
+            f"The GPUs of {who} were reclaimed after {idle_words} idle: the kernel was {done}."
+        )
+        level = "warning"
+    return Notice(
+        id=event.seq,
+        kind="idle_reclaimed",
+        level=level,
+        message=message,
+        user=user,
+        kernel_id=event.kernel_id,
+        allocation_id=event.allocation_id,
+    )
 
 
 class WaitHistogram:
@@ -519,6 +585,7 @@ class Broadcaster:
                 allocation_json(a, index, samples, simulated=provider.simulated) for a in active
             ],
             "simulated": simulated,
+            **service.idle_view(kernels),
         }
         snapshot = Snapshot(
             seq=seq,

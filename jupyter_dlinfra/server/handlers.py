@@ -16,6 +16,14 @@ from ..telemetry import GpuSample
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
 from .events import Subscription
+from .policy_handlers import (
+    KernelKeepHandler,
+    KernelUsageHandler,
+    MeHandler,
+    NoticeActionHandler,
+    PolicyHandler,
+    PolicySimulateHandler,
+)
 from .views import allocation_json, cluster_json
 
 __all__ = ["ROUTES"]
@@ -261,6 +269,16 @@ ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
     (r"/dlinfra/api/allocations/(?P<allocation_id>[^/]+)", AllocationHandler, ("GET", "DELETE")),
     (r"/dlinfra/api/queue", QueueHandler, ("GET",)),
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/restart", KernelRestartHandler, ("POST",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/keep", KernelKeepHandler, ("POST",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/usage", KernelUsageHandler, ("GET",)),
+    (r"/dlinfra/api/policy", PolicyHandler, ("GET", "PUT")),
+    (r"/dlinfra/api/policy/simulate", PolicySimulateHandler, ("POST",)),
+    (r"/dlinfra/api/me", MeHandler, ("GET",)),
+    (
+        r"/dlinfra/api/notices/(?P<notice_id>[^/]+)/actions/(?P<action_id>[^/]+)",
+        NoticeActionHandler,
+        ("POST",),
+    ),
     (r"/dlinfra/api/events", EventsHandler, ("GET",)),
     # a scrape target rather than an API call, hence outside /dlinfra/api
     (r"/dlinfra/metrics", MetricsHandler, ("GET",)),

@@ -11,17 +11,29 @@ import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..core import Allocation, AllocationState, Gpu, KernelRecord, Ledger, LedgerError, NotFound
+from ..core import (
+    Allocation,
+    AllocationState,
+    Gpu,
+    IdleBook,
+    KernelRecord,
+    Ledger,
+    LedgerError,
+    NotFound,
+)
 from ..provisioning import LaunchPlan
 from ..telemetry import GpuSample, TelemetryProvider
 from .events import Broadcaster
 from .liveness import process_alive, process_started_at
+
+if TYPE_CHECKING:
+    from .reclaim import Reclaimer
 
 __all__ = ["GpuService", "ServiceSettings", "hash_token"]
 
@@ -77,6 +89,9 @@ class GpuService:
         self.events = Broadcaster(
             self, debounce=settings.events_debounce, keepalive=settings.events_keepalive
         )
+        self.idle_book = IdleBook(ledger)
+        #: judges this server's kernels after each sample; set by the extension app
+        self.reclaimer: Reclaimer | None = None
 
     # -- running blocking work -----------------------------------------------------------------
 
@@ -137,6 +152,11 @@ class GpuService:
         self._stopped = True
         await self.events.close()
         await self.stop_loops()
+        if self.reclaimer is not None:
+            try:
+                await self.reclaimer.flush()
+            except Exception:
+                self.log.exception("dlinfra: could not write the last usage history")
         await self.call(self.provider.close)
         self._executor.shutdown(wait=True)
 
@@ -179,7 +199,13 @@ class GpuService:
         self.ledger.sync_inventory(self.settings.node, gpus)
 
     async def sample(self) -> None:
+        """Read the GPUs once, then let the reclaim loop judge this server's kernels."""
         await self.call(self._sample)
+        if self.reclaimer is not None:
+            try:
+                await self.reclaimer.step()
+            except Exception:  # judging idleness must never stop the sampling
+                self.log.exception("dlinfra: the idle-reclaim pass failed")
         self.events.poke()
 
     def _sample(self) -> None:
@@ -233,6 +259,11 @@ class GpuService:
             "DLINFRA_KERNEL_ID": kernel_id,
             "DLINFRA_TOKEN": token,
         }
+        if previous is not None:
+            # said once, at the first execution: why the kernel was restarted without its GPUs
+            notice = await self.call(self.idle_book.take_message, kernel_id)
+            if notice:
+                env["DLINFRA_NOTICE"] = notice
         granted: Allocation | None = None
         summary = "no GPUs at launch"
         if previous is not None and previous.keep_on_restart:
@@ -278,6 +309,25 @@ class GpuService:
             pass
         except Exception:  # releasing must never break a kernel shutdown
             self.log.exception("dlinfra: could not release the GPUs of kernel %s", kernel_id)
+
+    def idle_view(self, kernels: Mapping[str, KernelRecord]) -> dict[str, Any]:
+        """Blocking: the idle states (with their deadlines) and hints, for the event stream."""
+        from .reclaim import hints_json, idle_json
+        from .views import iso
+
+        reclaimer = self.reclaimer
+        if reclaimer is None:
+            return {"idle": {}, "hints": {}}
+        policy = reclaimer.policies.current()
+        idle: dict[str, Any] = {}
+        for kernel_id, state in self.idle_book.states().items():
+            kernel = kernels.get(kernel_id)
+            if kernel is None or state.updated_at == 0.0:
+                continue
+            idle[kernel_id] = idle_json(
+                state, reclaimer.policies.for_user(kernel.user, policy), iso
+            )
+        return {"idle": idle, "hints": hints_json(reclaimer.latest)}
 
     # -- authentication of kernels -------------------------------------------------------------
 

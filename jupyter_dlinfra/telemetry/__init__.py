@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from .base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
 from .errors import TelemetryUnavailable
@@ -14,6 +15,7 @@ from .unavailable import UnavailableProvider
 
 __all__ = [
     "SIMULATED_GPUS_ENV",
+    "SIMULATED_LOAD_FILE_ENV",
     "SIMULATED_MODELS_ENV",
     "GpuDevice",
     "GpuSample",
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SIMULATED_GPUS_ENV = "DLINFRA_SIMULATED_GPUS"
 SIMULATED_MODELS_ENV = "DLINFRA_SIMULATED_GPU_MODELS"
+SIMULATED_LOAD_FILE_ENV = "DLINFRA_SIMULATED_LOAD_FILE"
 
 
 def select_provider(
@@ -40,6 +43,7 @@ def select_provider(
     simulated_models: Sequence[str],
     node: str,
     clock: Callable[[], float] = time.time,
+    simulated_load_file: str | None = None,
 ) -> TelemetryProvider:
     """Simulated GPUs when asked for, else the real ones, else a provider that explains why not.
 
@@ -50,12 +54,10 @@ def select_provider(
         raise ValueError(f"simulated_gpus must be 0 or more, got {simulated_gpus}")
     provider: TelemetryProvider
     if simulated_gpus > 0:
+        extra: dict[str, Any] = {"load_file": simulated_load_file}
         if simulated_models:
-            provider = SimulatedProvider(
-                count=simulated_gpus, models=simulated_models, node=node, clock=clock
-            )
-        else:
-            provider = SimulatedProvider(count=simulated_gpus, node=node, clock=clock)
+            extra["models"] = simulated_models
+        provider = SimulatedProvider(count=simulated_gpus, node=node, clock=clock, **extra)
     else:
         try:
             provider = NvmlProvider(clock=clock)

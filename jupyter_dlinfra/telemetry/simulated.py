@@ -1,5 +1,15 @@
 """Made-up GPUs for machines without any: demos, development and tests.
 
+Readings can be pinned per GPU, from code (``set_load``) or from a JSON load file that the
+provider re-reads whenever it changes (``DLINFRA_SIMULATED_LOAD_FILE``), so that a demo or a test
+can make a GPU idle or busy in a running server::
+
+    {"0": {"utilization_percent": 0},
+     "GPU-...": {"utilization_percent": 85, "memory_used_bytes": 2147483648,
+                 "processes": {"4242": 2147483648}}}
+
+Keys are GPU indexes or UUIDs; ``processes`` maps pids to the memory each holds.
+
 Every reading is a pure function of (seed, GPU UUID, clock time), so two servers, or a test and
 its expectation, see the same numbers at the same instant without sleeping or sharing state.
 """
@@ -7,16 +17,21 @@ its expectation, see the same numbers at the same instant without sleeping or sh
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from .base import GpuDevice, GpuSample, TelemetryProvider
+from .base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
 
 __all__ = ["SimulatedProvider"]
+
+log = logging.getLogger(__name__)
 
 # Fixed so that a node's simulated GPUs keep their UUIDs across restarts and releases.
 _UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_DNS, "simulated-gpu.jupyter-dlinfra")
@@ -33,6 +48,7 @@ _IDLE_SHARE = 0.35
 class _Pin:
     utilization_percent: float
     memory_used_bytes: int | None
+    processes: tuple[ProcessUse, ...] = ()
 
 
 class SimulatedProvider(TelemetryProvider):
@@ -50,6 +66,7 @@ class SimulatedProvider(TelemetryProvider):
         node: str,
         clock: Callable[[], float] = time.time,
         seed: int = 0,
+        load_file: str | None = None,
     ) -> None:
         if count < 0:
             raise ValueError(f"the number of simulated GPUs must be 0 or more, got {count}")
@@ -75,6 +92,9 @@ class SimulatedProvider(TelemetryProvider):
         self._pins: dict[str, _Pin] = {}
         # set_load comes from tests and demos on other threads than the sampling one.
         self._lock = threading.Lock()
+        self._load_file = Path(load_file) if load_file else None
+        self._load_stamp: tuple[int, int] | None = None
+        self._file_pins: dict[str, _Pin] = {}
 
     @property
     def reason(self) -> str:
@@ -85,9 +105,27 @@ class SimulatedProvider(TelemetryProvider):
         return list(self._devices)
 
     def set_load(
-        self, uuid: str, utilization_percent: float, memory_used_bytes: int | None = None
+        self,
+        uuid: str,
+        utilization_percent: float,
+        memory_used_bytes: int | None = None,
+        processes: Mapping[int, int] | None = None,
     ) -> None:
-        """Pin a GPU's readings until ``clear_load``; memory left as None keeps simulating."""
+        """Pin a GPU's readings until ``clear_load``; memory left as None keeps simulating.
+
+        ``processes`` maps pids to the GPU memory (bytes) each holds, as NVML would list them.
+        """
+        pin = self._pin(uuid, utilization_percent, memory_used_bytes, processes)
+        with self._lock:
+            self._pins[uuid] = pin
+
+    def _pin(
+        self,
+        uuid: str,
+        utilization_percent: float,
+        memory_used_bytes: int | None,
+        processes: Mapping[int, int] | None,
+    ) -> _Pin:
         device = self._device(uuid)
         if not 0.0 <= utilization_percent <= 100.0:
             raise ValueError(f"utilisation must be within 0-100 %, got {utilization_percent}")
@@ -98,8 +136,51 @@ class SimulatedProvider(TelemetryProvider):
                 f"memory used must be within 0-{device.memory_total_bytes} bytes, "
                 f"got {memory_used_bytes}"
             )
-        with self._lock:
-            self._pins[uuid] = _Pin(float(utilization_percent), memory_used_bytes)
+        uses = tuple(
+            ProcessUse(pid=int(pid), memory_used_bytes=int(used))
+            for pid, used in sorted((processes or {}).items())
+        )
+        if any(u.memory_used_bytes < 0 for u in uses):
+            raise ValueError("process memory must be 0 bytes or more")
+        return _Pin(float(utilization_percent), memory_used_bytes, uses)
+
+    def _read_load_file(self) -> dict[str, _Pin]:
+        """Pins from the load file, re-read when it changes; a broken file keeps the last ones."""
+        path = self._load_file
+        if path is None:
+            return {}
+        try:
+            info = path.stat()
+        except OSError:
+            self._load_stamp, self._file_pins = None, {}
+            return {}
+        stamp = (info.st_mtime_ns, info.st_size)
+        if stamp == self._load_stamp:
+            return self._file_pins
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8") or "{}")
+            if not isinstance(doc, dict):
+                raise ValueError("the file must hold a JSON object")
+            pins = {}
+            for key, entry in doc.items():
+                device = self._resolve(str(key))
+                pins[device.uuid] = self._pin(
+                    device.uuid,
+                    float(entry["utilization_percent"]),
+                    entry.get("memory_used_bytes"),
+                    {int(p): int(m) for p, m in (entry.get("processes") or {}).items()},
+                )
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            log.warning("simulated GPU load file %s ignored: %s", path, err)
+            self._load_stamp = stamp
+            return self._file_pins
+        self._load_stamp, self._file_pins = stamp, pins
+        return pins
+
+    def _resolve(self, key: str) -> GpuDevice:
+        if key.isdigit() and int(key) < len(self._devices):
+            return self._devices[int(key)]
+        return self._device(key)
 
     def clear_load(self, uuid: str) -> None:
         """Let a pinned GPU follow the simulation again."""
@@ -109,14 +190,17 @@ class SimulatedProvider(TelemetryProvider):
 
     def sample(self) -> list[GpuSample]:
         now = self._clock()
+        pins = dict(self._read_load_file())
         with self._lock:
-            pins = dict(self._pins)
+            pins.update(self._pins)
         readings = []
         for device in self._devices:
             utilization, memory = self._simulate(device, now)
             pin = pins.get(device.uuid)
+            processes: tuple[ProcessUse, ...] = ()
             if pin is not None:
                 utilization = pin.utilization_percent
+                processes = pin.processes
                 if pin.memory_used_bytes is not None:
                     memory = pin.memory_used_bytes
             readings.append(
@@ -126,6 +210,7 @@ class SimulatedProvider(TelemetryProvider):
                     utilization_percent=utilization,
                     memory_used_bytes=memory,
                     memory_total_bytes=device.memory_total_bytes,
+                    processes=processes,
                 )
             )
         return readings

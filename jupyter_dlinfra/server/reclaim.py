@@ -1,0 +1,278 @@
+"""The reclaim loop: after each telemetry sample, judge this server's kernels and act.
+
+Runs once per sample (the service's telemetry loop calls :meth:`Reclaimer.step`). Each pass:
+attribute the sample to this server's kernels; advance their idle states in the store (one
+transaction, with events); act on reclaims as the policy says; keep the coaching window and the
+downsampled usage history. Only kernels of this server are judged: restarting or shutting one
+down needs its kernel manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..core import AllocationState, IdleBook, IdlePolicy, NotFound, ReclaimAction, ReclaimPolicy
+from ..core.coaching import CoachingSample, Hint, hints
+from ..core.idle import Phase, Transition
+from ..core.idle_book import Reading, StoredPolicy, UsageBucket
+from .attribution import Attributor, KernelUsage
+
+if TYPE_CHECKING:
+    from .service import GpuService
+
+__all__ = ["KernelControl", "PolicySource", "ReclaimSettings", "Reclaimer", "describe_idle"]
+
+
+class KernelControl(Protocol):
+    """What the reclaim loop needs from the server's kernel manager."""
+
+    def executing(self, kernel_id: str) -> bool | None: ...
+
+    def restart(self, kernel_id: str) -> Awaitable[None]: ...
+
+    def shutdown(self, kernel_id: str) -> Awaitable[None]: ...
+
+    def exists(self, kernel_id: str) -> bool: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReclaimSettings:
+    #: seconds of usage history per stored row
+    usage_bucket: float = 60.0
+    #: seconds of usage history kept; 0 keeps none
+    usage_retention: float = 7 * 86400.0
+    #: seconds of samples behind the coaching hints
+    coach_window: float = 300.0
+
+
+class PolicySource:
+    """The policy in force: the one stored through the API, else the one from configuration."""
+
+    def __init__(
+        self,
+        book: IdleBook,
+        configured: ReclaimPolicy,
+        groups_of: Callable[[str], Iterable[str]],
+    ) -> None:
+        self.book = book
+        self.configured = configured
+        self.groups_of = groups_of
+
+    def stored(self) -> StoredPolicy | None:
+        return self.book.stored_policy()
+
+    def current(self) -> ReclaimPolicy:
+        stored = self.book.stored_policy()
+        return stored.policy if stored is not None else self.configured
+
+    def for_user(self, user: str, policy: ReclaimPolicy | None = None) -> IdlePolicy | None:
+        return (policy or self.current()).for_user(user, self.groups_of(user))
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_idle(idle_s: float, policy: IdlePolicy) -> str:
+    return f"idle for {_minutes(idle_s)} (every GPU under {policy.idle_util_percent:g} %)"
+
+
+class Reclaimer:
+    def __init__(
+        self,
+        service: GpuService,
+        *,
+        policies: PolicySource,
+        control: KernelControl,
+        settings: ReclaimSettings,
+        log: logging.Logger,
+    ) -> None:
+        self.service = service
+        self.book = IdleBook(service.ledger)
+        self.policies = policies
+        self.control = control
+        self.settings = settings
+        self.log = log
+        self._attributor = Attributor()
+        self._buckets: dict[str, UsageBucket] = {}
+        self._windows: dict[str, deque[CoachingSample]] = {}
+        #: the latest reading and hints per kernel of this server that holds GPUs
+        self.latest: dict[str, tuple[KernelUsage, list[Hint]]] = {}
+        self._last_prune = 0.0
+
+    async def step(self) -> list[Transition]:
+        service = self.service
+        usages = await service.call(self._read)
+        policy = await service.call(self.policies.current)
+        owners = {u.kernel_id: u.user for u in usages}
+
+        def policy_for(kernel_id: str) -> IdlePolicy | None:
+            return self.policies.for_user(owners.get(kernel_id, ""), policy)
+
+        readings = [
+            Reading(
+                kernel_id=u.kernel_id,
+                utilization=u.held_util_max or 0.0,
+                at=u.at,
+                allocation_id=u.allocation_id,
+            )
+            for u in usages
+            if u.held and u.held_util_max is not None
+        ]
+        scope = await service.call(self._my_kernel_ids)
+        transitions = await service.mutate(self.book.observe, readings, policy_for, scope=scope)
+        for t in transitions:
+            if t.kind == Phase.RECLAIMED.value:
+                usage = next(u for u in usages if u.kernel_id == t.kernel_id)
+                applied = policy_for(t.kernel_id)
+                if applied is not None:
+                    try:
+                        await self._reclaim(usage, t, applied)
+                    except Exception:
+                        self.log.exception("dlinfra: reclaiming kernel %s failed", t.kernel_id)
+        self._coach(usages)
+        await service.call(self._keep_history, usages)
+        return transitions
+
+    async def flush(self) -> None:
+        """Write the open usage buckets (the server is stopping)."""
+        open_buckets = list(self._buckets.values())
+        self._buckets.clear()
+        await self.service.call(self.book.record_usage, open_buckets)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _my_kernel_ids(self) -> set[str]:
+        mine = self.service.settings.server_id
+        return {k.kernel_id for k in self.service.ledger.kernels() if k.server_id == mine}
+
+    def _read(self) -> list[KernelUsage]:
+        ledger = self.service.ledger
+        settings = self.service.settings
+        kernels = [
+            k
+            for k in ledger.kernels(settings.node)
+            if k.server_id == settings.server_id and self.control.exists(k.kernel_id)
+        ]
+        granted = {
+            a.kernel_id: a
+            for a in ledger.allocations(active=True)
+            if a.state is AllocationState.GRANTED
+        }
+        executing = {k.kernel_id: self.control.executing(k.kernel_id) for k in kernels}
+        return self._attributor.usage(kernels, granted, self.service.samples, executing=executing)
+
+    # -- acting ----------------------------------------------------------------------------------
+
+    async def _reclaim(self, usage: KernelUsage, t: Transition, policy: IdlePolicy) -> None:
+        service = self.service
+        kid = t.kernel_id
+        idle_s = float(t.detail.get("idle_s", 0.0))
+        count = len(usage.held)
+        gpus = "GPU was" if count == 1 else f"{count} GPUs were"
+        why = describe_idle(idle_s, policy)
+        if policy.action is ReclaimAction.NOTIFY:
+            self.log.info("dlinfra: kernel %s would be reclaimed (notify only): %s", kid, why)
+            return
+        reason = f"reclaimed: {why}"
+        await service.mutate(service.ledger.release_kernel, kid, reason=reason)
+        if policy.action is ReclaimAction.SHUTDOWN:
+            self.log.info("dlinfra: shutting kernel %s down, %s", kid, why)
+            if self.control.exists(kid):
+                await self.control.shutdown(kid)
+            return
+        message = (
+            f"dlinfra: this kernel's {gpus} reclaimed ({', '.join(usage.held)}): {why}. "
+            "The kernel was restarted without GPUs (CUDA_VISIBLE_DEVICES is empty) and its "
+            "variables are gone. Ask for GPUs again with %gpu N."
+        )
+        await service.call(self.book.set_message, kid, message)
+        try:
+            await service.mutate(service.ledger.update_kernel, kid, keep_on_restart=False)
+        except NotFound:
+            return
+        self.log.info("dlinfra: restarting kernel %s without GPUs, %s", kid, why)
+        if self.control.exists(kid):
+            await self.control.restart(kid)
+
+    # -- coaching and history ----------------------------------------------------------------------
+
+    def _coach(self, usages: list[KernelUsage]) -> None:
+        holding = {u.kernel_id: u for u in usages if u.held}
+        for kid in [k for k in self._windows if k not in holding]:
+            del self._windows[kid]
+        self.latest = {}
+        for kid, u in holding.items():
+            window = self._windows.setdefault(kid, deque())
+            window.append(
+                CoachingSample(
+                    at=u.at,
+                    gpu_util=u.gpu_util_mean,
+                    memory_share=u.memory_share,
+                    cpu_percent=u.cpu_percent or 0.0,
+                    executing=u.executing,
+                )
+            )
+            while window and window[0].at < u.at - self.settings.coach_window:
+                window.popleft()
+            self.latest[kid] = (u, hints(list(window)))
+
+    def _keep_history(self, usages: list[KernelUsage]) -> None:
+        if self.settings.usage_retention <= 0 or self.settings.usage_bucket <= 0:
+            return
+        size = self.settings.usage_bucket
+        done: list[UsageBucket] = []
+        holding = {u.kernel_id: u for u in usages if u.held and u.held_util_max is not None}
+        for kid in [k for k in self._buckets if k not in holding]:
+            done.append(self._buckets.pop(kid))
+        for kid, u in holding.items():
+            start = math.floor(u.at / size) * size
+            current = self._buckets.get(kid)
+            if current is not None and current.bucket != start:
+                done.append(self._buckets.pop(kid))
+                current = None
+            if current is None:
+                current = self._buckets[kid] = UsageBucket(
+                    kernel_id=kid, bucket=start, user=u.user, path=u.path, gpus=len(u.held)
+                )
+            memory = sum(u.memory_used.get(g, 0) for g in u.held)
+            current.add(u.held_util_max or 0.0, memory)
+        self.book.record_usage(done)
+        now = self.service.ledger.clock.now()
+        if now - self._last_prune > 3600:
+            self._last_prune = now
+            self.book.prune_usage(now - self.settings.usage_retention)
+
+
+def idle_json(
+    state: Any, policy: IdlePolicy | None, iso: Callable[[float | None], str | None]
+) -> dict[str, Any]:
+    """The idle state of one kernel as the API shows it."""
+    if policy is None:
+        return {"state": "exempt"}
+    return {
+        "state": state.phase.value,
+        "idle_since": iso(state.idle_since),
+        "warned_at": iso(state.warned_at),
+        "warn_at": iso(state.warn_at(policy)),
+        "reclaim_at": iso(state.reclaim_at(policy)),
+        "hold_until": iso(state.hold_until),
+        "keeps_left": state.keeps_left(policy),
+        "action": policy.action.value,
+        "last_util": state.last_util,
+    }
+
+
+def hints_json(found: Mapping[str, tuple[KernelUsage, list[Hint]]]) -> dict[str, Any]:
+    return {
+        kid: [{"code": h.code, "message": h.message} for h in hs] for kid, (_, hs) in found.items()
+    }
