@@ -437,7 +437,8 @@ class _KernelControl:
             state = self._km.get_kernel(kernel_id).execution_state
         except KeyError:
             return None
-        return {"busy": True, "idle": False}.get(state)
+        # "starting" lasts until a client asks something: no cell has run yet
+        return {"busy": True, "idle": False, "starting": False}.get(state)
 
     async def restart(self, kernel_id: str) -> None:
         await self._km.restart_kernel(kernel_id)
