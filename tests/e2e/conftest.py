@@ -20,6 +20,7 @@ def start_server(tmp_path: Path, servers: list[object]) -> Callable[..., ServerP
         db_url: str | None = None,
         args: tuple[str, ...] = (),
         workdir: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Any:
         if workdir is None:
             workdir = tmp_path / f"server{next(counter)}"
@@ -29,6 +30,7 @@ def start_server(tmp_path: Path, servers: list[object]) -> Callable[..., ServerP
             db_url=db_url or f"sqlite:///{tmp_path}/ledger.sqlite",
             simulated_gpus=gpus,
             extra_args=("--DLInfra.reconcile_interval=1", *args),
+            env=env or {},
         )
         servers.append(server)
         return server.start()
