@@ -36,7 +36,8 @@ def test_warned_kept_warned_again_then_reclaimed_for_the_queue(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     load = tmp_path / "load.json"
-    load.write_text(json.dumps({"0": {"utilization_percent": 90}, "1": {"utilization_percent": 90}}))
+    busy = {"utilization_percent": 90}
+    load.write_text(json.dumps({"0": busy, "1": busy}))
     server = start_server(gpus=2, args=POLICY, env={"DLINFRA_SIMULATED_LOAD_FILE": str(load)})
     holder, waiter = server.start_kernel(), server.start_kernel()
     assert "Granted 2 GPUs" in holder.execute("%gpu 2").stdout
