@@ -24,10 +24,21 @@ from jupyter_dlinfra.magics import Command, GpuMagic, UsageError, parse_line
         ("1 --no-wait", Command(action="request", count=1, wait=False)),
         ("2 --restart", Command(action="request", count=2, restart=True)),
         ("1 --model 'A100 80GB'", Command(action="request", count=1, model="A100 80GB")),
+        ("keep", Command(action="keep")),
+        ("profile 30", Command(action="profile", seconds=30.0)),
+        ("profile 0.5", Command(action="profile", seconds=0.5)),
     ],
 )
 def test_parse(line: str, expected: Command) -> None:
     assert parse_line(line) == expected
+
+
+def test_parse_the_profile_cell_magic() -> None:
+    assert parse_line("profile", "train()") == Command(action="profile")
+    with pytest.raises(UsageError, match="give no SECONDS"):
+        parse_line("profile 10", "train()")
+    with pytest.raises(UsageError, match="only %%gpu profile takes a cell"):
+        parse_line("2", "train()")
 
 
 @pytest.mark.parametrize(
@@ -42,6 +53,13 @@ def test_parse(line: str, expected: Command) -> None:
         ("--model A100", "say how many GPUs"),
         ("1 --colour red", "unrecognized arguments"),
         ("1 'unclosed", "No closing quotation"),
+        ("2 3", "unexpected '3'"),
+        ("keep now", "takes nothing more"),
+        ("release all", "takes nothing more"),
+        ("profile", "say for how long"),
+        ("profile soon", "expected a number of seconds"),
+        ("profile 0", "more than 0"),
+        ("profile 7200", "at most 3600"),
     ],
 )
 def test_parse_errors(line: str, message: str) -> None:

@@ -133,7 +133,9 @@ class ReclaimPolicy:
     """The whole policy: a default, and overrides per user and per group.
 
     For a user, group overrides apply in alphabetical order of the group names, then the user's
-    own; an exemption anywhere exempts.
+    own; an exemption anywhere exempts. Each override is valid alone, but two groups' overrides
+    can clash (one moves the warning later, the other the reclaim earlier): then the later
+    stages are pushed back, so that a user is never warned after the reclaim.
     """
 
     default: IdlePolicy = field(default_factory=IdlePolicy)
@@ -150,7 +152,9 @@ class ReclaimPolicy:
         changes: dict[str, Any] = {}
         for override in chain:
             changes.update(override.changes)
-        return replace(self.default, **changes) if changes else self.default
+        if not changes:
+            return self.default
+        return _keep_order(replace(self.default, **changes), self.default)
 
     def to_json(self) -> dict[str, Any]:
         body = self.default.to_json()
@@ -176,6 +180,21 @@ class ReclaimPolicy:
         users = _parse_overrides(doc.get("users", start.users), "users", default)
         groups = _parse_overrides(doc.get("groups", start.groups), "groups", default)
         return cls(default=default, users=users, groups=groups)
+
+
+def _keep_order(policy: IdlePolicy, default: IdlePolicy) -> IdlePolicy:
+    """Push warn and reclaim back until idle <= warn < reclaim holds again (lenient merge)."""
+    if not policy.detects:
+        return policy
+    warn, reclaim = policy.warn_after, policy.reclaim_after
+    if warn and warn < policy.idle_after:
+        warn = policy.idle_after
+    if warn and reclaim and reclaim <= warn:
+        lead = default.lead or max(warn - policy.idle_after, 60.0)
+        reclaim = warn + lead
+    if (warn, reclaim) == (policy.warn_after, policy.reclaim_after):
+        return policy
+    return replace(policy, warn_after=warn, reclaim_after=reclaim)
 
 
 def _parse_fields(doc: Mapping[str, Any], *, prefix: str) -> dict[str, Any]:

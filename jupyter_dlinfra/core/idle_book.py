@@ -91,8 +91,11 @@ class UsageBucket:
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in doc.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, Mapping):
+            if prefix:  # an override with no fields yet (users.ann: {}) is still a change
+                flat[f"{prefix}{key}"] = {}
         else:
             flat[f"{prefix}{key}"] = value
     return flat

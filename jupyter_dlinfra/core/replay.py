@@ -84,9 +84,11 @@ def replay(
     for one in series:
         if isinstance(policy, ReclaimPolicy):
             applied = policy.for_user(one.user, groups_of(one.user))
+            # an exempt user's idle GPUs are still idle: they count toward the limit
+            threshold = (applied or policy.default).idle_util_percent
         else:
-            applied = policy
-        outcomes.append(_replay_one(one, applied, false_window, max_gap))
+            applied, threshold = policy, policy.idle_util_percent
+        outcomes.append(_replay_one(one, applied, threshold, false_window, max_gap))
     held = sum(o[1] for o in outcomes)
     kernels = tuple(o[0] for o in outcomes)
     return ReplayReport(
@@ -102,10 +104,13 @@ def replay(
 
 
 def _replay_one(
-    one: UsageSeries, policy: IdlePolicy | None, false_window: float | None, max_gap: float
+    one: UsageSeries,
+    policy: IdlePolicy | None,
+    threshold: float,
+    false_window: float | None,
+    max_gap: float,
 ) -> tuple[KernelOutcome, float, float]:
     points = list(one.points)
-    threshold = policy.idle_util_percent if policy is not None else 0.0
     window = false_window
     if window is None:
         window = policy.reclaim_after if policy is not None else 0.0
@@ -117,7 +122,7 @@ def _replay_one(
         step = min(points[i + 1][0] - at, max_gap) if i + 1 < len(points) else 0.0
         step = max(0.0, step)
         span_s += step
-        idle = policy is not None and util < threshold
+        idle = util < threshold
         if reclaimed_at is not None:
             if idle:
                 recovered_s += step

@@ -93,7 +93,7 @@ class SimulatedProvider(TelemetryProvider):
         # set_load comes from tests and demos on other threads than the sampling one.
         self._lock = threading.Lock()
         self._load_file = Path(load_file) if load_file else None
-        self._load_stamp: tuple[int, int] | None = None
+        self._load_stamp: tuple[int, int, int] | None = None
         self._file_pins: dict[str, _Pin] = {}
 
     @property
@@ -154,7 +154,7 @@ class SimulatedProvider(TelemetryProvider):
         except OSError:
             self._load_stamp, self._file_pins = None, {}
             return {}
-        stamp = (info.st_mtime_ns, info.st_size)
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
         if stamp == self._load_stamp:
             return self._file_pins
         try:

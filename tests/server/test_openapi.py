@@ -19,9 +19,13 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from server_kit import register
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
+from jupyter_dlinfra.core.idle import POLICY_FIELDS
+from jupyter_dlinfra.server.events import notice_from_event
 from jupyter_dlinfra.server.handlers import MAX_WAIT_S, ROUTES
+from jupyter_dlinfra.server.policy_handlers import MAX_SIMULATE_HOURS
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
 DOC_URI = "urn:dlinfra:openapi"
@@ -153,21 +157,31 @@ def test_documented_queries_and_bodies_match_the_handlers(doc: dict[str, Any]) -
     )
     assert (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (0, MAX_WAIT_S)
 
+    schemas = doc["components"]["schemas"]
+    assert tuple(schemas["PolicyFields"]["properties"]) == POLICY_FIELDS
+    assert set(schemas["PolicyOverride"]["properties"]) == {"exempt"}
+    simulate = schemas["SimulateRequest"]
+    assert set(simulate["properties"]) == {"hours", "policy"}
+    assert simulate["properties"]["hours"]["maximum"] == MAX_SIMULATE_HOURS
+
 
 # -- real answers --------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def jp_server_config(tmp_path: Path) -> dict[str, Any]:
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_dlinfra": True}},
-        "DLInfra": {
-            "simulated_gpus": 4,
-            "db_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-            "telemetry_interval": 0,
-            "reconcile_interval": 0,
-        },
-    }
+def dlinfra_config() -> dict[str, Any]:
+    """The extension's configuration (``jp_server_config`` in conftest.py adds the ledger)."""
+    return {"simulated_gpus": 4}
+
+
+#: the server's owner is an admin, and in a group with its own override
+ADMIN_CONFIG = {
+    "simulated_gpus": 4,
+    "user_name": "alice",
+    "admin_users": ["alice"],
+    "user_groups": {"alice": ["ml"]},
+    "unix_groups": False,
+}
 
 
 class Api:
@@ -450,3 +464,315 @@ async def _restarted(
             return
         assert loop.time() < deadline, f"kernel {kernel_id} did not restart in {timeout} s"
         await asyncio.sleep(0.1)
+
+
+# -- idle reclaim: the policy, dry runs, keeping, usage ------------------------------------------
+
+KEEP = "/dlinfra/api/kernels/{kernel_id}/keep"
+USAGE = "/dlinfra/api/kernels/{kernel_id}/usage"
+POLICY = "/dlinfra/api/policy"
+SIMULATE = "/dlinfra/api/policy/simulate"
+ME = "/dlinfra/api/me"
+NOTICE_ACTION = "/dlinfra/api/notices/{notice_id}/actions/{action_id}"
+
+
+async def _until(predicate: Any, what: str, *, step: Any = None, timeout: float = 30.0) -> Any:
+    """Poll ``predicate`` (after ``await step()`` each round, if given) until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if step is not None:
+            await step()
+        value = predicate()
+        if value:
+            return value
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_reclaim_answers_for_a_non_admin_match_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    api = Api(doc, jp_fetch)
+    app = _extension(jp_serverapp)
+    owner = app.service.settings.user
+    assert not app.directory.is_admin(owner)
+
+    _, me = await api("GET", ME, expect=200, schema_name="Me")
+    assert me["user"] == owner and me["kernel_id"] is None and me["admin"] is False
+    _, view = await api("GET", POLICY, expect=200, schema_name="PolicyView")
+    assert view["source"] == "config" and view["editable"] is False
+    assert view["updated_at"] is None and view["changes"] == []
+    assert view["policy"] == view["configured"]
+    _, err = await api("PUT", POLICY, body={"reclaim_after": 7200}, expect=403)
+    assert err["reason"] == "not_admin"
+    _, err = await api("POST", SIMULATE, body={"hours": 1}, expect=403)
+    assert err["reason"] == "not_admin"
+
+    for method, template in [("POST", KEEP), ("GET", USAGE)]:
+        _, err = await api(method, template, path={"kernel_id": "no-such-kernel"}, expect=404)
+        assert err["reason"] == "no_kernel", template
+    for notice_id, action_id, status, reason in [
+        ("abc", "keep", 400, "bad_id"),
+        ("999", "keep", 404, "no_notice"),
+    ]:
+        _, err = await api(
+            "POST",
+            NOTICE_ACTION,
+            path={"notice_id": notice_id, "action_id": action_id},
+            expect=status,
+            schema_name="Error",
+        )
+        assert err["reason"] == reason
+
+    # a kernel known to the ledger only, acting with its token; and another user's kernel
+    register(app, "token-kernel", token="the-token")
+    register(app, "bobs-kernel", user="bob")
+    as_kernel = {"Authorization": "DLInfra-Kernel the-token"}
+    _, me = await api("GET", ME, headers=as_kernel, expect=200)
+    assert me["kernel_id"] == "token-kernel" and me["admin"] is False
+    _, view = await api("GET", POLICY, headers=as_kernel, expect=200)
+    assert view["editable"] is False
+    _, err = await api("PUT", POLICY, body={"max_keeps": 9}, headers=as_kernel, expect=403)
+    assert err["reason"] == "not_admin"
+    _, usage = await api(
+        "GET",
+        USAGE,
+        path={"kernel_id": "token-kernel"},
+        headers=as_kernel,
+        expect=200,
+        schema_name="KernelUsage",
+    )
+    assert usage["held"] == [] and usage["idle"] is None and usage["at"] is None
+    _, err = await api(
+        "POST", KEEP, path={"kernel_id": "token-kernel"}, body={}, headers=as_kernel, expect=404
+    )
+    assert err["reason"] == "no_idle_state"
+    _, err = await api(
+        "POST", KEEP, path={"kernel_id": "token-kernel"}, body={"why": 1}, expect=400
+    )
+    assert err["reason"] == "bad_field"
+    for method, template, kernel_id, headers in [
+        ("GET", USAGE, "bobs-kernel", as_kernel),
+        ("POST", KEEP, "bobs-kernel", as_kernel),
+        ("GET", USAGE, "bobs-kernel", None),
+        ("POST", KEEP, "bobs-kernel", None),
+    ]:
+        _, err = await api(
+            method, template, path={"kernel_id": kernel_id}, headers=headers, expect=403
+        )
+        assert err["reason"] == "forbidden", (method, template, headers)
+
+
+@pytest.mark.parametrize("dlinfra_config", [ADMIN_CONFIG])
+async def test_policy_and_dry_run_answers_for_an_admin_match_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any, dlinfra_config: dict[str, Any]
+) -> None:
+    api = Api(doc, jp_fetch)
+    app = _extension(jp_serverapp)
+    _, me = await api("GET", ME, expect=200, schema_name="Me")
+    assert me == {
+        "user": "alice",
+        "kernel_id": None,
+        "groups": ["ml"],
+        "admin": True,
+        "simulated": True,
+    }
+    _, view = await api("GET", POLICY, expect=200)
+    assert view["editable"] is True and view["source"] == "config"
+
+    for body, field in [
+        ({"bogus": 1}, "bogus"),
+        ({"idle_after": 600, "warn_after": 60}, "warn_after"),
+        ({"action": "explode"}, "action"),
+        ({"groups": {"ml": {"reclaim_after": -1}}}, "groups.ml.reclaim_after"),
+        ({"users": {"bob": {"exempt": "yes"}}}, "users.bob.exempt"),
+    ]:
+        _, err = await api("PUT", POLICY, body=body, expect=400, schema_name="Error")
+        assert err["reason"] == "bad_policy" and err["message"].startswith(f"{field}: "), err
+    _, err = await api("PUT", POLICY, body=[1], expect=400)
+    assert err["reason"] == "bad_json"
+
+    change = {
+        "reclaim_after": 7200,
+        "warn_after": 3600,
+        "users": {"bob": {"exempt": True}},
+        "groups": {"ml": {"reclaim_after": 5400, "action": "notify"}},
+    }
+    _, view = await api("PUT", POLICY, body=change, expect=200, schema_name="PolicyView")
+    assert view["source"] == "api" and view["updated_by"] == "alice"
+    assert view["updated_at"] is not None
+    assert view["policy"]["users"] == {"bob": {"exempt": True}}
+    assert view["policy"]["groups"] == {"ml": {"reclaim_after": 5400.0, "action": "notify"}}
+    assert view["configured"]["reclaim_after"] != 7200
+    fields = {c["field"] for c in view["changes"]}
+    assert {"reclaim_after", "users.bob.exempt", "groups.ml.action"} <= fields
+
+    # recorded usage to replay: one kernel idle for 2 h, one busy
+    from jupyter_dlinfra.core.idle_book import UsageBucket
+
+    start = app.service.ledger.clock.now() - 3 * 3600
+    buckets = []
+    for minute in range(120):
+        for kid, util in (("lazy", 0.0), ("busy", 90.0)):
+            bucket = UsageBucket(
+                kernel_id=kid, bucket=start + 60 * minute, user="carol", path="a.ipynb", gpus=2
+            )
+            bucket.add(util, 0)
+            buckets.append(bucket)
+    await app.service.call(app.service.idle_book.record_usage, buckets)
+
+    _, report = await api(
+        "POST",
+        SIMULATE,
+        body={"hours": 4, "policy": {"warn_after": 1200, "reclaim_after": 1800}},
+        expect=200,
+        schema_name="SimulateReport",
+    )
+    assert report["kernels_seen"] == 2 and report["reclaims"] == 1
+    assert [k["kernel_id"] for k in report["kernels"]] == ["lazy"]
+    assert report["policy"]["reclaim_after"] == 1800 and report["recovered_gpu_hours"] > 0
+    _, report = await api("POST", SIMULATE, expect=200)
+    assert report["hours"] == 24 and report["policy"] == view["policy"]
+    _, report = await api("POST", SIMULATE, body={"hours": 0.5, "policy": None}, expect=200)
+    assert report["kernels_seen"] == 0 and report["kernels"] == []
+    for body, reason in [
+        ({"hours": 0}, "bad_field"),
+        ({"hours": 745}, "bad_field"),
+        ({"hours": "x"}, "bad_field"),
+        ({"hours": 1, "extra": 1}, "bad_field"),
+        ({"policy": {"reclaim_after": -1}}, "bad_policy"),
+        ([], "bad_json"),
+    ]:
+        _, err = await api("POST", SIMULATE, body=body, expect=400)
+        assert err["reason"] == reason, body
+    _, view = await api("GET", POLICY, expect=200)
+    assert view["policy"]["reclaim_after"] == 7200, "a dry run changes nothing"
+
+    _, view = await api("PUT", POLICY, body={"users": {}, "groups": {}}, expect=200)
+    assert view["policy"]["users"] == {} and view["policy"]["groups"] == {}
+
+
+@pytest.mark.parametrize("dlinfra_config", [ADMIN_CONFIG])
+async def test_an_idle_kernel_warned_and_kept_matches_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any, dlinfra_config: dict[str, Any]
+) -> None:
+    api = Api(doc, jp_fetch)
+    app = _extension(jp_serverapp)
+    service = app.service
+    for gpu in service.provider.devices():
+        service.provider.set_load(gpu.uuid, 0.0)
+    # warned after 20 ms idle, never reclaimed during the test; one keep for the group "ml"
+    fast = {
+        "idle_after": 0.01,
+        "warn_after": 0.02,
+        "reclaim_after": 1000,
+        "keep_extension": 1000,
+        "max_keeps": 3,
+        "groups": {"ml": {"max_keeps": 1}},
+    }
+    await api("PUT", POLICY, body=fast, expect=200)
+
+    started = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kernel_id = json.loads(started.body)["id"]
+    kid = {"kernel_id": kernel_id}
+    try:
+        await _until(lambda: service.ledger.kernel(kernel_id).pid is not None, "the kernel's pid")
+        _, usage = await api("GET", USAGE, path=kid, expect=200, schema_name="KernelUsage")
+        assert usage["held"] == [] and usage["idle"] is None and usage["gpus"] == []
+        _, err = await api("POST", KEEP, path=kid, body={}, expect=404, schema_name="Error")
+        assert err["reason"] == "no_idle_state"
+
+        _, granted = await api(
+            "POST",
+            "/dlinfra/api/allocations",
+            body={"kernel_id": kernel_id, "count": 1},
+            expect=201,
+        )
+        gpu = granted["gpus"][0]["uuid"]
+
+        def warning() -> Any:
+            found = [
+                e
+                for e in service.ledger.events()
+                if e.kind == "idle_warning" and e.kernel_id == kernel_id
+            ]
+            return found[-1] if found else None
+
+        event = await _until(warning, "the idle warning", step=service.sample)
+        _, usage = await api("GET", USAGE, path=kid, expect=200, schema_name="KernelUsage")
+        assert usage["held"] == [gpu] and usage["processes"] >= 1
+        assert [g["uuid"] for g in usage["gpus"]] == [gpu] and usage["gpus"][0]["held"] is True
+        idle = usage["idle"]
+        assert idle["state"] == "warned" and idle["keeps_left"] == 1
+        assert idle["warned_at"] is not None and idle["reclaim_at"] is not None
+
+        # the event stream shows the same state, and the warning's notice offers Keep
+        snapshot = await service.events.refresh()
+        body = json.loads(snapshot.frame.decode().split("data: ", 1)[1])
+        api.validator({"$ref": "#/components/schemas/Snapshot"}).validate(body)
+        assert body["idle"][kernel_id]["state"] == "warned"
+        assert kernel_id in body["hints"]
+        notice = notice_from_event(
+            event,
+            previous=None,
+            kernels={k.kernel_id: k for k in service.ledger.kernels()},
+            owner_of=lambda _aid: None,
+        )
+        assert notice is not None
+        api.validator({"$ref": "#/components/schemas/Notice"}).validate(notice.to_json())
+        assert notice.to_json()["actions"] == [{"id": "keep", "label": "Keep"}]
+
+        granted_seq = next(
+            e.seq
+            for e in service.ledger.events()
+            if e.kind == "granted" and e.kernel_id == kernel_id
+        )
+        for notice_id, action_id, status, reason in [
+            (str(event.seq), "snooze", 400, "bad_action"),
+            (str(granted_seq), "keep", 404, "no_notice"),
+        ]:
+            _, err = await api(
+                "POST",
+                NOTICE_ACTION,
+                path={"notice_id": notice_id, "action_id": action_id},
+                expect=status,
+            )
+            assert err["reason"] == reason
+        _, kept = await api(
+            "POST",
+            NOTICE_ACTION,
+            path={"notice_id": str(event.seq), "action_id": "keep"},
+            expect=200,
+            schema_name="KeepAnswer",
+        )
+        assert kept["kernel_id"] == kernel_id and kept["state"] == "idle"
+        assert kept["keeps_left"] == 0 and kept["hold_until"] is not None
+        _, err = await api("POST", KEEP, path=kid, body={}, expect=409, schema_name="Error")
+        assert err["reason"] == "conflict" and "kept 1 times" in err["message"]
+
+        # in use again: nothing to keep
+        service.provider.set_load(gpu, 80.0)
+        await _until(
+            lambda: service.idle_book.state(kernel_id).phase.value == "active",
+            "the kernel to be active",
+            step=service.sample,
+        )
+        _, usage = await api("GET", USAGE, path=kid, expect=200)
+        assert usage["idle"]["state"] == "active" and usage["idle"]["idle_since"] is None
+        _, err = await api("POST", KEEP, path=kid, body={}, expect=409)
+        assert err["reason"] == "conflict" and "in use" in err["message"]
+
+        # exempt: only the state is shown, and there is nothing to keep
+        await api("PUT", POLICY, body={"users": {"alice": {"exempt": True}}}, expect=200)
+        await service.sample()
+        _, usage = await api("GET", USAGE, path=kid, expect=200)
+        assert usage["idle"] == {"state": "exempt"}
+        _, err = await api("POST", KEEP, path=kid, body={}, expect=409)
+        assert err["reason"] == "conflict" and "exempt" in err["message"]
+        snapshot = await service.events.refresh()
+        body = json.loads(snapshot.frame.decode().split("data: ", 1)[1])
+        api.validator({"$ref": "#/components/schemas/Snapshot"}).validate(body)
+        assert body["idle"][kernel_id] == {"state": "exempt"}
+    finally:
+        await jp_fetch("api", "kernels", kernel_id, method="DELETE")

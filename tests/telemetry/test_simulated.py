@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +138,51 @@ def test_provider_identity() -> None:
     empty = SimulatedProvider(count=0, node="n")
     assert empty.devices() == [] and empty.sample() == []
     provider.close()
+
+
+def test_set_load_lists_processes_as_nvml_would() -> None:
+    provider = SimulatedProvider(count=1, node="n", memory_bytes=1000)
+    uuid = provider.devices()[0].uuid
+    provider.set_load(uuid, 30.0, memory_used_bytes=500, processes={42: 300, 7: 200})
+    [sample] = provider.sample()
+    assert [(p.pid, p.memory_used_bytes) for p in sample.processes] == [(7, 200), (42, 300)]
+    with pytest.raises(ValueError, match="0 bytes or more"):
+        provider.set_load(uuid, 30.0, processes={1: -5})
+
+
+def test_the_load_file_pins_gpus_and_is_reread_when_it_changes(tmp_path: Path) -> None:
+    load = tmp_path / "load.json"
+    provider = SimulatedProvider(count=2, node="n", memory_bytes=1000, load_file=str(load))
+    first, second = (d.uuid for d in provider.devices())
+    # no file yet: the simulation runs
+    assert provider.sample()
+    load.write_text(
+        json.dumps(
+            {
+                "0": {"utilization_percent": 0, "memory_used_bytes": 10},
+                second: {"utilization_percent": 77, "processes": {"4242": 99}},
+            }
+        )
+    )
+    by_uuid = {s.uuid: s for s in provider.sample()}
+    assert (by_uuid[first].utilization_percent, by_uuid[first].memory_used_bytes) == (0.0, 10)
+    assert by_uuid[second].utilization_percent == 77.0
+    assert [(p.pid, p.memory_used_bytes) for p in by_uuid[second].processes] == [(4242, 99)]
+
+    # set_load wins over the file for the GPU it pins
+    provider.set_load(first, 55.0)
+    assert {s.uuid: s for s in provider.sample()}[first].utilization_percent == 55.0
+    provider.clear_load(first)
+
+    # a broken file keeps the last good pins; a fixed one applies
+    load.write_text("{not json")
+    assert {s.uuid: s for s in provider.sample()}[second].utilization_percent == 77.0
+    load.write_text(json.dumps({"1": {"utilization_percent": 12.5}}))
+    by_uuid = {s.uuid: s for s in provider.sample()}
+    assert by_uuid[second].utilization_percent == 12.5
+
+    # an unknown GPU or a bad value is ignored as a whole, like a broken file
+    load.write_text(json.dumps({"9": {"utilization_percent": 1}}))
+    assert {s.uuid: s for s in provider.sample()}[second].utilization_percent == 12.5
+    load.unlink()
+    assert all(not s.processes for s in provider.sample())
