@@ -46,9 +46,14 @@ class Profiler:
 
     def holds_gpus(self) -> bool:
         usage = self.client.usage()
-        self.gpus = list(usage.get("gpus") or [])
-        self.simulated = bool(usage.get("simulated"))
+        self._note(usage)
         return bool(usage.get("held"))
+
+    def _note(self, usage: dict[str, Any]) -> None:
+        held = [g for g in usage.get("gpus") or [] if g.get("held")]
+        if held:
+            self.gpus = held
+        self.simulated = bool(usage.get("simulated"))
 
     def poll_once(self) -> None:
         try:
@@ -56,6 +61,7 @@ class Profiler:
         except (DLInfraUnavailable, ApiFailure):
             self.errors += 1
             return
+        self._note(usage)
         sample = _sample(usage)
         if sample is not None:
             self.samples.setdefault(sample.at, sample)

@@ -49,6 +49,8 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
         On a personal server whoever logs in acts as its owner; the identity provider's own name
         (JupyterHub's user) counts too for admin checks, see :meth:`is_admin`.
         """
+        if self.kernel_scope is not None and self.current_user is not None:
+            return str(self.current_user.username)
         return self.service.settings.user
 
     def is_admin(self) -> bool:

@@ -2,7 +2,9 @@
 
 The live tests run the extension in a pytest-jupyter server with 4 simulated GPUs and a real
 ``python3`` kernel, and validate every JSON body against the schema the document gives for that
-operation and status code.
+operation and status code. For idle reclaim, the server's owner is an admin or not (the
+``dlinfra_config`` fixture), and the tests drive telemetry passes themselves
+(``service.sample()``, the periodic loops do not run) with a policy of fractions of a second.
 """
 
 from __future__ import annotations
