@@ -112,6 +112,177 @@ export interface ApiErrorBody {
   reason: string;
 }
 
+/* ---------------------------------------------------------------- idle reclaim */
+
+/** Where a kernel holding GPUs stands with idle reclaim. */
+export type IdleState = 'active' | 'idle' | 'warned' | 'reclaimed';
+
+/** What the policy does when a kernel's idle GPUs are reclaimed. */
+export type ReclaimAction = 'release' | 'shutdown' | 'notify';
+
+/** The idle state of a kernel the reclaim policy judges. */
+export interface IdleInfo {
+  state: IdleState;
+  /** Since when all the kernel's GPUs have been idle (null when active). */
+  idle_since: Timestamp | null;
+  /** When the owner was warned, null before. */
+  warned_at: Timestamp | null;
+  /** When the owner will be warned, null when the policy does not warn or the kernel is active. */
+  warn_at: Timestamp | null;
+  /** When the GPUs will be reclaimed, null when the policy does not reclaim or nothing is idle. */
+  reclaim_at: Timestamp | null;
+  /** A "keep" holds the GPUs until then. */
+  hold_until: Timestamp | null;
+  /** How many more keeps the policy allows in this idle stretch. */
+  keeps_left: number;
+  action: ReclaimAction;
+  /** The last utilisation seen (the busiest of the kernel's GPUs, %). */
+  last_util: number | null;
+}
+
+/** The idle state of a kernel whose user (or group) is exempt from reclaim. */
+export interface IdleExempt {
+  state: 'exempt';
+}
+
+export type KernelIdle = IdleInfo | IdleExempt;
+
+/** Whether an idle state is judged by a policy (not exempt). */
+export function isJudged(idle: KernelIdle | null | undefined): idle is IdleInfo {
+  return !!idle && idle.state !== 'exempt';
+}
+
+/** A suggestion about how a kernel uses its GPUs ("memory held, no compute", ...). */
+export interface Hint {
+  code: string;
+  message: string;
+}
+
+/** POST dlinfra/api/kernels/<id>/keep (and the `keep` notice action). */
+export type KeepResult = { kernel_id: string } & KernelIdle;
+
+/** GET dlinfra/api/me */
+export interface Me {
+  user: string;
+  /** Set when the caller is a kernel (kernel token), null for people. */
+  kernel_id: string | null;
+  groups: string[];
+  admin: boolean;
+  simulated: boolean;
+}
+
+/** The thresholds of the reclaim policy; times in seconds, 0 switches a stage off. */
+export interface PolicyFields {
+  /** A GPU under this utilisation (%) is idle; 0 switches detection off. */
+  idle_util_percent: number;
+  /** Idle this long before the kernel shows as idle; 0 switches detection off. */
+  idle_after: number;
+  /** Idle this long before the owner is warned; 0 switches warnings and reclaim off. */
+  warn_after: number;
+  /** Idle this long before the GPUs are reclaimed; 0 switches reclaim off. */
+  reclaim_after: number;
+  action: ReclaimAction;
+  /** Each keep holds the GPUs this much longer; 0 disables keeping. */
+  keep_extension: number;
+  /** Keeps allowed per idle stretch; 0 disables keeping. */
+  max_keeps: number;
+}
+
+/** What differs for one user or group: some fields, or an exemption. */
+export type PolicyOverride = Partial<PolicyFields> & { exempt?: boolean };
+
+/** The whole reclaim policy: the default and overrides per user and per group. */
+export interface PolicyDoc extends PolicyFields {
+  users: Record<string, PolicyOverride>;
+  groups: Record<string, PolicyOverride>;
+}
+
+/** One recorded change of the policy. */
+export interface PolicyChange {
+  seq: number;
+  at: Timestamp;
+  who: string;
+  field: string;
+  old: unknown;
+  new: unknown;
+}
+
+/** GET and PUT dlinfra/api/policy */
+export interface PolicyView {
+  policy: PolicyDoc;
+  /** `api` when set through PUT, `config` when it is the server configuration's. */
+  source: 'api' | 'config';
+  updated_at: Timestamp | null;
+  updated_by: string | null;
+  /** The policy of the server configuration. */
+  configured: PolicyDoc;
+  /** Whether the caller may change it (an admin). */
+  editable: boolean;
+  /** The most recent changes, newest first. */
+  changes: PolicyChange[];
+  simulated: boolean;
+}
+
+/** One kernel a dry run would have warned or reclaimed. */
+export interface SimulatedKernel {
+  kernel_id: string;
+  user: string;
+  path: string | null;
+  gpus: number;
+  warnings: number;
+  reclaims: number;
+  false_reclaims: number;
+  recovered_gpu_hours: number;
+  idle_gpu_hours: number;
+}
+
+/** POST dlinfra/api/policy/simulate */
+export interface SimulationResult {
+  hours: number;
+  since: Timestamp;
+  until: Timestamp;
+  policy: PolicyDoc;
+  kernels_seen: number;
+  held_gpu_hours: number;
+  idle_gpu_hours: number;
+  recovered_gpu_hours: number;
+  recovered_pct: number;
+  warnings: number;
+  reclaims: number;
+  false_reclaims: number;
+  kernels: SimulatedKernel[];
+  simulated?: boolean;
+}
+
+/** One GPU of a kernel's latest reading. */
+export interface UsageGpu {
+  uuid: string;
+  held: boolean;
+  utilization_percent: number | null;
+  memory_used_bytes: number | null;
+  memory_total_bytes: number | null;
+}
+
+/** GET dlinfra/api/kernels/<id>/usage */
+export interface KernelUsage {
+  kernel_id: string;
+  user: string;
+  held: string[];
+  at: Timestamp | null;
+  at_epoch: number | null;
+  gpus: UsageGpu[];
+  gpu_util_mean: number | null;
+  memory_share: number | null;
+  cpu_percent: number | null;
+  processes: unknown;
+  executing: boolean | null;
+  hints: Hint[];
+  idle: KernelIdle | null;
+  simulated?: boolean;
+}
+
+/* ---------------------------------------------------------------- live stream */
+
 /** `event: snapshot` of the live stream. */
 export interface Snapshot {
   seq: number;
@@ -121,6 +292,10 @@ export interface Snapshot {
   /** Active allocations (queued and granted), with live GPU metrics. */
   allocations: Allocation[];
   simulated: boolean;
+  /** Idle states by kernel id (kernels the reclaim policy has judged); absent on old servers. */
+  idle?: Record<string, KernelIdle>;
+  /** Usage hints by kernel id; absent on old servers. */
+  hints?: Record<string, Hint[]>;
 }
 
 /** An action button offered by a notice. */
@@ -132,7 +307,7 @@ export interface NoticeAction {
 /** `event: notice` of the live stream. */
 export interface Notice {
   id: number;
-  kind: 'granted' | 'ended' | 'warning' | string;
+  kind: 'granted' | 'ended' | 'warning' | 'idle_warning' | 'idle_reclaimed' | string;
   level: 'info' | 'warning' | 'error';
   user: string | null;
   kernel_id: string | null;
@@ -193,8 +368,23 @@ export interface IDLInfraClient {
   queue(): Promise<Allocation[]>;
   requestGpus(kernelId: string, count: number, model?: string | null): Promise<Allocation>;
   release(allocationId: number): Promise<void>;
-  /** POST dlinfra/api/notices/<id>/actions/<action_id> */
-  noticeAction(noticeId: number, actionId: string): Promise<void>;
+  /**
+   * POST dlinfra/api/notices/<id>/actions/<action_id>: the answer's JSON body (for `keep`, a
+   * `KeepResult`), or null when it has none.
+   */
+  noticeAction(noticeId: number, actionId: string): Promise<unknown>;
+  /** POST dlinfra/api/kernels/<id>/keep: hold a kernel's idle GPUs longer (409 when it cannot). */
+  keep(kernelId: string): Promise<KeepResult>;
+  /** GET dlinfra/api/kernels/<id>/usage: the kernel's latest reading, idle state and hints. */
+  usage(kernelId: string): Promise<KernelUsage>;
+  /** GET dlinfra/api/me */
+  me(): Promise<Me>;
+  /** GET dlinfra/api/policy */
+  policy(): Promise<PolicyView>;
+  /** PUT dlinfra/api/policy (admins): fields left out keep their values. */
+  setPolicy(changes: Partial<PolicyDoc>): Promise<PolicyView>;
+  /** POST dlinfra/api/policy/simulate (admins): what a policy would have done. */
+  simulatePolicy(hours: number, policy?: Partial<PolicyDoc> | null): Promise<SimulationResult>;
   /** POST to any action URL (relative to the base URL, or absolute). */
   postAction(url: string, body?: unknown): Promise<void>;
   /** The URL of the live event stream (with the token when one is set). */
@@ -286,11 +476,17 @@ export class DLInfraClient implements IDLInfraClient {
     });
   }
 
-  async noticeAction(noticeId: number, actionId: string): Promise<void> {
+  async noticeAction(noticeId: number, actionId: string): Promise<unknown> {
     try {
-      await this.postAction(
-        this.url('notices', String(noticeId), 'actions', encodeURIComponent(actionId))
+      const response = await this._request(
+        this.url('notices', String(noticeId), 'actions', encodeURIComponent(actionId)),
+        {
+          method: 'POST',
+          body: '{}',
+          headers: { 'Content-Type': 'application/json' }
+        }
       );
+      return await Private.jsonOrNull(response);
     } catch (error) {
       if (error instanceof DLInfraApiError && error.status === 404 && error.reason === 'not_found') {
         throw new DLInfraApiError(
@@ -301,6 +497,49 @@ export class DLInfraClient implements IDLInfraClient {
       }
       throw error;
     }
+  }
+
+  async keep(kernelId: string): Promise<KeepResult> {
+    return this._json<KeepResult>(this.url('kernels', encodeURIComponent(kernelId), 'keep'), {
+      method: 'POST',
+      body: '{}',
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async usage(kernelId: string): Promise<KernelUsage> {
+    return this._json<KernelUsage>(this.url('kernels', encodeURIComponent(kernelId), 'usage'));
+  }
+
+  async me(): Promise<Me> {
+    return this._json<Me>(this.url('me'));
+  }
+
+  async policy(): Promise<PolicyView> {
+    return this._json<PolicyView>(this.url('policy'));
+  }
+
+  async setPolicy(changes: Partial<PolicyDoc>): Promise<PolicyView> {
+    return this._json<PolicyView>(this.url('policy'), {
+      method: 'PUT',
+      body: JSON.stringify(changes),
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async simulatePolicy(
+    hours: number,
+    policy?: Partial<PolicyDoc> | null
+  ): Promise<SimulationResult> {
+    const body: { hours: number; policy?: Partial<PolicyDoc> } = { hours };
+    if (policy && Object.keys(policy).length > 0) {
+      body.policy = policy;
+    }
+    return this._json<SimulationResult>(this.url('policy', 'simulate'), {
+      method: 'POST',
+      body: JSON.stringify(body),
+      headers: { 'Content-Type': 'application/json' }
+    });
   }
 
   async postAction(url: string, body?: unknown): Promise<void> {
@@ -416,4 +655,19 @@ export class DLInfraClient implements IDLInfraClient {
   }
 
   private _warningRaised = new Signal<IDLInfraClient, IWarning>(this);
+}
+
+namespace Private {
+  /** The JSON body of an answer, or null when it has none (or it is not JSON). */
+  export async function jsonOrNull(response: Response): Promise<unknown> {
+    const text = await response.text();
+    if (!text) {
+      return null;
+    }
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      return null;
+    }
+  }
 }

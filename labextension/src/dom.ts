@@ -149,3 +149,70 @@ export function since(iso: string | null | undefined): string {
 export function gpus(count: number): string {
   return `${count} GPU${count === 1 ? '' : 's'}`;
 }
+
+/** A number of seconds for people: "45 s", "30 min", "1 h 30 min", "off" for 0. */
+export function duration(seconds: number | null | undefined, zero = 'off'): string {
+  if (typeof seconds !== 'number' || !isFinite(seconds)) {
+    return '–';
+  }
+  if (seconds <= 0) {
+    return zero;
+  }
+  if (seconds < 60) {
+    return `${Math.round(seconds)} s`;
+  }
+  if (seconds < 3600) {
+    const m = Math.floor(seconds / 60);
+    const s = Math.round(seconds - m * 60);
+    return s && m < 10 ? `${m} min ${s} s` : `${m} min`;
+  }
+  const hours = Math.floor(seconds / 3600);
+  const m = Math.round((seconds - hours * 3600) / 60);
+  return m ? `${hours} h ${m} min` : `${hours} h`;
+}
+
+/** Milliseconds left as a countdown: "4:59", "1:02:03" ("0:00" once passed). */
+export function countdown(ms: number): string {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  const hours = Math.floor(total / 3600);
+  const minutes = Math.floor((total % 3600) / 60);
+  const seconds = total % 60;
+  const ss = String(seconds).padStart(2, '0');
+  return hours > 0 ? `${hours}:${String(minutes).padStart(2, '0')}:${ss}` : `${minutes}:${ss}`;
+}
+
+/** An ISO time as local wall-clock time ("14:05"), with the date when not today. */
+export function clock(iso: string | null | undefined): string {
+  if (!iso) {
+    return '';
+  }
+  const date = new Date(iso);
+  if (isNaN(date.getTime())) {
+    return '';
+  }
+  const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const today = new Date();
+  return date.toDateString() === today.toDateString()
+    ? time
+    : `${date.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
+}
+
+/** A short elapsed time since an ISO time, floored: "45 s", "12 min", "1 h 5 min". */
+export function elapsed(iso: string | null | undefined, now = Date.now()): string {
+  if (!iso) {
+    return '';
+  }
+  const seconds = Math.max(0, (now - Date.parse(iso)) / 1000);
+  if (!isFinite(seconds)) {
+    return '';
+  }
+  if (seconds < 60) {
+    return `${Math.floor(seconds)} s`;
+  }
+  if (seconds < 3600) {
+    return `${Math.floor(seconds / 60)} min`;
+  }
+  const hours = Math.floor(seconds / 3600);
+  const minutes = Math.floor((seconds % 3600) / 60);
+  return minutes ? `${hours} h ${minutes} min` : `${hours} h`;
+}

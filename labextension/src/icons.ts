@@ -8,3 +8,12 @@ const GPU_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" 
 </svg>`;
 
 export const gpuIcon = new LabIcon({ name: 'jupyter-dlinfra:gpu', svgstr: GPU_SVG });
+
+/** A clock: the idle-reclaim policy panel. */
+const POLICY_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <path fill-rule="evenodd" d="M12 2a10 10 0 1 1 0 20 10 10 0 0 1 0-20zm0 2a8 8 0 1 0 0 16 8 8 0 0 0 0-16zm-1 3h2v5.4l3.8 2.3-1 1.7L11 13.6z"/>
+  </g>
+</svg>`;
+
+export const policyIcon = new LabIcon({ name: 'jupyter-dlinfra:policy', svgstr: POLICY_SVG });

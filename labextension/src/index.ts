@@ -13,8 +13,9 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Signal } from '@lumino/signaling';
 
+import { ADMIN_PANEL_ID, DLInfraAdminPanel } from './adminpanel';
 import { DLInfraClient, IDLInfraClient } from './api';
-import { gpuIcon } from './icons';
+import { gpuIcon, policyIcon } from './icons';
 import { DLInfraModel } from './model';
 import { connectNotifications } from './notifications';
 import { DLInfraSidebar, SIDEBAR_ID } from './sidebar';
@@ -23,7 +24,7 @@ import { GpuToolbarExtension } from './toolbar';
 
 export * from './api';
 export { DLInfraModel } from './model';
-export type { ConnectionMode, IMyAllocation, IFailure } from './model';
+export type { ConnectionMode, IMyAllocation, IFailure, IKept } from './model';
 
 const PLUGIN_ID = 'jupyter-dlinfra:plugin';
 
@@ -32,6 +33,9 @@ namespace CommandIDs {
   export const refresh = 'dlinfra:refresh';
   export const toggleCompact = 'dlinfra:toggle-compact';
 }
+
+/** Registered for admins only (GET me says `admin: true`); the server enforces it anyway. */
+const OPEN_ADMIN = 'dlinfra:open-admin';
 
 const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
   id: PLUGIN_ID,
@@ -96,6 +100,28 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
         palette.addItem({ command, category: 'GPUs' });
       }
     }
+
+    // The policy panel, for admins: ask the server once at start-up.
+    const addAdminPanel = () => {
+      const panel = new DLInfraAdminPanel(model);
+      app.shell.add(panel, 'left', { rank: 660 });
+      restorer?.add(panel, ADMIN_PANEL_ID);
+      app.commands.addCommand(OPEN_ADMIN, {
+        label: 'Open the GPU reclaim policy (admin)',
+        caption: 'Edit the idle-GPU reclaim policy and dry-run it over the recorded usage',
+        icon: policyIcon,
+        execute: () => app.shell.activateById(ADMIN_PANEL_ID)
+      });
+      palette?.addItem({ command: OPEN_ADMIN, category: 'GPUs' });
+    };
+    model
+      .loadMe()
+      .then(me => {
+        if (me.admin) {
+          addAdminPanel();
+        }
+      })
+      .catch(error => console.info('jupyter-dlinfra: no admin panel', error?.message ?? error));
 
     let settings: ISettingRegistry.ISettings | null = null;
     const applySettings = (s: ISettingRegistry.ISettings) => {

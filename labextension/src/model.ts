@@ -11,9 +11,17 @@ import {
   Allocation,
   Cluster,
   ClusterGpu,
+  DLInfraApiError,
+  Hint,
   IDLInfraClient,
   IWarning,
+  KeepResult,
+  KernelIdle,
+  Me,
   Notice,
+  PolicyDoc,
+  PolicyView,
+  SimulationResult,
   Snapshot
 } from './api';
 
@@ -27,6 +35,20 @@ export interface IMyAllocation {
   path: string | null;
   /** The session's name or the kernelspec name, when known. */
   kernelName: string | null;
+  /** The kernel's idle state, when the reclaim policy has judged it. */
+  idle: KernelIdle | null;
+  /** Suggestions about how the kernel uses its GPUs. */
+  hints: Hint[];
+}
+
+/** A successful keep: the kernel's new idle state, and how it was asked for. */
+export interface IKept {
+  kernelId: string;
+  result: KeepResult;
+  /** The notebook the kernel serves, when known. */
+  path: string | null;
+  /** The notice whose Keep button was used, or null (the sidebar's button). */
+  noticeId: number | null;
 }
 
 /** An allocation whose request failed, with the reason. */
@@ -53,6 +75,8 @@ const NOTICE_GRACE_MS = 1_500;
 
 /** Reasons for which an ended request is not a failure: the user or the kernel ended it. */
 const USER_END = /released by|kernel shut down|kernel restarted/i;
+/** How long notices about a kernel that left this Lab still count as this Lab's (reclaimed). */
+const RECENT_KERNEL_MS = 10 * 60_000;
 
 export class DLInfraModel implements IDisposable {
   constructor(options: DLInfraModel.IOptions) {
@@ -87,6 +111,14 @@ export class DLInfraModel implements IDisposable {
   /** The connection mode changed (stream, polling, connecting). */
   get modeChanged(): ISignal<this, ConnectionMode> {
     return this._modeChanged;
+  }
+  /** GPUs of this Lab's kernels were kept (from the sidebar or a notice's Keep button). */
+  get kept(): ISignal<this, IKept> {
+    return this._kept;
+  }
+  /** The reclaim policy was (re)read or changed through `loadPolicy` or `savePolicy`. */
+  get policyChanged(): ISignal<this, PolicyView> {
+    return this._policyChanged;
   }
   /** Warnings with action buttons (see `IDLInfraClient.warn`). */
   get warningRaised(): ISignal<IDLInfraClient, IWarning> {
@@ -123,6 +155,14 @@ export class DLInfraModel implements IDisposable {
   get isDisposed(): boolean {
     return this._isDisposed;
   }
+  /** Who the server says the user is (after `loadMe`), or null. */
+  get me(): Me | null {
+    return this._me;
+  }
+  /** The reclaim policy as last read or saved (after `loadPolicy`), or null. */
+  get policy(): PolicyView | null {
+    return this._policy;
+  }
 
   get refreshInterval(): number {
     return this._refreshInterval;
@@ -153,6 +193,16 @@ export class DLInfraModel implements IDisposable {
   /** The last utilisation samples of a GPU, oldest first. */
   history(uuid: string): number[] {
     return this._history.get(uuid)?.values ?? [];
+  }
+
+  /** A kernel's idle state, when the reclaim policy has judged it. */
+  idleOf(kernelId: string): KernelIdle | null {
+    return this._idle.get(kernelId) ?? null;
+  }
+
+  /** A kernel's usage hints (empty when none). */
+  hintsOf(kernelId: string): Hint[] {
+    return this._hints.get(kernelId) ?? [];
   }
 
   /** A GPU of the cluster by UUID. */
@@ -246,6 +296,9 @@ export class DLInfraModel implements IDisposable {
         queue,
         simulated: cluster.simulated
       });
+      if (this._mode !== 'stream') {
+        await this._pollIdle();
+      }
     } catch (error) {
       if (this._isDisposed) {
         return;
@@ -270,10 +323,48 @@ export class DLInfraModel implements IDisposable {
     }
   }
 
-  /** Carry out a notice's action. */
-  async noticeAction(notice: Notice, actionId: string): Promise<void> {
-    await this.client.noticeAction(notice.id, actionId);
+  /** Carry out a notice's action (for `keep`, the kernel's new idle state is applied). */
+  async noticeAction(notice: Notice, actionId: string): Promise<unknown> {
+    const answer = await this.client.noticeAction(notice.id, actionId);
+    if (actionId === 'keep' && Private.isKeepResult(answer)) {
+      this._onKept(answer, notice.id);
+    }
     void this.refresh();
+    return answer;
+  }
+
+  /**
+   * Keep a kernel's idle GPUs longer (POST kernels/<id>/keep). Rejects with the server's
+   * reason (409) when there is nothing to keep or no keep is left.
+   */
+  async keep(kernelId: string): Promise<KeepResult> {
+    const result = await this.client.keep(kernelId);
+    this._onKept(result, null);
+    return result;
+  }
+
+  /** Ask the server who the user is and whether they are an admin (GET me). */
+  async loadMe(): Promise<Me> {
+    this._me = await this.client.me();
+    return this._me;
+  }
+
+  /** Read the reclaim policy, its source and its recent changes (GET policy). */
+  async loadPolicy(): Promise<PolicyView> {
+    return this._setPolicy(await this.client.policy());
+  }
+
+  /**
+   * Change the reclaim policy (PUT policy, admins only): fields left out keep their values.
+   * Rejects with the server's message (400 `bad_policy` names the field first).
+   */
+  async savePolicy(changes: Partial<PolicyDoc>): Promise<PolicyView> {
+    return this._setPolicy(await this.client.setPolicy(changes));
+  }
+
+  /** What a policy (the saved one, changed by `policy`) would have done over the last hours. */
+  async simulatePolicy(hours: number, policy?: Partial<PolicyDoc> | null): Promise<SimulationResult> {
+    return this.client.simulatePolicy(hours, policy);
   }
 
   /** Show a warning with action buttons (emitted through `warningRaised`). */
@@ -370,6 +461,14 @@ export class DLInfraModel implements IDisposable {
   /* ---------------------------------------------------------------- applying data */
 
   private _apply(snapshot: Snapshot): void {
+    this._rememberRunning();
+    // REST answers carry no idle states: keep the stream's (or the last poll's) until replaced.
+    if (snapshot.idle) {
+      this._idle = new Map(Object.entries(snapshot.idle));
+    }
+    if (snapshot.hints) {
+      this._hints = new Map(Object.entries(snapshot.hints));
+    }
     this._cluster = snapshot.cluster;
     this._simulated = snapshot.simulated;
     this._queue = snapshot.queue ?? [];
@@ -444,7 +543,7 @@ export class DLInfraModel implements IDisposable {
             } else if (ended.state === 'released' && ended.granted_at) {
               // Granted and released between two snapshots: the grant did happen.
               this._report(id, () =>
-                this._granted.emit({ allocation: ended, path, kernelName: null })
+                this._granted.emit({ allocation: ended, path, kernelName: null, idle: null, hints: [] })
               );
             }
           })
@@ -484,11 +583,17 @@ export class DLInfraModel implements IDisposable {
     if (this._seenNotices.size > 500) {
       this._seenNotices.delete(this._seenNotices.values().next().value as string);
     }
-    const mine = notice.kernel_id === null || this.runningKernelIds().has(notice.kernel_id);
+    // A reclaim may shut the kernel down before its notice comes: recent kernels count too.
+    this._rememberRunning();
+    const mine = notice.kernel_id === null || this._recentKernels.has(notice.kernel_id);
     if (!mine) {
       return;
     }
-    if (notice.allocation_id !== null && notice.kind !== 'warning') {
+    if (
+      notice.allocation_id !== null &&
+      notice.kind !== 'warning' &&
+      !notice.kind.startsWith('idle_')
+    ) {
       this._noticed.add(notice.allocation_id);
     }
     this._noticeReceived.emit(notice);
@@ -499,8 +604,94 @@ export class DLInfraModel implements IDisposable {
     return {
       allocation,
       path: session?.path ?? null,
-      kernelName: session?.kernelName ?? null
+      kernelName: session?.kernelName ?? null,
+      idle: this.idleOf(allocation.kernel_id),
+      hints: this.hintsOf(allocation.kernel_id)
     };
+  }
+
+  private _setPolicy(view: PolicyView): PolicyView {
+    this._policy = view;
+    if (!this._isDisposed) {
+      this._policyChanged.emit(view);
+    }
+    return view;
+  }
+
+  /** Apply a keep's answer at once (the next snapshot confirms it) and tell the listeners. */
+  private _onKept(result: KeepResult, noticeId: number | null): void {
+    const { kernel_id: kernelId, ...idle } = result;
+    this._idle.set(kernelId, idle as KernelIdle);
+    this._changed.emit();
+    this._kept.emit({
+      kernelId,
+      result,
+      path: this.sessionOfKernel(kernelId)?.path ?? null,
+      noticeId
+    });
+  }
+
+  /**
+   * Without the event stream, read the idle state and hints of this Lab's granted kernels
+   * through GET kernels/<id>/usage (skipped for good when the server has no idle reclaim).
+   */
+  private async _pollIdle(): Promise<void> {
+    if (!this._usageAvailable) {
+      return;
+    }
+    const running = this.runningKernelIds();
+    const kernels = [
+      ...new Set(
+        this._allocations
+          .filter(a => a.state === 'granted' && running.has(a.kernel_id))
+          .map(a => a.kernel_id)
+      )
+    ];
+    if (kernels.length === 0) {
+      return;
+    }
+    const answers = await Promise.allSettled(kernels.map(id => this.client.usage(id)));
+    if (this._isDisposed) {
+      return;
+    }
+    let changed = false;
+    answers.forEach((answer, i) => {
+      const kernelId = kernels[i];
+      if (answer.status === 'fulfilled') {
+        const usage = answer.value;
+        if (usage.idle) {
+          this._idle.set(kernelId, usage.idle);
+        } else {
+          this._idle.delete(kernelId);
+        }
+        this._hints.set(kernelId, usage.hints ?? []);
+        changed = true;
+      } else {
+        const error = answer.reason;
+        if (
+          error instanceof DLInfraApiError &&
+          (error.reason === 'no_reclaim' || (error.status === 404 && error.reason === 'not_found'))
+        ) {
+          this._usageAvailable = false;
+        }
+      }
+    });
+    if (changed) {
+      this._changed.emit();
+    }
+  }
+
+  /** Note the kernels running in this Lab now, forgetting those gone for a while. */
+  private _rememberRunning(): void {
+    const now = Date.now();
+    for (const id of this.runningKernelIds()) {
+      this._recentKernels.set(id, now);
+    }
+    for (const [id, seen] of this._recentKernels) {
+      if (now - seen > RECENT_KERNEL_MS) {
+        this._recentKernels.delete(id);
+      }
+    }
   }
 
   private _active(): Allocation[] {
@@ -508,6 +699,7 @@ export class DLInfraModel implements IDisposable {
   }
 
   private _onRunningChanged(): void {
+    this._rememberRunning();
     this._changed.emit();
   }
 
@@ -516,6 +708,12 @@ export class DLInfraModel implements IDisposable {
   private _queue: Allocation[] = [];
   private _allocations: Allocation[] = [];
   private _gpus = new Map<string, ClusterGpu>();
+  private _idle = new Map<string, KernelIdle>();
+  private _hints = new Map<string, Hint[]>();
+  private _recentKernels = new Map<string, number>();
+  private _usageAvailable = true;
+  private _me: Me | null = null;
+  private _policy: PolicyView | null = null;
   private _history = new Map<string, { sampledAt: string | null; values: number[] }>();
   private _tracked = new Map<number, Allocation>();
   private _noticed = new Set<number>();
@@ -539,4 +737,17 @@ export class DLInfraModel implements IDisposable {
   private _granted = new Signal<this, IMyAllocation>(this);
   private _failed = new Signal<this, IFailure>(this);
   private _modeChanged = new Signal<this, ConnectionMode>(this);
+  private _kept = new Signal<this, IKept>(this);
+  private _policyChanged = new Signal<this, PolicyView>(this);
+}
+
+namespace Private {
+  /** Whether an action's answer is a keep's: a kernel id and an idle state. */
+  export function isKeepResult(value: unknown): value is KeepResult {
+    if (!value || typeof value !== 'object') {
+      return false;
+    }
+    const v = value as Record<string, unknown>;
+    return typeof v.kernel_id === 'string' && typeof v.state === 'string';
+  }
 }

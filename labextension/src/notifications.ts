@@ -4,9 +4,9 @@
  */
 import { Notification } from '@jupyterlab/apputils';
 
-import { IWarning, Notice } from './api';
-import { basename, gpus } from './dom';
-import { DLInfraModel, IFailure, IMyAllocation } from './model';
+import { isJudged, IWarning, Notice } from './api';
+import { basename, clock, gpus } from './dom';
+import { DLInfraModel, IFailure, IKept, IMyAllocation } from './model';
 
 const AUTO_CLOSE_MS = 8000;
 
@@ -36,16 +36,67 @@ function failed(what: string, error: unknown): void {
 
 /** Connect the model's notices, grants, failures and warnings to notifications. */
 export function connectNotifications(model: DLInfraModel): void {
+  /** The idle warnings on screen, by kernel, and whether the model has shown it warned since. */
+  const idleWarnings = new Map<string, { id: string; sawWarned: boolean }>();
+  const dismissWarning = (kernelId: string) => {
+    const shown = idleWarnings.get(kernelId);
+    if (shown) {
+      idleWarnings.delete(kernelId);
+      Notification.dismiss(shown.id);
+    }
+  };
+
   model.noticeReceived.connect((_, notice: Notice) => {
     const actions: Notification.IAction[] = (notice.actions ?? []).map(action => ({
       label: action.label,
-      caption: action.label,
+      caption:
+        action.id === 'keep' ? 'Hold the idle GPUs longer instead of losing them' : action.label,
       displayType: 'accent',
       callback: () => {
+        // The toast closes; a keep confirms itself through `model.kept`.
+        if (notice.kernel_id) {
+          idleWarnings.delete(notice.kernel_id);
+        }
         model.noticeAction(notice, action.id).catch(error => failed(`${action.label} failed`, error));
       }
     }));
-    notify(notice.level, notice.message, actions);
+    if (notice.kind === 'idle_reclaimed' && notice.kernel_id) {
+      dismissWarning(notice.kernel_id);
+    }
+    const id = notify(notice.level, notice.message, actions);
+    if (notice.kind === 'idle_warning' && notice.kernel_id) {
+      dismissWarning(notice.kernel_id);
+      idleWarnings.set(notice.kernel_id, { id, sawWarned: false });
+    }
+  });
+
+  model.kept.connect((_, kept: IKept) => {
+    dismissWarning(kept.kernelId);
+    const where = kept.path ? basename(kept.path) : `kernel ${kept.kernelId.slice(0, 8)}`;
+    const result = kept.result;
+    let message = `Kept the GPUs of ${where}`;
+    if (isJudged(result)) {
+      if (result.hold_until) {
+        message += ` until ${clock(result.hold_until)}`;
+      }
+      message += ` (${result.keeps_left} keep${result.keeps_left === 1 ? '' : 's'} left).`;
+    } else {
+      message += '.';
+    }
+    Notification.success(message, { autoClose: AUTO_CLOSE_MS });
+  });
+
+  // A warning whose kernel is busy again (or gone) no longer needs its Keep button.
+  model.changed.connect(() => {
+    for (const [kernelId, shown] of [...idleWarnings]) {
+      const idle = model.idleOf(kernelId);
+      const held = model.allocationOfKernel(kernelId)?.state === 'granted';
+      if (isJudged(idle) && idle.state === 'warned' && held) {
+        shown.sawWarned = true;
+      } else if (shown.sawWarned) {
+        dismissWarning(kernelId);
+      }
+    }
   });
 
   model.granted.connect((_, entry: IMyAllocation) => {

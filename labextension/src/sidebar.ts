@@ -6,9 +6,10 @@ import { showErrorMessage } from '@jupyterlab/apputils';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { Allocation, ClusterGpu } from './api';
-import { basename, gib, gpus, h, meter, pct, sparkline } from './dom';
+import { Allocation, ClusterGpu, isJudged } from './api';
+import { basename, clock, gib, gpus, h, meter, pct, sparkline } from './dom';
 import { gpuIcon } from './icons';
+import { idleBadge, refreshBadges } from './idle';
 import { DLInfraModel, IMyAllocation } from './model';
 
 export const SIDEBAR_ID = 'dlinfra-sidebar';
@@ -82,12 +83,37 @@ export class DLInfraSidebar extends Widget {
     }
     this.model.changed.disconnect(this._render, this);
     this.node.removeEventListener('click', this._onClick);
+    this._stopTicking();
     super.dispose();
   }
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
     this._render();
+  }
+
+  protected onAfterHide(msg: Message): void {
+    super.onAfterHide(msg);
+    this._stopTicking();
+  }
+
+  /** Count the idle badges down each second while some are shown. */
+  private _tickBadges(): void {
+    const shown = this.isVisible
+      ? refreshBadges(this._sections.mine, id => this.model.idleOf(id))
+      : 0;
+    if (shown > 0 && this._ticker === null) {
+      this._ticker = window.setInterval(() => this._tickBadges(), 1000);
+    } else if (shown === 0) {
+      this._stopTicking();
+    }
+  }
+
+  private _stopTicking(): void {
+    if (this._ticker !== null) {
+      clearInterval(this._ticker);
+      this._ticker = null;
+    }
   }
 
   private _section(key: SectionKey, heading: string, attrs: Record<string, string>): HTMLElement {
@@ -132,6 +158,7 @@ export class DLInfraSidebar extends Widget {
     this._update('cluster', () => this._renderCluster());
     this._update('mine', () => this._renderMine());
     this._update('queue', () => this._renderQueue());
+    this._tickBadges();
   }
 
   /** Replace a section's content when what it shows changed, keeping keyboard focus. */
@@ -206,7 +233,13 @@ export class DLInfraSidebar extends Widget {
       );
     }
     const running = [...this.model.runningKernelIds()].sort();
-    return { signature: JSON.stringify([cluster, history, running]), nodes };
+    const idle = cluster.nodes.flatMap(n =>
+      n.gpus.map(g => {
+        const state = g.holder ? this.model.idleOf(g.holder.kernel_id) : null;
+        return isJudged(state) ? [state.state, state.reclaim_at] : null;
+      })
+    );
+    return { signature: JSON.stringify([cluster, history, running, idle]), nodes };
   }
 
   private _gpuCard(gpu: ClusterGpu): HTMLElement {
@@ -223,16 +256,36 @@ export class DLInfraSidebar extends Widget {
         ? (100 * gpu.memory_used_bytes) / gpu.memory_total_bytes
         : null;
     const mine = holder ? this.model.runningKernelIds().has(holder.kernel_id) : false;
+    const idle = holder ? this.model.idleOf(holder.kernel_id) : null;
+    const idleState = isJudged(idle) && idle.state !== 'active' ? idle.state : null;
     const values = this.model.history(gpu.uuid);
     const label = `GPU ${gpu.index}, ${gpu.model}${gpu.simulated ? ', simulated' : ''}, ${
       holder ? `held by ${holderText}` : 'free'
-    }, utilisation ${pct(gpu.utilization_percent)}`;
+    }, utilisation ${pct(gpu.utilization_percent)}${
+      idleState === 'warned' ? ', idle: about to be reclaimed' : idleState === 'idle' ? ', idle' : ''
+    }`;
+    let idleMark: HTMLElement | null = null;
+    if (idleState === 'warned' && isJudged(idle)) {
+      idleMark = h(
+        'span',
+        {
+          class: 'jp-DLInfra-gpuIdleMark',
+          title: idle.reclaim_at
+            ? `Idle: its GPUs will be reclaimed at ${clock(idle.reclaim_at)}`
+            : 'Idle: its owner was warned'
+        },
+        'idle'
+      );
+    }
     return h(
       'div',
       {
-        class: `jp-DLInfra-gpuCard ${holder ? 'jp-mod-held' : 'jp-mod-free'}${mine ? ' jp-mod-mine' : ''}`,
+        class: `jp-DLInfra-gpuCard ${holder ? 'jp-mod-held' : 'jp-mod-free'}${mine ? ' jp-mod-mine' : ''}${
+          idleState === 'warned' ? ' jp-mod-idleWarned' : idleState === 'idle' ? ' jp-mod-idle' : ''
+        }`,
         'data-uuid': gpu.uuid,
         'data-index': gpu.index,
+        'data-idle-state': idleState,
         role: 'group',
         'aria-label': label,
         title: gpu.uuid
@@ -242,6 +295,7 @@ export class DLInfraSidebar extends Widget {
         { class: 'jp-DLInfra-gpuHeader' },
         h('span', { class: 'jp-DLInfra-gpuIndex' }, `GPU ${gpu.index}`),
         h('span', { class: 'jp-DLInfra-gpuModel' }, gpu.model),
+        idleMark,
         gpu.simulated
           ? h(
               'span',
@@ -319,12 +373,35 @@ export class DLInfraSidebar extends Widget {
       },
       granted ? 'Release' : 'Cancel'
     );
+    const idle = entry.idle;
+    const badge = granted ? idleBadge(a.kernel_id, idle) : null;
+    const keep =
+      granted && isJudged(idle) && idle.state === 'warned' && idle.keeps_left > 0
+        ? h(
+            'button',
+            {
+              type: 'button',
+              class: 'jp-DLInfra-keep jp-Button jp-mod-styled jp-mod-accept',
+              'data-kernel-id': a.kernel_id,
+              'data-focus-key': `keep-${a.kernel_id}`,
+              'aria-label': `Keep the idle GPUs of ${name}`,
+              title: `Hold the GPUs longer instead of losing them (${idle.keeps_left} keep${
+                idle.keeps_left === 1 ? '' : 's'
+              } left)`
+            },
+            'Keep'
+          )
+        : null;
+    const idleState = isJudged(idle) ? idle.state : idle ? 'exempt' : null;
     return h(
       'li',
       {
-        class: `jp-DLInfra-myAllocation jp-mod-${a.state}`,
+        class: `jp-DLInfra-myAllocation jp-mod-${a.state}${
+          idleState === 'warned' ? ' jp-mod-idleWarned' : idleState === 'idle' ? ' jp-mod-idle' : ''
+        }`,
         'data-allocation-id': a.id,
-        'data-kernel-id': a.kernel_id
+        'data-kernel-id': a.kernel_id,
+        'data-idle-state': idleState
       },
       h(
         'div',
@@ -338,6 +415,7 @@ export class DLInfraSidebar extends Widget {
         state,
         a.simulated ? h('span', { class: 'jp-DLInfra-simulatedBadge' }, 'simulated') : null
       ),
+      badge || keep ? h('div', { class: 'jp-DLInfra-idleRow' }, badge, keep) : null,
       granted
         ? h(
             'ul',
@@ -353,7 +431,16 @@ export class DLInfraSidebar extends Widget {
               );
             })
           )
-        : h('div', { class: 'jp-DLInfra-waitingReason' }, a.waiting_reason ?? '')
+        : h('div', { class: 'jp-DLInfra-waitingReason' }, a.waiting_reason ?? ''),
+      entry.hints.length > 0
+        ? h(
+            'ul',
+            { class: 'jp-DLInfra-hints', 'aria-label': `Hints for ${name}` },
+            entry.hints.map(hint =>
+              h('li', { class: 'jp-DLInfra-hint', 'data-code': hint.code }, hint.message)
+            )
+          )
+        : null
     );
   }
 
@@ -409,6 +496,19 @@ export class DLInfraSidebar extends Widget {
   /* ---------------------------------------------------------------- events */
 
   private _onClick = (event: MouseEvent): void => {
+    const keep = (event.target as HTMLElement).closest<HTMLButtonElement>('.jp-DLInfra-keep');
+    if (keep && this.node.contains(keep)) {
+      const kernelId = keep.dataset.kernelId;
+      if (!kernelId || keep.disabled) {
+        return;
+      }
+      keep.disabled = true;
+      this.model.keep(kernelId).catch(error => {
+        keep.disabled = false;
+        void showErrorMessage('Cannot keep the GPUs', (error as Error).message ?? String(error));
+      });
+      return;
+    }
     const target = (event.target as HTMLElement).closest<HTMLElement>('.jp-DLInfra-release');
     if (!target || !this.node.contains(target)) {
       return;
@@ -430,6 +530,7 @@ export class DLInfraSidebar extends Widget {
   private _sections: Record<SectionKey, HTMLElement>;
   private _signatures: Partial<Record<SectionKey, string>> = {};
   private _rendered = false;
+  private _ticker: number | null = null;
 }
 
 /** An allocation's GPUs as "GPU 0, GPU 3". */
