@@ -363,7 +363,10 @@ export class DLInfraModel implements IDisposable {
   }
 
   /** What a policy (the saved one, changed by `policy`) would have done over the last hours. */
-  async simulatePolicy(hours: number, policy?: Partial<PolicyDoc> | null): Promise<SimulationResult> {
+  async simulatePolicy(
+    hours: number,
+    policy?: Partial<PolicyDoc> | null
+  ): Promise<SimulationResult> {
     return this.client.simulatePolicy(hours, policy);
   }
 
@@ -543,7 +546,13 @@ export class DLInfraModel implements IDisposable {
             } else if (ended.state === 'released' && ended.granted_at) {
               // Granted and released between two snapshots: the grant did happen.
               this._report(id, () =>
-                this._granted.emit({ allocation: ended, path, kernelName: null, idle: null, hints: [] })
+                this._granted.emit({
+                  allocation: ended,
+                  path,
+                  kernelName: null,
+                  idle: null,
+                  hints: []
+                })
               );
             }
           })
