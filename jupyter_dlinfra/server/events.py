@@ -28,7 +28,7 @@ import bisect
 import contextlib
 import json
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -114,6 +114,8 @@ class Snapshot:
     samples: Mapping[str, GpuSample]
     simulated: bool
     frame: bytes = field(repr=False)
+    #: the idle state of each judged kernel (active, idle, warned, reclaimed, exempt)
+    idle: Mapping[str, str] = field(default_factory=dict)
 
 
 def _kernel_words(kernel: KernelRecord | None, kernel_id: str | None) -> str:
@@ -365,6 +367,8 @@ class Broadcaster:
         #: snapshots built and serialised (one per change, whatever the number of subscribers)
         self.snapshots_built = 0
         self.grant_waits = WaitHistogram()
+        #: idle-reclaim events seen since this server started, by kind (and reclaim action)
+        self.idle_events: Counter[tuple[str, str]] = Counter()
         self.latest: Snapshot | None = None
         self._subs: set[Subscription] = set()
         self._subs_changed = asyncio.Event()
@@ -568,6 +572,7 @@ class Broadcaster:
         provider = service.provider
         simulated = provider.simulated or any(g.simulated for g in present)
         seq = self.snapshots_built + 1
+        idle_view = service.idle_view(kernels)
         body = {
             "seq": seq,
             "at": iso(now),
@@ -585,7 +590,7 @@ class Broadcaster:
                 allocation_json(a, index, samples, simulated=provider.simulated) for a in active
             ],
             "simulated": simulated,
-            **service.idle_view(kernels),
+            **idle_view,
         }
         snapshot = Snapshot(
             seq=seq,
@@ -597,6 +602,7 @@ class Broadcaster:
             allocations=active,
             samples=samples,
             simulated=simulated,
+            idle={k: str(v.get("state")) for k, v in idle_view["idle"].items()},
             frame=_frame("snapshot", json.dumps(body)),
         )
         self.snapshots_built = seq
@@ -630,6 +636,9 @@ class Broadcaster:
                 waited = event.detail.get("waited_s")
                 if isinstance(waited, (int, float)):
                     self.grant_waits.observe(max(0.0, float(waited)))
+            elif event.kind in ("idle_warning", "idle_kept", "idle_reclaimed"):
+                action = str(event.detail.get("action") or "") if event.kind != "idle_kept" else ""
+                self.idle_events[(event.kind, action)] += 1
             notice = notice_from_event(
                 event, previous=self._last_event, kernels=kernels, owner_of=owner_of
             )

@@ -19,6 +19,10 @@ Series (all gauges unless said otherwise):
 - ``dlinfra_grant_wait_seconds`` (histogram): waits of the requests granted since this server
   started, immediate grants included (as 0 s), from the ledger's ``granted`` events of every
   server sharing the ledger;
+- ``dlinfra_idle_kernels{state}``: this ledger's kernels that hold GPUs, by idle state (active,
+  idle, warned, reclaimed, exempt), as judged by the servers sharing the ledger;
+- ``dlinfra_idle_events_total{kind, action}`` (counter): idle warnings, keeps and reclaims seen
+  since this server started (``action``: the reclaim action; empty for keeps);
 - ``dlinfra_telemetry_samples_total`` (counter): telemetry samples taken by this server;
 - ``dlinfra_event_snapshots_total`` (counter), ``dlinfra_event_subscribers``: the event stream.
 """
@@ -62,6 +66,14 @@ class DLInfraCollector(Collector):
         )
         hist.add_metric([], buckets=buckets, sum_value=total)
         yield hist
+        idle_events = CounterMetricFamily(
+            "dlinfra_idle_events",
+            "Idle warnings, keeps and reclaims seen since this server started.",
+            labels=["kind", "action"],
+        )
+        for (kind, action), count in sorted(broadcaster.idle_events.items()):
+            idle_events.add_metric([kind, action], count)
+        yield idle_events
         yield CounterMetricFamily(
             "dlinfra_telemetry_samples",
             "GPU telemetry samples taken by this server (one per interval, whatever the clients).",
@@ -138,6 +150,15 @@ class DLInfraCollector(Collector):
                 [str(alloc.id), alloc.user, alloc.node], max(0.0, now - alloc.created_at)
             )
         yield waits
+
+        idle = GaugeMetricFamily(
+            "dlinfra_idle_kernels",
+            "Kernels holding GPUs, by idle state (active, idle, warned, reclaimed, exempt).",
+            labels=["state"],
+        )
+        for state, count in sorted(Counter(snapshot.idle.values()).items()):
+            idle.add_metric([state], count)
+        yield idle
 
 
 def registry_for(service: GpuService) -> CollectorRegistry:

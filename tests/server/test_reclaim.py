@@ -163,6 +163,11 @@ async def test_notify_takes_nothing_but_records_the_reclaim(
     for _ in range(3):
         await app.service.sample()
     assert _kinds(app, kernel_id).count("idle_reclaimed") == 1
+    # and Prometheus sees it
+    scraped = (await jp_fetch("dlinfra", "metrics")).body.decode()
+    assert 'dlinfra_idle_events_total{action="notify",kind="idle_reclaimed"} 1.0' in scraped
+    assert 'dlinfra_idle_events_total{action="notify",kind="idle_warning"} 1.0' in scraped
+    assert 'dlinfra_idle_kernels{state="reclaimed"} 1.0' in scraped
 
 
 async def test_shutdown_action_frees_the_gpus_and_ends_the_kernel(
