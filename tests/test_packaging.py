@@ -54,6 +54,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(jupyter_dlinfra.telemetry.__all__) == sorted(
         [
             "SIMULATED_GPUS_ENV",
+            "SIMULATED_LOAD_FILE_ENV",
             "SIMULATED_MODELS_ENV",
             "GpuDevice",
             "GpuSample",

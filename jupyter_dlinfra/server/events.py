@@ -31,6 +31,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -199,10 +200,11 @@ def notice_from_event(
     return None
 
 
+#: short, because JupyterLab cuts notification text at 140 characters
 _ACTION_WORDS = {
-    "release": "the kernel will be restarted without GPUs",
-    "shutdown": "the kernel will be shut down",
-    "notify": "nothing will be taken: the policy only reports",
+    "release": "kernel restarted without GPUs",
+    "shutdown": "kernel shut down",
+    "notify": "report only, nothing taken",
 }
 
 
@@ -214,41 +216,42 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _short_name(kernel: KernelRecord | None, kernel_id: str | None) -> str:
+    if kernel is not None and kernel.path:
+        return PurePath(kernel.path).name
+    return f"kernel {(kernel_id or '?')[:8]}"
+
+
 def _idle_notice(event: LedgerEvent, kernel: KernelRecord | None, user: str | None) -> Notice:
-    who = _kernel_words(kernel, event.kernel_id)
+    who = _short_name(kernel, event.kernel_id)
     idle = event.detail.get("idle_s")
     idle_words = _duration(float(idle)) if isinstance(idle, (int, float)) else "a while"
     action = str(event.detail.get("action") or "release")
     if event.kind == "idle_warning":
         reclaim_at = event.detail.get("reclaim_at")
-        when = ""
+        when = "soon"
         if isinstance(reclaim_at, (int, float)):
-            when = f" in {_duration(max(0.0, float(reclaim_at) - event.at))}"
+            when = f"in {_duration(max(0.0, float(reclaim_at) - event.at))}"
         keeps = event.detail.get("keeps_left")
         left = int(keeps) if isinstance(keeps, (int, float)) else 0
-        keep_words = f" Keep them ({left} left) or" if left else ""
         return Notice(
             id=event.seq,
             kind="idle_warning",
             level="warning",
-            message=f"The GPUs of {who} have been idle for {idle_words} and will be reclaimed"
-            f"{when} ({_ACTION_WORDS.get(action, action)}).{keep_words} use them to hold them.",
+            message=f"GPUs of {who} idle for {idle_words}: reclaimed {when} "
+            f"({_ACTION_WORDS.get(action, action)}) unless used"
+            + (f" or kept ({left} keeps left)." if left else "."),
             user=user,
             kernel_id=event.kernel_id,
             allocation_id=event.allocation_id,
             actions=(("keep", "Keep"),) if left else (),
         )
     if action == "notify":
-        message = (
-            f"The GPUs of {who} would have been reclaimed after {idle_words} idle; the policy "
-            "only reports (notify), so nothing was taken."
-        )
+        message = f"GPUs of {who} would have been reclaimed after {idle_words} idle (report only)."
         level = "info"
     else:
         done = "restarted without GPUs" if action == "release" else "shut down"
-        message = (
-            f"The GPUs of {who} were reclaimed after {idle_words} idle: the kernel was {done}."
-        )
+        message = f"GPUs of {who} reclaimed after {idle_words} idle: kernel {done}."
         level = "warning"
     return Notice(
         id=event.seq,

@@ -50,16 +50,25 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
+def _unless_set(option: str, args: tuple[str, ...]) -> tuple[str, ...]:
+    name = option.partition("=")[0] + "="
+    return () if any(a.startswith(name) for a in args) else (option,)
+
+
 @pytest.fixture
 def lab(tmp_path: Path, servers: list[object]) -> Any:
-    """Start JupyterLab on ``gpus`` simulated GPUs; returns a factory."""
+    """Start JupyterLab on ``gpus`` simulated GPUs (more options: ``args``, ``env``); a factory."""
 
-    def start(gpus: int = 4) -> ServerProcess:
+    def start(
+        gpus: int = 4, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> ServerProcess:
         server = ServerProcess(
             tmp_path / f"lab{len(servers)}",
             db_url=f"sqlite:///{tmp_path}/ledger.sqlite",
             simulated_gpus=gpus,
-            extra_args=("--DLInfra.telemetry_interval=1",),
+            # an option given twice is refused by traitlets: the default goes only when unset
+            extra_args=(*_unless_set("--DLInfra.telemetry_interval=1", args), *args),
+            env=env or {},
         )
         server.workdir.mkdir(parents=True, exist_ok=True)
         servers.append(server)
