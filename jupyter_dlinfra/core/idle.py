@@ -284,8 +284,9 @@ class IdleState:
     #: a keep holds the GPUs at least until then
     hold_until: float | None = None
     reclaimed_at: float | None = None
-    #: the last utilisation seen (max over the kernel's GPUs, %)
+    #: the utilisation read at the last change (max over the kernel's GPUs, %)
     last_util: float | None = None
+    #: when the state last changed (the store skips readings that change nothing else)
     updated_at: float = 0.0
 
     def warn_at(self, policy: IdlePolicy) -> float | None:

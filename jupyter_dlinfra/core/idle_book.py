@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select
@@ -99,6 +99,10 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _meaningful(state: IdleState) -> IdleState:
+    return replace(state, last_util=None, updated_at=0.0)
 
 
 class IdleBook:
@@ -209,11 +213,13 @@ class IdleBook:
                     )
                 )
             for reading in readings:
-                before = current.get(reading.kernel_id) or IdleState(kernel_id=reading.kernel_id)
+                stored = current.get(reading.kernel_id)
+                before = stored or IdleState(kernel_id=reading.kernel_id)
                 after, transitions = observe(
                     before, reading.utilization, reading.at, policy_for(reading.kernel_id)
                 )
-                if after != before:
+                # the latest reading alone is not worth a write per kernel per sample
+                if stored is None or _meaningful(after) != _meaningful(before):
                     self._put(conn, after)
                 for t in transitions:
                     self._record(tx, t, reading.allocation_id)

@@ -108,6 +108,8 @@ class Reclaimer:
         #: the latest reading and hints per kernel of this server that holds GPUs
         self.latest: dict[str, tuple[KernelUsage, list[Hint]]] = {}
         self._last_prune = 0.0
+        #: kernels judged at the last pass (their states must be forgotten when they stop)
+        self._judged: set[str] = set()
 
     async def step(self) -> list[Transition]:
         service = self.service
@@ -128,8 +130,12 @@ class Reclaimer:
             for u in usages
             if u.held and u.held_util_max is not None
         ]
-        scope = await service.call(self._my_kernel_ids)
-        transitions = await service.mutate(self.book.observe, readings, policy_for, scope=scope)
+        transitions: list[Transition] = []
+        if readings or self._judged:
+            # nothing held now and nothing held before: no need to take the write lock
+            scope = await service.call(self._my_kernel_ids)
+            transitions = await service.mutate(self.book.observe, readings, policy_for, scope=scope)
+        self._judged = {r.kernel_id for r in readings}
         for t in transitions:
             if t.kind == Phase.RECLAIMED.value:
                 usage = next(u for u in usages if u.kernel_id == t.kernel_id)
