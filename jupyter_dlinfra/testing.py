@@ -323,3 +323,33 @@ class KernelSession:
 
     def shutdown(self) -> None:
         self.server.delete(f"api/kernels/{self.kernel_id}")
+
+
+def notebook_json(*cells: str | tuple[str, Sequence[str]]) -> dict[str, Any]:
+    """A Python notebook of code cells; a cell given as ``(source, tags)`` carries those tags."""
+    built: list[dict[str, Any]] = []
+    for cell in cells:
+        source, tags = (cell, ()) if isinstance(cell, str) else cell
+        built.append(
+            {
+                "cell_type": "code",
+                "source": source,
+                "metadata": {"tags": list(tags)} if tags else {},
+                "outputs": [],
+                "execution_count": None,
+            }
+        )
+    return {
+        "cells": built,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def write_notebook(path: Path, *cells: str | tuple[str, Sequence[str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(notebook_json(*cells)), encoding="utf-8")
+    return path

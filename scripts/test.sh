@@ -4,10 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: a PostgreSQL server (the ledger's store tests run on it as well as on
-# SQLite) and Debian's chromium (the browser tests drive a real JupyterLab with it)
+# SQLite), Debian's chromium (the browser tests drive a real JupyterLab with it) and SLURM with
+# munge (the slurm backend's tests run a single-node cluster: scripts/slurm-up.sh)
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v slurmctld >/dev/null || missing+=(slurmctld)
+command -v slurmd >/dev/null || missing+=(slurmd)
+command -v sbatch >/dev/null || missing+=(slurm-client)
+command -v munged >/dev/null || missing+=(munge)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq

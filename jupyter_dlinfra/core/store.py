@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 
 __all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -170,6 +170,42 @@ usage = Table(
     Column("samples", Integer, nullable=False),
 )
 
+#: batch jobs made from notebooks (core/jobs.py), whatever backend runs them
+jobs = Table(
+    "dlinfra_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user", String(255), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("backend", String(64), nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("server_id", String(64), nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("model", String(255), nullable=True),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("parameters", Text, nullable=False, default="{}"),
+    Column("group_id", String(64), nullable=True, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("reason", Text, nullable=True),
+    Column("workdir", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Column("allocation_id", Integer, nullable=True),
+    Column("handle", Text, nullable=True),
+    Column("failed_cell", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+)
+
+#: job -> the jobs that must succeed before it runs
+job_deps = Table(
+    "dlinfra_job_deps",
+    metadata,
+    Column("job_id", Integer, ForeignKey("dlinfra_jobs.id"), primary_key=True),
+    Column("after_id", Integer, ForeignKey("dlinfra_jobs.id"), primary_key=True),
+)
+
 _WRITE = "dlinfra_write"
 
 
@@ -229,7 +265,7 @@ class Store:
             for key, value in (("schema", SCHEMA_VERSION), ("version", 0)):
                 if key not in existing:
                     conn.execute(meta.insert().values(key=key, value=value))
-            # version 2 only added tables, which create_all has just made on older ledgers
+            # versions 2 and 3 only added tables, which create_all has just made on older ledgers
             conn.execute(
                 update(meta)
                 .where(meta.c.key == "schema", meta.c.value < SCHEMA_VERSION)

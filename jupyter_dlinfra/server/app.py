@@ -10,6 +10,7 @@ import getpass
 import os
 import socket
 import uuid
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
+from ..backends import JobBackend
 from ..core import Ledger, PolicyError, ReclaimPolicy, Store, SystemClock
 from ..provisioning import set_port
 from ..telemetry import (
@@ -27,6 +29,7 @@ from ..telemetry import (
 )
 from .handlers import ROUTES
 from .identity import Directory
+from .jobs import JobService, JobSettings
 from .metrics import registry_for
 from .reclaim import PolicySource, Reclaimer, ReclaimSettings
 from .service import GpuService, ServiceSettings
@@ -240,6 +243,51 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         "small, idle between cells) in the sidebar and %gpu.",
     )
 
+    # -- batch jobs (server/jobs.py) ----------------------------------------------------------
+
+    job_backends = List(
+        Unicode(),
+        ["local"],
+        config=True,
+        help="Backends that run notebooks submitted as jobs, by name (entry-point group "
+        "jupyter_dlinfra.backends): 'local' (a detached process on this node, GPUs from the "
+        "ledger), 'slurm' (sbatch; SLURM places GPUs). Empty: job submission is off.",
+    )
+    default_backend = Unicode(
+        "local",
+        config=True,
+        help="Backend of a submission that names none; must be one of job_backends.",
+    )
+    backend_options = Dict(
+        config=True,
+        help="Keyword options per backend, e.g. {'slurm': {'partition': 'gpu', 'env': "
+        "{'SLURM_CONF': '/etc/slurm/slurm.conf'}}}. See each backend's documentation.",
+    )
+    jobs_dir = Unicode(
+        "dlinfra-jobs",
+        config=True,
+        help="Directory of the jobs' snapshots, logs and outputs (one sub-directory per job). "
+        "Relative: under the server's root, so JupyterLab can open the outputs. With SLURM or "
+        "Kubernetes it must be on storage the job's nodes share.",
+    )
+    job_interval = Float(
+        1.0,
+        config=True,
+        help="Seconds between two passes of the job loop (start what may start, poll what "
+        "runs). 0 stops the loop: jobs are recorded but never started.",
+    )
+    max_notebook_bytes = Int(
+        16 * 2**20,
+        config=True,
+        help="Largest notebook (bytes) that can be submitted as a job.",
+    )
+    max_parameter_bytes = Int(
+        64 * 2**10,
+        config=True,
+        help="Largest set of job parameters (bytes of JSON) per job.",
+    )
+    max_sweep_jobs = Int(100, config=True, help="Most jobs one sweep (parameter grid) may submit.")
+
     def configured_policy(self) -> ReclaimPolicy:
         """The reclaim policy of this configuration (before any change through the API)."""
         overrides = dict(self.policy_overrides)
@@ -344,6 +392,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
                 hide_unallocated_gpus=self.hide_unallocated_gpus,
                 events_debounce=self.events_debounce,
                 events_keepalive=self.events_keepalive,
+                job_interval=self.job_interval,
             ),
             api_url=self._kernel_api_url,
             local_kernel_exists=lambda kernel_id: kernel_id in self._server.kernel_manager,
@@ -368,6 +417,21 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             ),
             log=self.log,
         )
+        if self.job_backends:
+            self.service.jobs = JobService(
+                self.service,
+                backends=self._load_backends(),
+                settings=JobSettings(
+                    root_dir=Path(self._server.root_dir),
+                    jobs_dir=self.jobs_dir,
+                    default_backend=self.default_backend,
+                    max_notebook_bytes=self.max_notebook_bytes,
+                    max_parameter_bytes=self.max_parameter_bytes,
+                    max_sweep_jobs=self.max_sweep_jobs,
+                    hide_unallocated_gpus=self.hide_unallocated_gpus,
+                ),
+                log=self.log,
+            )
         self.service.prepare()
         self.settings["dlinfra_service"] = self.service
         self.settings["dlinfra_directory"] = self.directory
@@ -397,6 +461,27 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         if self.serverapp is None:
             raise RuntimeError("the dlinfra extension is not linked to a server yet")
         return self.serverapp
+
+    def _load_backends(self) -> dict[str, JobBackend]:
+        found = {ep.name: ep for ep in entry_points(group="jupyter_dlinfra.backends")}
+        if self.default_backend not in self.job_backends:
+            raise TraitError(
+                f"DLInfra.default_backend {self.default_backend!r} is not in "
+                f"DLInfra.job_backends {list(self.job_backends)}"
+            )
+        backends: dict[str, JobBackend] = {}
+        for name in self.job_backends:
+            if name not in found:
+                raise TraitError(
+                    f"DLInfra.job_backends: no backend {name!r}; installed: "
+                    + ", ".join(sorted(found))
+                )
+            options = dict(self.backend_options.get(name, {}))
+            try:
+                backends[name] = found[name].load()(**options)
+            except TypeError as err:
+                raise TraitError(f"DLInfra.backend_options[{name!r}]: {err}") from None
+        return backends
 
     def _make_provisioner_default(self) -> None:
         from jupyter_client.provisioning.factory import KernelProvisionerFactory

@@ -174,6 +174,8 @@ def notice_from_event(
         )
     if event.kind in ("idle_warning", "idle_reclaimed"):
         return _idle_notice(event, kernel, owner())
+    if event.kind == "job_ended":
+        return _job_notice(event)
     if event.kind in ("cancelled", "released"):
         reason = str(event.detail.get("reason") or "")
         if reason.startswith("released by") or reason in _CHOSEN_END_REASONS:
@@ -214,6 +216,25 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _job_notice(event: LedgerEvent) -> Notice:
+    detail = event.detail
+    state = str(detail.get("state") or "ended")
+    reason = detail.get("reason")
+    level = {"succeeded": "info", "failed": "error"}.get(state, "warning")
+    message = f"Job {detail.get('job')} ({detail.get('name')}) {state}"
+    if reason:
+        message += f": {reason}"
+    # the front end offers "Open log" itself: the job is in the notice's kernel_id (job-<id>)
+    return Notice(
+        id=event.seq,
+        kind="job_ended",
+        level=level,
+        message=message[:140],
+        user=str(detail.get("user")) if detail.get("user") else None,
+        kernel_id=event.kernel_id,
+    )
 
 
 def _short_name(kernel: KernelRecord | None, kernel_id: str | None) -> str:

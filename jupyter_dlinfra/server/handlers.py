@@ -16,6 +16,14 @@ from ..telemetry import GpuSample
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
 from .events import Subscription
+from .job_handlers import (
+    BackendsHandler,
+    JobHandler,
+    JobLogHandler,
+    JobOutputHandler,
+    JobRerunHandler,
+    JobsHandler,
+)
 from .policy_handlers import (
     KernelKeepHandler,
     KernelUsageHandler,
@@ -279,6 +287,12 @@ ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
         NoticeActionHandler,
         ("POST",),
     ),
+    (r"/dlinfra/api/jobs", JobsHandler, ("GET", "POST")),
+    (r"/dlinfra/api/backends", BackendsHandler, ("GET",)),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)", JobHandler, ("GET", "DELETE")),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/log", JobLogHandler, ("GET",)),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/output", JobOutputHandler, ("GET",)),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/rerun", JobRerunHandler, ("POST",)),
     (r"/dlinfra/api/events", EventsHandler, ("GET",)),
     # a scrape target rather than an API call, hence outside /dlinfra/api
     (r"/dlinfra/metrics", MetricsHandler, ("GET",)),

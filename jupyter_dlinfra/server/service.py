@@ -27,12 +27,14 @@ from ..core import (
     LedgerError,
     NotFound,
 )
+from ..core.jobs import JOB_KERNEL_NAME
 from ..provisioning import LaunchPlan
 from ..telemetry import GpuSample, TelemetryProvider
 from .events import Broadcaster
 from .liveness import process_alive, process_started_at
 
 if TYPE_CHECKING:
+    from .jobs import JobService
     from .reclaim import Reclaimer
 
 __all__ = ["GpuService", "ServiceSettings", "hash_token"]
@@ -59,6 +61,8 @@ class ServiceSettings:
     events_debounce: float = 0.05
     #: an idle event stream gets a keepalive comment this often (seconds)
     events_keepalive: float = 15.0
+    #: how often batch jobs are started and polled (seconds); 0: never
+    job_interval: float = 1.0
 
 
 class GpuService:
@@ -92,6 +96,8 @@ class GpuService:
         self.idle_book = IdleBook(ledger)
         #: judges this server's kernels after each sample; set by the extension app
         self.reclaimer: Reclaimer | None = None
+        #: starts and watches batch jobs; set by the extension app
+        self.jobs: JobService | None = None
 
     # -- running blocking work -----------------------------------------------------------------
 
@@ -121,6 +127,8 @@ class GpuService:
 
     def prepare(self) -> None:
         """Blocking start-up work, done before the server answers its first request."""
+        if self.jobs is not None:
+            self.jobs.adopt()
         self._sync_inventory()
         self._reconcile()
         self._sample()
@@ -133,6 +141,7 @@ class GpuService:
             asyncio.create_task(self._every(self.settings.watch_interval, self._watch)),
             asyncio.create_task(self._every(self.settings.telemetry_interval, self.sample)),
             asyncio.create_task(self._every(self.settings.reconcile_interval, self._maintain)),
+            asyncio.create_task(self._every(self.settings.job_interval, self.jobs_pass)),
         ]
         self.events.start()
 
@@ -157,6 +166,9 @@ class GpuService:
                 await self.reclaimer.flush()
             except Exception:
                 self.log.exception("dlinfra: could not write the last usage history")
+        if self.jobs is not None:
+            # the jobs keep running: the next server re-attaches to them
+            await self.call(self.jobs.close)
         await self.call(self.provider.close)
         self._executor.shutdown(wait=True)
 
@@ -175,6 +187,11 @@ class GpuService:
         if version != self._seen_version:
             self._seen_version = version
             self._notify()
+
+    async def jobs_pass(self) -> None:
+        """Start what may start, poll what runs (blocking work, off the event loop)."""
+        if self.jobs is not None:
+            await self.mutate(self.jobs.step)
 
     async def _maintain(self) -> None:
         await self.sync_inventory()
@@ -226,6 +243,9 @@ class GpuService:
         return dead
 
     def _kernel_alive(self, record: KernelRecord) -> bool:
+        if record.kernel_name == JOB_KERNEL_NAME:
+            # a job's GPUs are held while the job lives, whichever server watches it
+            return self.jobs.holder_alive(record) if self.jobs is not None else True
         if record.server_id == self.settings.server_id and self._local_kernel_exists(
             record.kernel_id
         ):

@@ -1,0 +1,127 @@
+"""Where batch jobs run: the backend contract, and who calls what, when.
+
+The server's job loop (``server/jobs.py``) owns every job's record in the ledger; a backend only
+starts, watches and stops the job's process somewhere. Calls come from a worker thread of the
+server, never from the event loop, one at a time per backend instance:
+
+- ``submit(launch)`` once per job, when the job may start: for a backend that does not place GPUs
+  itself (``places_gpus = False``, e.g. ``local``), after the ledger granted the job's GPUs
+  (``launch.env`` then carries ``CUDA_VISIBLE_DEVICES``); for one that does (``slurm``,
+  ``kubernetes``), as soon as the job is submitted, with its parents' handles in
+  ``launch.after`` so that the cluster's scheduler enforces the chain. It returns a
+  :class:`JobHandle`, which the server stores; it must be enough to find the job again after a
+  restart of the server (``load_state`` is the other half).
+- ``poll(handles)`` once per job-loop interval with the handles of the jobs it runs; it answers
+  one :class:`BackendStatus` per handle it knows. A handle it cannot find any more (the process
+  and its status are gone) is answered ``LOST``.
+- ``cancel(handle)`` when the user cancels; the job's end is then seen by the next ``poll``.
+- ``close()`` once, when the server stops. Jobs must keep running: the server re-attaches later.
+
+Backends are found through the entry-point group ``jupyter_dlinfra.backends`` and chosen by name
+(``c.DLInfra.job_backends``, and per job by the ``backend`` field of a submission).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BackendError", "BackendState", "BackendStatus", "JobBackend", "JobHandle", "JobLaunch"]
+
+
+class BackendError(Exception):
+    """The backend could not do what was asked; ``str()`` is a sentence for people."""
+
+
+class BackendState(str, enum.Enum):
+    #: accepted, not running yet (waiting for resources or for parents)
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: the backend has no trace of the job any more
+    LOST = "lost"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (BackendState.PENDING, BackendState.RUNNING)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobLaunch:
+    """Everything a backend needs to start one job."""
+
+    job_id: int
+    name: str
+    user: str
+    #: the job's directory: input notebook, spec, log, outputs; shared with the backend's nodes
+    workdir: str
+    #: the command that runs the job (the in-job runner), argv form
+    argv: Sequence[str]
+    #: extra environment for the command
+    env: Mapping[str, str] = field(default_factory=dict)
+    gpus: int = 0
+    #: GPU model wanted (a backend may map it to a GRES type or a node selector), None: any
+    model: str | None = None
+    #: larger runs first; backends map it to their own notion (SLURM nice, PriorityClass)
+    priority: int = 0
+    #: handles of jobs that must succeed first (for backends with ``places_gpus``)
+    after: Sequence[JobHandle] = ()
+    #: where the command's stdout and stderr go
+    log_path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobHandle:
+    """How a backend finds a job again: its name and a JSON-serialisable reference."""
+
+    backend: str
+    ref: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "ref": self.ref, "detail": dict(self.detail)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobHandle:
+        return cls(
+            backend=str(data["backend"]), ref=str(data["ref"]), detail=dict(data.get("detail", {}))
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendStatus:
+    state: BackendState
+    #: why it waits, or how it ended, in words (SLURM's reason, an exit code...)
+    reason: str | None = None
+    exit_code: int | None = None
+
+
+class JobBackend(abc.ABC):
+    #: the short name used in configuration and in submissions
+    name: str = "abstract"
+    #: True when the backend's own scheduler places GPUs (the ledger then does not grant them)
+    places_gpus: bool = False
+
+    @abc.abstractmethod
+    def submit(self, launch: JobLaunch) -> JobHandle:
+        """Start (or enqueue) the job; raise BackendError with a reason if it cannot."""
+
+    @abc.abstractmethod
+    def poll(self, handles: Sequence[JobHandle]) -> dict[str, BackendStatus]:
+        """The status of each job, by ``handle.ref``."""
+
+    @abc.abstractmethod
+    def cancel(self, handle: JobHandle) -> None:
+        """Stop the job (no error if it already ended)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the API shows about this backend (name, whether it is usable, why not)."""
+        return {"name": self.name, "places_gpus": self.places_gpus, "available": True}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the backend holds; jobs keep running."""

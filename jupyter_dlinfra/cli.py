@@ -1,0 +1,238 @@
+"""``jupyter dlinfra``: submit notebooks as jobs and follow them from a terminal.
+
+It talks to a running Jupyter server with jupyter-dlinfra, over the same REST API as JupyterLab:
+``--url``/``--token`` (or ``DLINFRA_URL``/``DLINFRA_TOKEN``), else the running server whose root
+holds the notebook (from ``jupyter server list``'s runtime files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+FOLLOW_POLL_S = 1.0
+
+
+class CliError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/") + "/"
+        self.token = token
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        url = urllib.parse.urljoin(self.url, "dlinfra/api/" + path)
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        if self.token:
+            req.add_header("Authorization", f"token {self.token}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(req, timeout=60) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            try:
+                message = json.loads(err.read() or b"{}").get("message") or err.reason
+            except ValueError:
+                message = err.reason
+            raise CliError(f"{message} (HTTP {err.code})") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise CliError(f"cannot reach the Jupyter server at {self.url}: {err}") from None
+        return json.loads(raw) if raw else None
+
+
+def _servers() -> list[dict[str, Any]]:
+    from jupyter_server.serverapp import list_running_servers
+
+    return list(list_running_servers())
+
+
+def connect(args: argparse.Namespace, notebook: Path | None = None) -> tuple[Client, Path | None]:
+    """A client of the server to use, and that server's root when known."""
+    url = args.url or os.environ.get("DLINFRA_URL")
+    token = args.token or os.environ.get("DLINFRA_TOKEN") or os.environ.get("JUPYTER_TOKEN", "")
+    if url:
+        return Client(url, token), None
+    servers = _servers()
+    if not servers:
+        raise CliError(
+            "no running Jupyter server found; start one (make lab, jupyter lab) or pass --url "
+            "and --token"
+        )
+    chosen = servers[0]
+    if notebook is not None:
+        holding = [
+            s for s in servers if notebook.resolve().is_relative_to(Path(s["root_dir"]).resolve())
+        ]
+        if not holding:
+            roots = ", ".join(s["root_dir"] for s in servers)
+            raise CliError(f"{notebook} is under no running server's root ({roots})")
+        chosen = max(holding, key=lambda s: len(s["root_dir"]))
+    return Client(chosen["url"], chosen.get("token", "")), Path(chosen["root_dir"])
+
+
+def _value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # a bare word is a string, as papermill's -p takes it
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    found = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"{what} must look like name=value, not {item!r}")
+        found[name] = value
+    return found
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    notebook = Path(args.notebook)
+    if not notebook.is_file():
+        raise CliError(f"no notebook {notebook}")
+    client, root = connect(args, notebook)
+    if root is not None:
+        path = notebook.resolve().relative_to(root.resolve()).as_posix()
+    else:
+        path = args.notebook  # relative to the remote server's root, as given
+    body: dict[str, Any] = {"path": path}
+    if args.gpus is not None:
+        body["gpus"] = args.gpus
+    if args.model:
+        body["model"] = args.model
+    if args.name:
+        body["name"] = args.name
+    if args.backend:
+        body["backend"] = args.backend
+    if args.priority:
+        body["priority"] = args.priority
+    if args.after:
+        body["after"] = args.after
+    params = {k: _value(v) for k, v in _pairs(args.parameter, "-p").items()}
+    if params:
+        body["parameters"] = params
+    sweep = {k: [_value(x) for x in v.split(",")] for k, v in _pairs(args.sweep, "--sweep").items()}
+    if sweep:
+        body["sweep"] = sweep
+    answer = client.call("POST", "jobs", body)
+    jobs = answer.get("jobs", [answer])
+    for job in jobs:
+        print(f"job {job['id']} {job['name']}: {job['state']} ({job['reason'] or 'starting'})")
+    if args.wait:
+        return max(_follow(client, job["id"], quiet=len(jobs) > 1) for job in jobs)
+    return 0
+
+
+def _follow(client: Client, job_id: int, *, quiet: bool = False) -> int:
+    offset = 0
+    while True:
+        chunk = client.call("GET", f"jobs/{job_id}/log", offset=offset)
+        if chunk["text"] and not quiet:
+            sys.stdout.write(chunk["text"])
+            sys.stdout.flush()
+        offset = chunk["next_offset"]
+        if chunk["complete"]:
+            job = client.call("GET", f"jobs/{job_id}")
+            print(f"job {job_id} {job['state']}" + (f": {job['reason']}" if job["reason"] else ""))
+            return 0 if job["state"] == "succeeded" else 1
+        if not chunk["text"]:
+            time.sleep(FOLLOW_POLL_S)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client, _ = connect(args)
+    query = {"state": "all" if args.all else "active"}
+    if args.everyone:
+        query["user"] = "*"
+    for job in client.call("GET", "jobs", **query)["jobs"]:
+        gpus = f"{job['gpus']} GPU" + ("s" if job["gpus"] != 1 else "")
+        print(
+            f"{job['id']:>5}  {job['state']:<10} {gpus:<7} {job['backend']:<6} "
+            f"{job['name']}  {job['reason'] or ''}"
+        )
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    client, _ = connect(args)
+    if args.follow:
+        return _follow(client, args.job)
+    print(client.call("GET", f"jobs/{args.job}/log")["text"], end="")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client, _ = connect(args)
+    job = client.call("DELETE", f"jobs/{args.job}")
+    print(f"job {job['id']}: {job['state']} ({job['reason']})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jupyter dlinfra", description=__doc__.split("\n")[0])
+    p.add_argument("--url", help="the Jupyter server (default: the running one)")
+    p.add_argument("--token", help="its token (default: from its runtime file)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("submit", help="run a notebook as a batch job")
+    s.add_argument("notebook")
+    s.add_argument("--gpus", type=int, help="GPUs (default: the notebook's %%gpu line, else 0)")
+    s.add_argument("--model", help="GPU model, e.g. A100")
+    s.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
+    s.add_argument(
+        "--sweep", action="append", default=[], metavar="NAME=V1,V2", help="one job per value"
+    )
+    s.add_argument("--after", type=int, action="append", default=[], metavar="JOB")
+    s.add_argument("--backend", help="local, slurm, ... (default: the server's)")
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--name")
+    s.add_argument("--wait", action="store_true", help="follow the log until the job ends")
+    s.set_defaults(run=cmd_submit)
+
+    j = sub.add_parser("jobs", help="list your jobs")
+    j.add_argument("--all", action="store_true", help="ended jobs too")
+    j.add_argument("--everyone", action="store_true", help="every user's (admins)")
+    j.set_defaults(run=cmd_jobs)
+
+    lg = sub.add_parser("log", help="print a job's log")
+    lg.add_argument("job", type=int)
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(run=cmd_log)
+
+    c = sub.add_parser("cancel", help="cancel a job")
+    c.add_argument("job", type=int)
+    c.set_defaults(run=cmd_cancel)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CliError as err:
+        print(f"jupyter dlinfra: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

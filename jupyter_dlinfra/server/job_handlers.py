@@ -1,0 +1,296 @@
+"""REST handlers of batch jobs: submit, list, read, log, outputs, cancel, re-run."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..core.jobs import Job
+from .auth import DLInfraHandler, authorized
+from .errors import ApiError
+from .jobs import JobService, Submission
+from .views import iso
+
+__all__ = [
+    "BackendsHandler",
+    "JobHandler",
+    "JobLogHandler",
+    "JobOutputHandler",
+    "JobRerunHandler",
+    "JobsHandler",
+    "job_json",
+]
+
+#: the most log text one call returns (bytes); the caller asks again from next_offset
+MAX_LOG_CHUNK = 256 * 2**10
+_OUTPUTS = {
+    "notebook": ("executed.ipynb", "application/x-ipynb+json"),
+    "html": ("report.html", "text/html; charset=utf-8"),
+    "script": ("script.py", "text/x-python; charset=utf-8"),
+    "log": ("job.log", "text/plain; charset=utf-8"),
+}
+_SUBMIT_FIELDS = {
+    "path",
+    "name",
+    "gpus",
+    "model",
+    "priority",
+    "parameters",
+    "sweep",
+    "backend",
+    "after",
+}
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def job_json(job: Job, root: Path, now: float) -> dict[str, Any]:
+    workdir = Path(job.workdir)
+    outputs: dict[str, str | None] = {}
+    for key, (name, _) in _OUTPUTS.items():
+        target = workdir / name
+        outputs[key] = _relative(target, root) if target.exists() else None
+    end = job.ended_at if job.ended_at is not None else now
+    return {
+        "id": job.id,
+        "name": job.name,
+        "user": job.user,
+        "path": job.path,
+        "backend": job.backend,
+        "node": job.node,
+        "gpus": job.gpus,
+        "model": job.model,
+        "priority": job.priority,
+        "parameters": dict(job.parameters),
+        "after": list(job.after),
+        "group_id": job.group_id,
+        "state": job.state.value,
+        "reason": job.reason,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "ended_at": iso(job.ended_at),
+        "duration_s": round(end - job.started_at, 3) if job.started_at is not None else None,
+        "allocation_id": job.allocation_id,
+        "failed_cell": job.failed_cell,
+        "error": job.error,
+        "workdir": _relative(workdir, root),
+        "outputs": outputs,
+    }
+
+
+class _JobBase(DLInfraHandler):
+    @property
+    def jobs(self) -> JobService:
+        jobs = self.service.jobs
+        if jobs is None:
+            raise ApiError(503, "batch jobs are not enabled on this server", code="no_jobs")
+        return jobs
+
+    def view(self, job: Job) -> dict[str, Any]:
+        return job_json(job, self.jobs.settings.root_dir, self.service.ledger.clock.now())
+
+    async def own_job(self, raw_id: str) -> Job:
+        if not raw_id.isdigit():
+            raise ApiError(400, f"job id must be a number, not {raw_id!r}", code="bad_id")
+        job = await self.service.call(self.jobs.book.job, int(raw_id))
+        if job.user != self.person() and not self.is_admin():
+            raise ApiError(403, f"job {job.id} belongs to {job.user}", code="forbidden")
+        return job
+
+
+class JobsHandler(_JobBase):
+    @authorized("read")
+    async def get(self) -> None:
+        state = self.get_query_argument("state", "all")
+        if state not in ("active", "ended", "all"):
+            raise ApiError(400, "state must be 'active', 'ended' or 'all'", code="bad_query")
+        who = self.get_query_argument("user", None)
+        others = who == "*" or (who is not None and who != self.person())
+        if others and not self.is_admin():
+            raise ApiError(403, "only admins see other users' jobs", code="not_admin")
+        user = None if who == "*" else (who or self.person())
+        active = {"active": True, "ended": False, "all": None}[state]
+        found = await self.service.call(self.jobs.book.jobs, user=user, active=active, limit=500)
+        self.answer({"jobs": [self.view(j) for j in found]})
+
+    @authorized("write")
+    async def post(self) -> None:
+        body = self.json_body()
+        unknown = set(body) - _SUBMIT_FIELDS
+        if unknown:
+            raise ApiError(
+                400,
+                f"unknown field(s): {', '.join(sorted(unknown))}; expected "
+                + ", ".join(sorted(_SUBMIT_FIELDS)),
+                code="bad_field",
+            )
+        sub = Submission(
+            user=self.person(),
+            path=_string(body, "path", required=True) or "",
+            name=_string(body, "name"),
+            gpus=_integer(body, "gpus", minimum=0),
+            model=_string(body, "model"),
+            priority=_integer(body, "priority", minimum=-1000, maximum=1000) or 0,
+            parameters=_object(body, "parameters"),
+            sweep=_object(body, "sweep"),
+            backend=_string(body, "backend"),
+            after=_ids(body.get("after", [])),
+        )
+        created = await self.service.mutate(self.jobs.submit, sub)
+        first = created[0]
+        self.set_header("Location", self.base_url.rstrip("/") + f"/dlinfra/api/jobs/{first.id}")
+        if sub.sweep:
+            self.answer(
+                {"group_id": first.group_id, "jobs": [self.view(j) for j in created]}, status=201
+            )
+        else:
+            self.answer(self.view(first), status=201)
+
+
+class BackendsHandler(_JobBase):
+    """The backends jobs can be submitted to, and the one used when a submission names none."""
+
+    @authorized("read")
+    async def get(self) -> None:
+        jobs = self.jobs
+        described = await self.service.call(lambda: [b.describe() for b in jobs.backends.values()])
+        self.answer({"default": jobs.settings.default_backend, "backends": described})
+
+
+class JobHandler(_JobBase):
+    @authorized("read")
+    async def get(self, job_id: str) -> None:
+        self.answer(self.view(await self.own_job(job_id)))
+
+    @authorized("write")
+    async def delete(self, job_id: str) -> None:
+        """Cancel: a queued job ends at once; a running one is stopped, its end follows."""
+        job = await self.own_job(job_id)
+        cancelled = await self.service.mutate(self.jobs.cancel, job, by=self.person())
+        self.answer(self.view(cancelled))
+
+
+class JobRerunHandler(_JobBase):
+    @authorized("write")
+    async def post(self, job_id: str) -> None:
+        if self.json_body():
+            raise ApiError(400, "a re-run takes no fields: send {}", code="bad_field")
+        job = await self.own_job(job_id)
+        created = await self.service.mutate(self.jobs.rerun, job, self.person())
+        self.set_header(
+            "Location", self.base_url.rstrip("/") + f"/dlinfra/api/jobs/{created[0].id}"
+        )
+        self.answer(self.view(created[0]), status=201)
+
+
+class JobLogHandler(_JobBase):
+    """The job's log from ``offset`` on: ask again from ``next_offset`` to follow it live."""
+
+    @authorized("read")
+    async def get(self, job_id: str) -> None:
+        job = await self.own_job(job_id)
+        raw = self.get_query_argument("offset", "0")
+        if not raw.isdigit():
+            raise ApiError(400, "offset must be a whole number of bytes", code="bad_query")
+        offset = int(raw)
+        path = Path(job.workdir) / "job.log"
+        data, size = await self.service.call(_read_from, path, offset, MAX_LOG_CHUNK)
+        self.answer(
+            {
+                "job_id": job.id,
+                "state": job.state.value,
+                "offset": offset,
+                "next_offset": offset + len(data),
+                "size": size,
+                "text": data.decode("utf-8", errors="replace"),
+                "complete": not job.state.active and offset + len(data) >= size,
+            }
+        )
+
+
+class JobOutputHandler(_JobBase):
+    """The executed notebook, the HTML report, the exported script or the log, as a file."""
+
+    @authorized("read")
+    async def get(self, job_id: str) -> None:
+        job = await self.own_job(job_id)
+        kind = self.get_query_argument("format", "notebook")
+        if kind not in _OUTPUTS:
+            raise ApiError(
+                400, f"format must be one of {', '.join(_OUTPUTS)}, not {kind!r}", code="bad_query"
+            )
+        name, content_type = _OUTPUTS[kind]
+        path = Path(job.workdir) / name
+        if not path.is_file():
+            state = job.state.value
+            raise ApiError(
+                404, f"job {job.id} has no {kind} output yet (it is {state})", code="no_output"
+            )
+        body = await self.service.call(path.read_bytes)
+        self.set_header(
+            "Content-Disposition", f'inline; filename="{job.id}-{os.path.basename(name)}"'
+        )
+        # a report holds whatever the notebook printed: it must not run in the server's origin
+        self.set_header("Content-Security-Policy", "sandbox")
+        self.finish(body, set_content_type=content_type)
+
+
+def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(min(offset, size))
+            return f.read(limit), size
+    except FileNotFoundError:
+        return b"", 0
+
+
+def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ApiError(400, f"{key} is required", code="bad_field")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"{key} must be a non-empty string", code="bad_field")
+    return value
+
+
+def _integer(
+    body: dict[str, Any], key: str, *, minimum: int, maximum: int | None = None
+) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ApiError(400, f"{key} must be a whole number", code="bad_field")
+    if value != int(value) or value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ApiError(400, f"{key} must be a whole number {bound}, not {value}", code="bad_field")
+    return int(value)
+
+
+def _object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{key} must be a JSON object", code="bad_field")
+    return value
+
+
+def _ids(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        raise ApiError(400, "after must be a list of job ids, such as [3, 4]", code="bad_field")
+    return list(dict.fromkeys(value))

@@ -1,0 +1,455 @@
+"""The job loop: notebooks submitted as batch jobs, started, watched and ended, across restarts.
+
+A submission is validated, snapshotted and converted at once (``jobs/convert.py``) and recorded
+queued in the ledger. Then, once per ``job_interval``:
+
+- a queued job whose parents all succeeded starts. With a backend that does not place GPUs
+  (``local``) the ledger grants its GPUs first, as to any kernel (it holds them under the name
+  ``job-<id>``), so a job and a notebook never hold the same GPU; a backend that places GPUs
+  itself (SLURM) gets the job at once, with its parents' handles to chain on;
+- every job a backend holds is polled; its end is recorded with how it ended (the runner's
+  ``status.json``: which cell failed, and its error), its GPUs go back to the queue, and the jobs
+  waiting on a job that did not succeed are cancelled with the reason.
+
+Jobs outlive the server: at start-up the server adopts the active jobs of its user on its node
+and polls them again by their stored handles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from ..backends import BackendError, BackendState, JobBackend, JobHandle, JobLaunch
+from ..backends.local import read_status
+from ..core import AllocationState, InvalidRequest, KernelRecord, NotFound
+from ..core.jobs import JOB_KERNEL_NAME, Job, JobBook, JobState, NewJob
+from ..jobs.convert import prepare, read_notebook, snapshot
+from .liveness import process_alive, process_started_at
+
+if TYPE_CHECKING:
+    from .service import GpuService
+
+__all__ = ["JobService", "JobSettings", "Submission"]
+
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+_ENDS = {
+    BackendState.SUCCEEDED: JobState.SUCCEEDED,
+    BackendState.FAILED: JobState.FAILED,
+    BackendState.CANCELLED: JobState.CANCELLED,
+    BackendState.LOST: JobState.FAILED,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSettings:
+    #: the server's root (notebook paths are relative to it)
+    root_dir: Path
+    #: where job directories go; relative paths are under the root, so Lab can open outputs
+    jobs_dir: str = "dlinfra-jobs"
+    default_backend: str = "local"
+    max_notebook_bytes: int = 16 * 2**20
+    max_parameter_bytes: int = 64 * 2**10
+    max_sweep_jobs: int = 100
+    hide_unallocated_gpus: bool = True
+
+    @property
+    def jobs_root(self) -> Path:
+        path = Path(self.jobs_dir).expanduser()
+        return path if path.is_absolute() else self.root_dir / path
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    user: str
+    path: str
+    name: str | None = None
+    gpus: int | None = None
+    model: str | None = None
+    priority: int = 0
+    parameters: Mapping[str, Any] | None = None
+    #: a grid: one job per combination of these values, merged over ``parameters``
+    sweep: Mapping[str, Sequence[Any]] | None = None
+    backend: str | None = None
+    after: Sequence[int] = ()
+
+
+class JobService:
+    def __init__(
+        self,
+        service: GpuService,
+        *,
+        backends: Mapping[str, JobBackend],
+        settings: JobSettings,
+        log: logging.Logger,
+    ) -> None:
+        self.service = service
+        self.book = JobBook(service.ledger)
+        self.backends = dict(backends)
+        self.settings = settings
+        self.log = log
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    def notebook_path(self, raw: str) -> Path:
+        """The notebook a submission names, checked to lie inside the server's root."""
+        if not raw or not isinstance(raw, str):
+            raise InvalidRequest("path (the notebook, relative to the server's root) is required")
+        rel = PurePosixPath(raw.replace("\\", "/"))
+        if rel.is_absolute() or ".." in rel.parts:
+            raise InvalidRequest(
+                f"path must be relative to the server's root, without '..': {raw!r}"
+            )
+        if rel.suffix != ".ipynb":
+            raise InvalidRequest(f"only notebooks (.ipynb) can be submitted, not {raw!r}")
+        root = self.settings.root_dir.resolve()
+        full = (root / rel).resolve()
+        if not full.is_relative_to(root):
+            raise InvalidRequest(f"path {raw!r} leads outside the server's root")
+        if not full.is_file():
+            raise NotFound(f"no notebook {raw!r} under the server's root", reason="no_notebook")
+        return full
+
+    def submit(self, sub: Submission) -> list[Job]:
+        """Blocking: validate, snapshot, convert and record; one job per sweep point."""
+        backend = sub.backend or self.settings.default_backend
+        if backend not in self.backends:
+            raise InvalidRequest(
+                f"backend {backend!r} is not enabled here; enabled: "
+                + ", ".join(sorted(self.backends))
+            )
+        if sub.gpus is not None and (isinstance(sub.gpus, bool) or sub.gpus < 0):
+            raise InvalidRequest(f"gpus must be 0 or more, not {sub.gpus!r}")
+        path = self.notebook_path(sub.path)
+        size = path.stat().st_size
+        if size > self.settings.max_notebook_bytes:
+            raise InvalidRequest(
+                f"the notebook is {size / 2**20:.1f} MiB; the limit is "
+                f"{self.settings.max_notebook_bytes / 2**20:.1f} MiB (c.DLInfra.max_notebook_bytes)"
+            )
+        raw = path.read_bytes()
+        notebook = read_notebook(raw, max_bytes=self.settings.max_notebook_bytes)
+        points = _grid(sub.parameters or {}, sub.sweep, self.settings.max_sweep_jobs)
+        group = uuid.uuid4().hex[:12] if sub.sweep else None
+        rel = path.relative_to(self.settings.root_dir.resolve()).as_posix()
+        base_name = sub.name or path.stem
+        # every point is converted before anything is recorded: one bad point fails them all
+        limit = self.settings.max_parameter_bytes
+        prepared = [prepare(notebook, parameters=p, max_parameter_bytes=limit) for p in points]
+        created = []
+        for point, ready in zip(points, prepared, strict=True):
+            name = base_name if group is None else f"{base_name}[{_label(point, sub.sweep)}]"
+            gpus = sub.gpus if sub.gpus is not None else ready.gpus
+            job = self.book.create(
+                NewJob(
+                    user=sub.user,
+                    name=name,
+                    path=rel,
+                    backend=backend,
+                    node=self.service.settings.node,
+                    server_id=self.service.settings.server_id,
+                    gpus=gpus,
+                    model=sub.model if sub.model is not None else ready.model,
+                    priority=sub.priority,
+                    parameters=ready.parameters,
+                    after=sub.after,
+                    group_id=group,
+                ),
+                workdir_for=lambda job_id, n=name: (
+                    self.settings.jobs_root / f"{job_id}-{_SLUG.sub('-', n)[:60]}"
+                ),
+            )
+            workdir = Path(job.workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "source.ipynb").write_bytes(raw)
+            snapshot(
+                ready,
+                workdir,
+                spec={
+                    "job_id": job.id,
+                    "name": name,
+                    "path": rel,
+                    "cwd": str(path.parent),
+                    "parameters": dict(ready.parameters),
+                },
+            )
+            created.append(job)
+        return created
+
+    def rerun(self, job: Job, user: str) -> list[Job]:
+        return self.submit(
+            Submission(
+                user=user,
+                path=job.path,
+                name=job.name,
+                gpus=job.gpus,
+                model=job.model,
+                priority=job.priority,
+                parameters=job.parameters,
+                backend=job.backend,
+            )
+        )
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def adopt(self) -> list[Job]:
+        """Take over the active jobs of this server's user on this node (after a restart)."""
+        settings = self.service.settings
+        adopted = []
+        for job in self.book.jobs(active=True, node=settings.node, user=settings.user):
+            if job.server_id != settings.server_id:
+                adopted.append(self.book.update(job.id, server_id=settings.server_id))
+                self.log.info("dlinfra: re-attached job %s (%s)", job.id, job.state.value)
+        return adopted
+
+    def step(self) -> None:
+        """Blocking: start what may start, poll what runs, record what ended."""
+        mine = [
+            j for j in self.book.jobs(active=True) if j.server_id == self.service.settings.server_id
+        ]
+        mine.sort(key=lambda j: (-j.priority, j.id))
+        for job in mine:
+            if job.state is JobState.QUEUED and job.handle is None:
+                try:
+                    self._try_start(job)
+                except Exception as err:  # one job's trouble must not stop the others
+                    self.log.exception("dlinfra: starting job %s failed", job.id)
+                    self._end(job, JobState.FAILED, f"could not start: {err}")
+        mine_id = self.service.settings.server_id
+        held = self.book.jobs(active=True)
+        self._poll([j for j in held if j.handle is not None and j.server_id == mine_id])
+
+    def _try_start(self, job: Job) -> None:
+        backend = self.backends.get(job.backend)
+        if backend is None:
+            self._end(job, JobState.FAILED, f"backend {job.backend!r} is not enabled here")
+            return
+        parents = [self.book.job(p) for p in job.after]
+        waiting = [p for p in parents if p.state is not JobState.SUCCEEDED]
+        after: list[JobHandle] = []
+        if waiting:
+            if not backend.places_gpus:
+                return  # the reason says which jobs it waits for
+            # the cluster chains them itself, once every parent is with it
+            if any(p.handle is None or p.backend != job.backend for p in waiting):
+                return
+            after = [JobHandle.from_json(p.handle) for p in waiting if p.handle]
+        env: dict[str, str] = {"DLINFRA_JOB_ID": str(job.id)}
+        if not backend.places_gpus:
+            visible = self._gpus_for(job)
+            if visible is None:
+                return
+            if visible or self.settings.hide_unallocated_gpus:
+                env["CUDA_VISIBLE_DEVICES"] = visible
+        workdir = Path(job.workdir)
+        launch = JobLaunch(
+            job_id=job.id,
+            name=job.name,
+            user=job.user,
+            workdir=str(workdir),
+            argv=[sys.executable, "-m", "jupyter_dlinfra.jobs.runner", str(workdir)],
+            env=env,
+            gpus=job.gpus,
+            model=job.model,
+            priority=job.priority,
+            after=after,
+            log_path=str(workdir / "job.log"),
+        )
+        try:
+            handle = backend.submit(launch)
+        except BackendError as err:
+            self._end(job, JobState.FAILED, f"{backend.name} refused the job: {err}")
+            return
+        if backend.places_gpus:
+            # submitted: queued until the cluster runs it (the poll says when)
+            self.book.update(job.id, handle=handle.to_json(), reason=f"submitted to {backend.name}")
+            return
+        self.book.start(job.id, handle=handle.to_json(), reason=None)
+        pid = handle.detail.get("pid")
+        if isinstance(pid, int) and job.gpus > 0:
+            self.service.ledger.update_kernel(
+                job.kernel_id, pid=pid, pid_started_at=process_started_at(pid)
+            )
+
+    def _gpus_for(self, job: Job) -> str | None:
+        """The CUDA_VISIBLE_DEVICES of a job the ledger must grant GPUs; None while it waits."""
+        if job.gpus == 0:
+            return ""
+        ledger = self.service.ledger
+        if job.allocation_id is None:
+            ledger.register_kernel(
+                KernelRecord(
+                    kernel_id=job.kernel_id,
+                    user=job.user,
+                    node=job.node,
+                    server_id=self.service.settings.server_id,
+                    kernel_name=JOB_KERNEL_NAME,
+                    path=job.path,
+                ),
+                token_hash=None,
+            )
+            alloc = ledger.request(kernel_id=job.kernel_id, count=job.gpus, model=job.model)
+            job = self.book.update(job.id, allocation_id=alloc.id)
+        else:
+            alloc = ledger.allocation(job.allocation_id)
+        if alloc.state is AllocationState.GRANTED:
+            return ",".join(alloc.gpus)
+        if alloc.state is AllocationState.QUEUED:
+            gpus = f"{job.gpus} GPU{'s' if job.gpus != 1 else ''}"
+            reason = f"waiting for {gpus} at position {alloc.position}: {alloc.waiting_reason}"
+            if reason != job.reason:
+                self.book.update(job.id, reason=reason)
+            return None
+        self._end(job, JobState.FAILED, f"its GPU request ended: {alloc.end_reason}")
+        return None
+
+    def _poll(self, held: list[Job]) -> None:
+        by_backend: dict[str, list[Job]] = {}
+        for job in held:
+            by_backend.setdefault(job.backend, []).append(job)
+        for name, jobs in by_backend.items():
+            backend = self.backends.get(name)
+            if backend is None:
+                continue
+            handles = {j.id: JobHandle.from_json(j.handle or {}) for j in jobs}
+            try:
+                statuses = backend.poll(list(handles.values()))
+            except BackendError as err:
+                self.log.warning("dlinfra: polling %s failed: %s", name, err)
+                continue
+            for job in jobs:
+                status = statuses.get(handles[job.id].ref)
+                if status is None:
+                    continue
+                if status.state is BackendState.RUNNING and job.state is JobState.QUEUED:
+                    self.book.start(job.id, handle=None, reason=None)
+                elif status.state is BackendState.PENDING and job.state is JobState.QUEUED:
+                    reason = f"queued in {name}" + (f": {status.reason}" if status.reason else "")
+                    if reason != job.reason:
+                        self.book.update(job.id, reason=reason)
+                elif status.state.ended:
+                    self._record_end(job, status.state, status.reason)
+
+    def _record_end(self, job: Job, state: BackendState, reason: str | None) -> None:
+        final = _ENDS[state]
+        found = read_status(job.workdir) or {}
+        cancelling = bool(job.reason and job.reason.startswith("cancelled by"))
+        if cancelling and not found and final is JobState.FAILED:
+            # stopped before its runner could say so (SIGTERM during start-up)
+            final, state = JobState.CANCELLED, BackendState.CANCELLED
+        failed_cell = found.get("failed_cell") if final is JobState.FAILED else None
+        error = found.get("error") if final is JobState.FAILED else None
+        if state is BackendState.LOST:
+            why = f"lost: {reason}" if reason else "lost: the backend has no trace of it"
+        elif final is JobState.FAILED:
+            where = f"cell {failed_cell}: " if isinstance(failed_cell, int) else ""
+            why = f"failed in {where}{error or reason or 'see the log'}"
+        elif final is JobState.CANCELLED:
+            why = (
+                job.reason
+                if job.reason and job.reason.startswith("cancel")
+                else (reason or "cancelled")
+            )
+        else:
+            why = None
+        self._end(
+            job,
+            final,
+            why,
+            failed_cell=failed_cell if isinstance(failed_cell, int) else None,
+            error=str(error) if error else None,
+        )
+
+    def _end(
+        self,
+        job: Job,
+        state: JobState,
+        reason: str | None,
+        *,
+        failed_cell: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        ended = self.book.finish(job.id, state, reason, failed_cell=failed_cell, error=error)
+        for done in ended:
+            self._release(done)
+            if done.id != job.id and done.handle is not None:
+                # a child the cluster already holds: it must not run after all
+                backend = self.backends.get(done.backend)
+                if backend is not None:
+                    try:
+                        backend.cancel(JobHandle.from_json(done.handle))
+                    except BackendError as err:
+                        self.log.warning("dlinfra: cancelling job %s failed: %s", done.id, err)
+
+    def _release(self, job: Job) -> None:
+        with contextlib.suppress(NotFound):
+            self.service.ledger.forget_kernel(job.kernel_id, reason=f"job {job.state.value}")
+
+    # -- cancelling ------------------------------------------------------------------------------
+
+    def cancel(self, job: Job, *, by: str) -> Job:
+        if not job.state.active:
+            return job
+        if job.handle is None:
+            self._end(job, JobState.CANCELLED, f"cancelled by {by}")
+            return self.book.job(job.id)
+        backend = self.backends.get(job.backend)
+        if backend is None:
+            self._end(job, JobState.CANCELLED, f"cancelled by {by}")
+            return self.book.job(job.id)
+        self.book.update(job.id, reason=f"cancelled by {by}")
+        backend.cancel(JobHandle.from_json(job.handle))
+        return self.book.job(job.id)
+
+    # -- the ledger's view of job holders ------------------------------------------------------
+
+    def holder_alive(self, record: KernelRecord) -> bool:
+        """Whether a ``job-<id>`` record of the ledger still stands for a live job."""
+        try:
+            job = self.book.job(int(record.kernel_id.removeprefix("job-")))
+        except (ValueError, NotFound):
+            return False
+        if not job.state.active:
+            return False
+        return process_alive(record) if record.pid is not None else True
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.close()
+
+
+def _grid(
+    base: Mapping[str, Any], sweep: Mapping[str, Sequence[Any]] | None, limit: int
+) -> list[dict[str, Any]]:
+    if not sweep:
+        return [dict(base)]
+    if not isinstance(sweep, Mapping):
+        raise InvalidRequest("sweep must be an object of parameter -> list of values")
+    names = list(sweep)
+    for name in names:
+        values = sweep[name]
+        if not isinstance(values, list) or not values:
+            raise InvalidRequest(f"sweep.{name} must be a non-empty list of values")
+    count = 1
+    for name in names:
+        count *= len(sweep[name])
+    if count > limit:
+        raise InvalidRequest(
+            f"the sweep makes {count} jobs; the limit is {limit} (c.DLInfra.max_sweep_jobs)"
+        )
+    return [
+        {**base, **dict(zip(names, combo, strict=True))}
+        for combo in itertools.product(*(sweep[n] for n in names))
+    ]
+
+
+def _label(point: Mapping[str, Any], sweep: Mapping[str, Sequence[Any]] | None) -> str:
+    return ",".join(f"{k}={point[k]}" for k in (sweep or {}))

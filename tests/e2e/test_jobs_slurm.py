@@ -1,0 +1,136 @@
+"""Notebooks as batch jobs on SLURM, end to end: a real server submitting to a real SLURM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slurm_cluster import SlurmCluster
+from test_jobs_local import root_of, wait_state
+
+from jupyter_dlinfra.testing import ServerProcess, wait_until, write_notebook
+
+SLURM = (
+    "--DLInfra.job_interval=0.2",
+    "--DLInfra.job_backends=local",
+    "--DLInfra.job_backends=slurm",
+)
+
+
+def slurm_server(
+    start_server: Callable[..., ServerProcess], cluster: SlurmCluster, **kw: Any
+) -> ServerProcess:
+    return start_server(gpus=1, args=SLURM, env=dict(cluster.env), **kw)
+
+
+def test_a_notebook_runs_on_slurm_and_its_outputs_come_back(
+    start_server: Callable[..., ServerProcess], slurm_cluster: SlurmCluster
+) -> None:
+    server = slurm_server(start_server, slurm_cluster)
+    backends = server.get("dlinfra/api/backends")
+    assert {b["name"]: b["available"] for b in backends["backends"]} == {
+        "local": True,
+        "slurm": True,
+    }
+    write_notebook(
+        root_of(server) / "train.ipynb",
+        "%gpu 2",
+        ("lr = 0.1", ["parameters"]),
+        "import os\nprint('slurm job', os.environ.get('SLURM_JOB_ID'), 'lr', lr)",
+        "print('gpus', os.environ.get('CUDA_VISIBLE_DEVICES'))",
+        "open('slurm-result.txt', 'w').write(str(lr))",
+    )
+    created = server.post(
+        "dlinfra/api/jobs", {"path": "train.ipynb", "backend": "slurm", "parameters": {"lr": 3}}
+    )
+    assert created["backend"] == "slurm" and created["gpus"] == 2
+    done = wait_state(server, created["id"], "succeeded", "failed", "cancelled")
+    assert done["state"] == "succeeded", (done, slurm_cluster.log_tail())
+    log = server.get(f"dlinfra/api/jobs/{created['id']}/log")["text"]
+    assert "lr 3" in log and "slurm job " in log
+    # SLURM placed the GPUs: two of its GRES, not the ledger's
+    assert "gpus 0,1" in log
+    assert (root_of(server) / "slurm-result.txt").read_text() == "3"
+    executed = json.loads((root_of(server) / done["outputs"]["notebook"]).read_text())
+    assert executed["cells"][-2]["outputs"]
+    assert not server.get("dlinfra/api/allocations")["allocations"]
+
+
+def test_on_slurm_a_failed_parent_cancels_its_chain(
+    start_server: Callable[..., ServerProcess], slurm_cluster: SlurmCluster
+) -> None:
+    server = slurm_server(start_server, slurm_cluster)
+    write_notebook(root_of(server) / "bad.ipynb", "raise SystemExit('no data')")
+    write_notebook(root_of(server) / "next.ipynb", "print('after')")
+    first = server.post("dlinfra/api/jobs", {"path": "bad.ipynb", "backend": "slurm"})
+    second = server.post(
+        "dlinfra/api/jobs", {"path": "next.ipynb", "backend": "slurm", "after": [first["id"]]}
+    )
+    failed = wait_state(server, first["id"], "failed", "succeeded")
+    assert failed["state"] == "failed" and failed["failed_cell"] == 1
+    cancelled = wait_state(server, second["id"], "cancelled", "succeeded", "failed")
+    assert cancelled["state"] == "cancelled", cancelled
+    assert cancelled["reason"] == f"job {first['id']} it runs after failed"
+    # SLURM itself holds no trace of the child running
+    assert "after" not in server.get(f"dlinfra/api/jobs/{second['id']}/log")["text"]
+
+
+def test_on_slurm_a_job_waits_for_gpus_then_runs_and_cancel_works(
+    start_server: Callable[..., ServerProcess], slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    server = slurm_server(start_server, slurm_cluster)
+    gate = tmp_path / "gate"
+    write_notebook(
+        root_of(server) / "hold.ipynb",
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+    )
+    write_notebook(root_of(server) / "small.ipynb", "print('small ran')")
+    big = server.post(
+        "dlinfra/api/jobs", {"path": "hold.ipynb", "backend": "slurm", "gpus": slurm_cluster.ngpu}
+    )
+    wait_state(server, big["id"], "running")
+    small = server.post("dlinfra/api/jobs", {"path": "small.ipynb", "backend": "slurm", "gpus": 2})
+
+    def pending_for_resources() -> Any:
+        current = server.get(f"dlinfra/api/jobs/{small['id']}")
+        return current if "Resources" in (current["reason"] or "") else None
+
+    waiting = wait_until(pending_for_resources, timeout=60, what="SLURM to hold the small job")
+    assert waiting["state"] == "queued" and waiting["reason"].startswith("queued in slurm")
+    gate.write_text("go")
+    assert wait_state(server, big["id"], "succeeded", "failed")["state"] == "succeeded"
+    assert wait_state(server, small["id"], "succeeded", "failed")["state"] == "succeeded"
+
+    gate.unlink()
+    again = server.post("dlinfra/api/jobs", {"path": "hold.ipynb", "backend": "slurm"})
+    wait_state(server, again["id"], "running")
+    server.delete(f"dlinfra/api/jobs/{again['id']}")
+    ended = wait_state(server, again["id"], "cancelled", "failed", "succeeded", timeout=60)
+    assert ended["state"] == "cancelled" and ended["reason"].startswith("cancelled by"), ended
+
+
+def test_a_slurm_job_outlives_a_server_restart(
+    start_server: Callable[..., ServerProcess], slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "restarting"
+    workdir.mkdir()
+    gate = tmp_path / "gate"
+    server = slurm_server(start_server, slurm_cluster, workdir=workdir)
+    write_notebook(
+        root_of(server) / "wait.ipynb",
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)\n"
+        "print('released')",
+    )
+    created = server.post("dlinfra/api/jobs", {"path": "wait.ipynb", "backend": "slurm"})
+    wait_state(server, created["id"], "running")
+    server.stop()
+    gate.write_text("go")
+    wait_until(
+        lambda: not slurm_cluster.job_ids(), timeout=60, what="the SLURM job to end on its own"
+    )
+    again = slurm_server(start_server, slurm_cluster, workdir=workdir)
+    done = wait_state(again, created["id"], "succeeded", "failed")
+    assert done["state"] == "succeeded", done
+    assert "released" in again.get(f"dlinfra/api/jobs/{created['id']}/log")["text"]

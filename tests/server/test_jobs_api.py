@@ -1,0 +1,147 @@
+"""Jobs through the REST API: who may see and cancel what, the root, the limits, sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_kit import register
+
+from jupyter_dlinfra.core.jobs import JobState, NewJob
+from jupyter_dlinfra.testing import write_notebook
+
+Api = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+@pytest.fixture
+def dlinfra_config() -> dict[str, Any]:
+    return {
+        "simulated_gpus": 2,
+        "user_name": "alice",
+        "max_notebook_bytes": 4000,
+        "max_parameter_bytes": 200,
+        "max_sweep_jobs": 4,
+    }
+
+
+def _foreign_job(app: Any, user: str = "bob") -> Any:
+    jobs = app.service.jobs
+    return jobs.book.create(
+        NewJob(
+            user=user,
+            name="theirs",
+            path="theirs.ipynb",
+            backend="local",
+            node=app.service.settings.node,
+            server_id="another-server",
+        ),
+        workdir_for=lambda i: jobs.settings.jobs_root / f"{i}-theirs",
+    )
+
+
+async def test_paths_must_stay_inside_the_root(
+    api: Api, dlinfra_app: Any, jp_root_dir: Path, tmp_path: Path
+) -> None:
+    outside = write_notebook(tmp_path / "outside" / "secret.ipynb", "print('secret')")
+    (jp_root_dir / "link.ipynb").symlink_to(outside)
+    (jp_root_dir / "dir").mkdir()
+    (jp_root_dir / "dir" / "up").symlink_to(outside.parent)
+    for path, words in (
+        ("../outside/secret.ipynb", "without '..'"),
+        (str(outside), "relative to the server's root"),
+        ("link.ipynb", "leads outside the server's root"),
+        ("dir/up/secret.ipynb", "leads outside the server's root"),
+        ("notes.txt", "only notebooks (.ipynb)"),
+    ):
+        status, err = await api("POST", "jobs", {"path": path})
+        assert status == 400 and words in err["message"], (path, err)
+    status, err = await api("POST", "jobs", {"path": "missing.ipynb"})
+    assert status == 404 and err["reason"] == "no_notebook"
+    assert dlinfra_app.service.jobs.book.jobs() == []
+
+
+async def test_limits_on_notebooks_parameters_and_sweeps(api: Api, jp_root_dir: Path) -> None:
+    write_notebook(jp_root_dir / "big.ipynb", "x = '" + "y" * 5000 + "'")
+    write_notebook(jp_root_dir / "ok.ipynb", ("a = 1", ["parameters"]), "print(a)")
+    status, err = await api("POST", "jobs", {"path": "big.ipynb"})
+    assert status == 400 and "max_notebook_bytes" in err["message"], err
+    status, err = await api("POST", "jobs", {"path": "ok.ipynb", "parameters": {"a": "z" * 500}})
+    assert status == 400 and err["reason"] == "bad_parameters", err
+    status, err = await api(
+        "POST", "jobs", {"path": "ok.ipynb", "sweep": {"a": [1, 2, 3], "b": [1, 2]}}
+    )
+    assert status == 400 and "makes 6 jobs; the limit is 4" in err["message"]
+    status, answer = await api("POST", "jobs", {"path": "ok.ipynb", "sweep": {"a": [1, 2]}})
+    assert status == 201, answer
+    assert [j["parameters"] for j in answer["jobs"]] == [{"a": 1}, {"a": 2}]
+    assert [j["name"] for j in answer["jobs"]] == ["ok[a=1]", "ok[a=2]"]
+    assert len({j["group_id"] for j in answer["jobs"]}) == 1
+
+
+async def test_users_see_and_cancel_only_their_own_jobs(
+    api: Api, dlinfra_app: Any, jp_root_dir: Path
+) -> None:
+    theirs = _foreign_job(dlinfra_app)
+    write_notebook(jp_root_dir / "mine.ipynb", "print(1)")
+    status, mine = await api("POST", "jobs", {"path": "mine.ipynb"})
+    assert status == 201 and mine["user"] == "alice"
+    status, listed = await api("GET", "jobs")
+    assert [j["id"] for j in listed["jobs"]] == [mine["id"]]
+    for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/log"), ("POST", "/rerun")):
+        status, err = await api(method, f"jobs/{theirs.id}{suffix}")
+        assert status == 403 and "belongs to bob" in err["message"], (method, suffix)
+    status, err = await api("GET", "jobs?user=*")
+    assert status == 403 and err["reason"] == "not_admin"
+    assert dlinfra_app.service.jobs.book.job(theirs.id).state is JobState.QUEUED
+
+
+@pytest.mark.parametrize(
+    "dlinfra_config", [{"simulated_gpus": 1, "user_name": "alice", "admin_users": ["alice"]}]
+)
+async def test_admins_see_and_cancel_every_job(
+    api: Api, dlinfra_app: Any, dlinfra_config: dict[str, Any]
+) -> None:
+    theirs = _foreign_job(dlinfra_app)
+    status, listed = await api("GET", "jobs?user=*")
+    assert status == 200 and [j["user"] for j in listed["jobs"]] == ["bob"]
+    status, cancelled = await api("DELETE", f"jobs/{theirs.id}")
+    assert status == 200 and cancelled["state"] == "cancelled"
+    assert cancelled["reason"] == "cancelled by alice"
+
+
+async def test_a_kernel_submits_for_its_owner(
+    api: Api, dlinfra_app: Any, jp_root_dir: Path
+) -> None:
+    register(dlinfra_app, "k-1", token="kernel-secret")
+    write_notebook(jp_root_dir / "from-kernel.ipynb", "print(1)")
+    headers = {"Authorization": "DLInfra-Kernel kernel-secret"}
+    status, job = await api("POST", "jobs", {"path": "from-kernel.ipynb"}, headers=headers)
+    assert status == 201 and job["user"] == "alice"
+
+
+async def test_the_log_follows_from_an_offset(
+    api: Api, dlinfra_app: Any, jp_root_dir: Path
+) -> None:
+    write_notebook(jp_root_dir / "talk.ipynb", "print('hello from the job')")
+    status, job = await api("POST", "jobs", {"path": "talk.ipynb"})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        await dlinfra_app.service.jobs_pass()
+        status, current = await api("GET", f"jobs/{job['id']}")
+        if current["state"] not in ("queued", "running"):
+            break
+        assert loop.time() < deadline, current
+        await asyncio.sleep(0.1)
+    assert current["state"] == "succeeded", current
+    status, whole = await api("GET", f"jobs/{job['id']}/log")
+    assert whole["complete"] and "hello from the job" in whole["text"]
+    middle = whole["text"].index("hello")
+    offset = len(whole["text"][:middle].encode())
+    status, tail = await api("GET", f"jobs/{job['id']}/log?offset={offset}")
+    assert tail["text"].startswith("hello from the job") and tail["offset"] == offset
+    status, err = await api("GET", f"jobs/{job['id']}/log?offset=-1")
+    assert status == 400
