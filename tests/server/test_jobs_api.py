@@ -144,4 +144,4 @@ async def test_the_log_follows_from_an_offset(
     status, tail = await api("GET", f"jobs/{job['id']}/log?offset={offset}")
     assert tail["text"].startswith("hello from the job") and tail["offset"] == offset
     status, err = await api("GET", f"jobs/{job['id']}/log?offset=-1")
-    assert status == 400
+    assert status == 400 and err["reason"] == "bad_query"
