@@ -60,6 +60,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+# jsonschema (under nbformat) imports rfc3987_syntax when present, which compiles a grammar for
+# two seconds; the runner never checks IRI formats, and its start delays the job's first output
+if __name__ == "__main__":
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError

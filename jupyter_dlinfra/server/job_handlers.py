@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,8 @@ class JobsHandler(_JobBase):
             after=_ids(body.get("after", [])),
         )
         created = await self.service.mutate(self.jobs.submit, sub)
+        # start it now rather than at the loop's next pass
+        _background(self.service.jobs_pass())
         first = created[0]
         self.set_header("Location", self.base_url.rstrip("/") + f"/dlinfra/api/jobs/{first.id}")
         if sub.sweep:
@@ -184,6 +188,7 @@ class JobRerunHandler(_JobBase):
             raise ApiError(400, "a re-run takes no fields: send {}", code="bad_field")
         job = await self.own_job(job_id)
         created = await self.service.mutate(self.jobs.rerun, job, self.person())
+        _background(self.service.jobs_pass())
         self.set_header(
             "Location", self.base_url.rstrip("/") + f"/dlinfra/api/jobs/{created[0].id}"
         )
@@ -240,6 +245,15 @@ class JobOutputHandler(_JobBase):
         # a report holds whatever the notebook printed: it must not run in the server's origin
         self.set_header("Content-Security-Policy", "sandbox")
         self.finish(body, set_content_type=content_type)
+
+
+_tasks: set[asyncio.Future[Any]] = set()
+
+
+def _background(work: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:

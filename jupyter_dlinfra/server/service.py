@@ -98,6 +98,7 @@ class GpuService:
         self.reclaimer: Reclaimer | None = None
         #: starts and watches batch jobs; set by the extension app
         self.jobs: JobService | None = None
+        self._jobs_lock = asyncio.Lock()
 
     # -- running blocking work -----------------------------------------------------------------
 
@@ -190,7 +191,10 @@ class GpuService:
 
     async def jobs_pass(self) -> None:
         """Start what may start, poll what runs (blocking work, off the event loop)."""
-        if self.jobs is not None:
+        if self.jobs is None:
+            return
+        # one pass at a time: two could start the same queued job twice
+        async with self._jobs_lock:
             await self.mutate(self.jobs.step)
 
     async def _maintain(self) -> None:

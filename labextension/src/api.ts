@@ -304,10 +304,24 @@ export interface NoticeAction {
   label: string;
 }
 
+/** The job id of a ledger holder named `job-<id>` (a batch job's GPUs), or null. */
+export function jobIdOfKernel(kernelId: string | null | undefined): number | null {
+  const match = /^job-(\d+)$/.exec(kernelId ?? '');
+  return match ? Number(match[1]) : null;
+}
+
 /** `event: notice` of the live stream. */
 export interface Notice {
   id: number;
-  kind: 'granted' | 'ended' | 'warning' | 'idle_warning' | 'idle_reclaimed' | string;
+  /** `job_ended` notices name the job in `kernel_id` (`job-<id>`); see `jobIdOfKernel`. */
+  kind:
+    | 'granted'
+    | 'ended'
+    | 'warning'
+    | 'idle_warning'
+    | 'idle_reclaimed'
+    | 'job_ended'
+    | string;
   level: 'info' | 'warning' | 'error';
   user: string | null;
   kernel_id: string | null;
@@ -326,6 +340,120 @@ export interface IWarning {
   level?: 'info' | 'warning' | 'error';
   kernelId?: string | null;
   actions?: Array<{ label: string; url: string; body?: unknown }>;
+}
+
+/* ------------------------------------------------------------------ batch jobs */
+
+/** Where a batch job is in its life. */
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+/** Whether a job state is active (queued or running). */
+export function isActiveJob(state: JobState | string): boolean {
+  return state === 'queued' || state === 'running';
+}
+
+/** The files a job produces, relative to the server's root (null while not produced yet). */
+export interface JobOutputs {
+  notebook: string | null;
+  html: string | null;
+  script: string | null;
+  log: string | null;
+}
+
+/** The kinds of output a job produces (GET jobs/<id>/output?format=...). */
+export type JobOutputFormat = keyof JobOutputs;
+
+/** A batch job made from a notebook. */
+export interface Job {
+  id: number;
+  name: string;
+  user: string;
+  /** The notebook, relative to the server's root. */
+  path: string;
+  backend: string;
+  node: string;
+  gpus: number;
+  model: string | null;
+  priority: number;
+  parameters: Record<string, unknown>;
+  /** The jobs this one waits for. */
+  after: number[];
+  /** Jobs of one sweep share a group id. */
+  group_id: string | null;
+  state: JobState;
+  /** Why a queued job waits, or how the job ended, in words (or null). */
+  reason: string | null;
+  created_at: Timestamp;
+  started_at: Timestamp | null;
+  ended_at: Timestamp | null;
+  /** Seconds run so far (until now for a running job), null before it starts. */
+  duration_s: number | null;
+  allocation_id: number | null;
+  /** For a failed job: the cell (1-based) that failed, and its error. */
+  failed_cell: number | null;
+  error: string | null;
+  /** The job's directory relative to the server's root, or null. */
+  workdir: string | null;
+  outputs: JobOutputs;
+}
+
+/** What POST jobs answers for a sweep: one job per combination. */
+export interface JobGroup {
+  group_id: string;
+  jobs: Job[];
+}
+
+/** The answer of POST jobs: a job, or a sweep's group. */
+export type JobSubmission = Job | JobGroup;
+
+/** Whether a submission's answer is a sweep's group. */
+export function isJobGroup(value: JobSubmission): value is JobGroup {
+  return Array.isArray((value as JobGroup).jobs);
+}
+
+/** The body of POST jobs. */
+export interface JobRequest {
+  /** The notebook, relative to the server's root (the contents API's path). */
+  path: string;
+  name?: string;
+  /** GPUs (0 or more); left out, the notebook's `%gpu` line decides. */
+  gpus?: number;
+  model?: string;
+  /** -1000 to 1000. */
+  priority?: number;
+  parameters?: Record<string, unknown>;
+  /** Parameter name -> values: one job per combination. */
+  sweep?: Record<string, unknown[]>;
+  backend?: string;
+  /** Jobs that must succeed first. */
+  after?: number[];
+}
+
+/** One backend jobs can be submitted to. */
+export interface JobBackend {
+  name: string;
+  /** Whether the ledger places the job's GPUs (the local backend) or the backend does. */
+  places_gpus: boolean;
+  available: boolean;
+  /** Why it is not available. */
+  reason?: string | null;
+}
+
+/** GET dlinfra/api/backends */
+export interface JobBackends {
+  default: string;
+  backends: JobBackend[];
+}
+
+/** GET dlinfra/api/jobs/<id>/log?offset=N: ask again from `next_offset` until `complete`. */
+export interface JobLogChunk {
+  job_id: number;
+  state: JobState;
+  offset: number;
+  next_offset: number;
+  size: number;
+  text: string;
+  complete: boolean;
 }
 
 /* ------------------------------------------------------------------ errors */
@@ -387,6 +515,22 @@ export interface IDLInfraClient {
   simulatePolicy(hours: number, policy?: Partial<PolicyDoc> | null): Promise<SimulationResult>;
   /** POST to any action URL (relative to the base URL, or absolute). */
   postAction(url: string, body?: unknown): Promise<void>;
+  /** GET dlinfra/api/backends: where jobs can run, and the default. */
+  backends(): Promise<JobBackends>;
+  /** POST dlinfra/api/jobs: a job, or for a sweep its group (400 says what is wrong). */
+  submitJob(request: JobRequest): Promise<JobSubmission>;
+  /** GET dlinfra/api/jobs: the caller's jobs, newest first. */
+  jobs(state?: 'active' | 'ended' | 'all'): Promise<Job[]>;
+  /** GET dlinfra/api/jobs/<id> */
+  job(jobId: number): Promise<Job>;
+  /** DELETE dlinfra/api/jobs/<id>: cancel (a running job ends shortly after). */
+  cancelJob(jobId: number): Promise<Job>;
+  /** POST dlinfra/api/jobs/<id>/rerun: the new job. */
+  rerunJob(jobId: number): Promise<Job>;
+  /** GET dlinfra/api/jobs/<id>/log from a byte offset. */
+  jobLog(jobId: number, offset?: number): Promise<JobLogChunk>;
+  /** The URL of a job's output file (GET dlinfra/api/jobs/<id>/output?format=...). */
+  jobOutputUrl(jobId: number, format?: JobOutputFormat): string;
   /** The URL of the live event stream (with the token when one is set). */
   eventsUrl(): string;
   /** Subscribe to the live event stream; dispose to close it. */
@@ -553,6 +697,54 @@ export class DLInfraClient implements IDLInfraClient {
       body: JSON.stringify(body ?? {}),
       headers: { 'Content-Type': 'application/json' }
     });
+  }
+
+  async backends(): Promise<JobBackends> {
+    return this._json<JobBackends>(this.url('backends'));
+  }
+
+  async submitJob(request: JobRequest): Promise<JobSubmission> {
+    return this._json<JobSubmission>(this.url('jobs'), {
+      method: 'POST',
+      body: JSON.stringify(request),
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async jobs(state: 'active' | 'ended' | 'all' = 'all'): Promise<Job[]> {
+    const q = URLExt.objectToQueryString({ state });
+    const answer = await this._json<{ jobs: Job[] }>(this.url('jobs') + q);
+    return answer.jobs ?? [];
+  }
+
+  async job(jobId: number): Promise<Job> {
+    return this._json<Job>(this.url('jobs', String(jobId)));
+  }
+
+  async cancelJob(jobId: number): Promise<Job> {
+    return this._json<Job>(this.url('jobs', String(jobId)), { method: 'DELETE' });
+  }
+
+  async rerunJob(jobId: number): Promise<Job> {
+    return this._json<Job>(this.url('jobs', String(jobId), 'rerun'), {
+      method: 'POST',
+      body: '{}',
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async jobLog(jobId: number, offset = 0): Promise<JobLogChunk> {
+    const q = URLExt.objectToQueryString({ offset: String(Math.max(0, Math.floor(offset))) });
+    return this._json<JobLogChunk>(this.url('jobs', String(jobId), 'log') + q);
+  }
+
+  jobOutputUrl(jobId: number, format: JobOutputFormat = 'notebook'): string {
+    const query: Record<string, string> = { format };
+    const token = this.serverSettings.token;
+    if (token) {
+      query.token = token;
+    }
+    return this.url('jobs', String(jobId), 'output') + URLExt.objectToQueryString(query);
   }
 
   eventsUrl(): string {

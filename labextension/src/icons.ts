@@ -17,3 +17,12 @@ const POLICY_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="1
 </svg>`;
 
 export const policyIcon = new LabIcon({ name: 'jupyter-dlinfra:policy', svgstr: POLICY_SVG });
+
+/** A stack of pages with a play mark: batch jobs (toolbar button, log views). */
+const JOB_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <path fill-rule="evenodd" d="M6 2h9l5 5v13a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm0 2v16h12V8h-4V4zm4 6.5 6 3.5-6 3.5z"/>
+  </g>
+</svg>`;
+
+export const jobIcon = new LabIcon({ name: 'jupyter-dlinfra:job', svgstr: JOB_SVG });

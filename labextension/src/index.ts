@@ -7,7 +7,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
@@ -15,15 +15,18 @@ import { Signal } from '@lumino/signaling';
 
 import { ADMIN_PANEL_ID, DLInfraAdminPanel } from './adminpanel';
 import { DLInfraClient, IDLInfraClient } from './api';
-import { gpuIcon, policyIcon } from './icons';
+import { gpuIcon, jobIcon, policyIcon } from './icons';
+import { JobCommandIDs, registerJobCommands } from './jobs';
 import { DLInfraModel } from './model';
 import { connectNotifications } from './notifications';
 import { DLInfraSidebar, SIDEBAR_ID } from './sidebar';
 import { DLInfraStatus, STATUS_ITEM_ID } from './statusbar';
+import { openSubmitDialog, SubmitJobToolbarExtension } from './submit';
 import { GpuToolbarExtension } from './toolbar';
 
 export * from './api';
 export { DLInfraModel } from './model';
+export { JobCommandIDs, jobLogId } from './jobs';
 export type { ConnectionMode, IMyAllocation, IFailure, IKept } from './model';
 
 const PLUGIN_ID = 'jupyter-dlinfra:plugin';
@@ -39,7 +42,8 @@ const OPEN_ADMIN = 'dlinfra:open-admin';
 
 const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
   id: PLUGIN_ID,
-  description: 'GPU ledger sidebar, status bar item, notebook toolbar button and notifications.',
+  description:
+    'GPU ledger sidebar, status bar item, notebook toolbar buttons (GPUs, Submit as job), batch jobs and notifications.',
   autoStart: true,
   provides: IDLInfraClient,
   optional: [ISettingRegistry, IStatusBar, INotebookTracker, ILayoutRestorer, ICommandPalette],
@@ -54,7 +58,15 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
     const client = new DLInfraClient(app.serviceManager.serverSettings);
     const model = new DLInfraModel({ client, serviceManager: app.serviceManager });
 
-    const sidebar = new DLInfraSidebar(model);
+    // The job commands first: the sidebar and the notifications run them.
+    const jobLogs = registerJobCommands(app, model);
+    restorer?.restore(jobLogs, {
+      command: JobCommandIDs.openLog,
+      args: view => ({ id: view.jobId }),
+      name: view => String(view.jobId)
+    });
+
+    const sidebar = new DLInfraSidebar(model, app.commands);
     app.shell.add(sidebar, 'left', { rank: 650 });
     restorer?.add(sidebar, SIDEBAR_ID);
     const openSidebar = () => app.shell.activateById(SIDEBAR_ID);
@@ -73,7 +85,29 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
     }
 
     app.docRegistry.addWidgetExtension('Notebook', new GpuToolbarExtension(model));
-    connectNotifications(model);
+    // After the GPUs button, which it sits next to.
+    app.docRegistry.addWidgetExtension('Notebook', new SubmitJobToolbarExtension(app, model));
+    connectNotifications(model, app.commands);
+
+    app.commands.addCommand(JobCommandIDs.submit, {
+      label: 'Submit Notebook as Job…',
+      caption: 'Run the current notebook as a batch job (it is saved first)',
+      icon: jobIcon,
+      isEnabled: () => !!tracker?.currentWidget,
+      execute: async () => {
+        const panel = tracker?.currentWidget;
+        if (!panel) {
+          await showErrorMessage('Cannot submit a job', 'Open a notebook first.');
+          return null;
+        }
+        return openSubmitDialog(app, model, panel);
+      }
+    });
+    app.contextMenu.addItem({
+      command: JobCommandIDs.submit,
+      selector: '.jp-Notebook',
+      rank: 90
+    });
 
     app.commands.addCommand(CommandIDs.open, {
       label: 'Show the GPUs panel',
@@ -82,7 +116,7 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
     });
     app.commands.addCommand(CommandIDs.refresh, {
       label: 'Refresh the GPU view',
-      execute: () => model.refresh()
+      execute: () => Promise.all([model.refresh(), model.refreshJobs()])
     });
     app.commands.addCommand(CommandIDs.toggleCompact, {
       label: 'Compact GPU view',
@@ -99,6 +133,7 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
       for (const command of Object.values(CommandIDs)) {
         palette.addItem({ command, category: 'GPUs' });
       }
+      palette.addItem({ command: JobCommandIDs.submit, category: 'GPUs' });
     }
 
     // The policy panel, for admins: ask the server once at start-up.

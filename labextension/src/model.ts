@@ -14,7 +14,14 @@ import {
   DLInfraApiError,
   Hint,
   IDLInfraClient,
+  isActiveJob,
+  isJobGroup,
   IWarning,
+  Job,
+  JobBackends,
+  jobIdOfKernel,
+  JobRequest,
+  JobSubmission,
   KeepResult,
   KernelIdle,
   Me,
@@ -73,6 +80,9 @@ const FIRST_BACKOFF_MS = 2_000;
 /** How long a grant/failure seen in snapshots waits for a matching notice before being reported. */
 const NOTICE_GRACE_MS = 1_500;
 
+/** Jobs are fetched at most this often (a burst of snapshots makes one fetch). */
+const JOBS_MIN_INTERVAL_MS = 1_000;
+
 /** Reasons for which an ended request is not a failure: the user or the kernel ended it. */
 const USER_END = /released by|kernel shut down|kernel restarted/i;
 /** How long notices about a kernel that left this Lab still count as this Lab's (reclaimed). */
@@ -120,6 +130,17 @@ export class DLInfraModel implements IDisposable {
   get policyChanged(): ISignal<this, PolicyView> {
     return this._policyChanged;
   }
+  /** The user's batch jobs changed (see `jobs`). */
+  get jobsChanged(): ISignal<this, void> {
+    return this._jobsChanged;
+  }
+  /**
+   * A job of the user ended while the live stream was not available (with the stream, its
+   * `job_ended` notice says so through `noticeReceived`).
+   */
+  get jobEnded(): ISignal<this, Job> {
+    return this._jobEnded;
+  }
   /** Warnings with action buttons (see `IDLInfraClient.warn`). */
   get warningRaised(): ISignal<IDLInfraClient, IWarning> {
     return this.client.warningRaised;
@@ -162,6 +183,49 @@ export class DLInfraModel implements IDisposable {
   /** The reclaim policy as last read or saved (after `loadPolicy`), or null. */
   get policy(): PolicyView | null {
     return this._policy;
+  }
+
+  /* ---------------------------------------------------------------- batch jobs */
+
+  /** The user's jobs, newest first (empty before the first answer). */
+  get jobs(): Job[] {
+    return this._jobs;
+  }
+  /** Whether the server runs batch jobs: null before it answered, false when it does not. */
+  get jobsAvailable(): boolean | null {
+    return this._jobsAvailable;
+  }
+  /** The last error met while reading the jobs, or null. */
+  get jobsError(): string | null {
+    return this._jobsError;
+  }
+  /** When the jobs were last read (ms since epoch), or null. */
+  get jobsFetchedAt(): number | null {
+    return this._jobsFetchedAt;
+  }
+
+  /** The user's queued and running jobs, newest first. */
+  activeJobs(): Job[] {
+    return this._jobs.filter(j => isActiveJob(j.state));
+  }
+
+  /** One of the user's jobs by id, when known. */
+  jobById(jobId: number): Job | null {
+    return this._jobs.find(j => j.id === jobId) ?? null;
+  }
+
+  /**
+   * How long a job has run, in seconds, at `now` (ms since epoch): the server's figure, counted
+   * on from when it was read for a running job; null before it starts.
+   */
+  jobDuration(job: Job, now = Date.now()): number | null {
+    if (typeof job.duration_s !== 'number') {
+      return null;
+    }
+    if (job.state === 'running' && this._jobsFetchedAt !== null) {
+      return job.duration_s + Math.max(0, now - this._jobsFetchedAt) / 1000;
+    }
+    return job.duration_s;
   }
 
   get refreshInterval(): number {
@@ -273,6 +337,7 @@ export class DLInfraModel implements IDisposable {
     }
     this._started = true;
     void this.refresh();
+    void this.refreshJobs();
     this._connect();
   }
 
@@ -297,6 +362,10 @@ export class DLInfraModel implements IDisposable {
         simulated: cluster.simulated
       });
       if (this._mode !== 'stream') {
+        // Without the stream nothing says when jobs change: follow them while some are active.
+        if (!this._jobsLoaded || this.activeJobs().length > 0) {
+          this._scheduleJobs();
+        }
         await this._pollIdle();
       }
     } catch (error) {
@@ -370,6 +439,59 @@ export class DLInfraModel implements IDisposable {
     return this.client.simulatePolicy(hours, policy);
   }
 
+  /** GET backends: where jobs can run, and the default. */
+  async backends(): Promise<JobBackends> {
+    return this.client.backends();
+  }
+
+  /**
+   * Submit a notebook as a batch job (POST jobs): the job, or a sweep's group. Rejects with
+   * the server's message (400 says what is wrong with the notebook or the fields).
+   */
+  async submitJob(request: JobRequest): Promise<JobSubmission> {
+    const answer = await this.client.submitJob(request);
+    this._jobsAvailable = true;
+    this._upsertJobs(isJobGroup(answer) ? answer.jobs : [answer]);
+    return answer;
+  }
+
+  /** Cancel a job (DELETE jobs/<id>): a queued one ends at once, a running one shortly after. */
+  async cancelJob(jobId: number): Promise<Job> {
+    const job = await this.client.cancelJob(jobId);
+    this._upsertJobs([job]);
+    return job;
+  }
+
+  /** Run a job again with the same notebook and fields (POST jobs/<id>/rerun): the new job. */
+  async rerunJob(jobId: number): Promise<Job> {
+    const job = await this.client.rerunJob(jobId);
+    this._upsertJobs([job]);
+    return job;
+  }
+
+  /**
+   * Read the user's jobs now (GET jobs?state=all). A call while one is under way waits for it
+   * and reads again after it.
+   */
+  refreshJobs(): Promise<void> {
+    if (this._jobsInFlight) {
+      this._jobsAgain = true;
+      return this._jobsInFlight;
+    }
+    if (this._jobsTimer !== null) {
+      clearTimeout(this._jobsTimer);
+      this._jobsTimer = null;
+    }
+    this._jobsInFlight = this._fetchJobs().finally(() => {
+      this._jobsInFlight = null;
+      if (this._jobsAgain) {
+        this._jobsAgain = false;
+        this._scheduleJobs();
+      }
+    });
+    return this._jobsInFlight;
+  }
+
   /** Show a warning with action buttons (emitted through `warningRaised`). */
   warning(warning: IWarning): void {
     this.client.warn(warning);
@@ -388,6 +510,10 @@ export class DLInfraModel implements IDisposable {
     }
     for (const timer of this._pendingReports.values()) {
       clearTimeout(timer);
+    }
+    if (this._jobsTimer !== null) {
+      clearTimeout(this._jobsTimer);
+      this._jobsTimer = null;
     }
     this._services.kernels.runningChanged.disconnect(this._onRunningChanged, this);
     this._services.sessions.runningChanged.disconnect(this._onRunningChanged, this);
@@ -413,6 +539,8 @@ export class DLInfraModel implements IDisposable {
         this._backoff = FIRST_BACKOFF_MS;
         this._error = null;
         this._apply(snapshot);
+        // The ledger's version changes with every job change, and a snapshot follows.
+        this._scheduleJobs();
       },
       onNotice: notice => this._onNotice(notice),
       onError: () => {
@@ -592,6 +720,18 @@ export class DLInfraModel implements IDisposable {
     if (this._seenNotices.size > 500) {
       this._seenNotices.delete(this._seenNotices.values().next().value as string);
     }
+    if (notice.kind === 'job_ended') {
+      // Jobs hold GPUs as `job-<id>`: the notice is the user's when the job is.
+      const jobId = jobIdOfKernel(notice.kernel_id);
+      const mine =
+        (jobId !== null && this.jobById(jobId) !== null) ||
+        (this._me !== null && notice.user === this._me.user);
+      this._scheduleJobs();
+      if (mine) {
+        this._noticeReceived.emit(notice);
+      }
+      return;
+    }
     // A reclaim may shut the kernel down before its notice comes: recent kernels count too.
     this._rememberRunning();
     const mine = notice.kernel_id === null || this._recentKernels.has(notice.kernel_id);
@@ -703,6 +843,102 @@ export class DLInfraModel implements IDisposable {
     }
   }
 
+  /* ---------------------------------------------------------------- jobs */
+
+  /** Read the jobs soon: at once, or when the last read is a second old. */
+  private _scheduleJobs(): void {
+    if (this._jobsTimer !== null || this._isDisposed || this._jobsAvailable === false) {
+      return;
+    }
+    if (this._jobsInFlight) {
+      this._jobsAgain = true;
+      return;
+    }
+    const wait = Math.max(0, this._jobsLastFetch + JOBS_MIN_INTERVAL_MS - Date.now());
+    this._jobsTimer = window.setTimeout(() => {
+      this._jobsTimer = null;
+      void this.refreshJobs();
+    }, wait);
+  }
+
+  private async _fetchJobs(): Promise<void> {
+    const generation = this._jobsGeneration;
+    this._jobsLastFetch = Date.now();
+    try {
+      const jobs = await this.client.jobs('all');
+      if (this._isDisposed) {
+        return;
+      }
+      if (generation !== this._jobsGeneration) {
+        // A submit, cancel or re-run answered meanwhile: this list may predate it.
+        this._jobsAgain = true;
+        return;
+      }
+      this._jobsAvailable = true;
+      this._jobsError = null;
+      this._setJobs(jobs);
+    } catch (error) {
+      if (this._isDisposed) {
+        return;
+      }
+      if (
+        error instanceof DLInfraApiError &&
+        (error.reason === 'no_jobs' || (error.status === 404 && error.reason === 'not_found'))
+      ) {
+        // This server runs no batch jobs (or predates them): stop asking.
+        this._jobsAvailable = false;
+        this._jobsError = null;
+        this._jobs = [];
+      } else {
+        this._jobsError = (error as Error).message ?? String(error);
+      }
+      this._jobsLoaded = true;
+      this._jobsSignature = '';
+      this._jobsChanged.emit();
+    }
+  }
+
+  /** Take a fresh list; tell the listeners when something other than a duration changed. */
+  private _setJobs(jobs: Job[]): void {
+    const before = new Map(this._jobs.map(j => [j.id, j.state]));
+    const first = !this._jobsLoaded;
+    this._jobs = jobs;
+    this._jobsLoaded = true;
+    this._jobsFetchedAt = Date.now();
+    if (!first && this._mode !== 'stream') {
+      for (const job of jobs) {
+        const was = before.get(job.id);
+        if (was !== undefined && isActiveJob(was) && !isActiveJob(job.state)) {
+          this._jobEnded.emit(job);
+        }
+      }
+    }
+    const signature = JSON.stringify(
+      jobs.map(j => ({ ...j, duration_s: j.state === 'running' ? null : j.duration_s }))
+    );
+    if (signature !== this._jobsSignature) {
+      this._jobsSignature = signature;
+      this._jobsChanged.emit();
+    }
+  }
+
+  /** Apply jobs a submit, cancel or re-run answered, at once; a fresh read follows. */
+  private _upsertJobs(jobs: Job[]): void {
+    if (this._isDisposed) {
+      return;
+    }
+    this._jobsGeneration++;
+    const byId = new Map(this._jobs.map(j => [j.id, j]));
+    for (const job of jobs) {
+      byId.set(job.id, job);
+    }
+    this._jobs = [...byId.values()].sort((a, b) => b.id - a.id);
+    this._jobsFetchedAt = Date.now();
+    this._jobsSignature = '';
+    this._jobsChanged.emit();
+    this._scheduleJobs();
+  }
+
   private _active(): Allocation[] {
     return this._allocations;
   }
@@ -741,6 +977,19 @@ export class DLInfraModel implements IDisposable {
   private _pollTimer: number | null = null;
   private _reconnectTimer: number | null = null;
   private _backoff = FIRST_BACKOFF_MS;
+  private _jobs: Job[] = [];
+  private _jobsLoaded = false;
+  private _jobsAvailable: boolean | null = null;
+  private _jobsError: string | null = null;
+  private _jobsFetchedAt: number | null = null;
+  private _jobsSignature = '';
+  private _jobsInFlight: Promise<void> | null = null;
+  private _jobsAgain = false;
+  private _jobsTimer: number | null = null;
+  private _jobsLastFetch = 0;
+  private _jobsGeneration = 0;
+  private _jobsChanged = new Signal<this, void>(this);
+  private _jobEnded = new Signal<this, Job>(this);
   private _changed = new Signal<this, void>(this);
   private _noticeReceived = new Signal<this, Notice>(this);
   private _granted = new Signal<this, IMyAllocation>(this);

@@ -3,20 +3,27 @@
  * and failures of this Lab's requests, and warnings with action buttons.
  */
 import { Notification } from '@jupyterlab/apputils';
+import type { CommandRegistry } from '@lumino/commands';
 
-import { isJudged, IWarning, Notice } from './api';
+import { isJudged, IWarning, Job, jobIdOfKernel, Notice } from './api';
 import { basename, clock, gpus } from './dom';
+import { JobCommandIDs } from './jobs';
 import { DLInfraModel, IFailure, IKept, IMyAllocation } from './model';
 
 const AUTO_CLOSE_MS = 8000;
 
+/** How long the notification of a job that did not fail stays (it offers "Open log"). */
+const JOB_AUTO_CLOSE_MS = 15000;
+
 function notify(
   level: 'info' | 'warning' | 'error',
   message: string,
-  actions: Notification.IAction[] = []
+  actions: Notification.IAction[] = [],
+  autoClose?: number | false
 ): string {
   const options = {
-    autoClose: actions.length > 0 || level === 'error' ? (false as const) : AUTO_CLOSE_MS,
+    autoClose:
+      autoClose ?? (actions.length > 0 || level === 'error' ? (false as const) : AUTO_CLOSE_MS),
     actions
   };
   switch (level) {
@@ -34,8 +41,28 @@ function failed(what: string, error: unknown): void {
   Notification.error(`${what}: ${message}`, { autoClose: false });
 }
 
-/** Connect the model's notices, grants, failures and warnings to notifications. */
-export function connectNotifications(model: DLInfraModel): void {
+/** The "Open log" action of a job's notification, carried out in the Lab. */
+function openLogAction(commands: CommandRegistry, jobId: number): Notification.IAction {
+  return {
+    label: 'Open log',
+    caption: `Open the log of job ${jobId}`,
+    displayType: 'accent',
+    callback: () => {
+      commands
+        .execute(JobCommandIDs.openLog, { id: jobId })
+        .catch(error => failed('Cannot open the log', error));
+    }
+  };
+}
+
+/**
+ * Connect the model's notices, grants, failures and warnings to notifications. With
+ * `commands`, the notices of ended jobs offer "Open log".
+ */
+export function connectNotifications(
+  model: DLInfraModel,
+  commands: CommandRegistry | null = null
+): void {
   /** The idle warnings on screen, by kernel, and whether the model has shown it warned since. */
   const idleWarnings = new Map<string, { id: string; sawWarned: boolean }>();
   const dismissWarning = (kernelId: string) => {
@@ -47,6 +74,17 @@ export function connectNotifications(model: DLInfraModel): void {
   };
 
   model.noticeReceived.connect((_, notice: Notice) => {
+    if (notice.kind === 'job_ended') {
+      // "Open log" is the Lab's own action: nothing to POST to the server.
+      const jobId = jobIdOfKernel(notice.kernel_id);
+      notify(
+        notice.level,
+        notice.message,
+        jobId !== null && commands ? [openLogAction(commands, jobId)] : [],
+        notice.level === 'error' ? false : JOB_AUTO_CLOSE_MS
+      );
+      return;
+    }
     const actions: Notification.IAction[] = (notice.actions ?? []).map(action => ({
       label: action.label,
       caption:
@@ -112,6 +150,21 @@ export function connectNotifications(model: DLInfraModel): void {
     notify(
       'error',
       `The request of ${where} for ${gpus(a.count)} was cancelled: ${a.end_reason ?? 'no reason given'}`
+    );
+  });
+
+  // Without the live stream no notice says a job ended: the model sees it in the job list.
+  model.jobEnded.connect((_, job: Job) => {
+    const level = job.state === 'succeeded' ? 'info' : job.state === 'failed' ? 'error' : 'warning';
+    let message = `Job ${job.id} (${job.name}) ${job.state}`;
+    if (job.reason) {
+      message += `: ${job.reason}`;
+    }
+    notify(
+      level,
+      message,
+      commands ? [openLogAction(commands, job.id)] : [],
+      level === 'error' ? false : JOB_AUTO_CLOSE_MS
     );
   });
 

@@ -3,23 +3,33 @@
  * (on `model.changed`) and hands button clicks back to it.
  */
 import { showErrorMessage } from '@jupyterlab/apputils';
+import type { CommandRegistry } from '@lumino/commands';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { Allocation, ClusterGpu, isJudged } from './api';
+import { Allocation, ClusterGpu, isActiveJob, isJudged, Job, jobIdOfKernel } from './api';
 import { basename, clock, gib, gpus, h, meter, pct, sparkline } from './dom';
 import { gpuIcon } from './icons';
 import { idleBadge, refreshBadges } from './idle';
+import { JobCommandIDs, jobDurationText } from './jobs';
 import { DLInfraModel, IMyAllocation } from './model';
 
 export const SIDEBAR_ID = 'dlinfra-sidebar';
 
-type SectionKey = 'cluster' | 'mine' | 'queue';
+/** The most jobs the Jobs section lists (active ones are always listed). */
+export const MAX_JOBS_SHOWN = 20;
+
+type SectionKey = 'cluster' | 'mine' | 'jobs' | 'queue';
 
 export class DLInfraSidebar extends Widget {
-  constructor(model: DLInfraModel) {
+  /**
+   * @param commands - runs the job commands (log, outputs, cancel, re-run); without it the
+   *   Jobs section offers Cancel and Re-run only.
+   */
+  constructor(model: DLInfraModel, commands: CommandRegistry | null = null) {
     super();
     this.model = model;
+    this._commands = commands;
     this.id = SIDEBAR_ID;
     this.addClass('jp-DLInfra-sidebar');
     this.title.icon = gpuIcon;
@@ -39,7 +49,10 @@ export class DLInfraSidebar extends Widget {
       },
       '↻'
     );
-    refresh.addEventListener('click', () => void this.model.refresh());
+    refresh.addEventListener('click', () => {
+      void this.model.refresh();
+      void this.model.refreshJobs();
+    });
     this._error = h('div', { class: 'jp-DLInfra-error', role: 'alert', hidden: true });
     this.node.append(
       h(
@@ -59,10 +72,12 @@ export class DLInfraSidebar extends Widget {
     this._sections = {
       cluster: this._section('cluster', 'Cluster', {}),
       mine: this._section('mine', 'My kernels', {}),
+      jobs: this._section('jobs', 'Jobs', {}, 'jp-DLInfra-jobs'),
       queue: this._section('queue', 'Queue', { 'aria-live': 'polite', 'aria-relevant': 'all' })
     };
     this.node.addEventListener('click', this._onClick);
     model.changed.connect(this._render, this);
+    model.jobsChanged.connect(this._render, this);
   }
 
   readonly model: DLInfraModel;
@@ -82,6 +97,7 @@ export class DLInfraSidebar extends Widget {
       return;
     }
     this.model.changed.disconnect(this._render, this);
+    this.model.jobsChanged.disconnect(this._render, this);
     this.node.removeEventListener('click', this._onClick);
     this._stopTicking();
     super.dispose();
@@ -97,10 +113,10 @@ export class DLInfraSidebar extends Widget {
     this._stopTicking();
   }
 
-  /** Count the idle badges down each second while some are shown. */
+  /** Count the idle badges down, and running jobs' durations up, each second while shown. */
   private _tickBadges(): void {
     const shown = this.isVisible
-      ? refreshBadges(this._sections.mine, id => this.model.idleOf(id))
+      ? refreshBadges(this._sections.mine, id => this.model.idleOf(id)) + this._tickJobs()
       : 0;
     if (shown > 0 && this._ticker === null) {
       this._ticker = window.setInterval(() => this._tickBadges(), 1000);
@@ -116,13 +132,39 @@ export class DLInfraSidebar extends Widget {
     }
   }
 
-  private _section(key: SectionKey, heading: string, attrs: Record<string, string>): HTMLElement {
+  /** Refresh the durations of running jobs; returns how many there are. */
+  private _tickJobs(): number {
+    const live = this._sections.jobs.querySelectorAll<HTMLElement>(
+      '.jp-DLInfra-jobDuration[data-live]'
+    );
+    const now = Date.now();
+    live.forEach(el => {
+      const job = this.model.jobById(Number(el.dataset.jobId));
+      if (job) {
+        const text = jobDurationText(this.model, job, now);
+        if (el.textContent !== text) {
+          el.textContent = text;
+        }
+      }
+    });
+    return live.length;
+  }
+
+  private _section(
+    key: SectionKey,
+    heading: string,
+    attrs: Record<string, string>,
+    extraClass = ''
+  ): HTMLElement {
     const headingId = `dlinfra-${key}-heading`;
     const body = h('div', { class: 'jp-DLInfra-sectionBody', ...attrs });
     this.node.append(
       h(
         'section',
-        { class: `jp-DLInfra-section jp-DLInfra-section-${key}`, 'aria-labelledby': headingId },
+        {
+          class: `jp-DLInfra-section jp-DLInfra-section-${key}${extraClass ? ` ${extraClass}` : ''}`,
+          'aria-labelledby': headingId
+        },
         h('h3', { id: headingId, class: 'jp-DLInfra-sectionHeading' }, heading),
         body
       )
@@ -157,6 +199,7 @@ export class DLInfraSidebar extends Widget {
 
     this._update('cluster', () => this._renderCluster());
     this._update('mine', () => this._renderMine());
+    this._update('jobs', () => this._renderJobs());
     this._update('queue', () => this._renderQueue());
     this._tickBadges();
   }
@@ -452,7 +495,13 @@ export class DLInfraSidebar extends Widget {
     const nodesShown = new Set(queue.map(a => a.node)).size > 1;
     const rows = queue.map(a => {
       const session = this.model.sessionOfKernel(a.kernel_id);
-      const who = session ? `${a.user} · ${session.path}` : `${a.user} · kernel ${a.kernel_id.slice(0, 8)}`;
+      const jobId = jobIdOfKernel(a.kernel_id);
+      const job = jobId !== null ? this.model.jobById(jobId) : null;
+      const who = session
+        ? `${a.user} · ${session.path}`
+        : jobId !== null
+          ? `${a.user} · job ${jobId}${job ? ` (${job.name})` : ''}`
+          : `${a.user} · kernel ${a.kernel_id.slice(0, 8)}`;
       return {
         a,
         who,
@@ -493,9 +542,267 @@ export class DLInfraSidebar extends Widget {
     return { signature, nodes: [list] };
   }
 
+  /* ---------------------------------------------------------------- jobs */
+
+  private _renderJobs(): { signature: string; nodes: Node[] } {
+    const model = this.model;
+    if (model.jobsAvailable === false) {
+      return {
+        signature: 'unavailable',
+        nodes: [h('p', { class: 'jp-DLInfra-empty' }, 'This server does not run batch jobs.')]
+      };
+    }
+    const all = model.jobs;
+    const error = model.jobsError
+      ? h(
+          'p',
+          { class: 'jp-DLInfra-jobsError', role: 'alert' },
+          `Cannot read the jobs: ${model.jobsError}`
+        )
+      : null;
+    if (all.length === 0) {
+      const nodes: Node[] = error ? [error] : [];
+      nodes.push(
+        h(
+          'p',
+          { class: 'jp-DLInfra-empty' },
+          model.jobsAvailable === null && !model.jobsError
+            ? 'Loading…'
+            : 'No jobs yet. Use "Submit as job" in a notebook\'s toolbar.'
+        )
+      );
+      return { signature: JSON.stringify(['none', model.jobsAvailable, model.jobsError]), nodes };
+    }
+    // Every active job, then the newest ended ones up to the limit (newest first throughout).
+    const active = all.filter(j => isActiveJob(j.state)).length;
+    let endedLeft = Math.max(0, MAX_JOBS_SHOWN - active);
+    const shown = all.filter(j => isActiveJob(j.state) || endedLeft-- > 0);
+    const hidden = all.length - shown.length;
+
+    // Jobs of one sweep together, where the newest of them is.
+    const groups = new Map<string, Job[]>();
+    for (const job of shown) {
+      if (job.group_id) {
+        const members = groups.get(job.group_id) ?? [];
+        members.push(job);
+        groups.set(job.group_id, members);
+      }
+    }
+    const items: Node[] = [];
+    const placed = new Set<string>();
+    for (const job of shown) {
+      const members = job.group_id ? groups.get(job.group_id) ?? [] : [];
+      if (job.group_id && members.length > 1) {
+        if (!placed.has(job.group_id)) {
+          placed.add(job.group_id);
+          items.push(this._jobGroup(job.group_id, members));
+        }
+      } else {
+        items.push(this._job(job));
+      }
+    }
+    const signature = JSON.stringify([
+      shown.map(j => ({ ...j, duration_s: j.state === 'running' ? null : j.duration_s })),
+      hidden,
+      model.jobsError,
+      !!this._commands
+    ]);
+    const nodes: Node[] = [];
+    if (error) {
+      nodes.push(error);
+    }
+    nodes.push(h('ul', { class: 'jp-DLInfra-list jp-DLInfra-jobList' }, items));
+    if (hidden > 0) {
+      nodes.push(
+        h(
+          'p',
+          { class: 'jp-DLInfra-empty jp-DLInfra-jobsMore' },
+          `${hidden} older job${hidden === 1 ? '' : 's'} not shown.`
+        )
+      );
+    }
+    return { signature, nodes };
+  }
+
+  private _jobGroup(groupId: string, members: Job[]): HTMLElement {
+    const counts = new Map<string, number>();
+    for (const job of members) {
+      counts.set(job.state, (counts.get(job.state) ?? 0) + 1);
+    }
+    const summary = [...counts].map(([state, n]) => `${n} ${state}`).join(', ');
+    // Sweep jobs are named "name[k=v,...]": the group shows the shared name.
+    const base = members[members.length - 1].name.replace(/\[[^\]]*\]$/, '');
+    const headingId = `dlinfra-job-group-${groupId.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+    return h(
+      'li',
+      { class: 'jp-DLInfra-jobGroup', 'data-group-id': groupId, 'aria-labelledby': headingId },
+      h(
+        'div',
+        { class: 'jp-DLInfra-jobGroupHeader', id: headingId, title: `Sweep ${groupId}` },
+        h('span', { class: 'jp-DLInfra-jobGroupName' }, `Sweep of ${members.length} · ${base}`),
+        h('span', { class: 'jp-DLInfra-jobGroupSummary' }, summary)
+      ),
+      h('ul', { class: 'jp-DLInfra-list jp-DLInfra-jobGroupList' }, members.map(j => this._job(j)))
+    );
+  }
+
+  private _job(job: Job): HTMLElement {
+    const active = isActiveJob(job.state);
+    const button = (kind: string, label: string, title: string, extra = '') =>
+      h(
+        'button',
+        {
+          type: 'button',
+          class: `jp-DLInfra-${kind} jp-DLInfra-jobButton jp-Button jp-mod-styled${extra}`,
+          'data-job-id': job.id,
+          'data-focus-key': `${kind}-${job.id}`,
+          title,
+          'aria-label': `${title} (job ${job.id}, ${job.name})`
+        },
+        label
+      );
+    const commands = this._commands;
+    const buttons: HTMLElement[] = [];
+    if (commands) {
+      buttons.push(button('jobLog', 'Log', 'Follow the log'));
+      if (job.outputs.notebook) {
+        buttons.push(button('jobOutput', 'Notebook', 'Open the executed notebook'));
+      }
+      if (job.outputs.html) {
+        buttons.push(button('jobReport', 'Report', 'Open the HTML report'));
+      }
+    }
+    if (active) {
+      buttons.push(
+        button(
+          'jobCancel',
+          'Cancel',
+          job.state === 'running' ? 'Stop the job' : 'Take the job out of the queue',
+          ' jp-mod-warn'
+        )
+      );
+    } else {
+      buttons.push(
+        button('jobRerun', 'Re-run', 'Submit the job again, with the same fields', ' jp-mod-accept')
+      );
+    }
+
+    const reasonText =
+      job.reason ||
+      (job.state === 'failed' && job.error
+        ? `failed${job.failed_cell ? ` in cell ${job.failed_cell}` : ''}: ${job.error}`
+        : '');
+    const meta: Array<Node | string> = [];
+    meta.push(
+      h(
+        'span',
+        { class: 'jp-DLInfra-jobGpus' },
+        job.gpus > 0 ? `${gpus(job.gpus)}${job.model ? ` ${job.model}` : ''}` : 'no GPU'
+      )
+    );
+    const durationText = jobDurationText(this.model, job);
+    if (durationText || job.state === 'running') {
+      meta.push(
+        h(
+          'span',
+          {
+            class: 'jp-DLInfra-jobDuration',
+            'data-job-id': job.id,
+            'data-live': job.state === 'running' ? 'true' : null,
+            title: job.started_at ? `Started at ${clock(job.started_at)}` : null
+          },
+          durationText
+        )
+      );
+    } else {
+      meta.push(h('span', { class: 'jp-DLInfra-jobCreated' }, `submitted ${clock(job.created_at)}`));
+    }
+    if (job.backend) {
+      meta.push(h('span', { class: 'jp-DLInfra-jobBackend', title: `on ${job.node}` }, job.backend));
+    }
+    if (job.after.length > 0) {
+      meta.push(h('span', { class: 'jp-DLInfra-jobAfter' }, `after #${job.after.join(', #')}`));
+    }
+    const params = Object.entries(job.parameters ?? {});
+    return h(
+      'li',
+      {
+        class: `jp-DLInfra-job jp-mod-${job.state}`,
+        'data-job-id': job.id,
+        'data-state': job.state,
+        'data-group-id': job.group_id
+      },
+      h(
+        'div',
+        { class: 'jp-DLInfra-jobHeader' },
+        h('span', { class: 'jp-DLInfra-jobName', title: job.path }, job.name),
+        h('span', { class: 'jp-DLInfra-jobId' }, `#${job.id}`),
+        h(
+          'span',
+          { class: `jp-DLInfra-jobState jp-DLInfra-jobState-${job.state}`, 'data-state': job.state },
+          job.state
+        )
+      ),
+      h('div', { class: 'jp-DLInfra-jobMeta' }, meta),
+      params.length > 0
+        ? h(
+            'div',
+            { class: 'jp-DLInfra-jobParams', title: JSON.stringify(job.parameters) },
+            params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')
+          )
+        : null,
+      reasonText
+        ? h('div', { class: 'jp-DLInfra-jobReason', title: reasonText }, reasonText)
+        : null,
+      h('div', { class: 'jp-DLInfra-jobActions' }, buttons)
+    );
+  }
+
+  /** Run a job button's command (or the model's action without commands). */
+  private _onJobButton(button: HTMLButtonElement): void {
+    const id = Number(button.dataset.jobId);
+    if (!Number.isInteger(id) || button.disabled) {
+      return;
+    }
+    const cls = button.classList;
+    const commands = this._commands;
+    const fail = (what: string) => (error: unknown) => {
+      button.disabled = false;
+      void showErrorMessage(what, (error as Error)?.message ?? String(error));
+    };
+    if (cls.contains('jp-DLInfra-jobLog')) {
+      void commands?.execute(JobCommandIDs.openLog, { id });
+    } else if (cls.contains('jp-DLInfra-jobOutput')) {
+      void commands?.execute(JobCommandIDs.openOutput, { id, format: 'notebook' });
+    } else if (cls.contains('jp-DLInfra-jobReport')) {
+      void commands?.execute(JobCommandIDs.openOutput, { id, format: 'html' });
+    } else if (cls.contains('jp-DLInfra-jobCancel')) {
+      button.disabled = true;
+      if (commands) {
+        void commands.execute(JobCommandIDs.cancel, { id }).then(() => (button.disabled = false));
+      } else {
+        this.model.cancelJob(id).catch(fail(`Cannot cancel job ${id}`));
+      }
+    } else if (cls.contains('jp-DLInfra-jobRerun')) {
+      button.disabled = true;
+      if (commands) {
+        void commands.execute(JobCommandIDs.rerun, { id }).then(() => (button.disabled = false));
+      } else {
+        this.model.rerunJob(id).catch(fail(`Cannot re-run job ${id}`));
+      }
+    }
+  }
+
   /* ---------------------------------------------------------------- events */
 
   private _onClick = (event: MouseEvent): void => {
+    const jobButton = (event.target as HTMLElement).closest<HTMLButtonElement>(
+      '.jp-DLInfra-jobButton'
+    );
+    if (jobButton && this.node.contains(jobButton)) {
+      this._onJobButton(jobButton);
+      return;
+    }
     const keep = (event.target as HTMLElement).closest<HTMLButtonElement>('.jp-DLInfra-keep');
     if (keep && this.node.contains(keep)) {
       const kernelId = keep.dataset.kernelId;
@@ -524,6 +831,7 @@ export class DLInfraSidebar extends Widget {
     });
   };
 
+  private _commands: CommandRegistry | null;
   private _status: HTMLElement;
   private _summary: HTMLElement;
   private _error: HTMLElement;
