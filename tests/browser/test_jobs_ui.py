@@ -1,0 +1,62 @@
+"""Batch jobs in a real JupyterLab: the submit dialog, the Jobs section, the log and outputs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from playwright.sync_api import expect
+
+from jupyter_dlinfra.testing import wait_until, write_notebook
+
+from .test_sidebar import open_sidebar
+
+
+def test_submit_dialog_runs_the_notebook_as_a_job_and_its_log_opens(lab: Any, page: Any) -> None:
+    server = lab(gpus=2, args=("--DLInfra.job_interval=0.2",))
+    write_notebook(
+        server.workdir / "root" / "train.ipynb",
+        "%gpu 1",
+        ("lr = 0.1", ["parameters"]),
+        "print('training at', lr)",
+    )
+    page.goto(f"{server.url}lab/tree/train.ipynb?token={server.token}")
+    button = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-DLInfra-submitJob")
+    expect(button).to_be_visible(timeout=60_000)
+    button.click()
+    dialog = page.locator(".jp-DLInfra-submitDialog")
+    expect(dialog).to_be_visible()
+    # prefilled from the notebook
+    expect(dialog.locator("input[name=name]")).to_have_value("train")
+    expect(dialog.locator("input[name=gpus]")).to_have_value("1")
+    expect(dialog.locator("textarea[name=parameters]")).to_have_value(re.compile(r'"lr": 0\.1\b'))
+
+    # a bad parameter is refused by the server and the dialog stays, saying why
+    dialog.locator("textarea[name=parameters]").fill('{"1x": 2}')
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    expect(dialog.locator(".jp-DLInfra-submitError")).to_contain_text("1x")
+    assert server.get("dlinfra/api/jobs")["jobs"] == []
+
+    dialog.locator("textarea[name=parameters]").fill('{"lr": 0.25}')
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    expect(dialog).to_have_count(0)
+
+    def finished() -> Any:
+        jobs = server.get("dlinfra/api/jobs")["jobs"]
+        return jobs if jobs and jobs[0]["state"] not in ("queued", "running") else None
+
+    [job] = wait_until(finished, timeout=90, what="the submitted job to end")
+    assert job["state"] == "succeeded" and job["parameters"] == {"lr": 0.25}, job
+
+    sidebar = open_sidebar(page)
+    entry = sidebar.locator(f".jp-DLInfra-job[data-job-id='{job['id']}']")
+    expect(entry).to_have_attribute("data-state", "succeeded", timeout=30_000)
+    entry.locator(".jp-DLInfra-jobLog").click()
+    log_view = page.locator(f"#dlinfra-job-log-{job['id']}")
+    expect(log_view.locator(".jp-DLInfra-jobLogText")).to_contain_text("training at 0.25")
+    expect(log_view).to_have_attribute("data-complete", "true")
+    entry.locator(".jp-DLInfra-jobOutput").click()
+    # the executed notebook opens in Lab, with its outputs
+    expect(page.locator(".jp-OutputArea-output", has_text="training at 0.25").first).to_be_visible(
+        timeout=30_000
+    )
