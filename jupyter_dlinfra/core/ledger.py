@@ -337,6 +337,11 @@ class Ledger:
         )
         tx.touch()
 
+    def check_satisfiable(self, node: str, count: int, model: str | None = None) -> None:
+        """Raise Unsatisfiable when no wait could ever grant this request on ``node``."""
+        with self.store.read() as conn:
+            self._check_satisfiable(conn, node, count, model)
+
     def _check_satisfiable(
         self, conn: Connection, node: str, count: int, model: str | None
     ) -> None:

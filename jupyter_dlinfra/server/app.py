@@ -431,6 +431,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
                     hide_unallocated_gpus=self.hide_unallocated_gpus,
                 ),
                 log=self.log,
+                kernel_specs=self._server.kernel_spec_manager.get_kernel_spec,
             )
         self.service.prepare()
         self.settings["dlinfra_service"] = self.service

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from ..backends import BackendError
 from ..core.jobs import Job
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
@@ -177,7 +178,12 @@ class JobHandler(_JobBase):
     async def delete(self, job_id: str) -> None:
         """Cancel: a queued job ends at once; a running one is stopped, its end follows."""
         job = await self.own_job(job_id)
-        cancelled = await self.service.mutate(self.jobs.cancel, job, by=self.person())
+        try:
+            cancelled = await self.service.mutate(self.jobs.cancel, job, by=self.person())
+        except BackendError as err:
+            raise ApiError(
+                502, f"{job.backend} could not cancel job {job.id}: {err}", code="backend_error"
+            ) from None
         self.answer(self.view(cancelled))
 
 
@@ -206,16 +212,16 @@ class JobLogHandler(_JobBase):
             raise ApiError(400, "offset must be a whole number of bytes", code="bad_query")
         offset = int(raw)
         path = Path(job.workdir) / "job.log"
-        data, size = await self.service.call(_read_from, path, offset, MAX_LOG_CHUNK)
+        start, data, size = await self.service.call(_read_from, path, offset, MAX_LOG_CHUNK)
         self.answer(
             {
                 "job_id": job.id,
                 "state": job.state.value,
-                "offset": offset,
-                "next_offset": offset + len(data),
+                "offset": start,
+                "next_offset": start + len(data),
                 "size": size,
                 "text": data.decode("utf-8", errors="replace"),
-                "complete": not job.state.active and offset + len(data) >= size,
+                "complete": not job.state.active and start + len(data) >= size,
             }
         )
 
@@ -256,14 +262,29 @@ def _background(work: Awaitable[None]) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
+def _read_from(path: Path, offset: int, limit: int) -> tuple[int, bytes, int]:
+    """(where the text starts, the bytes, the file's size); never ends inside a character."""
     try:
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
-            f.seek(min(offset, size))
-            return f.read(limit), size
+            start = min(offset, size)
+            f.seek(start)
+            data = f.read(limit)
     except FileNotFoundError:
-        return b"", 0
+        return 0, b"", 0
+    if len(data) == limit:
+        data = data[: len(data) - _partial_tail(data)]
+    return start, data, size
+
+
+def _partial_tail(data: bytes) -> int:
+    """How many bytes at the end start a UTF-8 character that the chunk cuts."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the start of a character
+            length = 1 if byte < 0x80 else 2 if byte >> 5 == 6 else 3 if byte >> 4 == 14 else 4
+            return back if length > back else 0
+    return 0
 
 
 def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:

@@ -23,7 +23,7 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -90,7 +90,10 @@ class JobService:
         backends: Mapping[str, JobBackend],
         settings: JobSettings,
         log: logging.Logger,
+        kernel_specs: Callable[[str], Any] | None = None,
     ) -> None:
+        """``kernel_specs(name)``: the server's kernelspec lookup (GPU kernelspecs)."""
+        self.kernel_specs = kernel_specs
         self.service = service
         self.book = JobBook(service.ledger)
         self.backends = dict(backends)
@@ -145,9 +148,15 @@ class JobService:
         limit = self.settings.max_parameter_bytes
         prepared = [prepare(notebook, parameters=p, max_parameter_bytes=limit) for p in points]
         created = []
+        kernel_name, spec_gpus = _job_kernel(prepared[0].kernel_name, self.kernel_specs)
+        wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
+        model = sub.model if sub.model is not None else prepared[0].model
+        if wanted and not self.backends[backend].places_gpus:
+            # refused now, as %gpu would be, rather than failing at the job's first pass
+            self.service.ledger.check_satisfiable(self.service.settings.node, wanted, model)
         for point, ready in zip(points, prepared, strict=True):
             name = base_name if group is None else f"{base_name}[{_label(point, sub.sweep)}]"
-            gpus = sub.gpus if sub.gpus is not None else ready.gpus
+            gpus = sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus)
             job = self.book.create(
                 NewJob(
                     user=sub.user,
@@ -178,6 +187,7 @@ class JobService:
                     "name": name,
                     "path": rel,
                     "cwd": str(path.parent),
+                    "kernel_name": kernel_name,
                     "parameters": dict(ready.parameters),
                 },
             )
@@ -405,9 +415,9 @@ class JobService:
         if backend is None:
             self._end(job, JobState.CANCELLED, f"cancelled by {by}")
             return self.book.job(job.id)
-        self.book.update(job.id, reason=f"cancelled by {by}")
+        # the backend first: if it cannot stop the job, the job is not said to be cancelled
         backend.cancel(JobHandle.from_json(job.handle))
-        return self.book.job(job.id)
+        return self.book.update(job.id, reason=f"cancelled by {by}")
 
     # -- the ledger's view of job holders ------------------------------------------------------
 
@@ -424,6 +434,27 @@ class JobService:
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
+
+
+def _job_kernel(name: str, lookup: Callable[[str], Any] | None) -> tuple[str, int]:
+    """The kernel a job runs, and the GPUs its notebook's kernelspec asks for.
+
+    A kernelspec with the dlinfra provisioner (``python3-2gpu``) means "this kernel gets 2
+    GPUs at launch": in a job the GPUs come with the job, so the job runs the plain kernel that
+    spec starts, without a provisioner that needs a Jupyter server.
+    """
+    if lookup is None:
+        return name, 0
+    try:
+        spec = lookup(name)
+    except Exception:  # jupyter_client's NoSuchKernel, or a broken kernel.json
+        return name, 0
+    provisioner = (spec.metadata or {}).get("kernel_provisioner") or {}
+    if provisioner.get("provisioner_name") != "dlinfra-provisioner":
+        return name, 0
+    gpus = (provisioner.get("config") or {}).get("gpus", 0)
+    plain = "python3" if spec.language == "python" else name
+    return plain, int(gpus) if isinstance(gpus, int) else 0
 
 
 def _grid(

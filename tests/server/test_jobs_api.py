@@ -145,3 +145,51 @@ async def test_the_log_follows_from_an_offset(
     assert tail["text"].startswith("hello from the job") and tail["offset"] == offset
     status, err = await api("GET", f"jobs/{job['id']}/log?offset=-1")
     assert status == 400 and err["reason"] == "bad_query"
+
+
+async def test_a_gpu_kernelspec_gives_the_job_its_gpus_and_a_plain_kernel(
+    api: Api, jp_root_dir: Path, jp_data_dir: Path
+) -> None:
+    import json
+    import shutil
+
+    from jupyter_dlinfra.testing import notebook_json
+
+    # the server's kernelspecs live in pytest-jupyter's data dir: install ours there
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "kernels" / "python3-2gpu", jp_data_dir / "kernels" / "python3-2gpu")
+
+    notebook = notebook_json("print(1)")
+    notebook["metadata"]["kernelspec"] = {
+        "name": "python3-2gpu",
+        "display_name": "Python 3 (2 GPUs)",
+        "language": "python",
+    }
+    (jp_root_dir / "spec.ipynb").write_text(json.dumps(notebook))
+    status, job = await api("POST", "jobs", {"path": "spec.ipynb"})
+    assert status == 201 and job["gpus"] == 2, job
+    spec = json.loads((jp_root_dir / job["workdir"] / "spec.json").read_text())
+    # in a job the GPUs come with the job: the kernel needs no provisioner (nor a server)
+    assert spec["kernel_name"] == "python3"
+
+
+async def test_gpus_no_wait_could_grant_are_refused_at_submission(
+    api: Api, dlinfra_app: Any, jp_root_dir: Path
+) -> None:
+    write_notebook(jp_root_dir / "greedy.ipynb", "%gpu 8", "print(1)")
+    status, err = await api("POST", "jobs", {"path": "greedy.ipynb"})
+    assert status == 400 and err["reason"] == "too_many", err
+    status, err = await api("POST", "jobs", {"path": "greedy.ipynb", "gpus": 1, "model": "V100"})
+    assert status == 400 and err["reason"] == "unknown_model", err
+    assert dlinfra_app.service.jobs.book.jobs() == []
+
+
+def test_log_chunks_never_cut_a_character(tmp_path: Path) -> None:
+    from jupyter_dlinfra.server.job_handlers import _read_from
+
+    log = tmp_path / "job.log"
+    log.write_bytes("ab€é".encode())  # € is 3 bytes, é 2
+    assert _read_from(log, 0, 4) == (0, b"ab", 7)  # not the first byte of the €
+    assert _read_from(log, 2, 4) == (2, "€".encode(), 7)
+    assert _read_from(log, 5, 4) == (5, "é".encode(), 7)
+    assert _read_from(log, 99, 4) == (7, b"", 7)

@@ -5,6 +5,8 @@ The live tests run the extension in a pytest-jupyter server with 4 simulated GPU
 operation and status code. For idle reclaim, the server's owner is an admin or not (the
 ``dlinfra_config`` fixture), and the tests drive telemetry passes themselves
 (``service.sample()``, the periodic loops do not run) with a policy of fractions of a second.
+Batch jobs really run on the local backend, the tests driving the job loop
+(``service.jobs_pass()``); their files (non-JSON answers) are checked by status and headers only.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from server_kit import register
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
 from jupyter_dlinfra.core.idle import POLICY_FIELDS
+from jupyter_dlinfra.core.jobs import NewJob
+from jupyter_dlinfra.server import job_handlers
 from jupyter_dlinfra.server.events import notice_from_event
 from jupyter_dlinfra.server.handlers import MAX_WAIT_S, ROUTES
 from jupyter_dlinfra.server.policy_handlers import MAX_SIMULATE_HOURS
+from jupyter_dlinfra.testing import write_notebook
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
 DOC_URI = "urn:dlinfra:openapi"
@@ -166,6 +171,24 @@ def test_documented_queries_and_bodies_match_the_handlers(doc: dict[str, Any]) -
     assert set(simulate["properties"]) == {"hours", "policy"}
     assert simulate["properties"]["hours"]["maximum"] == MAX_SIMULATE_HOURS
 
+    submission = schemas["JobSubmission"]
+    assert set(submission["properties"]) == job_handlers._SUBMIT_FIELDS
+    assert submission["required"] == ["path"] and submission["additionalProperties"] is False
+    assert submission["properties"]["gpus"]["minimum"] == 0
+    priority = submission["properties"]["priority"]
+    assert (priority["minimum"], priority["maximum"]) == (-1000, 1000)
+    job = schemas["Job"]
+    assert set(job["required"]) == set(job["properties"])
+    assert set(job["properties"]["outputs"]["properties"]) == set(job_handlers._OUTPUTS)
+    output = doc["paths"]["/dlinfra/api/jobs/{job_id}/output"]["get"]
+    fmt = next(p for p in output["parameters"] if p["name"] == "format")
+    assert fmt["schema"]["enum"] == list(job_handlers._OUTPUTS)
+    documented = set(output["responses"]["200"]["content"])
+    assert documented == {t.split(";")[0] for _, t in job_handlers._OUTPUTS.values()}
+    listing = doc["paths"]["/dlinfra/api/jobs"]["get"]
+    state = next(p for p in listing["parameters"] if p["name"] == "state")
+    assert state["schema"]["enum"] == ["active", "ended", "all"]
+
 
 # -- real answers --------------------------------------------------------------------------------
 
@@ -197,9 +220,7 @@ class Api:
 
     def validator(self, schema: dict[str, Any]) -> Draft202012Validator:
         return Draft202012Validator(
-            {"$ref": f"{DOC_URI}{schema['$ref']}"} if "$ref" in schema else schema,
-            registry=self.registry,
-            format_checker=FormatChecker(),
+            _absolute_refs(schema), registry=self.registry, format_checker=FormatChecker()
         )
 
     def schema_of(self, op: dict[str, Any], status: int) -> dict[str, Any] | None:
@@ -252,6 +273,18 @@ class Api:
         if response.code < 300:
             assert isinstance(answer["simulated"], bool)
         return response, answer
+
+
+def _absolute_refs(node: Any) -> Any:
+    """A schema of the document whose local ``$ref``s point into the registered document."""
+    if isinstance(node, dict):
+        return {
+            k: f"{DOC_URI}{v}" if k == "$ref" and isinstance(v, str) else _absolute_refs(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_absolute_refs(v) for v in node]
+    return node
 
 
 def _extension(serverapp: Any) -> Any:
@@ -778,3 +811,375 @@ async def test_an_idle_kernel_warned_and_kept_matches_the_document(
         assert body["idle"][kernel_id] == {"state": "exempt"}
     finally:
         await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+
+
+# -- batch jobs ----------------------------------------------------------------------------------
+#
+# The job loop does not run under pytest-jupyter, but a submission (and a re-run) kicks off one
+# pass in the background: a job that may start starts at once. To see jobs queued, the tests
+# make them wait for GPUs (a kernel of the ledger holds all four) or for another job.
+
+JOBS = "/dlinfra/api/jobs"
+JOB = "/dlinfra/api/jobs/{job_id}"
+JOB_LOG = "/dlinfra/api/jobs/{job_id}/log"
+JOB_OUTPUT = "/dlinfra/api/jobs/{job_id}/output"
+JOB_RERUN = "/dlinfra/api/jobs/{job_id}/rerun"
+BACKENDS = "/dlinfra/api/backends"
+ALLOCATIONS = "/dlinfra/api/allocations"
+ALLOCATION = "/dlinfra/api/allocations/{allocation_id}"
+JOB_ROUTES = [
+    ("GET", JOB),
+    ("DELETE", JOB),
+    ("GET", JOB_LOG),
+    ("GET", JOB_OUTPUT),
+    ("POST", JOB_RERUN),
+]
+
+
+async def _output(api: Api, job_id: int, fmt: str) -> HTTPResponse:
+    """A job's output file: only the status and the headers are checked, against the document."""
+    op = api.doc["paths"][JOB_OUTPUT]["get"]
+    url = JOB_OUTPUT.format(job_id=job_id).strip("/").split("/")
+    response: HTTPResponse = await api.fetch(*url, params={"format": fmt})
+    assert response.code == 200
+    content_type = response.headers["Content-Type"]
+    assert content_type.split(";")[0].strip() in op["responses"]["200"]["content"], content_type
+    assert response.headers["Content-Security-Policy"] == "sandbox"
+    assert response.headers["Content-Disposition"].startswith(f'inline; filename="{job_id}-')
+    return response
+
+
+async def _hold_every_gpu(api: Api, app: Any) -> int:
+    """A kernel of the ledger takes the four GPUs: jobs that need one wait in the queue."""
+    if "holder" not in {k.kernel_id for k in app.service.ledger.kernels()}:
+        register(app, "holder")
+    _, alloc = await api("POST", ALLOCATIONS, body={"kernel_id": "holder", "count": 4}, expect=201)
+    assert alloc["state"] == "granted"
+    return int(alloc["id"])
+
+
+def _bobs_job(app: Any, root: Path) -> int:
+    """A job of another user, recorded directly (watched by another server: never started)."""
+    job = app.service.jobs.book.create(
+        NewJob(
+            user="bob",
+            name="bobs",
+            path="nb/ok.ipynb",
+            backend="local",
+            node=app.service.settings.node,
+            server_id="another-server",
+            gpus=1,
+        ),
+        workdir_for=lambda job_id: root / "dlinfra-jobs" / f"{job_id}-bobs",
+    )
+    return int(job.id)
+
+
+async def _job_until_ended(
+    api: Api, app: Any, job_id: int, timeout: float = 120
+) -> tuple[dict[str, Any], set[str]]:
+    """Drive the job loop until the job has ended; the job's answers, checked, on the way."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen = set()
+    while True:
+        await app.service.jobs_pass()
+        _, job = await api("GET", JOB, path={"job_id": job_id}, expect=200)
+        seen.add(job["state"])
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job, seen
+        assert loop.time() < deadline, f"job {job_id} is still {job['state']} after {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+async def test_batch_jobs_through_their_life_match_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any, jp_root_dir: Path, jp_base_url: str
+) -> None:
+    api = Api(doc, jp_fetch)
+    app = _extension(jp_serverapp)
+    owner = app.service.settings.user
+    root = Path(jp_root_dir)
+    assert app.service.jobs is not None and app.service.jobs.settings.root_dir == root
+    ok = "nb/ok.ipynb"
+    write_notebook(root / ok, ("lr = 0.1", ["parameters"]), "print(f'lr is {lr}')")
+    write_notebook(root / "nb" / "fails.ipynb", "x = 1", "1 / 0")
+    (root / "nb" / "broken.ipynb").write_text("{not json", encoding="utf-8")
+    (root / "nb" / "script.py").write_text("print(1)\n", encoding="utf-8")
+
+    _, backends = await api("GET", BACKENDS, expect=200, schema_name="Backends")
+    assert backends["default"] == "local"
+    assert [b["name"] for b in backends["backends"]] == ["local"]
+    assert backends["backends"][0]["available"] is True
+    assert backends["backends"][0]["places_gpus"] is False
+
+    _, listed = await api("GET", JOBS, expect=200, schema_name="JobList")
+    assert listed["jobs"] == []
+    _, err = await api("GET", JOBS, params={"state": "done"}, expect=400, schema_name="Error")
+    assert err["reason"] == "bad_query"
+    for who in ("bob", "*"):
+        _, err = await api("GET", JOBS, params={"user": who}, expect=403)
+        assert err["reason"] == "not_admin", who
+    await api("GET", JOBS, params={"user": owner, "state": "active"}, expect=200)
+
+    for status, reason, body in [
+        (400, "invalid", {"path": "../x.ipynb"}),
+        (400, "invalid", {"path": str(root / ok)}),
+        (400, "invalid", {"path": "nb/script.py"}),
+        (400, "invalid", {"path": ok, "backend": "kubernetes"}),
+        (400, "invalid", {"path": ok, "sweep": {"lr": 0.1}}),
+        (400, "invalid", {"path": ok, "sweep": {"lr": []}}),
+        (400, "invalid", {"path": ok, "sweep": {"lr": list(range(11)), "bs": list(range(10))}}),
+        (400, "bad_notebook", {"path": "nb/broken.ipynb"}),
+        (400, "bad_parameters", {"path": ok, "parameters": {"1x": 1}}),
+        (400, "bad_parameters", {"path": ok, "sweep": {"class": [1, 2]}}),
+        (400, "bad_field", {"path": ok, "colour": "red"}),
+        (400, "bad_field", {}),
+        (400, "bad_field", {"path": ""}),
+        (400, "bad_field", {"path": ok, "gpus": -1}),
+        (400, "bad_field", {"path": ok, "gpus": 1.5}),
+        (400, "bad_field", {"path": ok, "priority": 1001}),
+        (400, "bad_field", {"path": ok, "parameters": [1]}),
+        (400, "bad_field", {"path": ok, "sweep": [1]}),
+        (400, "bad_field", {"path": ok, "after": "3"}),
+        (400, "bad_field", {"path": ok, "after": [0]}),
+        (400, "bad_field", {"path": ok, "after": None}),
+        (400, "bad_json", [ok]),
+        (404, "no_job", {"path": ok, "after": [999]}),
+        (404, "no_notebook", {"path": "nb/missing.ipynb"}),
+    ]:
+        _, err = await api("POST", JOBS, body=body, expect=status, schema_name="Error")
+        assert err["reason"] == reason, (body, err)
+    _, listed = await api("GET", JOBS, expect=200)
+    assert listed["jobs"] == [], "a refused submission records nothing"
+
+    # one job on one of the simulated GPUs, with a parameter: queued while the GPUs are held
+    holding = await _hold_every_gpu(api, app)
+    response, first = await api(
+        "POST",
+        JOBS,
+        body={"path": ok, "gpus": 1, "parameters": {"lr": 0.5}, "priority": 5},
+        expect=201,
+    )
+    fid = first["id"]
+    fpath = {"job_id": fid}
+    assert response.headers["Location"] == f"{jp_base_url}dlinfra/api/jobs/{fid}"
+    assert api.schema_of(doc["paths"][JOBS]["post"], 201) == {
+        "oneOf": [
+            {"$ref": "#/components/schemas/JobAnswer"},
+            {"$ref": "#/components/schemas/SweepAnswer"},
+        ]
+    }
+    api.validator({"$ref": "#/components/schemas/JobAnswer"}).validate(first)
+    assert first["state"] == "queued" and first["user"] == owner and first["name"] == "ok"
+    assert first["gpus"] == 1 and first["parameters"] == {"lr": 0.5} and first["priority"] == 5
+    assert first["reason"] == "waiting for 1 GPU" and first["started_at"] is None
+    assert first["duration_s"] is None and first["group_id"] is None
+    assert first["outputs"]["script"] is not None
+    assert (root / first["outputs"]["script"]).is_file()
+    assert [first["outputs"][k] for k in ("notebook", "html", "log")] == [None, None, None]
+    await app.service.jobs_pass()
+    _, queued = await api("GET", JOB, path=fpath, expect=200, schema_name="JobAnswer")
+    assert queued["state"] == "queued" and queued["allocation_id"] is not None
+    assert queued["reason"].startswith("waiting for 1 GPU at position 1"), queued["reason"]
+    _, log = await api("GET", JOB_LOG, path=fpath, expect=200, schema_name="JobLog")
+    assert log["text"] == "" and log["size"] == 0 and log["complete"] is False
+    for fmt in ("notebook", "html", "log"):
+        _, err = await api(
+            "GET", JOB_OUTPUT, path=fpath, params={"format": fmt}, expect=404, schema_name="Error"
+        )
+        assert err["reason"] == "no_output" and "queued" in err["message"]
+    script = await _output(api, fid, "script")
+    assert script.headers["Content-Type"].startswith("text/x-python")
+    assert b"lr = 0.5" in script.body
+
+    # a job cancelled while queued (it waits for the first); cancelling again changes nothing
+    _, doomed = await api(
+        "POST", JOBS, body={"path": ok, "name": "doomed", "after": [fid]}, expect=201
+    )
+    assert doomed["after"] == [fid] and doomed["reason"] == f"waiting for job {fid}"
+    dpath = {"job_id": doomed["id"]}
+    _, cancelled = await api("DELETE", JOB, path=dpath, expect=200, schema_name="JobAnswer")
+    assert cancelled["state"] == "cancelled" and cancelled["reason"] == f"cancelled by {owner}"
+    assert cancelled["ended_at"] is not None and cancelled["started_at"] is None
+    _, again = await api("DELETE", JOB, path=dpath, expect=200)
+    assert again["ended_at"] == cancelled["ended_at"]
+    _, log = await api("GET", JOB_LOG, path=dpath, expect=200)
+    assert log["complete"] is True and log["text"] == ""
+
+    # a sweep: one job per point, one group; waiting for the first job, then cancelled
+    _, sweep = await api(
+        "POST",
+        JOBS,
+        body={
+            "path": ok,
+            "parameters": {"epochs": 2},
+            "sweep": {"lr": [0.1, 0.2], "bs": [8]},
+            "after": [fid],
+        },
+        expect=201,
+    )
+    api.validator({"$ref": "#/components/schemas/SweepAnswer"}).validate(sweep)
+    assert "id" not in sweep and len(sweep["jobs"]) == 2
+    assert {j["group_id"] for j in sweep["jobs"]} == {sweep["group_id"]}
+    assert [j["name"] for j in sweep["jobs"]] == ["ok[lr=0.1,bs=8]", "ok[lr=0.2,bs=8]"]
+    assert sweep["jobs"][1]["parameters"] == {"epochs": 2, "lr": 0.2, "bs": 8}
+    for job in sweep["jobs"]:
+        _, gone = await api("DELETE", JOB, path={"job_id": job["id"]}, expect=200)
+        assert gone["state"] == "cancelled"
+
+    # a job that fails (it needs no GPU: it starts at once), and one that waits on it
+    _, failing = await api("POST", JOBS, body={"path": "nb/fails.ipynb"}, expect=201)
+    _, child = await api("POST", JOBS, body={"path": ok, "after": failing["id"]}, expect=201)
+    assert child["after"] == [failing["id"]]
+
+    # the errors of the single-job routes
+    for method, template in JOB_ROUTES:
+        _, err = await api(method, template, path={"job_id": "abc"}, expect=400)
+        assert err["reason"] == "bad_id", (method, template)
+        _, err = await api(method, template, path={"job_id": "999"}, expect=404)
+        assert err["reason"] == "no_job", (method, template)
+    _, err = await api("GET", JOB_LOG, path=fpath, params={"offset": "-1"}, expect=400)
+    assert err["reason"] == "bad_query"
+    _, err = await api("GET", JOB_OUTPUT, path=fpath, params={"format": "pdf"}, expect=400)
+    assert err["reason"] == "bad_query"
+    _, err = await api("POST", JOB_RERUN, path=fpath, body={"gpus": 2}, expect=400)
+    assert err["reason"] == "bad_field"
+    _, err = await api("POST", JOB_RERUN, path=fpath, body=[], expect=400)
+    assert err["reason"] == "bad_json"
+
+    # another user's job: not to be seen or touched, nor to run after
+    bobs = await app.service.call(_bobs_job, app, root)
+    for method, template in JOB_ROUTES:
+        _, err = await api(method, template, path={"job_id": bobs}, expect=403)
+        assert err["reason"] == "forbidden", (method, template)
+    _, err = await api("POST", JOBS, body={"path": ok, "after": [bobs]}, expect=400)
+    assert err["reason"] == "invalid" and "bob" in err["message"]
+
+    # the GPUs free, the loop runs the first job for real (python -m jupyter_dlinfra.jobs.runner)
+    await api("DELETE", ALLOCATION, path={"allocation_id": holding}, expect=204)
+    done, seen = await _job_until_ended(api, app, fid)
+    assert "running" in seen, seen
+    assert done["state"] == "succeeded", done
+    assert done["reason"] is None and done["error"] is None and done["failed_cell"] is None
+    assert done["started_at"] is not None and done["ended_at"] is not None
+    assert done["duration_s"] > 0 and done["allocation_id"] == queued["allocation_id"]
+    assert all(done["outputs"].values()), done["outputs"]
+    failed, _ = await _job_until_ended(api, app, failing["id"])
+    assert failed["state"] == "failed" and failed["failed_cell"] == 2, failed
+    assert "ZeroDivisionError" in failed["error"] and failed["reason"].startswith("failed in")
+    _, child = await api("GET", JOB, path={"job_id": child["id"]}, expect=200)
+    assert child["state"] == "cancelled"
+    assert child["reason"] == f"job {failing['id']} it runs after failed"
+    _, allocs = await api("GET", ALLOCATIONS, expect=200)
+    assert allocs["allocations"] == [], "the job's GPU went back"
+
+    _, log = await api("GET", JOB_LOG, path=fpath, expect=200, schema_name="JobLog")
+    assert "lr is 0.5" in log["text"], log["text"]
+    assert log["state"] == "succeeded" and log["complete"] is True
+    assert log["next_offset"] == log["size"] == len(log["text"].encode())
+    _, tail = await api("GET", JOB_LOG, path=fpath, params={"offset": log["size"]}, expect=200)
+    assert tail["text"] == "" and tail["complete"] is True
+    assert tail["next_offset"] == tail["offset"] == log["size"]
+
+    executed = await _output(api, fid, "notebook")
+    assert executed.headers["Content-Type"].startswith("application/x-ipynb+json")
+    assert "lr is 0.5" in json.dumps(json.loads(executed.body)["cells"])
+    report = await _output(api, fid, "html")
+    assert report.headers["Content-Type"].startswith("text/html")
+    whole = await _output(api, fid, "log")
+    assert whole.headers["Content-Type"].startswith("text/plain")
+    assert whole.body.decode() == log["text"]
+    by_default = await api.fetch(*JOB_OUTPUT.format(job_id=fid).strip("/").split("/"))
+    assert by_default.body == executed.body
+
+    # every ended job made a job_ended notice for its owner
+    events = {e.detail.get("job"): e for e in app.service.ledger.events() if e.kind == "job_ended"}
+    for job_id, level in [(fid, "info"), (failing["id"], "error"), (doomed["id"], "warning")]:
+        notice = notice_from_event(
+            events[job_id], previous=None, kernels={}, owner_of=lambda _aid: None
+        )
+        assert notice is not None
+        body = notice.to_json()
+        api.validator({"$ref": "#/components/schemas/Notice"}).validate(body)
+        assert body["kind"] == "job_ended" and body["level"] == level
+        assert body["user"] == owner and body["kernel_id"] == f"job-{job_id}"
+
+    # re-running (while the GPUs are held again, so that it stays queued): a new job, same
+    # settings; the body may be left out
+    holding = await _hold_every_gpu(api, app)
+    response, rerun = await api(
+        "POST", JOB_RERUN, path=fpath, body={}, expect=201, schema_name="JobAnswer"
+    )
+    assert response.headers["Location"] == f"{jp_base_url}dlinfra/api/jobs/{rerun['id']}"
+    assert rerun["id"] > fid and rerun["state"] == "queued"
+    same = ("name", "path", "gpus", "model", "priority", "parameters", "backend")
+    assert {k: rerun[k] for k in same} == {k: done[k] for k in same}
+    _, rerun2 = await api("POST", JOB_RERUN, path=fpath, expect=201)
+    for job in (rerun, rerun2):
+        _, gone = await api("DELETE", JOB, path={"job_id": job["id"]}, expect=200)
+        assert gone["state"] == "cancelled"
+    await api("DELETE", ALLOCATION, path={"allocation_id": holding}, expect=204)
+    (root / "nb" / "fails.ipynb").unlink()
+    _, err = await api("POST", JOB_RERUN, path={"job_id": failing["id"]}, expect=404)
+    assert err["reason"] == "no_notebook"
+
+    _, listed = await api("GET", JOBS, expect=200, schema_name="JobList")
+    ids = [j["id"] for j in listed["jobs"]]
+    assert ids == sorted(ids, reverse=True) and bobs not in ids and fid in ids
+    _, active = await api("GET", JOBS, params={"state": "active"}, expect=200)
+    assert active["jobs"] == []
+    _, ended = await api("GET", JOBS, params={"state": "ended"}, expect=200)
+    assert [j["id"] for j in ended["jobs"]] == ids
+
+
+@pytest.mark.parametrize("dlinfra_config", [ADMIN_CONFIG])
+async def test_other_users_jobs_for_an_admin_match_the_document(
+    doc: dict[str, Any],
+    jp_fetch: Any,
+    jp_serverapp: Any,
+    jp_root_dir: Path,
+    dlinfra_config: dict[str, Any],
+) -> None:
+    api = Api(doc, jp_fetch)
+    app = _extension(jp_serverapp)
+    root = Path(jp_root_dir)
+    write_notebook(root / "nb" / "ok.ipynb", "print('hello')")
+    holding = await _hold_every_gpu(api, app)
+    bobs = await app.service.call(_bobs_job, app, root)
+    _, mine = await api("POST", JOBS, body={"path": "nb/ok.ipynb", "gpus": 1}, expect=201)
+
+    _, listed = await api("GET", JOBS, expect=200, schema_name="JobList")
+    assert [j["id"] for j in listed["jobs"]] == [mine["id"]]
+    _, listed = await api("GET", JOBS, params={"user": "*"}, expect=200)
+    assert [j["id"] for j in listed["jobs"]] == [mine["id"], bobs]
+    _, listed = await api("GET", JOBS, params={"user": "bob", "state": "active"}, expect=200)
+    assert [j["user"] for j in listed["jobs"]] == ["bob"]
+    _, job = await api("GET", JOB, path={"job_id": bobs}, expect=200, schema_name="JobAnswer")
+    assert job["user"] == "bob" and job["state"] == "queued"
+    assert job["reason"] == "waiting for 1 GPU"
+    _, log = await api("GET", JOB_LOG, path={"job_id": bobs}, expect=200)
+    assert log["size"] == 0
+    _, cancelled = await api("DELETE", JOB, path={"job_id": bobs}, expect=200)
+    assert cancelled["state"] == "cancelled" and cancelled["reason"] == "cancelled by alice"
+    _, rerun = await api("POST", JOB_RERUN, path={"job_id": bobs}, expect=201)
+    assert rerun["user"] == "alice", "a re-run belongs to whoever asked for it"
+    for job_id in (mine["id"], rerun["id"]):
+        _, gone = await api("DELETE", JOB, path={"job_id": job_id}, expect=200)
+        assert gone["state"] == "cancelled"
+    await api("DELETE", ALLOCATION, path={"allocation_id": holding}, expect=204)
+
+
+@pytest.mark.parametrize("dlinfra_config", [{"simulated_gpus": 4, "job_backends": []}])
+async def test_a_server_without_jobs_answers_as_documented(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any, dlinfra_config: dict[str, Any]
+) -> None:
+    api = Api(doc, jp_fetch)
+    assert _extension(jp_serverapp).service.jobs is None
+    for method, template, path, body in [
+        ("GET", JOBS, None, None),
+        ("POST", JOBS, None, {"path": "nb/ok.ipynb"}),
+        ("GET", BACKENDS, None, None),
+        *((m, t, {"job_id": "1"}, None) for m, t in JOB_ROUTES),
+    ]:
+        _, err = await api(method, template, path=path, body=body, expect=503)
+        assert err["reason"] == "no_jobs", (method, template)
