@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Row, insert, select, update
 
 from .errors import Conflict, InvalidRequest, NotFound
 from .ledger import Ledger
-from .store import job_deps, jobs
+from .store import job_deps, jobs, servers
 
 __all__ = ["JOB_KERNEL_NAME", "Job", "JobBook", "JobState", "NewJob", "job_kernel_id"]
 
@@ -170,6 +170,47 @@ class JobBook:
                     f"job {failed[0].id} it runs after {failed[0].state.value}",
                 )
         return self.job(job_id)
+
+    # -- servers ---------------------------------------------------------------------------------
+
+    def register_server(
+        self, *, server_id: str, node: str, user: str, pid: int, pid_started_at: float | None
+    ) -> None:
+        """Say that a server watches jobs now (its jobs are not orphans while it lives)."""
+        with self.store.write() as tx:
+            tx.conn.execute(
+                insert(servers).values(
+                    server_id=server_id,
+                    node=node,
+                    user=user,
+                    pid=pid,
+                    pid_started_at=pid_started_at,
+                    started_at=self.clock.now(),
+                )
+            )
+
+    def forget_server(self, server_id: str) -> None:
+        with self.store.write() as tx:
+            tx.conn.execute(servers.delete().where(servers.c.server_id == server_id))
+
+    def servers(self, node: str | None = None) -> list[dict[str, Any]]:
+        query = select(servers)
+        if node is not None:
+            query = query.where(servers.c.node == node)
+        with self.store.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def claim(self, job_id: int, *, server_id: str, unless_watched_by: Iterable[str]) -> bool:
+        """Make ``server_id`` watch the job unless one of the given servers already does."""
+        with self.store.write() as tx:
+            current = self._one(tx.conn, job_id)
+            if current.server_id == server_id:
+                return True
+            if current.server_id in set(unless_watched_by) or not current.state.active:
+                return False
+            tx.conn.execute(update(jobs).where(jobs.c.id == job_id).values(server_id=server_id))
+            tx.touch()
+        return True
 
     # -- reading ---------------------------------------------------------------------------------
 

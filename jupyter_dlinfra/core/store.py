@@ -198,6 +198,18 @@ jobs = Table(
     Column("error", Text, nullable=True),
 )
 
+#: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
+servers = Table(
+    "dlinfra_servers",
+    metadata,
+    Column("server_id", String(64), primary_key=True),
+    Column("node", String(255), nullable=False),
+    Column("user", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("pid_started_at", Float, nullable=True),
+    Column("started_at", Float, nullable=False),
+)
+
 #: job -> the jobs that must succeed before it runs
 job_deps = Table(
     "dlinfra_job_deps",

@@ -455,6 +455,8 @@ def run(jobdir: Path) -> int:
     SIGTERM and SIGINT cancel the job when this runs in the main thread (as the command does).
     """
     job = JobDir(Path(jobdir))
+    # a status left by an earlier run of this directory must not speak for this one
+    job.status.unlink(missing_ok=True)
     started = time.time()
     stop = _Stop()
     log = _Log(job.log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = [
     "job_json",
 ]
 
+#: ASCII digits only (str.isdigit takes "²"), and no more than SQLite's integers hold
+_DIGITS = re.compile(r"[0-9]{1,18}")
 #: the most log text one call returns (bytes); the caller asks again from next_offset
 MAX_LOG_CHUNK = 256 * 2**10
 _OUTPUTS = {
@@ -100,7 +103,7 @@ class _JobBase(DLInfraHandler):
         return job_json(job, self.jobs.settings.root_dir, self.service.ledger.clock.now())
 
     async def own_job(self, raw_id: str) -> Job:
-        if not raw_id.isdigit():
+        if not _DIGITS.fullmatch(raw_id):
             raise ApiError(400, f"job id must be a number, not {raw_id!r}", code="bad_id")
         job = await self.service.call(self.jobs.book.job, int(raw_id))
         if job.user != self.person() and not self.is_admin():
@@ -146,7 +149,7 @@ class JobsHandler(_JobBase):
             backend=_string(body, "backend"),
             after=_ids(body.get("after", [])),
         )
-        created = await self.service.mutate(self.jobs.submit, sub)
+        created = await self.service.jobs_call(self.jobs.submit, sub)
         # start it now rather than at the loop's next pass
         _background(self.service.jobs_pass())
         first = created[0]
@@ -179,7 +182,7 @@ class JobHandler(_JobBase):
         """Cancel: a queued job ends at once; a running one is stopped, its end follows."""
         job = await self.own_job(job_id)
         try:
-            cancelled = await self.service.mutate(self.jobs.cancel, job, by=self.person())
+            cancelled = await self.service.jobs_call(self.jobs.cancel, job, by=self.person())
         except BackendError as err:
             raise ApiError(
                 502, f"{job.backend} could not cancel job {job.id}: {err}", code="backend_error"
@@ -193,7 +196,7 @@ class JobRerunHandler(_JobBase):
         if self.json_body():
             raise ApiError(400, "a re-run takes no fields: send {}", code="bad_field")
         job = await self.own_job(job_id)
-        created = await self.service.mutate(self.jobs.rerun, job, self.person())
+        created = await self.service.jobs_call(self.jobs.rerun, job, self.person())
         _background(self.service.jobs_pass())
         self.set_header(
             "Location", self.base_url.rstrip("/") + f"/dlinfra/api/jobs/{created[0].id}"
@@ -208,7 +211,7 @@ class JobLogHandler(_JobBase):
     async def get(self, job_id: str) -> None:
         job = await self.own_job(job_id)
         raw = self.get_query_argument("offset", "0")
-        if not raw.isdigit():
+        if not _DIGITS.fullmatch(raw):
             raise ApiError(400, "offset must be a whole number of bytes", code="bad_query")
         offset = int(raw)
         path = Path(job.workdir) / "job.log"

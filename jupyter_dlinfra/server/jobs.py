@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import re
 import sys
 import uuid
@@ -28,12 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ..backends import BackendError, BackendState, JobBackend, JobHandle, JobLaunch
+from ..backends import (
+    BackendError,
+    BackendState,
+    BackendStatus,
+    JobBackend,
+    JobHandle,
+    JobLaunch,
+)
 from ..backends.local import read_status
 from ..core import AllocationState, InvalidRequest, KernelRecord, NotFound
 from ..core.jobs import JOB_KERNEL_NAME, Job, JobBook, JobState, NewJob
 from ..jobs.convert import prepare, read_notebook, snapshot
-from .liveness import process_alive, process_started_at
+from .liveness import pid_alive, process_alive, process_started_at
 
 if TYPE_CHECKING:
     from .service import GpuService
@@ -41,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["JobService", "JobSettings", "Submission"]
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+#: names and models are stored in 255-character columns
+_MAX_TEXT = 200
 _ENDS = {
     BackendState.SUCCEEDED: JobState.SUCCEEDED,
     BackendState.FAILED: JobState.FAILED,
@@ -114,15 +124,25 @@ class JobService:
         if rel.suffix != ".ipynb":
             raise InvalidRequest(f"only notebooks (.ipynb) can be submitted, not {raw!r}")
         root = self.settings.root_dir.resolve()
-        full = (root / rel).resolve()
+        try:
+            full = (root / rel).resolve()
+        except (OSError, RuntimeError, ValueError) as err:  # NUL, symlink loop, too long
+            raise InvalidRequest(f"path {raw!r} cannot be used: {err}") from None
         if not full.is_relative_to(root):
             raise InvalidRequest(f"path {raw!r} leads outside the server's root")
-        if not full.is_file():
+        if not _is_file(full):
             raise NotFound(f"no notebook {raw!r} under the server's root", reason="no_notebook")
         return full
 
-    def submit(self, sub: Submission) -> list[Job]:
-        """Blocking: validate, snapshot, convert and record; one job per sweep point."""
+    def submit(self, sub: Submission, *, source: Path | None = None) -> list[Job]:
+        """Blocking: validate, snapshot, convert and record; one job per sweep point.
+
+        ``source``: the notebook to run instead of the one at ``sub.path`` (a re-run runs the
+        snapshot of the first run, not the notebook as it is now).
+        """
+        for field_name, value in (("name", sub.name), ("model", sub.model)):
+            if value is not None and len(value) > _MAX_TEXT:
+                raise InvalidRequest(f"{field_name} is longer than {_MAX_TEXT} characters")
         backend = sub.backend or self.settings.default_backend
         if backend not in self.backends:
             raise InvalidRequest(
@@ -131,14 +151,15 @@ class JobService:
             )
         if sub.gpus is not None and (isinstance(sub.gpus, bool) or sub.gpus < 0):
             raise InvalidRequest(f"gpus must be 0 or more, not {sub.gpus!r}")
-        path = self.notebook_path(sub.path)
-        size = path.stat().st_size
+        path = self.notebook_path(sub.path) if source is None else self.settings.root_dir / sub.path
+        snapshot_file = source if source is not None else path
+        size = snapshot_file.stat().st_size
         if size > self.settings.max_notebook_bytes:
             raise InvalidRequest(
                 f"the notebook is {size / 2**20:.1f} MiB; the limit is "
                 f"{self.settings.max_notebook_bytes / 2**20:.1f} MiB (c.DLInfra.max_notebook_bytes)"
             )
-        raw = path.read_bytes()
+        raw = snapshot_file.read_bytes()
         notebook = read_notebook(raw, max_bytes=self.settings.max_notebook_bytes)
         points = _grid(sub.parameters or {}, sub.sweep, self.settings.max_sweep_jobs)
         group = uuid.uuid4().hex[:12] if sub.sweep else None
@@ -147,54 +168,62 @@ class JobService:
         # every point is converted before anything is recorded: one bad point fails them all
         limit = self.settings.max_parameter_bytes
         prepared = [prepare(notebook, parameters=p, max_parameter_bytes=limit) for p in points]
-        created = []
         kernel_name, spec_gpus = _job_kernel(prepared[0].kernel_name, self.kernel_specs)
         wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
         model = sub.model if sub.model is not None else prepared[0].model
         if wanted and not self.backends[backend].places_gpus:
             # refused now, as %gpu would be, rather than failing at the job's first pass
             self.service.ledger.check_satisfiable(self.service.settings.node, wanted, model)
-        for point, ready in zip(points, prepared, strict=True):
-            name = base_name if group is None else f"{base_name}[{_label(point, sub.sweep)}]"
-            gpus = sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus)
-            job = self.book.create(
-                NewJob(
-                    user=sub.user,
-                    name=name,
-                    path=rel,
-                    backend=backend,
-                    node=self.service.settings.node,
-                    server_id=self.service.settings.server_id,
-                    gpus=gpus,
-                    model=sub.model if sub.model is not None else ready.model,
-                    priority=sub.priority,
-                    parameters=ready.parameters,
-                    after=sub.after,
-                    group_id=group,
-                ),
-                workdir_for=lambda job_id, n=name: (
-                    self.settings.jobs_root / f"{job_id}-{_SLUG.sub('-', n)[:60]}"
-                ),
-            )
-            workdir = Path(job.workdir)
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "source.ipynb").write_bytes(raw)
-            snapshot(
-                ready,
-                workdir,
-                spec={
-                    "job_id": job.id,
-                    "name": name,
-                    "path": rel,
-                    "cwd": str(path.parent),
-                    "kernel_name": kernel_name,
-                    "parameters": dict(ready.parameters),
-                },
-            )
-            created.append(job)
+        created: list[Job] = []
+        try:
+            for point, ready in zip(points, prepared, strict=True):
+                name = base_name if group is None else f"{base_name}[{_label(point, sub.sweep)}]"
+                job = self.book.create(
+                    NewJob(
+                        user=sub.user,
+                        name=name[:_MAX_TEXT],
+                        path=rel,
+                        backend=backend,
+                        node=self.service.settings.node,
+                        server_id=self.service.settings.server_id,
+                        gpus=sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus),
+                        model=sub.model if sub.model is not None else ready.model,
+                        priority=sub.priority,
+                        parameters=ready.parameters,
+                        after=sub.after,
+                        group_id=group,
+                    ),
+                    # a random part: a directory left by an older ledger is never reused
+                    workdir_for=lambda job_id, n=name: (
+                        self.settings.jobs_root
+                        / f"{job_id}-{_SLUG.sub('-', n)[:60]}-{uuid.uuid4().hex[:6]}"
+                    ),
+                )
+                created.append(job)
+                workdir = Path(job.workdir)
+                workdir.mkdir(parents=True, exist_ok=False)
+                (workdir / "source.ipynb").write_bytes(raw)
+                snapshot(
+                    ready,
+                    workdir,
+                    spec={
+                        "job_id": job.id,
+                        "name": name,
+                        "path": rel,
+                        "cwd": str(path.parent),
+                        "kernel_name": kernel_name,
+                        "parameters": dict(ready.parameters),
+                    },
+                )
+        except Exception as err:
+            # all of a submission or none of it: what was recorded must not run
+            for job in created:
+                self.book.finish(job.id, JobState.FAILED, f"the submission failed: {err}")
+            raise
         return created
 
     def rerun(self, job: Job, user: str) -> list[Job]:
+        source = Path(job.workdir) / "source.ipynb"
         return self.submit(
             Submission(
                 user=user,
@@ -205,23 +234,53 @@ class JobService:
                 priority=job.priority,
                 parameters=job.parameters,
                 backend=job.backend,
-            )
+            ),
+            source=source if source.is_file() else None,
         )
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def adopt(self) -> list[Job]:
-        """Take over the active jobs of this server's user on this node (after a restart)."""
+    def start(self) -> None:
+        """Blocking, at start-up: say this server watches jobs, then adopt orphaned ones."""
         settings = self.service.settings
+        pid = os.getpid()
+        self.book.register_server(
+            server_id=settings.server_id,
+            node=settings.node,
+            user=settings.user,
+            pid=pid,
+            pid_started_at=process_started_at(pid),
+        )
+        for row in self.book.servers(settings.node):
+            if not pid_alive(row["pid"], row["pid_started_at"]):
+                self.book.forget_server(str(row["server_id"]))  # crashed, never said goodbye
+        self.adopt()
+
+    def _live_servers(self) -> set[str]:
+        """Servers of this node whose process runs (others' liveness cannot be told here)."""
+        node = self.service.settings.node
+        live = set()
+        for row in self.book.servers():
+            if row["node"] != node or pid_alive(row["pid"], row["pid_started_at"]):
+                live.add(str(row["server_id"]))
+        return live
+
+    def adopt(self) -> list[Job]:
+        """Take over the active jobs of this server's user on this node whose server is gone."""
+        settings = self.service.settings
+        live = self._live_servers()
         adopted = []
         for job in self.book.jobs(active=True, node=settings.node, user=settings.user):
-            if job.server_id != settings.server_id:
-                adopted.append(self.book.update(job.id, server_id=settings.server_id))
+            if job.server_id == settings.server_id or job.server_id in live:
+                continue
+            if self.book.claim(job.id, server_id=settings.server_id, unless_watched_by=live):
+                adopted.append(job)
                 self.log.info("dlinfra: re-attached job %s (%s)", job.id, job.state.value)
         return adopted
 
     def step(self) -> None:
         """Blocking: start what may start, poll what runs, record what ended."""
+        self.adopt()  # a server of this user that died leaves its jobs to this one
         mine = [
             j for j in self.book.jobs(active=True) if j.server_id == self.service.settings.server_id
         ]
@@ -339,14 +398,20 @@ class JobService:
                 status = statuses.get(handles[job.id].ref)
                 if status is None:
                     continue
-                if status.state is BackendState.RUNNING and job.state is JobState.QUEUED:
-                    self.book.start(job.id, handle=None, reason=None)
-                elif status.state is BackendState.PENDING and job.state is JobState.QUEUED:
-                    reason = f"queued in {name}" + (f": {status.reason}" if status.reason else "")
-                    if reason != job.reason:
-                        self.book.update(job.id, reason=reason)
-                elif status.state.ended:
-                    self._record_end(job, status.state, status.reason)
+                try:
+                    self._apply(job, name, status)
+                except Exception:  # one job's trouble must not stop the others
+                    self.log.exception("dlinfra: recording the state of job %s failed", job.id)
+
+    def _apply(self, job: Job, name: str, status: BackendStatus) -> None:
+        if status.state is BackendState.RUNNING and job.state is JobState.QUEUED:
+            self.book.start(job.id, handle=None, reason=None)
+        elif status.state is BackendState.PENDING and job.state is JobState.QUEUED:
+            reason = f"queued in {name}" + (f": {status.reason}" if status.reason else "")
+            if reason != job.reason:
+                self.book.update(job.id, reason=reason)
+        elif status.state.ended:
+            self._record_end(job, status.state, status.reason)
 
     def _record_end(self, job: Job, state: BackendState, reason: str | None) -> None:
         final = _ENDS[state]
@@ -387,10 +452,14 @@ class JobService:
         failed_cell: int | None = None,
         error: str | None = None,
     ) -> None:
+        # GPUs first: whoever sees the job ended must see its GPUs free
+        self._release(job, f"job {state.value}")
         ended = self.book.finish(job.id, state, reason, failed_cell=failed_cell, error=error)
         for done in ended:
-            self._release(done)
-            if done.id != job.id and done.handle is not None:
+            if done.id == job.id:
+                continue
+            self._release(done, f"job {done.state.value}")
+            if done.handle is not None:
                 # a child the cluster already holds: it must not run after all
                 backend = self.backends.get(done.backend)
                 if backend is not None:
@@ -399,13 +468,14 @@ class JobService:
                     except BackendError as err:
                         self.log.warning("dlinfra: cancelling job %s failed: %s", done.id, err)
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: Job, reason: str) -> None:
         with contextlib.suppress(NotFound):
-            self.service.ledger.forget_kernel(job.kernel_id, reason=f"job {job.state.value}")
+            self.service.ledger.forget_kernel(job.kernel_id, reason=reason)
 
     # -- cancelling ------------------------------------------------------------------------------
 
     def cancel(self, job: Job, *, by: str) -> Job:
+        job = self.book.job(job.id)  # as it is now: a pass may have started it since
         if not job.state.active:
             return job
         if job.handle is None:
@@ -429,9 +499,24 @@ class JobService:
             return False
         if not job.state.active:
             return False
-        return process_alive(record) if record.pid is not None else True
+        if record.pid is not None:
+            return process_alive(record)
+        # queued: its GPUs wait for it only while a server is there to start it
+        return job.server_id in self._live_servers()
 
     def close(self) -> None:
+        """Blocking, at stop: running jobs go on; queued ones give their GPUs back meanwhile."""
+        settings = self.service.settings
+        for job in self.book.jobs(active=True):
+            if job.server_id != settings.server_id or job.state is not JobState.QUEUED:
+                continue
+            if job.allocation_id is not None and job.handle is None:
+                with contextlib.suppress(NotFound):
+                    self.service.ledger.forget_kernel(job.kernel_id, reason="server stopped")
+                self.book.update(
+                    job.id, allocation_id=None, reason="waiting for a server to start it"
+                )
+        self.book.forget_server(settings.server_id)
         for backend in self.backends.values():
             backend.close()
 
@@ -455,6 +540,13 @@ def _job_kernel(name: str, lookup: Callable[[str], Any] | None) -> tuple[str, in
     gpus = (provisioner.get("config") or {}).get("gpus", 0)
     plain = "python3" if spec.language == "python" else name
     return plain, int(gpus) if isinstance(gpus, int) else 0
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _grid(

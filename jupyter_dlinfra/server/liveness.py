@@ -6,7 +6,7 @@ import psutil
 
 from ..core import KernelRecord
 
-__all__ = ["process_alive", "process_started_at"]
+__all__ = ["pid_alive", "process_alive", "process_started_at"]
 
 #: how far the recorded start time may drift from psutil's reading (clock rounding)
 _START_TOLERANCE_S = 2.0
@@ -23,13 +23,18 @@ def process_alive(record: KernelRecord) -> bool:
     """True while the recorded process runs; a recycled pid has another start time."""
     if record.pid is None:
         return False
+    return pid_alive(record.pid, record.pid_started_at)
+
+
+def pid_alive(pid: int, started_at: float | None) -> bool:
+    """True while process ``pid`` that started at ``started_at`` runs (None: any start)."""
     try:
-        proc = psutil.Process(record.pid)
+        proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         started = proc.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    if record.pid_started_at is None:
+    if started_at is None:
         return True
-    return bool(abs(started - record.pid_started_at) <= _START_TOLERANCE_S)
+    return bool(abs(started - started_at) <= _START_TOLERANCE_S)

@@ -129,7 +129,7 @@ class GpuService:
     def prepare(self) -> None:
         """Blocking start-up work, done before the server answers its first request."""
         if self.jobs is not None:
-            self.jobs.adopt()
+            self.jobs.start()
         self._sync_inventory()
         self._reconcile()
         self._sample()
@@ -188,6 +188,11 @@ class GpuService:
         if version != self._seen_version:
             self._seen_version = version
             self._notify()
+
+    async def jobs_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a job-changing call between passes of the job loop, never during one."""
+        async with self._jobs_lock:
+            return await self.mutate(fn, *args, **kwargs)
 
     async def jobs_pass(self) -> None:
         """Start what may start, poll what runs (blocking work, off the event loop)."""
@@ -265,10 +270,19 @@ class GpuService:
         self, *, kernel_id: str, kernel_name: str, path: str | None, gpus: int, model: str | None
     ) -> LaunchPlan:
         token = secrets.token_urlsafe(32)
+        if kernel_id.startswith("job-"):
+            # clients choose kernel ids: this one would take over a job's GPUs
+            raise PermissionError(f"kernel id {kernel_id!r} is reserved for batch jobs")
         try:
             previous: KernelRecord | None = await self.call(self.ledger.kernel, kernel_id)
         except NotFound:
             previous = None
+        if previous is not None and (
+            previous.user != self.settings.user or previous.kernel_name == JOB_KERNEL_NAME
+        ):
+            raise PermissionError(
+                f"kernel id {kernel_id!r} belongs to {previous.user} in the GPU ledger"
+            )
         record = KernelRecord(
             kernel_id=kernel_id,
             user=self.settings.user,
@@ -323,10 +337,13 @@ class GpuService:
 
     async def kernel_stopped(self, *, kernel_id: str, restart: bool, reason: str) -> None:
         try:
+            record = await self.call(self.ledger.kernel, kernel_id)
+            if record.server_id != self.settings.server_id or record.kernel_name == JOB_KERNEL_NAME:
+                # not ours (a refused launch under a job's or another server's id): keep it
+                return
             if not restart:
                 await self.mutate(self.ledger.forget_kernel, kernel_id, reason=reason)
                 return
-            record = await self.call(self.ledger.kernel, kernel_id)
             if not record.keep_on_restart:
                 await self.mutate(self.ledger.release_kernel, kernel_id, reason=reason)
         except NotFound:

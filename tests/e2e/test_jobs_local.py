@@ -215,3 +215,31 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_a_second_server_adopts_jobs_only_once_their_server_is_gone(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    first = start_server(gpus=1, args=FAST)
+    write_notebook(
+        root_of(first) / "gated.ipynb",
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.1)",
+    )
+    created = first.post("dlinfra/api/jobs", {"path": "gated.ipynb", "gpus": 1})
+    wait_state(first, created["id"], "running")
+    second = start_server(gpus=1, args=FAST)  # same user, node and ledger
+    settled = wait_until(
+        lambda: second.get(f"dlinfra/api/jobs/{created['id']}"), timeout=10, what="a look"
+    )
+    # both servers answer for the job; the first, alive, keeps watching it
+    assert settled["state"] == "running"
+    first.stop()
+    gate.write_text("go")
+    done = wait_state(second, created["id"], "succeeded", "failed")
+    assert done["state"] == "succeeded", done
+    wait_until(
+        lambda: not second.get("dlinfra/api/allocations")["allocations"],
+        timeout=10,
+        what="the job's GPUs to go back",
+    )

@@ -193,3 +193,67 @@ def test_log_chunks_never_cut_a_character(tmp_path: Path) -> None:
     assert _read_from(log, 2, 4) == (2, "€".encode(), 7)
     assert _read_from(log, 5, 4) == (5, "é".encode(), 7)
     assert _read_from(log, 99, 4) == (7, b"", 7)
+
+
+async def test_a_kernel_cannot_take_a_jobs_name_or_its_gpus(
+    jp_fetch: Any, api: Api, dlinfra_app: Any
+) -> None:
+    from tornado.httpclient import HTTPClientError
+
+    from jupyter_dlinfra.core import KernelRecord
+    from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME
+
+    ledger = dlinfra_app.service.ledger
+    ledger.register_kernel(
+        KernelRecord(
+            kernel_id="job-7",
+            user="alice",
+            node=dlinfra_app.service.settings.node,
+            server_id=dlinfra_app.service.settings.server_id,
+            kernel_name=JOB_KERNEL_NAME,
+        ),
+        token_hash=None,
+    )
+    held = ledger.request(kernel_id="job-7", count=2)
+    import json
+
+    # clients choose kernel ids: one named after a job must not start, nor free the job's GPUs
+    with pytest.raises(HTTPClientError):
+        await jp_fetch(
+            "api",
+            "kernels",
+            method="POST",
+            body=json.dumps({"name": "python3", "kernel_id": "job-7"}),
+        )
+    assert ledger.allocation(held.id).state.value == "granted"
+    assert ledger.kernel("job-7").kernel_name == JOB_KERNEL_NAME
+
+
+async def test_a_rerun_runs_the_snapshot_not_the_edited_notebook(
+    api: Api, dlinfra_app: Any, jp_root_dir: Path
+) -> None:
+    import json
+
+    write_notebook(jp_root_dir / "v.ipynb", "print('version one')")
+    status, first = await api("POST", "jobs", {"path": "v.ipynb"})
+    write_notebook(jp_root_dir / "v.ipynb", "print('version two')")
+    status, again = await api("POST", f"jobs/{first['id']}/rerun", {})
+    assert status == 201, again
+    prepared = json.loads((jp_root_dir / again["workdir"] / "input.ipynb").read_text())
+    assert "version one" in "".join(prepared["cells"][0]["source"])
+    assert again["workdir"] != first["workdir"]
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [("a\x00b.ipynb", "cannot be used"), ("x" * 300 + ".ipynb", "no notebook")],
+)
+async def test_odd_paths_are_client_errors(api: Api, path: str, words: str) -> None:
+    status, err = await api("POST", "jobs", {"path": path})
+    assert status in (400, 404) and words in err["message"], err
+
+
+@pytest.mark.parametrize("raw", ["²", "١٢", "9" * 30])
+async def test_odd_job_ids_are_400(api: Api, raw: str) -> None:
+    status, err = await api("GET", f"jobs/{raw}")
+    assert status == 400 and err["reason"] == "bad_id", err
