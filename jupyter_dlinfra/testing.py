@@ -328,10 +328,11 @@ class KernelSession:
 def notebook_json(*cells: str | tuple[str, Sequence[str]]) -> dict[str, Any]:
     """A Python notebook of code cells; a cell given as ``(source, tags)`` carries those tags."""
     built: list[dict[str, Any]] = []
-    for cell in cells:
+    for number, cell in enumerate(cells):
         source, tags = (cell, ()) if isinstance(cell, str) else cell
         built.append(
             {
+                "id": f"cell-{number}",
                 "cell_type": "code",
                 "source": source,
                 "metadata": {"tags": list(tags)} if tags else {},
