@@ -4,13 +4,14 @@ The server's job loop (``server/jobs.py``) owns every job's record in the ledger
 starts, watches and stops the job's process somewhere. Calls come from a worker thread of the
 server, never from the event loop, one at a time per backend instance:
 
-- ``submit(launch)`` once per job, when the job may start: for a backend that does not place GPUs
-  itself (``places_gpus = False``, e.g. ``local``), after the ledger granted the job's GPUs
-  (``launch.env`` then carries ``CUDA_VISIBLE_DEVICES``); for one that does (``slurm``,
-  ``kubernetes``), as soon as the job is submitted, with its parents' handles in
-  ``launch.after`` so that the cluster's scheduler enforces the chain. It returns a
-  :class:`JobHandle`, which the server stores; it must be enough to find the job again after a
-  restart of the server (``load_state`` is the other half).
+- ``recover(launch)`` then ``submit(launch)`` once per job, when the job may start
+  (``recover`` finds a job that a crashed server started but could not record). For a backend
+  that does not place GPUs itself (``places_gpus = False``, e.g. ``local``) that is after the
+  ledger granted the job's GPUs (``launch.env`` then carries ``CUDA_VISIBLE_DEVICES``); for one
+  that does (``slurm``, ``kubernetes``), as soon as the job is submitted, with its parents'
+  handles in ``launch.after`` so that the cluster's scheduler enforces the chain. ``submit``
+  returns a :class:`JobHandle`, which the server stores: it must be enough to find the job
+  again after a restart of the server (JSON: ``to_json``/``from_json``).
 - ``poll(handles)`` once per job-loop interval with the handles of the jobs it runs; it answers
   one :class:`BackendStatus` per handle it knows. A handle it cannot find any more (the process
   and its status are gone) is answered ``LOST``.
@@ -118,6 +119,14 @@ class JobBackend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, handle: JobHandle) -> None:
         """Stop the job (no error if it already ended)."""
+
+    def recover(self, launch: JobLaunch) -> JobHandle | None:
+        """The handle of a job this backend already started for ``launch``, if any.
+
+        Called before ``submit`` for a job the ledger still shows as not started: the server may
+        have crashed between starting it and recording that, and must not start it twice.
+        """
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What the API shows about this backend (name, whether it is usable, why not)."""

@@ -28,6 +28,8 @@ from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHand
 
 __all__ = ["LocalBackend", "read_status"]
 
+#: the handle of a started job, written in its directory at once
+_LAUNCHED = "launched.json"
 #: a cancelled job that ignores SIGTERM this long gets SIGKILL (seconds)
 KILL_AFTER_S = 15.0
 _STATES = {
@@ -79,11 +81,27 @@ class LocalBackend(JobBackend):
             started = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             started = None
-        return JobHandle(
+        handle = JobHandle(
             backend=self.name,
             ref=str(proc.pid),
             detail={"pid": proc.pid, "started_at": started, "workdir": str(workdir)},
         )
+        # the server records the handle next; if it dies first, recover() finds the job here
+        with contextlib.suppress(OSError):
+            (workdir / _LAUNCHED).write_text(json.dumps(handle.to_json()), encoding="utf-8")
+        return handle
+
+    def recover(self, launch: JobLaunch) -> JobHandle | None:
+        try:
+            data = json.loads((Path(launch.workdir) / _LAUNCHED).read_text(encoding="utf-8"))
+            handle = JobHandle.from_json(data)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        pid = int(handle.detail.get("pid", handle.ref))
+        # running, or ended with a status: either way it was started, and must not start again
+        if self._alive(pid, handle.detail.get("started_at")) or read_status(launch.workdir):
+            return handle
+        return None
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, BackendStatus]:
         return {h.ref: self._poll_one(h) for h in handles}
@@ -132,7 +150,7 @@ class LocalBackend(JobBackend):
         except psutil.Error:
             return False
         # a recycled pid belongs to a process started later
-        return not isinstance(started_at, (int, float)) or abs(created - started_at) < 1.0
+        return not isinstance(started_at, (int, float)) or abs(created - started_at) <= 2.0
 
     def cancel(self, handle: JobHandle) -> None:
         pid = int(handle.detail.get("pid", handle.ref))

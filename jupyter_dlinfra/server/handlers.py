@@ -161,6 +161,13 @@ class AllocationHandler(_Base):
         ledger = self.service.ledger
         alloc = await self.service.call(ledger.allocation, aid)
         self.own_kernel(alloc.kernel_id, alloc.user)
+        if alloc.kernel_id.startswith("job-"):
+            raise ApiError(
+                409,
+                f"allocation {aid} holds the GPUs of {alloc.kernel_id.replace('-', ' ')}: "
+                "cancel the job to free them (DELETE /dlinfra/api/jobs/ID)",
+                code="job_allocation",
+            )
         who = "its kernel" if self.kernel_scope else "the user"
         await self.service.mutate(ledger.release, aid, reason=f"released by {who}")
         self.set_status(204)

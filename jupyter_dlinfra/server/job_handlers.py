@@ -124,7 +124,9 @@ class JobsHandler(_JobBase):
         user = None if who == "*" else (who or self.person())
         active = {"active": True, "ended": False, "all": None}[state]
         found = await self.service.call(self.jobs.book.jobs, user=user, active=active, limit=500)
-        self.answer({"jobs": [self.view(j) for j in found]})
+        # each view looks at the job's files: off the event loop (they may be on NFS)
+        views = await self.service.call(lambda: [self.view(j) for j in found])
+        self.answer({"jobs": views})
 
     @authorized("write")
     async def post(self) -> None:

@@ -333,7 +333,7 @@ class JobService:
             log_path=str(workdir / "job.log"),
         )
         try:
-            handle = backend.submit(launch)
+            handle = backend.recover(launch) or backend.submit(launch)
         except BackendError as err:
             self._end(job, JobState.FAILED, f"{backend.name} refused the job: {err}")
             return

@@ -257,3 +257,26 @@ async def test_odd_paths_are_client_errors(api: Api, path: str, words: str) -> N
 async def test_odd_job_ids_are_400(api: Api, raw: str) -> None:
     status, err = await api("GET", f"jobs/{raw}")
     assert status == 400 and err["reason"] == "bad_id", err
+
+
+async def test_a_jobs_allocation_is_freed_by_cancelling_the_job_only(
+    api: Api, dlinfra_app: Any
+) -> None:
+    from jupyter_dlinfra.core import KernelRecord
+    from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME
+
+    ledger = dlinfra_app.service.ledger
+    ledger.register_kernel(
+        KernelRecord(
+            kernel_id="job-3",
+            user="alice",
+            node=dlinfra_app.service.settings.node,
+            server_id=dlinfra_app.service.settings.server_id,
+            kernel_name=JOB_KERNEL_NAME,
+        ),
+        token_hash=None,
+    )
+    held = ledger.request(kernel_id="job-3", count=1)
+    status, err = await api("DELETE", f"allocations/{held.id}")
+    assert status == 409 and err["reason"] == "job_allocation", err
+    assert ledger.allocation(held.id).state.value == "granted"
