@@ -73,6 +73,8 @@ __all__ = ["NICE_MAX", "SlurmBackend", "nice_for_priority"]
 NICE_MAX = 2147483645
 
 #: the batch script's name inside the job's directory
+#: the handle of an accepted job, written into its directory at once
+LAUNCHED_NAME = "launched.json"
 SCRIPT_NAME = "job.sbatch"
 #: what the in-job runner writes when the job ends
 STATUS_FILE = "status.json"
@@ -135,6 +137,12 @@ def _quote_path(path: str, what: str) -> str:
     if any(c in path for c in '"\n\r\\'):
         raise BackendError(f"the {what} {path!r} holds a character SLURM scripts cannot carry")
     return f'"{path}"'
+
+
+def _comment(launch: JobLaunch) -> str:
+    """What tells this launch's SLURM job apart: the job and its (unique) directory's name."""
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.abspath(launch.workdir)))
+    return f"dlinfra-job-{launch.job_id}-{tag}"[:200]
 
 
 class SlurmBackend(JobBackend):
@@ -291,6 +299,8 @@ class SlurmBackend(JobBackend):
             f"# jupyter-dlinfra job {launch.job_id} of {user}, written by the slurm backend",
             f"#SBATCH --job-name={name or f'dlinfra-{launch.job_id}'}",
             f"#SBATCH --chdir={_quote_path(os.path.abspath(launch.workdir), 'job directory')}",
+            # finds the job again if the server dies between sbatch and recording its id
+            f"#SBATCH --comment={_comment(launch)}",
         ]
         if launch.log_path:
             # sbatch expands %j, %u... in file names: a literal % is written %%
@@ -337,7 +347,7 @@ class SlurmBackend(JobBackend):
         job_id, _, cluster = (out[-1] if out else "").partition(";")
         if not _JOB_ID.match(job_id):
             raise BackendError(f"`sbatch` gave no job id: {proc.stdout.strip()!r}")
-        return JobHandle(
+        handle = JobHandle(
             backend=self.name,
             ref=job_id,
             detail={
@@ -347,6 +357,36 @@ class SlurmBackend(JobBackend):
                 "cluster": cluster or self._cluster_name(),
             },
         )
+        with contextlib.suppress(OSError):
+            (workdir / LAUNCHED_NAME).write_text(json.dumps(handle.to_json()), encoding="utf-8")
+        return handle
+
+    def recover(self, launch: JobLaunch) -> JobHandle | None:
+        """A job sbatch accepted for this launch: from ``launched.json``, else by its comment."""
+        workdir = Path(os.path.abspath(launch.workdir))
+        try:
+            data = json.loads((workdir / LAUNCHED_NAME).read_text(encoding="utf-8"))
+            return JobHandle.from_json(data)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        proc = self._run("squeue", "--noheader", "--states=all", "--format=%i|%k")
+        if proc.returncode != 0:
+            raise self._failure("squeue", proc)
+        wanted = _comment(launch)
+        for line in proc.stdout.splitlines():
+            job_id, _, comment = line.strip().partition("|")
+            if comment.strip() == wanted and _JOB_ID.match(job_id):
+                return JobHandle(
+                    backend=self.name,
+                    ref=job_id,
+                    detail={
+                        "script": str(workdir / SCRIPT_NAME),
+                        "workdir": str(workdir),
+                        "log": launch.log_path or None,
+                        "cluster": self._cluster_name(),
+                    },
+                )
+        return None
 
     # --- poll -----------------------------------------------------------------------------
 

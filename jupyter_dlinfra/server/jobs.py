@@ -333,7 +333,15 @@ class JobService:
             log_path=str(workdir / "job.log"),
         )
         try:
-            handle = backend.recover(launch) or backend.submit(launch)
+            recovered = backend.recover(launch)
+        except BackendError as err:
+            # cannot tell whether it was started: try again at the next pass rather than twice
+            reason = f"waiting for {backend.name} to answer: {err}"
+            if reason != job.reason:
+                self.book.update(job.id, reason=reason)
+            return
+        try:
+            handle = recovered or backend.submit(launch)
         except BackendError as err:
             self._end(job, JobState.FAILED, f"{backend.name} refused the job: {err}")
             return

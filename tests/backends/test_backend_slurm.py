@@ -366,6 +366,7 @@ def test_script_lines() -> None:
         "# jupyter-dlinfra job 7 of alice, written by the slurm backend",
         "#SBATCH --job-name=sweep_lr_0.1_50",
         '#SBATCH --chdir="/data/jobs/7 x"',
+        "#SBATCH --comment=dlinfra-job-7-7_x",
         '#SBATCH --output="/data/jobs/7 x/50%%.log"',
         "#SBATCH --open-mode=append",
         "#SBATCH --gres=gpu:a100:2",
@@ -428,3 +429,26 @@ def test_status_mapping() -> None:
     )
     assert status("CANCELLED", "None", 0).reason == "cancelled"
     assert status("WEIRD", "None", 0).state is BackendState.FAILED
+
+
+def test_recover_finds_an_accepted_job_by_its_comment(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    backend = SlurmBackend(env=slurm_cluster.env)
+    launch = JobLaunch(
+        job_id=77,
+        name="recover",
+        user="root",
+        workdir=str(tmp_path / "77-recover-abc123"),
+        argv=["sleep", "30"],
+        log_path=str(tmp_path / "77-recover-abc123" / "job.log"),
+    )
+    assert backend.recover(launch) is None  # never submitted
+    handle = backend.submit(launch)
+    # the server died before recording the id: the next one finds the job, from the file...
+    assert backend.recover(launch) == handle
+    # ...or, without it, by the comment the script gave the job
+    (tmp_path / "77-recover-abc123" / "launched.json").unlink()
+    found = backend.recover(launch)
+    assert found is not None and found.ref == handle.ref
+    backend.cancel(handle)
