@@ -94,6 +94,14 @@ def job_json(job: Job, root: Path, now: float) -> dict[str, Any]:
 class _JobBase(DLInfraHandler):
     @property
     def jobs(self) -> JobService:
+        if self.kernel_scope is not None:
+            # a kernel's token acts for its kernel only, and a job is no kernel's business
+            raise ApiError(
+                403,
+                "batch jobs are managed by people (JupyterLab, jupyter dlinfra), not by a "
+                "kernel's token",
+                code="forbidden",
+            )
         jobs = self.service.jobs
         if jobs is None:
             raise ApiError(503, "batch jobs are not enabled on this server", code="no_jobs")

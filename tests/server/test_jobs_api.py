@@ -112,14 +112,26 @@ async def test_admins_see_and_cancel_every_job(
     assert cancelled["reason"] == "cancelled by alice"
 
 
-async def test_a_kernel_submits_for_its_owner(
+async def test_a_kernel_token_cannot_touch_jobs(
     api: Api, dlinfra_app: Any, jp_root_dir: Path
 ) -> None:
     register(dlinfra_app, "k-1", token="kernel-secret")
     write_notebook(jp_root_dir / "from-kernel.ipynb", "print(1)")
     headers = {"Authorization": "DLInfra-Kernel kernel-secret"}
-    status, job = await api("POST", "jobs", {"path": "from-kernel.ipynb"}, headers=headers)
-    assert status == 201 and job["user"] == "alice"
+    status, job = await api("POST", "jobs", {"path": "from-kernel.ipynb"})
+    assert status == 201
+    for method, path, body in (
+        ("POST", "jobs", {"path": "from-kernel.ipynb"}),
+        ("GET", "jobs", None),
+        ("GET", f"jobs/{job['id']}", None),
+        ("GET", f"jobs/{job['id']}/log", None),
+        ("DELETE", f"jobs/{job['id']}", None),
+        ("POST", f"jobs/{job['id']}/rerun", {}),
+        ("GET", "backends", None),
+    ):
+        status, err = await api(method, path, body, headers=headers)
+        assert status == 403 and "not by a kernel's token" in err["message"], (method, path)
+    assert len(dlinfra_app.service.jobs.book.jobs()) == 1
 
 
 async def test_the_log_follows_from_an_offset(
