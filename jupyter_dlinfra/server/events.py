@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 from ..core import Allocation, Gpu, KernelRecord, LedgerEvent, NotFound
 from ..core.store import events as events_table
 from ..telemetry import GpuSample
-from .views import allocation_json, cluster_json, iso
+from .views import allocation_json, cluster_json, duration, iso
 
 if TYPE_CHECKING:
     from .service import GpuService
@@ -210,14 +210,6 @@ _ACTION_WORDS = {
 }
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _job_notice(event: LedgerEvent) -> Notice:
     detail = event.detail
     state = str(detail.get("state") or "ended")
@@ -246,13 +238,13 @@ def _short_name(kernel: KernelRecord | None, kernel_id: str | None) -> str:
 def _idle_notice(event: LedgerEvent, kernel: KernelRecord | None, user: str | None) -> Notice:
     who = _short_name(kernel, event.kernel_id)
     idle = event.detail.get("idle_s")
-    idle_words = _duration(float(idle)) if isinstance(idle, (int, float)) else "a while"
+    idle_words = duration(float(idle)) if isinstance(idle, (int, float)) else "a while"
     action = str(event.detail.get("action") or "release")
     if event.kind == "idle_warning":
         reclaim_at = event.detail.get("reclaim_at")
         when = "soon"
         if isinstance(reclaim_at, (int, float)):
-            when = f"in {_duration(max(0.0, float(reclaim_at) - event.at))}"
+            when = f"in {duration(max(0.0, float(reclaim_at) - event.at))}"
         keeps = event.detail.get("keeps_left")
         left = int(keeps) if isinstance(keeps, (int, float)) else 0
         return Notice(

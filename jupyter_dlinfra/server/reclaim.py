@@ -21,6 +21,7 @@ from ..core.coaching import CoachingSample, Hint, hints
 from ..core.idle import Phase, Transition
 from ..core.idle_book import Reading, StoredPolicy, UsageBucket
 from .attribution import Attributor, KernelUsage
+from .views import duration
 
 if TYPE_CHECKING:
     from .service import GpuService
@@ -74,16 +75,8 @@ class PolicySource:
         return (policy or self.current()).for_user(user, self.groups_of(user))
 
 
-def _minutes(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def describe_idle(idle_s: float, policy: IdlePolicy) -> str:
-    return f"idle for {_minutes(idle_s)} (every GPU under {policy.idle_util_percent:g} %)"
+    return f"idle for {duration(idle_s)} (every GPU under {policy.idle_util_percent:g} %)"
 
 
 class Reclaimer:
@@ -97,7 +90,7 @@ class Reclaimer:
         log: logging.Logger,
     ) -> None:
         self.service = service
-        self.book = IdleBook(service.ledger)
+        self.book = service.idle_book
         self.policies = policies
         self.control = control
         self.settings = settings

@@ -9,13 +9,22 @@ from typing import Any
 from ..core import Allocation, Gpu, KernelRecord
 from ..telemetry import GpuSample, TelemetryProvider
 
-__all__ = ["allocation_json", "cluster_json", "iso"]
+__all__ = ["allocation_json", "cluster_json", "duration", "iso"]
 
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def duration(seconds: float) -> str:
+    """A span of time for people: "45 s", "12 min", "2.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _gpu_brief(uuid: str, gpus: Mapping[str, Gpu]) -> dict[str, Any]:

@@ -212,20 +212,10 @@ async def test_a_kernel_cannot_take_a_jobs_name_or_its_gpus(
 ) -> None:
     from tornado.httpclient import HTTPClientError
 
-    from jupyter_dlinfra.core import KernelRecord
     from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME
 
     ledger = dlinfra_app.service.ledger
-    ledger.register_kernel(
-        KernelRecord(
-            kernel_id="job-7",
-            user="alice",
-            node=dlinfra_app.service.settings.node,
-            server_id=dlinfra_app.service.settings.server_id,
-            kernel_name=JOB_KERNEL_NAME,
-        ),
-        token_hash=None,
-    )
+    register(dlinfra_app, "job-7", kernel_name=JOB_KERNEL_NAME)
     held = ledger.request(kernel_id="job-7", count=2)
     import json
 
@@ -274,20 +264,10 @@ async def test_odd_job_ids_are_400(api: Api, raw: str) -> None:
 async def test_a_jobs_allocation_is_freed_by_cancelling_the_job_only(
     api: Api, dlinfra_app: Any
 ) -> None:
-    from jupyter_dlinfra.core import KernelRecord
     from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME
 
     ledger = dlinfra_app.service.ledger
-    ledger.register_kernel(
-        KernelRecord(
-            kernel_id="job-3",
-            user="alice",
-            node=dlinfra_app.service.settings.node,
-            server_id=dlinfra_app.service.settings.server_id,
-            kernel_name=JOB_KERNEL_NAME,
-        ),
-        token_hash=None,
-    )
+    register(dlinfra_app, "job-3", kernel_name=JOB_KERNEL_NAME)
     held = ledger.request(kernel_id="job-3", count=1)
     status, err = await api("DELETE", f"allocations/{held.id}")
     assert status == 409 and err["reason"] == "job_allocation", err
