@@ -392,6 +392,9 @@ class JobService:
         by_backend: dict[str, list[Job]] = {}
         for job in held:
             by_backend.setdefault(job.backend, []).append(job)
+        for jobs in by_backend.values():
+            # parents before children: a parent's end explains why the cluster cancelled its chain
+            jobs.sort(key=lambda j: j.id)
         for name, jobs in by_backend.items():
             backend = self.backends.get(name)
             if backend is None:
@@ -430,17 +433,15 @@ class JobService:
             final, state = JobState.CANCELLED, BackendState.CANCELLED
         failed_cell = found.get("failed_cell") if final is JobState.FAILED else None
         error = found.get("error") if final is JobState.FAILED else None
+        why: str | None
         if state is BackendState.LOST:
             why = f"lost: {reason}" if reason else "lost: the backend has no trace of it"
         elif final is JobState.FAILED:
             where = f"cell {failed_cell}: " if isinstance(failed_cell, int) else ""
             why = f"failed in {where}{error or reason or 'see the log'}"
         elif final is JobState.CANCELLED:
-            why = (
-                job.reason
-                if job.reason and job.reason.startswith("cancel")
-                else (reason or "cancelled")
-            )
+            own = job.reason if cancelling else None
+            why = own or self._chain_reason(job) or reason or "cancelled"
         else:
             why = None
         self._end(
@@ -450,6 +451,14 @@ class JobService:
             failed_cell=failed_cell if isinstance(failed_cell, int) else None,
             error=str(error) if error else None,
         )
+
+    def _chain_reason(self, job: Job) -> str | None:
+        """Why a chain's job ended unrun: the first of its parents that did not succeed."""
+        for parent_id in job.after:
+            parent = self.book.job(parent_id)
+            if parent.state in (JobState.FAILED, JobState.CANCELLED):
+                return f"job {parent.id} it runs after {parent.state.value}"
+        return None
 
     def _end(
         self,

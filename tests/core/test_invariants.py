@@ -77,9 +77,15 @@ class LedgerMachine(RuleBasedStateMachine):
         present = self.ledger.gpus(node)
         matching = [g for g in present if model_matches(model, g.model)]
         active = self.ledger.allocations(kernel_id=kernel)
+        same = [
+            a
+            for a in active
+            if (a.count, (a.model or "").lower()) == (count, (model or "").lower())
+        ]
         try:
             alloc = self.ledger.request(kernel_id=kernel, count=count, model=model)
         except Unsatisfiable as err:
+            assert not same
             expected = "no_gpus" if not present else "unknown_model" if not matching else "too_many"
             assert count > len(matching)
             assert err.reason == expected
@@ -87,6 +93,11 @@ class LedgerMachine(RuleBasedStateMachine):
         except Conflict:
             assert active
             assert (active[0].count, active[0].model) != (count, model)
+            return
+        if same:
+            # asking again for what the kernel has is answered with it, even if its GPUs have
+            # since left the inventory (a grant stays until released)
+            assert alloc.id == same[0].id
             return
         assert count <= len(matching)
         if active:
