@@ -1,0 +1,682 @@
+"""The scheduler: which waiting request gets which GPUs, and what is taken back, all in memory.
+
+State (GPUs, holdings, waiting requests, fair-share accounts) is loaded once and changed by small
+calls; :meth:`Scheduler.schedule` makes one pass and returns its decisions, which the caller
+records (the ledger writes them in one transaction). Nothing here reads a clock or a database.
+
+One pass, for requests in order (class priority, then fair share, then age; see fairshare.py):
+
+1. a request within its quotas is placed if it fits: on its own node when pinned (a kernel),
+   else best fit on one node (the node with the fewest free GPUs that still fit, so large
+   requests find whole nodes later), or for a gang on several nodes, all or nothing;
+2. one that does not fit keeps the free GPUs it could use for itself (the first
+   ``policy.reservations`` of them), so small requests behind it cannot starve it;
+3. over-quota requests of preemptible classes then borrow what nobody within quota wanted;
+4. a blocked request within quota may preempt: preemptible *jobs* of a lower class, or borrowed
+   GPUs, on the node where that frees enough at least cost (borrowed first, then lowest class,
+   then the most recently started). Victims keep their GPUs until their owner stops them and
+   releases; meanwhile those GPUs are nominated for the request. Kernels are never preempted.
+
+A pass stops early once no free GPU is left and nobody can preempt, or after ``max_scan``
+requests beyond the reservations (SLURM's queue depth): the cost of a pass follows the GPUs that
+changed, not the length of the queue.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from .errors import Conflict, InvalidRequest, NotFound
+from .fairshare import Account
+from .ranking import Ranking
+from .sched_policy import SchedulingPolicy
+
+__all__ = ["Demand", "Grant", "Holding", "Outcome", "Preemption", "Scheduler", "Slot"]
+
+#: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
+REFRESH_INTERVAL = 60.0
+
+
+def _matches(wanted: str | None, model: str) -> bool:
+    return wanted is None or wanted.strip().lower() in model.lower()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Slot:
+    """One GPU the scheduler may hand out."""
+
+    uuid: str
+    node: str
+    model: str
+    index: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Demand:
+    """A waiting request."""
+
+    id: int
+    user: str
+    groups: tuple[str, ...] = ()
+    count: int
+    model: str | None = None
+    #: only GPUs of this node (a kernel's own node); None: any node
+    node: str | None = None
+    #: may span nodes, all or nothing (otherwise packed on one node)
+    gang: bool = False
+    klass: str
+    #: "kernel" or "job": only jobs are ever preempted
+    kind: str = "kernel"
+    submitted_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Holding:
+    """A granted request."""
+
+    id: int
+    user: str
+    groups: tuple[str, ...] = ()
+    klass: str
+    kind: str = "kernel"
+    gpus: tuple[str, ...]
+    granted_at: float
+    #: granted beyond a quota: the first to be taken back
+    borrowed: bool = False
+    #: the request its GPUs are being freed for, once preempted
+    preempted_for: int | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    request_id: int
+    gpus: tuple[str, ...]
+    borrowed: bool = False
+
+
+@dataclass(frozen=True)
+class Preemption:
+    holding_id: int
+    request_id: int
+    message: str
+
+
+@dataclass
+class Outcome:
+    grants: list[Grant] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)
+    #: requests looked at in this pass (granted or found to wait)
+    examined: int = 0
+
+
+class _Pool:
+    """The GPUs of one model on one node."""
+
+    __slots__ = ("free", "gpus", "id", "model", "node")
+
+    def __init__(self, pid: int, node: str, model: str) -> None:
+        self.id = pid
+        self.node = node
+        self.model = model
+        self.gpus: dict[str, int] = {}  # uuid -> index
+        self.free: list[str] = []
+
+
+class Scheduler:
+    def __init__(self, policy: SchedulingPolicy, *, now: float = 0.0, max_scan: int = 1000) -> None:
+        self.policy = policy
+        self.now = now
+        self.max_scan = max_scan
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._pool_list: list[_Pool] = []
+        self._pool_of: dict[str, _Pool] = {}
+        self._node_pools: dict[str, list[_Pool]] = defaultdict(list)
+        #: model -> free count -> pool ids with that many free GPUs
+        self._buckets: dict[str, list[set[int]]] = {}
+        self._free_by_model: dict[str, int] = defaultdict(int)
+        self.free_total = 0
+        self._model_cache: dict[str | None, tuple[str, ...]] = {}
+        self.holdings: dict[int, Holding] = {}
+        self._holder_of: dict[str, int] = {}
+        #: pool id -> holdings that policy could ever preempt there
+        self._preemptible_at: dict[int, set[int]] = defaultdict(set)
+        self.demands: dict[int, Demand] = {}
+        self.users: dict[str, Account] = defaultdict(Account)
+        self.accounts: dict[str, Account] = defaultdict(Account)
+        self._account_of: dict[str, str] = {}
+        self._members: dict[str, set[str]] = defaultdict(set)
+        self.ranking = self._new_ranking()
+        self.held_by_group: dict[str, int] = defaultdict(int)
+        #: request id -> GPUs being freed for it by preemption
+        self.pending: dict[int, int] = defaultdict(int)
+        #: request id -> the pool its victims are on
+        self._nominated: dict[int, int] = {}
+        self._refreshed = now
+
+    # -- inventory -------------------------------------------------------------------------------
+
+    def add_gpus(self, slots: Iterable[Slot]) -> None:
+        for slot in slots:
+            if slot.uuid in self._pool_of:
+                continue
+            key = (slot.node, slot.model)
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = _Pool(len(self._pool_list), slot.node, slot.model)
+                self._pools[key] = pool
+                self._pool_list.append(pool)
+                self._node_pools[slot.node].append(pool)
+                self._model_cache.clear()
+            before = len(pool.free)
+            pool.gpus[slot.uuid] = slot.index
+            self._pool_of[slot.uuid] = pool
+            if slot.uuid not in self._holder_of:
+                pool.free.append(slot.uuid)
+                pool.free.sort(key=pool.gpus.__getitem__)
+            self._moved(pool, before)
+
+    def remove_gpu(self, uuid: str) -> None:
+        """A GPU is gone: never handed out again (its holder keeps it until it releases)."""
+        pool = self._pool_of.pop(uuid, None)
+        if pool is None:
+            return
+        before = len(pool.free)
+        pool.gpus.pop(uuid, None)
+        if uuid in pool.free:
+            pool.free.remove(uuid)
+        self._moved(pool, before)
+
+    def gpu_count(self, model: str | None = None, node: str | None = None) -> int:
+        pools = self._node_pools.get(node, []) if node is not None else self._pool_list
+        return sum(len(p.gpus) for p in pools if _matches(model, p.model))
+
+    def check(self, demand: Demand) -> str | None:
+        """Why ``demand`` could never be granted with these GPUs; None when it could."""
+        models = self._models(demand.model)
+        kind = f" of model '{demand.model}'" if demand.model else ""
+        if demand.node is not None:
+            have = sum(
+                len(p.gpus) for p in self._node_pools.get(demand.node, []) if p.model in models
+            )
+            if have < demand.count:
+                return f"node {demand.node} has {have} GPU(s){kind}, fewer than {demand.count}"
+            return None
+        if not models:
+            known = ", ".join(sorted({p.model for p in self._pool_list})) or "none"
+            return f"no GPU of model '{demand.model}' here; models: {known}"
+        if demand.gang:
+            have = sum(len(p.gpus) for p in self._pool_list if p.model in models)
+            if have < demand.count:
+                return f"the cluster has {have} GPU(s){kind}, fewer than {demand.count}"
+            return None
+        largest = max((len(p.gpus) for p in self._pool_list if p.model in models), default=0)
+        if largest < demand.count:
+            return (
+                f"no node has {demand.count} GPUs{kind} (the largest has {largest}); "
+                "ask for a gang request to span nodes"
+            )
+        return None
+
+    # -- holdings ----------------------------------------------------------------------------
+
+    def hold(self, holding: Holding) -> None:
+        """Record a grant made earlier (loading state) or by someone else."""
+        if holding.id in self.holdings:
+            raise Conflict(f"holding {holding.id} is already known")
+        for uuid in holding.gpus:
+            if uuid in self._holder_of:
+                raise Conflict(f"GPU {uuid} is already held by {self._holder_of[uuid]}")
+        for uuid in holding.gpus:
+            self._holder_of[uuid] = holding.id
+            pool = self._pool_of.get(uuid)
+            if pool is not None and uuid in pool.free:
+                before = len(pool.free)
+                pool.free.remove(uuid)
+                self._moved(pool, before)
+        self.holdings[holding.id] = holding
+        self._charge(holding.user, holding.groups, len(holding.gpus))
+        if holding.preempted_for is not None:
+            self.pending[holding.preempted_for] += len(holding.gpus)
+            first = next((self._pool_of[u] for u in holding.gpus if u in self._pool_of), None)
+            if first is not None:
+                self._nominated.setdefault(holding.preempted_for, first.id)
+        elif self._may_be_preempted(holding):
+            for pool in {self._pool_of[u] for u in holding.gpus if u in self._pool_of}:
+                self._preemptible_at[pool.id].add(holding.id)
+
+    def release(self, holding_id: int) -> Holding:
+        holding = self.holdings.pop(holding_id, None)
+        if holding is None:
+            raise NotFound(f"no holding {holding_id}")
+        for uuid in holding.gpus:
+            self._holder_of.pop(uuid, None)
+            pool = self._pool_of.get(uuid)
+            if pool is None:
+                continue
+            self._preemptible_at[pool.id].discard(holding_id)
+            before = len(pool.free)
+            pool.free.append(uuid)
+            pool.free.sort(key=pool.gpus.__getitem__)
+            self._moved(pool, before)
+        self._charge(holding.user, holding.groups, -len(holding.gpus))
+        if holding.preempted_for is not None:
+            left = self.pending[holding.preempted_for] - len(holding.gpus)
+            if left > 0:
+                self.pending[holding.preempted_for] = left
+            else:
+                self.pending.pop(holding.preempted_for, None)
+        return holding
+
+    def holder(self, uuid: str) -> Holding | None:
+        hid = self._holder_of.get(uuid)
+        return None if hid is None else self.holdings[hid]
+
+    def load_usage(self, user: str, groups: Iterable[str], gpu_seconds: float, at: float) -> None:
+        """Add GPU-seconds used before (stored figures), decayed from ``at``."""
+        h = self.policy.half_life
+        self._set_account(user, groups)
+        self.users[user].load(gpu_seconds, at, h, self.now)
+        self.accounts[self._account_of[user]].load(gpu_seconds, at, h, self.now)
+        self.ranking.rerank(user)
+        self.ranking.rerank_account(self._account_of[user])
+
+    def set_policy(self, policy: SchedulingPolicy) -> None:
+        """Apply a new policy: requests are re-ranked, preemptible holdings re-indexed."""
+        self.policy = policy
+        self._model_cache.clear()
+        for user in list(self._account_of):
+            groups = {g for h in self.holdings.values() if h.user == user for g in h.groups}
+            groups |= {g for d in self.demands.values() if d.user == user for g in d.groups}
+            self._set_account(user, groups)
+        self._preemptible_at.clear()
+        for holding in self.holdings.values():
+            if holding.preempted_for is None and self._may_be_preempted(holding):
+                for uuid in holding.gpus:
+                    if uuid in self._pool_of:
+                        self._preemptible_at[self._pool_of[uuid].id].add(holding.id)
+        waiting = list(self.demands.values())
+        self.demands.clear()
+        self.ranking = self._new_ranking()
+        for demand in waiting:
+            if demand.klass not in policy.class_map:
+                fallback = policy.job_class if demand.kind == "job" else policy.kernel_class
+                demand = replace(demand, klass=fallback)
+            self.submit(demand)
+
+    # -- waiting requests ----------------------------------------------------------------------
+
+    def submit(self, demand: Demand) -> None:
+        if demand.id in self.demands:
+            raise Conflict(f"request {demand.id} is already waiting")
+        if demand.count <= 0:
+            raise InvalidRequest(f"ask for at least 1 GPU (got {demand.count})")
+        self.policy.klass(demand.klass)
+        self.demands[demand.id] = demand
+        self._set_account(demand.user, demand.groups)
+        self.ranking.add(demand)
+
+    def withdraw(self, request_id: int) -> Demand:
+        demand = self.demands.pop(request_id, None)
+        if demand is None:
+            raise NotFound(f"no waiting request {request_id}")
+        self.ranking.remove(demand)
+        self._nominated.pop(request_id, None)
+        return demand
+
+    # -- the pass ------------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> Outcome:
+        """Grant, reserve and preempt; the caller records the outcome (already applied here)."""
+        self.now = max(now, self.now)
+        if self.now - self._refreshed >= REFRESH_INTERVAL:
+            self._refreshed = self.now
+            self.ranking.rebuild()
+        out = Outcome()
+        if not self.demands:
+            return out
+        policy = self.policy
+        reservations_left = policy.reservations
+        reserved: list[tuple[_Pool, list[str]]] = []
+        borrowers: list[Demand] = []
+        blocked: list[Demand] = []
+        can_preempt = policy.preemption and any(self._preemptible_at.values())
+        scanned_beyond = 0
+        walk = self.ranking.walk(self.now)
+        try:
+            for demand in walk:
+                if self.free_total == 0 and not (can_preempt and reservations_left > 0):
+                    break
+                out.examined += 1
+                over = self._over_quota(demand)
+                if over is not None:
+                    if policy.borrowing and policy.class_map[demand.klass].preemptible:
+                        borrowers.append(demand)
+                    continue
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, False, out)
+                elif reservations_left > 0:
+                    reservations_left -= 1
+                    reserved.extend(self._reserve(demand))
+                    blocked.append(demand)
+                else:
+                    scanned_beyond += 1
+                    if scanned_beyond >= self.max_scan:
+                        break
+            for demand in borrowers:
+                if self.free_total == 0:
+                    break
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, True, out)
+        finally:
+            walk.close()
+        for pool, uuids in reserved:
+            before = len(pool.free)
+            pool.free.extend(u for u in uuids if u in pool.gpus)
+            pool.free.sort(key=pool.gpus.__getitem__)
+            self._moved(pool, before)
+        if can_preempt:
+            self._preempt(blocked, out)
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _models(self, wanted: str | None) -> tuple[str, ...]:
+        found = self._model_cache.get(wanted)
+        if found is None:
+            found = tuple(sorted({p.model for p in self._pool_list if _matches(wanted, p.model)}))
+            self._model_cache[wanted] = found
+        return found
+
+    def _moved(self, pool: _Pool, before: int) -> None:
+        """Keep the free-count index right after ``pool.free`` changed from ``before`` GPUs."""
+        after = len(pool.free)
+        buckets = self._buckets.get(pool.model)
+        if buckets is None:
+            buckets = self._buckets[pool.model] = []
+        while len(buckets) <= max(after, len(pool.gpus)):
+            buckets.append(set())
+        buckets[before].discard(pool.id)
+        buckets[after].add(pool.id)
+        self._free_by_model[pool.model] += after - before
+        self.free_total += after - before
+
+    def _set_account(self, user: str, groups: Iterable[str]) -> None:
+        account = self.policy.account_of(groups)
+        old = self._account_of.get(user)
+        if old != account:
+            if old is not None:
+                self._members[old].discard(user)
+            self._account_of[user] = account
+            self._members[account].add(user)
+            self.ranking.rerank(user)
+
+    def _take(self, pool: _Pool, count: int) -> list[str]:
+        before = len(pool.free)
+        taken, pool.free = pool.free[:count], pool.free[count:]
+        self._moved(pool, before)
+        return taken
+
+    def _place(self, demand: Demand) -> list[str] | None:
+        models = self._models(demand.model)
+        count = demand.count
+        if demand.node is not None:
+            pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
+            if sum(len(p.free) for p in pools) < count:
+                return None
+            taken: list[str] = []
+            for pool in pools:
+                taken += self._take(pool, count - len(taken))
+                if len(taken) == count:
+                    break
+            return taken
+        best: tuple[int, int] | None = None
+        for model in models:
+            buckets = self._buckets.get(model, [])
+            for free in range(count, len(buckets)):
+                if buckets[free]:
+                    if best is None or free < best[0]:
+                        best = (free, next(iter(buckets[free])))
+                    break
+        if best is not None:
+            return self._take(self._pool_list[best[1]], count)
+        if not demand.gang or sum(self._free_by_model[m] for m in models) < count:
+            return None
+        taken = []
+        for pool in self._fullest(models, count):
+            taken += self._take(pool, count - len(taken))
+            if len(taken) == count:
+                break
+        return taken
+
+    def _fullest(self, models: tuple[str, ...], enough: int) -> list[_Pool]:
+        """Pools with free GPUs of these models, most free first, until ``enough`` are free."""
+        per_model = [self._buckets.get(m, []) for m in models]
+        top = max((len(b) for b in per_model), default=0)
+        found: list[_Pool] = []
+        total = 0
+        for free in range(top - 1, 0, -1):
+            for buckets in per_model:
+                if free < len(buckets):
+                    for pid in sorted(buckets[free]) if len(buckets[free]) < 64 else buckets[free]:
+                        found.append(self._pool_list[pid])
+                        total += free
+                        if total >= enough:
+                            return found
+        return found
+
+    def _reserve(self, demand: Demand) -> list[tuple[_Pool, list[str]]]:
+        models = self._models(demand.model)
+        nominated = self._nominated.get(demand.id)
+        if demand.node is not None:
+            pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
+        elif nominated is not None:
+            pools = [self._pool_list[nominated]]
+        else:
+            pools = self._fullest(models, demand.count if demand.gang else 1)
+        kept = []
+        need = demand.count
+        for pool in pools:
+            if need <= 0:
+                break
+            taken = self._take(pool, need)
+            need -= len(taken)
+            if taken:
+                kept.append((pool, taken))
+        return kept
+
+    def _grant(self, demand: Demand, gpus: list[str], borrowed: bool, out: Outcome) -> None:
+        del self.demands[demand.id]
+        self.ranking.remove(demand)
+        self._nominated.pop(demand.id, None)
+        holding = Holding(
+            id=demand.id,
+            user=demand.user,
+            groups=demand.groups,
+            klass=demand.klass,
+            kind=demand.kind,
+            gpus=tuple(gpus),
+            granted_at=self.now,
+            borrowed=borrowed,
+        )
+        self.hold(holding)
+        out.grants.append(Grant(demand.id, holding.gpus, borrowed))
+
+    def _over_quota(self, demand: Demand) -> str | None:
+        """Why granting ``demand`` would pass a quota; None within every quota."""
+        held = self.users[demand.user].held
+        quota = self.policy.quota_of_user(demand.user)
+        if quota is not None and held + demand.count > quota:
+            return f"{demand.user} holds {held} GPU(s) of a quota of {quota}"
+        for group in demand.groups:
+            gq = self.policy.group_quotas.get(group)
+            if gq is not None and self.held_by_group[group] + demand.count > gq:
+                return f"group {group} holds {self.held_by_group[group]} GPU(s) of a quota of {gq}"
+        return None
+
+    def over_quota(self, demand: Demand) -> str | None:
+        return self._over_quota(demand)
+
+    def _may_be_preempted(self, holding: Holding) -> bool:
+        if holding.kind != "job":
+            return False
+        try:
+            return self.policy.class_map[holding.klass].preemptible
+        except KeyError:
+            return True  # its class was removed: it no longer outranks anything
+
+    def _charge(self, user: str, groups: tuple[str, ...], delta: int) -> None:
+        h = self.policy.half_life
+        if user not in self._account_of:
+            self._set_account(user, groups)
+        account = self._account_of[user]
+        self.users[user].change(self.now, h, delta)
+        self.accounts[account].change(self.now, h, delta)
+        for group in groups:
+            self.held_by_group[group] += delta
+        self.ranking.rerank(user)
+        self.ranking.rerank_account(account)
+
+    def _new_ranking(self) -> Ranking:
+        ranking = Ranking(
+            tier_of=lambda d: self.policy.class_map[d.klass].priority,
+            account_of=self._ranking_account,
+            account_key=self._account_key,
+            user_key=self._user_key,
+        )
+        ranking.starvation_limit = self.policy.starvation_limit
+        return ranking
+
+    def _ranking_account(self, user: str) -> str:
+        return self._account_of.get(user, "") if self.policy.fair_share else ""
+
+    def _account_key(self, account: str) -> float:
+        if not self.policy.fair_share:
+            return 0.0
+        usage = self.accounts[account].key(self.now, self.policy.half_life)
+        return usage / self.policy.share_of_group(account)
+
+    def _user_key(self, user: str) -> float:
+        if not self.policy.fair_share:
+            return 0.0
+        usage = self.users[user].key(self.now, self.policy.half_life)
+        return usage / self.policy.share_of_user(user)
+
+    def _preempt(self, blocked: list[Demand], out: Outcome) -> None:
+        claimed: dict[int, int] = defaultdict(int)  # pool id -> free GPUs promised in this pass
+        for demand in blocked:
+            if self.pending.get(demand.id, 0) > 0:
+                continue
+            victims = self._victims(demand, claimed)
+            if not victims:
+                continue
+            prio = self.policy.class_map[demand.klass].priority
+            for holding in victims:
+                why = (
+                    "it holds borrowed GPUs (beyond its quota)"
+                    if holding.borrowed
+                    else (f"its class {holding.klass} ranks below {demand.klass}")
+                )
+                message = (
+                    f"preempted for request {demand.id} of {demand.user} ({demand.klass}, "
+                    f"priority {prio}): {why}"
+                )
+                self._mark(holding, demand.id)
+                out.preemptions.append(Preemption(holding.id, demand.id, message))
+
+    def _mark(self, holding: Holding, request_id: int) -> None:
+        for pool_id in {self._pool_of[u].id for u in holding.gpus if u in self._pool_of}:
+            self._preemptible_at[pool_id].discard(holding.id)
+        marked = Holding(**{**holding.__dict__, "preempted_for": request_id})
+        self.holdings[holding.id] = marked
+        self.pending[request_id] += len(holding.gpus)
+        pools = [self._pool_of[u] for u in holding.gpus if u in self._pool_of]
+        if pools:
+            self._nominated.setdefault(request_id, pools[0].id)
+
+    def _victim_rank(self, holding: Holding) -> tuple[int, int, float]:
+        klass = self.policy.class_map.get(holding.klass)
+        prio = klass.priority if klass is not None else -(10**9)
+        return (0 if holding.borrowed else 1, prio, -holding.granted_at)
+
+    def _eligible(self, holding: Holding, prio: int) -> bool:
+        if holding.preempted_for is not None or not self._may_be_preempted(holding):
+            return False
+        try:
+            victim_prio = self.policy.class_map[holding.klass].priority
+        except KeyError:
+            return True
+        return holding.borrowed or victim_prio < prio
+
+    def _victims(self, demand: Demand, claimed: dict[int, int]) -> list[Holding]:
+        prio = self.policy.class_map[demand.klass].priority
+        models = self._models(demand.model)
+        if demand.gang and demand.node is None:
+            return self._gang_victims(demand, prio, models, claimed)
+        if demand.node is not None:
+            pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
+            candidates = [pools] if pools else []
+        else:
+            candidates = [
+                [self._pool_list[pid]]
+                for pid, ids in self._preemptible_at.items()
+                if ids and self._pool_list[pid].model in models
+            ]
+        best: tuple[tuple[int, int], list[Holding], list[_Pool]] | None = None
+        for pools in candidates:
+            free = sum(len(p.free) - claimed[p.id] for p in pools)
+            if sum(len(p.gpus) for p in pools) < demand.count:
+                continue
+            ids = set().union(*(self._preemptible_at[p.id] for p in pools))
+            pool_ids = {p.id for p in pools}
+            chosen: list[Holding] = []
+            gained = free
+            for holding in sorted(
+                (self.holdings[i] for i in ids if self._eligible(self.holdings[i], prio)),
+                key=self._victim_rank,
+            ):
+                if gained >= demand.count:
+                    break
+                chosen.append(holding)
+                gained += sum(
+                    1
+                    for u in holding.gpus
+                    if self._pool_of.get(u) and self._pool_of[u].id in pool_ids
+                )
+            if gained < demand.count or not chosen:
+                continue
+            cost = (sum(1 for h in chosen if not h.borrowed), sum(len(h.gpus) for h in chosen))
+            if best is None or cost < best[0]:
+                best = (cost, chosen, pools)
+        if best is None:
+            return []
+        for pool in best[2]:
+            claimed[pool.id] = len(pool.free)
+        return best[1]
+
+    def _gang_victims(
+        self, demand: Demand, prio: int, models: tuple[str, ...], claimed: dict[int, int]
+    ) -> list[Holding]:
+        pools = [p for p in self._pool_list if p.model in models]
+        free = sum(len(p.free) - claimed[p.id] for p in pools)
+        ids = set().union(*(self._preemptible_at[p.id] for p in pools)) if pools else set()
+        chosen: list[Holding] = []
+        gained = free
+        for holding in sorted(
+            (self.holdings[i] for i in ids if self._eligible(self.holdings[i], prio)),
+            key=self._victim_rank,
+        ):
+            if gained >= demand.count:
+                break
+            chosen.append(holding)
+            gained += sum(
+                1 for u in holding.gpus if u in self._pool_of and self._pool_of[u].model in models
+            )
+        if gained < demand.count:
+            return []
+        for pool in pools:
+            claimed[pool.id] = len(pool.free)
+        return chosen
