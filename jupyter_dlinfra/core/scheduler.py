@@ -542,13 +542,16 @@ class Scheduler:
 
     def _new_ranking(self) -> Ranking:
         ranking = Ranking(
-            tier_of=lambda d: self.policy.class_map[d.klass].priority,
+            tier_of=self._tier_of,
             account_of=self._ranking_account,
             account_key=self._account_key,
             user_key=self._user_key,
         )
         ranking.starvation_limit = self.policy.starvation_limit
         return ranking
+
+    def _tier_of(self, demand: Demand) -> int:
+        return self.policy.class_map[demand.klass].priority
 
     def _ranking_account(self, user: str) -> str:
         return self._account_of.get(user, "") if self.policy.fair_share else ""

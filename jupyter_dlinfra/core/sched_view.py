@@ -1,0 +1,231 @@
+"""What users are told about the queue: each waiting request's place, why it waits, and when it
+may start; and everyone's fair-share standing. Read-only over a :class:`Scheduler`.
+
+Reasons (``code``):
+- ``quota``: granting it would pass the user's or a group's quota;
+- ``preempting``: lower-priority jobs are being stopped for it;
+- ``priority``: the GPUs it could use are free but kept for higher-class requests ahead of it;
+- ``fair_share``: ...kept for requests of users with less recent GPU use;
+- ``order``: ...kept for earlier requests of the same standing;
+- ``no_free_gpu``: not enough GPUs (of its model, on its node) are free at all; holders listed;
+- ``starting``: GPUs are free for it; the next pass grants them.
+
+Estimated starts replay the scheduler forward on a copy, releasing each holding at its expected
+end (the caller's guess: typical durations from history); they are estimates and say so.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .fairshare import Standing, factor
+from .scheduler import Demand, Holding, Scheduler
+
+__all__ = ["WaitInfo", "estimate_starts", "explain", "order", "standings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitInfo:
+    request_id: int
+    #: 1-based place in the order of service
+    position: int
+    code: str
+    reason: str
+    estimated_start: float | None = None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def order(s: Scheduler) -> list[Demand]:
+    """Waiting requests in the order a pass would look at them, if nothing changed."""
+    limit = s.policy.starvation_limit
+
+    def key(d: Demand) -> tuple[float, ...]:
+        tier = s.policy.class_map[d.klass].priority
+        if limit and s.now - d.submitted_at >= limit:
+            return (-tier, 0.0, d.submitted_at, d.id)
+        account = s._ranking_account(d.user)
+        return (-tier, 1.0, s._account_key(account), s._user_key(d.user), d.submitted_at, d.id)
+
+    return sorted(s.demands.values(), key=key)
+
+
+def explain(s: Scheduler) -> dict[int, WaitInfo]:
+    queue = order(s)
+    if not queue:
+        return {}
+    policy = s.policy
+    pools = s._pool_list
+    free = {p.id: len(p.free) for p in pools}
+    real_free = dict(free)
+    holders: dict[str, Counter[str]] = defaultdict(Counter)  # model -> user -> GPUs
+    for uuid, hid in s._holder_of.items():
+        pool = s._pool_of.get(uuid)
+        if pool is not None:
+            holders[pool.model][s.holdings[hid].user] += 1
+    #: model -> (highest class that took or kept its GPUs in this walk, users who did)
+    takers: dict[str, tuple[int, set[str]]] = {}
+    reservations = policy.reservations
+    view: dict[int, WaitInfo] = {}
+    for position, d in enumerate(queue, start=1):
+        tier = policy.class_map[d.klass].priority
+        models = s._models(d.model)
+        candidates = [
+            p for p in pools if p.model in models and (d.node is None or p.node == d.node)
+        ]
+
+        def fits(counts: dict[int, int], d: Demand = d, candidates: list[Any] = candidates) -> bool:
+            if d.node is not None or d.gang:
+                return sum(counts[p.id] for p in candidates) >= d.count
+            return any(counts[p.id] >= d.count for p in candidates)
+
+        def consume(d: Demand = d, candidates: list[Any] = candidates, tier: int = tier) -> None:
+            need = d.count
+            ranked = sorted(candidates, key=lambda p: -free[p.id])
+            if d.node is None and not d.gang:
+                ranked = [p for p in ranked if free[p.id] >= need] or ranked[:1]
+            for p in ranked:
+                took = min(free[p.id], need)
+                free[p.id] -= took
+                need -= took
+                if took:
+                    best, users = takers.get(p.model, (tier, set()))
+                    takers[p.model] = (max(best, tier), users | {d.user})
+                if need <= 0:
+                    break
+
+        over = s.over_quota(d)
+        pending = s.pending.get(d.id, 0)
+        if over is not None:
+            code, reason = "quota", over
+            if policy.borrowing and policy.class_map[d.klass].preemptible:
+                reason += "; it may borrow GPUs that nobody within quota wants"
+        elif pending:
+            code = "preempting"
+            reason = f"{_plural(pending, 'GPU')} of lower-priority jobs are being stopped for it"
+            consume()
+        elif fits(free):
+            code, reason = "starting", "GPUs are free for it; it starts at the next pass"
+            consume()
+        elif fits(real_free):
+            best = max((takers.get(m, (tier, set()))[0] for m in models), default=tier)
+            others = set().union(*(takers.get(m, (tier, set()))[1] for m in models)) - {d.user}
+            if best > tier:
+                names = [c.name for c in policy.classes if c.priority == best]
+                code = "priority"
+                reason = (
+                    "the free GPUs it could use are kept for higher-priority requests "
+                    f"({', '.join(names)}) ahead of it"
+                )
+            elif others and policy.fair_share:
+                code = "fair_share"
+                reason = (
+                    "the free GPUs it could use are kept for users with less recent GPU use "
+                    f"({', '.join(sorted(others)[:3])}{'...' if len(others) > 3 else ''})"
+                )
+            else:
+                code = "order"
+                reason = "the free GPUs it could use are kept for earlier requests"
+            if reservations > 0:
+                reservations -= 1
+                consume()
+        else:
+            total = sum(len(p.gpus) for p in candidates)
+            now_free = sum(real_free[p.id] for p in candidates)
+            kind = f" of model '{d.model}'" if d.model else ""
+            where = f" on {d.node}" if d.node else ""
+            code = "no_free_gpu"
+            reason = (
+                f"waiting for {_plural(d.count, 'GPU')}{kind}{where}: {now_free} of {total} free"
+            )
+            held = Counter[str]()
+            for m in models:
+                held.update(holders.get(m, Counter()))
+            if held:
+                reason += "; held by " + ", ".join(f"{u} ({n})" for u, n in held.most_common(5))
+            if reservations > 0:
+                reservations -= 1
+                consume()
+        view[d.id] = WaitInfo(request_id=d.id, position=position, code=code, reason=reason)
+    return view
+
+
+def estimate_starts(
+    s: Scheduler,
+    expected_end: Callable[[Holding], float],
+    duration: Callable[[Demand], float],
+    *,
+    horizon: float = 14 * 86400.0,
+    max_steps: int = 5000,
+) -> dict[int, float]:
+    """When each waiting request may start if holdings end when expected (a copy is replayed)."""
+    if not s.demands:
+        return {}
+    sim = copy.deepcopy(s)
+    waiting = set(sim.demands)
+    starts: dict[int, float] = {}
+    ends: list[tuple[float, int]] = []
+    for h in sim.holdings.values():
+        heapq.heappush(ends, (max(expected_end(h), sim.now), h.id))
+    now = sim.now
+    steps = 0
+    while True:
+        out = sim.schedule(now)
+        for g in out.grants:
+            if g.request_id in waiting:
+                starts[g.request_id] = now
+            heapq.heappush(ends, (now + duration(s.demands[g.request_id]), g.request_id))
+        if len(starts) == len(waiting) or not ends or steps >= max_steps:
+            break
+        now, hid = heapq.heappop(ends)
+        if now > s.now + horizon:
+            break
+        if hid in sim.holdings:
+            sim.release(hid)
+        steps += 1
+    return starts
+
+
+def standings(s: Scheduler) -> list[Standing]:
+    """Every known user's fair-share standing; ``rank`` among users who have requests waiting."""
+    policy = s.policy
+    h = policy.half_life
+    now = s.now
+    users = sorted(set(s.users) | {d.user for d in s.demands.values()})
+    totals: dict[str, float] = defaultdict(float)
+    shares: dict[str, float] = defaultdict(float)
+    usage = {u: s.users[u].usage(now, h) for u in users}
+    for u in users:
+        account = s._account_of.get(u, "")
+        totals[account] += usage[u]
+        shares[account] += policy.share_of_user(u)
+    waiting = {d.user for d in s.demands.values()}
+    ranked = sorted(
+        waiting, key=lambda u: (s._account_key(s._ranking_account(u)), s._user_key(u), u)
+    )
+    rank = {u: i for i, u in enumerate(ranked, start=1)}
+    out = []
+    for u in users:
+        account = s._account_of.get(u, "")
+        use_frac = usage[u] / totals[account] if totals[account] > 0 else 0.0
+        share_frac = policy.share_of_user(u) / shares[account] if shares[account] > 0 else 1.0
+        out.append(
+            Standing(
+                user=u,
+                account=account,
+                usage_gpu_hours=usage[u] / 3600.0,
+                held=s.users[u].held,
+                share=policy.share_of_user(u),
+                account_share=policy.share_of_group(account),
+                factor=factor(use_frac, share_frac),
+                rank=rank.get(u),
+            )
+        )
+    return out
