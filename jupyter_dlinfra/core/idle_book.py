@@ -6,9 +6,8 @@ notice, a restart) follows, like every other change of the ledger.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,8 +16,15 @@ from sqlalchemy import Connection, Row, delete, insert, select
 from .errors import NotFound
 from .idle import IdlePolicy, IdleState, Phase, ReclaimPolicy, Transition, keep, observe
 from .ledger import Ledger
+from .policy_store import (
+    SCHEDULING_PREFIX,
+    PolicyChange,
+    load_document,
+    policy_changes_of,
+    save_document,
+)
 from .replay import UsageSeries
-from .store import idle_states, policies, policy_changes, usage
+from .store import idle_states, usage
 
 __all__ = [
     "EVENT_KINDS",
@@ -51,16 +57,6 @@ class Reading:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PolicyChange:
-    seq: int
-    at: float
-    who: str
-    field: str
-    old: Any
-    new: Any
-
-
-@dataclass(frozen=True, kw_only=True)
 class StoredPolicy:
     policy: ReclaimPolicy
     updated_at: float
@@ -88,19 +84,6 @@ class UsageBucket:
         self.samples += 1
 
 
-def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in doc.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, Mapping):
-            if prefix:  # an override with no fields yet (users.ann: {}) is still a change
-                flat[f"{prefix}{key}"] = {}
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _meaningful(state: IdleState) -> IdleState:
     return replace(state, last_util=None, updated_at=0.0)
 
@@ -114,68 +97,27 @@ class IdleBook:
     # -- the policy ------------------------------------------------------------------------------
 
     def stored_policy(self) -> StoredPolicy | None:
-        with self.store.read() as conn:
-            row = conn.execute(select(policies).where(policies.c.key == _POLICY_KEY)).first()
-        if row is None:
+        stored = load_document(self.ledger, _POLICY_KEY)
+        if stored is None:
             return None
         return StoredPolicy(
-            policy=ReclaimPolicy.from_json(json.loads(row.document)),
-            updated_at=row.updated_at,
-            updated_by=row.updated_by,
+            policy=ReclaimPolicy.from_json(stored.document),
+            updated_at=stored.updated_at,
+            updated_by=stored.updated_by,
         )
 
     def set_policy(
         self, policy: ReclaimPolicy, *, who: str, previous: ReclaimPolicy
     ) -> list[PolicyChange]:
         """Store ``policy``; one audit row per value that differs from ``previous``."""
-        now = self.clock.now()
-        old, new = _flatten(previous.to_json()), _flatten(policy.to_json())
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        with self.store.write() as tx:
-            conn = tx.conn
-            conn.execute(delete(policies).where(policies.c.key == _POLICY_KEY))
-            conn.execute(
-                insert(policies).values(
-                    key=_POLICY_KEY,
-                    document=json.dumps(policy.to_json()),
-                    updated_at=now,
-                    updated_by=who,
-                )
-            )
-            for name in changed:
-                conn.execute(
-                    insert(policy_changes).values(
-                        at=now,
-                        who=who,
-                        field=name,
-                        old=json.dumps(old.get(name)),
-                        new=json.dumps(new.get(name)),
-                    )
-                )
-            if changed:
-                self.ledger.write_event(
-                    tx, "policy_changed", detail={"who": who, "fields": changed}
-                )
-            tx.touch()
+        changed = save_document(
+            self.ledger, _POLICY_KEY, policy.to_json(), previous=previous.to_json(), who=who
+        )
         return self.policy_changes(limit=len(changed)) if changed else []
 
     def policy_changes(self, limit: int = 100) -> list[PolicyChange]:
-        """The latest changes first."""
-        with self.store.read() as conn:
-            rows = conn.execute(
-                select(policy_changes).order_by(policy_changes.c.seq.desc()).limit(limit)
-            ).all()
-        return [
-            PolicyChange(
-                seq=r.seq,
-                at=r.at,
-                who=r.who,
-                field=r.field,
-                old=json.loads(r.old) if r.old is not None else None,
-                new=json.loads(r.new) if r.new is not None else None,
-            )
-            for r in rows
-        ]
+        """The latest changes first (the scheduling policy's are its own)."""
+        return policy_changes_of(self.ledger, exclude=SCHEDULING_PREFIX, limit=limit)
 
     # -- idle states -----------------------------------------------------------------------------
 

@@ -1,25 +1,54 @@
 """The GPU ledger: who holds which GPU, who waits, in what order, and why.
 
-Requests are served first come, first served per node: a request that cannot be granted keeps the
-free GPUs it could use for itself, so a large request is never starved by a stream of small ones,
-while requests that want other GPUs (another model or node) go ahead. Every change is written,
-with an event row, in one transaction before anyone is told about it.
+Requests are ordered by the scheduling policy (priority classes, fair share, quotas; see
+``scheduler.py``): after every change the scheduler runs over the ledger's state, loaded within
+the same write transaction, and its grants and preemptions are written there, each with an event
+row, before anyone is told about them. A blocked request keeps the free GPUs it could use for
+itself, so a large request is never starved by a stream of small ones.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select, update
 
+from . import sched_view
 from .clock import Clock
 from .errors import Conflict, InvalidRequest, NotFound, Unsatisfiable
+from .fairshare import Standing, decayed
 from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
-from .store import Store, Transaction, allocation_gpus, allocations, events, gpus, holdings, kernels
+from .policy_store import SCHEDULING_PREFIX, load_document, save_document
+from .sched_policy import SchedulingPolicy
+from .sched_state import (
+    GroupsOf,
+    class_of,
+    groups_json,
+    load_scheduler,
+    typical_durations,
+)
+from .scheduler import Holding, Scheduler
+from .store import (
+    Store,
+    Transaction,
+    allocation_gpus,
+    allocations,
+    events,
+    fairshare,
+    gpus,
+    holdings,
+    kernels,
+)
+
+#: where the admin's scheduling policy is kept (dlinfra_policy.key)
+SCHEDULING_KEY = "scheduling"
+#: a preempted job is expected to stop within this long (for estimates only)
+_PREEMPT_GRACE = 30.0
 
 __all__ = ["Ledger", "model_matches"]
 
@@ -40,9 +69,49 @@ def _plural(n: int, word: str) -> str:
 
 
 class Ledger:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        policy: SchedulingPolicy | None = None,
+        groups_of: GroupsOf | None = None,
+    ) -> None:
+        """``policy``: the configured scheduling policy (one set through the API wins);
+        ``groups_of(user)``: the groups a user belongs to, for group shares and quotas."""
         self.store = store
         self.clock = clock
+        self.configured_policy = policy or SchedulingPolicy()
+        self.groups_of: GroupsOf = groups_of or (lambda user: ())
+
+    # -- scheduling policy -----------------------------------------------------------------------
+
+    def scheduling_policy(self) -> SchedulingPolicy:
+        stored = load_document(self, SCHEDULING_KEY)
+        if stored is None:
+            return self.configured_policy
+        return SchedulingPolicy.from_json(stored.document, base=self.configured_policy)
+
+    def set_scheduling_policy(self, policy: SchedulingPolicy, *, who: str) -> list[str]:
+        """Store an admin's policy (audited field by field) and schedule under it at once."""
+        previous = self.scheduling_policy()
+        changed = save_document(
+            self,
+            SCHEDULING_KEY,
+            policy.to_json(),
+            previous=previous.to_json(),
+            who=who,
+            field_prefix=SCHEDULING_PREFIX,
+        )
+        with self.store.write() as tx:
+            self._schedule(tx)
+        return changed
+
+    def standings(self) -> list[Standing]:
+        """Every user's fair-share standing (usage per share, rank among those who wait)."""
+        with self.store.read() as conn:
+            sched, _ = self._scheduler(conn)
+        return sched_view.standings(sched)
 
     # -- inventory ---------------------------------------------------------------------------
 
@@ -192,8 +261,17 @@ class Ledger:
 
     # -- allocations -------------------------------------------------------------------------
 
-    def request(self, *, kernel_id: str, count: int, model: str | None = None) -> Allocation:
-        """Ask for ``count`` GPUs for a kernel: granted at once, or queued with a position."""
+    def request(
+        self,
+        *,
+        kernel_id: str,
+        count: int,
+        model: str | None = None,
+        priority_class: str | None = None,
+        kind: str = "kernel",
+    ) -> Allocation:
+        """Ask for ``count`` GPUs for a kernel (or a job's holder record, ``kind="job"``): granted
+        at once, or queued with a position, a reason and an estimated start."""
         if isinstance(count, bool) or not isinstance(count, int):
             raise InvalidRequest(f"the GPU count must be a whole number, not {count!r}")
         if count <= 0:
@@ -202,6 +280,17 @@ class Ledger:
             if not isinstance(model, str) or not model.strip():
                 raise InvalidRequest("the GPU model must be a non-empty name, such as 'A100'")
             model = model.strip()
+        if kind not in ("kernel", "job"):
+            raise InvalidRequest(f"kind must be 'kernel' or 'job', not {kind!r}")
+        policy = self.scheduling_policy()
+        if priority_class is not None:
+            if not isinstance(priority_class, str) or priority_class not in policy.class_map:
+                raise InvalidRequest(
+                    f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
+                    reason="unknown_class",
+                )
+        else:
+            priority_class = policy.job_class if kind == "job" else policy.kernel_class
         with self.store.write() as tx:
             conn = tx.conn
             kernel = self._kernel(conn, kernel_id)
@@ -210,7 +299,11 @@ class Ledger:
             )
             if current:
                 held = current[0]
-                if held.count == count and _same_model(held.model, model):
+                if (
+                    held.count == count
+                    and _same_model(held.model, model)
+                    and class_of(held, policy) == priority_class
+                ):
                     return self._allocation(conn, held)
                 verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
                 raise Conflict(
@@ -228,6 +321,10 @@ class Ledger:
                     model=model,
                     state=AllocationState.QUEUED.value,
                     created_at=self.clock.now(),
+                    priority_class=priority_class,
+                    kind=kind,
+                    groups=groups_json(self.groups_of(kernel.user)),
+                    borrowed=False,
                 )
             )
             new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
@@ -236,7 +333,7 @@ class Ledger:
                 "requested",
                 allocation_id=new_id,
                 kernel_id=kernel_id,
-                detail={"count": count, "model": model},
+                detail={"count": count, "model": model, "priority_class": priority_class},
             )
             self._schedule(tx)
             return self._allocation(conn, self._one(conn, new_id))
@@ -371,6 +468,8 @@ class Ledger:
             if alloc.state is AllocationState.GRANTED
             else AllocationState.CANCELLED
         )
+        if state is AllocationState.RELEASED and alloc.granted_at is not None:
+            self._record_usage(tx.conn, alloc.user, len(alloc.gpus), alloc.granted_at)
         tx.conn.execute(delete(holdings).where(holdings.c.allocation_id == alloc.id))
         tx.conn.execute(
             update(allocations)
@@ -395,112 +494,130 @@ class Ledger:
             self._end(tx, alloc, reason)
         return [self._one(tx.conn, a.id) for a in active]
 
-    def _schedule(self, tx: Transaction) -> list[int]:
-        """Grant what can be granted, in queue order. Runs inside the caller's write lock."""
-        conn = tx.conn
-        queued = self._load(conn, allocations.c.state == AllocationState.QUEUED.value)
-        if not queued:
-            return []
-        nodes = {a.node for a in queued}
-        present = self._present_by_node(conn, nodes)
-        held = set(conn.execute(select(holdings.c.gpu_uuid)).scalars())
-        free = _free(present, held)
-        granted = []
-        now = self.clock.now()
-        for alloc in queued:
-            possible = sum(1 for g in present[alloc.node] if model_matches(alloc.model, g.model))
-            if possible < alloc.count:
-                # GPUs were lost since it queued: waiting would block the node for ever
-                kind = f" of model '{alloc.model}'" if alloc.model else ""
-                self._end(
-                    tx,
-                    alloc,
-                    f"cannot be granted any more: node {alloc.node} now has {possible} "
-                    f"GPU(s){kind}, fewer than the {alloc.count} asked for",
-                )
-                continue
-            pool = free[alloc.node]
-            fits = [g for g in pool if model_matches(alloc.model, g.model)]
-            if len(fits) < alloc.count:
-                # keep these for the head of the line: strict order among rivals
-                for g in fits:
-                    pool.remove(g)
-                continue
-            chosen = fits[: alloc.count]
-            for g in chosen:
-                pool.remove(g)
-            conn.execute(
-                insert(holdings), [{"gpu_uuid": g.uuid, "allocation_id": alloc.id} for g in chosen]
-            )
-            conn.execute(
-                insert(allocation_gpus),
-                [{"gpu_uuid": g.uuid, "allocation_id": alloc.id} for g in chosen],
-            )
-            conn.execute(
-                update(allocations)
-                .where(allocations.c.id == alloc.id)
-                .values(state=AllocationState.GRANTED.value, granted_at=now)
-            )
-            self.write_event(
-                tx,
-                "granted",
-                allocation_id=alloc.id,
-                kernel_id=alloc.kernel_id,
-                detail={"gpus": [g.uuid for g in chosen], "waited_s": now - alloc.created_at},
-            )
-            granted.append(alloc.id)
-        return granted
-
-    def _present_by_node(self, conn: Connection, nodes: Iterable[str]) -> dict[str, list[Gpu]]:
-        rows = conn.execute(
-            select(gpus)
-            .where(gpus.c.node.in_(set(nodes)) & gpus.c.present)
-            .order_by(gpus.c.node, gpus.c.idx)
-        )
-        present: dict[str, list[Gpu]] = defaultdict(list)
-        for r in rows:
-            present[r.node].append(_gpu(r))
-        return present
-
-    def _queue_view(self, conn: Connection) -> dict[int, tuple[int, str]]:
-        """Position and reason in words for every queued request, replaying the scheduler."""
-        queued = self._load(conn, allocations.c.state == AllocationState.QUEUED.value)
-        if not queued:
-            return {}
-        nodes = {a.node for a in queued}
-        present = self._present_by_node(conn, nodes)
-        holder_of: dict[str, str] = {
-            uuid: user
-            for uuid, user in conn.execute(
-                select(holdings.c.gpu_uuid, allocations.c.user).join(
-                    allocations, allocations.c.id == holdings.c.allocation_id
+    def _scheduler(self, conn: Connection) -> tuple[Scheduler, list[Allocation]]:
+        """The scheduler over the ledger's state as ``conn`` sees it, and the active requests."""
+        policy = self._policy(conn)
+        active = self._load(conn, allocations.c.state.in_(_ACTIVE))
+        raw_groups = {
+            r.id: r.groups
+            for r in conn.execute(
+                select(allocations.c.id, allocations.c.groups).where(
+                    allocations.c.state.in_(_ACTIVE)
                 )
             )
         }
-        free = _free(present, set(holder_of))
-        positions: Counter[str] = Counter()
-        view: dict[int, tuple[int, str]] = {}
-        for alloc in queued:
-            positions[alloc.node] += 1
-            pool = free[alloc.node]
-            matching = [g for g in present[alloc.node] if model_matches(alloc.model, g.model)]
-            fits = [g for g in pool if model_matches(alloc.model, g.model)]
-            for g in fits:
-                pool.remove(g)
-            kind = f" of model '{alloc.model}'" if alloc.model else ""
-            free_count = sum(1 for g in matching if g.uuid not in holder_of)
-            reason = (
-                f"waiting for {_plural(alloc.count, 'GPU')}{kind} on {alloc.node}: "
-                f"{free_count} of {len(matching)} free"
+        sched = load_scheduler(
+            conn,
+            policy=policy,
+            now=self.clock.now(),
+            groups_of=self.groups_of,
+            active=active,
+            raw_groups=raw_groups,
+        )
+        return sched, active
+
+    def _policy(self, conn: Connection) -> SchedulingPolicy:
+        from .store import policies  # the one table only the policy documents use
+
+        row = conn.execute(
+            select(policies.c.document).where(policies.c.key == SCHEDULING_KEY)
+        ).first()
+        if row is None:
+            return self.configured_policy
+        return SchedulingPolicy.from_json(json.loads(row.document), base=self.configured_policy)
+
+    def _schedule(self, tx: Transaction) -> list[int]:
+        """Grant and preempt what the policy says now. Runs inside the caller's write lock."""
+        conn = tx.conn
+        if (
+            conn.execute(
+                select(allocations.c.id).where(allocations.c.state == AllocationState.QUEUED.value)
+            ).first()
+            is None
+        ):
+            return []
+        sched, active = self._scheduler(conn)
+        by_id = {a.id: a for a in active}
+        for demand in list(sched.demands.values()):
+            why = sched.check(demand)
+            if why is not None:
+                # GPUs were lost since it queued: waiting would block the node for ever
+                sched.withdraw(demand.id)
+                self._end(tx, by_id[demand.id], f"cannot be granted any more: {why}")
+        out = sched.schedule(self.clock.now())
+        now = self.clock.now()
+        for grant in out.grants:
+            alloc = by_id[grant.request_id]
+            rows = [{"gpu_uuid": u, "allocation_id": alloc.id} for u in grant.gpus]
+            conn.execute(insert(holdings), rows)
+            conn.execute(insert(allocation_gpus), rows)
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == alloc.id)
+                .values(
+                    state=AllocationState.GRANTED.value, granted_at=now, borrowed=grant.borrowed
+                )
             )
-            holders = Counter(holder_of[g.uuid] for g in matching if g.uuid in holder_of)
-            if holders:
-                reason += "; held by " + ", ".join(f"{u} ({n})" for u, n in holders.most_common())
-            reserved = free_count - len(fits)
-            if reserved > 0:
-                reason += f"; {reserved} kept for earlier requests in the queue"
-            view[alloc.id] = (positions[alloc.node], reason)
-        return view
+            detail: dict[str, Any] = {"gpus": list(grant.gpus), "waited_s": now - alloc.created_at}
+            if grant.borrowed:
+                detail["borrowed"] = True
+            self.write_event(
+                tx, "granted", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
+            )
+        for pre in out.preemptions:
+            victim = by_id[pre.holding_id]
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == victim.id)
+                .values(preempted_for=pre.request_id, preempt_reason=pre.message)
+            )
+            self.write_event(
+                tx,
+                "preempted",
+                allocation_id=victim.id,
+                kernel_id=victim.kernel_id,
+                detail={"for": pre.request_id, "reason": pre.message, "user": victim.user},
+            )
+        return [g.request_id for g in out.grants]
+
+    def _record_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
+        """Add a finished grant's GPU-seconds, decayed as fair share counts them."""
+        now = self.clock.now()
+        half_life = self._policy(conn).half_life
+        elapsed = max(now - granted_at, 0.0)
+        used = count * half_life / math.log(2.0) * (1.0 - 2.0 ** (-elapsed / half_life))
+        row = conn.execute(select(fairshare).where(fairshare.c.user == user)).first()
+        if row is None:
+            conn.execute(insert(fairshare).values(user=user, gpu_seconds=used, at=now))
+        else:
+            total = decayed(row.gpu_seconds, now - row.at, half_life) + used
+            conn.execute(
+                update(fairshare).where(fairshare.c.user == user).values(gpu_seconds=total, at=now)
+            )
+
+    def _queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
+        """Position, reason and estimated start of every queued request."""
+        if (
+            conn.execute(
+                select(allocations.c.id).where(allocations.c.state == AllocationState.QUEUED.value)
+            ).first()
+            is None
+        ):
+            return {}
+        sched, _ = self._scheduler(conn)
+        view = sched_view.explain(sched)
+        typical = typical_durations(conn, sched.policy)
+        now = sched.now
+
+        def expected_end(h: Holding) -> float:
+            if h.preempted_for is not None:
+                return now + _PREEMPT_GRACE
+            return max(h.granted_at + typical.get(h.klass, 3600.0), now + 60.0)
+
+        starts = sched_view.estimate_starts(
+            sched, expected_end, lambda d: typical.get(d.klass, 3600.0)
+        )
+        return {aid: replace(info, estimated_start=starts.get(aid)) for aid, info in view.items()}
 
     def _kernel(self, conn: Connection, kernel_id: str) -> KernelRecord:
         row = conn.execute(select(kernels).where(kernels.c.kernel_id == kernel_id)).first()
@@ -536,19 +653,17 @@ class Ledger:
         return _with_queue_info(alloc, self._queue_view(conn))
 
 
-def _free(present: dict[str, list[Gpu]], held: set[str]) -> dict[str, list[Gpu]]:
-    """Per node, the present GPUs nobody holds, in index order (fresh lists: callers consume)."""
-    free: dict[str, list[Gpu]] = defaultdict(list)
-    for node, node_gpus in present.items():
-        free[node] = [g for g in node_gpus if g.uuid not in held]
-    return free
-
-
-def _with_queue_info(alloc: Allocation, view: dict[int, tuple[int, str]]) -> Allocation:
+def _with_queue_info(alloc: Allocation, view: dict[int, sched_view.WaitInfo]) -> Allocation:
     info = view.get(alloc.id)
     if info is None:
         return alloc
-    return replace(alloc, position=info[0], waiting_reason=info[1])
+    return replace(
+        alloc,
+        position=info.position,
+        waiting_reason=info.reason,
+        waiting_code=info.code,
+        estimated_start=info.estimated_start,
+    )
 
 
 def _gpu(r: Row[Any]) -> Gpu:
@@ -592,4 +707,9 @@ def _allocation_row(r: Row[Any], owned: tuple[str, ...]) -> Allocation:
         granted_at=r.granted_at,
         ended_at=r.ended_at,
         end_reason=r.end_reason,
+        priority_class=r.priority_class,
+        kind=r.kind or "kernel",
+        borrowed=bool(r.borrowed),
+        preempted_for=r.preempted_for,
+        preempt_reason=r.preempt_reason,
     )

@@ -51,6 +51,19 @@ class Allocation:
     position: int | None = None
     #: why a queued request waits, in words; None unless queued
     waiting_reason: str | None = None
+    #: the reason as a code: quota, priority, fair_share, order, no_free_gpu, preempting, starting
+    waiting_code: str | None = None
+    #: when a queued request may start (an estimate from typical holding times); None unknown
+    estimated_start: float | None = None
+    #: the scheduling policy's class (None on rows from before classes: the policy's default)
+    priority_class: str | None = None
+    #: "kernel" or "job": only jobs are ever preempted
+    kind: str = "kernel"
+    #: granted beyond a quota (borrowed): taken back first when others wait
+    borrowed: bool = False
+    #: set once preempted: the request its GPUs are being freed for, and why
+    preempted_for: int | None = None
+    preempt_reason: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,7 +32,8 @@ __all__ = ["WaitInfo", "estimate_starts", "explain", "order", "standings"]
 @dataclass(frozen=True, kw_only=True)
 class WaitInfo:
     request_id: int
-    #: 1-based place in the order of service
+    #: 1-based place in the order of service, among requests for the same node (or among
+    #: requests for any node)
     position: int
     code: str
     reason: str
@@ -74,7 +75,11 @@ def explain(s: Scheduler) -> dict[int, WaitInfo]:
     takers: dict[str, tuple[int, set[str]]] = {}
     reservations = policy.reservations
     view: dict[int, WaitInfo] = {}
-    for position, d in enumerate(queue, start=1):
+    places: Counter[str | None] = Counter()
+    for d in queue:
+        # a pinned request competes only with those pinned to its node
+        places[d.node] += 1
+        position = places[d.node]
         tier = policy.class_map[d.klass].priority
         models = s._models(d.model)
         candidates = [
@@ -114,37 +119,22 @@ def explain(s: Scheduler) -> dict[int, WaitInfo]:
         elif fits(free):
             code, reason = "starting", "GPUs are free for it; it starts at the next pass"
             consume()
-        elif fits(real_free):
-            best = max((takers.get(m, (tier, set()))[0] for m in models), default=tier)
-            others = set().union(*(takers.get(m, (tier, set()))[1] for m in models)) - {d.user}
-            if best > tier:
-                names = [c.name for c in policy.classes if c.priority == best]
-                code = "priority"
-                reason = (
-                    "the free GPUs it could use are kept for higher-priority requests "
-                    f"({', '.join(names)}) ahead of it"
-                )
-            elif others and policy.fair_share:
-                code = "fair_share"
-                reason = (
-                    "the free GPUs it could use are kept for users with less recent GPU use "
-                    f"({', '.join(sorted(others)[:3])}{'...' if len(others) > 3 else ''})"
-                )
-            else:
-                code = "order"
-                reason = "the free GPUs it could use are kept for earlier requests"
-            if reservations > 0:
-                reservations -= 1
-                consume()
         else:
             total = sum(len(p.gpus) for p in candidates)
             now_free = sum(real_free[p.id] for p in candidates)
             kind = f" of model '{d.model}'" if d.model else ""
             where = f" on {d.node}" if d.node else ""
-            code = "no_free_gpu"
             reason = (
                 f"waiting for {_plural(d.count, 'GPU')}{kind}{where}: {now_free} of {total} free"
             )
+            kept = now_free - sum(free[p.id] for p in candidates)
+            if fits(real_free):
+                code, ahead = _why_kept(s, d, tier, models, takers)
+                reason += f"; {kept} kept for {ahead}"
+            else:
+                code = "no_free_gpu"
+                if kept > 0:
+                    reason += f"; {kept} kept for requests ahead of it"
             held = Counter[str]()
             for m in models:
                 held.update(holders.get(m, Counter()))
@@ -155,6 +145,30 @@ def explain(s: Scheduler) -> dict[int, WaitInfo]:
                 consume()
         view[d.id] = WaitInfo(request_id=d.id, position=position, code=code, reason=reason)
     return view
+
+
+def _why_kept(
+    s: Scheduler,
+    d: Demand,
+    tier: int,
+    models: tuple[str, ...],
+    takers: dict[str, tuple[int, set[str]]],
+) -> tuple[str, str]:
+    """Who the free GPUs a request could use are kept for: (code, words)."""
+    best = max((takers.get(m, (tier, set()))[0] for m in models), default=tier)
+    if best > tier:
+        names = ", ".join(c.name for c in s.policy.classes if c.priority == best)
+        return "priority", f"higher-priority requests ({names})"
+    others = set().union(*(takers.get(m, (tier, set()))[1] for m in models)) - {d.user}
+
+    def fair(user: str) -> tuple[float, float]:
+        return (s._account_key(s._ranking_account(user)), s._user_key(user))
+
+    ahead = sorted(u for u in others if fair(u) < fair(d.user))
+    if s.policy.fair_share and ahead:
+        more = "..." if len(ahead) > 3 else ""
+        return "fair_share", f"users with less recent GPU use ({', '.join(ahead[:3])}{more})"
+    return "order", "earlier requests"
 
 
 def estimate_starts(

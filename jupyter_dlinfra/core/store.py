@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
     text,
     update,
@@ -36,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 __all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -89,6 +90,13 @@ allocations = Table(
     Column("granted_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
     Column("end_reason", Text, nullable=True),
+    # schema 4: scheduling terms (NULL on rows written before: the policy's defaults apply)
+    Column("priority_class", String(64), nullable=True),
+    Column("kind", String(16), nullable=True),
+    Column("groups", Text, nullable=True),
+    Column("borrowed", Boolean, nullable=True),
+    Column("preempted_for", Integer, nullable=True),
+    Column("preempt_reason", Text, nullable=True),
 )
 
 allocation_gpus = Table(
@@ -196,6 +204,28 @@ jobs = Table(
     Column("handle", Text, nullable=True),
     Column("failed_cell", Integer, nullable=True),
     Column("error", Text, nullable=True),
+    # schema 4
+    Column("priority_class", String(64), nullable=True),
+    Column("attempts", Integer, nullable=True),
+)
+
+#: fair share: each user's decayed GPU-seconds of ended allocations, as of ``at``
+fairshare = Table(
+    "dlinfra_fairshare",
+    metadata,
+    Column("user", String(255), primary_key=True),
+    Column("gpu_seconds", Float, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+#: columns added after a table was first created: (schema version, table, column)
+_ADDED = (
+    *(
+        (4, "dlinfra_allocations", c)
+        for c in ("priority_class", "kind", "groups", "borrowed", "preempted_for", "preempt_reason")
+    ),
+    (4, "dlinfra_jobs", "priority_class"),
+    (4, "dlinfra_jobs", "attempts"),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
@@ -273,16 +303,33 @@ class Store:
                 # concurrent first starts must not race on CREATE TABLE
                 conn.execute(text("SELECT pg_advisory_xact_lock(421337)"))
             metadata.create_all(conn)
+            self._add_columns(conn)
             existing = set(conn.execute(select(meta.c.key)).scalars())
             for key, value in (("schema", SCHEMA_VERSION), ("version", 0)):
                 if key not in existing:
                     conn.execute(meta.insert().values(key=key, value=value))
-            # versions 2 and 3 only added tables, which create_all has just made on older ledgers
+            # versions 2 and 3 only added tables, which create_all has just made on older
+            # ledgers; 4 added columns too (_add_columns)
             conn.execute(
                 update(meta)
                 .where(meta.c.key == "schema", meta.c.value < SCHEMA_VERSION)
                 .values(value=SCHEMA_VERSION)
             )
+
+    @staticmethod
+    def _add_columns(conn: Connection) -> None:
+        """ALTER older ledgers' tables: create_all makes missing tables, never missing columns."""
+        inspector = inspect(conn)
+        have: dict[str, set[str]] = {}
+        for _version, table, column in _ADDED:
+            if table not in have:
+                have[table] = {c["name"] for c in inspector.get_columns(table)}
+            if column in have[table]:
+                continue
+            col = metadata.tables[table].c[column]
+            kind = col.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{column}" {kind}'))
+            have[table].add(column)
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:

@@ -178,9 +178,10 @@ def _verify(store: Store, ledger: Ledger, records: list[dict[str, Any]]) -> None
     assert held == {(uuid, aid) for aid in granted for uuid in owned[aid]}
     assert {(u, a) for u, a in holder.items()} == held
 
-    # the final state is at rest: nothing that waits could be granted now (FIFO rule)
+    # the final state is at rest: nothing that waits could be granted now (in the order of
+    # service, each blocked request keeps the free GPUs it could use)
     free = [g for g in ledger.gpus(NODE) if g.uuid not in {u for u, _ in held}]
-    for waiting in ledger.queue(NODE):
+    for waiting in sorted(ledger.queue(NODE), key=lambda a: a.position or 0):
         fits = [g for g in free if model_matches(waiting.model, g.model)]
         assert len(fits) < waiting.count, f"allocation {waiting.id} waits with GPUs free"
         free = [g for g in free if g not in fits]

@@ -17,7 +17,6 @@ from hypothesis.stateful import (
 )
 
 from jupyter_dlinfra.core import (
-    Allocation,
     AllocationState,
     Conflict,
     Gpu,
@@ -182,16 +181,14 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert all(u in present for u in a.gpus)
                 self.seen_granted.add(a.id)
 
-        # waiting requests hold nothing and are numbered 1..n per node, in id order
+        # waiting requests hold nothing and are numbered 1..n in the order of service
         assert all(a.gpus == () and a.granted_at is None for a in queued)
         queue = self.ledger.queue()
         assert queue == queued
-        per_node: dict[str, list[Allocation]] = defaultdict(list)
-        for a in queue:
-            per_node[a.node].append(a)
-        for waiting in per_node.values():
-            assert [a.position for a in waiting] == list(range(1, len(waiting) + 1))
-            assert all(a.waiting_reason for a in waiting)
+        for node in {a.node for a in queue}:
+            on_node = [a.position or 0 for a in queue if a.node == node]
+            assert sorted(on_node) == list(range(1, len(on_node) + 1))
+        assert all(a.waiting_reason and a.waiting_code for a in queue)
 
         # ended allocations hold nothing any more
         holding_ids = {h.id for h in holders.values()}

@@ -612,7 +612,7 @@ def test_events_are_recorded_in_order(kit: Kit) -> None:
         ("released", b.id, "k2"),
         ("kernel_forgotten", None, "k2"),
     ]
-    assert evs[4].detail == {"count": 2, "model": None}
+    assert evs[4].detail == {"count": 2, "model": None, "priority_class": "interactive"}
     assert evs[5].detail == {"gpus": list(a.gpus), "waited_s": 0.0}
     assert evs[7].detail == {"reason": "done", "gpus": list(a.gpus)}
     assert evs[8].detail["waited_s"] == pytest.approx(1.0)
@@ -635,7 +635,7 @@ def test_a_request_made_unsatisfiable_by_a_lost_gpu_does_not_block_the_node(kit:
     kit.ledger.sync_inventory("node-a", devices[:3])  # now at most 3 GPUs: k2 can never run
     ended = kit.ledger.allocation(big.id)
     assert ended.state is AllocationState.CANCELLED
-    assert ended.end_reason is not None and "now has 3 GPU(s)" in ended.end_reason
+    assert ended.end_reason is not None and "node-a has 3 GPU(s)" in ended.end_reason
     kit.ledger.release(small.id, reason="done")
     late = kit.ledger.request(kernel_id="k3", count=1)
     assert late.state is GRANTED  # 3 of 3 GPUs are free
