@@ -94,10 +94,16 @@ class KernelApiClient:
 
     # -- the calls %gpu makes ------------------------------------------------------------------
 
-    def request_gpus(self, count: int, model: str | None) -> dict[str, Any]:
-        return self.call(
-            "POST", "allocations", {"kernel_id": self.kernel_id, "count": count, "model": model}
-        )
+    def request_gpus(
+        self, count: int, model: str | None, priority_class: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"kernel_id": self.kernel_id, "count": count, "model": model}
+        if priority_class is not None:
+            body["priority_class"] = priority_class
+        return self.call("POST", "allocations", body)
+
+    def fairshare(self) -> dict[str, Any]:
+        return self.call("GET", "fairshare")
 
     def allocation(self, allocation_id: int, *, wait: float = 0.0) -> dict[str, Any]:
         return self.call(

@@ -124,6 +124,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["backend"] = args.backend
     if args.priority:
         body["priority"] = args.priority
+    if args.priority_class:
+        body["priority_class"] = args.priority_class
     if args.after:
         body["after"] = args.after
     params = {k: _value(v) for k, v in _pairs(args.parameter, "-p").items()}
@@ -202,7 +204,12 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--after", type=int, action="append", default=[], metavar="JOB")
     s.add_argument("--backend", help="local, slurm, ... (default: the server's)")
-    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--priority", type=int, default=0, help="order among your own jobs")
+    s.add_argument(
+        "--class",
+        dest="priority_class",
+        help="scheduling class, e.g. batch or low (default: the server's job class)",
+    )
     s.add_argument("--name")
     s.add_argument("--wait", action="store_true", help="follow the log until the job ends")
     s.set_defaults(run=cmd_submit)

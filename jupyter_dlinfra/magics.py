@@ -13,10 +13,11 @@ from typing import Any
 from .api_client import ApiFailure, DLInfraUnavailable, KernelApiClient
 from .cuda_state import cuda_initialised
 
-__all__ = ["GpuMagic", "parse_line", "register"]
+__all__ = ["GpuMagic", "parse_line", "queue_line", "register"]
 
 USAGE = """\
-%gpu N [--model NAME] [--timeout SECONDS] [--no-wait]   ask for N GPUs (waits in the queue)
+%gpu N [--model NAME] [--class NAME] [--timeout SECONDS] [--no-wait]
+                                                        ask for N GPUs (waits in the queue)
 %gpu                                                    show this kernel's GPUs, live
 %gpu release                                            give this kernel's GPUs back
 %gpu keep                                               keep idle GPUs past a reclaim warning
@@ -40,6 +41,7 @@ class Command:
     count: int = 0
     seconds: float = 0.0
     model: str | None = None
+    priority_class: str | None = None
     timeout: float | None = None
     wait: bool = True
     restart: bool = False
@@ -55,6 +57,7 @@ def _parser() -> _Parser:
     p.add_argument("what", nargs="?")
     p.add_argument("extra", nargs="*")
     p.add_argument("--model")
+    p.add_argument("--class", dest="priority_class")
     p.add_argument("--timeout", type=float)
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--restart", action="store_true")
@@ -91,7 +94,7 @@ def parse_line(line: str, cell: str | None = None) -> Command:
     if args.extra and what not in ("release", "keep", "profile"):
         raise UsageError(f"unexpected {' '.join(args.extra)!r}")
     if what is None:
-        if args.model or args.timeout is not None or args.no_wait:
+        if args.model or args.priority_class or args.timeout is not None or args.no_wait:
             raise UsageError("say how many GPUs, e.g. %gpu 2 --model A100")
         return Command(action="restart" if args.restart else "show")
     if what in ("release", "keep"):
@@ -114,6 +117,7 @@ def parse_line(line: str, cell: str | None = None) -> Command:
         action="request",
         count=count,
         model=args.model,
+        priority_class=args.priority_class,
         timeout=args.timeout,
         wait=not args.no_wait,
         restart=args.restart,
@@ -151,6 +155,16 @@ def _when(stamp: Any, *, relative: bool = False) -> str:
         return clock
     left = (moment - datetime.now(timezone.utc)).total_seconds()
     return f"at {clock} (in {max(0.0, left) / 60:.0f} min)"
+
+
+def queue_line(alloc: dict[str, Any], waited: float | None = None) -> str:
+    """Where a queued request stands: place, class, reason and estimated start."""
+    klass = f" ({alloc['priority_class']})" if alloc.get("priority_class") else ""
+    spent = f", waited {waited:.0f} s" if waited is not None else ""
+    line = f"Queued at position {alloc['position']}{klass}{spent}: {alloc['waiting_reason']}."
+    if alloc.get("estimated_start"):
+        line += f" Estimated start {_when(alloc['estimated_start'], relative=True)}."
+    return line
 
 
 def _gib(n: int | None) -> str:
@@ -237,13 +251,13 @@ class GpuMagic:
     # -- actions ---------------------------------------------------------------------------------
 
     def request(self, cmd: Command) -> None:
-        alloc = self.client.request_gpus(cmd.count, cmd.model)
+        alloc = self.client.request_gpus(cmd.count, cmd.model, cmd.priority_class)
         if alloc["state"] == "queued":
             if not cmd.wait:
                 self.pending = alloc["id"]
                 print(
-                    f"Queued at position {alloc['position']} ({alloc['waiting_reason']}). "
-                    "The GPUs will be applied before the first cell you run after the grant."
+                    queue_line(alloc)
+                    + " The GPUs will be applied before the first cell you run after the grant."
                 )
                 return
             final = self._wait(alloc, cmd.timeout)
@@ -286,10 +300,7 @@ class GpuMagic:
     def _queue_line(alloc: dict[str, Any], waited: float) -> str:
         if alloc["state"] != "queued":
             return f"Request {alloc['state']}."
-        return (
-            f"Queued at position {alloc['position']}, waited {waited:.0f} s: "
-            f"{alloc['waiting_reason']}"
-        )
+        return queue_line(alloc, waited)
 
     @staticmethod
     def _update(handle: Any, text: str) -> None:
@@ -341,7 +352,14 @@ class GpuMagic:
         held = False
         for alloc in mine:
             if alloc["state"] == "queued":
-                print(f"Queued at position {alloc['position']}: {alloc['waiting_reason']}")
+                print(queue_line(alloc))
+                standing = self.client.fairshare().get("you")
+                if standing:
+                    print(
+                        f"Your fair-share factor is {standing['factor']:.2f} (1: no recent use, "
+                        f"0.5: used your share); recent use {standing['usage_gpu_hours']:.1f} "
+                        "GPU-hours."
+                    )
                 continue
             held = True
             label = " (simulated)" if alloc.get("simulated") else ""

@@ -7,6 +7,7 @@ from .idle_book import IdleBook
 from .ledger import Ledger, model_matches
 from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
 from .replay import ReplayReport, UsageSeries, replay
+from .sched_policy import PriorityClass, SchedulingPolicy
 from .store import SCHEMA_VERSION, Store
 
 __all__ = [
@@ -29,9 +30,11 @@ __all__ = [
     "PermissionDenied",
     "Phase",
     "PolicyError",
+    "PriorityClass",
     "ReclaimAction",
     "ReclaimPolicy",
     "ReplayReport",
+    "SchedulingPolicy",
     "Store",
     "SystemClock",
     "Unsatisfiable",

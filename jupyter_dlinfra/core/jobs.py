@@ -52,6 +52,8 @@ class NewJob:
     gpus: int = 0
     model: str | None = None
     priority: int = 0
+    #: the scheduling policy's class; None: the policy's job class
+    priority_class: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
     after: Sequence[int] = ()
     #: jobs of one sweep share a group id
@@ -89,6 +91,9 @@ class Job:
     #: for a failed job: which cell (1-based) and its error
     failed_cell: int | None = None
     error: str | None = None
+    priority_class: str | None = None
+    #: how many times it was stopped by preemption and queued again
+    attempts: int = 0
 
     @property
     def kernel_id(self) -> str:
@@ -142,6 +147,7 @@ class JobBook:
                     gpus=new.gpus,
                     model=new.model,
                     priority=new.priority,
+                    priority_class=new.priority_class,
                     parameters=json.dumps(dict(new.parameters)),
                     group_id=new.group_id,
                     state=JobState.QUEUED.value,
@@ -279,6 +285,32 @@ class JobBook:
             )
         return self.job(job_id)
 
+    def requeue(self, job_id: int, reason: str) -> Job:
+        """A running job was preempted: it waits again, to start afresh from its snapshot."""
+        with self.store.write() as tx:
+            current = self._one(tx.conn, job_id)
+            if current.state is not JobState.RUNNING:
+                raise Conflict(f"job {job_id} is {current.state.value}, not running")
+            tx.conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    state=JobState.QUEUED.value,
+                    started_at=None,
+                    handle=None,
+                    allocation_id=None,
+                    reason=reason,
+                    attempts=current.attempts + 1,
+                )
+            )
+            self.ledger.write_event(
+                tx,
+                "job_requeued",
+                kernel_id=job_kernel_id(job_id),
+                detail={"job": job_id, "user": current.user, "reason": reason},
+            )
+        return self.job(job_id)
+
     def finish(
         self,
         job_id: int,
@@ -408,6 +440,8 @@ def _job(r: Row[Any], after: Iterable[int]) -> Job:
         handle=json.loads(r.handle) if r.handle else None,
         failed_cell=r.failed_cell,
         error=r.error,
+        priority_class=r.priority_class,
+        attempts=r.attempts or 0,
     )
 
 

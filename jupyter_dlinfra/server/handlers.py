@@ -32,6 +32,7 @@ from .policy_handlers import (
     PolicyHandler,
     PolicySimulateHandler,
 )
+from .sched_handlers import FairShareHandler, SchedulingHandler
 from .views import allocation_json, cluster_json
 
 __all__ = ["ROUTES"]
@@ -103,12 +104,12 @@ class AllocationsHandler(_Base):
     @authorized("write")
     async def post(self) -> None:
         body = self.json_body()
-        unknown = set(body) - {"kernel_id", "count", "model"}
+        unknown = set(body) - {"kernel_id", "count", "model", "priority_class"}
         if unknown:
             raise ApiError(
                 400,
                 f"unknown field(s): {', '.join(sorted(unknown))}; expected kernel_id, "
-                "count and model",
+                "count, model and priority_class",
                 code="bad_field",
             )
         kernel_id = body.get("kernel_id", self.kernel_scope)
@@ -120,10 +121,21 @@ class AllocationsHandler(_Base):
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise ApiError(400, "model must be a string, such as 'A100', or null", code="bad_field")
+        klass = body.get("priority_class")
+        if klass is not None and not isinstance(klass, str):
+            raise ApiError(
+                400,
+                "priority_class must be a class name, such as 'batch', or null",
+                code="bad_field",
+            )
         record = await self.service.call(self.service.ledger.kernel, kernel_id)
         self.own_kernel(kernel_id, record.user)
         alloc = await self.service.mutate(
-            self.service.ledger.request, kernel_id=kernel_id, count=count, model=model
+            self.service.ledger.request,
+            kernel_id=kernel_id,
+            count=count,
+            model=model,
+            priority_class=klass,
         )
         self.set_header(
             "Location", self.base_url.rstrip("/") + f"/dlinfra/api/allocations/{alloc.id}"
@@ -283,6 +295,8 @@ ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
     (r"/dlinfra/api/allocations", AllocationsHandler, ("GET", "POST")),
     (r"/dlinfra/api/allocations/(?P<allocation_id>[^/]+)", AllocationHandler, ("GET", "DELETE")),
     (r"/dlinfra/api/queue", QueueHandler, ("GET",)),
+    (r"/dlinfra/api/scheduling", SchedulingHandler, ("GET", "PUT")),
+    (r"/dlinfra/api/fairshare", FairShareHandler, ("GET",)),
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/restart", KernelRestartHandler, ("POST",)),
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/keep", KernelKeepHandler, ("POST",)),
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/usage", KernelUsageHandler, ("GET",)),

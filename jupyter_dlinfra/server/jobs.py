@@ -38,7 +38,7 @@ from ..backends import (
     JobLaunch,
 )
 from ..backends.local import read_status
-from ..core import AllocationState, InvalidRequest, KernelRecord, NotFound
+from ..core import Allocation, AllocationState, InvalidRequest, KernelRecord, NotFound
 from ..core.jobs import JOB_KERNEL_NAME, Job, JobBook, JobState, NewJob
 from ..jobs.convert import prepare, read_notebook, snapshot
 from .liveness import pid_alive, process_alive, process_started_at
@@ -51,6 +51,8 @@ __all__ = ["JobService", "JobSettings", "Submission"]
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 #: names and models are stored in 255-character columns
 _MAX_TEXT = 200
+#: the reason of a preempted job while it is being stopped
+_STOPPING = "being stopped for a higher-priority request"
 _ENDS = {
     BackendState.SUCCEEDED: JobState.SUCCEEDED,
     BackendState.FAILED: JobState.FAILED,
@@ -85,6 +87,8 @@ class Submission:
     gpus: int | None = None
     model: str | None = None
     priority: int = 0
+    #: the scheduling class; None: the policy's job class
+    priority_class: str | None = None
     parameters: Mapping[str, Any] | None = None
     #: a grid: one job per combination of these values, merged over ``parameters``
     sweep: Mapping[str, Sequence[Any]] | None = None
@@ -168,6 +172,13 @@ class JobService:
         # every point is converted before anything is recorded: one bad point fails them all
         limit = self.settings.max_parameter_bytes
         prepared = [prepare(notebook, parameters=p, max_parameter_bytes=limit) for p in points]
+        if sub.priority_class is not None:
+            policy = self.service.ledger.scheduling_policy()
+            if sub.priority_class not in policy.class_map:
+                raise InvalidRequest(
+                    f"unknown priority class {sub.priority_class!r}; classes: {policy.class_names}",
+                    reason="unknown_class",
+                )
         kernel_name, spec_gpus = _job_kernel(prepared[0].kernel_name, self.kernel_specs)
         wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
         model = sub.model if sub.model is not None else prepared[0].model
@@ -189,6 +200,7 @@ class JobService:
                         gpus=sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus),
                         model=sub.model if sub.model is not None else ready.model,
                         priority=sub.priority,
+                        priority_class=sub.priority_class,
                         parameters=ready.parameters,
                         after=sub.after,
                         group_id=group,
@@ -232,6 +244,7 @@ class JobService:
                 gpus=job.gpus,
                 model=job.model,
                 priority=job.priority,
+                priority_class=job.priority_class,
                 parameters=job.parameters,
                 backend=job.backend,
             ),
@@ -294,7 +307,9 @@ class JobService:
                     self._end(job, JobState.FAILED, f"could not start: {err}")
         mine_id = self.service.settings.server_id
         held = self.book.jobs(active=True)
-        self._poll([j for j in held if j.handle is not None and j.server_id == mine_id])
+        polled = [j for j in held if j.handle is not None and j.server_id == mine_id]
+        self._stop_preempted(polled)
+        self._poll(polled)
 
     def _try_start(self, job: Job) -> None:
         backend = self.backends.get(job.backend)
@@ -373,7 +388,13 @@ class JobService:
                 ),
                 token_hash=None,
             )
-            alloc = ledger.request(kernel_id=job.kernel_id, count=job.gpus, model=job.model)
+            alloc = ledger.request(
+                kernel_id=job.kernel_id,
+                count=job.gpus,
+                model=job.model,
+                priority_class=job.priority_class,
+                kind="job",
+            )
             job = self.book.update(job.id, allocation_id=alloc.id)
         else:
             alloc = ledger.allocation(job.allocation_id)
@@ -424,7 +445,54 @@ class JobService:
         elif status.state.ended:
             self._record_end(job, status.state, status.reason)
 
+    def _stop_preempted(self, running: list[Job]) -> None:
+        """Stop the jobs whose GPUs the scheduler wants back; they are queued again once gone."""
+        for job in running:
+            alloc = self._preemption(job)
+            if alloc is None or (job.reason or "").startswith(_STOPPING):
+                continue
+            backend = self.backends.get(job.backend)
+            if backend is None or job.handle is None:
+                continue
+            try:
+                backend.cancel(JobHandle.from_json(job.handle))
+            except BackendError as err:
+                self.log.warning("dlinfra: stopping preempted job %s failed: %s", job.id, err)
+                continue
+            self.book.update(job.id, reason=f"{_STOPPING}: {alloc.preempt_reason}")
+
+    def _preemption(self, job: Job) -> Allocation | None:
+        """The job's allocation, if the scheduler preempted it."""
+        if job.allocation_id is None or job.state is not JobState.RUNNING:
+            return None
+        try:
+            alloc = self.service.ledger.allocation(job.allocation_id)
+        except NotFound:
+            return None
+        return alloc if alloc.preempted_for is not None and alloc.state.active else None
+
+    def _requeue(self, job: Job, alloc: Allocation) -> None:
+        """Queue a preempted job again; its last run's files are kept beside, renamed."""
+        attempt = job.attempts + 1
+        workdir = Path(job.workdir)
+        for name in ("launched.json", "status.json"):
+            with contextlib.suppress(OSError):
+                (workdir / name).rename(workdir / f"{Path(name).stem}.attempt-{attempt}.json")
+        reason = (
+            f"preempted ({alloc.preempt_reason}); queued again to start afresh "
+            f"(attempt {attempt + 1})"
+        )
+        with contextlib.suppress(OSError), (workdir / "job.log").open("a", encoding="utf-8") as log:
+            log.write(f"\n--- {reason} ---\n\n")
+        self._release(job, "job preempted")
+        self.book.requeue(job.id, reason)
+
     def _record_end(self, job: Job, state: BackendState, reason: str | None) -> None:
+        preempted = self._preemption(job)
+        cancelled = (job.reason or "").startswith("cancelled by")
+        if preempted is not None and state is not BackendState.SUCCEEDED and not cancelled:
+            self._requeue(job, preempted)
+            return
         final = _ENDS[state]
         found = read_status(job.workdir) or {}
         cancelling = bool(job.reason and job.reason.startswith("cancelled by"))

@@ -62,6 +62,13 @@ def allocation_json(
         "end_reason": alloc.end_reason,
         "position": alloc.position,
         "waiting_reason": alloc.waiting_reason,
+        "waiting_code": alloc.waiting_code,
+        "estimated_start": iso(alloc.estimated_start),
+        "priority_class": alloc.priority_class,
+        "kind": alloc.kind,
+        "borrowed": alloc.borrowed,
+        "preempted_for": alloc.preempted_for,
+        "preempt_reason": alloc.preempt_reason,
         "simulated": simulated or any(e["simulated"] for e in held),
     }
 
