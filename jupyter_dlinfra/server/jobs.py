@@ -403,6 +403,8 @@ class JobService:
         if alloc.state is AllocationState.QUEUED:
             gpus = f"{job.gpus} GPU{'s' if job.gpus != 1 else ''}"
             reason = f"waiting for {gpus} at position {alloc.position}: {alloc.waiting_reason}"
+            if job.attempts:
+                reason += f" (preempted {job.attempts} time{'s' if job.attempts > 1 else ''})"
             if reason != job.reason:
                 self.book.update(job.id, reason=reason)
             return None
@@ -478,10 +480,7 @@ class JobService:
         for name in ("launched.json", "status.json"):
             with contextlib.suppress(OSError):
                 (workdir / name).rename(workdir / f"{Path(name).stem}.attempt-{attempt}.json")
-        reason = (
-            f"preempted ({alloc.preempt_reason}); queued again to start afresh "
-            f"(attempt {attempt + 1})"
-        )
+        reason = f"{alloc.preempt_reason}; queued again to start afresh (attempt {attempt + 1})"
         with contextlib.suppress(OSError), (workdir / "job.log").open("a", encoding="utf-8") as log:
             log.write(f"\n--- {reason} ---\n\n")
         self._release(job, "job preempted")
