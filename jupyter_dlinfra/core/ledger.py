@@ -43,6 +43,7 @@ from .store import (
     gpus,
     holdings,
     kernels,
+    policies,
 )
 
 #: where the admin's scheduling policy is kept (dlinfra_policy.key)
@@ -388,6 +389,9 @@ class Ledger:
                 cond = cond & (allocations.c.node == node)
             found = self._load(conn, cond)
             waiting = self._queue_view(conn)
+        # the view lists requests in the order of service
+        rank = {aid: i for i, aid in enumerate(waiting)}
+        found.sort(key=lambda a: rank.get(a.id, len(rank)))
         return [_with_queue_info(a, waiting) for a in found]
 
     def events(self, since: int = 0, limit: int = 1000) -> list[LedgerEvent]:
@@ -517,8 +521,6 @@ class Ledger:
         return sched, active
 
     def _policy(self, conn: Connection) -> SchedulingPolicy:
-        from .store import policies  # the one table only the policy documents use
-
         row = conn.execute(
             select(policies.c.document).where(policies.c.key == SCHEDULING_KEY)
         ).first()

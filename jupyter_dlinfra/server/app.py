@@ -466,6 +466,9 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         return value
 
     def initialize_settings(self) -> None:
+        # a wrong option stops the extension before anything is opened or started
+        scheduling = self.configured_scheduling()
+        self.configured_policy()
         clock = SystemClock()
         store = Store(self.db_url)
         self.directory = Directory(
@@ -477,7 +480,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         ledger = Ledger(
             store,
             clock,
-            policy=self.configured_scheduling(),
+            policy=scheduling,
             groups_of=self.directory.groups_of,
         )
         provider = select_provider(
@@ -554,15 +557,20 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         self.handlers.extend((pattern, handler) for pattern, handler, _ in ROUTES)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        await self.service.start()
+        service = getattr(self, "service", None)
+        if service is not None:  # None: the extension failed to load (its error is logged)
+            await service.start()
 
     async def stop_extension(self) -> None:
         # jupyter_server stops extensions before it shuts kernels down; shut ours down first,
         # while the ledger can still hear that their GPUs are free
+        service = getattr(self, "service", None)
+        if service is None:
+            return
         km = self._server.kernel_manager
         if len(km.list_kernel_ids()):
             await km.shutdown_all()
-        await self.service.stop()
+        await service.stop()
         set_port(None)
 
     @property

@@ -26,8 +26,11 @@ from referencing.jsonschema import DRAFT202012
 from server_kit import register
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
+from jupyter_dlinfra.core.fairshare import Standing
 from jupyter_dlinfra.core.idle import POLICY_FIELDS
 from jupyter_dlinfra.core.jobs import NewJob
+from jupyter_dlinfra.core.sched_policy import FIELDS as SCHEDULING_FIELDS
+from jupyter_dlinfra.core.sched_policy import PriorityClass, SchedulingPolicy
 from jupyter_dlinfra.server import job_handlers
 from jupyter_dlinfra.server.events import notice_from_event
 from jupyter_dlinfra.server.handlers import MAX_WAIT_S, ROUTES
@@ -154,7 +157,7 @@ def test_document_is_structurally_valid_openapi_3_1(doc: dict[str, Any]) -> None
 def test_documented_queries_and_bodies_match_the_handlers(doc: dict[str, Any]) -> None:
     post = doc["paths"]["/dlinfra/api/allocations"]["post"]
     body = _deref(doc, post["requestBody"]["content"]["application/json"]["schema"])
-    assert set(body["properties"]) == {"kernel_id", "count", "model"}
+    assert set(body["properties"]) == {"kernel_id", "count", "model", "priority_class"}
     assert body["additionalProperties"] is False
     assert body["properties"]["count"]["minimum"] == 1
     wait = next(
@@ -167,6 +170,16 @@ def test_documented_queries_and_bodies_match_the_handlers(doc: dict[str, Any]) -
     schemas = doc["components"]["schemas"]
     assert tuple(schemas["PolicyFields"]["properties"]) == POLICY_FIELDS
     assert set(schemas["PolicyOverride"]["properties"]) == {"exempt"}
+    assert tuple(schemas["SchedulingFields"]["properties"]) == SCHEDULING_FIELDS
+    assert tuple(schemas["SchedulingPolicy"]["required"]) == SCHEDULING_FIELDS
+    assert set(SchedulingPolicy().to_json()) == set(SCHEDULING_FIELDS)
+    klass = PriorityClass(name="x", priority=1).to_json()
+    assert set(schemas["PriorityClass"]["properties"]) == set(klass)
+    standing = Standing(
+        user="u", account="", usage_gpu_hours=0, held=0, share=1, account_share=1, factor=1
+    ).to_json()
+    assert set(schemas["Standing"]["properties"]) == set(standing)
+    assert set(schemas["Standing"]["required"]) == set(standing)
     simulate = schemas["SimulateRequest"]
     assert set(simulate["properties"]) == {"hours", "policy"}
     assert simulate["properties"]["hours"]["maximum"] == MAX_SIMULATE_HOURS
@@ -813,6 +826,158 @@ async def test_an_idle_kernel_warned_and_kept_matches_the_document(
         await jp_fetch("api", "kernels", kernel_id, method="DELETE")
 
 
+# -- scheduling: the policy, fair share, classes of requests --------------------------------------
+
+SCHEDULING = "/dlinfra/api/scheduling"
+FAIRSHARE = "/dlinfra/api/fairshare"
+
+
+async def test_scheduling_answers_for_a_non_admin_match_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    api = Api(doc, jp_fetch)
+    app = _extension(jp_serverapp)
+    owner = app.service.settings.user
+    await _inventory(api)
+
+    _, view = await api("GET", SCHEDULING, expect=200, schema_name="SchedulingView")
+    assert view["source"] == "config" and view["editable"] is False
+    assert view["updated_at"] is None and view["updated_by"] is None and view["changes"] == []
+    assert view["policy"] == view["configured"]
+    assert list(view["policy"]["classes"]) == ["interactive", "batch", "low"]
+    _, err = await api(
+        "PUT", SCHEDULING, body={"fair_share": False}, expect=403, schema_name="Error"
+    )
+    assert err["reason"] == "not_admin"
+    register(app, "token-kernel", token="the-token")
+    as_kernel = {"Authorization": "DLInfra-Kernel the-token"}
+    _, view = await api("GET", SCHEDULING, headers=as_kernel, expect=200)
+    assert view["editable"] is False
+    _, err = await api("PUT", SCHEDULING, body={}, headers=as_kernel, expect=403)
+    assert err["reason"] == "not_admin"
+
+    _, fair = await api("GET", FAIRSHARE, expect=200, schema_name="FairShare")
+    assert fair["user"] == owner and fair["you"] is None and fair["users"] is None
+    assert fair["fair_share"] is True and fair["quota"] is None
+
+    # a request in the batch class; an unknown class is refused with the classes named
+    allocs = "/dlinfra/api/allocations"
+    one = "/dlinfra/api/allocations/{allocation_id}"
+    register(app, "batch-kernel")
+    ask = {"kernel_id": "batch-kernel", "count": 1}
+    _, err = await api(
+        "POST", allocs, body={**ask, "priority_class": "gold"}, expect=400, schema_name="Error"
+    )
+    assert err["reason"] == "unknown_class" and "interactive, batch, low" in err["message"]
+    _, err = await api("POST", allocs, body={**ask, "priority_class": 7}, expect=400)
+    assert err["reason"] == "bad_field"
+    _, granted = await api(
+        "POST",
+        allocs,
+        body={**ask, "priority_class": "batch"},
+        expect=201,
+        schema_name="Allocation",
+    )
+    assert granted["state"] == "granted" and granted["priority_class"] == "batch"
+    assert granted["kind"] == "kernel" and granted["borrowed"] is False
+    assert granted["waiting_code"] is None and granted["estimated_start"] is None
+    assert granted["preempted_for"] is None and granted["preempt_reason"] is None
+
+    # a request for all four waits, with a reason code and an estimated start
+    _, queued = await api(
+        "POST", allocs, body={"count": 4}, headers=as_kernel, expect=201, schema_name="Allocation"
+    )
+    assert queued["state"] == "queued" and queued["priority_class"] == "interactive"
+    assert queued["waiting_code"] == "no_free_gpu" and queued["estimated_start"] is not None
+    _, queue = await api("GET", "/dlinfra/api/queue", expect=200, schema_name="Queue")
+    assert [a["waiting_code"] for a in queue["queue"]] == ["no_free_gpu"]
+    _, fair = await api("GET", FAIRSHARE, headers=as_kernel, expect=200, schema_name="FairShare")
+    assert fair["you"]["user"] == owner and fair["you"]["held"] == 1
+    assert fair["you"]["rank"] == 1 and fair["users"] is None
+
+    # a release records the use: the waiting request is granted, the factor falls below 1
+    await api("DELETE", one, path={"allocation_id": granted["id"]}, expect=204)
+    _, now_granted = await api(
+        "GET", one, path={"allocation_id": queued["id"]}, expect=200, schema_name="Allocation"
+    )
+    assert now_granted["state"] == "granted" and now_granted["waiting_code"] is None
+    _, fair = await api("GET", FAIRSHARE, expect=200, schema_name="FairShare")
+    assert fair["you"]["factor"] < 1 and fair["you"]["held"] == 4 and fair["you"]["rank"] is None
+    await api("DELETE", one, path={"allocation_id": queued["id"]}, expect=204)
+
+
+@pytest.mark.parametrize("dlinfra_config", [ADMIN_CONFIG])
+async def test_scheduling_changes_by_an_admin_match_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any, dlinfra_config: dict[str, Any]
+) -> None:
+    api = Api(doc, jp_fetch)
+    app = _extension(jp_serverapp)
+    await _inventory(api)
+    _, view = await api("GET", SCHEDULING, expect=200, schema_name="SchedulingView")
+    assert view["editable"] is True and view["source"] == "config"
+
+    for body, field in [
+        ({"bogus": 1}, "bogus"),
+        ({"classes": {"x": {"priority": "high"}}}, "classes.x.priority"),
+        ({"classes": {"interactive": {"priority": 1, "weight": 2}}}, "classes.interactive.weight"),
+        ({"user_quotas": {"bob": -1}}, "user_quotas.bob"),
+        ({"kernel_class": "batch"}, "kernel_class"),
+        ({"job_class": "gold"}, "job_class"),
+        ({"half_life": 0}, "half_life"),
+        ({"fair_share": "yes"}, "fair_share"),
+    ]:
+        _, err = await api("PUT", SCHEDULING, body=body, expect=400, schema_name="Error")
+        assert err["reason"] == "bad_policy" and err["message"].startswith(f"{field}: "), err
+    _, err = await api("PUT", SCHEDULING, body=[1], expect=400)
+    assert err["reason"] == "bad_json"
+    _, view = await api("GET", SCHEDULING, expect=200)
+    assert view["source"] == "config", "a refused change stores nothing"
+
+    change = {
+        "classes": {
+            "urgent": {"priority": 200},
+            "interactive": {"priority": 100},
+            "batch": {"priority": 50, "preemptible": True},
+        },
+        "default_user_quota": 4,
+        "user_quotas": {"bob": 1},
+        "group_shares": {"ml": 2},
+    }
+    _, view = await api("PUT", SCHEDULING, body=change, expect=200, schema_name="SchedulingView")
+    assert view["source"] == "api" and view["updated_by"] == "alice"
+    assert view["updated_at"] is not None
+    assert list(view["policy"]["classes"]) == ["urgent", "interactive", "batch"]
+    assert view["policy"]["user_quotas"] == {"bob": 1}
+    assert view["configured"]["default_user_quota"] is None
+    fields = {c["field"] for c in view["changes"]}
+    assert {
+        "classes.urgent.priority",
+        "classes.low.priority",
+        "default_user_quota",
+        "user_quotas.bob",
+        "group_shares.ml",
+    } <= fields
+
+    # bob's second request passes his quota of 1: it waits, for the reason "quota"
+    allocs = "/dlinfra/api/allocations"
+    register(app, "bob-1", user="bob")
+    register(app, "bob-2", user="bob")
+    _, held = await api("POST", allocs, body={"kernel_id": "bob-1", "count": 1}, expect=201)
+    assert held["state"] == "granted"
+    _, over = await api(
+        "POST",
+        allocs,
+        body={"kernel_id": "bob-2", "count": 1, "priority_class": "urgent"},
+        expect=201,
+        schema_name="Allocation",
+    )
+    assert over["state"] == "queued" and over["waiting_code"] == "quota"
+    assert over["priority_class"] == "urgent" and "quota of 1" in over["waiting_reason"]
+    _, fair = await api("GET", FAIRSHARE, expect=200, schema_name="FairShare")
+    assert fair["user"] == "alice" and fair["you"] is None and fair["quota"] == 4
+    assert [(s["user"], s["held"], s["rank"]) for s in fair["users"]] == [("bob", 1, 1)]
+
+
 # -- batch jobs ----------------------------------------------------------------------------------
 #
 # The job loop does not run under pytest-jupyter, but a submission (and a re-run) kicks off one
@@ -938,6 +1103,8 @@ async def test_batch_jobs_through_their_life_match_the_document(
         (400, "bad_field", {"path": ok, "gpus": -1}),
         (400, "bad_field", {"path": ok, "gpus": 1.5}),
         (400, "bad_field", {"path": ok, "priority": 1001}),
+        (400, "bad_field", {"path": ok, "priority_class": 5}),
+        (400, "unknown_class", {"path": ok, "priority_class": "gold"}),
         (400, "bad_field", {"path": ok, "parameters": [1]}),
         (400, "bad_field", {"path": ok, "sweep": [1]}),
         (400, "bad_field", {"path": ok, "after": "3"}),
@@ -957,7 +1124,13 @@ async def test_batch_jobs_through_their_life_match_the_document(
     response, first = await api(
         "POST",
         JOBS,
-        body={"path": ok, "gpus": 1, "parameters": {"lr": 0.5}, "priority": 5},
+        body={
+            "path": ok,
+            "gpus": 1,
+            "parameters": {"lr": 0.5},
+            "priority": 5,
+            "priority_class": "low",
+        },
         expect=201,
     )
     fid = first["id"]
@@ -972,6 +1145,7 @@ async def test_batch_jobs_through_their_life_match_the_document(
     api.validator({"$ref": "#/components/schemas/JobAnswer"}).validate(first)
     assert first["state"] == "queued" and first["user"] == owner and first["name"] == "ok"
     assert first["gpus"] == 1 and first["parameters"] == {"lr": 0.5} and first["priority"] == 5
+    assert first["priority_class"] == "low" and first["attempts"] == 0
     assert first["reason"] == "waiting for 1 GPU" and first["started_at"] is None
     assert first["duration_s"] is None and first["group_id"] is None
     assert first["outputs"]["script"] is not None
@@ -981,6 +1155,15 @@ async def test_batch_jobs_through_their_life_match_the_document(
     _, queued = await api("GET", JOB, path=fpath, expect=200, schema_name="JobAnswer")
     assert queued["state"] == "queued" and queued["allocation_id"] is not None
     assert queued["reason"].startswith("waiting for 1 GPU at position 1"), queued["reason"]
+    _, held_for_job = await api(
+        "GET",
+        ALLOCATION,
+        path={"allocation_id": queued["allocation_id"]},
+        expect=200,
+        schema_name="Allocation",
+    )
+    assert held_for_job["kind"] == "job" and held_for_job["priority_class"] == "low"
+    assert held_for_job["waiting_code"] == "no_free_gpu"
     _, log = await api("GET", JOB_LOG, path=fpath, expect=200, schema_name="JobLog")
     assert log["text"] == "" and log["size"] == 0 and log["complete"] is False
     for fmt in ("notebook", "html", "log"):
@@ -1112,7 +1295,7 @@ async def test_batch_jobs_through_their_life_match_the_document(
     )
     assert response.headers["Location"] == f"{jp_base_url}dlinfra/api/jobs/{rerun['id']}"
     assert rerun["id"] > fid and rerun["state"] == "queued"
-    same = ("name", "path", "gpus", "model", "priority", "parameters", "backend")
+    same = ("name", "path", "gpus", "model", "priority", "priority_class", "parameters", "backend")
     assert {k: rerun[k] for k in same} == {k: done[k] for k in same}
     _, rerun2 = await api("POST", JOB_RERUN, path=fpath, expect=201)
     for job in (rerun, rerun2):
