@@ -61,7 +61,8 @@ LEVELS = ("info", "warning", "error")
 #: bucket bounds (seconds) of the grant wait histogram: immediate grants up to an hour's wait
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 #: ends that a user or a kernel asked for: no notice, they know
-_CHOSEN_END_REASONS = ("kernel shut down", "kernel restarted")
+#: ends that another notice explains (a preempted job's requeue notice says why)
+_CHOSEN_END_REASONS = ("kernel shut down", "kernel restarted", "job preempted")
 _EVENT_PAGE = 1000
 
 
@@ -176,6 +177,16 @@ def notice_from_event(
         return _idle_notice(event, kernel, owner())
     if event.kind == "job_ended":
         return _job_notice(event)
+    if event.kind == "job_requeued":
+        detail = event.detail
+        return Notice(
+            id=event.seq,
+            kind="job_requeued",
+            level="warning",
+            message=f"Job {detail.get('job')} was stopped: {detail.get('reason')}"[:140],
+            user=str(detail.get("user")) if detail.get("user") else None,
+            kernel_id=event.kernel_id,
+        )
     if event.kind in ("cancelled", "released"):
         reason = str(event.detail.get("reason") or "")
         if reason.startswith("released by") or reason in _CHOSEN_END_REASONS:

@@ -501,6 +501,8 @@ def _event(seq: int, kind: str, detail: dict[str, object], aid: int = 7) -> Ledg
         ("released", {"reason": "kernel died (exit status 9)", "gpus": ["a"]}, None, "warning"),
         ("cancelled", {"reason": "cannot be granted any more: ...", "gpus": []}, None, "error"),
         ("requested", {"count": 1, "model": None}, None, None),
+        # the requeue notice says it: not a second one for the GPUs
+        ("released", {"reason": "job preempted", "gpus": ["a"]}, None, None),
     ],
 )
 def test_which_ledger_events_become_notices(
@@ -523,3 +525,19 @@ def test_which_ledger_events_become_notices(
     else:
         assert (notice.kind, notice.level) == ("ended", expected)
         assert str(detail["reason"]) in notice.message
+
+
+def test_a_preempted_job_tells_its_owner_it_was_queued_again() -> None:
+    reason = "preempted for request 4 of bob (interactive, priority 100): its class low ranks below"
+    event = LedgerEvent(
+        seq=12,
+        at=0.0,
+        kind="job_requeued",
+        kernel_id="job-3",
+        detail={"job": 3, "user": "ana", "reason": reason},
+    )
+    notice = notice_from_event(event, previous=None, kernels={}, owner_of=lambda _: None)
+    assert notice is not None
+    assert (notice.kind, notice.level, notice.user) == ("job_requeued", "warning", "ana")
+    assert notice.kernel_id == "job-3" and notice.message.startswith("Job 3 was stopped: preempted")
+    assert len(notice.message) <= 140
