@@ -1,7 +1,8 @@
 /**
  * The admin panel `dlinfra-admin`: the idle-reclaim policy as a form (PUT policy), its source
- * and recent changes, and a dry run of the policy in the form over the recorded usage
- * (POST policy/simulate). Only added for admins (GET me); the server enforces it either way.
+ * and recent changes, a dry run of the policy in the form over the recorded usage
+ * (POST policy/simulate), and the scheduling policy (PUT scheduling, see `adminscheduling`).
+ * Only added for admins (GET me); the server enforces it either way.
  */
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
@@ -14,6 +15,7 @@ import {
   PolicyView,
   SimulationResult
 } from './api';
+import { SchedulingEditor } from './adminscheduling';
 import { basename, clock, duration, h } from './dom';
 import { policyIcon } from './icons';
 import { DLInfraModel } from './model';
@@ -97,21 +99,25 @@ export class DLInfraAdminPanel extends Widget {
     this.addClass('jp-DLInfra-sidebar');
     this.addClass('jp-DLInfra-admin');
     this.title.icon = policyIcon;
-    this.title.caption = 'GPU reclaim policy (admin)';
+    this.title.caption = 'GPU policy: reclaim and scheduling (admin)';
     this.node.setAttribute('role', 'region');
-    this.node.setAttribute('aria-label', 'GPU reclaim policy');
+    this.node.setAttribute('aria-label', 'GPU policy');
 
     const refresh = h(
       'button',
       {
         type: 'button',
         class: 'jp-DLInfra-refresh jp-DLInfra-policyRefresh jp-Button jp-mod-minimal',
-        title: 'Read the policy again',
-        'aria-label': 'Read the reclaim policy again'
+        title: 'Read the policies again',
+        'aria-label': 'Read the reclaim and scheduling policies again'
       },
       '↻'
     );
-    refresh.addEventListener('click', () => void this.load(true));
+    refresh.addEventListener('click', () => {
+      void this.load(true);
+      void this._scheduling.load(true);
+    });
+    this._scheduling = new SchedulingEditor(model);
     this._loadError = h('div', {
       class: 'jp-DLInfra-error jp-DLInfra-policyLoadError',
       role: 'alert',
@@ -301,7 +307,8 @@ export class DLInfraAdminPanel extends Widget {
         ),
         this._simulateError,
         this._result
-      )
+      ),
+      ...this._scheduling.sections
     );
     this.node.append(
       h(
@@ -414,12 +421,14 @@ export class DLInfraAdminPanel extends Widget {
       return;
     }
     this.model.policyChanged.disconnect(this._onPolicyChanged, this);
+    this._scheduling.dispose();
     super.dispose();
   }
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
     void this.load();
+    void this._scheduling.load();
   }
 
   /* ---------------------------------------------------------------- rendering */
@@ -719,6 +728,7 @@ export class DLInfraAdminPanel extends Widget {
     return this.node.querySelector<HTMLElement>(selector)!;
   }
 
+  private _scheduling: SchedulingEditor;
   private _body: HTMLElement;
   private _loadError: HTMLElement;
   private _source: HTMLElement;

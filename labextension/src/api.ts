@@ -74,6 +74,28 @@ export interface AllocationGpu {
 
 export type AllocationState = 'queued' | 'granted' | 'released' | 'cancelled';
 
+/**
+ * Why a queued request waits, as a code (`waiting_reason` says it in words):
+ * - `quota`: granting it would pass the user's or a group's quota;
+ * - `priority`: the GPUs it could use are kept for higher-class requests ahead of it;
+ * - `fair_share`: ...kept for requests of users with less recent GPU use;
+ * - `order`: ...kept for earlier requests of the same standing;
+ * - `no_free_gpu`: not enough GPUs (of its model, on its node) are free at all;
+ * - `preempting`: lower-priority jobs are being stopped for it;
+ * - `starting`: GPUs are free for it; the next pass grants them.
+ */
+export type WaitingCode =
+  | 'quota'
+  | 'priority'
+  | 'fair_share'
+  | 'order'
+  | 'no_free_gpu'
+  | 'preempting'
+  | 'starting';
+
+/** Who made a request: a kernel's `%gpu` (or the toolbar), or a batch job. */
+export type AllocationKind = 'kernel' | 'job';
+
 /** One request for GPUs by one kernel, through its whole life. */
 export interface Allocation {
   id: number;
@@ -89,8 +111,26 @@ export interface Allocation {
   granted_at: Timestamp | null;
   ended_at: Timestamp | null;
   end_reason: string | null;
+  /** 1-based place in the order of service (queued requests only). */
   position: number | null;
+  /** Why it waits, in words (queued requests only). */
   waiting_reason: string | null;
+  /*
+   * The scheduling fields below are absent on servers without priority classes and fair share.
+   */
+  /** Why it waits, as a code (null unless queued). */
+  waiting_code?: WaitingCode | string | null;
+  /** When it may start: an estimate from typical durations, null when there is none. */
+  estimated_start?: Timestamp | null;
+  /** The priority class it is served in (such as `interactive` or `batch`). */
+  priority_class?: string | null;
+  kind?: AllocationKind | string;
+  /** Granted beyond a quota (on GPUs nobody within quota wanted): the first taken back. */
+  borrowed?: boolean;
+  /** Set once the scheduler preempted this grant, for the request of that id. */
+  preempted_for?: number | null;
+  /** Why it is being preempted, in words. */
+  preempt_reason?: string | null;
   simulated: boolean;
 }
 
@@ -254,6 +294,95 @@ export interface SimulationResult {
   simulated?: boolean;
 }
 
+/* ---------------------------------------------------------------- scheduling */
+
+/** One priority class of the scheduling policy. */
+export interface PriorityClassSpec {
+  /** Higher is served first: classes are strict tiers, fair share orders within one. */
+  priority: number;
+  /** Its batch jobs may be stopped and requeued for a higher class (kernels never are). */
+  preemptible: boolean;
+}
+
+/** The scheduling policy: priority classes, fair share, quotas, borrowing and preemption. */
+export interface SchedulingPolicyDoc {
+  /** Class name -> class. */
+  classes: Record<string, PriorityClassSpec>;
+  /** The class of a kernel's `%gpu` request (never preemptible). */
+  kernel_class: string;
+  /** The class of a job submitted without one. */
+  job_class: string;
+  /** Order users within a class by recent GPU use per share (off: first come, first served). */
+  fair_share: boolean;
+  /** Seconds after which past GPU use counts half as much. */
+  half_life: number;
+  /** The share of a user or group not listed. */
+  default_share: number;
+  user_shares: Record<string, number>;
+  group_shares: Record<string, number>;
+  /** GPUs one user may hold at once; null: no limit. */
+  default_user_quota: number | null;
+  user_quotas: Record<string, number>;
+  group_quotas: Record<string, number>;
+  /** Over-quota work of a preemptible class may use GPUs nobody within quota wants. */
+  borrowing: boolean;
+  /** Stop preemptible jobs of lower classes, and borrowed GPUs, for a waiting claim. */
+  preemption: boolean;
+  /** Blocked requests that keep free GPUs for themselves in each pass; 0: pure backfill. */
+  reservations: number;
+  /** Seconds after which a waiting request goes ahead of fair-share order; 0: never. */
+  starvation_limit: number;
+}
+
+/** GET and PUT dlinfra/api/scheduling */
+export interface SchedulingView {
+  policy: SchedulingPolicyDoc;
+  /** `api` when set through PUT, `config` when it is the server configuration's. */
+  source: 'api' | 'config';
+  updated_at: Timestamp | null;
+  updated_by: string | null;
+  /** The policy of the server configuration. */
+  configured: SchedulingPolicyDoc;
+  /** Whether the caller may change it (an admin). */
+  editable: boolean;
+  /** The most recent changes, newest first (fields such as `classes.batch.priority`). */
+  changes: PolicyChange[];
+  simulated?: boolean;
+}
+
+/** One user's fair-share standing. */
+export interface Standing {
+  user: string;
+  /** The fair-share account (a group with a share), or '' for none. */
+  account: string;
+  /** Recent GPU use, decayed by the half-life (GPUs held now count too). */
+  usage_gpu_hours: number;
+  /** GPUs held now. */
+  held: number;
+  share: number;
+  account_share: number;
+  /** 0 to 1: 1 = no recent use, 0.5 = used exactly the share, towards 0 = far over it. */
+  factor: number;
+  /** 1-based rank among users with waiting requests (lower is served first), or null. */
+  rank: number | null;
+}
+
+/** GET dlinfra/api/fairshare */
+export interface FairShare {
+  user: string;
+  /** The caller's standing, null when the ledger has no record of them (no recent use). */
+  you: Standing | null;
+  /** Everyone's standing (admins only, else null). */
+  users: Standing[] | null;
+  /** Whether fair share orders requests within a class. */
+  fair_share: boolean;
+  /** Seconds after which past use counts half as much. */
+  half_life: number;
+  /** GPUs the caller may hold at once, null: no limit. */
+  quota: number | null;
+  simulated?: boolean;
+}
+
 /** One GPU of a kernel's latest reading. */
 export interface UsageGpu {
   uuid: string;
@@ -375,6 +504,10 @@ export interface Job {
   gpus: number;
   model: string | null;
   priority: number;
+  /** The scheduling class it runs in (absent on servers without classes). */
+  priority_class?: string | null;
+  /** Times it was preempted and queued again (absent on servers without preemption). */
+  attempts?: number;
   parameters: Record<string, unknown>;
   /** The jobs this one waits for. */
   after: number[];
@@ -421,6 +554,8 @@ export interface JobRequest {
   model?: string;
   /** -1000 to 1000. */
   priority?: number;
+  /** A class of the scheduling policy; left out, the policy's `job_class`. */
+  priority_class?: string;
   parameters?: Record<string, unknown>;
   /** Parameter name -> values: one job per combination. */
   sweep?: Record<string, unknown[]>;
@@ -494,7 +629,13 @@ export interface IDLInfraClient {
   }): Promise<Allocation[]>;
   allocation(allocationId: number): Promise<Allocation>;
   queue(): Promise<Allocation[]>;
-  requestGpus(kernelId: string, count: number, model?: string | null): Promise<Allocation>;
+  /** POST dlinfra/api/allocations; left out, the class is the policy's `kernel_class`. */
+  requestGpus(
+    kernelId: string,
+    count: number,
+    model?: string | null,
+    priorityClass?: string | null
+  ): Promise<Allocation>;
   release(allocationId: number): Promise<void>;
   /**
    * POST dlinfra/api/notices/<id>/actions/<action_id>: the answer's JSON body (for `keep`, a
@@ -513,6 +654,15 @@ export interface IDLInfraClient {
   setPolicy(changes: Partial<PolicyDoc>): Promise<PolicyView>;
   /** POST dlinfra/api/policy/simulate (admins): what a policy would have done. */
   simulatePolicy(hours: number, policy?: Partial<PolicyDoc> | null): Promise<SimulationResult>;
+  /** GET dlinfra/api/scheduling: the scheduling policy, its source and recent changes. */
+  scheduling(): Promise<SchedulingView>;
+  /**
+   * PUT dlinfra/api/scheduling (admins): fields left out keep their values; `classes`, when
+   * given, replaces all the classes.
+   */
+  setScheduling(changes: Partial<SchedulingPolicyDoc>): Promise<SchedulingView>;
+  /** GET dlinfra/api/fairshare: the caller's fair-share standing (admins: everyone's). */
+  fairShare(): Promise<FairShare>;
   /** POST to any action URL (relative to the base URL, or absolute). */
   postAction(url: string, body?: unknown): Promise<void>;
   /** GET dlinfra/api/backends: where jobs can run, and the default. */
@@ -598,14 +748,18 @@ export class DLInfraClient implements IDLInfraClient {
   async requestGpus(
     kernelId: string,
     count: number,
-    model?: string | null
+    model?: string | null,
+    priorityClass?: string | null
   ): Promise<Allocation> {
-    const body: { kernel_id: string; count: number; model?: string } = {
+    const body: { kernel_id: string; count: number; model?: string; priority_class?: string } = {
       kernel_id: kernelId,
       count
     };
     if (model) {
       body.model = model;
+    }
+    if (priorityClass) {
+      body.priority_class = priorityClass;
     }
     return this._json<Allocation>(this.url('allocations'), {
       method: 'POST',
@@ -684,6 +838,22 @@ export class DLInfraClient implements IDLInfraClient {
       body: JSON.stringify(body),
       headers: { 'Content-Type': 'application/json' }
     });
+  }
+
+  async scheduling(): Promise<SchedulingView> {
+    return this._json<SchedulingView>(this.url('scheduling'));
+  }
+
+  async setScheduling(changes: Partial<SchedulingPolicyDoc>): Promise<SchedulingView> {
+    return this._json<SchedulingView>(this.url('scheduling'), {
+      method: 'PUT',
+      body: JSON.stringify(changes),
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async fairShare(): Promise<FairShare> {
+    return this._json<FairShare>(this.url('fairshare'));
   }
 
   async postAction(url: string, body?: unknown): Promise<void> {

@@ -216,3 +216,28 @@ export function elapsed(iso: string | null | undefined, now = Date.now()): strin
   const minutes = Math.floor((seconds % 3600) / 60);
   return minutes ? `${hours} h ${minutes} min` : `${hours} h`;
 }
+
+/**
+ * When a queued request may start, for people, from its estimated start (ISO, or null when
+ * the server has none): "starts in ~12 min", "starts in ~2 h 5 min", "start time unknown".
+ */
+export function startsIn(iso: string | null | undefined, now = Date.now()): string {
+  const at = iso ? Date.parse(iso) : NaN;
+  if (!isFinite(at)) {
+    return 'start time unknown';
+  }
+  const seconds = (at - now) / 1000;
+  if (seconds < 60) {
+    return 'starts in <1 min';
+  }
+  if (seconds < 3600) {
+    return `starts in ~${Math.round(seconds / 60)} min`;
+  }
+  if (seconds < 48 * 3600) {
+    const total = Math.round(seconds / 60);
+    const hours = Math.floor(total / 60);
+    const minutes = total % 60;
+    return minutes ? `starts in ~${hours} h ${minutes} min` : `starts in ~${hours} h`;
+  }
+  return `starts in ~${Math.round(seconds / 86400)} days`;
+}

@@ -142,8 +142,10 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
       app.shell.add(panel, 'left', { rank: 660 });
       restorer?.add(panel, ADMIN_PANEL_ID);
       app.commands.addCommand(OPEN_ADMIN, {
-        label: 'Open the GPU reclaim policy (admin)',
-        caption: 'Edit the idle-GPU reclaim policy and dry-run it over the recorded usage',
+        label: 'Open the GPU policy: reclaim and scheduling (admin)',
+        caption:
+          'Edit the idle-GPU reclaim policy (and dry-run it over the recorded usage) ' +
+          'and the scheduling policy',
         icon: policyIcon,
         execute: () => app.shell.activateById(ADMIN_PANEL_ID)
       });

@@ -12,6 +12,7 @@ import {
   Cluster,
   ClusterGpu,
   DLInfraApiError,
+  FairShare,
   Hint,
   IDLInfraClient,
   isActiveJob,
@@ -28,6 +29,8 @@ import {
   Notice,
   PolicyDoc,
   PolicyView,
+  SchedulingPolicyDoc,
+  SchedulingView,
   SimulationResult,
   Snapshot
 } from './api';
@@ -83,6 +86,14 @@ const NOTICE_GRACE_MS = 1_500;
 /** Jobs are fetched at most this often (a burst of snapshots makes one fetch). */
 const JOBS_MIN_INTERVAL_MS = 1_000;
 
+/**
+ * The fair-share standing is read again at most this often when the queue or the grants changed
+ * (a grant, a release, a new request: rank and GPUs held move)...
+ */
+const FAIRSHARE_MIN_INTERVAL_MS = 1_000;
+/** ...and this often otherwise (recent use grows while GPUs are held, and decays). */
+const FAIRSHARE_IDLE_INTERVAL_MS = 30_000;
+
 /** Reasons for which an ended request is not a failure: the user or the kernel ended it. */
 const USER_END = /released by|kernel shut down|kernel restarted/i;
 /** How long notices about a kernel that left this Lab still count as this Lab's (reclaimed). */
@@ -129,6 +140,14 @@ export class DLInfraModel implements IDisposable {
   /** The reclaim policy was (re)read or changed through `loadPolicy` or `savePolicy`. */
   get policyChanged(): ISignal<this, PolicyView> {
     return this._policyChanged;
+  }
+  /** The scheduling policy was (re)read or changed (`loadScheduling`, `saveScheduling`). */
+  get schedulingChanged(): ISignal<this, SchedulingView> {
+    return this._schedulingChanged;
+  }
+  /** The user's fair-share standing was read again and differs (see `fairShare`). */
+  get fairShareChanged(): ISignal<this, void> {
+    return this._fairShareChanged;
   }
   /** The user's batch jobs changed (see `jobs`). */
   get jobsChanged(): ISignal<this, void> {
@@ -183,6 +202,55 @@ export class DLInfraModel implements IDisposable {
   /** The reclaim policy as last read or saved (after `loadPolicy`), or null. */
   get policy(): PolicyView | null {
     return this._policy;
+  }
+  /** The scheduling policy as last read or saved (after `loadScheduling`), or null. */
+  get scheduling(): SchedulingView | null {
+    return this._scheduling;
+  }
+
+  /* ---------------------------------------------------------------- fair share */
+
+  /** The user's fair-share standing as last read, or null before the first answer. */
+  get fairShare(): FairShare | null {
+    return this._fairShare;
+  }
+  /** Whether the server ranks by fair share: null before it answered, false when it cannot. */
+  get fairShareAvailable(): boolean | null {
+    return this._fairShareAvailable;
+  }
+  /** The last error met while reading the fair-share standing, or null. */
+  get fairShareError(): string | null {
+    return this._fairShareError;
+  }
+
+  /**
+   * Read the fair-share standing now (GET fairshare). A call while one is under way waits for
+   * it and reads again after it.
+   */
+  refreshFairShare(): Promise<void> {
+    if (this._fairShareInFlight) {
+      this._fairShareForce = true;
+      return this._fairShareInFlight;
+    }
+    if (this._fairShareTimer !== null) {
+      clearTimeout(this._fairShareTimer);
+      this._fairShareTimer = null;
+    }
+    this._fairShareInFlight = this._fetchFairShare().finally(() => {
+      this._fairShareInFlight = null;
+      if (this._isDisposed) {
+        return;
+      }
+      if (this._fairShareForce) {
+        this._fairShareForce = false;
+        this._fairShareAgain = false;
+        void this.refreshFairShare();
+      } else if (this._fairShareAgain) {
+        this._fairShareAgain = false;
+        this._scheduleFairShare();
+      }
+    });
+    return this._fairShareInFlight;
   }
 
   /* ---------------------------------------------------------------- batch jobs */
@@ -311,6 +379,14 @@ export class DLInfraModel implements IDisposable {
     return mine.map(allocation => this._describe(allocation));
   }
 
+  /** An active (queued or granted) allocation by id, when known. */
+  allocationById(allocationId: number | null | undefined): Allocation | null {
+    if (allocationId === null || allocationId === undefined) {
+      return null;
+    }
+    return this._allocations.find(a => a.id === allocationId) ?? null;
+  }
+
   /** The active allocation of a kernel, or null. */
   allocationOfKernel(kernelId: string): Allocation | null {
     return this._active().find(a => a.kernel_id === kernelId) ?? null;
@@ -338,6 +414,7 @@ export class DLInfraModel implements IDisposable {
     this._started = true;
     void this.refresh();
     void this.refreshJobs();
+    void this.refreshFairShare();
     this._connect();
   }
 
@@ -366,6 +443,7 @@ export class DLInfraModel implements IDisposable {
         if (!this._jobsLoaded || this.activeJobs().length > 0) {
           this._scheduleJobs();
         }
+        this._scheduleFairShare();
         await this._pollIdle();
       }
     } catch (error) {
@@ -377,8 +455,13 @@ export class DLInfraModel implements IDisposable {
     }
   }
 
-  async requestGpus(kernelId: string, count: number, model?: string | null): Promise<Allocation> {
-    const allocation = await this.client.requestGpus(kernelId, count, model);
+  async requestGpus(
+    kernelId: string,
+    count: number,
+    model?: string | null,
+    priorityClass?: string | null
+  ): Promise<Allocation> {
+    const allocation = await this.client.requestGpus(kernelId, count, model, priorityClass);
     void this.refresh();
     return allocation;
   }
@@ -429,6 +512,24 @@ export class DLInfraModel implements IDisposable {
    */
   async savePolicy(changes: Partial<PolicyDoc>): Promise<PolicyView> {
     return this._setPolicy(await this.client.setPolicy(changes));
+  }
+
+  /** Read the scheduling policy, its source and its recent changes (GET scheduling). */
+  async loadScheduling(): Promise<SchedulingView> {
+    return this._setScheduling(await this.client.scheduling());
+  }
+
+  /**
+   * Change the scheduling policy (PUT scheduling, admins only): fields left out keep their
+   * values. Rejects with the server's message (400 `bad_policy` names the field first, such as
+   * `classes.batch.priority: ...`).
+   */
+  async saveScheduling(changes: Partial<SchedulingPolicyDoc>): Promise<SchedulingView> {
+    const view = this._setScheduling(await this.client.setScheduling(changes));
+    // Quotas, shares and classes move ranks and positions: read them again soon.
+    void this.refresh();
+    void this.refreshFairShare();
+    return view;
   }
 
   /** What a policy (the saved one, changed by `policy`) would have done over the last hours. */
@@ -515,6 +616,10 @@ export class DLInfraModel implements IDisposable {
       clearTimeout(this._jobsTimer);
       this._jobsTimer = null;
     }
+    if (this._fairShareTimer !== null) {
+      clearTimeout(this._fairShareTimer);
+      this._fairShareTimer = null;
+    }
     this._services.kernels.runningChanged.disconnect(this._onRunningChanged, this);
     this._services.sessions.runningChanged.disconnect(this._onRunningChanged, this);
     Signal.clearData(this);
@@ -541,6 +646,7 @@ export class DLInfraModel implements IDisposable {
         this._apply(snapshot);
         // The ledger's version changes with every job change, and a snapshot follows.
         this._scheduleJobs();
+        this._scheduleFairShare();
       },
       onNotice: notice => this._onNotice(notice),
       onError: () => {
@@ -612,7 +718,14 @@ export class DLInfraModel implements IDisposable {
       if (!byId.has(a.id)) {
         byId.set(a.id, a);
       } else if (a.position !== null) {
-        byId.set(a.id, { ...byId.get(a.id)!, position: a.position, waiting_reason: a.waiting_reason });
+        // The queue's answer says where the request stands: take its place, reason and estimate.
+        byId.set(a.id, {
+          ...byId.get(a.id)!,
+          position: a.position,
+          waiting_reason: a.waiting_reason,
+          waiting_code: a.waiting_code,
+          estimated_start: a.estimated_start
+        });
       }
     }
     this._allocations = [...byId.values()].filter(
@@ -757,6 +870,14 @@ export class DLInfraModel implements IDisposable {
       idle: this.idleOf(allocation.kernel_id),
       hints: this.hintsOf(allocation.kernel_id)
     };
+  }
+
+  private _setScheduling(view: SchedulingView): SchedulingView {
+    this._scheduling = view;
+    if (!this._isDisposed) {
+      this._schedulingChanged.emit(view);
+    }
+    return view;
   }
 
   private _setPolicy(view: PolicyView): PolicyView {
@@ -939,6 +1060,81 @@ export class DLInfraModel implements IDisposable {
     this._scheduleJobs();
   }
 
+  /* ---------------------------------------------------------------- fair share */
+
+  /**
+   * Read the fair-share standing soon: a second after the last read when the queue or the
+   * grants changed since, else when the last read is half a minute old.
+   */
+  private _scheduleFairShare(): void {
+    if (this._isDisposed || this._fairShareAvailable === false) {
+      return;
+    }
+    const changed = this._queueKey() !== this._fairShareKey;
+    if (this._fairShareInFlight) {
+      this._fairShareAgain = this._fairShareAgain || changed;
+      return;
+    }
+    const interval = changed ? FAIRSHARE_MIN_INTERVAL_MS : FAIRSHARE_IDLE_INTERVAL_MS;
+    const due = Math.max(Date.now(), this._fairShareLastFetch + interval);
+    if (this._fairShareTimer !== null) {
+      if (this._fairShareDue <= due) {
+        return;
+      }
+      // A change came while the slow read was pending: read sooner.
+      clearTimeout(this._fairShareTimer);
+    }
+    this._fairShareDue = due;
+    this._fairShareTimer = window.setTimeout(() => {
+      this._fairShareTimer = null;
+      void this.refreshFairShare();
+    }, due - Date.now());
+  }
+
+  /** What moves ranks and GPUs held: the active requests, their states and places. */
+  private _queueKey(): string {
+    return JSON.stringify(
+      this._allocations.map(a => [a.id, a.state, a.position, a.count, a.priority_class])
+    );
+  }
+
+  private async _fetchFairShare(): Promise<void> {
+    this._fairShareLastFetch = Date.now();
+    this._fairShareKey = this._queueKey();
+    let signature: string;
+    try {
+      const answer = await this.client.fairShare();
+      if (this._isDisposed) {
+        return;
+      }
+      this._fairShare = answer;
+      this._fairShareAvailable = true;
+      this._fairShareError = null;
+      signature = JSON.stringify(answer);
+    } catch (error) {
+      if (this._isDisposed) {
+        return;
+      }
+      if (
+        error instanceof DLInfraApiError &&
+        error.status === 404 &&
+        error.reason === 'not_found'
+      ) {
+        // This server predates scheduling: stop asking.
+        this._fairShareAvailable = false;
+        this._fairShareError = null;
+        this._fairShare = null;
+      } else {
+        this._fairShareError = (error as Error).message ?? String(error);
+      }
+      signature = JSON.stringify(['error', this._fairShareAvailable, this._fairShareError]);
+    }
+    if (signature !== this._fairShareSignature) {
+      this._fairShareSignature = signature;
+      this._fairShareChanged.emit();
+    }
+  }
+
   private _active(): Allocation[] {
     return this._allocations;
   }
@@ -959,6 +1155,18 @@ export class DLInfraModel implements IDisposable {
   private _usageAvailable = true;
   private _me: Me | null = null;
   private _policy: PolicyView | null = null;
+  private _scheduling: SchedulingView | null = null;
+  private _fairShare: FairShare | null = null;
+  private _fairShareAvailable: boolean | null = null;
+  private _fairShareError: string | null = null;
+  private _fairShareSignature = '';
+  private _fairShareKey = '';
+  private _fairShareLastFetch = 0;
+  private _fairShareTimer: number | null = null;
+  private _fairShareDue = 0;
+  private _fairShareAgain = false;
+  private _fairShareForce = false;
+  private _fairShareInFlight: Promise<void> | null = null;
   private _history = new Map<string, { sampledAt: string | null; values: number[] }>();
   private _tracked = new Map<number, Allocation>();
   private _noticed = new Set<number>();
@@ -997,6 +1205,8 @@ export class DLInfraModel implements IDisposable {
   private _modeChanged = new Signal<this, ConnectionMode>(this);
   private _kept = new Signal<this, IKept>(this);
   private _policyChanged = new Signal<this, PolicyView>(this);
+  private _schedulingChanged = new Signal<this, SchedulingView>(this);
+  private _fairShareChanged = new Signal<this, void>(this);
 }
 
 namespace Private {

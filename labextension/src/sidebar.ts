@@ -7,8 +7,17 @@ import type { CommandRegistry } from '@lumino/commands';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { Allocation, ClusterGpu, isActiveJob, isJudged, Job, jobIdOfKernel } from './api';
-import { basename, clock, gib, gpus, h, meter, pct, sparkline } from './dom';
+import {
+  Allocation,
+  ClusterGpu,
+  FairShare,
+  isActiveJob,
+  isJudged,
+  Job,
+  jobIdOfKernel,
+  Standing
+} from './api';
+import { basename, clock, duration, gib, gpus, h, meter, pct, sparkline, startsIn } from './dom';
 import { gpuIcon } from './icons';
 import { idleBadge, refreshBadges } from './idle';
 import { JobCommandIDs, jobDurationText } from './jobs';
@@ -19,7 +28,7 @@ export const SIDEBAR_ID = 'dlinfra-sidebar';
 /** The most jobs the Jobs section lists (active ones are always listed). */
 export const MAX_JOBS_SHOWN = 20;
 
-type SectionKey = 'cluster' | 'mine' | 'jobs' | 'queue';
+type SectionKey = 'cluster' | 'mine' | 'jobs' | 'queue' | 'fairshare';
 
 export class DLInfraSidebar extends Widget {
   /**
@@ -73,11 +82,13 @@ export class DLInfraSidebar extends Widget {
       cluster: this._section('cluster', 'Cluster', {}),
       mine: this._section('mine', 'My kernels', {}),
       jobs: this._section('jobs', 'Jobs', {}, 'jp-DLInfra-jobs'),
-      queue: this._section('queue', 'Queue', { 'aria-live': 'polite', 'aria-relevant': 'all' })
+      queue: this._section('queue', 'Queue', { 'aria-live': 'polite', 'aria-relevant': 'all' }),
+      fairshare: this._section('fairshare', 'Your fair share', {}, 'jp-DLInfra-fairShareSection')
     };
     this.node.addEventListener('click', this._onClick);
     model.changed.connect(this._render, this);
     model.jobsChanged.connect(this._render, this);
+    model.fairShareChanged.connect(this._render, this);
   }
 
   readonly model: DLInfraModel;
@@ -98,6 +109,7 @@ export class DLInfraSidebar extends Widget {
     }
     this.model.changed.disconnect(this._render, this);
     this.model.jobsChanged.disconnect(this._render, this);
+    this.model.fairShareChanged.disconnect(this._render, this);
     this.node.removeEventListener('click', this._onClick);
     this._stopTicking();
     super.dispose();
@@ -113,10 +125,15 @@ export class DLInfraSidebar extends Widget {
     this._stopTicking();
   }
 
-  /** Count the idle badges down, and running jobs' durations up, each second while shown. */
+  /**
+   * Count the idle badges down, running jobs' durations up and estimated starts down, each
+   * second while shown.
+   */
   private _tickBadges(): void {
     const shown = this.isVisible
-      ? refreshBadges(this._sections.mine, id => this.model.idleOf(id)) + this._tickJobs()
+      ? refreshBadges(this._sections.mine, id => this.model.idleOf(id)) +
+        this._tickJobs() +
+        this._tickEstimates()
       : 0;
     if (shown > 0 && this._ticker === null) {
       this._ticker = window.setInterval(() => this._tickBadges(), 1000);
@@ -148,6 +165,21 @@ export class DLInfraSidebar extends Widget {
       }
     });
     return live.length;
+  }
+
+  /** Refresh the "starts in ~N min" of queued requests; returns how many there are. */
+  private _tickEstimates(): number {
+    const shown = this.node.querySelectorAll<HTMLElement>(
+      '.jp-DLInfra-estimatedStart[data-estimated-start]'
+    );
+    const now = Date.now();
+    shown.forEach(el => {
+      const text = startsIn(el.dataset.estimatedStart, now);
+      if (el.textContent !== text) {
+        el.textContent = text;
+      }
+    });
+    return shown.length;
   }
 
   private _section(
@@ -201,6 +233,7 @@ export class DLInfraSidebar extends Widget {
     this._update('mine', () => this._renderMine());
     this._update('jobs', () => this._renderJobs());
     this._update('queue', () => this._renderQueue());
+    this._update('fairshare', () => this._renderFairShare());
     this._tickBadges();
   }
 
@@ -282,7 +315,13 @@ export class DLInfraSidebar extends Widget {
         return isJudged(state) ? [state.state, state.reclaim_at] : null;
       })
     );
-    return { signature: JSON.stringify([cluster, history, running, idle]), nodes };
+    const marks = cluster.nodes.flatMap(n =>
+      n.gpus.map(g => {
+        const a = g.holder ? this.model.allocationById(g.holder.allocation_id) : null;
+        return a ? [a.borrowed ?? false, a.preempted_for ?? null] : null;
+      })
+    );
+    return { signature: JSON.stringify([cluster, history, running, idle, marks]), nodes };
   }
 
   private _gpuCard(gpu: ClusterGpu): HTMLElement {
@@ -302,11 +341,13 @@ export class DLInfraSidebar extends Widget {
     const idle = holder ? this.model.idleOf(holder.kernel_id) : null;
     const idleState = isJudged(idle) && idle.state !== 'active' ? idle.state : null;
     const values = this.model.history(gpu.uuid);
+    const grant = holder ? this.model.allocationById(holder.allocation_id) : null;
+    const marks = schedBadges(grant);
     const label = `GPU ${gpu.index}, ${gpu.model}${gpu.simulated ? ', simulated' : ''}, ${
       holder ? `held by ${holderText}` : 'free'
     }, utilisation ${pct(gpu.utilization_percent)}${
       idleState === 'warned' ? ', idle: about to be reclaimed' : idleState === 'idle' ? ', idle' : ''
-    }`;
+    }${marks.map(m => `, ${m.textContent}`).join('')}`;
     let idleMark: HTMLElement | null = null;
     if (idleState === 'warned' && isJudged(idle)) {
       idleMark = h(
@@ -369,7 +410,8 @@ export class DLInfraSidebar extends Widget {
         'div',
         { class: `jp-DLInfra-holder${holder ? '' : ' jp-mod-free'}`, title: holderText },
         holderText
-      )
+      ),
+      marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null
     );
   }
 
@@ -402,6 +444,7 @@ export class DLInfraSidebar extends Widget {
     const state = granted
       ? `${gpus(a.gpus.length)} · ${pct(this.model.meanUtilisation(a))}`
       : `queued #${a.position ?? '?'} for ${gpus(a.count)}${a.model ? ` (${a.model})` : ''}`;
+    const marks = schedBadges(a);
     const button = h(
       'button',
       {
@@ -456,8 +499,10 @@ export class DLInfraSidebar extends Widget {
         'div',
         { class: 'jp-DLInfra-myState' },
         state,
+        classBadge(a.priority_class),
         a.simulated ? h('span', { class: 'jp-DLInfra-simulatedBadge' }, 'simulated') : null
       ),
+      marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null,
       badge || keep ? h('div', { class: 'jp-DLInfra-idleRow' }, badge, keep) : null,
       granted
         ? h(
@@ -474,7 +519,16 @@ export class DLInfraSidebar extends Widget {
               );
             })
           )
-        : h('div', { class: 'jp-DLInfra-waitingReason' }, a.waiting_reason ?? ''),
+        : h(
+            'div',
+            { class: 'jp-DLInfra-waiting' },
+            h(
+              'div',
+              { class: 'jp-DLInfra-waitingReason', 'data-waiting-code': a.waiting_code ?? null },
+              a.waiting_reason ?? ''
+            ),
+            estimateNode(a)
+          ),
       entry.hints.length > 0
         ? h(
             'ul',
@@ -508,7 +562,19 @@ export class DLInfraSidebar extends Widget {
         mine: session !== null
       };
     });
-    const signature = JSON.stringify(rows.map(r => [r.a.id, r.a.position, r.a.waiting_reason, r.who, r.a.count, r.a.model]));
+    const signature = JSON.stringify(
+      rows.map(r => [
+        r.a.id,
+        r.a.position,
+        r.a.waiting_reason,
+        r.a.waiting_code,
+        r.a.estimated_start,
+        r.a.priority_class,
+        r.who,
+        r.a.count,
+        r.a.model
+      ])
+    );
     const list = h(
       'ol',
       { class: 'jp-DLInfra-list jp-DLInfra-queueList' },
@@ -518,7 +584,9 @@ export class DLInfraSidebar extends Widget {
           {
             class: `jp-DLInfra-queueEntry${mine ? ' jp-mod-mine' : ''}`,
             'data-allocation-id': a.id,
-            'data-position': a.position ?? ''
+            'data-position': a.position ?? '',
+            'data-class': a.priority_class ?? null,
+            'data-waiting-code': a.waiting_code ?? null
           },
           h(
             'div',
@@ -528,6 +596,7 @@ export class DLInfraSidebar extends Widget {
               { class: 'jp-DLInfra-queuePosition', 'aria-label': `position ${a.position ?? '?'}` },
               `#${a.position ?? '?'}`
             ),
+            classBadge(a.priority_class),
             h(
               'span',
               { class: 'jp-DLInfra-queueCount' },
@@ -535,11 +604,46 @@ export class DLInfraSidebar extends Widget {
             )
           ),
           h('div', { class: 'jp-DLInfra-queueWho', title: who }, who),
-          h('div', { class: 'jp-DLInfra-waitingReason' }, a.waiting_reason ?? '')
+          h(
+            'div',
+            { class: 'jp-DLInfra-waitingReason', 'data-waiting-code': a.waiting_code ?? null },
+            a.waiting_reason ?? ''
+          ),
+          estimateNode(a)
         )
       )
     );
     return { signature, nodes: [list] };
+  }
+
+  /* ---------------------------------------------------------------- fair share */
+
+  private _renderFairShare(): { signature: string; nodes: Node[] } {
+    const model = this.model;
+    if (model.fairShareAvailable === false) {
+      return {
+        signature: 'unavailable',
+        nodes: [
+          h('p', { class: 'jp-DLInfra-empty' }, 'This server does not rank requests by fair share.')
+        ]
+      };
+    }
+    const fs = model.fairShare;
+    const error = model.fairShareError
+      ? h(
+          'p',
+          { class: 'jp-DLInfra-fairShareError', role: 'alert' },
+          `Cannot read your fair share: ${model.fairShareError}`
+        )
+      : null;
+    if (!fs) {
+      return {
+        signature: JSON.stringify(['none', model.fairShareError]),
+        nodes: [error ?? h('p', { class: 'jp-DLInfra-empty' }, 'Loading…')]
+      };
+    }
+    const nodes: Node[] = error ? [error, fairShareView(fs)] : [fairShareView(fs)];
+    return { signature: JSON.stringify([fs, model.fairShareError]), nodes };
   }
 
   /* ---------------------------------------------------------------- jobs */
@@ -603,6 +707,12 @@ export class DLInfraSidebar extends Widget {
     }
     const signature = JSON.stringify([
       shown.map(j => ({ ...j, duration_s: j.state === 'running' ? null : j.duration_s })),
+      shown.map(j => {
+        const a = isActiveJob(j.state) ? model.allocationById(j.allocation_id) : null;
+        return a
+          ? [a.state, a.borrowed, a.preempted_for, a.estimated_start, a.position, a.priority_class]
+          : null;
+      }),
       hidden,
       model.jobsError,
       !!this._commands
@@ -693,6 +803,8 @@ export class DLInfraSidebar extends Widget {
         ? `failed${job.failed_cell ? ` in cell ${job.failed_cell}` : ''}: ${job.error}`
         : '');
     const meta: Array<Node | string> = [];
+    // The job's GPU request while it is active: its class, place and marks.
+    const grant = active ? this.model.allocationById(job.allocation_id) : null;
     meta.push(
       h(
         'span',
@@ -720,10 +832,36 @@ export class DLInfraSidebar extends Widget {
     if (job.backend) {
       meta.push(h('span', { class: 'jp-DLInfra-jobBackend', title: `on ${job.node}` }, job.backend));
     }
+    // A job submitted without a class runs in the policy's job class, which its request names.
+    const klass = job.priority_class || grant?.priority_class || null;
+    if (klass) {
+      meta.push(
+        h(
+          'span',
+          { class: 'jp-DLInfra-jobClass', 'data-class': klass, title: `Priority class ${klass}` },
+          klass
+        )
+      );
+    }
+    const attempts = job.attempts ?? 0;
+    if (attempts > 0) {
+      meta.push(
+        h(
+          'span',
+          {
+            class: 'jp-DLInfra-jobAttempts',
+            'data-attempts': attempts,
+            title: `Preempted and queued again ${attempts} time${attempts === 1 ? '' : 's'}`
+          },
+          `preempted ${attempts === 1 ? 'once' : `${attempts} times`}`
+        )
+      );
+    }
     if (job.after.length > 0) {
       meta.push(h('span', { class: 'jp-DLInfra-jobAfter' }, `after #${job.after.join(', #')}`));
     }
     const params = Object.entries(job.parameters ?? {});
+    const marks = schedBadges(grant);
     return h(
       'li',
       {
@@ -744,6 +882,7 @@ export class DLInfraSidebar extends Widget {
         )
       ),
       h('div', { class: 'jp-DLInfra-jobMeta' }, meta),
+      marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null,
       params.length > 0
         ? h(
             'div',
@@ -754,6 +893,7 @@ export class DLInfraSidebar extends Widget {
       reasonText
         ? h('div', { class: 'jp-DLInfra-jobReason', title: reasonText }, reasonText)
         : null,
+      grant && grant.state === 'queued' ? estimateNode(grant) : null,
       h('div', { class: 'jp-DLInfra-jobActions' }, buttons)
     );
   }
@@ -839,6 +979,174 @@ export class DLInfraSidebar extends Widget {
   private _signatures: Partial<Record<SectionKey, string>> = {};
   private _rendered = false;
   private _ticker: number | null = null;
+}
+
+/** A request's priority class as a small tag, or null when it has none. */
+function classBadge(klass: string | null | undefined): HTMLElement | null {
+  if (!klass) {
+    return null;
+  }
+  return h(
+    'span',
+    { class: 'jp-DLInfra-classBadge', 'data-class': klass, title: `Priority class ${klass}` },
+    klass
+  );
+}
+
+/** The "being preempted" and "borrowed" marks of a grant (none for other states). */
+function schedBadges(a: Allocation | null): HTMLElement[] {
+  const marks: HTMLElement[] = [];
+  if (!a || a.state !== 'granted') {
+    return marks;
+  }
+  if (a.preempted_for !== null && a.preempted_for !== undefined) {
+    marks.push(
+      h(
+        'span',
+        {
+          class: 'jp-DLInfra-schedBadge jp-DLInfra-preemptedBadge',
+          'data-preempted-for': a.preempted_for,
+          title: a.preempt_reason
+            ? `Being stopped and queued again: ${a.preempt_reason}`
+            : `Being stopped and queued again for request ${a.preempted_for}`
+        },
+        'being preempted'
+      )
+    );
+  }
+  if (a.borrowed) {
+    marks.push(
+      h(
+        'span',
+        {
+          class: 'jp-DLInfra-schedBadge jp-DLInfra-borrowedBadge',
+          title:
+            'Granted beyond a quota, on GPUs nobody within quota wanted: ' +
+            'the first taken back when others wait'
+        },
+        'borrowed'
+      )
+    );
+  }
+  return marks;
+}
+
+/** "starts in ~12 min" (counted down by the sidebar's ticker) or "start time unknown". */
+function estimateNode(a: Allocation): HTMLElement {
+  const iso = a.estimated_start ?? null;
+  return h(
+    'div',
+    {
+      class: `jp-DLInfra-estimatedStart${iso ? '' : ' jp-mod-unknown'}`,
+      'data-estimated-start': iso,
+      title: iso
+        ? `Estimated from typical run times: about ${clock(iso)}`
+        : 'No estimate: the GPUs it waits for have no expected end yet'
+    },
+    startsIn(iso)
+  );
+}
+
+/** The words for a fair-share factor (1: no recent use, 0.5: used exactly the share). */
+function factorWords(factor: number): string {
+  if (factor >= 0.995) {
+    return 'no recent use';
+  }
+  if (factor > 0.55) {
+    return 'under your share';
+  }
+  if (factor >= 0.45) {
+    return 'about your share';
+  }
+  return 'over your share';
+}
+
+/** The caller's fair-share standing, quota and rank. */
+function fairShareView(fs: FairShare): HTMLElement {
+  const you: Standing | null = fs.you;
+  const factor = you?.factor ?? 1;
+  const usage = you?.usage_gpu_hours ?? 0;
+  const held = you?.held ?? 0;
+  const rank = you?.rank ?? null;
+  const row = (label: string, cls: string, value: string | number, text: string, title = '') => [
+    h('dt', {}, label),
+    h('dd', { class: cls, 'data-value': value, title: title || null }, text)
+  ];
+  const hours = Math.round(usage * 100) / 100;
+  const rows: HTMLElement[] = [
+    ...row(
+      'Factor',
+      'jp-DLInfra-fairShareFactor',
+      factor,
+      `${factor.toFixed(2)} · ${factorWords(factor)}`,
+      '1 = no recent GPU use, 0.5 = used exactly your share, towards 0 = far over it. ' +
+        'Within a priority class, users with less use per share are served first ' +
+        '(GPUs held now count against them too).'
+    ),
+    ...row(
+      'Recent use',
+      'jp-DLInfra-fairShareUsage',
+      hours,
+      `${hours} GPU-h`,
+      `Your past GPU use, counting half as much after ${duration(fs.half_life)}`
+    ),
+    ...row(
+      'Quota',
+      'jp-DLInfra-fairShareQuota',
+      fs.quota ?? '',
+      fs.quota === null
+        ? `no limit · holding ${gpus(held)}`
+        : held > fs.quota
+          ? `holding ${gpus(held)}, over a quota of ${fs.quota}`
+          : `holding ${held} of ${gpus(fs.quota)}`,
+      'GPUs you may hold at once (borrowed GPUs of preemptible jobs may go beyond it)'
+    )
+  ];
+  if (rank !== null) {
+    rows.push(
+      ...row(
+        'Rank',
+        'jp-DLInfra-fairShareRank',
+        rank,
+        `#${rank} among users waiting`,
+        'Your place among the users with waiting requests (1 is served first, within a class)'
+      )
+    );
+  }
+  if (you && you.account) {
+    rows.push(
+      ...row(
+        'Account',
+        'jp-DLInfra-fairShareAccount',
+        you.account,
+        `${you.account} (share ${you.account_share})`
+      )
+    );
+  }
+  return h(
+    'div',
+    {
+      class: `jp-DLInfra-fairShare${fs.fair_share ? '' : ' jp-mod-off'}`,
+      'data-user': fs.user,
+      'data-factor': factor
+    },
+    fs.fair_share
+      ? null
+      : h(
+          'p',
+          { class: 'jp-DLInfra-fairShareOff' },
+          'Fair share is off: within a class, requests are served first come, first served.'
+        ),
+    h('dl', { class: 'jp-DLInfra-fairShareStats' }, rows),
+    h(
+      'p',
+      { class: 'jp-DLInfra-fairShareHelp' },
+      you
+        ? `Your share is ${you.share}; past use counts half after ${duration(fs.half_life)}.`
+        : `No recent GPU use: you go first within your class. ` +
+            `Past use counts half after ${duration(fs.half_life)}.`
+    )
+  );
 }
 
 /** An allocation's GPUs as "GPU 0, GPU 3". */

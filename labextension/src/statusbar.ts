@@ -5,7 +5,7 @@
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import { gpus, pct } from './dom';
+import { gpus, pct, startsIn } from './dom';
 import { gpuIcon } from './icons';
 import { DLInfraModel } from './model';
 
@@ -69,7 +69,10 @@ export class DLInfraStatus extends Widget {
       state = 'granted';
     } else if (allocation?.state === 'queued') {
       text = `GPU queued #${allocation.position ?? '?'}`;
-      title = `Waiting for ${gpus(allocation.count)}: ${allocation.waiting_reason ?? ''}`;
+      const klass = allocation.priority_class ? ` (${allocation.priority_class})` : '';
+      title =
+        `Waiting for ${gpus(allocation.count)}${klass}: ${allocation.waiting_reason ?? ''}; ` +
+        startsIn(allocation.estimated_start);
       state = 'queued';
     }
     this._text.textContent = text;

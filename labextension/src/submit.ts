@@ -10,7 +10,14 @@ import { INotebookModel, NotebookPanel } from '@jupyterlab/notebook';
 import { IDisposable } from '@lumino/disposable';
 import { Widget } from '@lumino/widgets';
 
-import { DLInfraApiError, Job, JobBackends, JobRequest, JobSubmission } from './api';
+import {
+  DLInfraApiError,
+  Job,
+  JobBackends,
+  JobRequest,
+  JobSubmission,
+  SchedulingPolicyDoc
+} from './api';
 import { basename, h } from './dom';
 import { jobIcon } from './icons';
 import { notifySubmitted } from './jobs';
@@ -347,6 +354,10 @@ namespace SubmitForm {
     backends: JobBackends | null;
     /** Why the backends could not be read, when they could not. */
     backendsError: string | null;
+    /** The scheduling policy (its classes and default job class), null when not read. */
+    scheduling: SchedulingPolicyDoc | null;
+    /** Why the scheduling policy could not be read, when it could not (null: no classes). */
+    schedulingError: string | null;
     /** The user's active jobs, for "run after". */
     activeJobs: Job[];
     /** GPU models of the cluster, suggested for the model field. */
@@ -426,6 +437,39 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
       step: 1,
       value: 0
     });
+    this._class = h('select', {
+      name: 'priority_class',
+      class: 'jp-mod-styled jp-DLInfra-submitClass'
+    });
+    const scheduling = options.scheduling;
+    const classes = scheduling
+      ? Object.entries(scheduling.classes).sort(
+          ([a, x], [b, y]) => y.priority - x.priority || (a < b ? -1 : a > b ? 1 : 0)
+        )
+      : [];
+    if (scheduling && classes.length > 0) {
+      for (const [name, spec] of classes) {
+        const isDefault = name === scheduling.job_class;
+        const option = h(
+          'option',
+          {
+            value: name,
+            'data-priority': spec.priority,
+            'data-preemptible': spec.preemptible ? 'true' : 'false',
+            title: spec.preemptible
+              ? 'Its jobs may be stopped and queued again for a higher class'
+              : 'Its jobs are never preempted'
+          },
+          `${name} (priority ${spec.priority}${spec.preemptible ? ', preemptible' : ''})` +
+            (isDefault ? ' (default)' : '')
+        );
+        option.selected = isDefault;
+        this._class.append(option);
+      }
+    } else {
+      this._class.append(h('option', { value: '' }, 'the server default'));
+      this._class.disabled = true;
+    }
     this._backend = h('select', { name: 'backend', class: 'jp-mod-styled' });
     const backends = options.backends;
     if (backends && backends.backends.length > 0) {
@@ -526,7 +570,23 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
         { id: 'dlinfra-submit-models' },
         options.models.map(m => h('option', { value: m }))
       ),
-      field('priority', 'Priority', this._priority, '-1000 to 1000; higher runs first.'),
+      field(
+        'priority_class',
+        'Class',
+        this._class,
+        options.schedulingError
+          ? `Cannot read the priority classes: ${options.schedulingError}`
+          : classes.length > 0
+            ? 'Higher classes are served first; jobs of a preemptible class may be stopped ' +
+              'and queued again for a higher one.'
+            : null
+      ),
+      field(
+        'priority',
+        'Priority',
+        this._priority,
+        '-1000 to 1000; higher runs first among your jobs of a class.'
+      ),
       field(
         'backend',
         'Backend',
@@ -593,6 +653,9 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
         );
       }
       request.priority = n;
+    }
+    if (this._class.value) {
+      request.priority_class = this._class.value;
     }
     if (this._backend.value) {
       request.backend = this._backend.value;
@@ -670,6 +733,7 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
   private _gpus: HTMLInputElement;
   private _gpuModel: HTMLInputElement;
   private _priority: HTMLInputElement;
+  private _class: HTMLSelectElement;
   private _backend: HTMLSelectElement;
   private _after: HTMLInputElement;
   private _parameters: HTMLTextAreaElement;
@@ -751,6 +815,17 @@ export async function openSubmitDialog(
   await panel.context.ready;
   let backends: JobBackends | null = null;
   let backendsError: string | null = null;
+  // The classes come from the scheduling policy; a server without one offers none.
+  const schedulingRead = model.loadScheduling().then(
+    view => ({ policy: view.policy, error: null }),
+    (error: unknown) => ({
+      policy: null,
+      error:
+        error instanceof DLInfraApiError && error.status === 404 && error.reason === 'not_found'
+          ? null
+          : (error as Error).message ?? String(error)
+    })
+  );
   try {
     backends = await model.backends();
   } catch (error) {
@@ -769,11 +844,14 @@ export async function openSubmitDialog(
   const context = panel.context;
   const defaults = notebookDefaults(context.localPath, cellsOf(panel));
   const models = [...new Set(model.cluster?.nodes.flatMap(n => n.gpus.map(g => g.model)) ?? [])];
+  const scheduling = await schedulingRead;
   const form = new SubmitForm({
     path: context.localPath,
     defaults,
     backends,
     backendsError,
+    scheduling: scheduling.policy,
+    schedulingError: scheduling.error,
     activeJobs: model.activeJobs(),
     models,
     dirty: context.model.dirty

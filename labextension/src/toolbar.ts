@@ -9,7 +9,7 @@ import { IDisposable } from '@lumino/disposable';
 import { Widget } from '@lumino/widgets';
 
 import { Allocation } from './api';
-import { gpus, h } from './dom';
+import { gpus, h, startsIn } from './dom';
 import { gpuIcon } from './icons';
 import { DLInfraModel } from './model';
 
@@ -128,7 +128,13 @@ export async function openGpuDialog(model: DLInfraModel, panel: NotebookPanel): 
           ? describeGrant(current)
           : [
               h('p', {}, `Queued at position ${current.position ?? '?'} for ${gpus(current.count)}.`),
-              h('p', {}, current.waiting_reason ?? '')
+              h('p', {}, current.waiting_reason ?? ''),
+              h(
+                'p',
+                { class: 'jp-DLInfra-requestEstimate' },
+                current.priority_class ? `Class ${current.priority_class}; ` : '',
+                startsIn(current.estimated_start)
+              )
             ])
       ),
       buttons: [
@@ -175,7 +181,13 @@ export async function openGpuDialog(model: DLInfraModel, panel: NotebookPanel): 
         ? describeGrant(allocation)
         : [
             h('p', {}, `Queued at position ${allocation.position ?? '?'} for ${gpus(allocation.count)}.`),
-            h('p', {}, allocation.waiting_reason ?? '')
+            h('p', {}, allocation.waiting_reason ?? ''),
+            h(
+              'p',
+              { class: 'jp-DLInfra-requestEstimate' },
+              allocation.priority_class ? `Class ${allocation.priority_class}; ` : '',
+              startsIn(allocation.estimated_start)
+            )
           ])
     ),
     buttons: [Dialog.okButton()]

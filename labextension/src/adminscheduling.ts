@@ -1,0 +1,938 @@
+/**
+ * The "Scheduling" part of the admin panel: the scheduling policy as a form (priority classes,
+ * the kernel and job classes, fair share, shares, quotas, borrowing, preemption, reservations,
+ * starvation limit) saved with PUT scheduling, its source, and its recent changes. It renders
+ * the model's `scheduling` and hands Save back to the model; the server validates and its
+ * message (which names the field first) is shown next to the form.
+ */
+import {
+  DLInfraApiError,
+  PolicyChange,
+  PriorityClassSpec,
+  SchedulingPolicyDoc,
+  SchedulingView
+} from './api';
+import { clock, duration, h } from './dom';
+import { DLInfraModel } from './model';
+
+type NumberField = 'half_life' | 'default_share' | 'reservations' | 'starvation_limit';
+type BoolField = 'fair_share' | 'borrowing' | 'preemption';
+type MapField = 'user_shares' | 'group_shares' | 'user_quotas' | 'group_quotas';
+type ClassField = 'kernel_class' | 'job_class';
+
+interface INumberSpec {
+  name: NumberField;
+  label: string;
+  help: string;
+  /** Whether the value is a number of seconds (shown as a duration too). */
+  seconds: boolean;
+  step?: number;
+}
+
+const NUMBERS: INumberSpec[] = [
+  {
+    name: 'half_life',
+    label: 'Half-life (s)',
+    help: 'Past GPU use counts half as much after this long. More than 0.',
+    seconds: true
+  },
+  {
+    name: 'default_share',
+    label: 'Default share',
+    help: 'The share of a user or group not listed below. More than 0.',
+    seconds: false
+  },
+  {
+    name: 'reservations',
+    label: 'Reservations',
+    help:
+      'Blocked requests that keep the free GPUs they could use in each pass, so that large ' +
+      'requests are not starved by small ones. 0: pure backfill.',
+    seconds: false,
+    step: 1
+  },
+  {
+    name: 'starvation_limit',
+    label: 'Starvation limit (s)',
+    help: 'A request waiting this long goes ahead of fair-share order in its class. 0: never.',
+    seconds: true
+  }
+];
+
+const BOOLS: Array<{ name: BoolField; label: string; help: string }> = [
+  {
+    name: 'fair_share',
+    label: 'Fair share',
+    help:
+      'Within a class, serve users (and groups with a share) with less recent GPU use per ' +
+      'share first. Off: first come, first served.'
+  },
+  {
+    name: 'borrowing',
+    label: 'Borrowing',
+    help:
+      'Jobs of a preemptible class may go beyond their quota on GPUs nobody within quota ' +
+      'wants; borrowed GPUs are the first taken back.'
+  },
+  {
+    name: 'preemption',
+    label: 'Preemption',
+    help:
+      'Stop and requeue preemptible jobs of a lower class, or holding borrowed GPUs, for a ' +
+      'waiting request. Off: nothing is ever preempted.'
+  }
+];
+
+const MAPS: Array<{ name: MapField; label: string; help: string; example: string }> = [
+  {
+    name: 'user_shares',
+    label: 'User shares (JSON)',
+    help: 'Fair-share weight per user: name → number above 0.',
+    example: '{"alice": 2}'
+  },
+  {
+    name: 'group_shares',
+    label: 'Group shares (JSON)',
+    help:
+      'Fair-share weight per group (an account): name → number above 0. A user is in the ' +
+      'account of the first of their groups, alphabetically, that has a share.',
+    example: '{"vision": 3, "nlp": 1}'
+  },
+  {
+    name: 'user_quotas',
+    label: 'User quotas (JSON)',
+    help: 'GPUs a user may hold at once: name → whole number.',
+    example: '{"alice": 8}'
+  },
+  {
+    name: 'group_quotas',
+    label: 'Group quotas (JSON)',
+    help: 'GPUs the members of a group may hold together: name → whole number.',
+    example: '{"interns": 4}'
+  }
+];
+
+const CLASS_FIELDS: Array<{ name: ClassField; label: string; help: string }> = [
+  {
+    name: 'kernel_class',
+    label: 'Kernel class',
+    help: "The class of a kernel's %gpu request that names none. Must not be preemptible."
+  },
+  {
+    name: 'job_class',
+    label: 'Job class',
+    help: 'The class of a batch job submitted without one.'
+  }
+];
+
+/** A form value that cannot be sent; `field` names it like the server's messages do. */
+class FormError extends Error {
+  constructor(
+    readonly field: string,
+    message: string
+  ) {
+    super(`${field}: ${message}`);
+  }
+}
+
+/** One row of the classes table. */
+interface IClassRow {
+  row: HTMLTableRowElement;
+  name: HTMLInputElement;
+  priority: HTMLInputElement;
+  preemptible: HTMLInputElement;
+  /** The name it had before the last edit. */
+  prev: string;
+}
+
+/**
+ * The scheduling sections of the admin panel: `sections` are added to the panel's body, and
+ * `load` is called when the panel is shown.
+ */
+export class SchedulingEditor {
+  constructor(model: DLInfraModel) {
+    this.model = model;
+
+    this._loadError = h('div', {
+      class: 'jp-DLInfra-error jp-DLInfra-schedLoadError',
+      role: 'alert',
+      hidden: true
+    });
+    this._source = h('p', { class: 'jp-DLInfra-schedSource' }, 'Loading…');
+    this._note = h(
+      'p',
+      { class: 'jp-DLInfra-empty jp-DLInfra-schedNote', hidden: true },
+      'Only admins may change the scheduling policy.'
+    );
+    // No browser validation: the server judges the values and names the field it refuses.
+    this._form = h('form', {
+      class: 'jp-DLInfra-schedForm',
+      'aria-label': 'Scheduling policy',
+      novalidate: true
+    });
+
+    // Priority classes: one row each.
+    this._classBody = h('tbody', {});
+    this._addClass = h(
+      'button',
+      {
+        type: 'button',
+        class: 'jp-DLInfra-schedClassAdd jp-Button jp-mod-styled jp-mod-minimal',
+        title: 'Add a priority class'
+      },
+      '+ Add class'
+    );
+    this._addClass.addEventListener('click', () => {
+      const row = this._appendClass('', { priority: 0, preemptible: true });
+      this._classesChanged();
+      this._setDirty(true);
+      row.name.focus();
+    });
+    this._form.append(
+      h(
+        'div',
+        { class: 'jp-DLInfra-policyField jp-DLInfra-policyField-wide', 'data-field': 'classes' },
+        h(
+          'span',
+          { class: 'jp-DLInfra-policyLabel', id: 'dlinfra-sched-classes-label' },
+          'Classes'
+        ),
+        h(
+          'table',
+          {
+            class: 'jp-DLInfra-schedClasses',
+            'aria-labelledby': 'dlinfra-sched-classes-label',
+            'aria-describedby': 'dlinfra-sched-classes-help'
+          },
+          h(
+            'thead',
+            {},
+            h(
+              'tr',
+              {},
+              h('th', { scope: 'col' }, 'Name'),
+              h('th', { scope: 'col' }, 'Priority'),
+              h('th', { scope: 'col', title: 'Preemptible' }, 'Preempt.'),
+              h('th', { scope: 'col' }, h('span', { class: 'jp-DLInfra-visuallyHidden' }, 'Remove'))
+            )
+          ),
+          this._classBody
+        ),
+        h(
+          'div',
+          { id: 'dlinfra-sched-classes-help', class: 'jp-DLInfra-policyHelp' },
+          this._addClass,
+          ' Higher priority is served first, whatever the fair share. The jobs of a ' +
+            'preemptible class may be stopped and queued again for a higher class; ' +
+            'kernels never are.'
+        )
+      )
+    );
+
+    for (const spec of CLASS_FIELDS) {
+      const id = `dlinfra-sched-${spec.name}`;
+      const select = h('select', {
+        name: spec.name,
+        id,
+        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput',
+        'aria-describedby': `${id}-help`
+      });
+      this._classSelects[spec.name] = select;
+      this._form.append(this._field(spec.name, spec.label, select, spec.help));
+    }
+
+    for (const spec of BOOLS) {
+      const id = `dlinfra-sched-${spec.name}`;
+      const input = h('input', {
+        type: 'checkbox',
+        name: spec.name,
+        id,
+        class: 'jp-DLInfra-schedInput jp-DLInfra-schedCheck',
+        'aria-describedby': `${id}-help`
+      });
+      this._bools[spec.name] = input;
+      this._form.append(this._field(spec.name, spec.label, input, spec.help));
+    }
+
+    for (const spec of NUMBERS) {
+      const id = `dlinfra-sched-${spec.name}`;
+      const input = h('input', {
+        type: 'number',
+        name: spec.name,
+        id,
+        min: 0,
+        step: spec.step ?? 'any',
+        required: true,
+        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput',
+        'aria-describedby': `${id}-help`
+      });
+      const shown = h('span', { class: 'jp-DLInfra-policyDuration', 'aria-hidden': 'true' });
+      this._numbers[spec.name] = input;
+      this._durations[spec.name] = shown;
+      input.addEventListener('input', () => this._showDuration(spec));
+      this._form.append(this._field(spec.name, spec.label, input, spec.help, shown));
+    }
+
+    {
+      const id = 'dlinfra-sched-default_user_quota';
+      this._defaultQuota = h('input', {
+        type: 'number',
+        name: 'default_user_quota',
+        id,
+        min: 0,
+        step: 1,
+        placeholder: 'no limit',
+        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput',
+        'aria-describedby': `${id}-help`
+      });
+      this._form.append(
+        this._field(
+          'default_user_quota',
+          'Default user quota',
+          this._defaultQuota,
+          'GPUs one user may hold at once unless listed in user quotas. Empty: no limit.'
+        )
+      );
+    }
+
+    for (const spec of MAPS) {
+      const id = `dlinfra-sched-${spec.name}`;
+      const area = h('textarea', {
+        name: spec.name,
+        id,
+        rows: 3,
+        spellcheck: 'false',
+        placeholder: spec.example,
+        class: 'jp-mod-styled jp-DLInfra-policyOverrides jp-DLInfra-schedMap',
+        'aria-describedby': `${id}-help`
+      });
+      this._maps[spec.name] = area;
+      this._form.append(
+        h(
+          'div',
+          {
+            class: 'jp-DLInfra-policyField jp-DLInfra-policyField-wide jp-DLInfra-schedField',
+            'data-field': spec.name
+          },
+          h('label', { for: id, class: 'jp-DLInfra-policyLabel' }, spec.label),
+          area,
+          h(
+            'div',
+            { id: `${id}-help`, class: 'jp-DLInfra-policyHelp' },
+            `${spec.help} Such as `,
+            h('code', {}, spec.example),
+            '.'
+          )
+        )
+      );
+    }
+
+    this._error = h('div', {
+      class: 'jp-DLInfra-schedError',
+      role: 'alert',
+      hidden: true
+    });
+    this._status = h('span', {
+      class: 'jp-DLInfra-schedStatus',
+      role: 'status'
+    });
+    this._save = h(
+      'button',
+      { type: 'submit', class: 'jp-DLInfra-schedSave jp-Button jp-mod-styled jp-mod-accept' },
+      'Save'
+    );
+    this._revert = h(
+      'button',
+      {
+        type: 'button',
+        class: 'jp-DLInfra-schedRevert jp-Button jp-mod-styled jp-mod-reject',
+        title: 'Put the saved scheduling policy back in the form'
+      },
+      'Revert'
+    );
+    this._form.append(
+      this._error,
+      h('div', { class: 'jp-DLInfra-policyButtons' }, this._save, this._revert, this._status)
+    );
+    this._form.addEventListener('submit', event => {
+      event.preventDefault();
+      void this.save();
+    });
+    this._form.addEventListener('input', () => this._setDirty(true));
+    this._form.addEventListener('change', () => this._setDirty(true));
+    this._classBody.addEventListener('click', event => {
+      const remove = (event.target as HTMLElement).closest<HTMLButtonElement>(
+        '.jp-DLInfra-schedClassRemove'
+      );
+      if (!remove || remove.disabled) {
+        return;
+      }
+      const index = this._classRows.findIndex(r => r.row.contains(remove));
+      if (index >= 0) {
+        this._classRows[index].row.remove();
+        this._classRows.splice(index, 1);
+        this._classesChanged();
+        this._setDirty(true);
+      }
+    });
+    this._classBody.addEventListener('input', event => {
+      const target = event.target as HTMLElement;
+      const row = this._classRows.find(r => r.name === target);
+      if (!row) {
+        return;
+      }
+      // A renamed class stays the kernel's or the jobs' class when it was.
+      const renamed = row.name.value.trim();
+      if (renamed) {
+        for (const spec of CLASS_FIELDS) {
+          const select = this._classSelects[spec.name];
+          if (row.prev && select.value === row.prev) {
+            select.append(h('option', { value: renamed }, renamed));
+            select.value = renamed;
+          }
+        }
+        row.prev = renamed;
+      }
+      this._classesChanged();
+    });
+    this._revert.addEventListener('click', () => {
+      if (this.model.scheduling) {
+        this._fill(this.model.scheduling);
+      }
+    });
+
+    this._changes = h('ul', { class: 'jp-DLInfra-list jp-DLInfra-schedChanges' });
+
+    this.sections = [
+      section(
+        'scheduling',
+        'Scheduling',
+        this._loadError,
+        this._source,
+        this._note,
+        this._form
+      ),
+      section('schedulingChanges', 'Scheduling changes', this._changes)
+    ];
+    model.schedulingChanged.connect(this._onSchedulingChanged, this);
+  }
+
+  readonly model: DLInfraModel;
+  /** The sections to show: the form, then the recent changes. */
+  readonly sections: HTMLElement[];
+
+  /** Read the policy (again); `force` replaces unsaved edits too. */
+  async load(force = false): Promise<void> {
+    try {
+      const view = await this.model.loadScheduling();
+      this._loadError.hidden = true;
+      if (force || !this._dirty) {
+        this._fill(view);
+      }
+    } catch (error) {
+      this._loadError.hidden = false;
+      this._loadError.textContent =
+        error instanceof DLInfraApiError && error.status === 404 && error.reason === 'not_found'
+          ? 'This server has no scheduling policy (priority classes, fair share, quotas).'
+          : `Cannot read the scheduling policy: ${Private.message(error)}`;
+      if (!this.model.scheduling) {
+        this._source.textContent = '';
+        this._form.hidden = true;
+      }
+    }
+  }
+
+  /** Send the fields changed in the form (PUT scheduling) and show the answer. */
+  async save(): Promise<void> {
+    const view = this.model.scheduling;
+    if (!view || this._busy) {
+      return;
+    }
+    this._showError(null);
+    let changes: Partial<SchedulingPolicyDoc>;
+    try {
+      changes = this._changes_(view.policy);
+    } catch (error) {
+      this._showError(error);
+      return;
+    }
+    if (Object.keys(changes).length === 0) {
+      this._status.textContent = 'Nothing to save: the form matches the policy.';
+      this._setDirty(false);
+      return;
+    }
+    this._busy = true;
+    this._save.disabled = true;
+    this._status.textContent = 'Saving…';
+    try {
+      const answer = await this.model.saveScheduling(changes);
+      this._fill(answer);
+      this._status.textContent = `Saved ${Object.keys(changes).join(', ')}.`;
+    } catch (error) {
+      this._status.textContent = '';
+      this._showError(error);
+    } finally {
+      this._busy = false;
+      this._save.disabled = !(this.model.scheduling?.editable ?? false);
+    }
+  }
+
+  dispose(): void {
+    this.model.schedulingChanged.disconnect(this._onSchedulingChanged, this);
+  }
+
+  /* ---------------------------------------------------------------- rendering */
+
+  private _field(
+    name: string,
+    label: string,
+    control: HTMLElement,
+    help: string,
+    extra: HTMLElement | null = null
+  ): HTMLElement {
+    const id = `dlinfra-sched-${name}`;
+    const configured = h('span', { class: 'jp-DLInfra-policyConfigured' });
+    this._configuredNotes[name] = configured;
+    return h(
+      'div',
+      { class: 'jp-DLInfra-policyField jp-DLInfra-schedField', 'data-field': name },
+      h('label', { for: id, class: 'jp-DLInfra-policyLabel' }, label),
+      h('div', { class: 'jp-DLInfra-policyControl' }, control, extra),
+      h('div', { id: `${id}-help`, class: 'jp-DLInfra-policyHelp' }, help, configured)
+    );
+  }
+
+  private _onSchedulingChanged(_: DLInfraModel, view: SchedulingView): void {
+    if (!this._dirty && !this._busy) {
+      this._fill(view);
+    }
+  }
+
+  /** Show a policy in the form, with its source and its recent changes. */
+  private _fill(view: SchedulingView): void {
+    const policy = view.policy;
+    const configured = view.configured;
+    const editable = view.editable;
+    this._form.hidden = false;
+
+    this._classBody.replaceChildren();
+    this._classRows = [];
+    const classes = Object.entries(policy.classes ?? {}).sort(
+      ([a, x], [b, y]) => y.priority - x.priority || (a < b ? -1 : a > b ? 1 : 0)
+    );
+    for (const [name, spec] of classes) {
+      this._appendClass(name, spec);
+    }
+    this._addClass.disabled = !editable;
+    this._classesChanged({ kernel_class: policy.kernel_class, job_class: policy.job_class });
+    for (const spec of CLASS_FIELDS) {
+      const select = this._classSelects[spec.name];
+      select.disabled = !editable;
+      this._configured(spec.name, configured?.[spec.name], policy[spec.name]);
+    }
+    for (const spec of BOOLS) {
+      const input = this._bools[spec.name];
+      input.checked = !!policy[spec.name];
+      input.disabled = !editable;
+      this._configured(spec.name, configured?.[spec.name], policy[spec.name]);
+    }
+    for (const spec of NUMBERS) {
+      const input = this._numbers[spec.name];
+      input.value = String(policy[spec.name]);
+      input.disabled = !editable;
+      this._showDuration(spec);
+      this._configured(spec.name, configured?.[spec.name], policy[spec.name]);
+    }
+    this._defaultQuota.value =
+      policy.default_user_quota === null ? '' : String(policy.default_user_quota);
+    this._defaultQuota.disabled = !editable;
+    this._configured(
+      'default_user_quota',
+      configured?.default_user_quota,
+      policy.default_user_quota
+    );
+    for (const spec of MAPS) {
+      const area = this._maps[spec.name];
+      area.value = JSON.stringify(policy[spec.name] ?? {}, null, 1).replace(/\n\s*/g, ' ');
+      area.disabled = !editable;
+    }
+    this._save.disabled = !editable;
+    this._revert.disabled = !editable;
+    this._note.hidden = editable;
+    this._showError(null);
+    this._setDirty(false);
+
+    this._source.replaceChildren(
+      ...(view.source === 'api'
+        ? [
+            'Set through the API',
+            view.updated_by ? ` by ${view.updated_by}` : '',
+            view.updated_at
+              ? h(
+                  'time',
+                  { datetime: view.updated_at, title: view.updated_at },
+                  ` at ${clock(view.updated_at)}`
+                )
+              : '',
+            '.'
+          ]
+        : ['From the server configuration (not changed through the API).'])
+    );
+    this._source.dataset.source = view.source;
+
+    const changes = view.changes ?? [];
+    this._changes.replaceChildren(
+      ...(changes.length
+        ? changes.map(c => this._change(c))
+        : [h('li', { class: 'jp-DLInfra-empty' }, 'No change through the API yet.')])
+    );
+  }
+
+  /** Add a row to the classes table. */
+  private _appendClass(name: string, spec: PriorityClassSpec): IClassRow {
+    const n = ++this._classSeq;
+    const editable = this.model.scheduling?.editable ?? true;
+    const nameInput = h('input', {
+      type: 'text',
+      name: 'class_name',
+      value: name,
+      required: true,
+      spellcheck: 'false',
+      placeholder: 'name',
+      class: 'jp-mod-styled jp-DLInfra-schedClassName',
+      'aria-label': `Name of class ${n}`
+    });
+    const priority = h('input', {
+      type: 'number',
+      name: 'class_priority',
+      value: spec.priority,
+      step: 1,
+      required: true,
+      class: 'jp-mod-styled jp-DLInfra-schedClassPriority',
+      'aria-label': `Priority of class ${name || n}`
+    });
+    const preemptible = h('input', {
+      type: 'checkbox',
+      name: 'class_preemptible',
+      class: 'jp-DLInfra-schedClassPreemptible',
+      'aria-label': `Class ${name || n} is preemptible`
+    });
+    preemptible.checked = !!spec.preemptible;
+    const remove = h(
+      'button',
+      {
+        type: 'button',
+        class: 'jp-DLInfra-schedClassRemove jp-Button jp-mod-minimal',
+        title: 'Remove this class',
+        'aria-label': `Remove class ${name || n}`
+      },
+      '×'
+    );
+    for (const el of [nameInput, priority, preemptible, remove]) {
+      el.disabled = !editable;
+    }
+    const row = h(
+      'tr',
+      { class: 'jp-DLInfra-schedClass', 'data-class': name || null },
+      h('td', {}, nameInput),
+      h('td', {}, priority),
+      h('td', { class: 'jp-DLInfra-schedClassCheck' }, preemptible),
+      h('td', {}, remove)
+    );
+    this._classBody.append(row);
+    const entry: IClassRow = { row, name: nameInput, priority, preemptible, prev: name };
+    this._classRows.push(entry);
+    return entry;
+  }
+
+  /**
+   * Fill the kernel and job class selects with the names in the table, keeping their choice
+   * (or choosing `selected`'s).
+   */
+  private _classesChanged(selected?: Record<ClassField, string>): void {
+    const names = [...new Set(this._classRows.map(r => r.name.value.trim()).filter(Boolean))];
+    for (const spec of CLASS_FIELDS) {
+      const select = this._classSelects[spec.name];
+      const current = selected ? selected[spec.name] : select.value;
+      const options = names.map(n => h('option', { value: n }, n));
+      if (current && !names.includes(current)) {
+        // Keep a name the table lost: the server says what is wrong with it.
+        options.push(h('option', { value: current }, `${current} (not a class)`));
+      }
+      select.replaceChildren(...options);
+      select.value = current;
+    }
+  }
+
+  private _configured(field: string, configured: unknown, now: unknown): void {
+    const note = this._configuredNotes[field];
+    if (!note) {
+      return;
+    }
+    note.textContent =
+      configured !== undefined && Private.canonical(configured) !== Private.canonical(now)
+        ? ` Configured: ${Private.changeValue(field, configured)}.`
+        : '';
+  }
+
+  private _change(c: PolicyChange): HTMLElement {
+    const old = Private.changeValue(c.field, c.old);
+    const now = Private.changeValue(c.field, c.new);
+    return h(
+      'li',
+      { class: 'jp-DLInfra-schedChange', 'data-seq': c.seq, 'data-field': c.field },
+      h(
+        'div',
+        { class: 'jp-DLInfra-policyChangeHeader' },
+        h('span', { class: 'jp-DLInfra-policyChangeWho' }, c.who),
+        h('time', { class: 'jp-DLInfra-policyChangeAt', datetime: c.at, title: c.at }, clock(c.at))
+      ),
+      h(
+        'div',
+        { class: 'jp-DLInfra-policyChangeWhat' },
+        h('code', { class: 'jp-DLInfra-schedChangeField' }, c.field),
+        ' ',
+        h(
+          'span',
+          { class: 'jp-DLInfra-policyChangeOld jp-DLInfra-schedChangeOld', title: old },
+          old
+        ),
+        ' → ',
+        h(
+          'span',
+          { class: 'jp-DLInfra-policyChangeNew jp-DLInfra-schedChangeNew', title: now },
+          now
+        )
+      )
+    );
+  }
+
+  private _showDuration(spec: INumberSpec): void {
+    const input = this._numbers[spec.name];
+    const value = Number(input.value);
+    this._durations[spec.name].textContent =
+      spec.seconds && input.value.trim() && isFinite(value)
+        ? spec.name === 'starvation_limit' && value === 0
+          ? 'never'
+          : duration(value)
+        : '';
+  }
+
+  /** Show an error of the form (or clear it with null), marking the field it names. */
+  private _showError(error: unknown): void {
+    for (const el of this._form.querySelectorAll('[aria-invalid]')) {
+      el.removeAttribute('aria-invalid');
+    }
+    if (error === null) {
+      this._error.hidden = true;
+      this._error.textContent = '';
+      return;
+    }
+    const message = Private.message(error);
+    this._error.hidden = false;
+    this._error.textContent = message;
+    const field =
+      error instanceof FormError ? error.field : /^([A-Za-z_][\w.-]*):/.exec(message)?.[1] ?? '';
+    this._target(field)?.setAttribute('aria-invalid', 'true');
+  }
+
+  /** The control a field path names (`classes.batch.priority`, `user_quotas.ann`, ...). */
+  private _target(field: string): HTMLElement | null {
+    const [head, ...rest] = field.split('.');
+    if (head === 'classes') {
+      // Class names may hold dots: the last part names the class's field when it is one.
+      const last = rest[rest.length - 1];
+      const part = last === 'priority' || last === 'preemptible' ? last : null;
+      const name = (part ? rest.slice(0, -1) : rest).join('.');
+      const row = this._classRows.find(r => r.name.value.trim() === name);
+      if (!row) {
+        return this._classBody.closest('table');
+      }
+      return part === 'priority'
+        ? row.priority
+        : part === 'preemptible'
+          ? row.preemptible
+          : row.name;
+    }
+    if (head === 'kernel_class' || head === 'job_class') {
+      return this._classSelects[head];
+    }
+    if (head === 'default_user_quota') {
+      return this._defaultQuota;
+    }
+    if (head in this._maps) {
+      return this._maps[head as MapField];
+    }
+    if (head in this._bools) {
+      return this._bools[head as BoolField];
+    }
+    if (head in this._numbers) {
+      return this._numbers[head as NumberField];
+    }
+    return null;
+  }
+
+  private _setDirty(dirty: boolean): void {
+    this._dirty = dirty;
+    this._form.classList.toggle('jp-mod-dirty', dirty);
+    if (dirty) {
+      this._status.textContent = 'Unsaved changes.';
+    }
+  }
+
+  /**
+   * The fields of the form that differ from `policy`; throws a FormError for values that cannot
+   * be sent (the server judges the rest, and names the field it refuses).
+   */
+  private _changes_(policy: SchedulingPolicyDoc): Partial<SchedulingPolicyDoc> {
+    const changes: Partial<SchedulingPolicyDoc> = {};
+
+    const classes: Record<string, PriorityClassSpec> = {};
+    for (const row of this._classRows) {
+      const name = row.name.value.trim();
+      if (!name) {
+        throw new FormError('classes', 'every class needs a name');
+      }
+      if (name in classes) {
+        throw new FormError('classes', `two classes are named ${name}`);
+      }
+      const raw = row.priority.value.trim();
+      const priority = Number(raw);
+      if (!raw || !isFinite(priority)) {
+        throw new FormError(
+          `classes.${name}.priority`,
+          'is required (a whole number, higher first)'
+        );
+      }
+      classes[name] = { priority, preemptible: row.preemptible.checked };
+    }
+    if (Private.canonical(classes) !== Private.canonical(policy.classes ?? {})) {
+      // The server replaces all the classes with those given.
+      changes.classes = classes;
+    }
+    for (const spec of CLASS_FIELDS) {
+      const value = this._classSelects[spec.name].value;
+      if (value !== policy[spec.name]) {
+        changes[spec.name] = value;
+      }
+    }
+    for (const spec of BOOLS) {
+      const value = this._bools[spec.name].checked;
+      if (value !== policy[spec.name]) {
+        changes[spec.name] = value;
+      }
+    }
+    for (const spec of NUMBERS) {
+      const raw = this._numbers[spec.name].value.trim();
+      const value = Number(raw);
+      if (!raw || !isFinite(value)) {
+        throw new FormError(spec.name, 'must be a number');
+      }
+      if (value !== policy[spec.name]) {
+        changes[spec.name] = value;
+      }
+    }
+    const rawQuota = this._defaultQuota.value.trim();
+    const quota = rawQuota ? Number(rawQuota) : null;
+    if (quota !== null && !isFinite(quota)) {
+      throw new FormError(
+        'default_user_quota',
+        'must be a whole number of GPUs, or empty for no limit'
+      );
+    }
+    if (quota !== policy.default_user_quota) {
+      changes.default_user_quota = quota;
+    }
+    for (const spec of MAPS) {
+      const text = this._maps[spec.name].value.trim();
+      let value: unknown = {};
+      if (text) {
+        try {
+          value = JSON.parse(text);
+        } catch (error) {
+          throw new FormError(spec.name, `not valid JSON: ${(error as Error).message}`);
+        }
+      }
+      if (!value || typeof value !== 'object' || Array.isArray(value)) {
+        throw new FormError(spec.name, `must be a JSON object such as ${spec.example}`);
+      }
+      if (Private.canonical(value) !== Private.canonical(policy[spec.name] ?? {})) {
+        changes[spec.name] = value as Record<string, number>;
+      }
+    }
+    return changes;
+  }
+
+  private _loadError: HTMLElement;
+  private _source: HTMLElement;
+  private _note: HTMLElement;
+  private _form: HTMLFormElement;
+  private _classBody: HTMLTableSectionElement;
+  private _classRows: IClassRow[] = [];
+  private _classSeq = 0;
+  private _addClass: HTMLButtonElement;
+  private _classSelects = {} as Record<ClassField, HTMLSelectElement>;
+  private _bools = {} as Record<BoolField, HTMLInputElement>;
+  private _numbers = {} as Record<NumberField, HTMLInputElement>;
+  private _durations = {} as Record<NumberField, HTMLElement>;
+  private _defaultQuota: HTMLInputElement;
+  private _maps = {} as Record<MapField, HTMLTextAreaElement>;
+  private _configuredNotes: Record<string, HTMLElement> = {};
+  private _error: HTMLElement;
+  private _status: HTMLElement;
+  private _save: HTMLButtonElement;
+  private _revert: HTMLButtonElement;
+  private _changes: HTMLElement;
+  private _dirty = false;
+  private _busy = false;
+}
+
+/** A section of the admin panel, like the panel's own. */
+function section(key: string, heading: string, ...children: Node[]): HTMLElement {
+  const headingId = `dlinfra-admin-${key}-heading`;
+  return h(
+    'section',
+    { class: `jp-DLInfra-section jp-DLInfra-section-${key}`, 'aria-labelledby': headingId },
+    h('h3', { id: headingId, class: 'jp-DLInfra-sectionHeading' }, heading),
+    ...children
+  );
+}
+
+namespace Private {
+  export function message(error: unknown): string {
+    if (error instanceof DLInfraApiError || error instanceof Error) {
+      return error.message;
+    }
+    return String(error);
+  }
+
+  /** JSON with sorted keys, to compare documents whatever their key order. */
+  export function canonical(value: unknown): string {
+    return JSON.stringify(value, (_key, v: unknown) =>
+      v && typeof v === 'object' && !Array.isArray(v)
+        ? Object.fromEntries(
+            Object.entries(v as Record<string, unknown>).sort(([a], [b]) =>
+              a < b ? -1 : a > b ? 1 : 0
+            )
+          )
+        : v
+    );
+  }
+
+  const SECONDS = new Set(['half_life', 'starvation_limit']);
+
+  /** A value as recorded: seconds with their duration, null quotas as "no limit". */
+  export function changeValue(field: string, value: unknown): string {
+    const last = field.split('.').pop() ?? field;
+    if (value === null || value === undefined) {
+      return last === 'default_user_quota' ? 'no limit' : '–';
+    }
+    if (typeof value === 'number' && SECONDS.has(last)) {
+      if (value === 0) {
+        return `0 (${last === 'starvation_limit' ? 'never' : 'off'})`;
+      }
+      return `${value} (${duration(value)})`;
+    }
+    return typeof value === 'string' ? value : JSON.stringify(value);
+  }
+}
