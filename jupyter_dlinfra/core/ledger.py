@@ -10,7 +10,6 @@ itself, so a large request is never starved by a stream of small ones.
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -30,6 +29,7 @@ from .sched_state import (
     class_of,
     groups_json,
     load_scheduler,
+    running_usage,
     typical_durations,
 )
 from .scheduler import Holding, Scheduler
@@ -585,9 +585,9 @@ class Ledger:
     def _record_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
         """Add a finished grant's GPU-seconds, decayed as fair share counts them."""
         now = self.clock.now()
-        half_life = self._policy(conn).half_life
-        elapsed = max(now - granted_at, 0.0)
-        used = count * half_life / math.log(2.0) * (1.0 - 2.0 ** (-elapsed / half_life))
+        policy = self._policy(conn)
+        half_life = policy.half_life
+        used = running_usage(count, granted_at, now, policy)
         row = conn.execute(select(fairshare).where(fairshare.c.user == user)).first()
         if row is None:
             conn.execute(insert(fairshare).values(user=user, gpu_seconds=used, at=now))

@@ -44,6 +44,8 @@ class Ranking:
         self._accounts: dict[int, list[tuple[float, int, str]]] = defaultdict(list)
         self._old: dict[int, list[tuple[float, int]]] = defaultdict(list)
         self._walking = False
+        #: queues passed over for the rest of the current walk
+        self._skipped: set[QueueKey] = set()
         self.tiers: set[int] = set()
 
     # -- changes between passes ------------------------------------------------------------------
@@ -85,6 +87,10 @@ class Ranking:
             return
         for tier in self.tiers:
             self._rank_account(tier, account)
+
+    def skip(self, demand: Demand) -> None:
+        """During a walk: pass over the rest of this user's requests in its class."""
+        self._skipped.add((self.tier_of(demand), demand.user))
 
     def rebuild(self) -> None:
         self.tiers = {tier for tier, _ in self.queues}
@@ -140,6 +146,7 @@ class Ranking:
                         pointers[qk] = at + 1
         finally:
             self._walking = False
+            self._skipped.clear()
             for tier, entry in old_popped:
                 if entry[1] in self.alive:
                     heapq.heappush(self._old[tier], entry)
@@ -165,7 +172,7 @@ class Ranking:
                 continue
             touched.add(qk)
             queue = self.queues.get(qk, [])
-            at = pointers.get(qk, 0)
+            at = len(queue) if qk in self._skipped else pointers.get(qk, 0)
             while at < len(queue) and queue[at].id in seen:
                 at += 1
             pointers[qk] = at

@@ -198,7 +198,12 @@ def _number(where: str, value: Any, *, positive: bool = False) -> float:
 
 
 def _count(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise PolicyError(where, f"must be a whole number of GPUs, not {value!r}")
     if value < 0:
         raise PolicyError(where, f"must be 0 or more, not {value!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -86,7 +87,17 @@ def load_scheduler(
             )
     for row in conn.execute(select(fairshare)):
         s.load_usage(row.user, groups_of(row.user), row.gpu_seconds, row.at)
+    for h in list(s.holdings.values()):
+        # what running grants have used so far counts too (recorded only when they end)
+        s.load_usage(h.user, h.groups, running_usage(len(h.gpus), h.granted_at, now, policy), now)
     return s
+
+
+def running_usage(count: int, granted_at: float, now: float, policy: SchedulingPolicy) -> float:
+    """Decayed GPU-seconds a grant of ``count`` GPUs has used from ``granted_at`` to ``now``."""
+    elapsed = max(now - granted_at, 0.0)
+    h = policy.half_life
+    return float(count * h / math.log(2.0) * (1.0 - 2.0 ** (-elapsed / h)))
 
 
 def demand_of(alloc: Allocation, policy: SchedulingPolicy, groups: tuple[str, ...]) -> Demand:

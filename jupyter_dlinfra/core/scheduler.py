@@ -13,19 +13,20 @@ One pass, for requests in order (class priority, then fair share, then age; see 
    ``policy.reservations`` of them), so small requests behind it cannot starve it;
 3. over-quota requests of preemptible classes then borrow what nobody within quota wanted;
 4. a blocked request within quota may preempt: preemptible *jobs* of a lower class, or borrowed
-   GPUs, on the node where that frees enough at least cost (borrowed first, then lowest class,
-   then the most recently started). Victims keep their GPUs until their owner stops them and
-   releases; meanwhile those GPUs are nominated for the request. Kernels are never preempted.
+   GPUs. Candidates are taken cheapest first (borrowed, then the lowest class) and the first
+   node where they and its free GPUs add up wins. Victims keep their GPUs until their owner
+   stops them and releases; meanwhile those GPUs are nominated for the request. Kernels are
+   never preempted.
 
 A pass stops early once no free GPU is left and nobody can preempt, or after ``max_scan``
-requests beyond the reservations (SLURM's queue depth): the cost of a pass follows the GPUs that
-changed, not the length of the queue.
+requests beyond the reservations (SLURM's ``default_queue_depth``, 100): the cost of a pass
+follows the GPUs that changed, not the length of the queue.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from .errors import Conflict, InvalidRequest, NotFound
@@ -37,6 +38,8 @@ __all__ = ["Demand", "Grant", "Holding", "Outcome", "Preemption", "Scheduler", "
 
 #: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
 REFRESH_INTERVAL = 60.0
+#: holdings looked at per pass when choosing what to preempt (bounds a pass's cost)
+_VICTIM_BUDGET = 4096
 
 
 def _matches(wanted: str | None, model: str) -> bool:
@@ -125,7 +128,7 @@ class _Pool:
 
 
 class Scheduler:
-    def __init__(self, policy: SchedulingPolicy, *, now: float = 0.0, max_scan: int = 1000) -> None:
+    def __init__(self, policy: SchedulingPolicy, *, now: float = 0.0, max_scan: int = 100) -> None:
         self.policy = policy
         self.now = now
         self.max_scan = max_scan
@@ -140,8 +143,13 @@ class Scheduler:
         self._model_cache: dict[str | None, tuple[str, ...]] = {}
         self.holdings: dict[int, Holding] = {}
         self._holder_of: dict[str, int] = {}
-        #: pool id -> holdings that policy could ever preempt there
-        self._preemptible_at: dict[int, set[int]] = defaultdict(set)
+        #: unmarked holdings policy could preempt, by class priority; the borrowed ones apart
+        self._victims_by_prio: dict[int, set[int]] = defaultdict(set)
+        self._borrowed: set[int] = set()
+        #: fair-share keys as of ``_keys_at`` (they change with time and with each grant)
+        self._ukeys: dict[str, float] = {}
+        self._akeys: dict[str, float] = {}
+        self._keys_at = now
         self.demands: dict[int, Demand] = {}
         self.users: dict[str, Account] = defaultdict(Account)
         self.accounts: dict[str, Account] = defaultdict(Account)
@@ -243,8 +251,7 @@ class Scheduler:
             if first is not None:
                 self._nominated.setdefault(holding.preempted_for, first.id)
         elif self._may_be_preempted(holding):
-            for pool in {self._pool_of[u] for u in holding.gpus if u in self._pool_of}:
-                self._preemptible_at[pool.id].add(holding.id)
+            self._index_victim(holding)
 
     def release(self, holding_id: int) -> Holding:
         holding = self.holdings.pop(holding_id, None)
@@ -255,11 +262,11 @@ class Scheduler:
             pool = self._pool_of.get(uuid)
             if pool is None:
                 continue
-            self._preemptible_at[pool.id].discard(holding_id)
             before = len(pool.free)
             pool.free.append(uuid)
             pool.free.sort(key=pool.gpus.__getitem__)
             self._moved(pool, before)
+        self._unindex_victim(holding)
         self._charge(holding.user, holding.groups, -len(holding.gpus))
         if holding.preempted_for is not None:
             left = self.pending[holding.preempted_for] - len(holding.gpus)
@@ -279,6 +286,8 @@ class Scheduler:
         self._set_account(user, groups)
         self.users[user].load(gpu_seconds, at, h, self.now)
         self.accounts[self._account_of[user]].load(gpu_seconds, at, h, self.now)
+        self._ukeys.pop(user, None)
+        self._akeys.pop(self._account_of[user], None)
         self.ranking.rerank(user)
         self.ranking.rerank_account(self._account_of[user])
 
@@ -290,12 +299,13 @@ class Scheduler:
             groups = {g for h in self.holdings.values() if h.user == user for g in h.groups}
             groups |= {g for d in self.demands.values() if d.user == user for g in d.groups}
             self._set_account(user, groups)
-        self._preemptible_at.clear()
+        self._victims_by_prio.clear()
+        self._borrowed.clear()
+        self._ukeys.clear()
+        self._akeys.clear()
         for holding in self.holdings.values():
             if holding.preempted_for is None and self._may_be_preempted(holding):
-                for uuid in holding.gpus:
-                    if uuid in self._pool_of:
-                        self._preemptible_at[self._pool_of[uuid].id].add(holding.id)
+                self._index_victim(holding)
         waiting = list(self.demands.values())
         self.demands.clear()
         self.ranking = self._new_ranking()
@@ -341,7 +351,9 @@ class Scheduler:
         reserved: list[tuple[_Pool, list[str]]] = []
         borrowers: list[Demand] = []
         blocked: list[Demand] = []
-        can_preempt = policy.preemption and any(self._preemptible_at.values())
+        can_preempt = policy.preemption and (
+            bool(self._borrowed) or any(self._victims_by_prio.values())
+        )
         scanned_beyond = 0
         walk = self.ranking.walk(self.now)
         try:
@@ -351,8 +363,14 @@ class Scheduler:
                 out.examined += 1
                 over = self._over_quota(demand)
                 if over is not None:
-                    if policy.borrowing and policy.class_map[demand.klass].preemptible:
+                    if self._may_borrow(demand):
                         borrowers.append(demand)
+                    elif self._quota_full(demand.user):
+                        # nothing more of this user's fits this pass: skip the rest of them
+                        self.ranking.skip(demand)
+                    scanned_beyond += 1
+                    if scanned_beyond >= self.max_scan:
+                        break
                     continue
                 gpus = self._place(demand)
                 if gpus is not None:
@@ -520,6 +538,14 @@ class Scheduler:
     def over_quota(self, demand: Demand) -> str | None:
         return self._over_quota(demand)
 
+    def _may_borrow(self, demand: Demand) -> bool:
+        klass = self.policy.class_map[demand.klass]
+        return self.policy.borrowing and klass.preemptible and demand.kind == "job"
+
+    def _quota_full(self, user: str) -> bool:
+        quota = self.policy.quota_of_user(user)
+        return quota is not None and self.users[user].held >= quota
+
     def _may_be_preempted(self, holding: Holding) -> bool:
         if holding.kind != "job":
             return False
@@ -537,6 +563,8 @@ class Scheduler:
         self.accounts[account].change(self.now, h, delta)
         for group in groups:
             self.held_by_group[group] += delta
+        self._ukeys.pop(user, None)
+        self._akeys.pop(account, None)
         self.ranking.rerank(user)
         self.ranking.rerank_account(account)
 
@@ -556,24 +584,54 @@ class Scheduler:
     def _ranking_account(self, user: str) -> str:
         return self._account_of.get(user, "") if self.policy.fair_share else ""
 
+    def _fresh_keys(self) -> None:
+        if self._keys_at != self.now:
+            self._keys_at = self.now
+            self._ukeys.clear()
+            self._akeys.clear()
+
     def _account_key(self, account: str) -> float:
         if not self.policy.fair_share:
             return 0.0
-        usage = self.accounts[account].key(self.now, self.policy.half_life)
-        return usage / self.policy.share_of_group(account)
+        self._fresh_keys()
+        key = self._akeys.get(account)
+        if key is None:
+            usage = self.accounts[account].key(self.now, self.policy.half_life)
+            key = self._akeys[account] = usage / self.policy.share_of_group(account)
+        return key
 
     def _user_key(self, user: str) -> float:
         if not self.policy.fair_share:
             return 0.0
-        usage = self.users[user].key(self.now, self.policy.half_life)
-        return usage / self.policy.share_of_user(user)
+        self._fresh_keys()
+        key = self._ukeys.get(user)
+        if key is None:
+            usage = self.users[user].key(self.now, self.policy.half_life)
+            key = self._ukeys[user] = usage / self.policy.share_of_user(user)
+        return key
+
+    def _index_victim(self, holding: Holding) -> None:
+        if holding.borrowed:
+            self._borrowed.add(holding.id)
+        else:
+            self._victims_by_prio[self._prio_of(holding)].add(holding.id)
+
+    def _unindex_victim(self, holding: Holding) -> None:
+        self._borrowed.discard(holding.id)
+        self._victims_by_prio[self._prio_of(holding)].discard(holding.id)
+
+    def _prio_of(self, holding: Holding) -> int:
+        klass = self.policy.class_map.get(holding.klass)
+        # a class that was removed no longer outranks anything
+        return klass.priority if klass is not None else -(10**9)
 
     def _preempt(self, blocked: list[Demand], out: Outcome) -> None:
         claimed: dict[int, int] = defaultdict(int)  # pool id -> free GPUs promised in this pass
+        budget = [_VICTIM_BUDGET]
         for demand in blocked:
             if self.pending.get(demand.id, 0) > 0:
                 continue
-            victims = self._victims(demand, claimed)
+            victims = self._victims(demand, claimed, budget)
             if not victims:
                 continue
             prio = self.policy.class_map[demand.klass].priority
@@ -581,7 +639,7 @@ class Scheduler:
                 why = (
                     "it holds borrowed GPUs (beyond its quota)"
                     if holding.borrowed
-                    else (f"its class {holding.klass} ranks below {demand.klass}")
+                    else f"its class {holding.klass} ranks below {demand.klass}"
                 )
                 message = (
                     f"preempted for request {demand.id} of {demand.user} ({demand.klass}, "
@@ -591,95 +649,61 @@ class Scheduler:
                 out.preemptions.append(Preemption(holding.id, demand.id, message))
 
     def _mark(self, holding: Holding, request_id: int) -> None:
-        for pool_id in {self._pool_of[u].id for u in holding.gpus if u in self._pool_of}:
-            self._preemptible_at[pool_id].discard(holding.id)
-        marked = Holding(**{**holding.__dict__, "preempted_for": request_id})
+        self._unindex_victim(holding)
+        marked = replace(holding, preempted_for=request_id)
         self.holdings[holding.id] = marked
         self.pending[request_id] += len(holding.gpus)
         pools = [self._pool_of[u] for u in holding.gpus if u in self._pool_of]
         if pools:
             self._nominated.setdefault(request_id, pools[0].id)
 
-    def _victim_rank(self, holding: Holding) -> tuple[int, int, float]:
-        klass = self.policy.class_map.get(holding.klass)
-        prio = klass.priority if klass is not None else -(10**9)
-        return (0 if holding.borrowed else 1, prio, -holding.granted_at)
+    def _candidates(self, prio: int) -> Iterator[int]:
+        """Holdings a request of class priority ``prio`` may preempt, cheapest loss first:
+        borrowed ones, then by class, lowest first."""
+        yield from list(self._borrowed)
+        for victim_prio in sorted(p for p, ids in self._victims_by_prio.items() if ids):
+            if victim_prio >= prio:
+                break
+            yield from list(self._victims_by_prio[victim_prio])
 
-    def _eligible(self, holding: Holding, prio: int) -> bool:
-        if holding.preempted_for is not None or not self._may_be_preempted(holding):
-            return False
-        try:
-            victim_prio = self.policy.class_map[holding.klass].priority
-        except KeyError:
-            return True
-        return holding.borrowed or victim_prio < prio
+    def _victims(self, demand: Demand, claimed: dict[int, int], budget: list[int]) -> list[Holding]:
+        """Holdings whose preemption frees enough GPUs for ``demand``; [] when none would.
 
-    def _victims(self, demand: Demand, claimed: dict[int, int]) -> list[Holding]:
+        Candidates are taken cheapest first, and the first node (pool) where they and its free
+        GPUs add up to the request wins; ``budget`` bounds the holdings looked at per pass.
+        """
         prio = self.policy.class_map[demand.klass].priority
         models = self._models(demand.model)
-        if demand.gang and demand.node is None:
-            return self._gang_victims(demand, prio, models, claimed)
+        pinned = None
         if demand.node is not None:
-            pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
-            candidates = [pools] if pools else []
-        else:
-            candidates = [
-                [self._pool_list[pid]]
-                for pid, ids in self._preemptible_at.items()
-                if ids and self._pool_list[pid].model in models
-            ]
-        best: tuple[tuple[int, int], list[Holding], list[_Pool]] | None = None
-        for pools in candidates:
-            free = sum(len(p.free) - claimed[p.id] for p in pools)
-            if sum(len(p.gpus) for p in pools) < demand.count:
-                continue
-            ids = set().union(*(self._preemptible_at[p.id] for p in pools))
-            pool_ids = {p.id for p in pools}
-            chosen: list[Holding] = []
-            gained = free
-            for holding in sorted(
-                (self.holdings[i] for i in ids if self._eligible(self.holdings[i], prio)),
-                key=self._victim_rank,
-            ):
-                if gained >= demand.count:
-                    break
-                chosen.append(holding)
-                gained += sum(
-                    1
-                    for u in holding.gpus
-                    if self._pool_of.get(u) and self._pool_of[u].id in pool_ids
-                )
-            if gained < demand.count or not chosen:
-                continue
-            cost = (sum(1 for h in chosen if not h.borrowed), sum(len(h.gpus) for h in chosen))
-            if best is None or cost < best[0]:
-                best = (cost, chosen, pools)
-        if best is None:
-            return []
-        for pool in best[2]:
-            claimed[pool.id] = len(pool.free)
-        return best[1]
-
-    def _gang_victims(
-        self, demand: Demand, prio: int, models: tuple[str, ...], claimed: dict[int, int]
-    ) -> list[Holding]:
-        pools = [p for p in self._pool_list if p.model in models]
-        free = sum(len(p.free) - claimed[p.id] for p in pools)
-        ids = set().union(*(self._preemptible_at[p.id] for p in pools)) if pools else set()
-        chosen: list[Holding] = []
-        gained = free
-        for holding in sorted(
-            (self.holdings[i] for i in ids if self._eligible(self.holdings[i], prio)),
-            key=self._victim_rank,
-        ):
-            if gained >= demand.count:
-                break
-            chosen.append(holding)
-            gained += sum(
-                1 for u in holding.gpus if u in self._pool_of and self._pool_of[u].model in models
-            )
-        if gained < demand.count:
-            return []
-        for pool in pools:
-            claimed[pool.id] = len(pool.free)
-        return chosen
+            pinned = {p.id for p in self._node_pools.get(demand.node, []) if p.model in models}
+        spread = demand.gang and demand.node is None
+        total_free = sum(len(p.free) - claimed[p.id] for p in self._pool_list if p.model in models)
+        chosen: dict[int, list[Holding]] = defaultdict(list)  # pool id (-1: any) -> victims
+        gained: dict[int, int] = defaultdict(int)
+        for hid in self._candidates(prio):
+            budget[0] -= 1
+            if budget[0] < 0:
+                return []
+            holding = self.holdings[hid]
+            for pool in {self._pool_of[u] for u in holding.gpus if u in self._pool_of}:
+                if pool.model not in models or (pinned is not None and pool.id not in pinned):
+                    continue
+                key = -1 if spread or pinned is not None else pool.id
+                if not chosen[key] or chosen[key][-1] is not holding:
+                    chosen[key].append(holding)
+                gained[key] += sum(1 for u in holding.gpus if self._pool_of.get(u) is pool)
+                if spread:
+                    have = total_free
+                elif pinned is not None:
+                    have = sum(len(self._pool_list[i].free) - claimed[i] for i in pinned)
+                else:
+                    if len(pool.gpus) < demand.count:
+                        continue
+                    have = len(pool.free) - claimed[pool.id]
+                if have + gained[key] >= demand.count:
+                    done = [self._pool_list[i] for i in (pinned or ())] if key == -1 else [pool]
+                    for p in done if not spread else self._pool_list:
+                        claimed[p.id] = len(p.free)
+                    return chosen[key]
+        return []

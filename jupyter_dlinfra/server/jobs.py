@@ -172,13 +172,13 @@ class JobService:
         # every point is converted before anything is recorded: one bad point fails them all
         limit = self.settings.max_parameter_bytes
         prepared = [prepare(notebook, parameters=p, max_parameter_bytes=limit) for p in points]
-        if sub.priority_class is not None:
-            policy = self.service.ledger.scheduling_policy()
-            if sub.priority_class not in policy.class_map:
-                raise InvalidRequest(
-                    f"unknown priority class {sub.priority_class!r}; classes: {policy.class_names}",
-                    reason="unknown_class",
-                )
+        policy = self.service.ledger.scheduling_policy()
+        klass = sub.priority_class if sub.priority_class is not None else policy.job_class
+        if sub.priority_class is not None and sub.priority_class not in policy.class_map:
+            raise InvalidRequest(
+                f"unknown priority class {sub.priority_class!r}; classes: {policy.class_names}",
+                reason="unknown_class",
+            )
         kernel_name, spec_gpus = _job_kernel(prepared[0].kernel_name, self.kernel_specs)
         wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
         model = sub.model if sub.model is not None else prepared[0].model
@@ -200,7 +200,7 @@ class JobService:
                         gpus=sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus),
                         model=sub.model if sub.model is not None else ready.model,
                         priority=sub.priority,
-                        priority_class=sub.priority_class,
+                        priority_class=klass,
                         parameters=ready.parameters,
                         after=sub.after,
                         group_id=group,
