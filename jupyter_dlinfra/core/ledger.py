@@ -474,6 +474,17 @@ class Ledger:
         )
         if state is AllocationState.RELEASED and alloc.granted_at is not None:
             self._record_usage(tx.conn, alloc.user, len(alloc.gpus), alloc.granted_at)
+        if state is AllocationState.CANCELLED:
+            # what was being preempted for it is no longer wanted (a job already stopping is
+            # queued again by its owner all the same)
+            tx.conn.execute(
+                update(allocations)
+                .where(
+                    (allocations.c.preempted_for == alloc.id)
+                    & (allocations.c.state == AllocationState.GRANTED.value)
+                )
+                .values(preempted_for=None, preempt_reason=None)
+            )
         tx.conn.execute(delete(holdings).where(holdings.c.allocation_id == alloc.id))
         tx.conn.execute(
             update(allocations)

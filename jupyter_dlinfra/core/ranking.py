@@ -117,7 +117,12 @@ class Ranking:
                     while old and old[0][0] <= now - self.starvation_limit:
                         entry = heapq.heappop(old)
                         demand = self.alive.get(entry[1])
-                        if demand is None or self.tier_of(demand) != tier:
+                        if (
+                            demand is None
+                            or demand.id in seen
+                            or demand.submitted_at != entry[0]  # an id used again: a stale entry
+                            or self.tier_of(demand) != tier
+                        ):
                             continue
                         old_popped.append((tier, entry))
                         seen.add(demand.id)

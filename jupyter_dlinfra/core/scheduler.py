@@ -40,6 +40,8 @@ __all__ = ["Demand", "Grant", "Holding", "Outcome", "Preemption", "Scheduler", "
 REFRESH_INTERVAL = 60.0
 #: holdings looked at per pass when choosing what to preempt (bounds a pass's cost)
 _VICTIM_BUDGET = 4096
+#: blocked requests per pass that may preempt
+_PREEMPTING = 16
 
 
 def _matches(wanted: str | None, model: str) -> bool:
@@ -141,6 +143,7 @@ class Scheduler:
         self._free_by_model: dict[str, int] = defaultdict(int)
         self.free_total = 0
         self._model_cache: dict[str | None, tuple[str, ...]] = {}
+        self._caps: dict[tuple[str, ...], int] = {}
         self.holdings: dict[int, Holding] = {}
         self._holder_of: dict[str, int] = {}
         #: unmarked holdings policy could preempt, by class priority; the borrowed ones apart
@@ -160,7 +163,8 @@ class Scheduler:
         #: request id -> GPUs being freed for it by preemption
         self.pending: dict[int, int] = defaultdict(int)
         #: request id -> the pool its victims are on
-        self._nominated: dict[int, int] = {}
+        #: request id -> the pools its victims are on: their freed GPUs are kept for it
+        self._nominated: dict[int, list[int]] = {}
         self._refreshed = now
 
     # -- inventory -------------------------------------------------------------------------------
@@ -177,6 +181,7 @@ class Scheduler:
                 self._pool_list.append(pool)
                 self._node_pools[slot.node].append(pool)
                 self._model_cache.clear()
+            self._caps.clear()
             before = len(pool.free)
             pool.gpus[slot.uuid] = slot.index
             self._pool_of[slot.uuid] = pool
@@ -195,6 +200,18 @@ class Scheduler:
         if uuid in pool.free:
             pool.free.remove(uuid)
         self._moved(pool, before)
+        self._caps.clear()
+
+    def _largest(self, models: tuple[str, ...]) -> int:
+        """The most GPUs of these models one node has (cached until the inventory changes)."""
+        found = self._caps.get(models)
+        if found is None:
+            per_node: dict[str, int] = defaultdict(int)
+            for p in self._pool_list:
+                if p.model in models:
+                    per_node[p.node] += len(p.gpus)
+            found = self._caps[models] = max(per_node.values(), default=0)
+        return found
 
     def gpu_count(self, model: str | None = None, node: str | None = None) -> int:
         pools = self._node_pools.get(node, []) if node is not None else self._pool_list
@@ -212,6 +229,8 @@ class Scheduler:
                 return f"node {demand.node} has {have} GPU(s){kind}, fewer than {demand.count}"
             return None
         if not models:
+            if demand.model is None:
+                return "there are no GPUs here"
             known = ", ".join(sorted({p.model for p in self._pool_list})) or "none"
             return f"no GPU of model '{demand.model}' here; models: {known}"
         if demand.gang:
@@ -219,7 +238,7 @@ class Scheduler:
             if have < demand.count:
                 return f"the cluster has {have} GPU(s){kind}, fewer than {demand.count}"
             return None
-        largest = max((len(p.gpus) for p in self._pool_list if p.model in models), default=0)
+        largest = self._largest(models)
         if largest < demand.count:
             return (
                 f"no node has {demand.count} GPUs{kind} (the largest has {largest}); "
@@ -247,9 +266,7 @@ class Scheduler:
         self._charge(holding.user, holding.groups, len(holding.gpus))
         if holding.preempted_for is not None:
             self.pending[holding.preempted_for] += len(holding.gpus)
-            first = next((self._pool_of[u] for u in holding.gpus if u in self._pool_of), None)
-            if first is not None:
-                self._nominated.setdefault(holding.preempted_for, first.id)
+            self._nominate(holding.preempted_for, holding)
         elif self._may_be_preempted(holding):
             self._index_victim(holding)
 
@@ -333,6 +350,14 @@ class Scheduler:
             raise NotFound(f"no waiting request {request_id}")
         self.ranking.remove(demand)
         self._nominated.pop(request_id, None)
+        if self.pending.pop(request_id, None):
+            # its victims are no longer wanted: they may be chosen again for someone else
+            for holding in list(self.holdings.values()):
+                if holding.preempted_for == request_id:
+                    unmarked = replace(holding, preempted_for=None)
+                    self.holdings[holding.id] = unmarked
+                    if self._may_be_preempted(unmarked):
+                        self._index_victim(unmarked)
         return demand
 
     # -- the pass ------------------------------------------------------------------------------
@@ -354,18 +379,23 @@ class Scheduler:
         can_preempt = policy.preemption and (
             bool(self._borrowed) or any(self._victims_by_prio.values())
         )
+        kept = self._keep_nominated()
         scanned_beyond = 0
         walk = self.ranking.walk(self.now)
         try:
             for demand in walk:
-                if self.free_total == 0 and not (can_preempt and reservations_left > 0):
+                nominated = kept.pop(demand.id, None)
+                if nominated is not None:
+                    self._give_back(nominated)
+                wants_preemption = can_preempt and len(blocked) < _PREEMPTING
+                if self.free_total == 0 and not kept and not wants_preemption:
                     break
                 out.examined += 1
                 over = self._over_quota(demand)
                 if over is not None:
                     if self._may_borrow(demand):
                         borrowers.append(demand)
-                    elif self._quota_full(demand.user):
+                    elif self._quota_full(demand) and not self._class_borrows(demand):
                         # nothing more of this user's fits this pass: skip the rest of them
                         self.ranking.skip(demand)
                     scanned_beyond += 1
@@ -375,10 +405,14 @@ class Scheduler:
                 gpus = self._place(demand)
                 if gpus is not None:
                     self._grant(demand, gpus, False, out)
-                elif reservations_left > 0:
+                    continue
+                if self.check(demand) is not None:
+                    continue  # can never be granted now (GPUs were lost): holds nothing back
+                if len(blocked) < _PREEMPTING:
+                    blocked.append(demand)
+                if reservations_left > 0:
                     reservations_left -= 1
                     reserved.extend(self._reserve(demand))
-                    blocked.append(demand)
                 else:
                     scanned_beyond += 1
                     if scanned_beyond >= self.max_scan:
@@ -391,14 +425,41 @@ class Scheduler:
                     self._grant(demand, gpus, True, out)
         finally:
             walk.close()
-        for pool, uuids in reserved:
+        for taken in kept.values():
+            self._give_back(taken)
+        self._give_back(reserved)
+        if can_preempt:
+            self._preempt(blocked, out)
+        return out
+
+    def _keep_nominated(self) -> dict[int, list[tuple[_Pool, list[str]]]]:
+        """Set aside the free GPUs on nominated pools for their requests (as Kubernetes does for
+        nominated pods), so that others of their class cannot take what was preempted for them."""
+        kept: dict[int, list[tuple[_Pool, list[str]]]] = {}
+        for request_id, pool_ids in list(self._nominated.items()):
+            demand = self.demands.get(request_id)
+            if demand is None:
+                del self._nominated[request_id]
+                continue
+            need = demand.count
+            taken_here = []
+            for pid in pool_ids:
+                if need <= 0:
+                    break
+                taken = self._take(self._pool_list[pid], need)
+                need -= len(taken)
+                if taken:
+                    taken_here.append((self._pool_list[pid], taken))
+            if taken_here:
+                kept[request_id] = taken_here
+        return kept
+
+    def _give_back(self, taken: list[tuple[_Pool, list[str]]]) -> None:
+        for pool, uuids in taken:
             before = len(pool.free)
             pool.free.extend(u for u in uuids if u in pool.gpus)
             pool.free.sort(key=pool.gpus.__getitem__)
             self._moved(pool, before)
-        if can_preempt:
-            self._preempt(blocked, out)
-        return out
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -470,8 +531,9 @@ class Scheduler:
                 break
         return taken
 
-    def _fullest(self, models: tuple[str, ...], enough: int) -> list[_Pool]:
-        """Pools with free GPUs of these models, most free first, until ``enough`` are free."""
+    def _fullest(self, models: tuple[str, ...], enough: int, *, big: int = 0) -> list[_Pool]:
+        """Pools with free GPUs of these models, most free first, until ``enough`` are free
+        (0: the first one); only pools of at least ``big`` GPUs."""
         per_model = [self._buckets.get(m, []) for m in models]
         top = max((len(b) for b in per_model), default=0)
         found: list[_Pool] = []
@@ -480,7 +542,10 @@ class Scheduler:
             for buckets in per_model:
                 if free < len(buckets):
                     for pid in sorted(buckets[free]) if len(buckets[free]) < 64 else buckets[free]:
-                        found.append(self._pool_list[pid])
+                        pool = self._pool_list[pid]
+                        if len(pool.gpus) < big:
+                            continue
+                        found.append(pool)
                         total += free
                         if total >= enough:
                             return found
@@ -491,10 +556,13 @@ class Scheduler:
         nominated = self._nominated.get(demand.id)
         if demand.node is not None:
             pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
-        elif nominated is not None:
-            pools = [self._pool_list[nominated]]
+        elif nominated:
+            pools = [self._pool_list[i] for i in nominated]
+        elif demand.gang:
+            pools = self._fullest(models, demand.count)
         else:
-            pools = self._fullest(models, demand.count if demand.gang else 1)
+            # the node closest to fitting, among those large enough
+            pools = [p for p in self._fullest(models, 0, big=demand.count)][:1]
         kept = []
         need = demand.count
         for pool in pools:
@@ -542,9 +610,20 @@ class Scheduler:
         klass = self.policy.class_map[demand.klass]
         return self.policy.borrowing and klass.preemptible and demand.kind == "job"
 
-    def _quota_full(self, user: str) -> bool:
-        quota = self.policy.quota_of_user(user)
-        return quota is not None and self.users[user].held >= quota
+    def _class_borrows(self, demand: Demand) -> bool:
+        """Whether jobs of the request's class may borrow (then later ones are still looked at)."""
+        return self.policy.borrowing and self.policy.class_map[demand.klass].preemptible
+
+    def _quota_full(self, demand: Demand) -> bool:
+        """No request of this user can be granted within quota until something is released."""
+        quota = self.policy.quota_of_user(demand.user)
+        if quota is not None and self.users[demand.user].held >= quota:
+            return True
+        for group in demand.groups:
+            gq = self.policy.group_quotas.get(group)
+            if gq is not None and self.held_by_group[group] >= gq:
+                return True
+        return False
 
     def _may_be_preempted(self, holding: Holding) -> bool:
         if holding.kind != "job":
@@ -629,8 +708,10 @@ class Scheduler:
         claimed: dict[int, int] = defaultdict(int)  # pool id -> free GPUs promised in this pass
         budget = [_VICTIM_BUDGET]
         for demand in blocked:
-            if self.pending.get(demand.id, 0) > 0:
+            if self.pending.get(demand.id, 0) > 0 or demand.id not in self.demands:
                 continue
+            if self._over_quota(demand) is not None:
+                continue  # grants made in this pass put it over quota
             victims = self._victims(demand, claimed, budget)
             if not victims:
                 continue
@@ -653,9 +734,15 @@ class Scheduler:
         marked = replace(holding, preempted_for=request_id)
         self.holdings[holding.id] = marked
         self.pending[request_id] += len(holding.gpus)
-        pools = [self._pool_of[u] for u in holding.gpus if u in self._pool_of]
-        if pools:
-            self._nominated.setdefault(request_id, pools[0].id)
+        self._nominate(request_id, holding)
+
+    def _nominate(self, request_id: int, holding: Holding) -> None:
+        pools = self._nominated.setdefault(request_id, [])
+        for pool in sorted(
+            {self._pool_of[u] for u in holding.gpus if u in self._pool_of}, key=lambda p: p.id
+        ):
+            if pool.id not in pools:
+                pools.append(pool.id)
 
     def _candidates(self, prio: int) -> Iterator[int]:
         """Holdings a request of class priority ``prio`` may preempt, cheapest loss first:
@@ -686,7 +773,8 @@ class Scheduler:
             if budget[0] < 0:
                 return []
             holding = self.holdings[hid]
-            for pool in {self._pool_of[u] for u in holding.gpus if u in self._pool_of}:
+            pools = {self._pool_of[u] for u in holding.gpus if u in self._pool_of}
+            for pool in sorted(pools, key=lambda p: p.id):
                 if pool.model not in models or (pinned is not None and pool.id not in pinned):
                     continue
                 key = -1 if spread or pinned is not None else pool.id

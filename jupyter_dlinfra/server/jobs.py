@@ -473,14 +473,14 @@ class JobService:
             return None
         return alloc if alloc.preempted_for is not None and alloc.state.active else None
 
-    def _requeue(self, job: Job, alloc: Allocation) -> None:
+    def _requeue(self, job: Job, why: str) -> None:
         """Queue a preempted job again; its last run's files are kept beside, renamed."""
         attempt = job.attempts + 1
         workdir = Path(job.workdir)
         for name in ("launched.json", "status.json"):
             with contextlib.suppress(OSError):
                 (workdir / name).rename(workdir / f"{Path(name).stem}.attempt-{attempt}.json")
-        reason = f"{alloc.preempt_reason}; queued again to start afresh (attempt {attempt + 1})"
+        reason = f"{why}; queued again to start afresh (attempt {attempt + 1})"
         with contextlib.suppress(OSError), (workdir / "job.log").open("a", encoding="utf-8") as log:
             log.write(f"\n--- {reason} ---\n\n")
         self._release(job, "job preempted")
@@ -488,13 +488,14 @@ class JobService:
 
     def _record_end(self, job: Job, state: BackendState, reason: str | None) -> None:
         preempted = self._preemption(job)
-        cancelled = (job.reason or "").startswith("cancelled by")
-        if preempted is not None and state is not BackendState.SUCCEEDED and not cancelled:
-            self._requeue(job, preempted)
+        stopping = (job.reason or "").startswith(_STOPPING)
+        cancelling = (job.reason or "").startswith("cancelled by")
+        if (preempted or stopping) and not cancelling and state is not BackendState.SUCCEEDED:
+            said = preempted.preempt_reason if preempted is not None else None
+            self._requeue(job, said or (job.reason or "").removeprefix(f"{_STOPPING}: "))
             return
         final = _ENDS[state]
         found = read_status(job.workdir) or {}
-        cancelling = bool(job.reason and job.reason.startswith("cancelled by"))
         if cancelling and not found and final is JobState.FAILED:
             # stopped before its runner could say so (SIGTERM during start-up)
             final, state = JobState.CANCELLED, BackendState.CANCELLED
