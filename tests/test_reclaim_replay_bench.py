@@ -29,31 +29,19 @@ Totals: idle 3660 s; ours 2760 s, 3 reclaims, 1 false, 3 warnings; culler 1860 s
 from __future__ import annotations
 
 import gzip
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from bench_module import load_benchmark
 
 from jupyter_dlinfra.core.idle import IdlePolicy
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "reclaim_replay.py"
 T0 = 1_662_858_720.0
 POLICY = IdlePolicy(idle_util_percent=5.0, idle_after=60.0, warn_after=120.0, reclaim_after=300.0)
 H = 3600.0
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reclaim_replay_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_benchmark("reclaim_replay")
 
 
 def _pod_a(t: int) -> float:

@@ -16,33 +16,19 @@ is not examined; at step 3 the holding that ends is d2 and d3 gets all 8 GPUs.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import struct
-import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from bench_module import load_benchmark
 
 from jupyter_dlinfra.core.sched_policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduler import Demand, Scheduler, Slot
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "scheduler_scale.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scheduler_scale_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_benchmark("scheduler_scale")
 
 FCFS = SchedulingPolicy(fair_share=False, preemption=False, borrowing=False, reservations=0)
 

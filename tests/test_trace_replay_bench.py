@@ -23,28 +23,14 @@ Waits: p0 0, p1 135 - 105 = 30, p2 85, p3 105: mean 55, p95 105. Makespan 335 s 
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from bench_module import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "trace_replay.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("trace_replay_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_benchmark("trace_replay")
 
 POD_HEADER = (
     "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,"

@@ -173,6 +173,7 @@ class Scheduler:
         for slot in slots:
             if slot.uuid in self._pool_of:
                 continue
+            self._caps.clear()
             key = (slot.node, slot.model)
             pool = self._pools.get(key)
             if pool is None:
@@ -203,14 +204,12 @@ class Scheduler:
         self._caps.clear()
 
     def _largest(self, models: tuple[str, ...]) -> int:
-        """The most GPUs of these models one node has (cached until the inventory changes)."""
+        """The most GPUs of one of these models on one node: a request is packed on GPUs of one
+        model (cached until the inventory changes)."""
         found = self._caps.get(models)
         if found is None:
-            per_node: dict[str, int] = defaultdict(int)
-            for p in self._pool_list:
-                if p.model in models:
-                    per_node[p.node] += len(p.gpus)
-            found = self._caps[models] = max(per_node.values(), default=0)
+            sizes = (len(p.gpus) for p in self._pool_list if p.model in models)
+            found = self._caps[models] = max(sizes, default=0)
         return found
 
     def gpu_count(self, model: str | None = None, node: str | None = None) -> int:
@@ -241,7 +240,8 @@ class Scheduler:
         largest = self._largest(models)
         if largest < demand.count:
             return (
-                f"no node has {demand.count} GPUs{kind} (the largest has {largest}); "
+                f"no node has {demand.count} GPUs{kind or ' of one model'} (the largest has "
+                f"{largest}); "
                 "ask for a gang request to span nodes"
             )
         return None
