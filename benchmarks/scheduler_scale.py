@@ -92,7 +92,7 @@ TICK_S = 0.010
 #: that long), so that its 60 s fair-share re-rank falls inside the timed stream, at 15 s
 START_S = -45.0
 STOP_DELAY_S = 0.5
-MAX_SCAN = 1000
+MAX_SCAN = 100  # the core's default, as SLURM's default_queue_depth
 USERS = 200
 GROUPS = 20
 MODELS = (("A100-SXM4-80GB", 2), ("H100-SXM5-80GB", 1), ("L40S", 1))

@@ -13,8 +13,9 @@ One pass, for requests in order (class priority, then fair share, then age; see 
    ``policy.reservations`` of them), so small requests behind it cannot starve it;
 3. over-quota requests of preemptible classes then borrow what nobody within quota wanted;
 4. a blocked request within quota may preempt: preemptible *jobs* of a lower class, or borrowed
-   GPUs. Candidates are taken cheapest first (borrowed, then the lowest class) and the first
-   node where they and its free GPUs add up wins. Victims keep their GPUs until their owner
+   GPUs. On a node where they and its free GPUs add up, victims are taken cheapest first
+   (borrowed, then the lowest class, then the most recently started); the cheapest of the first
+   few such nodes wins. Victims keep their GPUs until their owner
    stops them and releases; meanwhile those GPUs are nominated for the request. Kernels are
    never preempted.
 
@@ -26,7 +27,7 @@ follows the GPUs that changed, not the length of the queue.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from .errors import Conflict, InvalidRequest, NotFound
@@ -38,10 +39,10 @@ __all__ = ["Demand", "Grant", "Holding", "Outcome", "Preemption", "Scheduler", "
 
 #: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
 REFRESH_INTERVAL = 60.0
-#: holdings looked at per pass when choosing what to preempt (bounds a pass's cost)
-_VICTIM_BUDGET = 4096
 #: blocked requests per pass that may preempt
-_PREEMPTING = 16
+_PREEMPTING = 8
+#: nodes whose victims are compared before choosing where to preempt
+_NODES_COMPARED = 8
 
 
 def _matches(wanted: str | None, model: str) -> bool:
@@ -149,6 +150,14 @@ class Scheduler:
         #: unmarked holdings policy could preempt, by class priority; the borrowed ones apart
         self._victims_by_prio: dict[int, set[int]] = defaultdict(set)
         self._borrowed: set[int] = set()
+        #: GPUs of those holdings per pool (an upper bound of what preemption frees there)
+        self._pool_victims: dict[int, int] = defaultdict(int)
+        self._victim_pools: dict[int, list[int]] = {}
+        self._victim_gpus = 0
+        #: grows whenever preemption could free more than before; a request whose search found
+        #: nothing is not searched again until it grows
+        self._victim_epoch = 0
+        self._no_victims: dict[int, int] = {}
         #: fair-share keys as of ``_keys_at`` (they change with time and with each grant)
         self._ukeys: dict[str, float] = {}
         self._akeys: dict[str, float] = {}
@@ -284,6 +293,7 @@ class Scheduler:
             pool.free.sort(key=pool.gpus.__getitem__)
             self._moved(pool, before)
         self._unindex_victim(holding)
+        self._victim_epoch += 1
         self._charge(holding.user, holding.groups, -len(holding.gpus))
         if holding.preempted_for is not None:
             left = self.pending[holding.preempted_for] - len(holding.gpus)
@@ -318,6 +328,10 @@ class Scheduler:
             self._set_account(user, groups)
         self._victims_by_prio.clear()
         self._borrowed.clear()
+        self._pool_victims.clear()
+        self._victim_pools.clear()
+        self._victim_gpus = 0
+        self._no_victims.clear()
         self._ukeys.clear()
         self._akeys.clear()
         for holding in self.holdings.values():
@@ -694,10 +708,22 @@ class Scheduler:
             self._borrowed.add(holding.id)
         else:
             self._victims_by_prio[self._prio_of(holding)].add(holding.id)
+        pools = [self._pool_of[u].id for u in holding.gpus if u in self._pool_of]
+        self._victim_pools[holding.id] = pools
+        for pid in pools:
+            self._pool_victims[pid] += 1
+        self._victim_gpus += len(pools)
+        self._victim_epoch += 1
 
     def _unindex_victim(self, holding: Holding) -> None:
+        pools = self._victim_pools.pop(holding.id, None)
+        if pools is None:
+            return
         self._borrowed.discard(holding.id)
         self._victims_by_prio[self._prio_of(holding)].discard(holding.id)
+        for pid in pools:
+            self._pool_victims[pid] -= 1
+        self._victim_gpus -= len(pools)
 
     def _prio_of(self, holding: Holding) -> int:
         klass = self.policy.class_map.get(holding.klass)
@@ -706,15 +732,20 @@ class Scheduler:
 
     def _preempt(self, blocked: list[Demand], out: Outcome) -> None:
         claimed: dict[int, int] = defaultdict(int)  # pool id -> free GPUs promised in this pass
-        budget = [_VICTIM_BUDGET]
+        if len(self._no_victims) > 4 * len(self.demands) + 64:
+            self._no_victims = {k: v for k, v in self._no_victims.items() if k in self.demands}
         for demand in blocked:
             if self.pending.get(demand.id, 0) > 0 or demand.id not in self.demands:
                 continue
             if self._over_quota(demand) is not None:
                 continue  # grants made in this pass put it over quota
-            victims = self._victims(demand, claimed, budget)
+            if self._no_victims.get(demand.id) == self._victim_epoch:
+                continue  # searched in vain, and nothing has changed since
+            victims = self._victims(demand, claimed)
             if not victims:
+                self._no_victims[demand.id] = self._victim_epoch
                 continue
+            self._no_victims.pop(demand.id, None)
             prio = self.policy.class_map[demand.klass].priority
             for holding in victims:
                 why = (
@@ -744,54 +775,90 @@ class Scheduler:
             if pool.id not in pools:
                 pools.append(pool.id)
 
-    def _candidates(self, prio: int) -> Iterator[int]:
-        """Holdings a request of class priority ``prio`` may preempt, cheapest loss first:
-        borrowed ones, then by class, lowest first."""
-        yield from list(self._borrowed)
-        for victim_prio in sorted(p for p, ids in self._victims_by_prio.items() if ids):
-            if victim_prio >= prio:
-                break
-            yield from list(self._victims_by_prio[victim_prio])
+    def _is_victim_for(self, holding_id: int, prio: int) -> bool:
+        if holding_id in self._borrowed:
+            return True
+        return holding_id in self._victim_pools and self._prio_of(self.holdings[holding_id]) < prio
 
-    def _victims(self, demand: Demand, claimed: dict[int, int], budget: list[int]) -> list[Holding]:
+    def _pick(
+        self, demand: Demand, pools: list[_Pool], prio: int, claimed: dict[int, int]
+    ) -> list[Holding]:
+        """The cheapest victims on ``pools`` that free enough with their free GPUs; [] if none:
+        borrowed first, then the lowest class, then the most recently started."""
+        ids = {p.id for p in pools}
+        held = {self._holder_of[u] for p in pools for u in p.gpus if u in self._holder_of}
+        candidates = sorted(
+            (self.holdings[h] for h in held if self._is_victim_for(h, prio)),
+            key=lambda h: (not h.borrowed, self._prio_of(h), -h.granted_at, h.id),
+        )
+        have = sum(len(p.free) - claimed[p.id] for p in pools)
+        chosen: list[Holding] = []
+        for holding in candidates:
+            if have >= demand.count:
+                break
+            chosen.append(holding)
+            have += sum(
+                1 for u in holding.gpus if u in self._pool_of and self._pool_of[u].id in ids
+            )
+        if have < demand.count or not chosen:
+            return []
+        return chosen
+
+    def _claim(self, pools: list[_Pool], claimed: dict[int, int]) -> None:
+        for p in pools:
+            claimed[p.id] = len(p.free)
+
+    def _victims(self, demand: Demand, claimed: dict[int, int]) -> list[Holding]:
         """Holdings whose preemption frees enough GPUs for ``demand``; [] when none would.
 
-        Candidates are taken cheapest first, and the first node (pool) where they and its free
-        GPUs add up to the request wins; ``budget`` bounds the holdings looked at per pass.
+        Pinned: on its node. Gang: anywhere, all or nothing. Otherwise the first node (in a
+        stable order) where free GPUs and preemptible ones add up; nodes are sifted by a count
+        kept per node, so a search costs O(nodes with preemptible work), not O(holdings).
         """
         prio = self.policy.class_map[demand.klass].priority
         models = self._models(demand.model)
-        pinned = None
-        if demand.node is not None:
-            pinned = {p.id for p in self._node_pools.get(demand.node, []) if p.model in models}
-        spread = demand.gang and demand.node is None
-        total_free = sum(len(p.free) - claimed[p.id] for p in self._pool_list if p.model in models)
-        chosen: dict[int, list[Holding]] = defaultdict(list)  # pool id (-1: any) -> victims
-        gained: dict[int, int] = defaultdict(int)
-        for hid in self._candidates(prio):
-            budget[0] -= 1
-            if budget[0] < 0:
+        if demand.node is not None or demand.gang:
+            pools = [
+                p
+                for p in (
+                    self._node_pools.get(demand.node, [])
+                    if demand.node is not None
+                    else self._pool_list
+                )
+                if p.model in models
+            ]
+            free = sum(len(p.free) - claimed[p.id] for p in pools)
+            if free + self._victim_gpus < demand.count:
                 return []
-            holding = self.holdings[hid]
-            pools = {self._pool_of[u] for u in holding.gpus if u in self._pool_of}
-            for pool in sorted(pools, key=lambda p: p.id):
-                if pool.model not in models or (pinned is not None and pool.id not in pinned):
-                    continue
-                key = -1 if spread or pinned is not None else pool.id
-                if not chosen[key] or chosen[key][-1] is not holding:
-                    chosen[key].append(holding)
-                gained[key] += sum(1 for u in holding.gpus if self._pool_of.get(u) is pool)
-                if spread:
-                    have = total_free
-                elif pinned is not None:
-                    have = sum(len(self._pool_list[i].free) - claimed[i] for i in pinned)
-                else:
-                    if len(pool.gpus) < demand.count:
-                        continue
-                    have = len(pool.free) - claimed[pool.id]
-                if have + gained[key] >= demand.count:
-                    done = [self._pool_list[i] for i in (pinned or ())] if key == -1 else [pool]
-                    for p in done if not spread else self._pool_list:
-                        claimed[p.id] = len(p.free)
-                    return chosen[key]
-        return []
+            found = self._pick(demand, pools, prio, claimed)
+            if found:
+                self._claim(pools, claimed)
+            return found
+        # the cheapest of the first few nodes where enough would come free
+        best: tuple[tuple[int, int, int], list[Holding], _Pool] | None = None
+        looked = 0
+        for pid, count in self._pool_victims.items():
+            if count <= 0:
+                continue
+            pool = self._pool_list[pid]
+            if pool.model not in models or len(pool.gpus) < demand.count:
+                continue
+            if len(pool.free) - claimed[pid] + count < demand.count:
+                continue
+            found = self._pick(demand, [pool], prio, claimed)
+            if not found:
+                continue
+            cost = (
+                sum(1 for h in found if not h.borrowed),
+                max(self._prio_of(h) for h in found),
+                len(found),
+            )
+            if best is None or cost < best[0]:
+                best = (cost, found, pool)
+            looked += 1
+            if cost[0] == 0 or looked >= _NODES_COMPARED:
+                break
+        if best is None:
+            return []
+        self._claim([best[2]], claimed)
+        return best[1]

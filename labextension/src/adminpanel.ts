@@ -7,14 +7,20 @@
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
+import { PolicyDoc, PolicyFields, PolicyView, SimulationResult } from './api';
 import {
-  DLInfraApiError,
-  PolicyChange,
-  PolicyDoc,
-  PolicyFields,
-  PolicyView,
-  SimulationResult
-} from './api';
+  canonical,
+  configuredNote,
+  durationNote,
+  errorMessage,
+  fieldControl,
+  FormError,
+  labelledField,
+  numberValue,
+  objectValue,
+  PolicyForm,
+  section
+} from './adminform';
 import { SchedulingEditor } from './adminscheduling';
 import { basename, clock, duration, h } from './dom';
 import { policyIcon } from './icons';
@@ -81,16 +87,6 @@ const ACTIONS: Array<{ value: PolicyFields['action']; help: string }> = [
   { value: 'notify', help: 'take nothing, only report' }
 ];
 
-/** A form value that cannot be sent; `field` names it like the server's messages do. */
-class FormError extends Error {
-  constructor(
-    readonly field: string,
-    message: string
-  ) {
-    super(`${field}: ${message}`);
-  }
-}
-
 export class DLInfraAdminPanel extends Widget {
   constructor(model: DLInfraModel) {
     super();
@@ -118,104 +114,81 @@ export class DLInfraAdminPanel extends Widget {
       void this._scheduling.load(true);
     });
     this._scheduling = new SchedulingEditor(model);
-    this._loadError = h('div', {
-      class: 'jp-DLInfra-error jp-DLInfra-policyLoadError',
-      role: 'alert',
-      hidden: true
-    });
-    this._source = h('p', { class: 'jp-DLInfra-policySource' }, 'Loading…');
 
     // The form: one input per field, named like the policy's fields.
-    this._form = h('form', { class: 'jp-DLInfra-policyForm', 'aria-label': 'Reclaim policy' });
+    this._formNode = h('form', { class: 'jp-DLInfra-policyForm', 'aria-label': 'Reclaim policy' });
+    this._form = new PolicyForm<PolicyDoc, PolicyView>({
+      stem: 'policy',
+      form: this._formNode,
+      dirtyNode: this.node,
+      readOnlyNote: 'Only admins may change the policy.',
+      revertTitle: 'Put the saved policy back in the form',
+      fieldPattern: /^([A-Za-z_][\w.]*):/,
+      showValue: Private.changeValue,
+      current: () => this.model.policy,
+      read: () => this.model.loadPolicy(),
+      write: changes => this.model.savePolicy(changes),
+      diff: policy => this._changes_(policy),
+      fill: view => this._fill(view),
+      target: field => this._target(field),
+      loadError: error => `Cannot read the reclaim policy: ${errorMessage(error)}`
+    });
     for (const spec of FIELDS) {
       const id = `dlinfra-policy-${spec.name}`;
-      const input = h('input', {
+      const input = fieldControl('input', id, spec.name, {
         type: 'number',
-        name: spec.name,
-        id,
         min: 0,
         max: spec.max,
         step: spec.step ?? 'any',
         required: true,
-        class: 'jp-mod-styled jp-DLInfra-policyInput',
-        'aria-describedby': `${id}-help`
+        class: 'jp-mod-styled jp-DLInfra-policyInput'
       });
-      const shown = h('span', { class: 'jp-DLInfra-policyDuration', 'aria-hidden': 'true' });
-      const configured = h('span', { class: 'jp-DLInfra-policyConfigured' });
+      const shown = durationNote();
+      const configured = configuredNote();
       this._inputs[spec.name] = input;
       this._durations[spec.name] = shown;
       this._configuredNotes[spec.name] = configured;
       input.addEventListener('input', () => this._showDuration(spec));
-      this._form.append(
-        h(
-          'div',
-          { class: 'jp-DLInfra-policyField', 'data-field': spec.name },
-          h('label', { for: id, class: 'jp-DLInfra-policyLabel' }, spec.label),
-          h('div', { class: 'jp-DLInfra-policyControl' }, input, shown),
-          h('div', { id: `${id}-help`, class: 'jp-DLInfra-policyHelp' }, spec.help, configured)
-        )
+      this._formNode.append(
+        labelledField({
+          name: spec.name,
+          id,
+          label: spec.label,
+          controls: [input, shown],
+          help: [spec.help, configured]
+        })
       );
     }
-    this._action = h(
+    this._action = fieldControl(
       'select',
-      {
-        name: 'action',
-        id: 'dlinfra-policy-action',
-        class: 'jp-mod-styled jp-DLInfra-policyInput',
-        'aria-describedby': 'dlinfra-policy-action-help'
-      },
+      'dlinfra-policy-action',
+      'action',
+      { class: 'jp-mod-styled jp-DLInfra-policyInput' },
       ACTIONS.map(a => h('option', { value: a.value, title: a.help }, a.value))
     );
-    this._actionConfigured = h('span', { class: 'jp-DLInfra-policyConfigured' });
-    this._overrides = h('textarea', {
-      name: 'overrides',
-      id: 'dlinfra-policy-overrides',
+    this._actionConfigured = configuredNote();
+    this._overrides = fieldControl('textarea', 'dlinfra-policy-overrides', 'overrides', {
       class: 'jp-mod-styled jp-DLInfra-policyOverrides',
       rows: 6,
-      spellcheck: 'false',
-      'aria-describedby': 'dlinfra-policy-overrides-help'
+      spellcheck: 'false'
     });
-    this._error = h('div', { class: 'jp-DLInfra-policyError', role: 'alert', hidden: true });
-    this._status = h('span', { class: 'jp-DLInfra-policyStatus', role: 'status' });
-    this._save = h(
-      'button',
-      { type: 'submit', class: 'jp-DLInfra-policySave jp-Button jp-mod-styled jp-mod-accept' },
-      'Save'
-    );
-    this._revert = h(
-      'button',
-      {
-        type: 'button',
-        class: 'jp-DLInfra-policyRevert jp-Button jp-mod-styled jp-mod-reject',
-        title: 'Put the saved policy back in the form'
-      },
-      'Revert'
-    );
-    this._form.append(
-      h(
-        'div',
-        { class: 'jp-DLInfra-policyField', 'data-field': 'action' },
-        h('label', { for: 'dlinfra-policy-action', class: 'jp-DLInfra-policyLabel' }, 'Action'),
-        h('div', { class: 'jp-DLInfra-policyControl' }, this._action),
-        h(
-          'div',
-          { id: 'dlinfra-policy-action-help', class: 'jp-DLInfra-policyHelp' },
+    this._formNode.append(
+      labelledField({
+        name: 'action',
+        id: 'dlinfra-policy-action',
+        label: 'Action',
+        controls: [this._action],
+        help: [
           `What a reclaim does: ${ACTIONS.map(a => `${a.value}, ${a.help}`).join('; ')}.`,
           this._actionConfigured
-        )
-      ),
-      h(
-        'div',
-        { class: 'jp-DLInfra-policyField jp-DLInfra-policyField-wide', 'data-field': 'overrides' },
-        h(
-          'label',
-          { for: 'dlinfra-policy-overrides', class: 'jp-DLInfra-policyLabel' },
-          'Overrides (JSON)'
-        ),
-        this._overrides,
-        h(
-          'div',
-          { id: 'dlinfra-policy-overrides-help', class: 'jp-DLInfra-policyHelp' },
+        ]
+      }),
+      labelledField({
+        name: 'overrides',
+        id: 'dlinfra-policy-overrides',
+        label: 'Overrides (JSON)',
+        controls: [this._overrides],
+        help: [
           'Per user and per group: ',
           h(
             'code',
@@ -223,23 +196,11 @@ export class DLInfraAdminPanel extends Widget {
             '{"users": {"alice": {"reclaim_after": 7200}}, "groups": {"staff": {"exempt": true}}}'
           ),
           '.'
-        )
-      ),
-      this._error,
-      h('div', { class: 'jp-DLInfra-policyButtons' }, this._save, this._revert, this._status)
+        ],
+        wide: true
+      }),
+      ...this._form.tail
     );
-    this._form.addEventListener('submit', event => {
-      event.preventDefault();
-      void this.save();
-    });
-    this._form.addEventListener('input', () => this._setDirty(true));
-    this._revert.addEventListener('click', () => {
-      if (this.model.policy) {
-        this._fill(this.model.policy);
-      }
-    });
-
-    this._changes = h('ul', { class: 'jp-DLInfra-list jp-DLInfra-policyChanges' });
 
     // The dry run.
     this._hours = h('input', {
@@ -277,19 +238,9 @@ export class DLInfraAdminPanel extends Widget {
     this._body = h(
       'div',
       { class: 'jp-DLInfra-adminBody' },
-      this._section(
-        'policy',
-        'Idle GPU reclaim',
-        this._source,
-        h(
-          'p',
-          { class: 'jp-DLInfra-empty jp-DLInfra-policyNote', hidden: true },
-          'Only admins may change the policy.'
-        ),
-        this._form
-      ),
-      this._section('changes', 'Recent changes', this._changes),
-      this._section(
+      section('policy', 'Idle GPU reclaim', this._form.source, this._form.note, this._formNode),
+      section('changes', 'Recent changes', this._form.changes),
+      section(
         'simulate',
         'Dry run',
         h(
@@ -321,7 +272,7 @@ export class DLInfraAdminPanel extends Widget {
           refresh
         )
       ),
-      this._loadError,
+      this._form.loadErrorNode,
       this._body
     );
     model.policyChanged.connect(this._onPolicyChanged, this);
@@ -330,55 +281,13 @@ export class DLInfraAdminPanel extends Widget {
   readonly model: DLInfraModel;
 
   /** Read the policy (again); `force` replaces unsaved edits too. */
-  async load(force = false): Promise<void> {
-    try {
-      const view = await this.model.loadPolicy();
-      this._loadError.hidden = true;
-      if (force || !this._dirty) {
-        this._fill(view);
-      }
-    } catch (error) {
-      this._loadError.hidden = false;
-      this._loadError.textContent = `Cannot read the reclaim policy: ${Private.message(error)}`;
-      if (!this.model.policy) {
-        this._source.textContent = '';
-      }
-    }
+  load(force = false): Promise<void> {
+    return this._form.load(force);
   }
 
   /** Send the fields changed in the form (PUT policy) and show the answer. */
-  async save(): Promise<void> {
-    const view = this.model.policy;
-    if (!view || this._busy) {
-      return;
-    }
-    this._showError(null);
-    let changes: Partial<PolicyDoc>;
-    try {
-      changes = this._changes_(view.policy);
-    } catch (error) {
-      this._showError(error);
-      return;
-    }
-    if (Object.keys(changes).length === 0) {
-      this._status.textContent = 'Nothing to save: the form matches the policy.';
-      this._setDirty(false);
-      return;
-    }
-    this._busy = true;
-    this._save.disabled = true;
-    this._status.textContent = 'Saving…';
-    try {
-      const answer = await this.model.savePolicy(changes);
-      this._fill(answer);
-      this._status.textContent = `Saved ${Object.keys(changes).join(', ')}.`;
-    } catch (error) {
-      this._status.textContent = '';
-      this._showError(error);
-    } finally {
-      this._busy = false;
-      this._save.disabled = !(this.model.policy?.editable ?? false);
-    }
+  save(): Promise<void> {
+    return this._form.save();
   }
 
   /** Replay the recorded usage through the policy in the form (POST policy/simulate). */
@@ -398,7 +307,7 @@ export class DLInfraAdminPanel extends Widget {
         draft = this._changes_(view.policy);
       } catch (error) {
         this._simulateError.hidden = false;
-        this._simulateError.textContent = Private.message(error);
+        this._simulateError.textContent = errorMessage(error);
         return;
       }
     }
@@ -409,7 +318,7 @@ export class DLInfraAdminPanel extends Widget {
       this._result.replaceChildren(...this._renderResult(result, Object.keys(draft)));
     } catch (error) {
       this._simulateError.hidden = false;
-      this._simulateError.textContent = Private.message(error);
+      this._simulateError.textContent = errorMessage(error);
     } finally {
       this._simulate.disabled = false;
       this._result.removeAttribute('aria-busy');
@@ -433,23 +342,11 @@ export class DLInfraAdminPanel extends Widget {
 
   /* ---------------------------------------------------------------- rendering */
 
-  private _section(key: string, heading: string, ...children: Node[]): HTMLElement {
-    const headingId = `dlinfra-admin-${key}-heading`;
-    return h(
-      'section',
-      { class: `jp-DLInfra-section jp-DLInfra-section-${key}`, 'aria-labelledby': headingId },
-      h('h3', { id: headingId, class: 'jp-DLInfra-sectionHeading' }, heading),
-      ...children
-    );
-  }
-
   private _onPolicyChanged(_: DLInfraModel, view: PolicyView): void {
-    if (!this._dirty && !this._busy) {
-      this._fill(view);
-    }
+    this._form.changed(view);
   }
 
-  /** Show a policy in the form, with its source and its recent changes. */
+  /** Put a policy's values in the form's fields. */
   private _fill(view: PolicyView): void {
     const policy = view.policy;
     const configured = view.configured;
@@ -477,60 +374,6 @@ export class DLInfraAdminPanel extends Widget {
     );
     this._overrides.disabled = !view.editable;
     this._overrides.removeAttribute('aria-invalid');
-    this._save.disabled = !view.editable;
-    this._revert.disabled = !view.editable;
-    this._node('.jp-DLInfra-policyNote').hidden = view.editable;
-    this._showError(null);
-    this._setDirty(false);
-
-    this._source.replaceChildren(
-      ...(view.source === 'api'
-        ? [
-            'Set through the API',
-            view.updated_by ? ` by ${view.updated_by}` : '',
-            view.updated_at
-              ? h(
-                  'time',
-                  { datetime: view.updated_at, title: view.updated_at },
-                  ` at ${clock(view.updated_at)}`
-                )
-              : '',
-            '.'
-          ]
-        : ['From the server configuration (not changed through the API).'])
-    );
-    this._source.dataset.source = view.source;
-
-    const changes = view.changes ?? [];
-    this._changes.replaceChildren(
-      ...(changes.length
-        ? changes.map(c => this._change(c))
-        : [h('li', { class: 'jp-DLInfra-empty' }, 'No change through the API yet.')])
-    );
-  }
-
-  private _change(c: PolicyChange): HTMLElement {
-    const old = Private.changeValue(c.field, c.old);
-    const now = Private.changeValue(c.field, c.new);
-    return h(
-      'li',
-      { class: 'jp-DLInfra-policyChange', 'data-seq': c.seq, 'data-field': c.field },
-      h(
-        'div',
-        { class: 'jp-DLInfra-policyChangeHeader' },
-        h('span', { class: 'jp-DLInfra-policyChangeWho' }, c.who),
-        h('time', { class: 'jp-DLInfra-policyChangeAt', datetime: c.at, title: c.at }, clock(c.at))
-      ),
-      h(
-        'div',
-        { class: 'jp-DLInfra-policyChangeWhat' },
-        h('code', { class: 'jp-DLInfra-policyChangeField' }, c.field),
-        ' ',
-        h('span', { class: 'jp-DLInfra-policyChangeOld', title: old }, old),
-        ' → ',
-        h('span', { class: 'jp-DLInfra-policyChangeNew', title: now }, now)
-      )
-    );
   }
 
   private _renderResult(result: SimulationResult, draftFields: string[]): Node[] {
@@ -646,48 +489,21 @@ export class DLInfraAdminPanel extends Widget {
     this._durations[spec.name].textContent = spec.seconds || value === 0 ? text : '';
   }
 
-  /** Show an error of the form (or clear it with null), marking the field it names. */
-  private _showError(error: unknown): void {
-    for (const el of this._form.querySelectorAll('[aria-invalid]')) {
-      el.removeAttribute('aria-invalid');
-    }
-    if (error === null) {
-      this._error.hidden = true;
-      this._error.textContent = '';
-      return;
-    }
-    const message = Private.message(error);
-    this._error.hidden = false;
-    this._error.textContent = message;
-    const field =
-      error instanceof FormError ? error.field : /^([A-Za-z_][\w.]*):/.exec(message)?.[1] ?? '';
+  /** The control a field (path) names, to mark invalid. */
+  private _target(field: string): HTMLElement | undefined {
     const head = field.split('.')[0];
-    const target =
-      head === 'users' || head === 'groups' || head === 'overrides'
-        ? this._overrides
-        : head === 'action'
-          ? this._action
-          : this._inputs[head as NumberField];
-    target?.setAttribute('aria-invalid', 'true');
-  }
-
-  private _setDirty(dirty: boolean): void {
-    this._dirty = dirty;
-    this.toggleClass('jp-mod-dirty', dirty);
-    if (dirty) {
-      this._status.textContent = 'Unsaved changes.';
-    }
+    return head === 'users' || head === 'groups' || head === 'overrides'
+      ? this._overrides
+      : head === 'action'
+        ? this._action
+        : this._inputs[head as NumberField];
   }
 
   /** The fields of the form that differ from `policy`; throws a FormError for bad values. */
   private _changes_(policy: PolicyDoc): Partial<PolicyDoc> {
     const changes: Partial<PolicyDoc> = {};
     for (const spec of FIELDS) {
-      const raw = this._inputs[spec.name].value.trim();
-      const value = Number(raw);
-      if (!raw || !isFinite(value)) {
-        throw new FormError(spec.name, 'must be a number');
-      }
+      const value = numberValue(this._inputs[spec.name], spec.name);
       if (value !== policy[spec.name]) {
         changes[spec.name] = value;
       }
@@ -695,19 +511,7 @@ export class DLInfraAdminPanel extends Widget {
     if (this._action.value !== policy.action) {
       changes.action = this._action.value as PolicyFields['action'];
     }
-    const text = this._overrides.value.trim();
-    let overrides: unknown = {};
-    if (text) {
-      try {
-        overrides = JSON.parse(text);
-      } catch (error) {
-        throw new FormError('overrides', `not valid JSON: ${(error as Error).message}`);
-      }
-    }
-    if (!overrides || typeof overrides !== 'object' || Array.isArray(overrides)) {
-      throw new FormError('overrides', 'must be a JSON object such as {"users": {}, "groups": {}}');
-    }
-    const doc = overrides as Record<string, unknown>;
+    const doc = objectValue(this._overrides, 'overrides', '{"users": {}, "groups": {}}');
     const unknown = Object.keys(doc).filter(k => k !== 'users' && k !== 'groups');
     if (unknown.length) {
       throw new FormError('overrides', `holds users and groups only, not ${unknown.join(', ')}`);
@@ -717,62 +521,30 @@ export class DLInfraAdminPanel extends Widget {
       if (!value || typeof value !== 'object' || Array.isArray(value)) {
         throw new FormError(key, 'must be an object of names to overrides');
       }
-      if (Private.canonical(value) !== Private.canonical(policy[key] ?? {})) {
+      if (canonical(value) !== canonical(policy[key] ?? {})) {
         changes[key] = value as PolicyDoc[typeof key];
       }
     }
     return changes;
   }
 
-  private _node(selector: string): HTMLElement {
-    return this.node.querySelector<HTMLElement>(selector)!;
-  }
-
   private _scheduling: SchedulingEditor;
   private _body: HTMLElement;
-  private _loadError: HTMLElement;
-  private _source: HTMLElement;
-  private _form: HTMLFormElement;
+  private _form: PolicyForm<PolicyDoc, PolicyView>;
+  private _formNode: HTMLFormElement;
   private _inputs = {} as Record<NumberField, HTMLInputElement>;
   private _durations = {} as Record<NumberField, HTMLElement>;
   private _configuredNotes = {} as Record<NumberField, HTMLElement>;
   private _action: HTMLSelectElement;
   private _actionConfigured: HTMLElement;
   private _overrides: HTMLTextAreaElement;
-  private _error: HTMLElement;
-  private _status: HTMLElement;
-  private _save: HTMLButtonElement;
-  private _revert: HTMLButtonElement;
-  private _changes: HTMLElement;
   private _hours: HTMLInputElement;
   private _simulate: HTMLButtonElement;
   private _simulateError: HTMLElement;
   private _result: HTMLElement;
-  private _dirty = false;
-  private _busy = false;
 }
 
 namespace Private {
-  export function message(error: unknown): string {
-    if (error instanceof DLInfraApiError || error instanceof Error) {
-      return error.message;
-    }
-    return String(error);
-  }
-
-  /** JSON with sorted keys, to compare documents whatever their key order. */
-  export function canonical(value: unknown): string {
-    return JSON.stringify(value, (_key, v: unknown) =>
-      v && typeof v === 'object' && !Array.isArray(v)
-        ? Object.fromEntries(
-            Object.entries(v as Record<string, unknown>).sort(([a], [b]) =>
-              a < b ? -1 : a > b ? 1 : 0
-            )
-          )
-        : v
-    );
-  }
-
   const SECONDS = new Set(['idle_after', 'warn_after', 'reclaim_after', 'keep_extension']);
 
   /** A field's value for people: durations for times, "off" for 0 where 0 switches off. */

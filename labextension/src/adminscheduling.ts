@@ -7,12 +7,24 @@
  */
 import {
   DLInfraApiError,
-  PolicyChange,
   PriorityClassSpec,
   SchedulingPolicyDoc,
   SchedulingView
 } from './api';
-import { clock, duration, h } from './dom';
+import {
+  canonical,
+  configuredNote,
+  durationNote,
+  errorMessage,
+  fieldControl,
+  FormError,
+  labelledField,
+  numberValue,
+  objectValue,
+  PolicyForm,
+  section
+} from './adminform';
+import { Attrs, duration, h } from './dom';
 import { DLInfraModel } from './model';
 
 type NumberField = 'half_life' | 'default_share' | 'reservations' | 'starvation_limit';
@@ -125,16 +137,6 @@ const CLASS_FIELDS: Array<{ name: ClassField; label: string; help: string }> = [
   }
 ];
 
-/** A form value that cannot be sent; `field` names it like the server's messages do. */
-class FormError extends Error {
-  constructor(
-    readonly field: string,
-    message: string
-  ) {
-    super(`${field}: ${message}`);
-  }
-}
-
 /** One row of the classes table. */
 interface IClassRow {
   row: HTMLTableRowElement;
@@ -153,22 +155,33 @@ export class SchedulingEditor {
   constructor(model: DLInfraModel) {
     this.model = model;
 
-    this._loadError = h('div', {
-      class: 'jp-DLInfra-error jp-DLInfra-schedLoadError',
-      role: 'alert',
-      hidden: true
-    });
-    this._source = h('p', { class: 'jp-DLInfra-schedSource' }, 'Loading…');
-    this._note = h(
-      'p',
-      { class: 'jp-DLInfra-empty jp-DLInfra-schedNote', hidden: true },
-      'Only admins may change the scheduling policy.'
-    );
     // No browser validation: the server judges the values and names the field it refuses.
-    this._form = h('form', {
+    this._formNode = h('form', {
       class: 'jp-DLInfra-schedForm',
       'aria-label': 'Scheduling policy',
       novalidate: true
+    });
+    this._form = new PolicyForm<SchedulingPolicyDoc, SchedulingView>({
+      stem: 'sched',
+      form: this._formNode,
+      dirtyNode: this._formNode,
+      readOnlyNote: 'Only admins may change the scheduling policy.',
+      revertTitle: 'Put the saved scheduling policy back in the form',
+      fieldPattern: /^([A-Za-z_][\w.-]*):/,
+      showValue: Private.changeValue,
+      current: () => this.model.scheduling,
+      read: () => this.model.loadScheduling(),
+      write: changes => this.model.saveScheduling(changes),
+      diff: policy => this._changes_(policy),
+      fill: view => this._fill(view),
+      target: field => this._target(field),
+      loadError: error =>
+        error instanceof DLInfraApiError && error.status === 404 && error.reason === 'not_found'
+          ? 'This server has no scheduling policy (priority classes, fair share, quotas).'
+          : `Cannot read the scheduling policy: ${errorMessage(error)}`,
+      unread: () => {
+        this._formNode.hidden = true;
+      }
     });
 
     // Priority classes: one row each.
@@ -185,10 +198,10 @@ export class SchedulingEditor {
     this._addClass.addEventListener('click', () => {
       const row = this._appendClass('', { priority: 0, preemptible: true });
       this._classesChanged();
-      this._setDirty(true);
+      this._form.setDirty(true);
       row.name.focus();
     });
-    this._form.append(
+    this._formNode.append(
       h(
         'div',
         { class: 'jp-DLInfra-policyField jp-DLInfra-policyField-wide', 'data-field': 'classes' },
@@ -230,136 +243,72 @@ export class SchedulingEditor {
     );
 
     for (const spec of CLASS_FIELDS) {
-      const id = `dlinfra-sched-${spec.name}`;
-      const select = h('select', {
-        name: spec.name,
-        id,
-        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput',
-        'aria-describedby': `${id}-help`
+      this._classSelects[spec.name] = this._field(spec, 'select', {
+        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput'
       });
-      this._classSelects[spec.name] = select;
-      this._form.append(this._field(spec.name, spec.label, select, spec.help));
     }
-
     for (const spec of BOOLS) {
-      const id = `dlinfra-sched-${spec.name}`;
-      const input = h('input', {
+      this._bools[spec.name] = this._field(spec, 'input', {
         type: 'checkbox',
-        name: spec.name,
-        id,
-        class: 'jp-DLInfra-schedInput jp-DLInfra-schedCheck',
-        'aria-describedby': `${id}-help`
+        class: 'jp-DLInfra-schedInput jp-DLInfra-schedCheck'
       });
-      this._bools[spec.name] = input;
-      this._form.append(this._field(spec.name, spec.label, input, spec.help));
     }
-
     for (const spec of NUMBERS) {
-      const id = `dlinfra-sched-${spec.name}`;
-      const input = h('input', {
-        type: 'number',
-        name: spec.name,
-        id,
-        min: 0,
-        step: spec.step ?? 'any',
-        required: true,
-        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput',
-        'aria-describedby': `${id}-help`
-      });
-      const shown = h('span', { class: 'jp-DLInfra-policyDuration', 'aria-hidden': 'true' });
+      const shown = durationNote();
+      const input = this._field(
+        spec,
+        'input',
+        {
+          type: 'number',
+          min: 0,
+          step: spec.step ?? 'any',
+          required: true,
+          class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput'
+        },
+        shown
+      );
       this._numbers[spec.name] = input;
       this._durations[spec.name] = shown;
       input.addEventListener('input', () => this._showDuration(spec));
-      this._form.append(this._field(spec.name, spec.label, input, spec.help, shown));
     }
-
-    {
-      const id = 'dlinfra-sched-default_user_quota';
-      this._defaultQuota = h('input', {
-        type: 'number',
+    this._defaultQuota = this._field(
+      {
         name: 'default_user_quota',
-        id,
+        label: 'Default user quota',
+        help: 'GPUs one user may hold at once unless listed in user quotas. Empty: no limit.'
+      },
+      'input',
+      {
+        type: 'number',
         min: 0,
         step: 1,
         placeholder: 'no limit',
-        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput',
-        'aria-describedby': `${id}-help`
-      });
-      this._form.append(
-        this._field(
-          'default_user_quota',
-          'Default user quota',
-          this._defaultQuota,
-          'GPUs one user may hold at once unless listed in user quotas. Empty: no limit.'
-        )
-      );
-    }
-
+        class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput'
+      }
+    );
     for (const spec of MAPS) {
       const id = `dlinfra-sched-${spec.name}`;
-      const area = h('textarea', {
-        name: spec.name,
-        id,
+      const area = fieldControl('textarea', id, spec.name, {
         rows: 3,
         spellcheck: 'false',
         placeholder: spec.example,
-        class: 'jp-mod-styled jp-DLInfra-policyOverrides jp-DLInfra-schedMap',
-        'aria-describedby': `${id}-help`
+        class: 'jp-mod-styled jp-DLInfra-policyOverrides jp-DLInfra-schedMap'
       });
       this._maps[spec.name] = area;
-      this._form.append(
-        h(
-          'div',
-          {
-            class: 'jp-DLInfra-policyField jp-DLInfra-policyField-wide jp-DLInfra-schedField',
-            'data-field': spec.name
-          },
-          h('label', { for: id, class: 'jp-DLInfra-policyLabel' }, spec.label),
-          area,
-          h(
-            'div',
-            { id: `${id}-help`, class: 'jp-DLInfra-policyHelp' },
-            `${spec.help} Such as `,
-            h('code', {}, spec.example),
-            '.'
-          )
-        )
+      this._formNode.append(
+        labelledField({
+          name: spec.name,
+          id,
+          label: spec.label,
+          controls: [area],
+          help: [`${spec.help} Such as `, h('code', {}, spec.example), '.'],
+          wide: true,
+          className: 'jp-DLInfra-schedField'
+        })
       );
     }
-
-    this._error = h('div', {
-      class: 'jp-DLInfra-schedError',
-      role: 'alert',
-      hidden: true
-    });
-    this._status = h('span', {
-      class: 'jp-DLInfra-schedStatus',
-      role: 'status'
-    });
-    this._save = h(
-      'button',
-      { type: 'submit', class: 'jp-DLInfra-schedSave jp-Button jp-mod-styled jp-mod-accept' },
-      'Save'
-    );
-    this._revert = h(
-      'button',
-      {
-        type: 'button',
-        class: 'jp-DLInfra-schedRevert jp-Button jp-mod-styled jp-mod-reject',
-        title: 'Put the saved scheduling policy back in the form'
-      },
-      'Revert'
-    );
-    this._form.append(
-      this._error,
-      h('div', { class: 'jp-DLInfra-policyButtons' }, this._save, this._revert, this._status)
-    );
-    this._form.addEventListener('submit', event => {
-      event.preventDefault();
-      void this.save();
-    });
-    this._form.addEventListener('input', () => this._setDirty(true));
-    this._form.addEventListener('change', () => this._setDirty(true));
+    this._formNode.append(...this._form.tail);
+    this._formNode.addEventListener('change', () => this._form.setDirty(true));
     this._classBody.addEventListener('click', event => {
       const remove = (event.target as HTMLElement).closest<HTMLButtonElement>(
         '.jp-DLInfra-schedClassRemove'
@@ -372,7 +321,7 @@ export class SchedulingEditor {
         this._classRows[index].row.remove();
         this._classRows.splice(index, 1);
         this._classesChanged();
-        this._setDirty(true);
+        this._form.setDirty(true);
       }
     });
     this._classBody.addEventListener('input', event => {
@@ -395,24 +344,17 @@ export class SchedulingEditor {
       }
       this._classesChanged();
     });
-    this._revert.addEventListener('click', () => {
-      if (this.model.scheduling) {
-        this._fill(this.model.scheduling);
-      }
-    });
-
-    this._changes = h('ul', { class: 'jp-DLInfra-list jp-DLInfra-schedChanges' });
 
     this.sections = [
       section(
         'scheduling',
         'Scheduling',
-        this._loadError,
-        this._source,
-        this._note,
-        this._form
+        this._form.loadErrorNode,
+        this._form.source,
+        this._form.note,
+        this._formNode
       ),
-      section('schedulingChanges', 'Scheduling changes', this._changes)
+      section('schedulingChanges', 'Scheduling changes', this._form.changes)
     ];
     model.schedulingChanged.connect(this._onSchedulingChanged, this);
   }
@@ -422,59 +364,13 @@ export class SchedulingEditor {
   readonly sections: HTMLElement[];
 
   /** Read the policy (again); `force` replaces unsaved edits too. */
-  async load(force = false): Promise<void> {
-    try {
-      const view = await this.model.loadScheduling();
-      this._loadError.hidden = true;
-      if (force || !this._dirty) {
-        this._fill(view);
-      }
-    } catch (error) {
-      this._loadError.hidden = false;
-      this._loadError.textContent =
-        error instanceof DLInfraApiError && error.status === 404 && error.reason === 'not_found'
-          ? 'This server has no scheduling policy (priority classes, fair share, quotas).'
-          : `Cannot read the scheduling policy: ${Private.message(error)}`;
-      if (!this.model.scheduling) {
-        this._source.textContent = '';
-        this._form.hidden = true;
-      }
-    }
+  load(force = false): Promise<void> {
+    return this._form.load(force);
   }
 
   /** Send the fields changed in the form (PUT scheduling) and show the answer. */
-  async save(): Promise<void> {
-    const view = this.model.scheduling;
-    if (!view || this._busy) {
-      return;
-    }
-    this._showError(null);
-    let changes: Partial<SchedulingPolicyDoc>;
-    try {
-      changes = this._changes_(view.policy);
-    } catch (error) {
-      this._showError(error);
-      return;
-    }
-    if (Object.keys(changes).length === 0) {
-      this._status.textContent = 'Nothing to save: the form matches the policy.';
-      this._setDirty(false);
-      return;
-    }
-    this._busy = true;
-    this._save.disabled = true;
-    this._status.textContent = 'Saving…';
-    try {
-      const answer = await this.model.saveScheduling(changes);
-      this._fill(answer);
-      this._status.textContent = `Saved ${Object.keys(changes).join(', ')}.`;
-    } catch (error) {
-      this._status.textContent = '';
-      this._showError(error);
-    } finally {
-      this._busy = false;
-      this._save.disabled = !(this.model.scheduling?.editable ?? false);
-    }
+  save(): Promise<void> {
+    return this._form.save();
   }
 
   dispose(): void {
@@ -483,37 +379,43 @@ export class SchedulingEditor {
 
   /* ---------------------------------------------------------------- rendering */
 
-  private _field(
-    name: string,
-    label: string,
-    control: HTMLElement,
-    help: string,
+  /**
+   * A labelled field for `spec` with a control made of `tag` and `attrs` (and `extra` beside
+   * it), added to the form; its help notes the configured value when it differs.
+   */
+  private _field<K extends 'input' | 'select'>(
+    spec: { name: string; label: string; help: string },
+    tag: K,
+    attrs: Attrs,
     extra: HTMLElement | null = null
-  ): HTMLElement {
-    const id = `dlinfra-sched-${name}`;
-    const configured = h('span', { class: 'jp-DLInfra-policyConfigured' });
-    this._configuredNotes[name] = configured;
-    return h(
-      'div',
-      { class: 'jp-DLInfra-policyField jp-DLInfra-schedField', 'data-field': name },
-      h('label', { for: id, class: 'jp-DLInfra-policyLabel' }, label),
-      h('div', { class: 'jp-DLInfra-policyControl' }, control, extra),
-      h('div', { id: `${id}-help`, class: 'jp-DLInfra-policyHelp' }, help, configured)
+  ): HTMLElementTagNameMap[K] {
+    const id = `dlinfra-sched-${spec.name}`;
+    const control = fieldControl(tag, id, spec.name, attrs);
+    const configured = configuredNote();
+    this._configuredNotes[spec.name] = configured;
+    this._formNode.append(
+      labelledField({
+        name: spec.name,
+        id,
+        label: spec.label,
+        controls: [control, extra],
+        help: [spec.help, configured],
+        className: 'jp-DLInfra-schedField'
+      })
     );
+    return control;
   }
 
   private _onSchedulingChanged(_: DLInfraModel, view: SchedulingView): void {
-    if (!this._dirty && !this._busy) {
-      this._fill(view);
-    }
+    this._form.changed(view);
   }
 
-  /** Show a policy in the form, with its source and its recent changes. */
+  /** Put a policy's values in the form's fields. */
   private _fill(view: SchedulingView): void {
     const policy = view.policy;
     const configured = view.configured;
     const editable = view.editable;
-    this._form.hidden = false;
+    this._formNode.hidden = false;
 
     this._classBody.replaceChildren();
     this._classRows = [];
@@ -556,36 +458,6 @@ export class SchedulingEditor {
       area.value = JSON.stringify(policy[spec.name] ?? {}, null, 1).replace(/\n\s*/g, ' ');
       area.disabled = !editable;
     }
-    this._save.disabled = !editable;
-    this._revert.disabled = !editable;
-    this._note.hidden = editable;
-    this._showError(null);
-    this._setDirty(false);
-
-    this._source.replaceChildren(
-      ...(view.source === 'api'
-        ? [
-            'Set through the API',
-            view.updated_by ? ` by ${view.updated_by}` : '',
-            view.updated_at
-              ? h(
-                  'time',
-                  { datetime: view.updated_at, title: view.updated_at },
-                  ` at ${clock(view.updated_at)}`
-                )
-              : '',
-            '.'
-          ]
-        : ['From the server configuration (not changed through the API).'])
-    );
-    this._source.dataset.source = view.source;
-
-    const changes = view.changes ?? [];
-    this._changes.replaceChildren(
-      ...(changes.length
-        ? changes.map(c => this._change(c))
-        : [h('li', { class: 'jp-DLInfra-empty' }, 'No change through the API yet.')])
-    );
   }
 
   /** Add a row to the classes table. */
@@ -670,41 +542,9 @@ export class SchedulingEditor {
       return;
     }
     note.textContent =
-      configured !== undefined && Private.canonical(configured) !== Private.canonical(now)
+      configured !== undefined && canonical(configured) !== canonical(now)
         ? ` Configured: ${Private.changeValue(field, configured)}.`
         : '';
-  }
-
-  private _change(c: PolicyChange): HTMLElement {
-    const old = Private.changeValue(c.field, c.old);
-    const now = Private.changeValue(c.field, c.new);
-    return h(
-      'li',
-      { class: 'jp-DLInfra-schedChange', 'data-seq': c.seq, 'data-field': c.field },
-      h(
-        'div',
-        { class: 'jp-DLInfra-policyChangeHeader' },
-        h('span', { class: 'jp-DLInfra-policyChangeWho' }, c.who),
-        h('time', { class: 'jp-DLInfra-policyChangeAt', datetime: c.at, title: c.at }, clock(c.at))
-      ),
-      h(
-        'div',
-        { class: 'jp-DLInfra-policyChangeWhat' },
-        h('code', { class: 'jp-DLInfra-schedChangeField' }, c.field),
-        ' ',
-        h(
-          'span',
-          { class: 'jp-DLInfra-policyChangeOld jp-DLInfra-schedChangeOld', title: old },
-          old
-        ),
-        ' → ',
-        h(
-          'span',
-          { class: 'jp-DLInfra-policyChangeNew jp-DLInfra-schedChangeNew', title: now },
-          now
-        )
-      )
-    );
   }
 
   private _showDuration(spec: INumberSpec): void {
@@ -716,24 +556,6 @@ export class SchedulingEditor {
           ? 'never'
           : duration(value)
         : '';
-  }
-
-  /** Show an error of the form (or clear it with null), marking the field it names. */
-  private _showError(error: unknown): void {
-    for (const el of this._form.querySelectorAll('[aria-invalid]')) {
-      el.removeAttribute('aria-invalid');
-    }
-    if (error === null) {
-      this._error.hidden = true;
-      this._error.textContent = '';
-      return;
-    }
-    const message = Private.message(error);
-    this._error.hidden = false;
-    this._error.textContent = message;
-    const field =
-      error instanceof FormError ? error.field : /^([A-Za-z_][\w.-]*):/.exec(message)?.[1] ?? '';
-    this._target(field)?.setAttribute('aria-invalid', 'true');
   }
 
   /** The control a field path names (`classes.batch.priority`, `user_quotas.ann`, ...). */
@@ -772,14 +594,6 @@ export class SchedulingEditor {
     return null;
   }
 
-  private _setDirty(dirty: boolean): void {
-    this._dirty = dirty;
-    this._form.classList.toggle('jp-mod-dirty', dirty);
-    if (dirty) {
-      this._status.textContent = 'Unsaved changes.';
-    }
-  }
-
   /**
    * The fields of the form that differ from `policy`; throws a FormError for values that cannot
    * be sent (the server judges the rest, and names the field it refuses).
@@ -806,7 +620,7 @@ export class SchedulingEditor {
       }
       classes[name] = { priority, preemptible: row.preemptible.checked };
     }
-    if (Private.canonical(classes) !== Private.canonical(policy.classes ?? {})) {
+    if (canonical(classes) !== canonical(policy.classes ?? {})) {
       // The server replaces all the classes with those given.
       changes.classes = classes;
     }
@@ -823,11 +637,7 @@ export class SchedulingEditor {
       }
     }
     for (const spec of NUMBERS) {
-      const raw = this._numbers[spec.name].value.trim();
-      const value = Number(raw);
-      if (!raw || !isFinite(value)) {
-        throw new FormError(spec.name, 'must be a number');
-      }
+      const value = numberValue(this._numbers[spec.name], spec.name);
       if (value !== policy[spec.name]) {
         changes[spec.name] = value;
       }
@@ -844,29 +654,16 @@ export class SchedulingEditor {
       changes.default_user_quota = quota;
     }
     for (const spec of MAPS) {
-      const text = this._maps[spec.name].value.trim();
-      let value: unknown = {};
-      if (text) {
-        try {
-          value = JSON.parse(text);
-        } catch (error) {
-          throw new FormError(spec.name, `not valid JSON: ${(error as Error).message}`);
-        }
-      }
-      if (!value || typeof value !== 'object' || Array.isArray(value)) {
-        throw new FormError(spec.name, `must be a JSON object such as ${spec.example}`);
-      }
-      if (Private.canonical(value) !== Private.canonical(policy[spec.name] ?? {})) {
+      const value = objectValue(this._maps[spec.name], spec.name, spec.example);
+      if (canonical(value) !== canonical(policy[spec.name] ?? {})) {
         changes[spec.name] = value as Record<string, number>;
       }
     }
     return changes;
   }
 
-  private _loadError: HTMLElement;
-  private _source: HTMLElement;
-  private _note: HTMLElement;
-  private _form: HTMLFormElement;
+  private _form: PolicyForm<SchedulingPolicyDoc, SchedulingView>;
+  private _formNode: HTMLFormElement;
   private _classBody: HTMLTableSectionElement;
   private _classRows: IClassRow[] = [];
   private _classSeq = 0;
@@ -878,47 +675,9 @@ export class SchedulingEditor {
   private _defaultQuota: HTMLInputElement;
   private _maps = {} as Record<MapField, HTMLTextAreaElement>;
   private _configuredNotes: Record<string, HTMLElement> = {};
-  private _error: HTMLElement;
-  private _status: HTMLElement;
-  private _save: HTMLButtonElement;
-  private _revert: HTMLButtonElement;
-  private _changes: HTMLElement;
-  private _dirty = false;
-  private _busy = false;
-}
-
-/** A section of the admin panel, like the panel's own. */
-function section(key: string, heading: string, ...children: Node[]): HTMLElement {
-  const headingId = `dlinfra-admin-${key}-heading`;
-  return h(
-    'section',
-    { class: `jp-DLInfra-section jp-DLInfra-section-${key}`, 'aria-labelledby': headingId },
-    h('h3', { id: headingId, class: 'jp-DLInfra-sectionHeading' }, heading),
-    ...children
-  );
 }
 
 namespace Private {
-  export function message(error: unknown): string {
-    if (error instanceof DLInfraApiError || error instanceof Error) {
-      return error.message;
-    }
-    return String(error);
-  }
-
-  /** JSON with sorted keys, to compare documents whatever their key order. */
-  export function canonical(value: unknown): string {
-    return JSON.stringify(value, (_key, v: unknown) =>
-      v && typeof v === 'object' && !Array.isArray(v)
-        ? Object.fromEntries(
-            Object.entries(v as Record<string, unknown>).sort(([a], [b]) =>
-              a < b ? -1 : a > b ? 1 : 0
-            )
-          )
-        : v
-    );
-  }
-
   const SECONDS = new Set(['half_life', 'starvation_limit']);
 
   /** A value as recorded: seconds with their duration, null quotas as "no limit". */

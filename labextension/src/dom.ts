@@ -2,8 +2,10 @@
  * Small rendering helpers shared by the widgets: DOM construction and formatting.
  */
 
-type Attrs = Record<string, string | number | boolean | null | undefined>;
-type Child = Node | string | null | undefined | false;
+/** The attributes of an element: false, null and undefined ones are left out, true is ''. */
+export type Attrs = Record<string, string | number | boolean | null | undefined>;
+/** A child of an element: false, null and undefined are left out. */
+export type Child = Node | string | null | undefined | false;
 
 /** Create an element with attributes (`class`, `aria-*`, `data-*`, ...) and children. */
 export function h<K extends keyof HTMLElementTagNameMap>(

@@ -60,7 +60,8 @@ def test_a_queued_request_shows_its_place_class_reason_and_start_and_the_fair_sh
     expect(mine.locator(".jp-DLInfra-classBadge")).to_have_text("interactive")
     expect(mine.locator(".jp-DLInfra-estimatedStart")).to_have_text(ESTIMATE)
 
-    # the fair share: no finished use yet, one GPU held (the rival), first among those waiting
+    # the fair share: the one GPU held (the rival) is all the recent use, so the factor is the
+    # "used exactly its share" 0.5; first among those waiting
     fair = sidebar.locator(".jp-DLInfra-section-fairshare .jp-DLInfra-fairShare")
     expect(fair).to_be_visible(timeout=30_000)
     standing = server.get("dlinfra/api/fairshare")
@@ -68,7 +69,8 @@ def test_a_queued_request_shows_its_place_class_reason_and_start_and_the_fair_sh
     expect(fair.locator(".jp-DLInfra-fairShareFactor")).to_have_attribute(
         "data-value", str(standing["you"]["factor"]).removesuffix(".0")
     )
-    expect(fair.locator(".jp-DLInfra-fairShareFactor")).to_contain_text("1.00")
+    assert standing["you"]["factor"] == 0.5, standing
+    expect(fair.locator(".jp-DLInfra-fairShareFactor")).to_contain_text("0.50")
     expect(fair.locator(".jp-DLInfra-fairShareUsage")).to_contain_text("GPU-h")
     expect(fair.locator(".jp-DLInfra-fairShareRank")).to_have_text("#1 among users waiting")
     expect(fair.locator(".jp-DLInfra-fairShareQuota")).to_have_text("no limit · holding 1 GPU")
