@@ -22,7 +22,7 @@ from .clock import Clock
 from .errors import Conflict, InvalidRequest, NotFound, Unsatisfiable
 from .fairshare import Standing, decayed
 from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
-from .policy_store import SCHEDULING_PREFIX, load_document, save_document
+from .policy_store import SCHEDULING_PREFIX, save_document
 from .sched_policy import SchedulingPolicy
 from .sched_state import (
     GroupsOf,
@@ -88,10 +88,8 @@ class Ledger:
     # -- scheduling policy -----------------------------------------------------------------------
 
     def scheduling_policy(self) -> SchedulingPolicy:
-        stored = load_document(self, SCHEDULING_KEY)
-        if stored is None:
-            return self.configured_policy
-        return SchedulingPolicy.from_json(stored.document, base=self.configured_policy)
+        with self.store.read() as conn:
+            return self._policy(conn)
 
     def set_scheduling_policy(self, policy: SchedulingPolicy, *, who: str) -> list[str]:
         """Store an admin's policy (audited field by field) and schedule under it at once."""

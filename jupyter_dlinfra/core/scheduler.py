@@ -147,12 +147,11 @@ class Scheduler:
         self._caps: dict[tuple[str, ...], int] = {}
         self.holdings: dict[int, Holding] = {}
         self._holder_of: dict[str, int] = {}
-        #: unmarked holdings policy could preempt, by class priority; the borrowed ones apart
-        self._victims_by_prio: dict[int, set[int]] = defaultdict(set)
+        #: unmarked holdings policy could preempt -> their pools; the borrowed ones among them
+        self._victim_pools: dict[int, list[int]] = {}
         self._borrowed: set[int] = set()
         #: GPUs of those holdings per pool (an upper bound of what preemption frees there)
         self._pool_victims: dict[int, int] = defaultdict(int)
-        self._victim_pools: dict[int, list[int]] = {}
         self._victim_gpus = 0
         #: grows whenever preemption could free more than before; a request whose search found
         #: nothing is not searched again until it grows
@@ -326,7 +325,6 @@ class Scheduler:
             groups = {g for h in self.holdings.values() if h.user == user for g in h.groups}
             groups |= {g for d in self.demands.values() if d.user == user for g in d.groups}
             self._set_account(user, groups)
-        self._victims_by_prio.clear()
         self._borrowed.clear()
         self._pool_victims.clear()
         self._victim_pools.clear()
@@ -390,9 +388,7 @@ class Scheduler:
         reserved: list[tuple[_Pool, list[str]]] = []
         borrowers: list[Demand] = []
         blocked: list[Demand] = []
-        can_preempt = policy.preemption and (
-            bool(self._borrowed) or any(self._victims_by_prio.values())
-        )
+        can_preempt = policy.preemption and bool(self._victim_pools)
         kept = self._keep_nominated()
         scanned_beyond = 0
         walk = self.ranking.walk(self.now)
@@ -405,7 +401,7 @@ class Scheduler:
                 if self.free_total == 0 and not kept and not wants_preemption:
                     break
                 out.examined += 1
-                over = self._over_quota(demand)
+                over = self.over_quota(demand)
                 if over is not None:
                     if self._may_borrow(demand):
                         borrowers.append(demand)
@@ -605,7 +601,7 @@ class Scheduler:
         self.hold(holding)
         out.grants.append(Grant(demand.id, holding.gpus, borrowed))
 
-    def _over_quota(self, demand: Demand) -> str | None:
+    def over_quota(self, demand: Demand) -> str | None:
         """Why granting ``demand`` would pass a quota; None within every quota."""
         held = self.users[demand.user].held
         quota = self.policy.quota_of_user(demand.user)
@@ -616,9 +612,6 @@ class Scheduler:
             if gq is not None and self.held_by_group[group] + demand.count > gq:
                 return f"group {group} holds {self.held_by_group[group]} GPU(s) of a quota of {gq}"
         return None
-
-    def over_quota(self, demand: Demand) -> str | None:
-        return self._over_quota(demand)
 
     def _may_borrow(self, demand: Demand) -> bool:
         klass = self.policy.class_map[demand.klass]
@@ -706,8 +699,6 @@ class Scheduler:
     def _index_victim(self, holding: Holding) -> None:
         if holding.borrowed:
             self._borrowed.add(holding.id)
-        else:
-            self._victims_by_prio[self._prio_of(holding)].add(holding.id)
         pools = [self._pool_of[u].id for u in holding.gpus if u in self._pool_of]
         self._victim_pools[holding.id] = pools
         for pid in pools:
@@ -720,7 +711,6 @@ class Scheduler:
         if pools is None:
             return
         self._borrowed.discard(holding.id)
-        self._victims_by_prio[self._prio_of(holding)].discard(holding.id)
         for pid in pools:
             self._pool_victims[pid] -= 1
         self._victim_gpus -= len(pools)
@@ -737,7 +727,7 @@ class Scheduler:
         for demand in blocked:
             if self.pending.get(demand.id, 0) > 0 or demand.id not in self.demands:
                 continue
-            if self._over_quota(demand) is not None:
+            if self.over_quota(demand) is not None:
                 continue  # grants made in this pass put it over quota
             if self._no_victims.get(demand.id) == self._victim_epoch:
                 continue  # searched in vain, and nothing has changed since

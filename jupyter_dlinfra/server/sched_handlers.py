@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core import SchedulingPolicy
+from ..core.ledger import SCHEDULING_KEY
 from ..core.policy_store import SCHEDULING_PREFIX, load_document, policy_changes_of
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
@@ -39,7 +40,7 @@ class SchedulingHandler(DLInfraHandler):
     def _view(self) -> dict[str, Any]:
         """Blocking: read off the event loop."""
         ledger = self.service.ledger
-        stored = load_document(ledger, "scheduling")
+        stored = load_document(ledger, SCHEDULING_KEY)
         changes = policy_changes_of(ledger, prefix=SCHEDULING_PREFIX, limit=_CHANGES_SHOWN)
         return {
             "policy": ledger.scheduling_policy().to_json(),
