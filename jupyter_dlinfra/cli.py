@@ -1,4 +1,4 @@
-"""``jupyter dlinfra``: submit notebooks as jobs and follow them from a terminal.
+"""``jupyter dlinfra``: submit notebooks as jobs and follow them from a terminal; run the gateway.
 
 It talks to a running Jupyter server with jupyter-dlinfra, over the same REST API as JupyterLab:
 ``--url``/``--token`` (or ``DLINFRA_URL``/``DLINFRA_TOKEN``), else the running server whose root
@@ -227,10 +227,26 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a job")
     c.add_argument("job", type=int)
     c.set_defaults(run=cmd_cancel)
+
+    from .gateway.tokens_cli import add_parser as add_token_parser
+
+    add_token_parser(sub)
+    sub.add_parser(
+        "gateway",
+        help="run the team gateway (jupyter-server options follow; --help-all lists them)",
+        add_help=False,
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gateway"]:
+        # jupyter-server parses its own options
+        from .gateway.app import main as gateway_main
+
+        gateway_main(argv[1:])
+        return 0
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))

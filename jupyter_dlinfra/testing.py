@@ -63,6 +63,9 @@ class ServerProcess:
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: what runs after the interpreter: a plain jupyter server, or the team gateway
+    #: (``("-m", "jupyter_dlinfra.cli", "gateway")``, whose callers need issued tokens)
+    program: Sequence[str] = ("-m", "jupyter_server")
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -91,8 +94,7 @@ class ServerProcess:
         env.update(self.env)
         cmd = [
             sys.executable,
-            "-m",
-            "jupyter_server",
+            *self.program,
             "--ip=127.0.0.1",
             f"--port={self.port}",
             "--port-retries=0",

@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 __all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -248,6 +248,19 @@ job_deps = Table(
     Column("after_id", Integer, ForeignKey("dlinfra_jobs.id"), primary_key=True),
 )
 
+#: people's API tokens for a team gateway, issued by an admin; only their SHA-256 is kept
+user_tokens = Table(
+    "dlinfra_user_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user", String(255), nullable=False, index=True),
+    Column("label", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
 _WRITE = "dlinfra_write"
 
 
@@ -308,7 +321,7 @@ class Store:
             for key, value in (("schema", SCHEMA_VERSION), ("version", 0)):
                 if key not in existing:
                     conn.execute(meta.insert().values(key=key, value=value))
-            # versions 2 and 3 only added tables, which create_all has just made on older
+            # versions 2, 3 and 5 only added tables, which create_all has just made on older
             # ledgers; 4 added columns too (_add_columns)
             conn.execute(
                 update(meta)

@@ -8,10 +8,39 @@ port and launches the kernel like jupyter_client's LocalProvisioner would.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["KernelLedgerPort", "LaunchPlan", "get_port", "set_port"]
+__all__ = [
+    "KernelLedgerPort",
+    "LaunchPlan",
+    "get_port",
+    "launching_for",
+    "launching_owner",
+    "set_port",
+]
+
+# who a kernel being started belongs to, on a server shared by several people (the gateway);
+# a context variable, not an environment variable, so that no client can set it
+_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("dlinfra_owner", default=None)
+
+
+@contextlib.contextmanager
+def launching_for(owner: str) -> Iterator[None]:
+    """Kernels started inside this block belong to ``owner`` (the gateway's kernel handler)."""
+    reset = _owner.set(owner)
+    try:
+        yield
+    finally:
+        _owner.reset(reset)
+
+
+def launching_owner() -> str | None:
+    """The owner set by :func:`launching_for` around this launch; None on a personal server."""
+    return _owner.get()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,9 +53,19 @@ class LaunchPlan:
 
 class KernelLedgerPort(Protocol):
     async def kernel_launching(
-        self, *, kernel_id: str, kernel_name: str, path: str | None, gpus: int, model: str | None
+        self,
+        *,
+        kernel_id: str,
+        kernel_name: str,
+        path: str | None,
+        gpus: int,
+        model: str | None,
+        owner: str | None = None,
     ) -> LaunchPlan:
-        """Called from ``pre_launch``: register the kernel, issue its token, ask for GPUs."""
+        """Called from ``pre_launch``: register the kernel, issue its token, ask for GPUs.
+
+        ``owner``: the person the kernel belongs to on a shared gateway (None: the server's user).
+        """
         ...
 
     async def kernel_started(self, *, kernel_id: str, pid: int) -> None:

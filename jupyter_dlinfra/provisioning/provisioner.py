@@ -15,7 +15,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Int, Unicode
 
-from .port import get_port
+from .port import get_port, launching_owner
 
 __all__ = ["DLInfraProvisioner"]
 
@@ -63,6 +63,7 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
             path=env.get("JPY_SESSION_NAME") or None,
             gpus=self.gpus,
             model=self.gpu_model or None,
+            owner=launching_owner(),
         )
         env.update(plan.env)
         cmd: list[str] = list(kwargs["cmd"])

@@ -20,6 +20,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, d
 
 from ..backends import JobBackend
 from ..core import Ledger, PolicyError, ReclaimPolicy, SchedulingPolicy, Store, SystemClock
+from ..core.tokens import TokenBook
 from ..provisioning import set_port
 from ..telemetry import (
     SIMULATED_LOAD_FILE_ENV,
@@ -40,10 +41,27 @@ PROVISIONER_NAME = "dlinfra-provisioner"
 _WILDCARD_HOSTS = {"", "0.0.0.0", "*", "::", "localhost"}
 
 
+def default_db_url() -> str:
+    """``DLINFRA_DB_URL``, else a SQLite file in the Jupyter data dir (made if missing)."""
+    if os.environ.get("DLINFRA_DB_URL"):
+        return os.environ["DLINFRA_DB_URL"]
+    path = Path(jupyter_data_dir()) / "dlinfra" / "ledger.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
 class DLInfra(ExtensionApp):  # type: ignore[misc]
     name = "jupyter_dlinfra"
     load_other_extensions = True
 
+    gateway = Bool(
+        False,
+        config=True,
+        help="Run as the team gateway (`jupyter dlinfra gateway` sets it): callers are told "
+        "apart by their tokens, each acts on their own kernels and jobs, admins on all. Off: a "
+        "personal server, whose every caller is user_name. A server started with "
+        "--gateway-url forwards /dlinfra to its gateway whatever this says.",
+    )
     db_url = Unicode(
         "",
         config=True,
@@ -445,11 +463,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
 
     @default("db_url")
     def _default_db_url(self) -> str:
-        if os.environ.get("DLINFRA_DB_URL"):
-            return os.environ["DLINFRA_DB_URL"]
-        path = Path(jupyter_data_dir()) / "dlinfra" / "ledger.sqlite"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
+        return default_db_url()
 
     @validate("events_debounce", "events_keepalive")
     def _check_events_timing(self, proposal: dict[str, Any]) -> float:
@@ -465,7 +479,18 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             raise TraitError(f"DLInfra.simulated_gpus must be 0 or more, not {value}")
         return value
 
+    def _forwarding(self) -> bool:
+        """This server's kernels run on a gateway (``--gateway-url``): so does the ledger."""
+        return not self.gateway and bool(self._server.gateway_config.gateway_enabled)
+
     def initialize_settings(self) -> None:
+        if self._forwarding():
+            self.log.info(
+                "dlinfra: kernels and the GPU ledger are on the gateway %s; /dlinfra is "
+                "forwarded there",
+                self._server.gateway_config.url,
+            )
+            return
         # a wrong option stops the extension before anything is opened or started
         scheduling = self.configured_scheduling()
         self.configured_policy()
@@ -503,6 +528,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
                 node=self.node_name,
                 user=self.user_name,
                 server_id=uuid.uuid4().hex,
+                multi_user=self.gateway,
                 telemetry_interval=self.telemetry_interval,
                 reconcile_interval=self.reconcile_interval,
                 watch_interval=self.watch_interval,
@@ -547,6 +573,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         self.service.prepare()
         self.settings["dlinfra_service"] = self.service
         self.settings["dlinfra_directory"] = self.directory
+        if self.gateway:
+            self.settings["dlinfra_tokens"] = TokenBook(store, clock)
         # per server, not prometheus_client's global registry: servers must not share series
         self.settings["dlinfra_metrics_registry"] = registry_for(self.service)
         set_port(self.service)
@@ -554,6 +582,16 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             self._make_provisioner_default()
 
     def initialize_handlers(self) -> None:
+        if self._forwarding():
+            from ..gateway.forward import FORWARD_ROUTES
+
+            self.handlers.extend(FORWARD_ROUTES)
+            return
+        if self.gateway:
+            # matched before jupyter_server's own kernel routes: these check owners
+            from ..gateway.kernels import KERNEL_ROUTES
+
+            self.handlers.extend(KERNEL_ROUTES)
         self.handlers.extend((pattern, handler) for pattern, handler, _ in ROUTES)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:

@@ -47,9 +47,12 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
         """The name the ledger knows the caller by: a kernel's owner, else this server's owner.
 
         On a personal server whoever logs in acts as its owner; the identity provider's own name
-        (JupyterHub's user) counts too for admin checks, see :meth:`is_admin`.
+        (JupyterHub's user) counts too for admin checks, see :meth:`is_admin`. On a gateway
+        (``multi_user``) the caller is whoever their token names.
         """
-        if self.kernel_scope is not None and self.current_user is not None:
+        if self.current_user is not None and (
+            self.kernel_scope is not None or self.service.settings.multi_user
+        ):
             return str(self.current_user.username)
         return self.service.settings.user
 
@@ -57,7 +60,7 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
         """Admins change the policy; a kernel's token never is one."""
         if self.kernel_scope is not None:
             return False
-        names = {self.service.settings.user}
+        names = set() if self.service.settings.multi_user else {self.service.settings.user}
         user = self.current_user
         if user is not None and getattr(user, "username", None):
             names.add(user.username)
@@ -128,7 +131,7 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
         if self.kernel_scope is not None:
             if kernel_id != self.kernel_scope:
                 raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
-        elif owner != self.service.settings.user and not self.is_admin():
+        elif owner != self.person() and not self.is_admin():
             raise ApiError(403, f"kernel {kernel_id} belongs to {owner}", code="forbidden")
 
     def answer(self, body: dict[str, Any], status: int = 200) -> None:

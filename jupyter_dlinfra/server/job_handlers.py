@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import re
@@ -48,7 +49,20 @@ _SUBMIT_FIELDS = {
     "sweep",
     "backend",
     "after",
+    "notebook",
 }
+
+
+def _notebook(body: dict[str, Any]) -> bytes | None:
+    """The notebook sent inline (by a user's server forwarding to the gateway), as bytes."""
+    notebook = body.get("notebook")
+    if notebook is None:
+        return None
+    if not isinstance(notebook, dict) or "cells" not in notebook:
+        raise ApiError(
+            400, "notebook must be the notebook itself (a JSON object with cells)", code="bad_field"
+        )
+    return json.dumps(notebook).encode()
 
 
 def _relative(path: Path, root: Path) -> str | None:
@@ -162,6 +176,7 @@ class JobsHandler(_JobBase):
             sweep=_object(body, "sweep"),
             backend=_string(body, "backend"),
             after=_ids(body.get("after", [])),
+            content=_notebook(body),
         )
         created = await self.service.jobs_call(self.jobs.submit, sub)
         # start it now rather than at the loop's next pass

@@ -94,6 +94,9 @@ class Submission:
     sweep: Mapping[str, Sequence[Any]] | None = None
     backend: str | None = None
     after: Sequence[int] = ()
+    #: the notebook itself, when the server that submits it is not this one (a user's server
+    #: forwarding to the team gateway): ``path`` then only names it
+    content: bytes | None = None
 
 
 class JobService:
@@ -116,7 +119,7 @@ class JobService:
 
     # -- submitting ------------------------------------------------------------------------------
 
-    def notebook_path(self, raw: str) -> Path:
+    def notebook_path(self, raw: str, *, must_exist: bool = True) -> Path:
         """The notebook a submission names, checked to lie inside the server's root."""
         if not raw or not isinstance(raw, str):
             raise InvalidRequest("path (the notebook, relative to the server's root) is required")
@@ -134,7 +137,7 @@ class JobService:
             raise InvalidRequest(f"path {raw!r} cannot be used: {err}") from None
         if not full.is_relative_to(root):
             raise InvalidRequest(f"path {raw!r} leads outside the server's root")
-        if not _is_file(full):
+        if must_exist and not _is_file(full):
             raise NotFound(f"no notebook {raw!r} under the server's root", reason="no_notebook")
         return full
 
@@ -155,15 +158,17 @@ class JobService:
             )
         if sub.gpus is not None and (isinstance(sub.gpus, bool) or sub.gpus < 0):
             raise InvalidRequest(f"gpus must be 0 or more, not {sub.gpus!r}")
-        path = self.notebook_path(sub.path) if source is None else self.settings.root_dir / sub.path
-        snapshot_file = source if source is not None else path
-        size = snapshot_file.stat().st_size
+        if source is not None:
+            path = self.settings.root_dir / sub.path
+        else:
+            path = self.notebook_path(sub.path, must_exist=sub.content is None)
+        size = len(sub.content) if sub.content is not None else (source or path).stat().st_size
         if size > self.settings.max_notebook_bytes:
             raise InvalidRequest(
                 f"the notebook is {size / 2**20:.1f} MiB; the limit is "
                 f"{self.settings.max_notebook_bytes / 2**20:.1f} MiB (c.DLInfra.max_notebook_bytes)"
             )
-        raw = snapshot_file.read_bytes()
+        raw = sub.content if sub.content is not None else (source or path).read_bytes()
         notebook = read_notebook(raw, max_bytes=self.settings.max_notebook_bytes)
         points = _grid(sub.parameters or {}, sub.sweep, self.settings.max_sweep_jobs)
         group = uuid.uuid4().hex[:12] if sub.sweep else None
@@ -222,7 +227,8 @@ class JobService:
                         "job_id": job.id,
                         "name": name,
                         "path": rel,
-                        "cwd": str(path.parent),
+                        # a notebook sent from another server runs in its job's directory
+                        "cwd": "." if sub.content is not None else str(path.parent),
                         "kernel_name": kernel_name,
                         "parameters": dict(ready.parameters),
                     },
@@ -283,7 +289,9 @@ class JobService:
         settings = self.service.settings
         live = self._live_servers()
         adopted = []
-        for job in self.book.jobs(active=True, node=settings.node, user=settings.user):
+        # a gateway runs everyone's jobs; a personal server only its user's
+        owner = None if settings.multi_user else settings.user
+        for job in self.book.jobs(active=True, node=settings.node, user=owner):
             if job.server_id == settings.server_id or job.server_id in live:
                 continue
             if self.book.claim(job.id, server_id=settings.server_id, unless_watched_by=live):

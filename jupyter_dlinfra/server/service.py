@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +27,7 @@ from ..core import (
     NotFound,
 )
 from ..core.jobs import JOB_KERNEL_NAME
+from ..core.tokens import hash_secret
 from ..provisioning import LaunchPlan
 from ..telemetry import GpuSample, TelemetryProvider
 from .events import Broadcaster
@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hash_secret(token)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +51,8 @@ class ServiceSettings:
     node: str
     user: str
     server_id: str
+    #: a team gateway: callers are told apart by their tokens, not all taken as ``user``
+    multi_user: bool = False
     telemetry_interval: float = 2.0
     reconcile_interval: float = 30.0
     watch_interval: float = 0.2
@@ -267,8 +269,16 @@ class GpuService:
     # -- the provisioner's port --------------------------------------------------------------
 
     async def kernel_launching(
-        self, *, kernel_id: str, kernel_name: str, path: str | None, gpus: int, model: str | None
+        self,
+        *,
+        kernel_id: str,
+        kernel_name: str,
+        path: str | None,
+        gpus: int,
+        model: str | None,
+        owner: str | None = None,
     ) -> LaunchPlan:
+        user = owner or self.settings.user
         token = secrets.token_urlsafe(32)
         if kernel_id.startswith("job-"):
             # clients choose kernel ids: this one would take over a job's GPUs
@@ -278,14 +288,14 @@ class GpuService:
         except NotFound:
             previous = None
         if previous is not None and (
-            previous.user != self.settings.user or previous.kernel_name == JOB_KERNEL_NAME
+            previous.user != user or previous.kernel_name == JOB_KERNEL_NAME
         ):
             raise PermissionError(
                 f"kernel id {kernel_id!r} belongs to {previous.user} in the GPU ledger"
             )
         record = KernelRecord(
             kernel_id=kernel_id,
-            user=self.settings.user,
+            user=user,
             node=self.settings.node,
             server_id=self.settings.server_id,
             kernel_name=kernel_name,

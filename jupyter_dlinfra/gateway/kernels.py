@@ -1,0 +1,172 @@
+"""jupyter_server's kernel API, with owners: each person sees and drives only their kernels.
+
+These handlers replace jupyter_server's own for ``/api/kernels`` on the gateway (an extension's
+routes are matched before the server's defaults). The owner of a kernel is the person whose token
+started it, recorded in the ledger by the provisioner at launch; admins reach every kernel.
+The request's ``env`` (``KERNEL_*`` variables, which jupyter_server's GatewayClient sends) is
+passed to the kernel, except for what would change its identity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, cast
+
+from jupyter_client.jsonutil import json_default
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.services.kernels import handlers as base
+from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from jupyter_server.utils import url_escape, url_path_join
+from tornado import web
+
+from ..core import NotFound
+from ..provisioning.port import launching_for
+from ..server.identity import Directory
+from ..server.service import GpuService
+
+__all__ = ["KERNEL_ROUTES"]
+
+#: variables a client may not set in a kernel's environment: identity and the ledger's token
+_RESERVED_ENV = ("DLINFRA_", "JUPYTERHUB_", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+
+
+class _Owned:
+    """Owner checks shared by the kernel handlers (a mixin on jupyter_server's handlers)."""
+
+    settings: dict[str, Any]
+    current_user: Any
+
+    @property
+    def _service(self) -> GpuService:
+        return cast(GpuService, self.settings["dlinfra_service"])
+
+    def _caller(self) -> str:
+        user = self.current_user
+        if user is None or not getattr(user, "username", None):
+            raise web.HTTPError(403, "who is calling is not known")
+        return str(user.username)
+
+    def _is_admin(self, name: str) -> bool:
+        return cast(Directory, self.settings["dlinfra_directory"]).is_admin(name)
+
+    async def _owners(self) -> dict[str, str]:
+        records = await self._service.call(self._service.ledger.kernels)
+        return {k.kernel_id: k.user for k in records}
+
+    async def check_owner(self, kernel_id: str) -> None:
+        name = self._caller()
+        if self._is_admin(name):
+            return
+        try:
+            record = await self._service.call(self._service.ledger.kernel, kernel_id)
+        except NotFound:
+            raise web.HTTPError(404, f"no kernel {kernel_id}") from None
+        if record.user != name:
+            raise web.HTTPError(403, f"kernel {kernel_id} belongs to {record.user}")
+
+
+class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
+    @web.authenticated  # type: ignore[untyped-decorator]
+    @authorized  # type: ignore[untyped-decorator]
+    async def get(self) -> None:
+        name = self._caller()
+        km: Any = self.kernel_manager
+        kernels = await ensure_async(km.list_kernels())
+        if not self._is_admin(name):
+            owners = await self._owners()
+            kernels = [k for k in kernels if owners.get(k["id"]) == name]
+        self.finish(json.dumps(kernels, default=json_default))
+
+    @web.authenticated  # type: ignore[untyped-decorator]
+    @authorized  # type: ignore[untyped-decorator]
+    async def post(self) -> None:
+        name = self._caller()
+        km: Any = self.kernel_manager
+        model = self.get_json_body() or {}
+        if not isinstance(model, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        kernel_name = model.get("name") or km.default_kernel_name
+        if model.get("kernel_id"):
+            # a client-chosen id could name someone else's kernel record in the ledger
+            raise web.HTTPError(400, "the gateway chooses kernel ids: do not send kernel_id")
+        env = _client_env(model.get("env"))
+        with launching_for(name):
+            kernel_id: str = await ensure_async(
+                km.start_kernel(kernel_name=kernel_name, path=model.get("path"), env=env)
+            )
+        body = await ensure_async(km.kernel_model(kernel_id))
+        self.set_header(
+            "Location", url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
+        )
+        self.set_status(201)
+        self.finish(json.dumps(body, default=json_default))
+
+
+class KernelHandler(_Owned, base.KernelHandler):  # type: ignore[misc]
+    @web.authenticated  # type: ignore[untyped-decorator]
+    @authorized  # type: ignore[untyped-decorator]
+    async def get(self, kernel_id: str) -> None:
+        await self.check_owner(kernel_id)
+        km: Any = self.kernel_manager
+        model = await ensure_async(km.kernel_model(kernel_id))
+        self.finish(json.dumps(model, default=json_default))
+
+    @web.authenticated  # type: ignore[untyped-decorator]
+    @authorized  # type: ignore[untyped-decorator]
+    async def delete(self, kernel_id: str) -> None:
+        await self.check_owner(kernel_id)
+        km: Any = self.kernel_manager
+        await ensure_async(km.shutdown_kernel(kernel_id))
+        self.set_status(204)
+        self.finish()
+
+
+class KernelActionHandler(_Owned, base.KernelActionHandler):  # type: ignore[misc]
+    @web.authenticated  # type: ignore[untyped-decorator]
+    @authorized  # type: ignore[untyped-decorator]
+    async def post(self, kernel_id: str, action: str) -> None:
+        await self.check_owner(kernel_id)
+        km: Any = self.kernel_manager
+        if action == "interrupt":
+            await ensure_async(km.interrupt_kernel(kernel_id))
+            self.set_status(204)
+        else:
+            try:
+                await km.restart_kernel(kernel_id)
+            except Exception as err:
+                raise web.HTTPError(500, f"could not restart kernel {kernel_id}: {err}") from err
+            model = await ensure_async(km.kernel_model(kernel_id))
+            self.write(json.dumps(model, default=json_default))
+        self.finish()
+
+
+class KernelChannelsHandler(_Owned, KernelWebsocketHandler):  # type: ignore[misc]
+    async def pre_get(self) -> None:
+        await self.check_owner(self.kernel_id)
+        await super().pre_get()  # type: ignore[no-untyped-call]
+
+
+def _client_env(env: Any) -> dict[str, str]:
+    """The kernel's environment: the gateway's own, plus what the client may add."""
+    if env is None:
+        env = {}
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise web.HTTPError(400, "env must be an object of strings")
+    merged = dict(os.environ)
+    for key, value in env.items():
+        if key.startswith(_RESERVED_ENV) or key in _RESERVED_ENV:
+            continue
+        merged[key] = value
+    return merged
+
+
+KERNEL_ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
+    (r"/api/kernels", MainKernelHandler),
+    (rf"/api/kernels/{base._kernel_id_regex}", KernelHandler),
+    (rf"/api/kernels/{base._kernel_id_regex}/{base._kernel_action_regex}", KernelActionHandler),
+    (rf"/api/kernels/{base._kernel_id_regex}/channels", KernelChannelsHandler),
+]
