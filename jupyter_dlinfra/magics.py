@@ -321,7 +321,23 @@ class GpuMagic:
         elif not usage.get("held"):
             self.holding = False
 
+    def _in_other_pod(self, alloc: dict[str, Any]) -> bool:
+        """Granted in a Kubernetes pod that is not this kernel's (it holds the GPUs)."""
+        return alloc.get("placement") == "cluster" and self.environ.get(
+            "DLINFRA_ALLOCATION"
+        ) != str(alloc["id"])
+
     def _apply(self, alloc: dict[str, Any]) -> None:
+        if self._in_other_pod(alloc):
+            n = alloc["count"]
+            print(
+                f"Granted {n} GPU{'s' if n != 1 else ''} on node {alloc['node']}, in a new pod "
+                "of this kernel. Restarting this kernel into that pod now: its variables are "
+                "lost; run your cells again once it is back.",
+                flush=True,
+            )
+            self.client.restart_kernel()
+            return
         self.holding = True
         self.environ["CUDA_VISIBLE_DEVICES"] = alloc["cuda_visible_devices"]
         label = " (simulated)" if alloc.get("simulated") else ""
@@ -415,6 +431,15 @@ class GpuMagic:
         self.pending = None
         self.environ["CUDA_VISIBLE_DEVICES"] = ""
         held = sum(len(a["gpus"]) for a in mine)
+        if any(a.get("placement") == "cluster" and a["state"] == "granted" for a in mine):
+            # a pod keeps its GPUs while it runs: only a pod without them gives them back
+            print(
+                f"Released {held} GPU(s). This kernel's pod holds them while it runs: restarting "
+                "this kernel into a pod without GPUs now (its variables are lost).",
+                flush=True,
+            )
+            self.client.restart_kernel()
+            return
         print(f"Released {held} GPU(s); CUDA_VISIBLE_DEVICES is now empty.")
 
     def restart(self) -> None:

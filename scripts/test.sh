@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: a PostgreSQL server (the ledger's store tests run on it as well as on
-# SQLite), Debian's chromium (the browser tests drive a real JupyterLab with it) and SLURM with
-# munge (the slurm backend's tests run a single-node cluster: scripts/slurm-up.sh)
+# SQLite), Debian's chromium (the browser tests drive a real JupyterLab with it), SLURM with
+# munge (the slurm backend's tests run a single-node cluster: scripts/slurm-up.sh) and
+# Prometheus (the cluster telemetry's tests read simulated DCGM metrics through a real one)
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
@@ -13,6 +14,7 @@ command -v slurmctld >/dev/null || missing+=(slurmctld)
 command -v slurmd >/dev/null || missing+=(slurmd)
 command -v sbatch >/dev/null || missing+=(slurm-client)
 command -v munged >/dev/null || missing+=(munge)
+[ -x /usr/bin/prometheus ] || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
@@ -30,6 +32,10 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+
+# a real Kubernetes control plane for the gateway's tests: built once per machine from Debian's
+# kubernetes source package (several minutes the first time; reused after)
+scripts/k8s/build.sh
 
 source scripts/venv.sh test
 .venv/bin/ruff check jupyter_dlinfra tests benchmarks

@@ -6,13 +6,19 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ("pytest_jupyter.jupyter_server",)
+# k8s_cluster: one real Kubernetes control plane per run, shared by every directory
+pytest_plugins = ("pytest_jupyter.jupyter_server", "k8s_cluster")
 
 # servers started by tests pick their own GPUs; the developer's shell must not leak in
 os.environ.pop("DLINFRA_SIMULATED_GPUS", None)
 os.environ.pop("DLINFRA_DB_URL", None)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the test apiserver's certificate is self-signed and its kubeconfig skips verification
+    config.addinivalue_line("filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning")
 
 
 @pytest.fixture

@@ -70,6 +70,9 @@ class JobLaunch:
     model: str | None = None
     #: larger runs first; backends map it to their own notion (SLURM nice, PriorityClass)
     priority: int = 0
+    #: the job's scheduling class in our policy (``"batch"``), None: the policy's default;
+    #: backends map it to their own notion (kubernetes: a PriorityClass name)
+    priority_class: str | None = None
     #: handles of jobs that must succeed first (for backends with ``places_gpus``)
     after: Sequence[JobHandle] = ()
     #: where the command's stdout and stderr go

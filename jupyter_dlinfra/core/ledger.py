@@ -54,6 +54,8 @@ _PREEMPT_GRACE = 30.0
 __all__ = ["Ledger", "model_matches"]
 
 _ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
+#: ``placement`` of a request that a cluster's scheduler places
+CLUSTER = "cluster"
 
 
 def model_matches(wanted: str | None, model: str) -> bool:
@@ -337,6 +339,135 @@ class Ledger:
             self._schedule(tx)
             return self._allocation(conn, self._one(conn, new_id))
 
+    # -- requests the cluster places (Kubernetes) ----------------------------------------------
+
+    def request_placed(
+        self,
+        *,
+        kernel_id: str,
+        count: int,
+        model: str | None = None,
+        priority_class: str | None = None,
+        reason: str,
+    ) -> Allocation:
+        """Record a request that a cluster's scheduler places (a pod asking for ``count`` GPUs):
+        queued here, with the cluster's ``reason``, until :meth:`grant_placed`."""
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise InvalidRequest(f"ask for at least 1 GPU (got {count!r})")
+        policy = self.scheduling_policy()
+        if priority_class is not None and priority_class not in policy.class_map:
+            raise InvalidRequest(
+                f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
+                reason="unknown_class",
+            )
+        klass = priority_class or policy.kernel_class
+        with self.store.write() as tx:
+            conn = tx.conn
+            kernel = self._kernel(conn, kernel_id)
+            current = self._load(
+                conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
+            )
+            if current:
+                held = current[0]
+                if held.count == count and _same_model(held.model, model):
+                    return self._allocation(conn, held)
+                raise Conflict(
+                    f"this kernel already has {_plural(held.count, 'GPU')} (allocation "
+                    f"{held.id}); release them first with `%gpu release`",
+                    reason="already_allocated",
+                )
+            inserted = conn.execute(
+                insert(allocations).values(
+                    kernel_id=kernel_id,
+                    user=kernel.user,
+                    node=kernel.node,
+                    count=count,
+                    model=model,
+                    state=AllocationState.QUEUED.value,
+                    created_at=self.clock.now(),
+                    priority_class=klass,
+                    kind="kernel",
+                    groups=groups_json(self.groups_of(kernel.user)),
+                    borrowed=False,
+                    placement=CLUSTER,
+                    cluster_reason=reason,
+                )
+            )
+            new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+            self.write_event(
+                tx,
+                "requested",
+                allocation_id=new_id,
+                kernel_id=kernel_id,
+                detail={"count": count, "model": model, "priority_class": klass},
+            )
+            return self._allocation(conn, self._one(conn, new_id))
+
+    def note_placement(self, allocation_id: int, reason: str) -> bool:
+        """The cluster's latest word on why a placed request waits; True if it changed."""
+        with self.store.write() as tx:
+            changed = tx.conn.execute(
+                update(allocations)
+                .where(
+                    allocations.c.id == allocation_id,
+                    allocations.c.state == AllocationState.QUEUED.value,
+                    allocations.c.placement == CLUSTER,
+                    allocations.c.cluster_reason.is_distinct_from(reason),
+                )
+                .values(cluster_reason=reason)
+            ).rowcount
+            if changed:
+                tx.touch()
+            return bool(changed)
+
+    def grant_placed(
+        self, allocation_id: int, *, node: str, gpu_uuids: Sequence[str] = ()
+    ) -> Allocation:
+        """The cluster placed it on ``node``: granted, holding ``gpu_uuids`` when known (from
+        the node's telemetry), else that many of the node's GPUs nobody holds in the ledger."""
+        with self.store.write() as tx:
+            conn = tx.conn
+            alloc = self._one(conn, allocation_id)
+            if alloc.state is not AllocationState.QUEUED or alloc.placement != CLUSTER:
+                return self._allocation(conn, alloc)
+            held = set(conn.execute(select(holdings.c.gpu_uuid)).scalars())
+            known = [
+                r.uuid
+                for r in conn.execute(
+                    select(gpus.c.uuid)
+                    .where(gpus.c.node == node, gpus.c.present.is_(True))
+                    .order_by(gpus.c.idx)
+                )
+            ]
+            chosen = [u for u in gpu_uuids if u in known and u not in held]
+            for uuid in known:
+                if len(chosen) >= alloc.count:
+                    break
+                if uuid not in held and uuid not in chosen:
+                    chosen.append(uuid)
+            chosen = chosen[: alloc.count]
+            now = self.clock.now()
+            if chosen:
+                rows = [{"gpu_uuid": u, "allocation_id": alloc.id} for u in chosen]
+                conn.execute(insert(holdings), rows)
+                conn.execute(insert(allocation_gpus), rows)
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == alloc.id)
+                .values(state=AllocationState.GRANTED.value, granted_at=now, node=node)
+            )
+            conn.execute(
+                update(kernels).where(kernels.c.kernel_id == alloc.kernel_id).values(node=node)
+            )
+            self.write_event(
+                tx,
+                "granted",
+                allocation_id=alloc.id,
+                kernel_id=alloc.kernel_id,
+                detail={"gpus": chosen, "waited_s": now - alloc.created_at, "node": node},
+            )
+            return self._one(conn, alloc.id)
+
     def release(self, allocation_id: int, *, reason: str) -> Allocation:
         """End an allocation: a queued one is cancelled, a granted one released. Idempotent."""
         with self.store.write() as tx:
@@ -510,7 +641,12 @@ class Ledger:
     def _scheduler(self, conn: Connection) -> tuple[Scheduler, list[Allocation]]:
         """The scheduler over the ledger's state as ``conn`` sees it, and the active requests."""
         policy = self._policy(conn)
-        active = self._load(conn, allocations.c.state.in_(_ACTIVE))
+        # a request the cluster places is not this scheduler's to grant; once placed, it holds
+        active = [
+            a
+            for a in self._load(conn, allocations.c.state.in_(_ACTIVE))
+            if a.placement != CLUSTER or a.state is AllocationState.GRANTED
+        ]
         raw_groups = {
             r.id: r.groups
             for r in conn.execute(
@@ -608,13 +744,28 @@ class Ledger:
 
     def _queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
         """Position, reason and estimated start of every queued request."""
-        if (
-            conn.execute(
-                select(allocations.c.id).where(allocations.c.state == AllocationState.QUEUED.value)
-            ).first()
-            is None
-        ):
+        queued = conn.execute(
+            select(allocations.c.id, allocations.c.placement, allocations.c.cluster_reason)
+            .where(allocations.c.state == AllocationState.QUEUED.value)
+            .order_by(allocations.c.id)
+        ).all()
+        if not queued:
             return {}
+        # the cluster's scheduler says why its requests wait; their order is its own
+        placed = {
+            r.id: sched_view.WaitInfo(
+                request_id=r.id,
+                position=i,
+                code="cluster",
+                reason=r.cluster_reason or "waiting for the cluster's scheduler",
+            )
+            for i, r in enumerate((r for r in queued if r.placement == CLUSTER), start=1)
+        }
+        if len(placed) == len(queued):
+            return placed
+        return {**self._ledger_queue_view(conn), **placed}
+
+    def _ledger_queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
         sched, _ = self._scheduler(conn)
         view = sched_view.explain(sched)
         typical = typical_durations(conn, sched.policy)
@@ -723,4 +874,5 @@ def _allocation_row(r: Row[Any], owned: tuple[str, ...]) -> Allocation:
         borrowed=bool(r.borrowed),
         preempted_for=r.preempted_for,
         preempt_reason=r.preempt_reason,
+        placement=r.placement or "ledger",
     )

@@ -64,6 +64,9 @@ class Allocation:
     #: set once preempted: the request its GPUs are being freed for, and why
     preempted_for: int | None = None
     preempt_reason: str | None = None
+    #: who places it: "ledger" (this ledger's scheduler) or "cluster" (Kubernetes' scheduler,
+    #: which the ledger then mirrors: queued with the cluster's reason until it is placed)
+    placement: str = "ledger"
 
 
 @dataclass(frozen=True, kw_only=True)

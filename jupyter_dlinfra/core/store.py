@@ -97,6 +97,9 @@ allocations = Table(
     Column("borrowed", Boolean, nullable=True),
     Column("preempted_for", Integer, nullable=True),
     Column("preempt_reason", Text, nullable=True),
+    # schema 5: "cluster" when a cluster's scheduler places it (Kubernetes), and why it waits
+    Column("placement", String(16), nullable=True),
+    Column("cluster_reason", Text, nullable=True),
 )
 
 allocation_gpus = Table(
@@ -226,6 +229,8 @@ _ADDED = (
     ),
     (4, "dlinfra_jobs", "priority_class"),
     (4, "dlinfra_jobs", "attempts"),
+    (5, "dlinfra_allocations", "placement"),
+    (5, "dlinfra_allocations", "cluster_reason"),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
@@ -321,8 +326,8 @@ class Store:
             for key, value in (("schema", SCHEMA_VERSION), ("version", 0)):
                 if key not in existing:
                     conn.execute(meta.insert().values(key=key, value=value))
-            # versions 2, 3 and 5 only added tables, which create_all has just made on older
-            # ledgers; 4 added columns too (_add_columns)
+            # versions 2 and 3 only added tables, which create_all has just made on older
+            # ledgers; 4 and 5 added columns too (_add_columns)
             conn.execute(
                 update(meta)
                 .where(meta.c.key == "schema", meta.c.value < SCHEMA_VERSION)

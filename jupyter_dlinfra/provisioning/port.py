@@ -17,9 +17,12 @@ from typing import Protocol
 __all__ = [
     "KernelLedgerPort",
     "LaunchPlan",
+    "PodPort",
+    "get_pod_port",
     "get_port",
     "launching_for",
     "launching_owner",
+    "set_pod_port",
     "set_port",
 ]
 
@@ -87,3 +90,38 @@ def set_port(port: KernelLedgerPort | None) -> None:
 
 def get_port() -> KernelLedgerPort | None:
     return _port
+
+
+class PodPort(Protocol):
+    """What the pod provisioner needs from the gateway when kernels run as Kubernetes pods."""
+
+    async def pod_launching(
+        self, *, kernel_id: str, kernel_name: str, path: str | None, owner: str | None
+    ) -> LaunchPlan:
+        """Called from ``pre_launch``: register the kernel (or keep its identity on restart)."""
+        ...
+
+    async def start_pod(self, *, kernel_id: str, env: dict[str, str]) -> dict[str, object]:
+        """Called from ``launch_kernel``: adopt the pod readied for the kernel's GPUs, or start
+        one without GPUs; wait until it runs; return the connection info to reach it."""
+        ...
+
+    def pod_exit(self, kernel_id: str) -> int | None:
+        """The exit status of the kernel's pod if it ended (or vanished), else None."""
+        ...
+
+    async def stop_pod(self, *, kernel_id: str, restart: bool, reason: str) -> None:
+        """Delete the kernel's running pod; without ``restart``, end its GPU requests too."""
+        ...
+
+
+_pod_port: PodPort | None = None
+
+
+def set_pod_port(port: PodPort | None) -> None:
+    global _pod_port
+    _pod_port = port
+
+
+def get_pod_port() -> PodPort | None:
+    return _pod_port

@@ -38,6 +38,7 @@ from .service import GpuService, ServiceSettings
 __all__ = ["DLInfra"]
 
 PROVISIONER_NAME = "dlinfra-provisioner"
+POD_PROVISIONER_NAME = "dlinfra-pod-provisioner"
 _WILDCARD_HOSTS = {"", "0.0.0.0", "*", "::", "localhost"}
 
 
@@ -150,6 +151,36 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         config=True,
         help="Make the dlinfra provisioner the default for kernelspecs that name none (the stock "
         "python3 kernel), unless KernelProvisionerFactory.default_provisioner_name is set.",
+    )
+
+    # -- kernels as Kubernetes pods (team gateway; server/pod_kernels.py) ---------------------
+
+    kernel_backend = Enum(
+        ["local", "kubernetes"],
+        "local",
+        config=True,
+        help="Where the gateway runs kernels: 'local' (processes on the gateway's node, GPUs "
+        "from its ledger) or 'kubernetes' (one pod per kernel, GPUs placed by the cluster's "
+        "scheduler; needs gateway = True). With 'kubernetes', the GPU inventory comes from the "
+        "cluster's nodes (see cluster_telemetry) and the pod provisioner becomes the default.",
+    )
+    kernel_pods = Dict(
+        config=True,
+        help="Options of kernel pods (backends/kubernetes_pods.py PodLauncher): namespace, "
+        "image, python, service_account, node_selector, tolerations, priority_classes (our "
+        "class -> PriorityClass), kueue_queue, labels, resources, kubeconfig, context, "
+        "startup_timeout_s. Example: {'namespace': 'dlinfra', 'image': 'ghcr.io/me/dl:1'}.",
+    )
+    cluster_telemetry = Dict(
+        config=True,
+        help="Options of the cluster's GPU inventory and utilisation (telemetry/kubernetes.py): "
+        "prometheus_url (a Prometheus that scrapes NVIDIA's dcgm-exporter; empty: inventory "
+        "only, no live utilisation), prometheus_filter, node_selector, kubeconfig, context.",
+    )
+    pod_interval = Float(
+        1.0,
+        config=True,
+        help="Seconds between two readings of every kernel pod (one list call each time).",
     )
 
     # -- idle reclaim (see core/idle.py); the policy API can replace these at run time ----------
@@ -575,11 +606,37 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         self.settings["dlinfra_directory"] = self.directory
         if self.gateway:
             self.settings["dlinfra_tokens"] = TokenBook(store, clock)
+        if self.kernel_backend == "kubernetes":
+            self._start_kernel_pods()
         # per server, not prometheus_client's global registry: servers must not share series
         self.settings["dlinfra_metrics_registry"] = registry_for(self.service)
         set_port(self.service)
-        if self.default_provisioner:
+        if self.default_provisioner and self.kernel_backend == "local":
             self._make_provisioner_default()
+
+    def _start_kernel_pods(self) -> None:
+        from ..backends.kubernetes_pods import PodLauncher
+        from ..provisioning.port import set_pod_port
+        from ..telemetry.kubernetes import KubernetesTelemetry
+        from .pod_kernels import PodKernels
+
+        if not self.gateway:
+            raise TraitError("DLInfra.kernel_backend = 'kubernetes' needs DLInfra.gateway = True")
+        try:
+            launcher = PodLauncher(**self.kernel_pods)
+            cluster = KubernetesTelemetry(**self.cluster_telemetry)
+        except TypeError as err:
+            raise TraitError(f"DLInfra.kernel_pods or DLInfra.cluster_telemetry: {err}") from None
+        self.service.cluster = cluster
+        self.pod_kernels = PodKernels(
+            self.service, launcher, log=self.log, interval=self.pod_interval
+        )
+        self.settings["dlinfra_pod_kernels"] = self.pod_kernels
+        set_pod_port(self.pod_kernels)
+        from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+        factory = KernelProvisionerFactory.instance(parent=self._server.kernel_manager)
+        factory.default_provisioner_name = POD_PROVISIONER_NAME
 
     def initialize_handlers(self) -> None:
         if self._forwarding():
@@ -598,6 +655,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         service = getattr(self, "service", None)
         if service is not None:  # None: the extension failed to load (its error is logged)
             await service.start()
+            if getattr(self, "pod_kernels", None) is not None:
+                self.pod_kernels.start()
 
     async def stop_extension(self) -> None:
         # jupyter_server stops extensions before it shuts kernels down; shut ours down first,
@@ -608,6 +667,11 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         km = self._server.kernel_manager
         if len(km.list_kernel_ids()):
             await km.shutdown_all()
+        if getattr(self, "pod_kernels", None) is not None:
+            from ..provisioning.port import set_pod_port
+
+            await self.pod_kernels.stop()
+            set_pod_port(None)
         await service.stop()
         set_port(None)
 

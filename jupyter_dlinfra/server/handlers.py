@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from tornado.iostream import StreamClosedError
 
+from ..backends.base import BackendError
 from ..core import Allocation, AllocationState, Gpu
 from ..telemetry import GpuSample
 from .auth import DLInfraHandler, authorized
@@ -130,13 +131,25 @@ class AllocationsHandler(_Base):
             )
         record = await self.service.call(self.service.ledger.kernel, kernel_id)
         self.own_kernel(kernel_id, record.user)
-        alloc = await self.service.mutate(
-            self.service.ledger.request,
-            kernel_id=kernel_id,
-            count=count,
-            model=model,
-            priority_class=klass,
-        )
+        pods = self.settings.get("dlinfra_pod_kernels")
+        if pods is not None and pods.manages(kernel_id):
+            # a pod kernel: the cluster places its GPUs, in a new pod
+            try:
+                alloc = await pods.request(
+                    kernel_id=kernel_id, count=count, model=model, priority_class=klass
+                )
+            except BackendError as err:
+                raise ApiError(
+                    502, f"Kubernetes refused the pod: {err}", code="backend_error"
+                ) from None
+        else:
+            alloc = await self.service.mutate(
+                self.service.ledger.request,
+                kernel_id=kernel_id,
+                count=count,
+                model=model,
+                priority_class=klass,
+            )
         self.set_header(
             "Location", self.base_url.rstrip("/") + f"/dlinfra/api/allocations/{alloc.id}"
         )

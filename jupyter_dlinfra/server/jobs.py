@@ -352,6 +352,7 @@ class JobService:
             gpus=job.gpus,
             model=job.model,
             priority=job.priority,
+            priority_class=job.priority_class,
             after=after,
             log_path=str(workdir / "job.log"),
         )

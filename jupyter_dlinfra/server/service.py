@@ -30,6 +30,7 @@ from ..core.jobs import JOB_KERNEL_NAME
 from ..core.tokens import hash_secret
 from ..provisioning import LaunchPlan
 from ..telemetry import GpuSample, TelemetryProvider
+from ..telemetry.cluster import ClusterTelemetry
 from .events import Broadcaster
 from .liveness import process_alive, process_started_at
 
@@ -100,6 +101,9 @@ class GpuService:
         self.reclaimer: Reclaimer | None = None
         #: starts and watches batch jobs; set by the extension app
         self.jobs: JobService | None = None
+        #: a gateway's cluster-wide GPU inventory and utilisation (Kubernetes); set by the app
+        self.cluster: ClusterTelemetry | None = None
+        self._cluster_nodes: set[str] = set()
         self._jobs_lock = asyncio.Lock()
 
     # -- running blocking work -----------------------------------------------------------------
@@ -132,7 +136,12 @@ class GpuService:
         """Blocking start-up work, done before the server answers its first request."""
         if self.jobs is not None:
             self.jobs.start()
-        self._sync_inventory()
+        try:
+            self._sync_inventory()
+        except Exception as err:  # a cluster API that is down now must not stop the gateway
+            if self.cluster is None:
+                raise
+            self.log.error("dlinfra: could not read the cluster's GPUs yet: %s", err)
         self._reconcile()
         self._sample()
         self._seen_version = self.ledger.version()
@@ -173,6 +182,8 @@ class GpuService:
             # the jobs keep running: the next server re-attaches to them
             await self.call(self.jobs.close)
         await self.call(self.provider.close)
+        if self.cluster is not None:
+            await self.call(self.cluster.close)
         self._executor.shutdown(wait=True)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -212,6 +223,29 @@ class GpuService:
         await self.mutate(self._sync_inventory)
 
     def _sync_inventory(self) -> None:
+        if self.cluster is not None:
+            # a gateway on Kubernetes: every GPU node of the cluster; a node gone from it (or
+            # cordoned) has its GPUs marked absent
+            inventory = self.cluster.inventory()
+            for gone in self._cluster_nodes - set(inventory):
+                self.ledger.sync_inventory(gone, [])
+            self._cluster_nodes = set(inventory)
+            for node, found in inventory.items():
+                self.ledger.sync_inventory(
+                    node,
+                    [
+                        Gpu(
+                            uuid=d.uuid,
+                            node=node,
+                            index=d.index,
+                            model=d.model,
+                            memory_bytes=d.memory_total_bytes,
+                            simulated=self.cluster.simulated,
+                        )
+                        for d in found
+                    ],
+                )
+            return
         devices = self.provider.devices()
         gpus = [
             Gpu(
@@ -239,7 +273,8 @@ class GpuService:
     def _sample(self) -> None:
         # only the sampling loop (or start-up) runs this, one call at a time
         self.sampling_calls += 1
-        self.samples = {s.uuid: s for s in self.provider.sample()}
+        source = self.cluster if self.cluster is not None else self.provider
+        self.samples = {s.uuid: s for s in source.sample()}
 
     async def reconcile(self) -> list[str]:
         """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""

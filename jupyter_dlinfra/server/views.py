@@ -69,6 +69,7 @@ def allocation_json(
         "borrowed": alloc.borrowed,
         "preempted_for": alloc.preempted_for,
         "preempt_reason": alloc.preempt_reason,
+        "placement": alloc.placement,
         "simulated": simulated or any(e["simulated"] for e in held),
     }
 

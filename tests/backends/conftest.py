@@ -1,4 +1,5 @@
-"""Fixtures for the job backends' tests: a real single-node SLURM (see tests/slurm_cluster.py)."""
+"""Fixtures for the job backends' tests: a real single-node SLURM (see tests/slurm_cluster.py)
+and, from tests/conftest.py's plugins, a real Kubernetes control plane (tests/k8s_cluster.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1274 @@
+"""The ``kubernetes`` backend: each job is a ``batch/v1`` Job, placed (GPUs included) by Kubernetes.
+
+The backend talks to the API server through the official ``kubernetes`` client (the optional
+extra: ``pip install jupyter-dlinfra[kubernetes]``), with its ``ApiClient`` only: requests and
+answers are plain JSON, so the backend does not depend on the client's model classes matching
+the cluster's version. Credentials come from ``api_client``, else ``kubeconfig`` (and
+``context``), else the pod's service account when ``KUBERNETES_SERVICE_HOST`` is set (the gateway
+runs in the cluster), else the default kubeconfig (``~/.kube/config``, ``$KUBECONFIG``).
+
+The Job
+-------
+
+One Job per launch, named ``dlinfra-job-<job id>-<8 hex>`` (the random part: a job queued again
+after a preemption gets a new Job while the old one may still be terminating), in ``namespace``:
+
+- labels ``app.kubernetes.io/managed-by=jupyter-dlinfra``, ``dlinfra.jupyter.org/job-id``,
+  ``dlinfra.jupyter.org/user`` (the user made a valid label value; the exact name is in the
+  annotation of the same key) and ``labels``, on the Job and on its pod; annotations with the
+  job's directory and name;
+- ``backoffLimit: 0`` and ``restartPolicy: Never``: a job runs once (the in-job runner is not
+  idempotent; a retry is a new submission);
+- one container, ``job``, from ``image``, with ``launch.env``, the job's directory as working
+  directory, and ``limits: {nvidia.com/gpu: N}`` when the job wants GPUs (the device plugin then
+  exposes exactly those GPUs in the container);
+- ``priorityClassName`` from ``priority_classes`` (our class -> a Kubernetes PriorityClass, see
+  :func:`ensure_priority_classes`); a class it does not map gets the cluster's default. The
+  integer ``launch.priority`` has no Kubernetes equivalent without a class and is only recorded
+  in an annotation;
+- ``serviceAccountName``, ``nodeSelector``, ``tolerations``, ``activeDeadlineSeconds``,
+  ``ttlSecondsAfterFinished`` from the options of the same names (the last is alpha before
+  Kubernetes 1.21 and silently dropped by an older API server without its feature gate).
+
+GPU model. Our API names a model by a substring (``"A100"``), Kubernetes selects nodes by exact
+label values. The backend lists the nodes that carry ``gpu_product_label`` (gpu-feature-discovery's
+``nvidia.com/gpu.product``, e.g. ``NVIDIA-A100-SXM4-80GB``) plus the names in ``gpu_products`` (for
+node pools that scale from zero), keeps the products that contain the model (case-insensitive; an
+exact match alone wins) and requires them through node affinity (``In``). A model no product
+matches is refused with the list of known products. Without the right to list nodes, only
+``gpu_products`` and the model itself, taken as an exact label value, are used.
+
+The job's directory
+-------------------
+
+Every path in the launch (the runner's argument, the log) is inside ``launch.workdir``, which
+the gateway wrote. The pod mounts that directory alone: from the PersistentVolumeClaim
+``workdir_claim`` (whose root is the gateway's jobs root, the directory that holds every job
+directory) with ``subPath`` = the directory's name, or, when ``workdir_claim`` is None, as a
+``hostPath`` volume of the same path (a single-host cluster, or nodes that share that path). It is
+mounted at ``<workdir_mount>/<name>``; ``workdir_mount`` defaults to the jobs root's own path on
+the gateway, so the launch's paths work unchanged in the pod (otherwise they are rewritten).
+``extra_volumes`` and ``extra_volume_mounts`` (Kubernetes JSON) add more, e.g. the users' homes:
+the runner runs the kernel in the notebook's own directory, which must exist in the pod too.
+
+Logs
+----
+
+The server shows ``launch.log_path``, a file on the shared volume; people and ``kubectl logs``
+expect the pod's log. The container's command is a small Python wrapper (``python -c``) that
+starts ``[python] + argv[1:]`` and copies its output, as it arrives, to both its own stdout (the
+pod log) and the log file (appended). It forwards SIGTERM/SIGINT/SIGHUP to the command and exits
+with the command's exit code (``128 + N`` for a death by signal N, like a shell). Python rather
+than ``sh -c 'cmd | tee -a log'``: a POSIX shell has no ``pipefail`` (the pipe's status would be
+``tee``'s), a shell as the container's PID 1 ignores SIGTERM unless it traps it (the runner would
+never hear a cancel and be SIGKILLed after the grace period, without writing its notebook), and
+the image is certain to have ``python`` (it runs the runner), not ``tee`` or ``mkfifo``.
+
+Chains (``launch.after``)
+-------------------------
+
+Kubernetes has no dependencies between Jobs, and ``spec.suspend`` only exists from 1.21 (alpha;
+beta and on by default from 1.22). A child is created at once but held: ``parallelism: 0`` (a Job
+that may run no pod, which every version honours), with its parents in an annotation. Each
+``poll`` looks at the held Jobs it is asked about: when every parent's Job is complete (or, for a
+parent Kubernetes forgot, its ``status.json`` says it succeeded), it sets ``parallelism: 1`` and
+the deadline (``active_deadline_s`` plus the time the child waited, since the Job's clock started
+at its creation); when a parent failed, was cancelled or is lost, it cancels the child and answers
+CANCELLED (``DependencyNeverSatisfied``, as SLURM says). The hold is in the cluster, so a restarted
+server goes on where the last one stopped. Parents must be Jobs of this backend.
+
+Kueue (``kueue_queue``)
+-----------------------
+
+The Job gets the label ``kueue.x-k8s.io/queue-name`` and is created with ``suspend: true``; Kueue
+admits it (unsuspends it) when the queue's quota allows, and ``poll`` answers PENDING with a
+reason saying so meanwhile. An API server that does not know ``spec.suspend`` (before 1.21, or
+without the feature gate) would drop it silently and the Job would run past Kueue: the first
+Kueue submission checks with a server-side dry run and refuses with a clear error. A held child
+(a chain) is created suspended without the queue label, which ``poll`` adds once its parents
+succeeded (Kueue ignores Jobs without it, unless it manages every Job of the namespace).
+
+Polling
+-------
+
+``poll`` makes one list of our Jobs and one list of our pods (both by the managed-by label) per
+namespace, whatever the number of handles, plus one list of Job events in a namespace where a
+Job has no pod yet (to say why the Job controller cannot create it, e.g. an unknown
+PriorityClass). It answers:
+
+- a Job with condition ``Complete`` -> SUCCEEDED (exit code 0);
+- a Job with condition ``Failed`` -> FAILED, with the pod's container exit code and reason
+  (``exit code 3 (Error)``, ``OOMKilled``), or the condition's reason and message
+  (``DeadlineExceeded: Job was active longer than specified deadline``);
+- a Job cancelled through this backend -> RUNNING (reason ``stopping``) while its pod still
+  runs, then CANCELLED;
+- a pod that runs -> RUNNING;
+- otherwise PENDING, with the scheduler's own words from the pod's ``PodScheduled`` condition
+  (``0/2 nodes are available: 2 Insufficient nvidia.com/gpu.``), or the container's waiting
+  reason (``ErrImagePull: ...``), or why the pod cannot be created, or that it waits for Kueue or
+  for its parents;
+- no Job: what the runner's ``status.json`` says (a Job removed by ``ttl_after_finished_s``),
+  CANCELLED for a Job this backend deleted, else LOST.
+
+Cancel
+------
+
+``cancel`` first marks the Job (annotation ``dlinfra.jupyter.org/cancelled=true``), then deletes it
+with ``propagationPolicy=Foreground``: the pod gets SIGTERM and its grace period (the runner
+writes the notebook so far and a ``cancelled`` status), and the Job stays visible, marked, until
+its pod is gone, so that a restarted server still reads it as CANCELLED. Once the Job is gone,
+a backend that cancelled it or saw its mark remembers the cancel in memory; a new server that
+never saw the mark reads ``status.json`` (the runner's ``cancelled``), and with neither the job
+reads as LOST (which the server records as cancelled, since it asked for the cancel). Deleting
+is what Kubernetes offers: a cancelled Job does not stay around as a record, unlike a SLURM job.
+
+Errors of the API become :class:`~jupyter_dlinfra.backends.base.BackendError` with the HTTP status
+and Kubernetes' own message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ..core.sched_policy import PriorityClass
+from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHandle, JobLaunch
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+__all__ = [
+    "KubernetesBackend",
+    "ensure_priority_classes",
+    "priority_class_manifests",
+    "priority_class_name",
+]
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "jupyter-dlinfra"
+_PREFIX = "dlinfra.jupyter.org/"
+JOB_ID_LABEL = _PREFIX + "job-id"
+USER_LABEL = _PREFIX + "user"
+#: annotations
+WORKDIR_ANNOTATION = _PREFIX + "workdir"
+NAME_ANNOTATION = _PREFIX + "name"
+PRIORITY_ANNOTATION = _PREFIX + "priority"
+CANCELLED_ANNOTATION = _PREFIX + "cancelled"
+#: JSON list of the parents ({"namespace", "name", "workdir"}) of a held Job; removed on release
+AFTER_ANNOTATION = _PREFIX + "after"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+#: the container's name in the job's pod
+CONTAINER = "job"
+#: what the in-job runner writes when the job ends
+STATUS_FILE = "status.json"
+#: PriorityClass values above this are reserved for the system (Kubernetes' own bound)
+MAX_PRIORITY_VALUE = 1_000_000_000
+#: describe() asks the API at most this often (seconds)
+DESCRIBE_TTL_S = 10.0
+
+_FILE_STATES = {
+    "succeeded": BackendState.SUCCEEDED,
+    "failed": BackendState.FAILED,
+    "cancelled": BackendState.CANCELLED,
+}
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+_DNS_BAD = re.compile(r"[^a-z0-9-]+")
+
+#: the container's command: run argv, copy its output to the pod log AND the log file, forward
+#: stop signals, exit with its code (see "Logs" in the module's documentation)
+_TEE = r"""
+import os, signal, subprocess, sys, threading
+log_path, argv = sys.argv[1], sys.argv[2:]
+try:
+    log = open(log_path, "ab")
+except OSError as err:
+    sys.stderr.write("dlinfra: cannot open the job log %s: %s\n" % (log_path, err))
+    sys.exit(125)
+try:
+    child = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+except OSError as err:
+    msg = "dlinfra: cannot start %s: %s\n" % (argv[0], err)
+    sys.stderr.write(msg)
+    log.write(msg.encode())
+    sys.exit(127)
+def forward(signum, frame):
+    try:
+        child.send_signal(signum)
+    except OSError:
+        pass
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, forward)
+def copy():
+    out = sys.stdout.buffer
+    while True:
+        chunk = os.read(child.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        for f in (out, log):
+            try:
+                f.write(chunk)
+                f.flush()
+            except (OSError, ValueError):
+                pass
+reader = threading.Thread(target=copy, daemon=True)
+reader.start()
+code = child.wait()
+# a process the command left behind may hold the pipe open: do not wait for it for long
+reader.join(10)
+log.close()
+sys.exit(128 - code if code < 0 else code)
+"""
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+def _kubernetes() -> Any:
+    """The ``kubernetes`` package, or a BackendError that says how to install it."""
+    try:
+        import kubernetes
+    except ImportError:
+        raise BackendError(
+            "the kubernetes backend needs the Kubernetes client: "
+            "pip install jupyter-dlinfra[kubernetes]"
+        ) from None
+    return kubernetes
+
+
+class _ApiError(BackendError):
+    """The API server answered with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Api:
+    """The few REST calls the backend makes, as JSON, through the official ``ApiClient``."""
+
+    def __init__(self, client: ApiClient, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    @property
+    def host(self) -> str:
+        return str(getattr(self.client.configuration, "host", "") or "?")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        kubernetes = _kubernetes()
+        import urllib3
+
+        headers: dict[str, str] = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            request = self.client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=list(query),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.client.call_api(*request, _request_timeout=self.timeout)
+            data = response.read()  # type: ignore[no-untyped-call]
+        except kubernetes.client.exceptions.ApiException as err:
+            if not err.status:  # the client's own failure (TLS...), not an answer
+                raise BackendError(
+                    f"cannot reach the Kubernetes API at {self.host} to {what}: "
+                    + str(err.reason or err).replace("\n", ": ")
+                ) from None
+            raise _ApiError(
+                f"Kubernetes refused to {what}: {_api_message(err.status, err.reason, err.body)}",
+                int(err.status or 0),
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            why = getattr(err, "reason", None) or err
+            raise BackendError(
+                f"cannot reach the Kubernetes API at {self.host} to {what}: {why}"
+            ) from None
+        if not 200 <= response.status <= 299:
+            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+            raise _ApiError(
+                f"Kubernetes refused to {what}: "
+                f"{_api_message(response.status, response.reason, text)}",
+                int(response.status),
+            )
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise BackendError(
+                f"the Kubernetes API at {self.host} gave no JSON when asked to {what}"
+            ) from None
+
+    def items(self, path: str, *, what: str, query: Sequence[tuple[str, str]] = ()) -> list[Any]:
+        """Every item of a list (following ``continue`` tokens)."""
+        found: list[Any] = []
+        token: str | None = None
+        while True:
+            extra = [("continue", token)] if token else []
+            answer = self.request("GET", path, what=what, query=[*query, *extra]) or {}
+            found.extend(answer.get("items") or [])
+            token = (answer.get("metadata") or {}).get("continue")
+            if not token:
+                return found
+
+
+def _api_message(status: Any, reason: Any, body: Any) -> str:
+    """``403 Forbidden: jobs.batch is forbidden: ...`` from an error answer."""
+    message = None
+    if body:
+        try:
+            message = json.loads(body).get("message")
+        except (ValueError, AttributeError):
+            message = str(body).strip()[:500] or None
+    head = " ".join(str(x) for x in (status, reason) if x)
+    return f"{head}: {message}" if message else head or "no answer"
+
+
+# --- names and labels ------------------------------------------------------------------------
+
+
+def _label_value(text: str) -> str:
+    """``text`` made a valid label value (63 characters, alphanumeric at both ends)."""
+    value = _LABEL_VALUE_BAD.sub("_", text)[:63]
+    return value.strip("_.-")
+
+
+def _job_name(job_id: int, workdir: str) -> str:
+    """A fresh DNS-1123 name: the job id and 8 hex digits of its directory and a random part."""
+    digest = hashlib.sha256(f"{workdir}\0{uuid.uuid4()}".encode()).hexdigest()[:8]
+    return f"dlinfra-job-{job_id}-{digest}"
+
+
+def priority_class_name(klass: str, prefix: str = "dlinfra-") -> str:
+    """The Kubernetes PriorityClass for one of our classes: ``dlinfra-batch``."""
+    name = _DNS_BAD.sub("-", f"{prefix}{klass}".lower()).strip("-")[:253]
+    if not name:
+        raise BackendError(f"priority class {klass!r} gives no valid Kubernetes name")
+    return name
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return _meta(obj).get("annotations") or {}
+
+
+def _conditions(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list((obj.get("status") or {}).get("conditions") or [])
+
+
+def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for cond in _conditions(obj):
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _parse_time(stamp: Any) -> float | None:
+    if not isinstance(stamp, str):
+        return None
+    try:
+        parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+        return parsed.replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+# --- priority classes ------------------------------------------------------------------------
+
+
+def priority_class_manifests(
+    classes: Iterable[PriorityClass], *, prefix: str = "dlinfra-", preemption: bool = True
+) -> list[dict[str, Any]]:
+    """``scheduling.k8s.io/v1`` PriorityClass objects for our classes (value = our priority).
+
+    Our ``preemptible`` says whether a class's work may *be* stopped for others; Kubernetes'
+    ``preemptionPolicy`` says whether a class's pods may *stop* lower ones, and any pod of a lower
+    value may be a victim. So a class gets ``PreemptLowerPriority`` only when there is a class of
+    ours below it and every one of them is preemptible: then a preemption never hits work we
+    promised not to stop (with the defaults: ``interactive`` and ``batch`` preempt, ``low``, the
+    lowest, never does, and so never stops other tenants' pods of a lower value either). Every
+    other class, and every class when ``preemption`` is False, gets ``Never``.
+    """
+    ordered = sorted(classes, key=lambda c: (-c.priority, c.name))
+    manifests: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for klass in ordered:
+        name = priority_class_name(klass.name, prefix)
+        if name in seen:
+            raise BackendError(
+                f"priority classes {seen[name]!r} and {klass.name!r} both give "
+                f"the Kubernetes name {name!r}"
+            )
+        seen[name] = klass.name
+        if not -(2**31) <= klass.priority <= MAX_PRIORITY_VALUE:
+            raise BackendError(
+                f"priority class {klass.name!r}: a Kubernetes PriorityClass value must be at "
+                f"most {MAX_PRIORITY_VALUE}, not {klass.priority}"
+            )
+        lower = [c for c in ordered if c.priority < klass.priority]
+        preempts = preemption and bool(lower) and all(c.preemptible for c in lower)
+        manifests.append(
+            {
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {
+                    "name": name,
+                    "labels": {MANAGED_BY: MANAGER},
+                    "annotations": {_PREFIX + "class": klass.name},
+                },
+                "value": klass.priority,
+                "globalDefault": False,
+                "preemptionPolicy": "PreemptLowerPriority" if preempts else "Never",
+                "description": (
+                    f"jupyter-dlinfra priority class {klass.name!r}"
+                    + (" (preemptible)" if klass.preemptible else "")
+                ),
+            }
+        )
+    return manifests
+
+
+def ensure_priority_classes(
+    api: ApiClient,
+    classes: Iterable[PriorityClass],
+    *,
+    prefix: str = "dlinfra-",
+    preemption: bool = True,
+    prune: bool = True,
+    timeout: float = 30.0,
+) -> dict[str, str]:
+    """Create or update the PriorityClasses of our classes; our class -> its Kubernetes name.
+
+    The gateway calls this at start and passes the answer as the backend's
+    ``priority_classes``. A class whose value or preemption policy changed is deleted and created
+    again (Kubernetes does not let them change; pods that run keep the priority they got). With
+    ``prune``, PriorityClasses this function created for classes the policy no longer has go.
+    Needs the right to get, list, create, patch and delete ``priorityclasses`` (cluster-wide).
+    """
+    rest = _Api(api, timeout)
+    base = "/apis/scheduling.k8s.io/v1/priorityclasses"
+    manifests = priority_class_manifests(classes, prefix=prefix, preemption=preemption)
+    names: dict[str, str] = {}
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        names[manifest["metadata"]["annotations"][_PREFIX + "class"]] = name
+        path = f"{base}/{quote(name, safe='')}"
+        try:
+            current = rest.request("GET", path, what=f"read PriorityClass {name}")
+        except _ApiError as err:
+            if err.status != 404:
+                raise
+            current = None
+        if current is not None:
+            same = (
+                current.get("value") == manifest["value"]
+                and current.get("preemptionPolicy", "PreemptLowerPriority")
+                == manifest["preemptionPolicy"]
+            )
+            if same:
+                patch = {k: manifest[k] for k in ("metadata", "description")}
+                rest.request(
+                    "PATCH",
+                    path,
+                    what=f"update PriorityClass {name}",
+                    body=patch,
+                    content_type="application/merge-patch+json",
+                )
+                continue
+            rest.request("DELETE", path, what=f"replace PriorityClass {name}")
+        rest.request("POST", base, what=f"create PriorityClass {name}", body=manifest)
+    if prune:
+        wanted = set(names.values())
+        for item in rest.items(
+            base, what="list PriorityClasses", query=[("labelSelector", f"{MANAGED_BY}={MANAGER}")]
+        ):
+            name = _meta(item).get("name", "")
+            if name.startswith(prefix) and name not in wanted:
+                with contextlib.suppress(_ApiError):
+                    rest.request(
+                        "DELETE",
+                        f"{base}/{quote(name, safe='')}",
+                        what=f"delete PriorityClass {name}",
+                    )
+    return names
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+class KubernetesBackend(JobBackend):
+    name = "kubernetes"
+    places_gpus = True
+
+    def __init__(
+        self,
+        *,
+        # the namespace of the Jobs
+        namespace: str = "default",
+        # the container image: Python with jupyter-dlinfra (and the notebooks' libraries)
+        image: str = "jupyter-dlinfra:latest",
+        # the image's Python; replaces argv[0] (the gateway's own interpreter)
+        python: str = "python",
+        # the pods' ServiceAccount; None: the namespace's default
+        service_account: str | None = None,
+        # node labels every job's pod requires (merged with the GPU model's affinity)
+        node_selector: Mapping[str, str] | None = None,
+        # pod tolerations in Kubernetes JSON form ({"key": ..., "operator": ..., "effect": ...})
+        tolerations: Sequence[Mapping[str, Any]] = (),
+        # PersistentVolumeClaim whose root is the jobs root; None: a hostPath volume
+        workdir_claim: str | None = None,
+        # where the jobs root is mounted in the pod; None: its path on the gateway
+        workdir_mount: str | None = None,
+        # our priority class -> Kubernetes PriorityClass; unmapped: the cluster's default
+        priority_classes: Mapping[str, str] | None = None,
+        # a Kueue LocalQueue: Jobs are created suspended with its label; None: no Kueue
+        kueue_queue: str | None = None,
+        # extra labels on every Job and pod
+        labels: Mapping[str, str] | None = None,
+        # extra pod volumes and container mounts, Kubernetes JSON form
+        extra_volumes: Sequence[Mapping[str, Any]] = (),
+        extra_volume_mounts: Sequence[Mapping[str, Any]] = (),
+        # the container's image pull policy; None: Kubernetes' default
+        image_pull_policy: str | None = None,
+        # the container's resources besides GPUs, e.g. {"requests": {"cpu": "4"}}
+        resources: Mapping[str, Mapping[str, Any]] | None = None,
+        # node label holding the GPU product, and known products of nodes that may not exist now
+        gpu_product_label: str = GPU_PRODUCT_LABEL,
+        gpu_products: Sequence[str] = (),
+        # the extended resource that counts GPUs
+        gpu_resource: str = GPU_RESOURCE,
+        # a ready client (tests, embedding); else from kubeconfig/context or in-cluster config
+        api_client: ApiClient | None = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        # seconds a job may run once started (activeDeadlineSeconds); None: no limit
+        active_deadline_s: int | None = None,
+        # seconds an ended Job stays before Kubernetes deletes it; None: it stays
+        ttl_after_finished_s: int | None = None,
+        # seconds one API request may take
+        timeout: float = 30.0,
+    ) -> None:
+        _kubernetes()  # a missing client is a configuration error now, not at the first job
+        self.namespace = namespace
+        self.image = image
+        self.python = python
+        self.service_account = service_account or None
+        self.node_selector = dict(node_selector or {})
+        self.tolerations = [dict(t) for t in tolerations]
+        self.workdir_claim = workdir_claim or None
+        self.workdir_mount = workdir_mount or None
+        self.priority_classes = dict(priority_classes or {})
+        self.kueue_queue = kueue_queue or None
+        self.labels = dict(labels or {})
+        self.extra_volumes = [dict(v) for v in extra_volumes]
+        self.extra_volume_mounts = [dict(v) for v in extra_volume_mounts]
+        self.image_pull_policy = image_pull_policy or None
+        self.resources = {k: dict(v) for k, v in (resources or {}).items()}
+        self.gpu_product_label = gpu_product_label
+        self.gpu_products = list(gpu_products)
+        self.gpu_resource = gpu_resource
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.active_deadline_s = active_deadline_s
+        self.ttl_after_finished_s = ttl_after_finished_s
+        self.timeout = timeout
+        for key in (MANAGED_BY, JOB_ID_LABEL, USER_LABEL, KUEUE_QUEUE_LABEL):
+            if key in self.labels:
+                raise BackendError(f"the label {key} is set by the backend itself")
+        self._client: ApiClient | None = api_client
+        self._owns_client = api_client is None
+        self._api: _Api | None = None
+        self._lock = threading.Lock()
+        #: (namespace, name) of Jobs this backend cancelled (they vanish once deleted)
+        self._cancelled: set[tuple[str, str]] = set()
+        self._described: tuple[float, dict[str, Any]] | None = None
+        self._suspend_ok: bool | None = None
+
+    # --- the client ----------------------------------------------------------------------
+
+    def api(self) -> _Api:
+        """The REST helper, building the client on first use (BackendError if it cannot)."""
+        with self._lock:
+            if self._api is None:
+                if self._client is None:
+                    self._client = self._new_client()
+                self._api = _Api(self._client, self.timeout)
+            return self._api
+
+    def _new_client(self) -> ApiClient:
+        kubernetes = _kubernetes()
+        config = kubernetes.config
+        try:
+            if self.kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+                client: ApiClient = config.new_client_from_config(
+                    config_file=self.kubeconfig, context=self.context, persist_config=False
+                )
+                return client
+            configuration = kubernetes.client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            in_cluster: ApiClient = kubernetes.client.ApiClient(configuration)
+            return in_cluster
+        except (config.ConfigException, OSError, ValueError, TypeError) as err:
+            where = self.kubeconfig or "the default kubeconfig or the in-cluster service account"
+            raise BackendError(
+                f"no usable Kubernetes configuration ({where}): {err}".replace("\n", " ")
+            ) from None
+
+    # --- submit ----------------------------------------------------------------------------
+
+    def _mount_root(self, workdir: str) -> tuple[str, str, str]:
+        """(jobs root on the gateway, the directory's name, the job directory in the pod)."""
+        workdir = posixpath.normpath(os.path.abspath(workdir))
+        root, name = posixpath.split(workdir)
+        if not name or not root:
+            raise BackendError(f"the job directory {workdir!r} cannot be mounted in a pod")
+        in_pod = posixpath.join(self.workdir_mount or root, name)
+        return root, name, in_pod
+
+    @staticmethod
+    def _in_pod(path: str, workdir: str, in_pod: str) -> str:
+        """A gateway path under ``workdir`` as the pod sees it."""
+        if path == workdir:
+            return in_pod
+        if path.startswith(workdir + "/"):
+            return in_pod + path[len(workdir) :]
+        return path
+
+    def _gpu_affinity(self, model: str) -> dict[str, Any]:
+        """Node affinity for the GPU products that contain ``model`` (see the module's notes)."""
+        products = set(self.gpu_products)
+        listed = True
+        try:
+            nodes = self.api().items(
+                "/api/v1/nodes",
+                what="list the GPU nodes",
+                query=[("labelSelector", self.gpu_product_label)],
+            )
+        except _ApiError as err:
+            if err.status not in (401, 403):
+                raise
+            listed = False
+            nodes = []
+        for node in nodes:
+            value = (_meta(node).get("labels") or {}).get(self.gpu_product_label)
+            if value:
+                products.add(value)
+        wanted = model.lower()
+        exact = sorted(p for p in products if p.lower() == wanted)
+        matches = exact or sorted(p for p in products if wanted in p.lower())
+        if not matches:
+            if not listed:
+                # cannot see the nodes: the model must be a product label value itself
+                matches = [model]
+            else:
+                known = ", ".join(sorted(products)) or "none"
+                raise BackendError(
+                    f"no GPU model in the cluster matches {model!r} "
+                    f"(node label {self.gpu_product_label}; models: {known})"
+                )
+        return {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": self.gpu_product_label,
+                                    "operator": "In",
+                                    "values": matches,
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+
+    def _parents(self, after: Sequence[JobHandle]) -> list[dict[str, Any]]:
+        parents = []
+        for parent in after:
+            if parent.backend != self.name:
+                raise BackendError(
+                    "a Kubernetes job can only wait for Kubernetes jobs, "
+                    f"not {parent.backend}:{parent.ref}"
+                )
+            parents.append(
+                {
+                    "namespace": str(parent.detail.get("namespace") or self.namespace),
+                    "name": parent.ref,
+                    "workdir": parent.detail.get("workdir"),
+                }
+            )
+        return parents
+
+    def job_manifest(self, launch: JobLaunch, *, name: str | None = None) -> dict[str, Any]:
+        """The ``batch/v1`` Job for a launch (no API call, except to match a GPU model)."""
+        if not launch.argv:
+            raise BackendError("the job has no command to run")
+        workdir = posixpath.normpath(os.path.abspath(launch.workdir))
+        _root, dirname, in_pod = self._mount_root(workdir)
+        log_path = posixpath.normpath(
+            os.path.abspath(launch.log_path or posixpath.join(workdir, "job.log"))
+        )
+        if not log_path.startswith(workdir + "/"):
+            raise BackendError(
+                f"the log {log_path!r} must be inside the job directory {workdir!r}, "
+                "the only directory mounted in the job's pod"
+            )
+        argv = [self.python, *(self._in_pod(str(a), workdir, in_pod) for a in launch.argv[1:])]
+        command = [
+            self.python,
+            "-c",
+            _TEE,
+            self._in_pod(log_path, workdir, in_pod),
+            *argv,
+        ]
+        env = []
+        for key, value in launch.env.items():
+            if not _ENV_NAME.match(key):
+                raise BackendError(f"invalid environment variable name {key!r}")
+            env.append({"name": key, "value": str(value)})
+        name = name or _job_name(launch.job_id, workdir)
+        user = _label_value(launch.user)
+        labels = {**self.labels, MANAGED_BY: MANAGER, JOB_ID_LABEL: str(launch.job_id)}
+        if user:
+            labels[USER_LABEL] = user
+        annotations = {
+            USER_LABEL: launch.user,
+            WORKDIR_ANNOTATION: workdir,
+            NAME_ANNOTATION: launch.name,
+            PRIORITY_ANNOTATION: str(launch.priority),
+        }
+        if launch.priority_class is not None:
+            annotations[_PREFIX + "priority-class"] = launch.priority_class
+        limits: dict[str, Any] = dict(self.resources.get("limits", {}))
+        if launch.gpus > 0:
+            limits[self.gpu_resource] = launch.gpus
+        resources = {**self.resources, "limits": limits} if limits else dict(self.resources)
+        if self.workdir_claim:
+            volume: dict[str, Any] = {
+                "name": "workdir",
+                "persistentVolumeClaim": {"claimName": self.workdir_claim},
+            }
+            mount: dict[str, Any] = {"name": "workdir", "mountPath": in_pod, "subPath": dirname}
+        else:
+            volume = {"name": "workdir", "hostPath": {"path": workdir, "type": "Directory"}}
+            mount = {"name": "workdir", "mountPath": in_pod}
+        container: dict[str, Any] = {
+            "name": CONTAINER,
+            "image": self.image,
+            "command": command,
+            "workingDir": in_pod,
+            "env": env,
+            "volumeMounts": [mount, *self.extra_volume_mounts],
+        }
+        if resources:
+            container["resources"] = resources
+        if self.image_pull_policy:
+            container["imagePullPolicy"] = self.image_pull_policy
+        pod: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "enableServiceLinks": False,
+            "containers": [container],
+            "volumes": [volume, *self.extra_volumes],
+        }
+        if self.service_account:
+            pod["serviceAccountName"] = self.service_account
+        if self.node_selector:
+            pod["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            pod["tolerations"] = [dict(t) for t in self.tolerations]
+        klass = self.priority_classes.get(launch.priority_class or "")
+        if klass:
+            pod["priorityClassName"] = klass
+        if launch.model and launch.gpus > 0:
+            pod["affinity"] = self._gpu_affinity(launch.model)
+        spec: dict[str, Any] = {
+            "backoffLimit": 0,
+            "completions": 1,
+            "parallelism": 1,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+        }
+        if self.active_deadline_s is not None:
+            spec["activeDeadlineSeconds"] = int(self.active_deadline_s)
+        if self.ttl_after_finished_s is not None:
+            spec["ttlSecondsAfterFinished"] = int(self.ttl_after_finished_s)
+        parents = self._parents(launch.after)
+        if self.kueue_queue:
+            spec["suspend"] = True
+            if not parents:
+                labels[KUEUE_QUEUE_LABEL] = self.kueue_queue
+        if parents:
+            # held until the parents succeeded: see "Chains" in the module's documentation
+            annotations[AFTER_ANNOTATION] = json.dumps(parents)
+            if not self.kueue_queue:
+                spec["parallelism"] = 0
+                spec.pop("activeDeadlineSeconds", None)
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": annotations,
+            },
+            "spec": spec,
+        }
+
+    def _jobs_path(self, namespace: str, name: str | None = None) -> str:
+        path = f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs"
+        return f"{path}/{quote(name, safe='')}" if name else path
+
+    def _check_suspend(self, manifest: Mapping[str, Any]) -> None:
+        """Refuse Kueue on an API server that would drop ``spec.suspend`` (before 1.21)."""
+        if self._suspend_ok is None:
+            answer = self.api().request(
+                "POST",
+                self._jobs_path(self.namespace),
+                what="check that the cluster knows suspended Jobs (dry run)",
+                query=[("dryRun", "All")],
+                body=manifest,
+            )
+            self._suspend_ok = bool((answer or {}).get("spec", {}).get("suspend"))
+        if not self._suspend_ok:
+            raise BackendError(
+                "this cluster's API server does not know spec.suspend (Kubernetes 1.21+ with "
+                "the JobSuspend feature, on by default from 1.22), which Kueue needs: "
+                "unset kueue_queue or upgrade the cluster"
+            )
+
+    def submit(self, launch: JobLaunch) -> JobHandle:
+        manifest = self.job_manifest(launch)
+        if self.kueue_queue:
+            self._check_suspend(manifest)
+        name = manifest["metadata"]["name"]
+        created = self.api().request(
+            "POST",
+            self._jobs_path(self.namespace),
+            what=f"create the Job {name} in namespace {self.namespace}",
+            body=manifest,
+        )
+        return self._handle(created or manifest, launch.workdir)
+
+    def _handle(self, job: Mapping[str, Any], workdir: str | None = None) -> JobHandle:
+        meta = _meta(job)
+        return JobHandle(
+            backend=self.name,
+            ref=str(meta.get("name")),
+            detail={
+                "namespace": meta.get("namespace") or self.namespace,
+                "uid": meta.get("uid"),
+                "workdir": workdir or (meta.get("annotations") or {}).get(WORKDIR_ANNOTATION),
+            },
+        )
+
+    def recover(self, launch: JobLaunch) -> JobHandle | None:
+        """The live Job of this launch: same job id and directory, neither cancelled nor deleted.
+
+        A cancelled Job is never recovered: a job the server cancelled has a handle already, so
+        a cancelled Job found here belongs to an earlier attempt (a preempted job queued again).
+        """
+        workdir = posixpath.normpath(os.path.abspath(launch.workdir))
+        jobs = self.api().items(
+            self._jobs_path(self.namespace),
+            what=f"list the Jobs in namespace {self.namespace}",
+            query=[
+                (
+                    "labelSelector",
+                    f"{MANAGED_BY}={MANAGER},{JOB_ID_LABEL}={launch.job_id}",
+                )
+            ],
+        )
+        mine = [
+            j
+            for j in jobs
+            if _annotations(j).get(WORKDIR_ANNOTATION) == workdir
+            and _annotations(j).get(CANCELLED_ANNOTATION) != "true"
+            and not _meta(j).get("deletionTimestamp")
+        ]
+        if not mine:
+            return None
+        newest = max(mine, key=lambda j: str(_meta(j).get("creationTimestamp") or ""))
+        return self._handle(newest, launch.workdir)
+
+    # --- poll ------------------------------------------------------------------------------
+
+    def poll(self, handles: Sequence[JobHandle]) -> dict[str, BackendStatus]:
+        view = _View(self)
+        statuses: dict[str, BackendStatus] = {}
+        for handle in handles:
+            namespace = str(handle.detail.get("namespace") or self.namespace)
+            view.load(namespace)
+        for handle in handles:
+            namespace = str(handle.detail.get("namespace") or self.namespace)
+            job = view.job(namespace, handle.ref)
+            if job is not None and AFTER_ANNOTATION in _annotations(job):
+                statuses[handle.ref] = self._held(view, namespace, job)
+            else:
+                statuses[handle.ref] = view.status(namespace, handle.ref, handle.detail)
+        return statuses
+
+    def _held(self, view: _View, namespace: str, job: Mapping[str, Any]) -> BackendStatus:
+        """A chained Job waiting for its parents: release it, cancel it, or say why it waits."""
+        name = str(_meta(job).get("name"))
+        if _annotations(job).get(CANCELLED_ANNOTATION) == "true":
+            return view.status(namespace, name, {})
+        try:
+            parents = json.loads(_annotations(job)[AFTER_ANNOTATION])
+        except (ValueError, TypeError):
+            parents = []
+        waiting: list[str] = []
+        for parent in parents if isinstance(parents, list) else []:
+            ns, ref = str(parent.get("namespace") or namespace), str(parent.get("name"))
+            view.load(ns)
+            status = view.status(ns, ref, {"workdir": parent.get("workdir")})
+            what = view.title(ns, ref)
+            if status.state is BackendState.SUCCEEDED:
+                continue
+            if status.state.ended:
+                self._delete(namespace, name, what=f"cancel the Job {name}")
+                return BackendStatus(
+                    state=BackendState.CANCELLED,
+                    reason=f"DependencyNeverSatisfied: {what} it runs after {status.state.value}",
+                )
+            waiting.append(what)
+        if waiting:
+            return BackendStatus(
+                state=BackendState.PENDING,
+                reason=f"waiting for {', '.join(waiting)} to succeed",
+            )
+        self._release(namespace, job)
+        return BackendStatus(state=BackendState.PENDING, reason="its parents succeeded; starting")
+
+    def _release(self, namespace: str, job: Mapping[str, Any]) -> None:
+        name = str(_meta(job).get("name"))
+        patch: dict[str, Any] = {"metadata": {"annotations": {AFTER_ANNOTATION: None}}}
+        if self.kueue_queue and (job.get("spec") or {}).get("suspend"):
+            patch["metadata"]["labels"] = {KUEUE_QUEUE_LABEL: self.kueue_queue}
+        else:
+            spec: dict[str, Any] = {"parallelism": 1}
+            if self.active_deadline_s is not None:
+                # the Job's clock started at its creation: the wait does not count
+                created = _parse_time(_meta(job).get("creationTimestamp")) or time.time()
+                waited = max(0, int(time.time() - created))
+                spec["activeDeadlineSeconds"] = int(self.active_deadline_s) + waited
+            patch["spec"] = spec
+        self.api().request(
+            "PATCH",
+            self._jobs_path(namespace, name),
+            what=f"start the Job {name} after its parents",
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    # --- cancel ----------------------------------------------------------------------------
+
+    def cancel(self, handle: JobHandle) -> None:
+        namespace = str(handle.detail.get("namespace") or self.namespace)
+        self._delete(namespace, handle.ref, what=f"cancel the Job {handle.ref}")
+
+    def _delete(self, namespace: str, name: str, *, what: str) -> None:
+        self._cancelled.add((namespace, name))
+        path = self._jobs_path(namespace, name)
+        try:
+            self.api().request(
+                "PATCH",
+                path,
+                what=what,
+                body={"metadata": {"annotations": {CANCELLED_ANNOTATION: "true"}}},
+                content_type="application/merge-patch+json",
+            )
+            self.api().request(
+                "DELETE",
+                path,
+                what=what,
+                body={
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "propagationPolicy": "Foreground",
+                },
+            )
+        except _ApiError as err:
+            if err.status != 404:  # gone already: nothing to stop
+                raise
+
+    # --- describe, close -------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._described is not None and now - self._described[0] < DESCRIBE_TTL_S:
+            return dict(self._described[1])
+        info: dict[str, Any] = {
+            "name": self.name,
+            "places_gpus": self.places_gpus,
+            "available": False,
+            "namespace": self.namespace,
+        }
+        try:
+            api = self.api()
+            info["server"] = api.host
+            api.request(
+                "GET",
+                self._jobs_path(self.namespace),
+                what=f"list the Jobs in namespace {self.namespace}",
+                query=[("limit", "1"), ("labelSelector", f"{MANAGED_BY}={MANAGER}")],
+            )
+        except BackendError as err:
+            info["reason"] = str(err)
+        else:
+            info["available"] = True
+        self._described = (now, info)
+        return dict(info)
+
+    def close(self) -> None:
+        """Close the client this backend built (one given as ``api_client`` is the caller's)."""
+        with self._lock:
+            client, self._client, self._api = self._client, None, None
+            if client is not None and self._owns_client:
+                with contextlib.suppress(Exception):
+                    client.close()  # type: ignore[no-untyped-call]
+            if not self._owns_client:
+                self._client = client
+
+
+class _View:
+    """What one poll saw: our Jobs and pods per namespace, listed once each."""
+
+    def __init__(self, backend: KubernetesBackend) -> None:
+        self.backend = backend
+        self.jobs: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self.pods: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
+        self.events: dict[str, dict[str, str]] = {}
+
+    def load(self, namespace: str) -> None:
+        if namespace in self.jobs:
+            return
+        api = self.backend.api()
+        selector = [("labelSelector", f"{MANAGED_BY}={MANAGER}")]
+        ns = quote(namespace, safe="")
+        jobs = api.items(
+            f"/apis/batch/v1/namespaces/{ns}/jobs",
+            what=f"list the Jobs in namespace {namespace}",
+            query=selector,
+        )
+        pods = api.items(
+            f"/api/v1/namespaces/{ns}/pods",
+            what=f"list the pods in namespace {namespace}",
+            query=selector,
+        )
+        self.jobs[namespace] = {str(_meta(j).get("name")): j for j in jobs}
+        by_uid: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in pods:
+            for owner in _meta(pod).get("ownerReferences") or []:
+                if owner.get("kind") == "Job":
+                    by_uid.setdefault(str(owner.get("uid")), []).append(pod)
+        self.pods[namespace] = {
+            name: by_uid.get(str(_meta(job).get("uid")), [])
+            for name, job in self.jobs[namespace].items()
+        }
+
+    def job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.jobs.get(namespace, {}).get(name)
+
+    def title(self, namespace: str, name: str) -> str:
+        """``job 12`` (our id) for a Job, else its name."""
+        job = self.job(namespace, name)
+        job_id = (_meta(job).get("labels") or {}).get(JOB_ID_LABEL) if job else None
+        return f"job {job_id}" if job_id else name
+
+    def _failed_create(self, namespace: str, name: str) -> str | None:
+        """The Job controller's last ``FailedCreate`` message for a Job (one list per namespace)."""
+        if namespace not in self.events:
+            found: dict[str, tuple[str, str]] = {}
+            try:
+                events = self.backend.api().items(
+                    f"/api/v1/namespaces/{quote(namespace, safe='')}/events",
+                    what=f"list the Job events in namespace {namespace}",
+                    query=[("fieldSelector", "involvedObject.kind=Job,reason=FailedCreate")],
+                )
+            except BackendError:
+                events = []
+            for event in events:
+                job = str((event.get("involvedObject") or {}).get("name"))
+                stamp = str(event.get("lastTimestamp") or event.get("eventTime") or "")
+                if job not in found or stamp >= found[job][0]:
+                    found[job] = (stamp, str(event.get("message") or ""))
+            self.events[namespace] = {k: v[1] for k, v in found.items()}
+        return self.events[namespace].get(name) or None
+
+    def status(self, namespace: str, name: str, detail: Mapping[str, Any]) -> BackendStatus:
+        job = self.job(namespace, name)
+        if job is None:
+            return self._gone(namespace, name, detail)
+        pods = sorted(
+            self.pods.get(namespace, {}).get(name, []),
+            key=lambda p: str(_meta(p).get("creationTimestamp") or ""),
+        )
+        pod = pods[-1] if pods else None
+        terminated = _terminated(pod) if pod is not None else None
+        code = terminated.get("exitCode") if terminated else None
+        exit_code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        if _annotations(job).get(CANCELLED_ANNOTATION) == "true":
+            # remembered: once deleted, the Job is gone with its mark
+            self.backend._cancelled.add((namespace, name))
+        cancelled = (namespace, name) in self.backend._cancelled
+        if _condition(job, "Complete"):
+            return BackendStatus(
+                state=BackendState.SUCCEEDED,
+                exit_code=exit_code if exit_code is not None else 0,
+            )
+        failed = _condition(job, "Failed")
+        if cancelled:
+            if any(_pod_active(p) for p in pods):
+                return BackendStatus(state=BackendState.RUNNING, reason="stopping: cancelled")
+            return BackendStatus(
+                state=BackendState.CANCELLED, reason="cancelled", exit_code=exit_code
+            )
+        if failed:
+            return BackendStatus(
+                state=BackendState.FAILED,
+                reason=_failure(failed, terminated),
+                exit_code=exit_code,
+            )
+        if pod is not None and (pod.get("status") or {}).get("phase") in (
+            "Running",
+            "Succeeded",
+            "Failed",
+        ):
+            # Succeeded/Failed: the Job controller says so in a moment
+            return BackendStatus(state=BackendState.RUNNING)
+        spec = job.get("spec") or {}
+        if spec.get("suspend"):
+            queue = (_meta(job).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+            why = f"waiting for Kueue to admit it (queue {queue})" if queue else "suspended"
+            return BackendStatus(state=BackendState.PENDING, reason=why)
+        if pod is not None:
+            return BackendStatus(state=BackendState.PENDING, reason=_pending_reason(pod))
+        problem = self._failed_create(namespace, name)
+        if problem:
+            return BackendStatus(
+                state=BackendState.PENDING,
+                reason=f"the Job controller cannot create its pod: {problem}",
+            )
+        return BackendStatus(
+            state=BackendState.PENDING, reason="waiting for the Job controller to create its pod"
+        )
+
+    def _gone(self, namespace: str, name: str, detail: Mapping[str, Any]) -> BackendStatus:
+        """A Job Kubernetes does not have: cancelled here, else its status.json, else LOST."""
+        if (namespace, name) in self.backend._cancelled:
+            return BackendStatus(state=BackendState.CANCELLED, reason="cancelled")
+        where = f"Kubernetes has no Job {name} in namespace {namespace}"
+        workdir = detail.get("workdir")
+        if not workdir:
+            return BackendStatus(state=BackendState.LOST, reason=where)
+        path = Path(str(workdir)) / STATUS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return BackendStatus(
+                state=BackendState.LOST, reason=f"{where} and there is no {STATUS_FILE}"
+            )
+        except (OSError, ValueError) as err:
+            return BackendStatus(state=BackendState.LOST, reason=f"{where}; {path}: {err}")
+        if not isinstance(data, dict):
+            data = {}
+        state = _FILE_STATES.get(str(data.get("state", "")).lower())
+        if state is None:
+            return BackendStatus(
+                state=BackendState.LOST,
+                reason=f"{where}; {STATUS_FILE} says {data.get('state')!r}",
+            )
+        code = data.get("exit_code")
+        reason = data.get("reason") or data.get("error")
+        return BackendStatus(
+            state=state,
+            reason=str(reason) if reason and state is not BackendState.SUCCEEDED else None,
+            exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+        )
+
+
+def _container_status(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for status in statuses:
+        if status.get("name") == CONTAINER:
+            return dict(status)
+    return dict(statuses[0]) if statuses else None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    status = _container_status(pod)
+    if status is None:
+        return None
+    for key in ("state", "lastState"):
+        terminated = (status.get(key) or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None
+
+
+def _pod_active(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod may still run its command (not ended, bound to a node)."""
+    phase = (pod.get("status") or {}).get("phase")
+    return phase not in ("Succeeded", "Failed") and bool((pod.get("spec") or {}).get("nodeName"))
+
+
+def _failure(condition: Mapping[str, Any], terminated: Mapping[str, Any] | None) -> str:
+    """Why a Job failed: the container's exit, else the Job condition's reason and message."""
+    if terminated and terminated.get("exitCode") is not None:
+        code = terminated.get("exitCode")
+        why = terminated.get("reason")
+        text = f"exit code {code}" + (f" ({why})" if why else "")
+        message = str(terminated.get("message") or "").strip()
+        return f"{text}: {message}" if message else text
+    reason = str(condition.get("reason") or "Failed")
+    said = condition.get("message")
+    return f"{reason}: {said}" if said else reason
+
+
+def _pending_reason(pod: Mapping[str, Any]) -> str:
+    """Why a pod does not run yet, in Kubernetes' own words."""
+    for cond in _conditions(pod):
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return str(cond.get("message") or cond.get("reason") or "not scheduled yet")
+    status = _container_status(pod)
+    waiting = ((status or {}).get("state") or {}).get("waiting") or {}
+    if waiting:
+        reason, message = waiting.get("reason"), waiting.get("message")
+        return f"{reason}: {message}" if reason and message else str(reason or message)
+    node = (pod.get("spec") or {}).get("nodeName")
+    return f"starting on {node}" if node else "waiting to be scheduled"

@@ -1,0 +1,288 @@
+"""Kernels as Kubernetes pods, on the team gateway: launch, ``%gpu``, and the cluster's word.
+
+The pod provisioner (:mod:`..provisioning.pod_provisioner`) calls in here. A kernel first runs in
+a pod without GPUs. ``%gpu N`` records a request that the cluster places (``placement =
+"cluster"`` in the ledger) and creates the kernel's next pod, asking ``nvidia.com/gpu: N``; the
+kernel keeps working meanwhile. Every ``interval`` one list call reads every kernel pod: while the
+next pod is Pending, the request stays queued with kube-scheduler's own reason ("0/3 nodes are
+available: 3 Insufficient nvidia.com/gpu."); once it runs on a node, the request is granted on
+that node and the magic restarts the kernel into the pod (the restart adopts it).
+
+A pod waiting for GPUs is never a launch timeout: only the GPU-less first pod is waited for at
+launch, and any node can take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends.base import BackendError
+from ..backends.kubernetes_pods import KernelPod, KernelPodSpec, PodLauncher
+from ..core import Allocation, AllocationState, NotFound
+from ..provisioning.port import LaunchPlan
+from .service import GpuService
+
+__all__ = ["PodKernels"]
+
+_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+def _connection() -> dict[str, Any]:
+    """Ports and key for a new kernel pod. Ports free here are free in a pod's own network
+    namespace too; picking them here also keeps pods apart where they share one (tests)."""
+    socks = []
+    try:
+        for _ in _PORTS:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        ports = {name: s.getsockname()[1] for name, s in zip(_PORTS, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
+    return {
+        **ports,
+        "key": secrets.token_hex(32),
+        "transport": "tcp",
+        "signature_scheme": "hmac-sha256",
+    }
+
+
+@dataclass
+class _Kernel:
+    kernel_id: str
+    user: str
+    env: dict[str, str]
+    generation: int = -1
+    current: str | None = None
+    connection: dict[str, Any] = field(default_factory=dict)
+    #: the current pod was seen in a listing (before that, not being listed means nothing)
+    seen: bool = False
+    #: the pod readied for a GPU request, its connection and its allocation
+    next: str | None = None
+    next_connection: dict[str, Any] = field(default_factory=dict)
+    next_allocation: int | None = None
+
+
+class PodKernels:
+    def __init__(
+        self, service: GpuService, launcher: PodLauncher, *, log: logging.Logger, interval: float
+    ) -> None:
+        self.service = service
+        self.launcher = launcher
+        self.log = log
+        self.interval = interval
+        self._kernels: dict[str, _Kernel] = {}
+        self._pods: dict[str, KernelPod] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def manages(self, kernel_id: str) -> bool:
+        return kernel_id in self._kernels
+
+    # -- the pod provisioner's port ------------------------------------------------------------
+
+    async def pod_launching(
+        self, *, kernel_id: str, kernel_name: str, path: str | None, owner: str | None
+    ) -> LaunchPlan:
+        known = self._kernels.get(kernel_id)
+        if known is not None and known.next is not None and self._ready(known.next):
+            # moving into the pod readied for its GPUs: that pod already has the kernel's token
+            return LaunchPlan(env=dict(known.env), summary=f"moving into pod {known.next}")
+        plan = await self.service.kernel_launching(
+            kernel_id=kernel_id,
+            kernel_name=kernel_name,
+            path=path,
+            gpus=0,
+            model=None,
+            owner=owner,
+        )
+        # in a pod, the device plugin says which GPUs the kernel sees
+        env = {k: v for k, v in plan.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+        record = await self.service.call(self.service.ledger.kernel, kernel_id)
+        if known is None:
+            self._kernels[kernel_id] = _Kernel(kernel_id=kernel_id, user=record.user, env=env)
+        else:
+            known.env = env
+        return LaunchPlan(env=env, summary=plan.summary)
+
+    async def start_pod(self, *, kernel_id: str, env: dict[str, str]) -> dict[str, object]:
+        state = self._kernels[kernel_id]
+        if state.next is not None and self._ready(state.next):
+            state.current, state.connection, state.seen = state.next, state.next_connection, True
+            state.next, state.next_connection, state.next_allocation = None, {}, None
+            pod = self._pods[state.current]
+            self.log.info("dlinfra: kernel %s moved into pod %s", kernel_id, pod.name)
+            return self.launcher.connection_info(pod, state.connection)
+        state.generation += 1
+        state.connection = _connection()
+        spec = KernelPodSpec(
+            kernel_id=kernel_id,
+            generation=state.generation,
+            user=state.user,
+            gpus=0,
+            env=env,
+            connection=state.connection,
+        )
+        name = await self.service.call(self.launcher.create, spec)
+        state.current, state.seen = name, False
+        pod = await self.service.call(self.launcher.wait_ready, name)
+        self._pods[name] = pod
+        state.seen = True
+        return self.launcher.connection_info(pod, state.connection)
+
+    def pod_exit(self, kernel_id: str) -> int | None:
+        state = self._kernels.get(kernel_id)
+        if state is None or state.current is None:
+            return 0
+        pod = self._pods.get(state.current)
+        if pod is None:
+            return 1 if state.seen else None
+        state.seen = True
+        if pod.phase in ("Succeeded", "Failed"):
+            return pod.exit_code if pod.exit_code is not None else int(pod.phase == "Failed")
+        return None
+
+    async def stop_pod(self, *, kernel_id: str, restart: bool, reason: str) -> None:
+        state = self._kernels.get(kernel_id)
+        if state is None:
+            return
+        if state.current is not None:
+            name, state.current = state.current, None
+            await self._delete(name)
+        if restart:
+            if state.next is None:
+                # restarting into a pod without GPUs: the old pod's GPUs are given back
+                await self.service.mutate(
+                    self.service.ledger.release_kernel, kernel_id, reason=reason
+                )
+            return
+        if state.next is not None:
+            await self._delete(state.next)
+        del self._kernels[kernel_id]
+        await self.service.kernel_stopped(kernel_id=kernel_id, restart=False, reason=reason)
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self.service.call(self.launcher.delete, name)
+        except BackendError as err:
+            self.log.warning("dlinfra: could not delete kernel pod %s: %s", name, err)
+        self._pods.pop(name, None)
+
+    # -- %gpu ------------------------------------------------------------------------------------
+
+    async def request(
+        self, *, kernel_id: str, count: int, model: str | None, priority_class: str | None
+    ) -> Allocation:
+        """Queue ``count`` GPUs for a pod kernel and ready its next pod with them."""
+        state = self._kernels[kernel_id]
+        alloc = await self.service.mutate(
+            self.service.ledger.request_placed,
+            kernel_id=kernel_id,
+            count=count,
+            model=model,
+            priority_class=priority_class,
+            reason=f"creating a pod with {count} GPU{'s' if count != 1 else ''}",
+        )
+        if alloc.state is not AllocationState.QUEUED or state.next is not None:
+            return alloc
+        state.generation += 1
+        connection = _connection()
+        spec = KernelPodSpec(
+            kernel_id=kernel_id,
+            generation=state.generation,
+            user=state.user,
+            gpus=count,
+            model=model,
+            priority_class=alloc.priority_class,
+            env={**state.env, "DLINFRA_ALLOCATION": str(alloc.id)},
+            connection=connection,
+        )
+        try:
+            name = await self.service.call(self.launcher.create, spec)
+        except BackendError as err:
+            await self.service.mutate(
+                self.service.ledger.release, alloc.id, reason=f"no pod could be created: {err}"
+            )
+            raise
+        state.next, state.next_connection, state.next_allocation = name, connection, alloc.id
+        return alloc
+
+    # -- watching the pods -----------------------------------------------------------------------
+
+    def _ready(self, name: str) -> bool:
+        pod = self._pods.get(name)
+        return pod is not None and pod.ready
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.service.call(self.launcher.close)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # the next pass tries again
+                self.log.exception("dlinfra: reading the kernel pods failed")
+            await asyncio.sleep(self.interval)
+
+    async def refresh(self) -> None:
+        """One listing of every kernel pod; the ledger follows what the cluster says."""
+        self._pods = await self.service.call(self.launcher.pods)
+        for state in list(self._kernels.values()):
+            if state.current in self._pods:
+                state.seen = True
+            if state.next is None or state.next_allocation is None:
+                continue
+            await self._follow(state)
+
+    async def _follow(self, state: _Kernel) -> None:
+        assert state.next is not None and state.next_allocation is not None
+        ledger = self.service.ledger
+        pod = self._pods.get(state.next)
+        aid = state.next_allocation
+        try:
+            alloc = await self.service.call(ledger.allocation, aid)
+        except NotFound:
+            alloc = None
+        if alloc is None or not alloc.state.active:
+            # released or cancelled while it waited: the pod is not wanted any more
+            name, state.next, state.next_allocation = state.next, None, None
+            await self._delete(name)
+            return
+        if pod is None or pod.phase in ("Succeeded", "Failed") or pod.deleting:
+            why = (pod.end_reason if pod is not None else None) or "its pod went away"
+            state.next, state.next_allocation = None, None
+            await self.service.mutate(ledger.release, aid, reason=f"the GPU pod ended: {why}")
+            return
+        if pod.ready and pod.node:
+            if alloc.state is AllocationState.QUEUED:
+                await self.service.mutate(
+                    ledger.grant_placed, aid, node=pod.node, gpu_uuids=self._gpus_of(pod)
+                )
+            return
+        reason = pod.waiting_reason or "waiting for the cluster's scheduler"
+        if await self.service.call(ledger.note_placement, aid, reason):
+            self.service.events.poke()
+
+    def _gpus_of(self, pod: KernelPod) -> list[str]:
+        """The GPUs DCGM says the pod uses, when the cluster's telemetry knows."""
+        holders = getattr(self.service.cluster, "holders", None)
+        if holders is None:
+            return []
+        try:
+            found = holders()
+        except Exception:  # telemetry is a nicety here: the ledger picks free GPUs
+            return []
+        return [uuid for uuid, ref in found.items() if ref.pod == pod.name]

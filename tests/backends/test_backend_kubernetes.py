@@ -1,0 +1,895 @@
+"""The kubernetes backend against a real control plane (kube-apiserver, kube-scheduler and
+kube-controller-manager v1.20, tests/k8s_cluster.py) whose two fake GPU nodes are played by a
+node agent that runs the pods' commands as local processes.
+
+Jobs that must wait hold until the test creates a file, so that no timing is guessed; every
+wait polls the backend with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import kubernetes.client
+import nbformat
+import psutil
+import pytest
+
+from jupyter_dlinfra.backends import BackendError, BackendState, BackendStatus, JobHandle, JobLaunch
+from jupyter_dlinfra.backends import kubernetes as k8s
+from jupyter_dlinfra.backends.kubernetes import (
+    KubernetesBackend,
+    ensure_priority_classes,
+    priority_class_manifests,
+)
+from jupyter_dlinfra.core.sched_policy import DEFAULT_CLASSES, PriorityClass
+from jupyter_dlinfra.jobs.convert import prepare, snapshot
+from jupyter_dlinfra.testing import wait_until
+
+DEADLINE = 30.0
+#: a job that starts a real kernel (the runner) may take longer on a loaded machine
+RUNNER_DEADLINE = 120.0
+
+
+class Counting:
+    """The real ApiClient, counting the requests that go through it (method, path)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.api = api
+        self._call_api = api.call_api
+
+    def __enter__(self) -> Counting:
+        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            path = url.split("://", 1)[-1]
+            path = "/" + path.split("/", 1)[1] if "/" in path else "/"
+            self.calls.append((method, path.split("?", 1)[0]))
+            return self._call_api(method, url, *args, **kwargs)
+
+        self.api.call_api = counted  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.api.call_api
+
+
+class Jobs:
+    """Makes launches whose job directories live under the test's tmp_path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.count = 0
+
+    def launch(self, code: str, **kwargs: Any) -> JobLaunch:
+        """A launch whose command is ``python -c code`` (argv[0] replaced by the backend)."""
+        self.count += 1
+        workdir = self.root / f"{self.count}-job"
+        workdir.mkdir()
+        fields: dict[str, Any] = {
+            "job_id": self.count,
+            "name": f"test job {self.count}",
+            "user": "alice@example.com",
+            "workdir": str(workdir),
+            "argv": ["/gateway/bin/python", "-c", code],
+            "log_path": str(workdir / "job.log"),
+        }
+        fields.update(kwargs)
+        return JobLaunch(**fields)
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Jobs:
+    return Jobs(tmp_path / "jobs")
+
+
+@pytest.fixture
+def make_backend(
+    k8s_api: kubernetes.client.ApiClient, k8s_namespace: str, k8s_agent: Any
+) -> Iterator[Callable[..., KubernetesBackend]]:
+    made: list[KubernetesBackend] = []
+
+    def make(**kwargs: Any) -> KubernetesBackend:
+        options: dict[str, Any] = {
+            "api_client": k8s_api,
+            "namespace": k8s_namespace,
+            "python": sys.executable,
+            "timeout": 20,
+        }
+        options.update(kwargs)
+        backend = KubernetesBackend(**options)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def backend(make_backend: Callable[..., KubernetesBackend]) -> KubernetesBackend:
+    return make_backend()
+
+
+@pytest.fixture(autouse=True)
+def _jobs_root(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+
+
+def hold(release: Path) -> str:
+    """Python that waits until the test creates ``release``."""
+    return f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\n"
+
+
+def wait_for(
+    backend: KubernetesBackend,
+    handles: Sequence[JobHandle],
+    done: Callable[[dict[str, BackendStatus]], bool],
+    what: str,
+    timeout: float = DEADLINE,
+) -> dict[str, BackendStatus]:
+    seen: list[dict[str, BackendStatus]] = []
+
+    def check() -> dict[str, BackendStatus] | None:
+        statuses = backend.poll(handles)
+        seen[:] = [statuses]
+        return statuses if done(statuses) else None
+
+    try:
+        found: dict[str, BackendStatus] = wait_until(
+            check, timeout=timeout, interval=0.1, what=what
+        )
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; last: {seen}") from None
+    return found
+
+
+def wait_state(
+    backend: KubernetesBackend, handle: JobHandle, state: BackendState, timeout: float = DEADLINE
+) -> BackendStatus:
+    return wait_for(
+        backend, [handle], lambda s: s[handle.ref].state is state, state.value, timeout
+    )[handle.ref]
+
+
+def wait_ended(
+    backend: KubernetesBackend, handle: JobHandle, timeout: float = DEADLINE
+) -> BackendStatus:
+    return wait_for(backend, [handle], lambda s: s[handle.ref].state.ended, "the end", timeout)[
+        handle.ref
+    ]
+
+
+def raw_json(answer: object) -> Any:
+    """The JSON of an answer asked for with ``_preload_content=False`` (no model classes)."""
+    return json.loads(cast(Any, answer).data)
+
+
+def read_job(api: kubernetes.client.ApiClient, handle: JobHandle) -> dict[str, Any]:
+    batch = kubernetes.client.BatchV1Api(api)
+    namespace = handle.detail["namespace"]
+    return dict(raw_json(batch.read_namespaced_job(handle.ref, namespace, _preload_content=False)))
+
+
+def pods_of(api: kubernetes.client.ApiClient, handle: JobHandle) -> list[dict[str, Any]]:
+    core = kubernetes.client.CoreV1Api(api)
+    answer = core.list_namespaced_pod(
+        handle.detail["namespace"], label_selector=f"job-name={handle.ref}", _preload_content=False
+    )
+    return list(raw_json(answer)["items"])
+
+
+def pod_log(api: kubernetes.client.ApiClient, pod: dict[str, Any]) -> str:
+    core = kubernetes.client.CoreV1Api(api)
+    answer = core.read_namespaced_pod_log(
+        pod["metadata"]["name"], pod["metadata"]["namespace"], _preload_content=False
+    )
+    return str(cast(Any, answer).data.decode())
+
+
+# --- against the cluster ---------------------------------------------------------------------
+
+
+def test_job_gets_its_gpus_and_its_output_lands_in_the_log_and_the_pod_log(
+    backend: KubernetesBackend, jobs: Jobs, k8s_api: kubernetes.client.ApiClient
+) -> None:
+    code = (
+        "import os, sys\n"
+        "print('hello from', os.getcwd())\n"
+        "print('GPUS=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
+        "print('FOO=' + os.environ['FOO'])\n"
+        "print('oops', file=sys.stderr)\n"
+    )
+    launch = jobs.launch(code, gpus=2, model="A100", env={"FOO": "it's a 'quoted' $value"})
+    Path(launch.log_path).write_text("earlier line\n")
+    handle = backend.submit(launch)
+    assert handle.backend == "kubernetes"
+    assert handle.ref.startswith("dlinfra-job-1-") and len(handle.ref) <= 63
+    assert handle.detail["namespace"] == backend.namespace and handle.detail["uid"]
+
+    status = wait_ended(backend, handle)
+    assert status == BackendStatus(state=BackendState.SUCCEEDED, exit_code=0)
+    log = Path(launch.log_path).read_text()
+    # appended, stdout and stderr, environment as given, run in the job directory
+    assert log.startswith("earlier line\n")
+    assert f"hello from {launch.workdir}" in log
+    assert "FOO=it's a 'quoted' $value" in log and "oops" in log
+    gpus = next(x for x in log.splitlines() if x.startswith("GPUS=")).removeprefix("GPUS=")
+    assert len(set(gpus.split(","))) == 2, log
+    # the same output in the pod's log (kubectl logs), from the node with the A100s
+    (pod,) = pods_of(k8s_api, handle)
+    assert pod["spec"]["nodeName"] == "gpu-node-a"
+    assert "FOO=it's a 'quoted' $value" in pod_log(k8s_api, pod)
+    job = read_job(k8s_api, handle)
+    labels = job["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "jupyter-dlinfra"
+    assert labels["dlinfra.jupyter.org/job-id"] == "1"
+    assert labels["dlinfra.jupyter.org/user"] == "alice_example.com"
+    assert job["metadata"]["annotations"]["dlinfra.jupyter.org/user"] == "alice@example.com"
+    assert job["spec"]["backoffLimit"] == 0
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    # the handle survives a JSON round trip (the server stores it) and still polls
+    again = JobHandle.from_json(json.loads(json.dumps(handle.to_json())))
+    assert backend.poll([again])[again.ref].state is BackendState.SUCCEEDED
+
+
+def test_model_picks_the_nodes_of_that_gpu(
+    backend: KubernetesBackend, jobs: Jobs, k8s_api: kubernetes.client.ApiClient
+) -> None:
+    handle = backend.submit(jobs.launch("print('on h100')", gpus=1, model="h100"))
+    assert wait_ended(backend, handle).state is BackendState.SUCCEEDED
+    (pod,) = pods_of(k8s_api, handle)
+    assert pod["spec"]["nodeName"] == "gpu-node-b"
+    with pytest.raises(BackendError, match=r"'V100'.*NVIDIA-A100-SXM4-80GB, NVIDIA-H100-80GB-HBM3"):
+        backend.submit(jobs.launch("print()", gpus=1, model="V100"))
+
+
+def test_the_real_runner_runs_a_notebook_in_a_pod(
+    backend: KubernetesBackend, tmp_path: Path, jobs: Jobs
+) -> None:
+    cell = "import os\nprint('cells see', os.environ['DLINFRA_JOB_ID'])"
+    nb = nbformat.v4.new_notebook(  # type: ignore[no-untyped-call]
+        cells=[nbformat.v4.new_code_cell(cell)],  # type: ignore[no-untyped-call]
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    ready = prepare(nb, parameters={}, max_parameter_bytes=4096)
+    workdir = jobs.root / "7-notebook"
+    snapshot(ready, workdir, spec={"job_id": 7})
+    launch = JobLaunch(
+        job_id=7,
+        name="notebook",
+        user="bob",
+        workdir=str(workdir),
+        # as the server builds it (argv[0]: the gateway's interpreter, replaced by the image's)
+        argv=["/usr/bin/gateway-python", "-m", "jupyter_dlinfra.jobs.runner", str(workdir)],
+        env={"DLINFRA_JOB_ID": "7"},
+        gpus=1,
+        log_path=str(workdir / "job.log"),
+    )
+    handle = backend.submit(launch)
+    status = wait_ended(backend, handle, timeout=RUNNER_DEADLINE)
+    assert status.state is BackendState.SUCCEEDED, (status, Path(launch.log_path).read_text())
+    assert json.loads((workdir / "status.json").read_text())["state"] == "succeeded"
+    executed = (workdir / "executed.ipynb").read_text()
+    assert "cells see 7" in executed
+    assert "--- job started" in (workdir / "job.log").read_text()
+
+
+def test_failing_command_ends_failed_with_its_exit_code(
+    backend: KubernetesBackend, jobs: Jobs
+) -> None:
+    handle = backend.submit(jobs.launch("print('failing'); raise SystemExit(3)"))
+    status = wait_ended(backend, handle)
+    assert status == BackendStatus(
+        state=BackendState.FAILED, reason="exit code 3 (Error)", exit_code=3
+    )
+
+
+def test_deadline_fails_the_job_with_kubernetes_reason(
+    make_backend: Callable[..., KubernetesBackend],
+    jobs: Jobs,
+    k8s_api: kubernetes.client.ApiClient,
+) -> None:
+    backend = make_backend(active_deadline_s=1)
+    handle = backend.submit(jobs.launch("import time; time.sleep(60)"))
+    job = read_job(k8s_api, handle)
+    assert job["spec"]["activeDeadlineSeconds"] == 1
+    wait_state(backend, handle, BackendState.RUNNING)
+
+    def failed() -> bool:
+        if backend.poll([handle])[handle.ref].state.ended:
+            return True
+        # Kubernetes 1.20's Job controller can drop its one deadline re-check (a second,
+        # later re-check is merged into the first, which comes too early after the start time
+        # is rounded to the second); any update of the Job makes it look again
+        batch = kubernetes.client.BatchV1Api(k8s_api)
+        batch.patch_namespaced_job(
+            handle.ref,
+            handle.detail["namespace"],
+            {"metadata": {"annotations": {"test/nudge": str(time.monotonic())}}},
+        )
+        return False
+
+    wait_until(failed, timeout=DEADLINE, interval=1.0, what="the deadline")
+    status = backend.poll([handle])[handle.ref]
+    assert status.state is BackendState.FAILED
+    assert status.reason == "DeadlineExceeded: Job was active longer than specified deadline"
+
+
+def wait_log(launch: JobLaunch, text: str) -> None:
+    """Until ``text`` is in the job's log (its command is then past its start-up)."""
+
+    def found() -> bool:
+        path = Path(launch.log_path)
+        return path.exists() and text in path.read_text()
+
+    wait_until(found, timeout=DEADLINE, what=f"{text!r} in the job's log")
+
+
+def test_oversize_job_pends_with_the_scheduler_reason(
+    backend: KubernetesBackend, jobs: Jobs
+) -> None:
+    handle = backend.submit(jobs.launch("print('never')", gpus=16))
+    status = wait_for(
+        backend,
+        [handle],
+        lambda s: "Insufficient nvidia.com/gpu" in (s[handle.ref].reason or ""),
+        "the scheduler's reason",
+    )[handle.ref]
+    assert status.state is BackendState.PENDING
+    assert status.reason is not None and status.reason.startswith("0/2 nodes are available")
+    backend.cancel(handle)
+    assert wait_ended(backend, handle).state is BackendState.CANCELLED
+
+
+def test_cancel_stops_the_pod_process(
+    backend: KubernetesBackend, jobs: Jobs, tmp_path: Path, make_backend: Callable[..., Any]
+) -> None:
+    pid_file = tmp_path / "pid"
+    code = (
+        "import os, signal, sys, time\n"
+        "def stop(*a):\n"
+        "    print('got SIGTERM', flush=True); sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    launch = jobs.launch(code, gpus=1)
+    handle = backend.submit(launch)
+    wait_state(backend, handle, BackendState.RUNNING)
+    # (its output reached the log: the command and the wrapper both handle SIGTERM by now)
+    wait_log(launch, "started")
+    pid = int(pid_file.read_text())
+    assert psutil.pid_exists(pid)
+
+    backend.cancel(handle)
+    status = wait_ended(backend, handle)
+    assert status.state is BackendState.CANCELLED, status
+    wait_until(lambda: not _alive(pid), timeout=DEADLINE, what="the job's process to stop")
+    # the command heard the stop (SIGTERM forwarded by the wrapper) and said so in the log
+    assert "got SIGTERM" in Path(launch.log_path).read_text()
+    # cancelling again, or a Job Kubernetes never had, is no error
+    backend.cancel(handle)
+    backend.cancel(JobHandle(backend="kubernetes", ref="dlinfra-job-0-nothere"))
+    # a new server finds nothing to start twice
+    assert make_backend().recover(launch) is None
+
+
+def test_a_restarted_server_reads_a_terminating_cancelled_job_as_cancelled(
+    backend: KubernetesBackend,
+    jobs: Jobs,
+    make_backend: Callable[..., KubernetesBackend],
+    k8s_api: kubernetes.client.ApiClient,
+) -> None:
+    # a command that ignores SIGTERM keeps its pod (and so its Job) for the grace period
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('deaf', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    launch = jobs.launch(code)
+    handle = backend.submit(launch)
+    wait_state(backend, handle, BackendState.RUNNING)
+    wait_log(launch, "deaf")
+    backend.cancel(handle)
+    job = read_job(k8s_api, handle)
+    assert job["metadata"]["annotations"]["dlinfra.jupyter.org/cancelled"] == "true"
+    assert job["metadata"].get("deletionTimestamp")
+    fresh = make_backend()
+    assert fresh.poll([handle])[handle.ref] == BackendStatus(
+        state=BackendState.RUNNING, reason="stopping: cancelled"
+    )
+    assert wait_ended(fresh, handle).state is BackendState.CANCELLED
+
+
+def test_recover_finds_a_submitted_job(
+    backend: KubernetesBackend, jobs: Jobs, make_backend: Callable[..., KubernetesBackend]
+) -> None:
+    launch = jobs.launch("import time; time.sleep(60)")
+    assert backend.recover(launch) is None  # never submitted
+    handle = backend.submit(launch)
+    # the server died before recording the handle: the next one finds it
+    again = make_backend().recover(launch)
+    assert again is not None and again.to_json() == json.loads(json.dumps(handle.to_json()))
+    # the same job id with another directory (another gateway, or a reused id) is not it
+    other = JobLaunch(**{**_fields(launch), "workdir": str(jobs.root / "elsewhere")})
+    assert make_backend().recover(other) is None
+    backend.cancel(handle)
+    assert make_backend().recover(launch) is None
+
+
+def test_unknown_job_reads_status_file_or_is_lost(
+    backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    with_file = tmp_path / "forgotten"
+    with_file.mkdir()
+    (with_file / "status.json").write_text(json.dumps({"state": "failed", "exit_code": 2}))
+    forgotten = JobHandle(
+        backend="kubernetes", ref="dlinfra-job-1-aaaaaaaa", detail={"workdir": str(with_file)}
+    )
+    gone = JobHandle(
+        backend="kubernetes", ref="dlinfra-job-2-bbbbbbbb", detail={"workdir": str(tmp_path)}
+    )
+    bare = JobHandle(backend="kubernetes", ref="dlinfra-job-3-cccccccc")
+    statuses = backend.poll([forgotten, gone, bare])
+    assert statuses[forgotten.ref] == BackendStatus(state=BackendState.FAILED, exit_code=2)
+    assert statuses[gone.ref].state is BackendState.LOST
+    assert "status.json" in (statuses[gone.ref].reason or "")
+    assert statuses[bare.ref].state is BackendState.LOST
+    assert "no Job dlinfra-job-3-cccccccc" in (statuses[bare.ref].reason or "")
+
+
+def test_poll_lists_once_per_namespace_whatever_the_number_of_jobs(
+    backend: KubernetesBackend, jobs: Jobs, k8s_api: kubernetes.client.ApiClient
+) -> None:
+    handles = [backend.submit(jobs.launch("import time; time.sleep(60)")) for _ in range(3)]
+    wait_for(
+        backend,
+        handles,
+        lambda s: all(x.state is BackendState.RUNNING for x in s.values()),
+        "all running",
+    )
+    elsewhere = JobHandle(
+        backend="kubernetes", ref="dlinfra-job-9-dddddddd", detail={"namespace": "elsewhere"}
+    )
+    with Counting(k8s_api) as counter:
+        statuses = backend.poll([*handles, elsewhere])
+    assert [s.state for s in statuses.values()] == [BackendState.RUNNING] * 3 + [BackendState.LOST]
+    ns = backend.namespace
+    assert sorted(counter.calls) == sorted(
+        [
+            ("GET", f"/apis/batch/v1/namespaces/{ns}/jobs"),
+            ("GET", f"/api/v1/namespaces/{ns}/pods"),
+            ("GET", "/apis/batch/v1/namespaces/elsewhere/jobs"),
+            ("GET", "/api/v1/namespaces/elsewhere/pods"),
+        ]
+    )
+    for handle in handles:
+        backend.cancel(handle)
+
+
+def test_chain_runs_child_after_parent_succeeds(
+    backend: KubernetesBackend, jobs: Jobs, tmp_path: Path, make_backend: Callable[..., Any]
+) -> None:
+    release, order = tmp_path / "release", tmp_path / "order"
+    parent = backend.submit(
+        jobs.launch(hold(release) + f"open({str(order)!r}, 'a').write('parent\\n')")
+    )
+    child_launch = jobs.launch(f"open({str(order)!r}, 'a').write('child\\n')", after=[parent])
+    child = backend.submit(child_launch)
+    status = wait_for(
+        backend,
+        [parent, child],
+        lambda s: s[parent.ref].state is BackendState.RUNNING,
+        "the parent to run",
+    )[child.ref]
+    assert status == BackendStatus(
+        state=BackendState.PENDING, reason="waiting for job 1 to succeed"
+    )
+    release.touch()
+    # a restarted server goes on with the chain
+    assert wait_ended(make_backend(), child).state is BackendState.SUCCEEDED
+    assert order.read_text().split() == ["parent", "child"]
+
+
+def test_chain_whose_parent_fails_is_cancelled(
+    backend: KubernetesBackend, jobs: Jobs, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    parent = backend.submit(jobs.launch(hold(release) + "raise SystemExit(1)"))
+    child_launch = jobs.launch("print('must not run')", after=[parent])
+    child = backend.submit(child_launch)
+    grandchild = backend.submit(jobs.launch("print('must not run either')", after=[child]))
+    wait_for(backend, [child], lambda s: s[child.ref].state is BackendState.PENDING, "pending")
+    release.touch()
+    statuses = wait_for(
+        backend,
+        [parent, child, grandchild],
+        lambda s: all(x.state.ended for x in s.values()),
+        "the chain's end",
+    )
+    assert statuses[parent.ref].state is BackendState.FAILED
+    assert statuses[child.ref] == BackendStatus(
+        state=BackendState.CANCELLED, reason="DependencyNeverSatisfied: job 1 it runs after failed"
+    )
+    assert statuses[grandchild.ref].state is BackendState.CANCELLED
+    assert not Path(child_launch.log_path).exists()
+    with pytest.raises(BackendError, match="only wait for Kubernetes jobs"):
+        backend.submit(jobs.launch("print()", after=[JobHandle(backend="slurm", ref="12")]))
+
+
+def test_priority_classes_reach_the_pod(
+    make_backend: Callable[..., KubernetesBackend],
+    jobs: Jobs,
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    # PriorityClasses are cluster-wide: a prefix of this test's own
+    prefix = f"{k8s_namespace[:40]}-"
+    names = ensure_priority_classes(k8s_api, DEFAULT_CLASSES, prefix=prefix)
+    assert names == {c.name: f"{prefix}{c.name}" for c in DEFAULT_CLASSES}
+    scheduling = kubernetes.client.SchedulingV1Api(k8s_api)
+
+    def value(name: str) -> tuple[int, str]:
+        raw = raw_json(scheduling.read_priority_class(name, _preload_content=False))
+        return raw["value"], raw["preemptionPolicy"]
+
+    try:
+        assert value(names["interactive"]) == (100, "PreemptLowerPriority")
+        assert value(names["low"]) == (10, "Never")
+        # again: nothing changes; a class whose value changed is replaced
+        assert ensure_priority_classes(k8s_api, DEFAULT_CLASSES, prefix=prefix) == names
+        changed = (*DEFAULT_CLASSES[:2], PriorityClass(name="low", priority=5, preemptible=True))
+        ensure_priority_classes(k8s_api, changed, prefix=prefix)
+        assert value(names["low"]) == (5, "Never")
+
+        backend = make_backend(priority_classes=names)
+        launch = jobs.launch("print('batch')", priority_class="batch", priority=3)
+        handle = backend.submit(launch)
+        assert wait_ended(backend, handle).state is BackendState.SUCCEEDED
+        (pod,) = pods_of(k8s_api, handle)
+        assert pod["spec"]["priorityClassName"] == names["batch"]
+        assert pod["spec"]["priority"] == 50  # resolved by the Priority admission plugin
+
+        # a class without a PriorityClass: the Job controller cannot make the pod, and says why
+        broken = make_backend(priority_classes={"batch": f"{prefix}missing"})
+        stuck = broken.submit(jobs.launch("print()", priority_class="batch"))
+        status = wait_for(
+            broken,
+            [stuck],
+            lambda s: "cannot create its pod" in (s[stuck.ref].reason or ""),
+            "the Job controller's complaint",
+        )[stuck.ref]
+        assert status.state is BackendState.PENDING
+        assert f"no PriorityClass with name {prefix}missing" in (status.reason or "")
+        broken.cancel(stuck)
+    finally:
+        ensure_priority_classes(k8s_api, (), prefix=prefix)
+    with pytest.raises(kubernetes.client.exceptions.ApiException):
+        scheduling.read_priority_class(names["batch"])
+
+
+def test_kueue_needs_suspend_which_this_cluster_lacks(
+    make_backend: Callable[..., KubernetesBackend], jobs: Jobs, k8s_api: kubernetes.client.ApiClient
+) -> None:
+    backend = make_backend(kueue_queue="team-a")
+    launch = jobs.launch("print()")
+    manifest = backend.job_manifest(launch)
+    assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert manifest["spec"]["suspend"] is True
+    # Kubernetes 1.20 drops spec.suspend silently: the job would run past Kueue, so it is refused
+    with pytest.raises(BackendError, match=r"spec\.suspend"):
+        backend.submit(launch)
+    # (the check is a dry run: no Job was created)
+    assert backend.recover(launch) is None
+
+
+def test_describe(
+    backend: KubernetesBackend, make_backend: Callable[..., KubernetesBackend]
+) -> None:
+    info = backend.describe()
+    assert info["available"] is True, info
+    assert info["name"] == "kubernetes" and info["places_gpus"] is True
+    assert info["namespace"] == backend.namespace
+
+    config = kubernetes.client.Configuration(host="https://127.0.0.1:1")
+    config.verify_ssl = False
+    config.retries = 0
+    dead = make_backend(api_client=kubernetes.client.ApiClient(config), timeout=3)
+    info = dead.describe()
+    assert info["available"] is False
+    assert "cannot reach the Kubernetes API at https://127.0.0.1:1" in info["reason"], info
+    with pytest.raises(BackendError, match="cannot reach"):
+        dead.poll([JobHandle(backend="kubernetes", ref="dlinfra-job-1-aaaaaaaa")])
+
+    # the real apiserver, but its self-signed certificate checked: no answer either
+    strict = kubernetes.client.Configuration(host=backend.api().host)
+    strict.retries = 0
+    info = make_backend(api_client=kubernetes.client.ApiClient(strict), timeout=3).describe()
+    assert info["available"] is False
+    assert "cannot reach" in info["reason"] and "certificate" in info["reason"].lower(), info
+
+
+def test_api_errors_are_sentences_with_status_and_message(
+    make_backend: Callable[..., KubernetesBackend], jobs: Jobs
+) -> None:
+    backend = make_backend(labels={"bad label!": "x"})
+    with pytest.raises(BackendError, match=r"Kubernetes refused to create the Job .*422"):
+        backend.submit(jobs.launch("print()"))
+
+
+# --- without a cluster ------------------------------------------------------------------------
+
+
+def _fields(launch: JobLaunch) -> dict[str, Any]:
+    return {f: getattr(launch, f) for f in JobLaunch.__dataclass_fields__}
+
+
+def _offline(**kwargs: Any) -> KubernetesBackend:
+    config = kubernetes.client.Configuration(host="https://127.0.0.1:1")
+    return KubernetesBackend(api_client=kubernetes.client.ApiClient(config), **kwargs)
+
+
+def _launch(**kwargs: Any) -> JobLaunch:
+    fields: dict[str, Any] = {
+        "job_id": 7,
+        "name": "sweep: lr=0.1",
+        "user": "Dr. Ünïcode <x@y>",
+        "workdir": "/data/jobs/7-sweep-abc123",
+        "argv": [
+            "/opt/gw/bin/python",
+            "-m",
+            "jupyter_dlinfra.jobs.runner",
+            "/data/jobs/7-sweep-abc123",
+        ],
+        "log_path": "/data/jobs/7-sweep-abc123/job.log",
+        "env": {"DLINFRA_JOB_ID": "7"},
+    }
+    fields.update(kwargs)
+    return JobLaunch(**fields)
+
+
+def test_manifest_with_a_claim_mounted_elsewhere() -> None:
+    backend = _offline(
+        namespace="ml",
+        image="registry/dlinfra:1",
+        python="python3",
+        service_account="jobs",
+        node_selector={"pool": "gpu"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        workdir_claim="jobs-pvc",
+        workdir_mount="/jobs",
+        priority_classes={"batch": "dlinfra-batch"},
+        labels={"team": "vision"},
+        ttl_after_finished_s=600,
+        active_deadline_s=3600,
+    )
+    job = backend.job_manifest(_launch(gpus=0, priority_class="batch"), name="dlinfra-job-7-x")
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["name"] == "dlinfra-job-7-x" and meta["namespace"] == "ml"
+    assert meta["labels"] == {
+        "team": "vision",
+        "app.kubernetes.io/managed-by": "jupyter-dlinfra",
+        "dlinfra.jupyter.org/job-id": "7",
+        "dlinfra.jupyter.org/user": "Dr._n_code_x_y",
+    }
+    assert meta["annotations"]["dlinfra.jupyter.org/user"] == "Dr. Ünïcode <x@y>"
+    assert spec["backoffLimit"] == 0 and spec["ttlSecondsAfterFinished"] == 600
+    assert spec["activeDeadlineSeconds"] == 3600 and "suspend" not in spec
+    pod = spec["template"]["spec"]
+    assert spec["template"]["metadata"]["labels"] == meta["labels"]
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "jobs"
+    assert pod["priorityClassName"] == "dlinfra-batch"
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"][0]["key"]
+    (container,) = pod["containers"]
+    # no GPUs: no GPU limit
+    assert "resources" not in container
+    # the paths as the pod sees them: the claim's job directory mounted under /jobs
+    assert container["workingDir"] == "/jobs/7-sweep-abc123"
+    assert container["volumeMounts"] == [
+        {"name": "workdir", "mountPath": "/jobs/7-sweep-abc123", "subPath": "7-sweep-abc123"}
+    ]
+    assert pod["volumes"] == [
+        {"name": "workdir", "persistentVolumeClaim": {"claimName": "jobs-pvc"}}
+    ]
+    command = container["command"]
+    assert command[:2] == ["python3", "-c"]
+    assert command[3:] == [
+        "/jobs/7-sweep-abc123/job.log",
+        "python3",
+        "-m",
+        "jupyter_dlinfra.jobs.runner",
+        "/jobs/7-sweep-abc123",
+    ]
+    assert container["env"] == [{"name": "DLINFRA_JOB_ID", "value": "7"}]
+    # a class without a mapping: the cluster's default
+    plain = backend.job_manifest(_launch(priority_class="interactive"))
+    assert "priorityClassName" not in plain["spec"]["template"]["spec"]
+    assert plain["metadata"]["name"].startswith("dlinfra-job-7-")
+
+
+def test_manifest_with_a_host_path_and_gpus() -> None:
+    backend = _offline(resources={"requests": {"cpu": "2"}})
+    job = backend.job_manifest(_launch(gpus=4))
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": 4}}
+    assert container["workingDir"] == "/data/jobs/7-sweep-abc123"
+    assert pod["volumes"] == [
+        {
+            "name": "workdir",
+            "hostPath": {"path": "/data/jobs/7-sweep-abc123", "type": "Directory"},
+        }
+    ]
+    assert container["command"][3] == "/data/jobs/7-sweep-abc123/job.log"
+    with pytest.raises(BackendError, match="must be inside the job directory"):
+        backend.job_manifest(_launch(log_path="/var/log/job.log"))
+    with pytest.raises(BackendError, match="environment variable"):
+        backend.job_manifest(_launch(env={"A B": "x"}))
+    with pytest.raises(BackendError, match="no command"):
+        backend.job_manifest(_launch(argv=[]))
+    with pytest.raises(BackendError, match="set by the backend"):
+        _offline(labels={"app.kubernetes.io/managed-by": "me"})
+
+
+def test_chain_manifest_is_held() -> None:
+    parent = JobHandle(
+        backend="kubernetes", ref="dlinfra-job-6-aa", detail={"namespace": "ml", "workdir": "/w/6"}
+    )
+    job = _offline(active_deadline_s=60).job_manifest(_launch(after=[parent]))
+    assert job["spec"]["parallelism"] == 0 and "activeDeadlineSeconds" not in job["spec"]
+    assert json.loads(job["metadata"]["annotations"]["dlinfra.jupyter.org/after"]) == [
+        {"namespace": "ml", "name": "dlinfra-job-6-aa", "workdir": "/w/6"}
+    ]
+    # with Kueue: suspended, and the queue label only once the parents succeeded
+    queued = _offline(kueue_queue="q").job_manifest(_launch(after=[parent]))
+    assert queued["spec"]["suspend"] is True and queued["spec"]["parallelism"] == 1
+    assert "kueue.x-k8s.io/queue-name" not in queued["metadata"]["labels"]
+
+
+def test_priority_class_manifests_map_preemptible_to_preemption_policy() -> None:
+    manifests = priority_class_manifests(DEFAULT_CLASSES)
+    assert [(m["metadata"]["name"], m["value"], m["preemptionPolicy"]) for m in manifests] == [
+        ("dlinfra-interactive", 100, "PreemptLowerPriority"),
+        ("dlinfra-batch", 50, "PreemptLowerPriority"),
+        ("dlinfra-low", 10, "Never"),
+    ]
+    assert all(m["globalDefault"] is False for m in manifests)
+    # a class below that must not be preempted: nobody above it preempts
+    classes = (
+        PriorityClass(name="interactive", priority=100),
+        PriorityClass(name="research", priority=80),
+        PriorityClass(name="batch", priority=50, preemptible=True),
+    )
+    policies = {
+        m["metadata"]["name"]: m["preemptionPolicy"] for m in priority_class_manifests(classes)
+    }
+    assert policies == {
+        "dlinfra-interactive": "Never",
+        "dlinfra-research": "PreemptLowerPriority",
+        "dlinfra-batch": "Never",
+    }
+    assert {
+        m["preemptionPolicy"] for m in priority_class_manifests(DEFAULT_CLASSES, preemption=False)
+    } == {"Never"}
+    with pytest.raises(BackendError, match="at most 1000000000"):
+        priority_class_manifests([PriorityClass(name="x", priority=2_000_000_000)])
+    with pytest.raises(BackendError, match="both give"):
+        priority_class_manifests(
+            [PriorityClass(name="Batch", priority=1), PriorityClass(name="batch", priority=2)]
+        )
+
+
+def test_status_mapping_from_pods() -> None:
+    unschedulable = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        }
+    }
+    assert k8s._pending_reason(unschedulable).startswith("0/2 nodes are available")
+    pulling = {
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "job",
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}},
+                }
+            ],
+        },
+    }
+    assert k8s._pending_reason(pulling) == "ErrImagePull: not found"
+    oom = {"exitCode": 137, "reason": "OOMKilled"}
+    assert k8s._failure({"reason": "BackoffLimitExceeded"}, oom) == "exit code 137 (OOMKilled)"
+    assert (
+        k8s._failure({"reason": "DeadlineExceeded", "message": "Job was active too long"}, None)
+        == "DeadlineExceeded: Job was active too long"
+    )
+
+
+def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    log.write_text("before\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            k8s._TEE,
+            str(log),
+            sys.executable,
+            "-c",
+            "import sys; print('out'); print('err', file=sys.stderr); sys.exit(4)",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 4
+    assert done.stdout.decode().split() == ["out", "err"]
+    assert log.read_text().split() == ["before", "out", "err"]
+    # a stop signal reaches the command; its death by signal is 128 + N
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            k8s._TEE,
+            str(log),
+            sys.executable,
+            "-c",
+            "import time; print('up', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=DEADLINE) == 128 + signal.SIGTERM
+    proc.stdout.close()
+    # a log that cannot be opened: a clear message, and the command never runs
+    done = subprocess.run(
+        [sys.executable, "-c", k8s._TEE, str(tmp_path / "no" / "job.log"), "true"],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 125 and b"cannot open the job log" in done.stderr
+
+
+def test_without_the_client_package_the_backend_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "kubernetes", None)
+    with pytest.raises(BackendError, match=r"pip install jupyter-dlinfra\[kubernetes\]"):
+        KubernetesBackend()
+
+
+def test_a_missing_kubeconfig_is_a_backend_error(tmp_path: Path) -> None:
+    backend = KubernetesBackend(kubeconfig=str(tmp_path / "nope"))
+    info = backend.describe()
+    assert info["available"] is False and "Kubernetes configuration" in info["reason"]
+    with pytest.raises(BackendError, match="Kubernetes configuration"):
+        backend.poll([JobHandle(backend="kubernetes", ref="x")])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
