@@ -6,21 +6,34 @@ key and put them in the environment variable ``DLINFRA_CONNECTION`` (JSON: ``she
 ``transport`` (only ``"tcp"``), ``signature_scheme`` (``"hmac-sha256"``) and ``kernel_name``).
 This writes them to a connection file in a fresh private temporary directory, with
 ``ip = "0.0.0.0"`` (the kernel listens on every interface of the pod, so the gateway reaches it
-at the pod's IP), and replaces itself with ``python -m ipykernel_launcher -f FILE
---ext=jupyter_dlinfra`` (the same interpreter), so that the kernel is the container's main process
-and gets the pod's SIGTERM itself.
+at the pod's IP), and runs ipykernel in this same process (``IPKernelApp`` with ``-f FILE
+--ext=jupyter_dlinfra`` and the extra arguments), so that the kernel is the container's main
+process and gets the pod's SIGTERM itself.
+
+The connection file holds the kernel's key: it lives only while ipykernel reads it. Once the
+kernel is initialised (its sockets bound, the file read; ipykernel does not delete or rewrite a
+file it was given, nor read it again), the file and its directory are removed, before the kernel
+starts serving; a SIGTERM that comes while the file exists removes it, then ends the process by
+that signal. (So ``%connect_info`` in such a kernel finds no file: the gateway holds the
+connection.)
 
 A missing or malformed ``DLINFRA_CONNECTION`` exits with status 2 and says why on stderr (the
-pod's log). Kept to the standard library: it runs at every kernel start.
+pod's log), before ipykernel is even imported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 __all__ = ["ENV_VAR", "PORT_NAMES", "connection_file_content", "main"]
@@ -71,41 +84,71 @@ def connection_file_content(raw: str | None) -> dict[str, Any]:
     return info
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 2) -> NoReturn:
     sys.stderr.write(f"jupyter_dlinfra.kernel_pod: {message}\n")
     sys.stderr.flush()
-    raise SystemExit(2)
+    raise SystemExit(code)
+
+
+@contextmanager
+def _connection_file(info: Mapping[str, Any]) -> Iterator[str]:
+    """The connection file, in a fresh private directory that goes (with it) at the end of the
+    block, or at a SIGTERM meanwhile (the process then dies of that signal, as it would have)."""
+    # named before it exists, so that a SIGTERM at any moment knows what to remove
+    folder = os.path.join(tempfile.gettempdir(), f"dlinfra-kernel-{uuid.uuid4().hex}")
+
+    def remove() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        remove()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        os.mkdir(folder, 0o700)
+    except OSError as err:  # not ours: nothing to remove
+        restore()
+        _fail(f"cannot write the connection file: {err}")
+    try:
+        path = os.path.join(folder, "kernel.json")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(info, out)
+        except OSError as err:
+            _fail(f"cannot write the connection file: {err}")
+        yield path
+    finally:
+        remove()
+        restore()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Write the connection file and exec the kernel (extra ``argv`` go to the kernel)."""
+    """Write the connection file, start the kernel from it, remove it, and serve until the kernel
+    is shut down (extra ``argv`` go to the kernel)."""
     extra = list(sys.argv[1:] if argv is None else argv)
     try:
         info = connection_file_content(os.environ.get(ENV_VAR))
     except _BadConnection as err:
         _fail(str(err))
+    # like ipykernel_launcher: the working directory does not shadow modules while ipykernel
+    # loads (the shell puts it back for the user's code)
+    if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
+        del sys.path[0]
     try:
-        folder = tempfile.mkdtemp(prefix="dlinfra-kernel-")
-        path = os.path.join(folder, "kernel.json")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(info, out)
-    except OSError as err:
-        _fail(f"cannot write the connection file: {err}")
-    argv_ = [
-        sys.executable,
-        "-m",
-        "ipykernel_launcher",
-        "-f",
-        path,
-        "--ext=jupyter_dlinfra",
-        *extra,
-    ]
-    sys.stdout.flush()
-    try:
-        os.execvp(sys.executable, argv_)
-    except OSError as err:
-        _fail(f"cannot start the kernel ({sys.executable}): {err}")
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError as err:
+        _fail(f"cannot start the kernel ({sys.executable}): {err}", 1)
+    app = IPKernelApp.instance()
+    with _connection_file(info) as path:
+        app.initialize(["-f", path, "--ext=jupyter_dlinfra", *extra])  # type: ignore[no-untyped-call]
+    app.start()  # type: ignore[no-untyped-call]
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

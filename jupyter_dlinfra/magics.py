@@ -161,7 +161,8 @@ def queue_line(alloc: dict[str, Any], waited: float | None = None) -> str:
     """Where a queued request stands: place, class, reason and estimated start."""
     klass = f" ({alloc['priority_class']})" if alloc.get("priority_class") else ""
     spent = f", waited {waited:.0f} s" if waited is not None else ""
-    line = f"Queued at position {alloc['position']}{klass}{spent}: {alloc['waiting_reason']}."
+    reason = str(alloc["waiting_reason"]).rstrip(".")
+    line = f"Queued at position {alloc['position']}{klass}{spent}: {reason}."
     if alloc.get("estimated_start"):
         line += f" Estimated start {_when(alloc['estimated_start'], relative=True)}."
     return line

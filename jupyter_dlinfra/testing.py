@@ -139,7 +139,13 @@ class ServerProcess:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # never leave a server behind a test (one whose gateway is gone may retry long)
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+                raise
 
     def crash(self) -> None:
         """SIGKILL: what a power cut or the OOM killer does to the server."""

@@ -1,11 +1,14 @@
 """The ``kubernetes`` backend: each job is a ``batch/v1`` Job, placed (GPUs included) by Kubernetes.
 
-The backend talks to the API server through the official ``kubernetes`` client (the optional
-extra: ``pip install jupyter-dlinfra[kubernetes]``), with its ``ApiClient`` only: requests and
-answers are plain JSON, so the backend does not depend on the client's model classes matching
-the cluster's version. Credentials come from ``api_client``, else ``kubeconfig`` (and
-``context``), else the pod's service account when ``KUBERNETES_SERVICE_HOST`` is set (the gateway
-runs in the cluster), else the default kubeconfig (``~/.kube/config``, ``$KUBECONFIG``).
+The backend talks to the API server through :class:`~jupyter_dlinfra.backends.kube_api.KubeApi`:
+the official ``kubernetes`` client (the optional extra:
+``pip install jupyter-dlinfra[kubernetes]``), its ``ApiClient`` only, with plain-JSON requests and
+answers. Credentials come from
+``api_client``, else ``kubeconfig`` (and ``context``), else the pod's service account when
+``KUBERNETES_SERVICE_HOST`` is set (the gateway runs in the cluster), else the default kubeconfig
+(``~/.kube/config``, ``$KUBECONFIG``). The options it shares with the kernel pod launcher (image,
+placement, resources, labels) make its pods through
+:class:`~jupyter_dlinfra.backends.pod_template.PodTemplate`.
 
 The Job
 -------
@@ -133,8 +136,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -145,6 +146,26 @@ from urllib.parse import quote
 
 from ..core.sched_policy import PriorityClass
 from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHandle, JobLaunch
+from .kube_api import (
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    KUEUE_QUEUE_LABEL,
+    MANAGED_BY,
+    MANAGER,
+    PREFIX,
+    PRIORITY_CLASS_ANNOTATION,
+    USER_LABEL,
+    ApiError,
+    KubeApi,
+    conditions,
+    dns_name,
+    exit_code,
+    exit_text,
+    meta,
+    pending_reason,
+    terminated,
+)
+from .pod_template import PodTemplate
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -156,21 +177,14 @@ __all__ = [
     "priority_class_name",
 ]
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "jupyter-dlinfra"
-_PREFIX = "dlinfra.jupyter.org/"
-JOB_ID_LABEL = _PREFIX + "job-id"
-USER_LABEL = _PREFIX + "user"
+JOB_ID_LABEL = PREFIX + "job-id"
 #: annotations
-WORKDIR_ANNOTATION = _PREFIX + "workdir"
-NAME_ANNOTATION = _PREFIX + "name"
-PRIORITY_ANNOTATION = _PREFIX + "priority"
-CANCELLED_ANNOTATION = _PREFIX + "cancelled"
+WORKDIR_ANNOTATION = PREFIX + "workdir"
+NAME_ANNOTATION = PREFIX + "name"
+PRIORITY_ANNOTATION = PREFIX + "priority"
+CANCELLED_ANNOTATION = PREFIX + "cancelled"
 #: JSON list of the parents ({"namespace", "name", "workdir"}) of a held Job; removed on release
-AFTER_ANNOTATION = _PREFIX + "after"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+AFTER_ANNOTATION = PREFIX + "after"
 #: the container's name in the job's pod
 CONTAINER = "job"
 #: what the in-job runner writes when the job ends
@@ -185,9 +199,6 @@ _FILE_STATES = {
     "failed": BackendState.FAILED,
     "cancelled": BackendState.CANCELLED,
 }
-_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
-_DNS_BAD = re.compile(r"[^a-z0-9-]+")
 
 #: the container's command: run argv, copy its output to the pod log AND the log file, forward
 #: stop signals, exit with its code (see "Logs" in the module's documentation)
@@ -237,130 +248,7 @@ sys.exit(128 - code if code < 0 else code)
 """
 
 
-# --- the client ------------------------------------------------------------------------------
-
-
-def _kubernetes() -> Any:
-    """The ``kubernetes`` package, or a BackendError that says how to install it."""
-    try:
-        import kubernetes
-    except ImportError:
-        raise BackendError(
-            "the kubernetes backend needs the Kubernetes client: "
-            "pip install jupyter-dlinfra[kubernetes]"
-        ) from None
-    return kubernetes
-
-
-class _ApiError(BackendError):
-    """The API server answered with an error status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _Api:
-    """The few REST calls the backend makes, as JSON, through the official ``ApiClient``."""
-
-    def __init__(self, client: ApiClient, timeout: float) -> None:
-        self.client = client
-        self.timeout = timeout
-
-    @property
-    def host(self) -> str:
-        return str(getattr(self.client.configuration, "host", "") or "?")
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        what: str,
-        query: Sequence[tuple[str, str]] = (),
-        body: Any = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        kubernetes = _kubernetes()
-        import urllib3
-
-        headers: dict[str, str] = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        try:
-            request = self.client.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=list(query),
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            response = self.client.call_api(*request, _request_timeout=self.timeout)
-            data = response.read()  # type: ignore[no-untyped-call]
-        except kubernetes.client.exceptions.ApiException as err:
-            if not err.status:  # the client's own failure (TLS...), not an answer
-                raise BackendError(
-                    f"cannot reach the Kubernetes API at {self.host} to {what}: "
-                    + str(err.reason or err).replace("\n", ": ")
-                ) from None
-            raise _ApiError(
-                f"Kubernetes refused to {what}: {_api_message(err.status, err.reason, err.body)}",
-                int(err.status or 0),
-            ) from None
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            why = getattr(err, "reason", None) or err
-            raise BackendError(
-                f"cannot reach the Kubernetes API at {self.host} to {what}: {why}"
-            ) from None
-        if not 200 <= response.status <= 299:
-            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-            raise _ApiError(
-                f"Kubernetes refused to {what}: "
-                f"{_api_message(response.status, response.reason, text)}",
-                int(response.status),
-            )
-        if not data:
-            return None
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise BackendError(
-                f"the Kubernetes API at {self.host} gave no JSON when asked to {what}"
-            ) from None
-
-    def items(self, path: str, *, what: str, query: Sequence[tuple[str, str]] = ()) -> list[Any]:
-        """Every item of a list (following ``continue`` tokens)."""
-        found: list[Any] = []
-        token: str | None = None
-        while True:
-            extra = [("continue", token)] if token else []
-            answer = self.request("GET", path, what=what, query=[*query, *extra]) or {}
-            found.extend(answer.get("items") or [])
-            token = (answer.get("metadata") or {}).get("continue")
-            if not token:
-                return found
-
-
-def _api_message(status: Any, reason: Any, body: Any) -> str:
-    """``403 Forbidden: jobs.batch is forbidden: ...`` from an error answer."""
-    message = None
-    if body:
-        try:
-            message = json.loads(body).get("message")
-        except (ValueError, AttributeError):
-            message = str(body).strip()[:500] or None
-    head = " ".join(str(x) for x in (status, reason) if x)
-    return f"{head}: {message}" if message else head or "no answer"
-
-
 # --- names and labels ------------------------------------------------------------------------
-
-
-def _label_value(text: str) -> str:
-    """``text`` made a valid label value (63 characters, alphanumeric at both ends)."""
-    value = _LABEL_VALUE_BAD.sub("_", text)[:63]
-    return value.strip("_.-")
 
 
 def _job_name(job_id: int, workdir: str) -> str:
@@ -371,26 +259,18 @@ def _job_name(job_id: int, workdir: str) -> str:
 
 def priority_class_name(klass: str, prefix: str = "dlinfra-") -> str:
     """The Kubernetes PriorityClass for one of our classes: ``dlinfra-batch``."""
-    name = _DNS_BAD.sub("-", f"{prefix}{klass}".lower()).strip("-")[:253]
+    name = dns_name(f"{prefix}{klass}")[:253]
     if not name:
         raise BackendError(f"priority class {klass!r} gives no valid Kubernetes name")
     return name
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
-    return _meta(obj).get("annotations") or {}
-
-
-def _conditions(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return list((obj.get("status") or {}).get("conditions") or [])
+    return meta(obj).get("annotations") or {}
 
 
 def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    for cond in _conditions(obj):
+    for cond in conditions(obj):
         if cond.get("type") == kind and cond.get("status") == "True":
             return cond
     return None
@@ -447,7 +327,7 @@ def priority_class_manifests(
                 "metadata": {
                     "name": name,
                     "labels": {MANAGED_BY: MANAGER},
-                    "annotations": {_PREFIX + "class": klass.name},
+                    "annotations": {PREFIX + "class": klass.name},
                 },
                 "value": klass.priority,
                 "globalDefault": False,
@@ -478,17 +358,17 @@ def ensure_priority_classes(
     ``prune``, PriorityClasses this function created for classes the policy no longer has go.
     Needs the right to get, list, create, patch and delete ``priorityclasses`` (cluster-wide).
     """
-    rest = _Api(api, timeout)
+    rest = KubeApi(api, timeout=timeout)
     base = "/apis/scheduling.k8s.io/v1/priorityclasses"
     manifests = priority_class_manifests(classes, prefix=prefix, preemption=preemption)
     names: dict[str, str] = {}
     for manifest in manifests:
         name = manifest["metadata"]["name"]
-        names[manifest["metadata"]["annotations"][_PREFIX + "class"]] = name
+        names[manifest["metadata"]["annotations"][PREFIX + "class"]] = name
         path = f"{base}/{quote(name, safe='')}"
         try:
             current = rest.request("GET", path, what=f"read PriorityClass {name}")
-        except _ApiError as err:
+        except ApiError as err:
             if err.status != 404:
                 raise
             current = None
@@ -515,9 +395,9 @@ def ensure_priority_classes(
         for item in rest.items(
             base, what="list PriorityClasses", query=[("labelSelector", f"{MANAGED_BY}={MANAGER}")]
         ):
-            name = _meta(item).get("name", "")
+            name = meta(item).get("name", "")
             if name.startswith(prefix) and name not in wanted:
-                with contextlib.suppress(_ApiError):
+                with contextlib.suppress(ApiError):
                     rest.request(
                         "DELETE",
                         f"{base}/{quote(name, safe='')}",
@@ -581,71 +461,40 @@ class KubernetesBackend(JobBackend):
         # seconds one API request may take
         timeout: float = 30.0,
     ) -> None:
-        _kubernetes()  # a missing client is a configuration error now, not at the first job
+        # a missing client package is a configuration error now, not at the first job
+        self.kube = KubeApi(api_client, kubeconfig=kubeconfig, context=context, timeout=timeout)
+        self.template = PodTemplate(
+            owner="the backend",
+            image=image,
+            python=python,
+            service_account=service_account,
+            node_selector=node_selector,
+            tolerations=tolerations,
+            priority_classes=priority_classes,
+            kueue_queue=kueue_queue,
+            labels=labels,
+            extra_volumes=extra_volumes,
+            extra_volume_mounts=extra_volume_mounts,
+            image_pull_policy=image_pull_policy,
+            resources=resources,
+            gpu_product_label=gpu_product_label,
+            gpu_products=gpu_products,
+            gpu_resource=gpu_resource,
+            reserved_labels=(MANAGED_BY, JOB_ID_LABEL, USER_LABEL, KUEUE_QUEUE_LABEL),
+        )
         self.namespace = namespace
-        self.image = image
-        self.python = python
-        self.service_account = service_account or None
-        self.node_selector = dict(node_selector or {})
-        self.tolerations = [dict(t) for t in tolerations]
         self.workdir_claim = workdir_claim or None
         self.workdir_mount = workdir_mount or None
-        self.priority_classes = dict(priority_classes or {})
-        self.kueue_queue = kueue_queue or None
-        self.labels = dict(labels or {})
-        self.extra_volumes = [dict(v) for v in extra_volumes]
-        self.extra_volume_mounts = [dict(v) for v in extra_volume_mounts]
-        self.image_pull_policy = image_pull_policy or None
-        self.resources = {k: dict(v) for k, v in (resources or {}).items()}
-        self.gpu_product_label = gpu_product_label
-        self.gpu_products = list(gpu_products)
-        self.gpu_resource = gpu_resource
-        self.kubeconfig = kubeconfig
-        self.context = context
         self.active_deadline_s = active_deadline_s
         self.ttl_after_finished_s = ttl_after_finished_s
-        self.timeout = timeout
-        for key in (MANAGED_BY, JOB_ID_LABEL, USER_LABEL, KUEUE_QUEUE_LABEL):
-            if key in self.labels:
-                raise BackendError(f"the label {key} is set by the backend itself")
-        self._client: ApiClient | None = api_client
-        self._owns_client = api_client is None
-        self._api: _Api | None = None
-        self._lock = threading.Lock()
         #: (namespace, name) of Jobs this backend cancelled (they vanish once deleted)
         self._cancelled: set[tuple[str, str]] = set()
         self._described: tuple[float, dict[str, Any]] | None = None
         self._suspend_ok: bool | None = None
 
-    # --- the client ----------------------------------------------------------------------
-
-    def api(self) -> _Api:
-        """The REST helper, building the client on first use (BackendError if it cannot)."""
-        with self._lock:
-            if self._api is None:
-                if self._client is None:
-                    self._client = self._new_client()
-                self._api = _Api(self._client, self.timeout)
-            return self._api
-
-    def _new_client(self) -> ApiClient:
-        kubernetes = _kubernetes()
-        config = kubernetes.config
-        try:
-            if self.kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-                client: ApiClient = config.new_client_from_config(
-                    config_file=self.kubeconfig, context=self.context, persist_config=False
-                )
-                return client
-            configuration = kubernetes.client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            in_cluster: ApiClient = kubernetes.client.ApiClient(configuration)
-            return in_cluster
-        except (config.ConfigException, OSError, ValueError, TypeError) as err:
-            where = self.kubeconfig or "the default kubeconfig or the in-cluster service account"
-            raise BackendError(
-                f"no usable Kubernetes configuration ({where}): {err}".replace("\n", " ")
-            ) from None
+    def api(self) -> KubeApi:
+        """The cluster's API (its requests raise BackendError if no configuration is usable)."""
+        return self.kube
 
     # --- submit ----------------------------------------------------------------------------
 
@@ -666,56 +515,6 @@ class KubernetesBackend(JobBackend):
         if path.startswith(workdir + "/"):
             return in_pod + path[len(workdir) :]
         return path
-
-    def _gpu_affinity(self, model: str) -> dict[str, Any]:
-        """Node affinity for the GPU products that contain ``model`` (see the module's notes)."""
-        products = set(self.gpu_products)
-        listed = True
-        try:
-            nodes = self.api().items(
-                "/api/v1/nodes",
-                what="list the GPU nodes",
-                query=[("labelSelector", self.gpu_product_label)],
-            )
-        except _ApiError as err:
-            if err.status not in (401, 403):
-                raise
-            listed = False
-            nodes = []
-        for node in nodes:
-            value = (_meta(node).get("labels") or {}).get(self.gpu_product_label)
-            if value:
-                products.add(value)
-        wanted = model.lower()
-        exact = sorted(p for p in products if p.lower() == wanted)
-        matches = exact or sorted(p for p in products if wanted in p.lower())
-        if not matches:
-            if not listed:
-                # cannot see the nodes: the model must be a product label value itself
-                matches = [model]
-            else:
-                known = ", ".join(sorted(products)) or "none"
-                raise BackendError(
-                    f"no GPU model in the cluster matches {model!r} "
-                    f"(node label {self.gpu_product_label}; models: {known})"
-                )
-        return {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {
-                                    "key": self.gpu_product_label,
-                                    "operator": "In",
-                                    "values": matches,
-                                }
-                            ]
-                        }
-                    ]
-                }
-            }
-        }
 
     def _parents(self, after: Sequence[JobHandle]) -> list[dict[str, Any]]:
         parents = []
@@ -748,24 +547,11 @@ class KubernetesBackend(JobBackend):
                 f"the log {log_path!r} must be inside the job directory {workdir!r}, "
                 "the only directory mounted in the job's pod"
             )
-        argv = [self.python, *(self._in_pod(str(a), workdir, in_pod) for a in launch.argv[1:])]
-        command = [
-            self.python,
-            "-c",
-            _TEE,
-            self._in_pod(log_path, workdir, in_pod),
-            *argv,
-        ]
-        env = []
-        for key, value in launch.env.items():
-            if not _ENV_NAME.match(key):
-                raise BackendError(f"invalid environment variable name {key!r}")
-            env.append({"name": key, "value": str(value)})
+        python = self.template.python
+        argv = [python, *(self._in_pod(str(a), workdir, in_pod) for a in launch.argv[1:])]
+        command = [python, "-c", _TEE, self._in_pod(log_path, workdir, in_pod), *argv]
         name = name or _job_name(launch.job_id, workdir)
-        user = _label_value(launch.user)
-        labels = {**self.labels, MANAGED_BY: MANAGER, JOB_ID_LABEL: str(launch.job_id)}
-        if user:
-            labels[USER_LABEL] = user
+        labels = self.template.object_labels(launch.user, {JOB_ID_LABEL: str(launch.job_id)})
         annotations = {
             USER_LABEL: launch.user,
             WORKDIR_ANNOTATION: workdir,
@@ -773,11 +559,7 @@ class KubernetesBackend(JobBackend):
             PRIORITY_ANNOTATION: str(launch.priority),
         }
         if launch.priority_class is not None:
-            annotations[_PREFIX + "priority-class"] = launch.priority_class
-        limits: dict[str, Any] = dict(self.resources.get("limits", {}))
-        if launch.gpus > 0:
-            limits[self.gpu_resource] = launch.gpus
-        resources = {**self.resources, "limits": limits} if limits else dict(self.resources)
+            annotations[PRIORITY_CLASS_ANNOTATION] = launch.priority_class
         if self.workdir_claim:
             volume: dict[str, Any] = {
                 "name": "workdir",
@@ -787,35 +569,18 @@ class KubernetesBackend(JobBackend):
         else:
             volume = {"name": "workdir", "hostPath": {"path": workdir, "type": "Directory"}}
             mount = {"name": "workdir", "mountPath": in_pod}
-        container: dict[str, Any] = {
-            "name": CONTAINER,
-            "image": self.image,
-            "command": command,
-            "workingDir": in_pod,
-            "env": env,
-            "volumeMounts": [mount, *self.extra_volume_mounts],
-        }
-        if resources:
-            container["resources"] = resources
-        if self.image_pull_policy:
-            container["imagePullPolicy"] = self.image_pull_policy
-        pod: dict[str, Any] = {
-            "restartPolicy": "Never",
-            "enableServiceLinks": False,
-            "containers": [container],
-            "volumes": [volume, *self.extra_volumes],
-        }
-        if self.service_account:
-            pod["serviceAccountName"] = self.service_account
-        if self.node_selector:
-            pod["nodeSelector"] = dict(self.node_selector)
-        if self.tolerations:
-            pod["tolerations"] = [dict(t) for t in self.tolerations]
-        klass = self.priority_classes.get(launch.priority_class or "")
-        if klass:
-            pod["priorityClassName"] = klass
-        if launch.model and launch.gpus > 0:
-            pod["affinity"] = self._gpu_affinity(launch.model)
+        container = self.template.container(
+            CONTAINER, command, self.template.env(launch.env), gpus=launch.gpus, mounts=[mount]
+        )
+        container["workingDir"] = in_pod
+        pod = self.template.pod_spec(
+            self.kube,
+            container,
+            gpus=launch.gpus,
+            model=launch.model,
+            priority_class=launch.priority_class,
+            volumes=[volume],
+        )
         spec: dict[str, Any] = {
             "backoffLimit": 0,
             "completions": 1,
@@ -827,14 +592,15 @@ class KubernetesBackend(JobBackend):
         if self.ttl_after_finished_s is not None:
             spec["ttlSecondsAfterFinished"] = int(self.ttl_after_finished_s)
         parents = self._parents(launch.after)
-        if self.kueue_queue:
+        kueue_queue = self.template.kueue_queue
+        if kueue_queue:
             spec["suspend"] = True
             if not parents:
-                labels[KUEUE_QUEUE_LABEL] = self.kueue_queue
+                labels[KUEUE_QUEUE_LABEL] = kueue_queue
         if parents:
             # held until the parents succeeded: see "Chains" in the module's documentation
             annotations[AFTER_ANNOTATION] = json.dumps(parents)
-            if not self.kueue_queue:
+            if not kueue_queue:
                 spec["parallelism"] = 0
                 spec.pop("activeDeadlineSeconds", None)
         return {
@@ -873,7 +639,7 @@ class KubernetesBackend(JobBackend):
 
     def submit(self, launch: JobLaunch) -> JobHandle:
         manifest = self.job_manifest(launch)
-        if self.kueue_queue:
+        if self.template.kueue_queue:
             self._check_suspend(manifest)
         name = manifest["metadata"]["name"]
         created = self.api().request(
@@ -885,14 +651,14 @@ class KubernetesBackend(JobBackend):
         return self._handle(created or manifest, launch.workdir)
 
     def _handle(self, job: Mapping[str, Any], workdir: str | None = None) -> JobHandle:
-        meta = _meta(job)
+        metadata = meta(job)
         return JobHandle(
             backend=self.name,
-            ref=str(meta.get("name")),
+            ref=str(metadata.get("name")),
             detail={
-                "namespace": meta.get("namespace") or self.namespace,
-                "uid": meta.get("uid"),
-                "workdir": workdir or (meta.get("annotations") or {}).get(WORKDIR_ANNOTATION),
+                "namespace": metadata.get("namespace") or self.namespace,
+                "uid": metadata.get("uid"),
+                "workdir": workdir or (metadata.get("annotations") or {}).get(WORKDIR_ANNOTATION),
             },
         )
 
@@ -918,11 +684,11 @@ class KubernetesBackend(JobBackend):
             for j in jobs
             if _annotations(j).get(WORKDIR_ANNOTATION) == workdir
             and _annotations(j).get(CANCELLED_ANNOTATION) != "true"
-            and not _meta(j).get("deletionTimestamp")
+            and not meta(j).get("deletionTimestamp")
         ]
         if not mine:
             return None
-        newest = max(mine, key=lambda j: str(_meta(j).get("creationTimestamp") or ""))
+        newest = max(mine, key=lambda j: str(meta(j).get("creationTimestamp") or ""))
         return self._handle(newest, launch.workdir)
 
     # --- poll ------------------------------------------------------------------------------
@@ -944,7 +710,7 @@ class KubernetesBackend(JobBackend):
 
     def _held(self, view: _View, namespace: str, job: Mapping[str, Any]) -> BackendStatus:
         """A chained Job waiting for its parents: release it, cancel it, or say why it waits."""
-        name = str(_meta(job).get("name"))
+        name = str(meta(job).get("name"))
         if _annotations(job).get(CANCELLED_ANNOTATION) == "true":
             return view.status(namespace, name, {})
         try:
@@ -975,15 +741,16 @@ class KubernetesBackend(JobBackend):
         return BackendStatus(state=BackendState.PENDING, reason="its parents succeeded; starting")
 
     def _release(self, namespace: str, job: Mapping[str, Any]) -> None:
-        name = str(_meta(job).get("name"))
+        name = str(meta(job).get("name"))
         patch: dict[str, Any] = {"metadata": {"annotations": {AFTER_ANNOTATION: None}}}
-        if self.kueue_queue and (job.get("spec") or {}).get("suspend"):
-            patch["metadata"]["labels"] = {KUEUE_QUEUE_LABEL: self.kueue_queue}
+        kueue_queue = self.template.kueue_queue
+        if kueue_queue and (job.get("spec") or {}).get("suspend"):
+            patch["metadata"]["labels"] = {KUEUE_QUEUE_LABEL: kueue_queue}
         else:
             spec: dict[str, Any] = {"parallelism": 1}
             if self.active_deadline_s is not None:
                 # the Job's clock started at its creation: the wait does not count
-                created = _parse_time(_meta(job).get("creationTimestamp")) or time.time()
+                created = _parse_time(meta(job).get("creationTimestamp")) or time.time()
                 waited = max(0, int(time.time() - created))
                 spec["activeDeadlineSeconds"] = int(self.active_deadline_s) + waited
             patch["spec"] = spec
@@ -1022,7 +789,7 @@ class KubernetesBackend(JobBackend):
                     "propagationPolicy": "Foreground",
                 },
             )
-        except _ApiError as err:
+        except ApiError as err:
             if err.status != 404:  # gone already: nothing to stop
                 raise
 
@@ -1056,13 +823,7 @@ class KubernetesBackend(JobBackend):
 
     def close(self) -> None:
         """Close the client this backend built (one given as ``api_client`` is the caller's)."""
-        with self._lock:
-            client, self._client, self._api = self._client, None, None
-            if client is not None and self._owns_client:
-                with contextlib.suppress(Exception):
-                    client.close()  # type: ignore[no-untyped-call]
-            if not self._owns_client:
-                self._client = client
+        self.kube.close()
 
 
 class _View:
@@ -1090,14 +851,14 @@ class _View:
             what=f"list the pods in namespace {namespace}",
             query=selector,
         )
-        self.jobs[namespace] = {str(_meta(j).get("name")): j for j in jobs}
+        self.jobs[namespace] = {str(meta(j).get("name")): j for j in jobs}
         by_uid: dict[str, list[Mapping[str, Any]]] = {}
         for pod in pods:
-            for owner in _meta(pod).get("ownerReferences") or []:
+            for owner in meta(pod).get("ownerReferences") or []:
                 if owner.get("kind") == "Job":
                     by_uid.setdefault(str(owner.get("uid")), []).append(pod)
         self.pods[namespace] = {
-            name: by_uid.get(str(_meta(job).get("uid")), [])
+            name: by_uid.get(str(meta(job).get("uid")), [])
             for name, job in self.jobs[namespace].items()
         }
 
@@ -1107,7 +868,7 @@ class _View:
     def title(self, namespace: str, name: str) -> str:
         """``job 12`` (our id) for a Job, else its name."""
         job = self.job(namespace, name)
-        job_id = (_meta(job).get("labels") or {}).get(JOB_ID_LABEL) if job else None
+        job_id = (meta(job).get("labels") or {}).get(JOB_ID_LABEL) if job else None
         return f"job {job_id}" if job_id else name
 
     def _failed_create(self, namespace: str, name: str) -> str | None:
@@ -1136,12 +897,11 @@ class _View:
             return self._gone(namespace, name, detail)
         pods = sorted(
             self.pods.get(namespace, {}).get(name, []),
-            key=lambda p: str(_meta(p).get("creationTimestamp") or ""),
+            key=lambda p: str(meta(p).get("creationTimestamp") or ""),
         )
         pod = pods[-1] if pods else None
-        terminated = _terminated(pod) if pod is not None else None
-        code = terminated.get("exitCode") if terminated else None
-        exit_code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        ended = terminated(pod, CONTAINER) if pod is not None else None
+        code = exit_code(ended)
         if _annotations(job).get(CANCELLED_ANNOTATION) == "true":
             # remembered: once deleted, the Job is gone with its mark
             self.backend._cancelled.add((namespace, name))
@@ -1149,20 +909,18 @@ class _View:
         if _condition(job, "Complete"):
             return BackendStatus(
                 state=BackendState.SUCCEEDED,
-                exit_code=exit_code if exit_code is not None else 0,
+                exit_code=code if code is not None else 0,
             )
         failed = _condition(job, "Failed")
         if cancelled:
             if any(_pod_active(p) for p in pods):
                 return BackendStatus(state=BackendState.RUNNING, reason="stopping: cancelled")
-            return BackendStatus(
-                state=BackendState.CANCELLED, reason="cancelled", exit_code=exit_code
-            )
+            return BackendStatus(state=BackendState.CANCELLED, reason="cancelled", exit_code=code)
         if failed:
             return BackendStatus(
                 state=BackendState.FAILED,
-                reason=_failure(failed, terminated),
-                exit_code=exit_code,
+                reason=_failure(failed, ended),
+                exit_code=code,
             )
         if pod is not None and (pod.get("status") or {}).get("phase") in (
             "Running",
@@ -1173,11 +931,11 @@ class _View:
             return BackendStatus(state=BackendState.RUNNING)
         spec = job.get("spec") or {}
         if spec.get("suspend"):
-            queue = (_meta(job).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+            queue = (meta(job).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
             why = f"waiting for Kueue to admit it (queue {queue})" if queue else "suspended"
             return BackendStatus(state=BackendState.PENDING, reason=why)
         if pod is not None:
-            return BackendStatus(state=BackendState.PENDING, reason=_pending_reason(pod))
+            return BackendStatus(state=BackendState.PENDING, reason=pending_reason(pod, CONTAINER))
         problem = self._failed_create(namespace, name)
         if problem:
             return BackendStatus(
@@ -1222,53 +980,17 @@ class _View:
         )
 
 
-def _container_status(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    for status in statuses:
-        if status.get("name") == CONTAINER:
-            return dict(status)
-    return dict(statuses[0]) if statuses else None
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    status = _container_status(pod)
-    if status is None:
-        return None
-    for key in ("state", "lastState"):
-        terminated = (status.get(key) or {}).get("terminated")
-        if terminated:
-            return dict(terminated)
-    return None
-
-
 def _pod_active(pod: Mapping[str, Any]) -> bool:
     """Whether a pod may still run its command (not ended, bound to a node)."""
     phase = (pod.get("status") or {}).get("phase")
     return phase not in ("Succeeded", "Failed") and bool((pod.get("spec") or {}).get("nodeName"))
 
 
-def _failure(condition: Mapping[str, Any], terminated: Mapping[str, Any] | None) -> str:
+def _failure(condition: Mapping[str, Any], ended: Mapping[str, Any] | None) -> str:
     """Why a Job failed: the container's exit, else the Job condition's reason and message."""
-    if terminated and terminated.get("exitCode") is not None:
-        code = terminated.get("exitCode")
-        why = terminated.get("reason")
-        text = f"exit code {code}" + (f" ({why})" if why else "")
-        message = str(terminated.get("message") or "").strip()
-        return f"{text}: {message}" if message else text
+    text = exit_text(ended)
+    if text:
+        return text
     reason = str(condition.get("reason") or "Failed")
     said = condition.get("message")
     return f"{reason}: {said}" if said else reason
-
-
-def _pending_reason(pod: Mapping[str, Any]) -> str:
-    """Why a pod does not run yet, in Kubernetes' own words."""
-    for cond in _conditions(pod):
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return str(cond.get("message") or cond.get("reason") or "not scheduled yet")
-    status = _container_status(pod)
-    waiting = ((status or {}).get("state") or {}).get("waiting") or {}
-    if waiting:
-        reason, message = waiting.get("reason"), waiting.get("message")
-        return f"{reason}: {message}" if reason and message else str(reason or message)
-    node = (pod.get("spec") or {}).get("nodeName")
-    return f"starting on {node}" if node else "waiting to be scheduled"

@@ -2,12 +2,13 @@
 
 :class:`PodLauncher` is the Kubernetes side of a kernel provisioner that runs each kernel in its
 own pod, placed (GPUs included) by the cluster's scheduler. It is blocking: its caller runs it in a
-worker thread, never on the event loop. It shares the jobs backend's conventions and client
-(:mod:`jupyter_dlinfra.backends.kubernetes`): the same credentials (``api_client``, else
-``kubeconfig``/``context``, else the in-cluster service account, else the default kubeconfig),
-plain-JSON requests through the official ``ApiClient``, the same labels, the same GPU-model
-matching, and every API error as a :class:`~jupyter_dlinfra.backends.base.BackendError` with the
-HTTP status and Kubernetes' own message.
+worker thread, never on the event loop. It shares the jobs backend's client and conventions:
+:class:`~jupyter_dlinfra.backends.kube_api.KubeApi` (the same credentials: ``api_client``, else
+``kubeconfig``/``context``, else the in-cluster service account, else the default kubeconfig;
+plain-JSON requests through the official ``ApiClient``; every API error a
+:class:`~jupyter_dlinfra.backends.base.BackendError` with the HTTP status and Kubernetes' own
+message) and :class:`~jupyter_dlinfra.backends.pod_template.PodTemplate` (the same labels,
+placement options and GPU-model matching).
 
 The pod
 -------
@@ -25,7 +26,7 @@ generation, so a new pod may start while the old one terminates), named
   namespace), ``enableServiceLinks: false``, and no service-account token unless
   ``service_account`` is named (a kernel runs its user's code);
 - one container, ``kernel``, from ``image``, running ``[python, -m, jupyter_dlinfra.kernel_pod]``,
-  which writes the connection file from ``DLINFRA_CONNECTION`` (the ports and key, JSON) and execs
+  which writes the connection file from ``DLINFRA_CONNECTION`` (the ports and key, JSON) and runs
   ``ipykernel`` listening on all the pod's interfaces (see :mod:`jupyter_dlinfra.kernel_pod`);
   ``spec.env`` plus ``DLINFRA_CONNECTION`` and ``POD_NAME``, ``POD_NAMESPACE``, ``NODE_NAME``
   (downward API); the five ports as named ``containerPort``\\ s; ``limits: {nvidia.com/gpu: N}``
@@ -66,24 +67,25 @@ from urllib.parse import quote
 from ..kernel_pod import ENV_VAR as CONNECTION_ENV
 from ..kernel_pod import PORT_NAMES, connection_file_content
 from .base import BackendError
-from .kubernetes import (
-    _DNS_BAD,
-    _ENV_NAME,
-    _PREFIX,
+from .kube_api import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     KUEUE_QUEUE_LABEL,
     MANAGED_BY,
     MANAGER,
+    PREFIX,
+    PRIORITY_CLASS_ANNOTATION,
     USER_LABEL,
-    KubernetesBackend,
-    _Api,
-    _ApiError,
-    _label_value,
-    _meta,
-    _pending_reason,
-    _terminated,
+    ApiError,
+    KubeApi,
+    dns_name,
+    exit_code,
+    exit_text,
+    meta,
+    pending_reason,
+    terminated,
 )
+from .pod_template import PodTemplate
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -102,9 +104,8 @@ __all__ = [
 
 COMPONENT_LABEL = "app.kubernetes.io/component"
 COMPONENT = "kernel"
-KERNEL_ID_LABEL = _PREFIX + "kernel-id"
-GENERATION_LABEL = _PREFIX + "generation"
-PRIORITY_CLASS_ANNOTATION = _PREFIX + "priority-class"
+KERNEL_ID_LABEL = PREFIX + "kernel-id"
+GENERATION_LABEL = PREFIX + "generation"
 #: the container's name in a kernel's pod
 CONTAINER = "kernel"
 #: what the container's ports are called (IANA service names: 15 characters at most)
@@ -173,7 +174,7 @@ def kernel_pod_name(kernel_id: str, generation: int) -> str:
     """``dlinfra-kernel-<first 8 of the kernel id>-<generation>``, DNS-1123 safe."""
     if generation < 0:
         raise BackendError(f"a kernel generation is 0 or more, not {generation}")
-    short = _DNS_BAD.sub("-", kernel_id[:8].lower()).strip("-")
+    short = dns_name(kernel_id[:8])
     if not short:
         short = hashlib.sha256(kernel_id.encode()).hexdigest()[:8]
     return f"dlinfra-kernel-{short}-{generation}"
@@ -224,45 +225,40 @@ class PodLauncher:
         # seconds one API request may take
         timeout: float = 30.0,
     ) -> None:
-        # the jobs backend holds the client and matches GPU models: one way to do both
-        self._cluster = KubernetesBackend(
-            namespace=namespace,
+        # a missing client package is a configuration error now, not at the first kernel
+        self.kube = KubeApi(api_client, kubeconfig=kubeconfig, context=context, timeout=timeout)
+        self.template = PodTemplate(
+            owner="the pod launcher",
+            image=image,
+            python=python,
+            service_account=service_account,
+            node_selector=node_selector,
+            tolerations=tolerations,
+            priority_classes=priority_classes,
+            kueue_queue=kueue_queue,
+            labels=labels,
+            extra_volumes=extra_volumes,
+            extra_volume_mounts=extra_volume_mounts,
+            image_pull_policy=image_pull_policy,
+            resources=resources,
             gpu_product_label=gpu_product_label,
             gpu_products=gpu_products,
             gpu_resource=gpu_resource,
-            api_client=api_client,
-            kubeconfig=kubeconfig,
-            context=context,
-            timeout=timeout,
+            reserved_labels=_RESERVED_LABELS,
+            reserved_env=_RESERVED_ENV,
         )
         self.namespace = namespace
-        self.image = image
-        self.python = python
-        self.service_account = service_account or None
-        self.node_selector = dict(node_selector or {})
-        self.tolerations = [dict(t) for t in tolerations]
-        self.priority_classes = dict(priority_classes or {})
-        self.kueue_queue = kueue_queue or None
-        self.labels = dict(labels or {})
-        self.extra_volumes = [dict(v) for v in extra_volumes]
-        self.extra_volume_mounts = [dict(v) for v in extra_volume_mounts]
-        self.image_pull_policy = image_pull_policy or None
-        self.resources = {k: dict(v) for k, v in (resources or {}).items()}
-        self.gpu_resource = gpu_resource
         self.startup_timeout_s = float(startup_timeout_s)
-        for key in self.labels:
-            if key in _RESERVED_LABELS:
-                raise BackendError(f"the label {key} is set by the pod launcher itself")
 
     # --- the client ----------------------------------------------------------------------
 
-    def api(self) -> _Api:
-        """The REST helper (BackendError if no Kubernetes configuration is usable)."""
-        return self._cluster.api()
+    def api(self) -> KubeApi:
+        """The cluster's API (its requests raise BackendError if no configuration is usable)."""
+        return self.kube
 
     def close(self) -> None:
         """Close the client this launcher built (one given as ``api_client`` is the caller's)."""
-        self._cluster.close()
+        self.kube.close()
 
     def _pods_path(self, name: str | None = None) -> str:
         path = f"/api/v1/namespaces/{quote(self.namespace, safe='')}/pods"
@@ -285,13 +281,7 @@ class PodLauncher:
         except ValueError as err:
             raise BackendError(f"cannot start kernel {spec.kernel_id}: {err}") from None
         info.pop("ip", None)
-        env: list[dict[str, Any]] = []
-        for key, value in spec.env.items():
-            if not _ENV_NAME.match(key):
-                raise BackendError(f"invalid environment variable name {key!r}")
-            if key in _RESERVED_ENV:
-                raise BackendError(f"the environment variable {key} is set by the pod launcher")
-            env.append({"name": key, "value": str(value)})
+        env = self.template.env(spec.env)
         env.append({"name": CONNECTION_ENV, "value": json.dumps(info, sort_keys=True)})
         for var, path in (
             ("POD_NAME", "metadata.name"),
@@ -299,62 +289,33 @@ class PodLauncher:
             ("NODE_NAME", "spec.nodeName"),
         ):
             env.append({"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-        labels = {
-            **self.labels,
-            MANAGED_BY: MANAGER,
-            COMPONENT_LABEL: COMPONENT,
-            GENERATION_LABEL: str(spec.generation),
-        }
-        for key, text in ((KERNEL_ID_LABEL, spec.kernel_id), (USER_LABEL, spec.user)):
-            value = _label_value(text)
-            if value:
-                labels[key] = value
-        if self.kueue_queue:
-            labels[KUEUE_QUEUE_LABEL] = self.kueue_queue
+        labels = self.template.object_labels(
+            spec.user,
+            {COMPONENT_LABEL: COMPONENT, GENERATION_LABEL: str(spec.generation)},
+            {KERNEL_ID_LABEL: spec.kernel_id},
+        )
+        if self.template.kueue_queue:
+            labels[KUEUE_QUEUE_LABEL] = self.template.kueue_queue
         annotations = {USER_LABEL: spec.user, KERNEL_ID_LABEL: spec.kernel_id}
         if spec.priority_class is not None:
             annotations[PRIORITY_CLASS_ANNOTATION] = spec.priority_class
-        limits: dict[str, Any] = dict(self.resources.get("limits", {}))
-        if spec.gpus > 0:
-            limits[self.gpu_resource] = spec.gpus
-        resources = {**self.resources, "limits": limits} if limits else dict(self.resources)
-        container: dict[str, Any] = {
-            "name": CONTAINER,
-            "image": self.image,
-            "command": [self.python, "-m", "jupyter_dlinfra.kernel_pod"],
-            "env": env,
-            "ports": [
-                {"name": _PORT_LABELS[port], "containerPort": info[port], "protocol": "TCP"}
-                for port in PORT_NAMES
-            ],
-        }
+        command = [self.template.python, "-m", "jupyter_dlinfra.kernel_pod"]
+        container = self.template.container(CONTAINER, command, env, gpus=spec.gpus)
+        container["ports"] = [
+            {"name": _PORT_LABELS[port], "containerPort": info[port], "protocol": "TCP"}
+            for port in PORT_NAMES
+        ]
         if spec.cwd:
             container["workingDir"] = spec.cwd
-        if resources:
-            container["resources"] = resources
-        if self.image_pull_policy:
-            container["imagePullPolicy"] = self.image_pull_policy
-        if self.extra_volume_mounts:
-            container["volumeMounts"] = [dict(m) for m in self.extra_volume_mounts]
-        pod: dict[str, Any] = {
-            "restartPolicy": "Never",
-            "enableServiceLinks": False,
-            "automountServiceAccountToken": self.service_account is not None,
-            "containers": [container],
-        }
-        if self.extra_volumes:
-            pod["volumes"] = [dict(v) for v in self.extra_volumes]
-        if self.service_account:
-            pod["serviceAccountName"] = self.service_account
-        if self.node_selector:
-            pod["nodeSelector"] = dict(self.node_selector)
-        if self.tolerations:
-            pod["tolerations"] = [dict(t) for t in self.tolerations]
-        klass = self.priority_classes.get(spec.priority_class or "")
-        if klass:
-            pod["priorityClassName"] = klass
-        if spec.model and spec.gpus > 0:
-            pod["affinity"] = self._cluster._gpu_affinity(spec.model)
+        pod = self.template.pod_spec(
+            self.kube,
+            container,
+            gpus=spec.gpus,
+            model=spec.model,
+            priority_class=spec.priority_class,
+        )
+        # a kernel runs its user's code: no service-account token unless one is named
+        pod["automountServiceAccountToken"] = self.template.service_account is not None
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -403,19 +364,19 @@ class PodLauncher:
                 self._pods_path(name),
                 what=f"read the kernel pod {name} in namespace {self.namespace}",
             )
-        except _ApiError as err:
+        except ApiError as err:
             if err.status == 404:
                 return None
             raise
-        labels = _meta(item or {}).get("labels") or {}
+        labels = meta(item or {}).get("labels") or {}
         if labels.get(MANAGED_BY) != MANAGER or labels.get(COMPONENT_LABEL) != COMPONENT:
             return None
         return self._kernel_pod(item)
 
     def _kernel_pod(self, item: Mapping[str, Any]) -> KernelPod:
-        meta = _meta(item)
-        labels = meta.get("labels") or {}
-        annotations = meta.get("annotations") or {}
+        metadata = meta(item)
+        labels = metadata.get("labels") or {}
+        annotations = metadata.get("annotations") or {}
         spec = item.get("spec") or {}
         status = item.get("status") or {}
         phase = str(status.get("phase") or "Pending")
@@ -425,11 +386,13 @@ class PodLauncher:
             generation = 0
         gpus = 0
         for container in spec.get("containers") or []:
-            limit = ((container.get("resources") or {}).get("limits") or {}).get(self.gpu_resource)
+            limit = ((container.get("resources") or {}).get("limits") or {}).get(
+                self.template.gpu_resource
+            )
             with contextlib.suppress(TypeError, ValueError):
                 gpus += int(limit or 0)
         pod_ip = status.get("podIP") or None
-        deleting = bool(meta.get("deletionTimestamp"))
+        deleting = bool(metadata.get("deletionTimestamp"))
         waiting: str | None = None
         if phase == "Pending":
             gates = spec.get("schedulingGates") or []
@@ -437,15 +400,11 @@ class PodLauncher:
             if gates and queue:
                 waiting = f"waiting for Kueue to admit it (queue {queue})"
             else:
-                waiting = _pending_reason(item)
-        terminated = _terminated(item) if phase in ("Succeeded", "Failed") else None
-        code = (terminated or {}).get("exitCode")
-        exit_code = code if isinstance(code, int) and not isinstance(code, bool) else None
-        end_reason: str | None = None
-        if phase in ("Succeeded", "Failed"):
-            end_reason = _ended(status, terminated)
+                waiting = pending_reason(item, CONTAINER)
+        ended = terminated(item, CONTAINER) if phase in ("Succeeded", "Failed") else None
+        end_reason = _ended(status, ended) if phase in ("Succeeded", "Failed") else None
         return KernelPod(
-            name=str(meta.get("name")),
+            name=str(metadata.get("name")),
             kernel_id=str(annotations.get(KERNEL_ID_LABEL) or labels.get(KERNEL_ID_LABEL) or ""),
             generation=generation,
             phase=phase,
@@ -453,7 +412,7 @@ class PodLauncher:
             pod_ip=pod_ip,
             ready=phase == "Running" and bool(pod_ip) and not deleting,
             waiting_reason=waiting,
-            exit_code=exit_code,
+            exit_code=exit_code(ended),
             gpus=gpus,
             end_reason=end_reason,
             deleting=deleting,
@@ -497,7 +456,7 @@ class PodLauncher:
                     "gracePeriodSeconds": max(0, int(grace_s)),
                 },
             )
-        except _ApiError as err:
+        except ApiError as err:
             if err.status != 404:
                 raise
 
@@ -522,14 +481,11 @@ class PodLauncher:
         return info
 
 
-def _ended(status: Mapping[str, Any], terminated: Mapping[str, Any] | None) -> str:
+def _ended(status: Mapping[str, Any], ended: Mapping[str, Any] | None) -> str:
     """How a pod ended: its container's exit, else the pod's own reason and message."""
-    if terminated and terminated.get("exitCode") is not None:
-        text = f"exit code {terminated.get('exitCode')}"
-        if terminated.get("reason"):
-            text += f" ({terminated.get('reason')})"
-        said = str(terminated.get("message") or "").strip()
-        return f"{text}: {said}" if said else text
+    text = exit_text(ended)
+    if text:
+        return text
     reason, message = status.get("reason"), status.get("message")
     if reason and message:
         return f"{reason}: {message}"

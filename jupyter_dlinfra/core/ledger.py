@@ -252,9 +252,10 @@ class Ledger:
             return [self._allocation(tx.conn, a) for a in ended]
 
     def reconcile(
-        self, node: str, is_alive: Callable[[KernelRecord], bool], *, reason: str
+        self, node: str | None, is_alive: Callable[[KernelRecord], bool], *, reason: str
     ) -> list[str]:
-        """Forget the kernels of ``node`` whose process is gone; return their ids."""
+        """Forget the kernels of ``node`` (None: of every node) whose process is gone; return
+        their ids."""
         dead = [k.kernel_id for k in self.kernels(node) if not is_alive(k)]
         for kernel_id in dead:
             self.forget_kernel(kernel_id, reason=reason)

@@ -18,7 +18,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
-from ..backends import JobBackend
+from ..backends import BackendError, JobBackend
 from ..core import Ledger, PolicyError, ReclaimPolicy, SchedulingPolicy, Store, SystemClock
 from ..core.tokens import TokenBook
 from ..provisioning import set_port
@@ -633,6 +633,10 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         )
         self.settings["dlinfra_pod_kernels"] = self.pod_kernels
         set_pod_port(self.pod_kernels)
+        try:
+            self.pod_kernels.remove_orphans()
+        except BackendError as err:  # the cluster may be down now: the gateway still starts
+            self.log.error("dlinfra: could not look for orphaned kernel pods: %s", err)
         from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
         factory = KernelProvisionerFactory.instance(parent=self._server.kernel_manager)

@@ -222,6 +222,20 @@ class PodKernels:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
 
+    def remove_orphans(self) -> list[str]:
+        """Blocking, at start-up: delete the kernel pods a previous gateway left (its kernels
+        died with it: nobody can reach them). The ledger forgets their kernels once the
+        launch grace has passed (``GpuService.reconcile``)."""
+        orphans = sorted(self.launcher.pods())
+        for name in orphans:
+            try:
+                self.launcher.delete(name)
+            except BackendError as err:
+                self.log.warning("dlinfra: could not delete orphaned pod %s: %s", name, err)
+        if orphans:
+            self.log.info("dlinfra: deleted kernel pods of a previous gateway: %s", orphans)
+        return orphans
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -157,9 +157,10 @@ class Reclaimer:
     def _read(self) -> list[KernelUsage]:
         ledger = self.service.ledger
         settings = self.service.settings
+        # this server's kernels, wherever they run (a gateway's pod kernels are on many nodes)
         kernels = [
             k
-            for k in ledger.kernels(settings.node)
+            for k in ledger.kernels()
             if k.server_id == settings.server_id and self.control.exists(k.kernel_id)
         ]
         granted = {

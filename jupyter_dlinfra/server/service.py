@@ -281,9 +281,9 @@ class GpuService:
         return await self.mutate(self._reconcile)
 
     def _reconcile(self) -> list[str]:
-        dead = self.ledger.reconcile(
-            self.settings.node, self._kernel_alive, reason="kernel no longer exists"
-        )
+        # a gateway's pod kernels run on every node of the cluster
+        node = None if self.cluster is not None else self.settings.node
+        dead = self.ledger.reconcile(node, self._kernel_alive, reason="kernel no longer exists")
         for kernel_id in dead:
             self.log.info("dlinfra: released the GPUs of vanished kernel %s", kernel_id)
         return dead
@@ -313,7 +313,6 @@ class GpuService:
         model: str | None,
         owner: str | None = None,
     ) -> LaunchPlan:
-        user = owner or self.settings.user
         token = secrets.token_urlsafe(32)
         if kernel_id.startswith("job-"):
             # clients choose kernel ids: this one would take over a job's GPUs
@@ -322,6 +321,10 @@ class GpuService:
             previous: KernelRecord | None = await self.call(self.ledger.kernel, kernel_id)
         except NotFound:
             previous = None
+        user = owner or self.settings.user
+        if owner is None and previous is not None and self.settings.multi_user:
+            # a restart (by its owner, an admin or the reclaim loop) keeps the kernel's owner
+            user = previous.user
         if previous is not None and (
             previous.user != user or previous.kernel_name == JOB_KERNEL_NAME
         ):

@@ -82,7 +82,9 @@ export type AllocationState = 'queued' | 'granted' | 'released' | 'cancelled';
  * - `order`: ...kept for earlier requests of the same standing;
  * - `no_free_gpu`: not enough GPUs (of its model, on its node) are free at all;
  * - `preempting`: lower-priority jobs are being stopped for it;
- * - `starting`: GPUs are free for it; the next pass grants them.
+ * - `starting`: GPUs are free for it; the next pass grants them;
+ * - `cluster`: Kubernetes places it (a pod kernel on a team gateway); the reason is the
+ *   scheduler's own words about the pod.
  */
 export type WaitingCode =
   | 'quota'
@@ -91,7 +93,8 @@ export type WaitingCode =
   | 'order'
   | 'no_free_gpu'
   | 'preempting'
-  | 'starting';
+  | 'starting'
+  | 'cluster';
 
 /** Who made a request: a kernel's `%gpu` (or the toolbar), or a batch job. */
 export type AllocationKind = 'kernel' | 'job';
@@ -131,6 +134,8 @@ export interface Allocation {
   preempted_for?: number | null;
   /** Why it is being preempted, in words. */
   preempt_reason?: string | null;
+  /** `cluster`: a Kubernetes scheduler places it (a pod kernel's `%gpu` on a team gateway). */
+  placement?: 'ledger' | 'cluster';
   simulated: boolean;
 }
 

@@ -22,7 +22,14 @@ import nbformat
 import psutil
 import pytest
 
-from jupyter_dlinfra.backends import BackendError, BackendState, BackendStatus, JobHandle, JobLaunch
+from jupyter_dlinfra.backends import (
+    BackendError,
+    BackendState,
+    BackendStatus,
+    JobHandle,
+    JobLaunch,
+    kube_api,
+)
 from jupyter_dlinfra.backends import kubernetes as k8s
 from jupyter_dlinfra.backends.kubernetes import (
     KubernetesBackend,
@@ -805,7 +812,7 @@ def test_status_mapping_from_pods() -> None:
             ],
         }
     }
-    assert k8s._pending_reason(unschedulable).startswith("0/2 nodes are available")
+    assert kube_api.pending_reason(unschedulable, "job").startswith("0/2 nodes are available")
     pulling = {
         "spec": {"nodeName": "n1"},
         "status": {
@@ -818,13 +825,71 @@ def test_status_mapping_from_pods() -> None:
             ],
         },
     }
-    assert k8s._pending_reason(pulling) == "ErrImagePull: not found"
+    assert kube_api.pending_reason(pulling, "job") == "ErrImagePull: not found"
+    assert kube_api.pending_reason({"spec": {"nodeName": "n1"}}, "job") == "starting on n1"
+    assert kube_api.pending_reason({}, "job") == "waiting to be scheduled"
     oom = {"exitCode": 137, "reason": "OOMKilled"}
     assert k8s._failure({"reason": "BackoffLimitExceeded"}, oom) == "exit code 137 (OOMKilled)"
     assert (
         k8s._failure({"reason": "DeadlineExceeded", "message": "Job was active too long"}, None)
         == "DeadlineExceeded: Job was active too long"
     )
+
+
+def test_kube_api_readers_and_names() -> None:
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {"name": "sidecar", "state": {"running": {}}},
+                {
+                    "name": "job",
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 3, "message": " boom \n"}},
+                },
+            ]
+        }
+    }
+    ended = kube_api.terminated(pod, "job")
+    assert kube_api.exit_code(ended) == 3
+    assert kube_api.exit_text(ended) == "exit code 3: boom"
+    # another container's name: the first container's state (here: none ended)
+    assert kube_api.terminated(pod, "kernel") is None
+    assert kube_api.exit_code({"exitCode": True}) is None and kube_api.exit_code(None) is None
+    assert kube_api.exit_text({"reason": "Error"}) is None
+    assert kube_api.label_value("-Dr. Ünïcode <x@y>.") == "Dr._n_code_x_y"
+    assert len(kube_api.label_value("a" * 100)) == 63
+    assert kube_api.dns_name("--Batch_Jobs!") == "batch-jobs"
+    kube_api.check_env_name("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(BackendError, match="invalid environment variable name 'A B'"):
+        kube_api.check_env_name("A B")
+
+
+def test_kube_api_keeps_a_given_client_and_rebuilds_its_own(tmp_path: Path) -> None:
+    given = kubernetes.client.ApiClient(kubernetes.client.Configuration(host="https://x:1"))
+    api = kube_api.KubeApi(given)
+    api.close()
+    assert api.client() is given and api.host == "https://x:1"
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://y:2"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "ctx",
+            }
+        )
+    )
+    own = kube_api.KubeApi(kubeconfig=str(config))
+    first = own.client()
+    assert own.host == "https://y:2"
+    own.close()
+    assert own.client() is not first
+    own.close()
+    with pytest.raises(BackendError, match="no usable Kubernetes configuration"):
+        kube_api.KubeApi(kubeconfig=str(tmp_path / "nope")).request("GET", "/", what="look")
 
 
 def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import kubernetes.client
@@ -74,8 +76,9 @@ def connection() -> dict[str, Any]:
     return info
 
 
-#: where the kernels' connection files go (kernel_pod execs the kernel, which never removes a file
-#: it did not write; a real pod's /tmp goes with the pod, this host's stays)
+#: the kernels' TMPDIR, where their connection files go while they start (a pod deleted with no
+#: grace period is SIGKILLed, which leaves its file: a real pod's /tmp goes with the pod, this
+#: host's stays)
 _KERNEL_TMP: list[str] = []
 
 
@@ -182,8 +185,10 @@ def test_kernel_pod_runs_a_real_kernel_with_its_gpus(
     k8s_api: kubernetes.client.ApiClient,
     k8s_namespace: str,
     clients: list[BlockingKernelClient],
+    tmp_path: Path,
 ) -> None:
-    spec = kernel_spec(gpus=2, generation=3, priority_class="interactive")
+    env = {"DLINFRA_KERNEL_MARK": "from-the-spec", "TMPDIR": str(tmp_path)}
+    spec = kernel_spec(gpus=2, generation=3, priority_class="interactive", env=env)
     name = launcher.create(spec)
     assert name == f"dlinfra-kernel-{spec.kernel_id[:8]}-3"
 
@@ -217,17 +222,23 @@ def test_kernel_pod_runs_a_real_kernel_with_its_gpus(
         "CUDA_VISIBLE_DEVICES": env["CUDA_VISIBLE_DEVICES"],
         "DLINFRA_KERNEL_MARK": "from-the-spec",
     }
-    # the kernel listens on all the pod's interfaces, with the ports and key it was given
+    # the kernel listens on all the pod's interfaces, with the ports and key it was given, and
+    # its connection file (the key) is gone since it started
     listening = json.loads(
         evaluate(
             client,
-            "import json; from ipykernel.kernelapp import IPKernelApp; "
-            "json.dumps(json.load(open(IPKernelApp.instance().abs_connection_file)))",
+            "import json, os; from ipykernel.kernelapp import IPKernelApp; app = "
+            "IPKernelApp.instance(); json.dumps({'ip': app.ip, 'key': app.session.key.decode(), "
+            "'shell_port': app.shell_port, 'file': os.path.exists(app.abs_connection_file)})",
         ).strip("'")
     )
-    assert listening["ip"] == "0.0.0.0"
-    assert listening["key"] == spec.connection["key"]
-    assert listening["shell_port"] == spec.connection["shell_port"]
+    assert listening == {
+        "ip": "0.0.0.0",
+        "key": spec.connection["key"],
+        "shell_port": spec.connection["shell_port"],
+        "file": False,
+    }
+    assert list(tmp_path.iterdir()) == []
     assert len(env["CUDA_VISIBLE_DEVICES"].split(",")) == 2
     # the kernel loaded the extension (%gpu)
     loaded = evaluate(client, "'jupyter_dlinfra' in get_ipython().extension_manager.loaded")
@@ -431,11 +442,15 @@ def test_manifest_refusals() -> None:
     assert kernel_pod_name("--", 1) != "dlinfra-kernel--1"
 
 
-def _kernel_pod(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+def _kernel_pod_env(env: Mapping[str, str]) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if k != "DLINFRA_CONNECTION"}
+    return {**clean, **env}
+
+
+def _kernel_pod(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "jupyter_dlinfra.kernel_pod"],
-        env={**clean, **env},
+        env=_kernel_pod_env(env),
         capture_output=True,
         text=True,
         timeout=DEADLINE,
@@ -443,15 +458,91 @@ def _kernel_pod(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_kernel_pod_without_its_connection_exits_2() -> None:
-    done = _kernel_pod({})
+def test_kernel_pod_without_its_connection_exits_2(tmp_path: Path) -> None:
+    done = _kernel_pod({"TMPDIR": str(tmp_path)})
     assert done.returncode == 2
     assert "DLINFRA_CONNECTION is not set" in done.stderr
     bad = _kernel_pod({"DLINFRA_CONNECTION": "{not json"})
     assert bad.returncode == 2 and "DLINFRA_CONNECTION is not JSON" in bad.stderr
     no_key = {k: v for k, v in connection().items() if k != "key"}
-    missing = _kernel_pod({"DLINFRA_CONNECTION": json.dumps(no_key)})
+    missing = _kernel_pod({"DLINFRA_CONNECTION": json.dumps(no_key), "TMPDIR": str(tmp_path)})
     assert missing.returncode == 2 and "key must be a non-empty string" in missing.stderr
+    assert list(tmp_path.iterdir()) == []
+    # the refusal comes before ipykernel (slow to import) is loaded
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom jupyter_dlinfra import kernel_pod\ntry:\n    kernel_pod.main([])\n"
+            "except SystemExit as end:\n    print(end.code, 'ipykernel' in sys.modules)",
+        ],
+        env=_kernel_pod_env({}),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert probe.stdout.split() == ["2", "False"], probe.stderr
+
+
+def _start_kernel_pod(tmp: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """``python -m jupyter_dlinfra.kernel_pod`` on fresh ports, with ``tmp`` as its TMPDIR."""
+    conn = connection()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_dlinfra.kernel_pod"],
+        env=_kernel_pod_env({"DLINFRA_CONNECTION": json.dumps(conn), "TMPDIR": str(tmp)}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, conn
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=DEADLINE)
+
+
+def test_kernel_pod_runs_the_kernel_and_removes_its_connection_file(tmp_path: Path) -> None:
+    proc, conn = _start_kernel_pod(tmp_path)
+    client = BlockingKernelClient()
+    try:
+        info: dict[str, Any] = {**conn, "ip": "127.0.0.1", "key": conn["key"].encode("ascii")}
+        client.load_connection_info(info)  # type: ignore[arg-type]
+        # no heartbeat until the kernel answers (see connect())
+        client.start_channels(hb=False)
+        client.wait_for_ready(timeout=KERNEL_DEADLINE)
+        assert evaluate(client, "1+1") == "2"
+        # the kernel runs, and its key is in no file any more
+        assert proc.poll() is None
+        assert list(tmp_path.iterdir()) == []
+        assert evaluate(client, "'jupyter_dlinfra' in get_ipython().extension_manager.loaded") == (
+            "True"
+        )
+        client.shutdown()
+        assert proc.wait(timeout=DEADLINE) == 0
+    finally:
+        client.stop_channels()
+        _stop(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kernel_pod_sigterm_while_starting_removes_the_connection_file(tmp_path: Path) -> None:
+    proc, _conn = _start_kernel_pod(tmp_path)
+    try:
+        # the pod is deleted while the kernel starts: as soon as the file's directory exists
+        wait_until(
+            lambda: proc.poll() is not None or any(tmp_path.glob("dlinfra-kernel-*")),
+            timeout=KERNEL_DEADLINE,
+            interval=0.001,
+            what="the connection file",
+        )
+        proc.send_signal(signal.SIGTERM)
+        # it dies of the signal, as the kernel would have
+        assert proc.wait(timeout=DEADLINE) == -signal.SIGTERM
+    finally:
+        _stop(proc)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_public_api_is_pinned() -> None:

@@ -32,12 +32,18 @@ class Team:
         return status, payload
 
 
-def start_gateway(tmp_path: Path, *, args: tuple[str, ...] = (), gpus: int = 4) -> Team:
+def start_gateway(
+    tmp_path: Path, *, args: tuple[str, ...] = (), gpus: int = 4, config: str = ""
+) -> Team:
     db_url = f"sqlite:///{tmp_path}/team.sqlite"
     book = TokenBook(Store(db_url), SystemClock())
     tokens = {u: book.issue(u, by="test").token for u in ("alice", "bob", "admin")}
     workdir = tmp_path / "gateway"
     workdir.mkdir()
+    if config:
+        # ServerProcess points JUPYTER_CONFIG_DIR here: the options dicts are clearer in a file
+        (workdir / "config").mkdir()
+        (workdir / "config" / "jupyter_dlinfra_gateway_config.py").write_text(config)
     gateway = ServerProcess(
         workdir,
         db_url=db_url,

@@ -1,0 +1,331 @@
+"""The gateway on Kubernetes, end to end: a real control plane (kube-scheduler places the pods),
+a node agent that plays kubelet for two fake GPU nodes, a real gateway and a person's server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from conftest import Team, start_gateway, stop_and_keep_log
+
+from jupyter_dlinfra.testing import KernelSession, ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing_k8s import ControlPlane
+
+
+@pytest.fixture
+def k8s_team(
+    tmp_path: Path, k8s_control_plane: ControlPlane, k8s_agent: Any, k8s_namespace: str
+) -> Iterator[Team]:
+    kube = {"kubeconfig": str(k8s_control_plane.kubeconfig)}
+    config = f"""
+c.DLInfra.kernel_backend = "kubernetes"
+c.DLInfra.kernel_pods = {json.dumps({**kube, "namespace": k8s_namespace})}
+c.DLInfra.cluster_telemetry = {json.dumps(kube)}
+c.DLInfra.pod_interval = 0.3
+c.DLInfra.job_backends = ["kubernetes"]
+c.DLInfra.default_backend = "kubernetes"
+c.DLInfra.backend_options = {json.dumps({"kubernetes": {**kube, "namespace": k8s_namespace}})}
+"""
+    team = start_gateway(tmp_path, config=config)
+    try:
+        yield team
+    finally:
+        stop_and_keep_log(team.gateway)
+
+
+@pytest.fixture
+def k8s_user(k8s_team: Team, tmp_path: Path) -> Iterator[Callable[[str], ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(user: str) -> ServerProcess:
+        workdir = tmp_path / f"server-{user}"
+        workdir.mkdir()
+        server = ServerProcess(
+            workdir,
+            db_url=f"sqlite:///{workdir}/unused.sqlite",
+            extra_args=(
+                f"--gateway-url={k8s_team.gateway.url}",
+                f"--GatewayClient.auth_token={k8s_team.tokens[user]}",
+                "--GatewayClient.request_timeout=120",
+            ),
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        stop_and_keep_log(server)
+
+
+def pods_of(api: kubernetes.client.ApiClient, namespace: str, kernel_id: str) -> list[Any]:
+    core = kubernetes.client.CoreV1Api(api)
+    selector = f"dlinfra.jupyter.org/kernel-id={kernel_id}"
+    return list(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_free_gpus(
+    k8s_team: Team,
+    k8s_user: Callable[[str], ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    alice = k8s_user("alice")
+    kernel = alice.start_kernel()
+    kid = kernel.kernel_id
+    # the kernel runs in a pod without GPUs
+    first = pods_of(k8s_api, k8s_namespace, kid)
+    assert len(first) == 1 and first[0].spec.node_name
+    assert not (first[0].spec.containers[0].resources.limits or {}).get("nvidia.com/gpu")
+    assert kernel.value("6 * 7") == 42
+    kernel.execute("x = 'lost on restart'")
+    out = kernel.execute("%gpu 2", timeout=120, partial=True)
+    assert "Restarting this kernel into that pod" in out.text, out.text
+    assert "variables are lost" in out.text
+
+    def in_gpu_pod() -> Any:
+        try:
+            return kernel.value("__import__('os').environ.get('CUDA_VISIBLE_DEVICES')")
+        except Exception:  # the kernel is restarting
+            return None
+
+    devices = wait_until(in_gpu_pod, timeout=120, interval=1, what="the kernel in its GPU pod")
+    assert len(devices.split(",")) == 2
+    assert kernel.value("'x' in globals()") is False
+    pods = pods_of(k8s_api, k8s_namespace, kid)
+    gpu_pods = [
+        p for p in pods if (p.spec.containers[0].resources.limits or {}).get("nvidia.com/gpu")
+    ]
+    assert len(gpu_pods) == 1, [p.metadata.name for p in pods]
+    pod = gpu_pods[0]
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
+    # bound by kube-scheduler (the pod named no node), to a node with 2 free GPUs
+    scheduled = [c for c in pod.status.conditions if c.type == "PodScheduled"]
+    assert scheduled and scheduled[0].status == "True"
+    assert kernel.value("__import__('os').environ['NODE_NAME']") == pod.spec.node_name
+    # the GPU-less first pod is gone
+    wait_until(
+        lambda: len(pods_of(k8s_api, k8s_namespace, kid)) == 1,
+        timeout=60,
+        what="the first pod to go",
+    )
+    # the ledger holds the grant on that node, for alice
+    mine = alice.get("dlinfra/api/allocations")["allocations"]
+    assert [(a["user"], a["count"], a["state"], a["placement"]) for a in mine] == [
+        ("alice", 2, "granted", "cluster")
+    ]
+    assert mine[0]["node"] == pod.spec.node_name
+    assert len(mine[0]["gpus"]) == 2
+    # shutting the kernel down deletes its pod and frees the GPUs in the ledger
+    kernel.shutdown()
+    wait_until(
+        lambda: (
+            not pods_of(k8s_api, k8s_namespace, kid)
+            and not alice.get("dlinfra/api/allocations")["allocations"]
+        ),
+        timeout=60,
+        what="the pod to go and the GPUs to be released",
+    )
+
+
+def test_a_request_larger_than_any_node_waits_with_the_schedulers_reason(
+    k8s_team: Team, k8s_user: Callable[[str], ServerProcess]
+) -> None:
+    alice = k8s_user("alice")
+    kernel = alice.start_kernel()
+    out = kernel.execute("%gpu 8 --no-wait", timeout=60)
+    assert "Queued" in out.text, out.text
+
+    def explained() -> Any:
+        queue = alice.get("dlinfra/api/queue")["queue"]
+        found = [a for a in queue if "Insufficient nvidia.com/gpu" in (a["waiting_reason"] or "")]
+        return found[0] if found else None
+
+    waiting = wait_until(explained, timeout=60, what="the scheduler's reason in the queue")
+    assert waiting["waiting_code"] == "cluster" and waiting["user"] == "alice"
+    shown = kernel.execute("%gpu", timeout=60)
+    assert "Insufficient nvidia.com/gpu" in shown.text, shown.text
+    # the kernel keeps working while its request waits
+    assert kernel.value("1 + 1") == 2
+    kernel.execute("%gpu release", timeout=60, partial=True)
+    wait_until(
+        lambda: not alice.get("dlinfra/api/queue")["queue"],
+        timeout=60,
+        what="the request to leave the queue",
+    )
+
+
+def test_a_notebook_job_runs_as_a_kubernetes_job_to_completion(
+    k8s_team: Team,
+    k8s_user: Callable[[str], ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    alice = k8s_user("alice")
+    write_notebook(
+        alice.workdir / "root" / "train.ipynb",
+        "%gpu 1\nimport os\nprint('on', os.environ.get('NODE_NAME', '?'), "
+        "'devices', os.environ.get('CUDA_VISIBLE_DEVICES'))",
+    )
+    job = alice.post("dlinfra/api/jobs", {"path": "train.ipynb"})
+    assert job["backend"] == "kubernetes"
+
+    def ended() -> Any:
+        current = alice.get(f"dlinfra/api/jobs/{job['id']}")
+        return current if current["state"] in ("succeeded", "failed", "cancelled") else None
+
+    final = wait_until(ended, timeout=180, interval=0.5, what="the job to end")
+    log = alice.get(f"dlinfra/api/jobs/{job['id']}/log")["text"]
+    assert final["state"] == "succeeded", (final, log)
+    assert "devices 0" in log, log
+    batch = kubernetes.client.BatchV1Api(k8s_api)
+    jobs = batch.list_namespaced_job(
+        k8s_namespace, label_selector=f"dlinfra.jupyter.org/job-id={job['id']}"
+    ).items
+    assert len(jobs) == 1 and jobs[0].status.succeeded == 1
+    limits = jobs[0].spec.template.spec.containers[0].resources.limits
+    assert limits["nvidia.com/gpu"] == "1"
+
+
+def test_users_through_one_gateway_cannot_touch_each_others_pod_kernels(
+    k8s_team: Team, k8s_user: Callable[[str], ServerProcess]
+) -> None:
+    alice = k8s_user("alice")
+    bob = k8s_user("bob")
+    kernel = alice.start_kernel()
+    assert bob.get("api/kernels") == []
+    status, body = k8s_team.call(
+        "bob", "POST", f"dlinfra/api/kernels/{kernel.kernel_id}/restart", {}
+    )
+    assert status == 403 and "alice" in body["message"]
+    status, body = k8s_team.call(
+        "bob", "POST", "dlinfra/api/allocations", {"kernel_id": kernel.kernel_id, "count": 1}
+    )
+    assert status == 403, body
+    assert KernelSession(alice, kernel.kernel_id).value("3 * 3") == 9
+
+
+def agent_uuid(node: str, index: int) -> str:
+    """How the node agent names fake GPUs: the simulated exporter must name them alike."""
+    return f"GPU-{node}-{index}"
+
+
+@pytest.fixture
+def dcgm(k8s_agent: Any) -> Iterator[tuple[Any, Any]]:
+    """dcgm-exporter metrics for the agent's nodes (all busy), scraped by a real Prometheus."""
+    from jupyter_dlinfra.testing_dcgm import SimulatedDcgmExporter
+    from jupyter_dlinfra.testing_prometheus import PrometheusServer
+
+    nodes = {"gpu-node-a": 4, "gpu-node-b": 2}
+    with SimulatedDcgmExporter(nodes, uuid_for=agent_uuid) as exporter:
+        for gpu in exporter.gpus():
+            exporter.set(gpu.uuid, util=90.0, fb_used_mib=1000)
+        with PrometheusServer([exporter.target]) as prometheus:
+            yield exporter, prometheus
+
+
+def test_an_idle_pod_kernel_is_warned_then_moved_back_to_a_pod_without_gpus(
+    tmp_path: Path,
+    k8s_control_plane: ControlPlane,
+    k8s_agent: Any,
+    k8s_namespace: str,
+    k8s_api: kubernetes.client.ApiClient,
+    dcgm: tuple[Any, Any],
+) -> None:
+    exporter, prometheus = dcgm
+    kube = {"kubeconfig": str(k8s_control_plane.kubeconfig)}
+    config = f"""
+c.DLInfra.kernel_backend = "kubernetes"
+c.DLInfra.kernel_pods = {json.dumps({**kube, "namespace": k8s_namespace})}
+c.DLInfra.cluster_telemetry = {json.dumps({**kube, "prometheus_url": prometheus.url})}
+c.DLInfra.pod_interval = 0.3
+c.DLInfra.job_backends = []
+c.DLInfra.telemetry_interval = 0.5
+c.DLInfra.idle_after = 1
+c.DLInfra.warn_after = 1
+c.DLInfra.reclaim_after = 3
+"""
+    team = start_gateway(tmp_path, config=config)
+    try:
+        # the inventory is the cluster's, named as dcgm-exporter names the GPUs
+        def dcgm_inventory() -> bool:
+            status, cluster = team.call("alice", "GET", "dlinfra/api/cluster")
+            uuids = {g["uuid"] for n in cluster["nodes"] for g in n["gpus"]}
+            return status == 200 and agent_uuid("gpu-node-a", 0) in uuids
+
+        wait_until(dcgm_inventory, timeout=60, interval=0.5, what="DCGM's GPUs in the inventory")
+        kernel = ServerProcess(
+            tmp_path / "alice",
+            db_url=f"sqlite:///{tmp_path}/unused.sqlite",
+            extra_args=(
+                f"--gateway-url={team.gateway.url}",
+                f"--GatewayClient.auth_token={team.tokens['alice']}",
+            ),
+        )
+        (tmp_path / "alice").mkdir()
+        alice = kernel.start()
+        try:
+            session = alice.start_kernel()
+            out = session.execute("%gpu 2", timeout=120, partial=True)
+            assert "Restarting this kernel into that pod" in out.text, out.text
+            granted = wait_until(
+                lambda: next(
+                    (
+                        a
+                        for a in alice.get("dlinfra/api/allocations")["allocations"]
+                        if a["state"] == "granted"
+                    ),
+                    None,
+                ),
+                timeout=60,
+                what="the grant",
+            )
+            held = [g["uuid"] for g in granted["gpus"]]
+            assert all(u.startswith(f"GPU-{granted['node']}-") for u in held), held
+
+            def usage() -> dict[str, Any]:
+                found: dict[str, Any] = alice.get(f"dlinfra/api/kernels/{session.kernel_id}/usage")
+                return found
+
+            # busy GPUs (as DCGM reads them) keep the kernel active
+            wait_until(lambda: usage().get("at") is not None, timeout=60, what="a reading")
+            assert usage()["idle"]["state"] == "active"
+            for uuid in held:
+                exporter.set(uuid, util=0.0)
+
+            def reclaimed() -> bool:
+                allocations = alice.get("dlinfra/api/allocations")["allocations"]
+                return not allocations
+
+            wait_until(reclaimed, timeout=90, interval=0.5, what="the idle GPUs to be reclaimed")
+
+            # the kernel runs on, in a pod without GPUs, and the GPU pod is gone
+            def one_pod_without_gpus() -> bool:
+                pods = pods_of(k8s_api, k8s_namespace, session.kernel_id)
+                return len(pods) == 1 and not (
+                    pods[0].spec.containers[0].resources.limits or {}
+                ).get("nvidia.com/gpu")
+
+            wait_until(one_pod_without_gpus, timeout=90, interval=0.5, what="a pod without GPUs")
+            back = wait_until(
+                lambda: _try(session, "print('still here')"),
+                timeout=90,
+                interval=1,
+                what="the kernel back in its new pod",
+            )
+            assert "still here" in back.stdout
+            assert "idle" in back.stderr.lower() or "reclaim" in back.stderr.lower(), back
+        finally:
+            stop_and_keep_log(alice)
+    finally:
+        stop_and_keep_log(team.gateway)
+
+
+def _try(session: KernelSession, code: str) -> Any:
+    try:
+        return session.execute(code, timeout=20)
+    except Exception:  # the kernel is still restarting
+        return None
