@@ -204,7 +204,8 @@ _FILE_STATES = {
 #: stop signals, exit with its code (see "Logs" in the module's documentation)
 _TEE = r"""
 import os, signal, subprocess, sys, threading
-log_path, argv = sys.argv[1], sys.argv[2:]
+# the job runs with the wrapper's own Python, the image's
+log_path, argv = sys.argv[1], [sys.executable, *sys.argv[2:]]
 try:
     log = open(log_path, "ab")
 except OSError as err:
@@ -548,8 +549,8 @@ class KubernetesBackend(JobBackend):
                 "the only directory mounted in the job's pod"
             )
         python = self.template.python
-        argv = [python, *(self._in_pod(str(a), workdir, in_pod) for a in launch.argv[1:])]
-        command = [python, "-c", _TEE, self._in_pod(log_path, workdir, in_pod), *argv]
+        args = [self._in_pod(str(a), workdir, in_pod) for a in launch.argv[1:]]
+        command = [python, "-c", _TEE, self._in_pod(log_path, workdir, in_pod), *args]
         name = name or _job_name(launch.job_id, workdir)
         labels = self.template.object_labels(launch.user, {JOB_ID_LABEL: str(launch.job_id)})
         annotations = {

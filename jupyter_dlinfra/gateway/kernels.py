@@ -30,6 +30,12 @@ __all__ = ["KERNEL_ROUTES"]
 
 #: variables a client may not set in a kernel's environment: identity and the ledger's token
 _RESERVED_ENV = ("DLINFRA_", "JUPYTERHUB_", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+#: what a kernel on the gateway's own node inherits from the gateway's environment: what a
+#: Python process needs to run, never the gateway's secrets (database URL, cluster credentials)
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
+_INHERITED_PREFIXES = ("LC_", "VIRTUAL_ENV", "CONDA_", "PYTHON", "JUPYTER_PATH", "JUPYTER_DATA_DIR")
+#: the provisioner of kernels in pods: on a Kubernetes gateway, no kernel runs beside it
+_POD_PROVISIONER = "dlinfra-pod-provisioner"
 
 
 class _Owned:
@@ -54,6 +60,25 @@ class _Owned:
     async def _owners(self) -> dict[str, str]:
         records = await self._service.call(self._service.ledger.kernels)
         return {k.kernel_id: k.user for k in records}
+
+    async def _only_pods(self, kernel_name: str) -> None:
+        """On a Kubernetes gateway, refuse kernelspecs that would run a kernel beside the gateway
+        (with its files and credentials) instead of in a pod."""
+        if self.settings.get("dlinfra_pod_kernels") is None:
+            return
+        specs: Any = self.kernel_spec_manager  # type: ignore[attr-defined]
+        try:
+            spec = await ensure_async(specs.get_kernel_spec(kernel_name))
+        except Exception:  # jupyter_server answers an unknown name itself
+            return
+        named = (spec.metadata or {}).get("kernel_provisioner", {}).get("provisioner_name")
+        if named not in (None, _POD_PROVISIONER):
+            raise web.HTTPError(
+                400,
+                f"kernelspec {kernel_name!r} runs its kernels with {named!r}, on the gateway "
+                "itself; this gateway runs kernels only in Kubernetes pods: pick another kernel "
+                "(ask for GPUs with %gpu N once it runs)",
+            )
 
     async def check_owner(self, kernel_id: str) -> None:
         name = self._caller()
@@ -92,6 +117,7 @@ class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
             # a client-chosen id could name someone else's kernel record in the ledger
             raise web.HTTPError(400, "the gateway chooses kernel ids: do not send kernel_id")
         env = _client_env(model.get("env"))
+        await self._only_pods(kernel_name)
         with launching_for(name):
             kernel_id: str = await ensure_async(
                 km.start_kernel(kernel_name=kernel_name, path=model.get("path"), env=env)
@@ -149,14 +175,18 @@ class KernelChannelsHandler(_Owned, KernelWebsocketHandler):  # type: ignore[mis
 
 
 def _client_env(env: Any) -> dict[str, str]:
-    """The kernel's environment: the gateway's own, plus what the client may add."""
+    """The kernel's environment: what it needs of the gateway's, plus what the client adds."""
     if env is None:
         env = {}
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise web.HTTPError(400, "env must be an object of strings")
-    merged = dict(os.environ)
+    merged = {
+        k: v
+        for k, v in os.environ.items()
+        if k in _INHERITED_ENV or k.startswith(_INHERITED_PREFIXES)
+    }
     for key, value in env.items():
         if key.startswith(_RESERVED_ENV) or key in _RESERVED_ENV:
             continue

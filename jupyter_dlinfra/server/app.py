@@ -177,6 +177,16 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         "prometheus_url (a Prometheus that scrapes NVIDIA's dcgm-exporter; empty: inventory "
         "only, no live utilisation), prometheus_filter, node_selector, kubeconfig, context.",
     )
+    kubernetes_priority_classes = Enum(
+        ["off", "map", "ensure"],
+        "off",
+        config=True,
+        help="Our priority classes as Kubernetes PriorityClasses named dlinfra-<class>, on kernel "
+        "pods and Jobs. 'map': use them (an admin created them, e.g. from deploy/kubernetes); "
+        "'ensure': the gateway creates or updates them at start from the scheduling policy "
+        "(needs the right to manage priorityclasses); 'off': pods get the cluster's default "
+        "priority. A priority_classes entry in kernel_pods or backend_options wins.",
+    )
     pod_interval = Float(
         1.0,
         config=True,
@@ -617,17 +627,23 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
     def _start_kernel_pods(self) -> None:
         from ..backends.kubernetes_pods import PodLauncher
         from ..provisioning.port import set_pod_port
+        from ..telemetry.cluster import ClusterProvider
         from ..telemetry.kubernetes import KubernetesTelemetry
         from .pod_kernels import PodKernels
 
         if not self.gateway:
             raise TraitError("DLInfra.kernel_backend = 'kubernetes' needs DLInfra.gateway = True")
+        options = dict(self.kernel_pods)
+        options.setdefault("priority_classes", self._priority_classes(options))
         try:
-            launcher = PodLauncher(**self.kernel_pods)
+            launcher = PodLauncher(**options)
             cluster = KubernetesTelemetry(**self.cluster_telemetry)
         except TypeError as err:
             raise TraitError(f"DLInfra.kernel_pods or DLInfra.cluster_telemetry: {err}") from None
         self.service.cluster = cluster
+        # the API's "provider" is the cluster's, not this node's (which runs no kernels)
+        self.service.provider.close()
+        self.service.provider = ClusterProvider(cluster)
         self.pod_kernels = PodKernels(
             self.service, launcher, log=self.log, interval=self.pod_interval
         )
@@ -641,6 +657,22 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
 
         factory = KernelProvisionerFactory.instance(parent=self._server.kernel_manager)
         factory.default_provisioner_name = POD_PROVISIONER_NAME
+
+    def _priority_classes(self, kube: dict[str, Any]) -> dict[str, str]:
+        """Our class -> its Kubernetes PriorityClass, as kubernetes_priority_classes says."""
+        if self.kubernetes_priority_classes == "off":
+            return {}
+        from ..backends.kube_api import KubeApi
+        from ..backends.kubernetes import ensure_priority_classes, priority_class_name
+
+        classes = self.service.ledger.scheduling_policy().classes
+        if self.kubernetes_priority_classes == "map":
+            return {c.name: priority_class_name(c.name) for c in classes}
+        api = KubeApi(kubeconfig=kube.get("kubeconfig"), context=kube.get("context"))
+        try:
+            return ensure_priority_classes(api.client(), classes)
+        finally:
+            api.close()
 
     def initialize_handlers(self) -> None:
         if self._forwarding():
@@ -700,6 +732,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
                     + ", ".join(sorted(found))
                 )
             options = dict(self.backend_options.get(name, {}))
+            if name == "kubernetes" and self.kubernetes_priority_classes != "off":
+                options.setdefault("priority_classes", self._priority_classes(options))
             try:
                 backends[name] = found[name].load()(**options)
             except TypeError as err:

@@ -33,9 +33,11 @@ __all__ = ["PodKernels"]
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
-def _connection() -> dict[str, Any]:
-    """Ports and key for a new kernel pod. Ports free here are free in a pod's own network
-    namespace too; picking them here also keeps pods apart where they share one (tests)."""
+def _connection(key: str) -> dict[str, Any]:
+    """Ports for a new pod of a kernel, with the kernel's key. Ports free here are free in a
+    pod's own network namespace too; picking them here also keeps pods apart where they share
+    one (tests). Every pod of a kernel has the same key: clients connected through the restart
+    into a GPU pod (the websocket's session) keep signing with it."""
     socks = []
     try:
         for _ in _PORTS:
@@ -48,7 +50,7 @@ def _connection() -> dict[str, Any]:
             s.close()
     return {
         **ports,
-        "key": secrets.token_hex(32),
+        "key": key,
         "transport": "tcp",
         "signature_scheme": "hmac-sha256",
     }
@@ -59,6 +61,7 @@ class _Kernel:
     kernel_id: str
     user: str
     env: dict[str, str]
+    key: str = field(default_factory=lambda: secrets.token_hex(32))
     generation: int = -1
     current: str | None = None
     connection: dict[str, Any] = field(default_factory=dict)
@@ -120,7 +123,7 @@ class PodKernels:
             self.log.info("dlinfra: kernel %s moved into pod %s", kernel_id, pod.name)
             return self.launcher.connection_info(pod, state.connection)
         state.generation += 1
-        state.connection = _connection()
+        state.connection = _connection(state.key)
         spec = KernelPodSpec(
             kernel_id=kernel_id,
             generation=state.generation,
@@ -192,7 +195,7 @@ class PodKernels:
         if alloc.state is not AllocationState.QUEUED or state.next is not None:
             return alloc
         state.generation += 1
-        connection = _connection()
+        connection = _connection(state.key)
         spec = KernelPodSpec(
             kernel_id=kernel_id,
             generation=state.generation,

@@ -27,9 +27,9 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from .base import GpuDevice, GpuSample
+from .base import GpuDevice, GpuSample, TelemetryProvider
 
-__all__ = ["ClusterTelemetry", "ClusterTelemetryError", "PodRef"]
+__all__ = ["ClusterProvider", "ClusterTelemetry", "ClusterTelemetryError", "PodRef"]
 
 
 class ClusterTelemetryError(RuntimeError):
@@ -86,3 +86,27 @@ class ClusterTelemetry(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
         """Release what the source holds (HTTP connections, API clients)."""
+
+
+class ClusterProvider(TelemetryProvider):
+    """A cluster's telemetry where one node's provider is expected: the API's ``provider``
+    (name, simulated, reason) and the readings. The server syncs the inventory node by node
+    from the cluster itself, so ``devices()`` is empty here."""
+
+    def __init__(self, cluster: ClusterTelemetry) -> None:
+        self.cluster = cluster
+        self.name = cluster.name
+
+    @property
+    def simulated(self) -> bool:  # type: ignore[override]
+        return self.cluster.simulated
+
+    @property
+    def reason(self) -> str:
+        return self.cluster.reason
+
+    def devices(self) -> list[GpuDevice]:
+        return []
+
+    def sample(self) -> list[GpuSample]:
+        return self.cluster.sample()

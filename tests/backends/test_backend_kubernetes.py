@@ -712,9 +712,9 @@ def test_manifest_with_a_claim_mounted_elsewhere() -> None:
     ]
     command = container["command"]
     assert command[:2] == ["python3", "-c"]
+    # the wrapper runs the job's arguments with its own Python (the image's)
     assert command[3:] == [
         "/jobs/7-sweep-abc123/job.log",
-        "python3",
         "-m",
         "jupyter_dlinfra.jobs.runner",
         "/jobs/7-sweep-abc123",
@@ -901,7 +901,6 @@ def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Pat
             "-c",
             k8s._TEE,
             str(log),
-            sys.executable,
             "-c",
             "import sys; print('out'); print('err', file=sys.stderr); sys.exit(4)",
         ],
@@ -918,7 +917,6 @@ def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Pat
             "-c",
             k8s._TEE,
             str(log),
-            sys.executable,
             "-c",
             "import time; print('up', flush=True); time.sleep(60)",
         ],
@@ -930,7 +928,7 @@ def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Pat
     proc.stdout.close()
     # a log that cannot be opened: a clear message, and the command never runs
     done = subprocess.run(
-        [sys.executable, "-c", k8s._TEE, str(tmp_path / "no" / "job.log"), "true"],
+        [sys.executable, "-c", k8s._TEE, str(tmp_path / "no" / "job.log"), "-c", "pass"],
         capture_output=True,
         check=False,
     )

@@ -26,6 +26,7 @@ c.DLInfra.kernel_backend = "kubernetes"
 c.DLInfra.kernel_pods = {json.dumps({**kube, "namespace": k8s_namespace})}
 c.DLInfra.cluster_telemetry = {json.dumps(kube)}
 c.DLInfra.pod_interval = 0.3
+c.DLInfra.kubernetes_priority_classes = "ensure"
 c.DLInfra.job_backends = ["kubernetes"]
 c.DLInfra.default_backend = "kubernetes"
 c.DLInfra.backend_options = {json.dumps({"kubernetes": {**kube, "namespace": k8s_namespace}})}
@@ -102,6 +103,9 @@ def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_fr
     assert len(gpu_pods) == 1, [p.metadata.name for p in pods]
     pod = gpu_pods[0]
     assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
+    # our class, as the PriorityClass the gateway made at start
+    assert pod.spec.priority_class_name == "dlinfra-interactive"
+    assert pod.spec.priority == 100
     # bound by kube-scheduler (the pod named no node), to a node with 2 free GPUs
     scheduled = [c for c in pod.status.conditions if c.type == "PodScheduled"]
     assert scheduled and scheduled[0].status == "True"
@@ -188,6 +192,7 @@ def test_a_notebook_job_runs_as_a_kubernetes_job_to_completion(
     assert len(jobs) == 1 and jobs[0].status.succeeded == 1
     limits = jobs[0].spec.template.spec.containers[0].resources.limits
     assert limits["nvidia.com/gpu"] == "1"
+    assert jobs[0].spec.template.spec.priority_class_name == "dlinfra-batch"
 
 
 def test_users_through_one_gateway_cannot_touch_each_others_pod_kernels(
