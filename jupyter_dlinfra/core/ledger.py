@@ -271,9 +271,12 @@ class Ledger:
         model: str | None = None,
         priority_class: str | None = None,
         kind: str = "kernel",
+        cluster_reason: str | None = None,
     ) -> Allocation:
         """Ask for ``count`` GPUs for a kernel (or a job's holder record, ``kind="job"``): granted
-        at once, or queued with a position, a reason and an estimated start."""
+        at once, or queued with a position, a reason and an estimated start.
+
+        With ``cluster_reason``, a cluster's scheduler places it (see :meth:`request_placed`)."""
         if isinstance(count, bool) or not isinstance(count, int):
             raise InvalidRequest(f"the GPU count must be a whole number, not {count!r}")
         if count <= 0:
@@ -313,7 +316,9 @@ class Ledger:
                     f"{held.id}); release them first with `%gpu release`",
                     reason="already_allocated",
                 )
-            self._check_satisfiable(conn, kernel.node, count, model)
+            placed = cluster_reason is not None
+            if not placed:
+                self._check_satisfiable(conn, kernel.node, count, model)
             inserted = conn.execute(
                 insert(allocations).values(
                     kernel_id=kernel_id,
@@ -327,6 +332,8 @@ class Ledger:
                     kind=kind,
                     groups=groups_json(self.groups_of(kernel.user)),
                     borrowed=False,
+                    placement=CLUSTER if placed else None,
+                    cluster_reason=cluster_reason,
                 )
             )
             new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
@@ -337,7 +344,8 @@ class Ledger:
                 kernel_id=kernel_id,
                 detail={"count": count, "model": model, "priority_class": priority_class},
             )
-            self._schedule(tx)
+            if not placed:
+                self._schedule(tx)
             return self._allocation(conn, self._one(conn, new_id))
 
     # -- requests the cluster places (Kubernetes) ----------------------------------------------
@@ -352,57 +360,15 @@ class Ledger:
         reason: str,
     ) -> Allocation:
         """Record a request that a cluster's scheduler places (a pod asking for ``count`` GPUs):
-        queued here, with the cluster's ``reason``, until :meth:`grant_placed`."""
-        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-            raise InvalidRequest(f"ask for at least 1 GPU (got {count!r})")
-        policy = self.scheduling_policy()
-        if priority_class is not None and priority_class not in policy.class_map:
-            raise InvalidRequest(
-                f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
-                reason="unknown_class",
-            )
-        klass = priority_class or policy.kernel_class
-        with self.store.write() as tx:
-            conn = tx.conn
-            kernel = self._kernel(conn, kernel_id)
-            current = self._load(
-                conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
-            )
-            if current:
-                held = current[0]
-                if held.count == count and _same_model(held.model, model):
-                    return self._allocation(conn, held)
-                raise Conflict(
-                    f"this kernel already has {_plural(held.count, 'GPU')} (allocation "
-                    f"{held.id}); release them first with `%gpu release`",
-                    reason="already_allocated",
-                )
-            inserted = conn.execute(
-                insert(allocations).values(
-                    kernel_id=kernel_id,
-                    user=kernel.user,
-                    node=kernel.node,
-                    count=count,
-                    model=model,
-                    state=AllocationState.QUEUED.value,
-                    created_at=self.clock.now(),
-                    priority_class=klass,
-                    kind="kernel",
-                    groups=groups_json(self.groups_of(kernel.user)),
-                    borrowed=False,
-                    placement=CLUSTER,
-                    cluster_reason=reason,
-                )
-            )
-            new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
-            self.write_event(
-                tx,
-                "requested",
-                allocation_id=new_id,
-                kernel_id=kernel_id,
-                detail={"count": count, "model": model, "priority_class": klass},
-            )
-            return self._allocation(conn, self._one(conn, new_id))
+        queued here, with the cluster's ``reason``, until :meth:`grant_placed`. This ledger
+        neither checks it against its nodes nor schedules it."""
+        return self.request(
+            kernel_id=kernel_id,
+            count=count,
+            model=model,
+            priority_class=priority_class,
+            cluster_reason=reason,
+        )
 
     def note_placement(self, allocation_id: int, reason: str) -> bool:
         """The cluster's latest word on why a placed request waits; True if it changed."""
