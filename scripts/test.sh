@@ -37,6 +37,10 @@ fi
 # kubernetes source package (several minutes the first time; reused after)
 scripts/k8s/build.sh
 
+# JupyterHub's proxy, for the test of Hub tokens at the gateway (a real Hub needs it to start)
+[ -x build/chp/node_modules/.bin/configurable-http-proxy ] ||
+    npm install --prefix build/chp --no-audit --no-fund --silent configurable-http-proxy
+
 source scripts/venv.sh test
 .venv/bin/ruff check jupyter_dlinfra tests benchmarks
 .venv/bin/ruff format --check jupyter_dlinfra tests benchmarks
