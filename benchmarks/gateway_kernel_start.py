@@ -44,20 +44,33 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kubernetes.client
 import urllib3
-import websocket
 
 from jupyter_dlinfra.backends.kubernetes_pods import COMPONENT, COMPONENT_LABEL, KERNEL_ID_LABEL
 from jupyter_dlinfra.core import Store, SystemClock
 from jupyter_dlinfra.core.tokens import TokenBook
-from jupyter_dlinfra.testing import HttpError, ServerProcess, wait_until
+from jupyter_dlinfra.testing import (
+    ServerProcess,
+    close_response,
+    connect_kernel,
+    execute_request,
+    response_lines,
+    wait_until,
+)
 from jupyter_dlinfra.testing_k8s import ControlPlane, FakeNode, NodeAgent, k8s_bin_dir
+from jupyter_dlinfra.testing_kubelet import GPU_RESOURCE
+
+# kernel_start.py beside this file: found when this runs as a script and when it is loaded by path
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+from kernel_start import delete_kernel, time_kernel_start  # noqa: E402
 
 SIMULATED_GPUS = 4
 GATEWAY = ("-m", "jupyter_dlinfra.cli", "gateway")
@@ -75,98 +88,12 @@ GPU_CELL = f"%gpu {GPU_REQUEST} --no-wait"
 #: how often the ledger is asked whether the request is granted
 GRANT_POLL_S = 0.02
 POD_SELECTOR = f"{COMPONENT_LABEL}={COMPONENT}"
-GPU_RESOURCE = "nvidia.com/gpu"
+#: seconds a kernel may take to start and answer `pass`, and to be gone once deleted
+START_TIMEOUT_S = 120.0
+DELETE_TIMEOUT_S = 60.0
 
 
-# -- kernel start, timed ---------------------------------------------------------------------------
-
-
-def _connect(
-    server: ServerProcess, kernel_id: str, session: str, deadline: float
-) -> websocket.WebSocket:
-    url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={session}"
-    while True:
-        try:
-            return websocket.create_connection(
-                url,
-                header=[f"Authorization: token {server.token}"],
-                timeout=max(0.1, deadline - time.monotonic()),
-                http_proxy_host=None,
-            )
-        except (OSError, websocket.WebSocketException):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-
-
-def _execute_request(session: str, msg_id: str, code: str) -> str:
-    return json.dumps(
-        {
-            "header": {
-                "msg_id": msg_id,
-                "username": "bench",
-                "session": session,
-                "msg_type": "execute_request",
-                "version": "5.3",
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {
-                "code": code,
-                "silent": False,
-                "store_history": False,
-                "user_expressions": {},
-                "allow_stdin": False,
-                "stop_on_error": True,
-            },
-            "channel": "shell",
-            "buffers": [],
-        }
-    )
-
-
-def time_kernel_start(server: ServerProcess, *, timeout: float = 120.0) -> tuple[float, str]:
-    """Start a python3 kernel through ``server`` and run ``pass`` in it: the seconds from just
-    before POST /api/kernels to the execute_reply, and the kernel id."""
-    session = uuid.uuid4().hex
-    msg_id = uuid.uuid4().hex
-    deadline = time.monotonic() + timeout
-    t0 = time.perf_counter()
-    kernel_id: str = server.post("api/kernels", {"name": "python3"})["id"]
-    ws = _connect(server, kernel_id, session, deadline)
-    try:
-        ws.send(_execute_request(session, msg_id, "pass"))
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no execute_reply from kernel {kernel_id} in {timeout} s")
-            ws.settimeout(remaining)
-            msg = json.loads(ws.recv())
-            if (
-                msg.get("channel") == "shell"
-                and msg.get("msg_type") == "execute_reply"
-                and msg.get("parent_header", {}).get("msg_id") == msg_id
-            ):
-                elapsed = time.perf_counter() - t0
-                if msg["content"].get("status") != "ok":
-                    raise RuntimeError(f"`pass` failed in kernel {kernel_id}: {msg['content']}")
-                return elapsed, kernel_id
-    finally:
-        ws.close()
-
-
-def delete_kernel(server: ServerProcess, kernel_id: str) -> None:
-    try:
-        server.delete(f"api/kernels/{kernel_id}")
-    except HttpError as err:
-        if err.status != 404:
-            raise
-    wait_until(
-        lambda: all(k["id"] != kernel_id for k in server.get("api/kernels")),
-        timeout=60,
-        interval=0.02,
-        what=f"kernel {kernel_id} to be gone",
-    )
+# -- kernels (started and timed by kernel_start.py's helpers) --------------------------------------
 
 
 def run_code(server: ServerProcess, kernel_id: str, code: str, *, timeout: float = 60.0) -> str:
@@ -174,11 +101,11 @@ def run_code(server: ServerProcess, kernel_id: str, code: str, *, timeout: float
     session = uuid.uuid4().hex
     msg_id = uuid.uuid4().hex
     deadline = time.monotonic() + timeout
-    ws = _connect(server, kernel_id, session, deadline)
+    ws = connect_kernel(server, kernel_id, session, deadline)
     out: list[str] = []
     replied = idle = False
     try:
-        ws.send(_execute_request(session, msg_id, code))
+        ws.send(execute_request(session, msg_id, code, username="bench", store_history=False))
         while not (replied and idle):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -352,7 +279,7 @@ def verify_gateway_path(person: ServerProcess, gateway: ServerProcess, token: st
         if has_id.strip() != "True":
             raise RuntimeError("the gateway's kernel runs without the dlinfra provisioner")
     finally:
-        delete_kernel(person, kernel_id)
+        delete_kernel(person, kernel_id, timeout=DELETE_TIMEOUT_S)
 
 
 def measure_start(base: Path, rounds: int, warmup: int) -> StartResult:
@@ -374,10 +301,10 @@ def measure_start(base: Path, rounds: int, warmup: int) -> StartResult:
         for i in range(warmup + rounds):
             order = ("local", "gateway") if i % 2 == 0 else ("gateway", "local")
             for name in order:
-                elapsed, kernel_id = time_kernel_start(servers[name])
-                delete_kernel(servers[name], kernel_id)
+                sample, kernel_id = time_kernel_start(servers[name], timeout=START_TIMEOUT_S)
+                delete_kernel(servers[name], kernel_id, timeout=DELETE_TIMEOUT_S)
                 if i >= warmup:
-                    samples[name].append(elapsed)
+                    samples[name].append(sample.replied)
     except BaseException:
         stack.dump_logs()
         raise
@@ -411,23 +338,6 @@ def _gpus(pod: dict[str, Any]) -> int:
     return total
 
 
-def _close(response: Any) -> None:
-    with contextlib.suppress(Exception):
-        response.close()
-    with contextlib.suppress(Exception):
-        response.release_conn()
-
-
-def _lines(response: Any) -> Iterator[str]:
-    buffer = b""
-    for chunk in response.stream(amt=None, decode_content=False):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield line.decode()
-
-
 class PodWatch:
     """One long-lived watch of every kernel pod in a namespace, started before the first round so
     that an event's arrival time is when the apiserver sent it, not a connection set-up."""
@@ -456,7 +366,7 @@ class PodWatch:
         if response is not None:
             with contextlib.suppress(Exception):
                 response.shutdown()
-            _close(response)
+            close_response(response)
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -489,10 +399,10 @@ class PodWatch:
                 with self._cond:
                     self._response = None if self._stop.is_set() else response
                 if self._response is None:
-                    _close(response)
+                    close_response(response)
                     break
                 try:
-                    for line in _lines(response):
+                    for line in response_lines(response):
                         now = time.perf_counter()
                         event = json.loads(line)
                         obj = event.get("object") or {}
@@ -505,7 +415,7 @@ class PodWatch:
                 finally:
                     with self._cond:
                         self._response = None
-                    _close(response)
+                    close_response(response)
                 failures = 0
             except Exception as err:
                 if self._stop.is_set():
@@ -647,14 +557,14 @@ def pods_of(core: kubernetes.client.CoreV1Api, kernel_id: str) -> list[Any]:
 def gpu_round(
     person: ServerProcess, watch: PodWatch, core: kubernetes.client.CoreV1Api
 ) -> GpuRound:
-    start_s, kernel_id = time_kernel_start(person, timeout=180)
+    sample, kernel_id = time_kernel_start(person, timeout=180)
     try:
         timed = _time_gpu_request(person, watch, core, kernel_id)
     except BaseException:
         with contextlib.suppress(Exception):  # the error that matters is the one above
-            delete_kernel(person, kernel_id)
+            delete_kernel(person, kernel_id, timeout=DELETE_TIMEOUT_S)
         raise
-    delete_kernel(person, kernel_id)
+    delete_kernel(person, kernel_id, timeout=DELETE_TIMEOUT_S)
     wait_until(
         lambda: (
             not pods_of(core, kernel_id)
@@ -667,7 +577,7 @@ def gpu_round(
         interval=0.1,
         what=f"the pods and GPUs of kernel {kernel_id} to be gone",
     )
-    return GpuRound(start_s, *timed)
+    return GpuRound(sample.replied, *timed)
 
 
 def _time_gpu_request(

@@ -24,9 +24,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import websocket
-
-from jupyter_dlinfra.testing import HttpError, KernelSession, ServerProcess, wait_until
+from jupyter_dlinfra.testing import (
+    HttpError,
+    KernelSession,
+    ServerProcess,
+    connect_kernel,
+    execute_request,
+    wait_until,
+)
 
 SIMULATED_GPUS = 4
 TARGET_RATIO = 1.05
@@ -43,50 +48,6 @@ class Sample:
     replied: float  # execute_reply of `pass` received
 
 
-def _connect(
-    server: ServerProcess, kernel_id: str, session: str, deadline: float
-) -> websocket.WebSocket:
-    url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={session}"
-    while True:
-        try:
-            return websocket.create_connection(
-                url,
-                header=[f"Authorization: token {server.token}"],
-                timeout=max(0.1, deadline - time.monotonic()),
-                http_proxy_host=None,
-            )
-        except (OSError, websocket.WebSocketException):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-
-
-def _execute_request(session: str, msg_id: str) -> str:
-    return json.dumps(
-        {
-            "header": {
-                "msg_id": msg_id,
-                "username": "bench",
-                "session": session,
-                "msg_type": "execute_request",
-                "version": "5.3",
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {
-                "code": "pass",
-                "silent": False,
-                "store_history": False,
-                "user_expressions": {},
-                "allow_stdin": False,
-                "stop_on_error": True,
-            },
-            "channel": "shell",
-            "buffers": [],
-        }
-    )
-
-
 def time_kernel_start(server: ServerProcess, *, timeout: float = 60.0) -> tuple[Sample, str]:
     """Start a python3 kernel and run ``pass`` in it; return the timings and the kernel id."""
     session = uuid.uuid4().hex
@@ -96,10 +57,10 @@ def time_kernel_start(server: ServerProcess, *, timeout: float = 60.0) -> tuple[
     model = server.post("api/kernels", {"name": "python3"})
     t_post = time.perf_counter()
     kernel_id: str = model["id"]
-    ws = _connect(server, kernel_id, session, deadline)
+    ws = connect_kernel(server, kernel_id, session, deadline)
     try:
         t_conn = time.perf_counter()
-        ws.send(_execute_request(session, msg_id))
+        ws.send(execute_request(session, msg_id, "pass", username="bench", store_history=False))
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -121,7 +82,7 @@ def time_kernel_start(server: ServerProcess, *, timeout: float = 60.0) -> tuple[
     return Sample(t_post - t0, t_conn - t0, t_reply - t0), kernel_id
 
 
-def delete_kernel(server: ServerProcess, kernel_id: str) -> None:
+def delete_kernel(server: ServerProcess, kernel_id: str, *, timeout: float = 30.0) -> None:
     try:
         server.delete(f"api/kernels/{kernel_id}")
     except HttpError as err:
@@ -129,7 +90,7 @@ def delete_kernel(server: ServerProcess, kernel_id: str) -> None:
             raise
     wait_until(
         lambda: all(k["id"] != kernel_id for k in server.get("api/kernels")),
-        timeout=30,
+        timeout=timeout,
         interval=0.02,
         what=f"kernel {kernel_id} to be gone",
     )

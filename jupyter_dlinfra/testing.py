@@ -18,14 +18,29 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import websocket
 
-__all__ = ["ExecResult", "KernelSession", "ServerProcess", "free_port", "wait_until"]
+__all__ = [
+    "ExecResult",
+    "KernelSession",
+    "ServerProcess",
+    "StartStop",
+    "close_response",
+    "connect_kernel",
+    "execute_request",
+    "free_port",
+    "kernel_websocket",
+    "response_lines",
+    "wait_until",
+]
+
+_S = TypeVar("_S", bound="StartStop")
 
 
 def free_port() -> int:
@@ -44,6 +59,56 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05, what: 
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def close_response(response: Any) -> None:
+    """Close a streamed response (its connection is not reused: the body may be unread)."""
+    with contextlib.suppress(Exception):
+        response.close()
+    with contextlib.suppress(Exception):
+        response.release_conn()
+
+
+def response_lines(response: Any) -> Iterator[str]:
+    """The lines of a streamed (chunked) HTTP response as they arrive, e.g. a Kubernetes watch's
+    events (``_preload_content=False``); blank lines left out."""
+    buffer = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line.decode()
+    if buffer.strip():
+        yield buffer.decode()
+
+
+class StartStop:
+    """A helper process (or set of them) with ``start()`` and ``stop()``: ``with`` starts it
+    unless it is :attr:`running` already, and stops it at the end."""
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class HttpError(Exception):
@@ -219,6 +284,64 @@ class ExecResult:
         return self.stdout + self.stderr + "".join(self.displays)
 
 
+def kernel_websocket(
+    server: ServerProcess, kernel_id: str, session: str, *, timeout: float
+) -> websocket.WebSocket:
+    """The kernel websocket (``api/kernels/<id>/channels``) of ``server``, for ``session``."""
+    url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={session}"
+    return websocket.create_connection(
+        url,
+        header=[f"Authorization: token {server.token}"],
+        timeout=timeout,
+        http_proxy_host=None,
+    )
+
+
+def connect_kernel(
+    server: ServerProcess, kernel_id: str, session: str, deadline: float
+) -> websocket.WebSocket:
+    """:func:`kernel_websocket`, tried again every 5 ms while it fails (the kernel may still be
+    starting) until ``deadline`` (``time.monotonic()``); each try may take the time left."""
+    while True:
+        try:
+            return kernel_websocket(
+                server, kernel_id, session, timeout=max(0.1, deadline - time.monotonic())
+            )
+        except (OSError, websocket.WebSocketException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def execute_request(
+    session: str, msg_id: str, code: str, *, username: str = "test", store_history: bool = True
+) -> str:
+    """A shell ``execute_request`` of ``code``, as the kernel websocket takes it (JSON)."""
+    return json.dumps(
+        {
+            "header": {
+                "msg_id": msg_id,
+                "username": username,
+                "session": session,
+                "msg_type": "execute_request",
+                "version": "5.3",
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": {
+                "code": code,
+                "silent": False,
+                "store_history": store_history,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+            "channel": "shell",
+            "buffers": [],
+        }
+    )
+
+
 class KernelSession:
     """One kernel of a ServerProcess; runs code through the server's websocket, like JupyterLab."""
 
@@ -228,13 +351,7 @@ class KernelSession:
         self.session = uuid.uuid4().hex
 
     def _connect(self, timeout: float) -> websocket.WebSocket:
-        url = f"ws://127.0.0.1:{self.server.port}/api/kernels/{self.kernel_id}/channels"
-        return websocket.create_connection(
-            f"{url}?session_id={self.session}",
-            header=[f"Authorization: token {self.server.token}"],
-            timeout=timeout,
-            http_proxy_host=None,
-        )
+        return kernel_websocket(self.server, self.kernel_id, self.session, timeout=timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -258,31 +375,7 @@ class KernelSession:
 
     def _run(self, ws: websocket.WebSocket, code: str, timeout: float, partial: bool) -> ExecResult:
         msg_id = uuid.uuid4().hex
-        ws.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "username": "test",
-                        "session": self.session,
-                        "msg_type": "execute_request",
-                        "version": "5.3",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": True,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                        "stop_on_error": True,
-                    },
-                    "channel": "shell",
-                    "buffers": [],
-                }
-            )
-        )
+        ws.send(execute_request(self.session, msg_id, code))
         stdout: list[str] = []
         stderr: list[str] = []
         displays: dict[str, str] = {}

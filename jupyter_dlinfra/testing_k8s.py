@@ -48,13 +48,13 @@ import urllib.request
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import kubernetes.client
 import urllib3
 import yaml
 
+from jupyter_dlinfra.testing import StartStop
 from jupyter_dlinfra.testing_kubelet import FakeNode, NodeAgent
 
 __all__ = [
@@ -164,7 +164,7 @@ class _Component:
             self._log = None
 
 
-class ControlPlane:
+class ControlPlane(StartStop):
     """etcd + kube-apiserver + kube-scheduler + kube-controller-manager on 127.0.0.1.
 
     ``start()`` returns once the apiserver is ready and the scheduler and controller-manager serve
@@ -185,19 +185,6 @@ class ControlPlane:
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> ControlPlane:
-        if not self._components:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self, timeout: float = 60) -> None:
         """Start every component and wait (at most ``timeout`` s) until all serve."""

@@ -63,18 +63,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
+
+from jupyter_dlinfra.testing import StartStop, close_response, response_lines
 
 __all__ = ["GPU_RESOURCE", "FakeNode", "NodeAgent"]
 
@@ -203,7 +204,7 @@ def _kill_group(proc: subprocess.Popen[bytes], signum: int) -> None:
         os.killpg(proc.pid, signum)
 
 
-class NodeAgent:
+class NodeAgent(StartStop):
     """Plays the kubelet of ``nodes`` against the apiserver behind ``api``.
 
     ``start()`` registers the nodes, starts the log server, the pod watch and the heartbeat and
@@ -244,18 +245,9 @@ class NodeAgent:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def __enter__(self) -> NodeAgent:
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    @property
+    def running(self) -> bool:
+        return self._started
 
     def start(self) -> None:
         if self._started:
@@ -392,10 +384,10 @@ class NodeAgent:
                 with self._lock:  # stop() closes what it finds here, or we see it stopping
                     self._stream = None if self._stop.is_set() else response
                 if self._stream is None:
-                    _close(response)
+                    close_response(response)
                     break
                 try:
-                    for line in _lines(response):
+                    for line in response_lines(response):
                         if self._stop.is_set():
                             break
                         event = json.loads(line)
@@ -414,7 +406,7 @@ class NodeAgent:
                 finally:
                     with self._lock:
                         self._stream = None
-                    _close(response)
+                    close_response(response)
             except Exception as err:
                 if self._stop.is_set():
                     break
@@ -1019,27 +1011,6 @@ class NodeAgent:
                 capture_output=True,
             )  # fmt: skip
         return cert, key
-
-
-def _close(response: Any) -> None:
-    """Close a streamed response (its connection is not reused: the body may be unread)."""
-    with contextlib.suppress(Exception):
-        response.close()
-    with contextlib.suppress(Exception):
-        response.release_conn()
-
-
-def _lines(response: Any) -> Iterator[str]:
-    """The lines of a streamed (chunked) HTTP response as they arrive."""
-    buffer = b""
-    for chunk in response.stream(amt=None, decode_content=False):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield line.decode()
-    if buffer.strip():
-        yield buffer.decode()
 
 
 class _LogServer(ThreadingHTTPServer):

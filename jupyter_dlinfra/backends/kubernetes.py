@@ -140,7 +140,6 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -165,6 +164,7 @@ from .kube_api import (
     pending_reason,
     terminated,
 )
+from .local import status_from_file
 from .pod_template import PodTemplate
 
 if TYPE_CHECKING:
@@ -187,18 +187,10 @@ CANCELLED_ANNOTATION = PREFIX + "cancelled"
 AFTER_ANNOTATION = PREFIX + "after"
 #: the container's name in the job's pod
 CONTAINER = "job"
-#: what the in-job runner writes when the job ends
-STATUS_FILE = "status.json"
 #: PriorityClass values above this are reserved for the system (Kubernetes' own bound)
 MAX_PRIORITY_VALUE = 1_000_000_000
 #: describe() asks the API at most this often (seconds)
 DESCRIBE_TTL_S = 10.0
-
-_FILE_STATES = {
-    "succeeded": BackendState.SUCCEEDED,
-    "failed": BackendState.FAILED,
-    "cancelled": BackendState.CANCELLED,
-}
 
 #: the container's command: run argv, copy its output to the pod log AND the log file, forward
 #: stop signals, exit with its code (see "Logs" in the module's documentation)
@@ -952,33 +944,7 @@ class _View:
         if (namespace, name) in self.backend._cancelled:
             return BackendStatus(state=BackendState.CANCELLED, reason="cancelled")
         where = f"Kubernetes has no Job {name} in namespace {namespace}"
-        workdir = detail.get("workdir")
-        if not workdir:
-            return BackendStatus(state=BackendState.LOST, reason=where)
-        path = Path(str(workdir)) / STATUS_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return BackendStatus(
-                state=BackendState.LOST, reason=f"{where} and there is no {STATUS_FILE}"
-            )
-        except (OSError, ValueError) as err:
-            return BackendStatus(state=BackendState.LOST, reason=f"{where}; {path}: {err}")
-        if not isinstance(data, dict):
-            data = {}
-        state = _FILE_STATES.get(str(data.get("state", "")).lower())
-        if state is None:
-            return BackendStatus(
-                state=BackendState.LOST,
-                reason=f"{where}; {STATUS_FILE} says {data.get('state')!r}",
-            )
-        code = data.get("exit_code")
-        reason = data.get("reason") or data.get("error")
-        return BackendStatus(
-            state=state,
-            reason=str(reason) if reason and state is not BackendState.SUCCEEDED else None,
-            exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
-        )
+        return status_from_file(detail.get("workdir"), where)
 
 
 def _pod_active(pod: Mapping[str, Any]) -> bool:

@@ -28,6 +28,8 @@ from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHand
 
 __all__ = ["LocalBackend", "read_status"]
 
+#: how the in-job runner says the job ended, in the job's directory
+STATUS_FILE = "status.json"
 #: the handle of a started job, written in its directory at once
 _LAUNCHED = "launched.json"
 #: a cancelled job that ignores SIGTERM this long gets SIGKILL (seconds)
@@ -42,10 +44,42 @@ _STATES = {
 def read_status(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The runner's ``status.json`` of a job directory, None while there is none."""
     try:
-        data = json.loads((Path(workdir) / "status.json").read_text(encoding="utf-8"))
+        data = json.loads((Path(workdir) / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def status_from_file(workdir: object, unknown: str) -> BackendStatus:
+    """How the runner's ``status.json`` in ``workdir`` says a job ended that its scheduler no
+    longer knows (``unknown`` says so: "SLURM does not know the job"): its state, exit code and,
+    unless it succeeded, its error; LOST, with ``unknown`` and why, without a readable one."""
+    if not workdir:
+        return BackendStatus(state=BackendState.LOST, reason=unknown)
+    path = Path(str(workdir)) / STATUS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return BackendStatus(
+            state=BackendState.LOST, reason=f"{unknown} and there is no {STATUS_FILE}"
+        )
+    except (OSError, ValueError) as err:
+        return BackendStatus(state=BackendState.LOST, reason=f"{unknown}; {path}: {err}")
+    if not isinstance(data, dict):
+        data = {}
+    state = _STATES.get(str(data.get("state", "")).lower())
+    if state is None:
+        return BackendStatus(
+            state=BackendState.LOST,
+            reason=f"{unknown}; {STATUS_FILE} says {data.get('state')!r}",
+        )
+    code = data.get("exit_code")
+    reason = data.get("reason") or data.get("error")
+    return BackendStatus(
+        state=state,
+        reason=str(reason) if reason and state is not BackendState.SUCCEEDED else None,
+        exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+    )
 
 
 class LocalBackend(JobBackend):

@@ -49,7 +49,8 @@ Exit codes come from squeue's ``exit_code`` (a wait status): a normal exit gives
 death by signal N gives ``-N`` (like :attr:`subprocess.Popen.returncode`). SLURM forgets ended
 jobs after its ``MinJobAge`` (300 s by default); after that the backend reads
 ``<workdir>/status.json``, which the in-job runner writes (``{"state": "succeeded" | "failed" |
-"cancelled", "exit_code": ..., "reason": ...}``).
+"cancelled", "exit_code": ..., "error": ...}``; the error is the reason of a job that did not
+succeed).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHandle, JobLaunch
+from .local import status_from_file
 
 __all__ = ["NICE_MAX", "SlurmBackend", "nice_for_priority"]
 
@@ -76,8 +78,6 @@ NICE_MAX = 2147483645
 #: the handle of an accepted job, written into its directory at once
 LAUNCHED_NAME = "launched.json"
 SCRIPT_NAME = "job.sbatch"
-#: what the in-job runner writes when the job ends
-STATUS_FILE = "status.json"
 
 _PENDING = frozenset(
     {
@@ -97,12 +97,6 @@ _FAILED = frozenset(
     {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 )
 _CANCELLED = frozenset({"CANCELLED", "REVOKED"})
-
-_FILE_STATES = {
-    "succeeded": BackendState.SUCCEEDED,
-    "failed": BackendState.FAILED,
-    "cancelled": BackendState.CANCELLED,
-}
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_ID = re.compile(r"^[0-9]+$")
@@ -462,36 +456,7 @@ class SlurmBackend(JobBackend):
     @staticmethod
     def _from_status_file(handle: JobHandle) -> BackendStatus:
         """How the in-job runner says the job ended, for a job SLURM forgot; else LOST."""
-        workdir = handle.detail.get("workdir")
-        if not workdir:
-            return BackendStatus(state=BackendState.LOST, reason="SLURM does not know the job")
-        path = Path(str(workdir)) / STATUS_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return BackendStatus(
-                state=BackendState.LOST,
-                reason=f"SLURM does not know the job and there is no {STATUS_FILE}",
-            )
-        except (OSError, ValueError) as err:
-            return BackendStatus(
-                state=BackendState.LOST, reason=f"SLURM does not know the job; {path}: {err}"
-            )
-        if not isinstance(data, dict):
-            data = {}
-        state = _FILE_STATES.get(str(data.get("state", "")).lower())
-        if state is None:
-            return BackendStatus(
-                state=BackendState.LOST,
-                reason=f"SLURM does not know the job; {STATUS_FILE} says {data.get('state')!r}",
-            )
-        code = data.get("exit_code")
-        reason = data.get("reason")
-        return BackendStatus(
-            state=state,
-            reason=str(reason) if reason else None,
-            exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
-        )
+        return status_from_file(handle.detail.get("workdir"), "SLURM does not know the job")
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, BackendStatus]:
         rows = self._squeue([h.ref for h in handles])

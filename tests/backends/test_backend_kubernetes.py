@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ import kubernetes.client
 import nbformat
 import psutil
 import pytest
+from backend_kit import DEADLINE, Counting, Jobs, alive, wait_ended, wait_for, wait_reason
 
 from jupyter_dlinfra.backends import (
     BackendError,
@@ -40,60 +41,18 @@ from jupyter_dlinfra.core.sched_policy import DEFAULT_CLASSES, PriorityClass
 from jupyter_dlinfra.jobs.convert import prepare, snapshot
 from jupyter_dlinfra.testing import wait_until
 
-DEADLINE = 30.0
 #: a job that starts a real kernel (the runner) may take longer on a loaded machine
 RUNNER_DEADLINE = 120.0
 
 
-class Counting:
-    """The real ApiClient, counting the requests that go through it (method, path)."""
-
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.api = api
-        self._call_api = api.call_api
-
-    def __enter__(self) -> Counting:
-        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            path = url.split("://", 1)[-1]
-            path = "/" + path.split("/", 1)[1] if "/" in path else "/"
-            self.calls.append((method, path.split("?", 1)[0]))
-            return self._call_api(method, url, *args, **kwargs)
-
-        self.api.call_api = counted  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.api.call_api
-
-
-class Jobs:
-    """Makes launches whose job directories live under the test's tmp_path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.count = 0
-
-    def launch(self, code: str, **kwargs: Any) -> JobLaunch:
-        """A launch whose command is ``python -c code`` (argv[0] replaced by the backend)."""
-        self.count += 1
-        workdir = self.root / f"{self.count}-job"
-        workdir.mkdir()
-        fields: dict[str, Any] = {
-            "job_id": self.count,
-            "name": f"test job {self.count}",
-            "user": "alice@example.com",
-            "workdir": str(workdir),
-            "argv": ["/gateway/bin/python", "-c", code],
-            "log_path": str(workdir / "job.log"),
-        }
-        fields.update(kwargs)
-        return JobLaunch(**fields)
-
-
 @pytest.fixture
 def jobs(tmp_path: Path) -> Jobs:
-    return Jobs(tmp_path / "jobs")
+    # commands are ``python -c code``; the backend replaces argv[0] with the image's Python
+    return Jobs(
+        tmp_path / "jobs",
+        lambda code: ["/gateway/bin/python", "-c", code],
+        user="alice@example.com",
+    )
 
 
 @pytest.fixture
@@ -134,43 +93,12 @@ def hold(release: Path) -> str:
     return f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\n"
 
 
-def wait_for(
-    backend: KubernetesBackend,
-    handles: Sequence[JobHandle],
-    done: Callable[[dict[str, BackendStatus]], bool],
-    what: str,
-    timeout: float = DEADLINE,
-) -> dict[str, BackendStatus]:
-    seen: list[dict[str, BackendStatus]] = []
-
-    def check() -> dict[str, BackendStatus] | None:
-        statuses = backend.poll(handles)
-        seen[:] = [statuses]
-        return statuses if done(statuses) else None
-
-    try:
-        found: dict[str, BackendStatus] = wait_until(
-            check, timeout=timeout, interval=0.1, what=what
-        )
-    except TimeoutError as err:
-        raise AssertionError(f"{err}; last: {seen}") from None
-    return found
-
-
 def wait_state(
     backend: KubernetesBackend, handle: JobHandle, state: BackendState, timeout: float = DEADLINE
 ) -> BackendStatus:
     return wait_for(
         backend, [handle], lambda s: s[handle.ref].state is state, state.value, timeout
     )[handle.ref]
-
-
-def wait_ended(
-    backend: KubernetesBackend, handle: JobHandle, timeout: float = DEADLINE
-) -> BackendStatus:
-    return wait_for(backend, [handle], lambda s: s[handle.ref].state.ended, "the end", timeout)[
-        handle.ref
-    ]
 
 
 def raw_json(answer: object) -> Any:
@@ -346,12 +274,7 @@ def test_oversize_job_pends_with_the_scheduler_reason(
     backend: KubernetesBackend, jobs: Jobs
 ) -> None:
     handle = backend.submit(jobs.launch("print('never')", gpus=16))
-    status = wait_for(
-        backend,
-        [handle],
-        lambda s: "Insufficient nvidia.com/gpu" in (s[handle.ref].reason or ""),
-        "the scheduler's reason",
-    )[handle.ref]
+    status = wait_reason(backend, handle, "Insufficient nvidia.com/gpu", "the scheduler's reason")
     assert status.state is BackendState.PENDING
     assert status.reason is not None and status.reason.startswith("0/2 nodes are available")
     backend.cancel(handle)
@@ -382,7 +305,7 @@ def test_cancel_stops_the_pod_process(
     backend.cancel(handle)
     status = wait_ended(backend, handle)
     assert status.state is BackendState.CANCELLED, status
-    wait_until(lambda: not _alive(pid), timeout=DEADLINE, what="the job's process to stop")
+    wait_until(lambda: not alive(pid), timeout=DEADLINE, what="the job's process to stop")
     # the command heard the stop (SIGTERM forwarded by the wrapper) and said so in the log
     assert "got SIGTERM" in Path(launch.log_path).read_text()
     # cancelling again, or a Job Kubernetes never had, is no error
@@ -572,12 +495,9 @@ def test_priority_classes_reach_the_pod(
         # a class without a PriorityClass: the Job controller cannot make the pod, and says why
         broken = make_backend(priority_classes={"batch": f"{prefix}missing"})
         stuck = broken.submit(jobs.launch("print()", priority_class="batch"))
-        status = wait_for(
-            broken,
-            [stuck],
-            lambda s: "cannot create its pod" in (s[stuck.ref].reason or ""),
-            "the Job controller's complaint",
-        )[stuck.ref]
+        status = wait_reason(
+            broken, stuck, "cannot create its pod", "the Job controller's complaint"
+        )
         assert status.state is BackendState.PENDING
         assert f"no PriorityClass with name {prefix}missing" in (status.reason or "")
         broken.cancel(stuck)
@@ -949,10 +869,3 @@ def test_a_missing_kubeconfig_is_a_backend_error(tmp_path: Path) -> None:
     assert info["available"] is False and "Kubernetes configuration" in info["reason"]
     with pytest.raises(BackendError, match="Kubernetes configuration"):
         backend.poll([JobHandle(backend="kubernetes", ref="x")])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backend_kit import Jobs, wait_ended, wait_for
 from slurm_cluster import SlurmCluster
 
 from jupyter_dlinfra.backends import BackendError, BackendState, BackendStatus, JobHandle, JobLaunch
 from jupyter_dlinfra.backends.slurm import NICE_MAX, SlurmBackend, nice_for_priority
-
-DEADLINE = 20.0
 
 
 @pytest.fixture
@@ -28,57 +26,14 @@ def backend(slurm_cluster: SlurmCluster) -> Iterator[SlurmBackend]:
     slurm_cluster.cancel_all()
 
 
-class Jobs:
-    """Makes launches whose job directories live under the test's tmp_path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.count = 0
-
-    def launch(self, shell: str, **kwargs: object) -> JobLaunch:
-        self.count += 1
-        workdir = self.root / f"job{self.count}"
-        workdir.mkdir()
-        return JobLaunch(
-            job_id=self.count,
-            name=f"test job {self.count}",
-            user="root",
-            workdir=str(workdir),
-            argv=["bash", "-c", shell],
-            log_path=str(workdir / "job.log"),
-            **kwargs,  # type: ignore[arg-type]
-        )
-
-
 @pytest.fixture
 def jobs(tmp_path: Path) -> Jobs:
-    return Jobs(tmp_path)
+    return Jobs(tmp_path, lambda shell: ["bash", "-c", shell], user="root")
 
 
 def hold(release: Path) -> str:
     """Shell that waits until the test creates ``release``."""
     return f"while [ ! -e {shlex.quote(str(release))} ]; do sleep 0.05; done"
-
-
-def wait_for(
-    backend: SlurmBackend,
-    handles: Sequence[JobHandle],
-    done: Callable[[dict[str, BackendStatus]], bool],
-    what: str,
-    timeout: float = DEADLINE,
-) -> dict[str, BackendStatus]:
-    deadline = time.monotonic() + timeout
-    while True:
-        statuses = backend.poll(handles)
-        if done(statuses):
-            return statuses
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {statuses}")
-        time.sleep(0.1)
-
-
-def wait_ended(backend: SlurmBackend, handle: JobHandle) -> BackendStatus:
-    return wait_for(backend, [handle], lambda s: s[handle.ref].state.ended, "the end")[handle.ref]
 
 
 def log_of(launch: JobLaunch) -> str:
@@ -307,7 +262,9 @@ def test_sbatch_errors_carry_its_message(
         bad.submit(jobs.launch("true"))
 
 
-def test_describe(backend: SlurmBackend, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_describe(
+    backend: SlurmBackend, jobs: Jobs, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
     info = backend.describe()
     assert info["available"] is True, info
     assert info["name"] == "slurm" and info["places_gpus"] is True
@@ -318,7 +275,7 @@ def test_describe(backend: SlurmBackend, slurm_cluster: SlurmCluster, tmp_path: 
     assert info["available"] is False
     assert "sbatch" in info["reason"] and "not found" in info["reason"]
     with pytest.raises(BackendError, match="sbatch"):
-        missing.submit(Jobs(tmp_path).launch("true"))
+        missing.submit(jobs.launch("true"))
 
     # a configuration whose slurmctld does not run
     conf = slurm_cluster.conf.read_text()

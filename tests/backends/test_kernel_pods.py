@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes.client
-import psutil
 import pytest
+from backend_kit import Counting, alive
 from jupyter_client.blocking import BlockingKernelClient
 
 from jupyter_dlinfra.backends import BackendError
@@ -36,28 +36,6 @@ from jupyter_dlinfra.testing import free_port, wait_until
 DEADLINE = 30.0
 #: a kernel's start (ipykernel's imports) may be slow on a loaded machine
 KERNEL_DEADLINE = 90.0
-
-
-class Counting:
-    """The real ApiClient, counting the requests that go through it (method, path)."""
-
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.api = api
-        self._call_api = api.call_api
-
-    def __enter__(self) -> Counting:
-        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            path = url.split("://", 1)[-1]
-            path = "/" + path.split("/", 1)[1] if "/" in path else "/"
-            self.calls.append((method, path.split("?", 1)[0]))
-            return self._call_api(method, url, *args, **kwargs)
-
-        self.api.call_api = counted  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.api.call_api
 
 
 def connection() -> dict[str, Any]:
@@ -171,13 +149,6 @@ def evaluate(client: BlockingKernelClient, code: str) -> str:
     assert reply["content"]["status"] == "ok", errors
     assert len(results) == 1, (results, errors)
     return results[0]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def test_kernel_pod_runs_a_real_kernel_with_its_gpus(
