@@ -389,7 +389,9 @@ class KernelSession:
                     error = "no reply"
                     break
                 raise TimeoutError(f"no reply within {timeout} s to {code!r}")
-            ws.settimeout(max(0.1, deadline - time.monotonic()))
+            # at most a second per wait: a server's websocket pings are answered inside recv(),
+            # which would otherwise start its wait again and never give the deadline a chance
+            ws.settimeout(min(1.0, max(0.1, deadline - time.monotonic())))
             try:
                 msg = json.loads(ws.recv())
             except websocket.WebSocketTimeoutException:

@@ -207,6 +207,16 @@ class QueueHandler(_Base):
         self.answer({"queue": [self.view(a, gpus) for a in queued]})
 
 
+#: a restart asked by the kernel itself waits this long (seconds), so that what it printed just
+#: before asking (%gpu's "Restarting...") reaches its clients before its channels close
+RESTART_DELAY_S = 0.5
+
+
+async def _restart_soon(km: Any, kernel_id: str) -> None:
+    await asyncio.sleep(RESTART_DELAY_S)
+    await km.restart_kernel(kernel_id)
+
+
 class KernelRestartHandler(_Base):
     """Restart a kernel so that its GPUs apply at launch (CUDA was initialised too early)."""
 
@@ -234,7 +244,7 @@ class KernelRestartHandler(_Base):
             },
             status=202,
         )
-        task = asyncio.ensure_future(km.restart_kernel(kernel_id))
+        task = asyncio.ensure_future(_restart_soon(km, kernel_id))
         _background.add(task)
         task.add_done_callback(_background.discard)
 
