@@ -218,12 +218,15 @@ def test_cuda_already_initialised_offers_a_restart_that_keeps_the_gpus(
     assert "CUDA driver (libcuda) is loaded" in result.stderr
     assert "%gpu --restart" in result.stderr
     granted = of_kernel(server, kernel)[0]
+    before = kernel.value("__import__('os').getpid()")
     restart = kernel.execute("%gpu --restart", timeout=5, partial=True)
     assert "Restarting this kernel with 2 GPU(s)" in restart.stdout
 
     def relaunched_with_gpus() -> Any:
         try:
-            return kernel.value(CUDA) == granted["cuda_visible_devices"]
+            # a new process: this one set the variable too, before it asked for the restart
+            pid = kernel.value("__import__('os').getpid()")
+            return pid != before and kernel.value(CUDA) == granted["cuda_visible_devices"]
         except Exception:
             return False
 
