@@ -61,7 +61,12 @@ def load_scheduler(
         for r in conn.execute(select(gpus).where(gpus.c.present).order_by(gpus.c.node, gpus.c.idx))
     )
     held: dict[int, list[str]] = defaultdict(list)
-    for uuid, aid in conn.execute(select(holdings.c.gpu_uuid, holdings.c.allocation_id)):
+    # ordered: the same ledger must give the same scheduler (PostgreSQL's row order moves)
+    for uuid, aid in conn.execute(
+        select(holdings.c.gpu_uuid, holdings.c.allocation_id).order_by(
+            holdings.c.allocation_id, holdings.c.gpu_uuid
+        )
+    ):
         held[aid].append(uuid)
     for alloc in active:
         groups = _groups(raw_groups.get(alloc.id), alloc.user, groups_of)
@@ -85,7 +90,7 @@ def load_scheduler(
             s.submit(
                 demand_of(alloc, policy, _groups(raw_groups.get(alloc.id), alloc.user, groups_of))
             )
-    for row in conn.execute(select(fairshare)):
+    for row in conn.execute(select(fairshare).order_by(fairshare.c.user)):
         s.load_usage(row.user, groups_of(row.user), row.gpu_seconds, row.at)
     for h in list(s.holdings.values()):
         # what running grants have used so far counts too (recorded only when they end)
