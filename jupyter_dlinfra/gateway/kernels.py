@@ -188,7 +188,7 @@ def _client_env(env: Any) -> dict[str, str]:
         if k in _INHERITED_ENV or k.startswith(_INHERITED_PREFIXES)
     }
     for key, value in env.items():
-        if key.startswith(_RESERVED_ENV) or key in _RESERVED_ENV:
+        if key.startswith(_RESERVED_ENV):
             continue
         merged[key] = value
     return merged

@@ -658,6 +658,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         factory = KernelProvisionerFactory.instance(parent=self._server.kernel_manager)
         factory.default_provisioner_name = POD_PROVISIONER_NAME
 
+    _ensured_priority_classes: dict[str, str] | None = None
+
     def _priority_classes(self, kube: dict[str, Any]) -> dict[str, str]:
         """Our class -> its Kubernetes PriorityClass, as kubernetes_priority_classes says."""
         if self.kubernetes_priority_classes == "off":
@@ -668,11 +670,14 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         classes = self.service.ledger.scheduling_policy().classes
         if self.kubernetes_priority_classes == "map":
             return {c.name: priority_class_name(c.name) for c in classes}
-        api = KubeApi(kubeconfig=kube.get("kubeconfig"), context=kube.get("context"))
-        try:
-            return ensure_priority_classes(api.client(), classes)
-        finally:
-            api.close()
+        if self._ensured_priority_classes is None:
+            # once at start, for pods and Jobs alike
+            api = KubeApi(kubeconfig=kube.get("kubeconfig"), context=kube.get("context"))
+            try:
+                self._ensured_priority_classes = ensure_priority_classes(api.client(), classes)
+            finally:
+                api.close()
+        return dict(self._ensured_priority_classes)
 
     def initialize_handlers(self) -> None:
         if self._forwarding():

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -29,7 +29,7 @@ from ..core import (
 from ..core.jobs import JOB_KERNEL_NAME
 from ..core.tokens import hash_secret
 from ..provisioning import LaunchPlan
-from ..telemetry import GpuSample, TelemetryProvider
+from ..telemetry import GpuDevice, GpuSample, TelemetryProvider
 from ..telemetry.cluster import ClusterTelemetry
 from .events import Broadcaster
 from .liveness import process_alive, process_started_at
@@ -223,42 +223,31 @@ class GpuService:
         await self.mutate(self._sync_inventory)
 
     def _sync_inventory(self) -> None:
-        if self.cluster is not None:
-            # a gateway on Kubernetes: every GPU node of the cluster; a node gone from it (or
-            # cordoned) has its GPUs marked absent
-            inventory = self.cluster.inventory()
-            for gone in self._cluster_nodes - set(inventory):
-                self.ledger.sync_inventory(gone, [])
-            self._cluster_nodes = set(inventory)
-            for node, found in inventory.items():
-                self.ledger.sync_inventory(
-                    node,
-                    [
-                        Gpu(
-                            uuid=d.uuid,
-                            node=node,
-                            index=d.index,
-                            model=d.model,
-                            memory_bytes=d.memory_total_bytes,
-                            simulated=self.cluster.simulated,
-                        )
-                        for d in found
-                    ],
-                )
+        if self.cluster is None:
+            self._sync_node(self.settings.node, self.provider.devices(), self.provider.simulated)
             return
-        devices = self.provider.devices()
+        # a gateway on Kubernetes: every GPU node of the cluster; a node gone from it (or
+        # cordoned) has its GPUs marked absent
+        inventory = self.cluster.inventory()
+        for gone in self._cluster_nodes - set(inventory):
+            self.ledger.sync_inventory(gone, [])
+        self._cluster_nodes = set(inventory)
+        for node, found in inventory.items():
+            self._sync_node(node, found, self.cluster.simulated)
+
+    def _sync_node(self, node: str, devices: Sequence[GpuDevice], simulated: bool) -> None:
         gpus = [
             Gpu(
                 uuid=d.uuid,
-                node=self.settings.node,
+                node=node,
                 index=d.index,
                 model=d.model,
                 memory_bytes=d.memory_total_bytes,
-                simulated=self.provider.simulated,
+                simulated=simulated,
             )
             for d in devices
         ]
-        self.ledger.sync_inventory(self.settings.node, gpus)
+        self.ledger.sync_inventory(node, gpus)
 
     async def sample(self) -> None:
         """Read the GPUs once, then let the reclaim loop judge this server's kernels."""
