@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,14 +23,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[object]]:
-    """Collects ServerProcess objects so that each is stopped, and its log kept on failure."""
+def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[object]]:
+    """Collects ServerProcess objects so that each is stopped, and its log kept; when the test
+    failed, the end of each log is printed too (CI keeps only what the run prints)."""
     started: list[object] = []
     yield started
     from jupyter_dlinfra.testing import ServerProcess
 
+    call = getattr(request.node, "rep_call", None)
+    failed = call is not None and call.failed
     for server in started:
         assert isinstance(server, ServerProcess)
         server.stop()
         ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / server.log_path.name).write_text(server.log_text())
+        log = server.log_text()
+        (ARTIFACTS / server.log_path.name).write_text(log)
+        if failed:
+            print(f"--- the end of {server.log_path} ---\n{log[-6000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]

@@ -112,7 +112,8 @@ class ForwardHandler(APIHandler):  # type: ignore[misc]
                 self.set_header(name, response.headers[name])
         if "Location" in response.headers:
             self.set_header("Location", self._local(response.headers["Location"]))
-        self.finish(response.body or b"")
+        # a 204 or 304 must go without a body: tornado refuses even an empty one
+        self.finish(response.body if response.body and response.code not in (204, 304) else None)
 
     def _local(self, location: str) -> str:
         """The gateway's Location, as a path on this server."""

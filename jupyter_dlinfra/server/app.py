@@ -681,9 +681,16 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
 
     def initialize_handlers(self) -> None:
         if self._forwarding():
+            from jupyter_server.gateway.connections import GatewayWebSocketConnection
+
+            from ..gateway.client_ws import OrderedGatewayConnection
             from ..gateway.forward import FORWARD_ROUTES
 
             self.handlers.extend(FORWARD_ROUTES)
+            settings = self._server.web_app.settings
+            if settings.get("kernel_websocket_connection_class") is GatewayWebSocketConnection:
+                # only jupyter_server's default is replaced, never a class someone configured
+                settings["kernel_websocket_connection_class"] = OrderedGatewayConnection
             return
         if self.gateway:
             # matched before jupyter_server's own kernel routes: these check owners

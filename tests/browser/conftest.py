@@ -92,14 +92,6 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         context.close()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call":
-        item.rep_call = report  # type: ignore[attr-defined]
-
-
 def save_artifact(path: Path) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     target = ARTIFACTS / path.name

@@ -31,6 +31,7 @@ def test_the_sidebar_of_a_lab_pointed_at_the_gateway_shows_the_teams_ledger(
         program=("-m", "jupyter_dlinfra.cli", "gateway"),
         extra_args=("--DLInfra.telemetry_interval=1",),
     )
+    servers.append(gateway)
     gateway.start()
     try:
         # bob holds one GPU through the gateway (from his own server, or any client of it)

@@ -29,6 +29,12 @@ def test_a_kernel_started_from_a_users_server_runs_on_the_gateway_and_gets_gpus(
     mine = alice.get("dlinfra/api/allocations")["allocations"]
     assert [(a["user"], a["count"], a["state"]) for a in mine] == [("alice", 2, "granted")]
     assert mine[0]["kernel_id"] == kernel.kernel_id
+    # released through the forward as the sidebar does: the gateway's 204 passes back unchanged
+    status, body, _ = alice.request("DELETE", f"dlinfra/api/allocations/{mine[0]['id']}")
+    assert (status, body) == (204, None), body
+    assert not alice.get("dlinfra/api/allocations")["allocations"]
+    out = kernel.execute("%gpu 2")
+    assert "Granted 2 GPUs" in out.text, out.text
     # the gateway's ledger is the one everybody sees
     status, cluster = team.call("bob", "GET", "dlinfra/api/cluster")
     held = [g for n in cluster["nodes"] for g in n["gpus"] if g.get("holder")]
