@@ -28,7 +28,8 @@ generation, so a new pod may start while the old one terminates), named
 - one container, ``kernel``, from ``image``, running ``[python, -m, jupyter_dlinfra.kernel_pod]``,
   which writes the connection file from ``DLINFRA_CONNECTION`` (the ports and key, JSON) and runs
   ``ipykernel`` listening on all the pod's interfaces (see :mod:`jupyter_dlinfra.kernel_pod`);
-  ``spec.env`` plus ``DLINFRA_CONNECTION`` and ``POD_NAME``, ``POD_NAMESPACE``, ``NODE_NAME``
+  ``spec.env`` plus ``DLINFRA_CONNECTION`` (both from the kernel's Secret where ``SECRET_ENV``
+  says so, see below) and ``POD_NAME``, ``POD_NAMESPACE``, ``NODE_NAME``
   (downward API); the five ports as named ``containerPort``\\ s; ``limits: {nvidia.com/gpu: N}``
   only when the kernel wants GPUs (the device plugin then exposes exactly those GPUs);
 - a GPU model becomes node affinity on ``gpu_product_label`` exactly as for jobs: the products the
@@ -38,8 +39,12 @@ generation, so a new pod may start while the old one terminates), named
   unmapped class gets the cluster's default), ``serviceAccountName``, ``nodeSelector`` and
   ``tolerations`` from the options of the same names.
 
-The connection key travels in the pod's environment: whoever may read pods in the namespace can
-attach to its kernels. Give the namespace to the gateway alone.
+The kernel's secrets, its connection (with the key that signs every message) and its ledger token
+``DLINFRA_TOKEN``, are not in the pod's spec: they are in a Secret of the pod's name, created just
+before the pod, which the container's ``env`` names (``secretKeyRef``). The Secret is then made
+the pod's dependent (``ownerReferences``), so Kubernetes' garbage collector deletes it with the
+pod, whoever deletes the pod; ``delete`` deletes both at once. Reading pods in the namespace thus
+no longer gives a kernel away: reading Secrets there still does.
 
 What the launcher reports
 -------------------------
@@ -55,6 +60,7 @@ how an ended pod ended (exit code and reason). ``pod(name)`` is the same for one
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -96,6 +102,7 @@ __all__ = [
     "CONTAINER",
     "GENERATION_LABEL",
     "KERNEL_ID_LABEL",
+    "SECRET_ENV",
     "KernelPod",
     "KernelPodSpec",
     "PodLauncher",
@@ -116,6 +123,8 @@ _PORT_LABELS = {
     "control_port": "control",
     "hb_port": "hb",
 }
+#: the variables that go into the kernel's Secret, not into its pod's spec
+SECRET_ENV = frozenset({CONNECTION_ENV, "DLINFRA_TOKEN"})
 #: environment variables the launcher sets itself
 _RESERVED_ENV = frozenset({CONNECTION_ENV, "POD_NAME", "POD_NAMESPACE", "NODE_NAME"})
 _RESERVED_LABELS = frozenset(
@@ -261,18 +270,20 @@ class PodLauncher:
         self.kube.close()
 
     def _pods_path(self, name: str | None = None) -> str:
-        path = f"/api/v1/namespaces/{quote(self.namespace, safe='')}/pods"
+        return self._path("pods", name)
+
+    def _path(self, kind: str, name: str | None = None) -> str:
+        path = f"/api/v1/namespaces/{quote(self.namespace, safe='')}/{kind}"
         return f"{path}/{quote(name, safe='')}" if name else path
 
     # --- create ----------------------------------------------------------------------------
 
-    def pod_manifest(self, spec: KernelPodSpec) -> dict[str, Any]:
-        """The pod for ``spec`` (no API call, except to match a GPU model)."""
+    def _connection(self, spec: KernelPodSpec) -> dict[str, Any]:
+        """The connection file's content for ``spec``, without an ip (the pod listens on all)."""
         if spec.gpus < 0:
             raise BackendError(f"a kernel wants 0 GPUs or more, not {spec.gpus}")
         if not spec.kernel_id:
             raise BackendError("a kernel pod needs the kernel's id")
-        name = kernel_pod_name(spec.kernel_id, spec.generation)
         connection = dict(spec.connection)
         if isinstance(connection.get("key"), bytes):
             connection["key"] = connection["key"].decode("ascii")
@@ -281,8 +292,49 @@ class PodLauncher:
         except ValueError as err:
             raise BackendError(f"cannot start kernel {spec.kernel_id}: {err}") from None
         info.pop("ip", None)
-        env = self.template.env(spec.env)
-        env.append({"name": CONNECTION_ENV, "value": json.dumps(info, sort_keys=True)})
+        return info
+
+    def secret_manifest(self, spec: KernelPodSpec) -> dict[str, Any]:
+        """The Secret of ``spec``'s pod: its connection and the secret part of ``spec.env``."""
+        name = kernel_pod_name(spec.kernel_id, spec.generation)
+        values = {CONNECTION_ENV: json.dumps(self._connection(spec), sort_keys=True)}
+        self.template.env(spec.env)  # the same refusals as for the pod
+        values.update({k: str(v) for k, v in spec.env.items() if k in SECRET_ENV})
+        labels = self.template.object_labels(
+            spec.user,
+            {COMPONENT_LABEL: COMPONENT, GENERATION_LABEL: str(spec.generation)},
+            {KERNEL_ID_LABEL: spec.kernel_id},
+        )
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": {KERNEL_ID_LABEL: spec.kernel_id},
+            },
+            "data": {k: base64.b64encode(v.encode()).decode("ascii") for k, v in values.items()},
+        }
+
+    def pod_manifest(self, spec: KernelPodSpec) -> dict[str, Any]:
+        """The pod for ``spec`` (no API call, except to match a GPU model); its secrets are named,
+        from the Secret of :meth:`secret_manifest`."""
+        info = self._connection(spec)
+        name = kernel_pod_name(spec.kernel_id, spec.generation)
+        env = [
+            {"name": e["name"], "valueFrom": {"secretKeyRef": {"name": name, "key": e["name"]}}}
+            if e["name"] in SECRET_ENV
+            else e
+            for e in self.template.env(spec.env)
+        ]
+        env.append(
+            {
+                "name": CONNECTION_ENV,
+                "valueFrom": {"secretKeyRef": {"name": name, "key": CONNECTION_ENV}},
+            }
+        )
         for var, path in (
             ("POD_NAME", "metadata.name"),
             ("POD_NAMESPACE", "metadata.namespace"),
@@ -329,17 +381,71 @@ class PodLauncher:
         }
 
     def create(self, spec: KernelPodSpec) -> str:
-        """Create the pod of one kernel generation; its name. BackendError if Kubernetes refuses
-        (a pod of that name exists, an unknown PriorityClass, no right to create pods...)."""
+        """Create the Secret and the pod of one kernel generation; the pod's name. BackendError if
+        Kubernetes refuses (a pod of that name exists, an unknown PriorityClass, no right to
+        create pods or Secrets...); then neither is left behind."""
         manifest = self.pod_manifest(spec)
+        secret = self.secret_manifest(spec)
         name = str(manifest["metadata"]["name"])
-        self.api().request(
-            "POST",
-            self._pods_path(),
-            what=f"create the kernel pod {name} in namespace {self.namespace}",
-            body=manifest,
-        )
+        where = f"in namespace {self.namespace}"
+        try:
+            self.api().request(
+                "POST", self._path("secrets"), what=f"create the Secret {name} {where}", body=secret
+            )
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            if self.pod(name) is not None:
+                raise BackendError(f"the kernel pod {name} exists already {where}") from None
+            # left by a gateway that stopped between the Secret and its pod
+            self._delete_secret(name)
+            self.api().request(
+                "POST", self._path("secrets"), what=f"create the Secret {name} {where}", body=secret
+            )
+        try:
+            created = self.api().request(
+                "POST",
+                self._pods_path(),
+                what=f"create the kernel pod {name} {where}",
+                body=manifest,
+            )
+            # the Secret goes with its pod, whoever deletes the pod
+            self.api().request(
+                "PATCH",
+                self._path("secrets", name),
+                what=f"make the Secret {name} its pod's dependent {where}",
+                body={"metadata": {"ownerReferences": [_owner(created or {})]}},
+                content_type="application/merge-patch+json",
+            )
+        except BackendError:
+            with contextlib.suppress(BackendError):
+                self._delete_secret(name)
+            raise
         return name
+
+    def _delete_secret(self, name: str) -> None:
+        try:
+            self.api().request(
+                "DELETE",
+                self._path("secrets", name),
+                what=f"delete the Secret {name} in namespace {self.namespace}",
+            )
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    def remove_secrets(self, keep: Sequence[str] = ()) -> list[str]:
+        """Delete the kernel Secrets of this namespace but those named in ``keep``; their names.
+        For a gateway's start, when no kernel of a previous one can be reached."""
+        items = self.api().items(
+            self._path("secrets"),
+            what=f"list the kernel Secrets in namespace {self.namespace}",
+            query=[("labelSelector", f"{MANAGED_BY}={MANAGER},{COMPONENT_LABEL}={COMPONENT}")],
+        )
+        removed = sorted(str(meta(i).get("name")) for i in items if meta(i).get("name") not in keep)
+        for name in removed:
+            self._delete_secret(name)
+        return removed
 
     # --- read ------------------------------------------------------------------------------
 
@@ -444,7 +550,8 @@ class PodLauncher:
     # --- delete ----------------------------------------------------------------------------
 
     def delete(self, name: str, *, grace_s: int = 5) -> None:
-        """Delete a kernel pod: SIGTERM now, SIGKILL after ``grace_s`` seconds (gone: fine)."""
+        """Delete a kernel pod (SIGTERM now, SIGKILL after ``grace_s`` seconds) and its Secret
+        (the process has read it); gone: fine."""
         try:
             self.api().request(
                 "DELETE",
@@ -459,6 +566,7 @@ class PodLauncher:
         except ApiError as err:
             if err.status != 404:
                 raise
+        self._delete_secret(name)
 
     # --- connect ---------------------------------------------------------------------------
 
@@ -479,6 +587,14 @@ class PodLauncher:
         except (KeyError, TypeError, ValueError) as err:
             raise BackendError(f"the kernel's connection has no valid {err}") from None
         return info
+
+
+def _owner(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """An ownerReference to ``pod`` (as the API server answered its creation)."""
+    metadata = meta(pod)
+    if not metadata.get("uid"):
+        raise BackendError(f"the API server gave no uid for the kernel pod {metadata.get('name')}")
+    return {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"], "uid": metadata["uid"]}
 
 
 def _ended(status: Mapping[str, Any], ended: Mapping[str, Any] | None) -> str:

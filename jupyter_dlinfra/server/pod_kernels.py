@@ -237,6 +237,14 @@ class PodKernels:
                 self.log.warning("dlinfra: could not delete orphaned pod %s: %s", name, err)
         if orphans:
             self.log.info("dlinfra: deleted kernel pods of a previous gateway: %s", orphans)
+        try:
+            # a Secret whose pod was never made (the gateway stopped in between)
+            stray = self.launcher.remove_secrets()
+        except BackendError as err:
+            self.log.warning("dlinfra: could not delete orphaned kernel Secrets: %s", err)
+        else:
+            if stray:
+                self.log.info("dlinfra: deleted kernel Secrets without a pod: %s", stray)
         return orphans
 
     async def stop(self) -> None:

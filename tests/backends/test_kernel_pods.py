@@ -9,6 +9,7 @@ Every wait polls with a deadline; every kernel client and pod is shut down.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -158,7 +159,8 @@ def test_kernel_pod_runs_a_real_kernel_with_its_gpus(
     clients: list[BlockingKernelClient],
     tmp_path: Path,
 ) -> None:
-    env = {"DLINFRA_KERNEL_MARK": "from-the-spec", "TMPDIR": str(tmp_path)}
+    token = "kernel-token-" + uuid.uuid4().hex
+    env = {"DLINFRA_KERNEL_MARK": "from-the-spec", "TMPDIR": str(tmp_path), "DLINFRA_TOKEN": token}
     spec = kernel_spec(gpus=2, generation=3, priority_class="interactive", env=env)
     name = launcher.create(spec)
     assert name == f"dlinfra-kernel-{spec.kernel_id[:8]}-3"
@@ -182,7 +184,7 @@ def test_kernel_pod_runs_a_real_kernel_with_its_gpus(
             client,
             "import json, os; json.dumps({k: os.environ.get(k) for k in "
             "('POD_NAME', 'POD_NAMESPACE', 'NODE_NAME', 'CUDA_VISIBLE_DEVICES', "
-            "'DLINFRA_KERNEL_MARK')})",
+            "'DLINFRA_KERNEL_MARK', 'DLINFRA_TOKEN')})",
         ).strip("'")
     )
     assert env == {
@@ -192,6 +194,7 @@ def test_kernel_pod_runs_a_real_kernel_with_its_gpus(
         # the "device plugin" of the node agent gave the pod two GPUs of its node
         "CUDA_VISIBLE_DEVICES": env["CUDA_VISIBLE_DEVICES"],
         "DLINFRA_KERNEL_MARK": "from-the-spec",
+        "DLINFRA_TOKEN": token,
     }
     # the kernel listens on all the pod's interfaces, with the ports and key it was given, and
     # its connection file (the key) is gone since it started
@@ -232,6 +235,20 @@ def test_kernel_pod_runs_a_real_kernel_with_its_gpus(
     assert container.name == "kernel"
     assert container.command == ["python", "-m", "jupyter_dlinfra.kernel_pod"]
     assert container.resources.limits == {"nvidia.com/gpu": "2"}
+    # the key and the token are not in the pod: its env names the kernel's Secret, which goes
+    # with the pod
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    as_read = core.read_namespaced_pod(name, k8s_namespace, _preload_content=False).data
+    assert spec.connection["key"].encode() not in as_read and token.encode() not in as_read
+    refs = {e.name: e.value_from.secret_key_ref for e in container.env if e.value_from}
+    assert {n: (r.name, r.key) for n, r in refs.items() if r} == {
+        "DLINFRA_TOKEN": (name, "DLINFRA_TOKEN"),
+        "DLINFRA_CONNECTION": (name, "DLINFRA_CONNECTION"),
+    }
+    secret = core.read_namespaced_secret(name, k8s_namespace)
+    (owner,) = secret.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("Pod", name, raw.metadata.uid)
+    assert secret.metadata.labels["dlinfra.jupyter.org/kernel-id"] == spec.kernel_id
     ports = {p.name: p.container_port for p in container.ports}
     assert ports == {
         "shell": spec.connection["shell_port"],
@@ -260,6 +277,48 @@ def test_delete_stops_the_kernel_process(
     launcher.delete(name)
     clients.remove(client)
     client.stop_channels()
+
+
+def test_a_kernels_secret_goes_with_its_pod_and_strays_are_removed(
+    launcher: PodLauncher, k8s_api: kubernetes.client.ApiClient, k8s_namespace: str
+) -> None:
+    core = kubernetes.client.CoreV1Api(k8s_api)
+
+    def secret_exists(name: str) -> bool:
+        try:
+            core.read_namespaced_secret(name, k8s_namespace)
+        except kubernetes.client.ApiException as err:
+            assert err.status == 404
+            return False
+        return True
+
+    # whoever deletes the pod, Kubernetes' garbage collector deletes its Secret
+    name = launcher.create(kernel_spec(gpus=16))
+    assert secret_exists(name)
+    core.delete_namespaced_pod(name, k8s_namespace, grace_period_seconds=0)
+    wait_until(lambda: not secret_exists(name), timeout=DEADLINE, what="the Secret to be collected")
+
+    # a Secret left without its pod (a gateway stopped in between) is replaced by the next create
+    spec = kernel_spec(gpus=16)
+    stale = launcher.secret_manifest(kernel_spec(kernel_id=spec.kernel_id, gpus=16))
+    core.create_namespaced_secret(k8s_namespace, stale)
+    name = launcher.create(spec)
+    secret = core.read_namespaced_secret(name, k8s_namespace)
+    sent = json.loads(base64.b64decode(secret.data["DLINFRA_CONNECTION"]))
+    assert sent["key"] == spec.connection["key"]
+    # a second pod of that name is refused, and the first one keeps its Secret
+    with pytest.raises(BackendError, match="exists already"):
+        launcher.create(spec)
+    assert secret_exists(name)
+
+    # at a gateway's start: Secrets of no pod go, the others are kept when named
+    stray = launcher.secret_manifest(kernel_spec(gpus=16))
+    core.create_namespaced_secret(k8s_namespace, stray)
+    stray_name = stray["metadata"]["name"]
+    assert launcher.remove_secrets(keep=[name]) == [stray_name]
+    assert secret_exists(name) and not secret_exists(stray_name)
+    launcher.delete(name, grace_s=0)
+    assert not secret_exists(name)
 
 
 def test_oversize_pod_waits_with_the_schedulers_words(launcher: PodLauncher) -> None:
@@ -387,8 +446,14 @@ def test_manifest_without_gpus_and_with_bytes_key() -> None:
     assert container["resources"] == {"requests": {"cpu": "1"}}  # no GPU limit
     assert container["workingDir"] == "/home/alice"
     env = {e["name"]: e for e in container["env"]}
-    sent = json.loads(env["DLINFRA_CONNECTION"]["value"])
+    assert env["DLINFRA_CONNECTION"]["valueFrom"] == {
+        "secretKeyRef": {"name": "dlinfra-kernel-abcdef12-0", "key": "DLINFRA_CONNECTION"}
+    }
+    secret = launcher.secret_manifest(spec)
+    assert secret["metadata"]["name"] == "dlinfra-kernel-abcdef12-0"
+    sent = json.loads(base64.b64decode(secret["data"]["DLINFRA_CONNECTION"]))
     assert sent["key"] == conn["key"].decode() and "ip" not in sent
+    assert conn["key"] not in json.dumps(manifest).encode()
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert pod["serviceAccountName"] == "kernels" and pod["automountServiceAccountToken"]
     assert pod["nodeSelector"] == {"pool": "gpu"}
@@ -529,6 +594,7 @@ def test_public_api_is_pinned() -> None:
         "KernelPod",
         "KernelPodSpec",
         "PodLauncher",
+        "SECRET_ENV",
         "kernel_pod_name",
     ]
     assert sorted(kernel_pod.__all__) == [
