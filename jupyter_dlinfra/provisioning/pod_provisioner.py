@@ -14,6 +14,7 @@ Interrupts go as messages on the control channel (signals cannot cross into a po
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from typing import Any
 
@@ -25,6 +26,8 @@ from .port import get_pod_port, launching_owner
 __all__ = ["PodProvisioner"]
 
 _POLL_S = 0.5
+#: the variables of the client's that go into the kernel's pods
+_CLIENT_ENV = re.compile(r"KERNEL_[A-Za-z0-9_]+")
 
 
 class PodProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -51,6 +54,9 @@ class PodProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             kernel_name=getattr(self.parent, "kernel_name", "") or "",
             path=env.get("JPY_SESSION_NAME") or None,
             owner=launching_owner(),
+            # what Enterprise Gateway's clients pass too (KERNEL_USERNAME...); the gateway's own
+            # environment (PATH, HOME) is not the pod image's
+            client_env={k: v for k, v in env.items() if _CLIENT_ENV.fullmatch(k)},
         )
         kwargs["pod_env"] = dict(plan.env)
         # jupyter_client expects a command; the pod's own command starts the kernel

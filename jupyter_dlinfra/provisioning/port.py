@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -96,9 +96,16 @@ class PodPort(Protocol):
     """What the pod provisioner needs from the gateway when kernels run as Kubernetes pods."""
 
     async def pod_launching(
-        self, *, kernel_id: str, kernel_name: str, path: str | None, owner: str | None
+        self,
+        *,
+        kernel_id: str,
+        kernel_name: str,
+        path: str | None,
+        owner: str | None,
+        client_env: Mapping[str, str],
     ) -> LaunchPlan:
-        """Called from ``pre_launch``: register the kernel (or keep its identity on restart)."""
+        """Called from ``pre_launch``: register the kernel (or keep its identity on restart).
+        ``client_env`` (the ``KERNEL_*`` variables the client sent) goes into its pods."""
         ...
 
     async def start_pod(self, *, kernel_id: str, env: dict[str, str]) -> dict[str, object]:

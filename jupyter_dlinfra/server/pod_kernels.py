@@ -19,6 +19,7 @@ import contextlib
 import logging
 import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,13 @@ class PodKernels:
     # -- the pod provisioner's port ------------------------------------------------------------
 
     async def pod_launching(
-        self, *, kernel_id: str, kernel_name: str, path: str | None, owner: str | None
+        self,
+        *,
+        kernel_id: str,
+        kernel_name: str,
+        path: str | None,
+        owner: str | None,
+        client_env: Mapping[str, str],
     ) -> LaunchPlan:
         known = self._kernels.get(kernel_id)
         if known is not None and known.next is not None and self._ready(known.next):
@@ -106,7 +113,7 @@ class PodKernels:
             owner=owner,
         )
         # in a pod, the device plugin says which GPUs the kernel sees
-        env = {k: v for k, v in plan.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+        env = {**client_env, **{k: v for k, v in plan.env.items() if k != "CUDA_VISIBLE_DEVICES"}}
         record = await self.service.call(self.service.ledger.kernel, kernel_id)
         if known is None:
             self._kernels[kernel_id] = _Kernel(kernel_id=kernel_id, user=record.user, env=env)

@@ -39,10 +39,10 @@ c.DLInfra.backend_options = {json.dumps({"kubernetes": {**kube, "namespace": k8s
 
 
 @pytest.fixture
-def k8s_user(k8s_team: Team, tmp_path: Path) -> Iterator[Callable[[str], ServerProcess]]:
+def k8s_user(k8s_team: Team, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def start(user: str) -> ServerProcess:
+    def start(user: str, env: dict[str, str] | None = None) -> ServerProcess:
         workdir = tmp_path / f"server-{user}"
         workdir.mkdir()
         server = ServerProcess(
@@ -53,6 +53,7 @@ def k8s_user(k8s_team: Team, tmp_path: Path) -> Iterator[Callable[[str], ServerP
                 f"--GatewayClient.auth_token={k8s_team.tokens[user]}",
                 "--GatewayClient.request_timeout=120",
             ),
+            env=env or {},
         )
         started.append(server)
         return server.start()
@@ -70,11 +71,12 @@ def pods_of(api: kubernetes.client.ApiClient, namespace: str, kernel_id: str) ->
 
 def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_free_gpus(
     k8s_team: Team,
-    k8s_user: Callable[[str], ServerProcess],
+    k8s_user: Callable[..., ServerProcess],
     k8s_api: kubernetes.client.ApiClient,
     k8s_namespace: str,
 ) -> None:
-    alice = k8s_user("alice")
+    # GatewayClient sends the KERNEL_* variables of alice's server; they reach every pod
+    alice = k8s_user("alice", env={"KERNEL_TEAM": "vision"})
     kernel = alice.start_kernel()
     kid = kernel.kernel_id
     # the kernel runs in a pod without GPUs
@@ -82,6 +84,8 @@ def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_fr
     assert len(first) == 1 and first[0].spec.node_name
     assert not (first[0].spec.containers[0].resources.limits or {}).get("nvidia.com/gpu")
     assert kernel.value("6 * 7") == 42
+    team_of = "__import__('os').environ.get('KERNEL_TEAM')"
+    assert kernel.value(team_of) == "vision"
     kernel.execute("x = 'lost on restart'")
     out = kernel.execute("%gpu 2", timeout=120, partial=True)
     assert "Restarting this kernel into that pod" in out.text, out.text
@@ -96,6 +100,7 @@ def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_fr
     devices = wait_until(in_gpu_pod, timeout=120, interval=1, what="the kernel in its GPU pod")
     assert len(devices.split(",")) == 2
     assert kernel.value("'x' in globals()") is False
+    assert kernel.value(team_of) == "vision"
     pods = pods_of(k8s_api, k8s_namespace, kid)
     gpu_pods = [
         p for p in pods if (p.spec.containers[0].resources.limits or {}).get("nvidia.com/gpu")
@@ -136,7 +141,7 @@ def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_fr
 
 
 def test_a_request_larger_than_any_node_waits_with_the_schedulers_reason(
-    k8s_team: Team, k8s_user: Callable[[str], ServerProcess]
+    k8s_team: Team, k8s_user: Callable[..., ServerProcess]
 ) -> None:
     alice = k8s_user("alice")
     kernel = alice.start_kernel()
@@ -164,7 +169,7 @@ def test_a_request_larger_than_any_node_waits_with_the_schedulers_reason(
 
 def test_a_notebook_job_runs_as_a_kubernetes_job_to_completion(
     k8s_team: Team,
-    k8s_user: Callable[[str], ServerProcess],
+    k8s_user: Callable[..., ServerProcess],
     k8s_api: kubernetes.client.ApiClient,
     k8s_namespace: str,
 ) -> None:
@@ -196,7 +201,7 @@ def test_a_notebook_job_runs_as_a_kubernetes_job_to_completion(
 
 
 def test_users_through_one_gateway_cannot_touch_each_others_pod_kernels(
-    k8s_team: Team, k8s_user: Callable[[str], ServerProcess]
+    k8s_team: Team, k8s_user: Callable[..., ServerProcess]
 ) -> None:
     alice = k8s_user("alice")
     bob = k8s_user("bob")
