@@ -39,6 +39,9 @@ __all__ = ["DLInfra"]
 
 PROVISIONER_NAME = "dlinfra-provisioner"
 POD_PROVISIONER_NAME = "dlinfra-pod-provisioner"
+#: a person's server waits this long for a kernel start on the gateway: the pod launcher's
+#: default startup_timeout_s
+GATEWAY_REQUEST_TIMEOUT_S = 300.0
 _WILDCARD_HOSTS = {"", "0.0.0.0", "*", "::", "localhost"}
 
 
@@ -524,6 +527,25 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         """This server's kernels run on a gateway (``--gateway-url``): so does the ledger."""
         return not self.gateway and bool(self._server.gateway_config.gateway_enabled)
 
+    def _wait_for_pods(self) -> None:
+        """GatewayClient gives up on a kernel start after 42 s by default, while the gateway
+        waits up to 300 s for a kernel's first pod (an image pull): unless someone set the
+        timeout, wait as long as the gateway does."""
+        client = self._server.gateway_config
+        if (
+            "request_timeout" in self._server.config.get("GatewayClient", {})
+            or os.environ.get(client.request_timeout_env)
+            or client.request_timeout >= GATEWAY_REQUEST_TIMEOUT_S
+        ):
+            return
+        client.request_timeout = GATEWAY_REQUEST_TIMEOUT_S
+        client.init_connection_args()  # KERNEL_LAUNCH_TIMEOUT follows
+        self.log.info(
+            "dlinfra: GatewayClient.request_timeout is %g s, as long as the gateway waits for a "
+            "kernel's pod (set it to change that)",
+            GATEWAY_REQUEST_TIMEOUT_S,
+        )
+
     def initialize_settings(self) -> None:
         if self._forwarding():
             self.log.info(
@@ -531,6 +553,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
                 "forwarded there",
                 self._server.gateway_config.url,
             )
+            self._wait_for_pods()
             return
         # a wrong option stops the extension before anything is opened or started
         scheduling = self.configured_scheduling()

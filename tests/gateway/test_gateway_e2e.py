@@ -23,6 +23,9 @@ def test_a_kernel_started_from_a_users_server_runs_on_the_gateway_and_gets_gpus(
     # the kernel is the gateway's: its own server has none, the gateway lists it for alice
     status, listed = team.call("alice", "GET", "api/kernels")
     assert status == 200 and [k["id"] for k in listed] == [kernel.kernel_id]
+    # alice's server waits for a kernel start as long as the gateway waits for a pod: 300 s
+    # (GatewayClient's default is 42), less its pad, passed to the kernel
+    assert kernel.value("__import__('os').environ['KERNEL_LAUNCH_TIMEOUT']") == "298"
     out = kernel.execute("%gpu 2")
     assert "Granted 2 GPUs" in out.text, out.text
     # the sidebar's calls go to alice's server, which forwards them to the gateway

@@ -86,6 +86,8 @@ def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_fr
     assert kernel.value("6 * 7") == 42
     team_of = "__import__('os').environ.get('KERNEL_TEAM')"
     assert kernel.value(team_of) == "vision"
+    # a timeout someone set is kept (120 s, less GatewayClient's pad)
+    assert kernel.value("__import__('os').environ['KERNEL_LAUNCH_TIMEOUT']") == "118"
     kernel.execute("x = 'lost on restart'")
     out = kernel.execute("%gpu 2", timeout=120, partial=True)
     assert "Restarting this kernel into that pod" in out.text, out.text
