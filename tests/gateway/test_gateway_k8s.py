@@ -269,6 +269,9 @@ c.DLInfra.reclaim_after = 3
             return status == 200 and agent_uuid("gpu-node-a", 0) in uuids
 
         wait_until(dcgm_inventory, timeout=60, interval=0.5, what="DCGM's GPUs in the inventory")
+        # and the API names the cluster as its provider, not the gateway's own node
+        _, cluster = team.call("alice", "GET", "dlinfra/api/cluster")
+        assert cluster["provider"]["name"] == "kubernetes", cluster["provider"]
         kernel = ServerProcess(
             tmp_path / "alice",
             db_url=f"sqlite:///{tmp_path}/unused.sqlite",
