@@ -6,6 +6,7 @@ service take.
 
 from __future__ import annotations
 
+import ast
 import getpass
 import os
 import socket
@@ -515,6 +516,33 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         if value < 0 or (proposal["trait"].name == "events_keepalive" and value == 0):
             raise TraitError(f"DLInfra.{proposal['trait'].name} must be positive, not {value}")
         return value
+
+    @validate(
+        "simulated_gpu_models",
+        "exempt_users",
+        "exempt_groups",
+        "admin_users",
+        "admin_groups",
+        "job_backends",
+    )
+    def _read_list_literal(self, proposal: dict[str, Any]) -> list[str]:
+        """``--DLInfra.admin_users="['alice', 'bob']"`` on a server's command line: traitlets
+        reads the option before it knows the extension's classes, and its later conversion
+        fails for a list of strings, leaving the whole literal as the one item."""
+        value = list(proposal["value"])
+        if len(value) != 1 or not (value[0].startswith("[") and value[0].endswith("]")):
+            return value
+        name = proposal["trait"].name
+        try:
+            parsed = ast.literal_eval(value[0])
+        except (ValueError, SyntaxError):
+            raise TraitError(
+                f"DLInfra.{name}: cannot read {value[0]!r} as a list of names; write "
+                f"--DLInfra.{name}=alice --DLInfra.{name}=bob, or \"['alice', 'bob']\""
+            ) from None
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise TraitError(f"DLInfra.{name} must be a list of names, not {value[0]}")
+        return parsed
 
     @validate("simulated_gpus")
     def _check_simulated_gpus(self, proposal: dict[str, Any]) -> int:

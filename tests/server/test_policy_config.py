@@ -61,3 +61,23 @@ def test_a_config_mistake_names_the_option(options: dict[str, Any], message: str
 def test_an_unknown_action_is_refused_by_the_trait() -> None:
     with pytest.raises(TraitError):
         _app(reclaim_action="explode").reclaim_action  # noqa: B018
+
+
+def test_a_list_written_as_a_literal_on_the_command_line_is_read_as_a_list() -> None:
+    """``--DLInfra.admin_users="['admin', 'bob']"``: the server parses the option before it knows
+    the extension's classes, so the extension gets a deferred string, as here."""
+    from traitlets.config.application import Application
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    argv = ["--DLInfra.admin_users=['admin', 'bob']", "--DLInfra.exempt_groups=oncall"]
+    config = KVArgParseConfigLoader(argv, classes=[Application]).load_config()
+    app = DLInfra()
+    app.update_config(config)
+    assert app.admin_users == ["admin", "bob"]
+    assert app.exempt_groups == ["oncall"]
+    app.admin_users = ["alice"]  # a plain list stays what it is
+    assert app.admin_users == ["alice"]
+    with pytest.raises(TraitError, match="must be a list of names"):
+        app.admin_users = ["[1, 2]"]
+    with pytest.raises(TraitError, match=r"write --DLInfra.admin_users=alice"):
+        app.admin_users = ["[alice, bob]"]
