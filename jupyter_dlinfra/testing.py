@@ -142,8 +142,11 @@ class ServerProcess:
     def log_path(self) -> Path:
         return self.workdir / f"server-{self.port}.log"
 
-    def start(self, *, timeout: float = 90.0) -> ServerProcess:
-        self.port = free_port()
+    def start(self, *, timeout: float = 90.0, same_port: bool = False) -> ServerProcess:
+        """Start the server; ``same_port``: again on the port of its last start (a restart
+        that its clients must not notice)."""
+        if not (same_port and self.port):
+            self.port = free_port()
         root = self.workdir / "root"
         root.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)

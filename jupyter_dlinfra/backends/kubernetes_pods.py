@@ -568,6 +568,47 @@ class PodLauncher:
                 raise
         self._delete_secret(name)
 
+    # --- adopt ----------------------------------------------------------------------------
+
+    def kernel_of(self, name: str) -> tuple[dict[str, str], dict[str, Any]] | None:
+        """What kernel pod ``name`` was started with, for a new gateway to adopt its kernel:
+        its environment (plain values and those of its Secret, without what the launcher sets
+        itself) and its connection (ports and key). None if the pod or its Secret is gone."""
+        where = f"in namespace {self.namespace}"
+        try:
+            pod = self.api().request(
+                "GET", self._pods_path(name), what=f"read the kernel pod {name} {where}"
+            )
+            secret = self.api().request(
+                "GET", self._path("secrets", name), what=f"read the Secret {name} {where}"
+            )
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        data = {
+            k: base64.b64decode(v).decode("utf-8", "replace")
+            for k, v in ((secret or {}).get("data") or {}).items()
+        }
+        containers = ((pod or {}).get("spec") or {}).get("containers") or []
+        container = next((c for c in containers if c.get("name") == CONTAINER), None)
+        env: dict[str, str] = {}
+        for item in (container or {}).get("env") or []:
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            elif ref and ref.get("name") == name and ref.get("key") in data:
+                env[item["name"]] = data[ref["key"]]
+        try:
+            connection = json.loads(env.pop(CONNECTION_ENV))
+        except (KeyError, ValueError):
+            return None
+        if not isinstance(connection, dict) or not connection.get("key"):
+            return None
+        for launcher_set in _RESERVED_ENV:
+            env.pop(launcher_set, None)
+        return env, connection
+
     # --- connect ---------------------------------------------------------------------------
 
     def connection_info(self, pod: KernelPod, connection: Mapping[str, Any]) -> dict[str, Any]:

@@ -551,6 +551,13 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             raise TraitError(f"DLInfra.simulated_gpus must be 0 or more, not {value}")
         return value
 
+    def _kernel_exists(self, kernel_id: str) -> bool:
+        if kernel_id in self._server.kernel_manager:
+            return True
+        # a previous gateway's kernel, being taken back: it is alive, the kernel manager is late
+        pods = getattr(self, "pod_kernels", None)
+        return pods is not None and bool(pods.adopting(kernel_id))
+
     def _forwarding(self) -> bool:
         """This server's kernels run on a gateway (``--gateway-url``): so does the ledger."""
         return not self.gateway and bool(self._server.gateway_config.gateway_enabled)
@@ -630,7 +637,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
                 job_interval=self.job_interval,
             ),
             api_url=self._kernel_api_url,
-            local_kernel_exists=lambda kernel_id: kernel_id in self._server.kernel_manager,
+            local_kernel_exists=self._kernel_exists,
             log=self.log,
         )
         self.service.reclaimer = Reclaimer(
@@ -701,9 +708,9 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         self.settings["dlinfra_pod_kernels"] = self.pod_kernels
         set_pod_port(self.pod_kernels)
         try:
-            self.pod_kernels.remove_orphans()
+            self.pod_kernels.take_over()
         except BackendError as err:  # the cluster may be down now: the gateway still starts
-            self.log.error("dlinfra: could not look for orphaned kernel pods: %s", err)
+            self.log.error("dlinfra: could not look for a previous gateway's kernel pods: %s", err)
         from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
         factory = KernelProvisionerFactory.instance(parent=self._server.kernel_manager)
@@ -755,7 +762,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         if service is not None:  # None: the extension failed to load (its error is logged)
             await service.start()
             if getattr(self, "pod_kernels", None) is not None:
-                self.pod_kernels.start()
+                self.pod_kernels.start(self._server.kernel_manager)
 
     async def stop_extension(self) -> None:
         # jupyter_server stops extensions before it shuts kernels down; shut ours down first,

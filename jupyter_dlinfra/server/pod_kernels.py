@@ -21,11 +21,13 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..backends.base import BackendError
 from ..backends.kubernetes_pods import KernelPod, KernelPodSpec, PodLauncher
 from ..core import Allocation, AllocationState, NotFound
+from ..core.jobs import JOB_KERNEL_NAME
 from ..provisioning.port import LaunchPlan
 from .service import GpuService
 
@@ -72,6 +74,8 @@ class _Kernel:
     next: str | None = None
     next_connection: dict[str, Any] = field(default_factory=dict)
     next_allocation: int | None = None
+    #: a kernel a previous gateway started, whose pod runs on: the kernel manager takes it back
+    adopting: bool = False
 
 
 class PodKernels:
@@ -85,6 +89,7 @@ class PodKernels:
         self._kernels: dict[str, _Kernel] = {}
         self._pods: dict[str, KernelPod] = {}
         self._task: asyncio.Task[None] | None = None
+        self._adoption: asyncio.Task[None] | None = None
 
     def manages(self, kernel_id: str) -> bool:
         return kernel_id in self._kernels
@@ -101,6 +106,8 @@ class PodKernels:
         client_env: Mapping[str, str],
     ) -> LaunchPlan:
         known = self._kernels.get(kernel_id)
+        if known is not None and known.adopting:
+            return LaunchPlan(env=dict(known.env), summary=f"adopting its pod {known.current}")
         if known is not None and known.next is not None and self._ready(known.next):
             # moving into the pod readied for its GPUs: that pod already has the kernel's token
             return LaunchPlan(env=dict(known.env), summary=f"moving into pod {known.next}")
@@ -123,6 +130,13 @@ class PodKernels:
 
     async def start_pod(self, *, kernel_id: str, env: dict[str, str]) -> dict[str, object]:
         state = self._kernels[kernel_id]
+        if state.adopting and state.current is not None:
+            state.adopting = False
+            pod = self._pods[state.current]
+            self.log.info(
+                "dlinfra: kernel %s of %s adopted in pod %s", kernel_id, state.user, pod.name
+            )
+            return self.launcher.connection_info(pod, state.connection)
         if state.next is not None and self._ready(state.next):
             state.current, state.connection, state.seen = state.next, state.next_connection, True
             state.next, state.next_connection, state.next_allocation = None, {}, None
@@ -229,32 +243,129 @@ class PodKernels:
         pod = self._pods.get(name)
         return pod is not None and pod.ready
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+    def adopting(self, kernel_id: str) -> bool:
+        """A kernel of a previous gateway that this one is taking back (alive meanwhile)."""
+        state = self._kernels.get(kernel_id)
+        return state is not None and state.adopting
 
-    def remove_orphans(self) -> list[str]:
-        """Blocking, at start-up: delete the kernel pods a previous gateway left (its kernels
-        died with it: nobody can reach them). The ledger forgets their kernels once the
-        launch grace has passed (``GpuService.reconcile``)."""
-        orphans = sorted(self.launcher.pods())
-        for name in orphans:
+    def start(self, kernel_manager: Any = None) -> None:
+        self._task = asyncio.create_task(self._loop())
+        if kernel_manager is not None and any(s.adopting for s in self._kernels.values()):
+            self._adoption = asyncio.create_task(self._adopt(kernel_manager))
+
+    def take_over(self) -> list[str]:
+        """Blocking, at start-up: take back the kernels a previous gateway left running (a crash,
+        an OOM kill, a lost node), and delete the pods and Secrets nobody can use any more.
+
+        A kernel is taken back when the ledger still knows it and its newest running pod and
+        that pod's Secret (its key) are there: it keeps its variables, its owner and the GPUs
+        its pod holds. A GPU pod that was still waiting is deleted and its request released
+        (ask again). Returns the ids of the kernels taken back; :meth:`start` then hands them
+        to the kernel manager."""
+        ledger = self.service.ledger
+        pods = self.launcher.pods()
+        records = {k.kernel_id: k for k in ledger.kernels()}
+        by_kernel: dict[str, list[KernelPod]] = {}
+        for pod in pods.values():
+            by_kernel.setdefault(pod.kernel_id, []).append(pod)
+        kept: list[str] = []
+        for kernel_id, kernel_pods in sorted(by_kernel.items()):
+            record = records.get(kernel_id)
+            running = sorted((p for p in kernel_pods if p.ready), key=lambda p: p.generation)
+            if record is None or record.kernel_name == JOB_KERNEL_NAME or not running:
+                continue
+            current = running[-1]
+            try:
+                found = self.launcher.kernel_of(current.name)
+            except BackendError as err:
+                self.log.warning("dlinfra: cannot read kernel pod %s: %s", current.name, err)
+                continue
+            if found is None:
+                continue
+            env, connection = found
+            env.pop("DLINFRA_ALLOCATION", None)
+            self._kernels[kernel_id] = _Kernel(
+                kernel_id=kernel_id,
+                user=record.user,
+                env=env,
+                key=str(connection["key"]),
+                generation=max(p.generation for p in kernel_pods),
+                current=current.name,
+                connection=connection,
+                seen=True,
+                adopting=True,
+            )
+            self._pods[current.name] = current
+            ledger.update_kernel(kernel_id, server_id=self.service.settings.server_id)
+            self._settle_requests(kernel_id, current)
+            kept.append(current.name)
+        gone = sorted(set(pods) - set(kept))
+        for name in gone:
             try:
                 self.launcher.delete(name)
             except BackendError as err:
                 self.log.warning("dlinfra: could not delete orphaned pod %s: %s", name, err)
-        if orphans:
-            self.log.info("dlinfra: deleted kernel pods of a previous gateway: %s", orphans)
         try:
-            # a Secret whose pod was never made (the gateway stopped in between)
-            stray = self.launcher.remove_secrets()
+            stray = self.launcher.remove_secrets(keep=kept)
         except BackendError as err:
             self.log.warning("dlinfra: could not delete orphaned kernel Secrets: %s", err)
-        else:
-            if stray:
-                self.log.info("dlinfra: deleted kernel Secrets without a pod: %s", stray)
-        return orphans
+            stray = []
+        for record in records.values():
+            # a pod kernel of the previous gateway that is not coming back: free its GPUs now
+            if (
+                record.kernel_id not in self._kernels
+                and record.kernel_name != JOB_KERNEL_NAME
+                and record.pid is None
+            ):
+                ledger.forget_kernel(record.kernel_id, reason="its pod is gone (gateway restart)")
+        adopted = sorted(self._kernels)
+        if adopted or gone or stray:
+            self.log.info(
+                "dlinfra: a previous gateway's kernels: taking back %s; deleted pods %s and "
+                "Secrets %s",
+                adopted,
+                gone,
+                stray,
+            )
+        return adopted
+
+    def _settle_requests(self, kernel_id: str, current: KernelPod) -> None:
+        """The adopted kernel's requests: a grant stays if its pod holds GPUs; a request whose
+        GPU pod was waiting (deleted now) is released."""
+        ledger = self.service.ledger
+        for alloc in ledger.allocations(kernel_id=kernel_id):
+            if alloc.state is AllocationState.QUEUED:
+                why = "the gateway restarted while its GPU pod waited: ask again with %gpu"
+            elif alloc.state is AllocationState.GRANTED and current.gpus == 0:
+                why = "the gateway restarted before the kernel moved into its GPU pod"
+            else:
+                continue
+            ledger.release(alloc.id, reason=why)
+
+    async def _adopt(self, kernel_manager: Any) -> None:
+        for state in [s for s in self._kernels.values() if s.adopting]:
+            try:
+                record = await self.service.call(self.service.ledger.kernel, state.kernel_id)
+                client_env = {k: v for k, v in state.env.items() if k.startswith("KERNEL_")}
+                # the crashed gateway's connection file for this kernel, if the runtime
+                # directory survived: jupyter_client would trust it over the pod's connection
+                stale = Path(kernel_manager.connection_dir) / f"kernel-{state.kernel_id}.json"
+                stale.unlink(missing_ok=True)
+                await kernel_manager.start_kernel(
+                    kernel_id=state.kernel_id, kernel_name=record.kernel_name, env=client_env
+                )
+            except Exception:  # the kernel is lost, as before adoption existed; the rest go on
+                self.log.exception("dlinfra: could not take back kernel %s", state.kernel_id)
+                state.adopting = False
+                await self.stop_pod(
+                    kernel_id=state.kernel_id, restart=False, reason="not taken back at restart"
+                )
 
     async def stop(self) -> None:
+        if self._adoption is not None:
+            self._adoption.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adoption
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,8 @@ import kubernetes
 import pytest
 from conftest import Team, start_gateway, stop_and_keep_log
 
+from jupyter_dlinfra.backends.kubernetes_pods import KernelPodSpec, PodLauncher
+from jupyter_dlinfra.kernel_pod import PORT_NAMES as PORTS
 from jupyter_dlinfra.testing import KernelSession, ServerProcess, wait_until, write_notebook
 from jupyter_dlinfra.testing_k8s import ControlPlane
 
@@ -140,6 +142,109 @@ def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_fr
         timeout=60,
         what="the pod to go and the GPUs to be released",
     )
+
+
+def test_kernels_in_pods_outlive_a_crash_of_the_gateway(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    alice = k8s_user("alice", env={"KERNEL_TEAM": "vision"})
+    kernel = alice.start_kernel()
+    kid = kernel.kernel_id
+    kernel.execute("%gpu 2", timeout=120, partial=True)
+
+    def in_gpu_pod() -> Any:
+        try:
+            return kernel.value("__import__('os').environ.get('CUDA_VISIBLE_DEVICES')")
+        except Exception:  # the kernel is restarting
+            return None
+
+    wait_until(in_gpu_pod, timeout=120, interval=1, what="the kernel in its GPU pod")
+    wait_until(
+        lambda: len(pods_of(k8s_api, k8s_namespace, kid)) == 1,
+        timeout=60,
+        what="the first pod to go",
+    )
+    (gpu_pod,) = pods_of(k8s_api, k8s_namespace, kid)
+    kernel.execute("x = 6 * 7")
+    # a second kernel whose GPU pod cannot be placed: it waits for 8 GPUs
+    waiting = alice.start_kernel()
+    out = waiting.execute("%gpu 8 --no-wait", timeout=60)
+    assert "Queued" in out.text, out.text
+    wait_until(
+        lambda: len(pods_of(k8s_api, k8s_namespace, waiting.kernel_id)) == 2,
+        timeout=60,
+        what="the 8-GPU pod to be created",
+    )
+
+    # and a kernel pod the ledger knows nothing of (its kernel ended while the gateway was down)
+    stray = PodLauncher(api_client=k8s_api, namespace=k8s_namespace)
+    stray_name = stray.create(
+        KernelPodSpec(
+            kernel_id="no-such-kernel",
+            generation=0,
+            user="alice",
+            gpus=16,
+            connection={**{p: 50000 + i for i, p in enumerate(PORTS)}, "key": "k"},
+        )
+    )
+
+    k8s_team.gateway.crash()
+    k8s_team.gateway.start(same_port=True)
+
+    # alice's server still knows the kernel, and it answers with its variables, in its GPU pod
+    def answers() -> Any:
+        try:
+            return kernel.value("x")
+        except Exception:  # the new gateway is taking the kernel back
+            return None
+
+    assert wait_until(answers, timeout=120, interval=1, what="the kernel to answer again") == 42
+    assert kernel.value("__import__('os').environ['KERNEL_TEAM']") == "vision"
+    assert [p.metadata.name for p in pods_of(k8s_api, k8s_namespace, kid)] == [
+        gpu_pod.metadata.name
+    ]
+    status, listed = k8s_team.call("alice", "GET", "api/kernels")
+    assert status == 200 and {k["id"] for k in listed} == {kid, waiting.kernel_id}
+    status, listed = k8s_team.call("bob", "GET", "api/kernels")
+    assert status == 200 and listed == []
+    # its GPUs are still alice's in the ledger; the 8-GPU wait was given up, with the reason
+    mine = alice.get("dlinfra/api/allocations")["allocations"]
+    assert [(a["kernel_id"], a["count"], a["state"]) for a in mine] == [(kid, 2, "granted")]
+    assert mine[0]["node"] == gpu_pod.spec.node_name
+    status, history = k8s_team.call(
+        "alice", "GET", f"dlinfra/api/allocations?kernel_id={waiting.kernel_id}&state=all"
+    )
+    assert status == 200, history
+    ended = [a["end_reason"] or "" for a in history["allocations"] if a["count"] == 8]
+    assert len(ended) == 1 and "gateway restarted" in ended[0], history
+    # the waiting kernel came back in its pod without GPUs; its GPU pod is gone
+    assert waiting.value("1 + 1") == 2
+    wait_until(
+        lambda: len(pods_of(k8s_api, k8s_namespace, waiting.kernel_id)) == 1,
+        timeout=60,
+        what="the waiting GPU pod to be deleted",
+    )
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    assert stray.pod(stray_name) is None
+    assert stray_name not in {
+        s.metadata.name for s in core.list_namespaced_secret(k8s_namespace).items
+    }
+    # and the kernel shuts down as any other: its pod and GPUs go
+    kernel.shutdown()
+    wait_until(
+        lambda: (
+            not pods_of(k8s_api, k8s_namespace, kid)
+            and not [
+                a for a in alice.get("dlinfra/api/allocations")["allocations"] if a["count"] == 2
+            ]
+        ),
+        timeout=60,
+        what="the pod to go and the GPUs to be released",
+    )
+    waiting.shutdown()
 
 
 def test_a_request_larger_than_any_node_waits_with_the_schedulers_reason(
