@@ -196,6 +196,14 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         config=True,
         help="Seconds between two readings of every kernel pod (one list call each time).",
     )
+    keep_kernel_pods_on_stop = Bool(
+        False,
+        config=True,
+        help="With kernel_backend = 'kubernetes': a clean stop of the gateway (SIGTERM, so also "
+        "an update of its Deployment) leaves the kernel pods running, with their GPUs, for the "
+        "next gateway to take back at start, as after a crash. Only when a gateway always comes "
+        "back (a Deployment): pods left by a gateway that never returns hold their GPUs.",
+    )
 
     # -- idle reclaim (see core/idle.py); the policy API can replace these at run time ----------
 
@@ -771,9 +779,14 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         if service is None:
             return
         km = self._server.kernel_manager
+        pods = getattr(self, "pod_kernels", None)
+        if pods is not None and self.keep_kernel_pods_on_stop:
+            kept = pods.leave_running(km)
+            if kept:
+                self.log.info("dlinfra: kernels left running for the next gateway: %s", kept)
         if len(km.list_kernel_ids()):
             await km.shutdown_all()
-        if getattr(self, "pod_kernels", None) is not None:
+        if pods is not None:
             from ..provisioning.port import set_pod_port
 
             await self.pod_kernels.stop()

@@ -342,6 +342,27 @@ class PodKernels:
                 continue
             ledger.release(alloc.id, reason=why)
 
+    def leave_running(self, kernel_manager: Any) -> list[str]:
+        """At a clean stop (``keep_kernel_pods_on_stop``): take the pod kernels out of the kernel
+        manager without stopping them, so that its shutdown leaves their pods, Secrets and
+        ledger records to the next gateway (:meth:`take_over`). Returns their ids."""
+        kept: list[str] = []
+        for kernel_id in list(kernel_manager.list_kernel_ids()):
+            state = self._kernels.get(kernel_id)
+            if state is None or state.current is None or state.adopting:
+                continue
+            kernel = kernel_manager.get_kernel(kernel_id)
+            # what shutting down would stop, except the kernel: watchers and the restarter
+            with contextlib.suppress(Exception):
+                kernel_manager.stop_watching_activity(kernel_id)
+            with contextlib.suppress(Exception):
+                kernel.stop_restarter()
+            kernel_manager.remove_kernel(kernel_id)
+            kernel_manager._kernel_connections.pop(kernel_id, None)
+            del self._kernels[kernel_id]
+            kept.append(kernel_id)
+        return sorted(kept)
+
     async def _adopt(self, kernel_manager: Any) -> None:
         for state in [s for s in self._kernels.values() if s.adopting]:
             try:

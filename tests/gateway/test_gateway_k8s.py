@@ -144,12 +144,20 @@ def test_gpu_2_moves_the_kernel_into_a_pod_the_scheduler_bound_to_a_node_with_fr
     )
 
 
-def test_kernels_in_pods_outlive_a_crash_of_the_gateway(
+@pytest.mark.parametrize("end", ["crash", "clean stop"])
+def test_kernels_in_pods_outlive_the_gateway(
+    end: str,
     k8s_team: Team,
     k8s_user: Callable[..., ServerProcess],
     k8s_api: kubernetes.client.ApiClient,
     k8s_namespace: str,
 ) -> None:
+    if end == "clean stop":
+        # a gateway that leaves its kernel pods to the next one when it stops (an update)
+        config = k8s_team.gateway.workdir / "config" / "jupyter_dlinfra_gateway_config.py"
+        config.write_text(config.read_text() + "c.DLInfra.keep_kernel_pods_on_stop = True\n")
+        k8s_team.gateway.stop()
+        k8s_team.gateway.start(same_port=True)
     alice = k8s_user("alice", env={"KERNEL_TEAM": "vision"})
     kernel = alice.start_kernel()
     kid = kernel.kernel_id
@@ -191,7 +199,12 @@ def test_kernels_in_pods_outlive_a_crash_of_the_gateway(
         )
     )
 
-    k8s_team.gateway.crash()
+    if end == "crash":
+        k8s_team.gateway.crash()
+    else:
+        k8s_team.gateway.stop()
+        # stopped, the kernels still run in their pods
+        assert len(pods_of(k8s_api, k8s_namespace, kid)) == 1
     k8s_team.gateway.start(same_port=True)
 
     # alice's server still knows the kernel, and it answers with its variables, in its GPU pod

@@ -34,6 +34,7 @@ c.DLInfra.db_url = os.environ["DLINFRA_DB_URL"]
 c.DLInfra.kernel_backend = "kubernetes"
 c.DLInfra.api_url = s["apiUrl"]
 c.DLInfra.pod_interval = float(s["podInterval"])
+c.DLInfra.keep_kernel_pods_on_stop = bool(s["keepKernelPodsOnStop"])
 kp = s["kernelPods"]
 kernel_pods = {
     "namespace": s["namespace"],
