@@ -193,3 +193,57 @@ def test_the_pod_launcher_needs_no_more_than_the_manifests_grant(
     # and what the account may not do, it may not: Kubernetes says so, in our error
     with pytest.raises(BackendError, match="forbidden"):
         PodLauncher(api_client=as_gateway, namespace="default").pods()
+
+
+def test_the_helm_chart_renders_to_objects_and_a_configuration_the_gateway_accepts(
+    k8s_api: kubernetes.client.ApiClient, deployed: None, tmp_path: Path
+) -> None:
+    from helm_python.chart import Chart, lint
+
+    chart_dir = ROOT / "deploy" / "helm" / "jupyter-dlinfra"
+    assert lint(str(chart_dir))["errors"] == []
+    rendered = Chart.load(str(chart_dir)).render(
+        name="dlinfra", namespace=NAMESPACE, is_install=True
+    )
+    objects = [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    kinds = {doc["kind"] for doc in objects}
+    assert {"Deployment", "Role", "ConfigMap", "ServiceAccount", "Service"} <= kinds
+    for doc in objects:
+        try:
+            create_from_dict(k8s_api, doc, namespace=NAMESPACE, dry_run="All")
+        except FailToCreateError as err:
+            if any(e.status != 409 for e in err.api_exceptions):
+                raise AssertionError(f"{doc['kind']} {doc['metadata']['name']}: {err}") from None
+    # the chart's Role grants what the manifests' Role grants
+    (role,) = [d for d in objects if d["kind"] == "Role"]
+    (plain,) = [d for d in documents("10-rbac.yaml") if d["kind"] == "Role"]
+    assert role["rules"] == [
+        {k: r[k] for k in ("apiGroups", "resources", "verbs")} for r in plain["rules"]
+    ]
+
+    # the gateway's configuration file, as the pod would read it, is one the extension takes
+    (config_map,) = [d for d in objects if d["kind"] == "ConfigMap"]
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text)
+    from traitlets.config.loader import PyFileConfigLoader
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DLINFRA_DB_URL", f"sqlite:///{tmp_path}/ledger.sqlite")
+        config = PyFileConfigLoader(
+            "jupyter_dlinfra_gateway_config.py", path=str(tmp_path)
+        ).load_config()
+    from jupyter_dlinfra.server.app import DLInfra
+
+    app = DLInfra(config=config)
+    assert app.kernel_backend == "kubernetes"
+    assert app.keep_kernel_pods_on_stop is True
+    assert app.kernel_pods["namespace"] == NAMESPACE
+    # the pod launcher takes every option the chart gives it
+    launcher = PodLauncher(**{**app.kernel_pods, "api_client": k8s_api})
+    launcher.close()
