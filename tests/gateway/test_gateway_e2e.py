@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import websocket
-from conftest import Team
+from gateway_kit import Team
 
 from jupyter_dlinfra.testing import ServerProcess, wait_until, write_notebook
 

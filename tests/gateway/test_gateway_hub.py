@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Team, start_gateway, stop_and_keep_log
+from gateway_kit import Team, start_gateway, stop_and_keep_log
 
 from jupyter_dlinfra.testing import ServerProcess, free_port, wait_until
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from conftest import Team, start_gateway, stop_and_keep_log
+from gateway_kit import Team, start_gateway, stop_and_keep_log
 
 from jupyter_dlinfra.backends.kubernetes_pods import KernelPodSpec, PodLauncher
 from jupyter_dlinfra.kernel_pod import PORT_NAMES as PORTS
