@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -56,6 +56,8 @@ __all__ = ["Ledger", "model_matches"]
 _ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
 #: ``placement`` of a request that a cluster's scheduler places
 CLUSTER = "cluster"
+#: how the reason of a cluster's request held back by a quota begins (its waiting code: quota)
+QUOTA_WAIT = "over quota: "
 
 
 def model_matches(wanted: str | None, model: str) -> bool:
@@ -369,6 +371,41 @@ class Ledger:
             priority_class=priority_class,
             cluster_reason=reason,
         )
+
+    def cluster_quota_block(
+        self, user: str, count: int, *, placed: Collection[int] = ()
+    ) -> str | None:
+        """Why ``count`` more GPUs for ``user`` would pass a quota (the user's, or a group's);
+        None within every quota. Counted: the GPUs granted in this ledger, and the queued
+        requests among ``placed`` (a cluster's requests whose pods exist: they may start at any
+        moment). The gateway asks this before it creates a GPU pod, so that the team's quotas
+        hold for the work Kubernetes places too."""
+        with self.store.read() as conn:
+            policy = self._policy(conn)
+            rows = conn.execute(
+                select(allocations.c.user, allocations.c.count).where(
+                    (allocations.c.state == AllocationState.GRANTED.value)
+                    | (
+                        (allocations.c.state == AllocationState.QUEUED.value)
+                        & allocations.c.id.in_(list(placed))
+                    )
+                )
+            ).all()
+        held: dict[str, int] = {}
+        for holder, count_held in rows:
+            held[holder] = held.get(holder, 0) + int(count_held)
+        quota = policy.quota_of_user(user)
+        mine = held.get(user, 0)
+        if quota is not None and mine + count > quota:
+            return f"{user} holds {mine} GPU(s) of a quota of {quota}"
+        for group in self.groups_of(user):
+            group_quota = policy.group_quotas.get(group)
+            if group_quota is None:
+                continue
+            together = sum(n for u, n in held.items() if group in self.groups_of(u))
+            if together + count > group_quota:
+                return f"group {group} holds {together} GPU(s) of a quota of {group_quota}"
+        return None
 
     def note_placement(self, allocation_id: int, reason: str) -> bool:
         """The cluster's latest word on why a placed request waits; True if it changed."""
@@ -723,7 +760,7 @@ class Ledger:
             r.id: sched_view.WaitInfo(
                 request_id=r.id,
                 position=i,
-                code="cluster",
+                code="quota" if (r.cluster_reason or "").startswith(QUOTA_WAIT) else "cluster",
                 reason=r.cluster_reason or "waiting for the cluster's scheduler",
             )
             for i, r in enumerate((r for r in queued if r.placement == CLUSTER), start=1)

@@ -28,6 +28,7 @@ from ..backends.base import BackendError
 from ..backends.kubernetes_pods import KernelPod, KernelPodSpec, PodLauncher
 from ..core import Allocation, AllocationState, NotFound
 from ..core.jobs import JOB_KERNEL_NAME
+from ..core.ledger import QUOTA_WAIT
 from ..provisioning.port import LaunchPlan
 from .service import GpuService
 
@@ -76,6 +77,12 @@ class _Kernel:
     next_allocation: int | None = None
     #: a kernel a previous gateway started, whose pod runs on: the kernel manager takes it back
     adopting: bool = False
+    #: the kernel's GPU request that waits for a quota, without a pod yet
+    held_back: int | None = None
+
+
+def _creating(count: int) -> str:
+    return f"creating a pod with {count} GPU{'s' if count != 1 else ''}"
 
 
 class PodKernels:
@@ -203,26 +210,46 @@ class PodKernels:
     async def request(
         self, *, kernel_id: str, count: int, model: str | None, priority_class: str | None
     ) -> Allocation:
-        """Queue ``count`` GPUs for a pod kernel and ready its next pod with them."""
+        """Queue ``count`` GPUs for a pod kernel and ready its next pod with them, unless that
+        would pass a quota: then the request waits here, without a pod, until it would not."""
         state = self._kernels[kernel_id]
+        blocked = await self._quota_block(state.user, count)
         alloc = await self.service.mutate(
             self.service.ledger.request_placed,
             kernel_id=kernel_id,
             count=count,
             model=model,
             priority_class=priority_class,
-            reason=f"creating a pod with {count} GPU{'s' if count != 1 else ''}",
+            reason=QUOTA_WAIT + blocked if blocked else _creating(count),
         )
-        if alloc.state is not AllocationState.QUEUED or state.next is not None:
+        if (
+            alloc.state is not AllocationState.QUEUED
+            or state.next is not None
+            or state.held_back == alloc.id
+        ):
             return alloc
+        if blocked:
+            state.held_back = alloc.id
+            return alloc
+        await self._create_gpu_pod(state, alloc)
+        return alloc
+
+    async def _quota_block(self, user: str, count: int) -> str | None:
+        placed = [s.next_allocation for s in self._kernels.values() if s.next_allocation]
+        found: str | None = await self.service.call(
+            self.service.ledger.cluster_quota_block, user, count, placed=placed
+        )
+        return found
+
+    async def _create_gpu_pod(self, state: _Kernel, alloc: Allocation) -> None:
         state.generation += 1
         connection = _connection(state.key)
         spec = KernelPodSpec(
-            kernel_id=kernel_id,
+            kernel_id=state.kernel_id,
             generation=state.generation,
             user=state.user,
-            gpus=count,
-            model=model,
+            gpus=alloc.count,
+            model=alloc.model,
             priority_class=alloc.priority_class,
             env={**state.env, "DLINFRA_ALLOCATION": str(alloc.id)},
             connection=connection,
@@ -235,7 +262,33 @@ class PodKernels:
             )
             raise
         state.next, state.next_connection, state.next_allocation = name, connection, alloc.id
-        return alloc
+
+    async def _admit_held_back(self) -> None:
+        """Requests held back by a quota, oldest first: a pod for each that fits now."""
+        ledger = self.service.ledger
+        waiting = sorted(
+            (s for s in self._kernels.values() if s.held_back is not None),
+            key=lambda s: s.held_back or 0,
+        )
+        for state in waiting:
+            assert state.held_back is not None
+            try:
+                alloc = await self.service.call(ledger.allocation, state.held_back)
+            except NotFound:
+                alloc = None
+            if alloc is None or alloc.state is not AllocationState.QUEUED or state.next:
+                state.held_back = None
+                continue
+            blocked = await self._quota_block(state.user, alloc.count)
+            if blocked:
+                await self.service.mutate(ledger.note_placement, alloc.id, QUOTA_WAIT + blocked)
+                continue
+            state.held_back = None
+            await self.service.mutate(ledger.note_placement, alloc.id, _creating(alloc.count))
+            try:
+                await self._create_gpu_pod(state, alloc)
+            except BackendError as err:
+                self.log.warning("dlinfra: no GPU pod for kernel %s: %s", state.kernel_id, err)
 
     # -- watching the pods -----------------------------------------------------------------------
 
@@ -335,7 +388,7 @@ class PodKernels:
         ledger = self.service.ledger
         for alloc in ledger.allocations(kernel_id=kernel_id):
             if alloc.state is AllocationState.QUEUED:
-                why = "the gateway restarted while its GPU pod waited: ask again with %gpu"
+                why = "the gateway restarted while the request waited: ask again with %gpu"
             elif alloc.state is AllocationState.GRANTED and current.gpus == 0:
                 why = "the gateway restarted before the kernel moved into its GPU pod"
             else:
@@ -410,6 +463,7 @@ class PodKernels:
             if state.next is None or state.next_allocation is None:
                 continue
             await self._follow(state)
+        await self._admit_held_back()
 
     async def _follow(self, state: _Kernel) -> None:
         assert state.next is not None and state.next_allocation is not None

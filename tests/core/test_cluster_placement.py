@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_dlinfra.core import AllocationState, Conflict, InvalidRequest
+from jupyter_dlinfra.core import AllocationState, Conflict, InvalidRequest, SchedulingPolicy
+from jupyter_dlinfra.core.ledger import QUOTA_WAIT
 
 from .kit import Kit
 
@@ -98,3 +99,42 @@ def test_releasing_a_placed_request_ends_it(kit: Kit) -> None:
     assert kit.ledger.queue() == []
     # a note after the end changes nothing
     assert kit.ledger.note_placement(alloc.id, INSUFFICIENT) is False
+
+
+def test_quota_block_counts_grants_and_the_placed_requests_whose_pods_exist(kit: Kit) -> None:
+    kit.node("node-a", (8, "A100"))
+    kit.ledger.set_scheduling_policy(
+        SchedulingPolicy(user_quotas={"alice": 3}, group_quotas={"ml": 4}), who="admin"
+    )
+    kit.ledger.groups_of = lambda user: ["ml"] if user in ("alice", "bob") else []
+    for kernel_id, user in (("a1", "alice"), ("a2", "alice"), ("b1", "bob"), ("c1", "carol")):
+        kit.kernel(kernel_id, node="gateway", user=user)
+    block = kit.ledger.cluster_quota_block
+    assert block("alice", 3) is None
+    assert block("alice", 4) == "alice holds 0 GPU(s) of a quota of 3"
+    first = kit.ledger.request_placed(kernel_id="a1", count=2, reason="creating a pod")
+    # its pod exists (placed), or it is granted: either way it counts
+    assert block("alice", 2, placed=[first.id]) == "alice holds 2 GPU(s) of a quota of 3"
+    assert block("alice", 2) is None  # not placed, not granted: it counts for nothing yet
+    kit.ledger.grant_placed(first.id, node="node-a")
+    assert block("alice", 1) is None
+    assert block("alice", 2) == "alice holds 2 GPU(s) of a quota of 3"
+    # the group counts its members: alice's 2 and bob's request
+    assert block("bob", 2) is None
+    assert block("bob", 3) == "group ml holds 2 GPU(s) of a quota of 4"
+    # carol has no quota and no group
+    assert block("carol", 8) is None
+
+
+def test_a_placed_request_held_back_by_a_quota_waits_with_the_code_quota(kit: Kit) -> None:
+    kit.node("node-a")
+    kit.kernel("k1", node="gateway")
+    alloc = kit.ledger.request_placed(
+        kernel_id="k1", count=2, reason=QUOTA_WAIT + "alice holds 2 GPU(s) of a quota of 2"
+    )
+    assert (alloc.waiting_code, alloc.waiting_reason) == (
+        "quota",
+        "over quota: alice holds 2 GPU(s) of a quota of 2",
+    )
+    kit.ledger.note_placement(alloc.id, "creating a pod with 2 GPUs")
+    assert kit.ledger.allocation(alloc.id).waiting_code == "cluster"

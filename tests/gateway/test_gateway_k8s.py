@@ -260,6 +260,58 @@ def test_kernels_in_pods_outlive_the_gateway(
     waiting.shutdown()
 
 
+def test_a_quota_holds_for_pod_kernels_a_request_over_it_waits_without_a_pod(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    status, body = k8s_team.call(
+        "admin", "PUT", "dlinfra/api/scheduling", {"user_quotas": {"alice": 2}}
+    )
+    assert status == 200, body
+    alice = k8s_user("alice")
+    first = alice.start_kernel()
+    first.execute("%gpu 2", timeout=120, partial=True)
+
+    def mine(kernel: KernelSession) -> dict[str, Any] | None:
+        found = alice.get(f"dlinfra/api/allocations?kernel_id={kernel.kernel_id}")
+        return next(iter(found["allocations"]), None)
+
+    wait_until(
+        lambda: (a := mine(first)) is not None and a["state"] == "granted",
+        timeout=120,
+        what="the first kernel's 2 GPUs",
+    )
+    second = alice.start_kernel()
+    out = second.execute("%gpu 1 --no-wait", timeout=60)
+    assert "Queued" in out.text, out.text
+    waiting = mine(second)
+    assert waiting is not None and waiting["state"] == "queued"
+    assert waiting["waiting_code"] == "quota", waiting
+    assert "alice holds 2 GPU(s) of a quota of 2" in waiting["waiting_reason"]
+    # held back by the gateway: Kubernetes never saw a GPU pod for it
+    assert len(pods_of(k8s_api, k8s_namespace, second.kernel_id)) == 1
+    out = second.execute("%gpu", timeout=60)
+    assert "quota of 2" in out.text, out.text
+    # the first kernel gives its GPUs back: the second's GPU pod is made, and granted
+    first.execute("%gpu release", timeout=120, partial=True)
+    granted = wait_until(
+        lambda: (a := mine(second)) is not None and a["state"] == "granted" and a,
+        timeout=120,
+        what="the second kernel's GPU once the first released its two",
+    )
+    assert granted["count"] == 1 and granted["placement"] == "cluster"
+    gpu_pods = [
+        p
+        for p in pods_of(k8s_api, k8s_namespace, second.kernel_id)
+        if (p.spec.containers[0].resources.limits or {}).get("nvidia.com/gpu") == "1"
+    ]
+    assert len(gpu_pods) == 1
+    first.shutdown()
+    second.shutdown()
+
+
 def test_a_request_larger_than_any_node_waits_with_the_schedulers_reason(
     k8s_team: Team, k8s_user: Callable[..., ServerProcess]
 ) -> None:
