@@ -9,6 +9,7 @@ passed to the kernel, except for what would change its identity.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any, cast
@@ -23,6 +24,7 @@ from tornado import web
 
 from ..core import NotFound
 from ..provisioning.port import launching_for
+from ..server.handlers import restart_done, track_restart
 from ..server.identity import Directory
 from ..server.service import GpuService
 
@@ -36,6 +38,8 @@ _INHERITED_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "L
 _INHERITED_PREFIXES = ("LC_", "VIRTUAL_ENV", "CONDA_", "PYTHON", "JUPYTER_PATH", "JUPYTER_DATA_DIR")
 #: the provisioner of kernels in pods: on a Kubernetes gateway, no kernel runs beside it
 _POD_PROVISIONER = "dlinfra-pod-provisioner"
+#: seconds a shutdown waits for a restart under way
+_SETTLE_S = 120.0
 
 
 class _Owned:
@@ -144,6 +148,7 @@ class KernelHandler(_Owned, base.KernelHandler):  # type: ignore[misc]
     async def delete(self, kernel_id: str) -> None:
         await self.check_owner(kernel_id)
         km: Any = self.kernel_manager
+        await _settled(km, kernel_id)
         await ensure_async(km.shutdown_kernel(kernel_id))
         self.set_status(204)
         self.finish()
@@ -160,7 +165,7 @@ class KernelActionHandler(_Owned, base.KernelActionHandler):  # type: ignore[mis
             self.set_status(204)
         else:
             try:
-                await km.restart_kernel(kernel_id)
+                await track_restart(kernel_id, km.restart_kernel(kernel_id))
             except Exception as err:
                 raise web.HTTPError(500, f"could not restart kernel {kernel_id}: {err}") from err
             model = await ensure_async(km.kernel_model(kernel_id))
@@ -172,6 +177,23 @@ class KernelChannelsHandler(_Owned, KernelWebsocketHandler):  # type: ignore[mis
     async def pre_get(self) -> None:
         await self.check_owner(self.kernel_id)
         await super().pre_get()  # type: ignore[no-untyped-call]
+
+
+async def _settled(km: Any, kernel_id: str) -> None:
+    """Wait (a while) for a kernel's start or restart under way: jupyter_client cannot shut
+    down a kernel whose restart has not finished, and a pod kernel's restart (``%gpu``, a move
+    into its GPU pod) takes seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _SETTLE_S
+    await restart_done(kernel_id, _SETTLE_S)
+    while (left := deadline - loop.time()) > 0:
+        try:
+            ready = km.get_kernel(kernel_id).ready
+        except (KeyError, AttributeError):
+            return  # jupyter_server answers an unknown kernel itself
+        if not isinstance(ready, asyncio.Future) or ready.done():
+            return
+        await asyncio.wait({ready}, timeout=left)
 
 
 def _client_env(env: Any) -> dict[str, str]:

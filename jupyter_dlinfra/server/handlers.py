@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -214,7 +214,33 @@ RESTART_DELAY_S = 0.5
 
 async def _restart_soon(km: Any, kernel_id: str) -> None:
     await asyncio.sleep(RESTART_DELAY_S)
-    await km.restart_kernel(kernel_id)
+    if kernel_id in km:  # not shut down meanwhile
+        await km.restart_kernel(kernel_id)
+
+
+#: restarts under way (or about to begin), by kernel: a shutdown waits for them, since
+#: jupyter_client cannot shut down a kernel whose restart has not finished
+_restarting: dict[str, asyncio.Future[Any]] = {}
+
+
+def track_restart(kernel_id: str, restart: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Run ``restart`` as the kernel's restart under way (see :func:`restart_done`)."""
+    task = asyncio.ensure_future(restart)
+    _restarting[kernel_id] = task
+
+    def done(finished: asyncio.Future[Any]) -> None:
+        if _restarting.get(kernel_id) is finished:
+            del _restarting[kernel_id]
+
+    task.add_done_callback(done)
+    return task
+
+
+async def restart_done(kernel_id: str, timeout: float) -> None:
+    """Wait, ``timeout`` seconds at most, for the kernel's restart under way, if any."""
+    task = _restarting.get(kernel_id)
+    if task is not None:
+        await asyncio.wait({task}, timeout=timeout)
 
 
 class KernelRestartHandler(_Base):
@@ -244,7 +270,7 @@ class KernelRestartHandler(_Base):
             },
             status=202,
         )
-        task = asyncio.ensure_future(_restart_soon(km, kernel_id))
+        task = track_restart(kernel_id, _restart_soon(km, kernel_id))
         _background.add(task)
         task.add_done_callback(_background.discard)
 

@@ -283,6 +283,14 @@ def test_a_quota_holds_for_pod_kernels_a_request_over_it_waits_without_a_pod(
         timeout=120,
         what="the first kernel's 2 GPUs",
     )
+
+    def in_gpu_pod() -> Any:
+        try:
+            return first.value("__import__('os').environ.get('CUDA_VISIBLE_DEVICES')")
+        except Exception:  # the kernel is restarting into its GPU pod
+            return None
+
+    wait_until(in_gpu_pod, timeout=120, interval=1, what="the first kernel in its GPU pod")
     second = alice.start_kernel()
     out = second.execute("%gpu 1 --no-wait", timeout=60)
     assert "Queued" in out.text, out.text
