@@ -8,6 +8,7 @@ drive the product exactly as a user's browser would.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -41,6 +42,10 @@ __all__ = [
 ]
 
 _S = TypeVar("_S", bound="StartStop")
+
+
+class _PortTaken(Exception):
+    """The server could not bind its port: another process took it."""
 
 
 def free_port() -> int:
@@ -144,9 +149,19 @@ class ServerProcess:
 
     def start(self, *, timeout: float = 90.0, same_port: bool = False) -> ServerProcess:
         """Start the server; ``same_port``: again on the port of its last start (a restart
-        that its clients must not notice)."""
-        if not (same_port and self.port):
-            self.port = free_port()
+        that its clients must not notice). A free port can be taken by another process (a
+        kernel binding port 0 is given it) before the server binds it: then another port."""
+        for attempt in range(3):
+            if not (same_port and self.port) or attempt:
+                self.port = free_port()
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if same_port:
+                    raise RuntimeError(f"port {self.port} is taken by another process") from None
+        raise RuntimeError("three free ports in a row were taken before the server bound them")
+
+    def _start_once(self, timeout: float) -> ServerProcess:
         root = self.workdir / "root"
         root.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -181,11 +196,15 @@ class ServerProcess:
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log_text()[-4000:]}")
+                text = self.log_text()
+                if "is already in use" in text or "no available port" in text:
+                    raise _PortTaken()
+                raise RuntimeError(f"server exited early:\n{text[-4000:]}")
             try:
                 self.get("api/status")
                 return True
-            except (OSError, HttpError):
+            except (OSError, HttpError, http.client.HTTPException):
+                # not up yet, or what answers on the port is not this server (yet)
                 return False
 
         wait_until(ready, timeout=timeout, interval=0.1, what="the jupyter server to answer")
