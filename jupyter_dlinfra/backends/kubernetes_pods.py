@@ -300,11 +300,6 @@ class PodLauncher:
         values = {CONNECTION_ENV: json.dumps(self._connection(spec), sort_keys=True)}
         self.template.env(spec.env)  # the same refusals as for the pod
         values.update({k: str(v) for k, v in spec.env.items() if k in SECRET_ENV})
-        labels = self.template.object_labels(
-            spec.user,
-            {COMPONENT_LABEL: COMPONENT, GENERATION_LABEL: str(spec.generation)},
-            {KERNEL_ID_LABEL: spec.kernel_id},
-        )
         return {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -312,11 +307,20 @@ class PodLauncher:
             "metadata": {
                 "name": name,
                 "namespace": self.namespace,
-                "labels": labels,
+                "labels": self._labels(spec),
                 "annotations": {KERNEL_ID_LABEL: spec.kernel_id},
             },
             "data": {k: base64.b64encode(v.encode()).decode("ascii") for k, v in values.items()},
         }
+
+    def _labels(self, spec: KernelPodSpec) -> dict[str, str]:
+        """The labels of a kernel generation's pod and Secret."""
+        labels: dict[str, str] = self.template.object_labels(
+            spec.user,
+            {COMPONENT_LABEL: COMPONENT, GENERATION_LABEL: str(spec.generation)},
+            {KERNEL_ID_LABEL: spec.kernel_id},
+        )
+        return labels
 
     def pod_manifest(self, spec: KernelPodSpec) -> dict[str, Any]:
         """The pod for ``spec`` (no API call, except to match a GPU model); its secrets are named,
@@ -341,11 +345,7 @@ class PodLauncher:
             ("NODE_NAME", "spec.nodeName"),
         ):
             env.append({"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-        labels = self.template.object_labels(
-            spec.user,
-            {COMPONENT_LABEL: COMPONENT, GENERATION_LABEL: str(spec.generation)},
-            {KERNEL_ID_LABEL: spec.kernel_id},
-        )
+        labels = self._labels(spec)
         if self.template.kueue_queue:
             labels[KUEUE_QUEUE_LABEL] = self.template.kueue_queue
         annotations = {USER_LABEL: spec.user, KERNEL_ID_LABEL: spec.kernel_id}
@@ -388,10 +388,14 @@ class PodLauncher:
         secret = self.secret_manifest(spec)
         name = str(manifest["metadata"]["name"])
         where = f"in namespace {self.namespace}"
-        try:
+
+        def create_secret() -> None:
             self.api().request(
                 "POST", self._path("secrets"), what=f"create the Secret {name} {where}", body=secret
             )
+
+        try:
+            create_secret()
         except ApiError as err:
             if err.status != 409:
                 raise
@@ -399,9 +403,7 @@ class PodLauncher:
                 raise BackendError(f"the kernel pod {name} exists already {where}") from None
             # left by a gateway that stopped between the Secret and its pod
             self._delete_secret(name)
-            self.api().request(
-                "POST", self._path("secrets"), what=f"create the Secret {name} {where}", body=secret
-            )
+            create_secret()
         try:
             created = self.api().request(
                 "POST",

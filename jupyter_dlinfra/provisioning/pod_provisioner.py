@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -23,11 +24,16 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from .port import get_pod_port, launching_owner
 
-__all__ = ["PodProvisioner"]
+__all__ = ["PodProvisioner", "client_env"]
 
 _POLL_S = 0.5
 #: the variables of the client's that go into the kernel's pods
 _CLIENT_ENV = re.compile(r"KERNEL_[A-Za-z0-9_]+")
+
+
+def client_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``KERNEL_*`` variables of ``env``: what a kernel's client sent, for its pods."""
+    return {k: v for k, v in env.items() if _CLIENT_ENV.fullmatch(k)}
 
 
 class PodProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -56,7 +62,7 @@ class PodProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             owner=launching_owner(),
             # what Enterprise Gateway's clients pass too (KERNEL_USERNAME...); the gateway's own
             # environment (PATH, HOME) is not the pod image's
-            client_env={k: v for k, v in env.items() if _CLIENT_ENV.fullmatch(k)},
+            client_env=client_env(env),
         )
         kwargs["pod_env"] = dict(plan.env)
         # jupyter_client expects a command; the pod's own command starts the kernel

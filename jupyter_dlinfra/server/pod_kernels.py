@@ -29,6 +29,7 @@ from ..backends.kubernetes_pods import KernelPod, KernelPodSpec, PodLauncher
 from ..core import Allocation, AllocationState, NotFound
 from ..core.jobs import JOB_KERNEL_NAME
 from ..core.ledger import QUOTA_WAIT
+from ..provisioning.pod_provisioner import client_env
 from ..provisioning.port import LaunchPlan
 from .service import GpuService
 
@@ -420,13 +421,14 @@ class PodKernels:
         for state in [s for s in self._kernels.values() if s.adopting]:
             try:
                 record = await self.service.call(self.service.ledger.kernel, state.kernel_id)
-                client_env = {k: v for k, v in state.env.items() if k.startswith("KERNEL_")}
                 # the crashed gateway's connection file for this kernel, if the runtime
                 # directory survived: jupyter_client would trust it over the pod's connection
                 stale = Path(kernel_manager.connection_dir) / f"kernel-{state.kernel_id}.json"
                 stale.unlink(missing_ok=True)
                 await kernel_manager.start_kernel(
-                    kernel_id=state.kernel_id, kernel_name=record.kernel_name, env=client_env
+                    kernel_id=state.kernel_id,
+                    kernel_name=record.kernel_name,
+                    env=client_env(state.env),
                 )
             except Exception:  # the kernel is lost, as before adoption existed; the rest go on
                 self.log.exception("dlinfra: could not take back kernel %s", state.kernel_id)
