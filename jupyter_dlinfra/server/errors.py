@@ -20,7 +20,9 @@ class ApiError(HTTPError):  # type: ignore[misc]
     """An error answered as JSON ``{message, reason}``; ``code`` is the machine-readable reason."""
 
     def __init__(self, status: int, message: str, *, code: str) -> None:
-        super().__init__(status, log_message=message.replace("%", "%%"))
+        # the message as an argument: tornado formats a log message with arguments in every
+        # version, but one without them only before 6.5 (escaping "%" showed "%%" after)
+        super().__init__(status, "%s", message)
         self.message = message
         self.code = code
 
