@@ -9,6 +9,10 @@ Ordering uses ``usage / share`` (lower first), account first, then the user with
 who has just been granted many GPUs goes behind others at once rather than after hours. Users see
 SLURM's classic factor ``2 ** -(usage_share / share_share)`` (1: unused, 0.5: used exactly the
 share, towards 0: used far more).
+
+Every figure is finite and within ``[0, MAX_USAGE]`` (:func:`bounded_usage`): the policy's ranges
+keep the maths finite, and should a figure still overflow (a policy from before those ranges, a
+stored figure), it must not become a NaN that orders nothing or that the database refuses.
 """
 
 from __future__ import annotations
@@ -16,20 +20,43 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Account", "Standing", "decayed", "factor"]
+__all__ = ["MAX_USAGE", "Account", "Standing", "bounded_usage", "decayed", "factor"]
 
 _LN2 = math.log(2.0)
+#: the most GPU-seconds a figure holds: far beyond real use (a million GPUs for 30 years)
+MAX_USAGE = 1e15
+
+
+def bounded_usage(value: float) -> float:
+    """``value`` as a usable figure: NaN counts as nothing, the rest is kept in [0, MAX_USAGE]."""
+    if math.isnan(value):
+        return 0.0
+    return min(max(float(value), 0.0), MAX_USAGE)
+
+
+def _kept(elapsed: float, half_life: float) -> float:
+    """The fraction of a use that still counts ``elapsed`` seconds later, in [0, 1]."""
+    if not half_life > 0:
+        return 0.0
+    try:
+        return float(2.0 ** (-max(elapsed, 0.0) / half_life))
+    except (OverflowError, ZeroDivisionError):
+        return 0.0
 
 
 def decayed(value: float, elapsed: float, half_life: float) -> float:
-    return float(value * 2.0 ** (-max(elapsed, 0.0) / half_life))
+    return bounded_usage(value * _kept(elapsed, half_life))
 
 
 def factor(usage_fraction: float, share_fraction: float) -> float:
     """SLURM's classic fair-share factor, in [0, 1]."""
-    if share_fraction <= 0:
+    if not share_fraction > 0:
         return 0.0
-    return float(2.0 ** (-usage_fraction / share_fraction))
+    exponent = -usage_fraction / share_fraction
+    # NaN (usage unknown) counts as nothing used, as in bounded_usage
+    if math.isnan(exponent) or exponent >= 0:
+        return 1.0
+    return float(2.0**exponent)
 
 
 class Account:
@@ -47,8 +74,10 @@ class Account:
         dt = max(now - self.at, 0.0)
         if dt == 0.0:
             return self.value
-        keep = 2.0 ** (-dt / half_life)
-        return float(self.value * keep + self.held * half_life / _LN2 * (1.0 - keep))
+        keep = _kept(dt, half_life)
+        # held * half_life overflows first for a huge half-life: bounded, never inf * 0
+        grown = bounded_usage(self.held * half_life / _LN2) * (1.0 - keep)
+        return bounded_usage(self.value * keep + grown)
 
     def advance(self, now: float, half_life: float) -> None:
         if now > self.at:
@@ -62,11 +91,11 @@ class Account:
     def load(self, value: float, at: float, half_life: float, now: float) -> None:
         """Add usage recorded at ``at`` (a stored figure), decayed to the account's time."""
         self.advance(now, half_life)
-        self.value += decayed(value, now - at, half_life)
+        self.value = bounded_usage(self.value + decayed(value, now - at, half_life))
 
     def key(self, now: float, half_life: float) -> float:
         """What ordering compares: used GPU-seconds plus one half-life of what is held now."""
-        return self.usage(now, half_life) + self.held * half_life
+        return bounded_usage(self.usage(now, half_life) + bounded_usage(self.held * half_life))
 
 
 @dataclass(frozen=True, kw_only=True)

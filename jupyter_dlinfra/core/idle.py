@@ -20,9 +20,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import Conflict, InvalidRequest
+from .quoting import shown
 
 __all__ = [
+    "MAX_POLICY_NAME",
     "POLICY_FIELDS",
+    "RANGES",
     "IdlePolicy",
     "IdleState",
     "Phase",
@@ -31,9 +34,17 @@ __all__ = [
     "ReclaimAction",
     "ReclaimPolicy",
     "Transition",
+    "check_range",
     "keep",
     "observe",
+    "policy_name",
 ]
+
+#: the longest user or group name a policy names (the audit's field, ``groups.NAME.FIELD``,
+#: must fit the ledger's column)
+MAX_POLICY_NAME = 128
+#: the longest a field's name is quoted in a message
+_FIELD_SHOWN = 200
 
 
 class Phase(str, enum.Enum):
@@ -58,7 +69,9 @@ class PolicyError(InvalidRequest):
     reason = "bad_policy"
 
     def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
+        # a field's name can hold a caller's key: quote the start of a long one
+        quoted = field_name if len(field_name) <= _FIELD_SHOWN else shown(field_name, _FIELD_SHOWN)
+        super().__init__(f"{quoted}: {message}")
         self.field = field_name
 
 
@@ -108,6 +121,42 @@ class IdlePolicy:
 #: the fields of IdlePolicy, in documentation order
 POLICY_FIELDS = tuple(f.name for f in fields(IdlePolicy))
 _SECONDS = ("idle_after", "warn_after", "reclaim_after", "keep_extension")
+#: (least, most) of each number of the policy (seconds: at most about 31.7 years)
+RANGES: dict[str, tuple[float, float]] = {
+    "idle_util_percent": (0.0, 100.0),
+    **dict.fromkeys(_SECONDS, (0.0, 1e9)),
+    "max_keeps": (0, 1000),
+}
+
+
+def check_range(where: str, value: float, least: float, most: float, unit: str = "") -> None:
+    """Refuse a number outside ``[least, most]``, saying which end it passed."""
+    if value < least:
+        if least == 0:
+            bound = "0 or more"
+        elif value <= 0:
+            bound = f"more than 0 (at least {least:g}{unit})"
+        else:
+            bound = f"at least {least:g}{unit}"
+        raise PolicyError(where, f"must be {bound}, not {shown(value)}")
+    if value > most:
+        raise PolicyError(where, f"must be at most {most:g}{unit}, not {shown(value)}")
+
+
+def policy_name(where: str, name: Any) -> str:
+    """A user's or group's name as a policy's key: printable, at most ``MAX_POLICY_NAME``."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > MAX_POLICY_NAME
+        or not name.isprintable()
+    ):
+        raise PolicyError(
+            where,
+            f"names must be non-empty printable strings of at most {MAX_POLICY_NAME} "
+            f"characters, not {shown(name)}",
+        )
+    return name
 
 
 def _plain(value: Any) -> Any:
@@ -206,19 +255,21 @@ def _parse_fields(doc: Mapping[str, Any], *, prefix: str) -> dict[str, Any]:
         if name == "action":
             try:
                 changes[name] = ReclaimAction(value)
-            except ValueError:
+            except (ValueError, TypeError):  # TypeError: an unhashable value, such as a list
                 options = ", ".join(a.value for a in ReclaimAction)
-                raise PolicyError(where, f"must be one of {options}, not {value!r}") from None
+                raise PolicyError(where, f"must be one of {options}, not {shown(value)}") from None
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PolicyError(where, f"must be a number, not {value!r}")
-        if not math.isfinite(value) or value < 0:
-            raise PolicyError(where, f"must be 0 or more, not {value!r}")
-        if name == "idle_util_percent" and value > 100:
-            raise PolicyError(where, f"is a percentage: 0-100, not {value!r}")
+            raise PolicyError(where, f"must be a number, not {shown(value)}")
+        # ints are compared as they are: float() of one with hundreds of digits overflows
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PolicyError(where, f"must be a finite number, not {shown(value)}")
+        if name == "idle_util_percent" and not 0 <= value <= 100:
+            raise PolicyError(where, f"is a percentage: 0-100, not {shown(value)}")
+        check_range(where, value, *RANGES[name], unit=" s" if name in _SECONDS else "")
         if name == "max_keeps":
             if value != int(value):
-                raise PolicyError(where, f"must be a whole number, not {value!r}")
+                raise PolicyError(where, f"must be a whole number, not {shown(value)}")
             value = int(value)
         elif name in _SECONDS:
             value = float(value)
@@ -253,9 +304,8 @@ def _parse_overrides(raw: Any, where: str, default: IdlePolicy) -> dict[str, Pol
         raise PolicyError(where, "must be an object of name -> overrides")
     parsed: dict[str, PolicyOverride] = {}
     for name, body in raw.items():
+        policy_name(where, name)
         prefix = f"{where}.{name}."
-        if not isinstance(name, str) or not name.strip():
-            raise PolicyError(where, "names must be non-empty strings")
         if not isinstance(body, Mapping):
             raise PolicyError(f"{where}.{name}", 'must be an object such as {"exempt": true}')
         unknown = set(body) - set(POLICY_FIELDS) - {"exempt"}
@@ -263,7 +313,7 @@ def _parse_overrides(raw: Any, where: str, default: IdlePolicy) -> dict[str, Pol
             raise PolicyError(prefix + sorted(unknown)[0], "unknown field")
         exempt = body.get("exempt", False)
         if not isinstance(exempt, bool):
-            raise PolicyError(prefix + "exempt", f"must be true or false, not {exempt!r}")
+            raise PolicyError(prefix + "exempt", f"must be true or false, not {shown(exempt)}")
         changes = _parse_fields(body, prefix=prefix)
         _check_order(replace(default, **changes), prefix)
         parsed[name] = PolicyOverride(exempt=exempt, changes=changes)

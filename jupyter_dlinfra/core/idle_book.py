@@ -6,6 +6,7 @@ notice, a restart) follows, like every other change of the ledger.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -14,7 +15,16 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, insert, select
 
 from .errors import NotFound
-from .idle import IdlePolicy, IdleState, Phase, ReclaimPolicy, Transition, keep, observe
+from .idle import (
+    IdlePolicy,
+    IdleState,
+    Phase,
+    PolicyError,
+    ReclaimPolicy,
+    Transition,
+    keep,
+    observe,
+)
 from .ledger import Ledger
 from .policy_store import (
     SCHEDULING_PREFIX,
@@ -93,6 +103,8 @@ class IdleBook:
         self.ledger = ledger
         self.store = ledger.store
         self.clock = ledger.clock
+        #: the stored policy document last found unreadable (logged once per document)
+        self._unreadable_policy: Any = None
 
     # -- the policy ------------------------------------------------------------------------------
 
@@ -100,8 +112,20 @@ class IdleBook:
         stored = load_document(self.ledger, _POLICY_KEY)
         if stored is None:
             return None
+        try:
+            policy = ReclaimPolicy.from_json(stored.document)
+        except PolicyError as err:
+            # stored before the policy's ranges: reclaim goes on under the configured policy
+            if stored.document != self._unreadable_policy:
+                self._unreadable_policy = stored.document
+                logging.getLogger(__name__).error(
+                    "the stored reclaim policy is not valid (%s); the configured policy applies "
+                    "until an admin stores a new one (PUT /dlinfra/api/policy)",
+                    err,
+                )
+            return None
         return StoredPolicy(
-            policy=ReclaimPolicy.from_json(stored.document),
+            policy=policy,
             updated_at=stored.updated_at,
             updated_by=stored.updated_by,
         )

@@ -10,6 +10,7 @@ itself, so a large request is never starved by a stream of small ones.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
@@ -19,8 +20,8 @@ from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from . import sched_view
 from .clock import Clock
-from .errors import Conflict, InvalidRequest, NotFound, Unsatisfiable
-from .fairshare import Standing, decayed
+from .errors import Conflict, InvalidRequest, LedgerError, NotFound, Unsatisfiable
+from .fairshare import Standing, bounded_usage, decayed
 from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
 from .policy_store import SCHEDULING_PREFIX, save_document
 from .sched_policy import SchedulingPolicy
@@ -52,6 +53,8 @@ SCHEDULING_KEY = "scheduling"
 _PREEMPT_GRACE = 30.0
 
 __all__ = ["Ledger", "model_matches"]
+
+_log = logging.getLogger(__name__)
 
 _ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
 #: ``placement`` of a request that a cluster's scheduler places
@@ -88,6 +91,8 @@ class Ledger:
         self.clock = clock
         self.configured_policy = policy or SchedulingPolicy()
         self.groups_of: GroupsOf = groups_of or (lambda user: ())
+        #: the stored policy document last found unreadable (logged once per document)
+        self._unreadable_policy: str | None = None
 
     # -- scheduling policy -----------------------------------------------------------------------
 
@@ -605,8 +610,6 @@ class Ledger:
             if alloc.state is AllocationState.GRANTED
             else AllocationState.CANCELLED
         )
-        if state is AllocationState.RELEASED and alloc.granted_at is not None:
-            self._record_usage(tx.conn, alloc.user, len(alloc.gpus), alloc.granted_at)
         if state is AllocationState.CANCELLED:
             # what was being preempted for it is no longer wanted (a job already stopping is
             # queued again by its owner all the same)
@@ -631,6 +634,9 @@ class Ledger:
             kernel_id=alloc.kernel_id,
             detail={"reason": reason, "gpus": list(alloc.gpus)},
         )
+        if state is AllocationState.RELEASED and alloc.granted_at is not None:
+            # the GPUs are back above; the bookkeeping cannot take them again (see _record_usage)
+            self._record_usage(tx.conn, alloc.user, len(alloc.gpus), alloc.granted_at)
 
     def _end_kernel_allocations(
         self, tx: Transaction, kernel_id: str, reason: str
@@ -675,7 +681,19 @@ class Ledger:
         ).first()
         if row is None:
             return self.configured_policy
-        return SchedulingPolicy.from_json(json.loads(row.document), base=self.configured_policy)
+        try:
+            return SchedulingPolicy.from_json(json.loads(row.document), base=self.configured_policy)
+        except (ValueError, LedgerError) as err:
+            # stored before the policy's ranges (or by hand): a ledger that cannot read its
+            # policy must still grant and release, under the configured one
+            if row.document != self._unreadable_policy:
+                self._unreadable_policy = row.document
+                _log.error(
+                    "the stored scheduling policy is not valid (%s); the configured policy "
+                    "applies until an admin stores a new one (PUT /dlinfra/api/scheduling)",
+                    err,
+                )
+            return self.configured_policy
 
     def _schedule(self, tx: Transaction) -> list[int]:
         """Grant and preempt what the policy says now. Runs inside the caller's write lock."""
@@ -732,18 +750,47 @@ class Ledger:
         return [g.request_id for g in out.grants]
 
     def _record_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
-        """Add a finished grant's GPU-seconds, decayed as fair share counts them."""
+        """Add a finished grant's GPU-seconds, decayed as fair share counts them.
+
+        Bookkeeping: it must never keep a release from happening (GPUs held for ever are worse
+        than a user's usage a little off). Figures are kept finite, and any failure is logged and
+        undone to a savepoint, leaving the rest of the release's transaction whole.
+        """
+        try:
+            with conn.begin_nested():
+                self._add_usage(conn, user, count, granted_at)
+        except Exception:
+            _log.exception(
+                "the fair-share usage of %s's %d GPU(s) could not be recorded; the GPUs were "
+                "released all the same",
+                user,
+                count,
+            )
+
+    def _add_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
         now = self.clock.now()
         policy = self._policy(conn)
         half_life = policy.half_life
         used = running_usage(count, granted_at, now, policy)
         row = conn.execute(select(fairshare).where(fairshare.c.user == user)).first()
+        total = used if row is None else decayed(row.gpu_seconds, now - row.at, half_life) + used
+        bounded = bounded_usage(total)
+        if bounded != total:  # NaN, infinite, negative or beyond any real use
+            _log.warning(
+                "the fair-share usage of %s came to %r GPU-seconds (half_life %r s); %r is "
+                "recorded instead",
+                user,
+                total,
+                half_life,
+                bounded,
+            )
         if row is None:
-            conn.execute(insert(fairshare).values(user=user, gpu_seconds=used, at=now))
+            conn.execute(insert(fairshare).values(user=user, gpu_seconds=bounded, at=now))
         else:
-            total = decayed(row.gpu_seconds, now - row.at, half_life) + used
             conn.execute(
-                update(fairshare).where(fairshare.c.user == user).values(gpu_seconds=total, at=now)
+                update(fairshare)
+                .where(fairshare.c.user == user)
+                .values(gpu_seconds=bounded, at=now)
             )
 
     def _queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:

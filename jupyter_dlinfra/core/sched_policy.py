@@ -2,6 +2,9 @@
 
 A plain value, validated field by field (errors name the field, ``classes.batch.priority``), so
 the same document comes from traitlets, from ``PUT /dlinfra/api/scheduling`` and from the ledger.
+Every number has a range (:data:`RANGES`, documented in docs/scheduling.md and the API): fair
+share's decay maths must stay finite for any value admitted, since the ledger records each
+release's usage with it.
 """
 
 from __future__ import annotations
@@ -13,11 +16,33 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from .idle import PolicyError
+from .idle import PolicyError, check_range, policy_name
+from .quoting import shown
 
-__all__ = ["DEFAULT_CLASSES", "PriorityClass", "SchedulingPolicy"]
+__all__ = ["DEFAULT_CLASSES", "RANGES", "PriorityClass", "SchedulingPolicy"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+#: seconds: about 31.7 years, the longest half-life or starvation limit
+MAX_SECONDS = 1e9
+#: GPUs: more than any cluster has (quotas), and blocked requests kept per pass
+MAX_QUOTA = 1_000_000
+MAX_RESERVATIONS = 10_000
+#: class priorities lie within plus or minus this
+MAX_PRIORITY = 1_000_000
+#: (least, most) of each number of the policy; shares apply to every entry of the share maps
+RANGES: dict[str, tuple[float, float]] = {
+    "half_life": (1.0, MAX_SECONDS),
+    "starvation_limit": (0.0, MAX_SECONDS),
+    "default_share": (1e-6, 1e6),
+    "user_shares": (1e-6, 1e6),
+    "group_shares": (1e-6, 1e6),
+    "default_user_quota": (0, MAX_QUOTA),
+    "user_quotas": (0, MAX_QUOTA),
+    "group_quotas": (0, MAX_QUOTA),
+    "reservations": (0, MAX_RESERVATIONS),
+    "priority": (-MAX_PRIORITY, MAX_PRIORITY),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +122,9 @@ class SchedulingPolicy:
         found = self.class_map.get(name or "")
         if found is not None:
             return found
-        raise PolicyError("class", f"unknown priority class {name!r}; classes: {self.class_names}")
+        raise PolicyError(
+            "class", f"unknown priority class {shown(name)}; classes: {self.class_names}"
+        )
 
     @property
     def class_names(self) -> str:
@@ -154,31 +181,31 @@ class SchedulingPolicy:
                 changes[name] = _classes(value)
             elif name in ("kernel_class", "job_class"):
                 if not isinstance(value, str):
-                    raise PolicyError(name, f"must be the name of a class, not {value!r}")
+                    raise PolicyError(name, f"must be the name of a class, not {shown(value)}")
                 changes[name] = value
             elif name in _BOOL_FIELDS:
                 if not isinstance(value, bool):
-                    raise PolicyError(name, f"must be true or false, not {value!r}")
+                    raise PolicyError(name, f"must be true or false, not {shown(value)}")
                 changes[name] = value
-            elif name in _SECONDS_FIELDS:
-                changes[name] = _number(name, value, positive=name == "half_life")
-            elif name == "default_share":
-                changes[name] = _number(name, value, positive=True)
+            elif name in _SECONDS_FIELDS or name == "default_share":
+                changes[name] = _number(name, value, RANGES[name])
             elif name in _SHARE_MAPS:
-                changes[name] = _mapping(name, value, lambda w, v: _number(w, v, positive=True))
+                bounds = RANGES[name]
+                changes[name] = _mapping(name, value, lambda w, v, b=bounds: _number(w, v, b))
             elif name in _QUOTA_MAPS:
-                changes[name] = _mapping(name, value, _count)
+                bounds = RANGES[name]
+                changes[name] = _mapping(name, value, lambda w, v, b=bounds: _count(w, v, b))
             elif name == "default_user_quota":
-                changes[name] = None if value is None else _count(name, value)
+                changes[name] = None if value is None else _count(name, value, RANGES[name])
             elif name == "reservations":
-                changes[name] = _count(name, value)
+                changes[name] = _count(name, value, RANGES[name])
         policy = replace(base or cls(), **changes)
         names = {c.name for c in policy.classes}
         for name in ("kernel_class", "job_class"):
             if getattr(policy, name) not in names:
                 raise PolicyError(
                     name,
-                    f"{getattr(policy, name)!r} is not a class; classes: {policy.class_names}",
+                    f"{shown(getattr(policy, name))} is not a class; classes: {policy.class_names}",
                 )
         if policy.klass(policy.kernel_class).preemptible:
             raise PolicyError(
@@ -188,25 +215,24 @@ class SchedulingPolicy:
         return policy
 
 
-def _number(where: str, value: Any, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PolicyError(where, f"must be a number, not {value!r}")
-    if value < 0 or (positive and value == 0):
-        bound = "more than 0" if positive else "0 or more"
-        raise PolicyError(where, f"must be {bound}, not {value!r}")
+def _is_number(value: Any) -> bool:
+    # an int of hundreds of digits is a number too, but float() of it overflows: compare as is
+    return not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    )
+
+
+def _number(where: str, value: Any, bounds: tuple[float, float]) -> float:
+    if not _is_number(value):
+        raise PolicyError(where, f"must be a number, not {shown(value)}")
+    check_range(where, value, *bounds)
     return float(value)
 
 
-def _count(where: str, value: Any) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value != int(value)
-    ):
-        raise PolicyError(where, f"must be a whole number of GPUs, not {value!r}")
-    if value < 0:
-        raise PolicyError(where, f"must be 0 or more, not {value!r}")
+def _count(where: str, value: Any, bounds: tuple[float, float]) -> int:
+    if not _is_number(value) or value != int(value):
+        raise PolicyError(where, f"must be a whole number of GPUs, not {shown(value)}")
+    check_range(where, value, *bounds)
     return int(value)
 
 
@@ -215,9 +241,8 @@ def _mapping(where: str, value: Any, parse: Any) -> dict[str, Any]:
         raise PolicyError(where, "must be an object of name -> value")
     out = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not key.strip():
-            raise PolicyError(where, "names must be non-empty strings")
-        out[key] = parse(f"{where}.{key}", item)
+        name = policy_name(where, key)
+        out[name] = parse(f"{where}.{name}", item)
     return out
 
 
@@ -232,7 +257,8 @@ def _classes(value: Any) -> tuple[PriorityClass, ...]:
         where = f"classes.{name}"
         if not isinstance(name, str) or not _NAME.match(name):
             raise PolicyError(
-                "classes", f"{name!r} is not a usable class name (letters, digits, ._-)"
+                "classes",
+                f"{shown(name)} is not a usable class name (letters, digits, ._-; at most 64)",
             )
         if not isinstance(body, Mapping):
             raise PolicyError(where, 'must be an object such as {"priority": 50}')
@@ -244,11 +270,14 @@ def _classes(value: Any) -> tuple[PriorityClass, ...]:
         if "priority" not in body:
             raise PolicyError(f"{where}.priority", "is required (a whole number, higher first)")
         prio = body["priority"]
-        if isinstance(prio, bool) or not isinstance(prio, int) or abs(prio) > 10**6:
-            raise PolicyError(f"{where}.priority", f"must be a whole number, not {prio!r}")
+        if isinstance(prio, bool) or not isinstance(prio, int) or abs(prio) > MAX_PRIORITY:
+            raise PolicyError(
+                f"{where}.priority",
+                f"must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, not {shown(prio)}",
+            )
         pre = body.get("preemptible", False)
         if not isinstance(pre, bool):
-            raise PolicyError(f"{where}.preemptible", f"must be true or false, not {pre!r}")
+            raise PolicyError(f"{where}.preemptible", f"must be true or false, not {shown(pre)}")
         out.append(PriorityClass(name=name, priority=prio, preemptible=pre))
     out.sort(key=lambda c: (-c.priority, c.name))
     return tuple(out)

@@ -442,7 +442,7 @@ def test_boundary_values_are_accepted() -> None:
                 "interactive": {"priority": 10**6},
                 "batch": {"priority": -(10**6), "preemptible": True},
             },
-            "half_life": 1e-3,
+            "half_life": 1.0,
             "default_share": 1e-6,
             "default_user_quota": 0,
             "user_quotas": {"bob": 0},
