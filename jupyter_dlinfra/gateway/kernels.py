@@ -24,8 +24,8 @@ from tornado import web
 
 from ..core import NotFound
 from ..provisioning.port import launching_for
-from ..server.handlers import restart_done, track_restart
 from ..server.identity import Directory
+from ..server.restarts import restart_done, track_restart
 from ..server.service import GpuService
 
 __all__ = ["KERNEL_ROUTES"]

@@ -75,8 +75,14 @@ class KernelLedgerPort(Protocol):
         """Called once the kernel process exists, so that liveness can be checked by pid."""
         ...
 
-    async def kernel_stopped(self, *, kernel_id: str, restart: bool, reason: str) -> None:
-        """Called when the kernel process is gone: release its GPUs (unless carried over)."""
+    async def kernel_stopped(
+        self, *, kernel_id: str, restart: bool, reason: str, pid: int | None = None
+    ) -> None:
+        """Called when the kernel process is gone: release its GPUs (unless carried over).
+
+        ``pid``: the process that ended. GPUs stay with the kernel while another of its
+        processes, the one the ledger knows as the kernel's, still runs.
+        """
         ...
 
 

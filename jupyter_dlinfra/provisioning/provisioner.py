@@ -97,6 +97,7 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
                     kernel_id=self.kernel_id,
                     restart=True,
                     reason=f"kernel died (exit status {status})",
+                    pid=self.pid,
                 )
         return status
 
@@ -113,6 +114,7 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
         await super().terminate(restart=restart)
 
     async def cleanup(self, restart: bool = False) -> None:
+        pid = self.pid
         await super().cleanup(restart=restart)
         port = get_port()
         if port is not None:
@@ -120,4 +122,5 @@ class DLInfraProvisioner(LocalProvisioner):  # type: ignore[misc]
                 kernel_id=self.kernel_id,
                 restart=restart,
                 reason="kernel restarted" if restart else "kernel shut down",
+                pid=pid,
             )

@@ -29,6 +29,7 @@ from ..telemetry import (
     simulated_gpus_from_env,
     simulated_models_from_env,
 )
+from . import restarts
 from .handlers import ROUTES
 from .identity import Directory
 from .jobs import JobService, JobSettings
@@ -588,6 +589,18 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             "kernel's pod (set it to change that)",
             GATEWAY_REQUEST_TIMEOUT_S,
         )
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        super()._link_jupyter_server_extension(serverapp)
+        # before the server makes its kernel manager
+        forwarding = not self.gateway and restarts.gateway_client(serverapp).gateway_enabled
+        if not restarts.install(serverapp) and not forwarding:
+            self.log.warning(
+                "dlinfra: ServerApp.kernel_manager_class %s is not a %s: overlapping restarts "
+                "of one kernel are not serialised and can run two processes of it",
+                serverapp.kernel_manager_class,
+                restarts.SerialRestartMappingKernelManager.__name__,
+            )
 
     def initialize_settings(self) -> None:
         if self._forwarding():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -33,7 +34,9 @@ from .policy_handlers import (
     PolicyHandler,
     PolicySimulateHandler,
 )
+from .restarts import restart_soon
 from .sched_handlers import FairShareHandler, SchedulingHandler
+from .service import GpuService
 from .views import allocation_json, cluster_json
 
 __all__ = ["ROUTES"]
@@ -207,42 +210,6 @@ class QueueHandler(_Base):
         self.answer({"queue": [self.view(a, gpus) for a in queued]})
 
 
-#: a restart asked by the kernel itself waits this long (seconds), so that what it printed just
-#: before asking (%gpu's "Restarting...") reaches its clients before its channels close
-RESTART_DELAY_S = 0.5
-
-
-async def _restart_soon(km: Any, kernel_id: str) -> None:
-    await asyncio.sleep(RESTART_DELAY_S)
-    if kernel_id in km:  # not shut down meanwhile
-        await km.restart_kernel(kernel_id)
-
-
-#: restarts under way (or about to begin), by kernel: a shutdown waits for them, since
-#: jupyter_client cannot shut down a kernel whose restart has not finished
-_restarting: dict[str, asyncio.Future[Any]] = {}
-
-
-def track_restart(kernel_id: str, restart: Awaitable[Any]) -> asyncio.Future[Any]:
-    """Run ``restart`` as the kernel's restart under way (see :func:`restart_done`)."""
-    task = asyncio.ensure_future(restart)
-    _restarting[kernel_id] = task
-
-    def done(finished: asyncio.Future[Any]) -> None:
-        if _restarting.get(kernel_id) is finished:
-            del _restarting[kernel_id]
-
-    task.add_done_callback(done)
-    return task
-
-
-async def restart_done(kernel_id: str, timeout: float) -> None:
-    """Wait, ``timeout`` seconds at most, for the kernel's restart under way, if any."""
-    task = _restarting.get(kernel_id)
-    if task is not None:
-        await asyncio.wait({task}, timeout=timeout)
-
-
 class KernelRestartHandler(_Base):
     """Restart a kernel so that its GPUs apply at launch (CUDA was initialised too early)."""
 
@@ -257,10 +224,6 @@ class KernelRestartHandler(_Base):
             raise ApiError(404, f"kernel {kernel_id} does not run in this server", code="no_kernel")
         held = await self.service.call(self.service.ledger.allocations, kernel_id=kernel_id)
         granted = [a for a in held if a.state is AllocationState.GRANTED]
-        if granted:
-            await self.service.mutate(
-                self.service.ledger.update_kernel, kernel_id, keep_on_restart=True
-            )
         # answer first: the caller may be the kernel that is about to be restarted
         self.answer(
             {
@@ -270,9 +233,15 @@ class KernelRestartHandler(_Base):
             },
             status=202,
         )
-        task = track_restart(kernel_id, _restart_soon(km, kernel_id))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        restart_soon(km, kernel_id, prepare=functools.partial(_keep_gpus, self.service, kernel_id))
+
+
+async def _keep_gpus(service: GpuService, kernel_id: str) -> None:
+    """Right before the restart: the GPUs the kernel holds then are carried over it (set any
+    earlier, another restart of the kernel could take the mark and leave this one without)."""
+    held = await service.call(service.ledger.allocations, kernel_id=kernel_id)
+    if any(a.state is AllocationState.GRANTED for a in held):
+        await service.mutate(service.ledger.update_kernel, kernel_id, keep_on_restart=True)
 
 
 class EventsHandler(_Base):
@@ -335,8 +304,6 @@ class MetricsHandler(_Base):
         self.set_status(200)
         self.finish(body, set_content_type=CONTENT_TYPE_LATEST)
 
-
-_background: set[asyncio.Future[Any]] = set()
 
 #: (path under base_url, handler, methods) - the OpenAPI test reads this table
 ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [

@@ -372,11 +372,29 @@ class GpuService:
         started = await self.call(process_started_at, pid)
         await self.mutate(self.ledger.update_kernel, kernel_id, pid=pid, pid_started_at=started)
 
-    async def kernel_stopped(self, *, kernel_id: str, restart: bool, reason: str) -> None:
+    async def kernel_stopped(
+        self, *, kernel_id: str, restart: bool, reason: str, pid: int | None = None
+    ) -> None:
         try:
             record = await self.call(self.ledger.kernel, kernel_id)
             if record.server_id != self.settings.server_id or record.kernel_name == JOB_KERNEL_NAME:
                 # not ours (a refused launch under a job's or another server's id): keep it
+                return
+            if (
+                pid is not None
+                and record.pid not in (None, pid)
+                and await self.call(process_alive, record)
+            ):
+                # a process of this kernel that is not its current one: the current one may
+                # hold the GPUs in CUDA_VISIBLE_DEVICES, so they stay in the ledger
+                self.log.warning(
+                    "dlinfra: process %s of kernel %s ended (%s) while its process %s runs; "
+                    "its GPUs stay with the running process",
+                    pid,
+                    kernel_id,
+                    reason,
+                    record.pid,
+                )
                 return
             if not restart:
                 await self.mutate(self.ledger.forget_kernel, kernel_id, reason=reason)
