@@ -248,24 +248,36 @@ class Ledger:
     def forget_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         """The kernel is gone for good: end its allocations and drop its token."""
         with self.store.write() as tx:
-            ended = self._end_kernel_allocations(tx, kernel_id, reason)
-            gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
-            if gone.rowcount:
-                self.write_event(
-                    tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason}
-                )
-            if ended:
-                self._schedule(tx)
-            return [self._allocation(tx.conn, a) for a in ended]
+            return self._forget_kernel(tx, kernel_id, reason)
+
+    def _forget_kernel(self, tx: Transaction, kernel_id: str, reason: str) -> list[Allocation]:
+        ended = self._end_kernel_allocations(tx, kernel_id, reason)
+        gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
+        if gone.rowcount:
+            self.write_event(tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason})
+        if ended:
+            self._schedule(tx)
+        return [self._allocation(tx.conn, a) for a in ended]
 
     def reconcile(
         self, node: str | None, is_alive: Callable[[KernelRecord], bool], *, reason: str
     ) -> list[str]:
         """Forget the kernels of ``node`` (None: of every node) whose process is gone; return
-        their ids."""
-        dead = [k.kernel_id for k in self.kernels(node) if not is_alive(k)]
-        for kernel_id in dead:
-            self.forget_kernel(kernel_id, reason=reason)
+        their ids.
+
+        A kernel whose record changed after it was judged is left for the next pass: its server
+        relaunched it meanwhile (a restart registers the kernel again before its new process
+        runs), and forgetting it would take the new process's identity and GPUs."""
+        dead = []
+        for judged in [k for k in self.kernels(node) if not is_alive(k)]:
+            with self.store.write() as tx:
+                row = tx.conn.execute(
+                    select(kernels).where(kernels.c.kernel_id == judged.kernel_id)
+                ).first()
+                if row is None or _kernel(row) != judged:
+                    continue
+                self._forget_kernel(tx, judged.kernel_id, reason)
+            dead.append(judged.kernel_id)
         return dead
 
     # -- allocations -------------------------------------------------------------------------

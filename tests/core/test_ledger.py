@@ -299,6 +299,28 @@ def test_reconcile_releases_dead_kernels_and_serves_the_queue(kit: Kit) -> None:
     assert kit.ledger.reconcile("node-a", is_alive, reason="again") == []
 
 
+def test_reconcile_leaves_a_kernel_its_server_relaunched_while_it_was_judged(kit: Kit) -> None:
+    # found by the crash soak (seed 1313): another server's reconcile judged a restarting
+    # kernel by its old, dead process and then forgot the record its restart had just written
+    kit.node("node-a")
+    kit.kernel("restarting", pid=101)
+    held = kit.ledger.request(kernel_id="restarting", count=1)
+    kit.ledger.update_kernel("restarting", keep_on_restart=True)
+
+    def is_alive(record: KernelRecord) -> bool:
+        # the old process is gone, and meanwhile its server launches the kernel again
+        relaunch = replace(record, pid=None, keep_on_restart=False)
+        kit.ledger.register_kernel(relaunch, token_hash="hash-relaunched")
+        return False
+
+    assert kit.ledger.reconcile("node-a", is_alive, reason="process vanished") == []
+    assert kit.ledger.kernel_by_token_hash("hash-relaunched") is not None
+    assert kit.ledger.allocation(held.id).state is GRANTED
+    # judged again on its new record, as the next pass does
+    gone = kit.ledger.reconcile("node-a", lambda record: False, reason="process vanished")
+    assert gone == ["restarting"]
+
+
 def test_sync_inventory_marks_a_vanished_gpu_absent(kit: Kit) -> None:
     devices = kit.node("node-a")
     for kid in ("k1", "k2", "k3"):
