@@ -37,7 +37,8 @@ def test_gpu_kernelspecs_are_installed() -> None:
     specs = KernelSpecManager().get_all_specs()
     for name, gpus in (("python3-1gpu", 1), ("python3-2gpu", 2), ("python3-4gpu", 4)):
         spec = specs[name]["spec"]
-        assert spec["display_name"] == f"Python 3 ({gpus} GPU{'s' if gpus > 1 else ''})"
+        # after "Python 3 (ipykernel)" in the order Lab lists kernels: its first choice is plain
+        assert spec["display_name"] == f"Python 3 with {gpus} GPU{'s' if gpus > 1 else ''}"
         provisioner = spec["metadata"]["kernel_provisioner"]
         assert provisioner == {"provisioner_name": "dlinfra-provisioner", "config": {"gpus": gpus}}
 
