@@ -385,7 +385,12 @@ class JobService:
         if job.gpus == 0:
             return ""
         ledger = self.service.ledger
-        if job.allocation_id is None:
+        alloc = None if job.allocation_id is None else ledger.allocation(job.allocation_id)
+        if alloc is not None and not alloc.state.active and not self._holder_known(job):
+            # given back by a reconcile while no server watched the job (another user's server
+            # on this node): it asks again, as the queued jobs of a server that stopped do
+            alloc = None
+        if alloc is None:
             ledger.register_kernel(
                 KernelRecord(
                     kernel_id=job.kernel_id,
@@ -405,8 +410,6 @@ class JobService:
                 kind="job",
             )
             job = self.book.update(job.id, allocation_id=alloc.id)
-        else:
-            alloc = ledger.allocation(job.allocation_id)
         if alloc.state is AllocationState.GRANTED:
             return ",".join(alloc.gpus)
         if alloc.state is AllocationState.QUEUED:
@@ -419,6 +422,15 @@ class JobService:
             return None
         self._end(job, JobState.FAILED, f"its GPU request ended: {alloc.end_reason}")
         return None
+
+    def _holder_known(self, job: Job) -> bool:
+        """Whether the ledger still has the record that holds the job's GPUs (a reconcile that
+        found no server to start the job forgot it)."""
+        try:
+            self.service.ledger.kernel(job.kernel_id)
+        except NotFound:
+            return False
+        return True
 
     def _poll(self, held: list[Job]) -> None:
         by_backend: dict[str, list[Job]] = {}
@@ -595,8 +607,18 @@ class JobService:
             return False
         if record.pid is not None:
             return process_alive(record)
-        # queued: its GPUs wait for it only while a server is there to start it
-        return job.server_id in self._live_servers()
+        # queued: its GPUs wait for it only while a server is there to start it: its own, or
+        # this one, which adopts it at its next pass (this reconcile may come first)
+        return job.server_id in self._live_servers() or self._adopts(job)
+
+    def _adopts(self, job: Job) -> bool:
+        """Whether this server takes the job over when its server is gone (see :meth:`adopt`)."""
+        settings = self.service.settings
+        return (
+            settings.job_interval > 0
+            and job.node == settings.node
+            and (settings.multi_user or job.user == settings.user)
+        )
 
     def close(self) -> None:
         """Blocking, at stop: running jobs go on; queued ones give their GPUs back meanwhile."""

@@ -1,0 +1,94 @@
+"""A queued job of a server that crashed keeps its GPU request until a server adopts it.
+
+Found by the crash soak (seed 1313): the surviving server's reconcile judged the dead server's
+queued job before its job loop adopted it, cancelled the job's request, and the adopted job then
+failed with "its GPU request ended: kernel no longer exists".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jupyter_dlinfra.core import AllocationState, KernelRecord
+from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME, Job, JobState, NewJob
+
+
+@pytest.fixture
+def dlinfra_config() -> dict[str, Any]:
+    # a job loop that is on, but whose first pass is far off: the test makes the passes
+    return {"simulated_gpus": 2, "user_name": "alice", "job_interval": 3600}
+
+
+def _orphan(app: Any, user: str) -> tuple[Job, int]:
+    """A queued job of a crashed server with the GPU request its job loop made for it."""
+    service = app.service
+    book = service.jobs.book
+    job = book.create(
+        NewJob(
+            user=user,
+            name="orphan",
+            path="orphan.ipynb",
+            backend="local",
+            node=service.settings.node,
+            server_id="crashed-server",
+            gpus=1,
+        ),
+        workdir_for=lambda i: service.jobs.settings.jobs_root / f"{i}-orphan",
+    )
+    service.ledger.register_kernel(
+        KernelRecord(
+            kernel_id=job.kernel_id,
+            user=user,
+            node=service.settings.node,
+            server_id="crashed-server",
+            kernel_name=JOB_KERNEL_NAME,
+        )
+    )
+    alloc = service.ledger.request(kernel_id=job.kernel_id, count=1, kind="job")
+    return book.update(job.id, allocation_id=alloc.id), alloc.id
+
+
+def _hold_every_gpu(app: Any) -> None:
+    ledger = app.service.ledger
+    settings = app.service.settings
+    ledger.register_kernel(
+        KernelRecord(
+            kernel_id="busy",
+            user="carol",
+            node=settings.node,
+            server_id=settings.server_id,
+            pid=None,
+        )
+    )
+    assert ledger.request(kernel_id="busy", count=2).state is AllocationState.GRANTED
+
+
+async def test_the_reconcile_keeps_the_request_of_a_job_this_server_adopts(
+    dlinfra_app: Any,
+) -> None:
+    service = dlinfra_app.service
+    job, alloc_id = _orphan(dlinfra_app, "alice")
+    await service.reconcile()
+    assert service.ledger.allocation(alloc_id).state is AllocationState.GRANTED
+    assert [j.id for j in await service.call(service.jobs.adopt)] == [job.id]
+
+
+async def test_a_job_whose_request_was_given_back_asks_again_once_adopted(
+    dlinfra_app: Any,
+) -> None:
+    service = dlinfra_app.service
+    _hold_every_gpu(dlinfra_app)
+    # bob's job: this server (alice's) does not adopt it, so its request goes back
+    job, alloc_id = _orphan(dlinfra_app, "bob")
+    await service.reconcile()
+    assert service.ledger.allocation(alloc_id).state is AllocationState.CANCELLED
+    # bob's server adopts it (this server stands in for it) and its pass starts it
+    service.jobs.book.update(job.id, server_id=service.settings.server_id)
+    await service.jobs_pass()
+    now = service.jobs.book.job(job.id)
+    assert now.state is JobState.QUEUED, now
+    assert now.allocation_id not in (None, alloc_id)
+    assert service.ledger.allocation(now.allocation_id).state is AllocationState.QUEUED
+    assert "waiting for 1 GPU at position 1" in (now.reason or "")
