@@ -21,6 +21,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.gateway.gateway_client import GatewayClient
 from tornado import httpclient, iostream, web
 
+from ..server.parsing import BadJson, parse_json, shown
+
 __all__ = ["FORWARD_ROUTES", "ForwardHandler"]
 
 #: the event stream stays open; other calls get the gateway's answer within this (seconds)
@@ -123,23 +125,24 @@ class ForwardHandler(APIHandler):  # type: ignore[misc]
 
     async def _with_notebook(self, body: bytes) -> bytes | None:
         try:
-            submission = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            self._json_error(400, f"the request body is not valid JSON: {err}", "bad_json")
+            # its size is the gateway's to judge (it knows its max_notebook_bytes)
+            submission = parse_json(body, max_bytes=len(body))
+        except BadJson as err:
+            self._json_error(400, str(err), "bad_json")
             return None
         if not isinstance(submission, dict) or "notebook" in submission:
             return body
         path = submission.get("path")
-        if not isinstance(path, str) or not path:
+        if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
             return body  # the gateway says what is wrong
         try:
             contents: Any = self.contents_manager
             model = await ensure_async(contents.get(path, content=True, type="notebook"))
         except web.HTTPError as err:
             if err.status_code == 404:
-                self._json_error(404, f"no notebook {path!r} on this server", "no_notebook")
+                self._json_error(404, f"no notebook {shown(path)} on this server", "no_notebook")
             else:
-                self._json_error(400, f"cannot read notebook {path!r}: {err}", "bad_notebook")
+                self._json_error(400, f"cannot read notebook {shown(path)}: {err}", "bad_notebook")
             return None
         submission["notebook"] = model["content"]
         return json.dumps(submission).encode()

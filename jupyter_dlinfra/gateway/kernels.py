@@ -25,6 +25,7 @@ from tornado import web
 from ..core import NotFound
 from ..provisioning.port import launching_for
 from ..server.identity import Directory
+from ..server.parsing import MAX_NAME, BadJson, parse_json, shown
 from ..server.restarts import restart_done, track_restart
 from ..server.service import GpuService
 
@@ -91,9 +92,9 @@ class _Owned:
         try:
             record = await self._service.call(self._service.ledger.kernel, kernel_id)
         except NotFound:
-            raise web.HTTPError(404, f"no kernel {kernel_id}") from None
+            raise web.HTTPError(404, _escaped(f"no kernel {shown(kernel_id)}")) from None
         if record.user != name:
-            raise web.HTTPError(403, f"kernel {kernel_id} belongs to {record.user}")
+            raise web.HTTPError(403, _escaped(f"kernel {kernel_id} belongs to {record.user}"))
 
 
 class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
@@ -113,9 +114,13 @@ class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
     async def post(self) -> None:
         name = self._caller()
         km: Any = self.kernel_manager
-        model = self.get_json_body() or {}
-        if not isinstance(model, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
+        model = _json_object(self.request.body)
+        for key in ("name", "path"):
+            value = model.get(key)
+            if value is not None and (
+                not isinstance(value, str) or len(value) > (4096 if key == "path" else MAX_NAME)
+            ):
+                raise web.HTTPError(400, f"{key} must be a string (a kernelspec's name, a path)")
         kernel_name = model.get("name") or km.default_kernel_name
         if model.get("kernel_id"):
             # a client-chosen id could name someone else's kernel record in the ledger
@@ -196,14 +201,37 @@ async def _settled(km: Any, kernel_id: str) -> None:
         await asyncio.wait({ready}, timeout=left)
 
 
+def _escaped(message: str) -> str:
+    # jupyter_server answers log_message as is, and tornado logs it as a format string
+    return message.replace("%", "%%")
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The request's body (the server's bounds: size, depth, numbers); an empty one is {}."""
+    try:
+        model = parse_json(raw.strip() or b"{}")
+    except BadJson as err:
+        raise web.HTTPError(400, _escaped(str(err))) from None
+    if not isinstance(model, dict):
+        raise web.HTTPError(400, "the request body must be a JSON object")
+    return model
+
+
 def _client_env(env: Any) -> dict[str, str]:
     """The kernel's environment: what it needs of the gateway's, plus what the client adds."""
     if env is None:
         env = {}
     if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        isinstance(k, str)
+        and isinstance(v, str)
+        and k
+        and "=" not in k
+        and "\x00" not in k + v  # a process's environment cannot hold them
+        for k, v in env.items()
     ):
-        raise web.HTTPError(400, "env must be an object of strings")
+        raise web.HTTPError(
+            400, "env must be an object of strings (names without '=', no NUL characters)"
+        )
     merged = {
         k: v
         for k, v in os.environ.items()

@@ -21,6 +21,7 @@ from tornado import web
 from ..core import LedgerError
 from .errors import ApiError, from_ledger_error
 from .identity import Directory
+from .parsing import MAX_BODY_BYTES, parse_json_object
 from .service import GpuService
 
 __all__ = ["KERNEL_AUTH_SCHEME", "DLInfraHandler", "authorized"]
@@ -115,16 +116,9 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
 
     # -- helpers for the handlers ------------------------------------------------------------
 
-    def json_body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ApiError(
-                400, f"the request body is not valid JSON: {err}", code="bad_json"
-            ) from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object", code="bad_json")
-        return body
+    def json_body(self, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+        """The body: a JSON object within the bounds of :func:`.parsing.parse_json`."""
+        return parse_json_object(self.request.body, max_bytes=max_bytes)
 
     def own_kernel(self, kernel_id: str, owner: str) -> None:
         """Refuse to act for a kernel the caller does not own."""

@@ -26,6 +26,16 @@ from .job_handlers import (
     JobRerunHandler,
     JobsHandler,
 )
+from .parsing import (
+    MAX_COUNT,
+    json_field_int,
+    json_field_name,
+    kernel_id_of,
+    path_id,
+    query_name,
+    query_number,
+    shown,
+)
 from .policy_handlers import (
     KernelKeepHandler,
     KernelUsageHandler,
@@ -42,12 +52,6 @@ from .views import allocation_json, cluster_json
 __all__ = ["ROUTES"]
 
 MAX_WAIT_S = 60.0
-
-
-def _allocation_id(raw: str) -> int:
-    if not raw.isdigit():
-        raise ApiError(400, f"allocation id must be a number, not {raw!r}", code="bad_id")
-    return int(raw)
 
 
 class _Base(DLInfraHandler):
@@ -88,7 +92,7 @@ class ClusterHandler(_Base):
 class AllocationsHandler(_Base):
     @authorized("read")
     async def get(self) -> None:
-        kernel_id = self.get_query_argument("kernel_id", None)
+        kernel_id = query_name(self.get_query_argument("kernel_id", None), "kernel_id")
         if self.kernel_scope is not None:
             if kernel_id not in (None, self.kernel_scope):
                 raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
@@ -99,7 +103,7 @@ class AllocationsHandler(_Base):
         found = await self.service.call(
             self.service.ledger.allocations,
             kernel_id=kernel_id,
-            user=self.get_query_argument("user", None),
+            user=query_name(self.get_query_argument("user", None), "user"),
             active=state == "active",
         )
         gpus = await self.gpu_index()
@@ -112,26 +116,21 @@ class AllocationsHandler(_Base):
         if unknown:
             raise ApiError(
                 400,
-                f"unknown field(s): {', '.join(sorted(unknown))}; expected kernel_id, "
+                f"unknown field(s): {shown(', '.join(sorted(unknown)))}; expected kernel_id, "
                 "count, model and priority_class",
                 code="bad_field",
             )
         kernel_id = body.get("kernel_id", self.kernel_scope)
-        if not isinstance(kernel_id, str) or not kernel_id:
+        if kernel_id is None:
             raise ApiError(400, "kernel_id (a string) is required", code="bad_field")
-        count = body.get("count")
-        if isinstance(count, bool) or not isinstance(count, int):
+        kernel_id = kernel_id_of(kernel_id, where="kernel_id")
+        if body.get("count") is None:
             raise ApiError(400, "count must be a whole number of GPUs, such as 2", code="bad_field")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise ApiError(400, "model must be a string, such as 'A100', or null", code="bad_field")
-        klass = body.get("priority_class")
-        if klass is not None and not isinstance(klass, str):
-            raise ApiError(
-                400,
-                "priority_class must be a class name, such as 'batch', or null",
-                code="bad_field",
-            )
+        # the ledger says why a count under 1 is no request ("invalid"); here, only its size
+        count = json_field_int(body, "count", minimum=-MAX_COUNT, maximum=MAX_COUNT, example="2")
+        assert count is not None
+        model = json_field_name(body, "model", what="a GPU model, such as 'A100'")
+        klass = json_field_name(body, "priority_class", what="a class name, such as 'batch'")
         record = await self.service.call(self.service.ledger.kernel, kernel_id)
         self.own_kernel(kernel_id, record.user)
         pods = self.settings.get("dlinfra_pod_kernels")
@@ -162,13 +161,10 @@ class AllocationsHandler(_Base):
 class AllocationHandler(_Base):
     @authorized("read")
     async def get(self, allocation_id: str) -> None:
-        aid = _allocation_id(allocation_id)
-        try:
-            wait = float(self.get_query_argument("wait", "0"))
-        except ValueError:
-            raise ApiError(400, "wait must be a number of seconds", code="bad_query") from None
-        if not 0 <= wait <= MAX_WAIT_S:
-            raise ApiError(400, f"wait must be between 0 and {MAX_WAIT_S:g} s", code="bad_query")
+        aid = path_id(allocation_id, "allocation")
+        wait = query_number(
+            self.get_query_argument("wait", "0"), "wait", minimum=0, maximum=MAX_WAIT_S, unit=" s"
+        )
         ledger = self.service.ledger
         alloc = await self.service.call(ledger.allocation, aid)
         if self.kernel_scope is not None and alloc.kernel_id != self.kernel_scope:
@@ -185,7 +181,7 @@ class AllocationHandler(_Base):
 
     @authorized("write")
     async def delete(self, allocation_id: str) -> None:
-        aid = _allocation_id(allocation_id)
+        aid = path_id(allocation_id, "allocation")
         ledger = self.service.ledger
         alloc = await self.service.call(ledger.allocation, aid)
         self.own_kernel(alloc.kernel_id, alloc.user)

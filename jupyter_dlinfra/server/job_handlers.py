@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
-import re
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,17 @@ from ..core.jobs import Job
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
 from .jobs import JobService, Submission
+from .parsing import (
+    MAX_BODY_BYTES,
+    MAX_COUNT,
+    MAX_ID,
+    MAX_NAME,
+    json_field_int,
+    path_id,
+    query_int,
+    query_name,
+    shown,
+)
 from .views import iso
 
 __all__ = [
@@ -28,8 +37,10 @@ __all__ = [
     "job_json",
 ]
 
-#: ASCII digits only (str.isdigit takes "²"), and no more than SQLite's integers hold
-_DIGITS = re.compile(r"[0-9]{1,18}")
+#: the most jobs one submission may wait for (each is looked up)
+MAX_AFTER = 100
+#: the longest notebook path taken (Linux's PATH_MAX)
+_MAX_PATH = 4096
 #: the most log text one call returns (bytes); the caller asks again from next_offset
 MAX_LOG_CHUNK = 256 * 2**10
 _OUTPUTS = {
@@ -128,9 +139,7 @@ class _JobBase(DLInfraHandler):
         return job_json(job, self.jobs.settings.root_dir, self.service.ledger.clock.now())
 
     async def own_job(self, raw_id: str) -> Job:
-        if not _DIGITS.fullmatch(raw_id):
-            raise ApiError(400, f"job id must be a number, not {raw_id!r}", code="bad_id")
-        job = await self.service.call(self.jobs.book.job, int(raw_id))
+        job = await self.service.call(self.jobs.book.job, path_id(raw_id, "job"))
         if job.user != self.person() and not self.is_admin():
             raise ApiError(403, f"job {job.id} belongs to {job.user}", code="forbidden")
         return job
@@ -142,7 +151,7 @@ class JobsHandler(_JobBase):
         state = self.get_query_argument("state", "all")
         if state not in ("active", "ended", "all"):
             raise ApiError(400, "state must be 'active', 'ended' or 'all'", code="bad_query")
-        who = self.get_query_argument("user", None)
+        who = query_name(self.get_query_argument("user", None), "user")
         others = who == "*" or (who is not None and who != self.person())
         if others and not self.is_admin():
             raise ApiError(403, "only admins see other users' jobs", code="not_admin")
@@ -155,12 +164,13 @@ class JobsHandler(_JobBase):
 
     @authorized("write")
     async def post(self) -> None:
-        body = self.json_body()
+        # the notebook may come inline (JSON escapes can double its size)
+        body = self.json_body(MAX_BODY_BYTES + 2 * self.jobs.settings.max_notebook_bytes)
         unknown = set(body) - _SUBMIT_FIELDS
         if unknown:
             raise ApiError(
                 400,
-                f"unknown field(s): {', '.join(sorted(unknown))}; expected "
+                f"unknown field(s): {shown(', '.join(sorted(unknown)))}; expected "
                 + ", ".join(sorted(_SUBMIT_FIELDS)),
                 code="bad_field",
             )
@@ -168,9 +178,9 @@ class JobsHandler(_JobBase):
             user=self.person(),
             path=_string(body, "path", required=True) or "",
             name=_string(body, "name"),
-            gpus=_integer(body, "gpus", minimum=0),
+            gpus=json_field_int(body, "gpus", minimum=0, maximum=MAX_COUNT),
             model=_string(body, "model"),
-            priority=_integer(body, "priority", minimum=-1000, maximum=1000) or 0,
+            priority=json_field_int(body, "priority", minimum=-1000, maximum=1000) or 0,
             priority_class=_string(body, "priority_class"),
             parameters=_object(body, "parameters"),
             sweep=_object(body, "sweep"),
@@ -239,10 +249,9 @@ class JobLogHandler(_JobBase):
     @authorized("read")
     async def get(self, job_id: str) -> None:
         job = await self.own_job(job_id)
-        raw = self.get_query_argument("offset", "0")
-        if not _DIGITS.fullmatch(raw):
-            raise ApiError(400, "offset must be a whole number of bytes", code="bad_query")
-        offset = int(raw)
+        offset = query_int(
+            self.get_query_argument("offset", "0"), "offset (bytes)", minimum=0, maximum=MAX_ID
+        )
         path = Path(job.workdir) / "job.log"
         start, data, size = await self.service.call(_read_from, path, offset, MAX_LOG_CHUNK)
         self.answer(
@@ -267,7 +276,9 @@ class JobOutputHandler(_JobBase):
         kind = self.get_query_argument("format", "notebook")
         if kind not in _OUTPUTS:
             raise ApiError(
-                400, f"format must be one of {', '.join(_OUTPUTS)}, not {kind!r}", code="bad_query"
+                400,
+                f"format must be one of {', '.join(_OUTPUTS)}, not {shown(kind)}",
+                code="bad_query",
             )
         name, content_type = _OUTPUTS[kind]
         path = Path(job.workdir) / name
@@ -327,21 +338,16 @@ def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | 
         return None
     if not isinstance(value, str) or not value.strip():
         raise ApiError(400, f"{key} must be a non-empty string", code="bad_field")
+    # a path is checked as a path (jobs.notebook_path); names go to the ledger's columns,
+    # whose PostgreSQL text refuses NUL
+    limit = _MAX_PATH if key == "path" else MAX_NAME
+    if len(value) > limit or (key != "path" and "\x00" in value):
+        raise ApiError(
+            400,
+            f"{key} must be at most {limit} characters, without NUL, not {shown(value)}",
+            code="bad_field",
+        )
     return value
-
-
-def _integer(
-    body: dict[str, Any], key: str, *, minimum: int, maximum: int | None = None
-) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(400, f"{key} must be a whole number", code="bad_field")
-    if value != int(value) or value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ApiError(400, f"{key} must be a whole number {bound}, not {value}", code="bad_field")
-    return int(value)
 
 
 def _object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -356,8 +362,17 @@ def _object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
 def _ids(value: Any) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_AFTER
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_ID for v in value
+        )
     ):
-        raise ApiError(400, "after must be a list of job ids, such as [3, 4]", code="bad_field")
+        raise ApiError(
+            400,
+            f"after must be a list of at most {MAX_AFTER} job ids (from 1 to {MAX_ID}), such as "
+            f"[3, 4], not {shown(value)}",
+            code="bad_field",
+        )
     return list(dict.fromkeys(value))

@@ -9,6 +9,7 @@ from ..core import AllocationState, ReclaimPolicy, replay
 from ..core.idle import Phase
 from .auth import DLInfraHandler, authorized
 from .errors import ApiError
+from .parsing import kernel_id_of, path_id, shown
 from .reclaim import Reclaimer, hints_json, idle_json
 from .views import iso
 
@@ -125,7 +126,7 @@ class PolicySimulateHandler(_ReclaimBase):
         if unknown:
             raise ApiError(
                 400,
-                f"unknown field(s): {', '.join(sorted(unknown))}; expected hours and policy",
+                f"unknown field(s): {shown(', '.join(sorted(unknown)))}; expected hours and policy",
                 code="bad_field",
             )
         hours = body.get("hours", 24)
@@ -191,6 +192,7 @@ class KernelKeepHandler(_ReclaimBase):
 
     @authorized("write")
     async def post(self, kernel_id: str) -> None:
+        kernel_id = kernel_id_of(kernel_id)
         if self.json_body():
             raise ApiError(400, "keep takes no fields: send {}", code="bad_field")
         self.answer(await self.keep(kernel_id))
@@ -210,18 +212,15 @@ class NoticeActionHandler(KernelKeepHandler):
 
     @authorized("write")
     async def post(self, notice_id: str, action_id: str) -> None:  # type: ignore[override]
-        try:
-            seq = int(notice_id)
-        except ValueError:
-            raise ApiError(
-                400, f"notice id must be a number, not {notice_id!r}", code="bad_id"
-            ) from None
+        seq = path_id(notice_id, "notice")
         found = await self.service.call(self.service.ledger.events, since=seq - 1, limit=1)
         event = found[0] if found and found[0].seq == seq else None
         if event is None or event.kind != "idle_warning" or event.kernel_id is None:
             raise ApiError(404, f"notice {seq} has no actions", code="no_notice")
         if action_id != "keep":
-            raise ApiError(400, f"notice {seq} offers 'keep', not {action_id!r}", code="bad_action")
+            raise ApiError(
+                400, f"notice {seq} offers 'keep', not {shown(action_id)}", code="bad_action"
+            )
         self.answer(await self.keep(event.kernel_id))
 
 
@@ -230,6 +229,7 @@ class KernelUsageHandler(_ReclaimBase):
 
     @authorized("read")
     async def get(self, kernel_id: str) -> None:
+        kernel_id = kernel_id_of(kernel_id)
         record = await self.service.call(self.service.ledger.kernel, kernel_id)
         if not self.is_admin():
             self.own_kernel(kernel_id, record.user)
