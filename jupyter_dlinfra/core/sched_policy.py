@@ -270,11 +270,9 @@ def _classes(value: Any) -> tuple[PriorityClass, ...]:
         if "priority" not in body:
             raise PolicyError(f"{where}.priority", "is required (a whole number, higher first)")
         prio = body["priority"]
-        if isinstance(prio, bool) or not isinstance(prio, int) or abs(prio) > MAX_PRIORITY:
-            raise PolicyError(
-                f"{where}.priority",
-                f"must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, not {shown(prio)}",
-            )
+        if isinstance(prio, bool) or not isinstance(prio, int):
+            raise PolicyError(f"{where}.priority", f"must be a whole number, not {shown(prio)}")
+        check_range(f"{where}.priority", prio, *RANGES["priority"])
         pre = body.get("preemptible", False)
         if not isinstance(pre, bool):
             raise PolicyError(f"{where}.preemptible", f"must be true or false, not {shown(pre)}")
