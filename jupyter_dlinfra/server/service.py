@@ -262,6 +262,13 @@ class GpuService:
     def _sample(self) -> None:
         # only the sampling loop (or start-up) runs this, one call at a time
         self.sampling_calls += 1
+        if self.cluster is None and self.provider.follows_ledger:
+            # a simulator's GPUs work while someone holds them and idle otherwise; a ledger
+            # that does not answer now leaves it with the holders it last heard of
+            try:
+                self.provider.note_held(self.ledger.holders().keys())
+            except Exception:
+                self.log.debug("dlinfra: no holders for the simulated GPUs", exc_info=True)
         source = self.cluster if self.cluster is not None else self.provider
         self.samples = {s.uuid: s for s in source.sample()}
 

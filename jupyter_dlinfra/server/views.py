@@ -9,7 +9,7 @@ from typing import Any
 from ..core import Allocation, Gpu, KernelRecord
 from ..telemetry import GpuSample, TelemetryProvider
 
-__all__ = ["allocation_json", "cluster_json", "duration", "iso"]
+__all__ = ["allocation_json", "cluster_json", "duration", "iso", "outside_ledger"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -84,6 +84,30 @@ def _metrics(sample: GpuSample | None) -> dict[str, Any]:
     }
 
 
+#: a GPU nobody holds that is this busy (percent) runs someone's work outside the ledger, even
+#: where its processes cannot be listed (another PID namespace); the idle threshold's default
+BUSY_PERCENT = 5.0
+
+
+def outside_ledger(sample: GpuSample | None) -> dict[str, Any] | None:
+    """What runs on a GPU that the ledger says is free (someone bypassing it); None: nothing.
+
+    A display server drawing on it does not count: only compute processes, or utilisation.
+    """
+    if sample is None:
+        return None
+    working = [p for p in sample.processes if p.compute]
+    if not working and sample.utilization_percent < BUSY_PERCENT:
+        return None
+    return {
+        "processes": [
+            {"pid": p.pid, "user": p.user, "memory_used_bytes": p.memory_used_bytes}
+            for p in working
+        ],
+        "users": sorted({p.user for p in working if p.user}),
+    }
+
+
 def cluster_json(
     *,
     gpus: Sequence[Gpu],
@@ -108,6 +132,7 @@ def cluster_json(
                 "path": kernel.path if kernel else None,
                 "since": iso(holder.granted_at),
             }
+        sample = samples.get(gpu.uuid) if gpu.node == local_node else None
         nodes.setdefault(gpu.node, []).append(
             {
                 "uuid": gpu.uuid,
@@ -116,7 +141,8 @@ def cluster_json(
                 "memory_total_bytes": gpu.memory_bytes,
                 "simulated": gpu.simulated,
                 "holder": holder_json,
-                **_metrics(samples.get(gpu.uuid) if gpu.node == local_node else None),
+                **_metrics(sample),
+                "outside_ledger": outside_ledger(sample) if holder is None else None,
             }
         )
     return {

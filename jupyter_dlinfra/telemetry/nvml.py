@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from .base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
 from .errors import TelemetryUnavailable
 
@@ -26,6 +28,19 @@ _HINTS = {
 def _text(value: bytes | str) -> str:
     # Older nvidia-ml-py releases return bytes, newer ones str.
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _owner(pid: int) -> str | None:
+    """Who runs ``pid``, for a GPU used outside the ledger; None where this cannot be told.
+
+    NVML gives pids as the driver sees them: from a container, another PID namespace's pid may
+    name no process here, or someone else's.
+    """
+    try:
+        return str(psutil.Process(pid).username())
+    except (psutil.Error, OSError, KeyError):
+        # KeyError: a uid with no name in the password database
+        return None
 
 
 def _unavailable(error: Exception) -> TelemetryUnavailable:
@@ -142,14 +157,22 @@ class NvmlProvider(TelemetryProvider):
         # A process that both computes and draws shows in both lists; count it once, keeping the
         # larger figure since both report the same allocation.
         used: dict[int, int] = {}
-        for listing in (
-            self._nvml.nvmlDeviceGetComputeRunningProcesses,
-            self._nvml.nvmlDeviceGetGraphicsRunningProcesses,
+        computing: set[int] = set()
+        for listing, compute in (
+            (self._nvml.nvmlDeviceGetComputeRunningProcesses, True),
+            (self._nvml.nvmlDeviceGetGraphicsRunningProcesses, False),
         ):
             for proc in listing(handle):
                 memory = int(proc.usedGpuMemory or 0)  # None where the driver cannot tell
                 used[int(proc.pid)] = max(used.get(int(proc.pid), 0), memory)
-        return tuple(ProcessUse(pid=pid, memory_used_bytes=used[pid]) for pid in sorted(used))
+                if compute:
+                    computing.add(int(proc.pid))
+        return tuple(
+            ProcessUse(
+                pid=pid, memory_used_bytes=used[pid], user=_owner(pid), compute=pid in computing
+            )
+            for pid in sorted(used)
+        )
 
     def _report(self, index: int, message: str) -> None:
         # Sampling runs every few seconds; a GPU that fell off the bus would flood the log.

@@ -1,17 +1,24 @@
 """Made-up GPUs for machines without any: demos, development and tests.
 
+A GPU that the ledger holds (the server says which, ``note_held``) works as a kernel's would:
+busy for stretches of minutes, idle in between. One that nobody holds is free: 0 %, no memory
+in use, as a real one would read.
+
 Readings can be pinned per GPU, from code (``set_load``) or from a JSON load file that the
 provider re-reads whenever it changes (``DLINFRA_SIMULATED_LOAD_FILE``), so that a demo or a test
-can make a GPU idle or busy in a running server::
+can make a GPU idle or busy in a running server, or show someone's process on a GPU that the
+ledger says is free (a "foreign" process: in use outside the ledger)::
 
     {"0": {"utilization_percent": 0},
      "GPU-...": {"utilization_percent": 85, "memory_used_bytes": 2147483648,
-                 "processes": {"4242": 2147483648}}}
+                 "processes": {"4242": 2147483648}, "users": {"4242": "mallory"}}}
 
-Keys are GPU indexes or UUIDs; ``processes`` maps pids to the memory each holds.
+Keys are GPU indexes or UUIDs; ``processes`` maps pids to the memory each holds, ``users``
+(optional) pids to their owners.
 
-Every reading is a pure function of (seed, GPU UUID, clock time), so two servers, or a test and
-its expectation, see the same numbers at the same instant without sleeping or sharing state.
+Every reading is a pure function of (seed, GPU UUID, clock time, held or not), so two servers,
+or a test and its expectation, see the same numbers at the same instant without sleeping or
+sharing state.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import math
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +63,7 @@ class SimulatedProvider(TelemetryProvider):
 
     name = "simulated"
     simulated = True
+    follows_ledger = True
 
     def __init__(
         self,
@@ -95,6 +103,7 @@ class SimulatedProvider(TelemetryProvider):
         self._load_file = Path(load_file) if load_file else None
         self._load_stamp: tuple[int, int, int] | None = None
         self._file_pins: dict[str, _Pin] = {}
+        self._held: frozenset[str] = frozenset()
 
     @property
     def reason(self) -> str:
@@ -104,18 +113,25 @@ class SimulatedProvider(TelemetryProvider):
     def devices(self) -> list[GpuDevice]:
         return list(self._devices)
 
+    def note_held(self, uuids: Collection[str]) -> None:
+        held = frozenset(uuids)
+        with self._lock:
+            self._held = held
+
     def set_load(
         self,
         uuid: str,
         utilization_percent: float,
         memory_used_bytes: int | None = None,
         processes: Mapping[int, int] | None = None,
+        users: Mapping[int, str] | None = None,
     ) -> None:
         """Pin a GPU's readings until ``clear_load``; memory left as None keeps simulating.
 
-        ``processes`` maps pids to the GPU memory (bytes) each holds, as NVML would list them.
+        ``processes`` maps pids to the GPU memory (bytes) each holds, as NVML would list them;
+        ``users`` pids to their owners, as the NVML provider tells them.
         """
-        pin = self._pin(uuid, utilization_percent, memory_used_bytes, processes)
+        pin = self._pin(uuid, utilization_percent, memory_used_bytes, processes, users)
         with self._lock:
             self._pins[uuid] = pin
 
@@ -125,6 +141,7 @@ class SimulatedProvider(TelemetryProvider):
         utilization_percent: float,
         memory_used_bytes: int | None,
         processes: Mapping[int, int] | None,
+        users: Mapping[int, str] | None = None,
     ) -> _Pin:
         device = self._device(uuid)
         if not 0.0 <= utilization_percent <= 100.0:
@@ -136,12 +153,15 @@ class SimulatedProvider(TelemetryProvider):
                 f"memory used must be within 0-{device.memory_total_bytes} bytes, "
                 f"got {memory_used_bytes}"
             )
+        owners = {int(pid): str(user) for pid, user in (users or {}).items()}
         uses = tuple(
-            ProcessUse(pid=int(pid), memory_used_bytes=int(used))
+            ProcessUse(pid=int(pid), memory_used_bytes=int(used), user=owners.get(int(pid)))
             for pid, used in sorted((processes or {}).items())
         )
         if any(u.memory_used_bytes < 0 for u in uses):
             raise ValueError("process memory must be 0 bytes or more")
+        if set(owners) - {u.pid for u in uses}:
+            raise ValueError("users name the owners of listed processes only")
         return _Pin(float(utilization_percent), memory_used_bytes, uses)
 
     def _read_load_file(self) -> dict[str, _Pin]:
@@ -169,6 +189,7 @@ class SimulatedProvider(TelemetryProvider):
                     float(entry["utilization_percent"]),
                     entry.get("memory_used_bytes"),
                     {int(p): int(m) for p, m in (entry.get("processes") or {}).items()},
+                    {int(p): str(u) for p, u in (entry.get("users") or {}).items()},
                 )
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
             log.warning("simulated GPU load file %s ignored: %s", path, err)
@@ -193,9 +214,11 @@ class SimulatedProvider(TelemetryProvider):
         pins = dict(self._read_load_file())
         with self._lock:
             pins.update(self._pins)
+            held = self._held
         readings = []
         for device in self._devices:
-            utilization, memory = self._simulate(device, now)
+            # nobody's work runs on a GPU the ledger does not hold (unless pinned so)
+            utilization, memory = self._simulate(device, now) if device.uuid in held else (0.0, 0)
             pin = pins.get(device.uuid)
             processes: tuple[ProcessUse, ...] = ()
             if pin is not None:

@@ -25,6 +25,8 @@ def test_same_inputs_give_same_gpus_and_readings() -> None:
     a = SimulatedProvider(count=4, node="node-a", clock=clock, seed=7)
     b = SimulatedProvider(count=4, node="node-a", clock=clock, seed=7)
     assert a.devices() == b.devices()
+    for provider in (a, b):
+        provider.note_held([d.uuid for d in provider.devices()[:2]])
     for _ in range(20):
         assert a.sample() == b.sample()
         clock.now += 37.5
@@ -46,6 +48,7 @@ def test_readings_stay_in_range_and_cover_idle_and_busy() -> None:
     memory = 16 * 2**30
     clock = FakeClock()
     provider = SimulatedProvider(count=8, node="n", memory_bytes=memory, clock=clock)
+    provider.note_held([d.uuid for d in provider.devices()])
     utilisations = []
     for _ in range(500):
         samples = provider.sample()
@@ -61,9 +64,49 @@ def test_readings_stay_in_range_and_cover_idle_and_busy() -> None:
     assert max(utilisations) > 80.0
 
 
+def test_a_gpu_nobody_holds_looks_free_and_a_held_one_works() -> None:
+    clock = FakeClock()
+    provider = SimulatedProvider(count=4, node="n", clock=clock)
+    held, free = provider.devices()[0].uuid, provider.devices()[1].uuid
+    provider.note_held([held, "GPU-of-another-node"])
+    busy = []
+    for _ in range(300):
+        by_uuid = {s.uuid: s for s in provider.sample()}
+        for uuid in by_uuid.keys() - {held}:
+            assert (by_uuid[uuid].utilization_percent, by_uuid[uuid].memory_used_bytes) == (0, 0)
+        busy.append(by_uuid[held].utilization_percent)
+        clock.now += 61.0
+    assert max(busy) > 60.0 and min(busy) < 5.0
+    # given back: free at once
+    provider.note_held([])
+    assert all(s.utilization_percent == 0 for s in provider.sample())
+    # a pin shows what it says, held or not
+    provider.set_load(free, 90.0, memory_used_bytes=2**30)
+    by_uuid = {s.uuid: s for s in provider.sample()}
+    assert (by_uuid[free].utilization_percent, by_uuid[free].memory_used_bytes) == (90.0, 2**30)
+
+
+def test_a_foreign_process_can_be_shown_with_its_owner(tmp_path: Path) -> None:
+    load = tmp_path / "load.json"
+    provider = SimulatedProvider(count=2, node="n", memory_bytes=1000, load_file=str(load))
+    first, second = (d.uuid for d in provider.devices())
+    provider.set_load(first, 60.0, processes={42: 300, 7: 200}, users={42: "mallory"})
+    load.write_text(
+        json.dumps(
+            {"1": {"utilization_percent": 40, "processes": {"99": 5}, "users": {"99": "eve"}}}
+        )
+    )
+    by_uuid = {s.uuid: s for s in provider.sample()}
+    assert [(p.pid, p.user) for p in by_uuid[first].processes] == [(7, None), (42, "mallory")]
+    assert [(p.pid, p.user) for p in by_uuid[second].processes] == [(99, "eve")]
+    with pytest.raises(ValueError, match="listed processes"):
+        provider.set_load(first, 60.0, processes={42: 300}, users={43: "eve"})
+
+
 def test_readings_change_smoothly_as_the_clock_advances() -> None:
     clock = FakeClock()
     provider = SimulatedProvider(count=2, node="n", clock=clock)
+    provider.note_held([d.uuid for d in provider.devices()])
     series = []
     for _ in range(200):
         series.append(provider.sample()[0].utilization_percent)
@@ -76,9 +119,13 @@ def test_readings_change_smoothly_as_the_clock_advances() -> None:
 
 def test_seed_changes_readings() -> None:
     clock = FakeClock()
-    a = SimulatedProvider(count=4, node="n", clock=clock, seed=1).sample()
-    b = SimulatedProvider(count=4, node="n", clock=clock, seed=2).sample()
-    assert [s.utilization_percent for s in a] != [s.utilization_percent for s in b]
+    a = SimulatedProvider(count=4, node="n", clock=clock, seed=1)
+    b = SimulatedProvider(count=4, node="n", clock=clock, seed=2)
+    for provider in (a, b):
+        provider.note_held([d.uuid for d in provider.devices()])
+    assert [s.utilization_percent for s in a.sample()] != [
+        s.utilization_percent for s in b.sample()
+    ]
 
 
 def test_models_cycle_over_the_gpus() -> None:
