@@ -39,6 +39,9 @@ __all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
 
 SCHEMA_VERSION = 5
 
+#: how long opening a connection to a database server may take before the call fails (seconds)
+CONNECT_TIMEOUT_S = 10
+
 metadata = MetaData()
 
 meta = Table(
@@ -290,6 +293,19 @@ class Store:
             engine_kwargs.setdefault("connect_args", {}).update(
                 {"timeout": 60, "check_same_thread": False}
             )
+        else:
+            # a database server that restarted has closed every pooled connection: each
+            # checkout asks it first (one round trip) and reconnects, so nothing needs a restart
+            engine_kwargs.setdefault("pool_pre_ping", True)
+            if (
+                self.url.get_backend_name() == "postgresql"
+                and "connect_timeout" not in self.url.query
+            ):
+                # an unreachable host must fail a call in seconds, not block a pool thread for
+                # the minutes of TCP's own timeout
+                engine_kwargs.setdefault("connect_args", {}).setdefault(
+                    "connect_timeout", CONNECT_TIMEOUT_S
+                )
         self.engine: Engine = create_engine(self.url, **engine_kwargs)
         if self.is_sqlite:
             self._configure_sqlite(self.engine)
