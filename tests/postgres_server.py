@@ -22,13 +22,16 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "SKIP_ENV",
+    "PostgresServer",
     "PostgresUnavailable",
     "find_bindir",
     "postgres_optional",
+    "run_postgres",
     "start_postgres",
 ]
 
@@ -120,25 +123,29 @@ class _Runner:
         return proc.stdout
 
 
+def _pg_ctl_start(run: _Runner, datadir: Path, logfile: Path, port: int) -> None:
+    run(
+        "pg_ctl",
+        "-D",
+        str(datadir),
+        "-l",
+        str(logfile),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port}",
+        "start",
+    )
+
+
 def _start(run: _Runner, datadir: Path, logfile: Path) -> int:
     """Start the server on a free port; retry when another process took the port meanwhile."""
     last: Exception | None = None
     for _attempt in range(5):
         port = _free_port()
         try:
-            run(
-                "pg_ctl",
-                "-D",
-                str(datadir),
-                "-l",
-                str(logfile),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                f"-p {port}",
-                "start",
-            )
+            _pg_ctl_start(run, datadir, logfile, port)
         except RuntimeError as err:
             last = err
             log = logfile.read_text(errors="replace") if logfile.exists() else ""
@@ -149,12 +156,39 @@ def _start(run: _Runner, datadir: Path, logfile: Path) -> int:
     raise RuntimeError(f"could not find a free port for PostgreSQL: {last}")
 
 
+@dataclass
+class PostgresServer:
+    """A running test server: its SQLAlchemy ``url``, and a stop and start on the same port
+    and data directory (a database that goes away and comes back)."""
+
+    url: str
+    port: int
+    datadir: Path
+    logfile: Path
+    _run: _Runner
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m mode``: fast ends sessions cleanly, immediate as a crash would."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop")
+
+    def start(self) -> None:
+        """Start it again after :meth:`stop`, on the same port, with the same data."""
+        _pg_ctl_start(self._run, self.datadir, self.logfile, self.port)
+
+
 @contextlib.contextmanager
 def start_postgres(database: str = "dlinfra") -> Iterator[str]:
     """Run a fresh PostgreSQL server for the duration of the block; yield a SQLAlchemy URL.
 
     Raises :class:`PostgresUnavailable` when the binaries (or the psycopg driver) are missing.
     """
+    with run_postgres(database) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def run_postgres(database: str = "dlinfra") -> Iterator[PostgresServer]:
+    """Like :func:`start_postgres`, yielding the server, which the block may stop and start."""
     bindir = find_bindir()
     if bindir is None:
         raise PostgresUnavailable(
@@ -200,11 +234,19 @@ def start_postgres(database: str = "dlinfra") -> Iterator[str]:
         port = _start(run, datadir, logfile)
         started = True
         run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
+        yield PostgresServer(
+            url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}",
+            port=port,
+            datadir=datadir,
+            logfile=logfile,
+            _run=run,
+        )
     finally:
         if started:
             try:
-                run("pg_ctl", "-D", str(datadir), "-m", "fast", "-w", "-t", "60", "stop")
+                # a block that stopped it and could not start it again: nothing to stop
+                if (datadir / "postmaster.pid").exists():
+                    run("pg_ctl", "-D", str(datadir), "-m", "fast", "-w", "-t", "60", "stop")
             except (RuntimeError, subprocess.SubprocessError):
                 with contextlib.suppress(RuntimeError, subprocess.SubprocessError):
                     run("pg_ctl", "-D", str(datadir), "-m", "immediate", "-w", "stop")

@@ -20,6 +20,7 @@ from tornado import httpclient, web
 from traitlets import Float, Unicode
 
 from ..core.tokens import TokenBook
+from ..server.errors import from_database_error
 
 __all__ = ["GatewayIdentityProvider", "bearer_token"]
 
@@ -70,7 +71,14 @@ class GatewayIdentityProvider(IdentityProvider):  # type: ignore[misc]
         book: TokenBook | None = handler.settings.get("dlinfra_tokens")
         if book is None:
             return None  # the dlinfra extension did not load: nobody gets in
-        name = await asyncio.get_running_loop().run_in_executor(None, book.verify, token)
+        try:
+            name = await asyncio.get_running_loop().run_in_executor(None, book.verify, token)
+        except Exception as err:
+            # tokens live in the ledger: with its database away, nobody can be told apart
+            unavailable = from_database_error(err)
+            if unavailable is None:
+                raise
+            raise unavailable from err
         user: User | None = None
         if name is not None:
             user = User(username=name, name=name, display_name=name)

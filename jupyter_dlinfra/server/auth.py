@@ -19,7 +19,7 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..core import LedgerError
-from .errors import ApiError, from_ledger_error
+from .errors import ApiError, from_database_error, from_ledger_error
 from .identity import Directory
 from .parsing import MAX_BODY_BYTES, parse_json_object
 from .service import GpuService
@@ -80,7 +80,10 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
             return
         if not self.check_host():
             raise web.HTTPError(403)
-        record = await self.service.kernel_for_token(token)
+        try:
+            record = await self.service.kernel_for_token(token)
+        except LedgerError as err:  # the database is away: 503, not a traceback
+            raise from_ledger_error(err) from err
         if record is None:
             raise ApiError(
                 403,
@@ -102,7 +105,14 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if exc is not None and not isinstance(exc, web.HTTPError):
+            # a database that is away, from a path that did not map it (tornado has logged it)
+            exc = from_database_error(exc) or exc
+            if isinstance(exc, ApiError):
+                self.set_status(exc.status_code)
         if isinstance(exc, ApiError):
+            if exc.retry_after is not None:
+                self.set_header("Retry-After", str(exc.retry_after))
             body = {"message": exc.message, "reason": exc.code}
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message % exc.args if exc.log_message else None
@@ -157,6 +167,12 @@ def authorized(action: str) -> Callable[[F], F]:
                 await method(self, *args, **kwargs)
             except LedgerError as err:
                 raise from_ledger_error(err) from err
+            except Exception as err:
+                # the database away, reached other than through the service (which maps it)
+                mapped = from_database_error(err)
+                if mapped is None:
+                    raise
+                raise mapped from err
 
         return cast(F, wrapper)
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 
 from ..core import Allocation, Gpu, KernelRecord, LedgerEvent, NotFound
+from ..core.outage import Backoff, database_unavailable
 from ..core.store import events as events_table
 from ..telemetry import GpuSample
 from .views import allocation_json, cluster_json, duration, iso
@@ -495,6 +496,9 @@ class Broadcaster:
             raise RuntimeError("the event stream is closed (the server is stopping)")
         self.start()
         sub = Subscription(self.queue_size)
+        # the ledger must answer before a stream opens (two small reads when nothing changed):
+        # a stale snapshot would look live while its database is away, where this answers 503
+        self._dirty = True
         # no await between reading the latest snapshot and joining the fan-out: none is missed
         snapshot = await self.current()
         sub.offer(snapshot.frame, snapshot=True)
@@ -539,6 +543,7 @@ class Broadcaster:
             except BaseException:
                 self._dirty = True
                 raise
+            self._service.health.recovered(where="the event stream")
             for notice in notices:
                 self._fan_out(notice.frame(), snapshot=False)
             if snapshot is not None:
@@ -555,6 +560,7 @@ class Broadcaster:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        backoff = Backoff(first=1.0, cap=30.0)
         while True:
             await self._wake.wait()
             delay = self._last_build_at + self.debounce - loop.time()
@@ -566,10 +572,18 @@ class Broadcaster:
                 continue  # stays dirty: the next subscriber or scrape builds on demand
             try:
                 await self.refresh()
-            except Exception:
-                self._service.log.exception("dlinfra: building the event snapshot failed")
-                await asyncio.sleep(1.0)  # a broken ledger must not make this loop spin
+            except Exception as err:
+                health = self._service.health
+                if database_unavailable(err):
+                    # said once (with a notice to every subscriber); tried again with backoff
+                    health.failed(err, where="the event stream")
+                    await health.pause(backoff.next())
+                else:
+                    self._service.log.exception("dlinfra: building the event snapshot failed")
+                    await asyncio.sleep(1.0)  # a broken ledger must not make this loop spin
                 self._wake.set()
+            else:
+                backoff.reset()
 
     def _build(self) -> tuple[Snapshot | None, list[Notice]]:
         """Blocking (pool thread): read the ledger, turn new events into notices, serialise."""

@@ -40,6 +40,7 @@ from ..backends import (
 from ..backends.local import read_status
 from ..core import Allocation, AllocationState, InvalidRequest, KernelRecord, NotFound
 from ..core.jobs import JOB_KERNEL_NAME, Job, JobBook, JobState, NewJob
+from ..core.outage import database_unavailable
 from ..jobs.convert import prepare, read_notebook, snapshot
 from .liveness import pid_alive, process_alive, process_started_at
 
@@ -311,6 +312,10 @@ class JobService:
                 try:
                     self._try_start(job)
                 except Exception as err:  # one job's trouble must not stop the others
+                    if database_unavailable(err):
+                        # not the job's fault: the next pass tries again (and recovers what
+                        # the backend already started)
+                        raise
                     self.log.exception("dlinfra: starting job %s failed", job.id)
                     self._end(job, JobState.FAILED, f"could not start: {err}")
         mine_id = self.service.settings.server_id
@@ -455,7 +460,9 @@ class JobService:
                     continue
                 try:
                     self._apply(job, name, status)
-                except Exception:  # one job's trouble must not stop the others
+                except Exception as err:  # one job's trouble must not stop the others
+                    if database_unavailable(err):
+                        raise  # the others would fail alike: the pass ends and is tried again
                     self.log.exception("dlinfra: recording the state of job %s failed", job.id)
 
     def _apply(self, job: Job, name: str, status: BackendStatus) -> None:

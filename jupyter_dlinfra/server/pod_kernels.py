@@ -31,6 +31,7 @@ from ..core.jobs import JOB_KERNEL_NAME
 from ..core.ledger import QUOTA_WAIT
 from ..provisioning.pod_provisioner import client_env
 from ..provisioning.port import LaunchPlan
+from .ledger_health import run_every
 from .service import GpuService
 
 __all__ = ["PodKernels"]
@@ -449,12 +450,16 @@ class PodKernels:
         await self.service.call(self.launcher.close)
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # the next pass tries again
-                self.log.exception("dlinfra: reading the kernel pods failed")
-            await asyncio.sleep(self.interval)
+        # a failing pass is logged and the next one tries again; a ledger database that is
+        # away is said once and waited out with backoff
+        await run_every(
+            self.refresh,
+            self.interval,
+            name="reading the kernel pods",
+            health=self.service.health,
+            log=self.log,
+            at_once=True,
+        )
 
     async def refresh(self) -> None:
         """One listing of every kernel pod; the ledger follows what the cluster says."""

@@ -20,6 +20,7 @@ from ..core import AllocationState, IdleBook, IdlePolicy, NotFound, ReclaimActio
 from ..core.coaching import CoachingSample, Hint, hints
 from ..core.idle import Phase, Transition
 from ..core.idle_book import Reading, StoredPolicy, UsageBucket
+from ..core.outage import database_unavailable
 from .attribution import Attributor, KernelUsage
 from .views import duration
 
@@ -136,7 +137,9 @@ class Reclaimer:
                 if applied is not None:
                     try:
                         await self._reclaim(usage, t, applied)
-                    except Exception:
+                    except Exception as err:
+                        if database_unavailable(err):
+                            raise  # the sampling loop waits it out and says so once
                         self.log.exception("dlinfra: reclaiming kernel %s failed", t.kernel_id)
         self._coach(usages)
         await service.call(self._keep_history, usages)

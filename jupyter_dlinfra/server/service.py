@@ -27,11 +27,13 @@ from ..core import (
     NotFound,
 )
 from ..core.jobs import JOB_KERNEL_NAME
+from ..core.outage import LedgerUnavailable, database_unavailable, describe
 from ..core.tokens import hash_secret
 from ..provisioning import LaunchPlan
 from ..telemetry import GpuDevice, GpuSample, TelemetryProvider
 from ..telemetry.cluster import ClusterTelemetry
 from .events import Broadcaster
+from .ledger_health import LedgerHealth, run_every
 from .liveness import process_alive, process_started_at
 
 if TYPE_CHECKING:
@@ -96,6 +98,8 @@ class GpuService:
         self.events = Broadcaster(
             self, debounce=settings.events_debounce, keepalive=settings.events_keepalive
         )
+        #: whether the ledger's database answers, as the loops last found it
+        self.health = LedgerHealth(log=log, clock=ledger.clock, on_change=self._announce_health)
         self.idle_book = IdleBook(ledger)
         #: judges this server's kernels after each sample; set by the extension app
         self.reclaimer: Reclaimer | None = None
@@ -109,8 +113,17 @@ class GpuService:
     # -- running blocking work -----------------------------------------------------------------
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the pool; a database that does not answer raises LedgerUnavailable."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        except LedgerUnavailable:
+            raise
+        except Exception as err:
+            # one domain error for every caller: handlers answer 503, loops back off
+            if database_unavailable(err):
+                raise LedgerUnavailable.from_error(err) from err
+            raise
 
     async def mutate(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like :meth:`call`, for ledger writes: waiters in this process hear of it at once."""
@@ -176,11 +189,21 @@ class GpuService:
         if self.reclaimer is not None:
             try:
                 await self.reclaimer.flush()
+            except LedgerUnavailable as err:
+                self.log.warning("dlinfra: could not write the last usage history: %s", err)
             except Exception:
                 self.log.exception("dlinfra: could not write the last usage history")
         if self.jobs is not None:
             # the jobs keep running: the next server re-attaches to them
-            await self.call(self.jobs.close)
+            try:
+                await self.call(self.jobs.close)
+            except LedgerUnavailable as err:
+                # as after a crash: the next server adopts this one's jobs
+                self.log.warning(
+                    "dlinfra: stopping while the ledger's database is away (%s): this server's "
+                    "queued jobs keep their GPU requests until another server adopts them",
+                    describe(err),
+                )
         await self.call(self.provider.close)
         if self.cluster is not None:
             await self.call(self.cluster.close)
@@ -189,12 +212,25 @@ class GpuService:
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
         if interval <= 0:
             return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await step()
-            except Exception:  # a failing pass must not end the loop
-                self.log.exception("dlinfra: periodic %s failed", step.__name__)
+        # a failing pass must not end the loop; a database that is away is waited out
+        await run_every(
+            step, interval, name=step.__name__.lstrip("_"), health=self.health, log=self.log
+        )
+
+    def _announce_health(self, available: bool) -> None:
+        """Tell the event stream's clients, who would otherwise see the view stop moving."""
+        if available:
+            self.events.publish_notice(
+                "ledger_available", "info", "The GPU ledger's database answers again."
+            )
+            self.events.poke()
+            return
+        self.events.publish_notice(
+            "ledger_unavailable",
+            "error",
+            "The GPU ledger's database is unreachable: GPU requests, releases and jobs fail "
+            "until it is back, and this view is not updated. The server retries by itself.",
+        )
 
     async def _watch(self) -> None:
         version = await self.call(self.ledger.version)
@@ -255,7 +291,9 @@ class GpuService:
         if self.reclaimer is not None:
             try:
                 await self.reclaimer.step()
-            except Exception:  # judging idleness must never stop the sampling
+            except Exception as err:  # judging idleness must never stop the sampling
+                if database_unavailable(err):
+                    raise  # the loop waits it out, and says so once
                 self.log.exception("dlinfra: the idle-reclaim pass failed")
         self.events.poke()
 
@@ -410,6 +448,14 @@ class GpuService:
                 await self.mutate(self.ledger.release_kernel, kernel_id, reason=reason)
         except NotFound:
             pass
+        except LedgerUnavailable as err:
+            # reconciling releases them once the database is back and the kernel is gone
+            self.log.warning(
+                "dlinfra: could not release the GPUs of kernel %s (%s) now: %s",
+                kernel_id,
+                reason,
+                describe(err),
+            )
         except Exception:  # releasing must never break a kernel shutdown
             self.log.exception("dlinfra: could not release the GPUs of kernel %s", kernel_id)
 
