@@ -164,7 +164,9 @@ def queue_line(alloc: dict[str, Any], waited: float | None = None) -> str:
     reason = str(alloc["waiting_reason"]).rstrip(".")
     line = f"Queued at position {alloc['position']}{klass}{spent}: {reason}."
     if alloc.get("estimated_start"):
-        line += f" Estimated start {_when(alloc['estimated_start'], relative=True)}."
+        # what the estimate rests on: recent holding times, or an assumed default
+        note = f", {alloc['estimate_note']}" if alloc.get("estimate_note") else ""
+        line += f" Estimated start {_when(alloc['estimated_start'], relative=True)}{note}."
     return line
 
 

@@ -26,12 +26,13 @@ from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
 from .policy_store import SCHEDULING_PREFIX, save_document
 from .sched_policy import SchedulingPolicy
 from .sched_state import (
+    DEFAULT_DURATION,
     GroupsOf,
     class_of,
     groups_json,
     load_scheduler,
+    recent_durations,
     running_usage,
-    typical_durations,
 )
 from .scheduler import Holding, Scheduler
 from .store import (
@@ -831,18 +832,31 @@ class Ledger:
     def _ledger_queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
         sched, _ = self._scheduler(conn)
         view = sched_view.explain(sched)
-        typical = typical_durations(conn, sched.policy)
+        recent = recent_durations(conn, sched.policy)
         now = sched.now
+
+        def typical(klass: str) -> float:
+            return recent.get(klass, DEFAULT_DURATION)
 
         def expected_end(h: Holding) -> float:
             if h.preempted_for is not None:
                 return now + _PREEMPT_GRACE
-            return max(h.granted_at + typical.get(h.klass, 3600.0), now + 60.0)
+            return max(h.granted_at + typical(h.klass), now + 60.0)
 
         starts = sched_view.estimate_starts(
-            sched, expected_end, lambda d: typical.get(d.klass, 3600.0)
+            sched,
+            expected_end,
+            lambda d: typical(d.klass),
+            assumed=lambda klass: klass not in recent,
         )
-        return {aid: replace(info, estimated_start=starts.get(aid)) for aid, info in view.items()}
+        return {
+            aid: replace(
+                info,
+                estimated_start=starts[aid].at if aid in starts else None,
+                estimate_basis=starts[aid].basis if aid in starts else None,
+            )
+            for aid, info in view.items()
+        }
 
     def _kernel(self, conn: Connection, kernel_id: str) -> KernelRecord:
         row = conn.execute(select(kernels).where(kernels.c.kernel_id == kernel_id)).first()
@@ -888,6 +902,7 @@ def _with_queue_info(alloc: Allocation, view: dict[int, sched_view.WaitInfo]) ->
         waiting_reason=info.reason,
         waiting_code=info.code,
         estimated_start=info.estimated_start,
+        estimate_basis=info.estimate_basis,
     )
 
 

@@ -55,6 +55,9 @@ class Allocation:
     waiting_code: str | None = None
     #: when a queued request may start (an estimate from typical holding times); None unknown
     estimated_start: float | None = None
+    #: what that estimate rests on: "history" (recent holding times) or "default" (the default
+    #: holding time, for a class without history); None without an estimate
+    estimate_basis: str | None = None
     #: the scheduling policy's class (None on rows from before classes: the policy's default)
     priority_class: str | None = None
     #: "kernel" or "job": only jobs are ever preempted

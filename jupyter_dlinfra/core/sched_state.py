@@ -15,7 +15,14 @@ from .sched_policy import SchedulingPolicy
 from .scheduler import Demand, Holding, Scheduler, Slot
 from .store import allocations, fairshare, gpus, holdings
 
-__all__ = ["GroupsOf", "class_of", "load_scheduler", "typical_durations"]
+__all__ = [
+    "DEFAULT_DURATION",
+    "GroupsOf",
+    "class_of",
+    "load_scheduler",
+    "recent_durations",
+    "typical_durations",
+]
 
 GroupsOf = Callable[[str], Iterable[str]]
 
@@ -123,6 +130,14 @@ def typical_durations(
     conn: Connection, policy: SchedulingPolicy, sample: int = 200
 ) -> dict[str, float]:
     """Median holding time per class over the latest released grants; a default without any."""
+    found = recent_durations(conn, policy, sample)
+    return {c.name: found.get(c.name, DEFAULT_DURATION) for c in policy.classes}
+
+
+def recent_durations(
+    conn: Connection, policy: SchedulingPolicy, sample: int = 200
+) -> dict[str, float]:
+    """Median holding time of each class that has released grants, over the latest ones."""
     rows = conn.execute(
         select(
             allocations.c.priority_class,
@@ -147,8 +162,4 @@ def typical_durations(
         )
         if len(spans[name]) < sample:
             spans[name].append(max(r.ended_at - r.granted_at, 0.0))
-    out: dict[str, float] = {}
-    for c in policy.classes:
-        found = spans.get(c.name)
-        out[c.name] = statistics.median(found) if found else DEFAULT_DURATION
-    return out
+    return {c.name: statistics.median(spans[c.name]) for c in policy.classes if spans.get(c.name)}

@@ -11,7 +11,9 @@ Reasons (``code``):
 - ``starting``: GPUs are free for it; the next pass grants them.
 
 Estimated starts replay the scheduler forward on a copy, releasing each holding at its expected
-end (the caller's guess: typical durations from history); they are estimates and say so.
+end (the caller's guess: typical durations from history); they are estimates and say so, and
+say what they rest on (``basis``): ``history`` when every holding time they assume is a recent
+one of its class, ``default`` when one of them is the default (a class without history).
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from typing import Any
 from .fairshare import Standing, factor
 from .scheduler import Demand, Holding, Scheduler
 
-__all__ = ["WaitInfo", "estimate_starts", "explain", "order", "standings"]
+__all__ = ["Estimate", "WaitInfo", "estimate_starts", "explain", "order", "standings"]
+
+#: what an estimate rests on: recent holding times of the classes involved, or (for at least
+#: one holding it waits for) the default holding time of a class without history
+HISTORY = "history"
+DEFAULT = "default"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +45,14 @@ class WaitInfo:
     code: str
     reason: str
     estimated_start: float | None = None
+    #: what ``estimated_start`` rests on: HISTORY or DEFAULT; None without an estimate
+    estimate_basis: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate:
+    at: float
+    basis: str
 
 
 def _plural(n: int, word: str) -> str:
@@ -176,26 +191,42 @@ def estimate_starts(
     expected_end: Callable[[Holding], float],
     duration: Callable[[Demand], float],
     *,
+    assumed: Callable[[str], bool] = lambda klass: False,
     horizon: float = 14 * 86400.0,
     max_steps: int = 5000,
-) -> dict[int, float]:
-    """When each waiting request may start if holdings end when expected (a copy is replayed)."""
+) -> dict[int, Estimate]:
+    """When each waiting request may start if holdings end when expected (a copy is replayed).
+
+    ``assumed(klass)``: whether the holding times of a class are the default rather than its
+    history; an estimate that waits for the end of such a holding says so (basis DEFAULT). A
+    preempted holding's end is its stopping grace, which assumes no holding time.
+    """
     if not s.demands:
         return {}
     sim = copy.deepcopy(s)
     waiting = set(sim.demands)
-    starts: dict[int, float] = {}
+    starts: dict[int, Estimate] = {}
     ends: list[tuple[float, int]] = []
+    # holdings (and grants of the replay) whose end comes from a default holding time
+    guessed: set[int] = set()
     for h in sim.holdings.values():
         heapq.heappush(ends, (max(expected_end(h), sim.now), h.id))
+        if h.preempted_for is None and assumed(h.klass):
+            guessed.add(h.id)
     now = sim.now
+    rests_on_default = False
     steps = 0
     while True:
         out = sim.schedule(now)
         for g in out.grants:
             if g.request_id in waiting:
-                starts[g.request_id] = now
-            heapq.heappush(ends, (now + duration(s.demands[g.request_id]), g.request_id))
+                starts[g.request_id] = Estimate(
+                    at=now, basis=DEFAULT if rests_on_default else HISTORY
+                )
+            demand = s.demands[g.request_id]
+            heapq.heappush(ends, (now + duration(demand), g.request_id))
+            if assumed(demand.klass):
+                guessed.add(g.request_id)
         if len(starts) == len(waiting) or not ends or steps >= max_steps:
             break
         now, hid = heapq.heappop(ends)
@@ -203,6 +234,8 @@ def estimate_starts(
             break
         if hid in sim.holdings:
             sim.release(hid)
+            # every start from here on waited for this end, as far as the replay can tell
+            rests_on_default = rests_on_default or hid in guessed
         steps += 1
     return starts
 

@@ -7,9 +7,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..core import Allocation, Gpu, KernelRecord
+from ..core.sched_state import DEFAULT_DURATION
+from ..core.sched_view import DEFAULT, HISTORY
 from ..telemetry import GpuSample, TelemetryProvider
 
-__all__ = ["allocation_json", "cluster_json", "duration", "iso", "outside_ledger"]
+__all__ = [
+    "allocation_json",
+    "cluster_json",
+    "duration",
+    "estimate_note",
+    "iso",
+    "outside_ledger",
+]
 
 
 def iso(ts: float | None) -> str | None:
@@ -25,6 +34,17 @@ def duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def estimate_note(basis: str | None) -> str | None:
+    """What an estimated start rests on, in words that follow it ("~12 min, from ...")."""
+    if basis == HISTORY:
+        return "from recent holding times"
+    if basis == DEFAULT:
+        hours = DEFAULT_DURATION / 3600
+        span = f"{hours:g} h" if hours.is_integer() else duration(DEFAULT_DURATION)
+        return f"assuming the default holding time of {span} (no history yet)"
+    return None
 
 
 def _gpu_brief(uuid: str, gpus: Mapping[str, Gpu]) -> dict[str, Any]:
@@ -64,6 +84,8 @@ def allocation_json(
         "waiting_reason": alloc.waiting_reason,
         "waiting_code": alloc.waiting_code,
         "estimated_start": iso(alloc.estimated_start),
+        "estimate_basis": alloc.estimate_basis,
+        "estimate_note": estimate_note(alloc.estimate_basis),
         "priority_class": alloc.priority_class,
         "kind": alloc.kind,
         "borrowed": alloc.borrowed,
