@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +184,14 @@ def _describe(gpu: dict[str, Any]) -> str:
     return line
 
 
+#: answers that mean the ledger is away for a while (its database, or the gateway), not a refusal
+_AWAY = (502, 503, 504)
+
+
 class GpuMagic:
+    #: how the magic waits between tries while the ledger does not answer (tests replace it)
+    sleep: Callable[[float], None] = staticmethod(time.sleep)
+
     def __init__(self, shell: Any, environ: dict[str, str] | None = None) -> None:
         self.shell = shell
         self.environ = os.environ if environ is None else environ
@@ -287,7 +295,20 @@ class GpuMagic:
                     self._update(handle, f"Gave up after {waited:.0f} s and left the queue.")
                     return None
                 step = POLL_S if timeout is None else min(POLL_S, timeout - waited)
-                alloc = self.client.allocation(alloc["id"], wait=max(step, 0.0))
+                try:
+                    alloc = self.client.allocation(alloc["id"], wait=max(step, 0.0))
+                except (DLInfraUnavailable, ApiFailure) as err:
+                    if isinstance(err, ApiFailure) and err.status not in _AWAY:
+                        raise
+                    # the request stays queued in the ledger: keep waiting for it
+                    line = self._queue_line(alloc, time.monotonic() - start)
+                    self._update(
+                        handle,
+                        f"{line} The GPU ledger does not answer ({err}); still "
+                        "waiting, the place in the queue is kept.",
+                    )
+                    self.sleep(max(step, 0.1))
+                    continue
                 self._update(handle, self._queue_line(alloc, time.monotonic() - start))
         except KeyboardInterrupt:
             self.client.release(alloc["id"])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jupyter_dlinfra.api_client import ApiFailure, DLInfraUnavailable
 from jupyter_dlinfra.cuda_state import cuda_initialised
 from jupyter_dlinfra.magics import Command, GpuMagic, UsageError, parse_line
 
@@ -88,3 +90,47 @@ def test_usage_error_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     GpuMagic(shell=None, environ={})("0")
     err = capsys.readouterr().err
     assert err.startswith("%gpu: ask for at least 1 GPU") and "%gpu release" in err
+
+
+class _LedgerAway:
+    """A kernel's API client whose ledger answers 503 twice, then grants the queued request."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.asked = 0
+
+    def allocation(self, allocation_id: int, *, wait: float = 0.0) -> dict[str, Any]:
+        self.asked += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return {"id": allocation_id, "state": "granted", "gpus": [], "count": 1}
+
+    def release(self, allocation_id: int) -> None:
+        raise AssertionError("a wait through an outage must keep its place in the queue")
+
+
+def test_a_queued_request_keeps_waiting_while_the_ledger_is_away() -> None:
+    client = _LedgerAway(
+        [
+            ApiFailure(503, "the GPU ledger's database is unreachable", "ledger_unavailable"),
+            DLInfraUnavailable("connection refused"),
+            ApiFailure(502, "the gateway does not answer", "gateway_unreachable"),
+        ]
+    )
+    magic = GpuMagic(shell=None, environ={})
+    magic._client = client  # type: ignore[assignment]
+    pauses: list[float] = []
+    magic.sleep = pauses.append  # type: ignore[method-assign]
+    queued = {"id": 7, "state": "queued", "position": 1, "waiting_reason": "all GPUs are held"}
+    assert magic._wait(queued, None) == {"id": 7, "state": "granted", "gpus": [], "count": 1}
+    assert client.asked == 4 and len(pauses) == 3
+
+
+def test_a_refusal_while_waiting_is_not_waited_out() -> None:
+    client = _LedgerAway([ApiFailure(403, "not your kernel", "forbidden")])
+    magic = GpuMagic(shell=None, environ={})
+    magic._client = client  # type: ignore[assignment]
+    magic.sleep = lambda s: None  # type: ignore[method-assign]
+    queued = {"id": 7, "state": "queued", "position": 1, "waiting_reason": "all GPUs are held"}
+    with pytest.raises(ApiFailure):
+        magic._wait(queued, None)
