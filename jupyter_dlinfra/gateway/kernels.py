@@ -15,6 +15,7 @@ import os
 from typing import Any, cast
 
 from jupyter_client.jsonutil import json_default
+from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.services.kernels import handlers as base
@@ -88,6 +89,10 @@ class _Owned:
     async def check_owner(self, kernel_id: str) -> None:
         name = self._caller()
         if self._is_admin(name):
+            km: Any = self.kernel_manager  # type: ignore[attr-defined]
+            if kernel_id not in km:
+                # an admin's action on no kernel is a 404, as anyone's (a restart answered 500)
+                raise web.HTTPError(404, _escaped(f"no kernel {shown(kernel_id)}"))
             return
         try:
             record = await self._service.call(self._service.ledger.kernel, kernel_id)
@@ -122,6 +127,11 @@ class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
             ):
                 raise web.HTTPError(400, f"{key} must be a string (a kernelspec's name, a path)")
         kernel_name = model.get("name") or km.default_kernel_name
+        specs: Any = self.kernel_spec_manager  # type: ignore[attr-defined]
+        try:
+            await ensure_async(specs.get_kernel_spec(kernel_name))
+        except NoSuchKernel:  # else jupyter_client raises it from start_kernel: a 500
+            raise web.HTTPError(400, _escaped(f"no kernelspec {shown(kernel_name)}")) from None
         if model.get("kernel_id"):
             # a client-chosen id could name someone else's kernel record in the ledger
             raise web.HTTPError(400, "the gateway chooses kernel ids: do not send kernel_id")

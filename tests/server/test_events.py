@@ -234,6 +234,44 @@ async def test_first_event_is_a_snapshot_of_the_simulated_gpus(
     assert snapshot["queue"] == [] and snapshot["allocations"] == []
 
 
+async def test_the_stream_is_as_the_document_says(
+    open_stream: Any, api: Any, dlinfra_app: Any
+) -> None:
+    """Media type, headers and every frame as api/openapi.yaml describes them (x-sse-events);
+    the fuzzer (test_fuzz_api.py) leaves this never-ending answer out."""
+    doc = yaml.safe_load(DOC_PATH.read_text(encoding="utf-8"))
+    answer = doc["paths"]["/dlinfra/api/events"]["get"]["responses"]["200"]
+    [(media_type, content)] = answer["content"].items()
+    registry: Registry = Registry().with_resource(
+        DOC_URI, Resource.from_contents(doc, default_specification=DRAFT202012)
+    )
+    frames = {
+        kind: Draft202012Validator(
+            {"$ref": DOC_URI + ref["$ref"]}, registry=registry, format_checker=FormatChecker()
+        )
+        for kind, ref in content["x-sse-events"].items()
+    }
+    register(dlinfra_app, "holder")
+    register(dlinfra_app, "waiter")
+    stream = await open_stream()
+    _, held = await api("POST", "allocations", {"kernel_id": "holder", "count": 4})
+    await api("POST", "allocations", {"kernel_id": "waiter", "count": 1})
+    await api("DELETE", f"allocations/{held['id']}")
+    await stream.next("notice")
+    await stream.next("snapshot", _granted("waiter"))
+
+    assert stream.status == 200
+    assert stream.headers["Content-Type"].split(";")[0].strip() == media_type
+    for name, header in answer["headers"].items():
+        assert stream.headers[name] == header["schema"]["const"], name
+    assert stream.frames[0] == ("retry", 3000)
+    seen = {kind for kind, _ in stream.frames}
+    assert {"snapshot", "notice"} <= seen <= {"retry", "comment", *frames}
+    for kind, data in stream.frames[1:]:
+        if kind in frames:
+            frames[kind].validate(data)
+
+
 async def test_a_grant_shows_in_the_next_snapshot(
     open_stream: Any, api: Any, dlinfra_app: Any, schemas: dict[str, Draft202012Validator]
 ) -> None:
