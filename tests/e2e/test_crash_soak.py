@@ -47,6 +47,7 @@ SEED = int(os.environ.get("DLINFRA_SOAK_SEED", "1313"))
 #: kills per database: 20 in all
 KILLS = 10
 GPUS = 2
+RUNNER = "jupyter_dlinfra.jobs.runner"
 #: a kernel registered with no process yet counts as alive this long (ServiceSettings)
 LAUNCH_GRACE_S = 300.0
 #: churn threads per cycle
@@ -173,6 +174,8 @@ class Soak:
         time.sleep(delay)
         dying = self._kernel_processes(self.victim)
         self.victim.crash()
+        # and one it was starting as it died
+        dying += self._kernel_processes(self.victim)
         self.kills += 1
         stop.set()
         for worker in workers:
@@ -209,10 +212,11 @@ class Soak:
 
     def finish(self) -> None:
         """Release every kernel's GPUs; every answered job must then run to success, once."""
-        for kernel in self.kernels:
-            self._refresh(kernel)
-            for alloc in self.ledger.allocations(kernel_id=kernel.kernel_id):
-                status, body = self._call(kernel, "DELETE", f"dlinfra/api/allocations/{alloc.id}")
+        for alloc in self.ledger.allocations():
+            if not alloc.kernel_id.startswith("job-"):
+                status, body = self._checked(
+                    self.survivor, "DELETE", f"dlinfra/api/allocations/{alloc.id}"
+                )
                 assert status == 204, body
 
         def all_ended() -> bool:
@@ -224,6 +228,7 @@ class Soak:
             job = self.book.job(job_id)
             assert job.state is JobState.SUCCEEDED, (job, self._log(job))
             assert 1 <= runs[tag] <= job.attempts + 1, (job, runs[tag])
+            self.stats["preempted"] += job.attempts
         assert not self.server_errors, self.server_errors
         self.stats["jobs"] = len(self.submitted)
 
@@ -321,6 +326,7 @@ class Soak:
             "parameters": {"tag": tag, "hold": round(rng.uniform(0.1, 1.5), 2)},
         }
         status, created = self._checked(self.victim, "POST", "dlinfra/api/jobs", body)
+        self.stats[f"submit {status}"] += 1
         if status == 201:
             with self.lock:
                 self.submitted[created["id"]] = tag
@@ -371,13 +377,18 @@ class Soak:
         return False
 
     def _kernel_processes(self, server: ServerProcess) -> list[psutil.Process]:
+        """The server's kernels: its children now, and (after a crash) the orphans of its
+        runtime directory; a job's kernel, whose parent is the job's runner, is not one."""
         assert server.proc is not None
         found = []
         with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(server.proc.pid).children():
+            found = [p for p in psutil.Process(server.proc.pid).children() if _is_kernel(p, server)]
+        for proc in psutil.process_iter():
+            if proc not in found and _is_kernel(proc, server):
                 with contextlib.suppress(psutil.Error):
-                    if "ipykernel_launcher" in child.cmdline():
-                        found.append(child)
+                    parent = proc.parent()
+                    if parent is None or RUNNER not in parent.cmdline():
+                        found.append(proc)
         return found
 
     def _settle_restarts(self) -> None:
@@ -527,6 +538,15 @@ def _kernel_procs(kernel_id: str) -> list[psutil.Process]:
         if any(f"kernel-{kernel_id}.json" in part for part in cmd) and _running(proc):
             found.append(proc)
     return sorted(found, key=lambda p: -float(p.info["create_time"] or 0))
+
+
+def _is_kernel(proc: psutil.Process, server: ServerProcess) -> bool:
+    runtime = str(server.workdir / "runtime")
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        return False
+    return "ipykernel_launcher" in cmd and any(part.startswith(runtime) for part in cmd)
 
 
 def _running(proc: psutil.Process) -> bool:
