@@ -126,7 +126,8 @@ class SimulatedProvider(TelemetryProvider):
         processes: Mapping[int, int] | None = None,
         users: Mapping[int, str] | None = None,
     ) -> None:
-        """Pin a GPU's readings until ``clear_load``; memory left as None keeps simulating.
+        """Pin a GPU's readings until ``clear_load``; memory left as None keeps simulating (and
+        counts at least what the listed processes hold).
 
         ``processes`` maps pids to the GPU memory (bytes) each holds, as NVML would list them;
         ``users`` pids to their owners, as the NVML provider tells them.
@@ -226,6 +227,10 @@ class SimulatedProvider(TelemetryProvider):
                 processes = pin.processes
                 if pin.memory_used_bytes is not None:
                     memory = pin.memory_used_bytes
+                else:
+                    # the memory its listed processes hold is in use, at least
+                    held_by_processes = sum(p.memory_used_bytes for p in processes)
+                    memory = min(device.memory_total_bytes, max(memory, held_by_processes))
             readings.append(
                 GpuSample(
                     uuid=device.uuid,

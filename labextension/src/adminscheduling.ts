@@ -243,9 +243,11 @@ export class SchedulingEditor {
     );
 
     for (const spec of CLASS_FIELDS) {
-      this._classSelects[spec.name] = this._field(spec, 'select', {
+      const select = this._field(spec, 'select', {
         class: 'jp-mod-styled jp-DLInfra-policyInput jp-DLInfra-schedInput'
       });
+      select.addEventListener('change', () => (select.title = select.value));
+      this._classSelects[spec.name] = select;
     }
     for (const spec of BOOLS) {
       this._bools[spec.name] = this._field(spec, 'input', {
@@ -533,6 +535,11 @@ export class SchedulingEditor {
       }
       select.replaceChildren(...options);
       select.value = current;
+      select.title = current;
+    }
+    // a name wider than its field shows whole in a tooltip
+    for (const row of this._classRows) {
+      row.name.title = row.name.value.trim();
     }
   }
 

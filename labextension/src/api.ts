@@ -43,6 +43,14 @@ export interface ClusterGpu {
   utilization_percent: number | null;
   memory_used_bytes: number | null;
   sampled_at: Timestamp | null;
+  /** Work on a GPU that nobody holds in the ledger (someone bypassing it); null: none. */
+  outside_ledger?: OutsideLedger | null;
+}
+
+/** What runs on a GPU the ledger says is free: its compute processes and their owners. */
+export interface OutsideLedger {
+  processes: { pid: number; user: string | null; memory_used_bytes: number }[];
+  users: string[];
 }
 
 /** One node of the cluster. */
@@ -125,6 +133,10 @@ export interface Allocation {
   waiting_code?: WaitingCode | string | null;
   /** When it may start: an estimate from typical durations, null when there is none. */
   estimated_start?: Timestamp | null;
+  /** What the estimate rests on: `history` (recent holding times) or `default`. */
+  estimate_basis?: 'history' | 'default' | string | null;
+  /** The same in words, to follow the estimate ("from recent holding times"). */
+  estimate_note?: string | null;
   /** The priority class it is served in (such as `interactive` or `batch`). */
   priority_class?: string | null;
   kind?: AllocationKind | string;

@@ -15,6 +15,7 @@ import {
   isJudged,
   Job,
   jobIdOfKernel,
+  OutsideLedger,
   Standing
 } from './api';
 import { basename, clock, duration, gib, gpus, h, meter, pct, sparkline, startsIn } from './dom';
@@ -321,18 +322,19 @@ export class DLInfraSidebar extends Widget {
         return a ? [a.borrowed ?? false, a.preempted_for ?? null] : null;
       })
     );
-    return { signature: JSON.stringify([cluster, history, running, idle, marks]), nodes };
+    const holderNames = cluster.nodes.flatMap(n =>
+      n.gpus.map(g => (g.holder ? this._holderName(g.holder.kernel_id) : null))
+    );
+    return { signature: JSON.stringify([cluster, history, running, idle, marks, holderNames]), nodes };
   }
 
   private _gpuCard(gpu: ClusterGpu): HTMLElement {
     const holder = gpu.holder;
     let holderText = 'free';
     if (holder) {
-      // This Lab's own sessions give the notebook path relative to the Lab's root.
-      const local = this.model.sessionOfKernel(holder.kernel_id);
-      const where = local?.path ?? holder.path ?? holder.kernel_name ?? holder.kernel_id.slice(0, 8);
-      holderText = `${holder.user} · ${where}`;
+      holderText = `${holder.user} · ${this._holderName(holder.kernel_id, holder.path, holder.kernel_name)}`;
     }
+    const outside = holder ? null : gpu.outside_ledger ?? null;
     const memPercent =
       typeof gpu.memory_used_bytes === 'number' && gpu.memory_total_bytes > 0
         ? (100 * gpu.memory_used_bytes) / gpu.memory_total_bytes
@@ -345,7 +347,7 @@ export class DLInfraSidebar extends Widget {
     const marks = schedBadges(grant);
     const label = `GPU ${gpu.index}, ${gpu.model}${gpu.simulated ? ', simulated' : ''}, ${
       holder ? `held by ${holderText}` : 'free'
-    }, utilisation ${pct(gpu.utilization_percent)}${
+    }${outside ? `, ${outsideText(outside)}` : ''}, utilisation ${pct(gpu.utilization_percent)}${
       idleState === 'warned' ? ', idle: about to be reclaimed' : idleState === 'idle' ? ', idle' : ''
     }${marks.map(m => `, ${m.textContent}`).join('')}`;
     let idleMark: HTMLElement | null = null;
@@ -366,7 +368,7 @@ export class DLInfraSidebar extends Widget {
       {
         class: `jp-DLInfra-gpuCard ${holder ? 'jp-mod-held' : 'jp-mod-free'}${mine ? ' jp-mod-mine' : ''}${
           idleState === 'warned' ? ' jp-mod-idleWarned' : idleState === 'idle' ? ' jp-mod-idle' : ''
-        }`,
+        }${outside ? ' jp-mod-outsideLedger' : ''}`,
         'data-uuid': gpu.uuid,
         'data-index': gpu.index,
         'data-idle-state': idleState,
@@ -378,7 +380,7 @@ export class DLInfraSidebar extends Widget {
         'div',
         { class: 'jp-DLInfra-gpuHeader' },
         h('span', { class: 'jp-DLInfra-gpuIndex' }, `GPU ${gpu.index}`),
-        h('span', { class: 'jp-DLInfra-gpuModel' }, gpu.model),
+        h('span', { class: 'jp-DLInfra-gpuModel', title: gpu.model }, gpu.model),
         idleMark,
         gpu.simulated
           ? h(
@@ -411,8 +413,29 @@ export class DLInfraSidebar extends Widget {
         { class: `jp-DLInfra-holder${holder ? '' : ' jp-mod-free'}`, title: holderText },
         holderText
       ),
+      outside
+        ? h(
+            'div',
+            { class: 'jp-DLInfra-outsideLedger', role: 'note', title: outsideTitle(outside) },
+            outsideText(outside)
+          )
+        : null,
       marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null
     );
+  }
+
+  /**
+   * What holds a GPU, in words: a batch job as "job #N (name)", else the notebook (this Lab's
+   * sessions give its path relative to the Lab's root), else the kernelspec or kernel id.
+   */
+  private _holderName(kernelId: string, path?: string | null, kernelName?: string | null): string {
+    const jobId = jobIdOfKernel(kernelId);
+    if (jobId !== null) {
+      const job = this.model.jobById(jobId);
+      return `job #${jobId}${job ? ` (${job.name})` : ''}`;
+    }
+    const local = this.model.sessionOfKernel(kernelId);
+    return local?.path ?? path ?? kernelName ?? `kernel ${kernelId.slice(0, 8)}`;
   }
 
   private _renderMine(): { signature: string; nodes: Node[] } {
@@ -492,7 +515,7 @@ export class DLInfraSidebar extends Widget {
       h(
         'div',
         { class: 'jp-DLInfra-myHeader' },
-        h('span', { class: 'jp-DLInfra-myName', title: entry.path ?? a.kernel_id }, name),
+        h('span', { class: 'jp-DLInfra-myName', title: entry.path ?? `${name} (${a.kernel_id})` }, name),
         button
       ),
       h(
@@ -549,13 +572,7 @@ export class DLInfraSidebar extends Widget {
     const nodesShown = new Set(queue.map(a => a.node)).size > 1;
     const rows = queue.map(a => {
       const session = this.model.sessionOfKernel(a.kernel_id);
-      const jobId = jobIdOfKernel(a.kernel_id);
-      const job = jobId !== null ? this.model.jobById(jobId) : null;
-      const who = session
-        ? `${a.user} · ${session.path}`
-        : jobId !== null
-          ? `${a.user} · job ${jobId}${job ? ` (${job.name})` : ''}`
-          : `${a.user} · kernel ${a.kernel_id.slice(0, 8)}`;
+      const who = `${a.user} · ${this._holderName(a.kernel_id)}`;
       return {
         a,
         who,
@@ -569,6 +586,7 @@ export class DLInfraSidebar extends Widget {
         r.a.waiting_reason,
         r.a.waiting_code,
         r.a.estimated_start,
+        r.a.estimate_basis,
         r.a.priority_class,
         r.who,
         r.a.count,
@@ -710,7 +728,15 @@ export class DLInfraSidebar extends Widget {
       shown.map(j => {
         const a = isActiveJob(j.state) ? model.allocationById(j.allocation_id) : null;
         return a
-          ? [a.state, a.borrowed, a.preempted_for, a.estimated_start, a.position, a.priority_class]
+          ? [
+              a.state,
+              a.borrowed,
+              a.preempted_for,
+              a.estimated_start,
+              a.estimate_basis,
+              a.position,
+              a.priority_class
+            ]
           : null;
       }),
       hidden,
@@ -860,7 +886,9 @@ export class DLInfraSidebar extends Widget {
     if (job.after.length > 0) {
       meta.push(h('span', { class: 'jp-DLInfra-jobAfter' }, `after #${job.after.join(', #')}`));
     }
-    const params = Object.entries(job.parameters ?? {});
+    const paramsText = Object.entries(job.parameters ?? {})
+      .map(([k, v]) => `${k}=${JSON.stringify(v)}`)
+      .join(', ');
     const marks = schedBadges(grant);
     return h(
       'li',
@@ -873,7 +901,14 @@ export class DLInfraSidebar extends Widget {
       h(
         'div',
         { class: 'jp-DLInfra-jobHeader' },
-        h('span', { class: 'jp-DLInfra-jobName', title: job.path }, job.name),
+        h(
+          'span',
+          {
+            class: 'jp-DLInfra-jobName',
+            title: job.path.includes(job.name) ? job.path : `${job.name} (${job.path})`
+          },
+          job.name
+        ),
         h('span', { class: 'jp-DLInfra-jobId' }, `#${job.id}`),
         h(
           'span',
@@ -883,13 +918,7 @@ export class DLInfraSidebar extends Widget {
       ),
       h('div', { class: 'jp-DLInfra-jobMeta' }, meta),
       marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null,
-      params.length > 0
-        ? h(
-            'div',
-            { class: 'jp-DLInfra-jobParams', title: JSON.stringify(job.parameters) },
-            params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')
-          )
-        : null,
+      paramsText ? h('div', { class: 'jp-DLInfra-jobParams', title: paramsText }, paramsText) : null,
       reasonText
         ? h('div', { class: 'jp-DLInfra-jobReason', title: reasonText }, reasonText)
         : null,
@@ -1032,18 +1061,50 @@ function schedBadges(a: Allocation | null): HTMLElement[] {
 }
 
 /** "starts in ~12 min" (counted down by the sidebar's ticker) or "start time unknown". */
+/** "starts in ~12 min · from recent holding times": the estimate and what it rests on. */
 function estimateNode(a: Allocation): HTMLElement {
   const iso = a.estimated_start ?? null;
+  const note = iso ? a.estimate_note ?? null : null;
   return h(
     'div',
-    {
-      class: `jp-DLInfra-estimatedStart${iso ? '' : ' jp-mod-unknown'}`,
-      'data-estimated-start': iso,
-      title: iso
-        ? `Estimated from typical run times: about ${clock(iso)}`
-        : 'No estimate: the GPUs it waits for have no expected end yet'
-    },
-    startsIn(iso)
+    { class: 'jp-DLInfra-estimate' },
+    h(
+      'span',
+      {
+        class: `jp-DLInfra-estimatedStart${iso ? '' : ' jp-mod-unknown'}`,
+        'data-estimated-start': iso,
+        title: iso
+          ? `About ${clock(iso)}${note ? `, ${note}` : ''}: an estimate, not a promise`
+          : 'No estimate: the GPUs it waits for have no expected end yet'
+      },
+      startsIn(iso)
+    ),
+    note
+      ? h(
+          'span',
+          {
+            class: 'jp-DLInfra-estimateBasis',
+            'data-basis': a.estimate_basis ?? null,
+            title: note
+          },
+          note
+        )
+      : null
+  );
+}
+
+/** "in use outside the ledger by mallory": work on a GPU that nobody holds in the ledger. */
+function outsideText(outside: OutsideLedger): string {
+  return `in use outside the ledger${outside.users.length ? ` by ${outside.users.join(', ')}` : ''}`;
+}
+
+function outsideTitle(outside: OutsideLedger): string {
+  const processes = outside.processes.map(
+    p => `pid ${p.pid} (${p.user ?? 'owner unknown'}, ${gib(p.memory_used_bytes)} GiB)`
+  );
+  return (
+    'The ledger says this GPU is free, yet it is busy: someone uses it without asking for it ' +
+    `(%gpu, a GPU kernel or a job). ${processes.length ? `Processes: ${processes.join('; ')}.` : 'Its processes cannot be listed from here.'}`
   );
 }
 

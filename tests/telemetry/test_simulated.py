@@ -99,6 +99,8 @@ def test_a_foreign_process_can_be_shown_with_its_owner(tmp_path: Path) -> None:
     by_uuid = {s.uuid: s for s in provider.sample()}
     assert [(p.pid, p.user) for p in by_uuid[first].processes] == [(7, None), (42, "mallory")]
     assert [(p.pid, p.user) for p in by_uuid[second].processes] == [(99, "eve")]
+    # nobody holds them: what is in use is what those processes hold
+    assert [by_uuid[first].memory_used_bytes, by_uuid[second].memory_used_bytes] == [500, 5]
     with pytest.raises(ValueError, match="listed processes"):
         provider.set_load(first, 60.0, processes={42: 300}, users={43: "eve"})
 
