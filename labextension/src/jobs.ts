@@ -199,11 +199,11 @@ export class JobLogView extends Widget {
     }
     const job = this._model.jobById(this.jobId);
     const state: JobState | null = job?.state ?? this._logState;
-    const name = job ? `${job.name} (job ${job.id})` : `Job ${this.jobId}`;
+    const name = job ? `${job.name} (job #${job.id})` : `Job #${this.jobId}`;
     this.title.label = job ? `Log: ${job.name} #${job.id}` : `Log: job ${this.jobId}`;
     this.title.caption = job ? `Log of job ${job.id}: ${job.path}` : `Log of job ${this.jobId}`;
     this._name.textContent = name;
-    this._name.title = job?.path ?? '';
+    this._name.title = job ? `${name}: ${job.path}` : name;
     this._state.textContent = state ?? '';
     this._state.hidden = !state;
     if (state) {

@@ -775,7 +775,11 @@ export class DLInfraSidebar extends Widget {
       h(
         'div',
         { class: 'jp-DLInfra-jobGroupHeader', id: headingId, title: `Sweep ${groupId}` },
-        h('span', { class: 'jp-DLInfra-jobGroupName' }, `Sweep of ${members.length} · ${base}`),
+        h(
+          'span',
+          { class: 'jp-DLInfra-jobGroupName', title: `Sweep of ${members.length} · ${base}` },
+          `Sweep of ${members.length} · ${base}`
+        ),
         h('span', { class: 'jp-DLInfra-jobGroupSummary' }, summary)
       ),
       h('ul', { class: 'jp-DLInfra-list jp-DLInfra-jobGroupList' }, members.map(j => this._job(j)))
