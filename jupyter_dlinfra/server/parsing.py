@@ -69,12 +69,12 @@ def _refuse(message: str) -> NoReturn:
 
 def _parse_int(text: str) -> int:
     # the length first: int() of thousands of digits costs (and Python refuses 4300)
-    if len(text.lstrip("-")) > 19 or abs(int(text)) > MAX_ID:
+    if len(text) > 20 or abs(value := int(text)) > MAX_ID:
         _refuse(
             f"the integer {shown(text, 30)} is out of range: integers are between "
             f"{-MAX_ID} and {MAX_ID}"
         )
-    return int(text)
+    return value
 
 
 def _parse_float(text: str) -> float:
@@ -119,20 +119,27 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
 
 
 def _check_nesting(value: Any) -> None:
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    if isinstance(value, str):
+        _check_text(value)
+    if not isinstance(value, (dict, list)):
+        return
+    # only containers are stacked: a body of a million numbers costs no million entries here
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_text(item)
-        elif isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                _refuse(f"the request body nests deeper than {MAX_DEPTH} levels")
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    _check_text(key)
-                    stack.append((child, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
+        if depth > MAX_DEPTH:
+            _refuse(f"the request body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            for key in item:
+                _check_text(key)
+            children: Any = item.values()
+        else:
+            children = item
+        for child in children:
+            if isinstance(child, str):
+                _check_text(child)
+            elif isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
 
 
 def _check_text(text: str) -> None:

@@ -96,6 +96,19 @@ async def test_json_nested_thousands_deep_is_bad_json(
     _client_error(status, body, "bad_json")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        ("POST", "allocations", '{"kernel_id": "\\ud800", "count": 1}'),
+        ("PUT", "scheduling", '{"user_shares": {"\\udfff": 1}}'),
+    ],
+)
+async def test_unpaired_surrogates_are_bad_json(api: Any, method: str, path: str, raw: str) -> None:
+    """Valid JSON, but no string the database or an encoder takes."""
+    status, body = await api(method, path, raw=raw)
+    _client_error(status, body, "bad_json")
+
+
 async def test_job_after_ids_beyond_64_bits_are_refused(api: Any, jp_root_dir: Path) -> None:
     write_notebook(jp_root_dir / "nb.ipynb", "print(1)")
     for after in (2**64, [2**70, 1], [10**400]):
