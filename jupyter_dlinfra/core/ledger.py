@@ -208,11 +208,19 @@ class Ledger:
             if exists is None:
                 created = record.created_at or self.clock.now()
                 tx.conn.execute(
-                    insert(kernels).values(kernel_id=record.kernel_id, created_at=created, **values)
+                    insert(kernels).values(
+                        kernel_id=record.kernel_id,
+                        created_at=created,
+                        launched_at=record.launched_at or created,
+                        **values,
+                    )
                 )
             else:
+                # a relaunch: its launch grace counts from now, not from the kernel's first start
                 tx.conn.execute(
-                    update(kernels).where(kernels.c.kernel_id == record.kernel_id).values(**values)
+                    update(kernels)
+                    .where(kernels.c.kernel_id == record.kernel_id)
+                    .values(launched_at=record.launched_at or self.clock.now(), **values)
                 )
             self.write_event(tx, "kernel_registered", kernel_id=record.kernel_id)
             return self._kernel(tx.conn, record.kernel_id)
@@ -930,6 +938,7 @@ def _kernel(r: Row[Any]) -> KernelRecord:
         pid_started_at=r.pid_started_at,
         keep_on_restart=bool(r.keep_on_restart),
         created_at=r.created_at,
+        launched_at=r.launched_at,
     )
 
 

@@ -88,6 +88,8 @@ class KernelRecord:
     #: set by a restart that must keep the kernel's GPUs and apply them at the next launch
     keep_on_restart: bool = False
     created_at: float = 0.0
+    #: when its current process was asked for: its first launch, or its latest restart
+    launched_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 __all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -77,6 +77,8 @@ kernels = Table(
     Column("keep_on_restart", Boolean, nullable=False, default=False),
     Column("token_hash", String(64), nullable=True, unique=True),
     Column("created_at", Float, nullable=False),
+    # schema 6: when its current process was asked for (a restart registers the kernel again)
+    Column("launched_at", Float, nullable=True),
 )
 
 allocations = Table(
@@ -234,6 +236,7 @@ _ADDED = (
     (4, "dlinfra_jobs", "attempts"),
     (5, "dlinfra_allocations", "placement"),
     (5, "dlinfra_allocations", "cluster_reason"),
+    (6, "dlinfra_kernels", "launched_at"),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
@@ -343,7 +346,7 @@ class Store:
                 if key not in existing:
                     conn.execute(meta.insert().values(key=key, value=value))
             # versions 2 and 3 only added tables, which create_all has just made on older
-            # ledgers; 4 and 5 added columns too (_add_columns)
+            # ledgers; 4, 5 and 6 added columns too (_add_columns)
             conn.execute(
                 update(meta)
                 .where(meta.c.key == "schema", meta.c.value < SCHEMA_VERSION)

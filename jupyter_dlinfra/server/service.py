@@ -331,8 +331,10 @@ class GpuService:
         ):
             return True
         if record.pid is None:
-            # registered in pre_launch, before the kernel manager lists it or its pid is known
-            return self.ledger.clock.now() - record.created_at < self.settings.launch_grace
+            # registered in pre_launch (its first launch or a restart), before the kernel
+            # manager lists it or its pid is known
+            launched = record.launched_at or record.created_at
+            return self.ledger.clock.now() - launched < self.settings.launch_grace
         return process_alive(record)
 
     # -- the provisioner's port --------------------------------------------------------------

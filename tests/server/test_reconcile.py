@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from jupyter_dlinfra.core import KernelRecord
 from jupyter_dlinfra.server.liveness import process_started_at
@@ -54,3 +57,28 @@ async def test_reconcile_keeps_the_living_and_releases_the_dead(dlinfra_app: Any
     assert known(dlinfra_app) == {"launching", "alive"}
     ended = service.ledger.allocations(kernel_id="ended", active=False)
     assert ended[0].end_reason == "kernel no longer exists"
+
+
+async def test_a_kernel_relaunched_long_after_its_first_start_gets_its_launch_grace(
+    dlinfra_app: Any,
+) -> None:
+    """A restart registers the kernel again before its new process exists: another server's
+    reconcile must not take it for dead because the kernel itself is old."""
+    service = dlinfra_app.service
+    now = service.ledger.clock.now()
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    old = record(
+        dlinfra_app,
+        "old",
+        server_id="other",
+        created_at=now - 3600,
+        pid=finished.pid,
+        pid_started_at=process_started_at(os.getpid()),
+    )
+    # its server restarts it: the new launch is registered, its pid not known yet
+    service.ledger.register_kernel(replace(old, pid=None, pid_started_at=None, created_at=0.0))
+    assert service.ledger.kernel("old").launched_at == pytest.approx(now, abs=60)
+
+    assert await service.reconcile() == []
+    assert "old" in known(dlinfra_app)
