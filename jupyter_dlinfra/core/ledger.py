@@ -226,7 +226,15 @@ class Ledger:
             return self._kernel(tx.conn, record.kernel_id)
 
     def update_kernel(self, kernel_id: str, **changes: Any) -> KernelRecord:
-        allowed = {"pid", "pid_started_at", "keep_on_restart", "path", "kernel_name", "server_id"}
+        allowed = {
+            "pid",
+            "pid_started_at",
+            "launched_at",
+            "keep_on_restart",
+            "path",
+            "kernel_name",
+            "server_id",
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise InvalidRequest(f"cannot change {', '.join(sorted(unknown))} of a kernel")

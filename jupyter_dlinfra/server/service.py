@@ -448,6 +448,16 @@ class GpuService:
                 return
             if not record.keep_on_restart:
                 await self.mutate(self.ledger.release_kernel, kernel_id, reason=reason)
+            # launching again from now: until the new process registers, a reconcile (another
+            # server's too) must not take the ended one's pid for the kernel and forget it,
+            # with the GPUs it carries over
+            await self.mutate(
+                self.ledger.update_kernel,
+                kernel_id,
+                pid=None,
+                pid_started_at=None,
+                launched_at=self.ledger.clock.now(),
+            )
         except NotFound:
             pass
         except LedgerUnavailable as err:

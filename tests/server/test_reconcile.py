@@ -82,3 +82,23 @@ async def test_a_kernel_relaunched_long_after_its_first_start_gets_its_launch_gr
 
     assert await service.reconcile() == []
     assert "old" in known(dlinfra_app)
+
+
+async def test_a_kernel_between_its_restarts_processes_keeps_what_it_carries(
+    dlinfra_app: Any,
+) -> None:
+    """After the old process ended and before the new one registers, the record must not read
+    as a dead kernel: a reconcile then would release the GPUs the restart carries over."""
+    service = dlinfra_app.service
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = process_started_at(finished.pid)
+    finished.wait()
+    record(dlinfra_app, "restarting", pid=finished.pid, pid_started_at=started)
+    service.ledger.update_kernel("restarting", keep_on_restart=True)
+
+    await service.kernel_stopped(
+        kernel_id="restarting", restart=True, reason="kernel restarted", pid=finished.pid
+    )
+    assert await service.reconcile() == []
+    held = service.ledger.allocations(kernel_id="restarting")
+    assert [a.state.value for a in held] == ["granted"]
