@@ -25,9 +25,10 @@ from tornado import web
 
 from ..core import NotFound
 from ..provisioning.port import launching_for
+from ..server.errors import from_database_error
 from ..server.identity import Directory
 from ..server.parsing import MAX_NAME, BadJson, parse_json, shown
-from ..server.restarts import restart_done, track_restart
+from ..server.restarts import KernelStopped, restart_done, track_restart
 from ..server.service import GpuService
 
 __all__ = ["KERNEL_ROUTES"]
@@ -138,9 +139,16 @@ class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
         env = _client_env(model.get("env"))
         await self._only_pods(kernel_name)
         with launching_for(name):
-            kernel_id: str = await ensure_async(
-                km.start_kernel(kernel_name=kernel_name, path=model.get("path"), env=env)
-            )
+            try:
+                kernel_id: str = await ensure_async(
+                    km.start_kernel(kernel_name=kernel_name, path=model.get("path"), env=env)
+                )
+            except Exception as err:
+                # a kernel is registered in the ledger as it launches: none without its database
+                unavailable = from_database_error(err)
+                if unavailable is None:
+                    raise
+                raise unavailable from None
         body = await ensure_async(km.kernel_model(kernel_id))
         self.set_header(
             "Location", url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
@@ -181,6 +189,10 @@ class KernelActionHandler(_Owned, base.KernelActionHandler):  # type: ignore[mis
         else:
             try:
                 await track_restart(kernel_id, km.restart_kernel(kernel_id))
+            except KernelStopped:
+                raise web.HTTPError(
+                    404, f"kernel {kernel_id} was shut down before its restart began"
+                ) from None
             except Exception as err:
                 raise web.HTTPError(500, f"could not restart kernel {kernel_id}: {err}") from err
             model = await ensure_async(km.kernel_model(kernel_id))
