@@ -211,6 +211,7 @@ class KernelRestartHandler(_Base):
 
     @authorized("write")
     async def post(self, kernel_id: str) -> None:
+        kernel_id = kernel_id_of(kernel_id)
         if self.json_body():
             raise ApiError(400, "a restart takes no fields: send {}", code="bad_field")
         record = await self.service.call(self.service.ledger.kernel, kernel_id)

@@ -186,3 +186,12 @@ async def test_a_policy_at_the_float_edge_is_refused_and_releases_go_on(
     status, fair = await api("GET", "fairshare")
     assert status == 200
     assert all(json.dumps(u, allow_nan=False) for u in fair["users"])
+
+
+@pytest.mark.parametrize("kernel_id", ["p" * 20000, "k\x00", "k\n1"])
+async def test_a_restart_of_a_kernel_id_the_spec_refuses_is_a_bad_id(
+    api: Any, kernel_id: str
+) -> None:
+    status, answer = await api("POST", f"kernels/{kernel_id}/restart", {})
+    _client_error(status, answer, "bad_id")
+    assert len(answer["message"]) < SHORT * 4
