@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import PostgresUnavailable, postgres_optional, start_postgres
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 # k8s_cluster: one real Kubernetes control plane per run, shared by every directory
 pytest_plugins = ("pytest_jupyter.jupyter_server", "k8s_cluster")
@@ -48,3 +52,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One PostgreSQL server for the whole run, shared by every directory (each test takes a
+    database of its own: ``fresh_postgres_db``); fails (never skips) unless told to skip."""
+    try:
+        with start_postgres() as url:
+            yield url
+    except PostgresUnavailable as err:
+        if postgres_optional():
+            pytest.skip(f"PostgreSQL unavailable: {err}")
+        pytest.fail(f"PostgreSQL unavailable: {err}", pytrace=False)
+
+
+@pytest.fixture
+def fresh_postgres_db(postgres_url: str) -> Iterator[str]:
+    """An empty database of its own on the session's server, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            # FILE_COPY: much quicker than the default WAL_LOG for a throw-away database
+            conn.execute(text(f'CREATE DATABASE "{name}" STRATEGY = FILE_COPY'))
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

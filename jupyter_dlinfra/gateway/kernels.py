@@ -93,14 +93,14 @@ class _Owned:
             km: Any = self.kernel_manager  # type: ignore[attr-defined]
             if kernel_id not in km:
                 # an admin's action on no kernel is a 404, as anyone's (a restart answered 500)
-                raise web.HTTPError(404, _escaped(f"no kernel {shown(kernel_id)}"))
+                raise web.HTTPError(404, f"no kernel {shown(kernel_id)}")
             return
         try:
             record = await self._service.call(self._service.ledger.kernel, kernel_id)
         except NotFound:
-            raise web.HTTPError(404, _escaped(f"no kernel {shown(kernel_id)}")) from None
+            raise web.HTTPError(404, f"no kernel {shown(kernel_id)}") from None
         if record.user != name:
-            raise web.HTTPError(403, _escaped(f"kernel {kernel_id} belongs to {record.user}"))
+            raise web.HTTPError(403, f"kernel {kernel_id} belongs to {record.user}")
 
 
 class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
@@ -132,7 +132,7 @@ class MainKernelHandler(_Owned, base.MainKernelHandler):  # type: ignore[misc]
         try:
             await ensure_async(specs.get_kernel_spec(kernel_name))
         except NoSuchKernel:  # else jupyter_client raises it from start_kernel: a 500
-            raise web.HTTPError(400, _escaped(f"no kernelspec {shown(kernel_name)}")) from None
+            raise web.HTTPError(400, f"no kernelspec {shown(kernel_name)}") from None
         if model.get("kernel_id"):
             # a client-chosen id could name someone else's kernel record in the ledger
             raise web.HTTPError(400, "the gateway chooses kernel ids: do not send kernel_id")
@@ -223,17 +223,12 @@ async def _settled(km: Any, kernel_id: str) -> None:
         await asyncio.wait({ready}, timeout=left)
 
 
-def _escaped(message: str) -> str:
-    # jupyter_server answers log_message as is, and tornado logs it as a format string
-    return message.replace("%", "%%")
-
-
 def _json_object(raw: bytes) -> dict[str, Any]:
     """The request's body (the server's bounds: size, depth, numbers); an empty one is {}."""
     try:
         model = parse_json(raw.strip() or b"{}")
     except BadJson as err:
-        raise web.HTTPError(400, _escaped(str(err))) from None
+        raise web.HTTPError(400, str(err)) from None
     if not isinstance(model, dict):
         raise web.HTTPError(400, "the request body must be a JSON object")
     return model

@@ -700,6 +700,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         # per server, not prometheus_client's global registry: servers must not share series
         self.settings["dlinfra_metrics_registry"] = registry_for(self.service)
         set_port(self.service)
+        restarts.check(self._server.kernel_manager, self.log)
         if self.default_provisioner and self.kernel_backend == "local":
             self._make_provisioner_default()
 

@@ -407,6 +407,9 @@ class PodKernels:
             if state is None or state.current is None or state.adopting:
                 continue
             kernel = kernel_manager.get_kernel(kernel_id)
+            if getattr(kernel, "restarting", False):
+                # its restart would go on in a manager nobody holds: shut it down instead
+                continue
             # what shutting down would stop, except the kernel: watchers and the restarter
             with contextlib.suppress(Exception):
                 kernel_manager.stop_watching_activity(kernel_id)

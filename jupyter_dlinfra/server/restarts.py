@@ -30,12 +30,14 @@ from jupyter_server.services.kernels.kernelmanager import (
     ServerKernelManager,
 )
 from traitlets import default
+from traitlets.utils.importstring import import_item
 
 __all__ = [
     "RESTART_DELAY_S",
     "KernelStopped",
     "SerialRestartKernelManager",
     "SerialRestartMappingKernelManager",
+    "check",
     "install",
     "restart_done",
     "restart_soon",
@@ -76,6 +78,10 @@ class _Waiting:
 
     done: asyncio.Future[None]
     prepares: list[Prepare] = field(default_factory=list)
+    #: killed at once, and on new ports, if any of those who joined asked so (the restarter
+    #: after a port collision)
+    now: bool = False
+    newports: bool = False
 
 
 class SerialRestartKernelManager(ServerKernelManager):  # type: ignore[misc]
@@ -101,21 +107,25 @@ class SerialRestartKernelManager(ServerKernelManager):  # type: ignore[misc]
         if self._stopped:
             raise KernelStopped("the kernel was shut down")
         prepare = _prepare.get()
+        # the restart starts the kernel's restarter, whose ticks would inherit this context:
+        # its own restarts after a crash must not run this request's step
+        _prepare.set(None)
         waiting = self._waiting
         if waiting is not None and not kw:
             # it has not begun: it will do this one's work, after all that was asked before
             if prepare is not None:
                 waiting.prepares.append(prepare)
+            waiting.now |= now
+            waiting.newports |= newports
             await asyncio.shield(waiting.done)
             return
         lock = self._lock()
         if not lock.locked():
             async with lock:
-                if prepare is not None:
-                    await prepare()
+                await _run_steps(self, [prepare] if prepare is not None else [])
                 await super().restart_kernel(now=now, newports=newports, **kw)
             return
-        mine = _Waiting(asyncio.get_running_loop().create_future())
+        mine = _Waiting(asyncio.get_running_loop().create_future(), now=now, newports=newports)
         if prepare is not None:
             mine.prepares.append(prepare)
         # the outcome is also for those who joined; nobody may be left to read it
@@ -127,9 +137,8 @@ class SerialRestartKernelManager(ServerKernelManager):  # type: ignore[misc]
                     self._waiting = None
                 if self._stopped:
                     raise KernelStopped("the kernel was shut down while its restart waited")
-                for step in mine.prepares:
-                    await step()
-                await super().restart_kernel(now=now, newports=newports, **kw)
+                await _run_steps(self, mine.prepares)
+                await super().restart_kernel(now=mine.now, newports=mine.newports, **kw)
         except BaseException as err:
             if self._waiting is mine:
                 self._waiting = None
@@ -157,6 +166,18 @@ class SerialRestartKernelManager(ServerKernelManager):  # type: ignore[misc]
         await super().shutdown_kernel(now=now, restart=restart)
 
 
+async def _run_steps(kernel: ServerKernelManager, steps: list[Prepare]) -> None:
+    """What the askers of a restart want done right before it; one that fails (its database
+    away, say) is logged and does not stop the restart the others asked for."""
+    for step in steps:
+        try:
+            await step()
+        except Exception:
+            kernel.log.exception(
+                "dlinfra: before restarting kernel %s: %s failed", kernel.kernel_id, step
+            )
+
+
 def _consume(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
@@ -169,6 +190,19 @@ class SerialRestartMappingKernelManager(AsyncMappingKernelManager):  # type: ign
     @default("kernel_manager_class")
     def _default_kernel_manager_class(self) -> str:
         return _OUR_CLASS
+
+    async def _async_restart_kernel(self, kernel_id: str, now: bool = False) -> Any:
+        kernel = self._kernels.get(kernel_id)
+        if isinstance(kernel, SerialRestartKernelManager) and self._using_pending_kernels():
+            # jupyter_client refuses a restart while the kernel is pending, and with pending
+            # kernels a restart under way makes it pending: this one follows it instead
+            while isinstance(kernel.ready, asyncio.Future) and not kernel.ready.done():
+                await asyncio.wait({kernel.ready})
+        return await super()._async_restart_kernel(  # type: ignore[no-untyped-call]
+            kernel_id, now=now
+        )
+
+    restart_kernel = _async_restart_kernel  # type: ignore[assignment]
 
     async def _async_shutdown_kernel(  # type: ignore[override]
         self, kernel_id: str, now: bool | None = False, restart: bool | None = False
@@ -199,6 +233,23 @@ def install(serverapp: Any) -> bool:
         return False  # the gateway's kernels are restarted by the gateway, which has ours
     serverapp.kernel_manager_class = SerialRestartMappingKernelManager
     return True
+
+
+def check(kernel_manager: Any, log: Any) -> bool:
+    """Once the server made its kernel manager: say so if its kernels' class is not ours (set
+    in ``AsyncMappingKernelManager.kernel_manager_class``, say). True if it is."""
+    if not isinstance(kernel_manager, SerialRestartMappingKernelManager):
+        return False  # install() said so already
+    per_kernel = import_item(kernel_manager.kernel_manager_class)
+    if issubclass(per_kernel, SerialRestartKernelManager):
+        return True
+    log.warning(
+        "dlinfra: kernel_manager_class %s of the kernel manager is not a %s: overlapping "
+        "restarts of one kernel are not serialised and can run two processes of it",
+        kernel_manager.kernel_manager_class,
+        SerialRestartKernelManager.__name__,
+    )
+    return False
 
 
 #: a restart asked by the kernel itself waits this long (seconds), so that what it printed just
@@ -234,7 +285,7 @@ async def _restart_later(km: Any, kernel_id: str, prepare: Prepare | None) -> No
     await asyncio.sleep(RESTART_DELAY_S)
     if kernel_id not in km:  # shut down meanwhile
         return
-    with contextlib.suppress(KernelStopped):
+    try:
         if prepare is None:
             await km.restart_kernel(kernel_id)
         elif isinstance(km.get_kernel(kernel_id), SerialRestartKernelManager):
@@ -243,6 +294,13 @@ async def _restart_later(km: Any, kernel_id: str, prepare: Prepare | None) -> No
         else:
             await prepare()
             await km.restart_kernel(kernel_id)
+    except KernelStopped:
+        pass
+    except Exception:
+        # the caller was answered 202 long ago: the log is where this can be seen
+        km.log.exception(
+            "dlinfra: the restart of kernel %s (asked through the API) failed", kernel_id
+        )
 
 
 def restart_soon(km: Any, kernel_id: str, prepare: Prepare | None = None) -> asyncio.Future[Any]:

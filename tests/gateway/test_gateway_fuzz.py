@@ -9,27 +9,12 @@ count is small and each kernel started is shut down at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
+from fuzz_kit import CHECKS, fuzzed
 from gateway_kit import Team, start_gateway, stop_and_keep_log
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
-SPEC = Path(__file__).resolve().parents[2] / "api" / "gateway-kernels.yaml"
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-SEED = 20240513
 MAX_EXAMPLES = 15
 
 
@@ -45,19 +30,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         stop_and_keep_log(started.gateway)
 
 
-schema = schemathesis.openapi.from_path(
-    SPEC,
-    config=schemathesis.Config.from_dict(
-        {
-            "seed": SEED,
-            "generation": {
-                "max-examples": MAX_EXAMPLES,
-                "deterministic": True,
-                "database": "none",
-            },
-        }
-    ),
-)
+schema = fuzzed("gateway-kernels.yaml", max_examples=MAX_EXAMPLES)
 
 
 @pytest.mark.parametrize("user", ["alice", "admin"])

@@ -14,29 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from fuzz_kit import CHECKS, fuzzed
 
 from jupyter_dlinfra.core import KernelRecord, Ledger, Store, SystemClock
 from jupyter_dlinfra.testing import ServerProcess
 
-SPEC = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-SEED = 20240513
 #: per operation and phase; about 30 operations, two callers
 MAX_EXAMPLES = 50
 OWNER = "alice"
@@ -90,19 +75,7 @@ def caller(
         server.stop()
 
 
-schema = schemathesis.openapi.from_path(
-    SPEC,
-    config=schemathesis.Config.from_dict(
-        {
-            "seed": SEED,
-            "generation": {
-                "max-examples": MAX_EXAMPLES,
-                "deterministic": True,
-                "database": "none",
-            },
-        }
-    ),
-).exclude(path="/dlinfra/api/events")
+schema = fuzzed("openapi.yaml", max_examples=MAX_EXAMPLES).exclude(path="/dlinfra/api/events")
 
 
 @schema.parametrize()
