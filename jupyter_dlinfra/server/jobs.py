@@ -484,22 +484,27 @@ class JobService:
             backend = self.backends.get(job.backend)
             if backend is None or job.handle is None:
                 continue
+            # said before it is done: a server that dies between the two leaves a job whose
+            # end its successor reads as the preemption it was, not as a failure
+            self.book.update(job.id, reason=f"{_STOPPING}: {alloc.preempt_reason}")
             try:
                 backend.cancel(JobHandle.from_json(job.handle))
             except BackendError as err:
                 self.log.warning("dlinfra: stopping preempted job %s failed: %s", job.id, err)
-                continue
-            self.book.update(job.id, reason=f"{_STOPPING}: {alloc.preempt_reason}")
+                self.book.update(job.id, reason=job.reason)  # the next pass tries again
 
-    def _preemption(self, job: Job) -> Allocation | None:
-        """The job's allocation, if the scheduler preempted it."""
+    def _preemption(self, job: Job, *, active: bool = True) -> Allocation | None:
+        """The job's allocation, if the scheduler preempted it; with ``active=False`` also one
+        released since (its process ended by the preemption, a reconcile gave the GPUs back)."""
         if job.allocation_id is None or job.state is not JobState.RUNNING:
             return None
         try:
             alloc = self.service.ledger.allocation(job.allocation_id)
         except NotFound:
             return None
-        return alloc if alloc.preempted_for is not None and alloc.state.active else None
+        if alloc.preempted_for is None or (active and not alloc.state.active):
+            return None
+        return alloc
 
     def _requeue(self, job: Job, why: str) -> None:
         """Queue a preempted job again; its last run's files are kept beside, renamed."""
@@ -515,7 +520,7 @@ class JobService:
         self.book.requeue(job.id, reason)
 
     def _record_end(self, job: Job, state: BackendState, reason: str | None) -> None:
-        preempted = self._preemption(job)
+        preempted = self._preemption(job, active=False)
         stopping = (job.reason or "").startswith(_STOPPING)
         cancelling = (job.reason or "").startswith("cancelled by")
         if (preempted or stopping) and not cancelling and state is not BackendState.SUCCEEDED:
