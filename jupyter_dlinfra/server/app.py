@@ -701,6 +701,11 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         self.settings["dlinfra_metrics_registry"] = registry_for(self.service)
         set_port(self.service)
         restarts.check(self._server.kernel_manager, self.log)
+        # jupyter_client imports IPython the first time it looks for kernelspecs, on the event
+        # loop, while a job's conversion (nbconvert) may import it in a worker thread: the first
+        # imports of one package in two threads at once can fail (KeyError: 'IPython', a kernel
+        # start answered 500; found by the crash soak). So it is imported once, here
+        _ = self._server.kernel_spec_manager.kernel_dirs
         if self.default_provisioner and self.kernel_backend == "local":
             self._make_provisioner_default()
 
