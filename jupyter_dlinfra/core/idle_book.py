@@ -29,6 +29,7 @@ from .ledger import Ledger
 from .policy_store import (
     SCHEDULING_PREFIX,
     PolicyChange,
+    UnreadablePolicy,
     load_document,
     policy_changes_of,
     save_document,
@@ -103,8 +104,9 @@ class IdleBook:
         self.ledger = ledger
         self.store = ledger.store
         self.clock = ledger.clock
-        #: the stored policy document last found unreadable (logged once per document)
-        self._unreadable_policy: Any = None
+        self._unreadable_policy = UnreadablePolicy(
+            "reclaim", endpoint="/dlinfra/api/policy", log=logging.getLogger(__name__)
+        )
 
     # -- the policy ------------------------------------------------------------------------------
 
@@ -115,14 +117,7 @@ class IdleBook:
         try:
             policy = ReclaimPolicy.from_json(stored.document)
         except PolicyError as err:
-            # stored before the policy's ranges: reclaim goes on under the configured policy
-            if stored.document != self._unreadable_policy:
-                self._unreadable_policy = stored.document
-                logging.getLogger(__name__).error(
-                    "the stored reclaim policy is not valid (%s); the configured policy applies "
-                    "until an admin stores a new one (PUT /dlinfra/api/policy)",
-                    err,
-                )
+            self._unreadable_policy.report(stored.document, err)
             return None
         return StoredPolicy(
             policy=policy,

@@ -23,7 +23,7 @@ from .clock import Clock
 from .errors import Conflict, InvalidRequest, LedgerError, NotFound, Unsatisfiable
 from .fairshare import Standing, bounded_usage, decayed
 from .models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
-from .policy_store import SCHEDULING_PREFIX, save_document
+from .policy_store import SCHEDULING_PREFIX, UnreadablePolicy, save_document
 from .sched_policy import SchedulingPolicy
 from .sched_state import (
     DEFAULT_DURATION,
@@ -92,8 +92,9 @@ class Ledger:
         self.clock = clock
         self.configured_policy = policy or SchedulingPolicy()
         self.groups_of: GroupsOf = groups_of or (lambda user: ())
-        #: the stored policy document last found unreadable (logged once per document)
-        self._unreadable_policy: str | None = None
+        self._unreadable_policy = UnreadablePolicy(
+            "scheduling", endpoint="/dlinfra/api/scheduling", log=_log
+        )
 
     # -- scheduling policy -----------------------------------------------------------------------
 
@@ -713,15 +714,7 @@ class Ledger:
         try:
             return SchedulingPolicy.from_json(json.loads(row.document), base=self.configured_policy)
         except (ValueError, LedgerError) as err:
-            # stored before the policy's ranges (or by hand): a ledger that cannot read its
-            # policy must still grant and release, under the configured one
-            if row.document != self._unreadable_policy:
-                self._unreadable_policy = row.document
-                _log.error(
-                    "the stored scheduling policy is not valid (%s); the configured policy "
-                    "applies until an admin stores a new one (PUT /dlinfra/api/scheduling)",
-                    err,
-                )
+            self._unreadable_policy.report(row.document, err)
             return self.configured_policy
 
     def _schedule(self, tx: Transaction) -> list[int]:

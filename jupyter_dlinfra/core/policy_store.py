@@ -4,6 +4,7 @@ changed (who, when, old, new). Shared by the reclaim and the scheduling policies
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ __all__ = [
     "SCHEDULING_PREFIX",
     "PolicyChange",
     "StoredDocument",
+    "UnreadablePolicy",
     "flatten",
     "load_document",
     "policy_changes_of",
@@ -27,6 +29,30 @@ __all__ = [
 
 #: audit rows of the scheduling policy start with this (kept apart from the reclaim policy's)
 SCHEDULING_PREFIX = "scheduling."
+
+
+class UnreadablePolicy:
+    """A stored policy document that no longer reads (stored before the policies' ranges, or by
+    hand) gives way to the configured policy: the ledger must still grant, release and reclaim.
+    The log says so once per document, not at every read."""
+
+    def __init__(self, what: str, *, endpoint: str, log: logging.Logger) -> None:
+        self._what = what
+        self._endpoint = endpoint
+        self._log = log
+        self._said: Any = None
+
+    def report(self, document: Any, err: Exception) -> None:
+        if document == self._said:
+            return
+        self._said = document
+        self._log.error(
+            "the stored %s policy is not valid (%s); the configured policy applies until an "
+            "admin stores a new one (PUT %s)",
+            self._what,
+            err,
+            self._endpoint,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
