@@ -119,18 +119,14 @@ class SerialRestartKernelManager(ServerKernelManager):  # type: ignore[misc]
             waiting.newports |= newports
             await asyncio.shield(waiting.done)
             return
-        lock = self._lock()
-        if not lock.locked():
-            async with lock:
-                await _run_steps(self, [prepare] if prepare is not None else [])
-                await super().restart_kernel(now=now, newports=newports, **kw)
-            return
         mine = _Waiting(asyncio.get_running_loop().create_future(), now=now, newports=newports)
         if prepare is not None:
             mine.prepares.append(prepare)
         # the outcome is also for those who joined; nobody may be left to read it
         mine.done.add_done_callback(_consume)
-        self._waiting = mine
+        lock = self._lock()
+        if lock.locked():
+            self._waiting = mine  # for those asking while it waits to join
         try:
             async with lock:
                 if self._waiting is mine:
