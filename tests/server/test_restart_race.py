@@ -20,8 +20,9 @@ from typing import Any
 
 import psutil
 import pytest
+from server_kit import register
 
-from jupyter_dlinfra.core import AllocationState, KernelRecord
+from jupyter_dlinfra.core import AllocationState
 from jupyter_dlinfra.server import restarts
 from jupyter_dlinfra.server.liveness import process_started_at
 
@@ -186,16 +187,8 @@ async def test_a_process_that_is_not_the_kernels_own_does_not_release_its_gpus(
 ) -> None:
     service = dlinfra_app.service
     me = os.getpid()
-    service.ledger.register_kernel(
-        KernelRecord(
-            kernel_id="k",
-            user=service.settings.user,
-            node=service.settings.node,
-            server_id=service.settings.server_id,
-            pid=me,
-            pid_started_at=process_started_at(me),
-        )
-    )
+    register(dlinfra_app, "k")
+    service.ledger.update_kernel("k", pid=me, pid_started_at=process_started_at(me))
     alloc = service.ledger.request(kernel_id="k", count=1)
     assert alloc.state is AllocationState.GRANTED
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
