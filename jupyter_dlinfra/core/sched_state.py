@@ -21,7 +21,6 @@ __all__ = [
     "class_of",
     "load_scheduler",
     "recent_durations",
-    "typical_durations",
 ]
 
 GroupsOf = Callable[[str], Iterable[str]]
@@ -124,14 +123,6 @@ def demand_of(alloc: Allocation, policy: SchedulingPolicy, groups: tuple[str, ..
         kind=alloc.kind,
         submitted_at=alloc.created_at,
     )
-
-
-def typical_durations(
-    conn: Connection, policy: SchedulingPolicy, sample: int = 200
-) -> dict[str, float]:
-    """Median holding time per class over the latest released grants; a default without any."""
-    found = recent_durations(conn, policy, sample)
-    return {c.name: found.get(c.name, DEFAULT_DURATION) for c in policy.classes}
 
 
 def recent_durations(
