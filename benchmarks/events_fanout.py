@@ -40,7 +40,7 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from jupyter_dlinfra.testing import KernelSession, ServerProcess
+from jupyter_dlinfra.testing.server import KernelSession, ServerProcess
 
 SIMULATED_GPUS = 8
 TELEMETRY_INTERVAL_S = 1.0

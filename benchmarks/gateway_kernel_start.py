@@ -11,7 +11,7 @@ talks to (connection retries while the kernel starts are counted). Deleting the 
 timed. ``gateway_start_ratio`` is median(gateway) / median(local).
 
 Part 2: a real Kubernetes control plane (etcd, kube-apiserver, kube-scheduler,
-kube-controller-manager from ``jupyter_dlinfra.testing_k8s``, in the temporary directory) with a
+kube-controller-manager from ``jupyter_dlinfra.testing.k8s``, in the temporary directory) with a
 node agent playing the kubelet of two fake GPU nodes (4 and 2 GPUs), a gateway with
 ``kernel_backend = "kubernetes"`` (``pod_interval`` 0.2 s) and a person's server pointed at it.
 Per round: start a kernel (it runs in a pod without GPUs), then send ``%gpu 2 --no-wait`` and
@@ -52,10 +52,13 @@ from typing import Any
 import kubernetes.client
 import urllib3
 
-from jupyter_dlinfra.backends.kubernetes_pods import COMPONENT, COMPONENT_LABEL, KERNEL_ID_LABEL
-from jupyter_dlinfra.core import Store, SystemClock
-from jupyter_dlinfra.core.tokens import TokenBook
-from jupyter_dlinfra.testing import (
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.kube.kernel_pods import COMPONENT, COMPONENT_LABEL, KERNEL_ID_LABEL
+from jupyter_dlinfra.testing.k8s import ControlPlane, FakeNode, NodeAgent, k8s_bin_dir
+from jupyter_dlinfra.testing.kubelet import GPU_RESOURCE
+from jupyter_dlinfra.testing.server import (
     ServerProcess,
     close_response,
     connect_kernel,
@@ -63,8 +66,6 @@ from jupyter_dlinfra.testing import (
     response_lines,
     wait_until,
 )
-from jupyter_dlinfra.testing_k8s import ControlPlane, FakeNode, NodeAgent, k8s_bin_dir
-from jupyter_dlinfra.testing_kubelet import GPU_RESOURCE
 
 # kernel_start.py beside this file: found when this runs as a script and when it is loaded by path
 _HERE = str(Path(__file__).resolve().parent)
@@ -626,7 +627,7 @@ def _time_gpu_request(
 def measure_pods(base: Path, rounds: int, warmup: int) -> PodResult:
     # the apiserver's certificate is self-signed and its kubeconfig skips verification
     warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-    agent_log = logging.getLogger("jupyter_dlinfra.testing_k8s")
+    agent_log = logging.getLogger("jupyter_dlinfra.testing.k8s")
     handler = logging.FileHandler(base / "node-agent.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
     agent_log.addHandler(handler)

@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from jupyter_dlinfra.testing import KernelSession, ServerProcess
+from jupyter_dlinfra.testing.server import KernelSession, ServerProcess
 
 SIMULATED_GPUS = 8
 TARGET_P50_MS = 20.0
@@ -37,7 +37,7 @@ KERNEL_HELPERS = textwrap.dedent(
     import os as _bos
     from time import perf_counter as _bpc
 
-    from jupyter_dlinfra.api_client import KernelApiClient as _BClient
+    from jupyter_dlinfra.kernel.client import KernelApiClient as _BClient
 
 
     def _bench_magic(line, i, what):

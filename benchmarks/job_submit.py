@@ -36,7 +36,7 @@ import nbformat
 from nbconvert import PythonExporter
 
 from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
-from jupyter_dlinfra.testing import ServerProcess, notebook_json, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, notebook_json, wait_until, write_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "first line of the job"

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from jupyter_dlinfra.testing import (
+from jupyter_dlinfra.testing.server import (
     HttpError,
     KernelSession,
     ServerProcess,

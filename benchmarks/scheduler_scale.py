@@ -1,7 +1,7 @@
 """How many scheduling decisions per second does the core scheduler make on a large, busy cluster?
 
-Drives :class:`jupyter_dlinfra.core.scheduler.Scheduler` alone (no ledger, no database) on a
-manual clock, at 128, 256, 512 and 1,024 nodes of 8 GPUs each, and a baseline written here, on
+Drives :class:`jupyter_dlinfra.core.scheduling.scheduler.Scheduler` alone (no ledger, no database)
+on a manual clock, at 128, 256, 512 and 1,024 nodes of 8 GPUs each, and a baseline written here, on
 the same synthetic workload:
 
 * nodes: a few GPU models across nodes (half ``A100-SXM4-80GB``, a quarter ``H100-SXM5-80GB``, a
@@ -77,9 +77,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from jupyter_dlinfra.core.fairshare import Account
-from jupyter_dlinfra.core.sched_policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduler import Demand, Grant, Outcome, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.fairshare import Account
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.scheduler import Demand, Grant, Outcome, Scheduler, Slot
 
 SEED = 20_231
 GPUS_PER_NODE = 8

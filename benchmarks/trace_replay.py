@@ -1,9 +1,10 @@
 """First come, first served against our scheduling policy, on a real GPU cluster's pod trace.
 
-A discrete-event simulation drives the real :class:`jupyter_dlinfra.core.scheduler.Scheduler` on a
-manual clock (its ``now`` argument) with Alibaba's cluster-trace-gpu-v2023 (``openb``) pod list
-and that cluster's GPU nodes (``alibaba-v2023-pods.csv`` and ``alibaba-v2023-gpu-nodes.csv`` in
-``../shared/traces``; see the README there). How the trace becomes requests:
+A discrete-event simulation drives the real
+:class:`jupyter_dlinfra.core.scheduling.scheduler.Scheduler` on a manual clock (its ``now``
+argument) with Alibaba's cluster-trace-gpu-v2023 (``openb``) pod list and that cluster's GPU nodes
+(``alibaba-v2023-pods.csv`` and ``alibaba-v2023-gpu-nodes.csv`` in ``../shared/traces``; see the
+README there). How the trace becomes requests:
 
 * arrival: ``creation_time``; size: ``num_gpu``. Pods with no GPU are left out. A pod that asks
   for a fraction of one GPU (``gpu_milli`` < 1000) asks for one whole GPU here, since the
@@ -79,8 +80,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jupyter_dlinfra.core.sched_policy import PriorityClass, SchedulingPolicy
-from jupyter_dlinfra.core.scheduler import Demand, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.policy import PriorityClass, SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.scheduler import Demand, Scheduler, Slot
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO / ".." / "shared" / "traces"

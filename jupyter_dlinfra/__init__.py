@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._version import __version__
+from jupyter_dlinfra._version import __version__
 
 __all__ = ["__version__", "load_ipython_extension"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .server.app import DLInfra
+    from jupyter_dlinfra.server.app import DLInfra
 
     return [{"module": "jupyter_dlinfra", "app": DLInfra}]
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_dlinfra`` (the provisioner loads it for you): registers ``%gpu``."""
-    from .magics import register
+    from jupyter_dlinfra.kernel.magics import register
 
     register(ipython)

@@ -228,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("job", type=int)
     c.set_defaults(run=cmd_cancel)
 
-    from .gateway.tokens_cli import add_parser as add_token_parser
+    from jupyter_dlinfra.gateway.tokens_cli import add_parser as add_token_parser
 
     add_token_parser(sub)
     sub.add_parser(
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["gateway"]:
         # jupyter-server parses its own options
-        from .gateway.app import main as gateway_main
+        from jupyter_dlinfra.gateway.app import main as gateway_main
 
         gateway_main(argv[1:])
         return 0

@@ -1,6 +1,6 @@
 """What a kernel's pod runs: ``python -m jupyter_dlinfra.kernel_pod``.
 
-The pod launcher (:mod:`jupyter_dlinfra.backends.kubernetes_pods`) chose the kernel's ports and
+The pod launcher (:mod:`jupyter_dlinfra.kube.kernel_pods`) chose the kernel's ports and
 key and put them in the environment variable ``DLINFRA_CONNECTION`` (JSON: ``shell_port``,
 ``iopub_port``, ``stdin_port``, ``control_port``, ``hb_port``, ``key``, and optionally
 ``transport`` (only ``"tcp"``), ``signature_scheme`` (``"hmac-sha256"``) and ``kernel_name``).

@@ -32,7 +32,7 @@ def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[obj
     failed, the end of each log is printed too (CI keeps only what the run prints)."""
     started: list[object] = []
     yield started
-    from jupyter_dlinfra.testing import ServerProcess
+    from jupyter_dlinfra.testing.server import ServerProcess
 
     call = getattr(request.node, "rep_call", None)
     failed = call is not None and call.failed

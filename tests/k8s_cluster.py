@@ -3,7 +3,7 @@
 Import the fixtures into a ``conftest.py`` to use them (see ``tests/k8s/conftest.py``):
 
 - ``k8s_control_plane`` (session): etcd, kube-apiserver, kube-scheduler and kube-controller-manager
-  v1.20.2 on free loopback ports (:class:`jupyter_dlinfra.testing_k8s.ControlPlane`). It fails,
+  v1.20.2 on free loopback ports (:class:`jupyter_dlinfra.testing.k8s.ControlPlane`). It fails,
   never skips, when the binaries are missing: ``scripts/k8s/build.sh`` builds them once per machine.
   Its logs (and the node agent's) are copied to ``test-artifacts/k8s/`` at the end of the session;
   its directory is removed unless ``DLINFRA_KEEP_K8S=1``.
@@ -31,8 +31,8 @@ import kubernetes.client
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from jupyter_dlinfra.testing import wait_until
-from jupyter_dlinfra.testing_k8s import ControlPlane, FakeNode, K8sUnavailable, NodeAgent
+from jupyter_dlinfra.testing.k8s import ControlPlane, FakeNode, K8sUnavailable, NodeAgent
+from jupyter_dlinfra.testing.server import wait_until
 
 __all__ = [
     "K8S_NODES",
@@ -100,7 +100,7 @@ def k8s_agent(k8s_control_plane: ControlPlane) -> Iterator[NodeAgent]:
     workdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(workdir / "node-agent.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
-    logger = logging.getLogger("jupyter_dlinfra.testing_k8s")
+    logger = logging.getLogger("jupyter_dlinfra.testing.k8s")
     logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)

@@ -94,7 +94,7 @@ def test_a_python_source_change_needs_no_install(checkout: Path) -> None:
     # the install is editable: the server imports the checkout's code
     install_state.record("lab", checkout)
     (checkout / "jupyter_dlinfra").mkdir()
-    (checkout / "jupyter_dlinfra" / "magics.py").write_text("# changed\n")
+    (checkout / "jupyter_dlinfra" / "kernel/magics.py").write_text("# changed\n")
     assert install_state.why_install("lab", checkout) is None
 
 

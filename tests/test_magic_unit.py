@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.api_client import ApiFailure, DLInfraUnavailable
-from jupyter_dlinfra.cuda_state import cuda_initialised
-from jupyter_dlinfra.magics import Command, GpuMagic, UsageError, parse_line
+from jupyter_dlinfra.kernel.client import ApiFailure, DLInfraUnavailable
+from jupyter_dlinfra.kernel.cuda_state import cuda_initialised
+from jupyter_dlinfra.kernel.magics import Command, GpuMagic, UsageError, parse_line
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
@@ -75,9 +76,21 @@ def test_public_api_is_pinned() -> None:
 def test_importing_the_package_stays_light() -> None:
     """Kernels import it at start-up: the server side must not come along."""
     code = (
-        "import sys, jupyter_dlinfra, jupyter_dlinfra.magics; "
+        "import sys, jupyter_dlinfra, jupyter_dlinfra.kernel.magics; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('jupyter_server', 'sqlalchemy', 'tornado', 'urllib.request')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_wheel_holds_no_test_support() -> None:
+    """The harness and stand-ins (server process, control plane, node agent) stay out of it."""
+    from hatchling.builders.wheel import WheelBuilder
+
+    root = Path(jupyter_dlinfra.__file__).resolve().parent.parent
+    files = {f.distribution_path for f in WheelBuilder(str(root)).recurse_included_files()}
+    assert "jupyter_dlinfra/server/app.py" in files
+    assert "jupyter_dlinfra/kernel/magics.py" in files
+    shipped = sorted(f for f in files if f.startswith("jupyter_dlinfra/testing"))
+    assert shipped == []

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from bench_module import load_benchmark
 
-from jupyter_dlinfra.core.sched_policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduler import Demand, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.scheduler import Demand, Scheduler, Slot
 
 bench = load_benchmark("scheduler_scale")
 

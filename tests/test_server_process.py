@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_dlinfra import testing
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.testing import server as testing
+from jupyter_dlinfra.testing.server import ServerProcess
 
 
 @pytest.fixture

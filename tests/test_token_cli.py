@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jupyter_dlinfra.core import Store, SystemClock
-from jupyter_dlinfra.core.tokens import TokenBook
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.store import Store
 
 
 def run(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:

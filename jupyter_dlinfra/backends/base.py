@@ -1,7 +1,7 @@
 """Where batch jobs run: the backend contract, and who calls what, when.
 
-The server's job loop (``server/jobs.py``) owns every job's record in the ledger; a backend only
-starts, watches and stops the job's process somewhere. Calls come from a worker thread of the
+The server's job loop (``server/job_service.py``) owns every job's record in the ledger; a backend
+only starts, watches and stops the job's process somewhere. Calls come from a worker thread of the
 server, never from the event loop, one at a time per backend instance:
 
 - ``recover(launch)`` then ``submit(launch)`` once per job, when the job may start

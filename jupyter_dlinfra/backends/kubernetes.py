@@ -1,6 +1,6 @@
 """The ``kubernetes`` backend: each job is a ``batch/v1`` Job, placed (GPUs included) by Kubernetes.
 
-The backend talks to the API server through :class:`~jupyter_dlinfra.backends.kube_api.KubeApi`:
+The backend talks to the API server through :class:`~jupyter_dlinfra.kube.api.KubeApi`:
 the official ``kubernetes`` client (the optional extra:
 ``pip install jupyter-dlinfra[kubernetes]``), its ``ApiClient`` only, with plain-JSON requests and
 answers. Credentials come from
@@ -8,7 +8,7 @@ answers. Credentials come from
 ``KUBERNETES_SERVICE_HOST`` is set (the gateway runs in the cluster), else the default kubeconfig
 (``~/.kube/config``, ``$KUBECONFIG``). The options it shares with the kernel pod launcher (image,
 placement, resources, labels) make its pods through
-:class:`~jupyter_dlinfra.backends.pod_template.PodTemplate`.
+:class:`~jupyter_dlinfra.kube.pod_template.PodTemplate`.
 
 The Job
 -------
@@ -143,9 +143,17 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..core.sched_policy import PriorityClass
-from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHandle, JobLaunch
-from .kube_api import (
+from jupyter_dlinfra.backends.base import (
+    BackendError,
+    BackendState,
+    BackendStatus,
+    JobBackend,
+    JobHandle,
+    JobLaunch,
+)
+from jupyter_dlinfra.backends.local import status_from_file
+from jupyter_dlinfra.core.scheduling.policy import PriorityClass
+from jupyter_dlinfra.kube.api import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     KUEUE_QUEUE_LABEL,
@@ -164,8 +172,7 @@ from .kube_api import (
     pending_reason,
     terminated,
 )
-from .local import status_from_file
-from .pod_template import PodTemplate
+from jupyter_dlinfra.kube.pod_template import PodTemplate
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

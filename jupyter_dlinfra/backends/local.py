@@ -24,7 +24,14 @@ from typing import Any
 
 import psutil
 
-from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHandle, JobLaunch
+from jupyter_dlinfra.backends.base import (
+    BackendError,
+    BackendState,
+    BackendStatus,
+    JobBackend,
+    JobHandle,
+    JobLaunch,
+)
 
 __all__ = ["LocalBackend", "read_status"]
 

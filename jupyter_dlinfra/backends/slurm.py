@@ -66,8 +66,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import BackendError, BackendState, BackendStatus, JobBackend, JobHandle, JobLaunch
-from .local import status_from_file
+from jupyter_dlinfra.backends.base import (
+    BackendError,
+    BackendState,
+    BackendStatus,
+    JobBackend,
+    JobHandle,
+    JobLaunch,
+)
+from jupyter_dlinfra.backends.local import status_from_file
 
 __all__ = ["NICE_MAX", "SlurmBackend", "nice_for_priority"]
 

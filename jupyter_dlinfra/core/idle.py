@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .errors import Conflict, InvalidRequest
-from .quoting import shown
+from jupyter_dlinfra.core.errors import Conflict, InvalidRequest
+from jupyter_dlinfra.core.quoting import shown
 
 __all__ = [
     "MAX_POLICY_NAME",

@@ -14,7 +14,7 @@ import sqlite3
 
 from sqlalchemy import exc as sa_exc
 
-from .errors import LedgerError
+from jupyter_dlinfra.core.errors import LedgerError
 
 __all__ = [
     "RETRY_AFTER_S",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .idle import IdlePolicy, IdleState, Phase, ReclaimPolicy, observe
+from jupyter_dlinfra.core.idle import IdlePolicy, IdleState, Phase, ReclaimPolicy, observe
 
 __all__ = ["KernelOutcome", "ReplayReport", "UsageSeries", "replay"]
 

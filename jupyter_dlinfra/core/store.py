@@ -186,7 +186,7 @@ usage = Table(
     Column("samples", Integer, nullable=False),
 )
 
-#: batch jobs made from notebooks (core/jobs.py), whatever backend runs them
+#: batch jobs made from notebooks (core/books/jobs.py), whatever backend runs them
 jobs = Table(
     "dlinfra_jobs",
     metadata,

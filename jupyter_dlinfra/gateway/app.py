@@ -16,8 +16,8 @@ from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.serverapp import ServerApp
 from traitlets import default
 
-from ..server.identity import Directory
-from .identity import GatewayIdentityProvider
+from jupyter_dlinfra.gateway.identity import GatewayIdentityProvider
+from jupyter_dlinfra.server.identity import Directory
 
 __all__ = ["GatewayApp", "GatewayAuthorizer", "main"]
 

@@ -19,8 +19,8 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from tornado import httpclient, web
 from traitlets import Float, Unicode
 
-from ..core.tokens import TokenBook
-from ..server.errors import from_database_error
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.server.errors import from_database_error
 
 __all__ = ["GatewayIdentityProvider", "bearer_token"]
 

@@ -23,13 +23,13 @@ from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from jupyter_server.utils import url_escape, url_path_join
 from tornado import web
 
-from ..core import NotFound
-from ..provisioning.port import launching_for
-from ..server.errors import from_database_error
-from ..server.identity import Directory
-from ..server.parsing import MAX_NAME, BadJson, parse_json, shown
-from ..server.restarts import KernelStopped, restart_done, track_restart
-from ..server.service import GpuService
+from jupyter_dlinfra.core.errors import NotFound
+from jupyter_dlinfra.provisioning.port import launching_for
+from jupyter_dlinfra.server.errors import from_database_error
+from jupyter_dlinfra.server.identity import Directory
+from jupyter_dlinfra.server.parsing import MAX_NAME, BadJson, parse_json, shown
+from jupyter_dlinfra.server.restarts import KernelStopped, restart_done, track_restart
+from jupyter_dlinfra.server.service import GpuService
 
 __all__ = ["KERNEL_ROUTES"]
 

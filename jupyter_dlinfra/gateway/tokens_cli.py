@@ -12,14 +12,16 @@ import json
 import time
 from typing import Any
 
-from ..core import LedgerError, Store, SystemClock
-from ..core.tokens import TokenBook, TokenRecord
+from jupyter_dlinfra.core.books.tokens import TokenBook, TokenRecord
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.errors import LedgerError
+from jupyter_dlinfra.core.store import Store
 
 __all__ = ["add_parser"]
 
 
 def _book(args: argparse.Namespace) -> TokenBook:
-    from ..server.app import default_db_url
+    from jupyter_dlinfra.server.app import default_db_url
 
     return TokenBook(Store(args.db_url or default_db_url()), SystemClock())
 

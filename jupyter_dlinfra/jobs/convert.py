@@ -35,9 +35,9 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.validator import normalize
 
-from ..core.errors import InvalidRequest
-from ..magics import Command, UsageError, parse_line
-from .runner import JobDir, write_atomic
+from jupyter_dlinfra.core.errors import InvalidRequest
+from jupyter_dlinfra.jobs.runner import JobDir, write_atomic
+from jupyter_dlinfra.kernel.grammar import Command, UsageError, parse_line
 
 __all__ = [
     "DEFAULT_KERNEL",

@@ -22,7 +22,7 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
-from .port import get_pod_port, launching_owner
+from jupyter_dlinfra.provisioning.port import get_pod_port, launching_owner
 
 __all__ = ["PodProvisioner", "client_env"]
 

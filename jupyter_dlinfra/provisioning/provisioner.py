@@ -15,7 +15,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Int, Unicode
 
-from .port import get_port, launching_owner
+from jupyter_dlinfra.provisioning.port import get_port, launching_owner
 
 __all__ = ["DLInfraProvisioner"]
 

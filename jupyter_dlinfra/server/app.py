@@ -19,23 +19,27 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
-from ..backends import BackendError, JobBackend
-from ..core import Ledger, PolicyError, ReclaimPolicy, SchedulingPolicy, Store, SystemClock
-from ..core.tokens import TokenBook
-from ..provisioning import set_port
-from ..telemetry import (
+from jupyter_dlinfra.backends import BackendError, JobBackend
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.idle import PolicyError, ReclaimPolicy
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.provisioning import set_port
+from jupyter_dlinfra.server import restarts
+from jupyter_dlinfra.server.handlers.gpus import ROUTES
+from jupyter_dlinfra.server.identity import Directory
+from jupyter_dlinfra.server.job_service import JobService, JobSettings
+from jupyter_dlinfra.server.metrics import registry_for
+from jupyter_dlinfra.server.reclaim import PolicySource, Reclaimer, ReclaimSettings
+from jupyter_dlinfra.server.service import GpuService, ServiceSettings
+from jupyter_dlinfra.telemetry import (
     SIMULATED_LOAD_FILE_ENV,
     select_provider,
     simulated_gpus_from_env,
     simulated_models_from_env,
 )
-from . import restarts
-from .handlers import ROUTES
-from .identity import Directory
-from .jobs import JobService, JobSettings
-from .metrics import registry_for
-from .reclaim import PolicySource, Reclaimer, ReclaimSettings
-from .service import GpuService, ServiceSettings
 
 __all__ = ["DLInfra"]
 
@@ -171,7 +175,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
     )
     kernel_pods = Dict(
         config=True,
-        help="Options of kernel pods (backends/kubernetes_pods.py PodLauncher): namespace, "
+        help="Options of kernel pods (kube/kernel_pods.py PodLauncher): namespace, "
         "image, python, service_account, node_selector, tolerations, priority_classes (our "
         "class -> PriorityClass), kueue_queue, labels, resources, kubeconfig, context, "
         "startup_timeout_s. Example: {'namespace': 'dlinfra', 'image': 'ghcr.io/me/dl:1'}.",
@@ -315,7 +319,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         "small, idle between cells) in the sidebar and %gpu.",
     )
 
-    # -- batch jobs (server/jobs.py) ----------------------------------------------------------
+    # -- batch jobs (server/job_service.py) ------------------------------------------------
 
     job_backends = List(
         Unicode(),
@@ -710,11 +714,11 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             self._make_provisioner_default()
 
     def _start_kernel_pods(self) -> None:
-        from ..backends.kubernetes_pods import PodLauncher
-        from ..provisioning.port import set_pod_port
-        from ..telemetry.cluster import ClusterProvider
-        from ..telemetry.kubernetes import KubernetesTelemetry
-        from .pod_kernels import PodKernels
+        from jupyter_dlinfra.kube.kernel_pods import PodLauncher
+        from jupyter_dlinfra.provisioning.port import set_pod_port
+        from jupyter_dlinfra.server.pod_kernels import PodKernels
+        from jupyter_dlinfra.telemetry.cluster import ClusterProvider
+        from jupyter_dlinfra.telemetry.kubernetes import KubernetesTelemetry
 
         if not self.gateway:
             raise TraitError("DLInfra.kernel_backend = 'kubernetes' needs DLInfra.gateway = True")
@@ -749,8 +753,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         """Our class -> its Kubernetes PriorityClass, as kubernetes_priority_classes says."""
         if self.kubernetes_priority_classes == "off":
             return {}
-        from ..backends.kube_api import KubeApi
-        from ..backends.kubernetes import ensure_priority_classes, priority_class_name
+        from jupyter_dlinfra.backends.kubernetes import ensure_priority_classes, priority_class_name
+        from jupyter_dlinfra.kube.api import KubeApi
 
         classes = self.service.ledger.scheduling_policy().classes
         if self.kubernetes_priority_classes == "map":
@@ -768,8 +772,8 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         if self._forwarding():
             from jupyter_server.gateway.connections import GatewayWebSocketConnection
 
-            from ..gateway.client_ws import OrderedGatewayConnection
-            from ..gateway.forward import FORWARD_ROUTES
+            from jupyter_dlinfra.server.forwarding.api import FORWARD_ROUTES
+            from jupyter_dlinfra.server.forwarding.kernel_ws import OrderedGatewayConnection
 
             self.handlers.extend(FORWARD_ROUTES)
             settings = self._server.web_app.settings
@@ -779,7 +783,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
             return
         if self.gateway:
             # matched before jupyter_server's own kernel routes: these check owners
-            from ..gateway.kernels import KERNEL_ROUTES
+            from jupyter_dlinfra.gateway.kernels import KERNEL_ROUTES
 
             self.handlers.extend(KERNEL_ROUTES)
         self.handlers.extend((pattern, handler) for pattern, handler, _ in ROUTES)
@@ -806,7 +810,7 @@ class DLInfra(ExtensionApp):  # type: ignore[misc]
         if len(km.list_kernel_ids()):
             await km.shutdown_all()
         if pods is not None:
-            from ..provisioning.port import set_pod_port
+            from jupyter_dlinfra.provisioning.port import set_pod_port
 
             await self.pod_kernels.stop()
             set_pod_port(None)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from ..core import Allocation, KernelRecord
-from ..telemetry import GpuSample
+from jupyter_dlinfra.core.models import Allocation, KernelRecord
+from jupyter_dlinfra.telemetry import GpuSample
 
 __all__ = ["Attributor", "KernelUsage"]
 

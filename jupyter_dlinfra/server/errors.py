@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from tornado.web import HTTPError
 
-from ..core import Conflict, InvalidRequest, LedgerError, NotFound, PermissionDenied
-from ..core.outage import RETRY_AFTER_S, LedgerUnavailable, database_unavailable
+from jupyter_dlinfra.core.errors import (
+    Conflict,
+    InvalidRequest,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+)
+from jupyter_dlinfra.core.outage import RETRY_AFTER_S, LedgerUnavailable, database_unavailable
 
 __all__ = ["ApiError", "from_database_error", "from_ledger_error"]
 

@@ -36,14 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from ..core import Allocation, Gpu, KernelRecord, LedgerEvent, NotFound
-from ..core.outage import Backoff, database_unavailable
-from ..core.store import events as events_table
-from ..telemetry import GpuSample
-from .views import allocation_json, cluster_json, duration, iso
+from jupyter_dlinfra.core.errors import NotFound
+from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
+from jupyter_dlinfra.core.outage import Backoff, database_unavailable
+from jupyter_dlinfra.core.store import events as events_table
+from jupyter_dlinfra.server.views import allocation_json, cluster_json, duration, iso
+from jupyter_dlinfra.telemetry import GpuSample
 
 if TYPE_CHECKING:
-    from .service import GpuService
+    from jupyter_dlinfra.server.service import GpuService
 
 __all__ = [
     "KEEPALIVE",

@@ -14,8 +14,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from ..core import Clock
-from ..core.outage import Backoff, database_unavailable, describe
+from jupyter_dlinfra.core.clock import Clock
+from jupyter_dlinfra.core.outage import Backoff, database_unavailable, describe
 
 __all__ = ["LedgerHealth", "Sleep", "run_every"]
 

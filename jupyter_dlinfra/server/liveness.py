@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from ..core import KernelRecord
+from jupyter_dlinfra.core.models import KernelRecord
 
 __all__ = ["pid_alive", "process_alive", "process_started_at"]
 

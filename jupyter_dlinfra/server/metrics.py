@@ -41,8 +41,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .events import Snapshot
-from .service import GpuService
+from jupyter_dlinfra.server.events import Snapshot
+from jupyter_dlinfra.server.service import GpuService
 
 __all__ = ["DLInfraCollector", "registry_for"]
 

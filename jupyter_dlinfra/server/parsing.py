@@ -15,8 +15,8 @@ import math
 import re
 from typing import Any, NoReturn
 
-from ..core.quoting import shown
-from .errors import ApiError
+from jupyter_dlinfra.core.quoting import shown
+from jupyter_dlinfra.server.errors import ApiError
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import BackendError
-from ..backends.kubernetes_pods import KernelPod, KernelPodSpec, PodLauncher
-from ..core import Allocation, AllocationState, NotFound
-from ..core.jobs import JOB_KERNEL_NAME
-from ..core.ledger import QUOTA_WAIT
-from ..provisioning.pod_provisioner import client_env
-from ..provisioning.port import LaunchPlan
-from .ledger_health import run_every
-from .service import GpuService
+from jupyter_dlinfra.backends.base import BackendError
+from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
+from jupyter_dlinfra.core.books.ledger import QUOTA_WAIT
+from jupyter_dlinfra.core.errors import NotFound
+from jupyter_dlinfra.core.models import Allocation, AllocationState
+from jupyter_dlinfra.kube.kernel_pods import KernelPod, KernelPodSpec, PodLauncher
+from jupyter_dlinfra.provisioning.pod_provisioner import client_env
+from jupyter_dlinfra.provisioning.port import LaunchPlan
+from jupyter_dlinfra.server.ledger_health import run_every
+from jupyter_dlinfra.server.service import GpuService
 
 __all__ = ["PodKernels"]
 

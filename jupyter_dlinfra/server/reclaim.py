@@ -16,16 +16,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core import AllocationState, IdleBook, IdlePolicy, NotFound, ReclaimAction, ReclaimPolicy
-from ..core.coaching import CoachingSample, Hint, hints
-from ..core.idle import Phase, Transition
-from ..core.idle_book import Reading, StoredPolicy, UsageBucket
-from ..core.outage import database_unavailable
-from .attribution import Attributor, KernelUsage
-from .views import duration
+from jupyter_dlinfra.core.books.idle import IdleBook, Reading, StoredPolicy, UsageBucket
+from jupyter_dlinfra.core.errors import NotFound
+from jupyter_dlinfra.core.idle import IdlePolicy, Phase, ReclaimAction, ReclaimPolicy, Transition
+from jupyter_dlinfra.core.models import AllocationState
+from jupyter_dlinfra.core.outage import database_unavailable
+from jupyter_dlinfra.kernel.coaching import CoachingSample, Hint, hints
+from jupyter_dlinfra.server.attribution import Attributor, KernelUsage
+from jupyter_dlinfra.server.views import duration
 
 if TYPE_CHECKING:
-    from .service import GpuService
+    from jupyter_dlinfra.server.service import GpuService
 
 __all__ = ["KernelControl", "PolicySource", "ReclaimSettings", "Reclaimer", "describe_idle"]
 

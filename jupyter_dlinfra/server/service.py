@@ -16,29 +16,23 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..core import (
-    Allocation,
-    AllocationState,
-    Gpu,
-    IdleBook,
-    KernelRecord,
-    Ledger,
-    LedgerError,
-    NotFound,
-)
-from ..core.jobs import JOB_KERNEL_NAME
-from ..core.outage import LedgerUnavailable, database_unavailable, describe
-from ..core.tokens import hash_secret
-from ..provisioning import LaunchPlan
-from ..telemetry import GpuDevice, GpuSample, TelemetryProvider
-from ..telemetry.cluster import ClusterTelemetry
-from .events import Broadcaster
-from .ledger_health import LedgerHealth, run_every
-from .liveness import process_alive, process_started_at
+from jupyter_dlinfra.core.books.idle import IdleBook
+from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.books.tokens import hash_secret
+from jupyter_dlinfra.core.errors import LedgerError, NotFound
+from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu, KernelRecord
+from jupyter_dlinfra.core.outage import LedgerUnavailable, database_unavailable, describe
+from jupyter_dlinfra.provisioning import LaunchPlan
+from jupyter_dlinfra.server.events import Broadcaster
+from jupyter_dlinfra.server.ledger_health import LedgerHealth, run_every
+from jupyter_dlinfra.server.liveness import process_alive, process_started_at
+from jupyter_dlinfra.telemetry import GpuDevice, GpuSample, TelemetryProvider
+from jupyter_dlinfra.telemetry.cluster import ClusterTelemetry
 
 if TYPE_CHECKING:
-    from .jobs import JobService
-    from .reclaim import Reclaimer
+    from jupyter_dlinfra.server.job_service import JobService
+    from jupyter_dlinfra.server.reclaim import Reclaimer
 
 __all__ = ["GpuService", "ServiceSettings", "hash_token"]
 
@@ -473,8 +467,8 @@ class GpuService:
 
     def idle_view(self, kernels: Mapping[str, KernelRecord]) -> dict[str, Any]:
         """Blocking: the idle states (with their deadlines) and hints, for the event stream."""
-        from .reclaim import hints_json, idle_json
-        from .views import iso
+        from jupyter_dlinfra.server.reclaim import hints_json, idle_json
+        from jupyter_dlinfra.server.views import iso
 
         reclaimer = self.reclaimer
         if reclaimer is None:

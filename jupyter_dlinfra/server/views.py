@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ..core import Allocation, Gpu, KernelRecord
-from ..core.sched_state import DEFAULT_DURATION
-from ..core.sched_view import DEFAULT, HISTORY
-from ..telemetry import GpuSample, TelemetryProvider
+from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
+from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord
+from jupyter_dlinfra.core.scheduling.explain import DEFAULT, HISTORY
+from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 
 __all__ = [
     "allocation_json",

@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
-from .errors import TelemetryUnavailable
-from .nvml import NvmlProvider
-from .simulated import SimulatedProvider
-from .unavailable import UnavailableProvider
+from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
+from jupyter_dlinfra.telemetry.errors import TelemetryUnavailable
+from jupyter_dlinfra.telemetry.nvml import NvmlProvider
+from jupyter_dlinfra.telemetry.simulated import SimulatedProvider
+from jupyter_dlinfra.telemetry.unavailable import UnavailableProvider
 
 __all__ = [
     "SIMULATED_GPUS_ENV",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from .base import GpuDevice, GpuSample, TelemetryProvider
+from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample, TelemetryProvider
 
 __all__ = ["ClusterProvider", "ClusterTelemetry", "ClusterTelemetryError", "PodRef"]
 

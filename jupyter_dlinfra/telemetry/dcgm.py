@@ -22,7 +22,7 @@ MIG instances (series with a ``GPU_I_ID`` label) are not whole GPUs and are left
 An instant query honours Prometheus' staleness handling: a GPU whose exporter stopped answering, or
 a pod label that ended, drops out at the next scrape, not after the lookback window.
 
-``jupyter_dlinfra.testing_dcgm`` serves the same text for tests and demos. It adds one metric that
+``jupyter_dlinfra.testing.dcgm`` serves the same text for tests and demos. It adds one metric that
 no DCGM exporter has, ``dlinfra_simulated_dcgm_exporter``; the client asks for it in the same query
 and reports ``simulated=True`` when it sees it, so simulated numbers cannot pass for real ones.
 """
@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster import ClusterTelemetryError, PodRef
+from jupyter_dlinfra.telemetry.cluster import ClusterTelemetryError, PodRef
 
 __all__ = [
     "DCGM_FB_FREE",
@@ -61,7 +61,7 @@ DCGM_GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 DCGM_GR_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
 DCGM_FB_USED = "DCGM_FI_DEV_FB_USED"
 DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
-#: served only by jupyter_dlinfra.testing_dcgm: the readings are simulated
+#: served only by jupyter_dlinfra.testing.dcgm: the readings are simulated
 SIMULATED_MARKER = "dlinfra_simulated_dcgm_exporter"
 _METRICS = (DCGM_GPU_UTIL, DCGM_GR_ENGINE_ACTIVE, DCGM_FB_USED, DCGM_FB_FREE, SIMULATED_MARKER)
 
@@ -120,7 +120,7 @@ class DcgmSnapshot:
     """One query's answer: the GPUs found, ordered by node then index."""
 
     gpus: tuple[DcgmGpu, ...]
-    #: True when the series come from jupyter_dlinfra.testing_dcgm, not from GPUs
+    #: True when the series come from jupyter_dlinfra.testing.dcgm, not from GPUs
     simulated: bool = False
     #: series left out (MIG instances, values that are not numbers)
     skipped: int = 0

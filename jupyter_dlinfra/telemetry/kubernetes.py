@@ -44,10 +44,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import GpuDevice, GpuSample
-from .cluster import ClusterTelemetry, ClusterTelemetryError, PodRef
-from .dcgm import DcgmClient, DcgmGpu, DcgmSnapshot
-from .errors import TelemetryUnavailable
+from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample
+from jupyter_dlinfra.telemetry.cluster import ClusterTelemetry, ClusterTelemetryError, PodRef
+from jupyter_dlinfra.telemetry.dcgm import DcgmClient, DcgmGpu, DcgmSnapshot
+from jupyter_dlinfra.telemetry.errors import TelemetryUnavailable
 
 __all__ = [
     "GPU_MEMORY_LABEL",
@@ -176,7 +176,7 @@ class KubernetesTelemetry(ClusterTelemetry):
     ``DcgmClient``) say where DCGM metrics are; ``dcgm`` passes a ready client instead. ``timeout``
     bounds each API call and query (seconds). ``clock`` stamps the readings (seconds since the
     epoch). ``simulated`` marks the readings as simulated; it also turns on by itself when the
-    metrics come from ``jupyter_dlinfra.testing_dcgm``.
+    metrics come from ``jupyter_dlinfra.testing.dcgm``.
     """
 
     name = "kubernetes"

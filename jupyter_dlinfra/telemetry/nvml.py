@@ -10,8 +10,8 @@ from typing import Any
 
 import psutil
 
-from .base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
-from .errors import TelemetryUnavailable
+from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
+from jupyter_dlinfra.telemetry.errors import TelemetryUnavailable
 
 __all__ = ["NvmlProvider"]
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
+from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample, ProcessUse, TelemetryProvider
 
 __all__ = ["SimulatedProvider"]
 

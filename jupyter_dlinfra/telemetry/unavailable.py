@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import GpuDevice, GpuSample, TelemetryProvider
+from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample, TelemetryProvider
 
 __all__ = ["UnavailableProvider"]
 

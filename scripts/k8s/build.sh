@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build kube-apiserver, kube-scheduler and kube-controller-manager v1.20.2 once per machine, for
-# the local control plane of the tests (jupyter_dlinfra/testing_k8s.py; see scripts/k8s/up.sh).
+# the local control plane of the tests (jupyter_dlinfra/testing/k8s.py; see scripts/k8s/up.sh).
 #
 #   scripts/k8s/build.sh          # -> /var/cache/dlinfra-k8s/bin/kube-{apiserver,scheduler,controller-manager}
 #

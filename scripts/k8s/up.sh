@@ -6,7 +6,7 @@
 #
 # etcd, kube-apiserver, kube-scheduler and kube-controller-manager run on free loopback ports;
 # a node agent plays the kubelet of the --nodes and runs their pods as local processes (see
-# jupyter_dlinfra/testing_k8s.py). The binaries come from scripts/k8s/build.sh.
+# jupyter_dlinfra/testing/k8s.py). The binaries come from scripts/k8s/build.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec .venv/bin/python -m jupyter_dlinfra.testing_k8s up "$@"
+exec .venv/bin/python -m jupyter_dlinfra.testing.k8s up "$@"

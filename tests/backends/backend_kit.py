@@ -11,7 +11,7 @@ import kubernetes.client
 import psutil
 
 from jupyter_dlinfra.backends import BackendStatus, JobBackend, JobHandle, JobLaunch
-from jupyter_dlinfra.testing import wait_until
+from jupyter_dlinfra.testing.server import wait_until
 
 __all__ = ["DEADLINE", "Counting", "Jobs", "alive", "wait_ended", "wait_for", "wait_reason"]
 

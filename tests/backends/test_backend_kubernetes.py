@@ -23,23 +23,17 @@ import psutil
 import pytest
 from backend_kit import DEADLINE, Counting, Jobs, alive, wait_ended, wait_for, wait_reason
 
-from jupyter_dlinfra.backends import (
-    BackendError,
-    BackendState,
-    BackendStatus,
-    JobHandle,
-    JobLaunch,
-    kube_api,
-)
+from jupyter_dlinfra.backends import BackendError, BackendState, BackendStatus, JobHandle, JobLaunch
 from jupyter_dlinfra.backends import kubernetes as k8s
 from jupyter_dlinfra.backends.kubernetes import (
     KubernetesBackend,
     ensure_priority_classes,
     priority_class_manifests,
 )
-from jupyter_dlinfra.core.sched_policy import DEFAULT_CLASSES, PriorityClass
+from jupyter_dlinfra.core.scheduling.policy import DEFAULT_CLASSES, PriorityClass
 from jupyter_dlinfra.jobs.convert import prepare, snapshot
-from jupyter_dlinfra.testing import wait_until
+from jupyter_dlinfra.kube import api as kube_api
+from jupyter_dlinfra.testing.server import wait_until
 
 #: a job that starts a real kernel (the runner) may take longer on a loaded machine
 RUNNER_DEADLINE = 120.0

@@ -1,4 +1,4 @@
-"""Kernels as Kubernetes pods (``backends/kubernetes_pods.py`` and ``kernel_pod.py``) against a
+"""Kernels as Kubernetes pods (``kube/kernel_pods.py`` and ``kernel_pod.py``) against a
 real control plane (kube-apiserver, kube-scheduler, kube-controller-manager v1.20,
 tests/k8s_cluster.py) whose two fake GPU nodes are played by a node agent that runs each bound
 pod's command as a local process: the kernel in the "pod" is a real ipykernel, reached with a real
@@ -26,13 +26,8 @@ from backend_kit import Counting, alive
 from jupyter_client.blocking import BlockingKernelClient
 
 from jupyter_dlinfra.backends import BackendError
-from jupyter_dlinfra.backends.kubernetes_pods import (
-    KernelPod,
-    KernelPodSpec,
-    PodLauncher,
-    kernel_pod_name,
-)
-from jupyter_dlinfra.testing import free_port, wait_until
+from jupyter_dlinfra.kube.kernel_pods import KernelPod, KernelPodSpec, PodLauncher, kernel_pod_name
+from jupyter_dlinfra.testing.server import free_port, wait_until
 
 DEADLINE = 30.0
 #: a kernel's start (ipykernel's imports) may be slow on a loaded machine
@@ -583,7 +578,7 @@ def test_kernel_pod_sigterm_while_starting_removes_the_connection_file(tmp_path:
 
 def test_public_api_is_pinned() -> None:
     from jupyter_dlinfra import kernel_pod
-    from jupyter_dlinfra.backends import kubernetes_pods
+    from jupyter_dlinfra.kube import kernel_pods as kubernetes_pods
 
     assert sorted(kubernetes_pods.__all__) == [
         "COMPONENT",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.testing.server import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

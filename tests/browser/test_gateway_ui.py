@@ -8,9 +8,10 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from jupyter_dlinfra.core import Store, SystemClock
-from jupyter_dlinfra.core.tokens import TokenBook
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.testing.server import ServerProcess
 
 from .conftest import ARTIFACTS
 from .test_sidebar import make_notebook, open_and_run, open_sidebar

@@ -7,7 +7,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from jupyter_dlinfra.testing import wait_until, write_notebook
+from jupyter_dlinfra.testing.server import wait_until, write_notebook
 
 from .test_sidebar import open_sidebar
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from jupyter_dlinfra.testing import wait_until, write_notebook
+from jupyter_dlinfra.testing.server import wait_until, write_notebook
 
 from .conftest import ARTIFACTS
 from .test_sidebar import open_sidebar

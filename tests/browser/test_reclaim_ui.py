@@ -10,7 +10,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from jupyter_dlinfra.testing import wait_until
+from jupyter_dlinfra.testing.server import wait_until
 
 from .test_sidebar import make_notebook, open_and_run, open_sidebar
 

@@ -8,7 +8,7 @@ from typing import Any
 import psutil
 from playwright.sync_api import expect
 
-from jupyter_dlinfra.testing import ServerProcess, wait_until
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until
 
 from .conftest import ARTIFACTS
 

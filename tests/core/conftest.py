@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_dlinfra.core import Ledger, ManualClock
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.clock import ManualClock
 
 from .kit import Kit
 

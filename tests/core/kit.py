@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jupyter_dlinfra.core import Gpu, KernelRecord, Ledger, ManualClock, Store
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.clock import ManualClock
+from jupyter_dlinfra.core.models import Gpu, KernelRecord
+from jupyter_dlinfra.core.store import Store
 
 __all__ = ["A100", "H100", "Kit", "make_gpus"]
 

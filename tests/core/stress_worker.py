@@ -13,7 +13,10 @@ import time
 import traceback
 from typing import Any
 
-from jupyter_dlinfra.core import AllocationState, KernelRecord, Ledger, Store, SystemClock
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.models import AllocationState, KernelRecord
+from jupyter_dlinfra.core.store import Store
 
 __all__ = ["KERNELS_PER_WORKER", "NODE", "worker_main"]
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from jupyter_dlinfra.core import Clock, ManualClock, SystemClock
+from jupyter_dlinfra.core.clock import Clock, ManualClock, SystemClock
 
 
 def test_manual_clock_starts_where_told() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_dlinfra.core import AllocationState, Conflict, InvalidRequest, SchedulingPolicy
-from jupyter_dlinfra.core.ledger import QUOTA_WAIT
+from jupyter_dlinfra.core.books.ledger import QUOTA_WAIT
+from jupyter_dlinfra.core.errors import Conflict, InvalidRequest
+from jupyter_dlinfra.core.models import AllocationState
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 
 from .kit import Kit
 

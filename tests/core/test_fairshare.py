@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jupyter_dlinfra.core.fairshare import Account, Standing, decayed, factor
+from jupyter_dlinfra.core.scheduling.fairshare import Account, Standing, decayed, factor
 
 H = 3600.0
 

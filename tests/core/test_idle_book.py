@@ -7,23 +7,16 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import select
 
-from jupyter_dlinfra.core import (
-    Conflict,
-    IdleBook,
-    IdlePolicy,
-    IdleState,
-    NotFound,
-    Phase,
-    ReclaimPolicy,
-    UsageSeries,
-)
-from jupyter_dlinfra.core.idle import Transition
-from jupyter_dlinfra.core.idle_book import (
+from jupyter_dlinfra.core.books.idle import (
     EVENT_KINDS,
+    IdleBook,
     Reading,
     StoredPolicy,
     UsageBucket,
 )
+from jupyter_dlinfra.core.errors import Conflict, NotFound
+from jupyter_dlinfra.core.idle import IdlePolicy, IdleState, Phase, ReclaimPolicy, Transition
+from jupyter_dlinfra.core.replay import UsageSeries
 from jupyter_dlinfra.core.store import usage
 
 from .kit import Kit

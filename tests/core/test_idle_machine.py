@@ -6,8 +6,16 @@ from collections.abc import Sequence
 
 import pytest
 
-from jupyter_dlinfra.core import Conflict, IdlePolicy, IdleState, Phase, ReclaimAction
-from jupyter_dlinfra.core.idle import Transition, keep, observe
+from jupyter_dlinfra.core.errors import Conflict
+from jupyter_dlinfra.core.idle import (
+    IdlePolicy,
+    IdleState,
+    Phase,
+    ReclaimAction,
+    Transition,
+    keep,
+    observe,
+)
 
 K = "k1"
 T0 = 10_000.0

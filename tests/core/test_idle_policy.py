@@ -7,13 +7,16 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.core import Conflict, InvalidRequest, PolicyError, ReclaimAction, ReclaimPolicy
+from jupyter_dlinfra.core.errors import Conflict, InvalidRequest
 from jupyter_dlinfra.core.idle import (
     POLICY_FIELDS,
     IdlePolicy,
     IdleState,
     Phase,
+    PolicyError,
     PolicyOverride,
+    ReclaimAction,
+    ReclaimPolicy,
     keep,
     observe,
 )

@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.core import InvalidRequest, NotFound
-from jupyter_dlinfra.core.errors import Conflict
-from jupyter_dlinfra.core.jobs import JobBook, JobState, NewJob
+from jupyter_dlinfra.core.books.jobs import JobBook, JobState, NewJob
+from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
 
 from .kit import Kit
 

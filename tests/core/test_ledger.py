@@ -6,15 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from jupyter_dlinfra.core import (
-    AllocationState,
+from jupyter_dlinfra.core.errors import (
     Conflict,
     InvalidRequest,
-    KernelRecord,
     LedgerError,
     NotFound,
     Unsatisfiable,
 )
+from jupyter_dlinfra.core.models import AllocationState, KernelRecord
 
 from .kit import A100, H100, Kit, make_gpus
 

@@ -9,12 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
 
-from jupyter_dlinfra.core.outage import (
-    Backoff,
-    LedgerUnavailable,
-    database_unavailable,
-    describe,
-)
+from jupyter_dlinfra.core.outage import Backoff, LedgerUnavailable, database_unavailable, describe
 
 
 def test_backoff_doubles_up_to_its_cap_and_starts_again_after_a_success() -> None:

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.core import IdleBook, PolicyError, ReclaimPolicy, SchedulingPolicy
-from jupyter_dlinfra.core.idle import MAX_POLICY_NAME
+from jupyter_dlinfra.core.books.idle import IdleBook
+from jupyter_dlinfra.core.books.policies import save_document
+from jupyter_dlinfra.core.idle import MAX_POLICY_NAME, PolicyError, ReclaimPolicy
 from jupyter_dlinfra.core.idle import RANGES as RECLAIM_RANGES
-from jupyter_dlinfra.core.policy_store import save_document
-from jupyter_dlinfra.core.sched_policy import RANGES as SCHEDULING_RANGES
+from jupyter_dlinfra.core.scheduling.policy import RANGES as SCHEDULING_RANGES
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 
 from .kit import Kit
 
@@ -130,7 +131,7 @@ def test_a_stored_reclaim_policy_outside_the_ranges_gives_way_to_the_configured_
     """Stored through the API before the ranges existed: reclaim must go on, not fail."""
     book = IdleBook(kit.ledger)
     save_document(kit.ledger, "reclaim", {"reclaim_after": 1e308}, previous={}, who="admin")
-    with caplog.at_level(logging.ERROR, logger="jupyter_dlinfra.core.idle_book"):
+    with caplog.at_level(logging.ERROR, logger="jupyter_dlinfra.core.books.idle"):
         assert book.stored_policy() is None
         assert book.stored_policy() is None
     said = [r.getMessage() for r in caplog.records]

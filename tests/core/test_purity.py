@@ -49,7 +49,7 @@ PUBLIC_API = [
     "replay",
 ]
 
-CORE_FILES = sorted(CORE_DIR.glob("*.py"))
+CORE_FILES = sorted(CORE_DIR.rglob("*.py"))
 
 
 def _imported_modules(tree: ast.AST) -> list[str]:
@@ -77,7 +77,7 @@ def test_core_files_are_found() -> None:
     assert {"__init__.py", "clock.py", "errors.py", "ledger.py", "models.py", "store.py"} <= names
 
 
-@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(CORE_DIR)))
 def test_core_module_imports_nothing_from_jupyter(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     bad = sorted({name for name in _imported_modules(tree) if name.split(".")[0] in FORBIDDEN})

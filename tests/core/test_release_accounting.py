@@ -15,7 +15,9 @@ import math
 import pytest
 from sqlalchemy import insert, select, text
 
-from jupyter_dlinfra.core import AllocationState, Ledger, SchedulingPolicy
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.models import AllocationState
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.store import fairshare, policies
 
 from .kit import Kit
@@ -98,7 +100,7 @@ def test_a_release_whose_accounting_fails_frees_the_gpus_and_logs_it(
     _refuse_usage_rows(kit)
     kit.clock.advance(60)
 
-    with caplog.at_level(logging.ERROR, logger="jupyter_dlinfra.core.ledger"):
+    with caplog.at_level(logging.ERROR, logger="jupyter_dlinfra.core.books.ledger"):
         ended = kit.ledger.release(held.id, reason="done")
 
     assert ended.state is RELEASED
@@ -129,7 +131,7 @@ def test_a_stored_policy_outside_the_ranges_gives_way_to_the_configured_one(
         )
     kit.clock.advance(600)
 
-    with caplog.at_level(logging.ERROR, logger="jupyter_dlinfra.core.ledger"):
+    with caplog.at_level(logging.ERROR, logger="jupyter_dlinfra.core.books.ledger"):
         assert kit.ledger.release(held.id, reason="done").state is RELEASED
         assert kit.ledger.scheduling_policy() == kit.ledger.configured_policy
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from jupyter_dlinfra.core import IdlePolicy, ReclaimPolicy, ReplayReport, UsageSeries, replay
-from jupyter_dlinfra.core.replay import KernelOutcome
+from jupyter_dlinfra.core.idle import IdlePolicy, ReclaimPolicy
+from jupyter_dlinfra.core.replay import KernelOutcome, ReplayReport, UsageSeries, replay
 
 T = 1_700_000_000.0
 H = 3600.0

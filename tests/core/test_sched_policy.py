@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.core import InvalidRequest, PolicyError
-from jupyter_dlinfra.core.sched_policy import (
+from jupyter_dlinfra.core.errors import InvalidRequest
+from jupyter_dlinfra.core.idle import PolicyError
+from jupyter_dlinfra.core.scheduling.policy import (
     DEFAULT_CLASSES,
     FIELDS,
     PriorityClass,

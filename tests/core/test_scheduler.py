@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.core import Conflict, InvalidRequest, NotFound, PolicyError
-from jupyter_dlinfra.core.sched_policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduler import (
+from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
+from jupyter_dlinfra.core.idle import PolicyError
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.scheduler import (
     Demand,
     Grant,
     Holding,

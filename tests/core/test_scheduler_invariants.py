@@ -19,9 +19,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from jupyter_dlinfra.core import PolicyError
-from jupyter_dlinfra.core.sched_policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduler import Demand, Outcome, Scheduler, Slot
+from jupyter_dlinfra.core.idle import PolicyError
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.scheduler import Demand, Outcome, Scheduler, Slot
 
 A100 = "NVIDIA A100-SXM4-80GB"
 H100 = "NVIDIA H100 80GB HBM3"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from jupyter_dlinfra.core import InvalidRequest, NotFound
+from jupyter_dlinfra.core.books.tokens import TOKEN_PREFIX, TokenBook, hash_secret
+from jupyter_dlinfra.core.errors import InvalidRequest, NotFound
 from jupyter_dlinfra.core.store import user_tokens
-from jupyter_dlinfra.core.tokens import TOKEN_PREFIX, TokenBook, hash_secret
 
 from .kit import Kit
 

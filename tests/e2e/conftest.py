@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.testing.server import ServerProcess
 
 
 @pytest.fixture

@@ -37,10 +37,13 @@ from typing import Any
 import psutil
 import pytest
 
-from jupyter_dlinfra.core import AllocationState, Ledger, Store, SystemClock
-from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME, JobBook, JobState
+from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME, JobBook, JobState
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.models import AllocationState
+from jupyter_dlinfra.core.store import Store
 from jupyter_dlinfra.server.liveness import pid_alive
-from jupyter_dlinfra.testing import ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
 
 SEED = int(os.environ.get("DLINFRA_SOAK_SEED", "1313"))
 #: kills per database: 20 in all

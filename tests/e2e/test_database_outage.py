@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from postgres_server import PostgresServer, PostgresUnavailable, postgres_optional, run_postgres
 
-from jupyter_dlinfra.core import Store, SystemClock
-from jupyter_dlinfra.core.tokens import TokenBook
-from jupyter_dlinfra.testing import ServerProcess, wait_until
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until
 
 GATEWAY = ("-m", "jupyter_dlinfra.cli", "gateway")
 UNREACHABLE = "the GPU ledger's database is unreachable; try again shortly"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jupyter_dlinfra.testing import ExecResult, KernelSession, ServerProcess, wait_until
+from jupyter_dlinfra.testing.server import ExecResult, KernelSession, ServerProcess, wait_until
 
 CUDA = "__import__('os').environ.get('CUDA_VISIBLE_DEVICES')"
 

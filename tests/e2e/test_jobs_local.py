@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from jupyter_dlinfra.testing import ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
 
 FAST = ("--DLInfra.job_interval=0.2",)
 

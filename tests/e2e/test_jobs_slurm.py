@@ -10,7 +10,7 @@ from typing import Any
 from slurm_cluster import SlurmCluster
 from test_jobs_local import root_of, wait_state
 
-from jupyter_dlinfra.testing import ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
 
 SLURM = (
     "--DLInfra.job_interval=0.2",

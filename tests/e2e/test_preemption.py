@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jupyter_dlinfra.testing import ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
 
 FAST = ("--DLInfra.job_interval=0.2",)
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.testing.server import ServerProcess
 
 # three worker processes spin for a few seconds: a data pipeline that pegs the CPU
 BURN = """\

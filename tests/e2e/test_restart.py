@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from jupyter_dlinfra.testing import ServerProcess, wait_until
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until
 
 LIVE = ("utilization_percent", "memory_used_bytes", "sampled_at")
 

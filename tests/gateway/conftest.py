@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gateway_kit import Team, start_gateway, stop_and_keep_log
 
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.testing.server import ServerProcess
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_dlinfra.core import Store, SystemClock
-from jupyter_dlinfra.core.tokens import TokenBook
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.testing.server import ServerProcess
 
 GATEWAY = ("-m", "jupyter_dlinfra.cli", "gateway")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -12,7 +12,7 @@ import pytest
 import websocket
 from gateway_kit import Team
 
-from jupyter_dlinfra.testing import ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
 
 
 def test_a_kernel_started_from_a_users_server_runs_on_the_gateway_and_gets_gpus(

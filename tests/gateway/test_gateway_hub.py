@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gateway_kit import Team, start_gateway, stop_and_keep_log
 
-from jupyter_dlinfra.testing import ServerProcess, free_port, wait_until
+from jupyter_dlinfra.testing.server import ServerProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: installed by scripts/test.sh (npm install --prefix build/chp configurable-http-proxy)

@@ -12,10 +12,10 @@ import kubernetes
 import pytest
 from gateway_kit import Team, start_gateway, stop_and_keep_log
 
-from jupyter_dlinfra.backends.kubernetes_pods import KernelPodSpec, PodLauncher
 from jupyter_dlinfra.kernel_pod import PORT_NAMES as PORTS
-from jupyter_dlinfra.testing import KernelSession, ServerProcess, wait_until, write_notebook
-from jupyter_dlinfra.testing_k8s import ControlPlane
+from jupyter_dlinfra.kube.kernel_pods import KernelPodSpec, PodLauncher
+from jupyter_dlinfra.testing.k8s import ControlPlane
+from jupyter_dlinfra.testing.server import KernelSession, ServerProcess, wait_until, write_notebook
 
 
 @pytest.fixture
@@ -406,8 +406,8 @@ def agent_uuid(node: str, index: int) -> str:
 @pytest.fixture
 def dcgm(k8s_agent: Any) -> Iterator[tuple[Any, Any]]:
     """dcgm-exporter metrics for the agent's nodes (all busy), scraped by a real Prometheus."""
-    from jupyter_dlinfra.testing_dcgm import SimulatedDcgmExporter
-    from jupyter_dlinfra.testing_prometheus import PrometheusServer
+    from jupyter_dlinfra.testing.dcgm import SimulatedDcgmExporter
+    from jupyter_dlinfra.testing.prometheus import PrometheusServer
 
     nodes = {"gpu-node-a": 4, "gpu-node-b": 2}
     with SimulatedDcgmExporter(nodes, uuid_for=agent_uuid) as exporter:

@@ -23,7 +23,7 @@ from tornado import httpserver, netutil, web, websocket
 from traitlets import Unicode
 from traitlets.config import Configurable
 
-from jupyter_dlinfra.gateway.client_ws import OrderedGatewayConnection
+from jupyter_dlinfra.server.forwarding.kernel_ws import OrderedGatewayConnection
 
 KERNEL = "5f0c1d2e-0000-4000-8000-000000000001"
 SESSION = "browser-session"

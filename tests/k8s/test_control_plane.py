@@ -1,4 +1,4 @@
-"""The local Kubernetes control plane and its node agent (jupyter_dlinfra/testing_k8s.py).
+"""The local Kubernetes control plane and its node agent (jupyter_dlinfra/testing/k8s.py).
 
 The real kube-scheduler binds pods to the agent's fake GPU nodes (gpu-node-a: 4 GPUs, gpu-node-b:
 2 GPUs), the real controller-manager runs Jobs, and the agent runs the pods' commands as local
@@ -19,9 +19,9 @@ import psutil
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-import jupyter_dlinfra.testing_k8s as testing_k8s
-from jupyter_dlinfra.testing import wait_until
-from jupyter_dlinfra.testing_k8s import ControlPlane, FakeNode, NodeAgent
+import jupyter_dlinfra.testing.k8s as testing_k8s
+from jupyter_dlinfra.testing.k8s import ControlPlane, FakeNode, NodeAgent
+from jupyter_dlinfra.testing.server import wait_until
 
 DEADLINE = 30.0
 
@@ -523,7 +523,7 @@ def test_cli_parses_nodes() -> None:
 def test_public_api_is_pinned() -> None:
     import inspect
 
-    import jupyter_dlinfra.testing_kubelet as testing_kubelet
+    import jupyter_dlinfra.testing.kubelet as testing_kubelet
 
     assert sorted(testing_k8s.__all__) == [
         "ControlPlane",

@@ -18,9 +18,9 @@ from kubernetes.client import ApiException
 from kubernetes.utils import FailToCreateError, create_from_dict
 
 from jupyter_dlinfra.backends import BackendError
-from jupyter_dlinfra.backends.kubernetes_pods import KernelPodSpec, PodLauncher
+from jupyter_dlinfra.kube.kernel_pods import KernelPodSpec, PodLauncher
 from jupyter_dlinfra.telemetry.kubernetes import KubernetesTelemetry
-from jupyter_dlinfra.testing import wait_until
+from jupyter_dlinfra.testing.server import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"

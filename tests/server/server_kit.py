@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_dlinfra.core import KernelRecord
+from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.server.service import hash_token
 
 

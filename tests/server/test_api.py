@@ -11,7 +11,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from server_kit import register
 from tornado.httpclient import HTTPClientError
 
-from jupyter_dlinfra.server.auth import KERNEL_AUTH_SCHEME
+from jupyter_dlinfra.server.handlers.base import KERNEL_AUTH_SCHEME
 
 
 def kernel_auth(token: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jupyter_dlinfra.core import Allocation, AllocationState, KernelRecord
+from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecord
 from jupyter_dlinfra.server.attribution import Attributor
 from jupyter_dlinfra.telemetry import GpuSample, ProcessUse
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from server_kit import register
 
-from jupyter_dlinfra.magics import queue_line
+from jupyter_dlinfra.kernel.magics import queue_line
 
 
 async def _ask(api: Any, kernel_id: str, count: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from server_kit import register
 from tornado.httpclient import HTTPClientError
 from tornado.httputil import HTTPHeaders
 
-from jupyter_dlinfra.core import KernelRecord, LedgerEvent
+from jupyter_dlinfra.core.models import KernelRecord, LedgerEvent
 from jupyter_dlinfra.server.events import KEEPALIVE, Subscription, notice_from_event
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"

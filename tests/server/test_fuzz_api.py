@@ -19,8 +19,11 @@ from typing import Any
 import pytest
 from fuzz_kit import CHECKS, fuzzed
 
-from jupyter_dlinfra.core import KernelRecord, Ledger, Store, SystemClock
-from jupyter_dlinfra.testing import ServerProcess
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.models import KernelRecord
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.testing.server import ServerProcess
 
 #: per operation and phase; about 30 operations, two callers
 MAX_EXAMPLES = 50

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from server_kit import register
 
-from jupyter_dlinfra.testing import write_notebook
+from jupyter_dlinfra.testing.server import write_notebook
 
 BEYOND_64_BITS = "9" * 25
 ARABIC_INDIC_ONE = "\u0661"  # int() and str.isdigit() take it for 1

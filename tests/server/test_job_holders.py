@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from jupyter_dlinfra.backends.base import BackendState, JobHandle
-from jupyter_dlinfra.core import AllocationState, KernelRecord
-from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME, Job, JobState, NewJob
+from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME, Job, JobState, NewJob
+from jupyter_dlinfra.core.models import AllocationState, KernelRecord
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from server_kit import register
 
-from jupyter_dlinfra.core.jobs import JobState, NewJob
-from jupyter_dlinfra.testing import write_notebook
+from jupyter_dlinfra.core.books.jobs import JobState, NewJob
+from jupyter_dlinfra.testing.server import write_notebook
 
 Api = Callable[..., Awaitable[tuple[int, Any]]]
 
@@ -165,7 +165,7 @@ async def test_a_gpu_kernelspec_gives_the_job_its_gpus_and_a_plain_kernel(
     import json
     import shutil
 
-    from jupyter_dlinfra.testing import notebook_json
+    from jupyter_dlinfra.testing.server import notebook_json
 
     # the server's kernelspecs live in pytest-jupyter's data dir: install ours there
     repo = Path(__file__).resolve().parents[2]
@@ -197,7 +197,7 @@ async def test_gpus_no_wait_could_grant_are_refused_at_submission(
 
 
 def test_log_chunks_never_cut_a_character(tmp_path: Path) -> None:
-    from jupyter_dlinfra.server.job_handlers import _read_from
+    from jupyter_dlinfra.server.handlers.jobs import _read_from
 
     log = tmp_path / "job.log"
     log.write_bytes("ab€é".encode())  # € is 3 bytes, é 2
@@ -212,7 +212,7 @@ async def test_a_kernel_cannot_take_a_jobs_name_or_its_gpus(
 ) -> None:
     from tornado.httpclient import HTTPClientError
 
-    from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME
+    from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
 
     ledger = dlinfra_app.service.ledger
     register(dlinfra_app, "job-7", kernel_name=JOB_KERNEL_NAME)
@@ -264,7 +264,7 @@ async def test_odd_job_ids_are_400(api: Api, raw: str) -> None:
 async def test_a_jobs_allocation_is_freed_by_cancelling_the_job_only(
     api: Api, dlinfra_app: Any
 ) -> None:
-    from jupyter_dlinfra.core.jobs import JOB_KERNEL_NAME
+    from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
 
     ledger = dlinfra_app.service.ledger
     register(dlinfra_app, "job-3", kernel_name=JOB_KERNEL_NAME)

@@ -12,7 +12,7 @@ import logging
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from jupyter_dlinfra.core import ManualClock
+from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.outage import LedgerUnavailable
 from jupyter_dlinfra.server.ledger_health import LedgerHealth, run_every
 

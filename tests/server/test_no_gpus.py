@@ -36,7 +36,7 @@ async def test_zero_gpus_and_the_reason(api: Any) -> None:
 
 
 async def test_requests_fail_clearly(api: Any, dlinfra_app: Any) -> None:
-    from jupyter_dlinfra.core import KernelRecord
+    from jupyter_dlinfra.core.models import KernelRecord
 
     service = dlinfra_app.service
     service.ledger.register_kernel(

@@ -26,16 +26,16 @@ from referencing.jsonschema import DRAFT202012
 from server_kit import register
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
-from jupyter_dlinfra.core.fairshare import Standing
+from jupyter_dlinfra.core.books.jobs import NewJob
 from jupyter_dlinfra.core.idle import POLICY_FIELDS
-from jupyter_dlinfra.core.jobs import NewJob
-from jupyter_dlinfra.core.sched_policy import FIELDS as SCHEDULING_FIELDS
-from jupyter_dlinfra.core.sched_policy import PriorityClass, SchedulingPolicy
-from jupyter_dlinfra.server import job_handlers
+from jupyter_dlinfra.core.scheduling.fairshare import Standing
+from jupyter_dlinfra.core.scheduling.policy import FIELDS as SCHEDULING_FIELDS
+from jupyter_dlinfra.core.scheduling.policy import PriorityClass, SchedulingPolicy
 from jupyter_dlinfra.server.events import notice_from_event
-from jupyter_dlinfra.server.handlers import MAX_WAIT_S, ROUTES
-from jupyter_dlinfra.server.policy_handlers import MAX_SIMULATE_HOURS
-from jupyter_dlinfra.testing import write_notebook
+from jupyter_dlinfra.server.handlers import jobs as job_handlers
+from jupyter_dlinfra.server.handlers.gpus import MAX_WAIT_S, ROUTES
+from jupyter_dlinfra.server.handlers.policy import MAX_SIMULATE_HOURS
+from jupyter_dlinfra.testing.server import write_notebook
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
 DOC_URI = "urn:dlinfra:openapi"
@@ -657,7 +657,7 @@ async def test_policy_and_dry_run_answers_for_an_admin_match_the_document(
     assert {"reclaim_after", "users.bob.exempt", "groups.ml.action"} <= fields
 
     # recorded usage to replay: one kernel idle for 2 h, one busy
-    from jupyter_dlinfra.core.idle_book import UsageBucket
+    from jupyter_dlinfra.core.books.idle import UsageBucket
 
     start = app.service.ledger.clock.now() - 3 * 3600
     buckets = []

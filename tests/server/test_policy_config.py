@@ -8,7 +8,7 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from jupyter_dlinfra.core import ReclaimAction
+from jupyter_dlinfra.core.idle import ReclaimAction
 from jupyter_dlinfra.server.app import DLInfra
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from server_kit import register
 
-from jupyter_dlinfra.core import AllocationState
+from jupyter_dlinfra.core.models import AllocationState
 
 Api = Callable[..., Awaitable[tuple[int, Any]]]
 
@@ -318,7 +318,7 @@ async def test_a_kernel_token_is_never_an_admin(api: Api, dlinfra_app: Any) -> N
 
 
 async def test_the_dry_run_replays_the_recorded_usage(api: Api, dlinfra_app: Any) -> None:
-    from jupyter_dlinfra.core.idle_book import UsageBucket
+    from jupyter_dlinfra.core.books.idle import UsageBucket
 
     book = dlinfra_app.service.idle_book
     now = dlinfra_app.service.ledger.clock.now()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_dlinfra.core import KernelRecord
+from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.server.liveness import process_started_at
 
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from server_kit import register
 
-from jupyter_dlinfra.core import AllocationState
+from jupyter_dlinfra.core.models import AllocationState
 from jupyter_dlinfra.server import restarts
 from jupyter_dlinfra.server.liveness import process_started_at
 

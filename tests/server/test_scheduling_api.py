@@ -22,7 +22,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jupyter_dlinfra.server.app import DLInfra
-from jupyter_dlinfra.server.auth import KERNEL_AUTH_SCHEME
+from jupyter_dlinfra.server.handlers.base import KERNEL_AUTH_SCHEME
 
 Api = Callable[..., Awaitable[tuple[int, Any]]]
 

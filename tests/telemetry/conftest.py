@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from jupyter_dlinfra.testing_dcgm import SimulatedDcgmExporter
-from jupyter_dlinfra.testing_prometheus import (
+from jupyter_dlinfra.testing.dcgm import SimulatedDcgmExporter
+from jupyter_dlinfra.testing.prometheus import (
     PrometheusServer,
     PrometheusUnavailable,
     wait_for_query,

@@ -17,9 +17,9 @@ from jupyter_dlinfra.telemetry.dcgm import (
     DcgmSnapshot,
     PrometheusError,
 )
-from jupyter_dlinfra.testing import free_port, wait_until
-from jupyter_dlinfra.testing_dcgm import SimulatedDcgmExporter
-from jupyter_dlinfra.testing_prometheus import PrometheusServer
+from jupyter_dlinfra.testing.dcgm import SimulatedDcgmExporter
+from jupyter_dlinfra.testing.prometheus import PrometheusServer
+from jupyter_dlinfra.testing.server import free_port, wait_until
 
 MIB = 2**20
 MAIN = {"cluster": "main"}

@@ -20,10 +20,10 @@ from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample
 from jupyter_dlinfra.telemetry.cluster import ClusterTelemetryError, PodRef
 from jupyter_dlinfra.telemetry.dcgm import DcgmClient
 from jupyter_dlinfra.telemetry.kubernetes import KubernetesTelemetry, synthetic_uuid
-from jupyter_dlinfra.testing import free_port, wait_until
-from jupyter_dlinfra.testing_dcgm import SimulatedDcgmExporter
-from jupyter_dlinfra.testing_k8s import ControlPlane, FakeNode, NodeAgent
-from jupyter_dlinfra.testing_prometheus import PrometheusServer
+from jupyter_dlinfra.testing.dcgm import SimulatedDcgmExporter
+from jupyter_dlinfra.testing.k8s import ControlPlane, FakeNode, NodeAgent
+from jupyter_dlinfra.testing.prometheus import PrometheusServer
+from jupyter_dlinfra.testing.server import free_port, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 

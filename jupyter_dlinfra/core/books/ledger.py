@@ -1,0 +1,972 @@
+"""The GPU ledger: who holds which GPU, who waits, in what order, and why.
+
+Requests are ordered by the scheduling policy (priority classes, fair share, quotas; see
+``scheduler.py``): after every change the scheduler runs over the ledger's state, loaded within
+the same write transaction, and its grants and preemptions are written there, each with an event
+row, before anyone is told about them. A blocked request keeps the free GPUs it could use for
+itself, so a large request is never starved by a stream of small ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, insert, select, update
+
+from jupyter_dlinfra.core.books.ledger_state import (
+    DEFAULT_DURATION,
+    GroupsOf,
+    class_of,
+    groups_json,
+    load_scheduler,
+    recent_durations,
+    running_usage,
+)
+from jupyter_dlinfra.core.books.policies import SCHEDULING_PREFIX, UnreadablePolicy, save_document
+from jupyter_dlinfra.core.clock import Clock
+from jupyter_dlinfra.core.errors import (
+    Conflict,
+    InvalidRequest,
+    LedgerError,
+    NotFound,
+    Unsatisfiable,
+)
+from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
+from jupyter_dlinfra.core.scheduling import explain as sched_view
+from jupyter_dlinfra.core.scheduling.fairshare import Standing, bounded_usage, decayed
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.scheduler import Holding, Scheduler
+from jupyter_dlinfra.core.store import (
+    Store,
+    Transaction,
+    allocation_gpus,
+    allocations,
+    events,
+    fairshare,
+    gpus,
+    holdings,
+    kernels,
+    policies,
+)
+
+#: where the admin's scheduling policy is kept (dlinfra_policy.key)
+SCHEDULING_KEY = "scheduling"
+#: a preempted job is expected to stop within this long (for estimates only)
+_PREEMPT_GRACE = 30.0
+
+__all__ = ["Ledger", "model_matches"]
+
+_log = logging.getLogger(__name__)
+
+_ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
+#: ``placement`` of a request that a cluster's scheduler places
+CLUSTER = "cluster"
+#: how the reason of a cluster's request held back by a quota begins (its waiting code: quota)
+QUOTA_WAIT = "over quota: "
+
+
+def model_matches(wanted: str | None, model: str) -> bool:
+    """``--model A100`` matches "NVIDIA A100-SXM4-80GB": people type the short name."""
+    return wanted is None or wanted.strip().lower() in model.lower()
+
+
+def _same_model(a: str | None, b: str | None) -> bool:
+    return (a or "").lower() == (b or "").lower()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        policy: SchedulingPolicy | None = None,
+        groups_of: GroupsOf | None = None,
+    ) -> None:
+        """``policy``: the configured scheduling policy (one set through the API wins);
+        ``groups_of(user)``: the groups a user belongs to, for group shares and quotas."""
+        self.store = store
+        self.clock = clock
+        self.configured_policy = policy or SchedulingPolicy()
+        self.groups_of: GroupsOf = groups_of or (lambda user: ())
+        self._unreadable_policy = UnreadablePolicy(
+            "scheduling", endpoint="/dlinfra/api/scheduling", log=_log
+        )
+
+    # -- scheduling policy -----------------------------------------------------------------------
+
+    def scheduling_policy(self) -> SchedulingPolicy:
+        with self.store.read() as conn:
+            return self._policy(conn)
+
+    def set_scheduling_policy(self, policy: SchedulingPolicy, *, who: str) -> list[str]:
+        """Store an admin's policy (audited field by field) and schedule under it at once."""
+        previous = self.scheduling_policy()
+        changed = save_document(
+            self,
+            SCHEDULING_KEY,
+            policy.to_json(),
+            previous=previous.to_json(),
+            who=who,
+            field_prefix=SCHEDULING_PREFIX,
+        )
+        with self.store.write() as tx:
+            self._schedule(tx)
+        return changed
+
+    def standings(self) -> list[Standing]:
+        """Every user's fair-share standing (usage per share, rank among those who wait)."""
+        with self.store.read() as conn:
+            sched, _ = self._scheduler(conn)
+        return sched_view.standings(sched)
+
+    # -- inventory ---------------------------------------------------------------------------
+
+    def sync_inventory(self, node: str, devices: Sequence[Gpu]) -> None:
+        """Make the node's GPUs in the ledger those that telemetry reports now.
+
+        A GPU that disappears is marked absent, not deleted: a grant that holds it stays visible
+        until its kernel releases it, but it is never granted again.
+        """
+        for gpu in devices:
+            if gpu.node != node:
+                raise InvalidRequest(f"GPU {gpu.uuid} belongs to node {gpu.node}, not {node}")
+        with self.store.write() as tx:
+            conn = tx.conn
+            uuids = [g.uuid for g in devices]
+            known = {
+                r.uuid: r
+                for r in conn.execute(
+                    select(gpus).where((gpus.c.node == node) | gpus.c.uuid.in_(uuids))
+                )
+            }
+            seen = set()
+            for gpu in devices:
+                seen.add(gpu.uuid)
+                values = {
+                    "node": node,
+                    "idx": gpu.index,
+                    "model": gpu.model,
+                    "memory_bytes": gpu.memory_bytes,
+                    "simulated": gpu.simulated,
+                    "present": True,
+                }
+                old = known.get(gpu.uuid)
+                if old is None:
+                    conn.execute(insert(gpus).values(uuid=gpu.uuid, **values))
+                elif any(getattr(old, k) != v for k, v in values.items()):
+                    conn.execute(update(gpus).where(gpus.c.uuid == gpu.uuid).values(**values))
+                else:
+                    continue
+                self.write_event(tx, "gpu_seen", detail={"gpu": gpu.uuid, "node": node})
+            for uuid, row in known.items():
+                if uuid not in seen and row.node == node and row.present:
+                    conn.execute(update(gpus).where(gpus.c.uuid == uuid).values(present=False))
+                    self.write_event(tx, "gpu_lost", detail={"gpu": uuid, "node": node})
+            if tx.changed:
+                self._schedule(tx)
+
+    def gpus(self, node: str | None = None, *, include_absent: bool = False) -> list[Gpu]:
+        query = select(gpus).order_by(gpus.c.node, gpus.c.idx)
+        if node is not None:
+            query = query.where(gpus.c.node == node)
+        if not include_absent:
+            query = query.where(gpus.c.present.is_(True))
+        with self.store.read() as conn:
+            return [_gpu(r) for r in conn.execute(query)]
+
+    def holders(self) -> dict[str, Allocation]:
+        """Granted allocations by the UUID of each GPU they hold."""
+        with self.store.read() as conn:
+            held = conn.execute(select(holdings.c.gpu_uuid, holdings.c.allocation_id)).all()
+            by_id = {a.id: a for a in self._load(conn, allocations.c.id.in_({h[1] for h in held}))}
+        return {uuid: by_id[aid] for uuid, aid in held}
+
+    # -- kernels -----------------------------------------------------------------------------
+
+    def register_kernel(
+        self, record: KernelRecord, *, token_hash: str | None = None
+    ) -> KernelRecord:
+        """Insert or refresh a kernel; a relaunch keeps its row (and its GPUs when carried over)."""
+        values = {
+            "user": record.user,
+            "node": record.node,
+            "server_id": record.server_id,
+            "kernel_name": record.kernel_name,
+            "path": record.path,
+            "pid": record.pid,
+            "pid_started_at": record.pid_started_at,
+            "keep_on_restart": record.keep_on_restart,
+            "token_hash": token_hash,
+        }
+        with self.store.write() as tx:
+            exists = tx.conn.execute(
+                select(kernels.c.created_at).where(kernels.c.kernel_id == record.kernel_id)
+            ).first()
+            if exists is None:
+                created = record.created_at or self.clock.now()
+                tx.conn.execute(
+                    insert(kernels).values(
+                        kernel_id=record.kernel_id,
+                        created_at=created,
+                        launched_at=record.launched_at or created,
+                        **values,
+                    )
+                )
+            else:
+                # a relaunch: its launch grace counts from now, not from the kernel's first start
+                tx.conn.execute(
+                    update(kernels)
+                    .where(kernels.c.kernel_id == record.kernel_id)
+                    .values(launched_at=record.launched_at or self.clock.now(), **values)
+                )
+            self.write_event(tx, "kernel_registered", kernel_id=record.kernel_id)
+            return self._kernel(tx.conn, record.kernel_id)
+
+    def update_kernel(self, kernel_id: str, **changes: Any) -> KernelRecord:
+        allowed = {
+            "pid",
+            "pid_started_at",
+            "launched_at",
+            "keep_on_restart",
+            "path",
+            "kernel_name",
+            "server_id",
+        }
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidRequest(f"cannot change {', '.join(sorted(unknown))} of a kernel")
+        with self.store.write() as tx:
+            self._kernel(tx.conn, kernel_id)
+            tx.conn.execute(
+                update(kernels).where(kernels.c.kernel_id == kernel_id).values(**changes)
+            )
+            tx.touch()
+            return self._kernel(tx.conn, kernel_id)
+
+    def kernel(self, kernel_id: str) -> KernelRecord:
+        with self.store.read() as conn:
+            return self._kernel(conn, kernel_id)
+
+    def kernel_by_token_hash(self, token_hash: str) -> KernelRecord | None:
+        with self.store.read() as conn:
+            row = conn.execute(select(kernels).where(kernels.c.token_hash == token_hash)).first()
+            return None if row is None else _kernel(row)
+
+    def kernels(self, node: str | None = None) -> list[KernelRecord]:
+        query = select(kernels).order_by(kernels.c.created_at)
+        if node is not None:
+            query = query.where(kernels.c.node == node)
+        with self.store.read() as conn:
+            return [_kernel(r) for r in conn.execute(query)]
+
+    def forget_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
+        """The kernel is gone for good: end its allocations and drop its token."""
+        with self.store.write() as tx:
+            return self._forget_kernel(tx, kernel_id, reason)
+
+    def _forget_kernel(self, tx: Transaction, kernel_id: str, reason: str) -> list[Allocation]:
+        ended = self._end_kernel_allocations(tx, kernel_id, reason)
+        gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
+        if gone.rowcount:
+            self.write_event(tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason})
+        if ended:
+            self._schedule(tx)
+        return [self._allocation(tx.conn, a) for a in ended]
+
+    def reconcile(
+        self, node: str | None, is_alive: Callable[[KernelRecord], bool], *, reason: str
+    ) -> list[str]:
+        """Forget the kernels of ``node`` (None: of every node) whose process is gone; return
+        their ids.
+
+        A kernel whose record changed after it was judged is left for the next pass: its server
+        relaunched it meanwhile (a restart registers the kernel again before its new process
+        runs), and forgetting it would take the new process's identity and GPUs."""
+        dead = []
+        for judged in [k for k in self.kernels(node) if not is_alive(k)]:
+            with self.store.write() as tx:
+                row = tx.conn.execute(
+                    select(kernels).where(kernels.c.kernel_id == judged.kernel_id)
+                ).first()
+                if row is None or _kernel(row) != judged:
+                    continue
+                self._forget_kernel(tx, judged.kernel_id, reason)
+            dead.append(judged.kernel_id)
+        return dead
+
+    # -- allocations -------------------------------------------------------------------------
+
+    def request(
+        self,
+        *,
+        kernel_id: str,
+        count: int,
+        model: str | None = None,
+        priority_class: str | None = None,
+        kind: str = "kernel",
+        cluster_reason: str | None = None,
+    ) -> Allocation:
+        """Ask for ``count`` GPUs for a kernel (or a job's holder record, ``kind="job"``): granted
+        at once, or queued with a position, a reason and an estimated start.
+
+        With ``cluster_reason``, a cluster's scheduler places it (see :meth:`request_placed`)."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise InvalidRequest(f"the GPU count must be a whole number, not {count!r}")
+        if count <= 0:
+            raise InvalidRequest(f"ask for at least 1 GPU (got {count})")
+        if model is not None:
+            if not isinstance(model, str) or not model.strip():
+                raise InvalidRequest("the GPU model must be a non-empty name, such as 'A100'")
+            model = model.strip()
+        if kind not in ("kernel", "job"):
+            raise InvalidRequest(f"kind must be 'kernel' or 'job', not {kind!r}")
+        policy = self.scheduling_policy()
+        if priority_class is not None:
+            if not isinstance(priority_class, str) or priority_class not in policy.class_map:
+                raise InvalidRequest(
+                    f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
+                    reason="unknown_class",
+                )
+        else:
+            priority_class = policy.job_class if kind == "job" else policy.kernel_class
+        with self.store.write() as tx:
+            conn = tx.conn
+            kernel = self._kernel(conn, kernel_id)
+            current = self._load(
+                conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
+            )
+            if current:
+                held = current[0]
+                if (
+                    held.count == count
+                    and _same_model(held.model, model)
+                    and class_of(held, policy) == priority_class
+                ):
+                    return self._allocation(conn, held)
+                verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
+                raise Conflict(
+                    f"this kernel already {verb} {_plural(held.count, 'GPU')} (allocation "
+                    f"{held.id}); release them first with `%gpu release`",
+                    reason="already_allocated",
+                )
+            placed = cluster_reason is not None
+            if not placed:
+                self._check_satisfiable(conn, kernel.node, count, model)
+            inserted = conn.execute(
+                insert(allocations).values(
+                    kernel_id=kernel_id,
+                    user=kernel.user,
+                    node=kernel.node,
+                    count=count,
+                    model=model,
+                    state=AllocationState.QUEUED.value,
+                    created_at=self.clock.now(),
+                    priority_class=priority_class,
+                    kind=kind,
+                    groups=groups_json(self.groups_of(kernel.user)),
+                    borrowed=False,
+                    placement=CLUSTER if placed else None,
+                    cluster_reason=cluster_reason,
+                )
+            )
+            new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+            self.write_event(
+                tx,
+                "requested",
+                allocation_id=new_id,
+                kernel_id=kernel_id,
+                detail={"count": count, "model": model, "priority_class": priority_class},
+            )
+            if not placed:
+                self._schedule(tx)
+            return self._allocation(conn, self._one(conn, new_id))
+
+    # -- requests the cluster places (Kubernetes) ----------------------------------------------
+
+    def request_placed(
+        self,
+        *,
+        kernel_id: str,
+        count: int,
+        model: str | None = None,
+        priority_class: str | None = None,
+        reason: str,
+    ) -> Allocation:
+        """Record a request that a cluster's scheduler places (a pod asking for ``count`` GPUs):
+        queued here, with the cluster's ``reason``, until :meth:`grant_placed`. This ledger
+        neither checks it against its nodes nor schedules it."""
+        return self.request(
+            kernel_id=kernel_id,
+            count=count,
+            model=model,
+            priority_class=priority_class,
+            cluster_reason=reason,
+        )
+
+    def cluster_quota_block(
+        self, user: str, count: int, *, placed: Collection[int] = ()
+    ) -> str | None:
+        """Why ``count`` more GPUs for ``user`` would pass a quota (the user's, or a group's);
+        None within every quota. Counted: the GPUs granted in this ledger, and the queued
+        requests among ``placed`` (a cluster's requests whose pods exist: they may start at any
+        moment). The gateway asks this before it creates a GPU pod, so that the team's quotas
+        hold for the work Kubernetes places too."""
+        with self.store.read() as conn:
+            policy = self._policy(conn)
+            rows = conn.execute(
+                select(allocations.c.user, allocations.c.count).where(
+                    (allocations.c.state == AllocationState.GRANTED.value)
+                    | (
+                        (allocations.c.state == AllocationState.QUEUED.value)
+                        & allocations.c.id.in_(list(placed))
+                    )
+                )
+            ).all()
+        held: dict[str, int] = {}
+        for holder, count_held in rows:
+            held[holder] = held.get(holder, 0) + int(count_held)
+        quota = policy.quota_of_user(user)
+        mine = held.get(user, 0)
+        if quota is not None and mine + count > quota:
+            return f"{user} holds {mine} GPU(s) of a quota of {quota}"
+        for group in self.groups_of(user):
+            group_quota = policy.group_quotas.get(group)
+            if group_quota is None:
+                continue
+            together = sum(n for u, n in held.items() if group in self.groups_of(u))
+            if together + count > group_quota:
+                return f"group {group} holds {together} GPU(s) of a quota of {group_quota}"
+        return None
+
+    def note_placement(self, allocation_id: int, reason: str) -> bool:
+        """The cluster's latest word on why a placed request waits; True if it changed."""
+        with self.store.write() as tx:
+            changed = tx.conn.execute(
+                update(allocations)
+                .where(
+                    allocations.c.id == allocation_id,
+                    allocations.c.state == AllocationState.QUEUED.value,
+                    allocations.c.placement == CLUSTER,
+                    allocations.c.cluster_reason.is_distinct_from(reason),
+                )
+                .values(cluster_reason=reason)
+            ).rowcount
+            if changed:
+                tx.touch()
+            return bool(changed)
+
+    def grant_placed(
+        self, allocation_id: int, *, node: str, gpu_uuids: Sequence[str] = ()
+    ) -> Allocation:
+        """The cluster placed it on ``node``: granted, holding ``gpu_uuids`` when known (from
+        the node's telemetry), else that many of the node's GPUs nobody holds in the ledger."""
+        with self.store.write() as tx:
+            conn = tx.conn
+            alloc = self._one(conn, allocation_id)
+            if alloc.state is not AllocationState.QUEUED or alloc.placement != CLUSTER:
+                return self._allocation(conn, alloc)
+            held = set(conn.execute(select(holdings.c.gpu_uuid)).scalars())
+            known = [
+                r.uuid
+                for r in conn.execute(
+                    select(gpus.c.uuid)
+                    .where(gpus.c.node == node, gpus.c.present.is_(True))
+                    .order_by(gpus.c.idx)
+                )
+            ]
+            chosen = [u for u in gpu_uuids if u in known and u not in held]
+            for uuid in known:
+                if len(chosen) >= alloc.count:
+                    break
+                if uuid not in held and uuid not in chosen:
+                    chosen.append(uuid)
+            chosen = chosen[: alloc.count]
+            now = self.clock.now()
+            if chosen:
+                rows = [{"gpu_uuid": u, "allocation_id": alloc.id} for u in chosen]
+                conn.execute(insert(holdings), rows)
+                conn.execute(insert(allocation_gpus), rows)
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == alloc.id)
+                .values(state=AllocationState.GRANTED.value, granted_at=now, node=node)
+            )
+            conn.execute(
+                update(kernels).where(kernels.c.kernel_id == alloc.kernel_id).values(node=node)
+            )
+            self.write_event(
+                tx,
+                "granted",
+                allocation_id=alloc.id,
+                kernel_id=alloc.kernel_id,
+                detail={"gpus": chosen, "waited_s": now - alloc.created_at, "node": node},
+            )
+            return self._one(conn, alloc.id)
+
+    def release(self, allocation_id: int, *, reason: str) -> Allocation:
+        """End an allocation: a queued one is cancelled, a granted one released. Idempotent."""
+        with self.store.write() as tx:
+            alloc = self._one(tx.conn, allocation_id)
+            if alloc.state.active:
+                self._end(tx, alloc, reason)
+                self._schedule(tx)
+            return self._allocation(tx.conn, self._one(tx.conn, allocation_id))
+
+    def release_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
+        with self.store.write() as tx:
+            ended = self._end_kernel_allocations(tx, kernel_id, reason)
+            if ended:
+                self._schedule(tx)
+            return [self._allocation(tx.conn, a) for a in ended]
+
+    def allocation(self, allocation_id: int) -> Allocation:
+        with self.store.read() as conn:
+            return self._allocation(conn, self._one(conn, allocation_id))
+
+    def allocations(
+        self,
+        *,
+        kernel_id: str | None = None,
+        user: str | None = None,
+        node: str | None = None,
+        active: bool = True,
+    ) -> list[Allocation]:
+        cond: Any = allocations.c.id.is_not(None)
+        if kernel_id is not None:
+            cond = cond & (allocations.c.kernel_id == kernel_id)
+        if user is not None:
+            cond = cond & (allocations.c.user == user)
+        if node is not None:
+            cond = cond & (allocations.c.node == node)
+        if active:
+            cond = cond & allocations.c.state.in_(_ACTIVE)
+        with self.store.read() as conn:
+            found = self._load(conn, cond)
+            waiting = self._queue_view(conn)
+        return [_with_queue_info(a, waiting) for a in found]
+
+    def queue(self, node: str | None = None) -> list[Allocation]:
+        """Waiting requests in the order they will be served."""
+        with self.store.read() as conn:
+            cond = allocations.c.state == AllocationState.QUEUED.value
+            if node is not None:
+                cond = cond & (allocations.c.node == node)
+            found = self._load(conn, cond)
+            waiting = self._queue_view(conn)
+        # the view lists requests in the order of service
+        rank = {aid: i for i, aid in enumerate(waiting)}
+        found.sort(key=lambda a: rank.get(a.id, len(rank)))
+        return [_with_queue_info(a, waiting) for a in found]
+
+    def events(self, since: int = 0, limit: int = 1000) -> list[LedgerEvent]:
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.seq > since).order_by(events.c.seq).limit(limit)
+            )
+            return [
+                LedgerEvent(
+                    seq=r.seq,
+                    at=r.at,
+                    kind=r.kind,
+                    allocation_id=r.allocation_id,
+                    kernel_id=r.kernel_id,
+                    detail=json.loads(r.detail),
+                )
+                for r in rows
+            ]
+
+    def version(self) -> int:
+        return self.store.version()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def write_event(
+        self,
+        tx: Transaction,
+        kind: str,
+        *,
+        allocation_id: int | None = None,
+        kernel_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Add an event row within ``tx`` (for the other books of the ledger's store)."""
+        tx.conn.execute(
+            insert(events).values(
+                at=self.clock.now() if at is None else at,
+                kind=kind,
+                allocation_id=allocation_id,
+                kernel_id=kernel_id,
+                detail=json.dumps(detail or {}),
+            )
+        )
+        tx.touch()
+
+    def check_satisfiable(self, node: str, count: int, model: str | None = None) -> None:
+        """Raise Unsatisfiable when no wait could ever grant this request on ``node``."""
+        with self.store.read() as conn:
+            self._check_satisfiable(conn, node, count, model)
+
+    def _check_satisfiable(
+        self, conn: Connection, node: str, count: int, model: str | None
+    ) -> None:
+        present = [
+            _gpu(r)
+            for r in conn.execute(select(gpus).where((gpus.c.node == node) & gpus.c.present))
+        ]
+        if not present:
+            raise Unsatisfiable(f"node {node} has no GPUs", reason="no_gpus")
+        matching = [g for g in present if model_matches(model, g.model)]
+        if not matching:
+            models = ", ".join(sorted({g.model for g in present}))
+            raise Unsatisfiable(
+                f"no GPU of model '{model}' on node {node}; models here: {models}",
+                reason="unknown_model",
+            )
+        if count > len(matching):
+            kind = f" of model '{model}'" if model else ""
+            raise Unsatisfiable(
+                f"asked for {_plural(count, 'GPU')}{kind} but node {node} has {len(matching)}",
+                reason="too_many",
+            )
+
+    def _end(self, tx: Transaction, alloc: Allocation, reason: str) -> None:
+        state = (
+            AllocationState.RELEASED
+            if alloc.state is AllocationState.GRANTED
+            else AllocationState.CANCELLED
+        )
+        if state is AllocationState.CANCELLED:
+            # what was being preempted for it is no longer wanted (a job already stopping is
+            # queued again by its owner all the same)
+            tx.conn.execute(
+                update(allocations)
+                .where(
+                    (allocations.c.preempted_for == alloc.id)
+                    & (allocations.c.state == AllocationState.GRANTED.value)
+                )
+                .values(preempted_for=None, preempt_reason=None)
+            )
+        tx.conn.execute(delete(holdings).where(holdings.c.allocation_id == alloc.id))
+        tx.conn.execute(
+            update(allocations)
+            .where(allocations.c.id == alloc.id)
+            .values(state=state.value, ended_at=self.clock.now(), end_reason=reason)
+        )
+        self.write_event(
+            tx,
+            state.value,
+            allocation_id=alloc.id,
+            kernel_id=alloc.kernel_id,
+            detail={"reason": reason, "gpus": list(alloc.gpus)},
+        )
+        if state is AllocationState.RELEASED and alloc.granted_at is not None:
+            # the GPUs are back above; the bookkeeping cannot take them again (see _record_usage)
+            self._record_usage(tx.conn, alloc.user, len(alloc.gpus), alloc.granted_at)
+
+    def _end_kernel_allocations(
+        self, tx: Transaction, kernel_id: str, reason: str
+    ) -> list[Allocation]:
+        active = self._load(
+            tx.conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
+        )
+        for alloc in active:
+            self._end(tx, alloc, reason)
+        return [self._one(tx.conn, a.id) for a in active]
+
+    def _scheduler(self, conn: Connection) -> tuple[Scheduler, list[Allocation]]:
+        """The scheduler over the ledger's state as ``conn`` sees it, and the active requests."""
+        policy = self._policy(conn)
+        # a request the cluster places is not this scheduler's to grant; once placed, it holds
+        active = [
+            a
+            for a in self._load(conn, allocations.c.state.in_(_ACTIVE))
+            if a.placement != CLUSTER or a.state is AllocationState.GRANTED
+        ]
+        raw_groups = {
+            r.id: r.groups
+            for r in conn.execute(
+                select(allocations.c.id, allocations.c.groups).where(
+                    allocations.c.state.in_(_ACTIVE)
+                )
+            )
+        }
+        sched = load_scheduler(
+            conn,
+            policy=policy,
+            now=self.clock.now(),
+            groups_of=self.groups_of,
+            active=active,
+            raw_groups=raw_groups,
+        )
+        return sched, active
+
+    def _policy(self, conn: Connection) -> SchedulingPolicy:
+        row = conn.execute(
+            select(policies.c.document).where(policies.c.key == SCHEDULING_KEY)
+        ).first()
+        if row is None:
+            return self.configured_policy
+        try:
+            return SchedulingPolicy.from_json(json.loads(row.document), base=self.configured_policy)
+        except (ValueError, LedgerError) as err:
+            self._unreadable_policy.report(row.document, err)
+            return self.configured_policy
+
+    def _schedule(self, tx: Transaction) -> list[int]:
+        """Grant and preempt what the policy says now. Runs inside the caller's write lock."""
+        conn = tx.conn
+        if (
+            conn.execute(
+                select(allocations.c.id).where(allocations.c.state == AllocationState.QUEUED.value)
+            ).first()
+            is None
+        ):
+            return []
+        sched, active = self._scheduler(conn)
+        by_id = {a.id: a for a in active}
+        for demand in list(sched.demands.values()):
+            why = sched.check(demand)
+            if why is not None:
+                # GPUs were lost since it queued: waiting would block the node for ever
+                sched.withdraw(demand.id)
+                self._end(tx, by_id[demand.id], f"cannot be granted any more: {why}")
+        out = sched.schedule(self.clock.now())
+        now = self.clock.now()
+        for grant in out.grants:
+            alloc = by_id[grant.request_id]
+            rows = [{"gpu_uuid": u, "allocation_id": alloc.id} for u in grant.gpus]
+            conn.execute(insert(holdings), rows)
+            conn.execute(insert(allocation_gpus), rows)
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == alloc.id)
+                .values(
+                    state=AllocationState.GRANTED.value, granted_at=now, borrowed=grant.borrowed
+                )
+            )
+            detail: dict[str, Any] = {"gpus": list(grant.gpus), "waited_s": now - alloc.created_at}
+            if grant.borrowed:
+                detail["borrowed"] = True
+            self.write_event(
+                tx, "granted", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
+            )
+        for pre in out.preemptions:
+            victim = by_id[pre.holding_id]
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == victim.id)
+                .values(preempted_for=pre.request_id, preempt_reason=pre.message)
+            )
+            self.write_event(
+                tx,
+                "preempted",
+                allocation_id=victim.id,
+                kernel_id=victim.kernel_id,
+                detail={"for": pre.request_id, "reason": pre.message, "user": victim.user},
+            )
+        return [g.request_id for g in out.grants]
+
+    def _record_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
+        """Add a finished grant's GPU-seconds, decayed as fair share counts them.
+
+        Bookkeeping: it must never keep a release from happening (GPUs held for ever are worse
+        than a user's usage a little off). Figures are kept finite, and any failure is logged and
+        undone to a savepoint, leaving the rest of the release's transaction whole.
+        """
+        try:
+            with conn.begin_nested():
+                self._add_usage(conn, user, count, granted_at)
+        except Exception:
+            _log.exception(
+                "the fair-share usage of %s's %d GPU(s) could not be recorded; the GPUs were "
+                "released all the same",
+                user,
+                count,
+            )
+
+    def _add_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
+        now = self.clock.now()
+        policy = self._policy(conn)
+        half_life = policy.half_life
+        used = running_usage(count, granted_at, now, policy)
+        row = conn.execute(select(fairshare).where(fairshare.c.user == user)).first()
+        total = used if row is None else decayed(row.gpu_seconds, now - row.at, half_life) + used
+        bounded = bounded_usage(total)
+        if bounded != total:  # NaN, infinite, negative or beyond any real use
+            _log.warning(
+                "the fair-share usage of %s came to %r GPU-seconds (half_life %r s); %r is "
+                "recorded instead",
+                user,
+                total,
+                half_life,
+                bounded,
+            )
+        if row is None:
+            conn.execute(insert(fairshare).values(user=user, gpu_seconds=bounded, at=now))
+        else:
+            conn.execute(
+                update(fairshare)
+                .where(fairshare.c.user == user)
+                .values(gpu_seconds=bounded, at=now)
+            )
+
+    def _queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
+        """Position, reason and estimated start of every queued request."""
+        queued = conn.execute(
+            select(allocations.c.id, allocations.c.placement, allocations.c.cluster_reason)
+            .where(allocations.c.state == AllocationState.QUEUED.value)
+            .order_by(allocations.c.id)
+        ).all()
+        if not queued:
+            return {}
+        # the cluster's scheduler says why its requests wait; their order is its own
+        placed = {
+            r.id: sched_view.WaitInfo(
+                request_id=r.id,
+                position=i,
+                code="quota" if (r.cluster_reason or "").startswith(QUOTA_WAIT) else "cluster",
+                reason=r.cluster_reason or "waiting for the cluster's scheduler",
+            )
+            for i, r in enumerate((r for r in queued if r.placement == CLUSTER), start=1)
+        }
+        if len(placed) == len(queued):
+            return placed
+        return {**self._ledger_queue_view(conn), **placed}
+
+    def _ledger_queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
+        sched, _ = self._scheduler(conn)
+        view = sched_view.explain(sched)
+        recent = recent_durations(conn, sched.policy)
+        now = sched.now
+
+        def typical(klass: str) -> float:
+            return recent.get(klass, DEFAULT_DURATION)
+
+        def expected_end(h: Holding) -> float:
+            if h.preempted_for is not None:
+                return now + _PREEMPT_GRACE
+            return max(h.granted_at + typical(h.klass), now + 60.0)
+
+        starts = sched_view.estimate_starts(
+            sched,
+            expected_end,
+            lambda d: typical(d.klass),
+            assumed=lambda klass: klass not in recent,
+        )
+        return {
+            aid: replace(
+                info,
+                estimated_start=starts[aid].at if aid in starts else None,
+                estimate_basis=starts[aid].basis if aid in starts else None,
+            )
+            for aid, info in view.items()
+        }
+
+    def _kernel(self, conn: Connection, kernel_id: str) -> KernelRecord:
+        row = conn.execute(select(kernels).where(kernels.c.kernel_id == kernel_id)).first()
+        if row is None:
+            raise NotFound(f"no kernel {kernel_id} is known to the GPU ledger", reason="no_kernel")
+        return _kernel(row)
+
+    def _one(self, conn: Connection, allocation_id: int) -> Allocation:
+        found = self._load(conn, allocations.c.id == allocation_id)
+        if not found:
+            raise NotFound(f"no allocation {allocation_id}", reason="no_allocation")
+        return found[0]
+
+    def _load(self, conn: Connection, cond: Any) -> list[Allocation]:
+        rows = conn.execute(select(allocations).where(cond).order_by(allocations.c.id)).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        owned: dict[int, list[str]] = defaultdict(list)
+        gpu_rows = conn.execute(
+            select(allocation_gpus.c.allocation_id, allocation_gpus.c.gpu_uuid, gpus.c.idx)
+            .join(gpus, gpus.c.uuid == allocation_gpus.c.gpu_uuid)
+            .where(allocation_gpus.c.allocation_id.in_(ids))
+            .order_by(gpus.c.idx)
+        )
+        for aid, uuid, _idx in gpu_rows:
+            owned[aid].append(uuid)
+        return [_allocation_row(r, tuple(owned.get(r.id, ()))) for r in rows]
+
+    def _allocation(self, conn: Connection, alloc: Allocation) -> Allocation:
+        if alloc.state is not AllocationState.QUEUED:
+            return alloc
+        return _with_queue_info(alloc, self._queue_view(conn))
+
+
+def _with_queue_info(alloc: Allocation, view: dict[int, sched_view.WaitInfo]) -> Allocation:
+    info = view.get(alloc.id)
+    if info is None:
+        return alloc
+    return replace(
+        alloc,
+        position=info.position,
+        waiting_reason=info.reason,
+        waiting_code=info.code,
+        estimated_start=info.estimated_start,
+        estimate_basis=info.estimate_basis,
+    )
+
+
+def _gpu(r: Row[Any]) -> Gpu:
+    return Gpu(
+        uuid=r.uuid,
+        node=r.node,
+        index=r.idx,
+        model=r.model,
+        memory_bytes=r.memory_bytes,
+        simulated=bool(r.simulated),
+        present=bool(r.present),
+    )
+
+
+def _kernel(r: Row[Any]) -> KernelRecord:
+    return KernelRecord(
+        kernel_id=r.kernel_id,
+        user=r.user,
+        node=r.node,
+        server_id=r.server_id,
+        kernel_name=r.kernel_name,
+        path=r.path,
+        pid=r.pid,
+        pid_started_at=r.pid_started_at,
+        keep_on_restart=bool(r.keep_on_restart),
+        created_at=r.created_at,
+        launched_at=r.launched_at,
+    )
+
+
+def _allocation_row(r: Row[Any], owned: tuple[str, ...]) -> Allocation:
+    return Allocation(
+        id=r.id,
+        kernel_id=r.kernel_id,
+        user=r.user,
+        node=r.node,
+        count=r._mapping["count"],
+        model=r.model,
+        state=AllocationState(r.state),
+        gpus=owned,
+        created_at=r.created_at,
+        granted_at=r.granted_at,
+        ended_at=r.ended_at,
+        end_reason=r.end_reason,
+        priority_class=r.priority_class,
+        kind=r.kind or "kernel",
+        borrowed=bool(r.borrowed),
+        preempted_for=r.preempted_for,
+        preempt_reason=r.preempt_reason,
+        placement=r.placement or "ledger",
+    )

@@ -1,0 +1,854 @@
+"""The scheduler: which waiting request gets which GPUs, and what is taken back, all in memory.
+
+State (GPUs, holdings, waiting requests, fair-share accounts) is loaded once and changed by small
+calls; :meth:`Scheduler.schedule` makes one pass and returns its decisions, which the caller
+records (the ledger writes them in one transaction). Nothing here reads a clock or a database.
+
+One pass, for requests in order (class priority, then fair share, then age; see fairshare.py):
+
+1. a request within its quotas is placed if it fits: on its own node when pinned (a kernel),
+   else best fit on one node (the node with the fewest free GPUs that still fit, so large
+   requests find whole nodes later), or for a gang on several nodes, all or nothing;
+2. one that does not fit keeps the free GPUs it could use for itself (the first
+   ``policy.reservations`` of them), so small requests behind it cannot starve it;
+3. over-quota requests of preemptible classes then borrow what nobody within quota wanted;
+4. a blocked request within quota may preempt: preemptible *jobs* of a lower class, or borrowed
+   GPUs. On a node where they and its free GPUs add up, victims are taken cheapest first
+   (borrowed, then the lowest class, then the most recently started); the cheapest of the first
+   few such nodes wins. Victims keep their GPUs until their owner
+   stops them and releases; meanwhile those GPUs are nominated for the request. Kernels are
+   never preempted.
+
+A pass stops early once no free GPU is left and nobody can preempt, or after ``max_scan``
+requests beyond the reservations (SLURM's ``default_queue_depth``, 100): the cost of a pass
+follows the GPUs that changed, not the length of the queue.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
+from jupyter_dlinfra.core.scheduling.fairshare import Account
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.ranking import Ranking
+
+__all__ = ["Demand", "Grant", "Holding", "Outcome", "Preemption", "Scheduler", "Slot"]
+
+#: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
+REFRESH_INTERVAL = 60.0
+#: blocked requests per pass that may preempt
+_PREEMPTING = 8
+#: nodes whose victims are compared before choosing where to preempt
+_NODES_COMPARED = 8
+
+
+def _matches(wanted: str | None, model: str) -> bool:
+    return wanted is None or wanted.strip().lower() in model.lower()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Slot:
+    """One GPU the scheduler may hand out."""
+
+    uuid: str
+    node: str
+    model: str
+    index: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Demand:
+    """A waiting request."""
+
+    id: int
+    user: str
+    groups: tuple[str, ...] = ()
+    count: int
+    model: str | None = None
+    #: only GPUs of this node (a kernel's own node); None: any node
+    node: str | None = None
+    #: may span nodes, all or nothing (otherwise packed on one node)
+    gang: bool = False
+    klass: str
+    #: "kernel" or "job": only jobs are ever preempted
+    kind: str = "kernel"
+    submitted_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Holding:
+    """A granted request."""
+
+    id: int
+    user: str
+    groups: tuple[str, ...] = ()
+    klass: str
+    kind: str = "kernel"
+    gpus: tuple[str, ...]
+    granted_at: float
+    #: granted beyond a quota: the first to be taken back
+    borrowed: bool = False
+    #: the request its GPUs are being freed for, once preempted
+    preempted_for: int | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    request_id: int
+    gpus: tuple[str, ...]
+    borrowed: bool = False
+
+
+@dataclass(frozen=True)
+class Preemption:
+    holding_id: int
+    request_id: int
+    message: str
+
+
+@dataclass
+class Outcome:
+    grants: list[Grant] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)
+    #: requests looked at in this pass (granted or found to wait)
+    examined: int = 0
+
+
+class _Pool:
+    """The GPUs of one model on one node."""
+
+    __slots__ = ("free", "gpus", "id", "model", "node")
+
+    def __init__(self, pid: int, node: str, model: str) -> None:
+        self.id = pid
+        self.node = node
+        self.model = model
+        self.gpus: dict[str, int] = {}  # uuid -> index
+        self.free: list[str] = []
+
+
+class Scheduler:
+    def __init__(self, policy: SchedulingPolicy, *, now: float = 0.0, max_scan: int = 100) -> None:
+        self.policy = policy
+        self.now = now
+        self.max_scan = max_scan
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._pool_list: list[_Pool] = []
+        self._pool_of: dict[str, _Pool] = {}
+        self._node_pools: dict[str, list[_Pool]] = defaultdict(list)
+        #: model -> free count -> pool ids with that many free GPUs
+        self._buckets: dict[str, list[set[int]]] = {}
+        self._free_by_model: dict[str, int] = defaultdict(int)
+        self.free_total = 0
+        self._model_cache: dict[str | None, tuple[str, ...]] = {}
+        self._caps: dict[tuple[str, ...], int] = {}
+        self.holdings: dict[int, Holding] = {}
+        self._holder_of: dict[str, int] = {}
+        #: unmarked holdings policy could preempt -> their pools; the borrowed ones among them
+        self._victim_pools: dict[int, list[int]] = {}
+        self._borrowed: set[int] = set()
+        #: GPUs of those holdings per pool (an upper bound of what preemption frees there)
+        self._pool_victims: dict[int, int] = defaultdict(int)
+        self._victim_gpus = 0
+        #: grows whenever preemption could free more than before; a request whose search found
+        #: nothing is not searched again until it grows
+        self._victim_epoch = 0
+        self._no_victims: dict[int, int] = {}
+        #: fair-share keys as of ``_keys_at`` (they change with time and with each grant)
+        self._ukeys: dict[str, float] = {}
+        self._akeys: dict[str, float] = {}
+        self._keys_at = now
+        self.demands: dict[int, Demand] = {}
+        self.users: dict[str, Account] = defaultdict(Account)
+        self.accounts: dict[str, Account] = defaultdict(Account)
+        self._account_of: dict[str, str] = {}
+        self._members: dict[str, set[str]] = defaultdict(set)
+        self.ranking = self._new_ranking()
+        self.held_by_group: dict[str, int] = defaultdict(int)
+        #: request id -> GPUs being freed for it by preemption
+        self.pending: dict[int, int] = defaultdict(int)
+        #: request id -> the pool its victims are on
+        #: request id -> the pools its victims are on: their freed GPUs are kept for it
+        self._nominated: dict[int, list[int]] = {}
+        self._refreshed = now
+
+    # -- inventory -------------------------------------------------------------------------------
+
+    def add_gpus(self, slots: Iterable[Slot]) -> None:
+        for slot in slots:
+            if slot.uuid in self._pool_of:
+                continue
+            self._caps.clear()
+            key = (slot.node, slot.model)
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = _Pool(len(self._pool_list), slot.node, slot.model)
+                self._pools[key] = pool
+                self._pool_list.append(pool)
+                self._node_pools[slot.node].append(pool)
+                self._model_cache.clear()
+            self._caps.clear()
+            before = len(pool.free)
+            pool.gpus[slot.uuid] = slot.index
+            self._pool_of[slot.uuid] = pool
+            if slot.uuid not in self._holder_of:
+                pool.free.append(slot.uuid)
+                pool.free.sort(key=pool.gpus.__getitem__)
+            self._moved(pool, before)
+
+    def remove_gpu(self, uuid: str) -> None:
+        """A GPU is gone: never handed out again (its holder keeps it until it releases)."""
+        pool = self._pool_of.pop(uuid, None)
+        if pool is None:
+            return
+        before = len(pool.free)
+        pool.gpus.pop(uuid, None)
+        if uuid in pool.free:
+            pool.free.remove(uuid)
+        self._moved(pool, before)
+        self._caps.clear()
+
+    def _largest(self, models: tuple[str, ...]) -> int:
+        """The most GPUs of one of these models on one node: a request is packed on GPUs of one
+        model (cached until the inventory changes)."""
+        found = self._caps.get(models)
+        if found is None:
+            sizes = (len(p.gpus) for p in self._pool_list if p.model in models)
+            found = self._caps[models] = max(sizes, default=0)
+        return found
+
+    def gpu_count(self, model: str | None = None, node: str | None = None) -> int:
+        pools = self._node_pools.get(node, []) if node is not None else self._pool_list
+        return sum(len(p.gpus) for p in pools if _matches(model, p.model))
+
+    def check(self, demand: Demand) -> str | None:
+        """Why ``demand`` could never be granted with these GPUs; None when it could."""
+        models = self._models(demand.model)
+        kind = f" of model '{demand.model}'" if demand.model else ""
+        if demand.node is not None:
+            have = sum(
+                len(p.gpus) for p in self._node_pools.get(demand.node, []) if p.model in models
+            )
+            if have < demand.count:
+                return f"node {demand.node} has {have} GPU(s){kind}, fewer than {demand.count}"
+            return None
+        if not models:
+            if demand.model is None:
+                return "there are no GPUs here"
+            known = ", ".join(sorted({p.model for p in self._pool_list})) or "none"
+            return f"no GPU of model '{demand.model}' here; models: {known}"
+        if demand.gang:
+            have = sum(len(p.gpus) for p in self._pool_list if p.model in models)
+            if have < demand.count:
+                return f"the cluster has {have} GPU(s){kind}, fewer than {demand.count}"
+            return None
+        largest = self._largest(models)
+        if largest < demand.count:
+            return (
+                f"no node has {demand.count} GPUs{kind or ' of one model'} (the largest has "
+                f"{largest}); "
+                "ask for a gang request to span nodes"
+            )
+        return None
+
+    # -- holdings ----------------------------------------------------------------------------
+
+    def hold(self, holding: Holding) -> None:
+        """Record a grant made earlier (loading state) or by someone else."""
+        if holding.id in self.holdings:
+            raise Conflict(f"holding {holding.id} is already known")
+        for uuid in holding.gpus:
+            if uuid in self._holder_of:
+                raise Conflict(f"GPU {uuid} is already held by {self._holder_of[uuid]}")
+        for uuid in holding.gpus:
+            self._holder_of[uuid] = holding.id
+            pool = self._pool_of.get(uuid)
+            if pool is not None and uuid in pool.free:
+                before = len(pool.free)
+                pool.free.remove(uuid)
+                self._moved(pool, before)
+        self.holdings[holding.id] = holding
+        self._charge(holding.user, holding.groups, len(holding.gpus))
+        if holding.preempted_for is not None:
+            self.pending[holding.preempted_for] += len(holding.gpus)
+            self._nominate(holding.preempted_for, holding)
+        elif self._may_be_preempted(holding):
+            self._index_victim(holding)
+
+    def release(self, holding_id: int) -> Holding:
+        holding = self.holdings.pop(holding_id, None)
+        if holding is None:
+            raise NotFound(f"no holding {holding_id}")
+        for uuid in holding.gpus:
+            self._holder_of.pop(uuid, None)
+            pool = self._pool_of.get(uuid)
+            if pool is None:
+                continue
+            before = len(pool.free)
+            pool.free.append(uuid)
+            pool.free.sort(key=pool.gpus.__getitem__)
+            self._moved(pool, before)
+        self._unindex_victim(holding)
+        self._victim_epoch += 1
+        self._charge(holding.user, holding.groups, -len(holding.gpus))
+        if holding.preempted_for is not None:
+            left = self.pending[holding.preempted_for] - len(holding.gpus)
+            if left > 0:
+                self.pending[holding.preempted_for] = left
+            else:
+                self.pending.pop(holding.preempted_for, None)
+        return holding
+
+    def holder(self, uuid: str) -> Holding | None:
+        hid = self._holder_of.get(uuid)
+        return None if hid is None else self.holdings[hid]
+
+    def load_usage(self, user: str, groups: Iterable[str], gpu_seconds: float, at: float) -> None:
+        """Add GPU-seconds used before (stored figures), decayed from ``at``."""
+        h = self.policy.half_life
+        self._set_account(user, groups)
+        self.users[user].load(gpu_seconds, at, h, self.now)
+        self.accounts[self._account_of[user]].load(gpu_seconds, at, h, self.now)
+        self._ukeys.pop(user, None)
+        self._akeys.pop(self._account_of[user], None)
+        self.ranking.rerank(user)
+        self.ranking.rerank_account(self._account_of[user])
+
+    def set_policy(self, policy: SchedulingPolicy) -> None:
+        """Apply a new policy: requests are re-ranked, preemptible holdings re-indexed."""
+        self.policy = policy
+        self._model_cache.clear()
+        for user in list(self._account_of):
+            groups = {g for h in self.holdings.values() if h.user == user for g in h.groups}
+            groups |= {g for d in self.demands.values() if d.user == user for g in d.groups}
+            self._set_account(user, groups)
+        self._borrowed.clear()
+        self._pool_victims.clear()
+        self._victim_pools.clear()
+        self._victim_gpus = 0
+        self._no_victims.clear()
+        self._ukeys.clear()
+        self._akeys.clear()
+        for holding in self.holdings.values():
+            if holding.preempted_for is None and self._may_be_preempted(holding):
+                self._index_victim(holding)
+        waiting = list(self.demands.values())
+        self.demands.clear()
+        self.ranking = self._new_ranking()
+        for demand in waiting:
+            if demand.klass not in policy.class_map:
+                fallback = policy.job_class if demand.kind == "job" else policy.kernel_class
+                demand = replace(demand, klass=fallback)
+            self.submit(demand)
+
+    # -- waiting requests ----------------------------------------------------------------------
+
+    def submit(self, demand: Demand) -> None:
+        if demand.id in self.demands:
+            raise Conflict(f"request {demand.id} is already waiting")
+        if demand.count <= 0:
+            raise InvalidRequest(f"ask for at least 1 GPU (got {demand.count})")
+        self.policy.klass(demand.klass)
+        self.demands[demand.id] = demand
+        self._set_account(demand.user, demand.groups)
+        self.ranking.add(demand)
+
+    def withdraw(self, request_id: int) -> Demand:
+        demand = self.demands.pop(request_id, None)
+        if demand is None:
+            raise NotFound(f"no waiting request {request_id}")
+        self.ranking.remove(demand)
+        self._nominated.pop(request_id, None)
+        if self.pending.pop(request_id, None):
+            # its victims are no longer wanted: they may be chosen again for someone else
+            for holding in list(self.holdings.values()):
+                if holding.preempted_for == request_id:
+                    unmarked = replace(holding, preempted_for=None)
+                    self.holdings[holding.id] = unmarked
+                    if self._may_be_preempted(unmarked):
+                        self._index_victim(unmarked)
+        return demand
+
+    # -- the pass ------------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> Outcome:
+        """Grant, reserve and preempt; the caller records the outcome (already applied here)."""
+        self.now = max(now, self.now)
+        if self.now - self._refreshed >= REFRESH_INTERVAL:
+            self._refreshed = self.now
+            self.ranking.rebuild()
+        out = Outcome()
+        if not self.demands:
+            return out
+        policy = self.policy
+        reservations_left = policy.reservations
+        reserved: list[tuple[_Pool, list[str]]] = []
+        borrowers: list[Demand] = []
+        blocked: list[Demand] = []
+        can_preempt = policy.preemption and bool(self._victim_pools)
+        kept = self._keep_nominated()
+        scanned_beyond = 0
+        walk = self.ranking.walk(self.now)
+        try:
+            for demand in walk:
+                nominated = kept.pop(demand.id, None)
+                if nominated is not None:
+                    self._give_back(nominated)
+                wants_preemption = can_preempt and len(blocked) < _PREEMPTING
+                if self.free_total == 0 and not kept and not wants_preemption:
+                    break
+                out.examined += 1
+                over = self.over_quota(demand)
+                if over is not None:
+                    if self._may_borrow(demand):
+                        borrowers.append(demand)
+                    elif self._quota_full(demand) and not self._class_borrows(demand):
+                        # nothing more of this user's fits this pass: skip the rest of them
+                        self.ranking.skip(demand)
+                    scanned_beyond += 1
+                    if scanned_beyond >= self.max_scan:
+                        break
+                    continue
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, False, out)
+                    continue
+                if self.check(demand) is not None:
+                    continue  # can never be granted now (GPUs were lost): holds nothing back
+                if len(blocked) < _PREEMPTING:
+                    blocked.append(demand)
+                if reservations_left > 0:
+                    reservations_left -= 1
+                    reserved.extend(self._reserve(demand))
+                else:
+                    scanned_beyond += 1
+                    if scanned_beyond >= self.max_scan:
+                        break
+            for demand in borrowers:
+                if self.free_total == 0:
+                    break
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, True, out)
+        finally:
+            walk.close()
+        for taken in kept.values():
+            self._give_back(taken)
+        self._give_back(reserved)
+        if can_preempt:
+            self._preempt(blocked, out)
+        return out
+
+    def _keep_nominated(self) -> dict[int, list[tuple[_Pool, list[str]]]]:
+        """Set aside the free GPUs on nominated pools for their requests (as Kubernetes does for
+        nominated pods), so that others of their class cannot take what was preempted for them."""
+        kept: dict[int, list[tuple[_Pool, list[str]]]] = {}
+        for request_id, pool_ids in list(self._nominated.items()):
+            demand = self.demands.get(request_id)
+            if demand is None:
+                del self._nominated[request_id]
+                continue
+            need = demand.count
+            taken_here = []
+            for pid in pool_ids:
+                if need <= 0:
+                    break
+                taken = self._take(self._pool_list[pid], need)
+                need -= len(taken)
+                if taken:
+                    taken_here.append((self._pool_list[pid], taken))
+            if taken_here:
+                kept[request_id] = taken_here
+        return kept
+
+    def _give_back(self, taken: list[tuple[_Pool, list[str]]]) -> None:
+        for pool, uuids in taken:
+            before = len(pool.free)
+            pool.free.extend(u for u in uuids if u in pool.gpus)
+            pool.free.sort(key=pool.gpus.__getitem__)
+            self._moved(pool, before)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _models(self, wanted: str | None) -> tuple[str, ...]:
+        found = self._model_cache.get(wanted)
+        if found is None:
+            found = tuple(sorted({p.model for p in self._pool_list if _matches(wanted, p.model)}))
+            self._model_cache[wanted] = found
+        return found
+
+    def _moved(self, pool: _Pool, before: int) -> None:
+        """Keep the free-count index right after ``pool.free`` changed from ``before`` GPUs."""
+        after = len(pool.free)
+        buckets = self._buckets.get(pool.model)
+        if buckets is None:
+            buckets = self._buckets[pool.model] = []
+        while len(buckets) <= max(after, len(pool.gpus)):
+            buckets.append(set())
+        buckets[before].discard(pool.id)
+        buckets[after].add(pool.id)
+        self._free_by_model[pool.model] += after - before
+        self.free_total += after - before
+
+    def _set_account(self, user: str, groups: Iterable[str]) -> None:
+        account = self.policy.account_of(groups)
+        old = self._account_of.get(user)
+        if old != account:
+            if old is not None:
+                self._members[old].discard(user)
+            self._account_of[user] = account
+            self._members[account].add(user)
+            self.ranking.rerank(user)
+
+    def _take(self, pool: _Pool, count: int) -> list[str]:
+        before = len(pool.free)
+        taken, pool.free = pool.free[:count], pool.free[count:]
+        self._moved(pool, before)
+        return taken
+
+    def _place(self, demand: Demand) -> list[str] | None:
+        models = self._models(demand.model)
+        count = demand.count
+        if demand.node is not None:
+            pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
+            if sum(len(p.free) for p in pools) < count:
+                return None
+            taken: list[str] = []
+            for pool in pools:
+                taken += self._take(pool, count - len(taken))
+                if len(taken) == count:
+                    break
+            return taken
+        best: tuple[int, int] | None = None
+        for model in models:
+            buckets = self._buckets.get(model, [])
+            for free in range(count, len(buckets)):
+                if buckets[free]:
+                    if best is None or free < best[0]:
+                        best = (free, next(iter(buckets[free])))
+                    break
+        if best is not None:
+            return self._take(self._pool_list[best[1]], count)
+        if not demand.gang or sum(self._free_by_model[m] for m in models) < count:
+            return None
+        taken = []
+        for pool in self._fullest(models, count):
+            taken += self._take(pool, count - len(taken))
+            if len(taken) == count:
+                break
+        return taken
+
+    def _fullest(self, models: tuple[str, ...], enough: int, *, big: int = 0) -> list[_Pool]:
+        """Pools with free GPUs of these models, most free first, until ``enough`` are free
+        (0: the first one); only pools of at least ``big`` GPUs."""
+        per_model = [self._buckets.get(m, []) for m in models]
+        top = max((len(b) for b in per_model), default=0)
+        found: list[_Pool] = []
+        total = 0
+        for free in range(top - 1, 0, -1):
+            for buckets in per_model:
+                if free < len(buckets):
+                    for pid in sorted(buckets[free]) if len(buckets[free]) < 64 else buckets[free]:
+                        pool = self._pool_list[pid]
+                        if len(pool.gpus) < big:
+                            continue
+                        found.append(pool)
+                        total += free
+                        if total >= enough:
+                            return found
+        return found
+
+    def _reserve(self, demand: Demand) -> list[tuple[_Pool, list[str]]]:
+        models = self._models(demand.model)
+        nominated = self._nominated.get(demand.id)
+        if demand.node is not None:
+            pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
+        elif nominated:
+            pools = [self._pool_list[i] for i in nominated]
+        elif demand.gang:
+            pools = self._fullest(models, demand.count)
+        else:
+            # the node closest to fitting, among those large enough
+            pools = [p for p in self._fullest(models, 0, big=demand.count)][:1]
+        kept = []
+        need = demand.count
+        for pool in pools:
+            if need <= 0:
+                break
+            taken = self._take(pool, need)
+            need -= len(taken)
+            if taken:
+                kept.append((pool, taken))
+        return kept
+
+    def _grant(self, demand: Demand, gpus: list[str], borrowed: bool, out: Outcome) -> None:
+        del self.demands[demand.id]
+        self.ranking.remove(demand)
+        self._nominated.pop(demand.id, None)
+        holding = Holding(
+            id=demand.id,
+            user=demand.user,
+            groups=demand.groups,
+            klass=demand.klass,
+            kind=demand.kind,
+            gpus=tuple(gpus),
+            granted_at=self.now,
+            borrowed=borrowed,
+        )
+        self.hold(holding)
+        out.grants.append(Grant(demand.id, holding.gpus, borrowed))
+
+    def over_quota(self, demand: Demand) -> str | None:
+        """Why granting ``demand`` would pass a quota; None within every quota."""
+        held = self.users[demand.user].held
+        quota = self.policy.quota_of_user(demand.user)
+        if quota is not None and held + demand.count > quota:
+            return f"{demand.user} holds {held} GPU(s) of a quota of {quota}"
+        for group in demand.groups:
+            gq = self.policy.group_quotas.get(group)
+            if gq is not None and self.held_by_group[group] + demand.count > gq:
+                return f"group {group} holds {self.held_by_group[group]} GPU(s) of a quota of {gq}"
+        return None
+
+    def _may_borrow(self, demand: Demand) -> bool:
+        klass = self.policy.class_map[demand.klass]
+        return self.policy.borrowing and klass.preemptible and demand.kind == "job"
+
+    def _class_borrows(self, demand: Demand) -> bool:
+        """Whether jobs of the request's class may borrow (then later ones are still looked at)."""
+        return self.policy.borrowing and self.policy.class_map[demand.klass].preemptible
+
+    def _quota_full(self, demand: Demand) -> bool:
+        """No request of this user can be granted within quota until something is released."""
+        quota = self.policy.quota_of_user(demand.user)
+        if quota is not None and self.users[demand.user].held >= quota:
+            return True
+        for group in demand.groups:
+            gq = self.policy.group_quotas.get(group)
+            if gq is not None and self.held_by_group[group] >= gq:
+                return True
+        return False
+
+    def _may_be_preempted(self, holding: Holding) -> bool:
+        if holding.kind != "job":
+            return False
+        try:
+            return self.policy.class_map[holding.klass].preemptible
+        except KeyError:
+            return True  # its class was removed: it no longer outranks anything
+
+    def _charge(self, user: str, groups: tuple[str, ...], delta: int) -> None:
+        h = self.policy.half_life
+        if user not in self._account_of:
+            self._set_account(user, groups)
+        account = self._account_of[user]
+        self.users[user].change(self.now, h, delta)
+        self.accounts[account].change(self.now, h, delta)
+        for group in groups:
+            self.held_by_group[group] += delta
+        self._ukeys.pop(user, None)
+        self._akeys.pop(account, None)
+        self.ranking.rerank(user)
+        self.ranking.rerank_account(account)
+
+    def _new_ranking(self) -> Ranking:
+        ranking = Ranking(
+            tier_of=self._tier_of,
+            account_of=self._ranking_account,
+            account_key=self._account_key,
+            user_key=self._user_key,
+        )
+        ranking.starvation_limit = self.policy.starvation_limit
+        return ranking
+
+    def _tier_of(self, demand: Demand) -> int:
+        return self.policy.class_map[demand.klass].priority
+
+    def _ranking_account(self, user: str) -> str:
+        return self._account_of.get(user, "") if self.policy.fair_share else ""
+
+    def _fresh_keys(self) -> None:
+        if self._keys_at != self.now:
+            self._keys_at = self.now
+            self._ukeys.clear()
+            self._akeys.clear()
+
+    def _account_key(self, account: str) -> float:
+        if not self.policy.fair_share:
+            return 0.0
+        self._fresh_keys()
+        key = self._akeys.get(account)
+        if key is None:
+            usage = self.accounts[account].key(self.now, self.policy.half_life)
+            key = self._akeys[account] = usage / self.policy.share_of_group(account)
+        return key
+
+    def _user_key(self, user: str) -> float:
+        if not self.policy.fair_share:
+            return 0.0
+        self._fresh_keys()
+        key = self._ukeys.get(user)
+        if key is None:
+            usage = self.users[user].key(self.now, self.policy.half_life)
+            key = self._ukeys[user] = usage / self.policy.share_of_user(user)
+        return key
+
+    def _index_victim(self, holding: Holding) -> None:
+        if holding.borrowed:
+            self._borrowed.add(holding.id)
+        pools = [self._pool_of[u].id for u in holding.gpus if u in self._pool_of]
+        self._victim_pools[holding.id] = pools
+        for pid in pools:
+            self._pool_victims[pid] += 1
+        self._victim_gpus += len(pools)
+        self._victim_epoch += 1
+
+    def _unindex_victim(self, holding: Holding) -> None:
+        pools = self._victim_pools.pop(holding.id, None)
+        if pools is None:
+            return
+        self._borrowed.discard(holding.id)
+        for pid in pools:
+            self._pool_victims[pid] -= 1
+        self._victim_gpus -= len(pools)
+
+    def _prio_of(self, holding: Holding) -> int:
+        klass = self.policy.class_map.get(holding.klass)
+        # a class that was removed no longer outranks anything
+        return klass.priority if klass is not None else -(10**9)
+
+    def _preempt(self, blocked: list[Demand], out: Outcome) -> None:
+        claimed: dict[int, int] = defaultdict(int)  # pool id -> free GPUs promised in this pass
+        if len(self._no_victims) > 4 * len(self.demands) + 64:
+            self._no_victims = {k: v for k, v in self._no_victims.items() if k in self.demands}
+        for demand in blocked:
+            if self.pending.get(demand.id, 0) > 0 or demand.id not in self.demands:
+                continue
+            if self.over_quota(demand) is not None:
+                continue  # grants made in this pass put it over quota
+            if self._no_victims.get(demand.id) == self._victim_epoch:
+                continue  # searched in vain, and nothing has changed since
+            victims = self._victims(demand, claimed)
+            if not victims:
+                self._no_victims[demand.id] = self._victim_epoch
+                continue
+            self._no_victims.pop(demand.id, None)
+            prio = self.policy.class_map[demand.klass].priority
+            for holding in victims:
+                why = (
+                    "it holds borrowed GPUs (beyond its quota)"
+                    if holding.borrowed
+                    else f"its class {holding.klass} ranks below {demand.klass}"
+                )
+                message = (
+                    f"preempted for request {demand.id} of {demand.user} ({demand.klass}, "
+                    f"priority {prio}): {why}"
+                )
+                self._mark(holding, demand.id)
+                out.preemptions.append(Preemption(holding.id, demand.id, message))
+
+    def _mark(self, holding: Holding, request_id: int) -> None:
+        self._unindex_victim(holding)
+        marked = replace(holding, preempted_for=request_id)
+        self.holdings[holding.id] = marked
+        self.pending[request_id] += len(holding.gpus)
+        self._nominate(request_id, holding)
+
+    def _nominate(self, request_id: int, holding: Holding) -> None:
+        pools = self._nominated.setdefault(request_id, [])
+        for pool in sorted(
+            {self._pool_of[u] for u in holding.gpus if u in self._pool_of}, key=lambda p: p.id
+        ):
+            if pool.id not in pools:
+                pools.append(pool.id)
+
+    def _is_victim_for(self, holding_id: int, prio: int) -> bool:
+        if holding_id in self._borrowed:
+            return True
+        return holding_id in self._victim_pools and self._prio_of(self.holdings[holding_id]) < prio
+
+    def _pick(
+        self, demand: Demand, pools: list[_Pool], prio: int, claimed: dict[int, int]
+    ) -> list[Holding]:
+        """The cheapest victims on ``pools`` that free enough with their free GPUs; [] if none:
+        borrowed first, then the lowest class, then the most recently started."""
+        ids = {p.id for p in pools}
+        held = {self._holder_of[u] for p in pools for u in p.gpus if u in self._holder_of}
+        candidates = sorted(
+            (self.holdings[h] for h in held if self._is_victim_for(h, prio)),
+            key=lambda h: (not h.borrowed, self._prio_of(h), -h.granted_at, h.id),
+        )
+        have = sum(len(p.free) - claimed[p.id] for p in pools)
+        chosen: list[Holding] = []
+        for holding in candidates:
+            if have >= demand.count:
+                break
+            chosen.append(holding)
+            have += sum(
+                1 for u in holding.gpus if u in self._pool_of and self._pool_of[u].id in ids
+            )
+        if have < demand.count or not chosen:
+            return []
+        return chosen
+
+    def _claim(self, pools: list[_Pool], claimed: dict[int, int]) -> None:
+        for p in pools:
+            claimed[p.id] = len(p.free)
+
+    def _victims(self, demand: Demand, claimed: dict[int, int]) -> list[Holding]:
+        """Holdings whose preemption frees enough GPUs for ``demand``; [] when none would.
+
+        Pinned: on its node. Gang: anywhere, all or nothing. Otherwise the first node (in a
+        stable order) where free GPUs and preemptible ones add up; nodes are sifted by a count
+        kept per node, so a search costs O(nodes with preemptible work), not O(holdings).
+        """
+        prio = self.policy.class_map[demand.klass].priority
+        models = self._models(demand.model)
+        if demand.node is not None or demand.gang:
+            pools = [
+                p
+                for p in (
+                    self._node_pools.get(demand.node, [])
+                    if demand.node is not None
+                    else self._pool_list
+                )
+                if p.model in models
+            ]
+            free = sum(len(p.free) - claimed[p.id] for p in pools)
+            if free + self._victim_gpus < demand.count:
+                return []
+            found = self._pick(demand, pools, prio, claimed)
+            if found:
+                self._claim(pools, claimed)
+            return found
+        # the cheapest of the first few nodes where enough would come free
+        best: tuple[tuple[int, int, int], list[Holding], _Pool] | None = None
+        looked = 0
+        for pid, count in self._pool_victims.items():
+            if count <= 0:
+                continue
+            pool = self._pool_list[pid]
+            if pool.model not in models or len(pool.gpus) < demand.count:
+                continue
+            if len(pool.free) - claimed[pid] + count < demand.count:
+                continue
+            found = self._pick(demand, [pool], prio, claimed)
+            if not found:
+                continue
+            cost = (
+                sum(1 for h in found if not h.borrowed),
+                max(self._prio_of(h) for h in found),
+                len(found),
+            )
+            if best is None or cost < best[0]:
+                best = (cost, found, pool)
+            looked += 1
+            if cost[0] == 0 or looked >= _NODES_COMPARED:
+                break
+        if best is None:
+            return []
+        self._claim([best[2]], claimed)
+        return best[1]

@@ -1,0 +1,333 @@
+"""REST handlers under ``/dlinfra/api``: thin, each one parse -> ledger call -> view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from tornado.iostream import StreamClosedError
+
+from jupyter_dlinfra.backends.base import BackendError
+from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu
+from jupyter_dlinfra.server.errors import ApiError
+from jupyter_dlinfra.server.events import Subscription
+from jupyter_dlinfra.server.handlers.base import DLInfraHandler, authorized
+from jupyter_dlinfra.server.handlers.jobs import (
+    BackendsHandler,
+    JobHandler,
+    JobLogHandler,
+    JobOutputHandler,
+    JobRerunHandler,
+    JobsHandler,
+)
+from jupyter_dlinfra.server.handlers.policy import (
+    KernelKeepHandler,
+    KernelUsageHandler,
+    MeHandler,
+    NoticeActionHandler,
+    PolicyHandler,
+    PolicySimulateHandler,
+)
+from jupyter_dlinfra.server.handlers.scheduling import FairShareHandler, SchedulingHandler
+from jupyter_dlinfra.server.parsing import (
+    MAX_COUNT,
+    json_field_int,
+    json_field_name,
+    kernel_id_of,
+    path_id,
+    query_name,
+    query_number,
+    shown,
+)
+from jupyter_dlinfra.server.restarts import restart_soon
+from jupyter_dlinfra.server.service import GpuService
+from jupyter_dlinfra.server.views import allocation_json, cluster_json
+from jupyter_dlinfra.telemetry import GpuSample
+
+__all__ = ["ROUTES"]
+
+MAX_WAIT_S = 60.0
+
+
+class _Base(DLInfraHandler):
+    async def gpu_index(self) -> dict[str, Gpu]:
+        gpus = await self.service.call(self.service.ledger.gpus, include_absent=True)
+        return {g.uuid: g for g in gpus}
+
+    def view(
+        self,
+        alloc: Allocation,
+        gpus: dict[str, Gpu],
+        samples: Mapping[str, GpuSample] | None = None,
+    ) -> dict[str, Any]:
+        return allocation_json(alloc, gpus, samples, simulated=self.service.provider.simulated)
+
+
+class ClusterHandler(_Base):
+    @authorized("read")
+    async def get(self) -> None:
+        ledger = self.service.ledger
+        gpus = await self.service.call(ledger.gpus)
+        holders = await self.service.call(ledger.holders)
+        kernels = await self.service.call(ledger.kernels)
+        queue = await self.service.call(ledger.queue)
+        self.answer(
+            cluster_json(
+                gpus=gpus,
+                holders=holders,
+                kernels={k.kernel_id: k for k in kernels},
+                samples=self.service.samples,
+                provider=self.service.provider,
+                local_node=self.service.settings.node,
+                queue_length=len(queue),
+            )
+        )
+
+
+class AllocationsHandler(_Base):
+    @authorized("read")
+    async def get(self) -> None:
+        kernel_id = query_name(self.get_query_argument("kernel_id", None), "kernel_id")
+        if self.kernel_scope is not None:
+            if kernel_id not in (None, self.kernel_scope):
+                raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
+            kernel_id = self.kernel_scope
+        state = self.get_query_argument("state", "active")
+        if state not in ("active", "all"):
+            raise ApiError(400, "state must be 'active' or 'all'", code="bad_query")
+        found = await self.service.call(
+            self.service.ledger.allocations,
+            kernel_id=kernel_id,
+            user=query_name(self.get_query_argument("user", None), "user"),
+            active=state == "active",
+        )
+        gpus = await self.gpu_index()
+        self.answer({"allocations": [self.view(a, gpus, self.service.samples) for a in found]})
+
+    @authorized("write")
+    async def post(self) -> None:
+        body = self.json_body()
+        unknown = set(body) - {"kernel_id", "count", "model", "priority_class"}
+        if unknown:
+            raise ApiError(
+                400,
+                f"unknown field(s): {shown(', '.join(sorted(unknown)))}; expected kernel_id, "
+                "count, model and priority_class",
+                code="bad_field",
+            )
+        kernel_id = body.get("kernel_id", self.kernel_scope)
+        if kernel_id is None:
+            raise ApiError(400, "kernel_id (a string) is required", code="bad_field")
+        kernel_id = kernel_id_of(kernel_id, where="kernel_id")
+        if body.get("count") is None:
+            raise ApiError(400, "count must be a whole number of GPUs, such as 2", code="bad_field")
+        # the ledger says why a count under 1 is no request ("invalid"); here, only its size
+        count = json_field_int(body, "count", minimum=-MAX_COUNT, maximum=MAX_COUNT, example="2")
+        assert count is not None
+        model = json_field_name(body, "model", what="a GPU model, such as 'A100'")
+        klass = json_field_name(body, "priority_class", what="a class name, such as 'batch'")
+        record = await self.service.call(self.service.ledger.kernel, kernel_id)
+        self.own_kernel(kernel_id, record.user)
+        pods = self.settings.get("dlinfra_pod_kernels")
+        if pods is not None and pods.manages(kernel_id):
+            # a pod kernel: the cluster places its GPUs, in a new pod
+            try:
+                alloc = await pods.request(
+                    kernel_id=kernel_id, count=count, model=model, priority_class=klass
+                )
+            except BackendError as err:
+                raise ApiError(
+                    502, f"Kubernetes refused the pod: {err}", code="backend_error"
+                ) from None
+        else:
+            alloc = await self.service.mutate(
+                self.service.ledger.request,
+                kernel_id=kernel_id,
+                count=count,
+                model=model,
+                priority_class=klass,
+            )
+        self.set_header(
+            "Location", self.base_url.rstrip("/") + f"/dlinfra/api/allocations/{alloc.id}"
+        )
+        self.answer(self.view(alloc, await self.gpu_index()), status=201)
+
+
+class AllocationHandler(_Base):
+    @authorized("read")
+    async def get(self, allocation_id: str) -> None:
+        aid = path_id(allocation_id, "allocation")
+        wait = query_number(
+            self.get_query_argument("wait", "0"), "wait", minimum=0, maximum=MAX_WAIT_S, unit=" s"
+        )
+        ledger = self.service.ledger
+        alloc = await self.service.call(ledger.allocation, aid)
+        if self.kernel_scope is not None and alloc.kernel_id != self.kernel_scope:
+            raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        seen = (alloc.state, alloc.position, alloc.waiting_reason)
+        while alloc.state is AllocationState.QUEUED and loop.time() < deadline:
+            await self.service.wait_for_change(deadline - loop.time())
+            alloc = await self.service.call(ledger.allocation, aid)
+            if (alloc.state, alloc.position, alloc.waiting_reason) != seen:
+                break
+        self.answer(self.view(alloc, await self.gpu_index(), self.service.samples))
+
+    @authorized("write")
+    async def delete(self, allocation_id: str) -> None:
+        aid = path_id(allocation_id, "allocation")
+        ledger = self.service.ledger
+        alloc = await self.service.call(ledger.allocation, aid)
+        self.own_kernel(alloc.kernel_id, alloc.user)
+        if alloc.kernel_id.startswith("job-"):
+            raise ApiError(
+                409,
+                f"allocation {aid} holds the GPUs of {alloc.kernel_id.replace('-', ' ')}: "
+                "cancel the job to free them (DELETE /dlinfra/api/jobs/ID)",
+                code="job_allocation",
+            )
+        who = "its kernel" if self.kernel_scope else "the user"
+        await self.service.mutate(ledger.release, aid, reason=f"released by {who}")
+        self.set_status(204)
+        self.finish()
+
+
+class QueueHandler(_Base):
+    @authorized("read")
+    async def get(self) -> None:
+        queued = await self.service.call(self.service.ledger.queue)
+        gpus = await self.gpu_index()
+        self.answer({"queue": [self.view(a, gpus) for a in queued]})
+
+
+class KernelRestartHandler(_Base):
+    """Restart a kernel so that its GPUs apply at launch (CUDA was initialised too early)."""
+
+    @authorized("write")
+    async def post(self, kernel_id: str) -> None:
+        kernel_id = kernel_id_of(kernel_id)
+        if self.json_body():
+            raise ApiError(400, "a restart takes no fields: send {}", code="bad_field")
+        record = await self.service.call(self.service.ledger.kernel, kernel_id)
+        self.own_kernel(kernel_id, record.user)
+        km: Any = self.kernel_manager
+        if kernel_id not in km:
+            raise ApiError(404, f"kernel {kernel_id} does not run in this server", code="no_kernel")
+        held = await self.service.call(self.service.ledger.allocations, kernel_id=kernel_id)
+        granted = [a for a in held if a.state is AllocationState.GRANTED]
+        # answer first: the caller may be the kernel that is about to be restarted
+        self.answer(
+            {
+                "kernel_id": kernel_id,
+                "restarting": True,
+                "keeps": [self.view(a, await self.gpu_index()) for a in granted],
+            },
+            status=202,
+        )
+        restart_soon(km, kernel_id, prepare=functools.partial(_keep_gpus, self.service, kernel_id))
+
+
+async def _keep_gpus(service: GpuService, kernel_id: str) -> None:
+    """Right before the restart: the GPUs the kernel holds then are carried over it (set any
+    earlier, another restart of the kernel could take the mark and leave this one without)."""
+    held = await service.call(service.ledger.allocations, kernel_id=kernel_id)
+    if any(a.state is AllocationState.GRANTED for a in held):
+        await service.mutate(service.ledger.update_kernel, kernel_id, keep_on_restart=True)
+
+
+class EventsHandler(_Base):
+    """Server-sent events: snapshots of the whole ledger and notices, as they happen.
+
+    Each frame is built once by the service's broadcaster and written as is to every
+    subscriber; this handler only copies bytes from its subscription to its socket.
+    """
+
+    # an open dashboard is not activity: it must not keep an idle server from being culled
+    _track_activity = False
+    _subscription: Subscription | None = None
+    _gone = False
+
+    @authorized("read")
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        broadcaster = self.service.events
+        sub = self._subscription = await broadcaster.subscribe()
+        try:
+            if self._gone:
+                return
+            # an EventSource that loses the connection tries again after this long (ms)
+            self.write(b"retry: 3000\n\n")
+            while True:
+                frames = await sub.next(broadcaster.keepalive)
+                if frames is None:
+                    break
+                for frame in frames:
+                    self.write(frame)
+                await self.flush()
+        except StreamClosedError:
+            self._gone = True
+        finally:
+            broadcaster.unsubscribe(sub)
+        if not self._gone:
+            # the server is stopping: end the response so that the client sees a clean close
+            with contextlib.suppress(StreamClosedError):
+                self.finish()
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        if self._subscription is not None:
+            self.service.events.unsubscribe(self._subscription)
+        super().on_connection_close()
+
+
+class MetricsHandler(_Base):
+    """Prometheus text exposition of this server's view of the ledger and telemetry."""
+
+    _track_activity = False
+
+    @authorized("read")
+    async def get(self) -> None:
+        registry: CollectorRegistry = self.settings["dlinfra_metrics_registry"]
+        await self.service.events.current()
+        body = await self.service.call(generate_latest, registry)
+        self.set_status(200)
+        self.finish(body, set_content_type=CONTENT_TYPE_LATEST)
+
+
+#: (path under base_url, handler, methods) - the OpenAPI test reads this table
+ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
+    (r"/dlinfra/api/cluster", ClusterHandler, ("GET",)),
+    (r"/dlinfra/api/allocations", AllocationsHandler, ("GET", "POST")),
+    (r"/dlinfra/api/allocations/(?P<allocation_id>[^/]+)", AllocationHandler, ("GET", "DELETE")),
+    (r"/dlinfra/api/queue", QueueHandler, ("GET",)),
+    (r"/dlinfra/api/scheduling", SchedulingHandler, ("GET", "PUT")),
+    (r"/dlinfra/api/fairshare", FairShareHandler, ("GET",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/restart", KernelRestartHandler, ("POST",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/keep", KernelKeepHandler, ("POST",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/usage", KernelUsageHandler, ("GET",)),
+    (r"/dlinfra/api/policy", PolicyHandler, ("GET", "PUT")),
+    (r"/dlinfra/api/policy/simulate", PolicySimulateHandler, ("POST",)),
+    (r"/dlinfra/api/me", MeHandler, ("GET",)),
+    (
+        r"/dlinfra/api/notices/(?P<notice_id>[^/]+)/actions/(?P<action_id>[^/]+)",
+        NoticeActionHandler,
+        ("POST",),
+    ),
+    (r"/dlinfra/api/jobs", JobsHandler, ("GET", "POST")),
+    (r"/dlinfra/api/backends", BackendsHandler, ("GET",)),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)", JobHandler, ("GET", "DELETE")),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/log", JobLogHandler, ("GET",)),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/output", JobOutputHandler, ("GET",)),
+    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/rerun", JobRerunHandler, ("POST",)),
+    (r"/dlinfra/api/events", EventsHandler, ("GET",)),
+    # a scrape target rather than an API call, hence outside /dlinfra/api
+    (r"/dlinfra/metrics", MetricsHandler, ("GET",)),
+]
