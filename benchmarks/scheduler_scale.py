@@ -79,7 +79,8 @@ from typing import Protocol
 
 from jupyter_dlinfra.core.scheduling.fairshare import Account
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import Demand, Grant, Outcome, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Grant, Outcome, Slot
 
 SEED = 20_231
 GPUS_PER_NODE = 8

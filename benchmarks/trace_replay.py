@@ -81,7 +81,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_dlinfra.core.scheduling.policy import PriorityClass, SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import Demand, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Slot
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO / ".." / "shared" / "traces"

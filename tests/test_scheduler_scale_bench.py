@@ -26,7 +26,8 @@ import pytest
 from bench_module import load_benchmark
 
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import Demand, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Slot
 
 bench = load_benchmark("scheduler_scale")
 

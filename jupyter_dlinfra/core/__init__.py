@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jupyter_dlinfra.core.books.idle import IdleBook
-    from jupyter_dlinfra.core.books.ledger import Ledger, model_matches
+    from jupyter_dlinfra.core.books.ledger import Ledger
     from jupyter_dlinfra.core.clock import Clock, ManualClock, SystemClock
     from jupyter_dlinfra.core.errors import (
         Conflict,
@@ -39,11 +39,12 @@ if TYPE_CHECKING:
     )
     from jupyter_dlinfra.core.replay import ReplayReport, UsageSeries, replay
     from jupyter_dlinfra.core.scheduling.policy import PriorityClass, SchedulingPolicy
+    from jupyter_dlinfra.core.scheduling.types import model_matches
     from jupyter_dlinfra.core.store import SCHEMA_VERSION, Store
 
 _HOMES = {
     "books.idle": ["IdleBook"],
-    "books.ledger": ["Ledger", "model_matches"],
+    "books.ledger": ["Ledger"],
     "clock": ["Clock", "ManualClock", "SystemClock"],
     "errors": [
         "Conflict",
@@ -57,6 +58,7 @@ _HOMES = {
     "models": ["Allocation", "AllocationState", "Gpu", "KernelRecord", "LedgerEvent"],
     "replay": ["ReplayReport", "UsageSeries", "replay"],
     "scheduling.policy": ["PriorityClass", "SchedulingPolicy"],
+    "scheduling.types": ["model_matches"],
     "store": ["SCHEMA_VERSION", "Store"],
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

@@ -114,7 +114,7 @@ class JobService:
         """``kernel_specs(name)``: the server's kernelspec lookup (GPU kernelspecs)."""
         self.kernel_specs = kernel_specs
         self.service = service
-        self.book = JobBook(service.ledger)
+        self.book = JobBook(service.ledger.store, service.ledger.clock)
         self.backends = dict(backends)
         self.settings = settings
         self.log = log

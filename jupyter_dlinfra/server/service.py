@@ -94,7 +94,7 @@ class GpuService:
         )
         #: whether the ledger's database answers, as the loops last found it
         self.health = LedgerHealth(log=log, clock=ledger.clock, on_change=self._announce_health)
-        self.idle_book = IdleBook(ledger)
+        self.idle_book = IdleBook(ledger.store, ledger.clock)
         #: judges this server's kernels after each sample; set by the extension app
         self.reclaimer: Reclaimer | None = None
         #: starts and watches batch jobs; set by the extension app

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from jupyter_dlinfra.core.books.ledger import Ledger, model_matches
+from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.clock import SystemClock
 from jupyter_dlinfra.core.models import AllocationState, Gpu
+from jupyter_dlinfra.core.scheduling.types import model_matches
 from jupyter_dlinfra.core.store import Store, allocation_gpus, allocations, holdings
 
 from .kit import A100

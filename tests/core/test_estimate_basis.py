@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jupyter_dlinfra.core.scheduling.explain import DEFAULT, HISTORY, estimate_starts
-from jupyter_dlinfra.core.scheduling.scheduler import Demand, Holding
+from jupyter_dlinfra.core.scheduling.types import Demand, Holding
 
 from .test_scheduler import BATCH, INTERACTIVE, ask, hold, make
 

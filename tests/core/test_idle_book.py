@@ -33,7 +33,7 @@ def policy_for(_kernel_id: str) -> IdlePolicy | None:
 
 @pytest.fixture
 def book(kit: Kit) -> IdleBook:
-    return IdleBook(kit.ledger)
+    return IdleBook(kit.store, kit.clock)
 
 
 def last_seq(kit: Kit) -> int:
@@ -392,7 +392,7 @@ def test_stored_policy_round_trip(kit: Kit, book: IdleBook) -> None:
     )
     book.set_policy(policy, who="admin", previous=ReclaimPolicy())
     kit.reopen()
-    stored = IdleBook(kit.ledger).stored_policy()
+    stored = IdleBook(kit.store, kit.clock).stored_policy()
     assert stored is not None
     assert stored.policy == policy
     assert stored.policy.to_json() == policy.to_json()

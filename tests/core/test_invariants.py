@@ -16,10 +16,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from jupyter_dlinfra.core.books.ledger import Ledger, model_matches
+from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.errors import Conflict, Unsatisfiable
 from jupyter_dlinfra.core.models import AllocationState, Gpu, KernelRecord
+from jupyter_dlinfra.core.scheduling.types import model_matches
 from jupyter_dlinfra.core.store import Store
 
 from .kit import A100, H100, make_gpus

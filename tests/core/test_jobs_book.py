@@ -27,7 +27,7 @@ def submit(book: JobBook, name: str = "train", **extra: Any) -> Any:
 
 @pytest.fixture
 def book(kit: Kit) -> JobBook:
-    return JobBook(kit.ledger)
+    return JobBook(kit.store, kit.clock)
 
 
 def test_a_job_lives_queued_running_succeeded(kit: Kit, book: JobBook) -> None:
@@ -124,9 +124,9 @@ def test_bookkeeping_updates_are_limited(book: JobBook) -> None:
 
 
 def test_jobs_survive_reopening_the_store(kit: Kit) -> None:
-    book = JobBook(kit.ledger)
+    book = JobBook(kit.store, kit.clock)
     first = submit(book, "prep")
     submit(book, "train", after=[first.id])
     kit.reopen()
-    again = JobBook(kit.ledger)
+    again = JobBook(kit.store, kit.clock)
     assert [j.after for j in again.jobs()] == [(first.id,), ()]

@@ -129,8 +129,10 @@ def test_a_stored_reclaim_policy_outside_the_ranges_gives_way_to_the_configured_
     kit: Kit, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Stored through the API before the ranges existed: reclaim must go on, not fail."""
-    book = IdleBook(kit.ledger)
-    save_document(kit.ledger, "reclaim", {"reclaim_after": 1e308}, previous={}, who="admin")
+    book = IdleBook(kit.store, kit.clock)
+    save_document(
+        kit.store, kit.clock, "reclaim", {"reclaim_after": 1e308}, previous={}, who="admin"
+    )
     with caplog.at_level(logging.ERROR, logger="jupyter_dlinfra.core.books.idle"):
         assert book.stored_policy() is None
         assert book.stored_policy() is None

@@ -11,14 +11,8 @@ import pytest
 from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
 from jupyter_dlinfra.core.idle import PolicyError
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import (
-    Demand,
-    Grant,
-    Holding,
-    Outcome,
-    Scheduler,
-    Slot,
-)
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Grant, Holding, Outcome, Slot
 
 A100 = "NVIDIA A100-SXM4-80GB"
 H100 = "NVIDIA H100 80GB HBM3"

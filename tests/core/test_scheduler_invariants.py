@@ -21,7 +21,8 @@ from hypothesis.stateful import (
 
 from jupyter_dlinfra.core.idle import PolicyError
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import Demand, Outcome, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Outcome, Slot
 
 A100 = "NVIDIA A100-SXM4-80GB"
 H100 = "NVIDIA H100 80GB HBM3"

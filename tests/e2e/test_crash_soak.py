@@ -125,7 +125,7 @@ class Soak:
         self.url = url
         self.rng = random.Random(f"{SEED}-{url.split(':')[0]}")
         self.ledger = Ledger(Store(url), SystemClock())
-        self.book = JobBook(self.ledger)
+        self.book = JobBook(self.ledger.store, self.ledger.clock)
         self.runs = tmp_path / "runs.txt"
         self.runs.touch()
         self.victim = start_server(gpus=GPUS, db_url=url, args=SERVER_ARGS)

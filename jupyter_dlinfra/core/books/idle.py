@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select
 
-from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.books.events import write_event
 from jupyter_dlinfra.core.books.policies import (
     SCHEDULING_PREFIX,
     PolicyChange,
@@ -23,6 +23,7 @@ from jupyter_dlinfra.core.books.policies import (
     policy_changes_of,
     save_document,
 )
+from jupyter_dlinfra.core.clock import Clock
 from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.idle import (
     IdlePolicy,
@@ -35,7 +36,7 @@ from jupyter_dlinfra.core.idle import (
     observe,
 )
 from jupyter_dlinfra.core.replay import UsageSeries
-from jupyter_dlinfra.core.store import idle_states, usage
+from jupyter_dlinfra.core.store import Store, Transaction, idle_states, usage
 
 __all__ = [
     "EVENT_KINDS",
@@ -100,10 +101,9 @@ def _meaningful(state: IdleState) -> IdleState:
 
 
 class IdleBook:
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self.store = ledger.store
-        self.clock = ledger.clock
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
         self._unreadable_policy = UnreadablePolicy(
             "reclaim", endpoint="/dlinfra/api/policy", log=logging.getLogger(__name__)
         )
@@ -111,7 +111,7 @@ class IdleBook:
     # -- the policy ------------------------------------------------------------------------------
 
     def stored_policy(self) -> StoredPolicy | None:
-        stored = load_document(self.ledger, _POLICY_KEY)
+        stored = load_document(self.store, _POLICY_KEY)
         if stored is None:
             return None
         try:
@@ -130,13 +130,18 @@ class IdleBook:
     ) -> list[PolicyChange]:
         """Store ``policy``; one audit row per value that differs from ``previous``."""
         changed = save_document(
-            self.ledger, _POLICY_KEY, policy.to_json(), previous=previous.to_json(), who=who
+            self.store,
+            self.clock,
+            _POLICY_KEY,
+            policy.to_json(),
+            previous=previous.to_json(),
+            who=who,
         )
         return self.policy_changes(limit=len(changed)) if changed else []
 
     def policy_changes(self, limit: int = 100) -> list[PolicyChange]:
         """The latest changes first (the scheduling policy's are its own)."""
-        return policy_changes_of(self.ledger, exclude=SCHEDULING_PREFIX, limit=limit)
+        return policy_changes_of(self.store, exclude=SCHEDULING_PREFIX, limit=limit)
 
     # -- idle states -----------------------------------------------------------------------------
 
@@ -330,12 +335,12 @@ class IdleBook:
         )
 
     def _record(
-        self, tx: Any, t: Transition, allocation_id: int | None, *, who: str | None = None
+        self, tx: Transaction, t: Transition, allocation_id: int | None, *, who: str | None = None
     ) -> None:
         detail = dict(t.detail)
         if who is not None:
             detail["who"] = who
-        self.ledger.write_event(
+        write_event(
             tx,
             EVENT_KINDS[t.kind],
             kernel_id=t.kernel_id,

@@ -16,9 +16,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
 
-from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.books.events import write_event
+from jupyter_dlinfra.core.clock import Clock
 from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
-from jupyter_dlinfra.core.store import job_deps, jobs, servers
+from jupyter_dlinfra.core.store import Store, job_deps, jobs, servers
 
 __all__ = ["JOB_KERNEL_NAME", "Job", "JobBook", "JobState", "NewJob", "job_kernel_id"]
 
@@ -109,10 +110,9 @@ _ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 class JobBook:
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self.store = ledger.store
-        self.clock = ledger.clock
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -162,9 +162,10 @@ class JobBook:
             )
             for parent in parents:
                 conn.execute(insert(job_deps).values(job_id=job_id, after_id=parent.id))
-            self.ledger.write_event(
+            write_event(
                 tx,
                 "job_submitted",
+                at=now,
                 kernel_id=job_kernel_id(job_id),
                 detail={"job": job_id, "user": new.user, "name": new.name},
             )
@@ -280,8 +281,12 @@ class JobBook:
                     handle=json.dumps(dict(handle if handle is not None else current.handle or {})),
                 )
             )
-            self.ledger.write_event(
-                tx, "job_started", kernel_id=job_kernel_id(job_id), detail={"job": job_id}
+            write_event(
+                tx,
+                "job_started",
+                at=self.clock.now(),
+                kernel_id=job_kernel_id(job_id),
+                detail={"job": job_id},
             )
         return self.job(job_id)
 
@@ -303,9 +308,10 @@ class JobBook:
                     attempts=current.attempts + 1,
                 )
             )
-            self.ledger.write_event(
+            write_event(
                 tx,
                 "job_requeued",
+                at=self.clock.now(),
                 kernel_id=job_kernel_id(job_id),
                 detail={"job": job_id, "user": current.user, "reason": reason},
             )
@@ -362,9 +368,10 @@ class JobBook:
                 error=error,
             )
         )
-        self.ledger.write_event(
+        write_event(
             tx,
             "job_ended",
+            at=self.clock.now(),
             kernel_id=job_kernel_id(job_id),
             detail={
                 "job": job_id,

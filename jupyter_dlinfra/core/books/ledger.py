@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select, update
 
+from jupyter_dlinfra.core.books.events import write_event
 from jupyter_dlinfra.core.books.ledger_state import (
     DEFAULT_DURATION,
     GroupsOf,
@@ -40,7 +41,8 @@ from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu, Kernel
 from jupyter_dlinfra.core.scheduling import explain as sched_view
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, bounded_usage, decayed
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import Holding, Scheduler
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Holding, model_matches
 from jupyter_dlinfra.core.store import (
     Store,
     Transaction,
@@ -53,13 +55,14 @@ from jupyter_dlinfra.core.store import (
     kernels,
     policies,
 )
+from jupyter_dlinfra.core.wording import plural
 
 #: where the admin's scheduling policy is kept (dlinfra_policy.key)
 SCHEDULING_KEY = "scheduling"
 #: a preempted job is expected to stop within this long (for estimates only)
 _PREEMPT_GRACE = 30.0
 
-__all__ = ["Ledger", "model_matches"]
+__all__ = ["Ledger"]
 
 _log = logging.getLogger(__name__)
 
@@ -70,17 +73,8 @@ CLUSTER = "cluster"
 QUOTA_WAIT = "over quota: "
 
 
-def model_matches(wanted: str | None, model: str) -> bool:
-    """``--model A100`` matches "NVIDIA A100-SXM4-80GB": people type the short name."""
-    return wanted is None or wanted.strip().lower() in model.lower()
-
-
 def _same_model(a: str | None, b: str | None) -> bool:
     return (a or "").lower() == (b or "").lower()
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class Ledger:
@@ -112,7 +106,8 @@ class Ledger:
         """Store an admin's policy (audited field by field) and schedule under it at once."""
         previous = self.scheduling_policy()
         changed = save_document(
-            self,
+            self.store,
+            self.clock,
             SCHEDULING_KEY,
             policy.to_json(),
             previous=previous.to_json(),
@@ -355,7 +350,7 @@ class Ledger:
                     return self._allocation(conn, held)
                 verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
                 raise Conflict(
-                    f"this kernel already {verb} {_plural(held.count, 'GPU')} (allocation "
+                    f"this kernel already {verb} {plural(held.count, 'GPU')} (allocation "
                     f"{held.id}); release them first with `%gpu release`",
                     reason="already_allocated",
                 )
@@ -600,17 +595,15 @@ class Ledger:
         detail: dict[str, Any] | None = None,
         at: float | None = None,
     ) -> None:
-        """Add an event row within ``tx`` (for the other books of the ledger's store)."""
-        tx.conn.execute(
-            insert(events).values(
-                at=self.clock.now() if at is None else at,
-                kind=kind,
-                allocation_id=allocation_id,
-                kernel_id=kernel_id,
-                detail=json.dumps(detail or {}),
-            )
+        """Add an event row within ``tx``, at the ledger clock's now unless ``at`` is given."""
+        write_event(
+            tx,
+            kind,
+            at=self.clock.now() if at is None else at,
+            allocation_id=allocation_id,
+            kernel_id=kernel_id,
+            detail=detail,
         )
-        tx.touch()
 
     def check_satisfiable(self, node: str, count: int, model: str | None = None) -> None:
         """Raise Unsatisfiable when no wait could ever grant this request on ``node``."""
@@ -636,7 +629,7 @@ class Ledger:
         if count > len(matching):
             kind = f" of model '{model}'" if model else ""
             raise Unsatisfiable(
-                f"asked for {_plural(count, 'GPU')}{kind} but node {node} has {len(matching)}",
+                f"asked for {plural(count, 'GPU')}{kind} but node {node} has {len(matching)}",
                 reason="too_many",
             )
 

@@ -12,7 +12,8 @@ from sqlalchemy import Connection, select
 
 from jupyter_dlinfra.core.models import Allocation, AllocationState
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import Demand, Holding, Scheduler, Slot
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Holding, Slot
 from jupyter_dlinfra.core.store import allocations, fairshare, gpus, holdings
 
 __all__ = [

@@ -1,5 +1,6 @@
-"""Admin policies kept in the ledger: one JSON document per key, and one audit row per value that
-changed (who, when, old, new). Shared by the reclaim and the scheduling policies."""
+"""Admin policies kept in the ledger's store: one JSON document per key, and one audit row per
+value that changed (who, when, old, new). Shared by the reclaim and the scheduling policies, over
+the store they are kept in (not the ledger, which builds on this module)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from jupyter_dlinfra.core.store import policies, policy_changes
-
-if TYPE_CHECKING:
-    from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.books.events import write_event
+from jupyter_dlinfra.core.clock import Clock
+from jupyter_dlinfra.core.store import Store, policies, policy_changes
 
 __all__ = [
     "SCHEDULING_PREFIX",
@@ -86,8 +86,8 @@ def flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_document(ledger: Ledger, key: str) -> StoredDocument | None:
-    with ledger.store.read() as conn:
+def load_document(store: Store, key: str) -> StoredDocument | None:
+    with store.read() as conn:
         row = conn.execute(select(policies).where(policies.c.key == key)).first()
     if row is None:
         return None
@@ -97,7 +97,8 @@ def load_document(ledger: Ledger, key: str) -> StoredDocument | None:
 
 
 def save_document(
-    ledger: Ledger,
+    store: Store,
+    clock: Clock,
     key: str,
     document: Mapping[str, Any],
     *,
@@ -106,10 +107,10 @@ def save_document(
     field_prefix: str = "",
 ) -> list[str]:
     """Store ``document`` under ``key``; audit each value that differs from ``previous``."""
-    now = ledger.clock.now()
+    now = clock.now()
     old, new = flatten(previous), flatten(document)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    with ledger.store.write() as tx:
+    with store.write() as tx:
         conn = tx.conn
         conn.execute(delete(policies).where(policies.c.key == key))
         conn.execute(
@@ -128,9 +129,10 @@ def save_document(
                 )
             )
         if changed:
-            ledger.write_event(
+            write_event(
                 tx,
                 "policy_changed",
+                at=now,
                 detail={"who": who, "fields": [field_prefix + c for c in changed]},
             )
         tx.touch()
@@ -138,7 +140,7 @@ def save_document(
 
 
 def policy_changes_of(
-    ledger: Ledger, *, prefix: str | None = None, exclude: str | None = None, limit: int = 100
+    store: Store, *, prefix: str | None = None, exclude: str | None = None, limit: int = 100
 ) -> list[PolicyChange]:
     """The latest changes first; ``prefix`` keeps, ``exclude`` drops fields starting with it."""
     query = select(policy_changes).order_by(policy_changes.c.seq.desc()).limit(limit)
@@ -146,7 +148,7 @@ def policy_changes_of(
         query = query.where(policy_changes.c.field.startswith(prefix, autoescape=True))
     if exclude is not None:
         query = query.where(~policy_changes.c.field.startswith(exclude, autoescape=True))
-    with ledger.store.read() as conn:
+    with store.read() as conn:
         rows = conn.execute(query).all()
     return [
         PolicyChange(

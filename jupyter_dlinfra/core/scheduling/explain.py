@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, factor
-from jupyter_dlinfra.core.scheduling.scheduler import Demand, Holding, Scheduler
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Holding
+from jupyter_dlinfra.core.wording import plural
 
 __all__ = ["Estimate", "WaitInfo", "estimate_starts", "explain", "order", "standings"]
 
@@ -53,10 +55,6 @@ class WaitInfo:
 class Estimate:
     at: float
     basis: str
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def order(s: Scheduler) -> list[Demand]:
@@ -129,7 +127,7 @@ def explain(s: Scheduler) -> dict[int, WaitInfo]:
                 reason += "; it may borrow GPUs that nobody within quota wants"
         elif pending:
             code = "preempting"
-            reason = f"{_plural(pending, 'GPU')} of lower-priority jobs are being stopped for it"
+            reason = f"{plural(pending, 'GPU')} of lower-priority jobs are being stopped for it"
             consume()
         elif fits(free):
             code, reason = "starting", "GPUs are free for it; it starts at the next pass"
@@ -140,7 +138,7 @@ def explain(s: Scheduler) -> dict[int, WaitInfo]:
             kind = f" of model '{d.model}'" if d.model else ""
             where = f" on {d.node}" if d.node else ""
             reason = (
-                f"waiting for {_plural(d.count, 'GPU')}{kind}{where}: {now_free} of {total} free"
+                f"waiting for {plural(d.count, 'GPU')}{kind}{where}: {now_free} of {total} free"
             )
             kept = now_free - sum(free[p.id] for p in candidates)
             if fits(real_free):

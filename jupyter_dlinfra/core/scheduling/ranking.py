@@ -12,10 +12,8 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from jupyter_dlinfra.core.scheduling.scheduler import Demand
+from jupyter_dlinfra.core.scheduling.types import Demand
 
 __all__ = ["Ranking"]
 

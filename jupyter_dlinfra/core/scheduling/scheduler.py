@@ -28,14 +28,23 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
 from jupyter_dlinfra.core.scheduling.fairshare import Account
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.ranking import Ranking
+from jupyter_dlinfra.core.scheduling.types import (
+    Demand,
+    Grant,
+    Holding,
+    Outcome,
+    Preemption,
+    Slot,
+    model_matches,
+)
 
-__all__ = ["Demand", "Grant", "Holding", "Outcome", "Preemption", "Scheduler", "Slot"]
+__all__ = ["Scheduler"]
 
 #: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
 REFRESH_INTERVAL = 60.0
@@ -43,78 +52,6 @@ REFRESH_INTERVAL = 60.0
 _PREEMPTING = 8
 #: nodes whose victims are compared before choosing where to preempt
 _NODES_COMPARED = 8
-
-
-def _matches(wanted: str | None, model: str) -> bool:
-    return wanted is None or wanted.strip().lower() in model.lower()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Slot:
-    """One GPU the scheduler may hand out."""
-
-    uuid: str
-    node: str
-    model: str
-    index: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Demand:
-    """A waiting request."""
-
-    id: int
-    user: str
-    groups: tuple[str, ...] = ()
-    count: int
-    model: str | None = None
-    #: only GPUs of this node (a kernel's own node); None: any node
-    node: str | None = None
-    #: may span nodes, all or nothing (otherwise packed on one node)
-    gang: bool = False
-    klass: str
-    #: "kernel" or "job": only jobs are ever preempted
-    kind: str = "kernel"
-    submitted_at: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class Holding:
-    """A granted request."""
-
-    id: int
-    user: str
-    groups: tuple[str, ...] = ()
-    klass: str
-    kind: str = "kernel"
-    gpus: tuple[str, ...]
-    granted_at: float
-    #: granted beyond a quota: the first to be taken back
-    borrowed: bool = False
-    #: the request its GPUs are being freed for, once preempted
-    preempted_for: int | None = None
-
-
-@dataclass(frozen=True)
-class Grant:
-    request_id: int
-    gpus: tuple[str, ...]
-    borrowed: bool = False
-
-
-@dataclass(frozen=True)
-class Preemption:
-    holding_id: int
-    request_id: int
-    message: str
-
-
-@dataclass
-class Outcome:
-    grants: list[Grant] = field(default_factory=list)
-    preemptions: list[Preemption] = field(default_factory=list)
-    #: requests looked at in this pass (granted or found to wait)
-    examined: int = 0
 
 
 class _Pool:
@@ -222,7 +159,7 @@ class Scheduler:
 
     def gpu_count(self, model: str | None = None, node: str | None = None) -> int:
         pools = self._node_pools.get(node, []) if node is not None else self._pool_list
-        return sum(len(p.gpus) for p in pools if _matches(model, p.model))
+        return sum(len(p.gpus) for p in pools if model_matches(model, p.model))
 
     def check(self, demand: Demand) -> str | None:
         """Why ``demand`` could never be granted with these GPUs; None when it could."""
@@ -476,7 +413,9 @@ class Scheduler:
     def _models(self, wanted: str | None) -> tuple[str, ...]:
         found = self._model_cache.get(wanted)
         if found is None:
-            found = tuple(sorted({p.model for p in self._pool_list if _matches(wanted, p.model)}))
+            found = tuple(
+                sorted({p.model for p in self._pool_list if model_matches(wanted, p.model)})
+            )
             self._model_cache[wanted] = found
         return found
 

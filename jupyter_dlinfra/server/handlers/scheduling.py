@@ -40,8 +40,8 @@ class SchedulingHandler(DLInfraHandler):
     def _view(self) -> dict[str, Any]:
         """Blocking: read off the event loop."""
         ledger = self.service.ledger
-        stored = load_document(ledger, SCHEDULING_KEY)
-        changes = policy_changes_of(ledger, prefix=SCHEDULING_PREFIX, limit=_CHANGES_SHOWN)
+        stored = load_document(ledger.store, SCHEDULING_KEY)
+        changes = policy_changes_of(ledger.store, prefix=SCHEDULING_PREFIX, limit=_CHANGES_SHOWN)
         return {
             "policy": ledger.scheduling_policy().to_json(),
             "source": "api" if stored is not None else "config",
