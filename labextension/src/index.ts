@@ -13,7 +13,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Signal } from '@lumino/signaling';
 
-import { ADMIN_PANEL_ID, DLInfraAdminPanel } from './adminpanel';
+import { ADMIN_PANEL_ID, DLInfraAdminPanel } from './admin/panel';
 import { DLInfraClient, IDLInfraClient } from './api';
 import { gpuIcon, jobIcon, policyIcon } from './icons';
 import { JobCommandIDs, registerJobCommands } from './jobs';
@@ -59,7 +59,7 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
     const model = new DLInfraModel({ client, serviceManager: app.serviceManager });
 
     // The job commands first: the sidebar and the notifications run them.
-    const jobLogs = registerJobCommands(app, model);
+    const jobLogs = registerJobCommands(app, model.parts.jobs);
     restorer?.restore(jobLogs, {
       command: JobCommandIDs.openLog,
       args: view => ({ id: view.jobId }),
@@ -72,7 +72,7 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
     const openSidebar = () => app.shell.activateById(SIDEBAR_ID);
 
     if (statusBar && tracker) {
-      const item = new DLInfraStatus(model, tracker, openSidebar);
+      const item = new DLInfraStatus(model.parts.ledger, tracker, openSidebar);
       const activeChanged = new Signal<DLInfraStatus, void>(item);
       app.shell.currentChanged?.connect(() => activeChanged.emit());
       statusBar.registerStatusItem(STATUS_ITEM_ID, {
@@ -84,7 +84,7 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
       });
     }
 
-    app.docRegistry.addWidgetExtension('Notebook', new GpuToolbarExtension(model));
+    app.docRegistry.addWidgetExtension('Notebook', new GpuToolbarExtension(model.parts.ledger));
     // After the GPUs button, which it sits next to.
     app.docRegistry.addWidgetExtension('Notebook', new SubmitJobToolbarExtension(app, model));
     connectNotifications(model, app.commands);
@@ -138,7 +138,7 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
 
     // The policy panel, for admins: ask the server once at start-up.
     const addAdminPanel = () => {
-      const panel = new DLInfraAdminPanel(model);
+      const panel = new DLInfraAdminPanel(model.parts.admin);
       app.shell.add(panel, 'left', { rank: 660 });
       restorer?.add(panel, ADMIN_PANEL_ID);
       app.commands.addCommand(OPEN_ADMIN, {

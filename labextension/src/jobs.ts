@@ -19,7 +19,7 @@ import {
 } from './api';
 import { duration, h } from './dom';
 import { jobIcon } from './icons';
-import { DLInfraModel } from './model';
+import { JobsModel } from './model';
 
 export namespace JobCommandIDs {
   /** Submit the current notebook as a batch job (the submit dialog). */
@@ -49,7 +49,7 @@ const STICK_PX = 24;
 
 /** The log viewer of one job: reads the log from offsets until it is complete. */
 export class JobLogView extends Widget {
-  constructor(model: DLInfraModel, jobId: number) {
+  constructor(model: JobsModel, jobId: number) {
     super();
     this._model = model;
     this.jobId = jobId;
@@ -73,7 +73,7 @@ export class JobLogView extends Widget {
       this._error,
       this._text
     );
-    model.jobsChanged.connect(this._renderHeader, this);
+    model.changed.connect(this._renderHeader, this);
     this._renderHeader();
     void this._poll();
   }
@@ -94,7 +94,7 @@ export class JobLogView extends Widget {
       this._timer = null;
     }
     this._text.removeEventListener('scroll', this._onScroll);
-    this._model.jobsChanged.disconnect(this._renderHeader, this);
+    this._model.changed.disconnect(this._renderHeader, this);
     super.dispose();
   }
 
@@ -229,7 +229,7 @@ export class JobLogView extends Widget {
     }
   }
 
-  private _model: DLInfraModel;
+  private _model: JobsModel;
   private _name: HTMLElement;
   private _state: HTMLElement;
   private _status: HTMLElement;
@@ -324,7 +324,7 @@ export function notifySubmitted(
  */
 export function registerJobCommands(
   app: JupyterFrontEnd,
-  model: DLInfraModel
+  model: JobsModel
 ): WidgetTracker<JobLogView> {
   const tracker = new WidgetTracker<JobLogView>({ namespace: 'dlinfra-job-log' });
 
@@ -421,7 +421,7 @@ export function registerJobCommands(
 }
 
 /** A job's run time for people ("running 2 min 5 s" while it runs). */
-export function jobDurationText(model: DLInfraModel, job: Job, now = Date.now()): string {
+export function jobDurationText(model: JobsModel, job: Job, now = Date.now()): string {
   const seconds = model.jobDuration(job, now);
   if (seconds === null) {
     return '';

@@ -7,12 +7,12 @@ import { Widget } from '@lumino/widgets';
 
 import { gpus, pct, startsIn } from './dom';
 import { gpuIcon } from './icons';
-import { DLInfraModel } from './model';
+import { LedgerModel } from './model';
 
 export const STATUS_ITEM_ID = 'dlinfra:status';
 
 export class DLInfraStatus extends Widget {
-  constructor(model: DLInfraModel, tracker: INotebookTracker, onActivate: () => void) {
+  constructor(model: LedgerModel, tracker: INotebookTracker, onActivate: () => void) {
     super();
     this._model = model;
     this._tracker = tracker;
@@ -90,7 +90,7 @@ export class DLInfraStatus extends Widget {
     }
   };
 
-  private _model: DLInfraModel;
+  private _model: LedgerModel;
   private _tracker: INotebookTracker;
   private _watched: NotebookPanel | null = null;
   private _text: HTMLElement;

@@ -11,7 +11,7 @@ import { Widget } from '@lumino/widgets';
 import { Allocation } from './api';
 import { gpus, h, startsIn } from './dom';
 import { gpuIcon } from './icons';
-import { DLInfraModel } from './model';
+import { LedgerModel } from './model';
 
 export const TOOLBAR_ITEM = 'dlinfraGpus';
 
@@ -19,7 +19,7 @@ export const TOOLBAR_ITEM = 'dlinfraGpus';
 export class GpuToolbarExtension
   implements DocumentRegistry.IWidgetExtension<NotebookPanel, INotebookModel>
 {
-  constructor(private _model: DLInfraModel) {}
+  constructor(private _model: LedgerModel) {}
 
   createNew(panel: NotebookPanel): IDisposable {
     const button = new ToolbarButton({
@@ -107,7 +107,7 @@ function describeGrant(a: Allocation): Node[] {
 }
 
 /** The dialog behind the toolbar button. */
-export async function openGpuDialog(model: DLInfraModel, panel: NotebookPanel): Promise<void> {
+export async function openGpuDialog(model: LedgerModel, panel: NotebookPanel): Promise<void> {
   await panel.sessionContext.ready;
   const kernelId = panel.sessionContext.session?.kernel?.id;
   if (!kernelId) {

@@ -1,12 +1,12 @@
 /**
- * What the admin panel's policy forms (idle reclaim in `adminpanel`, scheduling in
- * `adminscheduling`) have in common: their sections, labelled fields and value checks, and a
+ * What the admin panel's policy forms (idle reclaim in `panel`, scheduling in
+ * `scheduling`) have in common: their sections, labelled fields and value checks, and a
  * `PolicyForm` for the source, the recent changes and the load, save, revert, status and error
  * plumbing around a form. The classes are named after a stem (`policy`, `sched`):
  * `jp-DLInfra-${stem}Save`, `jp-DLInfra-${stem}Error`, ...
  */
-import { DLInfraApiError, PolicyChange, Timestamp } from './api';
-import { Attrs, Child, clock, h } from './dom';
+import { DLInfraApiError, PolicyChange, Timestamp } from '../api';
+import { Attrs, Child, clock, h } from '../dom';
 
 /** A form value that cannot be sent; `field` names it like the server's messages do. */
 export class FormError extends Error {

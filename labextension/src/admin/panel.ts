@@ -1,13 +1,16 @@
 /**
  * The admin panel `dlinfra-admin`: the idle-reclaim policy as a form (PUT policy), its source
  * and recent changes, a dry run of the policy in the form over the recorded usage
- * (POST policy/simulate), and the scheduling policy (PUT scheduling, see `adminscheduling`).
+ * (POST policy/simulate), and the scheduling policy (PUT scheduling, see `scheduling`).
  * Only added for admins (GET me); the server enforces it either way.
  */
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { PolicyDoc, PolicyFields, PolicyView, SimulationResult } from './api';
+import { PolicyDoc, PolicyFields, PolicyView, SimulationResult } from '../api';
+import { basename, clock, duration, h } from '../dom';
+import { policyIcon } from '../icons';
+import { AdminModel } from '../model/admin';
 import {
   canonical,
   configuredNote,
@@ -20,11 +23,8 @@ import {
   objectValue,
   PolicyForm,
   section
-} from './adminform';
-import { SchedulingEditor } from './adminscheduling';
-import { basename, clock, duration, h } from './dom';
-import { policyIcon } from './icons';
-import { DLInfraModel } from './model';
+} from './form';
+import { SchedulingEditor } from './scheduling';
 
 export const ADMIN_PANEL_ID = 'dlinfra-admin';
 
@@ -88,7 +88,7 @@ const ACTIONS: Array<{ value: PolicyFields['action']; help: string }> = [
 ];
 
 export class DLInfraAdminPanel extends Widget {
-  constructor(model: DLInfraModel) {
+  constructor(model: AdminModel) {
     super();
     this.model = model;
     this.id = ADMIN_PANEL_ID;
@@ -278,7 +278,7 @@ export class DLInfraAdminPanel extends Widget {
     model.policyChanged.connect(this._onPolicyChanged, this);
   }
 
-  readonly model: DLInfraModel;
+  readonly model: AdminModel;
 
   /** Read the policy (again); `force` replaces unsaved edits too. */
   load(force = false): Promise<void> {
@@ -342,7 +342,7 @@ export class DLInfraAdminPanel extends Widget {
 
   /* ---------------------------------------------------------------- rendering */
 
-  private _onPolicyChanged(_: DLInfraModel, view: PolicyView): void {
+  private _onPolicyChanged(_: AdminModel, view: PolicyView): void {
     this._form.changed(view);
   }
 

@@ -10,7 +10,9 @@ import {
   PriorityClassSpec,
   SchedulingPolicyDoc,
   SchedulingView
-} from './api';
+} from '../api';
+import { Attrs, duration, h } from '../dom';
+import { AdminModel } from '../model/admin';
 import {
   canonical,
   configuredNote,
@@ -23,9 +25,7 @@ import {
   objectValue,
   PolicyForm,
   section
-} from './adminform';
-import { Attrs, duration, h } from './dom';
-import { DLInfraModel } from './model';
+} from './form';
 
 type NumberField = 'half_life' | 'default_share' | 'reservations' | 'starvation_limit';
 type BoolField = 'fair_share' | 'borrowing' | 'preemption';
@@ -152,7 +152,7 @@ interface IClassRow {
  * `load` is called when the panel is shown.
  */
 export class SchedulingEditor {
-  constructor(model: DLInfraModel) {
+  constructor(model: AdminModel) {
     this.model = model;
 
     // No browser validation: the server judges the values and names the field it refuses.
@@ -361,7 +361,7 @@ export class SchedulingEditor {
     model.schedulingChanged.connect(this._onSchedulingChanged, this);
   }
 
-  readonly model: DLInfraModel;
+  readonly model: AdminModel;
   /** The sections to show: the form, then the recent changes. */
   readonly sections: HTMLElement[];
 
@@ -408,7 +408,7 @@ export class SchedulingEditor {
     return control;
   }
 
-  private _onSchedulingChanged(_: DLInfraModel, view: SchedulingView): void {
+  private _onSchedulingChanged(_: AdminModel, view: SchedulingView): void {
     this._form.changed(view);
   }
 

@@ -1,0 +1,199 @@
+/**
+ * The sidebar's "Cluster" section: a card per GPU, by node, with utilisation, memory, a
+ * sparkline (not in the compact view), what holds it and its marks (idle, borrowed, being
+ * preempted, in use outside the ledger).
+ */
+import { ClusterGpu, isJudged, OutsideLedger } from '../api';
+import { clock, gib, h, meter, pct, sparkline } from '../dom';
+import { JobsModel, LedgerModel } from '../model';
+import { holderName, IRendered, schedBadges } from './common';
+
+export function renderCluster(ledger: LedgerModel, jobs: JobsModel, compact: boolean): IRendered {
+  const cluster = ledger.cluster;
+  if (!cluster) {
+    return {
+      signature: 'loading',
+      nodes: [h('p', { class: 'jp-DLInfra-empty' }, ledger.error ? 'No data.' : 'Loading…')]
+    };
+  }
+  const nodes: Node[] = [];
+  if (cluster.simulated || cluster.provider.simulated) {
+    nodes.push(
+      h(
+        'p',
+        { class: 'jp-DLInfra-simulatedNote' },
+        h('span', { class: 'jp-DLInfra-simulatedBadge' }, 'simulated'),
+        ' These GPUs are simulated, not real hardware.'
+      )
+    );
+  }
+  if (cluster.gpu_count === 0) {
+    nodes.push(
+      h(
+        'p',
+        { class: 'jp-DLInfra-empty jp-DLInfra-providerReason' },
+        `No GPUs (provider ${cluster.provider.name}): ${cluster.provider.reason}`
+      )
+    );
+  }
+  const history: Record<string, number[]> = {};
+  for (const node of cluster.nodes) {
+    nodes.push(
+      h(
+        'div',
+        { class: 'jp-DLInfra-node', 'data-node': node.name },
+        h(
+          'h4',
+          { class: 'jp-DLInfra-nodeHeading' },
+          node.name,
+          h(
+            'span',
+            { class: 'jp-DLInfra-nodeCount' },
+            ` ${node.gpus.filter(g => !g.holder).length} of ${node.gpus.length} free`
+          )
+        ),
+        h(
+          'div',
+          { class: 'jp-DLInfra-gpuGrid' },
+          node.gpus.map(gpu => {
+            history[gpu.uuid] = ledger.history(gpu.uuid);
+            return gpuCard(ledger, jobs, gpu, compact);
+          })
+        )
+      )
+    );
+  }
+  const running = [...ledger.kernels.runningKernelIds()].sort();
+  const idle = cluster.nodes.flatMap(n =>
+    n.gpus.map(g => {
+      const state = g.holder ? ledger.idleOf(g.holder.kernel_id) : null;
+      return isJudged(state) ? [state.state, state.reclaim_at] : null;
+    })
+  );
+  const marks = cluster.nodes.flatMap(n =>
+    n.gpus.map(g => {
+      const a = g.holder ? ledger.allocationById(g.holder.allocation_id) : null;
+      return a ? [a.borrowed ?? false, a.preempted_for ?? null] : null;
+    })
+  );
+  const holderNames = cluster.nodes.flatMap(n =>
+    n.gpus.map(g => (g.holder ? holderName(ledger, jobs, g.holder.kernel_id) : null))
+  );
+  return { signature: JSON.stringify([cluster, history, running, idle, marks, holderNames]), nodes };
+}
+
+function gpuCard(
+  ledger: LedgerModel,
+  jobs: JobsModel,
+  gpu: ClusterGpu,
+  compact: boolean
+): HTMLElement {
+  const holder = gpu.holder;
+  let holderText = 'free';
+  if (holder) {
+    holderText = `${holder.user} · ${holderName(ledger, jobs, holder.kernel_id, holder.path, holder.kernel_name)}`;
+  }
+  const outside = holder ? null : gpu.outside_ledger ?? null;
+  const memPercent =
+    typeof gpu.memory_used_bytes === 'number' && gpu.memory_total_bytes > 0
+      ? (100 * gpu.memory_used_bytes) / gpu.memory_total_bytes
+      : null;
+  const mine = holder ? ledger.kernels.runningKernelIds().has(holder.kernel_id) : false;
+  const idle = holder ? ledger.idleOf(holder.kernel_id) : null;
+  const idleState = isJudged(idle) && idle.state !== 'active' ? idle.state : null;
+  const values = ledger.history(gpu.uuid);
+  const grant = holder ? ledger.allocationById(holder.allocation_id) : null;
+  const marks = schedBadges(grant);
+  const label = `GPU ${gpu.index}, ${gpu.model}${gpu.simulated ? ', simulated' : ''}, ${
+    holder ? `held by ${holderText}` : 'free'
+  }${outside ? `, ${outsideText(outside)}` : ''}, utilisation ${pct(gpu.utilization_percent)}${
+    idleState === 'warned' ? ', idle: about to be reclaimed' : idleState === 'idle' ? ', idle' : ''
+  }${marks.map(m => `, ${m.textContent}`).join('')}`;
+  let idleMark: HTMLElement | null = null;
+  if (idleState === 'warned' && isJudged(idle)) {
+    idleMark = h(
+      'span',
+      {
+        class: 'jp-DLInfra-gpuIdleMark',
+        title: idle.reclaim_at
+          ? `Idle: its GPUs will be reclaimed at ${clock(idle.reclaim_at)}`
+          : 'Idle: its owner was warned'
+      },
+      'idle'
+    );
+  }
+  return h(
+    'div',
+    {
+      class: `jp-DLInfra-gpuCard ${holder ? 'jp-mod-held' : 'jp-mod-free'}${mine ? ' jp-mod-mine' : ''}${
+        idleState === 'warned' ? ' jp-mod-idleWarned' : idleState === 'idle' ? ' jp-mod-idle' : ''
+      }${outside ? ' jp-mod-outsideLedger' : ''}`,
+      'data-uuid': gpu.uuid,
+      'data-index': gpu.index,
+      'data-idle-state': idleState,
+      role: 'group',
+      'aria-label': label,
+      title: gpu.uuid
+    },
+    h(
+      'div',
+      { class: 'jp-DLInfra-gpuHeader' },
+      h('span', { class: 'jp-DLInfra-gpuIndex' }, `GPU ${gpu.index}`),
+      h('span', { class: 'jp-DLInfra-gpuModel', title: gpu.model }, gpu.model),
+      idleMark,
+      gpu.simulated
+        ? h(
+            'span',
+            { class: 'jp-DLInfra-simulatedBadge', title: 'Simulated GPU, not real hardware' },
+            'simulated'
+          )
+        : null
+    ),
+    meter('util', 'Util', gpu.utilization_percent, pct(gpu.utilization_percent)),
+    meter(
+      'mem',
+      'Mem',
+      memPercent,
+      compact
+        ? `${gib(gpu.memory_used_bytes)} GiB`
+        : `${gib(gpu.memory_used_bytes)} / ${gib(gpu.memory_total_bytes)} GiB`
+    ),
+    compact
+      ? null
+      : sparkline(
+          values,
+          ledger.sparklinePoints,
+          120,
+          22,
+          `Utilisation of GPU ${gpu.index}, last ${values.length} samples`
+        ),
+    h(
+      'div',
+      { class: `jp-DLInfra-holder${holder ? '' : ' jp-mod-free'}`, title: holderText },
+      holderText
+    ),
+    outside
+      ? h(
+          'div',
+          { class: 'jp-DLInfra-outsideLedger', role: 'note', title: outsideTitle(outside) },
+          outsideText(outside)
+        )
+      : null,
+    marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null
+  );
+}
+
+/** "in use outside the ledger by mallory": work on a GPU that nobody holds in the ledger. */
+function outsideText(outside: OutsideLedger): string {
+  return `in use outside the ledger${outside.users.length ? ` by ${outside.users.join(', ')}` : ''}`;
+}
+
+function outsideTitle(outside: OutsideLedger): string {
+  const processes = outside.processes.map(
+    p => `pid ${p.pid} (${p.user ?? 'owner unknown'}, ${gib(p.memory_used_bytes)} GiB)`
+  );
+  return (
+    'The ledger says this GPU is free, yet it is busy: someone uses it without asking for it ' +
+    `(%gpu, a GPU kernel or a job). ${processes.length ? `Processes: ${processes.join('; ')}.` : 'Its processes cannot be listed from here.'}`
+  );
+}
