@@ -19,6 +19,9 @@ Notices come from two sources, in one stream:
 - :meth:`Broadcaster.publish_notice` (``GpuService.events.publish_notice``), for warnings the
   server makes up itself (idle reclaim): ids are negative, -1, -2, ... per server process, so
   they never collide with ledger ids. They are not stored and restart from -1 with the server.
+
+Which ledger events deserve a notice, and its words, are ``server/notices.py``'s business; this
+module only carries notices.
 """
 
 from __future__ import annotations
@@ -29,42 +32,27 @@ import contextlib
 import json
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
-
+from jupyter_dlinfra.core.books.event_log import latest_event_seq
 from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
 from jupyter_dlinfra.core.outage import Backoff, database_unavailable
-from jupyter_dlinfra.core.store import events as events_table
-from jupyter_dlinfra.server.views import allocation_json, cluster_json, duration, iso
+from jupyter_dlinfra.server.notices import LEVELS, Notice, notice_from_event
+from jupyter_dlinfra.server.views import allocation_json, cluster_json, iso
 from jupyter_dlinfra.telemetry import GpuSample
 
 if TYPE_CHECKING:
-    from jupyter_dlinfra.server.service import GpuService
+    from jupyter_dlinfra.server.sources import StreamSource as GpuService
 
-__all__ = [
-    "KEEPALIVE",
-    "LEVELS",
-    "Broadcaster",
-    "Notice",
-    "Snapshot",
-    "Subscription",
-    "WaitHistogram",
-    "notice_from_event",
-]
+__all__ = ["KEEPALIVE", "Broadcaster", "Snapshot", "Subscription", "WaitHistogram"]
 
 #: an SSE comment: keeps proxies from timing the connection out, ignored by EventSource
 KEEPALIVE = b": keepalive\n\n"
-LEVELS = ("info", "warning", "error")
 #: bucket bounds (seconds) of the grant wait histogram: immediate grants up to an hour's wait
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-#: ends that a user or a kernel asked for: no notice, they know
-#: ends that another notice explains (a preempted job's requeue notice says why)
-_CHOSEN_END_REASONS = ("kernel shut down", "kernel restarted", "job preempted")
 _EVENT_PAGE = 1000
 
 
@@ -73,35 +61,8 @@ def _frame(event: str, payload: str) -> bytes:
     return f"event: {event}\ndata: {payload}\n\n".encode()
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Notice:
-    id: int
-    kind: str
-    level: str
-    message: str
-    user: str | None = None
-    kernel_id: str | None = None
-    allocation_id: int | None = None
-    actions: tuple[tuple[str, str], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "level": self.level,
-            "user": self.user,
-            "kernel_id": self.kernel_id,
-            "allocation_id": self.allocation_id,
-            "message": self.message,
-            "actions": [{"id": a, "label": label} for a, label in self.actions],
-        }
-
-    def frame(self) -> bytes:
-        return _frame("notice", json.dumps(self.to_json()))
+def _notice_frame(notice: Notice) -> bytes:
+    return _frame("notice", json.dumps(notice.to_json()))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,174 +81,6 @@ class Snapshot:
     frame: bytes = field(repr=False)
     #: the idle state of each judged kernel (active, idle, warned, reclaimed, exempt)
     idle: Mapping[str, str] = field(default_factory=dict)
-
-
-def _kernel_words(kernel: KernelRecord | None, kernel_id: str | None) -> str:
-    if kernel is not None and kernel.path:
-        return f"kernel {kernel.path}"
-    if kernel is not None and kernel.kernel_name:
-        return f"kernel {kernel.kernel_name} ({kernel.kernel_id[:8]})"
-    return f"kernel {(kernel_id or '?')[:8]}"
-
-
-def notice_from_event(
-    event: LedgerEvent,
-    *,
-    previous: LedgerEvent | None,
-    kernels: Mapping[str, KernelRecord],
-    owner_of: Callable[[int], str | None],
-) -> Notice | None:
-    """The notice a ledger event deserves, if any.
-
-    A grant is worth a notice only when the request waited in the queue. The ledger writes
-    ``waited_s`` with the real clock, so an immediate grant has a few microseconds of "wait";
-    what tells it apart is that its ``requested`` event is the one just before, written in the
-    same transaction.
-    """
-    kernel = kernels.get(event.kernel_id) if event.kernel_id else None
-    aid = event.allocation_id
-
-    def owner() -> str | None:
-        if kernel is not None:
-            return kernel.user
-        return owner_of(aid) if aid is not None else None
-
-    if event.kind == "granted":
-        waited = event.detail.get("waited_s")
-        if not isinstance(waited, (int, float)) or waited <= 0:
-            return None
-        if (
-            previous is not None
-            and previous.kind == "requested"
-            and previous.allocation_id == aid
-            and previous.seq == event.seq - 1
-        ):
-            return None
-        gpus = event.detail.get("gpus")
-        count = len(gpus) if isinstance(gpus, list) else 0
-        return Notice(
-            id=event.seq,
-            kind="granted",
-            level="info",
-            message=f"{_plural(count, 'GPU')} granted to {_kernel_words(kernel, event.kernel_id)} "
-            f"after {waited:.0f} s in the queue",
-            user=owner(),
-            kernel_id=event.kernel_id,
-            allocation_id=aid,
-        )
-    if event.kind in ("idle_warning", "idle_reclaimed"):
-        return _idle_notice(event, kernel, owner())
-    if event.kind == "job_ended":
-        return _job_notice(event)
-    if event.kind == "job_requeued":
-        detail = event.detail
-        return Notice(
-            id=event.seq,
-            kind="job_requeued",
-            level="warning",
-            message=f"Job {detail.get('job')} was stopped: {detail.get('reason')}"[:140],
-            user=str(detail.get("user")) if detail.get("user") else None,
-            kernel_id=event.kernel_id,
-        )
-    if event.kind in ("cancelled", "released"):
-        reason = str(event.detail.get("reason") or "")
-        if reason.startswith("released by") or reason in _CHOSEN_END_REASONS:
-            return None
-        if reason.startswith("reclaimed:"):
-            return None  # the idle_reclaimed notice has said it
-        who = _kernel_words(kernel, event.kernel_id)
-        if event.kind == "cancelled":
-            # a request that will never be granted: the user's work cannot go on as planned
-            level, what = "error", f"The GPU request of {who} was cancelled"
-        else:
-            gpus = event.detail.get("gpus")
-            count = len(gpus) if isinstance(gpus, list) else 0
-            level, what = "warning", f"The {_plural(count, 'GPU')} of {who} were released"
-        return Notice(
-            id=event.seq,
-            kind="ended",
-            level=level,
-            message=f"{what}: {reason or 'no reason given'}",
-            user=owner(),
-            kernel_id=event.kernel_id,
-            allocation_id=aid,
-        )
-    return None
-
-
-#: short, because JupyterLab cuts notification text at 140 characters
-_ACTION_WORDS = {
-    "release": "kernel restarted without GPUs",
-    "shutdown": "kernel shut down",
-    "notify": "report only, nothing taken",
-}
-
-
-def _job_notice(event: LedgerEvent) -> Notice:
-    detail = event.detail
-    state = str(detail.get("state") or "ended")
-    reason = detail.get("reason")
-    level = {"succeeded": "info", "failed": "error"}.get(state, "warning")
-    message = f"Job {detail.get('job')} ({detail.get('name')}) {state}"
-    if reason:
-        message += f": {reason}"
-    # the front end offers "Open log" itself: the job is in the notice's kernel_id (job-<id>)
-    return Notice(
-        id=event.seq,
-        kind="job_ended",
-        level=level,
-        message=message[:140],
-        user=str(detail.get("user")) if detail.get("user") else None,
-        kernel_id=event.kernel_id,
-    )
-
-
-def _short_name(kernel: KernelRecord | None, kernel_id: str | None) -> str:
-    if kernel is not None and kernel.path:
-        return PurePath(kernel.path).name
-    return f"kernel {(kernel_id or '?')[:8]}"
-
-
-def _idle_notice(event: LedgerEvent, kernel: KernelRecord | None, user: str | None) -> Notice:
-    who = _short_name(kernel, event.kernel_id)
-    idle = event.detail.get("idle_s")
-    idle_words = duration(float(idle)) if isinstance(idle, (int, float)) else "a while"
-    action = str(event.detail.get("action") or "release")
-    if event.kind == "idle_warning":
-        reclaim_at = event.detail.get("reclaim_at")
-        when = "soon"
-        if isinstance(reclaim_at, (int, float)):
-            when = f"in {duration(max(0.0, float(reclaim_at) - event.at))}"
-        keeps = event.detail.get("keeps_left")
-        left = int(keeps) if isinstance(keeps, (int, float)) else 0
-        return Notice(
-            id=event.seq,
-            kind="idle_warning",
-            level="warning",
-            message=f"GPUs of {who} idle for {idle_words}: reclaimed {when} "
-            f"({_ACTION_WORDS.get(action, action)}) unless used"
-            + (f" or kept ({left} keeps left)." if left else "."),
-            user=user,
-            kernel_id=event.kernel_id,
-            allocation_id=event.allocation_id,
-            actions=(("keep", "Keep"),) if left else (),
-        )
-    if action == "notify":
-        message = f"GPUs of {who} would have been reclaimed after {idle_words} idle (report only)."
-        level = "info"
-    else:
-        done = "restarted without GPUs" if action == "release" else "shut down"
-        message = f"GPUs of {who} reclaimed after {idle_words} idle: kernel {done}."
-        level = "warning"
-    return Notice(
-        id=event.seq,
-        kind="idle_reclaimed",
-        level=level,
-        message=message,
-        user=user,
-        kernel_id=event.kernel_id,
-        allocation_id=event.allocation_id,
-    )
 
 
 class WaitHistogram:
@@ -421,10 +214,7 @@ class Broadcaster:
 
     def prime(self) -> None:
         """Blocking: start reading ledger events from now on, not from the ledger's beginning."""
-        # Ledger has no "latest seq" call; paging through the whole history to find it would
-        # cost a read of every event ever written at each start-up
-        with self._service.ledger.store.read() as conn:
-            self._last_seq = int(conn.execute(select(func.max(events_table.c.seq))).scalar() or 0)
+        self._last_seq = latest_event_seq(self._service.ledger.store)
 
     def start(self) -> None:
         """Start the producer; needs a running event loop. Idempotent."""
@@ -486,7 +276,7 @@ class Broadcaster:
             actions=tuple((str(a), str(label)) for a, label in actions),
         )
         self._next_notice_id -= 1
-        self._fan_out(notice.frame(), snapshot=False)
+        self._fan_out(_notice_frame(notice), snapshot=False)
         return notice
 
     # -- subscribers -----------------------------------------------------------------------------
@@ -546,7 +336,7 @@ class Broadcaster:
                 raise
             self._service.health.recovered(where="the event stream")
             for notice in notices:
-                self._fan_out(notice.frame(), snapshot=False)
+                self._fan_out(_notice_frame(notice), snapshot=False)
             if snapshot is not None:
                 # only a snapshot sent counts: a poke that changed nothing must not delay the next
                 self._last_build_at = asyncio.get_running_loop().time()

@@ -25,7 +25,8 @@ from tornado.httpclient import HTTPClientError
 from tornado.httputil import HTTPHeaders
 
 from jupyter_dlinfra.core.models import KernelRecord, LedgerEvent
-from jupyter_dlinfra.server.events import KEEPALIVE, Subscription, notice_from_event
+from jupyter_dlinfra.server.events import KEEPALIVE, Subscription
+from jupyter_dlinfra.server.notices import notice_from_event
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
 DOC_URI = "urn:dlinfra:openapi"
