@@ -13,11 +13,11 @@ import os
 import sys
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from jupyter_dlinfra.kernel.client import RestClient
 
 __all__ = ["main"]
 
@@ -28,33 +28,24 @@ class CliError(Exception):
     pass
 
 
-class Client:
+class Client(RestClient):
+    """The person's client of a Jupyter server's API: their token, failures worded for a shell."""
+
     def __init__(self, url: str, token: str) -> None:
-        self.url = url.rstrip("/") + "/"
-        self.token = token
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        super().__init__(url, f"token {token}" if token else None, timeout=60)
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
-        url = urllib.parse.urljoin(self.url, "dlinfra/api/" + path)
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
-        if self.token:
-            req.add_header("Authorization", f"token {self.token}")
-        req.add_header("Content-Type", "application/json")
+        return self.request(method, path, body, query=query)
+
+    def _http_error(self, err: urllib.error.HTTPError) -> Exception:
         try:
-            with self._opener.open(req, timeout=60) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as err:
-            try:
-                message = json.loads(err.read() or b"{}").get("message") or err.reason
-            except ValueError:
-                message = err.reason
-            raise CliError(f"{message} (HTTP {err.code})") from None
-        except (urllib.error.URLError, OSError) as err:
-            raise CliError(f"cannot reach the Jupyter server at {self.url}: {err}") from None
-        return json.loads(raw) if raw else None
+            message = json.loads(err.read() or b"{}").get("message") or err.reason
+        except ValueError:
+            message = err.reason
+        return CliError(f"{message} (HTTP {err.code})")
+
+    def _unreachable(self, err: OSError) -> Exception:
+        return CliError(f"cannot reach the Jupyter server at {self.base_url}: {err}")
 
 
 def _servers() -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """The kernel's side of ``/dlinfra/api``: a small client on the standard library.
 
 It runs inside every kernel, so it imports nothing heavy; it speaks only to the server that started
-the kernel (``DLINFRA_API_URL``), with the kernel's own token.
+the kernel (``DLINFRA_API_URL``), with the kernel's own token. :class:`RestClient`, the JSON
+transport under it, is also the base of the ``jupyter dlinfra`` command's client, so that there is
+one hand-rolled urllib client in the package, not two.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
     import urllib.error
     import urllib.request
 
-__all__ = ["ApiFailure", "DLInfraUnavailable", "KernelApiClient"]
+__all__ = ["ApiFailure", "DLInfraUnavailable", "KernelApiClient", "RestClient"]
 
 
 class DLInfraUnavailable(Exception):
@@ -31,18 +33,73 @@ class ApiFailure(Exception):
         self.reason = reason
 
 
-class KernelApiClient:
-    def __init__(self, base_url: str, kernel_id: str, token: str, *, timeout: float = 10.0) -> None:
+class RestClient:
+    """JSON over HTTP to ``<base_url>dlinfra/api/...``, on the standard library.
+
+    A failed call raises what :meth:`_http_error` (the server answered with an error) or
+    :meth:`_unreachable` (no answer) return; subclasses word those for their readers.
+    """
+
+    def __init__(self, base_url: str, authorization: str | None, *, timeout: float) -> None:
         self.base_url = base_url.rstrip("/") + "/"
-        self.kernel_id = kernel_id
-        self._token = token
         self.timeout = timeout
+        self._authorization = authorization
         # imported here, not at module level: every kernel imports this module at start-up,
         # and urllib.request (with http.client and email) is most of its import time
         import urllib.request
 
-        # the server is local to the kernel: a proxy from the environment must not get in the way
+        # the server is known by its URL: a proxy from the environment must not get in the way
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """The decoded JSON answer to ``method path``, None when the answer has no body."""
+        import urllib.error
+        import urllib.request
+
+        url = urllib.parse.urljoin(self.base_url, "dlinfra/api/" + path)
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        if self._authorization:
+            req.add_header("Authorization", self._authorization)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(req, timeout=timeout or self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            raise self._http_error(err) from None
+        except (urllib.error.URLError, OSError) as err:
+            raise self._unreachable(err) from None
+        return json.loads(raw) if raw else None
+
+    def _http_error(self, err: urllib.error.HTTPError) -> Exception:
+        try:
+            body = json.loads(err.read() or b"{}")
+            return ApiFailure(
+                err.code, str(body.get("message") or err.reason), str(body.get("reason"))
+            )
+        except ValueError:
+            return ApiFailure(err.code, f"HTTP {err.code} {err.reason}", "http")
+
+    def _unreachable(self, err: OSError) -> Exception:
+        why = getattr(err, "reason", err)
+        return DLInfraUnavailable(f"cannot reach the dlinfra server at {self.base_url}: {why}")
+
+
+class KernelApiClient(RestClient):
+    def __init__(self, base_url: str, kernel_id: str, token: str, *, timeout: float = 10.0) -> None:
+        super().__init__(base_url, f"DLInfra-Kernel {token}", timeout=timeout)
+        self.kernel_id = kernel_id
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> KernelApiClient:
@@ -69,28 +126,8 @@ class KernelApiClient:
         query: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        import urllib.error
-        import urllib.request
-
-        url = urllib.parse.urljoin(self.base_url, "dlinfra/api/" + path)
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Authorization", f"DLInfra-Kernel {self._token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with self._opener.open(req, timeout=timeout or self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as err:
-            raise _failure(err) from None
-        except (urllib.error.URLError, OSError) as err:
-            why = getattr(err, "reason", err)
-            raise DLInfraUnavailable(
-                f"cannot reach the dlinfra server at {self.base_url}: {why}"
-            ) from None
-        return json.loads(raw) if raw else {}
+        found: dict[str, Any] = self.request(method, path, body, query=query, timeout=timeout)
+        return found or {}
 
     # -- the calls %gpu makes ------------------------------------------------------------------
 
@@ -131,11 +168,3 @@ class KernelApiClient:
 
     def usage(self) -> dict[str, Any]:
         return self.call("GET", f"kernels/{self.kernel_id}/usage")
-
-
-def _failure(err: urllib.error.HTTPError) -> ApiFailure:
-    try:
-        body = json.loads(err.read() or b"{}")
-        return ApiFailure(err.code, str(body.get("message") or err.reason), str(body.get("reason")))
-    except ValueError:
-        return ApiFailure(err.code, f"HTTP {err.code} {err.reason}", "http")
