@@ -30,11 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# defined below kube/ and backends/ both; re-exported here, where backends' users import it
+from jupyter_dlinfra.core.errors import BackendError
+
 __all__ = ["BackendError", "BackendState", "BackendStatus", "JobBackend", "JobHandle", "JobLaunch"]
-
-
-class BackendError(Exception):
-    """The backend could not do what was asked; ``str()`` is a sentence for people."""
 
 
 class BackendState(str, enum.Enum):

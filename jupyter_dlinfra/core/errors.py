@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackendError",
     "Conflict",
     "InvalidRequest",
     "LedgerError",
@@ -47,3 +48,13 @@ class Conflict(LedgerError):
 
 class PermissionDenied(LedgerError):
     reason = "forbidden"
+
+
+class BackendError(Exception):
+    """A job backend or the Kubernetes layer could not do what was asked; ``str()`` is a
+    sentence for people.
+
+    Not a :class:`LedgerError`: what the cluster refused is not the caller's mistake, so each
+    caller decides what it means (``jupyter_dlinfra.backends.base`` re-exports it, its home for
+    backends' users).
+    """

@@ -8,7 +8,7 @@ plain JSON, so nothing depends on the client's model classes matching the cluste
   else ``kubeconfig`` (and ``context``), else the pod's service account when
   ``KUBERNETES_SERVICE_HOST`` is set (the gateway runs in the cluster), else the default kubeconfig
   (``~/.kube/config``, ``$KUBECONFIG``). Every failure is a
-  :class:`~jupyter_dlinfra.backends.base.BackendError` that says what could not be done; an answer
+  :class:`~jupyter_dlinfra.core.errors.BackendError` that says what could not be done; an answer
   with an error status is an :class:`ApiError` with the HTTP status and Kubernetes' own message.
 - :func:`gpu_node_affinity` turns a GPU model (a substring such as ``"A100"``) into node affinity
   on the exact product label values the cluster's nodes carry.
@@ -28,7 +28,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jupyter_dlinfra.backends.base import BackendError
+from jupyter_dlinfra.core.errors import BackendError
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -46,6 +46,7 @@ __all__ = [
     "USER_LABEL",
     "ApiError",
     "KubeApi",
+    "annotations_of",
     "check_env_name",
     "conditions",
     "dns_name",
@@ -57,6 +58,7 @@ __all__ = [
     "meta",
     "pending_reason",
     "terminated",
+    "true_condition",
 ]
 
 #: the label (and its value) on every object we create; lists select ours by it
@@ -315,9 +317,22 @@ def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
+def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    """An object's ``metadata.annotations`` (empty if it has none)."""
+    return meta(obj).get("annotations") or {}
+
+
 def conditions(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """An object's ``status.conditions``."""
     return list((obj.get("status") or {}).get("conditions") or [])
+
+
+def true_condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The object's condition of type ``kind`` when its status is ``True``, else None."""
+    for cond in conditions(obj):
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
 
 
 def _container_status(pod: Mapping[str, Any], container: str) -> Mapping[str, Any] | None:

@@ -6,7 +6,7 @@ worker thread, never on the event loop. It shares the jobs backend's client and 
 :class:`~jupyter_dlinfra.kube.api.KubeApi` (the same credentials: ``api_client``, else
 ``kubeconfig``/``context``, else the in-cluster service account, else the default kubeconfig;
 plain-JSON requests through the official ``ApiClient``; every API error a
-:class:`~jupyter_dlinfra.backends.base.BackendError` with the HTTP status and Kubernetes' own
+:class:`~jupyter_dlinfra.core.errors.BackendError` with the HTTP status and Kubernetes' own
 message) and :class:`~jupyter_dlinfra.kube.pod_template.PodTemplate` (the same labels,
 placement options and GPU-model matching).
 
@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from jupyter_dlinfra.backends.base import BackendError
+from jupyter_dlinfra.core.errors import BackendError
 from jupyter_dlinfra.kernel_pod import ENV_VAR as CONNECTION_ENV
 from jupyter_dlinfra.kernel_pod import PORT_NAMES, connection_file_content
 from jupyter_dlinfra.kube.api import (

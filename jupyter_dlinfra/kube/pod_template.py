@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from jupyter_dlinfra.backends.base import BackendError
+from jupyter_dlinfra.core.errors import BackendError
 from jupyter_dlinfra.kube.api import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,

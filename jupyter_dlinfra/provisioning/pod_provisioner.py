@@ -24,7 +24,10 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from jupyter_dlinfra.provisioning.port import get_pod_port, launching_owner
 
-__all__ = ["PodProvisioner", "client_env"]
+__all__ = ["POD_PROVISIONER_NAME", "PodProvisioner", "client_env"]
+
+#: the name jupyter_client knows this provisioner by (its entry point)
+POD_PROVISIONER_NAME = "dlinfra-pod-provisioner"
 
 _POLL_S = 0.5
 #: the variables of the client's that go into the kernel's pods

@@ -17,7 +17,10 @@ from traitlets import Int, Unicode
 
 from jupyter_dlinfra.provisioning.port import get_port, launching_owner
 
-__all__ = ["DLInfraProvisioner"]
+__all__ = ["PROVISIONER_NAME", "DLInfraProvisioner"]
+
+#: the name kernelspecs and jupyter_client know this provisioner by (its entry point)
+PROVISIONER_NAME = "dlinfra-provisioner"
 
 log = logging.getLogger(__name__)
 

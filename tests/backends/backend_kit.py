@@ -3,6 +3,7 @@ its jobs get somewhere, and, for the Kubernetes ones, a request-counting API cli
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ class Jobs:
 
     def launch(self, text: str, **kwargs: Any) -> JobLaunch:
         self.count += 1
-        workdir = self.root / f"{self.count}-job"
+        # unique, as the server's are: SLURM recovers a job by its id and directory's name, and
+        # remembers the ended jobs of earlier tests
+        workdir = self.root / f"{self.count}-job-{secrets.token_hex(4)}"
         workdir.mkdir()
         fields: dict[str, Any] = {
             "job_id": self.count,

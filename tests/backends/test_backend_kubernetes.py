@@ -1,9 +1,11 @@
-"""The kubernetes backend against a real control plane (kube-apiserver, kube-scheduler and
-kube-controller-manager v1.20, tests/k8s_cluster.py) whose two fake GPU nodes are played by a
-node agent that runs the pods' commands as local processes.
+"""What only the kubernetes backend does (the Job and its pod, GPU models, deadlines, a cancel
+that terminates, listing once per namespace, PriorityClasses, Kueue), against a real control
+plane (kube-apiserver, kube-scheduler and kube-controller-manager v1.20, tests/k8s_cluster.py)
+whose two fake GPU nodes are played by a node agent that runs the pods' commands as local
+processes; and, without a cluster, its manifests and the Kubernetes layer's readers.
 
-Jobs that must wait hold until the test creates a file, so that no timing is guessed; every
-wait polls the backend with a deadline.
+What every backend does is in test_backend_contract.py. Jobs that must wait hold until the test
+creates a file, so that no timing is guessed; every wait polls the backend with a deadline.
 """
 
 from __future__ import annotations
@@ -13,26 +15,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import kubernetes.client
 import nbformat
-import psutil
 import pytest
-from backend_kit import DEADLINE, Counting, Jobs, alive, wait_ended, wait_for, wait_reason
+from backend_kit import DEADLINE, Counting, Jobs, wait_ended, wait_for, wait_reason
 
 from jupyter_dlinfra.backends import BackendError, BackendState, BackendStatus, JobHandle, JobLaunch
-from jupyter_dlinfra.backends import kubernetes as k8s
-from jupyter_dlinfra.backends.kubernetes import (
-    KubernetesBackend,
-    ensure_priority_classes,
-    priority_class_manifests,
-)
+from jupyter_dlinfra.backends.kubernetes import KubernetesBackend
+from jupyter_dlinfra.backends.kubernetes_job import wrapper_source
+from jupyter_dlinfra.backends.kubernetes_view import failure
 from jupyter_dlinfra.core.scheduling.policy import DEFAULT_CLASSES, PriorityClass
 from jupyter_dlinfra.jobs.convert import prepare, snapshot
 from jupyter_dlinfra.kube import api as kube_api
+from jupyter_dlinfra.kube.priority import ensure_priority_classes, priority_class_manifests
 from jupyter_dlinfra.testing.server import wait_until
 
 #: a job that starts a real kernel (the runner) may take longer on a loaded machine
@@ -51,25 +50,9 @@ def jobs(tmp_path: Path) -> Jobs:
 
 @pytest.fixture
 def make_backend(
-    k8s_api: kubernetes.client.ApiClient, k8s_namespace: str, k8s_agent: Any
-) -> Iterator[Callable[..., KubernetesBackend]]:
-    made: list[KubernetesBackend] = []
-
-    def make(**kwargs: Any) -> KubernetesBackend:
-        options: dict[str, Any] = {
-            "api_client": k8s_api,
-            "namespace": k8s_namespace,
-            "python": sys.executable,
-            "timeout": 20,
-        }
-        options.update(kwargs)
-        backend = KubernetesBackend(**options)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
+    make_k8s_backend: Callable[..., KubernetesBackend],
+) -> Callable[..., KubernetesBackend]:
+    return make_k8s_backend
 
 
 @pytest.fixture
@@ -80,11 +63,6 @@ def backend(make_backend: Callable[..., KubernetesBackend]) -> KubernetesBackend
 @pytest.fixture(autouse=True)
 def _jobs_root(tmp_path: Path) -> None:
     (tmp_path / "jobs").mkdir()
-
-
-def hold(release: Path) -> str:
-    """Python that waits until the test creates ``release``."""
-    return f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\n"
 
 
 def wait_state(
@@ -125,37 +103,27 @@ def pod_log(api: kubernetes.client.ApiClient, pod: dict[str, Any]) -> str:
 # --- against the cluster ---------------------------------------------------------------------
 
 
-def test_job_gets_its_gpus_and_its_output_lands_in_the_log_and_the_pod_log(
+def test_the_job_and_its_pod_carry_our_labels_and_run_on_the_nodes_of_its_model(
     backend: KubernetesBackend, jobs: Jobs, k8s_api: kubernetes.client.ApiClient
 ) -> None:
-    code = (
-        "import os, sys\n"
-        "print('hello from', os.getcwd())\n"
-        "print('GPUS=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
-        "print('FOO=' + os.environ['FOO'])\n"
-        "print('oops', file=sys.stderr)\n"
+    code = "import os\nprint('FOO=' + os.environ['FOO'])\n"
+    a100 = backend.submit(
+        jobs.launch(code, gpus=2, model="A100", env={"FOO": "it's a 'quoted' $value"})
     )
-    launch = jobs.launch(code, gpus=2, model="A100", env={"FOO": "it's a 'quoted' $value"})
-    Path(launch.log_path).write_text("earlier line\n")
-    handle = backend.submit(launch)
-    assert handle.backend == "kubernetes"
-    assert handle.ref.startswith("dlinfra-job-1-") and len(handle.ref) <= 63
-    assert handle.detail["namespace"] == backend.namespace and handle.detail["uid"]
-
-    status = wait_ended(backend, handle)
-    assert status == BackendStatus(state=BackendState.SUCCEEDED, exit_code=0)
-    log = Path(launch.log_path).read_text()
-    # appended, stdout and stderr, environment as given, run in the job directory
-    assert log.startswith("earlier line\n")
-    assert f"hello from {launch.workdir}" in log
-    assert "FOO=it's a 'quoted' $value" in log and "oops" in log
-    gpus = next(x for x in log.splitlines() if x.startswith("GPUS=")).removeprefix("GPUS=")
-    assert len(set(gpus.split(","))) == 2, log
-    # the same output in the pod's log (kubectl logs), from the node with the A100s
-    (pod,) = pods_of(k8s_api, handle)
+    h100 = backend.submit(jobs.launch("print('on h100')", gpus=1, model="h100"))
+    assert a100.ref.startswith("dlinfra-job-1-") and len(a100.ref) <= 63
+    assert a100.detail["namespace"] == backend.namespace and a100.detail["uid"]
+    statuses = wait_for(
+        backend, [a100, h100], lambda s: all(x.state.ended for x in s.values()), "both ended"
+    )
+    assert all(x.state is BackendState.SUCCEEDED for x in statuses.values()), statuses
+    # the output in the pod's log too (kubectl logs), from the node with the A100s
+    (pod,) = pods_of(k8s_api, a100)
     assert pod["spec"]["nodeName"] == "gpu-node-a"
     assert "FOO=it's a 'quoted' $value" in pod_log(k8s_api, pod)
-    job = read_job(k8s_api, handle)
+    (pod,) = pods_of(k8s_api, h100)
+    assert pod["spec"]["nodeName"] == "gpu-node-b"
+    job = read_job(k8s_api, a100)
     labels = job["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "jupyter-dlinfra"
     assert labels["dlinfra.jupyter.org/job-id"] == "1"
@@ -164,18 +132,6 @@ def test_job_gets_its_gpus_and_its_output_lands_in_the_log_and_the_pod_log(
     assert job["spec"]["backoffLimit"] == 0
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
-    # the handle survives a JSON round trip (the server stores it) and still polls
-    again = JobHandle.from_json(json.loads(json.dumps(handle.to_json())))
-    assert backend.poll([again])[again.ref].state is BackendState.SUCCEEDED
-
-
-def test_model_picks_the_nodes_of_that_gpu(
-    backend: KubernetesBackend, jobs: Jobs, k8s_api: kubernetes.client.ApiClient
-) -> None:
-    handle = backend.submit(jobs.launch("print('on h100')", gpus=1, model="h100"))
-    assert wait_ended(backend, handle).state is BackendState.SUCCEEDED
-    (pod,) = pods_of(k8s_api, handle)
-    assert pod["spec"]["nodeName"] == "gpu-node-b"
     with pytest.raises(BackendError, match=r"'V100'.*NVIDIA-A100-SXM4-80GB, NVIDIA-H100-80GB-HBM3"):
         backend.submit(jobs.launch("print()", gpus=1, model="V100"))
 
@@ -211,16 +167,6 @@ def test_the_real_runner_runs_a_notebook_in_a_pod(
     executed = (workdir / "executed.ipynb").read_text()
     assert "cells see 7" in executed
     assert "--- job started" in (workdir / "job.log").read_text()
-
-
-def test_failing_command_ends_failed_with_its_exit_code(
-    backend: KubernetesBackend, jobs: Jobs
-) -> None:
-    handle = backend.submit(jobs.launch("print('failing'); raise SystemExit(3)"))
-    status = wait_ended(backend, handle)
-    assert status == BackendStatus(
-        state=BackendState.FAILED, reason="exit code 3 (Error)", exit_code=3
-    )
 
 
 def test_deadline_fails_the_job_with_kubernetes_reason(
@@ -264,51 +210,6 @@ def wait_log(launch: JobLaunch, text: str) -> None:
     wait_until(found, timeout=DEADLINE, what=f"{text!r} in the job's log")
 
 
-def test_oversize_job_pends_with_the_scheduler_reason(
-    backend: KubernetesBackend, jobs: Jobs
-) -> None:
-    handle = backend.submit(jobs.launch("print('never')", gpus=16))
-    status = wait_reason(backend, handle, "Insufficient nvidia.com/gpu", "the scheduler's reason")
-    assert status.state is BackendState.PENDING
-    assert status.reason is not None and status.reason.startswith("0/2 nodes are available")
-    backend.cancel(handle)
-    assert wait_ended(backend, handle).state is BackendState.CANCELLED
-
-
-def test_cancel_stops_the_pod_process(
-    backend: KubernetesBackend, jobs: Jobs, tmp_path: Path, make_backend: Callable[..., Any]
-) -> None:
-    pid_file = tmp_path / "pid"
-    code = (
-        "import os, signal, sys, time\n"
-        "def stop(*a):\n"
-        "    print('got SIGTERM', flush=True); sys.exit(143)\n"
-        "signal.signal(signal.SIGTERM, stop)\n"
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        "print('started', flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    launch = jobs.launch(code, gpus=1)
-    handle = backend.submit(launch)
-    wait_state(backend, handle, BackendState.RUNNING)
-    # (its output reached the log: the command and the wrapper both handle SIGTERM by now)
-    wait_log(launch, "started")
-    pid = int(pid_file.read_text())
-    assert psutil.pid_exists(pid)
-
-    backend.cancel(handle)
-    status = wait_ended(backend, handle)
-    assert status.state is BackendState.CANCELLED, status
-    wait_until(lambda: not alive(pid), timeout=DEADLINE, what="the job's process to stop")
-    # the command heard the stop (SIGTERM forwarded by the wrapper) and said so in the log
-    assert "got SIGTERM" in Path(launch.log_path).read_text()
-    # cancelling again, or a Job Kubernetes never had, is no error
-    backend.cancel(handle)
-    backend.cancel(JobHandle(backend="kubernetes", ref="dlinfra-job-0-nothere"))
-    # a new server finds nothing to start twice
-    assert make_backend().recover(launch) is None
-
-
 def test_a_restarted_server_reads_a_terminating_cancelled_job_as_cancelled(
     backend: KubernetesBackend,
     jobs: Jobs,
@@ -335,43 +236,8 @@ def test_a_restarted_server_reads_a_terminating_cancelled_job_as_cancelled(
         state=BackendState.RUNNING, reason="stopping: cancelled"
     )
     assert wait_ended(fresh, handle).state is BackendState.CANCELLED
-
-
-def test_recover_finds_a_submitted_job(
-    backend: KubernetesBackend, jobs: Jobs, make_backend: Callable[..., KubernetesBackend]
-) -> None:
-    launch = jobs.launch("import time; time.sleep(60)")
-    assert backend.recover(launch) is None  # never submitted
-    handle = backend.submit(launch)
-    # the server died before recording the handle: the next one finds it
-    again = make_backend().recover(launch)
-    assert again is not None and again.to_json() == json.loads(json.dumps(handle.to_json()))
-    # the same job id with another directory (another gateway, or a reused id) is not it
-    other = JobLaunch(**{**_fields(launch), "workdir": str(jobs.root / "elsewhere")})
-    assert make_backend().recover(other) is None
-    backend.cancel(handle)
+    # a cancelled Job is never recovered (a new server finds nothing to start twice)
     assert make_backend().recover(launch) is None
-
-
-def test_unknown_job_reads_status_file_or_is_lost(
-    backend: KubernetesBackend, tmp_path: Path
-) -> None:
-    with_file = tmp_path / "forgotten"
-    with_file.mkdir()
-    (with_file / "status.json").write_text(json.dumps({"state": "failed", "exit_code": 2}))
-    forgotten = JobHandle(
-        backend="kubernetes", ref="dlinfra-job-1-aaaaaaaa", detail={"workdir": str(with_file)}
-    )
-    gone = JobHandle(
-        backend="kubernetes", ref="dlinfra-job-2-bbbbbbbb", detail={"workdir": str(tmp_path)}
-    )
-    bare = JobHandle(backend="kubernetes", ref="dlinfra-job-3-cccccccc")
-    statuses = backend.poll([forgotten, gone, bare])
-    assert statuses[forgotten.ref] == BackendStatus(state=BackendState.FAILED, exit_code=2)
-    assert statuses[gone.ref].state is BackendState.LOST
-    assert "status.json" in (statuses[gone.ref].reason or "")
-    assert statuses[bare.ref].state is BackendState.LOST
-    assert "no Job dlinfra-job-3-cccccccc" in (statuses[bare.ref].reason or "")
 
 
 def test_poll_lists_once_per_namespace_whatever_the_number_of_jobs(
@@ -401,56 +267,6 @@ def test_poll_lists_once_per_namespace_whatever_the_number_of_jobs(
     )
     for handle in handles:
         backend.cancel(handle)
-
-
-def test_chain_runs_child_after_parent_succeeds(
-    backend: KubernetesBackend, jobs: Jobs, tmp_path: Path, make_backend: Callable[..., Any]
-) -> None:
-    release, order = tmp_path / "release", tmp_path / "order"
-    parent = backend.submit(
-        jobs.launch(hold(release) + f"open({str(order)!r}, 'a').write('parent\\n')")
-    )
-    child_launch = jobs.launch(f"open({str(order)!r}, 'a').write('child\\n')", after=[parent])
-    child = backend.submit(child_launch)
-    status = wait_for(
-        backend,
-        [parent, child],
-        lambda s: s[parent.ref].state is BackendState.RUNNING,
-        "the parent to run",
-    )[child.ref]
-    assert status == BackendStatus(
-        state=BackendState.PENDING, reason="waiting for job 1 to succeed"
-    )
-    release.touch()
-    # a restarted server goes on with the chain
-    assert wait_ended(make_backend(), child).state is BackendState.SUCCEEDED
-    assert order.read_text().split() == ["parent", "child"]
-
-
-def test_chain_whose_parent_fails_is_cancelled(
-    backend: KubernetesBackend, jobs: Jobs, tmp_path: Path
-) -> None:
-    release = tmp_path / "release"
-    parent = backend.submit(jobs.launch(hold(release) + "raise SystemExit(1)"))
-    child_launch = jobs.launch("print('must not run')", after=[parent])
-    child = backend.submit(child_launch)
-    grandchild = backend.submit(jobs.launch("print('must not run either')", after=[child]))
-    wait_for(backend, [child], lambda s: s[child.ref].state is BackendState.PENDING, "pending")
-    release.touch()
-    statuses = wait_for(
-        backend,
-        [parent, child, grandchild],
-        lambda s: all(x.state.ended for x in s.values()),
-        "the chain's end",
-    )
-    assert statuses[parent.ref].state is BackendState.FAILED
-    assert statuses[child.ref] == BackendStatus(
-        state=BackendState.CANCELLED, reason="DependencyNeverSatisfied: job 1 it runs after failed"
-    )
-    assert statuses[grandchild.ref].state is BackendState.CANCELLED
-    assert not Path(child_launch.log_path).exists()
-    with pytest.raises(BackendError, match="only wait for Kubernetes jobs"):
-        backend.submit(jobs.launch("print()", after=[JobHandle(backend="slurm", ref="12")]))
 
 
 def test_priority_classes_reach_the_pod(
@@ -516,25 +332,11 @@ def test_kueue_needs_suspend_which_this_cluster_lacks(
     assert backend.recover(launch) is None
 
 
-def test_describe(
+def test_describe_names_the_namespace_and_checks_the_certificate(
     backend: KubernetesBackend, make_backend: Callable[..., KubernetesBackend]
 ) -> None:
-    info = backend.describe()
-    assert info["available"] is True, info
-    assert info["name"] == "kubernetes" and info["places_gpus"] is True
-    assert info["namespace"] == backend.namespace
-
-    config = kubernetes.client.Configuration(host="https://127.0.0.1:1")
-    config.verify_ssl = False
-    config.retries = 0
-    dead = make_backend(api_client=kubernetes.client.ApiClient(config), timeout=3)
-    info = dead.describe()
-    assert info["available"] is False
-    assert "cannot reach the Kubernetes API at https://127.0.0.1:1" in info["reason"], info
-    with pytest.raises(BackendError, match="cannot reach"):
-        dead.poll([JobHandle(backend="kubernetes", ref="dlinfra-job-1-aaaaaaaa")])
-
-    # the real apiserver, but its self-signed certificate checked: no answer either
+    assert backend.describe()["namespace"] == backend.namespace
+    # the real apiserver, but its self-signed certificate checked: no answer
     strict = kubernetes.client.Configuration(host=backend.api().host)
     strict.retries = 0
     info = make_backend(api_client=kubernetes.client.ApiClient(strict), timeout=3).describe()
@@ -551,10 +353,6 @@ def test_api_errors_are_sentences_with_status_and_message(
 
 
 # --- without a cluster ------------------------------------------------------------------------
-
-
-def _fields(launch: JobLaunch) -> dict[str, Any]:
-    return {f: getattr(launch, f) for f in JobLaunch.__dataclass_fields__}
 
 
 def _offline(**kwargs: Any) -> KubernetesBackend:
@@ -677,6 +475,9 @@ def test_chain_manifest_is_held() -> None:
     queued = _offline(kueue_queue="q").job_manifest(_launch(after=[parent]))
     assert queued["spec"]["suspend"] is True and queued["spec"]["parallelism"] == 1
     assert "kueue.x-k8s.io/queue-name" not in queued["metadata"]["labels"]
+    # parents are Jobs of this backend (refused before any request)
+    with pytest.raises(BackendError, match="only wait for Kubernetes jobs"):
+        _offline().submit(_launch(after=[JobHandle(backend="slurm", ref="12")]))
 
 
 def test_priority_class_manifests_map_preemptible_to_preemption_policy() -> None:
@@ -743,9 +544,9 @@ def test_status_mapping_from_pods() -> None:
     assert kube_api.pending_reason({"spec": {"nodeName": "n1"}}, "job") == "starting on n1"
     assert kube_api.pending_reason({}, "job") == "waiting to be scheduled"
     oom = {"exitCode": 137, "reason": "OOMKilled"}
-    assert k8s._failure({"reason": "BackoffLimitExceeded"}, oom) == "exit code 137 (OOMKilled)"
+    assert failure({"reason": "BackoffLimitExceeded"}, oom) == "exit code 137 (OOMKilled)"
     assert (
-        k8s._failure({"reason": "DeadlineExceeded", "message": "Job was active too long"}, None)
+        failure({"reason": "DeadlineExceeded", "message": "Job was active too long"}, None)
         == "DeadlineExceeded: Job was active too long"
     )
 
@@ -813,7 +614,7 @@ def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Pat
         [
             sys.executable,
             "-c",
-            k8s._TEE,
+            wrapper_source(),
             str(log),
             "-c",
             "import sys; print('out'); print('err', file=sys.stderr); sys.exit(4)",
@@ -829,7 +630,7 @@ def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Pat
         [
             sys.executable,
             "-c",
-            k8s._TEE,
+            wrapper_source(),
             str(log),
             "-c",
             "import time; print('up', flush=True); time.sleep(60)",
@@ -842,7 +643,7 @@ def test_the_wrapper_copies_output_to_both_and_keeps_the_exit_code(tmp_path: Pat
     proc.stdout.close()
     # a log that cannot be opened: a clear message, and the command never runs
     done = subprocess.run(
-        [sys.executable, "-c", k8s._TEE, str(tmp_path / "no" / "job.log"), "-c", "pass"],
+        [sys.executable, "-c", wrapper_source(), str(tmp_path / "no" / "job.log"), "-c", "pass"],
         capture_output=True,
         check=False,
     )
