@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from jupyter_dlinfra.core.books.event_log import latest_event_seq
+from jupyter_dlinfra.core.books.events import latest_event_seq
 from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
 from jupyter_dlinfra.core.outage import Backoff, database_unavailable

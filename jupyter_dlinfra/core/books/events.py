@@ -1,16 +1,20 @@
 """The event log every book writes to: one row per state change, in the transaction that makes
-the change, so that the change and its event are committed (or lost) together."""
+the change, so that the change and its event are committed (or lost) together.
+
+The ledger pages through the log (``Ledger.events``); a reader that follows it from "now on" (the
+event stream) needs where it ends, which :func:`latest_event_seq` answers.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 
-from jupyter_dlinfra.core.store import Transaction, events
+from jupyter_dlinfra.core.store import Store, Transaction, events
 
-__all__ = ["write_event"]
+__all__ = ["latest_event_seq", "write_event"]
 
 
 def write_event(
@@ -33,3 +37,13 @@ def write_event(
         )
     )
     tx.touch()
+
+
+def latest_event_seq(store: Store) -> int:
+    """The ``seq`` of the newest event in the store, 0 when there is none.
+
+    One indexed read (``seq`` is the primary key): paging through the whole history to find its
+    end would cost a read of every event ever written.
+    """
+    with store.read() as conn:
+        return int(conn.execute(select(func.max(events.c.seq))).scalar() or 0)
