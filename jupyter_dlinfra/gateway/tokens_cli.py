@@ -21,7 +21,7 @@ __all__ = ["add_parser"]
 
 
 def _book(args: argparse.Namespace) -> TokenBook:
-    from jupyter_dlinfra.server.app import default_db_url
+    from jupyter_dlinfra.server.config.ledger import default_db_url
 
     return TokenBook(Store(args.db_url or default_db_url()), SystemClock())
 

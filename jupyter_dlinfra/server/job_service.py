@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jupyter_dlinfra.backends import (
     BackendError,
@@ -39,14 +39,14 @@ from jupyter_dlinfra.backends import (
 )
 from jupyter_dlinfra.backends.local import read_status
 from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME, Job, JobBook, JobState, NewJob
+from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.errors import InvalidRequest, NotFound
 from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecord
 from jupyter_dlinfra.core.outage import database_unavailable
 from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
+from jupyter_dlinfra.provisioning.provisioner import PROVISIONER_NAME
 from jupyter_dlinfra.server.liveness import pid_alive, process_alive, process_started_at
-
-if TYPE_CHECKING:
-    from jupyter_dlinfra.server.service import GpuService
+from jupyter_dlinfra.server.settings import ServiceSettings
 
 __all__ = ["JobService", "JobSettings", "Submission"]
 
@@ -104,17 +104,21 @@ class Submission:
 class JobService:
     def __init__(
         self,
-        service: GpuService,
         *,
+        ledger: Ledger,
+        book: JobBook,
+        server: ServiceSettings,
         backends: Mapping[str, JobBackend],
         settings: JobSettings,
         log: logging.Logger,
         kernel_specs: Callable[[str], Any] | None = None,
     ) -> None:
-        """``kernel_specs(name)``: the server's kernelspec lookup (GPU kernelspecs)."""
+        """``server``: who this server is (its node, id and owner); ``kernel_specs(name)``: the
+        server's kernelspec lookup (GPU kernelspecs)."""
         self.kernel_specs = kernel_specs
-        self.service = service
-        self.book = JobBook(service.ledger.store, service.ledger.clock)
+        self.ledger = ledger
+        self.book = book
+        self.server = server
         self.backends = dict(backends)
         self.settings = settings
         self.log = log
@@ -179,7 +183,7 @@ class JobService:
         # every point is converted before anything is recorded: one bad point fails them all
         limit = self.settings.max_parameter_bytes
         prepared = [prepare(notebook, parameters=p, max_parameter_bytes=limit) for p in points]
-        policy = self.service.ledger.scheduling_policy()
+        policy = self.ledger.scheduling_policy()
         klass = sub.priority_class if sub.priority_class is not None else policy.job_class
         if sub.priority_class is not None and sub.priority_class not in policy.class_map:
             raise InvalidRequest(
@@ -191,7 +195,7 @@ class JobService:
         model = sub.model if sub.model is not None else prepared[0].model
         if wanted and not self.backends[backend].places_gpus:
             # refused now, as %gpu would be, rather than failing at the job's first pass
-            self.service.ledger.check_satisfiable(self.service.settings.node, wanted, model)
+            self.ledger.check_satisfiable(self.server.node, wanted, model)
         created: list[Job] = []
         try:
             for point, ready in zip(points, prepared, strict=True):
@@ -202,8 +206,8 @@ class JobService:
                         name=name[:_MAX_TEXT],
                         path=rel,
                         backend=backend,
-                        node=self.service.settings.node,
-                        server_id=self.service.settings.server_id,
+                        node=self.server.node,
+                        server_id=self.server.server_id,
                         gpus=sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus),
                         model=sub.model if sub.model is not None else ready.model,
                         priority=sub.priority,
@@ -263,23 +267,23 @@ class JobService:
 
     def start(self) -> None:
         """Blocking, at start-up: say this server watches jobs, then adopt orphaned ones."""
-        settings = self.service.settings
+        server = self.server
         pid = os.getpid()
         self.book.register_server(
-            server_id=settings.server_id,
-            node=settings.node,
-            user=settings.user,
+            server_id=server.server_id,
+            node=server.node,
+            user=server.user,
             pid=pid,
             pid_started_at=process_started_at(pid),
         )
-        for row in self.book.servers(settings.node):
+        for row in self.book.servers(server.node):
             if not pid_alive(row["pid"], row["pid_started_at"]):
                 self.book.forget_server(str(row["server_id"]))  # crashed, never said goodbye
         self.adopt()
 
     def _live_servers(self) -> set[str]:
         """Servers of this node whose process runs (others' liveness cannot be told here)."""
-        node = self.service.settings.node
+        node = self.server.node
         live = set()
         for row in self.book.servers():
             if row["node"] != node or pid_alive(row["pid"], row["pid_started_at"]):
@@ -288,15 +292,15 @@ class JobService:
 
     def adopt(self) -> list[Job]:
         """Take over the active jobs of this server's user on this node whose server is gone."""
-        settings = self.service.settings
+        server = self.server
         live = self._live_servers()
         adopted = []
         # a gateway runs everyone's jobs; a personal server only its user's
-        owner = None if settings.multi_user else settings.user
-        for job in self.book.jobs(active=True, node=settings.node, user=owner):
-            if job.server_id == settings.server_id or job.server_id in live:
+        owner = None if server.multi_user else server.user
+        for job in self.book.jobs(active=True, node=server.node, user=owner):
+            if job.server_id == server.server_id or job.server_id in live:
                 continue
-            if self.book.claim(job.id, server_id=settings.server_id, unless_watched_by=live):
+            if self.book.claim(job.id, server_id=server.server_id, unless_watched_by=live):
                 adopted.append(job)
                 self.log.info("dlinfra: re-attached job %s (%s)", job.id, job.state.value)
         return adopted
@@ -304,9 +308,7 @@ class JobService:
     def step(self) -> None:
         """Blocking: start what may start, poll what runs, record what ended."""
         self.adopt()  # a server of this user that died leaves its jobs to this one
-        mine = [
-            j for j in self.book.jobs(active=True) if j.server_id == self.service.settings.server_id
-        ]
+        mine = [j for j in self.book.jobs(active=True) if j.server_id == self.server.server_id]
         mine.sort(key=lambda j: (-j.priority, j.id))
         for job in mine:
             if job.state is JobState.QUEUED and job.handle is None:
@@ -319,7 +321,7 @@ class JobService:
                         raise
                     self.log.exception("dlinfra: starting job %s failed", job.id)
                     self._end(job, JobState.FAILED, f"could not start: {err}")
-        mine_id = self.service.settings.server_id
+        mine_id = self.server.server_id
         held = self.book.jobs(active=True)
         polled = [j for j in held if j.handle is not None and j.server_id == mine_id]
         self._stop_preempted(polled)
@@ -382,7 +384,7 @@ class JobService:
         self.book.start(job.id, handle=handle.to_json(), reason=None)
         pid = handle.detail.get("pid")
         if isinstance(pid, int) and job.gpus > 0:
-            self.service.ledger.update_kernel(
+            self.ledger.update_kernel(
                 job.kernel_id, pid=pid, pid_started_at=process_started_at(pid)
             )
 
@@ -390,7 +392,7 @@ class JobService:
         """The CUDA_VISIBLE_DEVICES of a job the ledger must grant GPUs; None while it waits."""
         if job.gpus == 0:
             return ""
-        ledger = self.service.ledger
+        ledger = self.ledger
         alloc = None if job.allocation_id is None else ledger.allocation(job.allocation_id)
         if alloc is not None and not alloc.state.active and not self._holder_known(job):
             # given back by a reconcile while no server watched the job (another user's server
@@ -402,7 +404,7 @@ class JobService:
                     kernel_id=job.kernel_id,
                     user=job.user,
                     node=job.node,
-                    server_id=self.service.settings.server_id,
+                    server_id=self.server.server_id,
                     kernel_name=JOB_KERNEL_NAME,
                     path=job.path,
                 ),
@@ -433,7 +435,7 @@ class JobService:
         """Whether the ledger still has the record that holds the job's GPUs (a reconcile that
         found no server to start the job forgot it)."""
         try:
-            self.service.ledger.kernel(job.kernel_id)
+            self.ledger.kernel(job.kernel_id)
         except NotFound:
             return False
         return True
@@ -500,7 +502,7 @@ class JobService:
         if job.allocation_id is None or job.state is not JobState.RUNNING:
             return None
         try:
-            alloc = self.service.ledger.allocation(job.allocation_id)
+            alloc = self.ledger.allocation(job.allocation_id)
         except NotFound:
             return None
         if alloc.preempted_for is None or (active and not alloc.state.active):
@@ -589,7 +591,7 @@ class JobService:
 
     def _release(self, job: Job, reason: str) -> None:
         with contextlib.suppress(NotFound):
-            self.service.ledger.forget_kernel(job.kernel_id, reason=reason)
+            self.ledger.forget_kernel(job.kernel_id, reason=reason)
 
     # -- cancelling ------------------------------------------------------------------------------
 
@@ -626,26 +628,26 @@ class JobService:
 
     def _adopts(self, job: Job) -> bool:
         """Whether this server takes the job over when its server is gone (see :meth:`adopt`)."""
-        settings = self.service.settings
+        server = self.server
         return (
-            settings.job_interval > 0
-            and job.node == settings.node
-            and (settings.multi_user or job.user == settings.user)
+            server.job_interval > 0
+            and job.node == server.node
+            and (server.multi_user or job.user == server.user)
         )
 
     def close(self) -> None:
         """Blocking, at stop: running jobs go on; queued ones give their GPUs back meanwhile."""
-        settings = self.service.settings
+        server = self.server
         for job in self.book.jobs(active=True):
-            if job.server_id != settings.server_id or job.state is not JobState.QUEUED:
+            if job.server_id != server.server_id or job.state is not JobState.QUEUED:
                 continue
             if job.allocation_id is not None and job.handle is None:
                 with contextlib.suppress(NotFound):
-                    self.service.ledger.forget_kernel(job.kernel_id, reason="server stopped")
+                    self.ledger.forget_kernel(job.kernel_id, reason="server stopped")
                 self.book.update(
                     job.id, allocation_id=None, reason="waiting for a server to start it"
                 )
-        self.book.forget_server(settings.server_id)
+        self.book.forget_server(server.server_id)
         for backend in self.backends.values():
             backend.close()
 
@@ -664,7 +666,7 @@ def _job_kernel(name: str, lookup: Callable[[str], Any] | None) -> tuple[str, in
     except Exception:  # jupyter_client's NoSuchKernel, or a broken kernel.json
         return name, 0
     provisioner = (spec.metadata or {}).get("kernel_provisioner") or {}
-    if provisioner.get("provisioner_name") != "dlinfra-provisioner":
+    if provisioner.get("provisioner_name") != PROVISIONER_NAME:
         return name, 0
     gpus = (provisioner.get("config") or {}).get("gpus", 0)
     plain = "python3" if spec.language == "python" else name

@@ -32,8 +32,10 @@ from jupyter_dlinfra.core.models import Allocation, AllocationState
 from jupyter_dlinfra.kube.kernel_pods import KernelPod, KernelPodSpec, PodLauncher
 from jupyter_dlinfra.provisioning.pod_provisioner import client_env
 from jupyter_dlinfra.provisioning.port import LaunchPlan
+from jupyter_dlinfra.server.calls import LedgerCalls
+from jupyter_dlinfra.server.launches import KernelLaunches
 from jupyter_dlinfra.server.ledger_health import run_every
-from jupyter_dlinfra.server.service import GpuService
+from jupyter_dlinfra.telemetry.cluster import ClusterTelemetry
 
 __all__ = ["PodKernels"]
 
@@ -90,9 +92,23 @@ def _creating(count: int) -> str:
 
 class PodKernels:
     def __init__(
-        self, service: GpuService, launcher: PodLauncher, *, log: logging.Logger, interval: float
+        self,
+        *,
+        calls: LedgerCalls,
+        launches: KernelLaunches,
+        cluster: ClusterTelemetry | None,
+        launcher: PodLauncher,
+        server_id: str,
+        log: logging.Logger,
+        interval: float,
     ) -> None:
-        self.service = service
+        """``launches``: the ledger's side of a kernel's launch and end, which a pod's follows;
+        ``cluster``: the GPUs' telemetry, which tells which GPUs a pod uses (when it knows)."""
+        self.calls = calls
+        self.ledger = calls.ledger
+        self.launches = launches
+        self.cluster = cluster
+        self.server_id = server_id
         self.launcher = launcher
         self.log = log
         self.interval = interval
@@ -121,7 +137,7 @@ class PodKernels:
         if known is not None and known.next is not None and self._ready(known.next):
             # moving into the pod readied for its GPUs: that pod already has the kernel's token
             return LaunchPlan(env=dict(known.env), summary=f"moving into pod {known.next}")
-        plan = await self.service.kernel_launching(
+        plan = await self.launches.kernel_launching(
             kernel_id=kernel_id,
             kernel_name=kernel_name,
             path=path,
@@ -131,7 +147,7 @@ class PodKernels:
         )
         # in a pod, the device plugin says which GPUs the kernel sees
         env = {**client_env, **{k: v for k, v in plan.env.items() if k != "CUDA_VISIBLE_DEVICES"}}
-        record = await self.service.call(self.service.ledger.kernel, kernel_id)
+        record = await self.calls.call(self.ledger.kernel, kernel_id)
         if known is None:
             self._kernels[kernel_id] = _Kernel(kernel_id=kernel_id, user=record.user, env=env)
         else:
@@ -163,9 +179,9 @@ class PodKernels:
             env=env,
             connection=state.connection,
         )
-        name = await self.service.call(self.launcher.create, spec)
+        name = await self.calls.call(self.launcher.create, spec)
         state.current, state.seen = name, False
-        pod = await self.service.call(self.launcher.wait_ready, name)
+        pod = await self.calls.call(self.launcher.wait_ready, name)
         self._pods[name] = pod
         state.seen = True
         return self.launcher.connection_info(pod, state.connection)
@@ -192,18 +208,16 @@ class PodKernels:
         if restart:
             if state.next is None:
                 # restarting into a pod without GPUs: the old pod's GPUs are given back
-                await self.service.mutate(
-                    self.service.ledger.release_kernel, kernel_id, reason=reason
-                )
+                await self.calls.mutate(self.ledger.release_kernel, kernel_id, reason=reason)
             return
         if state.next is not None:
             await self._delete(state.next)
         del self._kernels[kernel_id]
-        await self.service.kernel_stopped(kernel_id=kernel_id, restart=False, reason=reason)
+        await self.launches.kernel_stopped(kernel_id=kernel_id, restart=False, reason=reason)
 
     async def _delete(self, name: str) -> None:
         try:
-            await self.service.call(self.launcher.delete, name)
+            await self.calls.call(self.launcher.delete, name)
         except BackendError as err:
             self.log.warning("dlinfra: could not delete kernel pod %s: %s", name, err)
         self._pods.pop(name, None)
@@ -217,8 +231,8 @@ class PodKernels:
         would pass a quota: then the request waits here, without a pod, until it would not."""
         state = self._kernels[kernel_id]
         blocked = await self._quota_block(state.user, count)
-        alloc = await self.service.mutate(
-            self.service.ledger.request_placed,
+        alloc = await self.calls.mutate(
+            self.ledger.request_placed,
             kernel_id=kernel_id,
             count=count,
             model=model,
@@ -239,8 +253,8 @@ class PodKernels:
 
     async def _quota_block(self, user: str, count: int) -> str | None:
         placed = [s.next_allocation for s in self._kernels.values() if s.next_allocation]
-        found: str | None = await self.service.call(
-            self.service.ledger.cluster_quota_block, user, count, placed=placed
+        found: str | None = await self.calls.call(
+            self.ledger.cluster_quota_block, user, count, placed=placed
         )
         return found
 
@@ -258,17 +272,17 @@ class PodKernels:
             connection=connection,
         )
         try:
-            name = await self.service.call(self.launcher.create, spec)
+            name = await self.calls.call(self.launcher.create, spec)
         except BackendError as err:
-            await self.service.mutate(
-                self.service.ledger.release, alloc.id, reason=f"no pod could be created: {err}"
+            await self.calls.mutate(
+                self.ledger.release, alloc.id, reason=f"no pod could be created: {err}"
             )
             raise
         state.next, state.next_connection, state.next_allocation = name, connection, alloc.id
 
     async def _admit_held_back(self) -> None:
         """Requests held back by a quota, oldest first: a pod for each that fits now."""
-        ledger = self.service.ledger
+        ledger = self.ledger
         waiting = sorted(
             (s for s in self._kernels.values() if s.held_back is not None),
             key=lambda s: s.held_back or 0,
@@ -276,7 +290,7 @@ class PodKernels:
         for state in waiting:
             assert state.held_back is not None
             try:
-                alloc = await self.service.call(ledger.allocation, state.held_back)
+                alloc = await self.calls.call(ledger.allocation, state.held_back)
             except NotFound:
                 alloc = None
             if alloc is None or alloc.state is not AllocationState.QUEUED or state.next:
@@ -284,10 +298,10 @@ class PodKernels:
                 continue
             blocked = await self._quota_block(state.user, alloc.count)
             if blocked:
-                await self.service.mutate(ledger.note_placement, alloc.id, QUOTA_WAIT + blocked)
+                await self.calls.mutate(ledger.note_placement, alloc.id, QUOTA_WAIT + blocked)
                 continue
             state.held_back = None
-            await self.service.mutate(ledger.note_placement, alloc.id, _creating(alloc.count))
+            await self.calls.mutate(ledger.note_placement, alloc.id, _creating(alloc.count))
             try:
                 await self._create_gpu_pod(state, alloc)
             except BackendError as err:
@@ -318,7 +332,7 @@ class PodKernels:
         its pod holds. A GPU pod that was still waiting is deleted and its request released
         (ask again). Returns the ids of the kernels taken back; :meth:`start` then hands them
         to the kernel manager."""
-        ledger = self.service.ledger
+        ledger = self.ledger
         pods = self.launcher.pods()
         records = {k.kernel_id: k for k in ledger.kernels()}
         by_kernel: dict[str, list[KernelPod]] = {}
@@ -352,7 +366,7 @@ class PodKernels:
                 adopting=True,
             )
             self._pods[current.name] = current
-            ledger.update_kernel(kernel_id, server_id=self.service.settings.server_id)
+            ledger.update_kernel(kernel_id, server_id=self.server_id)
             self._settle_requests(kernel_id, current)
             kept.append(current.name)
         gone = sorted(set(pods) - set(kept))
@@ -388,7 +402,7 @@ class PodKernels:
     def _settle_requests(self, kernel_id: str, current: KernelPod) -> None:
         """The adopted kernel's requests: a grant stays if its pod holds GPUs; a request whose
         GPU pod was waiting (deleted now) is released."""
-        ledger = self.service.ledger
+        ledger = self.ledger
         for alloc in ledger.allocations(kernel_id=kernel_id):
             if alloc.state is AllocationState.QUEUED:
                 why = "the gateway restarted while the request waited: ask again with %gpu"
@@ -425,7 +439,7 @@ class PodKernels:
     async def _adopt(self, kernel_manager: Any) -> None:
         for state in [s for s in self._kernels.values() if s.adopting]:
             try:
-                record = await self.service.call(self.service.ledger.kernel, state.kernel_id)
+                record = await self.calls.call(self.ledger.kernel, state.kernel_id)
                 # the crashed gateway's connection file for this kernel, if the runtime
                 # directory survived: jupyter_client would trust it over the pod's connection
                 stale = Path(kernel_manager.connection_dir) / f"kernel-{state.kernel_id}.json"
@@ -451,7 +465,7 @@ class PodKernels:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.service.call(self.launcher.close)
+        await self.calls.call(self.launcher.close)
 
     async def _loop(self) -> None:
         # a failing pass is logged and the next one tries again; a ledger database that is
@@ -460,14 +474,14 @@ class PodKernels:
             self.refresh,
             self.interval,
             name="reading the kernel pods",
-            health=self.service.health,
+            health=self.calls.health,
             log=self.log,
             at_once=True,
         )
 
     async def refresh(self) -> None:
         """One listing of every kernel pod; the ledger follows what the cluster says."""
-        self._pods = await self.service.call(self.launcher.pods)
+        self._pods = await self.calls.call(self.launcher.pods)
         for state in list(self._kernels.values()):
             if state.current in self._pods:
                 state.seen = True
@@ -478,11 +492,11 @@ class PodKernels:
 
     async def _follow(self, state: _Kernel) -> None:
         assert state.next is not None and state.next_allocation is not None
-        ledger = self.service.ledger
+        ledger = self.ledger
         pod = self._pods.get(state.next)
         aid = state.next_allocation
         try:
-            alloc = await self.service.call(ledger.allocation, aid)
+            alloc = await self.calls.call(ledger.allocation, aid)
         except NotFound:
             alloc = None
         if alloc is None or not alloc.state.active:
@@ -493,21 +507,21 @@ class PodKernels:
         if pod is None or pod.phase in ("Succeeded", "Failed") or pod.deleting:
             why = (pod.end_reason if pod is not None else None) or "its pod went away"
             state.next, state.next_allocation = None, None
-            await self.service.mutate(ledger.release, aid, reason=f"the GPU pod ended: {why}")
+            await self.calls.mutate(ledger.release, aid, reason=f"the GPU pod ended: {why}")
             return
         if pod.ready and pod.node:
             if alloc.state is AllocationState.QUEUED:
-                await self.service.mutate(
+                await self.calls.mutate(
                     ledger.grant_placed, aid, node=pod.node, gpu_uuids=self._gpus_of(pod)
                 )
             return
         reason = pod.waiting_reason or "waiting for the cluster's scheduler"
-        if await self.service.call(ledger.note_placement, aid, reason):
-            self.service.events.poke()
+        if await self.calls.call(ledger.note_placement, aid, reason):
+            self.calls.events.poke()
 
     def _gpus_of(self, pod: KernelPod) -> list[str]:
         """The GPUs DCGM says the pod uses, when the cluster's telemetry knows."""
-        holders = getattr(self.service.cluster, "holders", None)
+        holders = getattr(self.cluster, "holders", None)
         if holders is None:
             return []
         try:

@@ -14,21 +14,28 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from jupyter_dlinfra.core.books.idle import IdleBook, Reading, StoredPolicy, UsageBucket
 from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.idle import IdlePolicy, Phase, ReclaimAction, ReclaimPolicy, Transition
-from jupyter_dlinfra.core.models import AllocationState
+from jupyter_dlinfra.core.models import AllocationState, KernelRecord
 from jupyter_dlinfra.core.outage import database_unavailable
 from jupyter_dlinfra.kernel.coaching import CoachingSample, Hint, hints
 from jupyter_dlinfra.server.attribution import Attributor, KernelUsage
-from jupyter_dlinfra.server.views import duration
+from jupyter_dlinfra.server.calls import LedgerCalls
+from jupyter_dlinfra.server.sampling import Sampler
+from jupyter_dlinfra.server.views import duration, iso
 
-if TYPE_CHECKING:
-    from jupyter_dlinfra.server.service import GpuService
-
-__all__ = ["KernelControl", "PolicySource", "ReclaimSettings", "Reclaimer", "describe_idle"]
+__all__ = [
+    "Coach",
+    "IdleView",
+    "KernelControl",
+    "PolicySource",
+    "ReclaimSettings",
+    "Reclaimer",
+    "describe_idle",
+]
 
 
 class KernelControl(Protocol):
@@ -81,35 +88,97 @@ def describe_idle(idle_s: float, policy: IdlePolicy) -> str:
     return f"idle for {duration(idle_s)} (every GPU under {policy.idle_util_percent:g} %)"
 
 
-class Reclaimer:
-    def __init__(
-        self,
-        service: GpuService,
-        *,
-        policies: PolicySource,
-        control: KernelControl,
-        settings: ReclaimSettings,
-        log: logging.Logger,
-    ) -> None:
-        self.service = service
-        self.book = service.idle_book
-        self.policies = policies
-        self.control = control
-        self.settings = settings
-        self.log = log
-        self._attributor = Attributor()
-        self._buckets: dict[str, UsageBucket] = {}
+class Coach:
+    """The recent samples of each kernel of this server that holds GPUs, and their hints."""
+
+    def __init__(self, window: float) -> None:
+        #: seconds of samples behind the hints
+        self.window = window
         self._windows: dict[str, deque[CoachingSample]] = {}
         #: the latest reading and hints per kernel of this server that holds GPUs
         self.latest: dict[str, tuple[KernelUsage, list[Hint]]] = {}
+
+    def observe(self, usages: list[KernelUsage]) -> None:
+        holding = {u.kernel_id: u for u in usages if u.held}
+        for kid in [k for k in self._windows if k not in holding]:
+            del self._windows[kid]
+        self.latest = {}
+        for kid, u in holding.items():
+            window = self._windows.setdefault(kid, deque())
+            window.append(
+                CoachingSample(
+                    at=u.at,
+                    gpu_util=u.gpu_util_mean,
+                    memory_share=u.memory_share,
+                    cpu_percent=u.cpu_percent or 0.0,
+                    executing=u.executing,
+                )
+            )
+            while window and window[0].at < u.at - self.window:
+                window.popleft()
+            self.latest[kid] = (u, hints(list(window)))
+
+
+class IdleView:
+    """Blocking: the idle states (with their deadlines) and hints, for the event stream."""
+
+    def __init__(self, book: IdleBook, policies: PolicySource, coach: Coach) -> None:
+        self.book = book
+        self.policies = policies
+        self.coach = coach
+
+    def __call__(self, kernels: Mapping[str, KernelRecord]) -> dict[str, Any]:
+        policy = self.policies.current()
+        idle: dict[str, Any] = {}
+        for kernel_id, state in self.book.states().items():
+            kernel = kernels.get(kernel_id)
+            if kernel is None or state.updated_at == 0.0:
+                continue
+            idle[kernel_id] = idle_json(state, self.policies.for_user(kernel.user, policy), iso)
+        return {"idle": idle, "hints": hints_json(self.coach.latest)}
+
+
+class Reclaimer:
+    def __init__(
+        self,
+        *,
+        calls: LedgerCalls,
+        sampler: Sampler,
+        book: IdleBook,
+        policies: PolicySource,
+        coach: Coach,
+        control: KernelControl,
+        settings: ReclaimSettings,
+        server_id: str,
+        log: logging.Logger,
+    ) -> None:
+        """``sampler``: whose latest sample each pass judges; ``server_id``: this server's, whose
+        kernels alone it judges."""
+        self.calls = calls
+        self.ledger = calls.ledger
+        self.sampler = sampler
+        self.book = book
+        self.policies = policies
+        self.coach = coach
+        self.control = control
+        self.settings = settings
+        self.server_id = server_id
+        self.log = log
+        self._attributor = Attributor()
+        self._buckets: dict[str, UsageBucket] = {}
         self._last_prune = 0.0
         #: kernels judged at the last pass (their states must be forgotten when they stop)
         self._judged: set[str] = set()
 
+    @property
+    def latest(self) -> dict[str, tuple[KernelUsage, list[Hint]]]:
+        """The latest reading and hints per kernel of this server that holds GPUs."""
+        return self.coach.latest
+
     async def step(self) -> list[Transition]:
-        service = self.service
-        usages = await service.call(self._read)
-        policy = await service.call(self.policies.current)
+        calls = self.calls
+        usages = await calls.call(self._read)
+        policy = await calls.call(self.policies.current)
         owners = {u.kernel_id: u.user for u in usages}
 
         def policy_for(kernel_id: str) -> IdlePolicy | None:
@@ -128,8 +197,8 @@ class Reclaimer:
         transitions: list[Transition] = []
         if readings or self._judged:
             # nothing held now and nothing held before: no need to take the write lock
-            scope = await service.call(self._my_kernel_ids)
-            transitions = await service.mutate(self.book.observe, readings, policy_for, scope=scope)
+            scope = await calls.call(self._my_kernel_ids)
+            transitions = await calls.mutate(self.book.observe, readings, policy_for, scope=scope)
         self._judged = {r.kernel_id for r in readings}
         for t in transitions:
             if t.kind == Phase.RECLAIMED.value:
@@ -142,30 +211,29 @@ class Reclaimer:
                         if database_unavailable(err):
                             raise  # the sampling loop waits it out and says so once
                         self.log.exception("dlinfra: reclaiming kernel %s failed", t.kernel_id)
-        self._coach(usages)
-        await service.call(self._keep_history, usages)
+        self.coach.observe(usages)
+        await calls.call(self._keep_history, usages)
         return transitions
 
     async def flush(self) -> None:
         """Write the open usage buckets (the server is stopping)."""
         open_buckets = list(self._buckets.values())
         self._buckets.clear()
-        await self.service.call(self.book.record_usage, open_buckets)
+        await self.calls.call(self.book.record_usage, open_buckets)
 
     # -- reading ---------------------------------------------------------------------------------
 
     def _my_kernel_ids(self) -> set[str]:
-        mine = self.service.settings.server_id
-        return {k.kernel_id for k in self.service.ledger.kernels() if k.server_id == mine}
+        mine = self.server_id
+        return {k.kernel_id for k in self.ledger.kernels() if k.server_id == mine}
 
     def _read(self) -> list[KernelUsage]:
-        ledger = self.service.ledger
-        settings = self.service.settings
+        ledger = self.ledger
         # this server's kernels, wherever they run (a gateway's pod kernels are on many nodes)
         kernels = [
             k
             for k in ledger.kernels()
-            if k.server_id == settings.server_id and self.control.exists(k.kernel_id)
+            if k.server_id == self.server_id and self.control.exists(k.kernel_id)
         ]
         granted = {
             a.kernel_id: a
@@ -173,12 +241,12 @@ class Reclaimer:
             if a.state is AllocationState.GRANTED
         }
         executing = {k.kernel_id: self.control.executing(k.kernel_id) for k in kernels}
-        return self._attributor.usage(kernels, granted, self.service.samples, executing=executing)
+        return self._attributor.usage(kernels, granted, self.sampler.samples, executing=executing)
 
     # -- acting ----------------------------------------------------------------------------------
 
     async def _reclaim(self, usage: KernelUsage, t: Transition, policy: IdlePolicy) -> None:
-        service = self.service
+        calls = self.calls
         kid = t.kernel_id
         idle_s = float(t.detail.get("idle_s", 0.0))
         count = len(usage.held)
@@ -188,7 +256,7 @@ class Reclaimer:
             self.log.info("dlinfra: kernel %s would be reclaimed (notify only): %s", kid, why)
             return
         reason = f"reclaimed: {why}"
-        await service.mutate(service.ledger.release_kernel, kid, reason=reason)
+        await calls.mutate(self.ledger.release_kernel, kid, reason=reason)
         if policy.action is ReclaimAction.SHUTDOWN:
             self.log.info("dlinfra: shutting kernel %s down, %s", kid, why)
             if self.control.exists(kid):
@@ -199,9 +267,9 @@ class Reclaimer:
             "The kernel was restarted without GPUs (CUDA_VISIBLE_DEVICES is empty) and its "
             "variables are gone. Ask for GPUs again with %gpu N."
         )
-        await service.call(self.book.set_message, kid, message)
+        await calls.call(self.book.set_message, kid, message)
         try:
-            await service.mutate(service.ledger.update_kernel, kid, keep_on_restart=False)
+            await calls.mutate(self.ledger.update_kernel, kid, keep_on_restart=False)
         except NotFound:
             return
         self.log.info("dlinfra: restarting kernel %s without GPUs, %s", kid, why)
@@ -209,26 +277,6 @@ class Reclaimer:
             await self.control.restart(kid)
 
     # -- coaching and history ----------------------------------------------------------------------
-
-    def _coach(self, usages: list[KernelUsage]) -> None:
-        holding = {u.kernel_id: u for u in usages if u.held}
-        for kid in [k for k in self._windows if k not in holding]:
-            del self._windows[kid]
-        self.latest = {}
-        for kid, u in holding.items():
-            window = self._windows.setdefault(kid, deque())
-            window.append(
-                CoachingSample(
-                    at=u.at,
-                    gpu_util=u.gpu_util_mean,
-                    memory_share=u.memory_share,
-                    cpu_percent=u.cpu_percent or 0.0,
-                    executing=u.executing,
-                )
-            )
-            while window and window[0].at < u.at - self.settings.coach_window:
-                window.popleft()
-            self.latest[kid] = (u, hints(list(window)))
 
     def _keep_history(self, usages: list[KernelUsage]) -> None:
         if self.settings.usage_retention <= 0 or self.settings.usage_bucket <= 0:
@@ -251,7 +299,7 @@ class Reclaimer:
             memory = sum(u.memory_used.get(g, 0) for g in u.held)
             current.add(u.held_util_max or 0.0, memory)
         self.book.record_usage(done)
-        now = self.service.ledger.clock.now()
+        now = self.ledger.clock.now()
         if now - self._last_prune > 3600:
             self._last_prune = now
             self.book.prune_usage(now - self.settings.usage_retention)

@@ -32,8 +32,9 @@ from jupyter_dlinfra.core.scheduling.fairshare import Standing
 from jupyter_dlinfra.core.scheduling.policy import FIELDS as SCHEDULING_FIELDS
 from jupyter_dlinfra.core.scheduling.policy import PriorityClass, SchedulingPolicy
 from jupyter_dlinfra.server.handlers import jobs as job_handlers
-from jupyter_dlinfra.server.handlers.gpus import MAX_WAIT_S, ROUTES
+from jupyter_dlinfra.server.handlers.gpus import MAX_WAIT_S
 from jupyter_dlinfra.server.handlers.policy import MAX_SIMULATE_HOURS
+from jupyter_dlinfra.server.handlers.routes import ROUTES
 from jupyter_dlinfra.server.notices import notice_from_event
 from jupyter_dlinfra.testing.server import write_notebook
 

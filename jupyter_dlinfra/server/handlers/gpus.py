@@ -17,23 +17,6 @@ from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu
 from jupyter_dlinfra.server.errors import ApiError
 from jupyter_dlinfra.server.events import Subscription
 from jupyter_dlinfra.server.handlers.base import DLInfraHandler, authorized
-from jupyter_dlinfra.server.handlers.jobs import (
-    BackendsHandler,
-    JobHandler,
-    JobLogHandler,
-    JobOutputHandler,
-    JobRerunHandler,
-    JobsHandler,
-)
-from jupyter_dlinfra.server.handlers.policy import (
-    KernelKeepHandler,
-    KernelUsageHandler,
-    MeHandler,
-    NoticeActionHandler,
-    PolicyHandler,
-    PolicySimulateHandler,
-)
-from jupyter_dlinfra.server.handlers.scheduling import FairShareHandler, SchedulingHandler
 from jupyter_dlinfra.server.parsing import (
     MAX_COUNT,
     json_field_int,
@@ -49,7 +32,16 @@ from jupyter_dlinfra.server.service import GpuService
 from jupyter_dlinfra.server.views import allocation_json, cluster_json
 from jupyter_dlinfra.telemetry import GpuSample
 
-__all__ = ["ROUTES"]
+__all__ = [
+    "MAX_WAIT_S",
+    "AllocationHandler",
+    "AllocationsHandler",
+    "ClusterHandler",
+    "EventsHandler",
+    "KernelRestartHandler",
+    "MetricsHandler",
+    "QueueHandler",
+]
 
 MAX_WAIT_S = 60.0
 
@@ -300,34 +292,3 @@ class MetricsHandler(_Base):
         body = await self.service.call(generate_latest, registry)
         self.set_status(200)
         self.finish(body, set_content_type=CONTENT_TYPE_LATEST)
-
-
-#: (path under base_url, handler, methods) - the OpenAPI test reads this table
-ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
-    (r"/dlinfra/api/cluster", ClusterHandler, ("GET",)),
-    (r"/dlinfra/api/allocations", AllocationsHandler, ("GET", "POST")),
-    (r"/dlinfra/api/allocations/(?P<allocation_id>[^/]+)", AllocationHandler, ("GET", "DELETE")),
-    (r"/dlinfra/api/queue", QueueHandler, ("GET",)),
-    (r"/dlinfra/api/scheduling", SchedulingHandler, ("GET", "PUT")),
-    (r"/dlinfra/api/fairshare", FairShareHandler, ("GET",)),
-    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/restart", KernelRestartHandler, ("POST",)),
-    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/keep", KernelKeepHandler, ("POST",)),
-    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/usage", KernelUsageHandler, ("GET",)),
-    (r"/dlinfra/api/policy", PolicyHandler, ("GET", "PUT")),
-    (r"/dlinfra/api/policy/simulate", PolicySimulateHandler, ("POST",)),
-    (r"/dlinfra/api/me", MeHandler, ("GET",)),
-    (
-        r"/dlinfra/api/notices/(?P<notice_id>[^/]+)/actions/(?P<action_id>[^/]+)",
-        NoticeActionHandler,
-        ("POST",),
-    ),
-    (r"/dlinfra/api/jobs", JobsHandler, ("GET", "POST")),
-    (r"/dlinfra/api/backends", BackendsHandler, ("GET",)),
-    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)", JobHandler, ("GET", "DELETE")),
-    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/log", JobLogHandler, ("GET",)),
-    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/output", JobOutputHandler, ("GET",)),
-    (r"/dlinfra/api/jobs/(?P<job_id>[^/]+)/rerun", JobRerunHandler, ("POST",)),
-    (r"/dlinfra/api/events", EventsHandler, ("GET",)),
-    # a scrape target rather than an API call, hence outside /dlinfra/api
-    (r"/dlinfra/metrics", MetricsHandler, ("GET",)),
-]

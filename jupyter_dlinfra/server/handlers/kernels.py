@@ -24,6 +24,7 @@ from jupyter_server.utils import url_escape, url_path_join
 from tornado import web
 
 from jupyter_dlinfra.core.errors import NotFound
+from jupyter_dlinfra.provisioning.pod_provisioner import POD_PROVISIONER_NAME
 from jupyter_dlinfra.provisioning.port import launching_for
 from jupyter_dlinfra.server.errors import from_database_error
 from jupyter_dlinfra.server.identity import Directory
@@ -39,8 +40,6 @@ _RESERVED_ENV = ("DLINFRA_", "JUPYTERHUB_", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISI
 #: Python process needs to run, never the gateway's secrets (database URL, cluster credentials)
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
 _INHERITED_PREFIXES = ("LC_", "VIRTUAL_ENV", "CONDA_", "PYTHON", "JUPYTER_PATH", "JUPYTER_DATA_DIR")
-#: the provisioner of kernels in pods: on a Kubernetes gateway, no kernel runs beside it
-_POD_PROVISIONER = "dlinfra-pod-provisioner"
 #: seconds a shutdown waits for a restart under way
 _SETTLE_S = 120.0
 
@@ -79,7 +78,7 @@ class _Owned:
         except Exception:  # jupyter_server answers an unknown name itself
             return
         named = (spec.metadata or {}).get("kernel_provisioner", {}).get("provisioner_name")
-        if named not in (None, _POD_PROVISIONER):
+        if named not in (None, POD_PROVISIONER_NAME):
             raise web.HTTPError(
                 400,
                 f"kernelspec {kernel_name!r} runs its kernels with {named!r}, on the gateway "

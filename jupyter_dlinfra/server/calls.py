@@ -1,0 +1,125 @@
+"""How this server's parts reach the ledger: blocking calls on a small pool, and word of changes.
+
+Ledger and telemetry calls block (SQLite locks, NVML), so they run on a few threads, never on the
+event loop. A write (:meth:`LedgerCalls.mutate`) wakes this process's waiters and the event
+stream at once; :class:`~jupyter_dlinfra.server.ledger_health.LedgerHealth` keeps whether the
+database answers, and its changes are told to the stream's clients. The broadcaster reads the
+snapshot's parts from here (:class:`~jupyter_dlinfra.server.sources.StreamSource`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.models import KernelRecord
+from jupyter_dlinfra.core.outage import LedgerUnavailable, database_unavailable
+from jupyter_dlinfra.server.events import Broadcaster
+from jupyter_dlinfra.server.ledger_health import LedgerHealth
+from jupyter_dlinfra.server.sampling import Sampler
+from jupyter_dlinfra.server.settings import ServiceSettings
+from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
+
+__all__ = ["IdleViewFn", "LedgerCalls"]
+
+T = TypeVar("T")
+
+#: the idle states and hints of the ledger's kernels, as the event stream shows them (blocking)
+IdleViewFn = Callable[[Mapping[str, KernelRecord]], dict[str, Any]]
+
+
+class LedgerCalls:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        sampler: Sampler,
+        idle_view: IdleViewFn,
+        settings: ServiceSettings,
+        log: logging.Logger,
+    ) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.log = log
+        self._sampler = sampler
+        self._idle_view = idle_view
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dlinfra")
+        self._tick = asyncio.Event()
+        # the stream and the health tell each other: built here, as this object's own parts
+        self.events = Broadcaster(
+            self, debounce=settings.events_debounce, keepalive=settings.events_keepalive
+        )
+        #: whether the ledger's database answers, as the loops last found it
+        self.health = LedgerHealth(log=log, clock=ledger.clock, on_change=self._announce_health)
+
+    # -- what the event stream reads ---------------------------------------------------------
+
+    @property
+    def provider(self) -> TelemetryProvider:
+        return self._sampler.provider
+
+    @property
+    def samples(self) -> dict[str, GpuSample]:
+        return self._sampler.samples
+
+    def idle_view(self, kernels: Mapping[str, KernelRecord]) -> dict[str, Any]:
+        """Blocking: the idle states (with their deadlines) and hints, for the event stream."""
+        return self._idle_view(kernels)
+
+    # -- running blocking work -----------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the pool; a database that does not answer raises LedgerUnavailable."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        except LedgerUnavailable:
+            raise
+        except Exception as err:
+            # one domain error for every caller: handlers answer 503, loops back off
+            if database_unavailable(err):
+                raise LedgerUnavailable.from_error(err) from err
+            raise
+
+    async def mutate(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`call`, for ledger writes: waiters in this process hear of it at once."""
+        try:
+            return await self.call(fn, *args, **kwargs)
+        finally:
+            self.notify()
+
+    def notify(self) -> None:
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+        self.events.poke()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return after the next ledger change (in any process sharing the store) or ``timeout``."""
+        tick = self._tick
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(tick.wait(), timeout)
+
+    def shutdown(self) -> None:
+        """Wait for the pool's calls under way, and take no more."""
+        self._executor.shutdown(wait=True)
+
+    def _announce_health(self, available: bool) -> None:
+        """Tell the event stream's clients, who would otherwise see the view stop moving."""
+        if available:
+            self.events.publish_notice(
+                "ledger_available", "info", "The GPU ledger's database answers again."
+            )
+            self.events.poke()
+            return
+        self.events.publish_notice(
+            "ledger_unavailable",
+            "error",
+            "The GPU ledger's database is unreachable: GPU requests, releases and jobs fail "
+            "until it is back, and this view is not updated. The server retries by itself.",
+        )
