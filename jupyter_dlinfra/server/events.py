@@ -6,7 +6,7 @@ pool, and the same bytes are handed to every subscriber's :class:`Subscription`.
 sampled here; the service's own loop samples once per interval and pokes the broadcaster.
 
 What triggers a snapshot: :meth:`Broadcaster.poke`, called by the service on every ledger change
-it makes or sees (``GpuService._notify``) and after every telemetry sample. Pokes are coalesced:
+it makes or sees (``LedgerCalls.notify``) and after every telemetry sample. Pokes are coalesced:
 the first one after a quiet spell is built at once, later ones at most once per ``debounce``
 seconds. A poke that changed nothing visible (same ledger version, same sample, no new ledger
 event) builds nothing. With no subscriber the producer rests; the next subscriber, or a metrics
@@ -16,7 +16,7 @@ Notices come from two sources, in one stream:
 
 - ledger events read with ``Ledger.events(since=...)`` as snapshots are built: ids are the
   ledger's event ``seq`` (positive, shared by every server of the ledger);
-- :meth:`Broadcaster.publish_notice` (``GpuService.events.publish_notice``), for warnings the
+- :meth:`Broadcaster.publish_notice` (``LedgerCalls.events.publish_notice``), for warnings the
   server makes up itself (idle reclaim): ids are negative, -1, -2, ... per server process, so
   they never collide with ledger ids. They are not stored and restart from -1 with the server.
 
@@ -45,7 +45,7 @@ from jupyter_dlinfra.server.views import allocation_json, cluster_json, iso
 from jupyter_dlinfra.telemetry import GpuSample
 
 if TYPE_CHECKING:
-    from jupyter_dlinfra.server.sources import StreamSource as GpuService
+    from jupyter_dlinfra.server.sources import StreamSource
 
 __all__ = ["KEEPALIVE", "Broadcaster", "Snapshot", "Subscription", "WaitHistogram"]
 
@@ -176,13 +176,13 @@ class Subscription:
 class Broadcaster:
     def __init__(
         self,
-        service: GpuService,
+        source: StreamSource,
         *,
         debounce: float = 0.05,
         keepalive: float = 15.0,
         queue_size: int = 16,
     ) -> None:
-        self._service = service
+        self._source = source
         self.debounce = debounce
         self.keepalive = keepalive
         self.queue_size = queue_size
@@ -214,7 +214,7 @@ class Broadcaster:
 
     def prime(self) -> None:
         """Blocking: start reading ledger events from now on, not from the ledger's beginning."""
-        self._last_seq = latest_event_seq(self._service.ledger.store)
+        self._last_seq = latest_event_seq(self._source.ledger.store)
 
     def start(self) -> None:
         """Start the producer; needs a running event loop. Idempotent."""
@@ -330,11 +330,11 @@ class Broadcaster:
                 return self.latest  # built by whoever held the lock before us
             self._dirty = False
             try:
-                snapshot, notices = await self._service.call(self._build)
+                snapshot, notices = await self._source.call(self._build)
             except BaseException:
                 self._dirty = True
                 raise
-            self._service.health.recovered(where="the event stream")
+            self._source.health.recovered(where="the event stream")
             for notice in notices:
                 self._fan_out(_notice_frame(notice), snapshot=False)
             if snapshot is not None:
@@ -364,13 +364,13 @@ class Broadcaster:
             try:
                 await self.refresh()
             except Exception as err:
-                health = self._service.health
+                health = self._source.health
                 if database_unavailable(err):
                     # said once (with a notice to every subscriber); tried again with backoff
                     health.failed(err, where="the event stream")
                     await health.pause(backoff.next())
                 else:
-                    self._service.log.exception("dlinfra: building the event snapshot failed")
+                    self._source.log.exception("dlinfra: building the event snapshot failed")
                     await asyncio.sleep(1.0)  # a broken ledger must not make this loop spin
                 self._wake.set()
             else:
@@ -378,12 +378,12 @@ class Broadcaster:
 
     def _build(self) -> tuple[Snapshot | None, list[Notice]]:
         """Blocking (pool thread): read the ledger, turn new events into notices, serialise."""
-        service = self._service
-        ledger = service.ledger
+        source = self._source
+        ledger = source.ledger
         # read the version first: a change racing with the reads below pokes again and is
         # rebuilt, instead of being hidden behind a version that already counts it
         version = ledger.version()
-        samples = service.samples
+        samples = source.samples
         new_events = self._read_events()
         if (
             self.latest is not None
@@ -401,10 +401,10 @@ class Broadcaster:
         active = tuple(ledger.allocations(active=True))
         notices = self._notices(new_events, kernels)
         now = ledger.clock.now()
-        provider = service.provider
+        provider = source.provider
         simulated = provider.simulated or any(g.simulated for g in present)
         seq = self.snapshots_built + 1
-        idle_view = service.idle_view(kernels)
+        idle_view = source.idle_view(kernels)
         body = {
             "seq": seq,
             "at": iso(now),
@@ -414,7 +414,7 @@ class Broadcaster:
                 kernels=kernels,
                 samples=samples,
                 provider=provider,
-                local_node=service.settings.node,
+                local_node=source.settings.node,
                 queue_length=len(queue),
             ),
             "queue": [allocation_json(a, index, simulated=provider.simulated) for a in queue],
@@ -444,7 +444,7 @@ class Broadcaster:
     def _read_events(self) -> list[LedgerEvent]:
         found: list[LedgerEvent] = []
         while True:
-            page = self._service.ledger.events(since=self._last_seq, limit=_EVENT_PAGE)
+            page = self._source.ledger.events(since=self._last_seq, limit=_EVENT_PAGE)
             found.extend(page)
             if page:
                 self._last_seq = page[-1].seq
@@ -454,7 +454,7 @@ class Broadcaster:
     def _notices(
         self, new_events: list[LedgerEvent], kernels: Mapping[str, KernelRecord]
     ) -> list[Notice]:
-        ledger = self._service.ledger
+        ledger = self._source.ledger
 
         def owner_of(allocation_id: int) -> str | None:
             try:
