@@ -24,7 +24,7 @@ from jupyter_dlinfra.provisioning import LaunchPlan
 from jupyter_dlinfra.server.calls import LedgerCalls
 from jupyter_dlinfra.server.events import Broadcaster
 from jupyter_dlinfra.server.job_service import JobService
-from jupyter_dlinfra.server.launches import KernelLaunches, hash_token
+from jupyter_dlinfra.server.launches import KernelLaunches
 from jupyter_dlinfra.server.ledger_health import LedgerHealth, run_every
 from jupyter_dlinfra.server.liveness import process_alive
 from jupyter_dlinfra.server.reclaim import Reclaimer
@@ -33,7 +33,7 @@ from jupyter_dlinfra.server.settings import ServiceSettings
 from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 from jupyter_dlinfra.telemetry.cluster import ClusterTelemetry
 
-__all__ = ["GpuService", "ServiceSettings", "hash_token"]
+__all__ = ["GpuService", "ServiceSettings"]
 
 T = TypeVar("T")
 
@@ -126,7 +126,10 @@ class GpuService:
             if self.cluster is None:
                 raise
             self.log.error("dlinfra: could not read the cluster's GPUs yet: %s", err)
-        self._reconcile()
+        # this node only: the previous gateway's pod kernels are taken back after this (their
+        # records have no pid and may be older than the launch grace); the periodic pass covers
+        # the cluster once they are
+        self._reconcile(whole_cluster=False)
         self.sampler.sample()
         self._seen_version = self.ledger.version()
         self.events.prime()
@@ -228,9 +231,9 @@ class GpuService:
         """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""
         return await self.mutate(self._reconcile)
 
-    def _reconcile(self) -> list[str]:
+    def _reconcile(self, *, whole_cluster: bool = True) -> list[str]:
         # a gateway's pod kernels run on every node of the cluster
-        node = None if self.cluster is not None else self.settings.node
+        node = None if self.cluster is not None and whole_cluster else self.settings.node
         dead = self.ledger.reconcile(node, self._kernel_alive, reason="kernel no longer exists")
         for kernel_id in dead:
             self.log.info("dlinfra: released the GPUs of vanished kernel %s", kernel_id)

@@ -4,6 +4,7 @@ a node agent that plays kubelet for two fake GPU nodes, a real gateway and a per
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ from typing import Any
 import kubernetes
 import pytest
 from gateway_kit import Team, start_gateway, stop_and_keep_log
+from sqlalchemy import update
 
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.core.store import kernels as kernels_table
 from jupyter_dlinfra.kernel_pod import PORT_NAMES as PORTS
 from jupyter_dlinfra.kube.kernel_pods import KernelPodSpec, PodLauncher
 from jupyter_dlinfra.testing.k8s import ControlPlane
@@ -205,6 +209,13 @@ def test_kernels_in_pods_outlive_the_gateway(
         k8s_team.gateway.stop()
         # stopped, the kernels still run in their pods
         assert len(pods_of(k8s_api, k8s_namespace, kid)) == 1
+    # kernels started long before the gateway went: past the launch grace of a kernel whose
+    # process the gateway does not know yet, so only taking its pod back keeps it
+    an_hour_ago = time.time() - 3600
+    with Store(k8s_team.db_url).write() as tx:
+        tx.conn.execute(
+            update(kernels_table).values(launched_at=an_hour_ago, created_at=an_hour_ago)
+        )
     k8s_team.gateway.start(same_port=True)
 
     # alice's server still knows the kernel, and it answers with its variables, in its GPU pod
