@@ -9,6 +9,7 @@ decision, to make in docs/architecture.md first.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import subprocess
 import sys
@@ -389,7 +390,7 @@ def test_a_circle_is_told_as_a_chain() -> None:
 def test_the_layer_rules_refuse_what_they_should() -> None:
     refused = {
         ("jupyter_dlinfra.core.store", "jupyter_dlinfra.server.app"),
-        ("jupyter_dlinfra.server.app", "jupyter_dlinfra.gateway.kernels"),
+        ("jupyter_dlinfra.server.app", "jupyter_dlinfra.gateway.app"),
         ("jupyter_dlinfra.kube.api", "jupyter_dlinfra.backends.base"),
         ("jupyter_dlinfra.provisioning.port", "jupyter_dlinfra.kube.api"),
         ("jupyter_dlinfra.kernel.magics", "jupyter_dlinfra.core.models"),
@@ -411,3 +412,68 @@ def test_the_layer_rules_refuse_what_they_should() -> None:
         ("jupyter_dlinfra", "jupyter_dlinfra.server.app"),
     }
     assert {pair for pair in refused | allowed if why_not(*pair) is None} == allowed
+
+
+def _python_m_targets() -> set[str]:
+    """Modules of ours that the package runs as ``python -m NAME`` (written as list literals)."""
+    found: set[str] = set()
+    for path in PACKAGE_DIR.rglob("*.py"):
+        if "labextension" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.List | ast.Tuple):
+                continue
+            texts = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            for flag, name in itertools.pairwise(texts):
+                if flag == "-m" and isinstance(name, str) and name.startswith(PACKAGE + "."):
+                    found.add(name)
+    return found
+
+
+def test_modules_named_in_strings_exist() -> None:
+    """Names the import graph cannot see: ``python -m`` targets and the entry points."""
+    import importlib
+    import importlib.util
+
+    import tomllib
+
+    targets = _python_m_targets()
+    # the scan must find the ones we know of, or it checks nothing
+    assert {"jupyter_dlinfra.jobs.runner", "jupyter_dlinfra.kernel_pod"} <= targets
+    missing = sorted(t for t in targets if importlib.util.find_spec(t) is None)
+    assert missing == [], f"python -m targets that do not exist: {missing}"
+
+    project = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text())["project"]
+    points = [*project["scripts"].values()]
+    points += [v for group in project["entry-points"].values() for v in group.values()]
+    ours = [p for p in points if p.startswith(PACKAGE)]
+    assert len(ours) >= 6
+    broken = []
+    for point in ours:
+        module, _, attr = point.partition(":")
+        try:
+            getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            broken.append(f"{point}: {err}")
+    assert broken == []
+
+
+def test_the_core_public_names_have_their_homes() -> None:
+    """``jupyter_dlinfra.core`` loads its public names late, from a table of strings."""
+    import jupyter_dlinfra.core as core
+
+    homes = core._HOMES
+    for module, names in homes.items():
+        loaded = __import__(f"{PACKAGE}.core.{module}", fromlist=["_"])
+        for name in names:
+            assert getattr(core, name) is getattr(loaded, name), f"{name} from core.{module}"
+    # bound at import, beside its module of the same name (see core/__init__.py)
+    eager = {"ReplayReport", "UsageSeries", "replay"}
+    assert sorted(n for names in homes.values() for n in names) == sorted(set(core.__all__) - eager)
+    # a submodule named like a public name must not shadow it, loaded before or after
+    code = (
+        "import jupyter_dlinfra.core as c, jupyter_dlinfra.core.replay; "
+        "from jupyter_dlinfra.core import replay; print(callable(c.replay), callable(replay))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

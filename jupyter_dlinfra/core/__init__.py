@@ -10,6 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# bound now, not on first use: the function shares its name with its module, and a late binding
+# would be shadowed by the module as soon as anything imported ``jupyter_dlinfra.core.replay``
+# (the import system sets a package's attribute to a submodule when the submodule first loads).
+# It costs only the idle state machine, no SQLAlchemy.
+from jupyter_dlinfra.core.replay import ReplayReport, UsageSeries, replay
+
 if TYPE_CHECKING:
     from jupyter_dlinfra.core.books.idle import IdleBook
     from jupyter_dlinfra.core.books.ledger import Ledger
@@ -37,7 +43,6 @@ if TYPE_CHECKING:
         KernelRecord,
         LedgerEvent,
     )
-    from jupyter_dlinfra.core.replay import ReplayReport, UsageSeries, replay
     from jupyter_dlinfra.core.scheduling.policy import PriorityClass, SchedulingPolicy
     from jupyter_dlinfra.core.scheduling.types import model_matches
     from jupyter_dlinfra.core.store import SCHEMA_VERSION, Store
@@ -56,7 +61,6 @@ _HOMES = {
     ],
     "idle": ["IdlePolicy", "IdleState", "Phase", "PolicyError", "ReclaimAction", "ReclaimPolicy"],
     "models": ["Allocation", "AllocationState", "Gpu", "KernelRecord", "LedgerEvent"],
-    "replay": ["ReplayReport", "UsageSeries", "replay"],
     "scheduling.policy": ["PriorityClass", "SchedulingPolicy"],
     "scheduling.types": ["model_matches"],
     "store": ["SCHEMA_VERSION", "Store"],
