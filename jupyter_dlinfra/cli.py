@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jupyter_dlinfra.core.wording import plural
 from jupyter_dlinfra.kernel.client import RestClient
 
 __all__ = ["main"]
@@ -156,7 +157,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.everyone:
         query["user"] = "*"
     for job in client.call("GET", "jobs", **query)["jobs"]:
-        gpus = f"{job['gpus']} GPU" + ("s" if job["gpus"] != 1 else "")
+        gpus = plural(job["gpus"], "GPU")
         print(
             f"{job['id']:>5}  {job['state']:<10} {gpus:<7} {job['backend']:<6} "
             f"{job['name']}  {job['reason'] or ''}"

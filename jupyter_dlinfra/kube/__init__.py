@@ -1,2 +1,2 @@
-"""Kubernetes plumbing shared by the job backend, kernel pods and telemetry: the API layer, the pod
-template, PriorityClasses and the kernel pod launcher."""
+"""Kubernetes plumbing shared by the job backend and kernel pods: the API layer, the pod template,
+PriorityClasses and the kernel pod launcher."""

@@ -57,7 +57,6 @@ class ReclaimSettings:
     #: seconds of usage history kept; 0 keeps none
     usage_retention: float = 7 * 86400.0
     #: seconds of samples behind the coaching hints
-    coach_window: float = 300.0
 
 
 class PolicySource:

@@ -213,7 +213,6 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
         settings=ReclaimSettings(
             usage_bucket=options.usage_bucket,
             usage_retention=options.usage_retention,
-            coach_window=options.coach_window,
         ),
         server_id=settings.server_id,
         log=log,

@@ -45,6 +45,8 @@ class Rig:
     """One backend as the contract drives it, and what it says in its own words."""
 
     backend: JobBackend
+    #: the backend's name, as its entry point and stored handles spell it
+    name: str
     #: the backend as a restarted server builds it (it knows only the stored handles)
     fresh: Callable[[], JobBackend]
     jobs: Jobs
@@ -75,6 +77,7 @@ def _python_jobs(root: Path, *, user: str, python: str = sys.executable) -> Jobs
 def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Rig:
     return Rig(
         backend=LocalBackend(),
+        name="local",
         fresh=LocalBackend,
         jobs=_python_jobs(tmp_path / "jobs", user="u"),
         unknown_ref=lambda n: str(99999990 + n),
@@ -98,6 +101,7 @@ def _slurm(request: pytest.FixtureRequest, tmp_path: Path) -> Rig:
 
     return Rig(
         backend=backend,
+        name="slurm",
         fresh=lambda: SlurmBackend(env=cluster.env, timeout=20),
         jobs=_python_jobs(tmp_path / "jobs", user="root"),
         unknown_ref=lambda n: str(99999990 + n),
@@ -127,6 +131,7 @@ def _kubernetes(request: pytest.FixtureRequest, tmp_path: Path) -> Rig:
 
     return Rig(
         backend=make(),
+        name="kubernetes",
         fresh=make,
         # the backend replaces argv[0] (the gateway's interpreter) with the image's Python
         jobs=_python_jobs(
@@ -295,7 +300,8 @@ def test_recover_finds_a_submitted_job_so_it_is_never_started_twice(
 def test_describe_names_the_backend_and_says_it_is_usable(rig: Rig) -> None:
     info = rig.backend.describe()
     assert info["available"] is True, info
-    assert info["name"] == rig.backend.name
+    assert rig.backend.name == rig.name
+    assert info["name"] == rig.name
     assert info["places_gpus"] is rig.backend.places_gpus
 
 

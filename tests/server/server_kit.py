@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jupyter_dlinfra.core.models import KernelRecord
-from jupyter_dlinfra.server.service import hash_token
+from jupyter_dlinfra.server.launches import hash_token
 
 
 def register(

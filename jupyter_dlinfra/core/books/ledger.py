@@ -38,7 +38,7 @@ from jupyter_dlinfra.core.errors import (
     Unsatisfiable,
 )
 from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
-from jupyter_dlinfra.core.scheduling import explain as sched_view
+from jupyter_dlinfra.core.scheduling import explain
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, bounded_usage, decayed
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
@@ -122,7 +122,7 @@ class Ledger:
         """Every user's fair-share standing (usage per share, rank among those who wait)."""
         with self.store.read() as conn:
             sched, _ = self._scheduler(conn)
-        return sched_view.standings(sched)
+        return explain.standings(sched)
 
     # -- inventory ---------------------------------------------------------------------------
 
@@ -814,7 +814,7 @@ class Ledger:
                 .values(gpu_seconds=bounded, at=now)
             )
 
-    def _queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
+    def _queue_view(self, conn: Connection) -> dict[int, explain.WaitInfo]:
         """Position, reason and estimated start of every queued request."""
         queued = conn.execute(
             select(allocations.c.id, allocations.c.placement, allocations.c.cluster_reason)
@@ -825,7 +825,7 @@ class Ledger:
             return {}
         # the cluster's scheduler says why its requests wait; their order is its own
         placed = {
-            r.id: sched_view.WaitInfo(
+            r.id: explain.WaitInfo(
                 request_id=r.id,
                 position=i,
                 code="quota" if (r.cluster_reason or "").startswith(QUOTA_WAIT) else "cluster",
@@ -837,9 +837,9 @@ class Ledger:
             return placed
         return {**self._ledger_queue_view(conn), **placed}
 
-    def _ledger_queue_view(self, conn: Connection) -> dict[int, sched_view.WaitInfo]:
+    def _ledger_queue_view(self, conn: Connection) -> dict[int, explain.WaitInfo]:
         sched, _ = self._scheduler(conn)
-        view = sched_view.explain(sched)
+        view = explain.explain(sched)
         recent = recent_durations(conn, sched.policy)
         now = sched.now
 
@@ -851,7 +851,7 @@ class Ledger:
                 return now + _PREEMPT_GRACE
             return max(h.granted_at + typical(h.klass), now + 60.0)
 
-        starts = sched_view.estimate_starts(
+        starts = explain.estimate_starts(
             sched,
             expected_end,
             lambda d: typical(d.klass),
@@ -900,7 +900,7 @@ class Ledger:
         return _with_queue_info(alloc, self._queue_view(conn))
 
 
-def _with_queue_info(alloc: Allocation, view: dict[int, sched_view.WaitInfo]) -> Allocation:
+def _with_queue_info(alloc: Allocation, view: dict[int, explain.WaitInfo]) -> Allocation:
     info = view.get(alloc.id)
     if info is None:
         return alloc

@@ -1,4 +1,5 @@
-"""REST handlers under ``/dlinfra/api``: thin, each one parse -> ledger call -> view."""
+"""The GPU handlers under ``/dlinfra/api``: the cluster, allocations, the queue, kernel restarts,
+the event stream and metrics. Thin: each one parses, calls the service, renders a view."""
 
 from __future__ import annotations
 
