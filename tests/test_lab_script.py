@@ -93,8 +93,8 @@ def test_each_input_of_the_install_counts(checkout: Path, changed: str) -> None:
 def test_a_python_source_change_needs_no_install(checkout: Path) -> None:
     # the install is editable: the server imports the checkout's code
     install_state.record("lab", checkout)
-    (checkout / "jupyter_dlinfra").mkdir()
-    (checkout / "jupyter_dlinfra" / "kernel/magics.py").write_text("# changed\n")
+    (checkout / "jupyter_dlinfra" / "kernel").mkdir(parents=True)
+    (checkout / "jupyter_dlinfra" / "kernel" / "magics.py").write_text("# changed\n")
     assert install_state.why_install("lab", checkout) is None
 
 
