@@ -66,9 +66,9 @@ Usage: ``.venv/bin/python benchmarks/ledger_scale.py [--sizes NxW,...] [--budget
 [--samples N] [--backend sqlite|postgres|both] [--pg-url URL] [--core-events N] [--seed N]``.
 The table comes first, then the baseline, and the last line starts with ``RESULT``: changes/s and
 the four p99s at the largest configuration run (on SQLite when it ran, else on PostgreSQL; the
-line before says which), the growth and the core's decisions/s. On the ledger measured in issue 15, a
-configuration takes about its budget plus one round (up to half a minute at 1,024 nodes with a
-queue), plus seconds of seeding: the full grid on both backends, some 25 minutes.
+line before says which), the growth and the core's decisions/s. On the ledger measured in issue
+15, a configuration takes about its budget plus one round (up to half a minute at 1,024 nodes with
+a queue), plus seconds of seeding: the full grid on both backends, some 25 minutes.
 """
 
 from __future__ import annotations
