@@ -49,3 +49,13 @@ def test_profile_finds_an_input_bound_pipeline_and_small_batches(
     # the same findings reach %gpu (the sidebar reads them from the event stream)
     shown = kernel.execute("%gpu")
     assert "Hint: Batch too small" in shown.stdout, shown
+
+    # all of it ran in the user's kernel without the server side coming along
+    server_side = kernel.value(
+        "sorted(m for m in __import__('sys').modules"
+        " if m.split('.')[0] in ('sqlalchemy', 'jupyter_server')"
+        " or (m.startswith('jupyter_dlinfra.')"
+        " and m not in ('jupyter_dlinfra.kernel', 'jupyter_dlinfra._version')"
+        " and not m.startswith('jupyter_dlinfra.kernel.')))"
+    )
+    assert server_side == [], server_side
