@@ -97,13 +97,15 @@ class DLInfra(ExtensionApp, DLInfraOptions):  # type: ignore[misc]
         )
         self.service = parts.service
         self.directory = parts.directory
+        if parts.pod_kernels is not None:
+            # before the start-up pass: a kernel being taken back counts as alive there, however
+            # long ago it started (a kernel waiting for GPUs for an hour is still someone's)
+            self._take_over_pods(parts.pod_kernels)
         self.service.prepare()
         self.settings["dlinfra_service"] = self.service
         self.settings["dlinfra_directory"] = self.directory
         if parts.tokens is not None:
             self.settings["dlinfra_tokens"] = parts.tokens
-        if parts.pod_kernels is not None:
-            self._take_over_pods(parts.pod_kernels)
         # per server, not prometheus_client's global registry: servers must not share series
         self.settings["dlinfra_metrics_registry"] = registry_for(self.service)
         set_port(self.service)

@@ -209,14 +209,12 @@ def test_kernels_in_pods_outlive_the_gateway(
         k8s_team.gateway.stop()
         # stopped, the kernels still run in their pods
         assert len(pods_of(k8s_api, k8s_namespace, kid)) == 1
-    # the GPU kernel started long before the gateway went: past the launch grace of a kernel
-    # whose process the gateway does not know yet, so only taking its pod back keeps it
+    # both kernels started long before the gateway went: past the launch grace of a kernel
+    # whose process the gateway does not know yet, so only taking their pods back keeps them
     an_hour_ago = time.time() - 3600
     with Store(k8s_team.db_url).write() as tx:
         tx.conn.execute(
-            update(kernels_table)
-            .where(kernels_table.c.kernel_id == kid)
-            .values(launched_at=an_hour_ago, created_at=an_hour_ago)
+            update(kernels_table).values(launched_at=an_hour_ago, created_at=an_hour_ago)
         )
     k8s_team.gateway.start(same_port=True)
 
