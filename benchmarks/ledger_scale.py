@@ -40,12 +40,15 @@ checks the state: it must list exactly ``waiting`` requests.
 Measured per configuration, in rounds until ``--samples`` rounds or two thirds of ``--budget-s``
 (at least one round): ``queue()`` (every waiting request, in order of service), one user's
 ``allocations(user=...)`` (the user drawn by the same weights), a ``request`` that queues (on a
-node with no free GPU; its kernel is registered first, untimed) and a ``release`` of a random
-grant on the same node, which the pass may grant to a request waiting there (the table counts
-how many releases granted anything). Then **sustained changes/s**: request + release pairs back
-to back for the last third of the budget (at least one pair), changes (2 per pair) over the time
-spent in those calls; the harness's bookkeeping between calls (following the event log to know
-which GPUs are free, registering kernels) is not counted. Times are wall clock (``perf_counter``),
+node with no free GPU; its kernel is registered first, untimed) and a ``release`` of a grant on
+the same node that makes room for it (of the same size if there is one), which the pass may
+grant to that request or to one ahead of it there (the table counts the releases that granted
+anything). The queue keeps its seeded length: when the request still waits after the release
+and the queue has grown, it is cancelled (a release of a queued request, untimed, counted as
+``undone``). Then **sustained changes/s**: request + release pairs back to back for the last
+third of the budget (at least one pair), changes (2 per pair) over the time spent in those calls;
+the harness's bookkeeping between calls (following the event log to know which GPUs are free,
+registering kernels, the cancellations) is not counted. Times are wall clock (``perf_counter``),
 p50/p99 nearest rank; at the largest sizes a round takes tens of seconds, so p99 there is the
 maximum of a few samples.
 
@@ -270,13 +273,11 @@ class Seed:
     def granted(self) -> list[SeedAllocation]:
         return [a for a in self.allocations.values() if a.state == AllocationState.GRANTED.value]
 
-    def fairshare_rows(self, until: float | None = None) -> dict[str, tuple[float, float]]:
+    def fairshare_rows(self) -> dict[str, tuple[float, float]]:
         """user -> (gpu_seconds, at), as ``Ledger._add_usage`` leaves it after each release."""
         half_life = self.policy.half_life
         rows: dict[str, tuple[float, float]] = {}
         for ended, user, count, granted in sorted(self.releases):
-            if until is not None and ended > until:
-                break
             used = running_usage(count, granted, ended, half_life)
             prev = rows.get(user)
             total = used if prev is None else decayed(prev[0], ended - prev[1], half_life) + used
@@ -666,8 +667,8 @@ def write_seed(store: Store, seed: Seed) -> None:
 
 
 class Tracker:
-    """Which GPUs are free and which grants exist, followed through ``Ledger.events``
-    (bookkeeping of the harness, not timed)."""
+    """Which GPUs are free, which grants exist and which requests wait, followed through
+    ``Ledger.events`` (bookkeeping of the harness, not timed)."""
 
     def __init__(self, seed: Seed, since: int) -> None:
         self.since = since
@@ -678,6 +679,9 @@ class Tracker:
         self.granted: dict[str, dict[int, int]] = defaultdict(dict)
         for a in seed.granted():
             self._take(a.id, list(a.gpus))
+        self.waiting = {
+            a.id for a in seed.allocations.values() if a.state == AllocationState.QUEUED.value
+        }
 
     def _take(self, allocation_id: int, gpus: list[str]) -> None:
         node = self.node_of[gpus[0]]
@@ -691,13 +695,18 @@ class Tracker:
             page = ledger.events(since=self.since, limit=1000)
             for e in page:
                 self.since = e.seq
-                gpus = list(e.detail.get("gpus") or ())
-                if e.allocation_id is None or not gpus:
+                if e.allocation_id is None:
                     continue
-                if e.kind == "granted":
+                gpus = list(e.detail.get("gpus") or ())
+                if e.kind == "requested":
+                    self.waiting.add(e.allocation_id)
+                elif e.kind == AllocationState.CANCELLED.value:
+                    self.waiting.discard(e.allocation_id)
+                elif e.kind == "granted" and gpus:
+                    self.waiting.discard(e.allocation_id)
                     self._take(e.allocation_id, gpus)
                     grants += 1
-                elif e.kind == AllocationState.RELEASED.value:
+                elif e.kind == AllocationState.RELEASED.value and gpus:
                     node = self.node_of[gpus[0]]
                     if self.granted[node].pop(e.allocation_id, None) is not None:
                         self.free[node] += len(gpus)
@@ -705,12 +714,23 @@ class Tracker:
                 return grants
 
     def full_node(self, rng: random.Random) -> str:
+        """A node with no free GPU (a request there queues), else the fullest one."""
         full = [n for n, free in self.free.items() if free <= 0 and self.granted[n]]
-        return rng.choice(full or [n for n in self.free if self.granted[n]] or list(self.free))
+        if full:
+            return rng.choice(full)
+        return min(self.free, key=lambda n: (self.free[n], n))
 
-    def grant_on(self, node: str, rng: random.Random) -> int | None:
+    def grant_on(self, node: str, count: int, rng: random.Random) -> int | None:
+        """A grant on ``node`` that frees room for ``count`` GPUs: one of that size if any, else
+        the smallest larger one, else the largest; on another node if ``node`` has none."""
         here = self.granted[node] or next((g for g in self.granted.values() if g), {})
-        return rng.choice(list(here)) if here else None
+        if not here:
+            return None
+        exact = [aid for aid, n in here.items() if n == count]
+        if exact:
+            return rng.choice(exact)
+        larger = [(n, aid) for aid, n in here.items() if n > count]
+        return min(larger)[1] if larger else max((n, aid) for aid, n in here.items())[1]
 
 
 @dataclass
@@ -727,6 +747,9 @@ class Measured:
     #: requests that queued, releases after which a pass granted something
     queued: int = 0
     granting: int = 0
+    #: requests the harness cancelled to keep the queue's length; the length at the end
+    cancelled: int = 0
+    final_queue: int = 0
     window_changes: int = 0
     window_s: float = 0.0
 
@@ -776,7 +799,12 @@ class Harness:
         self.result.allocations.append(time.perf_counter() - t0)
 
     def pair(self) -> float:
-        """A request on a full node, then a release of a grant there; returns their time."""
+        """A request on a full node, then a release of a grant there that makes room for it;
+        returns the time of the two calls.
+
+        The queue keeps its seeded length: when the pass did not grant the request (a quota, or
+        a request ahead of it took the GPUs) and the queue has grown, the request is cancelled,
+        untimed, as bookkeeping of the harness."""
         node = self.tracker.full_node(self.rng)
         klass, kind = self.draw.klass()
         user = self.draw.user()
@@ -791,14 +819,20 @@ class Harness:
         self.result.request.append(asked)
         self.result.queued += int(alloc.state is AllocationState.QUEUED)
         self.tracker.follow(self.ledger)
-        victim = self.tracker.grant_on(node, self.rng)
-        if victim is None:
-            return asked
-        t0 = time.perf_counter()
-        self.ledger.release(victim, reason="released by the user")
-        released = time.perf_counter() - t0
-        self.result.release.append(released)
-        self.result.granting += int(self.tracker.follow(self.ledger) > 0)
+        victim = self.tracker.grant_on(node, count, self.rng)
+        released = 0.0
+        if victim is not None:
+            t0 = time.perf_counter()
+            self.ledger.release(victim, reason="released by the user")
+            released = time.perf_counter() - t0
+            self.result.release.append(released)
+            self.result.granting += int(self.tracker.follow(self.ledger) > 0)
+        waiting = self.tracker.waiting
+        if alloc.id in waiting and len(waiting) > self.result.config.waiting:
+            self.ledger.release(alloc.id, reason="released by the user")
+            self.tracker.follow(self.ledger)
+            self.result.cancelled += 1
+        self.result.final_queue = len(waiting)
         return asked + released
 
     def _kernel(self, user: str, node: str, kind: str) -> str:
@@ -934,23 +968,27 @@ def _pair(values: Sequence[float]) -> str:
 
 def format_table(results: Sequence[Measured]) -> str:
     head = (
-        f"{'backend':<9}{'nodes':>6}{'GPUs':>6}{'waiting':>8}{'seeded':>8}{'rounds':>7}"
-        f"{'request':>15}{'release':>15}{'queue()':>15}{'allocations()':>15}"
-        f"{'changes/s':>10}{'queued':>8}{'granted':>8}"
+        f"{'backend':<9}{'nodes':>6}{'GPUs':>6}{'waiting':>8}{'seeded':>7}{'end':>6}"
+        f"{'rounds':>7}{'request':>15}{'release':>15}{'queue()':>15}{'allocations()':>15}"
+        f"{'changes/s':>10}{'queued':>8}{'granted':>8}{'undone':>7}"
     )
     lines = [
-        "ms p50/p99; seeded: queue() length before the first change; rounds: samples of queue() "
-        "and allocations(); request and release also count the window's pairs; queued: requests "
-        "that queued / made; granted: releases after which the pass granted something / made",
+        "ms p50/p99; seeded, end: queue length before the first change and after the last; "
+        "rounds: samples of queue() and allocations(); request and release also count the "
+        "window's pairs; queued: requests that queued / made; granted: releases after which the "
+        "pass granted something / made; undone: requests cancelled (untimed) to keep the queue's "
+        "length",
         head,
     ]
     for r in results:
         c = r.config
         lines.append(
             f"{r.backend:<9}{c.nodes:>6}{c.nodes * GPUS_PER_NODE:>6}{c.waiting:>8}"
-            f"{r.seeded_queue:>8}{len(r.queue):>7}{_pair(r.request):>15}{_pair(r.release):>15}"
-            f"{_pair(r.queue):>15}{_pair(r.allocations):>15}{r.changes_per_s:>10.2f}"
+            f"{r.seeded_queue:>7}{r.final_queue:>6}{len(r.queue):>7}"
+            f"{_pair(r.request):>15}{_pair(r.release):>15}{_pair(r.queue):>15}"
+            f"{_pair(r.allocations):>15}{r.changes_per_s:>10.2f}"
             f"{f'{r.queued}/{len(r.request)}':>8}{f'{r.granting}/{len(r.release)}':>8}"
+            f"{r.cancelled:>7}"
         )
     return "\n".join(lines)
 
