@@ -91,6 +91,7 @@ def test_queue_when_full_has_position_and_reason(kit: Kit) -> None:
 
     queue = kit.ledger.queue()
     assert [(a.id, a.position) for a in queue] == [(waiting.id, 1), (second.id, 2)]
+    assert kit.ledger.queue_length() == 2
     assert kit.ledger.queue("node-a") == queue
     assert kit.ledger.queue("node-b") == []
     # the same view through allocations() and allocation()
@@ -689,3 +690,20 @@ def test_a_gpu_that_moves_to_another_node_is_moved_not_duplicated(kit: Kit) -> N
     by_uuid = {g.uuid: g for g in kit.ledger.gpus()}
     assert by_uuid[devices[0].uuid].node == "node-b"
     assert len(kit.ledger.gpus(include_absent=True)) == len(devices)
+
+
+def test_queue_length_counts_without_explaining_the_queue(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.node("node-a", (2, A100))
+    for name in ("k1", "k2", "k3"):
+        kit.kernel(name, user=name)
+        kit.ledger.request(kernel_id=name, count=2)
+    kit.ledger.release(kit.ledger.allocations(kernel_id="k3")[0].id, reason="cancelled")
+    assert kit.ledger.queue_length() == 1
+
+    def no_view(*args: object) -> None:
+        raise AssertionError("the queue was explained to count it")
+
+    monkeypatch.setattr(type(kit.ledger), "_queue_view", no_view)
+    assert kit.ledger.queue_length() == 1

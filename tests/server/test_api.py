@@ -50,6 +50,7 @@ async def test_grant_queue_release_round_trip(api: Any, dlinfra_app: Any) -> Non
     status, queue = await api("GET", "queue")
     assert [e["id"] for e in queue["queue"]] == [second["id"]]
     status, cluster = await api("GET", "cluster")
+    assert cluster["queue_length"] == 1
     holders = {g["uuid"]: g["holder"] for g in cluster["nodes"][0]["gpus"]}
     assert {u for u, h in holders.items() if h and h["kernel_id"] == "k1"} == {
         g["uuid"] for g in first["gpus"]

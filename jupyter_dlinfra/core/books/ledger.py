@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from jupyter_dlinfra.core.books.events import write_event
 from jupyter_dlinfra.core.books.ledger_state import (
@@ -562,6 +562,13 @@ class Ledger:
         rank = {aid: i for i, aid in enumerate(waiting)}
         found.sort(key=lambda a: rank.get(a.id, len(rank)))
         return [_with_queue_info(a, waiting) for a in found]
+
+    def queue_length(self) -> int:
+        """How many requests wait, on every node: one count, without explaining the queue (the
+        cluster view shows the number, not the queue)."""
+        with self.store.read() as conn:
+            queued = allocations.c.state == AllocationState.QUEUED.value
+            return int(conn.execute(select(func.count()).where(queued)).scalar_one())
 
     def events(self, since: int = 0, limit: int = 1000) -> list[LedgerEvent]:
         with self.store.read() as conn:

@@ -68,7 +68,7 @@ class ClusterHandler(_Base):
         gpus = await self.service.call(ledger.gpus)
         holders = await self.service.call(ledger.holders)
         kernels = await self.service.call(ledger.kernels)
-        queue = await self.service.call(ledger.queue)
+        queue_length = await self.service.call(ledger.queue_length)
         self.answer(
             cluster_json(
                 gpus=gpus,
@@ -77,7 +77,7 @@ class ClusterHandler(_Base):
                 samples=self.service.samples,
                 provider=self.service.provider,
                 local_node=self.service.settings.node,
-                queue_length=len(queue),
+                queue_length=queue_length,
             )
         )
 
