@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from jupyter_dlinfra.core.books.idle import IdleBook
@@ -126,10 +126,7 @@ class GpuService:
             if self.cluster is None:
                 raise
             self.log.error("dlinfra: could not read the cluster's GPUs yet: %s", err)
-        # this node only: the previous gateway's pod kernels are taken back after this (their
-        # records have no pid and may be older than the launch grace); the periodic pass covers
-        # the cluster once they are
-        self._reconcile(whole_cluster=False)
+        self._reconcile()
         self.sampler.sample()
         self._seen_version = self.ledger.version()
         self.events.prime()
@@ -231,9 +228,9 @@ class GpuService:
         """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""
         return await self.mutate(self._reconcile)
 
-    def _reconcile(self, *, whole_cluster: bool = True) -> list[str]:
+    def _reconcile(self) -> list[str]:
         # a gateway's pod kernels run on every node of the cluster
-        node = None if self.cluster is not None and whole_cluster else self.settings.node
+        node = None if self.cluster is not None else self.settings.node
         dead = self.ledger.reconcile(node, self._kernel_alive, reason="kernel no longer exists")
         for kernel_id in dead:
             self.log.info("dlinfra: released the GPUs of vanished kernel %s", kernel_id)
@@ -284,10 +281,6 @@ class GpuService:
         await self.launches.kernel_stopped(
             kernel_id=kernel_id, restart=restart, reason=reason, pid=pid
         )
-
-    def idle_view(self, kernels: Mapping[str, KernelRecord]) -> dict[str, Any]:
-        """Blocking: the idle states (with their deadlines) and hints, for the event stream."""
-        return self.calls.idle_view(kernels)
 
     # -- authentication of kernels -------------------------------------------------------------
 
