@@ -406,11 +406,17 @@ class Soak:
     # -- the invariants ------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(
-            queue=[a.id for a in self.ledger.queue()],
-            active={a.id: a for a in self.ledger.allocations()},
-            jobs={j.id: j for j in self.book.jobs()},
-        )
+        # the survivor keeps changing the ledger between the two reads: a request it ends in
+        # between is in the queue read and not the allocations read. Read again until they agree.
+        deadline = time.monotonic() + 10
+        while True:
+            queue = [a.id for a in self.ledger.queue()]
+            active = {a.id: a for a in self.ledger.allocations()}
+            if set(queue) <= active.keys():
+                return Snapshot(
+                    queue=queue, active=active, jobs={j.id: j for j in self.book.jobs()}
+                )
+            assert time.monotonic() < deadline, f"the queue {queue} is not in {list(active)}"
 
     def _check(self, crash: Snapshot, where: str) -> None:
         survivors = {k.kernel_id for k in self.kernels}
