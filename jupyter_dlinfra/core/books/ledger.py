@@ -550,8 +550,15 @@ class Ledger:
             waiting = self._queue_view(conn)
         return [_with_queue_info(a, waiting) for a in found]
 
-    def queue(self, node: str | None = None) -> list[Allocation]:
-        """Waiting requests in the order they will be served."""
+    def queue(
+        self, node: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[Allocation]:
+        """Waiting requests in the order they will be served: ``limit`` of them (None: all)
+        from place ``offset`` (0-based) on."""
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise InvalidRequest(f"limit must be a whole number of 0 or more, not {limit!r}")
+        if isinstance(offset, bool) or offset < 0:
+            raise InvalidRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
         with self.store.read() as conn:
             cond = allocations.c.state == AllocationState.QUEUED.value
             if node is not None:
@@ -561,13 +568,16 @@ class Ledger:
         # the view lists requests in the order of service
         rank = {aid: i for i, aid in enumerate(waiting)}
         found.sort(key=lambda a: rank.get(a.id, len(rank)))
-        return [_with_queue_info(a, waiting) for a in found]
+        end = None if limit is None else offset + limit
+        return [_with_queue_info(a, waiting) for a in found[offset:end]]
 
-    def queue_length(self) -> int:
-        """How many requests wait, on every node: one count, without explaining the queue (the
-        cluster view shows the number, not the queue)."""
+    def queue_length(self, node: str | None = None) -> int:
+        """How many requests wait (on ``node``, or on every node): one count, without
+        explaining the queue (the cluster view shows the number, not the queue)."""
         with self.store.read() as conn:
             queued = allocations.c.state == AllocationState.QUEUED.value
+            if node is not None:
+                queued = queued & (allocations.c.node == node)
             return int(conn.execute(select(func.count()).where(queued)).scalar_one())
 
     def events(self, since: int = 0, limit: int = 1000) -> list[LedgerEvent]:
