@@ -21,6 +21,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -35,9 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-__all__ = ["SCHEMA_VERSION", "Store", "Transaction"]
+__all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -106,6 +107,9 @@ allocations = Table(
     Column("placement", String(16), nullable=True),
     Column("cluster_reason", Text, nullable=True),
 )
+# schema 7: one user's (or node's) allocations are read without scanning everyone's
+Index("ix_dlinfra_allocations_user_state", allocations.c.user, allocations.c.state)
+Index("ix_dlinfra_allocations_node_state", allocations.c.node, allocations.c.state)
 
 allocation_gpus = Table(
     "dlinfra_allocation_gpus",
@@ -275,6 +279,12 @@ user_tokens = Table(
 _WRITE = "dlinfra_write"
 
 
+#: the meta key of the counter of changes to the GPU ledger's scheduling state (GPUs,
+#: allocations, holdings, fair share, the scheduling policy), apart from ``version`` (every
+#: change): the ledger's in-memory scheduler reloads only when another process moved it
+LEDGER_VERSION = "ledger"
+
+
 class Transaction:
     """An open write transaction; ``touch()`` marks that it changed the ledger."""
 
@@ -325,6 +335,11 @@ class Store:
             cur.execute("PRAGMA busy_timeout = 60000")
             if engine.url.database not in (None, "", ":memory:"):
                 cur.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode, NORMAL writes each commit to the log before the commit returns
+                # and syncs it at checkpoints: a crash of any process loses nothing committed
+                # (no grant told to a user is lost); only a power cut or an OS crash may lose
+                # the last commits, and never corrupts the file. FULL would sync every commit,
+                # several times the cost of a grant, for that case alone.
                 cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.close()
@@ -342,11 +357,14 @@ class Store:
             metadata.create_all(conn)
             self._add_columns(conn)
             existing = set(conn.execute(select(meta.c.key)).scalars())
-            for key, value in (("schema", SCHEMA_VERSION), ("version", 0)):
+            for key, value in (("schema", SCHEMA_VERSION), ("version", 0), (LEDGER_VERSION, 0)):
                 if key not in existing:
                     conn.execute(meta.insert().values(key=key, value=value))
             # versions 2 and 3 only added tables, which create_all has just made on older
-            # ledgers; 4, 5 and 6 added columns too (_add_columns)
+            # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
+            # create_all makes only with their table
+            for index in allocations.indexes:
+                index.create(conn, checkfirst=True)
             conn.execute(
                 update(meta)
                 .where(meta.c.key == "schema", meta.c.value < SCHEMA_VERSION)
@@ -389,9 +407,20 @@ class Store:
     def version(self) -> int:
         """A counter that grows with every change: cheap to poll from other processes."""
         with self.read() as conn:
-            return int(
-                conn.execute(select(meta.c.value).where(meta.c.key == "version")).scalar_one()
-            )
+            return read_counter(conn, "version")
+
+    @staticmethod
+    def bump_ledger_version(conn: Connection) -> None:
+        """Count a change of the ledger's scheduling state (within the writing transaction)."""
+        conn.execute(
+            update(meta).where(meta.c.key == LEDGER_VERSION).values(value=meta.c.value + 1)
+        )
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def read_counter(conn: Connection, key: str) -> int:
+    """One of the meta counters (``version`` or LEDGER_VERSION); 0 before it was first set."""
+    found = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+    return 0 if found is None else int(found)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from jupyter_dlinfra.core.books.ledger_cache import LedgerCache
 from jupyter_dlinfra.core.errors import (
     Conflict,
     InvalidRequest,
@@ -14,6 +15,7 @@ from jupyter_dlinfra.core.errors import (
     Unsatisfiable,
 )
 from jupyter_dlinfra.core.models import AllocationState, KernelRecord
+from jupyter_dlinfra.core.scheduling import explain
 
 from .kit import A100, H100, Kit, make_gpus
 
@@ -705,5 +707,6 @@ def test_queue_length_counts_without_explaining_the_queue(
     def no_view(*args: object) -> None:
         raise AssertionError("the queue was explained to count it")
 
-    monkeypatch.setattr(type(kit.ledger), "_queue_view", no_view)
+    monkeypatch.setattr(LedgerCache, "_explain", no_view)
+    monkeypatch.setattr(explain, "explain_node", no_view)
     assert kit.ledger.queue_length() == 1

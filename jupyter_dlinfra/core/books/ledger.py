@@ -1,31 +1,38 @@
 """The GPU ledger: who holds which GPU, who waits, in what order, and why.
 
 Requests are ordered by the scheduling policy (priority classes, fair share, quotas; see
-``scheduler.py``): after every change the scheduler runs over the ledger's state, loaded within
-the same write transaction, and its grants and preemptions are written there, each with an event
-row, before anyone is told about them. A blocked request keeps the free GPUs it could use for
-itself, so a large request is never starved by a stream of small ones.
+``scheduler.py``). The ledger keeps one scheduler in memory (``ledger_cache.py``), current as of
+the store's ledger counter: each change is written and applied to it within one write
+transaction, then the scheduler makes a pass whose grants and preemptions are written in the same
+transaction, each with an event row, before anyone is told about them. When another process has
+written since, the state is loaded again first. A blocked request keeps the free GPUs it could
+use for itself, so a large request is never starved by a stream of small ones.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from jupyter_dlinfra.core.books.events import write_event
+from jupyter_dlinfra.core.books.ledger_cache import QUOTA_WAIT, Durations, LedgerCache, Waiting
 from jupyter_dlinfra.core.books.ledger_state import (
-    DEFAULT_DURATION,
     GroupsOf,
     class_of,
+    demand_of,
     groups_json,
+    groups_of_row,
     load_scheduler,
-    recent_durations,
+    recent_spans,
     running_usage,
 )
 from jupyter_dlinfra.core.books.policies import SCHEDULING_PREFIX, UnreadablePolicy, save_document
@@ -41,9 +48,9 @@ from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu, Kernel
 from jupyter_dlinfra.core.scheduling import explain
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, bounded_usage, decayed
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
-from jupyter_dlinfra.core.scheduling.types import Holding, model_matches
+from jupyter_dlinfra.core.scheduling.types import Holding, Slot, model_matches
 from jupyter_dlinfra.core.store import (
+    LEDGER_VERSION,
     Store,
     Transaction,
     allocation_gpus,
@@ -54,23 +61,20 @@ from jupyter_dlinfra.core.store import (
     holdings,
     kernels,
     policies,
+    read_counter,
 )
 from jupyter_dlinfra.core.wording import plural
 
 #: where the admin's scheduling policy is kept (dlinfra_policy.key)
 SCHEDULING_KEY = "scheduling"
-#: a preempted job is expected to stop within this long (for estimates only)
-_PREEMPT_GRACE = 30.0
 
-__all__ = ["Ledger"]
+__all__ = ["CLUSTER", "QUOTA_WAIT", "SCHEDULING_KEY", "Ledger"]
 
 _log = logging.getLogger(__name__)
 
 _ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
 #: ``placement`` of a request that a cluster's scheduler places
 CLUSTER = "cluster"
-#: how the reason of a cluster's request held back by a quota begins (its waiting code: quota)
-QUOTA_WAIT = "over quota: "
 
 
 def _same_model(a: str | None, b: str | None) -> bool:
@@ -95,6 +99,92 @@ class Ledger:
         self._unreadable_policy = UnreadablePolicy(
             "scheduling", endpoint="/dlinfra/api/scheduling", log=_log
         )
+        # the scheduling state in memory, and the lock of both it and the ledger's transactions
+        # in this process (taken before the store's write lock, never after)
+        self._cache: LedgerCache | None = None
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _writing(self) -> Iterator[tuple[Transaction, LedgerCache]]:
+        """A write transaction and the scheduling state as of it, changed together: the state
+        is kept only once the transaction has committed (or when it was not changed)."""
+        with self._lock:
+            with self.store.write() as tx:
+                cache = self._state(tx.conn)
+                cache.dirty = False
+                # what is held accrues fair-share usage up to the change, not the last pass
+                cache.sched.now = max(cache.sched.now, self.clock.now())
+                self._cache = None
+                try:
+                    yield tx, cache
+                except BaseException:
+                    if not cache.dirty:
+                        self._cache = cache
+                    raise
+                if tx.changed:
+                    Store.bump_ledger_version(tx.conn)
+                    cache.version += 1
+            self._cache = cache
+
+    @contextmanager
+    def _reading(self) -> Iterator[tuple[Connection, LedgerCache]]:
+        with self._lock, self.store.read() as conn:
+            yield conn, self._state(conn)
+
+    def _state(self, conn: Connection) -> LedgerCache:
+        """The scheduling state as ``conn`` sees the ledger: kept, or loaded when another
+        process (or a failed write) has changed the ledger since."""
+        version = read_counter(conn, LEDGER_VERSION)
+        cache = self._cache
+        if cache is None or cache.version != version:
+            cache = self._cache = self._load_state(conn, version)
+        return cache
+
+    def _load_state(self, conn: Connection, version: int) -> LedgerCache:
+        policy = self._policy(conn)
+        active = self._load(conn, allocations.c.state.in_(_ACTIVE))
+        extra = conn.execute(
+            select(allocations.c.id, allocations.c.groups, allocations.c.cluster_reason).where(
+                allocations.c.state.in_(_ACTIVE)
+            )
+        ).all()
+        raw_groups = {r.id: r.groups for r in extra}
+        cluster_reasons = {r.id: r.cluster_reason for r in extra}
+        sched = load_scheduler(
+            conn,
+            policy=policy,
+            now=self.clock.now(),
+            groups_of=self.groups_of,
+            # a request the cluster places is not this scheduler's to grant; once placed, it holds
+            active=[
+                a for a in active if a.placement != CLUSTER or a.state is AllocationState.GRANTED
+            ],
+            raw_groups=raw_groups,
+        )
+        if sched.demands:
+            # what the last pass set aside is not written down: a pass on a copy tells it, so
+            # that waiters are told the same before and after a restart
+            probe = copy.deepcopy(sched)
+            probe.schedule(sched.now)
+            sched.reserved = {r: g for r, g in probe.reserved.items() if r in sched.demands}
+        return LedgerCache(
+            version=version,
+            policy=policy,
+            sched=sched,
+            durations=Durations(recent_spans(conn, policy)),
+            kernel_of={a.id: a.kernel_id for a in active},
+            waiting={
+                a.id: Waiting(
+                    kernel_id=a.kernel_id,
+                    created_at=a.created_at,
+                    node=a.node,
+                    placed_reason=cluster_reasons.get(a.id),
+                    placed=a.placement == CLUSTER,
+                )
+                for a in active
+                if a.state is AllocationState.QUEUED
+            },
+        )
 
     # -- scheduling policy -----------------------------------------------------------------------
 
@@ -114,15 +204,22 @@ class Ledger:
             who=who,
             field_prefix=SCHEDULING_PREFIX,
         )
-        with self.store.write() as tx:
-            self._schedule(tx)
+        with self._writing() as (tx, cache):
+            policy = self._policy(tx.conn)
+            cache.changed()
+            cache.policy = policy
+            cache.sched.set_policy(policy)
+            cache.check_all = True
+            # other processes load the policy again, whether or not this pass grants anything
+            tx.touch()
+            self._schedule(tx, cache)
         return changed
 
     def standings(self) -> list[Standing]:
         """Every user's fair-share standing (usage per share, rank among those who wait)."""
-        with self.store.read() as conn:
-            sched, _ = self._scheduler(conn)
-        return explain.standings(sched)
+        with self._reading() as (_, cache):
+            cache.sched.now = max(cache.sched.now, self.clock.now())
+            return explain.standings(cache.sched)
 
     # -- inventory ---------------------------------------------------------------------------
 
@@ -135,8 +232,10 @@ class Ledger:
         for gpu in devices:
             if gpu.node != node:
                 raise InvalidRequest(f"GPU {gpu.uuid} belongs to node {gpu.node}, not {node}")
-        with self.store.write() as tx:
+        with self._writing() as (tx, cache):
             conn = tx.conn
+            added: list[Slot] = []
+            reshaped = False
             uuids = [g.uuid for g in devices]
             known = {
                 r.uuid: r
@@ -158,8 +257,10 @@ class Ledger:
                 old = known.get(gpu.uuid)
                 if old is None:
                     conn.execute(insert(gpus).values(uuid=gpu.uuid, **values))
+                    added.append(Slot(uuid=gpu.uuid, node=node, model=gpu.model, index=gpu.index))
                 elif any(getattr(old, k) != v for k, v in values.items()):
                     conn.execute(update(gpus).where(gpus.c.uuid == gpu.uuid).values(**values))
+                    reshaped = True
                 else:
                     continue
                 self.write_event(tx, "gpu_seen", detail={"gpu": gpu.uuid, "node": node})
@@ -167,8 +268,16 @@ class Ledger:
                 if uuid not in seen and row.node == node and row.present:
                     conn.execute(update(gpus).where(gpus.c.uuid == uuid).values(present=False))
                     self.write_event(tx, "gpu_lost", detail={"gpu": uuid, "node": node})
+                    reshaped = True
             if tx.changed:
-                self._schedule(tx)
+                if reshaped:
+                    # GPUs moved, changed or were lost (rare): the state is loaded again, and
+                    # the requests that can no longer be granted are ended at the pass
+                    cache.become(self._load_state(conn, cache.version))
+                else:
+                    cache.changed()
+                    cache.sched.add_gpus(added)
+                self._schedule(tx, cache)
 
     def gpus(self, node: str | None = None, *, include_absent: bool = False) -> list[Gpu]:
         query = select(gpus).order_by(gpus.c.node, gpus.c.idx)
@@ -266,17 +375,19 @@ class Ledger:
 
     def forget_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         """The kernel is gone for good: end its allocations and drop its token."""
-        with self.store.write() as tx:
-            return self._forget_kernel(tx, kernel_id, reason)
+        with self._writing() as (tx, cache):
+            return self._forget_kernel(tx, cache, kernel_id, reason)
 
-    def _forget_kernel(self, tx: Transaction, kernel_id: str, reason: str) -> list[Allocation]:
-        ended = self._end_kernel_allocations(tx, kernel_id, reason)
+    def _forget_kernel(
+        self, tx: Transaction, cache: LedgerCache, kernel_id: str, reason: str
+    ) -> list[Allocation]:
+        ended = self._end_kernel_allocations(tx, cache, kernel_id, reason)
         gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
         if gone.rowcount:
             self.write_event(tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason})
         if ended:
-            self._schedule(tx)
-        return [self._allocation(tx.conn, a) for a in ended]
+            self._schedule(tx, cache)
+        return ended
 
     def reconcile(
         self, node: str | None, is_alive: Callable[[KernelRecord], bool], *, reason: str
@@ -289,13 +400,13 @@ class Ledger:
         runs), and forgetting it would take the new process's identity and GPUs."""
         dead = []
         for judged in [k for k in self.kernels(node) if not is_alive(k)]:
-            with self.store.write() as tx:
+            with self._writing() as (tx, cache):
                 row = tx.conn.execute(
                     select(kernels).where(kernels.c.kernel_id == judged.kernel_id)
                 ).first()
                 if row is None or _kernel(row) != judged:
                     continue
-                self._forget_kernel(tx, judged.kernel_id, reason)
+                self._forget_kernel(tx, cache, judged.kernel_id, reason)
             dead.append(judged.kernel_id)
         return dead
 
@@ -325,17 +436,18 @@ class Ledger:
             model = model.strip()
         if kind not in ("kernel", "job"):
             raise InvalidRequest(f"kind must be 'kernel' or 'job', not {kind!r}")
-        policy = self.scheduling_policy()
-        if priority_class is not None:
-            if not isinstance(priority_class, str) or priority_class not in policy.class_map:
-                raise InvalidRequest(
-                    f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
-                    reason="unknown_class",
-                )
-        else:
-            priority_class = policy.job_class if kind == "job" else policy.kernel_class
-        with self.store.write() as tx:
+        with self._writing() as (tx, cache):
             conn = tx.conn
+            # the policy the pass schedules under, read in the same transaction
+            policy = cache.policy
+            if priority_class is not None:
+                if not isinstance(priority_class, str) or priority_class not in policy.class_map:
+                    raise InvalidRequest(
+                        f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
+                        reason="unknown_class",
+                    )
+            else:
+                priority_class = policy.job_class if kind == "job" else policy.kernel_class
             kernel = self._kernel(conn, kernel_id)
             current = self._load(
                 conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
@@ -347,7 +459,7 @@ class Ledger:
                     and _same_model(held.model, model)
                     and class_of(held, policy) == priority_class
                 ):
-                    return self._allocation(conn, held)
+                    return self._waited(held, cache)
                 verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
                 raise Conflict(
                     f"this kernel already {verb} {plural(held.count, 'GPU')} (allocation "
@@ -357,6 +469,8 @@ class Ledger:
             placed = cluster_reason is not None
             if not placed:
                 self._check_satisfiable(conn, kernel.node, count, model)
+            now = self.clock.now()
+            groups = groups_json(self.groups_of(kernel.user))
             inserted = conn.execute(
                 insert(allocations).values(
                     kernel_id=kernel_id,
@@ -365,10 +479,10 @@ class Ledger:
                     count=count,
                     model=model,
                     state=AllocationState.QUEUED.value,
-                    created_at=self.clock.now(),
+                    created_at=now,
                     priority_class=priority_class,
                     kind=kind,
-                    groups=groups_json(self.groups_of(kernel.user)),
+                    groups=groups,
                     borrowed=False,
                     placement=CLUSTER if placed else None,
                     cluster_reason=cluster_reason,
@@ -382,9 +496,34 @@ class Ledger:
                 kernel_id=kernel_id,
                 detail={"count": count, "model": model, "priority_class": priority_class},
             )
+            alloc = Allocation(
+                id=new_id,
+                kernel_id=kernel_id,
+                user=kernel.user,
+                node=kernel.node,
+                count=count,
+                model=model,
+                state=AllocationState.QUEUED,
+                created_at=now,
+                priority_class=priority_class,
+                kind=kind,
+                placement=CLUSTER if placed else "ledger",
+            )
+            cache.changed()
+            cache.kernel_of[new_id] = kernel_id
+            cache.waiting[new_id] = Waiting(
+                kernel_id=kernel_id,
+                created_at=now,
+                node=kernel.node,
+                placed_reason=cluster_reason,
+                placed=placed,
+            )
             if not placed:
-                self._schedule(tx)
-            return self._allocation(conn, self._one(conn, new_id))
+                cache.sched.submit(
+                    demand_of(alloc, policy, groups_of_row(groups, kernel.user, self.groups_of))
+                )
+                self._schedule(tx, cache)
+            return self._waited(self._one(conn, new_id), cache)
 
     # -- requests the cluster places (Kubernetes) ----------------------------------------------
 
@@ -445,7 +584,7 @@ class Ledger:
 
     def note_placement(self, allocation_id: int, reason: str) -> bool:
         """The cluster's latest word on why a placed request waits; True if it changed."""
-        with self.store.write() as tx:
+        with self._writing() as (tx, cache):
             changed = tx.conn.execute(
                 update(allocations)
                 .where(
@@ -458,6 +597,10 @@ class Ledger:
             ).rowcount
             if changed:
                 tx.touch()
+                waiting = cache.waiting.get(allocation_id)
+                if waiting is not None:
+                    cache.changed()
+                    cache.waiting[allocation_id] = replace(waiting, placed_reason=reason)
             return bool(changed)
 
     def grant_placed(
@@ -465,11 +608,11 @@ class Ledger:
     ) -> Allocation:
         """The cluster placed it on ``node``: granted, holding ``gpu_uuids`` when known (from
         the node's telemetry), else that many of the node's GPUs nobody holds in the ledger."""
-        with self.store.write() as tx:
+        with self._writing() as (tx, cache):
             conn = tx.conn
             alloc = self._one(conn, allocation_id)
             if alloc.state is not AllocationState.QUEUED or alloc.placement != CLUSTER:
-                return self._allocation(conn, alloc)
+                return self._waited(alloc, cache)
             held = set(conn.execute(select(holdings.c.gpu_uuid)).scalars())
             known = [
                 r.uuid
@@ -506,27 +649,44 @@ class Ledger:
                 kernel_id=alloc.kernel_id,
                 detail={"gpus": chosen, "waited_s": now - alloc.created_at, "node": node},
             )
+            cache.changed()
+            cache.waiting.pop(alloc.id, None)
+            raw = conn.execute(
+                select(allocations.c.groups).where(allocations.c.id == alloc.id)
+            ).scalar()
+            cache.sched.hold(
+                Holding(
+                    id=alloc.id,
+                    user=alloc.user,
+                    groups=groups_of_row(raw, alloc.user, self.groups_of),
+                    klass=class_of(alloc, cache.policy),
+                    kind=alloc.kind,
+                    gpus=tuple(chosen),
+                    granted_at=now,
+                )
+            )
             return self._one(conn, alloc.id)
 
     def release(self, allocation_id: int, *, reason: str) -> Allocation:
         """End an allocation: a queued one is cancelled, a granted one released. Idempotent."""
-        with self.store.write() as tx:
+        with self._writing() as (tx, cache):
             alloc = self._one(tx.conn, allocation_id)
-            if alloc.state.active:
-                self._end(tx, alloc, reason)
-                self._schedule(tx)
-            return self._allocation(tx.conn, self._one(tx.conn, allocation_id))
+            if not alloc.state.active:
+                return alloc
+            self._end(tx, cache, alloc, reason)
+            self._schedule(tx, cache)
+            return self._one(tx.conn, allocation_id)
 
     def release_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
-        with self.store.write() as tx:
-            ended = self._end_kernel_allocations(tx, kernel_id, reason)
+        with self._writing() as (tx, cache):
+            ended = self._end_kernel_allocations(tx, cache, kernel_id, reason)
             if ended:
-                self._schedule(tx)
-            return [self._allocation(tx.conn, a) for a in ended]
+                self._schedule(tx, cache)
+            return ended
 
     def allocation(self, allocation_id: int) -> Allocation:
-        with self.store.read() as conn:
-            return self._allocation(conn, self._one(conn, allocation_id))
+        with self._reading() as (conn, cache):
+            return self._waited(self._one(conn, allocation_id), cache)
 
     def allocations(
         self,
@@ -545,10 +705,8 @@ class Ledger:
             cond = cond & (allocations.c.node == node)
         if active:
             cond = cond & allocations.c.state.in_(_ACTIVE)
-        with self.store.read() as conn:
-            found = self._load(conn, cond)
-            waiting = self._queue_view(conn)
-        return [_with_queue_info(a, waiting) for a in found]
+        with self._reading() as (conn, cache):
+            return [self._waited(a, cache) for a in self._load(conn, cond)]
 
     def queue(
         self, node: str | None = None, *, limit: int | None = None, offset: int = 0
@@ -559,26 +717,19 @@ class Ledger:
             raise InvalidRequest(f"limit must be a whole number of 0 or more, not {limit!r}")
         if isinstance(offset, bool) or offset < 0:
             raise InvalidRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
-        with self.store.read() as conn:
-            cond = allocations.c.state == AllocationState.QUEUED.value
-            if node is not None:
-                cond = cond & (allocations.c.node == node)
-            found = self._load(conn, cond)
-            waiting = self._queue_view(conn)
-        # the view lists requests in the order of service
-        rank = {aid: i for i, aid in enumerate(waiting)}
-        found.sort(key=lambda a: rank.get(a.id, len(rank)))
-        end = None if limit is None else offset + limit
-        return [_with_queue_info(a, waiting) for a in found[offset:end]]
+        with self._reading() as (conn, cache):
+            now = self.clock.now()
+            ids = cache.order(now) if node is None else cache.node_order(node, now)
+            page = ids[offset:] if limit is None else ids[offset : offset + limit]
+            if not page:
+                return []
+            found = {a.id: a for a in self._load(conn, allocations.c.id.in_(page))}
+            return [self._waited(found[aid], cache) for aid in page if aid in found]
 
     def queue_length(self, node: str | None = None) -> int:
-        """How many requests wait (on ``node``, or on every node): one count, without
-        explaining the queue (the cluster view shows the number, not the queue)."""
-        with self.store.read() as conn:
-            queued = allocations.c.state == AllocationState.QUEUED.value
-            if node is not None:
-                queued = queued & (allocations.c.node == node)
-            return int(conn.execute(select(func.count()).where(queued)).scalar_one())
+        """How many requests wait (on ``node``, or on every node), without explaining them."""
+        with self._reading() as (_, cache):
+            return cache.length(node)
 
     def events(self, since: int = 0, limit: int = 1000) -> list[LedgerEvent]:
         with self.store.read() as conn:
@@ -650,7 +801,15 @@ class Ledger:
                 reason="too_many",
             )
 
-    def _end(self, tx: Transaction, alloc: Allocation, reason: str) -> None:
+    def _end(self, tx: Transaction, cache: LedgerCache, alloc: Allocation, reason: str) -> None:
+        cache.changed()
+        sched = cache.sched
+        if alloc.id in sched.holdings:
+            sched.release(alloc.id)
+        elif alloc.id in sched.demands:
+            sched.withdraw(alloc.id)
+        cache.waiting.pop(alloc.id, None)
+        cache.kernel_of.pop(alloc.id, None)
         state = (
             AllocationState.RELEASED
             if alloc.state is AllocationState.GRANTED
@@ -681,45 +840,19 @@ class Ledger:
             detail={"reason": reason, "gpus": list(alloc.gpus)},
         )
         if state is AllocationState.RELEASED and alloc.granted_at is not None:
+            cache.durations.add(class_of(alloc, cache.policy), self.clock.now() - alloc.granted_at)
             # the GPUs are back above; the bookkeeping cannot take them again (see _record_usage)
-            self._record_usage(tx.conn, alloc.user, len(alloc.gpus), alloc.granted_at)
+            self._record_usage(tx.conn, cache.policy, alloc.user, len(alloc.gpus), alloc.granted_at)
 
     def _end_kernel_allocations(
-        self, tx: Transaction, kernel_id: str, reason: str
+        self, tx: Transaction, cache: LedgerCache, kernel_id: str, reason: str
     ) -> list[Allocation]:
         active = self._load(
             tx.conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
         )
         for alloc in active:
-            self._end(tx, alloc, reason)
+            self._end(tx, cache, alloc, reason)
         return [self._one(tx.conn, a.id) for a in active]
-
-    def _scheduler(self, conn: Connection) -> tuple[Scheduler, list[Allocation]]:
-        """The scheduler over the ledger's state as ``conn`` sees it, and the active requests."""
-        policy = self._policy(conn)
-        # a request the cluster places is not this scheduler's to grant; once placed, it holds
-        active = [
-            a
-            for a in self._load(conn, allocations.c.state.in_(_ACTIVE))
-            if a.placement != CLUSTER or a.state is AllocationState.GRANTED
-        ]
-        raw_groups = {
-            r.id: r.groups
-            for r in conn.execute(
-                select(allocations.c.id, allocations.c.groups).where(
-                    allocations.c.state.in_(_ACTIVE)
-                )
-            )
-        }
-        sched = load_scheduler(
-            conn,
-            policy=policy,
-            now=self.clock.now(),
-            groups_of=self.groups_of,
-            active=active,
-            raw_groups=raw_groups,
-        )
-        return sched, active
 
     def _policy(self, conn: Connection) -> SchedulingPolicy:
         row = conn.execute(
@@ -733,46 +866,55 @@ class Ledger:
             self._unreadable_policy.report(row.document, err)
             return self.configured_policy
 
-    def _schedule(self, tx: Transaction) -> list[int]:
-        """Grant and preempt what the policy says now. Runs inside the caller's write lock."""
-        conn = tx.conn
-        if (
-            conn.execute(
-                select(allocations.c.id).where(allocations.c.state == AllocationState.QUEUED.value)
-            ).first()
-            is None
-        ):
+    def _schedule(self, tx: Transaction, cache: LedgerCache) -> list[int]:
+        """Grant and preempt what the policy says now, in memory, and write what was decided.
+        Runs inside the caller's write transaction."""
+        sched = cache.sched
+        if not sched.demands:
             return []
-        sched, active = self._scheduler(conn)
-        by_id = {a.id: a for a in active}
-        for demand in list(sched.demands.values()):
-            why = sched.check(demand)
-            if why is not None:
-                # GPUs were lost since it queued: waiting would block the node for ever
-                sched.withdraw(demand.id)
-                self._end(tx, by_id[demand.id], f"cannot be granted any more: {why}")
-        out = sched.schedule(self.clock.now())
+        conn = tx.conn
+        cache.changed()
+        if cache.check_all:
+            # GPUs were lost (or the state was loaded): a request that can never be granted
+            # would block its node for ever
+            cache.check_all = False
+            for demand in list(sched.demands.values()):
+                why = sched.check(demand)
+                if why is not None:
+                    self._end(
+                        tx, cache, self._one(conn, demand.id), f"cannot be granted any more: {why}"
+                    )
         now = self.clock.now()
+        out = sched.schedule(now)
+        rows: list[dict[str, Any]] = []
         for grant in out.grants:
-            alloc = by_id[grant.request_id]
-            rows = [{"gpu_uuid": u, "allocation_id": alloc.id} for u in grant.gpus]
+            rows.extend({"gpu_uuid": u, "allocation_id": grant.request_id} for u in grant.gpus)
+        if rows:
             conn.execute(insert(holdings), rows)
             conn.execute(insert(allocation_gpus), rows)
+        for grant in out.grants:
+            asked = cache.waiting.pop(grant.request_id, None)
             conn.execute(
                 update(allocations)
-                .where(allocations.c.id == alloc.id)
+                .where(allocations.c.id == grant.request_id)
                 .values(
                     state=AllocationState.GRANTED.value, granted_at=now, borrowed=grant.borrowed
                 )
             )
-            detail: dict[str, Any] = {"gpus": list(grant.gpus), "waited_s": now - alloc.created_at}
+            detail: dict[str, Any] = {"gpus": list(grant.gpus)}
+            if asked is not None:
+                detail["waited_s"] = now - asked.created_at
             if grant.borrowed:
                 detail["borrowed"] = True
             self.write_event(
-                tx, "granted", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
+                tx,
+                "granted",
+                allocation_id=grant.request_id,
+                kernel_id=cache.kernel_of.get(grant.request_id),
+                detail=detail,
             )
         for pre in out.preemptions:
-            victim = by_id[pre.holding_id]
+            victim = sched.holdings[pre.holding_id]
             conn.execute(
                 update(allocations)
                 .where(allocations.c.id == victim.id)
@@ -782,12 +924,19 @@ class Ledger:
                 tx,
                 "preempted",
                 allocation_id=victim.id,
-                kernel_id=victim.kernel_id,
+                kernel_id=cache.kernel_of.get(victim.id),
                 detail={"for": pre.request_id, "reason": pre.message, "user": victim.user},
             )
         return [g.request_id for g in out.grants]
 
-    def _record_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
+    def _record_usage(
+        self,
+        conn: Connection,
+        policy: SchedulingPolicy,
+        user: str,
+        count: int,
+        granted_at: float,
+    ) -> None:
         """Add a finished grant's GPU-seconds, decayed as fair share counts them.
 
         Bookkeeping: it must never keep a release from happening (GPUs held for ever are worse
@@ -796,7 +945,7 @@ class Ledger:
         """
         try:
             with conn.begin_nested():
-                self._add_usage(conn, user, count, granted_at)
+                self._add_usage(conn, policy, user, count, granted_at)
         except Exception:
             _log.exception(
                 "the fair-share usage of %s's %d GPU(s) could not be recorded; the GPUs were "
@@ -805,9 +954,10 @@ class Ledger:
                 count,
             )
 
-    def _add_usage(self, conn: Connection, user: str, count: int, granted_at: float) -> None:
+    def _add_usage(
+        self, conn: Connection, policy: SchedulingPolicy, user: str, count: int, granted_at: float
+    ) -> None:
         now = self.clock.now()
-        policy = self._policy(conn)
         half_life = policy.half_life
         used = running_usage(count, granted_at, now, policy)
         row = conn.execute(select(fairshare).where(fairshare.c.user == user)).first()
@@ -830,58 +980,6 @@ class Ledger:
                 .where(fairshare.c.user == user)
                 .values(gpu_seconds=bounded, at=now)
             )
-
-    def _queue_view(self, conn: Connection) -> dict[int, explain.WaitInfo]:
-        """Position, reason and estimated start of every queued request."""
-        queued = conn.execute(
-            select(allocations.c.id, allocations.c.placement, allocations.c.cluster_reason)
-            .where(allocations.c.state == AllocationState.QUEUED.value)
-            .order_by(allocations.c.id)
-        ).all()
-        if not queued:
-            return {}
-        # the cluster's scheduler says why its requests wait; their order is its own
-        placed = {
-            r.id: explain.WaitInfo(
-                request_id=r.id,
-                position=i,
-                code="quota" if (r.cluster_reason or "").startswith(QUOTA_WAIT) else "cluster",
-                reason=r.cluster_reason or "waiting for the cluster's scheduler",
-            )
-            for i, r in enumerate((r for r in queued if r.placement == CLUSTER), start=1)
-        }
-        if len(placed) == len(queued):
-            return placed
-        return {**self._ledger_queue_view(conn), **placed}
-
-    def _ledger_queue_view(self, conn: Connection) -> dict[int, explain.WaitInfo]:
-        sched, _ = self._scheduler(conn)
-        view = explain.explain(sched)
-        recent = recent_durations(conn, sched.policy)
-        now = sched.now
-
-        def typical(klass: str) -> float:
-            return recent.get(klass, DEFAULT_DURATION)
-
-        def expected_end(h: Holding) -> float:
-            if h.preempted_for is not None:
-                return now + _PREEMPT_GRACE
-            return max(h.granted_at + typical(h.klass), now + 60.0)
-
-        starts = explain.estimate_starts(
-            sched,
-            expected_end,
-            lambda d: typical(d.klass),
-            assumed=lambda klass: klass not in recent,
-        )
-        return {
-            aid: replace(
-                info,
-                estimated_start=starts[aid].at if aid in starts else None,
-                estimate_basis=starts[aid].basis if aid in starts else None,
-            )
-            for aid, info in view.items()
-        }
 
     def _kernel(self, conn: Connection, kernel_id: str) -> KernelRecord:
         row = conn.execute(select(kernels).where(kernels.c.kernel_id == kernel_id)).first()
@@ -911,24 +1009,21 @@ class Ledger:
             owned[aid].append(uuid)
         return [_allocation_row(r, tuple(owned.get(r.id, ()))) for r in rows]
 
-    def _allocation(self, conn: Connection, alloc: Allocation) -> Allocation:
+    def _waited(self, alloc: Allocation, cache: LedgerCache) -> Allocation:
+        """``alloc`` with its place, reason and estimated start when it waits."""
         if alloc.state is not AllocationState.QUEUED:
             return alloc
-        return _with_queue_info(alloc, self._queue_view(conn))
-
-
-def _with_queue_info(alloc: Allocation, view: dict[int, explain.WaitInfo]) -> Allocation:
-    info = view.get(alloc.id)
-    if info is None:
-        return alloc
-    return replace(
-        alloc,
-        position=info.position,
-        waiting_reason=info.reason,
-        waiting_code=info.code,
-        estimated_start=info.estimated_start,
-        estimate_basis=info.estimate_basis,
-    )
+        info = cache.wait_info(alloc.id, self.clock.now())
+        if info is None:
+            return alloc
+        return replace(
+            alloc,
+            position=info.position,
+            waiting_reason=info.reason,
+            waiting_code=info.code,
+            estimated_start=info.estimated_start,
+            estimate_basis=info.estimate_basis,
+        )
 
 
 def _gpu(r: Row[Any]) -> Gpu:

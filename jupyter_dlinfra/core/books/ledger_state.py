@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -20,8 +19,10 @@ __all__ = [
     "DEFAULT_DURATION",
     "GroupsOf",
     "class_of",
+    "demand_of",
+    "groups_of_row",
     "load_scheduler",
-    "recent_durations",
+    "recent_spans",
 ]
 
 GroupsOf = Callable[[str], Iterable[str]]
@@ -41,7 +42,8 @@ def groups_json(groups: Iterable[str]) -> str:
     return json.dumps(sorted(set(groups)))
 
 
-def _groups(raw: str | None, user: str, groups_of: GroupsOf) -> tuple[str, ...]:
+def groups_of_row(raw: str | None, user: str, groups_of: GroupsOf) -> tuple[str, ...]:
+    """The groups a request was made with (stored as JSON), else the user's groups now."""
     if raw:
         try:
             parsed = json.loads(raw)
@@ -76,7 +78,7 @@ def load_scheduler(
     ):
         held[aid].append(uuid)
     for alloc in active:
-        groups = _groups(raw_groups.get(alloc.id), alloc.user, groups_of)
+        groups = groups_of_row(raw_groups.get(alloc.id), alloc.user, groups_of)
         klass = class_of(alloc, policy)
         if alloc.state is AllocationState.GRANTED:
             s.hold(
@@ -95,7 +97,9 @@ def load_scheduler(
     for alloc in active:
         if alloc.state is AllocationState.QUEUED:
             s.submit(
-                demand_of(alloc, policy, _groups(raw_groups.get(alloc.id), alloc.user, groups_of))
+                demand_of(
+                    alloc, policy, groups_of_row(raw_groups.get(alloc.id), alloc.user, groups_of)
+                )
             )
     for row in conn.execute(select(fairshare).order_by(fairshare.c.user)):
         s.load_usage(row.user, groups_of(row.user), row.gpu_seconds, row.at)
@@ -126,10 +130,10 @@ def demand_of(alloc: Allocation, policy: SchedulingPolicy, groups: tuple[str, ..
     )
 
 
-def recent_durations(
+def recent_spans(
     conn: Connection, policy: SchedulingPolicy, sample: int = 200
-) -> dict[str, float]:
-    """Median holding time of each class that has released grants, over the latest ones."""
+) -> dict[str, list[float]]:
+    """How long the latest released grants of each class were held (s), oldest first."""
     rows = conn.execute(
         select(
             allocations.c.priority_class,
@@ -154,4 +158,4 @@ def recent_durations(
         )
         if len(spans[name]) < sample:
             spans[name].append(max(r.ended_at - r.granted_at, 0.0))
-    return {c.name: statistics.median(spans[c.name]) for c in policy.classes if spans.get(c.name)}
+    return {name: found[::-1] for name, found in spans.items()}

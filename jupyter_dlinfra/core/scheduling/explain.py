@@ -10,19 +10,25 @@ Reasons (``code``):
 - ``no_free_gpu``: not enough GPUs (of its model, on its node) are free at all; holders listed;
 - ``starting``: GPUs are free for it; the next pass grants them.
 
-Estimated starts replay the scheduler forward on a copy, releasing each holding at its expected
-end (the caller's guess: typical durations from history); they are estimates and say so, and
-say what they rest on (``basis``): ``history`` when every holding time they assume is a recent
-one of its class, ``default`` when one of them is the default (a class without history).
+GPUs the last pass reserved (or kept) for a request are counted as its own: the others are told
+they are kept for it, and nothing is promised a start that the pass would not make.
+
+Estimated starts replay a node's queue forward, releasing each holding at its expected end (the
+caller's guess: typical durations from history); they are estimates and say so, and say what
+they rest on (``basis``): ``history`` when every holding time they assume is a recent one of its
+class, ``default`` when one of them is the default (a class without history).
+
+:func:`explain_node` does both for one node's queue: a request waits for GPUs of its own node and
+competes only with those pinned there, so its explanation costs what its node holds and waits
+for, not the whole queue.
 """
 
 from __future__ import annotations
 
-import copy
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, factor
@@ -30,7 +36,15 @@ from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding
 from jupyter_dlinfra.core.wording import plural
 
-__all__ = ["Estimate", "WaitInfo", "estimate_starts", "explain", "order", "standings"]
+__all__ = [
+    "Estimate",
+    "WaitInfo",
+    "estimate_node",
+    "explain",
+    "explain_node",
+    "order",
+    "standings",
+]
 
 #: what an estimate rests on: recent holding times of the classes involved, or (for at least
 #: one holding it waits for) the default holding time of a class without history
@@ -59,37 +73,53 @@ class Estimate:
 
 def order(s: Scheduler) -> list[Demand]:
     """Waiting requests in the order a pass would look at them, if nothing changed."""
-    limit = s.policy.starvation_limit
-
-    def key(d: Demand) -> tuple[float, ...]:
-        tier = s.policy.class_map[d.klass].priority
-        if limit and s.now - d.submitted_at >= limit:
-            return (-tier, 0.0, d.submitted_at, d.id)
-        account = s._ranking_account(d.user)
-        return (-tier, 1.0, s._account_key(account), s._user_key(d.user), d.submitted_at, d.id)
-
-    return sorted(s.demands.values(), key=key)
+    return sorted(s.demands.values(), key=s.order_key)
 
 
-def explain(s: Scheduler) -> dict[int, WaitInfo]:
-    queue = order(s)
+def explain(s: Scheduler, node: str | None = None) -> dict[int, WaitInfo]:
+    """Every waiting request's place and reason; with ``node``, those pinned to it alone (their
+    explanation depends on that node alone, so it costs what the node holds and waits for)."""
+    queue = order(s) if node is None else s.pinned(node)
     if not queue:
         return {}
     policy = s.policy
-    pools = s._pool_list
+    pools = s._pool_list if node is None else s._node_pools.get(node, [])
     free = {p.id: len(p.free) for p in pools}
     real_free = dict(free)
     holders: dict[str, Counter[str]] = defaultdict(Counter)  # model -> user -> GPUs
-    for uuid, hid in s._holder_of.items():
-        pool = s._pool_of.get(uuid)
-        if pool is not None:
-            holders[pool.model][s.holdings[hid].user] += 1
+    for pool in pools:
+        for uuid in pool.gpus:
+            hid = s._holder_of.get(uuid)
+            if hid is not None:
+                holders[pool.model][s.holdings[hid].user] += 1
     #: model -> (highest class that took or kept its GPUs in this walk, users who did)
     takers: dict[str, tuple[int, set[str]]] = {}
-    reservations = policy.reservations
+
+    def took(model: str, tier: int, user: str) -> None:
+        best, users = takers.get(model, (tier, set()))
+        takers[model] = (max(best, tier), users | {user})
+
+    # what the last pass set aside for a request is free for it alone
+    set_aside: dict[int, Counter[int]] = defaultdict(Counter)
+    for rid, uuids in s.reserved.items():
+        keeper = s.demands.get(rid)
+        if keeper is None:
+            continue
+        for uuid in uuids:
+            kept_on = s._pool_of.get(uuid)
+            if kept_on is None or kept_on.id not in free or uuid not in kept_on.free:
+                continue
+            if free[kept_on.id] > 0:
+                set_aside[rid][kept_on.id] += 1
+                free[kept_on.id] -= 1
+                took(kept_on.model, policy.class_map[keeper.klass].priority, keeper.user)
     view: dict[int, WaitInfo] = {}
     places: Counter[str | None] = Counter()
     for d in queue:
+        mine = set_aside.pop(d.id, None)
+        if mine:
+            for pid, n in mine.items():
+                free[pid] += n
         # a pinned request competes only with those pinned to its node
         places[d.node] += 1
         position = places[d.node]
@@ -110,12 +140,11 @@ def explain(s: Scheduler) -> dict[int, WaitInfo]:
             if d.node is None and not d.gang:
                 ranked = [p for p in ranked if free[p.id] >= need] or ranked[:1]
             for p in ranked:
-                took = min(free[p.id], need)
-                free[p.id] -= took
-                need -= took
-                if took:
-                    best, users = takers.get(p.model, (tier, set()))
-                    takers[p.model] = (max(best, tier), users | {d.user})
+                taken = min(free[p.id], need)
+                free[p.id] -= taken
+                need -= taken
+                if taken:
+                    took(p.model, tier, d.user)
                 if need <= 0:
                     break
 
@@ -153,8 +182,7 @@ def explain(s: Scheduler) -> dict[int, WaitInfo]:
                 held.update(holders.get(m, Counter()))
             if held:
                 reason += "; held by " + ", ".join(f"{u} ({n})" for u, n in held.most_common(5))
-            if reservations > 0:
-                reservations -= 1
+            if mine:
                 consume()
         view[d.id] = WaitInfo(request_id=d.id, position=position, code=code, reason=reason)
     return view
@@ -182,60 +210,6 @@ def _why_kept(
         more = "..." if len(ahead) > 3 else ""
         return "fair_share", f"users with less recent GPU use ({', '.join(ahead[:3])}{more})"
     return "order", "earlier requests"
-
-
-def estimate_starts(
-    s: Scheduler,
-    expected_end: Callable[[Holding], float],
-    duration: Callable[[Demand], float],
-    *,
-    assumed: Callable[[str], bool] = lambda klass: False,
-    horizon: float = 14 * 86400.0,
-    max_steps: int = 5000,
-) -> dict[int, Estimate]:
-    """When each waiting request may start if holdings end when expected (a copy is replayed).
-
-    ``assumed(klass)``: whether the holding times of a class are the default rather than its
-    history; an estimate that waits for the end of such a holding says so (basis DEFAULT). A
-    preempted holding's end is its stopping grace, which assumes no holding time.
-    """
-    if not s.demands:
-        return {}
-    sim = copy.deepcopy(s)
-    waiting = set(sim.demands)
-    starts: dict[int, Estimate] = {}
-    ends: list[tuple[float, int]] = []
-    # holdings (and grants of the replay) whose end comes from a default holding time
-    guessed: set[int] = set()
-    for h in sim.holdings.values():
-        heapq.heappush(ends, (max(expected_end(h), sim.now), h.id))
-        if h.preempted_for is None and assumed(h.klass):
-            guessed.add(h.id)
-    now = sim.now
-    rests_on_default = False
-    steps = 0
-    while True:
-        out = sim.schedule(now)
-        for g in out.grants:
-            if g.request_id in waiting:
-                starts[g.request_id] = Estimate(
-                    at=now, basis=DEFAULT if rests_on_default else HISTORY
-                )
-            demand = s.demands[g.request_id]
-            heapq.heappush(ends, (now + duration(demand), g.request_id))
-            if assumed(demand.klass):
-                guessed.add(g.request_id)
-        if len(starts) == len(waiting) or not ends or steps >= max_steps:
-            break
-        now, hid = heapq.heappop(ends)
-        if now > s.now + horizon:
-            break
-        if hid in sim.holdings:
-            sim.release(hid)
-            # every start from here on waited for this end, as far as the replay can tell
-            rests_on_default = rests_on_default or hid in guessed
-        steps += 1
-    return starts
 
 
 def standings(s: Scheduler) -> list[Standing]:
@@ -274,3 +248,90 @@ def standings(s: Scheduler) -> list[Standing]:
             )
         )
     return out
+
+
+def explain_node(
+    s: Scheduler,
+    node: str,
+    *,
+    expected_end: Callable[[Holding], float],
+    duration: Callable[[Demand], float],
+    assumed: Callable[[str], bool] = lambda klass: False,
+    horizon: float = 14 * 86400.0,
+) -> dict[int, WaitInfo]:
+    """Place, reason and estimated start of each request pinned to ``node``."""
+    view = explain(s, node)
+    if not view:
+        return {}
+    starts = estimate_node(s, node, expected_end, duration, assumed=assumed, horizon=horizon)
+    return {
+        rid: replace(
+            info,
+            estimated_start=starts[rid].at if rid in starts else None,
+            estimate_basis=starts[rid].basis if rid in starts else None,
+        )
+        for rid, info in view.items()
+    }
+
+
+def estimate_node(
+    s: Scheduler,
+    node: str,
+    expected_end: Callable[[Holding], float],
+    duration: Callable[[Demand], float],
+    *,
+    assumed: Callable[[str], bool] = lambda klass: False,
+    horizon: float = 14 * 86400.0,
+) -> dict[int, Estimate]:
+    """When each request pinned to ``node`` may start if holdings end when expected.
+
+    The node's queue is replayed in its order of service: each request starts once enough GPUs
+    of its models are free and not before the one ahead of it, then holds them for its class's
+    typical time. A request held back by a quota gets no estimate (its start depends on what
+    its owner holds elsewhere). ``assumed(klass)``: whether a class's holding time is the
+    default rather than its history; an estimate that waits for such an end says so (basis
+    DEFAULT). A preempted holding's end is its stopping grace, which assumes no holding time.
+    """
+    pools = s._node_pools.get(node, [])
+    free: Counter[str] = Counter({p.model: len(p.free) for p in pools})
+    ends: list[tuple[float, int, Counter[str], bool]] = []
+    seen: set[int] = set()
+    for pool in pools:
+        for uuid in pool.gpus:
+            hid = s._holder_of.get(uuid)
+            if hid is None or hid in seen:
+                continue
+            seen.add(hid)
+            h = s.holdings[hid]
+            here = Counter(
+                s._pool_of[u].model
+                for u in h.gpus
+                if u in s._pool_of and s._pool_of[u].node == node
+            )
+            guessed = h.preempted_for is None and assumed(h.klass)
+            heapq.heappush(ends, (max(expected_end(h), s.now), hid, here, guessed))
+    starts: dict[int, Estimate] = {}
+    now = s.now
+    rests_on_default = False
+    for d in s.pinned(node):
+        if s.over_quota(d) is not None:
+            continue
+        models = s._models(d.model)
+        while sum(free[m] for m in models) < d.count and ends:
+            at, _, back, guessed = heapq.heappop(ends)
+            now = max(now, at)
+            free.update(back)
+            # every start from here on waited for this end, as far as the replay can tell
+            rests_on_default = rests_on_default or guessed
+        if sum(free[m] for m in models) < d.count or now > s.now + horizon:
+            break  # later requests start no earlier than this one
+        need = d.count
+        taken: Counter[str] = Counter()
+        for m in models:
+            got = min(free[m], need)
+            free[m] -= got
+            taken[m] += got
+            need -= got
+        starts[d.id] = Estimate(at=now, basis=DEFAULT if rests_on_default else HISTORY)
+        heapq.heappush(ends, (now + duration(d), -d.id, taken, assumed(d.klass)))
+    return starts

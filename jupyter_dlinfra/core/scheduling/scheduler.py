@@ -22,11 +22,18 @@ One pass, for requests in order (class priority, then fair share, then age; see 
 A pass stops early once no free GPU is left and nobody can preempt, or after ``max_scan``
 requests beyond the reservations (SLURM's ``default_queue_depth``, 100): the cost of a pass
 follows the GPUs that changed, not the length of the queue.
+
+5. then it is work-conserving for requests pinned to a node, whatever the scan limit: on every
+   node where something changed since the last pass (GPUs freed or added, a request arrived, a
+   quota's holder released, GPUs reserved or kept last pass), the requests pinned there are
+   looked at in order and granted while they fit in what is free and not reserved (within
+   quota first, then borrowers). A node where nothing fitted is not looked at again until
+   something changes there, so a pass costs what changed, not the queue behind it.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -45,6 +52,7 @@ from jupyter_dlinfra.core.scheduling.types import (
 )
 
 __all__ = ["Scheduler"]
+
 
 #: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
 REFRESH_INTERVAL = 60.0
@@ -111,6 +119,14 @@ class Scheduler:
         #: request id -> the pools its victims are on: their freed GPUs are kept for it
         self._nominated: dict[int, list[int]] = {}
         self._refreshed = now
+        #: node -> the requests pinned to it (id -> demand)
+        self._pinned: dict[str, dict[int, Demand]] = defaultdict(dict)
+        #: nodes whose pinned requests the next pass looks at again (see the module's step 5)
+        self._dirty: set[str] = set()
+        #: ("user", name) or ("group", name) -> nodes their pinned requests wait on (how many)
+        self._nodes_waited: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        #: request id -> the GPUs the last pass reserved or kept for it (free, but not for others)
+        self.reserved: dict[int, tuple[str, ...]] = {}
 
     # -- inventory -------------------------------------------------------------------------------
 
@@ -135,6 +151,7 @@ class Scheduler:
                 pool.free.append(slot.uuid)
                 pool.free.sort(key=pool.gpus.__getitem__)
             self._moved(pool, before)
+            self._dirty.add(slot.node)
 
     def remove_gpu(self, uuid: str) -> None:
         """A GPU is gone: never handed out again (its holder keeps it until it releases)."""
@@ -228,9 +245,11 @@ class Scheduler:
             pool.free.append(uuid)
             pool.free.sort(key=pool.gpus.__getitem__)
             self._moved(pool, before)
+            self._dirty.add(pool.node)
         self._unindex_victim(holding)
         self._victim_epoch += 1
         self._charge(holding.user, holding.groups, -len(holding.gpus))
+        self._quota_freed(holding.user, holding.groups)
         if holding.preempted_for is not None:
             left = self.pending[holding.preempted_for] - len(holding.gpus)
             if left > 0:
@@ -274,6 +293,9 @@ class Scheduler:
                 self._index_victim(holding)
         waiting = list(self.demands.values())
         self.demands.clear()
+        self._pinned.clear()
+        self._nodes_waited.clear()
+        self._dirty.update(self._node_pools)
         self.ranking = self._new_ranking()
         for demand in waiting:
             if demand.klass not in policy.class_map:
@@ -290,6 +312,10 @@ class Scheduler:
             raise InvalidRequest(f"ask for at least 1 GPU (got {demand.count})")
         self.policy.klass(demand.klass)
         self.demands[demand.id] = demand
+        if demand.node is not None:
+            self._pinned[demand.node][demand.id] = demand
+            self._dirty.add(demand.node)
+            self._count_waiting(demand, 1)
         self._set_account(demand.user, demand.groups)
         self.ranking.add(demand)
 
@@ -298,6 +324,10 @@ class Scheduler:
         if demand is None:
             raise NotFound(f"no waiting request {request_id}")
         self.ranking.remove(demand)
+        self._unpin(demand)
+        if self.reserved.pop(request_id, None) is not None or request_id in self._nominated:
+            # what was set aside for it may go to others
+            self._dirty.update(self._nodes_of(request_id))
         self._nominated.pop(request_id, None)
         if self.pending.pop(request_id, None):
             # its victims are no longer wanted: they may be chosen again for someone else
@@ -305,6 +335,7 @@ class Scheduler:
                 if holding.preempted_for == request_id:
                     unmarked = replace(holding, preempted_for=None)
                     self.holdings[holding.id] = unmarked
+                    self._dirty.update(p.node for p in self._pools_of(unmarked))
                     if self._may_be_preempted(unmarked):
                         self._index_victim(unmarked)
         return demand
@@ -319,10 +350,13 @@ class Scheduler:
             self.ranking.rebuild()
         out = Outcome()
         if not self.demands:
+            self._dirty.clear()
+            self.reserved = {}
             return out
         policy = self.policy
         reservations_left = policy.reservations
         reserved: list[tuple[_Pool, list[str]]] = []
+        reserved_for: dict[int, list[tuple[_Pool, list[str]]]] = {}
         borrowers: list[Demand] = []
         blocked: list[Demand] = []
         can_preempt = policy.preemption and bool(self._victim_pools)
@@ -359,7 +393,10 @@ class Scheduler:
                     blocked.append(demand)
                 if reservations_left > 0:
                     reservations_left -= 1
-                    reserved.extend(self._reserve(demand))
+                    kept_now = self._reserve(demand)
+                    reserved.extend(kept_now)
+                    if kept_now:
+                        reserved_for[demand.id] = kept_now
                 else:
                     scanned_beyond += 1
                     if scanned_beyond >= self.max_scan:
@@ -372,12 +409,75 @@ class Scheduler:
                     self._grant(demand, gpus, True, out)
         finally:
             walk.close()
+        self._backfill(out)
+        self.reserved = {
+            rid: tuple(u for _, uuids in taken for u in uuids) for rid, taken in kept.items()
+        }
+        for rid, taken in reserved_for.items():
+            self.reserved[rid] = self.reserved.get(rid, ()) + tuple(
+                u for _, uuids in taken for u in uuids
+            )
+        # what is set aside now may be free for others at the next pass
+        self._dirty.update(
+            self._pool_of[u].node for g in self.reserved.values() for u in g if u in self._pool_of
+        )
         for taken in kept.values():
             self._give_back(taken)
         self._give_back(reserved)
         if can_preempt:
             self._preempt(blocked, out)
         return out
+
+    def _backfill(self, out: Outcome) -> None:
+        """Step 5: on the nodes that changed, grant the pinned requests that fit, in order."""
+        dirty, self._dirty = self._dirty, set()
+        if self.free_total == 0:
+            return  # nothing fits anywhere; the nodes that change later are marked again
+        for node in dirty:
+            pinned = self._pinned.get(node)
+            pools = self._node_pools.get(node, [])
+            if not pinned or not any(p.free for p in pools):
+                continue
+            lenders: list[Demand] = []
+            for demand in sorted(pinned.values(), key=self.order_key):
+                if not any(p.free for p in pools):
+                    break
+                if self.over_quota(demand) is not None:
+                    if self._may_borrow(demand):
+                        lenders.append(demand)
+                    continue
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, False, out)
+            for demand in lenders:
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, True, out)
+
+    def order_key(self, demand: Demand) -> tuple[float, ...]:
+        """Where ``demand`` stands in the order of service if nothing changes: class, then
+        (unless it waited past the starvation limit) fair share of its account and user, then
+        age."""
+        tier = self.policy.class_map[demand.klass].priority
+        limit = self.policy.starvation_limit
+        if limit and self.now - demand.submitted_at >= limit:
+            return (-tier, 0.0, demand.submitted_at, demand.id)
+        account = self._ranking_account(demand.user)
+        return (
+            -tier,
+            1.0,
+            self._account_key(account),
+            self._user_key(demand.user),
+            demand.submitted_at,
+            demand.id,
+        )
+
+    def pinned_count(self, node: str) -> int:
+        return len(self._pinned.get(node, ()))
+
+    def pinned(self, node: str) -> list[Demand]:
+        """The requests waiting for GPUs of ``node``, in the order of service."""
+        return sorted(self._pinned.get(node, {}).values(), key=self.order_key)
 
     def _keep_nominated(self) -> dict[int, list[tuple[_Pool, list[str]]]]:
         """Set aside the free GPUs on nominated pools for their requests (as Kubernetes does for
@@ -526,6 +626,7 @@ class Scheduler:
     def _grant(self, demand: Demand, gpus: list[str], borrowed: bool, out: Outcome) -> None:
         del self.demands[demand.id]
         self.ranking.remove(demand)
+        self._unpin(demand)
         self._nominated.pop(demand.id, None)
         holding = Holding(
             id=demand.id,
@@ -592,6 +693,45 @@ class Scheduler:
         self._akeys.pop(account, None)
         self.ranking.rerank(user)
         self.ranking.rerank_account(account)
+
+    def _unpin(self, demand: Demand) -> None:
+        if demand.node is not None:
+            pinned = self._pinned.get(demand.node)
+            if pinned is not None and pinned.pop(demand.id, None) is not None:
+                self._count_waiting(demand, -1)
+                if not pinned:
+                    del self._pinned[demand.node]
+
+    def _pools_of(self, holding: Holding) -> set[_Pool]:
+        return {self._pool_of[u] for u in holding.gpus if u in self._pool_of}
+
+    def _nodes_of(self, request_id: int) -> set[str]:
+        """The nodes of what was reserved, kept or preempted for a request."""
+        nodes = {
+            self._pool_of[u].node for u in self.reserved.get(request_id, ()) if u in self._pool_of
+        }
+        nodes.update(self._pool_list[pid].node for pid in self._nominated.get(request_id, ()))
+        return nodes
+
+    def _quota_freed(self, user: str, groups: tuple[str, ...]) -> None:
+        """A holder released: its requests (and those of its quota groups) may fit now."""
+        policy = self.policy
+        if policy.quota_of_user(user) is not None:
+            self._dirty.update(self._nodes_waited["user", user])
+        for group in groups:
+            if group in policy.group_quotas:
+                self._dirty.update(self._nodes_waited["group", group])
+
+    def _count_waiting(self, demand: Demand, delta: int) -> None:
+        """Keep ``_nodes_waited`` right as a pinned request comes or goes."""
+        node = demand.node
+        if node is None:
+            return
+        for key in (("user", demand.user), *(("group", g) for g in demand.groups)):
+            nodes = self._nodes_waited[key]
+            nodes[node] += delta
+            if nodes[node] <= 0:
+                del nodes[node]
 
     def _new_ranking(self) -> Ranking:
         ranking = Ranking(

@@ -1,0 +1,181 @@
+"""The ledger's scheduling state kept in memory: its one scheduler, and what it tells waiters.
+
+The process that writes the ledger holds its GPUs, grants, waiting requests, fair-share usage
+and policy here (Kueue's cache and snapshot), changed by each write as it writes its rows, so a
+change costs what it changes, not a reload of the tables. The database stays the record: this
+state is current as of one value of the store's ledger counter (``LEDGER_VERSION``); when another
+process has moved it, the state is loaded again before anything is decided or shown.
+
+Waiting requests' places, reasons and estimated starts are worked out per node (a request waits
+for GPUs of its own node) when first asked for, and kept until the next change, or for
+``VIEW_TTL`` seconds while nothing changes (estimates are relative to now).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
+from jupyter_dlinfra.core.scheduling import explain
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand, Holding
+
+__all__ = ["QUOTA_WAIT", "Durations", "LedgerCache", "Waiting"]
+
+#: how the reason of a cluster's request held back by a quota begins (its waiting code: quota)
+QUOTA_WAIT = "over quota: "
+#: a preempted job is expected to stop within this long (for estimates only)
+PREEMPT_GRACE = 30.0
+#: how long explanations are kept while the ledger does not change (s)
+VIEW_TTL = 1.0
+#: released grants per class whose median is the class's typical holding time
+SAMPLE = 200
+
+
+class Durations:
+    """The typical holding time of each class: the median of its latest released grants."""
+
+    def __init__(self, spans: dict[str, list[float]] | None = None, sample: int = SAMPLE) -> None:
+        """``spans``: holding times per class, oldest first."""
+        self.sample = sample
+        self._spans: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=self.sample))
+        for klass, found in (spans or {}).items():
+            self._spans[klass].extend(found)
+        self._typical: dict[str, float] | None = None
+
+    def add(self, klass: str, seconds: float) -> None:
+        """A grant of ``klass`` ended after ``seconds`` (added in the order they ended)."""
+        self._spans[klass].append(max(seconds, 0.0))
+        self._typical = None
+
+    def typical(self) -> dict[str, float]:
+        """Median holding time of each class that has released grants."""
+        if self._typical is None:
+            self._typical = {k: statistics.median(v) for k, v in self._spans.items() if v}
+        return self._typical
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A queued request in memory: who asked and when, and for a request that a cluster's
+    scheduler places, on which node and the cluster's reason (None: this ledger schedules it)."""
+
+    kernel_id: str
+    created_at: float
+    node: str
+    placed_reason: str | None = None
+    placed: bool = False
+
+
+@dataclass
+class LedgerCache:
+    """The scheduling state as of ledger counter ``version``."""
+
+    version: int
+    policy: SchedulingPolicy
+    sched: Scheduler
+    durations: Durations
+    #: every active allocation (queued or granted) -> its kernel
+    kernel_of: dict[int, str]
+    #: queued allocations: the ledger's (also in ``sched.demands``) and the cluster's
+    waiting: dict[int, Waiting]
+    #: the waiting requests may include some that lost their GPUs: check them at the next pass
+    check_all: bool = True
+    #: changed since the write that uses it began (then a failed write cannot keep it)
+    dirty: bool = False
+    _views: dict[str, dict[int, explain.WaitInfo]] = field(default_factory=dict)
+    _views_at: float = 0.0
+    _order: list[int] | None = None
+    _placed_order: list[int] | None = None
+
+    def changed(self) -> None:
+        """The state is about to change: forget what was worked out from it."""
+        self.dirty = True
+        self._views.clear()
+        self._order = None
+        self._placed_order = None
+
+    def become(self, other: LedgerCache) -> None:
+        """Take the state of ``other`` (loaded again within the write that changed it)."""
+        self.__dict__.update(other.__dict__)
+        self.changed()
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def length(self, node: str | None = None) -> int:
+        if node is None:
+            return len(self.waiting)
+        placed = sum(1 for aid in self._placed() if self.waiting[aid].node == node)
+        return self.sched.pinned_count(node) + placed
+
+    def order(self, now: float) -> list[int]:
+        """Every waiting request in the order of service: the ledger's, then the cluster's (in
+        the order they came; the cluster serves them in its own order)."""
+        self._fresh(now)
+        if self._order is None:
+            mine = sorted(self.sched.demands.values(), key=self.sched.order_key)
+            self._order = [d.id for d in mine] + self._placed()
+        return self._order
+
+    def node_order(self, node: str, now: float) -> list[int]:
+        self._fresh(now)
+        mine = [d.id for d in self.sched.pinned(node)]
+        return mine + [aid for aid in self._placed() if self.waiting[aid].node == node]
+
+    def wait_info(self, allocation_id: int, now: float) -> explain.WaitInfo | None:
+        """Place, reason and estimated start of a queued request; None if it does not wait."""
+        waiting = self.waiting.get(allocation_id)
+        if waiting is None:
+            return None
+        if waiting.placed:
+            placed = self._placed()
+            reason = waiting.placed_reason or ""
+            return explain.WaitInfo(
+                request_id=allocation_id,
+                position=placed.index(allocation_id) + 1,
+                code="quota" if reason.startswith(QUOTA_WAIT) else "cluster",
+                reason=reason or "waiting for the cluster's scheduler",
+            )
+        self._fresh(now)
+        view = self._views.get(waiting.node)
+        if view is None:
+            view = self._views[waiting.node] = self._explain(waiting.node, now)
+        return view.get(allocation_id)
+
+    def _placed(self) -> list[int]:
+        if self._placed_order is None:
+            self._placed_order = sorted(aid for aid, w in self.waiting.items() if w.placed)
+        return self._placed_order
+
+    def _fresh(self, now: float) -> None:
+        if now - self._views_at >= VIEW_TTL or now < self._views_at:
+            self._views.clear()
+            self._order = None
+            self._views_at = now
+            # fair-share keys are as of the scheduler's now
+            self.sched.now = max(self.sched.now, now)
+
+    def _explain(self, node: str, now: float) -> dict[int, explain.WaitInfo]:
+        typical = self.durations.typical()
+
+        def lasts(klass: str) -> float:
+            return typical.get(klass, DEFAULT_DURATION)
+
+        def expected_end(h: Holding) -> float:
+            if h.preempted_for is not None:
+                return now + PREEMPT_GRACE
+            return max(h.granted_at + lasts(h.klass), now + 60.0)
+
+        def duration(d: Demand) -> float:
+            return lasts(d.klass)
+
+        return explain.explain_node(
+            self.sched,
+            node,
+            expected_end=expected_end,
+            duration=duration,
+            assumed=lambda klass: klass not in typical,
+        )
