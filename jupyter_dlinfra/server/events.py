@@ -12,6 +12,12 @@ seconds. A poke that changed nothing visible (same ledger version, same sample, 
 event) builds nothing. With no subscriber the producer rests; the next subscriber, or a metrics
 scrape, builds what it needs on demand.
 
+What a snapshot holds is bounded by the cluster, not by the queue: the GPUs, the granted
+allocations (each holds at least one GPU), the first ``queue_page`` waiting requests in the order
+of service and the number of all that wait. So one build serves every subscriber whatever the
+queue's length; a client reads further pages, and its own requests beyond the first page, through
+``GET queue?offset=`` and ``GET allocations?user=`` when the snapshot's ``version`` moves.
+
 Notices come from two sources, in one stream:
 
 - ledger events read with ``Ledger.events(since=...)`` as snapshots are built: ids are the
@@ -47,10 +53,12 @@ from jupyter_dlinfra.telemetry import GpuSample
 if TYPE_CHECKING:
     from jupyter_dlinfra.server.sources import StreamSource
 
-__all__ = ["KEEPALIVE", "Broadcaster", "Snapshot", "Subscription", "WaitHistogram"]
+__all__ = ["KEEPALIVE", "QUEUE_PAGE", "Broadcaster", "Snapshot", "Subscription", "WaitHistogram"]
 
 #: an SSE comment: keeps proxies from timing the connection out, ignored by EventSource
 KEEPALIVE = b": keepalive\n\n"
+#: waiting requests a snapshot lists (the first, in the order of service); the rest are counted
+QUEUE_PAGE = 50
 #: bucket bounds (seconds) of the grant wait histogram: immediate grants up to an hour's wait
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _EVENT_PAGE = 1000
@@ -74,7 +82,11 @@ class Snapshot:
     version: int
     gpus: tuple[Gpu, ...]
     holders: Mapping[str, Allocation]
+    #: the first waiting requests in the order of service (a page, see ``queue_length``)
     queue: tuple[Allocation, ...]
+    #: how many requests wait in all
+    queue_length: int
+    #: the granted allocations, by id (queued ones are in ``queue``)
     allocations: tuple[Allocation, ...]
     samples: Mapping[str, GpuSample]
     simulated: bool
@@ -181,11 +193,16 @@ class Broadcaster:
         debounce: float = 0.05,
         keepalive: float = 15.0,
         queue_size: int = 16,
+        queue_page: int = QUEUE_PAGE,
     ) -> None:
+        if queue_page < 0:
+            raise ValueError(f"queue_page must be 0 or more, not {queue_page}")
         self._source = source
         self.debounce = debounce
         self.keepalive = keepalive
         self.queue_size = queue_size
+        #: waiting requests each snapshot lists; the others are only counted
+        self.queue_page = queue_page
         #: snapshots built and serialised (one per change, whatever the number of subscribers)
         self.snapshots_built = 0
         self.grant_waits = WaitHistogram()
@@ -397,8 +414,11 @@ class Broadcaster:
         index = {g.uuid: g for g in all_gpus}
         holders = ledger.holders()
         kernels = {k.kernel_id: k for k in ledger.kernels()}
-        queue = tuple(ledger.queue())
-        active = tuple(ledger.allocations(active=True))
+        # granted allocations from the holders (bounded by the GPUs), the queue by its first page
+        # and a count: nothing here grows with the queue, whatever its length
+        granted = tuple(sorted({a.id: a for a in holders.values()}.values(), key=lambda a: a.id))
+        queue_length = ledger.queue_length()
+        queue = tuple(ledger.queue(limit=self.queue_page)) if queue_length else ()
         notices = self._notices(new_events, kernels)
         now = ledger.clock.now()
         provider = source.provider
@@ -415,11 +435,13 @@ class Broadcaster:
                 samples=samples,
                 provider=provider,
                 local_node=source.settings.node,
-                queue_length=len(queue),
+                queue_length=queue_length,
             ),
+            "version": version,
             "queue": [allocation_json(a, index, simulated=provider.simulated) for a in queue],
+            "queue_length": queue_length,
             "allocations": [
-                allocation_json(a, index, samples, simulated=provider.simulated) for a in active
+                allocation_json(a, index, samples, simulated=provider.simulated) for a in granted
             ],
             "simulated": simulated,
             **idle_view,
@@ -431,7 +453,8 @@ class Broadcaster:
             gpus=present,
             holders=holders,
             queue=queue,
-            allocations=active,
+            queue_length=queue_length,
+            allocations=granted,
             samples=samples,
             simulated=simulated,
             idle={k: str(v.get("state")) for k, v in idle_view["idle"].items()},

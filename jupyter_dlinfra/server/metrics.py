@@ -14,8 +14,9 @@ Series (all gauges unless said otherwise):
 - ``dlinfra_allocated_gpus{user}``: GPUs each user holds, users holding none are left out;
 - ``dlinfra_queue_length``: requests waiting, every node;
 - ``dlinfra_queue_wait_seconds{allocation_id, user, node}``: how long each waiting request has
-  waited so far, one series per queued request (the queue is short; a per-request gauge shows the
-  oldest wait directly, which a summary would hide);
+  waited so far, one series per request of the first page (the event stream's, 50 requests in the
+  order of service): the requests next in line show their waits directly, which a summary would
+  hide, and the series stay bounded when thousands wait;
 - ``dlinfra_grant_wait_seconds`` (histogram): waits of the requests granted since this server
   started, immediate grants included (as 0 s), from the ledger's ``granted`` events of every
   server sharing the ledger;
@@ -136,12 +137,17 @@ class DLInfraCollector(Collector):
             per_user.add_metric([user], count)
         yield per_user
 
+        # the count of all that wait: the snapshot lists only the first page of them
         yield GaugeMetricFamily(
-            "dlinfra_queue_length", "GPU requests waiting in the queue.", value=len(snapshot.queue)
+            "dlinfra_queue_length",
+            "GPU requests waiting in the queue.",
+            value=snapshot.queue_length,
         )
         waits = GaugeMetricFamily(
             "dlinfra_queue_wait_seconds",
-            "Seconds each waiting request has waited so far.",
+            f"Seconds each waiting request has waited so far: the first "
+            f"{self._service.events.queue_page} in the order of service "
+            "(dlinfra_queue_length counts them all).",
             labels=["allocation_id", "user", "node"],
         )
         now = self._service.ledger.clock.now()

@@ -157,9 +157,15 @@ export interface AllocationList {
   simulated: boolean;
 }
 
-/** GET dlinfra/api/queue */
+/** GET dlinfra/api/queue: a page of the waiting requests, in the order of service. */
 export interface Queue {
   queue: Allocation[];
+  /** How many wait in all (absent on old servers, which list the whole queue). */
+  total?: number;
+  offset?: number;
+  limit?: number;
+  /** Where the next page starts, or null after the last. */
+  next_offset?: number | null;
   simulated: boolean;
 }
 
@@ -434,8 +440,19 @@ export interface Snapshot {
   seq: number;
   at: Timestamp;
   cluster: Cluster;
+  /**
+   * The ledger's change counter: it moves with every change, not with telemetry (absent on old
+   * servers).
+   */
+  version?: number;
+  /** The first waiting requests (a page), in the order of service. */
   queue: Allocation[];
-  /** Active allocations (queued and granted), with live GPU metrics. */
+  /** How many wait in all (absent on old servers, whose `queue` is the whole queue). */
+  queue_length?: number;
+  /**
+   * The granted allocations, with live GPU metrics (old servers: the queued ones too); queued
+   * requests further down than `queue` lists are read through `GET allocations?user=`.
+   */
   allocations: Allocation[];
   simulated: boolean;
   /** Idle states by kernel id (kernels the reclaim policy has judged); absent on old servers. */
@@ -642,10 +659,13 @@ export interface IDLInfraClient {
   allocations(options?: {
     kernelId?: string;
     user?: string;
-    state?: 'active' | 'all';
+    state?: 'active' | 'granted' | 'all';
   }): Promise<Allocation[]>;
   allocation(allocationId: number): Promise<Allocation>;
+  /** GET dlinfra/api/queue: its first page (the server's default limit). */
   queue(): Promise<Allocation[]>;
+  /** GET dlinfra/api/queue?offset=&limit=&node=: a page of the queue, with the total. */
+  queuePage(options?: { offset?: number; limit?: number; node?: string }): Promise<Queue>;
   /** POST dlinfra/api/allocations; left out, the class is the policy's `kernel_class`. */
   requestGpus(
     kernelId: string,
@@ -736,7 +756,7 @@ export class DLInfraClient implements IDLInfraClient {
   }
 
   async allocations(
-    options: { kernelId?: string; user?: string; state?: 'active' | 'all' } = {}
+    options: { kernelId?: string; user?: string; state?: 'active' | 'granted' | 'all' } = {}
   ): Promise<Allocation[]> {
     const query: Record<string, string> = {};
     if (options.kernelId) {
@@ -758,8 +778,23 @@ export class DLInfraClient implements IDLInfraClient {
   }
 
   async queue(): Promise<Allocation[]> {
-    const answer = await this._json<Queue>(this.url('queue'));
-    return answer.queue;
+    return (await this.queuePage()).queue;
+  }
+
+  async queuePage(
+    options: { offset?: number; limit?: number; node?: string } = {}
+  ): Promise<Queue> {
+    const query: Record<string, string> = {};
+    if (options.offset !== undefined) {
+      query.offset = String(options.offset);
+    }
+    if (options.limit !== undefined) {
+      query.limit = String(options.limit);
+    }
+    if (options.node) {
+      query.node = options.node;
+    }
+    return this._json<Queue>(this.url('queue') + URLExt.objectToQueryString(query));
   }
 
   async requestGpus(

@@ -8,6 +8,11 @@ from typing import Any
 import psutil
 from playwright.sync_api import expect
 
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.clock import SystemClock
+from jupyter_dlinfra.core.models import KernelRecord
+from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.server.events import QUEUE_PAGE
 from jupyter_dlinfra.testing.server import ServerProcess, wait_until
 
 from .conftest import ARTIFACTS
@@ -120,6 +125,44 @@ def test_queue_entry_then_grant_with_a_notification(lab: Any, page: Any) -> None
     granted = active(server)
     assert [a["kernel_id"] for a in granted] == [queued[0]["kernel_id"]]
     assert json.dumps(granted[0]["state"]) == '"granted"'
+
+
+def test_a_long_queue_shows_its_first_page_and_my_request_further_down(lab: Any, page: Any) -> None:
+    # kernels only the ledger knows (no reconcile pass to end them): one holds the GPU, more
+    # than a page of the owner's requests wait before the notebook's
+    server = lab(gpus=1, args=("--DLInfra.reconcile_interval=0",))
+    user = server.get("dlinfra/api/me")["user"]
+    node = server.get("dlinfra/api/cluster")["nodes"][0]["name"]
+    seeded = QUEUE_PAGE + 4
+    store = Store(server.db_url)
+    try:
+        ledger = Ledger(store, SystemClock())
+        for i in range(seeded + 1):
+            kernel = f"seed-{i}"
+            ledger.register_kernel(
+                KernelRecord(kernel_id=kernel, user=user, node=node, server_id="seed")
+            )
+            ledger.request(kernel_id=kernel, count=1)
+    finally:
+        store.dispose()
+    make_notebook(server, "deep.ipynb", "%gpu 1")
+    open_and_run(page, server, "deep.ipynb")
+    sidebar = open_sidebar(page)
+    queue = sidebar.locator(".jp-DLInfra-section-queue")
+    # the notebook's request, last in line, is not in the stream's page but in "My kernels"
+    mine = sidebar.locator(".jp-DLInfra-myAllocation.jp-mod-queued")
+    expect(mine).to_contain_text(f"queued #{seeded + 1}", timeout=30_000)
+    expect(queue.locator(".jp-DLInfra-queueEntry")).to_have_count(QUEUE_PAGE)
+    expect(queue.locator(".jp-DLInfra-queueRest")).to_have_text("and 5 more waiting")
+
+    queue.locator(".jp-DLInfra-queueMore").click()
+    expect(queue.locator(".jp-DLInfra-queueEntry")).to_have_count(seeded + 1)
+    expect(queue.locator(".jp-DLInfra-queueEntry.jp-mod-mine")).to_have_attribute(
+        "data-position", str(seeded + 1)
+    )
+    expect(queue.locator(".jp-DLInfra-queueRest")).to_have_count(0)
+    queue.locator(".jp-DLInfra-queueFewer").click()
+    expect(queue.locator(".jp-DLInfra-queueEntry")).to_have_count(QUEUE_PAGE)
 
 
 def test_toolbar_requests_and_releases_and_the_status_bar_follows(lab: Any, page: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
+from prometheus_client.parser import text_string_to_metric_families
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from server_kit import register
@@ -25,7 +26,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.httputil import HTTPHeaders
 
 from jupyter_dlinfra.core.models import KernelRecord, LedgerEvent
-from jupyter_dlinfra.server.events import KEEPALIVE, Subscription
+from jupyter_dlinfra.server.events import KEEPALIVE, QUEUE_PAGE, Subscription
 from jupyter_dlinfra.server.notices import notice_from_event
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
@@ -388,6 +389,41 @@ async def test_subscribers_see_the_same_snapshots(
     first = await one.next("snapshot", _granted("k1"))
     second = await two.next("snapshot", _granted("k1"))
     assert first == second, "one snapshot, built once, for both"
+
+
+async def test_a_long_queue_is_one_page_and_a_count_in_the_snapshot(
+    open_stream: Any,
+    api: Any,
+    jp_fetch: Any,
+    dlinfra_app: Any,
+    schemas: dict[str, Draft202012Validator],
+) -> None:
+    """What a snapshot holds is bounded by the cluster, not by the queue: its first page of
+    waiting requests, the count of all, the granted allocations; the metrics still count all."""
+    ledger = dlinfra_app.service.ledger
+    waiting = QUEUE_PAGE + 5
+    register(dlinfra_app, "holder")
+    ledger.request(kernel_id="holder", count=4)
+    for i in range(waiting):
+        register(dlinfra_app, f"w{i}")
+        ledger.request(kernel_id=f"w{i}", count=1)
+    one, two = await open_stream(), await open_stream()
+    snapshot = one.seen("snapshot")[-1]
+    assert two.seen("snapshot")[-1] == snapshot, "one build for both"
+    schemas["Snapshot"].validate(snapshot)
+    assert snapshot["queue_length"] == snapshot["cluster"]["queue_length"] == waiting
+    _, page = await api("GET", f"queue?limit={QUEUE_PAGE}")
+    assert [a["id"] for a in snapshot["queue"]] == [a["id"] for a in page["queue"]]
+    assert len(snapshot["queue"]) == QUEUE_PAGE
+    assert [(a["kernel_id"], a["state"]) for a in snapshot["allocations"]] == [
+        ("holder", "granted")
+    ]
+    assert snapshot["version"] == ledger.version()
+
+    response = await jp_fetch("dlinfra", "metrics")
+    metrics = {f.name: f.samples for f in text_string_to_metric_families(response.body.decode())}
+    assert [s.value for s in metrics["dlinfra_queue_length"]] == [waiting]
+    assert len(metrics["dlinfra_queue_wait_seconds"]) == QUEUE_PAGE
 
 
 async def test_snapshot_work_does_not_grow_with_subscribers(

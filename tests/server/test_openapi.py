@@ -32,7 +32,7 @@ from jupyter_dlinfra.core.scheduling.fairshare import Standing
 from jupyter_dlinfra.core.scheduling.policy import FIELDS as SCHEDULING_FIELDS
 from jupyter_dlinfra.core.scheduling.policy import PriorityClass, SchedulingPolicy
 from jupyter_dlinfra.server.handlers import jobs as job_handlers
-from jupyter_dlinfra.server.handlers.gpus import MAX_WAIT_S
+from jupyter_dlinfra.server.handlers.gpus import MAX_QUEUE_LIMIT, MAX_WAIT_S, QUEUE_LIMIT
 from jupyter_dlinfra.server.handlers.policy import MAX_SIMULATE_HOURS
 from jupyter_dlinfra.server.handlers.routes import ROUTES
 from jupyter_dlinfra.server.notices import notice_from_event
@@ -167,10 +167,19 @@ def test_documented_queries_and_bodies_match_the_handlers(doc: dict[str, Any]) -
         if p["name"] == "wait"
     )
     assert (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (0, MAX_WAIT_S)
+    queue = {
+        p["name"]: p["schema"] for p in doc["paths"]["/dlinfra/api/queue"]["get"]["parameters"]
+    }
+    assert set(queue) == {"limit", "offset", "node"}
+    assert (queue["limit"]["default"], queue["limit"]["maximum"]) == (QUEUE_LIMIT, MAX_QUEUE_LIMIT)
+    allocs = doc["paths"]["/dlinfra/api/allocations"]["get"]
+    state = next(p for p in allocs["parameters"] if p["name"] == "state")
+    assert state["schema"]["enum"] == ["active", "granted", "all"]
 
     schemas = doc["components"]["schemas"]
     assert tuple(schemas["PolicyFields"]["properties"]) == POLICY_FIELDS
     assert set(schemas["PolicyOverride"]["properties"]) == {"exempt"}
+    assert schemas["Queue"]["properties"]["limit"]["maximum"] == MAX_QUEUE_LIMIT
     assert tuple(schemas["SchedulingFields"]["properties"]) == SCHEDULING_FIELDS
     assert tuple(schemas["SchedulingPolicy"]["required"]) == SCHEDULING_FIELDS
     assert set(SchedulingPolicy().to_json()) == set(SCHEDULING_FIELDS)

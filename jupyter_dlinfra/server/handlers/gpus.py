@@ -20,10 +20,12 @@ from jupyter_dlinfra.server.events import Subscription
 from jupyter_dlinfra.server.handlers.base import DLInfraHandler, authorized
 from jupyter_dlinfra.server.parsing import (
     MAX_COUNT,
+    MAX_ID,
     json_field_int,
     json_field_name,
     kernel_id_of,
     path_id,
+    query_int,
     query_name,
     query_number,
     shown,
@@ -34,7 +36,9 @@ from jupyter_dlinfra.server.views import allocation_json, cluster_json
 from jupyter_dlinfra.telemetry import GpuSample
 
 __all__ = [
+    "MAX_QUEUE_LIMIT",
     "MAX_WAIT_S",
+    "QUEUE_LIMIT",
     "AllocationHandler",
     "AllocationsHandler",
     "ClusterHandler",
@@ -45,6 +49,9 @@ __all__ = [
 ]
 
 MAX_WAIT_S = 60.0
+#: waiting requests ``GET queue`` lists when the caller names no ``limit``, and the most it lists
+QUEUE_LIMIT = 100
+MAX_QUEUE_LIMIT = 1000
 
 
 class _Base(DLInfraHandler):
@@ -91,14 +98,28 @@ class AllocationsHandler(_Base):
                 raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
             kernel_id = self.kernel_scope
         state = self.get_query_argument("state", "active")
-        if state not in ("active", "all"):
-            raise ApiError(400, "state must be 'active' or 'all'", code="bad_query")
-        found = await self.service.call(
-            self.service.ledger.allocations,
-            kernel_id=kernel_id,
-            user=query_name(self.get_query_argument("user", None), "user"),
-            active=state == "active",
-        )
+        if state not in ("active", "all", "granted"):
+            raise ApiError(400, "state must be 'active', 'granted' or 'all'", code="bad_query")
+        user = query_name(self.get_query_argument("user", None), "user")
+        found: list[Allocation]
+        if state == "granted":
+            # from the holders: as many as GPUs at most, without reading the queue
+            holders = await self.service.call(self.service.ledger.holders)
+            found = sorted(
+                (
+                    a
+                    for a in {a.id: a for a in holders.values()}.values()
+                    if kernel_id in (None, a.kernel_id) and user in (None, a.user)
+                ),
+                key=lambda a: a.id,
+            )
+        else:
+            found = await self.service.call(
+                self.service.ledger.allocations,
+                kernel_id=kernel_id,
+                user=user,
+                active=state == "active",
+            )
         gpus = await self.gpu_index()
         self.answer({"allocations": [self.view(a, gpus, self.service.samples) for a in found]})
 
@@ -192,11 +213,38 @@ class AllocationHandler(_Base):
 
 
 class QueueHandler(_Base):
+    """A page of the waiting requests, in the order of service, with how many wait in all."""
+
     @authorized("read")
     async def get(self) -> None:
-        queued = await self.service.call(self.service.ledger.queue)
+        limit = query_int(
+            self.get_query_argument("limit", str(QUEUE_LIMIT)),
+            "limit",
+            minimum=0,
+            maximum=MAX_QUEUE_LIMIT,
+        )
+        offset = query_int(
+            self.get_query_argument("offset", "0"), "offset", minimum=0, maximum=MAX_ID
+        )
+        node = query_name(self.get_query_argument("node", None), "node")
+        ledger = self.service.ledger
+        total = await self.service.call(ledger.queue_length, node)
+        queued = (
+            await self.service.call(ledger.queue, node, limit=limit, offset=offset)
+            if limit and offset < total
+            else []
+        )
         gpus = await self.gpu_index()
-        self.answer({"queue": [self.view(a, gpus) for a in queued]})
+        end = offset + len(queued)
+        self.answer(
+            {
+                "queue": [self.view(a, gpus) for a in queued],
+                "total": total,
+                "offset": offset,
+                "limit": limit,
+                "next_offset": end if queued and end < total else None,
+            }
+        )
 
 
 class KernelRestartHandler(_Base):
@@ -235,7 +283,7 @@ async def _keep_gpus(service: GpuService, kernel_id: str) -> None:
 
 
 class EventsHandler(_Base):
-    """Server-sent events: snapshots of the whole ledger and notices, as they happen.
+    """Server-sent events: snapshots of the ledger (its queue by the first page) and notices.
 
     Each frame is built once by the service's broadcaster and written as is to every
     subscriber; this handler only copies bytes from its subscription to its socket.

@@ -54,7 +54,7 @@ export type { ConnectionMode } from './connection';
 export { FairShareModel } from './fairshare';
 export { JobsModel } from './jobs';
 export { LabKernels } from './kernels';
-export { LedgerModel } from './ledger';
+export { LedgerModel, MAX_QUEUE_SHOWN, QUEUE_PAGE } from './ledger';
 export type { IKept, IMyAllocation, ISnapshotApplied } from './ledger';
 export { NoticesModel } from './notices';
 export type { IFailure } from './notices';

@@ -3,6 +3,11 @@
  * the sparklines), the active allocations and the queue, and the idle state and hints of
  * kernels, from the stream's snapshots or REST reads; and the GPU actions (request, release,
  * keep, a notice's buttons).
+ *
+ * A snapshot holds the granted allocations and the first page of the queue only (its size does
+ * not grow with the queue). When more wait than that page lists, the user's own requests
+ * further down are read through REST (GET allocations?user=) as the ledger moves, at most once
+ * a second, and so are further pages of the queue once "Show more" asked for them.
  */
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
@@ -21,6 +26,13 @@ import {
 } from '../api';
 import { Connection, ConnectionMode } from './connection';
 import { LabKernels } from './kernels';
+
+/** Waiting requests a snapshot lists (the server's page), and how many more "Show more" reads. */
+export const QUEUE_PAGE = 50;
+/** The most waiting requests the model lists (the server's largest page). */
+export const MAX_QUEUE_SHOWN = 1000;
+/** What is read beyond a snapshot is read again at most this often (a burst makes one read). */
+const FOLLOW_MIN_INTERVAL_MS = 1_000;
 
 /** An allocation of one of this Lab's kernels, with what the Lab knows of the kernel. */
 export interface IMyAllocation {
@@ -100,9 +112,20 @@ export class LedgerModel implements IDisposable {
   get cluster(): Cluster | null {
     return this._cluster;
   }
-  /** Queued allocations of every node, in serving order. */
+  /**
+   * Queued allocations of every node, in serving order: the first page, and the pages after
+   * it that `showMoreQueue` asked for.
+   */
   get queue(): Allocation[] {
     return this._queue;
+  }
+  /** How many requests wait in all (more than `queue` lists when the queue is long). */
+  get queueLength(): number {
+    return Math.max(this._queueLength, this._queue.length);
+  }
+  /** Whether `showMoreQueue` asked for more than the first page. */
+  get queueExtended(): boolean {
+    return this._queueExtra > 0;
   }
   /** Active (queued and granted) allocations, with live metrics. */
   get allocations(): Allocation[] {
@@ -219,13 +242,16 @@ export class LedgerModel implements IDisposable {
 
   /* ---------------------------------------------------------------- actions */
 
-  /** Fetch cluster, allocations and queue through the REST API once. */
+  /**
+   * Fetch what a snapshot holds through the REST API once (the cluster, the granted
+   * allocations, the first page of the queue), and what is read beyond it.
+   */
   async refresh(): Promise<void> {
     try {
-      const [cluster, allocations, queue] = await Promise.all([
+      const [cluster, allocations, page] = await Promise.all([
         this.client.cluster(),
-        this.client.allocations(),
-        this.client.queue()
+        this.client.allocations({ state: 'granted' }),
+        this.client.queuePage({ limit: QUEUE_PAGE })
       ]);
       if (this._isDisposed) {
         return;
@@ -237,11 +263,15 @@ export class LedgerModel implements IDisposable {
           at: new Date().toISOString(),
           cluster,
           allocations,
-          queue,
+          queue: page.queue,
+          queue_length: page.total ?? cluster.queue_length,
           simulated: cluster.simulated
         },
         false
       );
+      if (this._truncated() || this._queueExtra > 0) {
+        await this._follow();
+      }
       if (this.mode !== 'stream') {
         await this._pollIdle();
       }
@@ -258,6 +288,27 @@ export class LedgerModel implements IDisposable {
   applyLive(snapshot: Snapshot): void {
     this._error = null;
     this._apply(snapshot, true);
+    if (this._version === null || this._version !== this._followedVersion) {
+      this._followSoon();
+    }
+  }
+
+  /**
+   * List the next page of the queue too (GET queue?offset=&limit=), read again as the ledger
+   * moves; rejects with the server's message.
+   */
+  async showMoreQueue(): Promise<void> {
+    const room = MAX_QUEUE_SHOWN - this._queueHead.length;
+    this._queueExtra = Math.max(0, Math.min(this._queueExtra + QUEUE_PAGE, room));
+    await this._readMore();
+  }
+
+  /** List the first page of the queue only again. */
+  showLessQueue(): void {
+    this._queueExtra = 0;
+    this._queueMore = [];
+    this._compose();
+    this._changed.emit();
   }
 
   async requestGpus(
@@ -305,6 +356,10 @@ export class LedgerModel implements IDisposable {
       return;
     }
     this._isDisposed = true;
+    if (this._followTimer !== null) {
+      clearTimeout(this._followTimer);
+      this._followTimer = null;
+    }
     Signal.clearData(this);
   }
 
@@ -321,29 +376,25 @@ export class LedgerModel implements IDisposable {
     }
     this._cluster = snapshot.cluster;
     this._simulated = snapshot.simulated;
-    this._queue = snapshot.queue ?? [];
-    // The stream's `allocations` are the active ones; the queue may repeat queued ones.
-    const byId = new Map<number, Allocation>();
-    for (const a of snapshot.allocations ?? []) {
-      byId.set(a.id, a);
+    this._queueHead = snapshot.queue ?? [];
+    // Old servers send the whole queue and every active allocation, and no count.
+    this._queueLength = snapshot.queue_length ?? this._queueHead.length;
+    this._granted = snapshot.allocations ?? [];
+    if (live) {
+      this._version = snapshot.version ?? null;
     }
-    for (const a of this._queue) {
-      if (!byId.has(a.id)) {
-        byId.set(a.id, a);
-      } else if (a.position !== null) {
-        // The queue's answer says where the request stands: take its place, reason and estimate.
-        byId.set(a.id, {
-          ...byId.get(a.id)!,
-          position: a.position,
-          waiting_reason: a.waiting_reason,
-          waiting_code: a.waiting_code,
-          estimated_start: a.estimated_start
-        });
+    if (!this._truncated()) {
+      this._own = [];
+    } else {
+      // Ours that just left the page stay until the next read of our own says where they are.
+      const known = new Set([...this._queueHead, ...this._granted, ...this._own].map(a => a.id));
+      for (const a of this._allocations) {
+        if (a.state === 'queued' && !known.has(a.id) && this._ours(a)) {
+          this._own.push(a);
+        }
       }
     }
-    this._allocations = [...byId.values()].filter(
-      a => a.state === 'queued' || a.state === 'granted'
-    );
+    this._compose();
     this._updatedAt = Date.now();
 
     this._gpus.clear();
@@ -354,6 +405,124 @@ export class LedgerModel implements IDisposable {
       }
     }
     this._applied.emit({ live });
+    this._changed.emit();
+  }
+
+  /** Whether more wait than the snapshot's page lists. */
+  private _truncated(): boolean {
+    return this._queueLength > this._queueHead.length;
+  }
+
+  /** Whether an allocation is the user's (or, before we know who that is, this Lab's). */
+  private _ours(a: Allocation): boolean {
+    return this._me !== null ? a.user === this._me : this.isMine(a);
+  }
+
+  /** The queue and the active allocations from the last snapshot and what was read beyond it. */
+  private _compose(): void {
+    const queue: Allocation[] = [];
+    const inQueue = new Set<number>();
+    for (const a of [...this._queueHead, ...this._queueMore]) {
+      if (!inQueue.has(a.id)) {
+        inQueue.add(a.id);
+        queue.push(a);
+      }
+    }
+    this._queue = queue;
+    const byId = new Map<number, Allocation>();
+    if (this._truncated()) {
+      // Beyond the page the snapshot cannot say: our own requests as last read. (With the
+      // whole queue in the snapshot, one of them that it does not list has ended.)
+      for (const a of this._own) {
+        if (a.state === 'queued') {
+          byId.set(a.id, a);
+        }
+      }
+    }
+    // The snapshot's grants are all the grants, and its queue is fresher than our last read.
+    for (const a of this._granted) {
+      byId.set(a.id, a);
+    }
+    for (const a of queue) {
+      if (byId.get(a.id)?.state !== 'granted') {
+        byId.set(a.id, a);
+      }
+    }
+    this._allocations = [...byId.values()].filter(
+      a => a.state === 'queued' || a.state === 'granted'
+    );
+  }
+
+  /** Read what lies beyond the snapshot soon: at once, or when the last read is a second old. */
+  private _followSoon(): void {
+    if (this._isDisposed || !(this._truncated() || this._queueExtra > 0)) {
+      return;
+    }
+    if (this._followTimer !== null) {
+      return;
+    }
+    if (this._following) {
+      this._followAgain = true;
+      return;
+    }
+    const wait = Math.max(0, this._lastFollow + FOLLOW_MIN_INTERVAL_MS - Date.now());
+    this._followTimer = window.setTimeout(() => {
+      this._followTimer = null;
+      void this._follow();
+    }, wait);
+  }
+
+  /**
+   * Read the user's own active allocations (when the snapshot's page leaves some waiting
+   * requests out) and the further pages of the queue asked for; failures are tried again with
+   * the next snapshot.
+   */
+  private async _follow(): Promise<void> {
+    if (this._following) {
+      this._followAgain = true;
+      return;
+    }
+    this._following = true;
+    this._lastFollow = Date.now();
+    this._followedVersion = this._version;
+    try {
+      await Promise.all([this._truncated() ? this._readOwn() : null, this._readMore()]);
+    } catch {
+      this._followedVersion = null;
+    } finally {
+      this._following = false;
+      if (this._followAgain) {
+        this._followAgain = false;
+        this._followSoon();
+      }
+    }
+  }
+
+  private async _readOwn(): Promise<void> {
+    if (this._me === null) {
+      const me = await this.client.me();
+      this._me = me.user;
+    }
+    const own = await this.client.allocations({ user: this._me });
+    if (this._isDisposed) {
+      return;
+    }
+    this._own = own;
+    this._compose();
+    this._changed.emit();
+  }
+
+  private async _readMore(): Promise<void> {
+    const limit = this._queueExtra;
+    if (limit <= 0) {
+      return;
+    }
+    const page = await this.client.queuePage({ offset: this._queueHead.length, limit });
+    if (this._isDisposed || this._queueExtra === 0) {
+      return;
+    }
+    this._queueMore = page.queue;
+    this._compose();
     this._changed.emit();
   }
 
@@ -446,7 +615,24 @@ export class LedgerModel implements IDisposable {
 
   private _connection: Connection;
   private _cluster: Cluster | null = null;
+  /** The snapshot's page of the queue, what "Show more" read after it, and both together. */
+  private _queueHead: Allocation[] = [];
+  private _queueMore: Allocation[] = [];
   private _queue: Allocation[] = [];
+  private _queueLength = 0;
+  /** How many waiting requests after the first page "Show more" asked for. */
+  private _queueExtra = 0;
+  private _granted: Allocation[] = [];
+  /** The user's active allocations as last read (GET allocations?user=). */
+  private _own: Allocation[] = [];
+  private _me: string | null = null;
+  /** The ledger version of the last live snapshot, and of the last read beyond one. */
+  private _version: number | null = null;
+  private _followedVersion: number | null = null;
+  private _followTimer: number | null = null;
+  private _following = false;
+  private _followAgain = false;
+  private _lastFollow = 0;
   private _allocations: Allocation[] = [];
   private _gpus = new Map<string, ClusterGpu>();
   private _idle = new Map<string, KernelIdle>();

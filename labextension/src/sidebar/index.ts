@@ -17,7 +17,7 @@ import { IRendered, tickEstimates } from './common';
 import { renderFairShare } from './fairshare';
 import { onJobButton, renderJobs, tickJobs } from './jobs';
 import { onKeep, onRelease, renderMine } from './mine';
-import { renderQueue } from './queue';
+import { onQueueMore, renderQueue } from './queue';
 
 export { MAX_JOBS_SHOWN } from './jobs';
 
@@ -231,6 +231,15 @@ export class DLInfraSidebar extends Widget {
     const release = target.closest<HTMLElement>('.jp-DLInfra-release');
     if (release && this.node.contains(release)) {
       onRelease(ledger, release);
+      return;
+    }
+    const more = target.closest<HTMLButtonElement>('.jp-DLInfra-queueMore');
+    if (more && this.node.contains(more)) {
+      onQueueMore(ledger, more);
+      return;
+    }
+    if (target.closest('.jp-DLInfra-queueFewer')) {
+      ledger.showLessQueue();
     }
   };
 
