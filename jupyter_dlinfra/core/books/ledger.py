@@ -89,13 +89,18 @@ class Ledger:
         *,
         policy: SchedulingPolicy | None = None,
         groups_of: GroupsOf | None = None,
+        max_scan: int = 100,
     ) -> None:
         """``policy``: the configured scheduling policy (one set through the API wins);
-        ``groups_of(user)``: the groups a user belongs to, for group shares and quotas."""
+        ``groups_of(user)``: the groups a user belongs to, for group shares and quotas;
+        ``max_scan``: requests a pass looks at beyond its reservations (SLURM's
+        default_queue_depth; requests pinned to a node that changed are looked at whatever it
+        is)."""
         self.store = store
         self.clock = clock
         self.configured_policy = policy or SchedulingPolicy()
         self.groups_of: GroupsOf = groups_of or (lambda user: ())
+        self.max_scan = max_scan
         self._unreadable_policy = UnreadablePolicy(
             "scheduling", endpoint="/dlinfra/api/scheduling", log=_log
         )
@@ -160,6 +165,7 @@ class Ledger:
                 a for a in active if a.placement != CLUSTER or a.state is AllocationState.GRANTED
             ],
             raw_groups=raw_groups,
+            max_scan=self.max_scan,
         )
         if sched.demands:
             # what the last pass set aside is not written down: a pass on a copy tells it, so
@@ -719,8 +725,11 @@ class Ledger:
             raise InvalidRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
         with self._reading() as (conn, cache):
             now = self.clock.now()
-            ids = cache.order(now) if node is None else cache.node_order(node, now)
-            page = ids[offset:] if limit is None else ids[offset : offset + limit]
+            if node is None:
+                page = cache.page(offset, limit, now)
+            else:
+                ids = cache.node_order(node, now)
+                page = ids[offset:] if limit is None else ids[offset : offset + limit]
             if not page:
                 return []
             found = {a.id: a for a in self._load(conn, allocations.c.id.in_(page))}

@@ -7,12 +7,15 @@ state is current as of one value of the store's ledger counter (``LEDGER_VERSION
 process has moved it, the state is loaded again before anything is decided or shown.
 
 Waiting requests' places, reasons and estimated starts are worked out per node (a request waits
-for GPUs of its own node) when first asked for, and kept until the next change, or for
-``VIEW_TTL`` seconds while nothing changes (estimates are relative to now).
+for GPUs of its own node) when first asked for, and kept until a change touches that node (GPUs
+taken or freed there, a request come or gone, a quota of someone who waits there moved; the
+scheduler says which) or for ``VIEW_TTL`` seconds: estimates are relative to now, and fair-share
+standings drift with time and with grants elsewhere.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -29,8 +32,8 @@ __all__ = ["QUOTA_WAIT", "Durations", "LedgerCache", "Waiting"]
 QUOTA_WAIT = "over quota: "
 #: a preempted job is expected to stop within this long (for estimates only)
 PREEMPT_GRACE = 30.0
-#: how long explanations are kept while the ledger does not change (s)
-VIEW_TTL = 1.0
+#: how long a node's explanation is kept while nothing touches the node (s)
+VIEW_TTL = 2.0
 #: released grants per class whose median is the class's typical holding time
 SAMPLE = 200
 
@@ -86,16 +89,14 @@ class LedgerCache:
     check_all: bool = True
     #: changed since the write that uses it began (then a failed write cannot keep it)
     dirty: bool = False
-    _views: dict[str, dict[int, explain.WaitInfo]] = field(default_factory=dict)
-    _views_at: float = 0.0
-    _order: list[int] | None = None
+    #: node -> (when it was worked out, its waiters' explanations)
+    _views: dict[str, tuple[float, dict[int, explain.WaitInfo]]] = field(default_factory=dict)
     _placed_order: list[int] | None = None
 
     def changed(self) -> None:
-        """The state is about to change: forget what was worked out from it."""
+        """The state is about to change (nodes' explanations are dropped as it is read again,
+        by what the scheduler says it touched)."""
         self.dirty = True
-        self._views.clear()
-        self._order = None
         self._placed_order = None
 
     def become(self, other: LedgerCache) -> None:
@@ -111,17 +112,21 @@ class LedgerCache:
         placed = sum(1 for aid in self._placed() if self.waiting[aid].node == node)
         return self.sched.pinned_count(node) + placed
 
-    def order(self, now: float) -> list[int]:
-        """Every waiting request in the order of service: the ledger's, then the cluster's (in
-        the order they came; the cluster serves them in its own order)."""
-        self._fresh(now)
-        if self._order is None:
-            mine = sorted(self.sched.demands.values(), key=self.sched.order_key)
-            self._order = [d.id for d in mine] + self._placed()
-        return self._order
+    def page(self, offset: int, limit: int | None, now: float) -> list[int]:
+        """Waiting requests in the order of service, ``limit`` (None: all) from ``offset``: the
+        ledger's, then the cluster's (in the order they came; the cluster serves them in its
+        own order). Costs the page and the users, not the queue behind the page."""
+        self.sched.now = max(self.sched.now, now)
+        end = None if limit is None else offset + limit
+        mine = [d.id for d in itertools.islice(self.sched.in_order(), offset, end)]
+        ours = len(self.sched.demands)
+        if end is not None and end <= ours:
+            return mine
+        placed = self._placed()[max(offset - ours, 0) :]
+        return mine + (placed if end is None else placed[: end - max(offset, ours)])
 
     def node_order(self, node: str, now: float) -> list[int]:
-        self._fresh(now)
+        self.sched.now = max(self.sched.now, now)
         mine = [d.id for d in self.sched.pinned(node)]
         return mine + [aid for aid in self._placed() if self.waiting[aid].node == node]
 
@@ -139,24 +144,18 @@ class LedgerCache:
                 code="quota" if reason.startswith(QUOTA_WAIT) else "cluster",
                 reason=reason or "waiting for the cluster's scheduler",
             )
-        self._fresh(now)
-        view = self._views.get(waiting.node)
-        if view is None:
-            view = self._views[waiting.node] = self._explain(waiting.node, now)
-        return view.get(allocation_id)
+        for node in self.sched.take_touched():
+            self._views.pop(node, None)
+        kept = self._views.get(waiting.node)
+        if kept is None or not 0 <= now - kept[0] < VIEW_TTL:
+            self.sched.now = max(self.sched.now, now)
+            kept = self._views[waiting.node] = (now, self._explain(waiting.node, now))
+        return kept[1].get(allocation_id)
 
     def _placed(self) -> list[int]:
         if self._placed_order is None:
             self._placed_order = sorted(aid for aid, w in self.waiting.items() if w.placed)
         return self._placed_order
-
-    def _fresh(self, now: float) -> None:
-        if now - self._views_at >= VIEW_TTL or now < self._views_at:
-            self._views.clear()
-            self._order = None
-            self._views_at = now
-            # fair-share keys are as of the scheduler's now
-            self.sched.now = max(self.sched.now, now)
 
     def _explain(self, node: str, now: float) -> dict[int, explain.WaitInfo]:
         typical = self.durations.typical()

@@ -62,9 +62,10 @@ def load_scheduler(
     groups_of: GroupsOf,
     active: list[Allocation],
     raw_groups: dict[int, str | None],
+    max_scan: int = 100,
 ) -> Scheduler:
     """A scheduler holding the ledger's GPUs, grants, waiting requests and fair-share usage."""
-    s = Scheduler(policy, now=now)
+    s = Scheduler(policy, now=now, max_scan=max_scan)
     s.add_gpus(
         Slot(uuid=r.uuid, node=r.node, model=r.model, index=r.idx)
         for r in conn.execute(select(gpus).where(gpus.c.present).order_by(gpus.c.node, gpus.c.idx))

@@ -73,7 +73,7 @@ class Estimate:
 
 def order(s: Scheduler) -> list[Demand]:
     """Waiting requests in the order a pass would look at them, if nothing changed."""
-    return sorted(s.demands.values(), key=s.order_key)
+    return list(s.in_order())
 
 
 def explain(s: Scheduler, node: str | None = None) -> dict[int, WaitInfo]:

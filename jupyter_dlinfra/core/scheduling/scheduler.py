@@ -33,8 +33,11 @@ follows the GPUs that changed, not the length of the queue.
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
@@ -52,6 +55,14 @@ from jupyter_dlinfra.core.scheduling.types import (
 )
 
 __all__ = ["Scheduler"]
+
+
+def _submitted(demand: Demand) -> float:
+    return demand.submitted_at
+
+
+def _age(demand: Demand) -> tuple[float, int]:
+    return (demand.submitted_at, demand.id)
 
 
 #: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
@@ -123,6 +134,10 @@ class Scheduler:
         self._pinned: dict[str, dict[int, Demand]] = defaultdict(dict)
         #: nodes whose pinned requests the next pass looks at again (see the module's step 5)
         self._dirty: set[str] = set()
+        #: nodes whose explanation may have changed since the caller last took them (see
+        #: :meth:`take_touched`): GPUs freed or taken there, requests come or gone, quotas of
+        #: those who wait there moved, reservations made or dropped
+        self.touched: set[str] = set()
         #: ("user", name) or ("group", name) -> nodes their pinned requests wait on (how many)
         self._nodes_waited: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         #: request id -> the GPUs the last pass reserved or kept for it (free, but not for others)
@@ -296,6 +311,7 @@ class Scheduler:
         self._pinned.clear()
         self._nodes_waited.clear()
         self._dirty.update(self._node_pools)
+        self.touched.update(self._node_pools)
         self.ranking = self._new_ranking()
         for demand in waiting:
             if demand.klass not in policy.class_map:
@@ -315,6 +331,7 @@ class Scheduler:
         if demand.node is not None:
             self._pinned[demand.node][demand.id] = demand
             self._dirty.add(demand.node)
+            self.touched.add(demand.node)
             self._count_waiting(demand, 1)
         self._set_account(demand.user, demand.groups)
         self.ranking.add(demand)
@@ -335,7 +352,9 @@ class Scheduler:
                 if holding.preempted_for == request_id:
                     unmarked = replace(holding, preempted_for=None)
                     self.holdings[holding.id] = unmarked
-                    self._dirty.update(p.node for p in self._pools_of(unmarked))
+                    nodes = {p.node for p in self._pools_of(unmarked)}
+                    self._dirty.update(nodes)
+                    self.touched.update(nodes)
                     if self._may_be_preempted(unmarked):
                         self._index_victim(unmarked)
         return demand
@@ -410,6 +429,7 @@ class Scheduler:
         finally:
             walk.close()
         self._backfill(out)
+        self._touch_reserved()
         self.reserved = {
             rid: tuple(u for _, uuids in taken for u in uuids) for rid, taken in kept.items()
         }
@@ -417,6 +437,7 @@ class Scheduler:
             self.reserved[rid] = self.reserved.get(rid, ()) + tuple(
                 u for _, uuids in taken for u in uuids
             )
+        self._touch_reserved()
         # what is set aside now may be free for others at the next pass
         self._dirty.update(
             self._pool_of[u].node for g in self.reserved.values() for u in g if u in self._pool_of
@@ -472,6 +493,56 @@ class Scheduler:
             demand.id,
         )
 
+    def in_order(self) -> Iterator[Demand]:
+        """Every waiting request in the order of :meth:`order_key`, lazily: the first ``k``
+        cost O(users log users + k), not a sort of the whole queue. Each user's requests of a
+        class wait in order of age (the ranking's queues), so the order is a merge of them: by
+        class; the starving (past the starvation limit) first, oldest first; then users by the
+        fair share of their account and their own, each user's requests by age."""
+        limit = self.policy.starvation_limit
+        cutoff = self.now - limit if limit else None
+        by_tier: dict[int, list[tuple[str, list[Demand]]]] = defaultdict(list)
+        for (tier, user), queue in self.ranking.queues.items():
+            if queue:
+                by_tier[tier].append((user, queue))
+        for tier in sorted(by_tier, reverse=True):
+            starving: list[list[Demand]] = []
+            rest: list[tuple[tuple[float, float], list[Demand]]] = []
+            for user, queue in by_tier[tier]:
+                old = 0
+                if cutoff is not None:
+                    old = bisect.bisect_right(queue, cutoff, key=_submitted)
+                if old:
+                    starving.append(queue[:old])
+                if old < len(queue):
+                    fair = (self._account_key(self._ranking_account(user)), self._user_key(user))
+                    rest.append((fair, queue[old:]))
+            yield from heapq.merge(*starving, key=_age)
+            rest.sort(key=lambda entry: entry[0])
+            for _, same in itertools.groupby(rest, key=lambda entry: entry[0]):
+                yield from heapq.merge(*(queue for _, queue in same), key=_age)
+
+    def unserved(self) -> list[int]:
+        """Pinned requests within their quotas that would fit in their node's free GPUs not set
+        aside for others: none after a pass (it is work-conserving)."""
+        aside: dict[str, Counter[int]] = defaultdict(Counter)  # uuid's pool per request
+        for rid, uuids in self.reserved.items():
+            for uuid in uuids:
+                pool = self._pool_of.get(uuid)
+                if pool is not None and uuid in pool.free:
+                    aside[pool.node][rid] += 1
+        found = []
+        for node, pinned in self._pinned.items():
+            for demand in pinned.values():
+                if self.over_quota(demand) is not None:
+                    continue
+                models = self._models(demand.model)
+                free = sum(len(p.free) for p in self._node_pools.get(node, []) if p.model in models)
+                others = sum(n for rid, n in aside[node].items() if rid != demand.id)
+                if free - others >= demand.count:
+                    found.append(demand.id)
+        return found
+
     def pinned_count(self, node: str) -> int:
         return len(self._pinned.get(node, ()))
 
@@ -521,6 +592,7 @@ class Scheduler:
 
     def _moved(self, pool: _Pool, before: int) -> None:
         """Keep the free-count index right after ``pool.free`` changed from ``before`` GPUs."""
+        self.touched.add(pool.node)
         after = len(pool.free)
         buckets = self._buckets.get(pool.model)
         if buckets is None:
@@ -680,7 +752,23 @@ class Scheduler:
         except KeyError:
             return True  # its class was removed: it no longer outranks anything
 
+    def take_touched(self) -> set[str]:
+        """The nodes touched since the last call (and forget them)."""
+        touched, self.touched = self.touched, set()
+        return touched
+
+    def _touch_reserved(self) -> None:
+        self.touched.update(
+            self._pool_of[u].node for g in self.reserved.values() for u in g if u in self._pool_of
+        )
+
     def _charge(self, user: str, groups: tuple[str, ...], delta: int) -> None:
+        # where a quota moved, what waits under it may be told otherwise now
+        if self.policy.quota_of_user(user) is not None:
+            self.touched.update(self._nodes_waited["user", user])
+        for group in groups:
+            if group in self.policy.group_quotas:
+                self.touched.update(self._nodes_waited["group", group])
         h = self.policy.half_life
         if user not in self._account_of:
             self._set_account(user, groups)
@@ -698,6 +786,7 @@ class Scheduler:
         if demand.node is not None:
             pinned = self._pinned.get(demand.node)
             if pinned is not None and pinned.pop(demand.id, None) is not None:
+                self.touched.add(demand.node)
                 self._count_waiting(demand, -1)
                 if not pinned:
                     del self._pinned[demand.node]
@@ -830,6 +919,9 @@ class Scheduler:
                 out.preemptions.append(Preemption(holding.id, demand.id, message))
 
     def _mark(self, holding: Holding, request_id: int) -> None:
+        waiter = self.demands.get(request_id)
+        if waiter is not None and waiter.node is not None:
+            self.touched.add(waiter.node)
         self._unindex_victim(holding)
         marked = replace(holding, preempted_for=request_id)
         self.holdings[holding.id] = marked

@@ -1,0 +1,78 @@
+"""A pass leaves no GPU idle that a waiting request pinned to its node may take, whatever the
+scan limit, and the queue's order of service is the merge of the ranking's queues."""
+
+from __future__ import annotations
+
+import random
+
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+
+from .test_scheduler import BATCH, INTERACTIVE, LOW, ask, hold, make
+
+
+def _full(nodes: int, per_node: int, **policy: object) -> Scheduler:
+    s = make({f"n{i}": per_node for i in range(nodes)}, **policy)
+    for i in range(nodes):
+        hold(s, 100_000 + i, f"holder{i}", tuple(f"n{i}-{g}" for g in range(per_node)))
+    return s
+
+
+def test_a_release_beyond_the_scan_limit_is_taken_by_what_waits_there() -> None:
+    s = _full(3, 2, reservations=0)
+    s.max_scan = 1
+    ask(s, 1, "ana", 2, at=1.0, node="n0")
+    ask(s, 2, "bob", 2, at=2.0, node="n1")
+    late = ask(s, 3, "eve", 1, at=3.0, node="n2")
+    assert s.schedule(10.0).grants == []
+    s.release(100_002)  # n2's holder: the pass looks at ana's request first, then stops
+    out = s.schedule(11.0)
+    assert [g.request_id for g in out.grants] == [late.id]
+    assert s.unserved() == []
+
+
+def test_what_a_pass_reserves_stays_kept_and_is_not_unserved() -> None:
+    s = _full(1, 4, reservations=1)
+    big = ask(s, 1, "ana", 4, at=1.0, node="n0")
+    small = ask(s, 2, "bob", 1, at=2.0, node="n0")
+    s.release(100_000)
+    out = s.schedule(10.0)
+    assert [g.request_id for g in out.grants] == [big.id]
+    assert small.id in s.demands and s.unserved() == []
+
+
+def test_at_scale_every_release_is_served_on_its_node() -> None:
+    rng = random.Random(7)
+    s = _full(64, 8, reservations=16)
+    for rid in range(1, 2001):
+        node = f"n{rng.randrange(64)}"
+        ask(s, rid, f"u{rng.randrange(40)}", rng.choice((1, 1, 2, 4, 8)), at=rid, node=node)
+    s.schedule(3000.0)
+    for step in range(30):
+        holder = rng.choice(sorted(s.holdings))
+        s.release(holder)
+        s.schedule(3001.0 + step)
+        assert s.unserved() == [], f"after releasing {holder}"
+
+
+def test_in_order_is_the_order_of_service() -> None:
+    rng = random.Random(3)
+    s = make({"n0": 8, "n1": 8}, starvation_limit=500.0)
+    for rid in range(1, 400):
+        klass = rng.choice((INTERACTIVE, BATCH, LOW))
+        kind = "kernel" if klass == INTERACTIVE else "job"
+        ask(
+            s,
+            rid,
+            f"u{rng.randrange(12)}",
+            rng.choice((1, 2)),
+            at=rng.uniform(0, 1000),
+            klass=klass,
+            kind=kind,
+            groups=(f"g{rng.randrange(3)}",),
+            node=rng.choice(("n0", "n1")),
+        )
+    s.schedule(1000.0)  # grants, so that fair share tells users apart
+    s.now = 1200.0  # some requests are past the starvation limit now, some not
+    assert [d.id for d in s.in_order()] == [
+        d.id for d in sorted(s.demands.values(), key=s.order_key)
+    ]
