@@ -79,7 +79,10 @@ def order(s: Scheduler) -> list[Demand]:
 def explain(s: Scheduler, node: str | None = None) -> dict[int, WaitInfo]:
     """Every waiting request's place and reason; with ``node``, those pinned to it alone (their
     explanation depends on that node alone, so it costs what the node holds and waits for)."""
-    queue = order(s) if node is None else s.pinned(node)
+    return _explain(s, order(s) if node is None else s.pinned(node), node)
+
+
+def _explain(s: Scheduler, queue: list[Demand], node: str | None) -> dict[int, WaitInfo]:
     if not queue:
         return {}
     policy = s.policy
@@ -260,10 +263,13 @@ def explain_node(
     horizon: float = 14 * 86400.0,
 ) -> dict[int, WaitInfo]:
     """Place, reason and estimated start of each request pinned to ``node``."""
-    view = explain(s, node)
+    queue = s.pinned(node)
+    view = _explain(s, queue, node)
     if not view:
         return {}
-    starts = estimate_node(s, node, expected_end, duration, assumed=assumed, horizon=horizon)
+    starts = estimate_node(
+        s, node, expected_end, duration, assumed=assumed, horizon=horizon, queue=queue
+    )
     return {
         rid: replace(
             info,
@@ -282,8 +288,10 @@ def estimate_node(
     *,
     assumed: Callable[[str], bool] = lambda klass: False,
     horizon: float = 14 * 86400.0,
+    queue: list[Demand] | None = None,
 ) -> dict[int, Estimate]:
-    """When each request pinned to ``node`` may start if holdings end when expected.
+    """When each request pinned to ``node`` may start if holdings end when expected (``queue``:
+    those requests in order, when the caller has them).
 
     The node's queue is replayed in its order of service: each request starts once enough GPUs
     of its models are free and not before the one ahead of it, then holds them for its class's
@@ -313,7 +321,7 @@ def estimate_node(
     starts: dict[int, Estimate] = {}
     now = s.now
     rests_on_default = False
-    for d in s.pinned(node):
+    for d in s.pinned(node) if queue is None else queue:
         if s.over_quota(d) is not None:
             continue
         models = s._models(d.model)

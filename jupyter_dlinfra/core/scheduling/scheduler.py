@@ -138,6 +138,9 @@ class Scheduler:
         #: :meth:`take_touched`): GPUs freed or taken there, requests come or gone, quotas of
         #: those who wait there moved, reservations made or dropped
         self.touched: set[str] = set()
+        self._in_pass = False
+        #: the most GPUs a request has asked for (which quota moves can change a waiter's lot)
+        self._largest_asked = 0
         #: ("user", name) or ("group", name) -> nodes their pinned requests wait on (how many)
         self._nodes_waited: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         #: request id -> the GPUs the last pass reserved or kept for it (free, but not for others)
@@ -328,6 +331,7 @@ class Scheduler:
             raise InvalidRequest(f"ask for at least 1 GPU (got {demand.count})")
         self.policy.klass(demand.klass)
         self.demands[demand.id] = demand
+        self._largest_asked = max(self._largest_asked, demand.count)
         if demand.node is not None:
             self._pinned[demand.node][demand.id] = demand
             self._dirty.add(demand.node)
@@ -379,6 +383,8 @@ class Scheduler:
         borrowers: list[Demand] = []
         blocked: list[Demand] = []
         can_preempt = policy.preemption and bool(self._victim_pools)
+        self._in_pass = True
+        reserved_before = self.reserved
         kept = self._keep_nominated()
         scanned_beyond = 0
         walk = self.ranking.walk(self.now)
@@ -429,7 +435,6 @@ class Scheduler:
         finally:
             walk.close()
         self._backfill(out)
-        self._touch_reserved()
         self.reserved = {
             rid: tuple(u for _, uuids in taken for u in uuids) for rid, taken in kept.items()
         }
@@ -437,7 +442,7 @@ class Scheduler:
             self.reserved[rid] = self.reserved.get(rid, ()) + tuple(
                 u for _, uuids in taken for u in uuids
             )
-        self._touch_reserved()
+        self._touch_reserved(reserved_before)
         # what is set aside now may be free for others at the next pass
         self._dirty.update(
             self._pool_of[u].node for g in self.reserved.values() for u in g if u in self._pool_of
@@ -445,6 +450,10 @@ class Scheduler:
         for taken in kept.values():
             self._give_back(taken)
         self._give_back(reserved)
+        self._in_pass = False
+        self.touched.update(
+            self._pool_of[u].node for g in out.grants for u in g.gpus if u in self._pool_of
+        )
         if can_preempt:
             self._preempt(blocked, out)
         return out
@@ -592,7 +601,9 @@ class Scheduler:
 
     def _moved(self, pool: _Pool, before: int) -> None:
         """Keep the free-count index right after ``pool.free`` changed from ``before`` GPUs."""
-        self.touched.add(pool.node)
+        if not self._in_pass:
+            # a pass sets GPUs aside and gives them back: only what it decides touches a node
+            self.touched.add(pool.node)
         after = len(pool.free)
         buckets = self._buckets.get(pool.model)
         if buckets is None:
@@ -757,17 +768,21 @@ class Scheduler:
         touched, self.touched = self.touched, set()
         return touched
 
-    def _touch_reserved(self) -> None:
+    def _touch_reserved(self, before: dict[int, tuple[str, ...]]) -> None:
+        """The nodes where what a pass set aside changed since ``before``."""
+        changed = set(before.items()) ^ set(self.reserved.items())
         self.touched.update(
-            self._pool_of[u].node for g in self.reserved.values() for u in g if u in self._pool_of
+            self._pool_of[u].node for _, g in changed for u in g if u in self._pool_of
         )
 
     def _charge(self, user: str, groups: tuple[str, ...], delta: int) -> None:
-        # where a quota moved, what waits under it may be told otherwise now
-        if self.policy.quota_of_user(user) is not None:
+        # where a quota moved across what a waiter asks for, that waiter is told otherwise now
+        quota = self.policy.quota_of_user(user)
+        if quota is not None and self._may_flip(quota, self.users[user].held, delta):
             self.touched.update(self._nodes_waited["user", user])
         for group in groups:
-            if group in self.policy.group_quotas:
+            quota = self.policy.group_quotas.get(group)
+            if quota is not None and self._may_flip(quota, self.held_by_group[group], delta):
                 self.touched.update(self._nodes_waited["group", group])
         h = self.policy.half_life
         if user not in self._account_of:
@@ -781,6 +796,13 @@ class Scheduler:
         self._akeys.pop(account, None)
         self.ranking.rerank(user)
         self.ranking.rerank_account(account)
+
+    def _may_flip(self, quota: int, held: int, delta: int) -> bool:
+        """Whether a request of some size waiting under ``quota`` goes over it or back within
+        it when ``held`` moves by ``delta`` (a request of ``c`` GPUs is over iff held + c >
+        quota; sizes run from 1 to the largest asked for)."""
+        low, high = sorted((held, held + delta))
+        return quota - high < self._largest_asked and quota - low >= 1
 
     def _unpin(self, demand: Demand) -> None:
         if demand.node is not None:
