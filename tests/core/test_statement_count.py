@@ -1,0 +1,87 @@
+"""A request and a release execute a fixed number of SQL statements, whatever the queue's length,
+and on SQLite the database does the same work (its virtual machine's steps): the scheduling state
+is in memory, and a pass writes only what it decided (no N+1 queries, no reading of the queue)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+
+from jupyter_dlinfra.core.models import AllocationState
+
+from .kit import A100, Kit
+
+#: what one request or one release (with the grants of its pass) may execute, at most
+MOST = 40
+
+
+#: SQLite virtual machine instructions per tick of the work counter
+STEPS = 100
+
+
+@contextmanager
+def counted(kit: Kit) -> Iterator[list[str]]:
+    """Every statement executed within, and on SQLite one ``"step"`` per STEPS instructions its
+    virtual machine ran for them."""
+    statements: list[str] = []
+
+    def count(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+        raw = conn.connection.dbapi_connection
+        if kit.ledger.store.is_sqlite and raw is not None:
+            raw.set_progress_handler(lambda: statements.append("step") and 0, STEPS)
+
+    engine = kit.ledger.store.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            if kit.ledger.store.is_sqlite and raw is not None:
+                raw.set_progress_handler(None, STEPS)
+
+
+def _split(found: list[str]) -> tuple[int, int]:
+    steps = found.count("step")
+    return len(found) - steps, steps
+
+
+def _costs(kit: Kit, node: str, waiting: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Statements of a request that queues and of a release that grants four 1-GPU requests
+    (a grant writes its rows and event: the same number of grants in every run), with ``waiting``
+    requests already queued on ``node`` (and as many on another node)."""
+    kit.node(node, (4, A100))
+    kit.node(f"{node}-other", (4, A100))
+    kit.kernel(f"{node}-holder", node=node)
+    held = kit.ledger.request(kernel_id=f"{node}-holder", count=4)
+    kit.kernel(f"{node}-other-holder", node=f"{node}-other")
+    kit.ledger.request(kernel_id=f"{node}-other-holder", count=4)
+    for i in range(waiting):
+        for where in (node, f"{node}-other"):
+            kit.kernel(f"{where}-w{i}", node=where, user=f"user{i % 7}")
+            kit.ledger.request(kernel_id=f"{where}-w{i}", count=1)
+    kit.kernel(f"{node}-last", node=node, user="late")
+    kit.ledger.queue_length()  # the state is in memory before anything is counted
+    with counted(kit) as asked:
+        queued = kit.ledger.request(kernel_id=f"{node}-last", count=1)
+    assert queued.state is AllocationState.QUEUED
+    with counted(kit) as released:
+        kit.ledger.release(held.id, reason="done")
+    granted = [e for e in kit.ledger.events()[-6:] if e.kind == "granted"]
+    assert granted, "the release granted nothing: the figure would not count a pass's writes"
+    return _split(asked), _split(released)
+
+
+def test_a_request_and_a_release_cost_the_same_statements_whatever_waits(kit: Kit) -> None:
+    short = _costs(kit, "node-a", 3)
+    long = _costs(kit, "node-b", 60)
+    for what, few, many in zip(("request", "release"), short, long, strict=True):
+        assert few[0] == many[0], f"{what}: {few[0]} statements with 3 waiting, {many[0]} with 60"
+        assert many[0] <= MOST, f"{what}: {many[0]} statements"
+        # the same work, but for a B-tree a level deeper here and there
+        assert many[1] <= 1.5 * few[1] + 5, f"{what}: {few[1]} x{STEPS} steps, then {many[1]}"
