@@ -291,6 +291,8 @@ class Transaction:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.changed = False
+        #: the change is one of the GPU ledger's scheduling state (LEDGER_VERSION counts it)
+        self.ledger_changed = False
 
     def touch(self) -> None:
         self.changed = True
@@ -395,8 +397,9 @@ class Store:
             tx = Transaction(conn)
             yield tx
             if tx.changed:
+                keys = ("version", LEDGER_VERSION) if tx.ledger_changed else ("version",)
                 conn.execute(
-                    update(meta).where(meta.c.key == "version").values(value=meta.c.value + 1)
+                    update(meta).where(meta.c.key.in_(keys)).values(value=meta.c.value + 1)
                 )
 
     @contextmanager
@@ -408,13 +411,6 @@ class Store:
         """A counter that grows with every change: cheap to poll from other processes."""
         with self.read() as conn:
             return read_counter(conn, "version")
-
-    @staticmethod
-    def bump_ledger_version(conn: Connection) -> None:
-        """Count a change of the ledger's scheduling state (within the writing transaction)."""
-        conn.execute(
-            update(meta).where(meta.c.key == LEDGER_VERSION).values(value=meta.c.value + 1)
-        )
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -48,7 +48,7 @@ from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu, Kernel
 from jupyter_dlinfra.core.scheduling import explain
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, bounded_usage, decayed
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
-from jupyter_dlinfra.core.scheduling.types import Holding, Slot, model_matches
+from jupyter_dlinfra.core.scheduling.types import Grant, Holding, Slot, model_matches
 from jupyter_dlinfra.core.store import (
     LEDGER_VERSION,
     Store,
@@ -127,7 +127,7 @@ class Ledger:
                         self._cache = cache
                     raise
                 if tx.changed:
-                    Store.bump_ledger_version(tx.conn)
+                    tx.ledger_changed = True  # the store counts it with the commit
                     cache.version += 1
             self._cache = cache
 
@@ -293,6 +293,18 @@ class Ledger:
             query = query.where(gpus.c.present.is_(True))
         with self.store.read() as conn:
             return [_gpu(r) for r in conn.execute(query)]
+
+    def gpus_of(self, uuids: Collection[str]) -> list[Gpu]:
+        """The GPUs with these UUIDs, absent ones too: those that answers about allocations
+        show, read without the rest of the cluster."""
+        wanted = sorted(set(uuids))
+        found: list[Gpu] = []
+        with self.store.read() as conn:
+            # in slices: a database bounds the parameters of one statement
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                found += [_gpu(r) for r in conn.execute(select(gpus).where(gpus.c.uuid.in_(part)))]
+        return found
 
     def holders(self) -> dict[str, Allocation]:
         """Granted allocations by the UUID of each GPU they hold."""
@@ -474,7 +486,7 @@ class Ledger:
                 )
             placed = cluster_reason is not None
             if not placed:
-                self._check_satisfiable(conn, kernel.node, count, model)
+                self._check_satisfiable(cache, kernel.node, count, model)
             now = self.clock.now()
             groups = groups_json(self.groups_of(kernel.user))
             inserted = conn.execute(
@@ -524,12 +536,24 @@ class Ledger:
                 placed_reason=cluster_reason,
                 placed=placed,
             )
-            if not placed:
-                cache.sched.submit(
-                    demand_of(alloc, policy, groups_of_row(groups, kernel.user, self.groups_of))
+            if placed:
+                return self._waited(alloc, cache)
+            cache.sched.submit(
+                demand_of(alloc, policy, groups_of_row(groups, kernel.user, self.groups_of))
+            )
+            granted = self._schedule(tx, cache).get(new_id)
+            if granted is not None:
+                grant, at = granted
+                return replace(
+                    alloc,
+                    state=AllocationState.GRANTED,
+                    gpus=grant.gpus,
+                    granted_at=at,
+                    borrowed=grant.borrowed,
                 )
-                self._schedule(tx, cache)
-            return self._waited(self._one(conn, new_id), cache)
+            if new_id in cache.waiting:
+                return self._waited(alloc, cache)
+            return self._one(conn, new_id)
 
     # -- requests the cluster places (Kubernetes) ----------------------------------------------
 
@@ -679,9 +703,9 @@ class Ledger:
             alloc = self._one(tx.conn, allocation_id)
             if not alloc.state.active:
                 return alloc
-            self._end(tx, cache, alloc, reason)
+            ended = self._end(tx, cache, alloc, reason)
             self._schedule(tx, cache)
-            return self._one(tx.conn, allocation_id)
+            return ended
 
     def release_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         with self._writing() as (tx, cache):
@@ -784,33 +808,34 @@ class Ledger:
 
     def check_satisfiable(self, node: str, count: int, model: str | None = None) -> None:
         """Raise Unsatisfiable when no wait could ever grant this request on ``node``."""
-        with self.store.read() as conn:
-            self._check_satisfiable(conn, node, count, model)
+        with self._reading() as (_, cache):
+            self._check_satisfiable(cache, node, count, model)
 
     def _check_satisfiable(
-        self, conn: Connection, node: str, count: int, model: str | None
+        self, cache: LedgerCache, node: str, count: int, model: str | None
     ) -> None:
-        present = [
-            _gpu(r)
-            for r in conn.execute(select(gpus).where((gpus.c.node == node) & gpus.c.present))
-        ]
+        present = cache.sched.node_models(node)  # the node's present GPUs: model -> count
         if not present:
             raise Unsatisfiable(f"node {node} has no GPUs", reason="no_gpus")
-        matching = [g for g in present if model_matches(model, g.model)]
+        matching = sum(n for m, n in present.items() if model_matches(model, m))
         if not matching:
-            models = ", ".join(sorted({g.model for g in present}))
+            models = ", ".join(sorted(present))
             raise Unsatisfiable(
                 f"no GPU of model '{model}' on node {node}; models here: {models}",
                 reason="unknown_model",
             )
-        if count > len(matching):
+        if count > matching:
             kind = f" of model '{model}'" if model else ""
             raise Unsatisfiable(
-                f"asked for {plural(count, 'GPU')}{kind} but node {node} has {len(matching)}",
+                f"asked for {plural(count, 'GPU')}{kind} but node {node} has {matching}",
                 reason="too_many",
             )
 
-    def _end(self, tx: Transaction, cache: LedgerCache, alloc: Allocation, reason: str) -> None:
+    def _end(
+        self, tx: Transaction, cache: LedgerCache, alloc: Allocation, reason: str
+    ) -> Allocation:
+        """End ``alloc`` (released if granted, else cancelled); returns it as it now is."""
+        now = self.clock.now()
         cache.changed()
         sched = cache.sched
         if alloc.id in sched.holdings:
@@ -839,7 +864,7 @@ class Ledger:
         tx.conn.execute(
             update(allocations)
             .where(allocations.c.id == alloc.id)
-            .values(state=state.value, ended_at=self.clock.now(), end_reason=reason)
+            .values(state=state.value, ended_at=now, end_reason=reason)
         )
         self.write_event(
             tx,
@@ -852,6 +877,7 @@ class Ledger:
             cache.durations.add(class_of(alloc, cache.policy), self.clock.now() - alloc.granted_at)
             # the GPUs are back above; the bookkeeping cannot take them again (see _record_usage)
             self._record_usage(tx.conn, cache.policy, alloc.user, len(alloc.gpus), alloc.granted_at)
+        return replace(alloc, state=state, ended_at=now, end_reason=reason)
 
     def _end_kernel_allocations(
         self, tx: Transaction, cache: LedgerCache, kernel_id: str, reason: str
@@ -859,9 +885,7 @@ class Ledger:
         active = self._load(
             tx.conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
         )
-        for alloc in active:
-            self._end(tx, cache, alloc, reason)
-        return [self._one(tx.conn, a.id) for a in active]
+        return [self._end(tx, cache, alloc, reason) for alloc in active]
 
     def _policy(self, conn: Connection) -> SchedulingPolicy:
         row = conn.execute(
@@ -875,12 +899,12 @@ class Ledger:
             self._unreadable_policy.report(row.document, err)
             return self.configured_policy
 
-    def _schedule(self, tx: Transaction, cache: LedgerCache) -> list[int]:
-        """Grant and preempt what the policy says now, in memory, and write what was decided.
-        Runs inside the caller's write transaction."""
+    def _schedule(self, tx: Transaction, cache: LedgerCache) -> dict[int, tuple[Grant, float]]:
+        """Grant and preempt what the policy says now, in memory, and write what was decided
+        (the grants by request, and when). Runs inside the caller's write transaction."""
         sched = cache.sched
         if not sched.demands:
-            return []
+            return {}
         conn = tx.conn
         cache.changed()
         if cache.check_all:
@@ -936,7 +960,7 @@ class Ledger:
                 kernel_id=cache.kernel_of.get(victim.id),
                 detail={"for": pre.request_id, "reason": pre.message, "user": victim.user},
             )
-        return [g.request_id for g in out.grants]
+        return {g.request_id: (g, now) for g in out.grants}
 
     def _record_usage(
         self,

@@ -552,6 +552,10 @@ class Scheduler:
                     found.append(demand.id)
         return found
 
+    def node_models(self, node: str) -> dict[str, int]:
+        """The node's GPUs that may be handed out: model -> how many."""
+        return {p.model: len(p.gpus) for p in self._node_pools.get(node, []) if p.gpus}
+
     def pinned_count(self, node: str) -> int:
         return len(self._pinned.get(node, ()))
 
