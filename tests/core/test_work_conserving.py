@@ -76,3 +76,19 @@ def test_in_order_is_the_order_of_service() -> None:
     assert [d.id for d in s.in_order()] == [
         d.id for d in sorted(s.demands.values(), key=s.order_key)
     ]
+
+
+def test_a_quota_freed_elsewhere_lets_a_waiter_take_its_idle_gpu() -> None:
+    s = make({"n0": 2, "n1": 1, "n2": 2}, reservations=0, group_quotas={"g": 2})
+    s.max_scan = 1
+    hold(s, 100, "ana", ("n0-0", "n0-1"), groups=("g",))
+    hold(s, 101, "carl", ("n2-0", "n2-1"))
+    # a higher class, blocked: the pass stops after it
+    ahead = ask(s, 1, "carl", 2, at=1.0, node="n2", klass=INTERACTIVE)
+    waiter = ask(s, 2, "bob", 1, at=2.0, node="n1", groups=("g",), klass=BATCH)
+    s.schedule(10.0)
+    assert {ahead.id, waiter.id} <= set(s.demands)  # n1's GPU is free, but g is at its quota
+    s.release(100)  # on n0: n1 changed nothing, but bob's group is within its quota now
+    out = s.schedule(11.0)
+    assert waiter.id in [g.request_id for g in out.grants]
+    assert s.unserved() == []

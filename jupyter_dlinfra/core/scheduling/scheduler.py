@@ -141,8 +141,9 @@ class Scheduler:
         self._in_pass = False
         #: the most GPUs a request has asked for (which quota moves can change a waiter's lot)
         self._largest_asked = 0
-        #: ("user", name) or ("group", name) -> nodes their pinned requests wait on (how many)
-        self._nodes_waited: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        #: ("user", name, GPUs asked) or ("group", name, GPUs asked) -> nodes where such pinned
+        #: requests wait (how many)
+        self._nodes_waited: dict[tuple[str, str, int], Counter[str]] = defaultdict(Counter)
         #: request id -> the GPUs the last pass reserved or kept for it (free, but not for others)
         self.reserved: dict[int, tuple[str, ...]] = {}
 
@@ -267,7 +268,6 @@ class Scheduler:
         self._unindex_victim(holding)
         self._victim_epoch += 1
         self._charge(holding.user, holding.groups, -len(holding.gpus))
-        self._quota_freed(holding.user, holding.groups)
         if holding.preempted_for is not None:
             left = self.pending[holding.preempted_for] - len(holding.gpus)
             if left > 0:
@@ -780,14 +780,13 @@ class Scheduler:
         )
 
     def _charge(self, user: str, groups: tuple[str, ...], delta: int) -> None:
-        # where a quota moved across what a waiter asks for, that waiter is told otherwise now
         quota = self.policy.quota_of_user(user)
-        if quota is not None and self._may_flip(quota, self.users[user].held, delta):
-            self.touched.update(self._nodes_waited["user", user])
+        if quota is not None:
+            self._quota_moved(("user", user), quota, self.users[user].held, delta)
         for group in groups:
             quota = self.policy.group_quotas.get(group)
-            if quota is not None and self._may_flip(quota, self.held_by_group[group], delta):
-                self.touched.update(self._nodes_waited["group", group])
+            if quota is not None:
+                self._quota_moved(("group", group), quota, self.held_by_group[group], delta)
         h = self.policy.half_life
         if user not in self._account_of:
             self._set_account(user, groups)
@@ -801,12 +800,19 @@ class Scheduler:
         self.ranking.rerank(user)
         self.ranking.rerank_account(account)
 
-    def _may_flip(self, quota: int, held: int, delta: int) -> bool:
-        """Whether a request of some size waiting under ``quota`` goes over it or back within
-        it when ``held`` moves by ``delta`` (a request of ``c`` GPUs is over iff held + c >
-        quota; sizes run from 1 to the largest asked for)."""
+    def _quota_moved(self, who: tuple[str, str], quota: int, held: int, delta: int) -> None:
+        """What ``who`` (a user or a group) holds under ``quota`` moves from ``held`` by
+        ``delta``: the waiting requests that go over it or back within it are on nodes to be
+        explained again, and (when it fell) to be looked at by the next pass. A request of ``c``
+        GPUs is over iff held + c > quota: those that flip ask for quota - high < c <= quota -
+        low."""
         low, high = sorted((held, held + delta))
-        return quota - high < self._largest_asked and quota - low >= 1
+        for count in range(max(quota - high + 1, 1), min(quota - low, self._largest_asked) + 1):
+            nodes = self._nodes_waited.get((*who, count))
+            if nodes:
+                self.touched.update(nodes)
+                if delta < 0:
+                    self._dirty.update(nodes)
 
     def _unpin(self, demand: Demand) -> None:
         if demand.node is not None:
@@ -828,21 +834,13 @@ class Scheduler:
         nodes.update(self._pool_list[pid].node for pid in self._nominated.get(request_id, ()))
         return nodes
 
-    def _quota_freed(self, user: str, groups: tuple[str, ...]) -> None:
-        """A holder released: its requests (and those of its quota groups) may fit now."""
-        policy = self.policy
-        if policy.quota_of_user(user) is not None:
-            self._dirty.update(self._nodes_waited["user", user])
-        for group in groups:
-            if group in policy.group_quotas:
-                self._dirty.update(self._nodes_waited["group", group])
-
     def _count_waiting(self, demand: Demand, delta: int) -> None:
         """Keep ``_nodes_waited`` right as a pinned request comes or goes."""
         node = demand.node
         if node is None:
             return
-        for key in (("user", demand.user), *(("group", g) for g in demand.groups)):
+        count = demand.count
+        for key in (("user", demand.user, count), *(("group", g, count) for g in demand.groups)):
             nodes = self._nodes_waited[key]
             nodes[node] += delta
             if nodes[node] <= 0:
