@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,6 +18,7 @@ __all__ = [
     "estimate_note",
     "iso",
     "outside_ledger",
+    "shown_gpus",
 ]
 
 
@@ -54,6 +55,12 @@ def _gpu_brief(uuid: str, gpus: Mapping[str, Gpu]) -> dict[str, Any]:
     return {"uuid": uuid, "index": gpu.index, "model": gpu.model, "simulated": gpu.simulated}
 
 
+def shown_gpus(allocations: Iterable[Allocation]) -> set[str]:
+    """The UUIDs of the GPUs that :func:`allocation_json` describes for these allocations: the
+    only GPU rows an answer about them needs (none for a request that waits)."""
+    return {uuid for alloc in allocations for uuid in alloc.gpus}
+
+
 def allocation_json(
     alloc: Allocation,
     gpus: Mapping[str, Gpu],
@@ -61,7 +68,8 @@ def allocation_json(
     *,
     simulated: bool = False,
 ) -> dict[str, Any]:
-    """``simulated`` marks the answer even before any GPU is held (a queued request)."""
+    """``gpus`` needs only the GPUs of :func:`shown_gpus` (others are not looked at);
+    ``simulated`` marks the answer even before any GPU is held (a queued request)."""
     held = [_gpu_brief(u, gpus) for u in alloc.gpus]
     if samples is not None:
         for entry in held:

@@ -3,10 +3,9 @@ the event stream and metrics. Thin: each one parses, calls the service, renders 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -15,6 +14,7 @@ from tornado.iostream import StreamClosedError
 
 from jupyter_dlinfra.backends.base import BackendError
 from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu
+from jupyter_dlinfra.server.allocation_waits import allocation_waits, read_versioned
 from jupyter_dlinfra.server.errors import ApiError
 from jupyter_dlinfra.server.events import Subscription
 from jupyter_dlinfra.server.handlers.base import DLInfraHandler, authorized
@@ -32,7 +32,7 @@ from jupyter_dlinfra.server.parsing import (
 )
 from jupyter_dlinfra.server.restarts import restart_soon
 from jupyter_dlinfra.server.service import GpuService
-from jupyter_dlinfra.server.views import allocation_json, cluster_json
+from jupyter_dlinfra.server.views import allocation_json, cluster_json, shown_gpus
 from jupyter_dlinfra.telemetry import GpuSample
 
 __all__ = [
@@ -55,8 +55,13 @@ MAX_QUEUE_LIMIT = 1000
 
 
 class _Base(DLInfraHandler):
-    async def gpu_index(self) -> dict[str, Gpu]:
-        gpus = await self.service.call(self.service.ledger.gpus, include_absent=True)
+    async def gpu_index_for(self, allocations: Iterable[Allocation]) -> dict[str, Gpu]:
+        """The GPUs that the views of ``allocations`` show, by UUID: none for waiting requests,
+        never the whole cluster's."""
+        uuids = shown_gpus(allocations)
+        if not uuids:
+            return {}
+        gpus = await self.service.call(self.service.ledger.gpus_of, uuids)
         return {g.uuid: g for g in gpus}
 
     def view(
@@ -120,7 +125,7 @@ class AllocationsHandler(_Base):
                 user=user,
                 active=state == "active",
             )
-        gpus = await self.gpu_index()
+        gpus = await self.gpu_index_for(found)
         self.answer({"allocations": [self.view(a, gpus, self.service.samples) for a in found]})
 
     @authorized("write")
@@ -169,7 +174,7 @@ class AllocationsHandler(_Base):
         self.set_header(
             "Location", self.base_url.rstrip("/") + f"/dlinfra/api/allocations/{alloc.id}"
         )
-        self.answer(self.view(alloc, await self.gpu_index()), status=201)
+        self.answer(self.view(alloc, await self.gpu_index_for([alloc])), status=201)
 
 
 class AllocationHandler(_Base):
@@ -180,18 +185,19 @@ class AllocationHandler(_Base):
             self.get_query_argument("wait", "0"), "wait", minimum=0, maximum=MAX_WAIT_S, unit=" s"
         )
         ledger = self.service.ledger
-        alloc = await self.service.call(ledger.allocation, aid)
+        version = None
+        if wait:
+            version, alloc = await self.service.call(read_versioned, ledger, aid)
+        else:
+            alloc = await self.service.call(ledger.allocation, aid)
         if self.kernel_scope is not None and alloc.kernel_id != self.kernel_scope:
             raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        seen = (alloc.state, alloc.position, alloc.waiting_reason)
-        while alloc.state is AllocationState.QUEUED and loop.time() < deadline:
-            await self.service.wait_for_change(deadline - loop.time())
-            alloc = await self.service.call(ledger.allocation, aid)
-            if (alloc.state, alloc.position, alloc.waiting_reason) != seen:
-                break
-        self.answer(self.view(alloc, await self.gpu_index(), self.service.samples))
+        if version is not None and alloc.state is AllocationState.QUEUED:
+            # one watcher reads the waiting requests again, when the ledger has changed
+            waits = allocation_waits(self.service)
+            alloc = await waits.until_changed(alloc, version=version, timeout=wait)
+        gpus = await self.gpu_index_for([alloc])
+        self.answer(self.view(alloc, gpus, self.service.samples))
 
     @authorized("write")
     async def delete(self, allocation_id: str) -> None:
@@ -234,7 +240,7 @@ class QueueHandler(_Base):
             if limit and offset < total
             else []
         )
-        gpus = await self.gpu_index()
+        gpus = await self.gpu_index_for(queued)
         end = offset + len(queued)
         self.answer(
             {
@@ -262,12 +268,13 @@ class KernelRestartHandler(_Base):
             raise ApiError(404, f"kernel {kernel_id} does not run in this server", code="no_kernel")
         held = await self.service.call(self.service.ledger.allocations, kernel_id=kernel_id)
         granted = [a for a in held if a.state is AllocationState.GRANTED]
+        gpus = await self.gpu_index_for(granted)
         # answer first: the caller may be the kernel that is about to be restarted
         self.answer(
             {
                 "kernel_id": kernel_id,
                 "restarting": True,
-                "keeps": [self.view(a, await self.gpu_index()) for a in granted],
+                "keeps": [self.view(a, gpus) for a in granted],
             },
             status=202,
         )
