@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, factor
@@ -82,9 +82,15 @@ def explain(s: Scheduler, node: str | None = None) -> dict[int, WaitInfo]:
     return _explain(s, order(s) if node is None else s.pinned(node), node)
 
 
-def _explain(s: Scheduler, queue: list[Demand], node: str | None) -> dict[int, WaitInfo]:
+def _explain(
+    s: Scheduler,
+    queue: list[Demand],
+    node: str | None,
+    starts: dict[int, Estimate] | None = None,
+) -> dict[int, WaitInfo]:
     if not queue:
         return {}
+    starts = starts or {}
     policy = s.policy
     pools = s._pool_list if node is None else s._node_pools.get(node, [])
     free = {p.id: len(p.free) for p in pools}
@@ -118,6 +124,9 @@ def _explain(s: Scheduler, queue: list[Demand], node: str | None) -> dict[int, W
                 took(kept_on.model, policy.class_map[keeper.klass].priority, keeper.user)
     view: dict[int, WaitInfo] = {}
     places: Counter[str | None] = Counter()
+    # what requests of one model on one node share (most of a node's queue asks the same)
+    candidates_of: dict[tuple[tuple[str, ...], str | None], list[Any]] = {}
+    holders_of: dict[tuple[str, ...], str] = {}
     for d in queue:
         mine = set_aside.pop(d.id, None)
         if mine:
@@ -128,9 +137,11 @@ def _explain(s: Scheduler, queue: list[Demand], node: str | None) -> dict[int, W
         position = places[d.node]
         tier = policy.class_map[d.klass].priority
         models = s._models(d.model)
-        candidates = [
-            p for p in pools if p.model in models and (d.node is None or p.node == d.node)
-        ]
+        candidates = candidates_of.get((models, d.node))
+        if candidates is None:
+            candidates = candidates_of[models, d.node] = [
+                p for p in pools if p.model in models and (d.node is None or p.node == d.node)
+            ]
 
         def fits(counts: dict[int, int], d: Demand = d, candidates: list[Any] = candidates) -> bool:
             if d.node is not None or d.gang:
@@ -180,14 +191,25 @@ def _explain(s: Scheduler, queue: list[Demand], node: str | None) -> dict[int, W
                 code = "no_free_gpu"
                 if kept > 0:
                     reason += f"; {kept} kept for requests ahead of it"
-            held = Counter[str]()
-            for m in models:
-                held.update(holders.get(m, Counter()))
-            if held:
-                reason += "; held by " + ", ".join(f"{u} ({n})" for u, n in held.most_common(5))
+            held_by = holders_of.get(models)
+            if held_by is None:
+                held = Counter[str]()
+                for m in models:
+                    held.update(holders.get(m, Counter()))
+                top = ", ".join(f"{u} ({n})" for u, n in held.most_common(5))
+                held_by = holders_of[models] = f"; held by {top}" if held else ""
+            reason += held_by
             if mine:
                 consume()
-        view[d.id] = WaitInfo(request_id=d.id, position=position, code=code, reason=reason)
+        start = starts.get(d.id)
+        view[d.id] = WaitInfo(
+            request_id=d.id,
+            position=position,
+            code=code,
+            reason=reason,
+            estimated_start=None if start is None else start.at,
+            estimate_basis=None if start is None else start.basis,
+        )
     return view
 
 
@@ -264,20 +286,12 @@ def explain_node(
 ) -> dict[int, WaitInfo]:
     """Place, reason and estimated start of each request pinned to ``node``."""
     queue = s.pinned(node)
-    view = _explain(s, queue, node)
-    if not view:
+    if not queue:
         return {}
     starts = estimate_node(
         s, node, expected_end, duration, assumed=assumed, horizon=horizon, queue=queue
     )
-    return {
-        rid: replace(
-            info,
-            estimated_start=starts[rid].at if rid in starts else None,
-            estimate_basis=starts[rid].basis if rid in starts else None,
-        )
-        for rid, info in view.items()
-    }
+    return _explain(s, queue, node, starts)
 
 
 def estimate_node(
