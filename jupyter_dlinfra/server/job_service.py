@@ -25,7 +25,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -324,8 +324,7 @@ class JobService:
         mine_id = self.server.server_id
         held = self.book.jobs(active=True)
         polled = [j for j in held if j.handle is not None and j.server_id == mine_id]
-        self._stop_preempted(polled)
-        self._poll(polled)
+        self._poll(self._stop_preempted(polled))
 
     def _try_start(self, job: Job) -> None:
         backend = self.backends.get(job.backend)
@@ -478,9 +477,14 @@ class JobService:
         elif status.state.ended:
             self._record_end(job, status.state, status.reason)
 
-    def _stop_preempted(self, running: list[Job]) -> None:
-        """Stop the jobs whose GPUs the scheduler wants back; they are queued again once gone."""
+    def _stop_preempted(self, running: list[Job]) -> list[Job]:
+        """Stop the jobs whose GPUs the scheduler wants back; they are queued again once gone.
+        Returns ``running`` as it now is: a stopped job's end, polled next, must read as the
+        preemption it was, even when the request it was preempted for is withdrawn meanwhile
+        (its allocation no longer says so)."""
+        now: list[Job] = []
         for job in running:
+            now.append(job)
             alloc = self._preemption(job)
             if alloc is None or (job.reason or "").startswith(_STOPPING):
                 continue
@@ -489,12 +493,16 @@ class JobService:
                 continue
             # said before it is done: a server that dies between the two leaves a job whose
             # end its successor reads as the preemption it was, not as a failure
-            self.book.update(job.id, reason=f"{_STOPPING}: {alloc.preempt_reason}")
+            stopping = f"{_STOPPING}: {alloc.preempt_reason}"
+            self.book.update(job.id, reason=stopping)
             try:
                 backend.cancel(JobHandle.from_json(job.handle))
             except BackendError as err:
                 self.log.warning("dlinfra: stopping preempted job %s failed: %s", job.id, err)
                 self.book.update(job.id, reason=job.reason)  # the next pass tries again
+                continue
+            now[-1] = replace(job, reason=stopping)
+        return now
 
     def _preemption(self, job: Job, *, active: bool = True) -> Allocation | None:
         """The job's allocation, if the scheduler preempted it; with ``active=False`` also one

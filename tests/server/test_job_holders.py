@@ -179,3 +179,25 @@ async def test_a_preemption_is_recorded_before_the_job_is_stopped(dlinfra_app: A
     service.jobs._stop_preempted([job])
     assert len(backend.reasons) == 1
     assert (backend.reasons[0] or "").startswith("being stopped for a higher-priority"), backend
+
+
+async def test_a_job_stopped_for_a_preemption_then_withdrawn_is_queued_again(
+    dlinfra_app: Any,
+) -> None:
+    """Found by the crash soak (seed 1313, PostgreSQL, under load): the request a job was
+    stopped for was withdrawn (its allocation then says nothing of a preemption) and the job's
+    process ended before the next pass; the pass that stopped it polled it with the reason it
+    had read before, and recorded the SIGTERM as a failure."""
+    service = dlinfra_app.service
+    backend = _Recording(service.jobs.book)
+    service.jobs.backends["recording"] = backend
+    job = _preempted_running_job(dlinfra_app, "recording")
+    polled = service.jobs._stop_preempted([job])
+    assert backend.reasons, "the job was not stopped"
+    alloc = service.ledger.allocation(job.allocation_id)
+    assert alloc.preempted_for is not None
+    service.ledger.release(alloc.preempted_for, reason="released by the user")
+    assert service.ledger.allocation(job.allocation_id).preempted_for is None
+    service.jobs._record_end(polled[0], BackendState.FAILED, "killed by signal 15")
+    now = service.jobs.book.job(job.id)
+    assert (now.state, now.attempts) == (JobState.QUEUED, job.attempts + 1), now
