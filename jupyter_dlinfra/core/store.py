@@ -110,6 +110,8 @@ allocations = Table(
 # schema 7: one user's (or node's) allocations are read without scanning everyone's
 Index("ix_dlinfra_allocations_user_state", allocations.c.user, allocations.c.state)
 Index("ix_dlinfra_allocations_node_state", allocations.c.node, allocations.c.state)
+# a server's loops read its own kernels
+Index("ix_dlinfra_kernels_server", kernels.c.server_id)
 
 allocation_gpus = Table(
     "dlinfra_allocation_gpus",
@@ -365,7 +367,7 @@ class Store:
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
             # create_all makes only with their table
-            for index in allocations.indexes:
+            for index in (*allocations.indexes, *kernels.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(
                 update(meta)

@@ -224,21 +224,16 @@ class Reclaimer:
 
     def _my_kernel_ids(self) -> set[str]:
         mine = self.server_id
-        return {k.kernel_id for k in self.ledger.kernels() if k.server_id == mine}
+        return {k.kernel_id for k in self.ledger.kernels(server_id=mine)}
 
     def _read(self) -> list[KernelUsage]:
         ledger = self.ledger
         # this server's kernels, wherever they run (a gateway's pod kernels are on many nodes)
         kernels = [
-            k
-            for k in ledger.kernels()
-            if k.server_id == self.server_id and self.control.exists(k.kernel_id)
+            k for k in ledger.kernels(server_id=self.server_id) if self.control.exists(k.kernel_id)
         ]
-        granted = {
-            a.kernel_id: a
-            for a in ledger.allocations(active=True)
-            if a.state is AllocationState.GRANTED
-        }
+        # grants only: the queue (thousands, each explained) is none of the reclaimer's business
+        granted = {a.kernel_id: a for a in ledger.allocations(state=AllocationState.GRANTED)}
         executing = {k.kernel_id: self.control.executing(k.kernel_id) for k in kernels}
         return self._attributor.usage(kernels, granted, self.sampler.samples, executing=executing)
 

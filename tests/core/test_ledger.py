@@ -710,3 +710,21 @@ def test_queue_length_counts_without_explaining_the_queue(
     monkeypatch.setattr(LedgerCache, "_explain", no_view)
     monkeypatch.setattr(explain, "explain_node", no_view)
     assert kit.ledger.queue_length() == 1
+
+
+def test_granted_allocations_are_listed_without_explaining_the_queue(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.node("node-a", (2, A100))
+    for name in ("k1", "k2", "k3"):
+        kit.kernel(name, user=name)
+        kit.ledger.request(kernel_id=name, count=2)
+
+    def no_view(*args: object) -> None:
+        raise AssertionError("the queue was explained to list grants")
+
+    monkeypatch.setattr(LedgerCache, "_explain", no_view)
+    granted = kit.ledger.allocations(state=AllocationState.GRANTED)
+    assert [a.kernel_id for a in granted] == ["k1"]
+    assert [k.kernel_id for k in kit.ledger.kernels(server_id="srv-1")] == ["k1", "k2", "k3"]
+    assert kit.ledger.kernels(server_id="another") == []

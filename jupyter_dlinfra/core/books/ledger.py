@@ -384,10 +384,15 @@ class Ledger:
             row = conn.execute(select(kernels).where(kernels.c.token_hash == token_hash)).first()
             return None if row is None else _kernel(row)
 
-    def kernels(self, node: str | None = None) -> list[KernelRecord]:
+    def kernels(
+        self, node: str | None = None, *, server_id: str | None = None
+    ) -> list[KernelRecord]:
+        """Known kernels (of ``node``, of the server ``server_id``), oldest first."""
         query = select(kernels).order_by(kernels.c.created_at)
         if node is not None:
             query = query.where(kernels.c.node == node)
+        if server_id is not None:
+            query = query.where(kernels.c.server_id == server_id)
         with self.store.read() as conn:
             return [_kernel(r) for r in conn.execute(query)]
 
@@ -725,7 +730,11 @@ class Ledger:
         user: str | None = None,
         node: str | None = None,
         active: bool = True,
+        state: AllocationState | None = None,
     ) -> list[Allocation]:
+        """Allocations, by kernel, user or node; ``active``: queued and granted ones only;
+        ``state``: in that state only (``GRANTED``: as many as there are GPUs at most, and no
+        waiter explained)."""
         cond: Any = allocations.c.id.is_not(None)
         if kernel_id is not None:
             cond = cond & (allocations.c.kernel_id == kernel_id)
@@ -735,6 +744,8 @@ class Ledger:
             cond = cond & (allocations.c.node == node)
         if active:
             cond = cond & allocations.c.state.in_(_ACTIVE)
+        if state is not None:
+            cond = cond & (allocations.c.state == state.value)
         with self._reading() as (conn, cache):
             return [self._waited(a, cache) for a in self._load(conn, cond)]
 
