@@ -136,6 +136,15 @@ class Ledger:
         with self._lock, self.store.read() as conn:
             yield conn, self._state(conn)
 
+    def _with_waits(self, conn: Connection, found: list[Allocation]) -> list[Allocation]:
+        """``found`` (read without the lock: rows need no scheduler, and readers must not wait
+        for each other's rows) with the waits of the queued ones, under the lock."""
+        if not any(a.state is AllocationState.QUEUED for a in found):
+            return found
+        with self._lock:
+            cache = self._state(conn)
+            return [self._waited(a, cache) for a in found]
+
     def _state(self, conn: Connection) -> LedgerCache:
         """The scheduling state as ``conn`` sees the ledger: kept, or loaded when another
         process (or a failed write) has changed the ledger since."""
@@ -720,8 +729,8 @@ class Ledger:
             return ended
 
     def allocation(self, allocation_id: int) -> Allocation:
-        with self._reading() as (conn, cache):
-            return self._waited(self._one(conn, allocation_id), cache)
+        with self.store.read() as conn:
+            return self._with_waits(conn, [self._one(conn, allocation_id)])[0]
 
     def allocations(
         self,
@@ -746,8 +755,8 @@ class Ledger:
             cond = cond & allocations.c.state.in_(_ACTIVE)
         if state is not None:
             cond = cond & (allocations.c.state == state.value)
-        with self._reading() as (conn, cache):
-            return [self._waited(a, cache) for a in self._load(conn, cond)]
+        with self.store.read() as conn:
+            return self._with_waits(conn, self._load(conn, cond))
 
     def queue(
         self, node: str | None = None, *, limit: int | None = None, offset: int = 0
@@ -758,17 +767,21 @@ class Ledger:
             raise InvalidRequest(f"limit must be a whole number of 0 or more, not {limit!r}")
         if isinstance(offset, bool) or offset < 0:
             raise InvalidRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
-        with self._reading() as (conn, cache):
-            now = self.clock.now()
-            if node is None:
-                page = cache.page(offset, limit, now)
-            else:
-                ids = cache.node_order(node, now)
-                page = ids[offset:] if limit is None else ids[offset : offset + limit]
+        with self.store.read() as conn:
+            with self._lock:
+                cache = self._state(conn)
+                now = self.clock.now()
+                if node is None:
+                    page = cache.page(offset, limit, now)
+                else:
+                    ids = cache.node_order(node, now)
+                    page = ids[offset:] if limit is None else ids[offset : offset + limit]
             if not page:
                 return []
             found = {a.id: a for a in self._load(conn, allocations.c.id.in_(page))}
-            return [self._waited(found[aid], cache) for aid in page if aid in found]
+            # one granted or ended since the page was taken is no longer in the queue
+            waiting = [found[aid] for aid in page if aid in found]
+            return self._with_waits(conn, [a for a in waiting if a.state is AllocationState.QUEUED])
 
     def queue_length(self, node: str | None = None) -> int:
         """How many requests wait (on ``node``, or on every node), without explaining them."""
