@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.books.ledger_cache import LedgerCache
 from jupyter_dlinfra.core.errors import (
     Conflict,
@@ -16,6 +17,7 @@ from jupyter_dlinfra.core.errors import (
 )
 from jupyter_dlinfra.core.models import AllocationState, KernelRecord
 from jupyter_dlinfra.core.scheduling import explain
+from jupyter_dlinfra.core.store import LEDGER_VERSION, read_counter
 
 from .kit import A100, H100, Kit, make_gpus
 
@@ -728,3 +730,26 @@ def test_granted_allocations_are_listed_without_explaining_the_queue(
     assert [a.kernel_id for a in granted] == ["k1"]
     assert [k.kernel_id for k in kit.ledger.kernels(server_id="srv-1")] == ["k1", "k2", "k3"]
     assert kit.ledger.kernels(server_id="another") == []
+
+
+def test_a_reader_older_than_the_state_keeps_it(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read whose snapshot began before a write of this process committed (SQLite) must not
+    load the older state: the next write would load it again."""
+    kit.node("node-a", (2, A100))
+    kit.kernel("k1")
+    kit.kernel("k2", user="bob")
+    kit.ledger.request(kernel_id="k1", count=2)
+    loads: list[int] = []
+    real = Ledger._load_state
+
+    def counted(self: Ledger, conn: object, version: int) -> object:
+        loads.append(version)
+        return real(self, conn, version)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Ledger, "_load_state", counted)
+    with kit.ledger.store.read() as conn:
+        read_counter(conn, LEDGER_VERSION)  # the snapshot begins
+        kit.ledger.request(kernel_id="k2", count=1)
+        kit.ledger._state(conn)
+    kit.ledger.request(kernel_id="k1", count=2)  # the same again: no change, no load
+    assert loads == []
