@@ -42,7 +42,6 @@ __all__ = [
     "estimate_node",
     "explain",
     "explain_node",
-    "order",
     "standings",
 ]
 
@@ -71,28 +70,23 @@ class Estimate:
     basis: str
 
 
-def order(s: Scheduler) -> list[Demand]:
-    """Waiting requests in the order a pass would look at them, if nothing changed."""
-    return list(s.in_order())
-
-
-def explain(s: Scheduler, node: str | None = None) -> dict[int, WaitInfo]:
-    """Every waiting request's place and reason; with ``node``, those pinned to it alone (their
-    explanation depends on that node alone, so it costs what the node holds and waits for)."""
-    return _explain(s, order(s) if node is None else s.pinned(node), node)
-
-
-def _explain(
+def explain(
     s: Scheduler,
-    queue: list[Demand],
-    node: str | None,
+    node: str,
+    *,
+    queue: list[Demand] | None = None,
     starts: dict[int, Estimate] | None = None,
 ) -> dict[int, WaitInfo]:
+    """Place and reason of each request pinned to ``node`` (``queue``: them, in the order of
+    service, when the caller has them), with its estimate from ``starts``. A pinned request
+    competes only with those pinned to its node: this costs what the node holds and waits for.
+    """
+    queue = s.pinned(node) if queue is None else queue
     if not queue:
         return {}
     starts = starts or {}
     policy = s.policy
-    pools = s._pool_list if node is None else s._node_pools.get(node, [])
+    pools = s._node_pools.get(node, [])
     free = {p.id: len(p.free) for p in pools}
     real_free = dict(free)
     holders: dict[str, Counter[str]] = defaultdict(Counter)  # model -> user -> GPUs
@@ -123,37 +117,26 @@ def _explain(
                 free[kept_on.id] -= 1
                 took(kept_on.model, policy.class_map[keeper.klass].priority, keeper.user)
     view: dict[int, WaitInfo] = {}
-    places: Counter[str | None] = Counter()
-    # what requests of one model on one node share (most of a node's queue asks the same)
-    candidates_of: dict[tuple[tuple[str, ...], str | None], list[Any]] = {}
+    # what requests of one model share (most of a node's queue asks the same)
+    candidates_of: dict[tuple[str, ...], list[Any]] = {}
     holders_of: dict[tuple[str, ...], str] = {}
-    for d in queue:
+    for position, d in enumerate(queue, start=1):
         mine = set_aside.pop(d.id, None)
         if mine:
             for pid, n in mine.items():
                 free[pid] += n
-        # a pinned request competes only with those pinned to its node
-        places[d.node] += 1
-        position = places[d.node]
         tier = policy.class_map[d.klass].priority
         models = s._models(d.model)
-        candidates = candidates_of.get((models, d.node))
+        candidates = candidates_of.get(models)
         if candidates is None:
-            candidates = candidates_of[models, d.node] = [
-                p for p in pools if p.model in models and (d.node is None or p.node == d.node)
-            ]
+            candidates = candidates_of[models] = [p for p in pools if p.model in models]
 
         def fits(counts: dict[int, int], d: Demand = d, candidates: list[Any] = candidates) -> bool:
-            if d.node is not None or d.gang:
-                return sum(counts[p.id] for p in candidates) >= d.count
-            return any(counts[p.id] >= d.count for p in candidates)
+            return sum(counts[p.id] for p in candidates) >= d.count
 
         def consume(d: Demand = d, candidates: list[Any] = candidates, tier: int = tier) -> None:
             need = d.count
-            ranked = sorted(candidates, key=lambda p: -free[p.id])
-            if d.node is None and not d.gang:
-                ranked = [p for p in ranked if free[p.id] >= need] or ranked[:1]
-            for p in ranked:
+            for p in sorted(candidates, key=lambda p: -free[p.id]):
                 taken = min(free[p.id], need)
                 free[p.id] -= taken
                 need -= taken
@@ -179,9 +162,8 @@ def _explain(
             total = sum(len(p.gpus) for p in candidates)
             now_free = sum(real_free[p.id] for p in candidates)
             kind = f" of model '{d.model}'" if d.model else ""
-            where = f" on {d.node}" if d.node else ""
             reason = (
-                f"waiting for {plural(d.count, 'GPU')}{kind}{where}: {now_free} of {total} free"
+                f"waiting for {plural(d.count, 'GPU')}{kind} on {node}: {now_free} of {total} free"
             )
             kept = now_free - sum(free[p.id] for p in candidates)
             if fits(real_free):
@@ -291,7 +273,7 @@ def explain_node(
     starts = estimate_node(
         s, node, expected_end, duration, assumed=assumed, horizon=horizon, queue=queue
     )
-    return _explain(s, queue, node, starts)
+    return explain(s, node, queue=queue, starts=starts)
 
 
 def estimate_node(

@@ -346,9 +346,9 @@ class Scheduler:
             raise NotFound(f"no waiting request {request_id}")
         self.ranking.remove(demand)
         self._unpin(demand)
-        if self.reserved.pop(request_id, None) is not None or request_id in self._nominated:
-            # what was set aside for it may go to others
-            self._dirty.update(self._nodes_of(request_id))
+        # what the last pass set aside for it is free for others: its nodes are looked at by
+        # the next pass already (every pass marks the nodes of what it sets aside)
+        self.reserved.pop(request_id, None)
         self._nominated.pop(request_id, None)
         if self.pending.pop(request_id, None):
             # its victims are no longer wanted: they may be chosen again for someone else
@@ -356,7 +356,7 @@ class Scheduler:
                 if holding.preempted_for == request_id:
                     unmarked = replace(holding, preempted_for=None)
                     self.holdings[holding.id] = unmarked
-                    nodes = {p.node for p in self._pools_of(unmarked)}
+                    nodes = self._nodes(unmarked.gpus)
                     self._dirty.update(nodes)
                     self.touched.update(nodes)
                     if self._may_be_preempted(unmarked):
@@ -444,16 +444,12 @@ class Scheduler:
             )
         self._touch_reserved(reserved_before)
         # what is set aside now may be free for others at the next pass
-        self._dirty.update(
-            self._pool_of[u].node for g in self.reserved.values() for u in g if u in self._pool_of
-        )
+        self._dirty.update(self._nodes(u for g in self.reserved.values() for u in g))
         for taken in kept.values():
             self._give_back(taken)
         self._give_back(reserved)
         self._in_pass = False
-        self.touched.update(
-            self._pool_of[u].node for g in out.grants for u in g.gpus if u in self._pool_of
-        )
+        self.touched.update(self._nodes(u for g in out.grants for u in g.gpus))
         if can_preempt:
             self._preempt(blocked, out)
         return out
@@ -534,7 +530,7 @@ class Scheduler:
     def unserved(self) -> list[int]:
         """Pinned requests within their quotas that would fit in their node's free GPUs not set
         aside for others: none after a pass (it is work-conserving)."""
-        aside: dict[str, Counter[int]] = defaultdict(Counter)  # uuid's pool per request
+        aside: dict[str, Counter[int]] = defaultdict(Counter)  # node -> request -> GPUs kept
         for rid, uuids in self.reserved.items():
             for uuid in uuids:
                 pool = self._pool_of.get(uuid)
@@ -775,9 +771,7 @@ class Scheduler:
     def _touch_reserved(self, before: dict[int, tuple[str, ...]]) -> None:
         """The nodes where what a pass set aside changed since ``before``."""
         changed = set(before.items()) ^ set(self.reserved.items())
-        self.touched.update(
-            self._pool_of[u].node for _, g in changed for u in g if u in self._pool_of
-        )
+        self.touched.update(self._nodes(u for _, g in changed for u in g))
 
     def _charge(self, user: str, groups: tuple[str, ...], delta: int) -> None:
         quota = self.policy.quota_of_user(user)
@@ -823,16 +817,9 @@ class Scheduler:
                 if not pinned:
                     del self._pinned[demand.node]
 
-    def _pools_of(self, holding: Holding) -> set[_Pool]:
-        return {self._pool_of[u] for u in holding.gpus if u in self._pool_of}
-
-    def _nodes_of(self, request_id: int) -> set[str]:
-        """The nodes of what was reserved, kept or preempted for a request."""
-        nodes = {
-            self._pool_of[u].node for u in self.reserved.get(request_id, ()) if u in self._pool_of
-        }
-        nodes.update(self._pool_list[pid].node for pid in self._nominated.get(request_id, ()))
-        return nodes
+    def _nodes(self, uuids: Iterable[str]) -> set[str]:
+        """The nodes of these GPUs (those still known)."""
+        return {self._pool_of[u].node for u in uuids if u in self._pool_of}
 
     def _count_waiting(self, demand: Demand, delta: int) -> None:
         """Keep ``_nodes_waited`` right as a pinned request comes or goes."""
