@@ -901,7 +901,7 @@ class Ledger:
             detail={"reason": reason, "gpus": list(alloc.gpus)},
         )
         if state is AllocationState.RELEASED and alloc.granted_at is not None:
-            cache.durations.add(class_of(alloc, cache.policy), self.clock.now() - alloc.granted_at)
+            cache.durations.add(class_of(alloc, cache.policy), now - alloc.granted_at)
             # the GPUs are back above; the bookkeeping cannot take them again (see _record_usage)
             self._record_usage(tx.conn, cache.policy, alloc.user, len(alloc.gpus), alloc.granted_at)
         return replace(alloc, state=state, ended_at=now, end_reason=reason)

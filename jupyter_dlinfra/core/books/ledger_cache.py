@@ -15,6 +15,7 @@ standings drift with time and with grants elsewhere.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import statistics
 from collections import defaultdict, deque
@@ -140,7 +141,8 @@ class LedgerCache:
             reason = waiting.placed_reason or ""
             return explain.WaitInfo(
                 request_id=allocation_id,
-                position=placed.index(allocation_id) + 1,
+                # the ids are sorted: its place without a scan of the cluster's queue
+                position=bisect.bisect_left(placed, allocation_id) + 1,
                 code="quota" if reason.startswith(QUOTA_WAIT) else "cluster",
                 reason=reason or "waiting for the cluster's scheduler",
             )
