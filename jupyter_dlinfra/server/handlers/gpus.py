@@ -106,25 +106,14 @@ class AllocationsHandler(_Base):
         if state not in ("active", "all", "granted"):
             raise ApiError(400, "state must be 'active', 'granted' or 'all'", code="bad_query")
         user = query_name(self.get_query_argument("user", None), "user")
-        found: list[Allocation]
-        if state == "granted":
-            # from the holders: as many as GPUs at most, without reading the queue
-            holders = await self.service.call(self.service.ledger.holders)
-            found = sorted(
-                (
-                    a
-                    for a in {a.id: a for a in holders.values()}.values()
-                    if kernel_id in (None, a.kernel_id) and user in (None, a.user)
-                ),
-                key=lambda a: a.id,
-            )
-        else:
-            found = await self.service.call(
-                self.service.ledger.allocations,
-                kernel_id=kernel_id,
-                user=user,
-                active=state == "active",
-            )
+        # "granted": as many as GPUs at most, and nothing of the queue read or explained
+        found = await self.service.call(
+            self.service.ledger.allocations,
+            kernel_id=kernel_id,
+            user=user,
+            active=state != "all",
+            state=AllocationState.GRANTED if state == "granted" else None,
+        )
         gpus = await self.gpu_index_for(found)
         self.answer({"allocations": [self.view(a, gpus, self.service.samples) for a in found]})
 
