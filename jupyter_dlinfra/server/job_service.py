@@ -482,9 +482,9 @@ class JobService:
         Returns ``running`` as it now is: a stopped job's end, polled next, must read as the
         preemption it was, even when the request it was preempted for is withdrawn meanwhile
         (its allocation no longer says so)."""
-        now: list[Job] = []
+        current: list[Job] = []
         for job in running:
-            now.append(job)
+            current.append(job)
             alloc = self._preemption(job)
             if alloc is None or (job.reason or "").startswith(_STOPPING):
                 continue
@@ -501,8 +501,8 @@ class JobService:
                 self.log.warning("dlinfra: stopping preempted job %s failed: %s", job.id, err)
                 self.book.update(job.id, reason=job.reason)  # the next pass tries again
                 continue
-            now[-1] = replace(job, reason=stopping)
-        return now
+            current[-1] = replace(job, reason=stopping)
+        return current
 
     def _preemption(self, job: Job, *, active: bool = True) -> Allocation | None:
         """The job's allocation, if the scheduler preempted it; with ``active=False`` also one
