@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     inspect,
@@ -395,14 +396,11 @@ class Store:
         """A transaction that holds the ledger's write lock from its first statement."""
         with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
             if not self.is_sqlite:
-                conn.execute(select(meta.c.value).where(meta.c.key == "version").with_for_update())
+                conn.execute(_LOCK)
             tx = Transaction(conn)
             yield tx
             if tx.changed:
-                keys = ("version", LEDGER_VERSION) if tx.ledger_changed else ("version",)
-                conn.execute(
-                    update(meta).where(meta.c.key.in_(keys)).values(value=meta.c.value + 1)
-                )
+                conn.execute(_BUMP_BOTH if tx.ledger_changed else _BUMP)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -420,5 +418,15 @@ class Store:
 
 def read_counter(conn: Connection, key: str) -> int:
     """One of the meta counters (``version`` or LEDGER_VERSION); 0 before it was first set."""
-    found = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+    found = conn.execute(_COUNTER, {"p_key": key}).scalar()
     return 0 if found is None else int(found)
+
+
+# built once: a write and a read execute them every time (see core/books/ledger_sql.py)
+_COUNTER = select(meta.c.value).where(meta.c.key == bindparam("p_key"))
+#: PostgreSQL: the ledger's write lock, a row lock on the version counter
+_LOCK = select(meta.c.value).where(meta.c.key == "version").with_for_update()
+_BUMP = update(meta).where(meta.c.key == "version").values(value=meta.c.value + 1)
+_BUMP_BOTH = (
+    update(meta).where(meta.c.key.in_(("version", LEDGER_VERSION))).values(value=meta.c.value + 1)
+)

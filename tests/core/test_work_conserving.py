@@ -92,3 +92,25 @@ def test_a_quota_freed_elsewhere_lets_a_waiter_take_its_idle_gpu() -> None:
     out = s.schedule(11.0)
     assert waiter.id in [g.request_id for g in out.grants]
     assert s.unserved() == []
+
+
+def test_a_pass_over_pinned_requests_costs_its_reservations_not_the_scan_depth() -> None:
+    """Every waiting request is pinned: beyond its reservations a pass stops at the first one it
+    cannot serve (step 5 serves the nodes that changed), so it looks at some twenty requests
+    instead of max_scan more; a queue with an unpinned request is still scanned to max_scan."""
+    rng = random.Random(5)
+    s = make({f"n{i}": 8 for i in range(64)}, reservations=4, preemption=False)
+    for i in range(64):  # one GPU free on each node, too few for anyone waiting
+        hold(s, 100_000 + i, f"holder{i}", tuple(f"n{i}-{g}" for g in range(7)))
+    for rid in range(1, 1001):
+        node = f"n{rng.randrange(64)}"
+        ask(s, rid, f"u{rng.randrange(40)}", rng.choice((2, 4)), at=rid, node=node)
+    assert s.max_scan == 100
+    out = s.schedule(2000.0)
+    assert out.grants == [] and out.examined == 4 + 1
+    s.release(100_007)  # n7's holder: what waits there is served all the same
+    out = s.schedule(2001.0)
+    assert out.grants and {g.gpus[0].split("-")[0] for g in out.grants} == {"n7"}
+    assert s.unserved() == []
+    ask(s, 5000, "anywhere", 8, at=2002.0)  # not pinned: it may fit wherever GPUs free up
+    assert s.schedule(2003.0).examined == 4 + 100

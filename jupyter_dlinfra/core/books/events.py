@@ -14,7 +14,7 @@ from sqlalchemy import func, insert, select
 
 from jupyter_dlinfra.core.store import Store, Transaction, events
 
-__all__ = ["latest_event_seq", "write_event"]
+__all__ = ["event_row", "latest_event_seq", "write_event", "write_events"]
 
 
 def write_event(
@@ -28,15 +28,38 @@ def write_event(
 ) -> None:
     """Add an event row within ``tx`` and mark the transaction as a change of the ledger."""
     tx.conn.execute(
-        insert(events).values(
-            at=at,
-            kind=kind,
-            allocation_id=allocation_id,
-            kernel_id=kernel_id,
-            detail=json.dumps(detail or {}),
-        )
+        INSERT_EVENT,
+        event_row(kind, at=at, allocation_id=allocation_id, kernel_id=kernel_id, detail=detail),
     )
     tx.touch()
+
+
+def write_events(tx: Transaction, rows: list[dict[str, Any]]) -> None:
+    """Add several events made by :func:`event_row` in one statement (a pass's grants)."""
+    if rows:
+        tx.conn.execute(INSERT_EVENT, rows)
+        tx.touch()
+
+
+def event_row(
+    kind: str,
+    *,
+    at: float,
+    allocation_id: int | None = None,
+    kernel_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "at": at,
+        "kind": kind,
+        "allocation_id": allocation_id,
+        "kernel_id": kernel_id,
+        "detail": json.dumps(detail or {}),
+    }
+
+
+#: built once: every change executes it (see ledger_sql.py)
+INSERT_EVENT = insert(events)
 
 
 def latest_event_seq(store: Store) -> int:

@@ -23,7 +23,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, select, update
 
-from jupyter_dlinfra.core.books.events import write_event
+from jupyter_dlinfra.core.books import ledger_sql as sql
+from jupyter_dlinfra.core.books.events import event_row, write_event, write_events
 from jupyter_dlinfra.core.books.ledger_cache import QUOTA_WAIT, Durations, LedgerCache, Waiting
 from jupyter_dlinfra.core.books.ledger_state import (
     GroupsOf,
@@ -56,7 +57,6 @@ from jupyter_dlinfra.core.store import (
     allocation_gpus,
     allocations,
     events,
-    fairshare,
     gpus,
     holdings,
     kernels,
@@ -94,8 +94,8 @@ class Ledger:
         """``policy``: the configured scheduling policy (one set through the API wins);
         ``groups_of(user)``: the groups a user belongs to, for group shares and quotas;
         ``max_scan``: requests a pass looks at beyond its reservations (SLURM's
-        default_queue_depth; requests pinned to a node that changed are looked at whatever it
-        is)."""
+        default_queue_depth) while some waiting request is not pinned to a node; requests
+        pinned to a node that changed are looked at whatever it is (see ``scheduler.py``)."""
         self.store = store
         self.clock = clock
         self.configured_policy = policy or SchedulingPolicy()
@@ -484,8 +484,8 @@ class Ledger:
             else:
                 priority_class = policy.job_class if kind == "job" else policy.kernel_class
             kernel = self._kernel(conn, kernel_id)
-            current = self._load(
-                conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
+            current = self._with_gpus(
+                conn, conn.execute(sql.ACTIVE_OF_KERNEL, {"p_kernel": kernel_id}).all()
             )
             if current:
                 held = current[0]
@@ -507,21 +507,22 @@ class Ledger:
             now = self.clock.now()
             groups = groups_json(self.groups_of(kernel.user))
             inserted = conn.execute(
-                insert(allocations).values(
-                    kernel_id=kernel_id,
-                    user=kernel.user,
-                    node=kernel.node,
-                    count=count,
-                    model=model,
-                    state=AllocationState.QUEUED.value,
-                    created_at=now,
-                    priority_class=priority_class,
-                    kind=kind,
-                    groups=groups,
-                    borrowed=False,
-                    placement=CLUSTER if placed else None,
-                    cluster_reason=cluster_reason,
-                )
+                sql.INSERT_ALLOCATION,
+                {
+                    "kernel_id": kernel_id,
+                    "user": kernel.user,
+                    "node": kernel.node,
+                    "count": count,
+                    "model": model,
+                    "state": AllocationState.QUEUED.value,
+                    "created_at": now,
+                    "priority_class": priority_class,
+                    "kind": kind,
+                    "groups": groups,
+                    "borrowed": False,
+                    "placement": CLUSTER if placed else None,
+                    "cluster_reason": cluster_reason,
+                },
             )
             new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
             self.write_event(
@@ -879,19 +880,12 @@ class Ledger:
         if state is AllocationState.CANCELLED:
             # what was being preempted for it is no longer wanted (a job already stopping is
             # queued again by its owner all the same)
-            tx.conn.execute(
-                update(allocations)
-                .where(
-                    (allocations.c.preempted_for == alloc.id)
-                    & (allocations.c.state == AllocationState.GRANTED.value)
-                )
-                .values(preempted_for=None, preempt_reason=None)
-            )
-        tx.conn.execute(delete(holdings).where(holdings.c.allocation_id == alloc.id))
+            tx.conn.execute(sql.UNMARK_PREEMPTED, {"p_for": alloc.id})
+        if alloc.state is AllocationState.GRANTED:
+            tx.conn.execute(sql.DELETE_HOLDINGS, {"p_id": alloc.id})
         tx.conn.execute(
-            update(allocations)
-            .where(allocations.c.id == alloc.id)
-            .values(state=state.value, ended_at=now, end_reason=reason)
+            sql.END_ALLOCATION,
+            {"p_id": alloc.id, "p_state": state.value, "p_at": now, "p_why": reason},
         )
         self.write_event(
             tx,
@@ -946,47 +940,55 @@ class Ledger:
                     )
         now = self.clock.now()
         out = sched.schedule(now)
+        # what the pass decided, in one statement per table (executemany)
         rows: list[dict[str, Any]] = []
         for grant in out.grants:
             rows.extend({"gpu_uuid": u, "allocation_id": grant.request_id} for u in grant.gpus)
         if rows:
-            conn.execute(insert(holdings), rows)
-            conn.execute(insert(allocation_gpus), rows)
+            conn.execute(sql.INSERT_HOLDINGS, rows)
+            conn.execute(sql.INSERT_ALLOCATION_GPUS, rows)
+        told: list[dict[str, Any]] = []
+        if out.grants:
+            conn.execute(
+                sql.GRANT,
+                [{"p_id": g.request_id, "p_at": now, "p_borrowed": g.borrowed} for g in out.grants],
+            )
         for grant in out.grants:
             asked = cache.waiting.pop(grant.request_id, None)
-            conn.execute(
-                update(allocations)
-                .where(allocations.c.id == grant.request_id)
-                .values(
-                    state=AllocationState.GRANTED.value, granted_at=now, borrowed=grant.borrowed
-                )
-            )
             detail: dict[str, Any] = {"gpus": list(grant.gpus)}
             if asked is not None:
                 detail["waited_s"] = now - asked.created_at
             if grant.borrowed:
                 detail["borrowed"] = True
-            self.write_event(
-                tx,
-                "granted",
-                allocation_id=grant.request_id,
-                kernel_id=cache.kernel_of.get(grant.request_id),
-                detail=detail,
+            told.append(
+                event_row(
+                    "granted",
+                    at=now,
+                    allocation_id=grant.request_id,
+                    kernel_id=cache.kernel_of.get(grant.request_id),
+                    detail=detail,
+                )
+            )
+        if out.preemptions:
+            conn.execute(
+                sql.MARK_PREEMPTED,
+                [
+                    {"p_id": p.holding_id, "p_for": p.request_id, "p_why": p.message}
+                    for p in out.preemptions
+                ],
             )
         for pre in out.preemptions:
             victim = sched.holdings[pre.holding_id]
-            conn.execute(
-                update(allocations)
-                .where(allocations.c.id == victim.id)
-                .values(preempted_for=pre.request_id, preempt_reason=pre.message)
+            told.append(
+                event_row(
+                    "preempted",
+                    at=now,
+                    allocation_id=victim.id,
+                    kernel_id=cache.kernel_of.get(victim.id),
+                    detail={"for": pre.request_id, "reason": pre.message, "user": victim.user},
+                )
             )
-            self.write_event(
-                tx,
-                "preempted",
-                allocation_id=victim.id,
-                kernel_id=cache.kernel_of.get(victim.id),
-                detail={"for": pre.request_id, "reason": pre.message, "user": victim.user},
-            )
+        write_events(tx, told)
         return {g.request_id: (g, now) for g in out.grants}
 
     def _record_usage(
@@ -1020,7 +1022,7 @@ class Ledger:
         now = self.clock.now()
         half_life = policy.half_life
         used = running_usage(count, granted_at, now, policy)
-        row = conn.execute(select(fairshare).where(fairshare.c.user == user)).first()
+        row = conn.execute(sql.FAIRSHARE_OF, {"p_user": user}).first()
         total = used if row is None else decayed(row.gpu_seconds, now - row.at, half_life) + used
         bounded = bounded_usage(total)
         if bounded != total:  # NaN, infinite, negative or beyond any real use
@@ -1033,40 +1035,33 @@ class Ledger:
                 bounded,
             )
         if row is None:
-            conn.execute(insert(fairshare).values(user=user, gpu_seconds=bounded, at=now))
+            conn.execute(sql.INSERT_FAIRSHARE, {"user": user, "gpu_seconds": bounded, "at": now})
         else:
-            conn.execute(
-                update(fairshare)
-                .where(fairshare.c.user == user)
-                .values(gpu_seconds=bounded, at=now)
-            )
+            conn.execute(sql.UPDATE_FAIRSHARE, {"p_user": user, "p_seconds": bounded, "p_at": now})
 
     def _kernel(self, conn: Connection, kernel_id: str) -> KernelRecord:
-        row = conn.execute(select(kernels).where(kernels.c.kernel_id == kernel_id)).first()
+        row = conn.execute(sql.KERNEL, {"p_kernel": kernel_id}).first()
         if row is None:
             raise NotFound(f"no kernel {kernel_id} is known to the GPU ledger", reason="no_kernel")
         return _kernel(row)
 
     def _one(self, conn: Connection, allocation_id: int) -> Allocation:
-        found = self._load(conn, allocations.c.id == allocation_id)
+        found = self._with_gpus(conn, conn.execute(sql.ALLOCATION, {"p_id": allocation_id}).all())
         if not found:
             raise NotFound(f"no allocation {allocation_id}", reason="no_allocation")
         return found[0]
 
     def _load(self, conn: Connection, cond: Any) -> list[Allocation]:
         rows = conn.execute(select(allocations).where(cond).order_by(allocations.c.id)).all()
-        if not rows:
-            return []
-        ids = [r.id for r in rows]
+        return self._with_gpus(conn, rows)
+
+    def _with_gpus(self, conn: Connection, rows: Sequence[Row[Any]]) -> list[Allocation]:
+        """Allocation rows with their GPUs (one more statement, for those that were granted)."""
+        ids = [r.id for r in rows if r.granted_at is not None]
         owned: dict[int, list[str]] = defaultdict(list)
-        gpu_rows = conn.execute(
-            select(allocation_gpus.c.allocation_id, allocation_gpus.c.gpu_uuid, gpus.c.idx)
-            .join(gpus, gpus.c.uuid == allocation_gpus.c.gpu_uuid)
-            .where(allocation_gpus.c.allocation_id.in_(ids))
-            .order_by(gpus.c.idx)
-        )
-        for aid, uuid, _idx in gpu_rows:
-            owned[aid].append(uuid)
+        if ids:
+            for aid, uuid in conn.execute(sql.GPUS_OF_ALLOCATIONS, {"p_ids": ids}):
+                owned[aid].append(uuid)
         return [_allocation_row(r, tuple(owned.get(r.id, ()))) for r in rows]
 
     def _waited(self, alloc: Allocation, cache: LedgerCache) -> Allocation:

@@ -21,7 +21,10 @@ One pass, for requests in order (class priority, then fair share, then age; see 
 
 A pass stops early once no free GPU is left and nobody can preempt, or after ``max_scan``
 requests beyond the reservations (SLURM's ``default_queue_depth``, 100): the cost of a pass
-follows the GPUs that changed, not the length of the queue.
+follows the GPUs that changed, not the length of the queue. When every waiting request is pinned
+to a node (as every ledger request is), it stops at the first one beyond the reservations that it
+cannot serve: such a request can only take GPUs of its own node, and step 5 looks at every node
+that changed, so scanning further would find nothing step 5 does not.
 
 5. then it is work-conserving for requests pinned to a node, whatever the scan limit: on every
    node where something changed since the last pass (GPUs freed or added, a request arrived, a
@@ -132,6 +135,8 @@ class Scheduler:
         self._refreshed = now
         #: node -> the requests pinned to it (id -> demand)
         self._pinned: dict[str, dict[int, Demand]] = defaultdict(dict)
+        #: waiting requests pinned to a node (all of them, in the ledger: each is a kernel's)
+        self._pinned_total = 0
         #: nodes whose pinned requests the next pass looks at again (see the module's step 5)
         self._dirty: set[str] = set()
         #: nodes whose explanation may have changed since the caller last took them (see
@@ -312,6 +317,7 @@ class Scheduler:
         waiting = list(self.demands.values())
         self.demands.clear()
         self._pinned.clear()
+        self._pinned_total = 0
         self._nodes_waited.clear()
         self._dirty.update(self._node_pools)
         self.touched.update(self._node_pools)
@@ -334,6 +340,7 @@ class Scheduler:
         self._largest_asked = max(self._largest_asked, demand.count)
         if demand.node is not None:
             self._pinned[demand.node][demand.id] = demand
+            self._pinned_total += 1
             self._dirty.add(demand.node)
             self.touched.add(demand.node)
             self._count_waiting(demand, 1)
@@ -387,6 +394,11 @@ class Scheduler:
         reserved_before = self.reserved
         kept = self._keep_nominated()
         scanned_beyond = 0
+        # beyond its reservations, a request pinned to a node can only take GPUs of that node,
+        # and step 5 looks at every node where something changed: when every waiting request is
+        # pinned, the walk stops at the first one it cannot serve there (once it has what
+        # preemption looks at), so a pass costs its reservations, not max_scan more requests
+        depth = 1 if self._pinned_total == len(self.demands) else self.max_scan
         walk = self.ranking.walk(self.now)
         try:
             for demand in walk:
@@ -405,7 +417,7 @@ class Scheduler:
                         # nothing more of this user's fits this pass: skip the rest of them
                         self.ranking.skip(demand)
                     scanned_beyond += 1
-                    if scanned_beyond >= self.max_scan:
+                    if scanned_beyond >= self._depth(depth, reservations_left, blocked):
                         break
                     continue
                 gpus = self._place(demand)
@@ -424,7 +436,7 @@ class Scheduler:
                         reserved_for[demand.id] = kept_now
                 else:
                     scanned_beyond += 1
-                    if scanned_beyond >= self.max_scan:
+                    if scanned_beyond >= self._depth(depth, reservations_left, blocked):
                         break
             for demand in borrowers:
                 if self.free_total == 0:
@@ -453,6 +465,13 @@ class Scheduler:
         if can_preempt:
             self._preempt(blocked, out)
         return out
+
+    def _depth(self, depth: int, reservations_left: int, blocked: list[Demand]) -> int:
+        """How many requests beyond its reservations this pass looks at: ``depth`` once the
+        reservations are made and preemption has its candidates, else ``max_scan``."""
+        if reservations_left > 0 or (self.policy.preemption and len(blocked) < _PREEMPTING):
+            return self.max_scan
+        return depth
 
     def _backfill(self, out: Outcome) -> None:
         """Step 5: on the nodes that changed, grant the pinned requests that fit, in order."""
@@ -812,6 +831,7 @@ class Scheduler:
         if demand.node is not None:
             pinned = self._pinned.get(demand.node)
             if pinned is not None and pinned.pop(demand.id, None) is not None:
+                self._pinned_total -= 1
                 self.touched.add(demand.node)
                 self._count_waiting(demand, -1)
                 if not pinned:
