@@ -1,11 +1,11 @@
 """What does a change of the GPU ledger cost at cluster scale, through the public ``Ledger`` API?
 
 Measures :class:`jupyter_dlinfra.core.books.ledger.Ledger` as the REST handlers call it
-(``request``, ``release``, ``queue(limit=100)``, ``allocations(user=...)``) on a SQLite file in a
-temporary directory (WAL, as :class:`~jupyter_dlinfra.core.store.Store` sets it up) and on a real
-PostgreSQL, at ``nodes x 8 GPUs`` with ``waiting`` requests already queued: by default nodes in
-{16, 128, 1024} and waiting in {0, 1,000, 10,000} (``--sizes 16x0,1024x10000`` picks
-configurations).
+(``request``, ``release``, ``queue(limit=100)``, ``allocations(user=..., limit=100)``) on a
+SQLite file in a temporary directory (WAL, as :class:`~jupyter_dlinfra.core.store.Store` sets it
+up) and on a real PostgreSQL, at ``nodes x 8 GPUs`` with ``waiting`` requests already queued: by
+default nodes in {16, 128, 1024} and waiting in {0, 1,000, 10,000} (``--sizes 16x0,1024x10000``
+picks configurations).
 
 The workload (requests pinned to their kernel's node, as every ledger request is): 200 users
 ``u000``..``u199`` in 20 groups (``g00``..``g19``, user ``uNNN`` in ``g{NNN % 20}``), drawn with
@@ -43,7 +43,8 @@ Measured per configuration, in rounds until ``--samples`` rounds or two thirds o
 (at least one round): ``queue(limit=100)`` (the first page in order of service, as ``GET
 /dlinfra/api/queue`` asks for it by default, with each request's place, reason and estimated
 start), one user's
-``allocations(user=...)`` (the user drawn by the same weights), a ``request`` that queues (on a
+``allocations(user=..., limit=100)`` (the user drawn by the same weights; the first page of
+them, as ``GET allocations?user=`` asks for it by default), a ``request`` that queues (on a
 node with no free GPU; its kernel is registered first, untimed) and a ``release`` of a grant on
 the same node that makes room for it (of the same size if there is one), which the pass may
 grant to that request or to one ahead of it there (the table counts the releases that granted
@@ -116,7 +117,7 @@ from jupyter_dlinfra.core.store import (
     holdings,
     kernels,
 )
-from jupyter_dlinfra.server.handlers.gpus import QUEUE_LIMIT
+from jupyter_dlinfra.server.handlers.gpus import ALLOCATIONS_LIMIT, QUEUE_LIMIT
 
 # scheduler_scale.py beside this file (its workload and harness), and tests/postgres_server.py
 # (the suite's throw-away PostgreSQL): found when this runs as a script and when loaded by path
@@ -805,7 +806,7 @@ class Harness:
     def allocations(self) -> None:
         user = self.draw.user()
         t0 = time.perf_counter()
-        self.ledger.allocations(user=user)
+        self.ledger.allocations(user=user, limit=ALLOCATIONS_LIMIT)
         self.result.allocations.append(time.perf_counter() - t0)
 
     def pair(self) -> float:

@@ -151,11 +151,27 @@ export interface Allocation {
   simulated: boolean;
 }
 
-/** GET dlinfra/api/allocations */
+/** GET dlinfra/api/allocations: a page of them, oldest first. */
 export interface AllocationList {
   allocations: Allocation[];
+  /** How many match in all (absent on old servers, which list them all at once). */
+  total?: number;
+  offset?: number;
+  limit?: number;
+  /** Where the next page starts, or null after the last. */
+  next_offset?: number | null;
   simulated: boolean;
 }
+
+/** Which allocations GET dlinfra/api/allocations lists. */
+export interface AllocationFilter {
+  kernelId?: string;
+  user?: string;
+  state?: 'active' | 'granted' | 'all';
+}
+
+/** The largest page GET dlinfra/api/allocations gives. */
+export const ALLOCATIONS_PAGE_MAX = 1000;
 
 /** GET dlinfra/api/queue: a page of the waiting requests, in the order of service. */
 export interface Queue {
@@ -656,11 +672,12 @@ export interface IEventHandlers {
 export interface IDLInfraClient {
   readonly serverSettings: ServerConnection.ISettings;
   cluster(): Promise<Cluster>;
-  allocations(options?: {
-    kernelId?: string;
-    user?: string;
-    state?: 'active' | 'granted' | 'all';
-  }): Promise<Allocation[]>;
+  /** GET dlinfra/api/allocations: every matching one, page after page. */
+  allocations(options?: AllocationFilter): Promise<Allocation[]>;
+  /** GET dlinfra/api/allocations?offset=&limit=: one page, with the total. */
+  allocationsPage(
+    options?: AllocationFilter & { offset?: number; limit?: number }
+  ): Promise<AllocationList>;
   allocation(allocationId: number): Promise<Allocation>;
   /** GET dlinfra/api/queue: its first page (the server's default limit). */
   queue(): Promise<Allocation[]>;
@@ -755,9 +772,25 @@ export class DLInfraClient implements IDLInfraClient {
     return this._json<Cluster>(this.url('cluster'));
   }
 
-  async allocations(
-    options: { kernelId?: string; user?: string; state?: 'active' | 'granted' | 'all' } = {}
-  ): Promise<Allocation[]> {
+  async allocations(options: AllocationFilter = {}): Promise<Allocation[]> {
+    const found: Allocation[] = [];
+    let offset: number | null = 0;
+    while (offset !== null) {
+      const page: AllocationList = await this.allocationsPage({
+        ...options,
+        offset,
+        limit: ALLOCATIONS_PAGE_MAX
+      });
+      found.push(...page.allocations);
+      // old servers list everything at once and say nothing of pages
+      offset = page.next_offset ?? null;
+    }
+    return found;
+  }
+
+  async allocationsPage(
+    options: AllocationFilter & { offset?: number; limit?: number } = {}
+  ): Promise<AllocationList> {
     const query: Record<string, string> = {};
     if (options.kernelId) {
       query.kernel_id = options.kernelId;
@@ -768,9 +801,14 @@ export class DLInfraClient implements IDLInfraClient {
     if (options.state) {
       query.state = options.state;
     }
+    if (options.offset !== undefined) {
+      query.offset = String(options.offset);
+    }
+    if (options.limit !== undefined) {
+      query.limit = String(options.limit);
+    }
     const q = URLExt.objectToQueryString(query);
-    const answer = await this._json<AllocationList>(this.url('allocations') + q);
-    return answer.allocations;
+    return this._json<AllocationList>(this.url('allocations') + q);
   }
 
   async allocation(allocationId: number): Promise<Allocation> {

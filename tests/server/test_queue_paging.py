@@ -1,4 +1,4 @@
-"""``GET /dlinfra/api/queue`` a page at a time, and ``GET allocations?state=granted``, in a real
+"""``GET /dlinfra/api/queue`` and ``GET allocations`` a page at a time, in a real
 jupyter server (pytest-jupyter) with 4 simulated GPUs: one kernel holds them all, others wait."""
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ import pytest
 from server_kit import register
 
 from jupyter_dlinfra.server.handlers.base import KERNEL_AUTH_SCHEME
-from jupyter_dlinfra.server.handlers.gpus import MAX_QUEUE_LIMIT, QUEUE_LIMIT
+from jupyter_dlinfra.server.handlers.gpus import (
+    ALLOCATIONS_LIMIT,
+    MAX_ALLOCATIONS_LIMIT,
+    MAX_QUEUE_LIMIT,
+    QUEUE_LIMIT,
+)
 
 WAITING = 7
 
@@ -101,3 +106,38 @@ async def test_granted_allocations_are_listed_without_the_queue(api: Any, dlinfr
     assert [a["kernel_id"] for a in own["allocations"]] == ["holder"]
     status, err = await api("GET", "allocations?state=queued")
     assert status == 400 and "'active', 'granted' or 'all'" in err["message"]
+
+
+async def test_allocations_are_listed_a_page_at_a_time(api: Any, dlinfra_app: Any) -> None:
+    """GET allocations pages as GET queue does: a sweep of thousands, or the whole history of
+    ended ones, is not read and explained in one answer."""
+    order = _fill(dlinfra_app)
+    ledger = dlinfra_app.service.ledger
+    ledger.release(order[-1], reason="cancelled")  # an ended one: listed with state=all only
+    every = [a.id for a in ledger.allocations(active=False)]
+    status, first = await api("GET", "allocations?state=all&limit=3")
+    assert status == 200
+    assert [a["id"] for a in first["allocations"]] == every[:3]
+    assert (first["total"], first["offset"], first["limit"]) == (len(every), 0, 3)
+    assert first["next_offset"] == 3
+    seen: list[int] = []
+    offset: int | None = 0
+    while offset is not None:
+        _, page = await api("GET", f"allocations?state=all&limit=3&offset={offset}")
+        seen += [a["id"] for a in page["allocations"]]
+        offset = page["next_offset"]
+    assert seen == every
+    # queued ones on a page are explained as on the queue's pages
+    _, active = await api("GET", "allocations?limit=2&offset=1")
+    assert (
+        active["total"] == len(every) - 1
+        and [a["id"] for a in active["allocations"]] == (every[1:3])
+    )
+    assert all(a["position"] is not None for a in active["allocations"])
+    _, default = await api("GET", "allocations")
+    assert default["limit"] == ALLOCATIONS_LIMIT and default["next_offset"] is None
+    _, count_only = await api("GET", "allocations?user=bob&limit=0")
+    assert count_only["allocations"] == [] and count_only["total"] == WAITING // 2
+    for query in ("limit=-1", f"limit={MAX_ALLOCATIONS_LIMIT + 1}", "offset=x"):
+        status, err = await api("GET", f"allocations?{query}")
+        assert status == 400 and err["reason"] == "bad_query", query

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from jupyter_dlinfra.core.books import ledger_sql as sql
 from jupyter_dlinfra.core.books.events import event_row, write_event, write_events
@@ -744,33 +744,47 @@ class Ledger:
         node: str | None = None,
         active: bool = True,
         state: AllocationState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Allocation]:
-        """Allocations, by kernel, user or node; ``active``: queued and granted ones only;
-        ``state``: in that state only (``GRANTED``: as many as there are GPUs at most, and no
-        waiter explained)."""
-        cond: Any = allocations.c.id.is_not(None)
-        if kernel_id is not None:
-            cond = cond & (allocations.c.kernel_id == kernel_id)
-        if user is not None:
-            cond = cond & (allocations.c.user == user)
-        if node is not None:
-            cond = cond & (allocations.c.node == node)
-        if active:
-            cond = cond & allocations.c.state.in_(_ACTIVE)
-        if state is not None:
-            cond = cond & (allocations.c.state == state.value)
+        """Allocations, oldest first, by kernel, user or node; ``active``: queued and granted
+        ones only; ``state``: in that state only (``GRANTED``: as many as there are GPUs at
+        most, and no waiter explained); ``limit`` of them (None: all) from ``offset`` on. The
+        queued ones are explained, node by node: a page costs the nodes it shows."""
+        _check_page(limit, offset)
+        cond = _allocation_filter(kernel_id, user, node, active, state)
         with self.store.read() as conn:
-            return self._with_waits(conn, self._load(conn, cond))
+            rows = conn.execute(
+                select(allocations)
+                .where(cond)
+                .order_by(allocations.c.id)
+                .limit(limit)
+                .offset(offset or None)
+            ).all()
+            return self._with_waits(conn, self._with_gpus(conn, rows))
+
+    def count_allocations(
+        self,
+        *,
+        kernel_id: str | None = None,
+        user: str | None = None,
+        node: str | None = None,
+        active: bool = True,
+        state: AllocationState | None = None,
+    ) -> int:
+        """How many :meth:`allocations` lists with these filters and no limit (one indexed
+        count for one user's or kernel's active ones)."""
+        cond = _allocation_filter(kernel_id, user, node, active, state)
+        with self.store.read() as conn:
+            found = conn.execute(select(func.count()).select_from(allocations).where(cond))
+            return int(found.scalar() or 0)
 
     def queue(
         self, node: str | None = None, *, limit: int | None = None, offset: int = 0
     ) -> list[Allocation]:
         """Waiting requests in the order they will be served: ``limit`` of them (None: all)
         from place ``offset`` (0-based) on."""
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise InvalidRequest(f"limit must be a whole number of 0 or more, not {limit!r}")
-        if isinstance(offset, bool) or offset < 0:
-            raise InvalidRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
+        _check_page(limit, offset)
         with self.store.read() as conn:
             with self._lock:
                 cache = self._state(conn)
@@ -1079,6 +1093,34 @@ class Ledger:
             estimated_start=info.estimated_start,
             estimate_basis=info.estimate_basis,
         )
+
+
+def _check_page(limit: int | None, offset: int) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidRequest(f"limit must be a whole number of 0 or more, not {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
+
+
+def _allocation_filter(
+    kernel_id: str | None,
+    user: str | None,
+    node: str | None,
+    active: bool,
+    state: AllocationState | None,
+) -> Any:
+    cond: Any = allocations.c.id.is_not(None)
+    if kernel_id is not None:
+        cond = cond & (allocations.c.kernel_id == kernel_id)
+    if user is not None:
+        cond = cond & (allocations.c.user == user)
+    if node is not None:
+        cond = cond & (allocations.c.node == node)
+    if active:
+        cond = cond & allocations.c.state.in_(_ACTIVE)
+    if state is not None:
+        cond = cond & (allocations.c.state == state.value)
+    return cond
 
 
 def _gpu(r: Row[Any]) -> Gpu:

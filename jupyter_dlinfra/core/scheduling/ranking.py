@@ -9,6 +9,7 @@ cost of finding the next request is O(log users), whatever the length of the que
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Generator
@@ -18,6 +19,10 @@ from jupyter_dlinfra.core.scheduling.types import Demand
 __all__ = ["Ranking"]
 
 QueueKey = tuple[int, str]  # (class priority, user)
+
+
+def _age(demand: Demand) -> tuple[float, int]:
+    return (demand.submitted_at, demand.id)
 
 
 class Ranking:
@@ -58,7 +63,7 @@ class Ranking:
             demand.submitted_at,
             demand.id,
         ):
-            queue.sort(key=lambda d: (d.submitted_at, d.id))
+            queue.sort(key=_age)
         self.alive[demand.id] = demand
         heapq.heappush(self._old[tier], (demand.submitted_at, demand.id))
         self._rank(qk)
@@ -67,8 +72,12 @@ class Ranking:
         self.alive.pop(demand.id, None)
         qk = (self.tier_of(demand), demand.user)
         queue = self.queues.get(qk)
-        if queue is not None and demand in queue:
-            queue.remove(demand)
+        if queue is not None:
+            # a user's queue is sorted by age: found by bisection, compared by id (comparing
+            # the dataclasses would compare every field of each request passed over)
+            at = bisect.bisect_left(queue, (demand.submitted_at, demand.id), key=_age)
+            if at < len(queue) and queue[at].id == demand.id:
+                del queue[at]
         if not self._walking:
             self._rank(qk)
 

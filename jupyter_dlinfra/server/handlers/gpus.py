@@ -36,6 +36,8 @@ from jupyter_dlinfra.server.views import allocation_json, cluster_json, shown_gp
 from jupyter_dlinfra.telemetry import GpuSample
 
 __all__ = [
+    "ALLOCATIONS_LIMIT",
+    "MAX_ALLOCATIONS_LIMIT",
     "MAX_QUEUE_LIMIT",
     "MAX_WAIT_S",
     "QUEUE_LIMIT",
@@ -52,6 +54,9 @@ MAX_WAIT_S = 60.0
 #: waiting requests ``GET queue`` lists when the caller names no ``limit``, and the most it lists
 QUEUE_LIMIT = 100
 MAX_QUEUE_LIMIT = 1000
+#: allocations GET allocations lists unless told (and at most): a page, like the queue's
+ALLOCATIONS_LIMIT = 100
+MAX_ALLOCATIONS_LIMIT = 1000
 
 
 class _Base(DLInfraHandler):
@@ -106,16 +111,40 @@ class AllocationsHandler(_Base):
         if state not in ("active", "all", "granted"):
             raise ApiError(400, "state must be 'active', 'granted' or 'all'", code="bad_query")
         user = query_name(self.get_query_argument("user", None), "user")
-        # "granted": as many as GPUs at most, and nothing of the queue read or explained
-        found = await self.service.call(
-            self.service.ledger.allocations,
-            kernel_id=kernel_id,
-            user=user,
-            active=state != "all",
-            state=AllocationState.GRANTED if state == "granted" else None,
+        limit = query_int(
+            self.get_query_argument("limit", str(ALLOCATIONS_LIMIT)),
+            "limit",
+            minimum=0,
+            maximum=MAX_ALLOCATIONS_LIMIT,
+        )
+        offset = query_int(
+            self.get_query_argument("offset", "0"), "offset", minimum=0, maximum=MAX_ID
+        )
+        ledger = self.service.ledger
+        # "granted": nothing of the queue read or explained
+        filters: dict[str, Any] = {
+            "kernel_id": kernel_id,
+            "user": user,
+            "active": state != "all",
+            "state": AllocationState.GRANTED if state == "granted" else None,
+        }
+        total = await self.service.call(ledger.count_allocations, **filters)
+        found = (
+            await self.service.call(ledger.allocations, **filters, limit=limit, offset=offset)
+            if limit and offset < total
+            else []
         )
         gpus = await self.gpu_index_for(found)
-        self.answer({"allocations": [self.view(a, gpus, self.service.samples) for a in found]})
+        end = offset + len(found)
+        self.answer(
+            {
+                "allocations": [self.view(a, gpus, self.service.samples) for a in found],
+                "total": total,
+                "offset": offset,
+                "limit": limit,
+                "next_offset": end if found and end < total else None,
+            }
+        )
 
     @authorized("write")
     async def post(self) -> None:

@@ -31,6 +31,8 @@ import { LabKernels } from './kernels';
 export const QUEUE_PAGE = 50;
 /** The most waiting requests the model lists (the server's largest page). */
 export const MAX_QUEUE_SHOWN = 1000;
+/** The user's own active allocations read beyond a snapshot's page (the oldest ones). */
+export const OWN_PAGE = 100;
 /** What is read beyond a snapshot is read again at most this often (a burst makes one read). */
 const FOLLOW_MIN_INTERVAL_MS = 1_000;
 
@@ -503,11 +505,12 @@ export class LedgerModel implements IDisposable {
       const me = await this.client.me();
       this._me = me.user;
     }
-    const own = await this.client.allocations({ user: this._me });
+    // the oldest page of them: a sweep of thousands is summed up, not listed
+    const own = await this.client.allocationsPage({ user: this._me, limit: OWN_PAGE });
     if (this._isDisposed) {
       return;
     }
-    this._own = own;
+    this._own = own.allocations;
     this._compose();
     this._changed.emit();
   }
