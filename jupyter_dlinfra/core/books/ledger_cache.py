@@ -10,7 +10,9 @@ Waiting requests' places, reasons and estimated starts are worked out per node (
 for GPUs of its own node) when first asked for, and kept until a change touches that node (GPUs
 taken or freed there, a request come or gone, a quota of someone who waits there moved; the
 scheduler says which) or for ``VIEW_TTL`` seconds: estimates are relative to now, and fair-share
-standings drift with time and with grants elsewhere.
+standings drift with time and with grants elsewhere. Only the head of a node's queue down to the
+request asked about is explained (each request's explanation depends on those ahead of it only):
+the first page of the queue holds the heads of a hundred nodes' queues, and costs those.
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ class Waiting:
 
 
 @dataclass
+class _NodeView:
+    at: float
+    #: request id -> its place in the node's queue (0-based)
+    order: dict[int, int]
+    queue: list[Demand]
+    #: explanations of the head of ``queue``
+    infos: dict[int, explain.WaitInfo] = field(default_factory=dict)
+
+
+@dataclass
 class LedgerCache:
     """The scheduling state as of ledger counter ``version``."""
 
@@ -90,8 +102,8 @@ class LedgerCache:
     check_all: bool = True
     #: changed since the write that uses it began (then a failed write cannot keep it)
     dirty: bool = False
-    #: node -> (when it was worked out, its waiters' explanations)
-    _views: dict[str, tuple[float, dict[int, explain.WaitInfo]]] = field(default_factory=dict)
+    #: node -> (when it was worked out, the node's queue in order, the explanations of its head)
+    _views: dict[str, _NodeView] = field(default_factory=dict)
     _placed_order: list[int] | None = None
 
     def changed(self) -> None:
@@ -148,18 +160,36 @@ class LedgerCache:
             )
         for node in self.sched.take_touched():
             self._views.pop(node, None)
-        kept = self._views.get(waiting.node)
-        if kept is None or not 0 <= now - kept[0] < VIEW_TTL:
+        node = waiting.node
+        kept = self._views.get(node)
+        if kept is None or not 0 <= now - kept.at < VIEW_TTL:
             self.sched.now = max(self.sched.now, now)
-            kept = self._views[waiting.node] = (now, self._explain(waiting.node, now))
-        return kept[1].get(allocation_id)
+            queue = self.sched.pinned(node)
+            kept = self._views[node] = _NodeView(
+                at=now, order={d.id: i for i, d in enumerate(queue)}, queue=queue
+            )
+        found = kept.infos.get(allocation_id)
+        if found is not None:
+            return found
+        place = kept.order.get(allocation_id)
+        if place is None:
+            return None
+        # deeper than explained so far: at least twice as deep, so that reading a node's
+        # whole queue request by request costs a few explanations, not one per request
+        self.sched.now = max(self.sched.now, now)
+        depth = max(place + 1, 2 * len(kept.infos))
+        kept.infos = self._explain(node, kept.queue[:depth], now)
+        kept.at = now
+        return kept.infos.get(allocation_id)
 
     def _placed(self) -> list[int]:
         if self._placed_order is None:
             self._placed_order = sorted(aid for aid, w in self.waiting.items() if w.placed)
         return self._placed_order
 
-    def _explain(self, node: str, now: float) -> dict[int, explain.WaitInfo]:
+    def _explain(
+        self, node: str, queue: list[Demand], now: float
+    ) -> dict[int, explain.WaitInfo]:
         typical = self.durations.typical()
 
         def lasts(klass: str) -> float:
@@ -176,6 +206,7 @@ class LedgerCache:
         return explain.explain_node(
             self.sched,
             node,
+            queue=queue,
             expected_end=expected_end,
             duration=duration,
             assumed=lambda klass: klass not in typical,

@@ -265,9 +265,11 @@ def explain_node(
     duration: Callable[[Demand], float],
     assumed: Callable[[str], bool] = lambda klass: False,
     horizon: float = 14 * 86400.0,
+    queue: list[Demand] | None = None,
 ) -> dict[int, WaitInfo]:
-    """Place, reason and estimated start of each request pinned to ``node``."""
-    queue = s.pinned(node)
+    """Place, reason and estimated start of each request pinned to ``node`` (``queue``: those
+    requests in order, or the head of that order: each is explained from those ahead of it)."""
+    queue = s.pinned(node) if queue is None else queue
     if not queue:
         return {}
     starts = estimate_node(
