@@ -1,0 +1,82 @@
+"""What waiters are told is worked out for the head of their node's queue only, down to the one
+asked about, and is what a whole node's explanation would say, in whatever order they ask."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from jupyter_dlinfra.core.models import Allocation
+from jupyter_dlinfra.core.scheduling import explain
+
+from .kit import A100, H100, Kit
+
+
+def _told(a: Allocation) -> tuple[object, ...]:
+    return (a.position, a.waiting_code, a.waiting_reason, a.estimated_start, a.estimate_basis)
+
+
+@pytest.fixture
+def crowded(kit: Kit) -> list[int]:
+    """One node of 4 A100s and 2 H100s, all held, and 30 requests of several users, sizes,
+    models and classes waiting for it; their ids."""
+    kit.node("node-a", (4, A100), (2, H100))
+    kit.kernel("holder")
+    kit.ledger.request(kernel_id="holder", count=6)
+    rng = random.Random(11)
+    ids = []
+    for i in range(30):
+        kit.kernel(f"w{i}", user=f"user{rng.randrange(5)}")
+        kit.clock.advance(1)
+        model = rng.choice((None, None, "A100", "H100")) if i % 3 else None
+        count = rng.choice((1, 2) if model == "H100" else (1, 2, 4))
+        ids.append(kit.ledger.request(kernel_id=f"w{i}", count=count, model=model).id)
+    return ids
+
+
+def test_each_waiter_is_told_what_the_whole_node_explanation_says(
+    kit: Kit, crowded: list[int]
+) -> None:
+    ledger = kit.ledger
+    # the whole node at once (the queue's own order) ...
+    whole = {a.id: _told(a) for a in ledger.queue(node="node-a")}
+    assert sorted(whole) == sorted(crowded)
+    assert sorted(p[0] for p in whole.values()) == list(range(1, 31))
+    # ... and one by one, deepest first, then at random, on fresh views each time
+    for order in (
+        sorted(crowded, key=lambda i: -whole[i][0]),
+        random.Random(3).sample(crowded, 30),
+    ):
+        ledger._cache = None  # loaded again: no view kept
+        assert {i: _told(ledger.allocation(i)) for i in order} == whole
+
+
+def test_the_head_of_a_long_node_queue_is_explained_without_the_rest(
+    kit: Kit, crowded: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    explained: list[int] = []
+    real = explain.explain_node
+
+    def counting(*args: object, **kwargs: object) -> dict[int, explain.WaitInfo]:
+        explained.append(len(kwargs["queue"]))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(explain, "explain_node", counting)
+    ledger = kit.ledger
+    ledger._cache = None  # loaded again: no view kept from the requests
+    head = ledger.queue(node="node-a", limit=1)[0]
+    assert head.position == 1 and explained == [1]
+    # a request deeper down explains down to it, at least twice as deep as before
+    tenth = ledger.queue(node="node-a", limit=1, offset=9)[0]
+    assert tenth.position == 10 and explained == [1, 10]
+    ledger.queue(node="node-a", limit=1, offset=11)
+    assert explained == [1, 10, 20]
+    # what is explained already is served as it is
+    ledger.queue(node="node-a", limit=20)
+    assert explained == [1, 10, 20]
+    # a change on the node drops its view: the new request is explained down to it, afresh
+    kit.kernel("late", user="user0")
+    explained.clear()
+    late = ledger.request(kernel_id="late", count=1)
+    assert late.position is not None and explained == [late.position]
