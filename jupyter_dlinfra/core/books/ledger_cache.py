@@ -187,9 +187,7 @@ class LedgerCache:
             self._placed_order = sorted(aid for aid, w in self.waiting.items() if w.placed)
         return self._placed_order
 
-    def _explain(
-        self, node: str, queue: list[Demand], now: float
-    ) -> dict[int, explain.WaitInfo]:
+    def _explain(self, node: str, queue: list[Demand], now: float) -> dict[int, explain.WaitInfo]:
         typical = self.durations.typical()
 
         def lasts(klass: str) -> float:
