@@ -291,8 +291,11 @@ LEDGER_VERSION = "ledger"
 class Transaction:
     """An open write transaction; ``touch()`` marks that it changed the ledger."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, counters: dict[str, int] | None = None) -> None:
         self.conn = conn
+        #: the meta counters as the transaction began, where taking the write lock read them
+        #: (PostgreSQL), so that they cost no other round trip
+        self.counters = counters or {}
         self.changed = False
         #: the change is one of the GPU ledger's scheduling state (LEDGER_VERSION counts it)
         self.ledger_changed = False
@@ -395,9 +398,10 @@ class Store:
     def write(self) -> Iterator[Transaction]:
         """A transaction that holds the ledger's write lock from its first statement."""
         with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+            counters = None
             if not self.is_sqlite:
-                conn.execute(_LOCK)
-            tx = Transaction(conn)
+                counters = {r.key: int(r.value) for r in conn.execute(_LOCK)}
+            tx = Transaction(conn, counters)
             yield tx
             if tx.changed:
                 conn.execute(_BUMP_BOTH if tx.ledger_changed else _BUMP)
@@ -424,8 +428,16 @@ def read_counter(conn: Connection, key: str) -> int:
 
 # built once: a write and a read execute them every time (see core/books/ledger_sql.py)
 _COUNTER = select(meta.c.value).where(meta.c.key == bindparam("p_key"))
-#: PostgreSQL: the ledger's write lock, a row lock on the version counter
-_LOCK = select(meta.c.value).where(meta.c.key == "version").with_for_update()
+#: PostgreSQL: the ledger's write lock, a row lock on the version counter; the ledger's counter
+#: is locked and read with it (a row locked after a wait is read as the writer before left it,
+#: where a subquery would read it as of the statement's start), in one order for every writer,
+#: or two would each hold one row and wait for the other's
+_LOCK = (
+    select(meta.c.key, meta.c.value)
+    .where(meta.c.key.in_(("version", LEDGER_VERSION)))
+    .order_by(meta.c.key)
+    .with_for_update()
+)
 _BUMP = update(meta).where(meta.c.key == "version").values(value=meta.c.value + 1)
 _BUMP_BOTH = (
     update(meta).where(meta.c.key.in_(("version", LEDGER_VERSION))).values(value=meta.c.value + 1)

@@ -115,7 +115,7 @@ class Ledger:
         is kept only once the transaction has committed (or when it was not changed)."""
         with self._lock:
             with self.store.write() as tx:
-                cache = self._state(tx.conn, writing=True)
+                cache = self._state(tx.conn, writing=True, version=tx.counters.get(LEDGER_VERSION))
                 cache.dirty = False
                 # what is held accrues fair-share usage up to the change, not the last pass
                 cache.sched.now = max(cache.sched.now, self.clock.now())
@@ -145,13 +145,17 @@ class Ledger:
             cache = self._state(conn)
             return [self._waited(a, cache) for a in found]
 
-    def _state(self, conn: Connection, *, writing: bool = False) -> LedgerCache:
+    def _state(
+        self, conn: Connection, *, writing: bool = False, version: int | None = None
+    ) -> LedgerCache:
         """The scheduling state as ``conn`` sees the ledger: kept, or loaded when another
         process (or a failed write) has changed the ledger since. A reader whose snapshot is
         older than the state (a write of this process committed after its snapshot began, as
         on SQLite) keeps the newer state: loading the older one would only be undone by the
-        next write, at the cost of two loads."""
-        version = read_counter(conn, LEDGER_VERSION)
+        next write, at the cost of two loads. ``version``: the ledger counter as the caller
+        read it already in ``conn`` (PostgreSQL's write lock reads it)."""
+        if version is None:
+            version = read_counter(conn, LEDGER_VERSION)
         cache = self._cache
         if cache is None or version > cache.version or (writing and version != cache.version):
             cache = self._cache = self._load_state(conn, version)
