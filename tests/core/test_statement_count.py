@@ -85,3 +85,25 @@ def test_a_request_and_a_release_cost_the_same_statements_whatever_waits(kit: Ki
         assert many[0] <= MOST, f"{what}: {many[0]} statements"
         # the same work, but for a B-tree a level deeper here and there
         assert many[1] <= 1.5 * few[1] + 5, f"{what}: {few[1]} x{STEPS} steps, then {many[1]}"
+
+
+def _quota_block_cost(kit: Kit, grants: int) -> tuple[int, int]:
+    """Statements (and SQLite steps) of a gateway's quota check before it creates a GPU pod, with
+    ``grants`` kernels of others holding a GPU each elsewhere in the cluster."""
+    kit.node(f"busy-{grants}", (grants, A100))
+    for i in range(grants):
+        kit.kernel(f"g{grants}-{i}", node=f"busy-{grants}", user=f"other{i % 9}")
+        kit.ledger.request(kernel_id=f"g{grants}-{i}", count=1)
+    kit.kernel(f"pod-{grants}", node="gateway", user="alice")
+    placed = kit.ledger.request_placed(kernel_id=f"pod-{grants}", count=1, reason="creating")
+    kit.ledger.queue_length()  # the state is in memory before anything is counted
+    with counted(kit) as asked:
+        kit.ledger.cluster_quota_block("alice", 2, placed=[placed.id])
+    return _split(asked)
+
+
+def test_a_pod_quota_check_costs_the_placed_requests_not_the_clusters_grants(kit: Kit) -> None:
+    few = _quota_block_cost(kit, 2)
+    many = _quota_block_cost(kit, 200)
+    assert few[0] == many[0], f"{few[0]} statements with 2 grants, {many[0]} with 200"
+    assert many[1] <= 1.5 * few[1] + 5, f"{few[1]} x{STEPS} steps with 2 grants, then {many[1]}"

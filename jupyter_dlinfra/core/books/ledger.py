@@ -605,33 +605,40 @@ class Ledger:
         """Why ``count`` more GPUs for ``user`` would pass a quota (the user's, or a group's);
         None within every quota. Counted: the GPUs granted in this ledger, and the queued
         requests among ``placed`` (a cluster's requests whose pods exist: they may start at any
-        moment). The gateway asks this before it creates a GPU pod, so that the team's quotas
-        hold for the work Kubernetes places too."""
-        with self.store.read() as conn:
-            policy = self._policy(conn)
-            rows = conn.execute(
-                select(allocations.c.user, allocations.c.count).where(
-                    (allocations.c.state == AllocationState.GRANTED.value)
-                    | (
+        moment), a group's by the groups each was asked with (as the scheduler counts them).
+        The gateway asks this before it creates a GPU pod, so that the team's quotas hold for
+        the work Kubernetes places too; it costs the placed requests, not the cluster's grants."""
+        with self._reading() as (conn, cache):
+            # what is granted, from memory: the grants of the whole cluster are not read
+            policy = cache.policy
+            sched = cache.sched
+            account = sched.users.get(user)
+            mine = account.held if account is not None else 0
+            together = {group: sched.held_by_group.get(group, 0) for group in self.groups_of(user)}
+            waiting = [aid for aid in placed if aid in cache.waiting]
+            rows = (
+                conn.execute(
+                    select(allocations.c.user, allocations.c.count, allocations.c.groups).where(
                         (allocations.c.state == AllocationState.QUEUED.value)
-                        & allocations.c.id.in_(list(placed))
+                        & allocations.c.id.in_(waiting)
                     )
-                )
-            ).all()
-        held: dict[str, int] = {}
-        for holder, count_held in rows:
-            held[holder] = held.get(holder, 0) + int(count_held)
+                ).all()
+                if waiting
+                else []
+            )
+        for r in rows:
+            if r.user == user:
+                mine += int(r.count)
+            for group in groups_of_row(r.groups, r.user, self.groups_of):
+                if group in together:
+                    together[group] += int(r.count)
         quota = policy.quota_of_user(user)
-        mine = held.get(user, 0)
         if quota is not None and mine + count > quota:
             return f"{user} holds {mine} GPU(s) of a quota of {quota}"
-        for group in self.groups_of(user):
+        for group, held in together.items():
             group_quota = policy.group_quotas.get(group)
-            if group_quota is None:
-                continue
-            together = sum(n for u, n in held.items() if group in self.groups_of(u))
-            if together + count > group_quota:
-                return f"group {group} holds {together} GPU(s) of a quota of {group_quota}"
+            if group_quota is not None and held + count > group_quota:
+                return f"group {group} holds {held} GPU(s) of a quota of {group_quota}"
         return None
 
     def note_placement(self, allocation_id: int, reason: str) -> bool:
