@@ -627,11 +627,12 @@ class Ledger:
                 else []
             )
         for r in rows:
+            asked = int(r._mapping["count"])  # r.count is the tuple's method
             if r.user == user:
-                mine += int(r.count)
+                mine += asked
             for group in groups_of_row(r.groups, r.user, self.groups_of):
                 if group in together:
-                    together[group] += int(r.count)
+                    together[group] += asked
         quota = policy.quota_of_user(user)
         if quota is not None and mine + count > quota:
             return f"{user} holds {mine} GPU(s) of a quota of {quota}"
