@@ -98,6 +98,8 @@ class LedgerCache:
     kernel_of: dict[int, str]
     #: queued allocations: the ledger's (also in ``sched.demands``) and the cluster's
     waiting: dict[int, Waiting]
+    #: each user's stored fair-share usage (its dlinfra_fairshare row): (GPU-seconds, at)
+    recorded: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: the waiting requests may include some that lost their GPUs: check them at the next pass
     check_all: bool = True
     #: changed since the write that uses it began (then a failed write cannot keep it)

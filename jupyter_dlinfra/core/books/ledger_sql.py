@@ -28,7 +28,7 @@ __all__ = [
     "ALLOCATION",
     "DELETE_HOLDINGS",
     "END_ALLOCATION",
-    "FAIRSHARE_OF",
+    "GPUS_OF_ALLOCATION",
     "GPUS_OF_ALLOCATIONS",
     "GRANT",
     "INSERT_ALLOCATION",
@@ -56,6 +56,14 @@ GPUS_OF_ALLOCATIONS = (
     select(allocation_gpus.c.allocation_id, allocation_gpus.c.gpu_uuid)
     .join(gpus, gpus.c.uuid == allocation_gpus.c.gpu_uuid)
     .where(allocation_gpus.c.allocation_id.in_(bindparam("p_ids", expanding=True)))
+    .order_by(gpus.c.idx)
+)
+
+#: the same for one allocation (a release's): an expanding IN costs a rendering per call
+GPUS_OF_ALLOCATION = (
+    select(allocation_gpus.c.allocation_id, allocation_gpus.c.gpu_uuid)
+    .join(gpus, gpus.c.uuid == allocation_gpus.c.gpu_uuid)
+    .where(allocation_gpus.c.allocation_id == bindparam("p_id"))
     .order_by(gpus.c.idx)
 )
 
@@ -93,7 +101,6 @@ UNMARK_PREEMPTED = (
     .values(preempted_for=None, preempt_reason=None)
 )
 
-FAIRSHARE_OF = select(fairshare).where(fairshare.c.user == bindparam("p_user"))
 INSERT_FAIRSHARE = insert(fairshare)
 UPDATE_FAIRSHARE = (
     update(fairshare)

@@ -62,9 +62,11 @@ def load_scheduler(
     groups_of: GroupsOf,
     active: list[Allocation],
     raw_groups: dict[int, str | None],
+    recorded: dict[str, tuple[float, float]],
     max_scan: int = 100,
 ) -> Scheduler:
-    """A scheduler holding the ledger's GPUs, grants, waiting requests and fair-share usage."""
+    """A scheduler holding the ledger's GPUs, grants, waiting requests and fair-share usage
+    (``recorded``: each user's stored usage, as :func:`recorded_usage` reads it)."""
     s = Scheduler(policy, now=now, max_scan=max_scan)
     s.add_gpus(
         Slot(uuid=r.uuid, node=r.node, model=r.model, index=r.idx)
@@ -102,12 +104,18 @@ def load_scheduler(
                     alloc, policy, groups_of_row(raw_groups.get(alloc.id), alloc.user, groups_of)
                 )
             )
-    for row in conn.execute(select(fairshare).order_by(fairshare.c.user)):
-        s.load_usage(row.user, groups_of(row.user), row.gpu_seconds, row.at)
+    for user, (gpu_seconds, at) in recorded.items():
+        s.load_usage(user, groups_of(user), gpu_seconds, at)
     for h in list(s.holdings.values()):
         # what running grants have used so far counts too (recorded only when they end)
         s.load_usage(h.user, h.groups, running_usage(len(h.gpus), h.granted_at, now, policy), now)
     return s
+
+
+def recorded_usage(conn: Connection) -> dict[str, tuple[float, float]]:
+    """Each user's stored fair-share usage: (decayed GPU-seconds, as of when), by user."""
+    rows = conn.execute(select(fairshare).order_by(fairshare.c.user))
+    return {r.user: (r.gpu_seconds, r.at) for r in rows}
 
 
 def running_usage(count: int, granted_at: float, now: float, policy: SchedulingPolicy) -> float:
