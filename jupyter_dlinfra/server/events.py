@@ -417,8 +417,8 @@ class Broadcaster:
         # granted allocations from the holders (bounded by the GPUs), the queue by its first page
         # and a count: nothing here grows with the queue, whatever its length
         granted = tuple(sorted({a.id: a for a in holders.values()}.values(), key=lambda a: a.id))
-        queue_length = ledger.queue_length()
-        queue = tuple(ledger.queue(limit=self.queue_page)) if queue_length else ()
+        page, queue_length = ledger.queue_page(limit=self.queue_page)
+        queue = tuple(page)
         notices = self._notices(new_events, kernels)
         now = ledger.clock.now()
         provider = source.provider

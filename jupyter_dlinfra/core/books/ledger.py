@@ -770,52 +770,69 @@ class Ledger:
         _check_page(limit, offset)
         cond = _allocation_filter(kernel_id, user, node, active, state)
         with self.store.read() as conn:
-            rows = conn.execute(
-                select(allocations)
-                .where(cond)
-                .order_by(allocations.c.id)
-                .limit(limit)
-                .offset(offset or None)
-            ).all()
-            return self._with_waits(conn, self._with_gpus(conn, rows))
+            return self._allocations(conn, cond, limit, offset)
 
-    def count_allocations(
+    def allocations_page(
         self,
         *,
+        limit: int,
+        offset: int = 0,
         kernel_id: str | None = None,
         user: str | None = None,
-        node: str | None = None,
         active: bool = True,
         state: AllocationState | None = None,
-    ) -> int:
-        """How many :meth:`allocations` lists with these filters and no limit (one indexed
-        count for one user's or kernel's active ones)."""
-        cond = _allocation_filter(kernel_id, user, node, active, state)
+    ) -> tuple[list[Allocation], int]:
+        """A page of :meth:`allocations` and how many match in all, read together (one
+        indexed count for one user's or kernel's active ones)."""
+        _check_page(limit, offset)
+        cond = _allocation_filter(kernel_id, user, None, active, state)
         with self.store.read() as conn:
             found = conn.execute(select(func.count()).select_from(allocations).where(cond))
-            return int(found.scalar() or 0)
+            total = int(found.scalar() or 0)
+            page = self._allocations(conn, cond, limit, offset) if limit and offset < total else []
+            return page, total
+
+    def _allocations(
+        self, conn: Connection, cond: Any, limit: int | None, offset: int
+    ) -> list[Allocation]:
+        rows = conn.execute(
+            select(allocations)
+            .where(cond)
+            .order_by(allocations.c.id)
+            .limit(limit)
+            .offset(offset or None)
+        ).all()
+        return self._with_waits(conn, self._with_gpus(conn, rows))
 
     def queue(
         self, node: str | None = None, *, limit: int | None = None, offset: int = 0
     ) -> list[Allocation]:
         """Waiting requests in the order they will be served: ``limit`` of them (None: all)
         from place ``offset`` (0-based) on."""
+        return self.queue_page(node, limit=limit, offset=offset)[0]
+
+    def queue_page(
+        self, node: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[Allocation], int]:
+        """:meth:`queue` and how many wait in all (on ``node``), read together."""
         _check_page(limit, offset)
         with self.store.read() as conn:
             with self._lock:
                 cache = self._state(conn)
                 now = self.clock.now()
+                total = cache.length(node)
                 if node is None:
                     page = cache.page(offset, limit, now)
                 else:
                     ids = cache.node_order(node, now)
                     page = ids[offset:] if limit is None else ids[offset : offset + limit]
             if not page:
-                return []
+                return [], total
             found = {a.id: a for a in self._load(conn, allocations.c.id.in_(page))}
             # one granted or ended since the page was taken is no longer in the queue
             waiting = [found[aid] for aid in page if aid in found]
-            return self._with_waits(conn, [a for a in waiting if a.state is AllocationState.QUEUED])
+            queued = [a for a in waiting if a.state is AllocationState.QUEUED]
+            return self._with_waits(conn, queued), total
 
     def queue_length(self, node: str | None = None) -> int:
         """How many requests wait (on ``node``, or on every node), without explaining them."""

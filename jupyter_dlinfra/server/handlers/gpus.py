@@ -128,11 +128,8 @@ class AllocationsHandler(_Base):
             "active": state != "all",
             "state": AllocationState.GRANTED if state == "granted" else None,
         }
-        total = await self.service.call(ledger.count_allocations, **filters)
-        found = (
-            await self.service.call(ledger.allocations, **filters, limit=limit, offset=offset)
-            if limit and offset < total
-            else []
+        found, total = await self.service.call(
+            ledger.allocations_page, **filters, limit=limit, offset=offset
         )
         gpus = await self.gpu_index_for(found)
         end = offset + len(found)
@@ -252,12 +249,7 @@ class QueueHandler(_Base):
         )
         node = query_name(self.get_query_argument("node", None), "node")
         ledger = self.service.ledger
-        total = await self.service.call(ledger.queue_length, node)
-        queued = (
-            await self.service.call(ledger.queue, node, limit=limit, offset=offset)
-            if limit and offset < total
-            else []
-        )
+        queued, total = await self.service.call(ledger.queue_page, node, limit=limit, offset=offset)
         gpus = await self.gpu_index_for(queued)
         end = offset + len(queued)
         self.answer(
