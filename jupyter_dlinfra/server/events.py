@@ -38,11 +38,12 @@ import contextlib
 import json
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from jupyter_dlinfra.core.books.events import latest_event_seq
+from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
 from jupyter_dlinfra.core.outage import Backoff, database_unavailable
@@ -62,6 +63,33 @@ QUEUE_PAGE = 50
 #: bucket bounds (seconds) of the grant wait histogram: immediate grants up to an hour's wait
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _EVENT_PAGE = 1000
+
+
+class KernelsRead(Mapping[str, KernelRecord]):
+    """Kernels of the ledger read as a snapshot asks for them: ``first`` in one read, any other
+    when first looked up. Iterating gives those read so far, never every kernel of the ledger."""
+
+    def __init__(self, ledger: Ledger, first: Iterable[str]) -> None:
+        self._ledger = ledger
+        wanted = set(first)
+        self._found = {k.kernel_id: k for k in ledger.kernels_by_id(wanted)}
+        self._unknown = wanted - set(self._found)
+
+    def __getitem__(self, kernel_id: str) -> KernelRecord:
+        if kernel_id not in self._found and kernel_id not in self._unknown:
+            for record in self._ledger.kernels_by_id([kernel_id]):
+                self._found[record.kernel_id] = record
+            if kernel_id not in self._found:
+                self._unknown.add(kernel_id)
+        if kernel_id in self._found:
+            return self._found[kernel_id]
+        raise KeyError(kernel_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._found)
+
+    def __len__(self) -> int:
+        return len(self._found)
 
 
 def _frame(event: str, payload: str) -> bytes:
@@ -413,7 +441,13 @@ class Broadcaster:
         present = tuple(g for g in all_gpus if g.present)
         index = {g.uuid: g for g in all_gpus}
         holders = ledger.holders()
-        kernels = {k.kernel_id: k for k in ledger.kernels()}
+        # the kernels the snapshot names (holders', new events'; idle states' as asked for),
+        # not every kernel of the ledger: those waiting would make a build grow with the queue
+        kernels = KernelsRead(
+            ledger,
+            {a.kernel_id for a in holders.values()}
+            | {e.kernel_id for e in new_events if e.kernel_id},
+        )
         # granted allocations from the holders (bounded by the GPUs), the queue by its first page
         # and a count: nothing here grows with the queue, whatever its length
         granted = tuple(sorted({a.id: a for a in holders.values()}.values(), key=lambda a: a.id))

@@ -1,6 +1,8 @@
 """An answer about allocations costs what it shows, in a real jupyter server (pytest-jupyter)
 whose ledger knows a cluster of many nodes: it reads the GPUs of the allocations it describes,
-never the whole cluster's; waiting polls read their request again only when the ledger moved."""
+never the whole cluster's; the cluster view and the event stream's snapshot read the kernels
+they name, not those waiting; waiting polls read their request again only when the ledger
+moved."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class LedgerSpy:
     def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: Counter[str] = Counter()
         self.gpu_rows = 0
+        self.kernel_rows = 0
         self._lock = threading.Lock()  # the pool's threads call the ledger
         for name, _ in inspect.getmembers(Ledger, inspect.isfunction):
             if not name.startswith("_"):
@@ -46,14 +49,11 @@ class LedgerSpy:
     def _counting(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             result = method(*args, **kwargs)
-            rows = (
-                sum(isinstance(item, Gpu) for item in result)
-                if isinstance(result, (list, tuple))
-                else 0
-            )
+            listed = result if isinstance(result, (list, tuple)) else ()
             with self._lock:
                 self.calls[name] += 1
-                self.gpu_rows += rows
+                self.gpu_rows += sum(isinstance(item, Gpu) for item in listed)
+                self.kernel_rows += sum(isinstance(item, KernelRecord) for item in listed)
             return result
 
         return counted
@@ -128,6 +128,32 @@ async def test_answers_read_only_the_gpus_they_show(
         _, rows = await answer("GET", path)
         assert rows == 6, path
     assert spy.calls["gpus"] == 0
+
+
+async def test_the_cluster_and_the_snapshot_read_the_holders_kernels_not_the_waiting(
+    api: Any, dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger: Ledger = dlinfra_app.service.ledger
+    register(dlinfra_app, "holder")
+    ledger.request(kernel_id="holder", count=4)
+    for i in range(30):
+        register(dlinfra_app, f"w{i}")
+        ledger.request(kernel_id=f"w{i}", count=1)
+    events = dlinfra_app.service.events
+    await events.refresh()  # the events so far are read (and their kernels named) once
+    spy = LedgerSpy(ledger, monkeypatch)
+    register(dlinfra_app, "late")
+    ledger.request(kernel_id="late", count=1)  # one new event, of a waiting kernel
+    events.poke()
+    snapshot = await events.refresh()
+    assert snapshot.queue_length == 31
+    # the holder's kernel and the new event's: not the 31 waiting ones
+    assert spy.calls["kernels"] == 0 and spy.kernel_rows <= 2, spy.kernel_rows
+    status, cluster = await api("GET", "cluster")
+    assert status == 200
+    names = {g["holder"]["kernel_id"] for n in cluster["nodes"] for g in n["gpus"] if g["holder"]}
+    assert names == {"holder"}
+    assert spy.calls["kernels"] == 0 and spy.kernel_rows <= 3, spy.kernel_rows
 
 
 #: fewer than the test client's connections (10), so that every poll reaches the server

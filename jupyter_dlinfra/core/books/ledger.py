@@ -416,6 +416,18 @@ class Ledger:
         with self.store.read() as conn:
             return [_kernel(r) for r in conn.execute(query)]
 
+    def kernels_by_id(self, kernel_ids: Collection[str]) -> list[KernelRecord]:
+        """The known kernels among these ids, read without the others."""
+        wanted = sorted(set(kernel_ids))
+        found: list[KernelRecord] = []
+        with self.store.read() as conn:
+            # in slices: a database bounds the parameters of one statement
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                query = select(kernels).where(kernels.c.kernel_id.in_(part))
+                found += [_kernel(r) for r in conn.execute(query)]
+        return found
+
     def forget_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         """The kernel is gone for good: end its allocations and drop its token."""
         with self._writing() as (tx, cache):

@@ -84,7 +84,10 @@ class ClusterHandler(_Base):
         ledger = self.service.ledger
         gpus = await self.service.call(ledger.gpus)
         holders = await self.service.call(ledger.holders)
-        kernels = await self.service.call(ledger.kernels)
+        # the holders' kernels only: those waiting would make the answer grow with the queue
+        kernels = await self.service.call(
+            ledger.kernels_by_id, {a.kernel_id for a in holders.values()}
+        )
         queue_length = await self.service.call(ledger.queue_length)
         self.answer(
             cluster_json(
