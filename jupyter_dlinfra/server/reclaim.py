@@ -176,7 +176,7 @@ class Reclaimer:
 
     async def step(self) -> list[Transition]:
         calls = self.calls
-        usages = await calls.call(self._read)
+        usages, mine = await calls.call(self._read)
         policy = await calls.call(self.policies.current)
         owners = {u.kernel_id: u.user for u in usages}
 
@@ -196,8 +196,7 @@ class Reclaimer:
         transitions: list[Transition] = []
         if readings or self._judged:
             # nothing held now and nothing held before: no need to take the write lock
-            scope = await calls.call(self._my_kernel_ids)
-            transitions = await calls.mutate(self.book.observe, readings, policy_for, scope=scope)
+            transitions = await calls.mutate(self.book.observe, readings, policy_for, scope=mine)
         self._judged = {r.kernel_id for r in readings}
         for t in transitions:
             if t.kind == Phase.RECLAIMED.value:
@@ -222,20 +221,22 @@ class Reclaimer:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def _my_kernel_ids(self) -> set[str]:
-        mine = self.server_id
-        return {k.kernel_id for k in self.ledger.kernels(server_id=mine)}
-
-    def _read(self) -> list[KernelUsage]:
+    def _read(self) -> tuple[list[KernelUsage], set[str]]:
+        """This server's kernels that run, with what they hold and use; and the ids of all
+        this server's kernels (whose idle states a pass may forget)."""
         ledger = self.ledger
         # this server's kernels, wherever they run (a gateway's pod kernels are on many nodes)
-        kernels = [
-            k for k in ledger.kernels(server_id=self.server_id) if self.control.exists(k.kernel_id)
-        ]
-        # grants only: the queue (thousands, each explained) is none of the reclaimer's business
-        granted = {a.kernel_id: a for a in ledger.allocations(state=AllocationState.GRANTED)}
+        known = ledger.kernels(server_id=self.server_id)
+        kernels = [k for k in known if self.control.exists(k.kernel_id)]
+        # their grants only: the queue (thousands, each explained) and the rest of the
+        # cluster's grants are none of this server's reclaimer's business
+        granted = {
+            a.kernel_id: a
+            for a in ledger.allocations(state=AllocationState.GRANTED, server_id=self.server_id)
+        }
         executing = {k.kernel_id: self.control.executing(k.kernel_id) for k in kernels}
-        return self._attributor.usage(kernels, granted, self.sampler.samples, executing=executing)
+        usages = self._attributor.usage(kernels, granted, self.sampler.samples, executing=executing)
+        return usages, {k.kernel_id for k in known}
 
     # -- acting ----------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """An answer about allocations costs what it shows, in a real jupyter server (pytest-jupyter)
 whose ledger knows a cluster of many nodes: it reads the GPUs of the allocations it describes,
 never the whole cluster's; the cluster view and the event stream's snapshot read the kernels
-they name, not those waiting; waiting polls read their request again only when the ledger
-moved."""
+they name, not those waiting; a reclaim pass reads its own kernels' grants; waiting polls read
+their request again only when the ledger moved."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from server_kit import register
 
 from jupyter_dlinfra.core.books.ledger import Ledger
-from jupyter_dlinfra.core.models import Gpu, KernelRecord
+from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord
 from jupyter_dlinfra.server.allocation_waits import allocation_waits
 
 NODES = 50
@@ -41,6 +41,7 @@ class LedgerSpy:
         self.calls: Counter[str] = Counter()
         self.gpu_rows = 0
         self.kernel_rows = 0
+        self.allocation_rows = 0
         self._lock = threading.Lock()  # the pool's threads call the ledger
         for name, _ in inspect.getmembers(Ledger, inspect.isfunction):
             if not name.startswith("_"):
@@ -54,6 +55,7 @@ class LedgerSpy:
                 self.calls[name] += 1
                 self.gpu_rows += sum(isinstance(item, Gpu) for item in listed)
                 self.kernel_rows += sum(isinstance(item, KernelRecord) for item in listed)
+                self.allocation_rows += sum(isinstance(item, Allocation) for item in listed)
             return result
 
         return counted
@@ -154,6 +156,25 @@ async def test_the_cluster_and_the_snapshot_read_the_holders_kernels_not_the_wai
     names = {g["holder"]["kernel_id"] for n in cluster["nodes"] for g in n["gpus"] if g["holder"]}
     assert names == {"holder"}
     assert spy.calls["kernels"] == 0 and spy.kernel_rows <= 3, spy.kernel_rows
+
+
+async def test_a_reclaim_pass_reads_the_grants_of_this_servers_kernels_only(
+    dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger: Ledger = dlinfra_app.service.ledger
+    _cluster(ledger)
+    register(dlinfra_app, "mine")
+    ledger.request(kernel_id="mine", count=1)
+    for n in range(20):  # other servers' kernels hold GPUs all over the cluster
+        kernel_id = f"theirs-{n}"
+        ledger.register_kernel(
+            KernelRecord(kernel_id=kernel_id, user="bob", node=f"rack-{n}", server_id="other")
+        )
+        ledger.request(kernel_id=kernel_id, count=2)
+    spy = LedgerSpy(ledger, monkeypatch)
+    await dlinfra_app.service.reclaimer.step()
+    assert spy.calls["allocations"] == 1 and spy.allocation_rows <= 1, spy.allocation_rows
+    assert spy.calls["kernels"] == 1  # this server's kernels, read once a pass
 
 
 #: fewer than the test client's connections (10), so that every poll reaches the server

@@ -774,13 +774,15 @@ class Ledger:
         state: AllocationState | None = None,
         limit: int | None = None,
         offset: int = 0,
+        server_id: str | None = None,
     ) -> list[Allocation]:
-        """Allocations, oldest first, by kernel, user or node; ``active``: queued and granted
-        ones only; ``state``: in that state only (``GRANTED``: as many as there are GPUs at
-        most, and no waiter explained); ``limit`` of them (None: all) from ``offset`` on. The
-        queued ones are explained, node by node: a page costs the nodes it shows."""
+        """Allocations, oldest first, by kernel, user, node or the server of their kernels;
+        ``active``: queued and granted ones only; ``state``: in that state only (``GRANTED``:
+        as many as there are GPUs at most, and no waiter explained); ``limit`` of them (None:
+        all) from ``offset`` on. The queued ones are explained, node by node: a page costs the
+        nodes it shows."""
         _check_page(limit, offset)
-        cond = _allocation_filter(kernel_id, user, node, active, state)
+        cond = _allocation_filter(kernel_id, user, node, active, state, server_id)
         with self.store.read() as conn:
             return self._allocations(conn, cond, limit, offset)
 
@@ -797,7 +799,7 @@ class Ledger:
         """A page of :meth:`allocations` and how many match in all, read together (one
         indexed count for one user's or kernel's active ones)."""
         _check_page(limit, offset)
-        cond = _allocation_filter(kernel_id, user, None, active, state)
+        cond = _allocation_filter(kernel_id, user, None, active, state, None)
         with self.store.read() as conn:
             found = conn.execute(select(func.count()).select_from(allocations).where(cond))
             total = int(found.scalar() or 0)
@@ -1169,6 +1171,7 @@ def _allocation_filter(
     node: str | None,
     active: bool,
     state: AllocationState | None,
+    server_id: str | None,
 ) -> Any:
     cond: Any = allocations.c.id.is_not(None)
     if kernel_id is not None:
@@ -1181,6 +1184,9 @@ def _allocation_filter(
         cond = cond & allocations.c.state.in_(_ACTIVE)
     if state is not None:
         cond = cond & (allocations.c.state == state.value)
+    if server_id is not None:
+        mine = select(kernels.c.kernel_id).where(kernels.c.server_id == server_id)
+        cond = cond & allocations.c.kernel_id.in_(mine)
     return cond
 
 
