@@ -69,6 +69,31 @@ class _Base(DLInfraHandler):
         gpus = await self.service.call(self.service.ledger.gpus_of, uuids)
         return {g.uuid: g for g in gpus}
 
+    def page_query(self, default: int, most: int) -> tuple[int, int]:
+        """``?limit=`` (``default`` unless given, at most ``most``) and ``?offset=``."""
+        limit = query_int(
+            self.get_query_argument("limit", str(default)), "limit", minimum=0, maximum=most
+        )
+        offset = query_int(
+            self.get_query_argument("offset", "0"), "offset", minimum=0, maximum=MAX_ID
+        )
+        return limit, offset
+
+    def answer_page(
+        self, key: str, listed: list[dict[str, Any]], *, total: int, offset: int, limit: int
+    ) -> None:
+        """A page under ``key``, with where the next one starts (null after the last)."""
+        end = offset + len(listed)
+        self.answer(
+            {
+                key: listed,
+                "total": total,
+                "offset": offset,
+                "limit": limit,
+                "next_offset": end if listed and end < total else None,
+            }
+        )
+
     def view(
         self,
         alloc: Allocation,
@@ -114,15 +139,7 @@ class AllocationsHandler(_Base):
         if state not in ("active", "all", "granted"):
             raise ApiError(400, "state must be 'active', 'granted' or 'all'", code="bad_query")
         user = query_name(self.get_query_argument("user", None), "user")
-        limit = query_int(
-            self.get_query_argument("limit", str(ALLOCATIONS_LIMIT)),
-            "limit",
-            minimum=0,
-            maximum=MAX_ALLOCATIONS_LIMIT,
-        )
-        offset = query_int(
-            self.get_query_argument("offset", "0"), "offset", minimum=0, maximum=MAX_ID
-        )
+        limit, offset = self.page_query(ALLOCATIONS_LIMIT, MAX_ALLOCATIONS_LIMIT)
         ledger = self.service.ledger
         # "granted": nothing of the queue read or explained
         filters: dict[str, Any] = {
@@ -135,16 +152,8 @@ class AllocationsHandler(_Base):
             ledger.allocations_page, **filters, limit=limit, offset=offset
         )
         gpus = await self.gpu_index_for(found)
-        end = offset + len(found)
-        self.answer(
-            {
-                "allocations": [self.view(a, gpus, self.service.samples) for a in found],
-                "total": total,
-                "offset": offset,
-                "limit": limit,
-                "next_offset": end if found and end < total else None,
-            }
-        )
+        listed = [self.view(a, gpus, self.service.samples) for a in found]
+        self.answer_page("allocations", listed, total=total, offset=offset, limit=limit)
 
     @authorized("write")
     async def post(self) -> None:
@@ -241,29 +250,13 @@ class QueueHandler(_Base):
 
     @authorized("read")
     async def get(self) -> None:
-        limit = query_int(
-            self.get_query_argument("limit", str(QUEUE_LIMIT)),
-            "limit",
-            minimum=0,
-            maximum=MAX_QUEUE_LIMIT,
-        )
-        offset = query_int(
-            self.get_query_argument("offset", "0"), "offset", minimum=0, maximum=MAX_ID
-        )
+        limit, offset = self.page_query(QUEUE_LIMIT, MAX_QUEUE_LIMIT)
         node = query_name(self.get_query_argument("node", None), "node")
         ledger = self.service.ledger
         queued, total = await self.service.call(ledger.queue_page, node, limit=limit, offset=offset)
         gpus = await self.gpu_index_for(queued)
-        end = offset + len(queued)
-        self.answer(
-            {
-                "queue": [self.view(a, gpus) for a in queued],
-                "total": total,
-                "offset": offset,
-                "limit": limit,
-                "next_offset": end if queued and end < total else None,
-            }
-        )
+        listed = [self.view(a, gpus) for a in queued]
+        self.answer_page("queue", listed, total=total, offset=offset, limit=limit)
 
 
 class KernelRestartHandler(_Base):
