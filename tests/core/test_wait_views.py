@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from jupyter_dlinfra.core.books import ledger_cache
 from jupyter_dlinfra.core.models import Allocation
 from jupyter_dlinfra.core.scheduling import explain
 
@@ -80,3 +81,35 @@ def test_the_head_of_a_long_node_queue_is_explained_without_the_rest(
     explained.clear()
     late = ledger.request(kernel_id="late", count=1)
     assert late.position is not None and explained == [late.position]
+
+
+def test_below_the_explained_depth_a_waiter_gets_its_place_and_a_brief_reason(
+    kit: Kit, crowded: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = kit.ledger
+    whole = {a.id: a for a in ledger.queue(node="node-a")}
+    monkeypatch.setattr(ledger_cache, "EXPLAIN_DEPTH", 5)
+    explained: list[int] = []
+    real = explain.explain_node
+
+    def counting(*args: object, **kwargs: object) -> dict[int, explain.WaitInfo]:
+        explained.append(len(kwargs["queue"]))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(explain, "explain_node", counting)
+    ledger._cache = None
+    told = {a.id: a for a in ledger.queue(node="node-a")}
+    assert max(explained) == 5  # the replay stops at the head
+    for aid, full in whole.items():
+        brief = told[aid]
+        assert brief.position == full.position  # the place is exact all the same
+        if full.position <= 5:
+            assert _told(brief) == _told(full)
+            continue
+        assert brief.estimated_start is None and brief.estimate_basis is None
+        assert brief.waiting_code in ("quota", "no_free_gpu", "order"), brief.waiting_code
+        if brief.waiting_code != "quota":
+            assert f"behind {full.position - 1} requests" in (brief.waiting_reason or "")
+        if full.waiting_code == "no_free_gpu":  # every GPU is held: nothing is free for it
+            assert brief.waiting_code == "no_free_gpu"
+            assert "; held by alice (" in (brief.waiting_reason or "")

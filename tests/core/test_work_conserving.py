@@ -76,6 +76,10 @@ def test_in_order_is_the_order_of_service() -> None:
     assert [d.id for d in s.in_order()] == [
         d.id for d in sorted(s.demands.values(), key=s.order_key)
     ]
+    for node in ("n0", "n1"):  # and a node's queue, as explanations and step 5 read it
+        assert [d.id for d in s.pinned(node)] == [
+            d.id for d in sorted(s.demands.values(), key=s.order_key) if d.node == node
+        ]
 
 
 def test_a_quota_freed_elsewhere_lets_a_waiter_take_its_idle_gpu() -> None:

@@ -12,7 +12,9 @@ taken or freed there, a request come or gone, a quota of someone who waits there
 scheduler says which) or for ``VIEW_TTL`` seconds: estimates are relative to now, and fair-share
 standings drift with time and with grants elsewhere. Only the head of a node's queue down to the
 request asked about is explained (each request's explanation depends on those ahead of it only):
-the first page of the queue holds the heads of a hundred nodes' queues, and costs those.
+the first page of the queue holds the heads of a hundred nodes' queues, and costs those. Below
+``EXPLAIN_DEPTH`` places a request is told its place and why it waits in brief, with no
+estimated start.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding
 
-__all__ = ["QUOTA_WAIT", "Durations", "LedgerCache", "Waiting"]
+__all__ = ["EXPLAIN_DEPTH", "QUOTA_WAIT", "Durations", "LedgerCache", "Waiting"]
 
 #: how the reason of a cluster's request held back by a quota begins (its waiting code: quota)
 QUOTA_WAIT = "over quota: "
@@ -37,6 +39,10 @@ QUOTA_WAIT = "over quota: "
 PREEMPT_GRACE = 30.0
 #: how long a node's explanation is kept while nothing touches the node (s)
 VIEW_TTL = 2.0
+#: places of a node's queue explained in full, with an estimated start; those further down
+#: are told their place and, in brief, why they wait (as SLURM's backfill plans a bounded
+#: number of jobs, bf_max_job_test): a node with thousands waiting costs its head
+EXPLAIN_DEPTH = 100
 #: released grants per class whose median is the class's typical holding time
 SAMPLE = 200
 
@@ -84,6 +90,8 @@ class _NodeView:
     queue: list[Demand]
     #: explanations of the head of ``queue``
     infos: dict[int, explain.WaitInfo] = field(default_factory=dict)
+    #: brief explanations of requests below the first EXPLAIN_DEPTH
+    beyond: dict[int, explain.WaitInfo] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,10 +184,17 @@ class LedgerCache:
         place = kept.order.get(allocation_id)
         if place is None:
             return None
+        self.sched.now = max(self.sched.now, now)
+        if place >= EXPLAIN_DEPTH:
+            found = kept.beyond.get(allocation_id)
+            if found is None:
+                found = kept.beyond[allocation_id] = explain.beyond(
+                    self.sched, node, kept.queue[place], place + 1
+                )
+            return found
         # deeper than explained so far: at least twice as deep, so that reading a node's
         # whole queue request by request costs a few explanations, not one per request
-        self.sched.now = max(self.sched.now, now)
-        depth = max(place + 1, 2 * len(kept.infos))
+        depth = min(max(place + 1, 2 * len(kept.infos)), EXPLAIN_DEPTH)
         kept.infos = self._explain(node, kept.queue[:depth], now)
         kept.at = now
         return kept.infos.get(allocation_id)

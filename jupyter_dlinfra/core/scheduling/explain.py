@@ -39,6 +39,7 @@ from jupyter_dlinfra.core.wording import plural
 __all__ = [
     "Estimate",
     "WaitInfo",
+    "beyond",
     "estimate_node",
     "explain",
     "explain_node",
@@ -89,12 +90,7 @@ def explain(
     pools = s._node_pools.get(node, [])
     free = {p.id: len(p.free) for p in pools}
     real_free = dict(free)
-    holders: dict[str, Counter[str]] = defaultdict(Counter)  # model -> user -> GPUs
-    for pool in pools:
-        for uuid in pool.gpus:
-            hid = s._holder_of.get(uuid)
-            if hid is not None:
-                holders[pool.model][s.holdings[hid].user] += 1
+    holders = _holders(s, pools)
     #: model -> (highest class that took or kept its GPUs in this walk, users who did)
     takers: dict[str, tuple[int, set[str]]] = {}
 
@@ -175,11 +171,7 @@ def explain(
                     reason += f"; {kept} kept for requests ahead of it"
             held_by = holders_of.get(models)
             if held_by is None:
-                held = Counter[str]()
-                for m in models:
-                    held.update(holders.get(m, Counter()))
-                top = ", ".join(f"{u} ({n})" for u, n in held.most_common(5))
-                held_by = holders_of[models] = f"; held by {top}" if held else ""
+                held_by = holders_of[models] = _held_by(holders, models)
             reason += held_by
             if mine:
                 consume()
@@ -193,6 +185,53 @@ def explain(
             estimate_basis=None if start is None else start.basis,
         )
     return view
+
+
+def beyond(s: Scheduler, node: str, d: Demand, position: int) -> WaitInfo:
+    """A request further down its node's queue than the explained head: its place and, in
+    brief, why it waits (its quota, or the GPUs of its models on the node and who holds them,
+    behind the requests ahead of it), without an estimated start: the replay that estimates
+    starts, and the walk that tells who keeps free GPUs, stop at the head."""
+    policy = s.policy
+    over = s.over_quota(d)
+    if over is not None:
+        reason = over
+        if policy.borrowing and policy.class_map[d.klass].preemptible:
+            reason += "; it may borrow GPUs that nobody within quota wants"
+        return WaitInfo(request_id=d.id, position=position, code="quota", reason=reason)
+    pools = s._node_pools.get(node, [])
+    models = s._models(d.model)
+    candidates = [p for p in pools if p.model in models]
+    total = sum(len(p.gpus) for p in candidates)
+    free = sum(len(p.free) for p in candidates)
+    kind = f" of model '{d.model}'" if d.model else ""
+    reason = (
+        f"waiting for {plural(d.count, 'GPU')}{kind} on {node}: {free} of {total} free, "
+        f"behind {plural(position - 1, 'request')} for them"
+    )
+    if free >= d.count:
+        return WaitInfo(request_id=d.id, position=position, code="order", reason=reason)
+    reason += _held_by(_holders(s, candidates), models)
+    return WaitInfo(request_id=d.id, position=position, code="no_free_gpu", reason=reason)
+
+
+def _holders(s: Scheduler, pools: list[Any]) -> dict[str, Counter[str]]:
+    """Model -> user -> GPUs of these pools held."""
+    holders: dict[str, Counter[str]] = defaultdict(Counter)
+    for pool in pools:
+        for uuid in pool.gpus:
+            hid = s._holder_of.get(uuid)
+            if hid is not None:
+                holders[pool.model][s.holdings[hid].user] += 1
+    return holders
+
+
+def _held_by(holders: dict[str, Counter[str]], models: tuple[str, ...]) -> str:
+    held = Counter[str]()
+    for m in models:
+        held.update(holders.get(m, Counter()))
+    top = ", ".join(f"{u} ({n})" for u, n in held.most_common(5))
+    return f"; held by {top}" if held else ""
 
 
 def _why_kept(

@@ -484,7 +484,7 @@ class Scheduler:
             if not pinned or not any(p.free for p in pools):
                 continue
             lenders: list[Demand] = []
-            for demand in sorted(pinned.values(), key=self.order_key):
+            for demand in self._in_order(pinned.values()):
                 if not any(p.free for p in pools):
                     break
                 if self.over_quota(demand) is not None:
@@ -576,7 +576,27 @@ class Scheduler:
 
     def pinned(self, node: str) -> list[Demand]:
         """The requests waiting for GPUs of ``node``, in the order of service."""
-        return sorted(self._pinned.get(node, {}).values(), key=self.order_key)
+        return self._in_order(self._pinned.get(node, {}).values())
+
+    def _in_order(self, demands: Iterable[Demand]) -> list[Demand]:
+        """``demands`` sorted by :meth:`order_key`, each user's fair-share keys worked out once
+        (a node's queue is hundreds of requests of a few dozen users)."""
+        limit = self.policy.starvation_limit
+        now = self.now
+        classes = self.policy.class_map
+        fair: dict[str, tuple[float, float]] = {}
+
+        def key(d: Demand) -> tuple[float, ...]:
+            tier = classes[d.klass].priority
+            if limit and now - d.submitted_at >= limit:
+                return (-tier, 0.0, d.submitted_at, d.id)
+            f = fair.get(d.user)
+            if f is None:
+                account = self._ranking_account(d.user)
+                f = fair[d.user] = (self._account_key(account), self._user_key(d.user))
+            return (-tier, 1.0, f[0], f[1], d.submitted_at, d.id)
+
+        return sorted(demands, key=key)
 
     def _keep_nominated(self) -> dict[int, list[tuple[_Pool, list[str]]]]:
         """Set aside the free GPUs on nominated pools for their requests (as Kubernetes does for
