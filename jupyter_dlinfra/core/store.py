@@ -37,6 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
+from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
+
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
 SCHEMA_VERSION = 7
@@ -328,9 +330,13 @@ class Store:
                     "connect_timeout", CONNECT_TIMEOUT_S
                 )
         self.engine: Engine = create_engine(self.url, **engine_kwargs)
+        self._checkpointer: WalCheckpointer | None = None
         if self.is_sqlite:
             self._configure_sqlite(self.engine)
         self._create_schema()
+        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+            self._checkpointer = WalCheckpointer(self.engine)
+            self._checkpointer.start()
 
     @staticmethod
     def _configure_sqlite(engine: Engine) -> None:
@@ -349,6 +355,9 @@ class Store:
                 # the last commits, and never corrupts the file. FULL would sync every commit,
                 # several times the cost of a grant, for that case alone.
                 cur.execute("PRAGMA synchronous = NORMAL")
+                # checkpoints are a thread's business (wal_checkpoints.py); a commit makes one
+                # only if that thread falls far behind
+                cur.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.close()
 
@@ -417,6 +426,8 @@ class Store:
             return read_counter(conn, "version")
 
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()
 
 

@@ -196,6 +196,10 @@ class Ledger:
             version=version,
             policy=policy,
             sched=sched,
+            # a request that can never be granted (its GPUs were lost while no process held
+            # the state) is ended by the next write; looked for here, with the loading, so that
+            # the next write does not pay for looking at every request
+            check_all=any(sched.check(d) is not None for d in sched.demands.values()),
             durations=Durations(recent_spans(conn, policy)),
             recorded=recorded,
             kernel_of={a.id: a.kernel_id for a in active},
@@ -990,8 +994,8 @@ class Ledger:
         conn = tx.conn
         cache.changed()
         if cache.check_all:
-            # GPUs were lost (or the state was loaded): a request that can never be granted
-            # would block its node for ever
+            # GPUs were lost (or the state was loaded with such a request): one that can never
+            # be granted would block its node for ever
             cache.check_all = False
             for demand in list(sched.demands.values()):
                 why = sched.check(demand)
