@@ -36,6 +36,21 @@ def crowded(kit: Kit) -> list[int]:
     return ids
 
 
+@pytest.fixture
+def explained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How deep each node explanation goes (the length of the queue head it explains), in
+    order."""
+    depths: list[int] = []
+    real = explain.explain_node
+
+    def counting(*args: object, **kwargs: object) -> dict[int, explain.WaitInfo]:
+        depths.append(len(kwargs["queue"]))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(explain, "explain_node", counting)
+    return depths
+
+
 def test_each_waiter_is_told_what_the_whole_node_explanation_says(
     kit: Kit, crowded: list[int]
 ) -> None:
@@ -54,16 +69,8 @@ def test_each_waiter_is_told_what_the_whole_node_explanation_says(
 
 
 def test_the_head_of_a_long_node_queue_is_explained_without_the_rest(
-    kit: Kit, crowded: list[int], monkeypatch: pytest.MonkeyPatch
+    kit: Kit, crowded: list[int], explained: list[int]
 ) -> None:
-    explained: list[int] = []
-    real = explain.explain_node
-
-    def counting(*args: object, **kwargs: object) -> dict[int, explain.WaitInfo]:
-        explained.append(len(kwargs["queue"]))  # type: ignore[arg-type]
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(explain, "explain_node", counting)
     ledger = kit.ledger
     ledger._cache = None  # loaded again: no view kept from the requests
     head = ledger.queue(node="node-a", limit=1)[0]
@@ -84,19 +91,12 @@ def test_the_head_of_a_long_node_queue_is_explained_without_the_rest(
 
 
 def test_below_the_explained_depth_a_waiter_gets_its_place_and_a_brief_reason(
-    kit: Kit, crowded: list[int], monkeypatch: pytest.MonkeyPatch
+    kit: Kit, crowded: list[int], explained: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = kit.ledger
     whole = {a.id: a for a in ledger.queue(node="node-a")}
+    explained.clear()
     monkeypatch.setattr(ledger_cache, "EXPLAIN_DEPTH", 5)
-    explained: list[int] = []
-    real = explain.explain_node
-
-    def counting(*args: object, **kwargs: object) -> dict[int, explain.WaitInfo]:
-        explained.append(len(kwargs["queue"]))  # type: ignore[arg-type]
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(explain, "explain_node", counting)
     ledger._cache = None
     told = {a.id: a for a in ledger.queue(node="node-a")}
     assert max(explained) == 5  # the replay stops at the head
