@@ -73,7 +73,6 @@ __all__ = ["CLUSTER", "QUOTA_WAIT", "SCHEDULING_KEY", "Ledger"]
 
 _log = logging.getLogger(__name__)
 
-_ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
 #: ``placement`` of a request that a cluster's scheduler places
 CLUSTER = "cluster"
 
@@ -164,10 +163,10 @@ class Ledger:
 
     def _load_state(self, conn: Connection, version: int) -> LedgerCache:
         policy = self._policy(conn)
-        active = self._load(conn, allocations.c.state.in_(_ACTIVE))
+        active = self._load(conn, allocations.c.state.in_(sql.ACTIVE))
         extra = conn.execute(
             select(allocations.c.id, allocations.c.groups, allocations.c.cluster_reason).where(
-                allocations.c.state.in_(_ACTIVE)
+                allocations.c.state.in_(sql.ACTIVE)
             )
         ).all()
         raw_groups = {r.id: r.groups for r in extra}
@@ -321,14 +320,8 @@ class Ledger:
     def gpus_of(self, uuids: Collection[str]) -> list[Gpu]:
         """The GPUs with these UUIDs, absent ones too: those that answers about allocations
         show, read without the rest of the cluster."""
-        wanted = sorted(set(uuids))
-        found: list[Gpu] = []
         with self.store.read() as conn:
-            # in slices: a database bounds the parameters of one statement
-            for start in range(0, len(wanted), 500):
-                part = wanted[start : start + 500]
-                found += [_gpu(r) for r in conn.execute(select(gpus).where(gpus.c.uuid.in_(part)))]
-        return found
+            return [_gpu(r) for r in _rows_with(conn, gpus.c.uuid, uuids)]
 
     def holders(self) -> dict[str, Allocation]:
         """Granted allocations by the UUID of each GPU they hold."""
@@ -422,15 +415,8 @@ class Ledger:
 
     def kernels_by_id(self, kernel_ids: Collection[str]) -> list[KernelRecord]:
         """The known kernels among these ids, read without the others."""
-        wanted = sorted(set(kernel_ids))
-        found: list[KernelRecord] = []
         with self.store.read() as conn:
-            # in slices: a database bounds the parameters of one statement
-            for start in range(0, len(wanted), 500):
-                part = wanted[start : start + 500]
-                query = select(kernels).where(kernels.c.kernel_id.in_(part))
-                found += [_kernel(r) for r in conn.execute(query)]
-        return found
+            return [_kernel(r) for r in _rows_with(conn, kernels.c.kernel_id, kernel_ids)]
 
     def forget_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         """The kernel is gone for good: end its allocations and drop its token."""
@@ -969,7 +955,7 @@ class Ledger:
         self, tx: Transaction, cache: LedgerCache, kernel_id: str, reason: str
     ) -> list[Allocation]:
         active = self._load(
-            tx.conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(_ACTIVE)
+            tx.conn, (allocations.c.kernel_id == kernel_id) & allocations.c.state.in_(sql.ACTIVE)
         )
         return [self._end(tx, cache, alloc, reason) for alloc in active]
 
@@ -1162,6 +1148,20 @@ class Ledger:
         )
 
 
+#: values one IN list carries at most (a database bounds the parameters of one statement)
+_IN_SLICE = 500
+
+
+def _rows_with(conn: Connection, column: Any, values: Collection[str]) -> list[Row[Any]]:
+    """The rows of ``column``'s table whose ``column`` is one of ``values``, read in slices."""
+    wanted = sorted(set(values))
+    found: list[Row[Any]] = []
+    for start in range(0, len(wanted), _IN_SLICE):
+        part = wanted[start : start + _IN_SLICE]
+        found += conn.execute(select(column.table).where(column.in_(part))).all()
+    return found
+
+
 def _check_page(limit: int | None, offset: int) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidRequest(f"limit must be a whole number of 0 or more, not {limit!r}")
@@ -1185,7 +1185,7 @@ def _allocation_filter(
     if node is not None:
         cond = cond & (allocations.c.node == node)
     if active:
-        cond = cond & allocations.c.state.in_(_ACTIVE)
+        cond = cond & allocations.c.state.in_(sql.ACTIVE)
     if state is not None:
         cond = cond & (allocations.c.state == state.value)
     if server_id is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "UPDATE_FAIRSHARE",
 ]
 
+#: the states of an allocation that counts (queued or granted), as stored
 ACTIVE = (AllocationState.QUEUED.value, AllocationState.GRANTED.value)
 
 KERNEL = select(kernels).where(kernels.c.kernel_id == bindparam("p_kernel"))
