@@ -696,13 +696,18 @@ def test_a_gpu_that_moves_to_another_node_is_moved_not_duplicated(kit: Kit) -> N
     assert len(kit.ledger.gpus(include_absent=True)) == len(devices)
 
 
-def test_queue_length_counts_without_explaining_the_queue(
-    kit: Kit, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _one_holds_two_wait(kit: Kit) -> None:
+    """k1 holds node-a's 2 GPUs; k2 and k3 wait for them."""
     kit.node("node-a", (2, A100))
     for name in ("k1", "k2", "k3"):
         kit.kernel(name, user=name)
         kit.ledger.request(kernel_id=name, count=2)
+
+
+def test_queue_length_counts_without_explaining_the_queue(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _one_holds_two_wait(kit)
     kit.ledger.release(kit.ledger.allocations(kernel_id="k3")[0].id, reason="cancelled")
     assert kit.ledger.queue_length() == 1
 
@@ -717,10 +722,7 @@ def test_queue_length_counts_without_explaining_the_queue(
 def test_granted_allocations_are_listed_without_explaining_the_queue(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kit.node("node-a", (2, A100))
-    for name in ("k1", "k2", "k3"):
-        kit.kernel(name, user=name)
-        kit.ledger.request(kernel_id=name, count=2)
+    _one_holds_two_wait(kit)
 
     def no_view(*args: object) -> None:
         raise AssertionError("the queue was explained to list grants")
