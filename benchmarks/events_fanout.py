@@ -17,7 +17,7 @@ allocation, with the server's token. It measures:
 * the server process's CPU seconds per minute (user + system, the server process only).
 
 Subscribers are raw asyncio connections speaking HTTP/1.1 (chunked), in this process; they parse
-every snapshot they receive, as a browser would.
+every snapshot and delta they receive, as a browser would (a delta applied to the snapshot held).
 
 Usage: ``.venv/bin/python benchmarks/events_fanout.py [--quick]``. The last line printed starts
 with ``RESULT`` and holds key=value pairs.
@@ -36,10 +36,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from jupyter_dlinfra.testing.event_stream import apply_delta
 from jupyter_dlinfra.testing.server import KernelSession, ServerProcess
 
 SIMULATED_GPUS = 8
@@ -67,6 +69,8 @@ class Subscriber:
     changes: list[Change]
     latencies: list[float] = field(default_factory=list)
     snapshots: int = 0
+    #: the snapshot as a browser holds it: the whole one it began with, moved by each delta
+    held: dict[str, Any] | None = None
     next_change: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.StreamWriter | None = None
@@ -104,11 +108,18 @@ class Subscriber:
                     buffer += data
                 while b"\n\n" in buffer:
                     frame, buffer = buffer.split(b"\n\n", 1)
-                    if frame.startswith(b"event: snapshot\n"):
+                    if frame.startswith((b"event: snapshot\n", b"event: delta\n")):
                         self.on_snapshot(time.perf_counter(), frame)
 
     def on_snapshot(self, arrived: float, frame: bytes) -> None:
-        snapshot = json.loads(frame.partition(b"\ndata: ")[2])
+        body = json.loads(frame.partition(b"\ndata: ")[2])
+        if frame.startswith(b"event: delta\n"):
+            assert self.held is not None, "a delta before the first snapshot"
+            moved = apply_delta(self.held, body)
+            if moved is None:
+                return
+            body = moved
+        snapshot = self.held = body
         self.snapshots += 1
         if not self.ready.is_set():
             # changes made before this subscriber's first snapshot are not its to time

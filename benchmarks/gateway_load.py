@@ -49,9 +49,10 @@ each set left by exactly one change, so a snapshot shows how far the prober has 
 **Event streams**: ``GET events`` with the clients' person tokens in turn, opened before the
 clients start, each on its own connection (raw asyncio, in this process). Every stream reads
 every byte the gateway sends; ``TIMED_STREAMS`` (50) of them, spread over all, also note the
-``seq`` of every snapshot frame and when it was read whole (finding a frame's end is a pass over
-its bytes, which 500 streams of frames of megabytes would make the load generator's main cost),
-and the first one reads the prober's allocations in each snapshot. **Event delay** of a prober's
+``seq`` of every state frame (the whole snapshot a stream begins with, then a delta per change)
+and when it was read whole (finding a frame's end is a pass over its bytes), and the first one
+reads the prober's allocations in each: the whole snapshot's by their marks, then each delta's
+put and gone allocations applied to them. **Event delay** of a prober's
 change at a timed stream: from just before the prober sent the request that made it to the
 arrival (read whole) of the first snapshot at that stream that shows it or a later state; per
 (change, timed stream) pair, an upper bound of the server's part (it includes the request
@@ -156,8 +157,9 @@ ROUTES = (REQUEST, STATUS, LONG_POLL, QUEUE, MINE, RELEASE, PROBE_REQUEST, PROBE
 #: routes whose answers wait by design: not in requests/s nor in p99
 WAITING_ROUTES = frozenset({LONG_POLL, EVENTS})
 
-_SNAPSHOT_MARK = b'event: snapshot\ndata: {"seq": '
-_DATA_AT = len(b"event: snapshot\ndata: ")
+#: the two frames that carry a state: a whole snapshot (first), then a delta per change
+_MARKS = (b'event: snapshot\ndata: {"seq": ', b'event: delta\ndata: {"seq": ')
+_LONGEST_MARK = max(len(m) for m in _MARKS)
 #: the prober's node, user and kernels (the user is in no group: no quota holds it back)
 PROBE_NODE = "probe-node"
 PROBE_USER = "prober"
@@ -471,7 +473,7 @@ class EventStream(asyncio.Protocol):
         recorder: Recorder,
         *,
         timed: bool,
-        analyse: Callable[[int, bytes], None] | None = None,
+        analyse: Callable[..., None] | None = None,
     ) -> None:
         self.request = request
         self.recorder = recorder
@@ -489,6 +491,7 @@ class EventStream(asyncio.Protocol):
         self._in_body = False
         self._carry = b""
         self._seq: int | None = None
+        self._delta = False
         #: the frame being read ended with a newline at the end of the last read
         self._newline = False
         self._parts: list[bytes] = []
@@ -533,20 +536,23 @@ class EventStream(asyncio.Protocol):
         size = len(data)
         while pos < size:
             if self._seq is None:
-                at = data.find(_SNAPSHOT_MARK, pos)
-                if at < 0:
-                    self._carry = data[max(pos, size - len(_SNAPSHOT_MARK) + 1) :]
+                found = [(data.find(mark, pos), mark) for mark in _MARKS]
+                found = [(at, mark) for at, mark in found if at >= 0]
+                if not found:
+                    self._carry = data[max(pos, size - _LONGEST_MARK + 1) :]
                     return
-                digits = at + len(_SNAPSHOT_MARK)
+                at, mark = min(found)
+                digits = at + len(mark)
                 comma = data.find(b",", digits, digits + 24)
                 if comma < 0:
                     if size - digits < 24:
                         self._carry = data[at:]  # the seq is cut: read it with what comes next
                         return
-                    self.fail(f"a snapshot frame without a seq: {data[at : at + 80]!r}")
+                    self.fail(f"a state frame without a seq: {data[at : at + 80]!r}")
                     return
                 self._seq = int(data[digits:comma])
-                pos = at + _DATA_AT
+                self._delta = mark is _MARKS[1]
+                pos = at + mark.index(b"{")
             end = data.find(b"\n\n", pos)
             if end < 0:
                 if self.analyse is not None:
@@ -561,7 +567,7 @@ class EventStream(asyncio.Protocol):
     def _read_whole(self, now: float) -> None:
         assert self._seq is not None
         if self.analyse is not None:
-            self.analyse(self._seq, b"".join(self._parts))
+            self.analyse(self._seq, b"".join(self._parts), delta=self._delta)
             self._parts = []
         self.seqs.append(self._seq)
         self.times.append(now)
@@ -588,21 +594,30 @@ class EventStream(asyncio.Protocol):
 
 
 class SnapshotLog:
-    """What each snapshot showed of the prober (read from the analysing stream's frames)."""
+    """What each snapshot showed of the prober (read from the analysing stream's frames: the
+    whole snapshot it began with, then each delta applied to what it showed)."""
 
     def __init__(self) -> None:
         #: seq -> the ids of the prober's granted allocations the snapshot lists
         self.shown: dict[int, frozenset[int]] = {}
         self.frame_bytes: list[int] = []
         self.queue_length: int | None = None
+        self._held: frozenset[int] = frozenset()
 
-    def analyse(self, seq: int, frame: bytes) -> None:
-        self.shown[seq] = frozenset(int(m.group(1)) for m in _PROBE_ALLOCATION.finditer(frame))
+    def analyse(self, seq: int, frame: bytes, *, delta: bool) -> None:
+        if delta:
+            body = json.loads(frame)
+            probed = {a["id"] for a in body["allocations"] if a["kernel_id"] in PROBE_KERNELS}
+            self._held = (self._held - set(body["allocations_gone"])) | probed
+            self.queue_length = int(body["queue_length"])
+        else:
+            # megabytes at a thousand nodes: found by their marks, not parsed
+            self._held = frozenset(int(m.group(1)) for m in _PROBE_ALLOCATION.finditer(frame))
+            queue = _QUEUE_LENGTH.findall(frame)
+            if queue:
+                self.queue_length = int(queue[-1])
+        self.shown[seq] = self._held
         self.frame_bytes.append(len(frame))
-        # the snapshot's own count of every waiting request (its queue is only a first page)
-        queue = _QUEUE_LENGTH.findall(frame)
-        if queue:
-            self.queue_length = int(queue[-1])
 
 
 # -- event delay ------------------------------------------------------------------------------
@@ -1042,8 +1057,9 @@ def format_report(report: Report) -> str:
         f"{d.changes:,}, at {len(timed)} of the {len(report.streams)} streams (all read "
         f"everything: {report.stream_bytes / 2**20 / report.wall_s:,.1f} MiB/s in all)",
         f"snapshots: {built:,} built, {min(received, default=0)}..{max(received, default=0)} "
-        f"read per timed stream, {(sum(frames) / len(frames) / 1024) if frames else 0:,.0f} KiB "
-        f"a frame on average; queue length in the last one: {report.log.queue_length}",
+        f"read per timed stream; the whole one {frames[0] / 1024 if frames else 0:,.0f} KiB, "
+        f"a delta {(sum(frames[1:]) / len(frames[1:]) / 1024) if frames[1:] else 0:,.1f} KiB "
+        f"on average; queue length in the last one: {report.log.queue_length}",
         f"event delay (change -> snapshot read, per change and stream): p50 "
         f"{_ms(nearest_rank(d.values, 50))} ms, p99 {_ms(nearest_rank(d.values, 99))} ms, max "
         f"{_ms(d.values[-1] if d.values else math.nan)} ms; pairs unseen after {SETTLE_S:g} s: "

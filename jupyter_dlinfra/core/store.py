@@ -41,7 +41,7 @@ from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -129,6 +129,8 @@ holdings = Table(
     Column("gpu_uuid", String(128), ForeignKey("dlinfra_gpus.uuid"), primary_key=True),
     Column("allocation_id", Integer, ForeignKey("dlinfra_allocations.id"), nullable=False),
 )
+# the event stream reads the holdings of the allocations a change touched, not every holding
+Index("ix_dlinfra_holdings_allocation", holdings.c.allocation_id)
 
 events = Table(
     "dlinfra_events",
@@ -379,8 +381,8 @@ class Store:
                     conn.execute(meta.insert().values(key=key, value=value))
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
-            # create_all makes only with their table
-            for index in (*allocations.indexes, *kernels.indexes):
+            # create_all makes only with their table, and so did 8
+            for index in (*allocations.indexes, *kernels.indexes, *holdings.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(
                 update(meta)

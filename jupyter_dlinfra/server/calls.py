@@ -50,6 +50,11 @@ class LedgerCalls:
         self._sampler = sampler
         self._idle_view = idle_view
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dlinfra")
+        # the event stream's builds wait behind no request: a change reaches the open
+        # dashboards while hundreds of calls queue in the pool
+        self._stream_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="dlinfra-stream"
+        )
         self._tick = asyncio.Event()
         # the stream and the health tell each other: built here, as this object's own parts
         self.events = Broadcaster(
@@ -76,9 +81,16 @@ class LedgerCalls:
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the pool; a database that does not answer raises LedgerUnavailable."""
+        return await self._run(self._executor, partial(fn, *args, **kwargs))
+
+    async def call_for_stream(self, fn: Callable[[], T]) -> T:
+        """Like :meth:`call`, on the event stream's own thread."""
+        return await self._run(self._stream_executor, fn)
+
+    async def _run(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(executor, fn)
         except LedgerUnavailable:
             raise
         except Exception as err:
@@ -108,6 +120,7 @@ class LedgerCalls:
     def shutdown(self) -> None:
         """Wait for the pool's calls under way, and take no more."""
         self._executor.shutdown(wait=True)
+        self._stream_executor.shutdown(wait=True)
 
     def _announce_health(self, available: bool) -> None:
         """Tell the event stream's clients, who would otherwise see the view stop moving."""

@@ -1,9 +1,12 @@
 """The live event stream behind ``GET /dlinfra/api/events``: one producer, many subscribers.
 
 The service owns one :class:`Broadcaster`. Whatever the number of subscribers, each change is
-turned into a snapshot once: the ledger is read and the JSON serialised in the service's thread
-pool, and the same bytes are handed to every subscriber's :class:`Subscription`. Telemetry is not
-sampled here; the service's own loop samples once per interval and pokes the broadcaster.
+turned into a snapshot once: what changed is read from the ledger and serialised as a delta on a
+thread of the stream's own (it waits behind no request), and the same bytes are handed to every
+subscriber's :class:`Subscription`. A whole snapshot is serialised only for a subscriber that
+needs one (a new one, or one that fell behind); ``stream_state.py`` keeps the picture between.
+Telemetry is not sampled here; the service's own loop samples once per interval and pokes the
+broadcaster.
 
 What triggers a snapshot: :meth:`Broadcaster.poke`, called by the service on every ledger change
 it makes or sees (``LedgerCalls.notify``) and after every telemetry sample. Pokes are coalesced:
@@ -40,7 +43,8 @@ import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from jupyter_dlinfra.core.books.events import latest_event_seq
 from jupyter_dlinfra.core.books.ledger import Ledger
@@ -48,7 +52,8 @@ from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
 from jupyter_dlinfra.core.outage import Backoff, database_unavailable
 from jupyter_dlinfra.server.notices import LEVELS, Notice, notice_from_event
-from jupyter_dlinfra.server.views import allocation_json, cluster_json, iso
+from jupyter_dlinfra.server.stream_state import Picture, StreamState
+from jupyter_dlinfra.server.views import allocation_json, cluster_fields, iso
 from jupyter_dlinfra.telemetry import GpuSample
 
 if TYPE_CHECKING:
@@ -69,10 +74,18 @@ class KernelsRead(Mapping[str, KernelRecord]):
     """Kernels of the ledger read as a snapshot asks for them: ``first`` in one read, any other
     when first looked up. Iterating gives those read so far, never every kernel of the ledger."""
 
-    def __init__(self, ledger: Ledger, first: Iterable[str]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        first: Iterable[str],
+        *,
+        known: Mapping[str, KernelRecord] | None = None,
+    ) -> None:
+        """``known``: kernels already read (the stream's picture keeps its holders')."""
         self._ledger = ledger
-        wanted = set(first)
-        self._found = {k.kernel_id: k for k in ledger.kernels_by_id(wanted)}
+        self._found = dict(known or {})
+        wanted = set(first) - set(self._found)
+        self._found.update((k.kernel_id, k) for k in ledger.kernels_by_id(wanted) if wanted)
         self._unknown = wanted - set(self._found)
 
     def __getitem__(self, kernel_id: str) -> KernelRecord:
@@ -103,7 +116,7 @@ def _notice_frame(notice: Notice) -> bytes:
 
 @dataclass(frozen=True, kw_only=True)
 class Snapshot:
-    """The state one snapshot event showed, kept for metrics, with its serialised frame."""
+    """The state one snapshot showed, kept for metrics and new subscribers, with its delta."""
 
     seq: int
     at: float
@@ -114,13 +127,36 @@ class Snapshot:
     queue: tuple[Allocation, ...]
     #: how many requests wait in all
     queue_length: int
-    #: the granted allocations, by id (queued ones are in ``queue``)
-    allocations: tuple[Allocation, ...]
     samples: Mapping[str, GpuSample]
     simulated: bool
-    frame: bytes = field(repr=False)
+    #: the snapshot's fields but the cluster and the granted allocations, as JSON
+    top: Mapping[str, Any] = field(repr=False)
+    #: the cluster and the granted allocations, as pieces (assembled by ``frame``)
+    picture: Picture = field(repr=False)
+    #: the ``delta`` frame from the snapshot before (None for the first)
+    delta: bytes | None = field(repr=False)
     #: the idle state of each judged kernel (active, idle, warned, reclaimed, exempt)
     idle: Mapping[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def allocations(self) -> tuple[Allocation, ...]:
+        """The granted allocations, by id (queued ones are in ``queue``)."""
+        return tuple(sorted({a.id: a for a in self.holders.values()}.values(), key=_by_id))
+
+    @cached_property
+    def frame(self) -> bytes:
+        """The whole ``snapshot`` frame: blocking (megabytes at a thousand nodes), so made on
+        the pool, and once, whoever asks."""
+        body = {
+            **self.top,
+            "cluster": self.picture.cluster_json(),
+            "allocations": self.picture.allocations_json(),
+        }
+        return _frame("snapshot", json.dumps(body))
+
+
+def _by_id(alloc: Allocation) -> int:
+    return alloc.id
 
 
 class WaitHistogram:
@@ -155,9 +191,12 @@ class WaitHistogram:
 class Subscription:
     """One subscriber's bounded queue of serialised frames.
 
-    When full, the oldest snapshot goes: a later snapshot supersedes it, so the subscriber loses
-    nothing it needs. Only a queue full of notices (a client that stopped reading while
-    ``maxsize`` notices came) loses its oldest notice, counted in ``dropped_notices``.
+    State frames (the whole snapshot a subscription starts with, then a delta per change) make
+    a chain: each delta moves the state of the one before. When the queue is full, its state
+    frames go and the subscription asks to be resynced (``resync``): its owner sends the latest
+    whole snapshot (:meth:`Broadcaster.resync`), and deltas follow from there. Notices go only
+    when the queue holds nothing else (a client that stopped reading while ``maxsize`` notices
+    came), counted in ``dropped_notices``.
     """
 
     def __init__(self, maxsize: int = 16) -> None:
@@ -165,33 +204,50 @@ class Subscription:
             raise ValueError("a subscription must hold at least a snapshot and a notice")
         self.maxsize = maxsize
         self.closed = False
-        self.dropped_snapshots = 0
+        #: the chain of state frames broke (or never began): a whole snapshot must come next
+        self.resync = True
+        #: times the queue overflowed and its state frames were dropped
+        self.overflows = 0
         self.dropped_notices = 0
-        self._items: deque[tuple[bool, bytes]] = deque()
+        # (seq of a state frame, or None for a notice; the frame)
+        self._items: deque[tuple[int | None, bytes]] = deque()
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def offer(self, frame: bytes, *, snapshot: bool) -> None:
+    def offer(self, frame: bytes, *, seq: int | None = None) -> None:
+        """Queue a frame: a delta of snapshot ``seq``, or a notice (``seq`` None)."""
         if self.closed:
             return
         if len(self._items) >= self.maxsize:
-            for i, (is_snapshot, _) in enumerate(self._items):
-                if is_snapshot:
-                    del self._items[i]
-                    self.dropped_snapshots += 1
-                    break
-            else:
+            if seq is not None or any(s is not None for s, _ in self._items):
+                self._items = deque(item for item in self._items if item[0] is None)
+                self.overflows += 1
+                self.resync = True
+                self._ready.set()
+                if seq is not None:
+                    return
+            if len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self.dropped_notices += 1
-        self._items.append((snapshot, frame))
+        self._items.append((seq, frame))
+        self._ready.set()
+
+    def start(self, frame: bytes, seq: int, *, overflows: int) -> None:
+        """Put whole snapshot ``seq`` ahead of what waits; deltas it covers go. ``overflows``:
+        :attr:`overflows` when it was read (an overflow since then breaks the chain again)."""
+        if self.closed:
+            return
+        self._items = deque(item for item in self._items if item[0] is None or item[0] > seq)
+        self._items.appendleft((seq, frame))
+        self.resync = self.overflows != overflows
         self._ready.set()
 
     async def next(self, keepalive: float) -> list[bytes] | None:
-        """Every frame waiting, or ``[KEEPALIVE]`` after ``keepalive`` idle seconds; None once
-        closed."""
-        while not self._items:
+        """Every frame waiting (none when a resync is due), or ``[KEEPALIVE]`` after
+        ``keepalive`` idle seconds; None once closed."""
+        while not self._items and not self.resync:
             if self.closed:
                 return None
             self._ready.clear()
@@ -203,6 +259,11 @@ class Subscription:
                 return [KEEPALIVE]
         if self.closed:
             return None
+        if self.resync:
+            # the notices only: the deltas wait for the whole snapshot they follow
+            notices = [frame for seq, frame in self._items if seq is None]
+            self._items = deque(item for item in self._items if item[0] is not None)
+            return notices
         frames = [frame for _, frame in self._items]
         self._items.clear()
         return frames
@@ -242,6 +303,8 @@ class Broadcaster:
         self._dirty = True
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._whole_lock = asyncio.Lock()
+        self._state = StreamState()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._last_build_at = float("-inf")
@@ -321,13 +384,13 @@ class Broadcaster:
             actions=tuple((str(a), str(label)) for a, label in actions),
         )
         self._next_notice_id -= 1
-        self._fan_out(_notice_frame(notice), snapshot=False)
+        self._fan_out(_notice_frame(notice))
         return notice
 
     # -- subscribers -----------------------------------------------------------------------------
 
     async def subscribe(self) -> Subscription:
-        """A new subscription, whose first frame is a snapshot of the current state."""
+        """A new subscription, whose first frame is a whole snapshot of the current state."""
         if self._closed:
             raise RuntimeError("the event stream is closed (the server is stopping)")
         self.start()
@@ -335,12 +398,34 @@ class Broadcaster:
         # the ledger must answer before a stream opens (two small reads when nothing changed):
         # a stale snapshot would look live while its database is away, where this answers 503
         self._dirty = True
-        # no await between reading the latest snapshot and joining the fan-out: none is missed
-        snapshot = await self.current()
-        sub.offer(snapshot.frame, snapshot=True)
+        # joined first, so that every delta after the snapshot it starts with reaches it
         self._subs.add(sub)
+        try:
+            await self.resync(sub, checked=True)
+        except BaseException:
+            self._subs.discard(sub)
+            raise
         self._subs_changed.set()
         return sub
+
+    async def resync(self, sub: Subscription, *, checked: bool = False) -> None:
+        """Give ``sub`` the latest whole snapshot, ahead of the deltas that follow it.
+
+        ``checked``: the ledger must answer first (a new stream); else, while it does not, the
+        last snapshot built serves (the stream's notices have said that the view is stale).
+        """
+        overflows = sub.overflows
+        try:
+            snapshot = await self.current()
+        except Exception:
+            if checked or self.latest is None:
+                raise
+            snapshot = self.latest
+        if "frame" not in snapshot.__dict__:
+            # one pool thread serialises it; the others wait for the same bytes
+            async with self._whole_lock:
+                await self._source.call_for_stream(lambda: snapshot.frame)
+        sub.start(snapshot.frame, snapshot.seq, overflows=overflows)
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close()
@@ -375,24 +460,25 @@ class Broadcaster:
                 return self.latest  # built by whoever held the lock before us
             self._dirty = False
             try:
-                snapshot, notices = await self._source.call(self._build)
+                snapshot, notices = await self._source.call_for_stream(self._build)
             except BaseException:
                 self._dirty = True
                 raise
             self._source.health.recovered(where="the event stream")
             for notice in notices:
-                self._fan_out(_notice_frame(notice), snapshot=False)
+                self._fan_out(_notice_frame(notice))
             if snapshot is not None:
                 # only a snapshot sent counts: a poke that changed nothing must not delay the next
                 self._last_build_at = asyncio.get_running_loop().time()
                 self.latest = snapshot
-                self._fan_out(snapshot.frame, snapshot=True)
+                if snapshot.delta is not None:
+                    self._fan_out(snapshot.delta, seq=snapshot.seq)
             assert self.latest is not None
             return self.latest
 
-    def _fan_out(self, frame: bytes, *, snapshot: bool) -> None:
+    def _fan_out(self, frame: bytes, *, seq: int | None = None) -> None:
         for sub in self._subs:
-            sub.offer(frame, snapshot=snapshot)
+            sub.offer(frame, seq=seq)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -422,7 +508,8 @@ class Broadcaster:
                 backoff.reset()
 
     def _build(self) -> tuple[Snapshot | None, list[Notice]]:
-        """Blocking (pool thread): read the ledger, turn new events into notices, serialise."""
+        """Blocking (pool thread): read what changed, turn new events into notices, serialise
+        the delta (the whole snapshot is serialised when a subscriber asks for it)."""
         source = self._source
         ledger = source.ledger
         # read the version first: a change racing with the reads below pokes again and is
@@ -430,69 +517,81 @@ class Broadcaster:
         version = ledger.version()
         samples = source.samples
         new_events = self._read_events()
+        previous = self.latest
         if (
-            self.latest is not None
-            and version == self.latest.version
+            previous is not None
+            and version == previous.version
             and samples is self._seen_samples
             and not new_events
         ):
             return None, []
-        all_gpus = ledger.gpus(include_absent=True)
-        present = tuple(g for g in all_gpus if g.present)
-        index = {g.uuid: g for g in all_gpus}
-        holders = ledger.holders()
+        now = ledger.clock.now()
+        provider = source.provider
+        state = self._state
+        moved = state.step(
+            ledger,
+            events=new_events,
+            samples=samples,
+            provider=provider,
+            local_node=source.settings.node,
+            now=now,
+        )
         # the kernels the snapshot names (holders', new events'; idle states' as asked for),
         # not every kernel of the ledger: those waiting would make a build grow with the queue
         kernels = KernelsRead(
-            ledger,
-            {a.kernel_id for a in holders.values()}
-            | {e.kernel_id for e in new_events if e.kernel_id},
+            ledger, {e.kernel_id for e in new_events if e.kernel_id}, known=state.kernels
         )
-        # granted allocations from the holders (bounded by the GPUs), the queue by its first page
-        # and a count: nothing here grows with the queue, whatever its length
-        granted = tuple(sorted({a.id: a for a in holders.values()}.values(), key=lambda a: a.id))
         page, queue_length = ledger.queue_page(limit=self.queue_page)
         queue = tuple(page)
         notices = self._notices(new_events, kernels)
-        now = ledger.clock.now()
-        provider = source.provider
-        simulated = provider.simulated or any(g.simulated for g in present)
+        simulated = state.simulated
         seq = self.snapshots_built + 1
         idle_view = source.idle_view(kernels)
-        body = {
+        cluster = cluster_fields(
+            gpu_count=len(state.present),
+            free_count=state.free_count(),
+            provider=provider,
+            simulated=simulated,
+            queue_length=queue_length,
+        )
+        top = {
             "seq": seq,
             "at": iso(now),
-            "cluster": cluster_json(
-                gpus=present,
-                holders=holders,
-                kernels=kernels,
-                samples=samples,
-                provider=provider,
-                local_node=source.settings.node,
-                queue_length=queue_length,
-            ),
             "version": version,
-            "queue": [allocation_json(a, index, simulated=provider.simulated) for a in queue],
+            "queue": [allocation_json(a, state.gpus, simulated=provider.simulated) for a in queue],
             "queue_length": queue_length,
-            "allocations": [
-                allocation_json(a, index, samples, simulated=provider.simulated) for a in granted
-            ],
             "simulated": simulated,
             **idle_view,
         }
+        delta = None
+        if previous is not None:
+            body = {
+                **top,
+                "base": previous.seq,
+                "cluster": cluster,
+                "gpus": moved.gpus,
+                "gpus_gone": moved.gpus_gone,
+                "allocations": moved.allocations,
+                "allocations_gone": moved.allocations_gone,
+            }
+            for key in ("queue", "idle", "hints"):
+                if top[key] == previous.top.get(key):
+                    del body[key]  # unchanged: the client keeps what it has
+            delta = _frame("delta", json.dumps(body))
         snapshot = Snapshot(
             seq=seq,
             at=now,
             version=version,
-            gpus=present,
-            holders=holders,
+            gpus=state.present,
+            holders=dict(state.holders),
             queue=queue,
             queue_length=queue_length,
-            allocations=granted,
             samples=samples,
             simulated=simulated,
             idle={k: str(v.get("state")) for k, v in idle_view["idle"].items()},
-            frame=_frame("snapshot", json.dumps(body)),
+            top=top,
+            picture=state.picture(cluster),
+            delta=delta,
         )
         self.snapshots_built = seq
         self._seen_samples = samples

@@ -74,7 +74,7 @@ class Sampler:
             # a simulator's GPUs work while someone holds them and idle otherwise; a ledger
             # that does not answer now leaves it with the holders it last heard of
             try:
-                self.provider.note_held(self.ledger.holders().keys())
+                self.provider.note_held(self.ledger.held_on(self.node))
             except Exception:
                 self.log.debug("dlinfra: no holders for the simulated GPUs", exc_info=True)
         source = self.cluster if self.cluster is not None else self.provider

@@ -13,9 +13,11 @@ from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 
 __all__ = [
     "allocation_json",
+    "cluster_fields",
     "cluster_json",
     "duration",
     "estimate_note",
+    "gpu_json",
     "iso",
     "outside_ledger",
     "shown_gpus",
@@ -138,6 +140,59 @@ def outside_ledger(sample: GpuSample | None) -> dict[str, Any] | None:
     }
 
 
+def gpu_json(
+    gpu: Gpu,
+    holder: Allocation | None,
+    kernels: Mapping[str, KernelRecord],
+    sample: GpuSample | None,
+) -> dict[str, Any]:
+    """One GPU as the cluster view shows it (``sample``: None where this server does not
+    measure the GPU's node)."""
+    holder_json = None
+    if holder is not None:
+        kernel = kernels.get(holder.kernel_id)
+        holder_json = {
+            "allocation_id": holder.id,
+            "kernel_id": holder.kernel_id,
+            "user": holder.user,
+            "kernel_name": kernel.kernel_name if kernel else None,
+            "path": kernel.path if kernel else None,
+            "since": iso(holder.granted_at),
+        }
+    return {
+        "uuid": gpu.uuid,
+        "index": gpu.index,
+        "model": gpu.model,
+        "memory_total_bytes": gpu.memory_bytes,
+        "simulated": gpu.simulated,
+        "holder": holder_json,
+        **_metrics(sample),
+        "outside_ledger": outside_ledger(sample) if holder is None else None,
+    }
+
+
+def cluster_fields(
+    *,
+    gpu_count: int,
+    free_count: int,
+    provider: TelemetryProvider,
+    simulated: bool,
+    queue_length: int,
+) -> dict[str, Any]:
+    """The cluster view's fields but its nodes (what a delta of the event stream repeats)."""
+    return {
+        "provider": {
+            "name": provider.name,
+            "simulated": provider.simulated,
+            "reason": provider.reason,
+        },
+        "simulated": simulated,
+        "gpu_count": gpu_count,
+        "free_count": free_count,
+        "queue_length": queue_length,
+    }
+
+
 def cluster_json(
     *,
     gpus: Sequence[Gpu],
@@ -150,40 +205,15 @@ def cluster_json(
 ) -> dict[str, Any]:
     nodes: dict[str, list[dict[str, Any]]] = {}
     for gpu in gpus:
-        holder = holders.get(gpu.uuid)
-        holder_json = None
-        if holder is not None:
-            kernel = kernels.get(holder.kernel_id)
-            holder_json = {
-                "allocation_id": holder.id,
-                "kernel_id": holder.kernel_id,
-                "user": holder.user,
-                "kernel_name": kernel.kernel_name if kernel else None,
-                "path": kernel.path if kernel else None,
-                "since": iso(holder.granted_at),
-            }
         sample = samples.get(gpu.uuid) if gpu.node == local_node else None
-        nodes.setdefault(gpu.node, []).append(
-            {
-                "uuid": gpu.uuid,
-                "index": gpu.index,
-                "model": gpu.model,
-                "memory_total_bytes": gpu.memory_bytes,
-                "simulated": gpu.simulated,
-                "holder": holder_json,
-                **_metrics(sample),
-                "outside_ledger": outside_ledger(sample) if holder is None else None,
-            }
-        )
+        nodes.setdefault(gpu.node, []).append(gpu_json(gpu, holders.get(gpu.uuid), kernels, sample))
     return {
-        "provider": {
-            "name": provider.name,
-            "simulated": provider.simulated,
-            "reason": provider.reason,
-        },
-        "simulated": provider.simulated or any(g.simulated for g in gpus),
+        **cluster_fields(
+            gpu_count=len(gpus),
+            free_count=sum(1 for g in gpus if g.uuid not in holders),
+            provider=provider,
+            simulated=provider.simulated or any(g.simulated for g in gpus),
+            queue_length=queue_length,
+        ),
         "nodes": [{"name": name, "gpus": entries} for name, entries in sorted(nodes.items())],
-        "gpu_count": len(gpus),
-        "free_count": sum(1 for g in gpus if g.uuid not in holders),
-        "queue_length": queue_length,
     }

@@ -7,6 +7,7 @@ import { ServerConnection } from '@jupyterlab/services';
 import { IDisposable } from '@lumino/disposable';
 import { Token } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
+import { applyDelta, StreamGap } from './delta';
 
 /* ------------------------------------------------------------------ JSON shapes */
 
@@ -474,6 +475,30 @@ export interface Snapshot {
   /** Idle states by kernel id (kernels the reclaim policy has judged); absent on old servers. */
   idle?: Record<string, KernelIdle>;
   /** Usage hints by kernel id; absent on old servers. */
+  hints?: Record<string, Hint[]>;
+}
+
+/** The data of a `delta` event: what changed since snapshot `base` (see `applyDelta`). */
+export interface SnapshotDelta {
+  seq: number;
+  base: number;
+  at: Timestamp;
+  version: number;
+  /** The cluster's fields but its nodes. */
+  cluster: Omit<Cluster, 'nodes'>;
+  /** GPU entries to put, by node name. */
+  gpus: Record<string, ClusterGpu[]>;
+  /** UUIDs of GPUs no longer present, by node name. */
+  gpus_gone: Record<string, string[]>;
+  /** Absent when unchanged. */
+  queue?: Allocation[];
+  queue_length: number;
+  /** Granted allocations to put, and the ids of those no longer granted. */
+  allocations: Allocation[];
+  allocations_gone: number[];
+  simulated: boolean;
+  /** Absent when unchanged. */
+  idle?: Record<string, KernelIdle>;
   hints?: Record<string, Hint[]>;
 }
 
@@ -1041,11 +1066,33 @@ export class DLInfraClient implements IDLInfraClient {
     // The browser reconnects by itself after a network error and gives up (CLOSED) on an
     // HTTP error such as 404; either way the owner decides when to try again.
     source.onerror = (event: Event) => fail(event);
+    // the stream sends a whole snapshot first, then what each change moved
+    let held: Snapshot | null = null;
     source.addEventListener('snapshot', (event: MessageEvent) => {
       try {
-        handlers.onSnapshot(JSON.parse(event.data) as Snapshot);
+        held = JSON.parse(event.data) as Snapshot;
       } catch (error) {
         console.warn('jupyter-dlinfra: bad snapshot event', error);
+        return;
+      }
+      handlers.onSnapshot(held);
+    });
+    source.addEventListener('delta', (event: MessageEvent) => {
+      let moved: Snapshot | null;
+      try {
+        if (!held) {
+          throw new StreamGap('a delta came before the first snapshot');
+        }
+        moved = applyDelta(held, JSON.parse(event.data) as SnapshotDelta);
+      } catch (error) {
+        // a change was missed: a new stream begins with a whole snapshot
+        console.warn('jupyter-dlinfra: the event stream is opened again:', error);
+        fail(error as Error);
+        return;
+      }
+      if (moved) {
+        held = moved;
+        handlers.onSnapshot(moved);
       }
     });
     source.addEventListener('notice', (event: MessageEvent) => {

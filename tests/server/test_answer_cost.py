@@ -177,6 +177,29 @@ async def test_a_reclaim_pass_reads_the_grants_of_this_servers_kernels_only(
     assert spy.calls["kernels"] == 1  # this server's kernels, read once a pass
 
 
+async def test_a_telemetry_sample_reads_the_holdings_of_its_own_node_only(
+    dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = dlinfra_app.service
+    ledger: Ledger = service.ledger
+    _cluster(ledger)
+    register(dlinfra_app, "mine")
+    ledger.request(kernel_id="mine", count=1)
+    for n in range(20):
+        kernel_id = f"theirs-{n}"
+        ledger.register_kernel(
+            KernelRecord(kernel_id=kernel_id, user="bob", node=f"rack-{n}", server_id="other")
+        )
+        ledger.request(kernel_id=kernel_id, count=2)
+    spy = LedgerSpy(ledger, monkeypatch)
+    told: list[set[str]] = []
+    monkeypatch.setattr(service.provider, "note_held", lambda uuids: told.append(set(uuids)))
+    await service.sample()
+    assert spy.calls["holders"] == 0 and spy.calls["held_on"] == 1, spy.calls
+    # the simulator hears of the GPU held on its node, not of those held elsewhere
+    assert told == [{a.gpus[0] for a in ledger.allocations(kernel_id="mine")}]
+
+
 #: fewer than the test client's connections (10), so that every poll reaches the server
 WAITERS = 8
 

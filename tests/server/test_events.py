@@ -28,6 +28,7 @@ from tornado.httputil import HTTPHeaders
 from jupyter_dlinfra.core.models import KernelRecord, LedgerEvent
 from jupyter_dlinfra.server.events import KEEPALIVE, QUEUE_PAGE, Subscription
 from jupyter_dlinfra.server.notices import notice_from_event
+from jupyter_dlinfra.testing.event_stream import apply_delta
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
 DOC_URI = "urn:dlinfra:openapi"
@@ -68,6 +69,8 @@ class EventStream:
         self.path = path
         self.request_headers = headers
         self.frames: list[tuple[str, Any]] = []
+        #: the snapshot as a client holds it: the last whole one, moved by the deltas since
+        self.state: dict[str, Any] | None = None
         self.status: int | None = None
         self.headers = HTTPHeaders()
         self.cursor = 0
@@ -120,7 +123,18 @@ class EventStream:
         self._buffer += data
         while b"\n\n" in self._buffer:
             raw, self._buffer = self._buffer.split(b"\n\n", 1)
-            self.frames.append(_parse(raw.decode()))
+            kind, frame = _parse(raw.decode())
+            self.frames.append((kind, frame))
+            if kind == "snapshot":
+                self.state = frame
+            elif kind == "delta":
+                # a delta is followed by the snapshot it makes, as a client holds it (a gap
+                # raises StreamGap: the stream broke its own rules)
+                assert self.state is not None, "a delta came before the first snapshot"
+                moved = apply_delta(self.state, frame)
+                assert moved is not None, f"delta {frame['seq']} was covered already"
+                self.state = moved
+                self.frames.append(("snapshot", moved))
         self._arrived.set()
 
     async def next(
@@ -268,7 +282,7 @@ async def test_the_stream_is_as_the_document_says(
         assert stream.headers[name] == header["schema"]["const"], name
     assert stream.frames[0] == ("retry", 3000)
     seen = {kind for kind, _ in stream.frames}
-    assert {"snapshot", "notice"} <= seen <= {"retry", "comment", *frames}
+    assert {"snapshot", "delta", "notice"} <= seen <= {"retry", "comment", *frames}
     for kind, data in stream.frames[1:]:
         if kind in frames:
             frames[kind].validate(data)
@@ -533,26 +547,44 @@ async def test_stopping_the_server_ends_the_streams(open_stream: Any, dlinfra_ap
 # -- pieces --------------------------------------------------------------------------------------
 
 
-def test_a_full_subscription_drops_its_oldest_snapshot_not_its_notices() -> None:
+def test_a_full_subscription_drops_its_deltas_and_asks_for_a_whole_snapshot() -> None:
     sub = Subscription(maxsize=4)
-    sub.offer(b"n1", snapshot=False)
+    sub.start(b"s1", 1, overflows=0)
+    sub.offer(b"n1")
+    sub.offer(b"d2", seq=2)
+    sub.offer(b"d3", seq=3)
+    assert [f for _, f in sub._items] == [b"s1", b"n1", b"d2", b"d3"] and not sub.resync
+    sub.offer(b"d4", seq=4)  # one too many: a delta dropped would break the chain
+    assert [f for _, f in sub._items] == [b"n1"] and sub.resync and sub.overflows == 1
+    sub.offer(b"d5", seq=5)
+    sub.offer(b"n2")
+    # while a whole snapshot is due, the notices go out and the deltas wait for it
+    assert asyncio.run(sub.next(10)) == [b"n1", b"n2"]
+    sub.start(b"s5", 5, overflows=1)  # the latest whole snapshot covers delta 5
+    sub.offer(b"d6", seq=6)
+    assert not sub.resync and asyncio.run(sub.next(10)) == [b"s5", b"d6"]
     for i in range(5):
-        sub.offer(f"s{i}".encode(), snapshot=True)
-    sub.offer(b"n2", snapshot=False)
-    assert [f for _, f in sub._items] == [b"n1", b"s3", b"s4", b"n2"]
-    assert (sub.dropped_snapshots, sub.dropped_notices) == (3, 0)
-    for i in range(4):
-        sub.offer(f"m{i}".encode(), snapshot=False)
-    assert [f for _, f in sub._items] == [b"m0", b"m1", b"m2", b"m3"]
-    assert (sub.dropped_snapshots, sub.dropped_notices) == (5, 2), "notices go last"
+        sub.offer(f"m{i}".encode())
+    assert [f for _, f in sub._items] == [b"m1", b"m2", b"m3", b"m4"]
+    assert sub.dropped_notices == 1 and not sub.resync, "notices alone: the oldest goes"
+
+
+def test_an_overflow_while_the_whole_snapshot_is_made_asks_again() -> None:
+    sub = Subscription(maxsize=2)
+    overflows = sub.overflows
+    for seq in (3, 4, 5):  # deltas arrive while the snapshot of seq 2 is serialised
+        sub.offer(b"d", seq=seq)
+    sub.start(b"s2", 2, overflows=overflows)
+    assert sub.resync, "delta 3 was dropped: snapshot 2 cannot be followed"
 
 
 async def test_a_subscription_hands_out_everything_waiting_or_a_keepalive() -> None:
     sub = Subscription()
-    assert await sub.next(0.01) == [KEEPALIVE]
-    sub.offer(b"a", snapshot=True)
-    sub.offer(b"b", snapshot=False)
+    assert await sub.next(0.01) == [], "a new one waits for its whole snapshot"
+    sub.start(b"a", 1, overflows=0)
+    sub.offer(b"b")
     assert await sub.next(10) == [b"a", b"b"]
+    assert await sub.next(0.01) == [KEEPALIVE]
     sub.close()
     assert await sub.next(10) is None
 

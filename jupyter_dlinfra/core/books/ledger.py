@@ -323,12 +323,28 @@ class Ledger:
         with self.store.read() as conn:
             return [_gpu(r) for r in _rows_with(conn, gpus.c.uuid, uuids)]
 
-    def holders(self) -> dict[str, Allocation]:
-        """Granted allocations by the UUID of each GPU they hold."""
+    def holders(self, allocation_ids: Collection[int] | None = None) -> dict[str, Allocation]:
+        """Granted allocations by the UUID of each GPU they hold; with ``allocation_ids``, of
+        those allocations only (what changed since a view was read), read without the rest."""
         with self.store.read() as conn:
-            held = conn.execute(select(holdings.c.gpu_uuid, holdings.c.allocation_id)).all()
+            rows: Sequence[Any]
+            if allocation_ids is None:
+                rows = conn.execute(select(holdings.c.gpu_uuid, holdings.c.allocation_id)).all()
+            else:
+                rows = _rows_with(conn, holdings.c.allocation_id, allocation_ids)
+            held: list[tuple[str, int]] = [(r.gpu_uuid, r.allocation_id) for r in rows]
             by_id = {a.id: a for a in self._load(conn, allocations.c.id.in_({h[1] for h in held}))}
         return {uuid: by_id[aid] for uuid, aid in held}
+
+    def held_on(self, node: str) -> set[str]:
+        """The UUIDs of the node's GPUs that someone holds (read without the other nodes')."""
+        with self.store.read() as conn:
+            found = conn.execute(
+                select(holdings.c.gpu_uuid)
+                .join(gpus, gpus.c.uuid == holdings.c.gpu_uuid)
+                .where(gpus.c.node == node)
+            )
+            return set(found.scalars())
 
     # -- kernels -----------------------------------------------------------------------------
 
@@ -1152,9 +1168,11 @@ class Ledger:
 _IN_SLICE = 500
 
 
-def _rows_with(conn: Connection, column: Any, values: Collection[str]) -> list[Row[Any]]:
+def _rows_with(
+    conn: Connection, column: Any, values: Collection[str] | Collection[int]
+) -> list[Row[Any]]:
     """The rows of ``column``'s table whose ``column`` is one of ``values``, read in slices."""
-    wanted = sorted(set(values))
+    wanted: list[Any] = sorted(set(values))  # type: ignore[type-var]
     found: list[Row[Any]] = []
     for start in range(0, len(wanted), _IN_SLICE):
         part = wanted[start : start + _IN_SLICE]

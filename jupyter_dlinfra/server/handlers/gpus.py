@@ -296,10 +296,12 @@ async def _keep_gpus(service: GpuService, kernel_id: str) -> None:
 
 
 class EventsHandler(_Base):
-    """Server-sent events: snapshots of the ledger (its queue by the first page) and notices.
+    """Server-sent events: a whole snapshot of the ledger (its queue by the first page), then a
+    delta per change, and notices.
 
     Each frame is built once by the service's broadcaster and written as is to every
-    subscriber; this handler only copies bytes from its subscription to its socket.
+    subscriber; this handler only copies bytes from its subscription to its socket (and asks
+    for a whole snapshot again when the subscriber fell so far behind that deltas were dropped).
     """
 
     # an open dashboard is not activity: it must not keep an idle server from being culled
@@ -320,6 +322,8 @@ class EventsHandler(_Base):
             # an EventSource that loses the connection tries again after this long (ms)
             self.write(b"retry: 3000\n\n")
             while True:
+                if sub.resync:  # fell behind: the latest whole snapshot, then deltas again
+                    await broadcaster.resync(sub)
                 frames = await sub.next(broadcaster.keepalive)
                 if frames is None:
                     break

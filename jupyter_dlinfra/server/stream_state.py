@@ -1,0 +1,260 @@
+"""The event stream's picture of the cluster, kept between snapshots and moved by what changed.
+
+At 1,024 nodes x 8 GPUs a whole snapshot is megabytes of JSON, and building one reads every GPU,
+every holding and their kernels: too much to read, serialise and send to every subscriber on
+every change. So the broadcaster keeps the picture here as JSON-ready pieces, one entry per GPU
+and one per granted allocation, and a change moves only what it touched:
+
+- the allocations its ledger events name (their holdings read again, with their kernels), and
+  the GPUs they held or hold now;
+- a new telemetry sample: the GPUs it measured, and the allocations holding them.
+
+What moved goes to subscribers as a ``delta`` (:meth:`StreamState.delta_json`); a whole snapshot
+is assembled from the pieces (:class:`Picture`) only for a subscriber that needs one: a new one,
+or one that fell behind. Pieces are never changed once made, only replaced, so a picture taken
+at one snapshot stays that snapshot while the state moves on.
+
+The picture is read whole again, and compared piece by piece so that subscribers still get a
+delta, when GPUs come or go (``gpu_seen``, ``gpu_lost``), after a burst of a thousand events
+or more, and every ``full_every`` seconds: that bounds how long a change that writes no event (a
+kernel's notebook renamed) takes to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
+from jupyter_dlinfra.server.views import allocation_json, gpu_json
+from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
+
+__all__ = ["FULL_EVERY", "Picture", "StreamState"]
+
+#: seconds between whole reads of the picture (see the module's docstring)
+FULL_EVERY = 30.0
+#: events that change the inventory: the picture is read whole
+INVENTORY_EVENTS = frozenset({"gpu_seen", "gpu_lost"})
+#: a burst of this many events (a restart catching up) is cheaper read whole than one by one
+WHOLE_AFTER_EVENTS = 1000
+
+
+@dataclass(frozen=True)
+class Picture:
+    """The pieces of one snapshot, enough to assemble it whole later."""
+
+    #: present GPUs in the order shown (by node, then index), and the node of each
+    order: tuple[str, ...]
+    node_of: Mapping[str, str]
+    entries: Mapping[str, dict[str, Any]]
+    granted: Mapping[int, dict[str, Any]]
+    cluster: Mapping[str, Any]
+
+    def cluster_json(self) -> dict[str, Any]:
+        nodes: dict[str, list[dict[str, Any]]] = {}
+        for uuid in self.order:
+            nodes.setdefault(self.node_of[uuid], []).append(self.entries[uuid])
+        return {
+            **self.cluster,
+            "nodes": [{"name": name, "gpus": gpus} for name, gpus in sorted(nodes.items())],
+        }
+
+    def allocations_json(self) -> list[dict[str, Any]]:
+        return [self.granted[i] for i in sorted(self.granted)]
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What one step changed, as a delta carries it."""
+
+    #: changed or new GPU entries by node, and the UUIDs of GPUs no longer present by node
+    gpus: dict[str, list[dict[str, Any]]]
+    gpus_gone: dict[str, list[str]]
+    allocations: list[dict[str, Any]]
+    allocations_gone: list[int]
+    whole: bool
+
+
+class StreamState:
+    """Blocking, one caller at a time (the broadcaster's build)."""
+
+    def __init__(self, full_every: float = FULL_EVERY) -> None:
+        self.full_every = full_every
+        self.read_at: float | None = None
+        #: every GPU of the ledger, absent ones too (allocations may name them)
+        self.gpus: dict[str, Gpu] = {}
+        self.present: tuple[Gpu, ...] = ()
+        self.holders: dict[str, Allocation] = {}
+        self.kernels: dict[str, KernelRecord] = {}
+        self.simulated = False
+        self._order: tuple[str, ...] = ()
+        self._node_of: dict[str, str] = {}
+        #: GPUs that left the inventory at the last whole read, with the node they were shown on
+        self._departed: dict[str, str] = {}
+        self._held_by: dict[int, tuple[str, ...]] = {}
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._granted: dict[int, dict[str, Any]] = {}
+        self._samples: Mapping[str, GpuSample] = {}
+
+    # -- moving ----------------------------------------------------------------------------------
+
+    def step(
+        self,
+        ledger: Ledger,
+        *,
+        events: list[LedgerEvent],
+        samples: Mapping[str, GpuSample],
+        provider: TelemetryProvider,
+        local_node: str,
+        now: float,
+    ) -> Moved:
+        """Move the picture by ``events`` (every event since the last step) and ``samples``;
+        what changed, to send as a delta."""
+        whole = (
+            self.read_at is None
+            or len(events) >= WHOLE_AFTER_EVENTS
+            or now - self.read_at >= self.full_every
+            or any(e.kind in INVENTORY_EVENTS for e in events)
+        )
+        if whole:
+            gpus_moved, allocs_moved = self._read_whole(ledger, provider, now)
+        else:
+            gpus_moved, allocs_moved = self._read_touched(ledger, events)
+        if samples is not self._samples:
+            measured = set(samples) | set(self._samples)
+            gpus_moved |= measured
+            allocs_moved |= {self.holders[u].id for u in measured if u in self.holders}
+            self._samples = samples
+        return self._moved(gpus_moved, allocs_moved, provider, local_node, whole=whole)
+
+    def _read_whole(
+        self, ledger: Ledger, provider: TelemetryProvider, now: float
+    ) -> tuple[set[str], set[int]]:
+        every = ledger.gpus(include_absent=True)
+        holders = ledger.holders()
+        wanted = {a.kernel_id for a in holders.values()}
+        self.kernels = {k.kernel_id: k for k in ledger.kernels_by_id(wanted)}
+        self.gpus = {g.uuid: g for g in every}
+        self.present = tuple(g for g in every if g.present)
+        self.simulated = provider.simulated or any(g.simulated for g in self.present)
+        self._order = tuple(g.uuid for g in self.present)
+        node_of = {g.uuid: g.node for g in self.present}
+        self._departed = {u: n for u, n in self._node_of.items() if u not in node_of}
+        self._node_of = node_of
+        self._set_holders(holders)
+        self.read_at = now
+        return set(self._entries) | set(self._node_of), set(self._granted) | set(self._held_by)
+
+    def _set_holders(self, holders: dict[str, Allocation]) -> None:
+        self.holders = holders
+        held: dict[int, list[str]] = {}
+        for uuid, alloc in holders.items():
+            held.setdefault(alloc.id, []).append(uuid)
+        self._held_by = {aid: tuple(uuids) for aid, uuids in held.items()}
+
+    def _read_touched(
+        self, ledger: Ledger, events: Iterable[LedgerEvent]
+    ) -> tuple[set[str], set[int]]:
+        touched: set[int] = set()
+        renamed: set[str] = set()
+        for event in events:
+            if event.allocation_id is not None:
+                touched.add(event.allocation_id)
+            elif event.kernel_id:
+                renamed.add(event.kernel_id)  # registered again or forgotten: its name and path
+        if renamed:
+            touched |= {a.id for a in self.holders.values() if a.kernel_id in renamed}
+        if not touched:
+            return set(), set()
+        fresh = ledger.holders(touched)
+        gpus_moved: set[str] = set(fresh)
+        for aid in touched:
+            for uuid in self._held_by.pop(aid, ()):
+                gpus_moved.add(uuid)
+                if self.holders.get(uuid) is not None and self.holders[uuid].id == aid:
+                    del self.holders[uuid]
+        for uuid, alloc in fresh.items():
+            self.holders[uuid] = alloc
+            self._held_by[alloc.id] = (*self._held_by.get(alloc.id, ()), uuid)
+        wanted = {a.kernel_id for a in fresh.values()}
+        missing = {k for k in wanted if k not in self.kernels} | (wanted & renamed)
+        for gone in renamed - wanted:
+            self.kernels.pop(gone, None)
+        if missing:
+            self.kernels.update((k.kernel_id, k) for k in ledger.kernels_by_id(missing))
+        return gpus_moved, touched
+
+    def _moved(
+        self,
+        gpus_moved: set[str],
+        allocs_moved: set[int],
+        provider: TelemetryProvider,
+        local_node: str,
+        *,
+        whole: bool,
+    ) -> Moved:
+        entries = dict(self._entries)
+        changed: dict[str, list[dict[str, Any]]] = {}
+        gone: dict[str, list[str]] = {}
+        for uuid in sorted(gpus_moved):
+            node = self._node_of.get(uuid)
+            if node is None:
+                was = self._departed.pop(uuid, None)
+                if entries.pop(uuid, None) is not None and was is not None:
+                    gone.setdefault(was, []).append(uuid)
+                continue
+            entry = gpu_json(
+                self.gpus[uuid],
+                self.holders.get(uuid),
+                self.kernels,
+                self._samples.get(uuid) if node == local_node else None,
+            )
+            if entries.get(uuid) != entry:
+                entries[uuid] = entry
+                changed.setdefault(node, []).append(entry)
+        self._entries = entries
+        self._departed = {}
+        granted = dict(self._granted)
+        changed_allocs: list[dict[str, Any]] = []
+        gone_allocs: list[int] = []
+        for aid in sorted(allocs_moved):
+            uuids = self._held_by.get(aid)
+            if not uuids:
+                if granted.pop(aid, None) is not None:
+                    gone_allocs.append(aid)
+                continue
+            alloc = allocation_json(
+                self.holders[uuids[0]], self.gpus, self._samples, simulated=provider.simulated
+            )
+            if granted.get(aid) != alloc:
+                granted[aid] = alloc
+                changed_allocs.append(alloc)
+        self._granted = granted
+        return Moved(
+            gpus=changed,
+            gpus_gone=gone,
+            allocations=changed_allocs,
+            allocations_gone=gone_allocs,
+            whole=whole,
+        )
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def free_count(self) -> int:
+        return sum(1 for g in self._order if g not in self.holders)
+
+    def picture(self, cluster: Mapping[str, Any]) -> Picture:
+        """The pieces as they are now (``cluster``: the cluster's fields but its nodes)."""
+        return Picture(
+            order=self._order,
+            node_of=self._node_of,
+            entries=self._entries,
+            granted=self._granted,
+            cluster=cluster,
+        )
+
+    def granted(self) -> tuple[Allocation, ...]:
+        """The granted allocations, by id."""
+        return tuple(self.holders[uuids[0]] for _, uuids in sorted(self._held_by.items()))
