@@ -155,6 +155,19 @@ class Snapshot:
         return _frame("snapshot", json.dumps(body))
 
 
+def _queue_moved(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
+    """How a delta moves the queue's first page: nothing when it stayed, else the ids in their
+    new order and the entries that are new or changed (a request that came in ahead of others
+    is one entry, not the page)."""
+    if before == after:
+        return {}
+    held = {a["id"]: a for a in before}
+    return {
+        "queue_order": [a["id"] for a in after],
+        "queue_put": [a for a in after if held.get(a["id"]) != a],
+    }
+
+
 def _by_id(alloc: Allocation) -> int:
     return alloc.id
 
@@ -574,7 +587,9 @@ class Broadcaster:
                 "allocations": moved.allocations,
                 "allocations_gone": moved.allocations_gone,
             }
-            for key in ("queue", "idle", "hints"):
+            del body["queue"]
+            body.update(_queue_moved(previous.top["queue"], top["queue"]))
+            for key in ("idle", "hints"):
                 if top[key] == previous.top.get(key):
                     del body[key]  # unchanged: the client keeps what it has
             delta = _frame("delta", json.dumps(body))

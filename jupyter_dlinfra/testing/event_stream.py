@@ -8,6 +8,13 @@ from typing import Any
 __all__ = ["StreamGap", "apply_delta"]
 
 
+#: keys of a delta that move parts of the snapshot rather than replace a key of it
+_MOVED_APART = frozenset(
+    {"base", "gpus", "gpus_gone", "allocations", "allocations_gone", "cluster"}
+    | {"queue_order", "queue_put"}
+)
+
+
 class StreamGap(Exception):
     """A delta that does not follow the snapshot held: the client must open the stream again."""
 
@@ -36,11 +43,11 @@ def apply_delta(snapshot: dict[str, Any], delta: dict[str, Any]) -> dict[str, An
     for gone in delta["allocations_gone"]:
         granted.pop(gone, None)
     granted.update((a["id"], a) for a in delta["allocations"])
-    moved = {
-        key: value
-        for key, value in delta.items()
-        if key not in ("base", "gpus", "gpus_gone", "allocations", "allocations_gone", "cluster")
-    }
+    moved = {key: value for key, value in delta.items() if key not in _MOVED_APART}
+    if "queue_order" in delta:
+        entries = {a["id"]: a for a in snapshot["queue"]}
+        entries.update((a["id"], a) for a in delta["queue_put"])
+        moved["queue"] = [entries[i] for i in delta["queue_order"]]
     return {
         **snapshot,
         **moved,

@@ -490,8 +490,10 @@ export interface SnapshotDelta {
   gpus: Record<string, ClusterGpu[]>;
   /** UUIDs of GPUs no longer present, by node name. */
   gpus_gone: Record<string, string[]>;
-  /** Absent when unchanged. */
-  queue?: Allocation[];
+  /** The ids of the queue's first page in order, and its entries that are new or changed;
+   *  absent when the page stayed. */
+  queue_order?: number[];
+  queue_put?: Allocation[];
   queue_length: number;
   /** Granted allocations to put, and the ids of those no longer granted. */
   allocations: Allocation[];

@@ -60,7 +60,7 @@ export function applyDelta(snapshot: Snapshot, delta: SnapshotDelta): Snapshot |
     seq: delta.seq,
     at: delta.at,
     version: delta.version,
-    queue: delta.queue ?? snapshot.queue,
+    queue: movedQueue(snapshot.queue, delta),
     queue_length: delta.queue_length,
     simulated: delta.simulated,
     idle: delta.idle ?? snapshot.idle,
@@ -68,6 +68,18 @@ export function applyDelta(snapshot: Snapshot, delta: SnapshotDelta): Snapshot |
     cluster: { ...delta.cluster, nodes: clusterNodes },
     allocations: [...granted.keys()].sort((a, b) => a - b).map(id => granted.get(id)!)
   };
+}
+
+/** The queue's first page: as it was, or in the delta's order with its new entries. */
+function movedQueue(queue: Allocation[], delta: SnapshotDelta): Allocation[] {
+  if (!delta.queue_order) {
+    return queue;
+  }
+  const entries = new Map<number, Allocation>(queue.map(a => [a.id, a]));
+  for (const alloc of delta.queue_put ?? []) {
+    entries.set(alloc.id, alloc);
+  }
+  return delta.queue_order.map(id => entries.get(id)!);
 }
 
 /** Node names in the order the server sorts them (by code point, as Python's `sorted`). */
