@@ -224,7 +224,8 @@ class Subscription:
         self.dropped_notices = 0
         # (seq of a state frame, or None for a notice; the frame)
         self._items: deque[tuple[int | None, bytes]] = deque()
-        self._ready = asyncio.Event()
+        # the reader waiting in next(), woken with True by a frame, False by the keepalive timer
+        self._waiter: asyncio.Future[bool] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -238,14 +239,14 @@ class Subscription:
                 self._items = deque(item for item in self._items if item[0] is None)
                 self.overflows += 1
                 self.resync = True
-                self._ready.set()
+                self._wake()
                 if seq is not None:
                     return
             if len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self.dropped_notices += 1
         self._items.append((seq, frame))
-        self._ready.set()
+        self._wake()
 
     def start(self, frame: bytes, seq: int, *, overflows: int) -> None:
         """Put whole snapshot ``seq`` ahead of what waits; deltas it covers go. ``overflows``:
@@ -255,7 +256,7 @@ class Subscription:
         self._items = deque(item for item in self._items if item[0] is None or item[0] > seq)
         self._items.appendleft((seq, frame))
         self.resync = self.overflows != overflows
-        self._ready.set()
+        self._wake()
 
     async def next(self, keepalive: float) -> list[bytes] | None:
         """Every frame waiting (none when a resync is due), or ``[KEEPALIVE]`` after
@@ -263,10 +264,17 @@ class Subscription:
         while not self._items and not self.resync:
             if self.closed:
                 return None
-            self._ready.clear()
+            # a future and a timer per wait (asyncio.wait_for would make a task of each): 500
+            # streams wait here, woken by every delta
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(keepalive, _settle, waiter, False)
             try:
-                await asyncio.wait_for(self._ready.wait(), keepalive)
-            except asyncio.TimeoutError:
+                woken = await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not woken:
                 if self.closed:
                     return None
                 return [KEEPALIVE]
@@ -284,7 +292,16 @@ class Subscription:
     def close(self) -> None:
         self.closed = True
         self._items.clear()
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _settle(self._waiter, True)
+
+
+def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(woken)
 
 
 class Broadcaster:

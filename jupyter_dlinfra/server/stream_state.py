@@ -34,7 +34,7 @@ from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 __all__ = ["FULL_EVERY", "Picture", "StreamState"]
 
 #: seconds between whole reads of the picture (see the module's docstring)
-FULL_EVERY = 30.0
+FULL_EVERY = 300.0
 #: events that change the inventory: the picture is read whole
 INVENTORY_EVENTS = frozenset({"gpu_seen", "gpu_lost"})
 #: a burst of this many events (a restart catching up) is cheaper read whole than one by one

@@ -147,3 +147,39 @@ async def test_a_grant_costs_what_it_touched_not_the_cluster(
     assert big_whole > 20 * small_whole, sizes
     # the same change, at 8 and at 520 GPUs: the same bytes but for digits of ids and times
     assert abs(big_delta - small_delta) < 64, sizes
+
+
+async def test_a_subscriber_that_fell_behind_is_resynced_with_a_whole_snapshot(
+    dlinfra_app: Any,
+) -> None:
+    broadcaster: Broadcaster = dlinfra_app.service.events
+    ledger: Ledger = dlinfra_app.service.ledger
+    register(dlinfra_app, "k1")
+    sub = await broadcaster.subscribe()
+    try:
+        for _ in range(broadcaster.queue_size):  # it reads nothing meanwhile: its queue fills
+            alloc = ledger.request(kernel_id="k1", count=1)
+            await _next(broadcaster)
+            ledger.release(alloc.id, reason="released by the user")
+            await _next(broadcaster)
+        assert sub.resync and sub.overflows >= 1
+        # what the stream's handler does: a whole snapshot, then the deltas after it
+        held: dict[str, Any] | None = None
+        kinds = []
+        while sub.resync or len(sub):
+            if sub.resync:
+                await broadcaster.resync(sub)
+            for frame in await sub.next(0.01) or []:
+                kind = frame.split(b"\n", 1)[0].decode()
+                kinds.append(kind)
+                if kind == "event: snapshot":
+                    held = _body(frame)
+                elif kind == "event: delta":
+                    assert held is not None
+                    held = apply_delta(held, _body(frame)) or held
+        # the snapshot it began with went with the deltas it could not keep
+        assert kinds[0] == "event: snapshot" and kinds.count("event: snapshot") == 1, kinds
+        latest = broadcaster.latest
+        assert latest is not None and held == _body(latest.frame)
+    finally:
+        broadcaster.unsubscribe(sub)
