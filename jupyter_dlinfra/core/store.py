@@ -9,6 +9,7 @@ level.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +36,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
@@ -319,9 +321,10 @@ class Store:
                 {"timeout": 60, "check_same_thread": False}
             )
         else:
-            # a database server that restarted has closed every pooled connection: each
-            # checkout asks it first (one round trip) and reconnects, so nothing needs a restart
-            engine_kwargs.setdefault("pool_pre_ping", True)
+            # a database server that restarted has closed every pooled connection; a checkout
+            # asks it first (one round trip) and reconnects, but only for a connection that
+            # rested a while (_ping_rested): on a busy server every call made one more trip
+            engine_kwargs.setdefault("pool_pre_ping", False)
             if (
                 self.url.get_backend_name() == "postgresql"
                 and "connect_timeout" not in self.url.query
@@ -335,6 +338,13 @@ class Store:
         self._checkpointer: WalCheckpointer | None = None
         if self.is_sqlite:
             self._configure_sqlite(self.engine)
+            self._reader = self.engine
+        else:
+            if not engine_kwargs["pool_pre_ping"]:
+                _ping_rested(self.engine)
+            # READ COMMITTED gives each statement its own snapshot whether or not a transaction
+            # holds them, so a read needs no BEGIN and COMMIT: two round trips fewer per call
+            self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._create_schema()
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
             self._checkpointer = WalCheckpointer(self.engine)
@@ -419,7 +429,9 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        """A connection to read with (on a server database, each statement sees the latest
+        committed state: write with :meth:`write`)."""
+        with self._reader.connect() as conn, conn.begin():
             yield conn
 
     def version(self) -> int:
@@ -431,6 +443,35 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.stop()
         self.engine.dispose()
+
+
+#: seconds a pooled connection may rest before a checkout asks the server whether it still
+#: stands (a restart of the database server closes every connection)
+PING_AFTER_S = 1.0
+
+
+def _ping_rested(engine: Engine) -> None:
+    """Ping a connection at checkout only when it rested PING_AFTER_S or more since its last
+    use. One used moments ago that a restart closed fails its call (the caller sees the ledger
+    unavailable, as for any outage) and SQLAlchemy drops every pooled connection with it."""
+
+    @event.listens_for(engine.pool, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        rested_since = record.info.get("checked_in_at")
+        if rested_since is not None and time.monotonic() - rested_since < PING_AFTER_S:
+            return
+        try:
+            ok = engine.dialect.do_ping(dbapi_conn)
+        except Exception as err:
+            # the pool throws this connection away and takes another (SQLAlchemy's contract)
+            raise sa_exc.DisconnectionError(str(err)) from err
+        if ok is False:
+            raise sa_exc.DisconnectionError("the database server closed the connection")
 
 
 def read_counter(conn: Connection, key: str) -> int:

@@ -4,12 +4,15 @@ asked about, and is what a whole node's explanation would say, in whatever order
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 
 from jupyter_dlinfra.core.books import ledger_cache
 from jupyter_dlinfra.core.models import Allocation
 from jupyter_dlinfra.core.scheduling import explain
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand
 
 from .kit import A100, H100, Kit
 
@@ -113,3 +116,29 @@ def test_below_the_explained_depth_a_waiter_gets_its_place_and_a_brief_reason(
         if full.waiting_code == "no_free_gpu":  # every GPU is held: nothing is free for it
             assert brief.waiting_code == "no_free_gpu"
             assert "; held by alice (" in (brief.waiting_reason or "")
+
+
+def test_a_page_of_the_queue_is_worked_out_once_per_change(
+    kit: Kit, crowded: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many clients ask for the first page after each change: the order is walked once, then
+    again after a change or VIEW_TTL (fair-share keys move with time alone)."""
+    ledger = kit.ledger
+    walks = []
+    real = Scheduler.in_order
+
+    def counting(self: Scheduler) -> Iterator[Demand]:
+        walks.append(1)
+        return real(self)
+
+    monkeypatch.setattr(Scheduler, "in_order", counting)
+    first = [a.id for a in ledger.queue(limit=10)]
+    assert [a.id for a in ledger.queue(limit=10)] == first and len(walks) == 1
+    assert [a.id for a in ledger.queue(limit=5, offset=5)] == first[5:] and len(walks) == 2
+    kit.kernel("late", user="user0")
+    late = ledger.request(kernel_id="late", count=1).id
+    after = [a.id for a in ledger.queue(limit=50)]
+    assert len(walks) == 3 and late in after
+    assert [a.id for a in ledger.queue(limit=50)] == after and len(walks) == 3
+    kit.clock.advance(ledger_cache.VIEW_TTL)
+    assert [a.id for a in ledger.queue(limit=50)] == after and len(walks) == 4

@@ -23,6 +23,7 @@ from postgres_server import PostgresServer, PostgresUnavailable, postgres_option
 from jupyter_dlinfra.core.books.tokens import TokenBook
 from jupyter_dlinfra.core.clock import SystemClock
 from jupyter_dlinfra.core.store import Store
+from jupyter_dlinfra.testing.event_stream import apply_delta
 from jupyter_dlinfra.testing.server import ServerProcess, wait_until
 
 GATEWAY = ("-m", "jupyter_dlinfra.cli", "gateway")
@@ -54,6 +55,7 @@ class EventStream:
         )
         self.response = self.conn.getresponse()
         assert self.response.status == 200, self.response.read()
+        self.held: dict[str, Any] | None = None
 
     def next_frame(self, want: Callable[[str, Any], bool], *, timeout: float) -> Any:
         """The data of the first frame (event name, parsed data) that ``want`` accepts."""
@@ -72,6 +74,13 @@ class EventStream:
                 event = line.removeprefix("event: ")
             elif line.startswith("data: "):
                 data = json.loads(line.removeprefix("data: "))
+                if event == "snapshot":
+                    self.held = data
+                elif event == "delta":
+                    # seen as the snapshot it makes, as a client holds it
+                    assert self.held is not None, "a delta before the first snapshot"
+                    data = self.held = apply_delta(self.held, data) or self.held
+                    event = "snapshot"
                 if want(event, data):
                     return data
 

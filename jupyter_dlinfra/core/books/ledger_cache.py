@@ -43,6 +43,8 @@ VIEW_TTL = 2.0
 #: are told their place and, in brief, why they wait (as SLURM's backfill plans a bounded
 #: number of jobs, bf_max_job_test): a node with thousands waiting costs its head
 EXPLAIN_DEPTH = 100
+#: pages of the queue's order kept at once (clients ask for a few: the first, the next ones)
+_PAGES_KEPT = 16
 #: released grants per class whose median is the class's typical holding time
 SAMPLE = 200
 
@@ -115,6 +117,8 @@ class LedgerCache:
     #: node -> (when it was worked out, the node's queue in order, the explanations of its head)
     _views: dict[str, _NodeView] = field(default_factory=dict)
     _placed_order: list[int] | None = None
+    #: (offset, limit) -> (the version, when, the ids) of pages of the queue read lately
+    _pages: dict[tuple[int, int | None], tuple[int, float, list[int]]] = field(default_factory=dict)
 
     def changed(self) -> None:
         """The state is about to change (nodes' explanations are dropped as it is read again,
@@ -139,14 +143,22 @@ class LedgerCache:
         """Waiting requests in the order of service, ``limit`` (None: all) from ``offset``: the
         ledger's, then the cluster's (in the order they came; the cluster serves them in its
         own order). Costs the page and the users, not the queue behind the page."""
+        kept = self._pages.get((offset, limit))
+        if kept is not None and kept[0] == self.version and 0 <= now - kept[1] < VIEW_TTL:
+            # the same page, asked again by the many clients of one change (the sidebars, the
+            # event stream): fair-share keys move with time alone, so it lasts VIEW_TTL at most
+            return list(kept[2])
         self.sched.now = max(self.sched.now, now)
         end = None if limit is None else offset + limit
         mine = [d.id for d in itertools.islice(self.sched.in_order(), offset, end)]
         ours = len(self.sched.demands)
-        if end is not None and end <= ours:
-            return mine
-        placed = self._placed()[max(offset - ours, 0) :]
-        return mine + (placed if end is None else placed[: end - max(offset, ours)])
+        if end is None or end > ours:
+            placed = self._placed()[max(offset - ours, 0) :]
+            mine += placed if end is None else placed[: end - max(offset, ours)]
+        if len(self._pages) >= _PAGES_KEPT:
+            self._pages.clear()
+        self._pages[(offset, limit)] = (self.version, now, mine)
+        return list(mine)
 
     def node_order(self, node: str, now: float) -> list[int]:
         self.sched.now = max(self.sched.now, now)
