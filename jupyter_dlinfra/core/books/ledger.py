@@ -143,7 +143,10 @@ class Ledger:
             return found
         with self._lock:
             cache = self._state(conn)
-            return [self._waited(a, cache) for a in found]
+            # one time for the whole answer: fair-share keys are worked out once per user, not
+            # again for every node the answer's requests wait on
+            now = self.clock.now()
+            return [self._waited(a, cache, now) for a in found]
 
     def _state(
         self, conn: Connection, *, writing: bool = False, version: int | None = None
@@ -1147,11 +1150,14 @@ class Ledger:
             owned[aid].append(uuid)
         return [_allocation_row(r, tuple(owned.get(r.id, ()))) for r in rows]
 
-    def _waited(self, alloc: Allocation, cache: LedgerCache) -> Allocation:
-        """``alloc`` with its place, reason and estimated start when it waits."""
+    def _waited(
+        self, alloc: Allocation, cache: LedgerCache, now: float | None = None
+    ) -> Allocation:
+        """``alloc`` with its place, reason and estimated start when it waits (as of ``now``,
+        else the clock's)."""
         if alloc.state is not AllocationState.QUEUED:
             return alloc
-        info = cache.wait_info(alloc.id, self.clock.now())
+        info = cache.wait_info(alloc.id, self.clock.now() if now is None else now)
         if info is None:
             return alloc
         return replace(
