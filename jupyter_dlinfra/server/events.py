@@ -52,7 +52,7 @@ from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
 from jupyter_dlinfra.core.outage import Backoff, database_unavailable
 from jupyter_dlinfra.server.notices import LEVELS, Notice, notice_from_event
-from jupyter_dlinfra.server.stream_state import Picture, StreamState
+from jupyter_dlinfra.server.stream_state import Moved, Picture, StreamState
 from jupyter_dlinfra.server.views import allocation_json, cluster_fields, iso
 from jupyter_dlinfra.telemetry import GpuSample
 
@@ -556,16 +556,39 @@ class Broadcaster:
         ):
             return None, []
         now = ledger.clock.now()
+        state = self._state
+        try:
+            moved = state.step(
+                ledger,
+                events=new_events,
+                samples=samples,
+                provider=source.provider,
+                local_node=source.settings.node,
+                now=now,
+            )
+            snapshot, notices = self._assemble(moved, previous, new_events, version, samples, now)
+        except BaseException:
+            # nothing of this build reached anyone: the next delta must cover what it moved
+            state.rewind(previous.picture if previous is not None else None)
+            raise
+        self.snapshots_built = snapshot.seq
+        self._seen_samples = samples
+        return snapshot, notices
+
+    def _assemble(
+        self,
+        moved: Moved,
+        previous: Snapshot | None,
+        new_events: list[LedgerEvent],
+        version: int,
+        samples: Mapping[str, GpuSample],
+        now: float,
+    ) -> tuple[Snapshot, list[Notice]]:
+        """Blocking: the snapshot of the moved picture, with its delta from ``previous``."""
+        source = self._source
+        ledger = source.ledger
         provider = source.provider
         state = self._state
-        moved = state.step(
-            ledger,
-            events=new_events,
-            samples=samples,
-            provider=provider,
-            local_node=source.settings.node,
-            now=now,
-        )
         # the kernels the snapshot names (holders', new events'; idle states' as asked for),
         # not every kernel of the ledger: those waiting would make a build grow with the queue
         kernels = KernelsRead(
@@ -625,8 +648,6 @@ class Broadcaster:
             picture=state.picture(cluster),
             delta=delta,
         )
-        self.snapshots_built = seq
-        self._seen_samples = samples
         return snapshot, notices
 
     def _read_events(self) -> list[LedgerEvent]:

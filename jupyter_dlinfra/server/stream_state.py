@@ -31,7 +31,7 @@ from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEve
 from jupyter_dlinfra.server.views import allocation_json, gpu_json
 from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 
-__all__ = ["FULL_EVERY", "Picture", "StreamState"]
+__all__ = ["FULL_EVERY", "Moved", "Picture", "StreamState"]
 
 #: seconds between whole reads of the picture (see the module's docstring)
 FULL_EVERY = 300.0
@@ -239,6 +239,17 @@ class StreamState:
             allocations_gone=gone_allocs,
             whole=whole,
         )
+
+    def rewind(self, sent: Picture | None) -> None:
+        """A build failed after it moved the picture: go back to the picture last sent (None:
+        none was), and read the whole at the next step, so that its delta says everything that
+        moved since what subscribers hold."""
+        self.read_at = None
+        self._entries = dict(sent.entries) if sent else {}
+        self._granted = dict(sent.granted) if sent else {}
+        self._order = sent.order if sent else ()
+        self._node_of = dict(sent.node_of) if sent else {}
+        self._departed = {}
 
     # -- reading ---------------------------------------------------------------------------------
 

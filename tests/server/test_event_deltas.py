@@ -183,3 +183,30 @@ async def test_a_subscriber_that_fell_behind_is_resynced_with_a_whole_snapshot(
         assert latest is not None and held == _body(latest.frame)
     finally:
         broadcaster.unsubscribe(sub)
+
+
+async def test_a_build_that_fails_leaves_nothing_out_of_the_next_delta(
+    dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = dlinfra_app.service
+    ledger: Ledger = service.ledger
+    broadcaster: Broadcaster = service.events
+    register(dlinfra_app, "k1")
+    held = await _next(broadcaster)
+    whole = _body(held.frame)
+    alloc = ledger.request(kernel_id="k1", count=2)
+    real = ledger.queue_page
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the database went away mid-build")
+
+    # the build reads the grant's holdings, then fails: nobody hears of the grant
+    monkeypatch.setattr(ledger, "queue_page", failing)
+    with pytest.raises(RuntimeError):
+        await _next(broadcaster)
+    monkeypatch.setattr(ledger, "queue_page", real)
+    snapshot = await _next(broadcaster)
+    assert snapshot.delta is not None and _body(snapshot.delta)["base"] == held.seq
+    moved = apply_delta(whole, _body(snapshot.delta))
+    assert moved == _body(snapshot.frame)
+    assert [a["id"] for a in moved["allocations"]] == [alloc.id]
