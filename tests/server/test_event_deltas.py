@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from jupyter_dlinfra.server.events import Broadcaster, Snapshot
 from jupyter_dlinfra.testing.event_stream import apply_delta
 
 GIB = 1 << 30
+LABEXTENSION = Path(__file__).resolve().parents[2] / "labextension"
 
 
 @pytest.fixture
@@ -62,6 +65,8 @@ async def test_every_delta_makes_the_next_whole_snapshot(dlinfra_app: Any) -> No
     held = await broadcaster.refresh()
     whole = _body(held.frame)
     kinds: set[str] = set()
+    steps: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    wholes: list[dict[str, Any]] = []
     for step in range(80):
         kind = rng.choice(
             ["kernel", "kernel", "request", "request", "release", "sample", "rack", "forget"]
@@ -99,8 +104,10 @@ async def test_every_delta_makes_the_next_whole_snapshot(dlinfra_app: Any) -> No
         delta = _body(snapshot.delta)
         assert delta["base"] == held.seq and delta["seq"] == snapshot.seq
         moved = apply_delta(whole, delta)
+        steps.append((whole, delta))
         whole = _body(snapshot.frame)
         assert moved == whole, f"step {step} ({kind})"
+        wholes.append(whole)
         held = snapshot
         kinds.add(kind)
         if "queue_order" in delta:
@@ -111,6 +118,32 @@ async def test_every_delta_makes_the_next_whole_snapshot(dlinfra_app: Any) -> No
         assert _without_stamp(afresh) == _without_stamp(whole)
     assert {"request", "release", "sample", "rack", "forget", "queue moved"} <= kinds
     assert any(a.state is AllocationState.GRANTED for a in ledger.allocations())
+    # the front end's applyDelta (labextension/src/delta.ts, as built) makes the same snapshots
+    assert _apply_in_node(steps) == wholes
+
+
+def _apply_in_node(steps: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Any]:
+    built = LABEXTENSION / "lib" / "delta.js"
+    assert built.exists(), f"{built} is missing: build the extension (scripts/venv.sh test)"
+    program = (
+        f"import {{ applyDelta }} from {json.dumps(built.as_uri())};\n"
+        "let text = '';\n"
+        "process.stdin.on('data', chunk => (text += chunk));\n"
+        "process.stdin.on('end', () => {\n"
+        "  const out = JSON.parse(text).map(([held, delta]) => applyDelta(held, delta));\n"
+        "  process.stdout.write(JSON.stringify(out));\n"
+        "});\n"
+    )
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", program],
+        input=json.dumps(steps),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    out: list[Any] = json.loads(done.stdout)
+    return out
 
 
 async def test_a_grant_costs_what_it_touched_not_the_cluster(
