@@ -16,8 +16,8 @@ at one snapshot stays that snapshot while the state moves on.
 
 The picture is read whole again, and compared piece by piece so that subscribers still get a
 delta, when GPUs come or go (``gpu_seen``, ``gpu_lost``), after a burst of a thousand events
-or more, and every ``full_every`` seconds: that bounds how long a change that writes no event (a
-kernel's notebook renamed) takes to show.
+or more, and every ``full_every`` seconds, a safety net: every change the picture shows writes an
+event (a kernel's name and path too: ``kernel_registered``, ``kernel_updated``).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class StreamState:
             if event.allocation_id is not None:
                 touched.add(event.allocation_id)
             elif event.kernel_id:
-                renamed.add(event.kernel_id)  # registered again or forgotten: its name and path
+                renamed.add(event.kernel_id)  # registered, updated or forgotten: name and path
         if renamed:
             touched |= {a.id for a in self.holders.values() if a.kernel_id in renamed}
         if not touched:

@@ -20,6 +20,8 @@ from jupyter_dlinfra.server.events import Broadcaster, Snapshot
 from jupyter_dlinfra.testing.event_stream import apply_delta
 
 GIB = 1 << 30
+#: what the random sequence does, each as often as it is listed
+STEPS = ("kernel", "kernel", "request", "request", "release", "sample", "rack", "rename", "forget")
 LABEXTENSION = Path(__file__).resolve().parents[2] / "labextension"
 
 
@@ -68,9 +70,7 @@ async def test_every_delta_makes_the_next_whole_snapshot(dlinfra_app: Any) -> No
     steps: list[tuple[dict[str, Any], dict[str, Any]]] = []
     wholes: list[dict[str, Any]] = []
     for step in range(80):
-        kind = rng.choice(
-            ["kernel", "kernel", "request", "request", "release", "sample", "rack", "forget"]
-        )
+        kind = rng.choice(STEPS)
         kernel = rng.choice(kernels) if kernels else None
         active = ledger.allocations() if kernels else []
         try:
@@ -92,6 +92,8 @@ async def test_every_delta_makes_the_next_whole_snapshot(dlinfra_app: Any) -> No
             elif kind == "rack":
                 # a GPU of rack-c goes and comes back: the inventory moves
                 ledger.sync_inventory("rack-c", _rack("rack-c", rng.choice([3, 4])))
+            elif kind == "rename":
+                ledger.update_kernel(kernel, path=f"renamed-{step}.ipynb")
             elif kind == "forget":
                 ledger.forget_kernel(kernel, reason="kernel no longer exists")
                 kernels.remove(kernel)
@@ -116,7 +118,7 @@ async def test_every_delta_makes_the_next_whole_snapshot(dlinfra_app: Any) -> No
         fresh = Broadcaster(broadcaster._source)
         afresh = _body((await fresh.refresh()).frame)
         assert _without_stamp(afresh) == _without_stamp(whole)
-    assert {"request", "release", "sample", "rack", "forget", "queue moved"} <= kinds
+    assert {"request", "release", "sample", "rack", "rename", "forget", "queue moved"} <= kinds
     assert any(a.state is AllocationState.GRANTED for a in ledger.allocations())
     # the front end's applyDelta (labextension/src/delta.ts, as built) makes the same snapshots
     assert _apply_in_node(steps) == wholes

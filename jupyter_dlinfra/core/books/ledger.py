@@ -408,6 +408,10 @@ class Ledger:
             tx.conn.execute(
                 update(kernels).where(kernels.c.kernel_id == kernel_id).values(**changes)
             )
+            shown: dict[str, Any] = {k: changes[k] for k in ("path", "kernel_name") if k in changes}
+            if shown:
+                # what views of its GPUs show: the event stream moves them by this event
+                self.write_event(tx, "kernel_updated", kernel_id=kernel_id, detail=shown)
             tx.touch()
             return self._kernel(tx.conn, kernel_id)
 
