@@ -121,8 +121,9 @@ def test_below_the_explained_depth_a_waiter_gets_its_place_and_a_brief_reason(
 def test_a_page_of_the_queue_is_worked_out_once_per_change(
     kit: Kit, crowded: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Many clients ask for the first page after each change: the order is walked once, then
-    again after a change or VIEW_TTL (fair-share keys move with time alone)."""
+    """Many clients ask for the first page after each change: it is worked out once (the order
+    walked, the rows read, the waits explained), then again after a change or VIEW_TTL
+    (fair-share keys move with time alone)."""
     ledger = kit.ledger
     walks = []
     real = Scheduler.in_order
@@ -133,7 +134,10 @@ def test_a_page_of_the_queue_is_worked_out_once_per_change(
 
     monkeypatch.setattr(Scheduler, "in_order", counting)
     first = [a.id for a in ledger.queue(limit=10)]
+    rows = ledger._load
+    monkeypatch.setattr(ledger, "_load", lambda *a: pytest.fail("the answer is read again"))
     assert [a.id for a in ledger.queue(limit=10)] == first and len(walks) == 1
+    monkeypatch.setattr(ledger, "_load", rows)
     assert [a.id for a in ledger.queue(limit=5, offset=5)] == first[5:] and len(walks) == 2
     kit.kernel("late", user="user0")
     late = ledger.request(kernel_id="late", count=1).id

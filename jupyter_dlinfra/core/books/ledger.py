@@ -843,23 +843,30 @@ class Ledger:
     ) -> tuple[list[Allocation], int]:
         """:meth:`queue` and how many wait in all (on ``node``), read together."""
         _check_page(limit, offset)
+        key = (node, limit, offset)
         with self.store.read() as conn:
             with self._lock:
                 cache = self._state(conn)
                 now = self.clock.now()
+                kept = cache.kept_page(key, now)
+                if kept is not None:
+                    return kept
+                version = cache.version
                 total = cache.length(node)
                 if node is None:
                     page = cache.page(offset, limit, now)
                 else:
                     ids = cache.node_order(node, now)
                     page = ids[offset:] if limit is None else ids[offset : offset + limit]
-            if not page:
-                return [], total
-            found = {a.id: a for a in self._load(conn, allocations.c.id.in_(page))}
-            # one granted or ended since the page was taken is no longer in the queue
-            waiting = [found[aid] for aid in page if aid in found]
-            queued = [a for a in waiting if a.state is AllocationState.QUEUED]
-            return self._with_waits(conn, queued), total
+            answer: list[Allocation] = []
+            if page:
+                found = {a.id: a for a in self._load(conn, allocations.c.id.in_(page))}
+                # one granted or ended since the page was taken is no longer in the queue
+                waiting = [found[aid] for aid in page if aid in found]
+                queued = [a for a in waiting if a.state is AllocationState.QUEUED]
+                answer = self._with_waits(conn, queued)
+            cache.keep_page(key, version, now, answer, total)
+            return answer, total
 
     def queue_length(self, node: str | None = None) -> int:
         """How many requests wait (on ``node``, or on every node), without explaining them."""

@@ -26,6 +26,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
+from jupyter_dlinfra.core.models import Allocation
 from jupyter_dlinfra.core.scheduling import explain
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
@@ -43,8 +44,10 @@ VIEW_TTL = 2.0
 #: are told their place and, in brief, why they wait (as SLURM's backfill plans a bounded
 #: number of jobs, bf_max_job_test): a node with thousands waiting costs its head
 EXPLAIN_DEPTH = 100
-#: pages of the queue's order kept at once (clients ask for a few: the first, the next ones)
+#: pages of the queue kept at once (clients ask for a few: the first, the next ones)
 _PAGES_KEPT = 16
+#: a page of the queue: its node (None: every node), limit and offset
+PageKey = tuple[str | None, int | None, int]
 #: released grants per class whose median is the class's typical holding time
 SAMPLE = 200
 
@@ -117,8 +120,8 @@ class LedgerCache:
     #: node -> (when it was worked out, the node's queue in order, the explanations of its head)
     _views: dict[str, _NodeView] = field(default_factory=dict)
     _placed_order: list[int] | None = None
-    #: (offset, limit) -> (the version, when, the ids) of pages of the queue read lately
-    _pages: dict[tuple[int, int | None], tuple[int, float, list[int]]] = field(default_factory=dict)
+    #: pages of the queue answered lately: (version, when, the page, how many wait)
+    _pages: dict[PageKey, tuple[int, float, list[Allocation], int]] = field(default_factory=dict)
 
     def changed(self) -> None:
         """The state is about to change (nodes' explanations are dropped as it is read again,
@@ -143,22 +146,33 @@ class LedgerCache:
         """Waiting requests in the order of service, ``limit`` (None: all) from ``offset``: the
         ledger's, then the cluster's (in the order they came; the cluster serves them in its
         own order). Costs the page and the users, not the queue behind the page."""
-        kept = self._pages.get((offset, limit))
-        if kept is not None and kept[0] == self.version and 0 <= now - kept[1] < VIEW_TTL:
-            # the same page, asked again by the many clients of one change (the sidebars, the
-            # event stream): fair-share keys move with time alone, so it lasts VIEW_TTL at most
-            return list(kept[2])
         self.sched.now = max(self.sched.now, now)
         end = None if limit is None else offset + limit
         mine = [d.id for d in itertools.islice(self.sched.in_order(), offset, end)]
         ours = len(self.sched.demands)
-        if end is None or end > ours:
-            placed = self._placed()[max(offset - ours, 0) :]
-            mine += placed if end is None else placed[: end - max(offset, ours)]
+        if end is not None and end <= ours:
+            return mine
+        placed = self._placed()[max(offset - ours, 0) :]
+        return mine + (placed if end is None else placed[: end - max(offset, ours)])
+
+    def kept_page(self, key: PageKey, now: float) -> tuple[list[Allocation], int] | None:
+        """A page of the queue answered lately, if nothing changed since (``key``: node, limit,
+        offset). The many clients of one change (the sidebars, the event stream) ask for the
+        same first page; fair-share keys and estimates move with time alone, so an answer
+        lasts VIEW_TTL at most."""
+        kept = self._pages.get(key)
+        if kept is None or kept[0] != self.version or not 0 <= now - kept[1] < VIEW_TTL:
+            return None
+        return list(kept[2]), kept[3]
+
+    def keep_page(
+        self, key: PageKey, version: int, now: float, page: list[Allocation], total: int
+    ) -> None:
+        """Keep an answer worked out as of ``version`` (one that a change overtook is never
+        served: its version is behind)."""
         if len(self._pages) >= _PAGES_KEPT:
             self._pages.clear()
-        self._pages[(offset, limit)] = (self.version, now, mine)
-        return list(mine)
+        self._pages[key] = (version, now, list(page), total)
 
     def node_order(self, node: str, now: float) -> list[int]:
         self.sched.now = max(self.sched.now, now)
