@@ -13,7 +13,7 @@ class EventStreamOptions(HasTraits):
     events_debounce = Float(
         0.05,
         config=True,
-        help="Seconds within which ledger changes and telemetry samples share one snapshot of "
+        help="Seconds within which ledger changes and telemetry samples share one delta of "
         "the event stream (GET /dlinfra/api/events); the first change after a quiet spell goes "
         "out at once.",
     )
