@@ -81,14 +81,19 @@ class KernelsRead(Mapping[str, KernelRecord]):
         *,
         known: Mapping[str, KernelRecord] | None = None,
     ) -> None:
-        """``known``: kernels already read (the stream's picture keeps its holders')."""
+        """``known``: kernels already read (the stream's picture keeps its holders'), looked up
+        there first and not copied."""
         self._ledger = ledger
-        self._found = dict(known or {})
-        wanted = set(first) - set(self._found)
-        self._found.update((k.kernel_id, k) for k in ledger.kernels_by_id(wanted) if wanted)
+        self._known: Mapping[str, KernelRecord] = known or {}
+        wanted = {k for k in first if k not in self._known}
+        found = ledger.kernels_by_id(wanted) if wanted else []
+        self._found = {k.kernel_id: k for k in found}
         self._unknown = wanted - set(self._found)
 
     def __getitem__(self, kernel_id: str) -> KernelRecord:
+        known = self._known.get(kernel_id)
+        if known is not None:
+            return known
         if kernel_id not in self._found and kernel_id not in self._unknown:
             for record in self._ledger.kernels_by_id([kernel_id]):
                 self._found[record.kernel_id] = record
@@ -99,10 +104,11 @@ class KernelsRead(Mapping[str, KernelRecord]):
         raise KeyError(kernel_id)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._found)
+        yield from self._known
+        yield from (k for k in self._found if k not in self._known)
 
     def __len__(self) -> int:
-        return len(self._found)
+        return len(self._known) + sum(1 for k in self._found if k not in self._known)
 
 
 def _frame(event: str, payload: str) -> bytes:
