@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
@@ -32,6 +32,9 @@ from jupyter_dlinfra.server.views import allocation_json, gpu_json
 from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 
 __all__ = ["FULL_EVERY", "Moved", "Picture", "StreamState"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: seconds between whole reads of the picture (see the module's docstring)
 FULL_EVERY = 300.0
@@ -75,6 +78,35 @@ class Moved:
     allocations: list[dict[str, Any]]
     allocations_gone: list[int]
     whole: bool
+
+
+class _CopyOnWrite(Generic[K, V]):
+    """A dict that is copied before its first change: a step that moves nothing copies nothing
+    (at 8,192 GPUs a copy per delta was most of a small one's cost)."""
+
+    def __init__(self, mapping: dict[K, V]) -> None:
+        self.mapping = mapping
+        self._copied = False
+
+    def get(self, key: K) -> V | None:
+        return self.mapping.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self._own()
+        self.mapping[key] = value
+
+    def pop(self, key: K) -> bool:
+        """Drop ``key``; whether it was there."""
+        if key not in self.mapping:
+            return False
+        self._own()
+        del self.mapping[key]
+        return True
+
+    def _own(self) -> None:
+        if not self._copied:
+            self.mapping = dict(self.mapping)
+            self._copied = True
 
 
 class StreamState:
@@ -195,14 +227,15 @@ class StreamState:
         *,
         whole: bool,
     ) -> Moved:
-        entries = dict(self._entries)
+        # copied before the first change only: a picture already taken keeps the old ones
+        entries = _CopyOnWrite(self._entries)
         changed: dict[str, list[dict[str, Any]]] = {}
         gone: dict[str, list[str]] = {}
         for uuid in sorted(gpus_moved):
             node = self._node_of.get(uuid)
             if node is None:
                 was = self._departed.pop(uuid, None)
-                if entries.pop(uuid, None) is not None and was is not None:
+                if entries.pop(uuid) and was is not None:
                     gone.setdefault(was, []).append(uuid)
                 continue
             entry = gpu_json(
@@ -212,26 +245,26 @@ class StreamState:
                 self._samples.get(uuid) if node == local_node else None,
             )
             if entries.get(uuid) != entry:
-                entries[uuid] = entry
+                entries.put(uuid, entry)
                 changed.setdefault(node, []).append(entry)
-        self._entries = entries
+        self._entries = entries.mapping
         self._departed = {}
-        granted = dict(self._granted)
+        granted = _CopyOnWrite(self._granted)
         changed_allocs: list[dict[str, Any]] = []
         gone_allocs: list[int] = []
         for aid in sorted(allocs_moved):
             uuids = self._held_by.get(aid)
             if not uuids:
-                if granted.pop(aid, None) is not None:
+                if granted.pop(aid):
                     gone_allocs.append(aid)
                 continue
             alloc = allocation_json(
                 self.holders[uuids[0]], self.gpus, self._samples, simulated=provider.simulated
             )
             if granted.get(aid) != alloc:
-                granted[aid] = alloc
+                granted.put(aid, alloc)
                 changed_allocs.append(alloc)
-        self._granted = granted
+        self._granted = granted.mapping
         return Moved(
             gpus=changed,
             gpus_gone=gone,
