@@ -152,7 +152,7 @@ class Snapshot:
     @cached_property
     def frame(self) -> bytes:
         """The whole ``snapshot`` frame: blocking (megabytes at a thousand nodes), so made on
-        the pool, and once, whoever asks."""
+        the stream's thread, and once, whoever asks."""
         body = {
             **self.top,
             "cluster": self.picture.cluster_json(),
@@ -339,7 +339,6 @@ class Broadcaster:
         self._dirty = True
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._whole_lock = asyncio.Lock()
         self._state = StreamState()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -458,9 +457,8 @@ class Broadcaster:
                 raise
             snapshot = self.latest
         if "frame" not in snapshot.__dict__:
-            # one pool thread serialises it; the others wait for the same bytes
-            async with self._whole_lock:
-                await self._source.call_for_stream(lambda: snapshot.frame)
+            # serialised on the stream's one thread: the first asker makes it, the others find it
+            await self._source.call_for_stream(lambda: snapshot.frame)
         sub.start(snapshot.frame, snapshot.seq, overflows=overflows)
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -544,8 +542,8 @@ class Broadcaster:
                 backoff.reset()
 
     def _build(self) -> tuple[Snapshot | None, list[Notice]]:
-        """Blocking (pool thread): read what changed, turn new events into notices, serialise
-        the delta (the whole snapshot is serialised when a subscriber asks for it)."""
+        """Blocking (the stream's thread): read what changed, turn new events into notices,
+        serialise the delta (the whole snapshot is serialised when a subscriber asks for it)."""
         source = self._source
         ledger = source.ledger
         # read the version first: a change racing with the reads below pokes again and is

@@ -9,7 +9,7 @@ and one per granted allocation, and a change moves only what it touched:
   the GPUs they held or hold now;
 - a new telemetry sample: the GPUs it measured, and the allocations holding them.
 
-What moved goes to subscribers as a ``delta`` (:meth:`StreamState.delta_json`); a whole snapshot
+What moved (:class:`Moved`) goes to subscribers as a ``delta``; a whole snapshot
 is assembled from the pieces (:class:`Picture`) only for a subscriber that needs one: a new one,
 or one that fell behind. Pieces are never changed once made, only replaced, so a picture taken
 at one snapshot stays that snapshot while the state moves on.
@@ -77,7 +77,6 @@ class Moved:
     gpus_gone: dict[str, list[str]]
     allocations: list[dict[str, Any]]
     allocations_gone: list[int]
-    whole: bool
 
 
 class _CopyOnWrite(Generic[K, V]):
@@ -159,7 +158,7 @@ class StreamState:
             gpus_moved |= measured
             allocs_moved |= {self.holders[u].id for u in measured if u in self.holders}
             self._samples = samples
-        return self._moved(gpus_moved, allocs_moved, provider, local_node, whole=whole)
+        return self._moved(gpus_moved, allocs_moved, provider, local_node)
 
     def _read_whole(
         self, ledger: Ledger, provider: TelemetryProvider, now: float
@@ -224,8 +223,6 @@ class StreamState:
         allocs_moved: set[int],
         provider: TelemetryProvider,
         local_node: str,
-        *,
-        whole: bool,
     ) -> Moved:
         # copied before the first change only: a picture already taken keeps the old ones
         entries = _CopyOnWrite(self._entries)
@@ -270,7 +267,6 @@ class StreamState:
             gpus_gone=gone,
             allocations=changed_allocs,
             allocations_gone=gone_allocs,
-            whole=whole,
         )
 
     def rewind(self, sent: Picture | None) -> None:
@@ -298,7 +294,3 @@ class StreamState:
             granted=self._granted,
             cluster=cluster,
         )
-
-    def granted(self) -> tuple[Allocation, ...]:
-        """The granted allocations, by id."""
-        return tuple(self.holders[uuids[0]] for _, uuids in sorted(self._held_by.items()))
