@@ -15,7 +15,8 @@ reads back::
 
 ``spec.json``: ``cwd`` is the directory the kernel runs in (the notebook's own, so that its
 relative paths work; a relative ``cwd`` is taken from the job directory); ``kernel_name`` the
-kernelspec (default ``python3``); ``timeout`` the most seconds one cell may run (null: no limit).
+kernelspec (default ``python3``); ``timeout`` the most seconds one cell may run (null: no limit);
+``startup_timeout`` the most seconds the kernel may take to answer after its launch (default 60).
 Other keys are the server's and are ignored here.
 
 The log, ``job.log``, is plain text (ANSI colours stripped) that people and the UI tail while the
@@ -32,6 +33,11 @@ itself). The runner prints nothing else there. The kernel's process-level output
 forwards into the notebook anyway (and echoes to the process's real stdout): it goes to
 ``kernel.log`` so that it is not in ``job.log`` twice. The end of ``kernel.log`` is copied into
 ``job.log`` when the kernel dies, because that is where a crash says why.
+
+A kernel that does not answer within ``startup_timeout``, or dies before it answers, is killed
+and launched once more on fresh ports (a busy node, or a port another process took between the
+kernel manager choosing it and the kernel binding it, is not the notebook's fault); the log says
+so, with the first kernel's last words. A second failure fails the job.
 
 SIGTERM or SIGINT (a cancel, SLURM's or Kubernetes' stop) kills the kernel at once, then the
 notebook executed so far, the report and a ``cancelled`` status are written and the runner exits
@@ -86,6 +92,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: lines of kernel.log copied into job.log when the kernel dies
 KERNEL_LOG_TAIL = 20
+#: launches of the kernel before a job fails because its kernel did not start
+KERNEL_STARTS = 2
+#: seconds a kernel may take to answer after its launch, unless spec.json says otherwise
+STARTUP_TIMEOUT_S = 60
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 _SIGNAL_NAMES: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
@@ -193,7 +203,13 @@ class JobClient(NotebookClient):
         self.job_log = log
         #: index in ``nb.cells`` of the cell executing, or last executed
         self.current_cell: int | None = None
+        #: True once the kernel answered (nbclient's notebook start hook ran)
+        self.kernel_ready = False
         self.on_cell_execute = self._cell_starts
+        self.on_notebook_start = self._kernel_answers
+
+    def _kernel_answers(self, notebook: NotebookNode) -> None:
+        self.kernel_ready = True
 
     def _cell_starts(self, cell: NotebookNode, cell_index: int) -> None:
         self.current_cell = cell_index
@@ -258,6 +274,16 @@ class _Spec:
             )
         # nbclient takes whole seconds; rounding up never cuts a cell short
         self.timeout = None if timeout is None else math.ceil(timeout)
+        startup = raw.get("startup_timeout", STARTUP_TIMEOUT_S)
+        if (
+            isinstance(startup, bool)
+            or not isinstance(startup, int | float)
+            or not 0 < startup < math.inf
+        ):
+            raise _SetupError(
+                f"{job.spec.name}: startup_timeout must be a number of seconds, not {startup!r}"
+            )
+        self.startup_timeout = math.ceil(startup)
 
 
 class _SetupError(Exception):
@@ -403,12 +429,56 @@ def _run_in_thread(client: JobClient, stop: _Stop, kernel_out: IO[bytes]) -> _Ou
     return result[0]
 
 
-def _kernel_log_tail(job: JobDir) -> str:
+def _kernel_log_tail(job: JobDir, since: int = 0) -> str:
+    """The last lines the kernel wrote to kernel.log after byte ``since``."""
     try:
-        lines = job.kernel_log.read_text(encoding="utf-8", errors="replace").splitlines()
+        with job.kernel_log.open("rb") as file:
+            file.seek(since)
+            text = file.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(lines[-KERNEL_LOG_TAIL:])
+    return "\n".join(text.splitlines()[-KERNEL_LOG_TAIL:])
+
+
+def _did_not_start(client: JobClient, outcome: _Outcome, stop: _Stop) -> bool:
+    """jupyter_client says a kernel that never answered, or died first, with a RuntimeError; a
+    missing kernelspec (NoSuchKernel) or a cancel would fail the same way again."""
+    return (
+        outcome.state == "failed"
+        and not client.kernel_ready
+        and not stop.cancelled
+        and stop.signum is None
+        and (outcome.error or "").startswith("RuntimeError: ")
+    )
+
+
+def _run_kernel(job: JobDir, nb: NotebookNode, spec: _Spec, stop: _Stop, log: _Log) -> _Outcome:
+    """Execute ``nb``, launching its kernel again once if the first launch never answered."""
+    start = 1
+    while True:
+        client = JobClient(
+            nb,
+            log=log,
+            kernel_name=spec.kernel_name,
+            timeout=spec.timeout,
+            startup_timeout=spec.startup_timeout,
+            resources={"metadata": {"path": str(spec.cwd)}},
+        )
+        with job.kernel_log.open("ab") as kernel_out:
+            since = kernel_out.tell()
+            outcome = _run_in_thread(client, stop, kernel_out)
+        tail = _kernel_log_tail(job, since)
+        if start < KERNEL_STARTS and _did_not_start(client, outcome, stop):
+            log.line(f"--- the kernel did not start ({outcome.error}) ---")
+            if tail:
+                log.line(f"--- the kernel's last words ({job.kernel_log.name}) ---\n{tail}")
+            start += 1
+            log.line(f"--- launching the kernel again ({start} of {KERNEL_STARTS}) ---")
+            continue
+        died = "DeadKernelError" in (outcome.error or "") or not client.kernel_ready
+        if outcome.state == "failed" and died and tail:
+            log.line(f"--- the kernel's last words ({job.kernel_log.name}) ---\n{tail}")
+        return outcome
 
 
 def _write_outputs(job: JobDir, nb: NotebookNode, log: _Log) -> None:
@@ -478,19 +548,7 @@ def run(jobdir: Path) -> int:
                 f"--- job started: kernel {spec.kernel_name}, in {spec.cwd}, "
                 f"runner pid {os.getpid()} ---"
             )
-            client = JobClient(
-                nb,
-                log=log,
-                kernel_name=spec.kernel_name,
-                timeout=spec.timeout,
-                resources={"metadata": {"path": str(spec.cwd)}},
-            )
-            with job.kernel_log.open("ab") as kernel_out:
-                outcome = _run_in_thread(client, stop, kernel_out)
-            if outcome.state == "failed" and outcome.error and "DeadKernelError" in outcome.error:
-                tail = _kernel_log_tail(job)
-                if tail:
-                    log.line(f"--- the kernel's last words ({job.kernel_log.name}) ---\n{tail}")
+            outcome = _run_kernel(job, nb, spec, stop, log)
         except _SetupError as err:
             outcome = _Outcome(state="failed", error=str(err))
         if nb is not None:

@@ -220,7 +220,7 @@ class Soak:
         runs = Counter(self.runs.read_text().split())
         for job_id, tag in self.submitted.items():
             job = self.book.job(job_id)
-            assert job.state is JobState.SUCCEEDED, (job, self._log(job))
+            assert job.state is JobState.SUCCEEDED, f"{job}\n{self._log(job)}"
             assert 1 <= runs[tag] <= job.attempts + 1, (job, runs[tag])
             self.stats["preempted"] += job.attempts
         assert not self.server_errors, self.server_errors
@@ -526,9 +526,12 @@ class Soak:
 
     def _log(self, job: Any) -> str:
         try:
-            return (Path(job.workdir) / "job.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
+            where = Path(job.workdir)
+            log = (where / "job.log").read_text(errors="replace")[-3000:]
+            kernel = (where / "kernel.log").read_text(errors="replace")[-2000:]
+        except OSError as err:
+            return f"(no log: {err})"
+        return f"--- job.log ---\n{log}\n--- kernel.log ---\n{kernel}"
 
 
 def _kernel_procs(kernel_id: str) -> list[psutil.Process]:

@@ -342,12 +342,73 @@ def test_an_unknown_kernel_fails_with_the_reason(tmp_path: Path) -> None:
     assert "--- failed after " in log_of(job)
 
 
+#: a kernel whose first launch never answers (it writes its pid and sleeps), then a real one
+STALLING_KERNEL = """\
+import os, pathlib, runpy, sys, time
+marker = pathlib.Path(sys.argv.pop(1))
+if not marker.exists():
+    marker.write_text(str(os.getpid()))
+    print("stalling at start-up", file=sys.stderr, flush=True)
+    time.sleep(600)
+sys.argv[0] = "ipykernel_launcher"
+runpy.run_module("ipykernel_launcher", run_name="__main__")
+"""
+
+
+def test_a_kernel_that_does_not_answer_is_launched_once_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first launch that never answers is killed and launched again; the job then runs."""
+    kernels = tmp_path / "share" / "kernels" / "stalling"
+    kernels.mkdir(parents=True)
+    script, marker = tmp_path / "stalling.py", tmp_path / "first-launch.pid"
+    script.write_text(STALLING_KERNEL)
+    argv = [sys.executable, str(script), str(marker), "-f", "{connection_file}"]
+    spec = {"argv": argv, "display_name": "stalling", "language": "python"}
+    (kernels / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share"))
+    job, _ = make_job(
+        tmp_path, code("print('ran')"), spec={"kernel_name": "stalling", "startup_timeout": 3}
+    )
+    assert run(job.path) == 0, log_of(job)
+    log = log_of(job)
+    assert "--- the kernel did not start (RuntimeError: Kernel didn't respond in 3 seconds)" in log
+    assert "stalling at start-up" in between(log, "did not start", "launching the kernel again")
+    assert "--- launching the kernel again (2 of 2) ---" in log
+    assert text_of(executed(job).cells[0]) == "ran\n"
+    wait_for(lambda: process_gone(int(marker.read_text())), "the stalled kernel to be killed")
+
+
+def test_a_kernel_that_never_answers_fails_the_job_after_two_launches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernels = tmp_path / "share" / "kernels" / "mute"
+    kernels.mkdir(parents=True)
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys, time; print('mute', file=sys.stderr); time.sleep(600)",
+    ]
+    (kernels / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "mute"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share"))
+    job, _ = make_job(tmp_path, code("x = 1"), spec={"kernel_name": "mute", "startup_timeout": 2})
+    assert run(job.path) == 1
+    status = status_of(job)
+    assert status["error"] == "RuntimeError: Kernel didn't respond in 2 seconds"
+    assert status["failed_cell"] is None
+    log = log_of(job)
+    assert log.count("--- the kernel's last words (kernel.log) ---\nmute") == 2
+    assert "--- launching the kernel again (2 of 2) ---" in log
+    assert "launching the kernel again (3" not in log
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         ({"cwd": "/no/such/dir"}, "spec.json: cwd '/no/such/dir' is not a directory here"),
         ({"timeout": -1}, "spec.json: timeout must be a number of seconds or null, not -1"),
         ({"kernel_name": 3}, "spec.json: kernel_name must be a string, not 3"),
+        ({"startup_timeout": 0}, "spec.json: startup_timeout must be a number of seconds, not 0"),
     ],
 )
 def test_a_bad_spec_fails_before_any_kernel(
