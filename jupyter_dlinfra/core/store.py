@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from jupyter_dlinfra.core.driver_sql import DriverStatement
 from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
@@ -421,11 +422,11 @@ class Store:
         with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
             counters = None
             if not self.is_sqlite:
-                counters = {r.key: int(r.value) for r in conn.execute(_LOCK)}
+                counters = {r.key: int(r.value) for r in _LOCK.run(conn, {})}
             tx = Transaction(conn, counters)
             yield tx
             if tx.changed:
-                conn.execute(_BUMP_BOTH if tx.ledger_changed else _BUMP)
+                (_BUMP_BOTH if tx.ledger_changed else _BUMP).run(conn, {})
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -476,23 +477,28 @@ def _ping_rested(engine: Engine) -> None:
 
 def read_counter(conn: Connection, key: str) -> int:
     """One of the meta counters (``version`` or LEDGER_VERSION); 0 before it was first set."""
-    found = conn.execute(_COUNTER, {"p_key": key}).scalar()
+    found = _COUNTER.run(conn, {"p_key": key}).scalar()
     return 0 if found is None else int(found)
 
 
-# built once: a write and a read execute them every time (see core/books/ledger_sql.py)
-_COUNTER = select(meta.c.value).where(meta.c.key == bindparam("p_key"))
+# built once: a write and a read execute them every time, through the driver (driver_sql.py:
+# they bind and return plain values)
+_COUNTER = DriverStatement(select(meta.c.value).where(meta.c.key == bindparam("p_key")), ["p_key"])
 #: PostgreSQL: the ledger's write lock, a row lock on the version counter; the ledger's counter
 #: is locked and read with it (a row locked after a wait is read as the writer before left it,
 #: where a subquery would read it as of the statement's start), in one order for every writer,
 #: or two would each hold one row and wait for the other's
-_LOCK = (
+_LOCK = DriverStatement(
     select(meta.c.key, meta.c.value)
     .where(meta.c.key.in_(("version", LEDGER_VERSION)))
     .order_by(meta.c.key)
-    .with_for_update()
+    .with_for_update(),
+    [],
 )
-_BUMP = update(meta).where(meta.c.key == "version").values(value=meta.c.value + 1)
-_BUMP_BOTH = (
-    update(meta).where(meta.c.key.in_(("version", LEDGER_VERSION))).values(value=meta.c.value + 1)
+_BUMP = DriverStatement(
+    update(meta).where(meta.c.key == "version").values(value=meta.c.value + 1), []
+)
+_BUMP_BOTH = DriverStatement(
+    update(meta).where(meta.c.key.in_(("version", LEDGER_VERSION))).values(value=meta.c.value + 1),
+    [],
 )

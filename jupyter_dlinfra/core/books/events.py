@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
+from jupyter_dlinfra.core.driver_sql import DriverStatement
 from jupyter_dlinfra.core.store import Store, Transaction, events
 
 __all__ = ["event_row", "latest_event_seq", "write_event", "write_events"]
@@ -27,8 +28,8 @@ def write_event(
     detail: dict[str, Any] | None = None,
 ) -> None:
     """Add an event row within ``tx`` and mark the transaction as a change of the ledger."""
-    tx.conn.execute(
-        INSERT_EVENT,
+    INSERT_EVENT.run(
+        tx.conn,
         event_row(kind, at=at, allocation_id=allocation_id, kernel_id=kernel_id, detail=detail),
     )
     tx.touch()
@@ -37,7 +38,7 @@ def write_event(
 def write_events(tx: Transaction, rows: list[dict[str, Any]]) -> None:
     """Add several events made by :func:`event_row` in one statement (a pass's grants)."""
     if rows:
-        tx.conn.execute(INSERT_EVENT, rows)
+        INSERT_EVENT.run(tx.conn, rows)
         tx.touch()
 
 
@@ -58,8 +59,10 @@ def event_row(
     }
 
 
-#: built once: every change executes it (see ledger_sql.py)
-INSERT_EVENT = insert(events)
+#: built once, run through the driver: every change executes it (see ledger_sql.py)
+INSERT_EVENT = DriverStatement(
+    insert(events), ["at", "kind", "allocation_id", "kernel_id", "detail"]
+)
 
 
 def latest_event_seq(store: Store) -> int:

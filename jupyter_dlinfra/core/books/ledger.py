@@ -961,11 +961,11 @@ class Ledger:
         if state is AllocationState.CANCELLED:
             # what was being preempted for it is no longer wanted (a job already stopping is
             # queued again by its owner all the same)
-            tx.conn.execute(sql.UNMARK_PREEMPTED, {"p_for": alloc.id})
+            sql.UNMARK_PREEMPTED.run(tx.conn, {"p_for": alloc.id})
         if alloc.state is AllocationState.GRANTED:
-            tx.conn.execute(sql.DELETE_HOLDINGS, {"p_id": alloc.id})
-        tx.conn.execute(
-            sql.END_ALLOCATION,
+            sql.DELETE_HOLDINGS.run(tx.conn, {"p_id": alloc.id})
+        sql.END_ALLOCATION.run(
+            tx.conn,
             {"p_id": alloc.id, "p_state": state.value, "p_at": now, "p_why": reason},
         )
         self.write_event(
@@ -1026,12 +1026,12 @@ class Ledger:
         for grant in out.grants:
             rows.extend({"gpu_uuid": u, "allocation_id": grant.request_id} for u in grant.gpus)
         if rows:
-            conn.execute(sql.INSERT_HOLDINGS, rows)
-            conn.execute(sql.INSERT_ALLOCATION_GPUS, rows)
+            sql.INSERT_HOLDINGS.run(conn, rows)
+            sql.INSERT_ALLOCATION_GPUS.run(conn, rows)
         told: list[dict[str, Any]] = []
         if out.grants:
-            conn.execute(
-                sql.GRANT,
+            sql.GRANT.run(
+                conn,
                 [{"p_id": g.request_id, "p_at": now, "p_borrowed": g.borrowed} for g in out.grants],
             )
         for grant in out.grants:
@@ -1051,8 +1051,8 @@ class Ledger:
                 )
             )
         if out.preemptions:
-            conn.execute(
-                sql.MARK_PREEMPTED,
+            sql.MARK_PREEMPTED.run(
+                conn,
                 [
                     {"p_id": p.holding_id, "p_for": p.request_id, "p_why": p.message}
                     for p in out.preemptions
@@ -1127,9 +1127,9 @@ class Ledger:
                 bounded,
             )
         if row is None:
-            conn.execute(sql.INSERT_FAIRSHARE, {"user": user, "gpu_seconds": bounded, "at": now})
+            sql.INSERT_FAIRSHARE.run(conn, {"user": user, "gpu_seconds": bounded, "at": now})
         else:
-            conn.execute(sql.UPDATE_FAIRSHARE, {"p_user": user, "p_seconds": bounded, "p_at": now})
+            sql.UPDATE_FAIRSHARE.run(conn, {"p_user": user, "p_seconds": bounded, "p_at": now})
         cache.recorded[user] = (bounded, now)
 
     def _kernel(self, conn: Connection, kernel_id: str) -> KernelRecord:

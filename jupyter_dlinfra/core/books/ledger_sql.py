@@ -5,13 +5,16 @@ the compiled statement costs (some 140 against 45 microseconds on SQLite): a cha
 dozen of them, so they are built here at import, with bound parameters, and executed with the
 values of each call. SQLAlchemy memoises a statement object's cache key, so each is compiled once
 per dialect and then only executed. Parameter names carry a ``p_`` prefix: SQLAlchemy reserves
-a column's own name for the values of an INSERT or UPDATE.
+a column's own name for the values of an INSERT or UPDATE. The writes, which bind plain values
+and return nothing, go through the driver (:class:`DriverStatement`, ``core/driver_sql.py``):
+``sql.GRANT.run(conn, rows)``.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import bindparam, delete, insert, select, update
 
+from jupyter_dlinfra.core.driver_sql import DriverStatement
 from jupyter_dlinfra.core.models import AllocationState
 from jupyter_dlinfra.core.store import (
     allocation_gpus,
@@ -69,42 +72,49 @@ GPUS_OF_ALLOCATION = (
 )
 
 INSERT_ALLOCATION = insert(allocations)
-INSERT_HOLDINGS = insert(holdings)
-INSERT_ALLOCATION_GPUS = insert(allocation_gpus)
+INSERT_HOLDINGS = DriverStatement(insert(holdings), ["gpu_uuid", "allocation_id"])
+INSERT_ALLOCATION_GPUS = DriverStatement(insert(allocation_gpus), ["allocation_id", "gpu_uuid"])
 #: executed once per pass with every grant's values (executemany)
-GRANT = (
+GRANT = DriverStatement(
     update(allocations)
     .where(allocations.c.id == bindparam("p_id"))
     .values(
         state=AllocationState.GRANTED.value,
         granted_at=bindparam("p_at"),
         borrowed=bindparam("p_borrowed"),
-    )
+    ),
+    ["p_id", "p_at", "p_borrowed"],
 )
-END_ALLOCATION = (
+END_ALLOCATION = DriverStatement(
     update(allocations)
     .where(allocations.c.id == bindparam("p_id"))
-    .values(state=bindparam("p_state"), ended_at=bindparam("p_at"), end_reason=bindparam("p_why"))
+    .values(state=bindparam("p_state"), ended_at=bindparam("p_at"), end_reason=bindparam("p_why")),
+    ["p_id", "p_state", "p_at", "p_why"],
 )
-DELETE_HOLDINGS = delete(holdings).where(holdings.c.allocation_id == bindparam("p_id"))
-MARK_PREEMPTED = (
+DELETE_HOLDINGS = DriverStatement(
+    delete(holdings).where(holdings.c.allocation_id == bindparam("p_id")), ["p_id"]
+)
+MARK_PREEMPTED = DriverStatement(
     update(allocations)
     .where(allocations.c.id == bindparam("p_id"))
-    .values(preempted_for=bindparam("p_for"), preempt_reason=bindparam("p_why"))
+    .values(preempted_for=bindparam("p_for"), preempt_reason=bindparam("p_why")),
+    ["p_id", "p_for", "p_why"],
 )
 #: what was being preempted for a request that is cancelled is no longer wanted
-UNMARK_PREEMPTED = (
+UNMARK_PREEMPTED = DriverStatement(
     update(allocations)
     .where(
         (allocations.c.preempted_for == bindparam("p_for"))
         & (allocations.c.state == AllocationState.GRANTED.value)
     )
-    .values(preempted_for=None, preempt_reason=None)
+    .values(preempted_for=None, preempt_reason=None),
+    ["p_for"],
 )
 
-INSERT_FAIRSHARE = insert(fairshare)
-UPDATE_FAIRSHARE = (
+INSERT_FAIRSHARE = DriverStatement(insert(fairshare), ["user", "gpu_seconds", "at"])
+UPDATE_FAIRSHARE = DriverStatement(
     update(fairshare)
     .where(fairshare.c.user == bindparam("p_user"))
-    .values(gpu_seconds=bindparam("p_seconds"), at=bindparam("p_at"))
+    .values(gpu_seconds=bindparam("p_seconds"), at=bindparam("p_at")),
+    ["p_user", "p_seconds", "p_at"],
 )
