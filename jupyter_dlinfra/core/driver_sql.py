@@ -33,44 +33,59 @@ _Source = tuple[bool, Any]
 
 class DriverStatement:
     """``statement``, whose bound parameters are ``keys`` (and values fixed in the statement
-    itself), executed with a mapping or a list of mappings (executemany) of ``keys``."""
+    itself), executed with a mapping of ``keys`` (:meth:`run`) or a list of them
+    (:meth:`run_many`)."""
 
     def __init__(self, statement: ClauseElement, keys: Sequence[str]) -> None:
         self.statement = statement
         self.keys = tuple(keys)
-        #: dialect name -> (SQL text, each positional parameter's source; None: by name)
-        self._compiled: dict[str, tuple[str, tuple[_Source, ...] | None, dict[str, Any]]] = {}
+        #: (database, driver, parameter style) -> (SQL text, each positional parameter's source
+        #: (None: by name), values the statement fixes); two threads may compile it twice
+        self._compiled: dict[
+            tuple[str, str, str], tuple[str, tuple[_Source, ...] | None, dict[str, Any]]
+        ] = {}
 
     def __repr__(self) -> str:
         return f"DriverStatement({self.statement})"
 
-    def run(
-        self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-    ) -> CursorResult[Any]:
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> CursorResult[Any]:
+        """Execute once with ``params``."""
         text, order, fixed = self._for(conn.dialect)
-        many = not isinstance(params, Mapping)
-        rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[list-item,assignment]
+        return conn.exec_driver_sql(text, self._values(params, order, fixed))
+
+    def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute once per row (the driver's executemany); nothing when there is none."""
+        if rows:
+            text, order, fixed = self._for(conn.dialect)
+            conn.exec_driver_sql(text, [self._values(row, order, fixed) for row in rows])
+
+    @staticmethod
+    def _values(
+        row: Mapping[str, Any], order: tuple[_Source, ...] | None, fixed: dict[str, Any]
+    ) -> Any:
         if order is None:
-            values: list[Any] = [{**fixed, **row} if fixed else dict(row) for row in rows]
-        else:
-            values = [
-                tuple(row[value] if by_name else value for by_name, value in order) for row in rows
-            ]
-        return conn.exec_driver_sql(text, values if many else values[0])
+            return {**fixed, **row} if fixed else dict(row)
+        return tuple(row[value] if by_name else value for by_name, value in order)
 
     def _for(self, dialect: Dialect) -> tuple[str, tuple[_Source, ...] | None, dict[str, Any]]:
-        found = self._compiled.get(dialect.name)
+        # the text depends on the driver's parameter style, not only on the database
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        found = self._compiled.get(key)
         if found is None:
-            found = self._compiled[dialect.name] = self._compile(dialect)
+            found = self._compiled[key] = self._compile(dialect)
         return found
 
     def _compile(self, dialect: Dialect) -> tuple[str, tuple[_Source, ...] | None, dict[str, Any]]:
         compiled = self.statement.compile(
             dialect=dialect,
             column_keys=list(self.keys),
+            # as for executemany: an INSERT on PostgreSQL would otherwise return its new key
+            for_executemany=True,
             compile_kwargs={"render_postcompile": True},
         )
         assert isinstance(compiled, SQLCompiler), compiled
+        if compiled.effective_returning:
+            raise ValueError(f"{self!r} returns rows: run it through SQLAlchemy")
         # every parameter the text binds: the caller's keys, or a value the statement fixes
         defaults = compiled.construct_params({key: None for key in self.keys}, _check=False)
         fixed = {name: value for name, value in defaults.items() if name not in self.keys}

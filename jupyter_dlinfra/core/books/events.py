@@ -38,7 +38,7 @@ def write_event(
 def write_events(tx: Transaction, rows: list[dict[str, Any]]) -> None:
     """Add several events made by :func:`event_row` in one statement (a pass's grants)."""
     if rows:
-        INSERT_EVENT.run(tx.conn, rows)
+        INSERT_EVENT.run_many(tx.conn, rows)
         tx.touch()
 
 

@@ -18,10 +18,10 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 
 from jupyter_dlinfra.core.books import ledger_sql as sql
 from jupyter_dlinfra.core.books.events import event_row, write_event, write_events
@@ -795,9 +795,9 @@ class Ledger:
         all) from ``offset`` on. The queued ones are explained, node by node: a page costs the
         nodes it shows."""
         _check_page(limit, offset)
-        cond = _allocation_filter(kernel_id, user, node, active, state, server_id)
+        found, values = _allocation_filter(kernel_id, user, node, active, state, server_id)
         with self.store.read() as conn:
-            return self._allocations(conn, cond, limit, offset)
+            return self._allocations(conn, found, values, limit, offset)
 
     def allocations_page(
         self,
@@ -812,23 +812,27 @@ class Ledger:
         """A page of :meth:`allocations` and how many match in all, read together (one
         indexed count for one user's or kernel's active ones)."""
         _check_page(limit, offset)
-        cond = _allocation_filter(kernel_id, user, None, active, state, None)
+        found, values = _allocation_filter(kernel_id, user, None, active, state, None)
         with self.store.read() as conn:
-            found = conn.execute(select(func.count()).select_from(allocations).where(cond))
-            total = int(found.scalar() or 0)
-            page = self._allocations(conn, cond, limit, offset) if limit and offset < total else []
+            total = int(conn.execute(found.count, values).scalar() or 0)
+            page = (
+                self._allocations(conn, found, values, limit, offset)
+                if limit and offset < total
+                else []
+            )
             return page, total
 
     def _allocations(
-        self, conn: Connection, cond: Any, limit: int | None, offset: int
+        self,
+        conn: Connection,
+        found: _Filtered,
+        values: dict[str, Any],
+        limit: int | None,
+        offset: int,
     ) -> list[Allocation]:
-        rows = conn.execute(
-            select(allocations)
-            .where(cond)
-            .order_by(allocations.c.id)
-            .limit(limit)
-            .offset(offset or None)
-        ).all()
+        # no limit: as many rows as a 64-bit LIMIT takes (SQLite and PostgreSQL both read it)
+        bounds = {"p_limit": _NO_LIMIT if limit is None else limit, "p_offset": offset}
+        rows = conn.execute(found.page, {**values, **bounds}).all()
         return self._with_waits(conn, self._with_gpus(conn, rows))
 
     def queue(
@@ -1026,11 +1030,11 @@ class Ledger:
         for grant in out.grants:
             rows.extend({"gpu_uuid": u, "allocation_id": grant.request_id} for u in grant.gpus)
         if rows:
-            sql.INSERT_HOLDINGS.run(conn, rows)
-            sql.INSERT_ALLOCATION_GPUS.run(conn, rows)
+            sql.INSERT_HOLDINGS.run_many(conn, rows)
+            sql.INSERT_ALLOCATION_GPUS.run_many(conn, rows)
         told: list[dict[str, Any]] = []
         if out.grants:
-            sql.GRANT.run(
+            sql.GRANT.run_many(
                 conn,
                 [{"p_id": g.request_id, "p_at": now, "p_borrowed": g.borrowed} for g in out.grants],
             )
@@ -1051,7 +1055,7 @@ class Ledger:
                 )
             )
         if out.preemptions:
-            sql.MARK_PREEMPTED.run(
+            sql.MARK_PREEMPTED.run_many(
                 conn,
                 [
                     {"p_id": p.holding_id, "p_for": p.request_id, "p_why": p.message}
@@ -1181,6 +1185,9 @@ class Ledger:
         )
 
 
+#: the LIMIT of a page with no limit
+_NO_LIMIT = 2**62
+
 #: values one IN list carries at most (a database bounds the parameters of one statement)
 _IN_SLICE = 500
 
@@ -1204,6 +1211,49 @@ def _check_page(limit: int | None, offset: int) -> None:
         raise InvalidRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
 
 
+@dataclass(frozen=True)
+class _Filtered:
+    """The statements of one shape of allocation filter (which of its conditions are set),
+    with the values bound at execution: built once per shape, as the hot paths' are."""
+
+    count: Any
+    page: Any
+
+
+#: filter shape -> its statements; at most 2**6 shapes
+_FILTERED: dict[tuple[bool, ...], _Filtered] = {}
+
+
+def _filtered(shape: tuple[bool, ...]) -> _Filtered:
+    found = _FILTERED.get(shape)
+    if found is not None:
+        return found
+    has_kernel, has_user, has_node, active, has_state, has_server = shape
+    cond: Any = allocations.c.id.is_not(None)
+    if has_kernel:
+        cond = cond & (allocations.c.kernel_id == bindparam("p_kernel"))
+    if has_user:
+        cond = cond & (allocations.c.user == bindparam("p_user"))
+    if has_node:
+        cond = cond & (allocations.c.node == bindparam("p_node"))
+    if active:
+        cond = cond & allocations.c.state.in_(sql.ACTIVE)
+    if has_state:
+        cond = cond & (allocations.c.state == bindparam("p_state"))
+    if has_server:
+        mine = select(kernels.c.kernel_id).where(kernels.c.server_id == bindparam("p_server"))
+        cond = cond & allocations.c.kernel_id.in_(mine)
+    found = _FILTERED[shape] = _Filtered(
+        count=select(func.count()).select_from(allocations).where(cond),
+        page=select(allocations)
+        .where(cond)
+        .order_by(allocations.c.id)
+        .limit(bindparam("p_limit"))
+        .offset(bindparam("p_offset")),
+    )
+    return found
+
+
 def _allocation_filter(
     kernel_id: str | None,
     user: str | None,
@@ -1211,22 +1261,23 @@ def _allocation_filter(
     active: bool,
     state: AllocationState | None,
     server_id: str | None,
-) -> Any:
-    cond: Any = allocations.c.id.is_not(None)
-    if kernel_id is not None:
-        cond = cond & (allocations.c.kernel_id == kernel_id)
-    if user is not None:
-        cond = cond & (allocations.c.user == user)
-    if node is not None:
-        cond = cond & (allocations.c.node == node)
-    if active:
-        cond = cond & allocations.c.state.in_(sql.ACTIVE)
-    if state is not None:
-        cond = cond & (allocations.c.state == state.value)
-    if server_id is not None:
-        mine = select(kernels.c.kernel_id).where(kernels.c.server_id == server_id)
-        cond = cond & allocations.c.kernel_id.in_(mine)
-    return cond
+) -> tuple[_Filtered, dict[str, Any]]:
+    shape = (
+        kernel_id is not None,
+        user is not None,
+        node is not None,
+        active,
+        state is not None,
+        server_id is not None,
+    )
+    values = {
+        "p_kernel": kernel_id,
+        "p_user": user,
+        "p_node": node,
+        "p_state": None if state is None else state.value,
+        "p_server": server_id,
+    }
+    return _filtered(shape), {k: v for k, v in values.items() if v is not None}
 
 
 def _gpu(r: Row[Any]) -> Gpu:
