@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from jupyter_dlinfra.core.books import ledger_cache
 from jupyter_dlinfra.core.models import Allocation
 from jupyter_dlinfra.core.scheduling import explain
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
-from jupyter_dlinfra.core.scheduling.types import Demand
+from jupyter_dlinfra.core.scheduling.types import Demand, Holding, Slot
 
 from .kit import A100, H100, Kit
 
@@ -146,3 +148,66 @@ def test_a_page_of_the_queue_is_worked_out_once_per_change(
     assert [a.id for a in ledger.queue(limit=50)] == after and len(walks) == 3
     kit.clock.advance(ledger_cache.VIEW_TTL)
     assert [a.id for a in ledger.queue(limit=50)] == after and len(walks) == 4
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_one_model_nodes_are_estimated_as_the_general_replay_does(seed: int) -> None:
+    """estimate_node's path for a node of one model gives what the per-model replay gives:
+    holdings of all sizes and classes (some being preempted), requests of other models (which
+    never start there), requests over quota (which get no estimate), a short horizon."""
+    rng = random.Random(seed)
+    policy = SchedulingPolicy.from_json({"user_quotas": {"u1": rng.choice([2, 4, 8])}})
+    s = Scheduler(policy, now=100.0)
+    model = rng.choice([A100, H100])
+    s.add_gpus([Slot(uuid=f"n1-{i}", node="n1", model=model, index=i) for i in range(8)])
+    s.add_gpus([Slot(uuid=f"n2-{i}", node="n2", model=H100, index=i) for i in range(2)])
+    free = [f"n1-{i}" for i in range(8)]
+    rng.shuffle(free)
+    for hid in range(1, rng.randrange(1, 6)):
+        take = [free.pop() for _ in range(min(len(free), rng.choice([1, 1, 2, 4])))]
+        if not take:
+            break
+        klass = rng.choice(["interactive", "batch", "low"])
+        s.hold(
+            Holding(
+                id=hid,
+                user=f"u{rng.randrange(4)}",
+                groups=(),
+                klass=klass,
+                kind="kernel",
+                gpus=tuple(take),
+                granted_at=rng.uniform(0, 100),
+            )
+        )
+        if rng.random() < 0.2:
+            s.holdings[hid] = replace(s.holdings[hid], preempted_for=999)
+    for rid in range(100, 100 + rng.randrange(1, 25)):
+        s.submit(
+            Demand(
+                id=rid,
+                user=f"u{rng.randrange(4)}",
+                groups=(),
+                count=rng.choice([1, 1, 2, 4, 8]),
+                model=rng.choice([None, None, None, "A100", "H100"]),
+                node="n1",
+                gang=False,
+                klass=rng.choice(["interactive", "batch", "low"]),
+                kind="kernel",
+                submitted_at=rng.uniform(0, 100),
+            )
+        )
+    durations = {"interactive": 3600.0, "batch": rng.uniform(10, 7200), "low": 600.0}
+
+    def args() -> dict[str, object]:
+        return {
+            "expected_end": lambda h: h.granted_at + durations[h.klass],
+            "duration": lambda d: durations[d.klass],
+            "assumed": lambda klass: klass == "low",
+            "horizon": rng.choice([14 * 86400.0, 5000.0]),
+            "queue": s.pinned("n1"),
+        }
+
+    chosen = args()
+    general = explain._estimate_models(s, "n1", **chosen)  # type: ignore[arg-type]
+    assert explain.estimate_node(s, "n1", **chosen) == general  # type: ignore[arg-type]
+    assert explain._estimate_one_model(s, "n1", **chosen) == general  # type: ignore[arg-type]
