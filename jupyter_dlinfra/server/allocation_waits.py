@@ -3,7 +3,8 @@
 Every write in this process, and each change another process makes, wakes whoever waits for a
 change, most of the time for nothing that concerns them. So the waiting polls do not each wake
 and read their request again: one watcher per server reads the ledger's version once per wake,
-and reads the waiting requests again only when it moved, all of them in a few calls on the pool.
+and reads the waiting requests again only when it moved, all of them in a few calls on the pool
+(each one read of up to READ_CHUNK requests).
 A wait that runs out with the version unmoved is answered with the request as it was read (the
 magic polls again within seconds, and that poll reads it anew). Then a wake costs one cheap read
 however many wait, a change one read of each waiting request, and the pool stays free for the
@@ -44,12 +45,11 @@ def read_versioned(ledger: Ledger, allocation_id: int) -> tuple[int, Allocation]
 
 
 def _read_many(ledger: Ledger, ids: Sequence[int]) -> dict[int, Allocation | NotFound]:
-    found: dict[int, Allocation | NotFound] = {}
+    """The requests of ``ids`` in one read; one that is gone ends its own wait alone."""
+    found: dict[int, Allocation | NotFound] = {a.id: a for a in ledger.allocations_by_id(ids)}
     for aid in ids:
-        try:
-            found[aid] = ledger.allocation(aid)
-        except NotFound as err:  # its wait alone ends; the others' go on
-            found[aid] = err
+        if aid not in found:
+            found[aid] = NotFound(f"no allocation {aid}", reason="no_allocation")
     return found
 
 

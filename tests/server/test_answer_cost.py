@@ -238,15 +238,21 @@ async def test_waiting_polls_read_again_only_when_the_ledger_moved(
     assert ledger.version() == version
     assert spy.calls["allocation"] == WAITERS
 
-    # a change: each waiting request is read again once (not once per wake), and the poll
-    # whose request it ended answers
-    reads = spy.calls["allocation"]
+    # a change: each waiting request is read again once (not once per wake), all of them in
+    # one read, and the poll whose request it ended answers
+    reads, together, rows = (
+        spy.calls["allocation"],
+        spy.calls["allocations_by_id"],
+        spy.allocation_rows,
+    )
     status, _ = await api("DELETE", f"allocations/{ids[-1]}")  # itself reads it once
     assert status == 204
     status, ended = await asyncio.wait_for(polls[-1], timeout=15)
     assert status == 200 and ended["state"] == "cancelled"
     await until(lambda: waits.asleep, "the pass after the change")
-    assert spy.calls["allocation"] - reads <= 1 + WAITERS
+    assert spy.calls["allocation"] - reads <= 1
+    assert spy.calls["allocations_by_id"] - together == 1
+    assert spy.allocation_rows - rows == WAITERS
 
     # the GPUs freed: the first four are granted and the others move up, so every poll answers
     await api("DELETE", f"allocations/{holder.id}")

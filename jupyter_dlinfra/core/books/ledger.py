@@ -783,6 +783,13 @@ class Ledger:
         with self.store.read() as conn:
             return self._with_waits(conn, [self._one(conn, allocation_id)])[0]
 
+    def allocations_by_id(self, ids: Collection[int]) -> list[Allocation]:
+        """The allocations of ``ids`` that exist, by id, the queued ones explained: read
+        together, in one read (the watcher of many waiting polls reads them at once)."""
+        with self.store.read() as conn:
+            rows = sorted(_rows_with(conn, allocations.c.id, ids), key=lambda r: int(r.id))
+            return self._with_waits(conn, self._with_gpus(conn, rows))
+
     def allocations(
         self,
         *,

@@ -409,8 +409,8 @@ def _estimate_one_model(
     queue: list[Demand] | None,
 ) -> dict[int, Estimate]:
     """:func:`estimate_node` for a node whose GPUs are all of one model (most nodes): the same
-    replay, with counts of GPUs where the general one keeps a count per model, which costs a
-    third of it. ``tests/core/test_wait_views.py`` holds the two to the same answers."""
+    replay, with a count of GPUs where the general one keeps a Counter per model, per holding
+    and per request. ``tests/core/test_wait_views.py`` holds the two to the same answers."""
     pool = s._node_pools[node][0]
     free = len(pool.free)
     ends: list[tuple[float, int, int, bool]] = []
