@@ -125,6 +125,8 @@ class StreamState:
         #: GPUs that left the inventory at the last whole read, with the node they were shown on
         self._departed: dict[str, str] = {}
         self._held_by: dict[int, tuple[str, ...]] = {}
+        #: how many of ``holders`` are present GPUs: the free count without a walk of them all
+        self._held_present = 0
         self._entries: dict[str, dict[str, Any]] = {}
         self._granted: dict[int, dict[str, Any]] = {}
         self._samples: Mapping[str, GpuSample] = {}
@@ -180,6 +182,7 @@ class StreamState:
 
     def _set_holders(self, holders: dict[str, Allocation]) -> None:
         self.holders = holders
+        self._held_present = sum(1 for uuid in holders if uuid in self._node_of)
         held: dict[int, list[str]] = {}
         for uuid, alloc in holders.items():
             held.setdefault(alloc.id, []).append(uuid)
@@ -206,7 +209,11 @@ class StreamState:
                 gpus_moved.add(uuid)
                 if self.holders.get(uuid) is not None and self.holders[uuid].id == aid:
                     del self.holders[uuid]
+                    if uuid in self._node_of:
+                        self._held_present -= 1
         for uuid, alloc in fresh.items():
+            if uuid not in self.holders and uuid in self._node_of:
+                self._held_present += 1
             self.holders[uuid] = alloc
             self._held_by[alloc.id] = (*self._held_by.get(alloc.id, ()), uuid)
         wanted = {a.kernel_id for a in fresh.values()}
@@ -278,12 +285,13 @@ class StreamState:
         self._granted = dict(sent.granted) if sent else {}
         self._order = sent.order if sent else ()
         self._node_of = dict(sent.node_of) if sent else {}
+        self._held_present = sum(1 for uuid in self.holders if uuid in self._node_of)
         self._departed = {}
 
     # -- reading ---------------------------------------------------------------------------------
 
     def free_count(self) -> int:
-        return sum(1 for g in self._order if g not in self.holders)
+        return len(self._order) - self._held_present
 
     def picture(self, cluster: Mapping[str, Any]) -> Picture:
         """The pieces as they are now (``cluster``: the cluster's fields but its nodes)."""
