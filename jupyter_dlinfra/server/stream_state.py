@@ -285,7 +285,6 @@ class StreamState:
         self._granted = dict(sent.granted) if sent else {}
         self._order = sent.order if sent else ()
         self._node_of = dict(sent.node_of) if sent else {}
-        self._held_present = sum(1 for uuid in self.holders if uuid in self._node_of)
         self._departed = {}
 
     # -- reading ---------------------------------------------------------------------------------

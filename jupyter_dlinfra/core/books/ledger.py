@@ -133,22 +133,25 @@ class Ledger:
 
     @contextmanager
     def _reading(self) -> Iterator[tuple[Connection, LedgerCache]]:
-        # the connection and the counter are had before the lock: a database round trip of
-        # one reader must not hold up the others (a write of this process that commits in
-        # between leaves a newer state, which the reader keeps, see _state)
-        with self.store.read() as conn:
-            version = read_counter(conn, LEDGER_VERSION)
-            with self._lock:
-                yield conn, self._state(conn, version=version)
+        with self.store.read() as conn, self._locked_state(conn) as cache:
+            yield conn, cache
+
+    @contextmanager
+    def _locked_state(self, conn: Connection) -> Iterator[LedgerCache]:
+        """The scheduling state as ``conn`` sees the ledger, under the lock. The counter is
+        read before the lock: a database round trip of one reader must not hold up the others
+        (a write of this process that commits in between leaves a newer state, which the
+        reader keeps, see _state)."""
+        version = read_counter(conn, LEDGER_VERSION)
+        with self._lock:
+            yield self._state(conn, version=version)
 
     def _with_waits(self, conn: Connection, found: list[Allocation]) -> list[Allocation]:
         """``found`` (read without the lock: rows need no scheduler, and readers must not wait
         for each other's rows) with the waits of the queued ones, under the lock."""
         if not any(a.state is AllocationState.QUEUED for a in found):
             return found
-        version = read_counter(conn, LEDGER_VERSION)
-        with self._lock:
-            cache = self._state(conn, version=version)
+        with self._locked_state(conn) as cache:
             # one time for the whole answer: fair-share keys are worked out once per user, not
             # again for every node the answer's requests wait on
             now = self.clock.now()
@@ -862,9 +865,7 @@ class Ledger:
         _check_page(limit, offset)
         key = (node, limit, offset)
         with self.store.read() as conn:
-            read = read_counter(conn, LEDGER_VERSION)
-            with self._lock:
-                cache = self._state(conn, version=read)
+            with self._locked_state(conn) as cache:
                 now = self.clock.now()
                 kept = cache.kept_page(key, now)
                 if kept is not None:

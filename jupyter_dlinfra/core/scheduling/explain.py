@@ -419,10 +419,9 @@ def _estimate_one_model(
         hid = s._holder_of.get(uuid)
         if hid is not None:
             here[hid] = here.get(hid, 0) + 1
-    for hid in here:
+    # a holding's GPUs on this node are this pool's (the node has no other)
+    for hid, count in here.items():
         h = s.holdings[hid]
-        # a holding's GPUs on this node: this pool's, and none elsewhere on it (one pool)
-        count = sum(1 for u in h.gpus if u in s._pool_of and s._pool_of[u].node == node)
         guessed = h.preempted_for is None and assumed(h.klass)
         heapq.heappush(ends, (max(expected_end(h), s.now), hid, count, guessed))
     starts: dict[int, Estimate] = {}
