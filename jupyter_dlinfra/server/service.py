@@ -26,7 +26,7 @@ from jupyter_dlinfra.server.events import Broadcaster
 from jupyter_dlinfra.server.job_service import JobService
 from jupyter_dlinfra.server.launches import KernelLaunches
 from jupyter_dlinfra.server.ledger_health import LedgerHealth, run_every
-from jupyter_dlinfra.server.liveness import process_alive
+from jupyter_dlinfra.server.liveness import OwnerGrace, process_alive
 from jupyter_dlinfra.server.reclaim import Reclaimer
 from jupyter_dlinfra.server.sampling import Sampler
 from jupyter_dlinfra.server.settings import ServiceSettings
@@ -67,6 +67,8 @@ class GpuService:
         self._local_kernel_exists = local_kernel_exists
         self.log = log
         self._seen_version = -1
+        #: how long another server's dead kernel is left to that server to report
+        self.owner_grace = OwnerGrace(settings.owner_report_grace, lambda: self.ledger.clock.now())
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self._jobs_lock = asyncio.Lock()
@@ -126,7 +128,9 @@ class GpuService:
             if self.cluster is None:
                 raise
             self.log.error("dlinfra: could not read the cluster's GPUs yet: %s", err)
-        self._reconcile()
+        # a server that starts has no earlier look: what it finds dead has most likely been dead
+        # since its server went away, which is why this server is started again
+        self._reconcile(wait_for_owners=False)
         self.sampler.sample()
         self._seen_version = self.ledger.version()
         self.events.prime()
@@ -228,15 +232,22 @@ class GpuService:
         """Forget this node's kernels whose processes are gone; their GPUs go to the queue."""
         return await self.mutate(self._reconcile)
 
-    def _reconcile(self) -> list[str]:
+    def _reconcile(self, *, wait_for_owners: bool = True) -> list[str]:
         # a gateway's pod kernels run on every node of the cluster
         node = None if self.cluster is not None else self.settings.node
-        dead = self.ledger.reconcile(node, self._kernel_alive, reason="kernel no longer exists")
+
+        def alive(record: KernelRecord) -> bool:
+            return self._kernel_alive(record, wait_for_owners=wait_for_owners)
+
+        try:
+            dead = self.ledger.reconcile(node, alive, reason="kernel no longer exists")
+        finally:
+            self.owner_grace.end_pass()
         for kernel_id in dead:
             self.log.info("dlinfra: released the GPUs of vanished kernel %s", kernel_id)
         return dead
 
-    def _kernel_alive(self, record: KernelRecord) -> bool:
+    def _kernel_alive(self, record: KernelRecord, *, wait_for_owners: bool = True) -> bool:
         if record.kernel_name == JOB_KERNEL_NAME:
             # a job's GPUs are held while the job lives, whichever server watches it
             return self.jobs.holder_alive(record) if self.jobs is not None else True
@@ -249,7 +260,11 @@ class GpuService:
             # manager lists it or its pid is known
             launched = record.launched_at or record.created_at
             return self.ledger.clock.now() - launched < self.settings.launch_grace
-        return process_alive(record)
+        if process_alive(record):
+            return True
+        if record.server_id == self.settings.server_id or not wait_for_owners:
+            return False
+        return not self.owner_grace.over(record.kernel_id)
 
     # -- the provisioner's port (kept in :mod:`.launches`) ------------------------------------
 

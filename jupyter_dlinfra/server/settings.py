@@ -19,6 +19,8 @@ class ServiceSettings:
     watch_interval: float = 0.2
     #: a kernel of another server with no pid yet counts as alive for this long (seconds)
     launch_grace: float = 300.0
+    #: another server's kernel found dead is left this long to that server to report (seconds)
+    owner_report_grace: float = 10.0
     hide_unallocated_gpus: bool = True
     #: changes closer together than this share one event-stream snapshot (seconds)
     events_debounce: float = 0.05

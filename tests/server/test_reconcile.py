@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.server.liveness import process_started_at
 
@@ -32,9 +33,13 @@ def known(app: Any) -> set[str]:
     return {k.kernel_id for k in app.service.ledger.kernels()}
 
 
-async def test_reconcile_keeps_the_living_and_releases_the_dead(dlinfra_app: Any) -> None:
+async def test_reconcile_keeps_the_living_and_releases_the_dead(
+    dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     service = dlinfra_app.service
-    now = service.ledger.clock.now()
+    clock = ManualClock(service.ledger.clock.now())
+    monkeypatch.setattr(service.ledger, "clock", clock)
+    now = clock.now()
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_started = process_started_at(finished.pid)
     finished.wait()
@@ -51,9 +56,14 @@ async def test_reconcile_keeps_the_living_and_releases_the_dead(dlinfra_app: Any
     # a live pid that belongs to another process than the one recorded (pid reuse)
     record(dlinfra_app, "recycled", server_id="other", pid=me, pid_started_at=1.0)
 
+    # another server's dead kernels are left to that server to report for a while
+    assert await service.reconcile() == ["stuck"]
+    clock.advance(service.settings.owner_report_grace - 1)
+    assert await service.reconcile() == []
+    clock.advance(1)
     dead = await service.reconcile()
 
-    assert set(dead) == {"stuck", "ended", "recycled"}
+    assert set(dead) == {"ended", "recycled"}
     assert known(dlinfra_app) == {"launching", "alive"}
     ended = service.ledger.allocations(kernel_id="ended", active=False)
     assert ended[0].end_reason == "kernel no longer exists"
@@ -102,3 +112,32 @@ async def test_a_kernel_between_its_restarts_processes_keeps_what_it_carries(
     assert await service.reconcile() == []
     held = service.ledger.allocations(kernel_id="restarting")
     assert [a.state.value for a in held] == ["granted"]
+
+
+async def test_another_servers_kernel_that_ends_is_left_to_that_server_to_report(
+    dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconcile between a kernel's exit and its own server's report must not take the end
+    for a vanished kernel: the user would read the wrong reason (found by a CI run)."""
+    service = dlinfra_app.service
+    clock = ManualClock(service.ledger.clock.now())
+    monkeypatch.setattr(service.ledger, "clock", clock)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = process_started_at(finished.pid)
+    finished.wait()
+    record(dlinfra_app, "shut", server_id="other", pid=finished.pid, pid_started_at=started)
+
+    assert await service.reconcile() == []
+    clock.advance(service.settings.owner_report_grace / 2)
+    assert await service.reconcile() == []
+    # its server reports the shutdown, as its kernel provisioner's cleanup does
+    service.ledger.forget_kernel("shut", reason="kernel shut down")
+    ended = service.ledger.allocations(kernel_id="shut", active=False)
+    assert [a.end_reason for a in ended] == ["kernel shut down"]
+
+    # a pass that no longer finds it forgets it: found dead again, it gets a fresh grace
+    assert await service.reconcile() == []
+    record(dlinfra_app, "shut", server_id="other", pid=finished.pid, pid_started_at=started)
+    assert await service.reconcile() == []
+    clock.advance(service.settings.owner_report_grace)
+    assert await service.reconcile() == ["shut"]
