@@ -25,7 +25,8 @@ def test_a_tiny_run_answers_every_route(
     postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--nodes", "4", "--waiting", "20", "--clients", "4", "--streams", "4"]
-    argv += ["--duration-s", "4", "--long-poll-s", "0.2", "--pg-url", postgres_url]
+    argv += ["--duration-s", "4", "--long-poll-s", "0.2", "--floor-s", "1"]
+    argv += ["--pg-url", postgres_url]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     rows = {}
@@ -45,6 +46,9 @@ def test_a_tiny_run_answers_every_route(
     assert float(fields["requests_per_s"]) > 0
     assert math.isfinite(float(fields["event_p99_ms"])) and float(fields["event_p99_ms"]) > 0
     assert "(0 changes no snapshot showed)" in out
+    baseline = re.search(r"baseline .*: ([\d,]+) requests/s, gateway CPU ([\d.]+) ms", out)
+    assert baseline is not None, out
+    assert float(baseline[1].replace(",", "")) > 0 and float(baseline[2]) > 0
 
 
 class _Answer(web.RequestHandler):
@@ -100,3 +104,15 @@ def test_the_probers_progress_is_read_from_snapshots() -> None:
     # seen: changes 1, 2 at seq 3 (3.5 s), 3, 4 at seq 5 (10 s); late: none, so until closed
     assert delays.values == sorted([3.5, 2.5, 8.0, 7.0, 20.0, 19.0, 18.0, 17.0])
     assert (delays.changes, delays.unseen_pairs, delays.unseen_changes) == (4, 4, 0)
+
+
+def test_pacing_offers_the_rate_and_catches_up_one_interval_at_most() -> None:
+    pace = bench.Pace(0.4, phase=0.1)
+    assert pace.delay(100.0) == pytest.approx(0.1)  # the first turn waits for its phase
+    assert pace.delay(100.1) == pytest.approx(0.4)  # then one every 0.4 s
+    assert pace.delay(100.5) == pytest.approx(0.4)
+    # answered late (a long poll): the next goes at once, and so does one more, no more
+    assert pace.delay(103.0) == 0.0
+    assert pace.delay(103.0) == 0.0
+    assert pace.delay(103.0) == pytest.approx(0.4)
+    assert bench.Pace(0.0, phase=0.0).delay(5.0) == 0.0  # --rate 0: back to back

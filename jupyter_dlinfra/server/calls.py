@@ -58,7 +58,10 @@ class LedgerCalls:
         self._tick = asyncio.Event()
         # the stream and the health tell each other: built here, as this object's own parts
         self.events = Broadcaster(
-            self, debounce=settings.events_debounce, keepalive=settings.events_keepalive
+            self,
+            debounce=settings.events_debounce,
+            fanout_rate=settings.events_fanout_rate,
+            keepalive=settings.events_keepalive,
         )
         #: whether the ledger's database answers, as the loops last found it
         self.health = LedgerHealth(log=log, clock=ledger.clock, on_change=self._announce_health)

@@ -11,9 +11,12 @@ broadcaster.
 What triggers a snapshot: :meth:`Broadcaster.poke`, called by the service on every ledger change
 it makes or sees (``LedgerCalls.notify``) and after every telemetry sample. Pokes are coalesced:
 the first one after a quiet spell is built at once, later ones at most once per ``debounce``
-seconds. A poke that changed nothing visible (same ledger version, same sample, no new ledger
-event) builds nothing. With no subscriber the producer rests; the next subscriber, or a metrics
-scrape, builds what it needs on demand.
+seconds, and, with many subscribers, at most ``fanout_rate`` frames a second are handed out in
+all: each delta costs a write per subscriber, so 500 subscribers get at most 4 deltas a second
+(with the default 2,000), and the streams cannot take the event loop from the requests when
+changes come fast. A poke that changed nothing visible (same ledger version, same sample, no
+new ledger event) builds nothing. With no subscriber the producer rests; the next subscriber, or
+a metrics scrape, builds what it needs on demand.
 
 What a snapshot holds is bounded by the cluster, not by the queue: the GPUs, the granted
 allocations (each holds at least one GPU), the first ``queue_page`` waiting requests in the order
@@ -316,14 +319,20 @@ class Broadcaster:
         source: StreamSource,
         *,
         debounce: float = 0.05,
+        fanout_rate: float = 2000.0,
         keepalive: float = 15.0,
         queue_size: int = 16,
         queue_page: int = QUEUE_PAGE,
     ) -> None:
+        """``fanout_rate``: frames a second handed to all subscribers together, at most
+        (0: no bound but ``debounce``)."""
         if queue_page < 0:
             raise ValueError(f"queue_page must be 0 or more, not {queue_page}")
+        if fanout_rate < 0:
+            raise ValueError(f"fanout_rate must be 0 or more, not {fanout_rate}")
         self._source = source
         self.debounce = debounce
+        self.fanout_rate = fanout_rate
         self.keepalive = keepalive
         self.queue_size = queue_size
         #: waiting requests each snapshot lists; the others are only counted
@@ -352,6 +361,13 @@ class Broadcaster:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+    def spacing(self) -> float:
+        """Seconds from one delta's build to the next, at least: ``debounce``, or longer when
+        the subscribers are so many that deltas that often would exceed ``fanout_rate``."""
+        if self.fanout_rate <= 0:
+            return self.debounce
+        return max(self.debounce, len(self._subs) / self.fanout_rate)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -519,7 +535,7 @@ class Broadcaster:
         backoff = Backoff(first=1.0, cap=30.0)
         while True:
             await self._wake.wait()
-            delay = self._last_build_at + self.debounce - loop.time()
+            delay = self._last_build_at + self.spacing() - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             # pokes that came during the delay are covered by this build

@@ -24,6 +24,8 @@ class ServiceSettings:
     hide_unallocated_gpus: bool = True
     #: changes closer together than this share one event-stream snapshot (seconds)
     events_debounce: float = 0.05
+    #: frames a second the event streams are handed in all, at most (0: no bound)
+    events_fanout_rate: float = 2000.0
     #: an idle event stream gets a keepalive comment this often (seconds)
     events_keepalive: float = 15.0
     #: how often batch jobs are started and polled (seconds); 0: never

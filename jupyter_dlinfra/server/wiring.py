@@ -171,6 +171,7 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
         watch_interval=options.watch_interval,
         hide_unallocated_gpus=options.hide_unallocated_gpus,
         events_debounce=options.events_debounce,
+        events_fanout_rate=options.events_fanout_rate,
         events_keepalive=options.events_keepalive,
         job_interval=options.job_interval,
     )

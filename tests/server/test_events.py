@@ -470,6 +470,36 @@ async def test_snapshot_work_does_not_grow_with_subscribers(
     assert service.sampling_calls == sampled, "subscribers never cause telemetry samples"
 
 
+async def test_many_subscribers_space_the_deltas_by_the_fanout_bound(
+    open_stream: Any, api: Any, dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each delta is a write per subscriber: with many subscribers and fast changes, deltas
+    come at most ``fanout_rate`` frames a second in all, each covering the changes before it."""
+    broadcaster = dlinfra_app.service.events
+    streams = [await open_stream() for _ in range(2)]
+    assert broadcaster.spacing() == broadcaster.debounce  # a few subscribers: the debounce
+    # two subscribers at 4 frames a second: a delta every half second at most
+    monkeypatch.setattr(broadcaster, "fanout_rate", 4.0)
+    assert broadcaster.spacing() == 0.5
+    register(dlinfra_app, "k1")
+    before = broadcaster.snapshots_built
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for _ in range(40):
+        _, alloc = await api("POST", "allocations", {"kernel_id": "k1", "count": 2})
+        await api("DELETE", f"allocations/{alloc['id']}")
+    _, alloc = await api("POST", "allocations", {"kernel_id": "k1", "count": 1})
+    took = loop.time() - began
+    for stream in streams:
+        await stream.next("snapshot", _granted("k1"))
+    # 81 changes: the first delta at once, then one per half second at most (without the
+    # bound, one per debounce: several times as many)
+    built = broadcaster.snapshots_built - before
+    assert built <= 2 + int(took / 0.5)
+    monkeypatch.setattr(broadcaster, "fanout_rate", 0.0)
+    assert broadcaster.spacing() == broadcaster.debounce
+
+
 async def test_a_telemetry_sample_is_one_snapshot_for_all(
     open_stream: Any, dlinfra_app: Any
 ) -> None:

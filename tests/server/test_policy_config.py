@@ -81,3 +81,11 @@ def test_a_list_written_as_a_literal_on_the_command_line_is_read_as_a_list() -> 
         app.admin_users = ["[1, 2]"]
     with pytest.raises(TraitError, match=r"write --DLInfra.admin_users=alice"):
         app.admin_users = ["[alice, bob]"]
+
+
+def test_the_event_stream_timings_refuse_negative_values() -> None:
+    app = _app(events_fanout_rate=0)
+    assert app.events_fanout_rate == 0  # 0: no bound
+    for name in ("events_debounce", "events_fanout_rate", "events_keepalive"):
+        with pytest.raises(TraitError, match=f"DLInfra.{name} must be positive"):
+            setattr(app, name, -1)

@@ -17,6 +17,14 @@ class EventStreamOptions(HasTraits):
         "the event stream (GET /dlinfra/api/events); the first change after a quiet spell goes "
         "out at once.",
     )
+    events_fanout_rate = Float(
+        2000.0,
+        config=True,
+        help="Frames a second that the event streams are handed in all, at most: each delta is "
+        "written to every subscriber, so with many subscribers deltas come further apart than "
+        "events_debounce (500 subscribers: at most 4 a second), and fast changes cannot take "
+        "the server from its requests. 0: no bound but events_debounce.",
+    )
     events_keepalive = Float(
         15.0,
         config=True,
@@ -24,7 +32,7 @@ class EventStreamOptions(HasTraits):
         "do not close it.",
     )
 
-    @validate("events_debounce", "events_keepalive")
+    @validate("events_debounce", "events_keepalive", "events_fanout_rate")
     def _check_events_timing(self, proposal: dict[str, Any]) -> float:
         value = float(proposal["value"])
         if value < 0 or (proposal["trait"].name == "events_keepalive" and value == 0):
