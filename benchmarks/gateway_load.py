@@ -1197,7 +1197,7 @@ def format_report(report: Report) -> str:
         )
     kept_up = rps >= TARGET_RPS if o.rate <= 0 else o.rate >= TARGET_RPS and rps >= KEPT_UP * o.rate
     lines.append(
-        f"answered {rps:,.1f} requests/s"
+        f"answered {rps:,.1f} requests/s (the prober's among them)"
         + (f" of the {o.rate:,.0f} offered ({100 * rps / o.rate:.0f} %)" if o.rate > 0 else "")
     )
     met = kept_up and p99 < TARGET_P99_MS and ep99 < TARGET_EVENT_P99_MS and report.errors == 0

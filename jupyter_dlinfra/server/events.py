@@ -11,12 +11,13 @@ broadcaster.
 What triggers a snapshot: :meth:`Broadcaster.poke`, called by the service on every ledger change
 it makes or sees (``LedgerCalls.notify``) and after every telemetry sample. Pokes are coalesced:
 the first one after a quiet spell is built at once, later ones at most once per ``debounce``
-seconds, and, with many subscribers, at most ``fanout_rate`` frames a second are handed out in
-all: each delta costs a write per subscriber, so 500 subscribers get at most 4 deltas a second
-(with the default 2,000), and the streams cannot take the event loop from the requests when
-changes come fast. A poke that changed nothing visible (same ledger version, same sample, no
-new ledger event) builds nothing. With no subscriber the producer rests; the next subscriber, or
-a metrics scrape, builds what it needs on demand.
+seconds; and the frames handed to all subscribers together stay within ``fanout_rate`` a
+second on average (a token bucket of a second's worth): each delta costs a write per subscriber,
+so when changes come fast 500 subscribers get 4 deltas a second (with the default 2,000), each
+covering the changes before it, and the streams cannot take the event loop from the requests.
+Below the bound nothing waits longer than the debounce. A poke that changed nothing visible
+(same ledger version, same sample, no new ledger event) builds nothing. With no subscriber the
+producer rests; the next subscriber, or a metrics scrape, builds what it needs on demand.
 
 What a snapshot holds is bounded by the cluster, not by the queue: the GPUs, the granted
 allocations (each holds at least one GPU), the first ``queue_page`` waiting requests in the order
@@ -56,6 +57,7 @@ from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEve
 from jupyter_dlinfra.core.outage import Backoff, database_unavailable
 from jupyter_dlinfra.server.notices import LEVELS, Notice, notice_from_event
 from jupyter_dlinfra.server.stream_state import Moved, Picture, StreamState
+from jupyter_dlinfra.server.token_bucket import TokenBucket
 from jupyter_dlinfra.server.views import allocation_json, cluster_fields, iso
 from jupyter_dlinfra.telemetry import GpuSample
 
@@ -332,7 +334,7 @@ class Broadcaster:
             raise ValueError(f"fanout_rate must be 0 or more, not {fanout_rate}")
         self._source = source
         self.debounce = debounce
-        self.fanout_rate = fanout_rate
+        self.fanout = TokenBucket(fanout_rate, now=float("-inf"))
         self.keepalive = keepalive
         self.queue_size = queue_size
         #: waiting requests each snapshot lists; the others are only counted
@@ -361,13 +363,6 @@ class Broadcaster:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
-
-    def spacing(self) -> float:
-        """Seconds from one delta's build to the next, at least: ``debounce``, or longer when
-        the subscribers are so many that deltas that often would exceed ``fanout_rate``."""
-        if self.fanout_rate <= 0:
-            return self.debounce
-        return max(self.debounce, len(self._subs) / self.fanout_rate)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -527,6 +522,7 @@ class Broadcaster:
             return self.latest
 
     def _fan_out(self, frame: bytes, *, seq: int | None = None) -> None:
+        self.fanout.spend(asyncio.get_running_loop().time(), len(self._subs))
         for sub in self._subs:
             sub.offer(frame, seq=seq)
 
@@ -535,7 +531,11 @@ class Broadcaster:
         backoff = Backoff(first=1.0, cap=30.0)
         while True:
             await self._wake.wait()
-            delay = self._last_build_at + self.spacing() - loop.time()
+            now = loop.time()
+            delay = max(
+                self._last_build_at + self.debounce - now,
+                self.fanout.delay(now, len(self._subs)),
+            )
             if delay > 0:
                 await asyncio.sleep(delay)
             # pokes that came during the delay are covered by this build

@@ -28,6 +28,7 @@ from tornado.httputil import HTTPHeaders
 from jupyter_dlinfra.core.models import KernelRecord, LedgerEvent
 from jupyter_dlinfra.server.events import KEEPALIVE, QUEUE_PAGE, Subscription
 from jupyter_dlinfra.server.notices import notice_from_event
+from jupyter_dlinfra.server.token_bucket import TokenBucket
 from jupyter_dlinfra.testing.event_stream import apply_delta
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
@@ -473,17 +474,15 @@ async def test_snapshot_work_does_not_grow_with_subscribers(
 async def test_many_subscribers_space_the_deltas_by_the_fanout_bound(
     open_stream: Any, api: Any, dlinfra_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each delta is a write per subscriber: with many subscribers and fast changes, deltas
-    come at most ``fanout_rate`` frames a second in all, each covering the changes before it."""
+    """Each delta is a write per subscriber: with fast changes, the frames handed out in all
+    stay within ``fanout_rate`` a second, each delta covering the changes before it."""
     broadcaster = dlinfra_app.service.events
     streams = [await open_stream() for _ in range(2)]
-    assert broadcaster.spacing() == broadcaster.debounce  # a few subscribers: the debounce
-    # two subscribers at 4 frames a second: a delta every half second at most
-    monkeypatch.setattr(broadcaster, "fanout_rate", 4.0)
-    assert broadcaster.spacing() == 0.5
+    loop = asyncio.get_running_loop()
+    # two subscribers at 2 frames a second: one delta a second
+    monkeypatch.setattr(broadcaster, "fanout", TokenBucket(2.0, now=loop.time()))
     register(dlinfra_app, "k1")
     before = broadcaster.snapshots_built
-    loop = asyncio.get_running_loop()
     began = loop.time()
     for _ in range(40):
         _, alloc = await api("POST", "allocations", {"kernel_id": "k1", "count": 2})
@@ -492,12 +491,9 @@ async def test_many_subscribers_space_the_deltas_by_the_fanout_bound(
     took = loop.time() - began
     for stream in streams:
         await stream.next("snapshot", _granted("k1"))
-    # 81 changes: the first delta at once, then one per half second at most (without the
-    # bound, one per debounce: several times as many)
-    built = broadcaster.snapshots_built - before
-    assert built <= 2 + int(took / 0.5)
-    monkeypatch.setattr(broadcaster, "fanout_rate", 0.0)
-    assert broadcaster.spacing() == broadcaster.debounce
+    # 81 changes: the delta the bucket held, then one a second (without the bound, one per
+    # debounce: several times as many)
+    assert broadcaster.snapshots_built - before <= 2 + int(took)
 
 
 async def test_a_telemetry_sample_is_one_snapshot_for_all(

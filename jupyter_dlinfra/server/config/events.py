@@ -20,10 +20,11 @@ class EventStreamOptions(HasTraits):
     events_fanout_rate = Float(
         2000.0,
         config=True,
-        help="Frames a second that the event streams are handed in all, at most: each delta is "
-        "written to every subscriber, so with many subscribers deltas come further apart than "
-        "events_debounce (500 subscribers: at most 4 a second), and fast changes cannot take "
-        "the server from its requests. 0: no bound but events_debounce.",
+        help="Frames a second that the event streams are handed in all, on average (bursts of "
+        "a second's worth): each delta is written to every subscriber, so when changes come "
+        "fast, deltas come further apart than events_debounce (500 subscribers: 4 a second, "
+        "each covering the changes before it), and the streams cannot take the server from its "
+        "requests. 0: no bound but events_debounce.",
     )
     events_keepalive = Float(
         15.0,
