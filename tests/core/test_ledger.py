@@ -196,6 +196,49 @@ def test_release_is_idempotent(kit: Kit) -> None:
     assert kit.ledger.holders() == {}
 
 
+def test_a_release_its_check_refuses_writes_nothing(kit: Kit) -> None:
+    kit.node("node-a")
+    kit.kernel("k1")
+    kit.kernel("k2")
+    held = kit.ledger.request(kernel_id="k1", count=4)
+    waiting = kit.ledger.request(kernel_id="k2", count=1)
+    version, events = kit.ledger.version(), len(kit.ledger.events())
+    seen = []
+
+    class Refused(Exception):
+        pass
+
+    def refuse(alloc: object) -> None:
+        seen.append(alloc)
+        raise Refused
+
+    with pytest.raises(Refused):
+        kit.ledger.release(held.id, reason="not yours", check=refuse)
+    assert seen == [held]  # the allocation as the release read it
+    assert kit.ledger.version() == version and len(kit.ledger.events()) == events
+    assert kit.ledger.allocation(held.id).state is GRANTED
+    assert kit.ledger.allocation(waiting.id).state is QUEUED
+    # the state in memory was kept as it was: the next release grants the waiting request
+    kit.ledger.release(held.id, reason="done", check=seen.append)
+    assert kit.ledger.allocation(waiting.id).state is GRANTED
+
+
+def test_a_kernel_that_held_and_released_asks_again_as_new(kit: Kit) -> None:
+    """The ledger knows in memory which kernels hold or wait: one that released everything is
+    served a new request, one that holds is told so (its allocation, or a conflict)."""
+    kit.node("node-a")
+    kit.kernel("k1")
+    first = kit.ledger.request(kernel_id="k1", count=1)
+    assert kit.ledger.request(kernel_id="k1", count=1).id == first.id
+    with pytest.raises(Conflict):
+        kit.ledger.request(kernel_id="k1", count=2)
+    kit.ledger.release(first.id, reason="done")
+    again = kit.ledger.request(kernel_id="k1", count=2)
+    assert again.id != first.id and again.state is GRANTED
+    with pytest.raises(Conflict):
+        kit.ledger.request(kernel_id="k1", count=1)
+
+
 def test_cancel_a_queued_request(kit: Kit) -> None:
     kit.node("node-a")
     for kid in ("k1", "k2", "k3"):

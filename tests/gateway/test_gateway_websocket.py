@@ -91,6 +91,8 @@ async def running_gateway() -> AsyncIterator[Gateway]:
     app = web.Application([(r"/api/kernels/([^/]+)/channels", _Channels, {"gateway": g})])
     server = httpserver.HTTPServer(app)
     server.add_sockets(sockets)
+    # a singleton: one made by an earlier test (another URL, or none) would be handed back
+    GatewayClient.clear_instance()
     client = GatewayClient.instance(url=g.url, gateway_retry_max=0, connect_timeout=20.0)
     assert client.ws_url
     try:
@@ -98,6 +100,7 @@ async def running_gateway() -> AsyncIterator[Gateway]:
     finally:
         g.gate.set()
         server.stop()
+        GatewayClient.clear_instance()
         await server.close_all_connections()
         GatewayClient.clear_instance()
 

@@ -526,9 +526,14 @@ class Ledger:
             else:
                 priority_class = policy.job_class if kind == "job" else policy.kernel_class
             kernel = self._kernel(conn, kernel_id)
-            current = self._with_gpus(
-                conn, conn.execute(sql.ACTIVE_OF_KERNEL, {"p_kernel": kernel_id}).all()
+            # the state in memory is current (the write lock is held): most kernels that ask
+            # hold nothing, and need no look at the tables
+            rows = (
+                conn.execute(sql.ACTIVE_OF_KERNEL, {"p_kernel": kernel_id}).all()
+                if kernel_id in cache.active_kernels
+                else []
             )
+            current = self._with_gpus(conn, rows)
             if current:
                 held = current[0]
                 if (
@@ -588,7 +593,7 @@ class Ledger:
                 placement=CLUSTER if placed else "ledger",
             )
             cache.changed()
-            cache.kernel_of[new_id] = kernel_id
+            cache.add_active(new_id, kernel_id)
             cache.waiting[new_id] = Waiting(
                 kernel_id=kernel_id,
                 created_at=now,
@@ -765,10 +770,21 @@ class Ledger:
             )
             return self._one(conn, alloc.id)
 
-    def release(self, allocation_id: int, *, reason: str) -> Allocation:
-        """End an allocation: a queued one is cancelled, a granted one released. Idempotent."""
+    def release(
+        self,
+        allocation_id: int,
+        *,
+        reason: str,
+        check: Callable[[Allocation], None] | None = None,
+    ) -> Allocation:
+        """End an allocation: a queued one is cancelled, a granted one released. Idempotent.
+
+        ``check`` sees the allocation as the release found it, before anything is written, and
+        raises to refuse (the caller may not release it): one read, in the same transaction."""
         with self._writing() as (tx, cache):
             alloc = self._one(tx.conn, allocation_id)
+            if check is not None:
+                check(alloc)
             if not alloc.state.active:
                 return alloc
             ended = self._end(tx, cache, alloc, reason)
@@ -971,7 +987,7 @@ class Ledger:
         elif alloc.id in sched.demands:
             sched.withdraw(alloc.id)
         cache.waiting.pop(alloc.id, None)
-        cache.kernel_of.pop(alloc.id, None)
+        cache.drop_active(alloc.id)
         state = (
             AllocationState.RELEASED
             if alloc.state is AllocationState.GRANTED

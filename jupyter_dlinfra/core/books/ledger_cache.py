@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import statistics
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
@@ -107,12 +107,16 @@ class LedgerCache:
     policy: SchedulingPolicy
     sched: Scheduler
     durations: Durations
-    #: every active allocation (queued or granted) -> its kernel
+    #: every active allocation (queued or granted) -> its kernel (changed through
+    #: :meth:`add_active` and :meth:`drop_active`, which keep ``active_kernels`` in step)
     kernel_of: dict[int, str]
     #: queued allocations: the ledger's (also in ``sched.demands``) and the cluster's
     waiting: dict[int, Waiting]
     #: each user's stored fair-share usage (its dlinfra_fairshare row): (GPU-seconds, at)
     recorded: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: kernel -> how many active allocations it has (a kernel not here has none: a request
+    #: need not look for one in the tables)
+    active_kernels: Counter[str] = field(default_factory=Counter)
     #: the waiting requests may include some that lost their GPUs: check them at the next pass
     check_all: bool = True
     #: changed since the write that uses it began (then a failed write cannot keep it)
@@ -122,6 +126,24 @@ class LedgerCache:
     _placed_order: list[int] | None = None
     #: pages of the queue answered lately: (version, when, the page, how many wait)
     _pages: dict[PageKey, tuple[int, float, list[Allocation], int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.active_kernels:
+            self.active_kernels = Counter(self.kernel_of.values())
+
+    def add_active(self, allocation_id: int, kernel_id: str) -> None:
+        self.kernel_of[allocation_id] = kernel_id
+        self.active_kernels[kernel_id] += 1
+
+    def drop_active(self, allocation_id: int) -> None:
+        kernel_id = self.kernel_of.pop(allocation_id, None)
+        if kernel_id is None:
+            return
+        left = self.active_kernels[kernel_id] - 1
+        if left > 0:
+            self.active_kernels[kernel_id] = left
+        else:
+            del self.active_kernels[kernel_id]
 
     def changed(self) -> None:
         """The state is about to change (nodes' explanations are dropped as it is read again,

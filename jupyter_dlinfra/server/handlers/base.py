@@ -19,6 +19,7 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from jupyter_dlinfra.core.errors import LedgerError
+from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.server.errors import ApiError, from_database_error, from_ledger_error
 from jupyter_dlinfra.server.identity import Directory
 from jupyter_dlinfra.server.parsing import MAX_BODY_BYTES, parse_json_object
@@ -35,6 +36,8 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
     auth_resource = "dlinfra"
     #: the kernel id a kernel token acts for; None when a person calls
     kernel_scope: str | None = None
+    #: the ledger's record of that kernel, as its token was checked
+    kernel_record: KernelRecord | None = None
 
     @property
     def service(self) -> GpuService:
@@ -94,6 +97,7 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
         user = User(username=record.user, name=record.user, display_name=record.user)
         self.current_user = self._jupyter_current_user = user
         self.kernel_scope = record.kernel_id
+        self.kernel_record = record
 
     def check_xsrf_cookie(self) -> None:
         # a kernel token travels in a header a browser cannot forge cross-site

@@ -177,7 +177,10 @@ class AllocationsHandler(_Base):
         assert count is not None
         model = json_field_name(body, "model", what="a GPU model, such as 'A100'")
         klass = json_field_name(body, "priority_class", what="a class name, such as 'batch'")
-        record = await self.service.call(self.service.ledger.kernel, kernel_id)
+        record = self.kernel_record
+        if record is None or record.kernel_id != kernel_id:
+            # a person asking for a kernel (a kernel's token was checked with its record)
+            record = await self.service.call(self.service.ledger.kernel, kernel_id)
         self.own_kernel(kernel_id, record.user)
         pods = self.settings.get("dlinfra_pod_kernels")
         if pods is not None and pods.manages(kernel_id):
@@ -230,17 +233,23 @@ class AllocationHandler(_Base):
     async def delete(self, allocation_id: str) -> None:
         aid = path_id(allocation_id, "allocation")
         ledger = self.service.ledger
-        alloc = await self.service.call(ledger.allocation, aid)
-        self.own_kernel(alloc.kernel_id, alloc.user)
-        if alloc.kernel_id.startswith("job-"):
-            raise ApiError(
-                409,
-                f"allocation {aid} holds the GPUs of {alloc.kernel_id.replace('-', ' ')}: "
-                "cancel the job to free them (DELETE /dlinfra/api/jobs/ID)",
-                code="job_allocation",
-            )
+
+        def may_release(alloc: Allocation) -> None:
+            self.own_kernel(alloc.kernel_id, alloc.user)
+            if alloc.kernel_id.startswith("job-"):
+                raise ApiError(
+                    409,
+                    f"allocation {aid} holds the GPUs of {alloc.kernel_id.replace('-', ' ')}: "
+                    "cancel the job to free them (DELETE /dlinfra/api/jobs/ID)",
+                    code="job_allocation",
+                )
+
         who = "its kernel" if self.kernel_scope else "the user"
-        await self.service.mutate(ledger.release, aid, reason=f"released by {who}")
+        # checked on the row the release reads, in its transaction: one trip, and no change
+        # between the check and the release
+        await self.service.mutate(
+            ledger.release, aid, reason=f"released by {who}", check=may_release
+        )
         self.set_status(204)
         self.finish()
 
