@@ -334,9 +334,11 @@ class Pace:
 class Caller:
     """Requests on one keep-alive connection, each recorded under its route."""
 
-    def __init__(self, port: int, recorder: Recorder) -> None:
+    def __init__(self, port: int, recorder: Recorder, pace: Pace | None = None) -> None:
+        """``pace``: when each request but a long poll may go (None: at once)."""
         self.conn = HttpConnection(port)
         self.recorder = recorder
+        self.pace = pace
 
     async def call(
         self,
@@ -350,6 +352,8 @@ class Caller:
         wait: float = 0.0,
     ) -> tuple[int, bytes]:
         """The status and body; status 0 when no answer came (a connection error, a timeout)."""
+        if self.pace is not None and not wait:
+            await self.pace.turn()
         t0 = time.perf_counter()
         try:
             status, answer = await asyncio.wait_for(
@@ -372,7 +376,7 @@ class Caller:
 
 
 class Client(Caller):
-    """One person's ``%gpu`` cycles and sidebar views, back to back on one connection."""
+    """One person's ``%gpu`` cycles and sidebar views on one connection, paced."""
 
     def __init__(
         self,
@@ -386,28 +390,13 @@ class Client(Caller):
         every_s: float = 0.0,
     ) -> None:
         """``every_s``: seconds between the client's requests (0: back to back)."""
-        super().__init__(port, recorder)
+        super().__init__(port, recorder, Pace(every_s, rng.uniform(0, every_s)))
         self.plan = plan
         self.rng = rng
         self.long_poll_s = long_poll_s
         self.queue_path = queue_path
-        self.pace = Pace(every_s, rng.uniform(0, every_s))
         self.cycles = 0
         self.ended_at = 0.0
-
-    async def paced(
-        self,
-        route: str,
-        method: str,
-        path: str,
-        authorization: str,
-        body: bytes | None = None,
-        *,
-        expect: int = 200,
-    ) -> tuple[int, bytes]:
-        """:meth:`call`, at the client's next turn."""
-        await self.pace.turn()
-        return await self.call(route, method, path, authorization, body, expect=expect)
 
     async def run(self, stop_at: float) -> None:
         plan = self.plan
@@ -422,7 +411,7 @@ class Client(Caller):
             body = json.dumps(
                 {"kernel_id": kernel_id_of(plan.index, slot), "count": count, "model": None}
             ).encode()
-            status, answer = await self.paced(REQUEST, "POST", base, auth, body=body, expect=201)
+            status, answer = await self.call(REQUEST, "POST", base, auth, body, expect=201)
             asked = int(json.loads(answer)["id"]) if status == 201 else None
             if asked is not None:
                 # half the clients long-poll on odd cycles, half on even ones
@@ -435,12 +424,12 @@ class Client(Caller):
                         wait=self.long_poll_s,
                     )
                 else:
-                    await self.paced(STATUS, "GET", f"{base}/{asked}", auth)
-            await self.paced(QUEUE, "GET", self.queue_path, plan.person)
-            await self.paced(MINE, "GET", mine, plan.person)
+                    await self.call(STATUS, "GET", f"{base}/{asked}", auth)
+            await self.call(QUEUE, "GET", self.queue_path, plan.person)
+            await self.call(MINE, "GET", mine, plan.person)
             if held is not None:
                 previous, previous_slot = held
-                await self.paced(
+                await self.call(
                     RELEASE,
                     "DELETE",
                     f"{base}/{previous}",
