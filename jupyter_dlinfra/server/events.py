@@ -326,12 +326,10 @@ class Broadcaster:
         queue_size: int = 16,
         queue_page: int = QUEUE_PAGE,
     ) -> None:
-        """``fanout_rate``: frames a second handed to all subscribers together, at most
-        (0: no bound but ``debounce``)."""
+        """``fanout_rate``: frames a second handed to all subscribers together, on average
+        (0: no bound but ``debounce``; the bucket refuses a negative rate)."""
         if queue_page < 0:
             raise ValueError(f"queue_page must be 0 or more, not {queue_page}")
-        if fanout_rate < 0:
-            raise ValueError(f"fanout_rate must be 0 or more, not {fanout_rate}")
         self._source = source
         self.debounce = debounce
         self.fanout = TokenBucket(fanout_rate, now=float("-inf"))

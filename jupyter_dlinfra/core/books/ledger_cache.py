@@ -115,8 +115,8 @@ class LedgerCache:
     #: each user's stored fair-share usage (its dlinfra_fairshare row): (GPU-seconds, at)
     recorded: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: kernel -> how many active allocations it has (a kernel not here has none: a request
-    #: need not look for one in the tables)
-    active_kernels: Counter[str] = field(default_factory=Counter)
+    #: need not look for one in the tables); derived from ``kernel_of``
+    active_kernels: Counter[str] = field(init=False)
     #: the waiting requests may include some that lost their GPUs: check them at the next pass
     check_all: bool = True
     #: changed since the write that uses it began (then a failed write cannot keep it)
@@ -128,8 +128,7 @@ class LedgerCache:
     _pages: dict[PageKey, tuple[int, float, list[Allocation], int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.active_kernels:
-            self.active_kernels = Counter(self.kernel_of.values())
+        self.active_kernels = Counter(self.kernel_of.values())
 
     def add_active(self, allocation_id: int, kernel_id: str) -> None:
         self.kernel_of[allocation_id] = kernel_id

@@ -34,10 +34,14 @@ F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
 class DLInfraHandler(APIHandler):  # type: ignore[misc]
     auth_resource = "dlinfra"
-    #: the kernel id a kernel token acts for; None when a person calls
-    kernel_scope: str | None = None
-    #: the ledger's record of that kernel, as its token was checked
+    #: the ledger's record of the kernel a kernel token acts for, as the token was checked;
+    #: None when a person calls
     kernel_record: KernelRecord | None = None
+
+    @property
+    def kernel_scope(self) -> str | None:
+        """The kernel id a kernel token acts for; None when a person calls."""
+        return self.kernel_record.kernel_id if self.kernel_record is not None else None
 
     @property
     def service(self) -> GpuService:
@@ -96,7 +100,6 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
             )
         user = User(username=record.user, name=record.user, display_name=record.user)
         self.current_user = self._jupyter_current_user = user
-        self.kernel_scope = record.kernel_id
         self.kernel_record = record
 
     def check_xsrf_cookie(self) -> None:
