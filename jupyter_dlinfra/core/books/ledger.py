@@ -18,13 +18,14 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 
 from jupyter_dlinfra.core.books import ledger_sql as sql
 from jupyter_dlinfra.core.books.events import event_row, write_event, write_events
+from jupyter_dlinfra.core.books.group_commit import Combiner, Outcome
 from jupyter_dlinfra.core.books.ledger_cache import QUOTA_WAIT, Durations, LedgerCache, Waiting
 from jupyter_dlinfra.core.books.ledger_state import (
     GroupsOf,
@@ -81,6 +82,24 @@ def _same_model(a: str | None, b: str | None) -> bool:
     return (a or "").lower() == (b or "").lower()
 
 
+#: what a pass granted: the grant of each request, and when
+_Grants = dict[int, tuple[Grant, float]]
+#: a change's answer, once the pass it waits for has run (inside its transaction)
+_Finish = Callable[[_Grants], Allocation]
+
+
+@dataclass(eq=False)
+class _Change:
+    """A request or a release, in two steps, so that several can share a transaction and a
+    pass (``group_commit.py``): ``check`` reads, and refuses (a :class:`LedgerError`) or
+    answers at once, before anything is written; ``apply`` writes, and returns how to answer
+    once the pass has run, and whether the change needs one."""
+
+    check: Callable[[Transaction, LedgerCache], Allocation | None]
+    apply: Callable[[Transaction, LedgerCache], tuple[_Finish, bool]]
+    outcome: Outcome[Allocation] = field(default_factory=Outcome)
+
+
 class Ledger:
     def __init__(
         self,
@@ -108,6 +127,8 @@ class Ledger:
         # in this process (taken before the store's write lock, never after)
         self._cache: LedgerCache | None = None
         self._lock = threading.RLock()
+        # requests and releases that arrive together share a transaction and a pass
+        self._combiner: Combiner[_Change] = Combiner(self._lock, self._run_changes)
 
     @contextmanager
     def _writing(self) -> Iterator[tuple[Transaction, LedgerCache]]:
@@ -130,6 +151,74 @@ class Ledger:
                     tx.ledger_changed = True  # the store counts it with the commit
                     cache.version += 1
             self._cache = cache
+
+    def _change(
+        self,
+        check: Callable[[Transaction, LedgerCache], Allocation | None],
+        apply: Callable[[Transaction, LedgerCache], tuple[_Finish, bool]],
+    ) -> Allocation:
+        change = _Change(check, apply)
+        self._combiner.submit(change)
+        return change.outcome.value()
+
+    def _run_changes(self, batch: list[_Change]) -> None:
+        """Answer every change of ``batch``: together in one transaction and one pass, or, when
+        one of them fails after it wrote (that transaction is undone), each alone, so that the
+        others do not fail with it."""
+        if len(batch) > 1:
+            try:
+                answers = self._together(batch)
+            except Exception as err:
+                _log.warning(
+                    "%d changes of the ledger that came together failed (%s: %s); each is "
+                    "made alone",
+                    len(batch),
+                    type(err).__name__,
+                    err,
+                )
+            else:
+                for change, answer in answers:
+                    if isinstance(answer, LedgerError):
+                        change.outcome.fail(answer)
+                    else:
+                        change.outcome.answer(answer)
+                return
+        for change in batch:
+            try:
+                change.outcome.answer(self._alone(change))
+            except Exception as err:
+                change.outcome.fail(err)
+
+    def _alone(self, change: _Change) -> Allocation:
+        with self._writing() as (tx, cache):
+            early = change.check(tx, cache)
+            if early is not None:
+                return early
+            finish, schedules = change.apply(tx, cache)
+            return finish(self._schedule(tx, cache) if schedules else {})
+
+    def _together(self, batch: list[_Change]) -> list[tuple[_Change, Allocation | LedgerError]]:
+        """The changes of ``batch`` in order, then one pass for them all, in one transaction.
+        A refusal is that change's answer (it wrote nothing); any other error undoes them all."""
+        answers: list[tuple[_Change, Allocation | LedgerError]] = []
+        with self._writing() as (tx, cache):
+            finishing: list[tuple[_Change, _Finish]] = []
+            schedules = False
+            for change in batch:
+                try:
+                    early = change.check(tx, cache)
+                except LedgerError as refused:
+                    answers.append((change, refused))
+                    continue
+                if early is not None:
+                    answers.append((change, early))
+                    continue
+                finish, needs_pass = change.apply(tx, cache)
+                schedules = schedules or needs_pass
+                finishing.append((change, finish))
+            grants = self._schedule(tx, cache) if schedules else {}
+            answers.extend((change, finish(grants)) for change, finish in finishing)
+        return answers
 
     @contextmanager
     def _reading(self) -> Iterator[tuple[Connection, LedgerCache]]:
@@ -513,18 +602,22 @@ class Ledger:
             model = model.strip()
         if kind not in ("kernel", "job"):
             raise InvalidRequest(f"kind must be 'kernel' or 'job', not {kind!r}")
-        with self._writing() as (tx, cache):
+        placed = cluster_reason is not None
+        asked: dict[str, Any] = {}
+
+        def check(tx: Transaction, cache: LedgerCache) -> Allocation | None:
             conn = tx.conn
             # the policy the pass schedules under, read in the same transaction
             policy = cache.policy
-            if priority_class is not None:
-                if not isinstance(priority_class, str) or priority_class not in policy.class_map:
+            klass = priority_class
+            if klass is not None:
+                if not isinstance(klass, str) or klass not in policy.class_map:
                     raise InvalidRequest(
-                        f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
+                        f"unknown priority class {klass!r}; classes: {policy.class_names}",
                         reason="unknown_class",
                     )
             else:
-                priority_class = policy.job_class if kind == "job" else policy.kernel_class
+                klass = policy.job_class if kind == "job" else policy.kernel_class
             kernel = self._kernel(conn, kernel_id)
             # the state in memory is current (the write lock is held): most kernels that ask
             # hold nothing, and need no look at the tables
@@ -539,7 +632,7 @@ class Ledger:
                 if (
                     held.count == count
                     and _same_model(held.model, model)
-                    and class_of(held, policy) == priority_class
+                    and class_of(held, policy) == klass
                 ):
                     return self._waited(held, cache)
                 verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
@@ -548,9 +641,15 @@ class Ledger:
                     f"{held.id}); release them first with `%gpu release`",
                     reason="already_allocated",
                 )
-            placed = cluster_reason is not None
             if not placed:
                 self._check_satisfiable(cache, kernel.node, count, model)
+            asked["kernel"], asked["class"] = kernel, klass
+            return None
+
+        def apply(tx: Transaction, cache: LedgerCache) -> tuple[_Finish, bool]:
+            conn = tx.conn
+            kernel: KernelRecord = asked["kernel"]
+            klass: str = asked["class"]
             now = self.clock.now()
             groups = groups_json(self.groups_of(kernel.user))
             inserted = conn.execute(
@@ -563,7 +662,7 @@ class Ledger:
                     "model": model,
                     "state": AllocationState.QUEUED.value,
                     "created_at": now,
-                    "priority_class": priority_class,
+                    "priority_class": klass,
                     "kind": kind,
                     "groups": groups,
                     "borrowed": False,
@@ -577,7 +676,7 @@ class Ledger:
                 "requested",
                 allocation_id=new_id,
                 kernel_id=kernel_id,
-                detail={"count": count, "model": model, "priority_class": priority_class},
+                detail={"count": count, "model": model, "priority_class": klass},
             )
             alloc = Allocation(
                 id=new_id,
@@ -588,7 +687,7 @@ class Ledger:
                 model=model,
                 state=AllocationState.QUEUED,
                 created_at=now,
-                priority_class=priority_class,
+                priority_class=klass,
                 kind=kind,
                 placement=CLUSTER if placed else "ledger",
             )
@@ -601,24 +700,31 @@ class Ledger:
                 placed_reason=cluster_reason,
                 placed=placed,
             )
-            if placed:
-                return self._waited(alloc, cache)
-            cache.sched.submit(
-                demand_of(alloc, policy, groups_of_row(groups, kernel.user, self.groups_of))
-            )
-            granted = self._schedule(tx, cache).get(new_id)
-            if granted is not None:
-                grant, at = granted
-                return replace(
-                    alloc,
-                    state=AllocationState.GRANTED,
-                    gpus=grant.gpus,
-                    granted_at=at,
-                    borrowed=grant.borrowed,
+            if not placed:
+                cache.sched.submit(
+                    demand_of(
+                        alloc, cache.policy, groups_of_row(groups, kernel.user, self.groups_of)
+                    )
                 )
-            if new_id in cache.waiting:
-                return self._waited(alloc, cache)
-            return self._one(conn, new_id)
+
+            def finish(grants: _Grants) -> Allocation:
+                granted = grants.get(new_id)
+                if granted is not None:
+                    grant, at = granted
+                    return replace(
+                        alloc,
+                        state=AllocationState.GRANTED,
+                        gpus=grant.gpus,
+                        granted_at=at,
+                        borrowed=grant.borrowed,
+                    )
+                if new_id in cache.waiting:
+                    return self._waited(alloc, cache)
+                return self._one(conn, new_id)
+
+            return finish, not placed
+
+        return self._change(check, apply)
 
     # -- requests the cluster places (Kubernetes) ----------------------------------------------
 
@@ -781,15 +887,22 @@ class Ledger:
 
         ``check`` sees the allocation as the release found it, before anything is written, and
         raises to refuse (the caller may not release it): one read, in the same transaction."""
-        with self._writing() as (tx, cache):
+        found: list[Allocation] = []
+
+        def look(tx: Transaction, cache: LedgerCache) -> Allocation | None:
             alloc = self._one(tx.conn, allocation_id)
             if check is not None:
                 check(alloc)
             if not alloc.state.active:
                 return alloc
-            ended = self._end(tx, cache, alloc, reason)
-            self._schedule(tx, cache)
-            return ended
+            found.append(alloc)
+            return None
+
+        def apply(tx: Transaction, cache: LedgerCache) -> tuple[_Finish, bool]:
+            ended = self._end(tx, cache, found[-1], reason)
+            return (lambda grants: ended), True
+
+        return self._change(look, apply)
 
     def release_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         with self._writing() as (tx, cache):

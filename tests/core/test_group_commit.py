@@ -1,0 +1,252 @@
+"""Requests and releases that arrive together share one write transaction and one pass.
+
+The batches are made deterministic by holding the ledger's lock while the callers' threads
+leave their changes (each then waits for the lock), and letting go once all of them wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from jupyter_dlinfra.core.books.group_commit import Combiner, Outcome
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.errors import Conflict, NotFound
+from jupyter_dlinfra.core.models import Allocation, AllocationState
+from jupyter_dlinfra.core.store import holdings
+
+from .kit import Kit
+
+DEADLINE_S = 30.0
+
+
+def _wait_for(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def together(ledger: Ledger, calls: list[Callable[[], Allocation]]) -> list[Allocation | Exception]:
+    """Run ``calls`` from one thread each, all left waiting before the first is made."""
+    answers: list[Allocation | Exception | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            answers[i] = calls[i]()
+        except Exception as err:
+            answers[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    with ledger._lock:
+        for t in threads:
+            t.start()
+        _wait_for(lambda: ledger._combiner.pending == len(calls), "every change to wait")
+    for t in threads:
+        t.join(DEADLINE_S)
+        assert not t.is_alive()
+    assert all(a is not None for a in answers)
+    return answers  # type: ignore[return-value]
+
+
+@contextmanager
+def commits(kit: Kit) -> Iterator[list[int]]:
+    """Counts the store's commits (one per write transaction)."""
+    count = [0]
+
+    def seen(conn: Any) -> None:
+        count[0] += 1
+
+    event.listen(kit.store.engine, "commit", seen)
+    try:
+        yield count
+    finally:
+        event.remove(kit.store.engine, "commit", seen)
+
+
+def _state_as_stored(kit: Kit) -> tuple[list[tuple[int, str, int | None]], dict[str, int]]:
+    """The queue as a fresh ledger on the same database reads it, and who holds each GPU."""
+    fresh = Ledger(kit.store, kit.clock)
+    queue = [(a.id, a.kernel_id, a.position) for a in fresh.queue()]
+    with kit.store.read() as conn:
+        held = {r.gpu_uuid: r.allocation_id for r in conn.execute(select(holdings))}
+    return queue, held
+
+
+def test_requests_that_come_together_share_one_transaction_and_one_pass(kit: Kit) -> None:
+    kit.node("node-a")  # four GPUs
+    for i in range(6):
+        kit.kernel(f"k{i}", user=f"u{i}")
+    with commits(kit) as count:
+        answers = together(
+            kit.ledger,
+            [
+                (lambda i=i: kit.ledger.request(kernel_id=f"k{i}", count=1))  # type: ignore[misc]
+                for i in range(6)
+            ],
+        )
+    assert count[0] == 1
+    allocs = [a for a in answers if isinstance(a, Allocation)]
+    assert len(allocs) == 6
+    granted = [a for a in allocs if a.state is AllocationState.GRANTED]
+    queued = [a for a in allocs if a.state is AllocationState.QUEUED]
+    assert len(granted) == 4 and len(queued) == 2
+    assert len({g for a in granted for g in a.gpus}) == 4
+    # the ones that wait are told where they stand, as after a request of their own
+    assert sorted(a.position for a in queued) == [1, 2]  # type: ignore[type-var]
+    assert all(a.waiting_reason for a in queued)
+    queue, held = _state_as_stored(kit)
+    # ... and what they were told is what a fresh load of the database says
+    assert {(aid, pos) for aid, _, pos in queue} == {(a.id, a.position) for a in queued}
+    assert sorted(held.values()) == sorted(a.id for a in granted for _ in a.gpus)
+
+
+def test_a_refused_change_fails_alone_and_the_others_are_made(kit: Kit) -> None:
+    kit.node("node-a")
+    for i in range(3):
+        kit.kernel(f"k{i}", user=f"u{i}")
+    first = kit.ledger.request(kernel_id="k0", count=2)
+    with commits(kit) as count:
+        answers = together(
+            kit.ledger,
+            [
+                lambda: kit.ledger.request(kernel_id="k1", count=1),
+                lambda: kit.ledger.request(kernel_id="nobody", count=1),
+                lambda: kit.ledger.request(kernel_id="k0", count=3),  # k0 holds 2 already
+                lambda: kit.ledger.release(first.id, reason="done"),
+                lambda: kit.ledger.request(kernel_id="k2", count=2),
+            ],
+        )
+    assert count[0] == 1
+    one, unknown, again, released, two = answers
+    assert isinstance(unknown, NotFound)
+    assert isinstance(again, Conflict) and again.reason == "already_allocated"
+    assert isinstance(released, Allocation) and released.state is AllocationState.RELEASED
+    assert isinstance(one, Allocation) and one.state is AllocationState.GRANTED
+    assert isinstance(two, Allocation) and two.state is AllocationState.GRANTED
+    _, held = _state_as_stored(kit)
+    assert sorted(held.values()) == sorted([one.id, two.id, two.id])
+
+
+def test_a_change_that_fails_after_writing_undoes_the_batch_and_each_is_made_alone(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    kit.node("node-a")
+
+    def groups_of(user: str) -> tuple[str, ...]:
+        if user == "mallory":
+            raise RuntimeError("the directory does not answer for mallory")
+        return ()
+
+    kit.ledger.groups_of = groups_of
+    kit.kernel("k0", user="alice")
+    kit.kernel("k1", user="mallory")
+    kit.kernel("k2", user="bob")
+    with commits(kit) as count:
+        answers = together(
+            kit.ledger,
+            [
+                lambda: kit.ledger.request(kernel_id="k0", count=1),
+                lambda: kit.ledger.request(kernel_id="k1", count=1),
+                lambda: kit.ledger.request(kernel_id="k2", count=1),
+            ],
+        )
+    alice, mallory, bob = answers
+    assert isinstance(mallory, RuntimeError)
+    assert isinstance(alice, Allocation) and alice.state is AllocationState.GRANTED
+    assert isinstance(bob, Allocation) and bob.state is AllocationState.GRANTED
+    assert count[0] == 2  # alice's and bob's, each alone; the batch's was undone
+    assert "3 changes of the ledger that came together failed" in caplog.text
+    # nothing of the undone batch is left, in the database or in the ledger's memory
+    queue, held = _state_as_stored(kit)
+    assert queue == []
+    assert sorted(held.values()) == [alice.id, bob.id]
+    assert [a.id for a in kit.ledger.allocations()] == [alice.id, bob.id]
+    assert kit.ledger.request(kernel_id="k0", count=1).id == alice.id  # held, as it was
+
+
+def test_many_threads_at_once_leave_the_ledger_as_a_fresh_load_reads_it(kit: Kit) -> None:
+    kit.node("node-a", (8, "NVIDIA A100-SXM4-80GB"))
+    threads, rounds = 6, 12
+    for t in range(threads):
+        for r in range(rounds):
+            kit.kernel(f"t{t}-{r}", user=f"u{t}")
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for r in range(rounds):
+                alloc = kit.ledger.request(kernel_id=f"t{t}-{r}", count=1 + (t + r) % 3)
+                if r % 2:
+                    kit.ledger.release(alloc.id, reason="done")
+        except BaseException as err:
+            errors.append(err)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(DEADLINE_S)
+    assert errors == []
+    mine = kit.ledger.allocations()
+    queue, held = _state_as_stored(kit)
+    assert [(a.id, a.kernel_id, a.position) for a in kit.ledger.queue()] == queue
+    granted = {a.id: a for a in mine if a.state is AllocationState.GRANTED}
+    assert sorted(held.values()) == sorted(aid for aid, a in granted.items() for _ in a.gpus)
+    assert sum(a.count for a in granted.values()) <= 8
+
+
+class _Job:
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.outcome: Outcome[int] = Outcome()
+
+
+def test_the_combiner_hands_every_waiting_change_to_the_holder_of_the_lock() -> None:
+    lock = threading.RLock()
+    batches: list[list[int]] = []
+
+    def run(batch: list[_Job]) -> None:
+        batches.append([job.value for job in batch])
+        for job in batch:
+            if job.value == 3:
+                job.outcome.fail(ValueError("three is refused"))
+            elif job.value != 4:  # four is forgotten: its caller must not wait for ever
+                job.outcome.answer(job.value * 10)
+
+    combiner: Combiner[_Job] = Combiner(lock, run, most=3)
+    answers: dict[int, object] = {}
+
+    def call(value: int) -> None:
+        job = _Job(value)
+        combiner.submit(job)
+        try:
+            answers[value] = job.outcome.value()
+        except Exception as err:
+            answers[value] = err
+
+    threads = [threading.Thread(target=call, args=(v,)) for v in range(1, 6)]
+    with lock:
+        for started, t in enumerate(threads, start=1):
+            t.start()
+            # one at a time, so that the order they wait in is known
+            _wait_for(lambda n=started: combiner.pending == n, "the change to wait")  # type: ignore[misc]
+    for t in threads:
+        t.join(DEADLINE_S)
+    assert batches == [[1, 2, 3], [4, 5]]  # at most three at a time, in the order they came
+    assert answers[1] == 10 and answers[2] == 20 and answers[5] == 50
+    assert isinstance(answers[3], ValueError)
+    assert isinstance(answers[4], RuntimeError)
+    assert "not carried out" in str(answers[4])
+
+
+def test_a_batch_holds_at_least_one_change() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Combiner(threading.RLock(), lambda batch: None, most=0)
