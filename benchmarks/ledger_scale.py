@@ -89,6 +89,7 @@ import math
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -103,7 +104,7 @@ from sqlalchemy.engine import make_url
 from jupyter_dlinfra.core.books.events import latest_event_seq
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.clock import ManualClock, SystemClock
-from jupyter_dlinfra.core.models import AllocationState, Gpu, KernelRecord
+from jupyter_dlinfra.core.models import AllocationState, Gpu, KernelRecord, LedgerEvent
 from jupyter_dlinfra.core.scheduling.fairshare import bounded_usage, decayed
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
@@ -117,6 +118,7 @@ from jupyter_dlinfra.core.store import (
     holdings,
     kernels,
 )
+from jupyter_dlinfra.server.calls import LEDGER_THREADS
 from jupyter_dlinfra.server.handlers.gpus import ALLOCATIONS_LIMIT, QUEUE_LIMIT
 
 # scheduler_scale.py beside this file (its workload and harness), and tests/postgres_server.py
@@ -146,6 +148,8 @@ HOLD_S = {
 BUDGET_S = 60.0
 SAMPLES = 50
 CORE_EVENTS = 1_000
+#: request + release pairs of each window made by several callers at once (and by one)
+TOGETHER_PAIRS = 300
 #: passes of the seeding's settle before it gives up (each preempts for at most 8 requests)
 SETTLE_PASSES = 100_000
 SERVER_ID = "ledger-scale"
@@ -688,6 +692,8 @@ class Tracker:
         self.waiting = {
             a.id for a in seed.allocations.values() if a.state == AllocationState.QUEUED.value
         }
+        #: grants picked for a release not yet seen in the log, and their GPUs
+        self.claimed: dict[int, int] = {}
 
     def _take(self, allocation_id: int, gpus: list[str]) -> None:
         node = self.node_of[gpus[0]]
@@ -696,28 +702,43 @@ class Tracker:
 
     def follow(self, ledger: Ledger) -> int:
         """Read the events since the last call; return how many grants they hold."""
-        grants = 0
+        return self.apply(self.unread(ledger))
+
+    def unread(self, ledger: Ledger) -> list[LedgerEvent]:
+        """The events since the last one applied (only reads: no lock of the harness needed)."""
+        found: list[LedgerEvent] = []
+        since = self.since
         while True:
-            page = ledger.events(since=self.since, limit=1000)
-            for e in page:
-                self.since = e.seq
-                if e.allocation_id is None:
-                    continue
-                gpus = list(e.detail.get("gpus") or ())
-                if e.kind == "requested":
-                    self.waiting.add(e.allocation_id)
-                elif e.kind == AllocationState.CANCELLED.value:
-                    self.waiting.discard(e.allocation_id)
-                elif e.kind == "granted" and gpus:
-                    self.waiting.discard(e.allocation_id)
-                    self._take(e.allocation_id, gpus)
-                    grants += 1
-                elif e.kind == AllocationState.RELEASED.value and gpus:
-                    node = self.node_of[gpus[0]]
-                    if self.granted[node].pop(e.allocation_id, None) is not None:
-                        self.free[node] += len(gpus)
+            page = ledger.events(since=since, limit=1000)
+            found.extend(page)
             if len(page) < 1000:
-                return grants
+                return found
+            since = page[-1].seq
+
+    def apply(self, page: Sequence[LedgerEvent]) -> int:
+        """Follow ``page`` (events after the last one applied); return the grants it holds."""
+        grants = 0
+        for e in page:
+            if e.seq <= self.since:
+                continue
+            self.since = e.seq
+            if e.allocation_id is None:
+                continue
+            gpus = list(e.detail.get("gpus") or ())
+            if e.kind == "requested":
+                self.waiting.add(e.allocation_id)
+            elif e.kind == AllocationState.CANCELLED.value:
+                self.waiting.discard(e.allocation_id)
+            elif e.kind == "granted" and gpus:
+                self.waiting.discard(e.allocation_id)
+                self._take(e.allocation_id, gpus)
+                grants += 1
+            elif e.kind == AllocationState.RELEASED.value and gpus:
+                node = self.node_of[gpus[0]]
+                claimed = self.claimed.pop(e.allocation_id, None)
+                if self.granted[node].pop(e.allocation_id, None) is not None or claimed:
+                    self.free[node] += len(gpus)
+        return grants
 
     def full_node(self, rng: random.Random) -> str:
         """A node with no free GPU (a request there queues), else the fullest one."""
@@ -726,17 +747,24 @@ class Tracker:
             return rng.choice(full)
         return min(self.free, key=lambda n: (self.free[n], n))
 
-    def grant_on(self, node: str, count: int, rng: random.Random) -> int | None:
+    def grant_on(
+        self, node: str, count: int, rng: random.Random, *, claim: bool = False
+    ) -> int | None:
         """A grant on ``node`` that frees room for ``count`` GPUs: one of that size if any, else
-        the smallest larger one, else the largest; on another node if ``node`` has none."""
+        the smallest larger one, else the largest; on another node if ``node`` has none.
+        ``claim``: no later call picks it (callers at once each release their own)."""
         here = self.granted[node] or next((g for g in self.granted.values() if g), {})
         if not here:
             return None
         exact = [aid for aid, n in here.items() if n == count]
         if exact:
-            return rng.choice(exact)
-        larger = [(n, aid) for aid, n in here.items() if n > count]
-        return min(larger)[1] if larger else max((n, aid) for aid, n in here.items())[1]
+            chosen = rng.choice(exact)
+        else:
+            larger = [(n, aid) for aid, n in here.items() if n > count]
+            chosen = min(larger)[1] if larger else max((n, aid) for aid, n in here.items())[1]
+        if claim:
+            self.claimed[chosen] = here.pop(chosen)
+        return chosen
 
 
 @dataclass
@@ -758,12 +786,18 @@ class Measured:
     #: requests the harness cancelled to keep the queue's length; the length at the end
     cancelled: int = 0
     final_queue: int = 0
+    #: callers at once -> (changes, wall s) of the window they made together
+    together: dict[int, tuple[int, float]] = field(default_factory=dict)
     window_changes: int = 0
     window_s: float = 0.0
 
     @property
     def changes_per_s(self) -> float:
         return self.window_changes / self.window_s if self.window_s else 0.0
+
+    def together_per_s(self, callers: int) -> float:
+        changes, wall = self.together.get(callers, (0, 0.0))
+        return changes / wall if wall else 0.0
 
     @property
     def cost_s(self) -> float:
@@ -865,8 +899,80 @@ class Harness:
         return kernel_id
 
 
+def together(harness: Harness, callers: int, pairs: int) -> tuple[int, float]:
+    """``pairs`` request + release pairs made by ``callers`` threads at once, as a server's
+    executor threads call the ledger for the people it serves; returns (changes, wall s).
+
+    Each pair asks on a full node for a kernel registered there beforehand (setup, untimed),
+    then releases a grant of that node that makes room (claimed under the harness's lock, so no
+    two callers release the same one). The wall time covers everything the callers do,
+    their bookkeeping too (claims, and following the event log every 50 pairs to learn the
+    pass's grants), so that one caller through the same code is the baseline."""
+    ledger, tracker, draw, rng = harness.ledger, harness.tracker, harness.draw, harness.rng
+    plan = []
+    for _ in range(pairs):
+        node = tracker.full_node(rng)
+        klass, kind = draw.klass()
+        kernel_id = harness._kernel(draw.user(), node, kind)
+        count = draw.count()
+        model = short_model(harness.model_of[node]) if rng.random() < 0.125 else None
+        plan.append((kernel_id, node, count, model, klass, kind))
+    lock = threading.Lock()
+    following = threading.Lock()
+    made = [0] * callers
+    errors: list[BaseException] = []
+    start = threading.Barrier(callers + 1)
+
+    def work(me: int) -> None:
+        start.wait()
+        try:
+            for i in range(me, len(plan), callers):
+                kernel_id, node, count, model, klass, kind = plan[i]
+                ledger.request(
+                    kernel_id=kernel_id, count=count, model=model, priority_class=klass, kind=kind
+                )
+                made[me] += 1
+                with lock:
+                    victim = tracker.grant_on(node, count, rng, claim=True)
+                if victim is not None:
+                    ledger.release(victim, reason="released by the user")
+                    made[me] += 1
+                # one caller at a time reads the log, outside the harness's lock (a read may
+                # wait for a batch of the ledger, and the others' claims must not wait for it)
+                if i % 50 == 0 and following.acquire(blocking=False):
+                    try:
+                        page = tracker.unread(ledger)
+                        with lock:
+                            tracker.apply(page)
+                    finally:
+                        following.release()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(me,)) for me in range(callers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    tracker.follow(ledger)
+    return sum(made), wall
+
+
 def measure(
-    ledger: Ledger, seed: Seed, result: Measured, *, budget_s: float, samples: int, rng_seed: int
+    ledger: Ledger,
+    seed: Seed,
+    result: Measured,
+    *,
+    budget_s: float,
+    samples: int,
+    rng_seed: int,
+    callers: int = 1,
+    together_pairs: int = 0,
 ) -> None:
     harness = Harness(ledger, seed, random.Random(rng_seed), result)
     start = time.perf_counter()
@@ -883,10 +989,22 @@ def measure(
         result.window_s += harness.pair()
         result.window_changes += 1 + len(result.release) - before
         pairs += 1
+    if together_pairs:
+        for n in sorted({1, callers}):
+            result.together[n] = together(harness, n, together_pairs)
+        result.final_queue = len(harness.tracker.waiting)
 
 
 def run_config(
-    backend: str, url: str, config: Config, *, budget_s: float, samples: int, seed: int
+    backend: str,
+    url: str,
+    config: Config,
+    *,
+    budget_s: float,
+    samples: int,
+    seed: int,
+    callers: int = LEDGER_THREADS,
+    together_pairs: int = 0,
 ) -> Measured:
     result = Measured(backend, config)
     t0 = time.perf_counter()
@@ -903,7 +1021,16 @@ def run_config(
     try:
         ledger = Ledger(store, SystemClock(), policy=state.policy, groups_of=groups_of)
         t0 = time.perf_counter()
-        measure(ledger, state, result, budget_s=budget_s, samples=samples, rng_seed=seed + 1)
+        measure(
+            ledger,
+            state,
+            result,
+            budget_s=budget_s,
+            samples=samples,
+            rng_seed=seed + 1,
+            callers=callers,
+            together_pairs=together_pairs,
+        )
         took = time.perf_counter() - t0
     finally:
         store.dispose()
@@ -1012,9 +1139,35 @@ def growth(results: Sequence[Measured]) -> tuple[Measured, Measured, float]:
     return first, last, (last.cost_s / first.cost_s if first.cost_s else math.inf)
 
 
-def result_line(last: Measured, grown: float, core: core_bench.Run) -> str:
+def format_together(results: Sequence[Measured], callers: int) -> str:
+    """Changes/s of the windows made by one caller and by ``callers`` at once."""
+    lines = [
+        f"changes/s with callers at once (requests and releases of {callers} threads, as a "
+        "server's ledger threads make them; their bookkeeping counted; one caller through the "
+        "same code is the baseline):"
+    ]
+    for r in results:
+        if not r.together:
+            continue
+        one, many = r.together_per_s(1), r.together_per_s(callers)
+        ratio = f"x{many / one:.2f}" if one else "-"
+        lines.append(
+            f"  {r.backend} {r.config.label}: 1 caller {one:,.0f}/s, {callers} callers "
+            f"{many:,.0f}/s ({ratio}); queue at the end {r.final_queue:,}"
+        )
+    return "\n".join(lines)
+
+
+def result_line(last: Measured, grown: float, core: core_bench.Run, callers: int = 1) -> str:
+    one, many = last.together_per_s(1), last.together_per_s(callers)
+    together = (
+        f" changes_per_s_together={many:.2f} callers={callers} "
+        f"together_ratio={many / one if one else 0.0:.2f}"
+        if last.together
+        else ""
+    )
     return (
-        f"RESULT changes_per_s={last.changes_per_s:.2f} "
+        f"RESULT changes_per_s={last.changes_per_s:.2f}{together} "
         f"request_p99_ms={p(last.request, 99) * 1000:.3f} "
         f"release_p99_ms={p(last.release, 99) * 1000:.3f} "
         f"queue_p99_ms={p(last.queue, 99) * 1000:.3f} "
@@ -1050,11 +1203,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=None, help="a PostgreSQL server (role with CREATEDB)")
     parser.add_argument("--core-events", type=int, default=CORE_EVENTS)
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument(
+        "--callers",
+        type=int,
+        default=LEDGER_THREADS,
+        help="threads calling at once in the last window (default: a server's ledger threads)",
+    )
+    parser.add_argument(
+        "--together-pairs",
+        type=int,
+        default=TOGETHER_PAIRS,
+        help="pairs of the windows with one caller and with --callers (0: no such window)",
+    )
     args = parser.parse_args(argv)
     try:
         configs = parse_sizes(args.sizes) if args.sizes else FULL_GRID
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
+    if args.callers < 1 or args.together_pairs < 0:
+        parser.error("--callers must be at least 1 and --together-pairs at least 0")
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
     print(
         f"{len(configs)} configurations x {GPUS_PER_NODE} GPUs per node on {', '.join(backends)}; "
@@ -1074,6 +1241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 budget_s=args.budget_s,
                                 samples=args.samples,
                                 seed=args.seed,
+                                callers=args.callers,
+                                together_pairs=args.together_pairs,
                             )
                         )
                 continue
@@ -1090,6 +1259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             budget_s=args.budget_s,
                             samples=args.samples,
                             seed=args.seed,
+                            callers=args.callers,
+                            together_pairs=args.together_pairs,
                         )
                     )
     if not results:
@@ -1102,6 +1273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(results))
     print()
+    if args.together_pairs:
+        print(format_together(results, args.callers))
+        print()
     reported = next(b for b in ("sqlite", "postgres") if any(r.backend == b for r in results))
     for backend in ("sqlite", "postgres"):
         mine = [r for r in results if r.backend == backend]
@@ -1129,7 +1303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(TARGETS)
     print(f"RESULT below: {reported} at {largest.label}")
     _first, _last, grown = growth([r for r in results if r.backend == reported])
-    print(result_line(top, grown, core))
+    print(result_line(top, grown, core, args.callers))
     return 0
 
 

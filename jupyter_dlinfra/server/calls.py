@@ -34,6 +34,11 @@ T = TypeVar("T")
 IdleViewFn = Callable[[Mapping[str, KernelRecord]], dict[str, Any]]
 
 
+#: threads that call the ledger for requests; changes they bring at once share a transaction
+#: and a pass (core/books/group_commit.py)
+LEDGER_THREADS = 4
+
+
 class LedgerCalls:
     def __init__(
         self,
@@ -49,7 +54,9 @@ class LedgerCalls:
         self.log = log
         self._sampler = sampler
         self._idle_view = idle_view
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dlinfra")
+        self._executor = ThreadPoolExecutor(
+            max_workers=LEDGER_THREADS, thread_name_prefix="dlinfra"
+        )
         # the event stream's builds wait behind no request: a change reaches the open
         # dashboards while hundreds of calls queue in the pool
         self._stream_executor = ThreadPoolExecutor(

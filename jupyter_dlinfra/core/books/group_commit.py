@@ -4,9 +4,9 @@ A change of the ledger costs a write transaction (the store's write lock, a vers
 commit) and a scheduling pass over the head of the queue, and only the writing of its own rows
 grows with the change itself. When a server's threads bring changes at the same moment, each
 waited for the ledger's lock and then paid all of it again. Here a caller leaves its change in a
-queue and takes the lock; whoever gets it runs every change waiting there (at most ``most``) as
-one batch, and the others find theirs done when the lock comes to them. A caller alone makes a
-batch of one, so a ledger used by one thread behaves as before, change by change.
+queue; one caller at a time takes the ledger's lock and runs every change waiting there (at most
+``most``) as one batch, and the callers whose change was in it leave when it is over. A caller
+alone makes a batch of one, so a ledger used by one thread behaves as before, change by change.
 
 The batch itself (what runs in one transaction, and what happens when one change of it fails)
 is the book's: :class:`Combiner` only hands over, and guarantees that every change it took is
@@ -59,8 +59,12 @@ C = TypeVar("C", bound=_Change)
 
 
 class Combiner(Generic[C]):
-    """Hands the changes waiting for ``lock`` to whichever caller holds it, ``most`` at a time;
-    ``run`` answers each change of the batch it is given (see :class:`Outcome`)."""
+    """Hands the changes waiting for ``lock`` to one caller at a time, ``most`` at a time;
+    ``run`` answers each change of the batch it is given (see :class:`Outcome`).
+
+    Callers whose change another ran wait on a condition, not on ``lock``: they leave as soon
+    as the batch is over, instead of each taking the lock in turn only to find their change
+    done (which, with the interpreter's lock besides, left batches of one)."""
 
     def __init__(
         self, lock: threading.RLock, run: Callable[[list[C]], None], *, most: int = 64
@@ -70,8 +74,10 @@ class Combiner(Generic[C]):
         self._lock = lock
         self._run = run
         self.most = most
-        # deque's append and popleft are atomic: no lock of its own is needed
         self._pending: deque[C] = deque()
+        self._turn = threading.Condition(threading.Lock())
+        #: a caller is running a batch
+        self._leading = False
 
     @property
     def pending(self) -> int:
@@ -80,17 +86,29 @@ class Combiner(Generic[C]):
 
     def submit(self, change: C) -> None:
         """Run ``change``, alone or with others, and return once it is answered."""
-        self._pending.append(change)
-        while not change.outcome.done:
-            with self._lock:
+        with self._turn:
+            self._pending.append(change)
+        while True:
+            with self._turn:
+                while self._leading and not change.outcome.done:
+                    self._turn.wait()
                 if change.outcome.done:
-                    break
-                batch: list[C] = []
-                while self._pending and len(batch) < self.most:
-                    batch.append(self._pending.popleft())
-                try:
-                    self._run(batch)
-                finally:
-                    for taken in batch:
-                        if not taken.outcome.done:
-                            taken.outcome.fail(RuntimeError("the change was not carried out"))
+                    return
+                self._leading = True
+            try:
+                with self._lock:
+                    with self._turn:
+                        batch = [
+                            self._pending.popleft()
+                            for _ in range(min(self.most, len(self._pending)))
+                        ]
+                    try:
+                        self._run(batch)
+                    finally:
+                        for taken in batch:
+                            if not taken.outcome.done:
+                                taken.outcome.fail(RuntimeError("the change was not carried out"))
+            finally:
+                with self._turn:
+                    self._leading = False
+                    self._turn.notify_all()
