@@ -53,9 +53,14 @@ and the queue has grown, it is cancelled (a release of a queued request, untimed
 ``undone``). Then **sustained changes/s**: request + release pairs back to back for the last
 third of the budget (at least one pair), changes (2 per pair) over the time spent in those calls;
 the harness's bookkeeping between calls (following the event log to know which GPUs are free,
-registering kernels, the cancellations) is not counted. Times are wall clock (``perf_counter``),
-p50/p99 nearest rank; at the largest sizes a round takes tens of seconds, so p99 there is the
-maximum of a few samples.
+registering kernels, the cancellations) is not counted. Last, **callers at once**
+(``--together-pairs`` pairs, 300 by default; 0 skips it): the same pairs made by ``--callers``
+threads (default ``LEDGER_THREADS``, the threads a server calls the ledger from) and by one
+thread through the same code, each over the wall time of everything the callers do (their
+bookkeeping too: kernels are registered before, untimed); changes that arrive together share a
+transaction and a pass (``core/books/group_commit.py``), and the ratio says what that gives.
+Times are wall clock (``perf_counter``), p50/p99 nearest rank; at the largest sizes a round
+takes tens of seconds, so p99 there is the maximum of a few samples.
 
 **cost** of a configuration: the mean of the request p50 and the release p50. **growth**: the cost
 at the largest configuration run over the cost at the smallest (16 nodes, 0 waiting in the full
@@ -70,13 +75,15 @@ the role needs CREATEDB), else one is started as the test suite does (``tests/po
 a throw-away server with fsync off, so its figures are computation, not disk); without PostgreSQL
 binaries the PostgreSQL runs are skipped with a printed line.
 
-Usage: ``.venv/bin/python benchmarks/ledger_scale.py [--sizes NxW,...] [--budget-s S]
-[--samples N] [--backend sqlite|postgres|both] [--pg-url URL] [--core-events N] [--seed N]``.
-The table comes first, then the baseline, and the last line starts with ``RESULT``: changes/s and
-the four p99s at the largest configuration run (on SQLite when it ran, else on PostgreSQL; the
-line before says which), the growth and the core's decisions/s. On the ledger measured in issue
-15, a configuration takes about its budget plus one round (up to half a minute at 1,024 nodes with
-a queue), plus seconds of seeding: the full grid on both backends, some 25 minutes.
+Usage: ``.venv/bin/python benchmarks/ledger_scale.py [--sizes NxW,...] [--budget-s S] [--samples N]
+[--backend sqlite|postgres|both] [--pg-url URL] [--core-events N] [--seed N] [--callers N]
+[--together-pairs N]``. The table comes first, then the windows of callers at once, then the
+baseline, and the last line starts with ``RESULT``: changes/s (one caller, and
+``changes_per_s_together`` with ``callers`` at once and its ratio to one caller) and the four p99s
+at the largest configuration run (on SQLite when it ran, else on PostgreSQL; the line before says
+which), the growth and the core's decisions/s. On the ledger measured in issue 15, a configuration
+takes about its budget plus one round (up to half a minute at 1,024 nodes with a queue), plus
+seconds of seeding: the full grid on both backends, some 25 minutes.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ bench = load_benchmark("ledger_scale")
 
 RESULT_KEYS = [
     "changes_per_s",
+    "changes_per_s_together",
+    "callers",
+    "together_ratio",
     "request_p99_ms",
     "release_p99_ms",
     "queue_p99_ms",
@@ -67,7 +70,7 @@ def test_the_seeded_ledger_is_one_the_ledger_would_hold(tmp_path: Path) -> None:
 
 def test_main_prints_the_table_and_the_result_line(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--sizes", "2x0,2x20", "--budget-s", "0.5", "--backend", "sqlite"]
-    assert bench.main([*argv, "--core-events", "100"]) == 0
+    assert bench.main([*argv, "--core-events", "100", "--together-pairs", "12"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith("sqlite ")]
     # backend, nodes, GPUs, waiting, seeded (the queue() length before the first change), ...
@@ -81,9 +84,16 @@ def test_main_prints_the_table_and_the_result_line(capsys: pytest.CaptureFixture
     assert list(fields) == RESULT_KEYS
     assert float(fields["changes_per_s"]) > 0
     assert float(fields["core_decisions_per_s"]) > 0
+    # the window of callers at once ran, with a server's threads and with one
+    assert fields["callers"] == str(bench.LEDGER_THREADS)
+    assert float(fields["changes_per_s_together"]) > 0 and float(fields["together_ratio"]) > 0
+    together = [line for line in out.splitlines() if " 1 caller " in line]
+    assert [line.split(":")[0] for line in together] == ["  sqlite 2x0", "  sqlite 2x20"]
 
 
 def test_sizes_are_parsed_and_checked() -> None:
     assert bench.parse_sizes(["16x0,2x20", "16x0"]) == (bench.Config(2, 20), bench.Config(16, 0))
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "16"])
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "2x0", "--callers", "0"])
