@@ -257,6 +257,40 @@ def test_just_granted_user_goes_behind_at_once() -> None:
     assert set(granted(s.schedule(1.0))) == {3}
 
 
+def test_fair_share_keys_are_worked_out_once_per_step_and_again_after_a_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Passes within one second reuse the keys (as of the end of that second); a grant or a
+    release makes its user's key again at once, and the next second all of them."""
+    from jupyter_dlinfra.core.scheduling import fairshare
+
+    worked: list[float] = []
+    key = fairshare.Account.key
+
+    def counting(self: fairshare.Account, now: float, half_life: float) -> float:
+        worked.append(now)
+        return key(self, now, half_life)
+
+    monkeypatch.setattr(fairshare.Account, "key", counting)
+    s = make({"n1": 2})
+    hold(s, 100, "a", ("n1-0", "n1-1"), at=0.0)
+    ask(s, 1, "b", at=0.1)
+    ask(s, 2, "c", at=0.2)
+    worked.clear()
+    s.schedule(5.1)
+    assert worked and set(worked) == {6.0}
+    worked.clear()
+    s.schedule(5.7)
+    assert worked == []
+    s.release(100)  # a's and its account's keys change; b and c wait for the GPUs
+    assert set(granted(s.schedule(5.8))) == {1, 2}
+    assert worked and set(worked) == {6.0}
+    ask(s, 3, "b", at=5.9)
+    worked.clear()
+    s.schedule(6.5)
+    assert worked and set(worked) == {7.0}
+
+
 def test_fair_share_off_is_first_come_first_served() -> None:
     s = make({"n1": 1}, fair_share=False, group_shares={"g1": 1, "g2": 100})
     s.load_usage("a", ("g1",), 1e6, 0.0)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -70,6 +71,11 @@ def _age(demand: Demand) -> tuple[float, int]:
 
 #: fair-share keys drift as usage decays; waiting users are re-ranked at least this often (s)
 REFRESH_INTERVAL = 60.0
+#: fair-share keys are worked out as of the end of the current step of this many seconds, so
+#: that the passes of one step reuse them and the ranking's heaps stay in order between
+#: changes (keys of holders grow with time: at a key per pass, every pass found the heads of
+#: its heaps stale and ranked them again); SLURM recalculates its priorities every 5 minutes
+KEY_STEP_S = 1.0
 #: blocked requests per pass that may preempt
 _PREEMPTING = 8
 #: nodes whose victims are compared before choosing where to preempt
@@ -889,29 +895,33 @@ class Scheduler:
     def _ranking_account(self, user: str) -> str:
         return self._account_of.get(user, "") if self.policy.fair_share else ""
 
-    def _fresh_keys(self) -> None:
-        if self._keys_at != self.now:
-            self._keys_at = self.now
+    def _fresh_keys(self) -> float:
+        """The time keys are worked out as of: the end of the current step (not before any
+        account's last change, which is at most now)."""
+        at = math.ceil(self.now / KEY_STEP_S) * KEY_STEP_S
+        if self._keys_at != at:
+            self._keys_at = at
             self._ukeys.clear()
             self._akeys.clear()
+        return at
 
     def _account_key(self, account: str) -> float:
         if not self.policy.fair_share:
             return 0.0
-        self._fresh_keys()
+        at = self._fresh_keys()
         key = self._akeys.get(account)
         if key is None:
-            usage = self.accounts[account].key(self.now, self.policy.half_life)
+            usage = self.accounts[account].key(at, self.policy.half_life)
             key = self._akeys[account] = usage / self.policy.share_of_group(account)
         return key
 
     def _user_key(self, user: str) -> float:
         if not self.policy.fair_share:
             return 0.0
-        self._fresh_keys()
+        at = self._fresh_keys()
         key = self._ukeys.get(user)
         if key is None:
-            usage = self.users[user].key(self.now, self.policy.half_life)
+            usage = self.users[user].key(at, self.policy.half_life)
             key = self._ukeys[user] = usage / self.policy.share_of_user(user)
         return key
 
