@@ -603,19 +603,22 @@ class Ledger:
         if kind not in ("kernel", "job"):
             raise InvalidRequest(f"kind must be 'kernel' or 'job', not {kind!r}")
         placed = cluster_reason is not None
-        asked: dict[str, Any] = {}
+        # what the check found, for the writes (a change may be checked again, alone)
+        kernel: KernelRecord | None = None
+        klass = ""
 
         def check(tx: Transaction, cache: LedgerCache) -> Allocation | None:
+            nonlocal kernel, klass
             conn = tx.conn
             # the policy the pass schedules under, read in the same transaction
             policy = cache.policy
-            klass = priority_class
-            if klass is not None:
-                if not isinstance(klass, str) or klass not in policy.class_map:
+            if priority_class is not None:
+                if not isinstance(priority_class, str) or priority_class not in policy.class_map:
                     raise InvalidRequest(
-                        f"unknown priority class {klass!r}; classes: {policy.class_names}",
+                        f"unknown priority class {priority_class!r}; classes: {policy.class_names}",
                         reason="unknown_class",
                     )
+                klass = priority_class
             else:
                 klass = policy.job_class if kind == "job" else policy.kernel_class
             kernel = self._kernel(conn, kernel_id)
@@ -643,13 +646,11 @@ class Ledger:
                 )
             if not placed:
                 self._check_satisfiable(cache, kernel.node, count, model)
-            asked["kernel"], asked["class"] = kernel, klass
             return None
 
         def apply(tx: Transaction, cache: LedgerCache) -> tuple[_Finish, bool]:
+            assert kernel is not None, "a request is written only once checked"
             conn = tx.conn
-            kernel: KernelRecord = asked["kernel"]
-            klass: str = asked["class"]
             now = self.clock.now()
             groups = groups_json(self.groups_of(kernel.user))
             inserted = conn.execute(
