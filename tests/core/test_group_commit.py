@@ -135,6 +135,48 @@ def test_a_refused_change_fails_alone_and_the_others_are_made(kit: Kit) -> None:
     assert sorted(held.values()) == sorted([one.id, two.id, two.id])
 
 
+class NotYours(Exception):
+    """What a handler's own check of an allocation raises (an HTTP 403 or 409 there)."""
+
+
+def test_the_callers_check_refuses_its_change_alone_and_keeps_the_state(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.node("node-a")
+    for i in range(3):
+        kit.kernel(f"k{i}", user=f"u{i}")
+    theirs = kit.ledger.request(kernel_id="k0", count=2)
+    loads: list[int] = []
+    load = Ledger._load_state
+
+    def counting(self: Ledger, *args: Any) -> Any:
+        loads.append(1)
+        return load(self, *args)
+
+    monkeypatch.setattr(Ledger, "_load_state", counting)
+
+    def not_yours(alloc: Allocation) -> None:
+        raise NotYours(f"allocation {alloc.id} is not yours")
+
+    with commits(kit) as count:
+        answers = together(
+            kit.ledger,
+            [
+                lambda: kit.ledger.request(kernel_id="k1", count=1),
+                lambda: kit.ledger.release(theirs.id, reason="by mallory", check=not_yours),
+                lambda: kit.ledger.request(kernel_id="k2", count=1),
+            ],
+        )
+    one, refused, two = answers
+    assert isinstance(refused, NotYours)
+    assert isinstance(one, Allocation) and one.state is AllocationState.GRANTED
+    assert isinstance(two, Allocation) and two.state is AllocationState.GRANTED
+    # one transaction, and the state in memory kept: a refusal costs no reload of the ledger
+    assert count[0] == 1
+    assert loads == []
+    assert kit.ledger.allocation(theirs.id).state is AllocationState.GRANTED
+
+
 def test_a_change_that_fails_after_writing_undoes_the_batch_and_each_is_made_alone(
     kit: Kit, caplog: pytest.LogCaptureFixture
 ) -> None:

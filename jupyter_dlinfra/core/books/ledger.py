@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from jupyter_dlinfra.core.books import ledger_sql as sql
 from jupyter_dlinfra.core.books.events import event_row, write_event, write_events
@@ -91,9 +92,9 @@ _Finish = Callable[[_Grants], Allocation]
 @dataclass(eq=False)
 class _Change:
     """A request or a release, in two steps, so that several can share a transaction and a
-    pass (``group_commit.py``): ``check`` reads, and refuses (a :class:`LedgerError`) or
-    answers at once, before anything is written; ``apply`` writes, and returns how to answer
-    once the pass has run, and whether the change needs one."""
+    pass (``group_commit.py``): ``check`` reads, and refuses (raises) or answers at once,
+    before anything is written; ``apply`` writes, and returns how to answer once the pass has
+    run, and whether the change needs one."""
 
     check: Callable[[Transaction, LedgerCache], Allocation | None]
     apply: Callable[[Transaction, LedgerCache], tuple[_Finish, bool]]
@@ -178,7 +179,7 @@ class Ledger:
                 )
             else:
                 for change, answer in answers:
-                    if isinstance(answer, LedgerError):
+                    if isinstance(answer, Exception):
                         change.outcome.fail(answer)
                     else:
                         change.outcome.answer(answer)
@@ -197,17 +198,21 @@ class Ledger:
             finish, schedules = change.apply(tx, cache)
             return finish(self._schedule(tx, cache) if schedules else {})
 
-    def _together(self, batch: list[_Change]) -> list[tuple[_Change, Allocation | LedgerError]]:
+    def _together(self, batch: list[_Change]) -> list[tuple[_Change, Allocation | Exception]]:
         """The changes of ``batch`` in order, then one pass for them all, in one transaction.
-        A refusal is that change's answer (it wrote nothing); any other error undoes them all."""
-        answers: list[tuple[_Change, Allocation | LedgerError]] = []
+        An error of a check is that change's answer (a check writes nothing: a refusal, or the
+        caller's own check of the allocation, such as an HTTP 403); an error of the database,
+        or of a change that wrote, undoes them all."""
+        answers: list[tuple[_Change, Allocation | Exception]] = []
         with self._writing() as (tx, cache):
             finishing: list[tuple[_Change, _Finish]] = []
             schedules = False
             for change in batch:
                 try:
                     early = change.check(tx, cache)
-                except LedgerError as refused:
+                except SQLAlchemyError:
+                    raise  # the transaction may be lost (PostgreSQL aborts it): each alone
+                except Exception as refused:
                     answers.append((change, refused))
                     continue
                 if early is not None:
