@@ -292,3 +292,24 @@ def test_the_combiner_hands_every_waiting_change_to_the_holder_of_the_lock() -> 
 def test_a_batch_holds_at_least_one_change() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Combiner(threading.RLock(), lambda batch: None, most=0)
+
+
+def test_a_change_made_from_inside_a_batch_is_refused_not_left_waiting() -> None:
+    lock = threading.RLock()
+    combiner: Combiner[_Job] = Combiner(lock, lambda batch: None)
+    inner = _Job(2)
+
+    def run(batch: list[_Job]) -> None:
+        for job in batch:
+            try:
+                combiner.submit(inner)
+            except RuntimeError as err:
+                job.outcome.answer(0)
+                inner.outcome.fail(err)
+
+    combiner._run = run
+    outer = _Job(1)
+    combiner.submit(outer)
+    assert outer.outcome.value() == 0
+    with pytest.raises(RuntimeError, match="from inside a batch"):
+        inner.outcome.value()

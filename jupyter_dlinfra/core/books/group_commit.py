@@ -76,8 +76,8 @@ class Combiner(Generic[C]):
         self.most = most
         self._pending: deque[C] = deque()
         self._turn = threading.Condition(threading.Lock())
-        #: a caller is running a batch
-        self._leading = False
+        #: a caller is running a batch: the thread's id
+        self._leading: int | None = None
 
     @property
     def pending(self) -> int:
@@ -86,15 +86,19 @@ class Combiner(Generic[C]):
 
     def submit(self, change: C) -> None:
         """Run ``change``, alone or with others, and return once it is answered."""
+        me = threading.get_ident()
+        if self._leading == me:
+            # it would wait for the batch it is part of, for ever
+            raise RuntimeError("a change was submitted from inside a batch of changes")
         with self._turn:
             self._pending.append(change)
         while True:
             with self._turn:
-                while self._leading and not change.outcome.done:
+                while self._leading is not None and not change.outcome.done:
                     self._turn.wait()
                 if change.outcome.done:
                     return
-                self._leading = True
+                self._leading = me
             try:
                 with self._lock:
                     with self._turn:
@@ -110,5 +114,5 @@ class Combiner(Generic[C]):
                                 taken.outcome.fail(RuntimeError("the change was not carried out"))
             finally:
                 with self._turn:
-                    self._leading = False
+                    self._leading = None
                     self._turn.notify_all()
