@@ -166,37 +166,26 @@ class Ledger:
         """Answer every change of ``batch``: together in one transaction and one pass, or, when
         one of them fails after it wrote (that transaction is undone), each alone, so that the
         others do not fail with it."""
-        if len(batch) > 1:
-            try:
-                answers = self._together(batch)
-            except Exception as err:
-                _log.warning(
-                    "%d changes of the ledger that came together failed (%s: %s); each is "
-                    "made alone",
-                    len(batch),
-                    type(err).__name__,
-                    err,
-                )
-            else:
-                for change, answer in answers:
-                    if isinstance(answer, Exception):
-                        change.outcome.fail(answer)
-                    else:
-                        change.outcome.answer(answer)
+        try:
+            answers = self._together(batch)
+        except Exception as err:
+            if len(batch) == 1:
+                batch[0].outcome.fail(err)
                 return
-        for change in batch:
-            try:
-                change.outcome.answer(self._alone(change))
-            except Exception as err:
-                change.outcome.fail(err)
-
-    def _alone(self, change: _Change) -> Allocation:
-        with self._writing() as (tx, cache):
-            early = change.check(tx, cache)
-            if early is not None:
-                return early
-            finish, schedules = change.apply(tx, cache)
-            return finish(self._schedule(tx, cache) if schedules else {})
+            _log.warning(
+                "%d changes of the ledger that came together failed (%s: %s); each is made alone",
+                len(batch),
+                type(err).__name__,
+                err,
+            )
+            for change in batch:
+                self._run_changes([change])
+            return
+        for change, answer in answers:
+            if isinstance(answer, Exception):
+                change.outcome.fail(answer)
+            else:
+                change.outcome.answer(answer)
 
     def _together(self, batch: list[_Change]) -> list[tuple[_Change, Allocation | Exception]]:
         """The changes of ``batch`` in order, then one pass for them all, in one transaction.
@@ -893,19 +882,22 @@ class Ledger:
 
         ``check`` sees the allocation as the release found it, before anything is written, and
         raises to refuse (the caller may not release it): one read, in the same transaction."""
-        found: list[Allocation] = []
+        # what the check found, for the writes (a change may be checked again, alone)
+        found: Allocation | None = None
 
         def look(tx: Transaction, cache: LedgerCache) -> Allocation | None:
+            nonlocal found
             alloc = self._one(tx.conn, allocation_id)
             if check is not None:
                 check(alloc)
             if not alloc.state.active:
                 return alloc
-            found.append(alloc)
+            found = alloc
             return None
 
         def apply(tx: Transaction, cache: LedgerCache) -> tuple[_Finish, bool]:
-            ended = self._end(tx, cache, found[-1], reason)
+            assert found is not None, "a release is written only once checked"
+            ended = self._end(tx, cache, found, reason)
             return (lambda grants: ended), True
 
         return self._change(look, apply)
