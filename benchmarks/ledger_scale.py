@@ -111,7 +111,13 @@ from sqlalchemy.engine import make_url
 from jupyter_dlinfra.core.books.events import latest_event_seq
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.clock import ManualClock, SystemClock
-from jupyter_dlinfra.core.models import AllocationState, Gpu, KernelRecord, LedgerEvent
+from jupyter_dlinfra.core.models import (
+    Allocation,
+    AllocationState,
+    Gpu,
+    KernelRecord,
+    LedgerEvent,
+)
 from jupyter_dlinfra.core.scheduling.fairshare import bounded_usage, decayed
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
@@ -816,6 +822,27 @@ def p(values: Sequence[float], pct: float) -> float:
     return core_bench.percentile(values, pct)
 
 
+@dataclass(frozen=True)
+class Ask:
+    """A request the harness makes, drawn beforehand."""
+
+    kernel_id: str
+    node: str
+    count: int
+    model: str | None
+    klass: str
+    kind: str
+
+    def make(self, ledger: Ledger) -> Allocation:
+        return ledger.request(
+            kernel_id=self.kernel_id,
+            count=self.count,
+            model=self.model,
+            priority_class=self.klass,
+            kind=self.kind,
+        )
+
+
 class Harness:
     """The measured calls, each as a handler makes it."""
 
@@ -857,21 +884,14 @@ class Harness:
         The queue keeps its seeded length: when the pass did not grant the request (a quota, or
         a request ahead of it took the GPUs) and the queue has grown, the request is cancelled,
         untimed, as bookkeeping of the harness."""
-        node = self.tracker.full_node(self.rng)
-        klass, kind = self.draw.klass()
-        user = self.draw.user()
-        kernel_id = self._kernel(user, node, kind)
-        count = self.draw.count()
-        model = short_model(self.model_of[node]) if self.rng.random() < 0.125 else None
+        ask = self.ask()
         t0 = time.perf_counter()
-        alloc = self.ledger.request(
-            kernel_id=kernel_id, count=count, model=model, priority_class=klass, kind=kind
-        )
+        alloc = ask.make(self.ledger)
         asked = time.perf_counter() - t0
         self.result.request.append(asked)
         self.result.queued += int(alloc.state is AllocationState.QUEUED)
         self.tracker.follow(self.ledger)
-        victim = self.tracker.grant_on(node, count, self.rng)
+        victim = self.tracker.grant_on(ask.node, ask.count, self.rng)
         released = 0.0
         if victim is not None:
             t0 = time.perf_counter()
@@ -886,6 +906,15 @@ class Harness:
             self.result.cancelled += 1
         self.result.final_queue = len(waiting)
         return asked + released
+
+    def ask(self) -> Ask:
+        """The next request: on a full node, for a new kernel registered there (untimed)."""
+        node = self.tracker.full_node(self.rng)
+        klass, kind = self.draw.klass()
+        kernel_id = self._kernel(self.draw.user(), node, kind)
+        count = self.draw.count()
+        model = short_model(self.model_of[node]) if self.rng.random() < 0.125 else None
+        return Ask(kernel_id, node, count, model, klass, kind)
 
     def _kernel(self, user: str, node: str, kind: str) -> str:
         """A new kernel (a job's holder record for a job), registered as a launch does."""
@@ -915,15 +944,8 @@ def together(harness: Harness, callers: int, pairs: int) -> tuple[int, float]:
     two callers release the same one). The wall time covers everything the callers do,
     their bookkeeping too (claims, and following the event log every 50 pairs to learn the
     pass's grants), so that one caller through the same code is the baseline."""
-    ledger, tracker, draw, rng = harness.ledger, harness.tracker, harness.draw, harness.rng
-    plan = []
-    for _ in range(pairs):
-        node = tracker.full_node(rng)
-        klass, kind = draw.klass()
-        kernel_id = harness._kernel(draw.user(), node, kind)
-        count = draw.count()
-        model = short_model(harness.model_of[node]) if rng.random() < 0.125 else None
-        plan.append((kernel_id, node, count, model, klass, kind))
+    ledger, tracker, rng = harness.ledger, harness.tracker, harness.rng
+    plan = [harness.ask() for _ in range(pairs)]
     lock = threading.Lock()
     following = threading.Lock()
     made = [0] * callers
@@ -934,13 +956,11 @@ def together(harness: Harness, callers: int, pairs: int) -> tuple[int, float]:
         start.wait()
         try:
             for i in range(me, len(plan), callers):
-                kernel_id, node, count, model, klass, kind = plan[i]
-                ledger.request(
-                    kernel_id=kernel_id, count=count, model=model, priority_class=klass, kind=kind
-                )
+                ask = plan[i]
+                ask.make(ledger)
                 made[me] += 1
                 with lock:
-                    victim = tracker.grant_on(node, count, rng, claim=True)
+                    victim = tracker.grant_on(ask.node, ask.count, rng, claim=True)
                 if victim is not None:
                     ledger.release(victim, reason="released by the user")
                     made[me] += 1
