@@ -19,6 +19,7 @@ from typing import Any
 
 from jupyter_dlinfra.core.wording import plural
 from jupyter_dlinfra.kernel.client import RestClient
+from jupyter_dlinfra.kernel.times import when
 
 __all__ = ["main"]
 
@@ -158,9 +159,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         query["user"] = "*"
     for job in client.call("GET", "jobs", **query)["jobs"]:
         gpus = plural(job["gpus"], "GPU")
+        # the queue's estimate (the ledger's, or SLURM's own) after why it waits
+        start = job.get("estimated_start")
+        estimate = f" (estimated start {when(start, relative=True)})" if start else ""
         print(
             f"{job['id']:>5}  {job['state']:<10} {gpus:<7} {job['backend']:<6} "
-            f"{job['name']}  {job['reason'] or ''}"
+            f"{job['name']}  {job['reason'] or ''}{estimate}"
         )
     return 0
 

@@ -119,8 +119,9 @@ ReturnToService=2
 MinJobAge=3600
 KillWait=5
 SchedulerType=sched/backfill
-# start jobs within a second of their submission (the default waits up to 3 s)
-SchedulerParameters=batch_sched_delay=0
+# start jobs within a second of their submission (the default waits up to 3 s), and let
+# backfill plan (and so estimate pending jobs' starts, squeue --start) every second, not 30 s
+SchedulerParameters=batch_sched_delay=0,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 DefMemPerCPU=100

@@ -11,8 +11,9 @@ from postgres_server import PostgresUnavailable, postgres_optional, start_postgr
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-# k8s_cluster: one real Kubernetes control plane per run, shared by every directory
-pytest_plugins = ("pytest_jupyter.jupyter_server", "k8s_cluster")
+# k8s_cluster, slurm_cluster: one real Kubernetes control plane and one real SLURM per run,
+# shared by every directory
+pytest_plugins = ("pytest_jupyter.jupyter_server", "k8s_cluster", "slurm_cluster")
 
 # servers started by tests pick their own GPUs; the developer's shell must not leak in
 os.environ.pop("DLINFRA_SIMULATED_GPUS", None)

@@ -5,8 +5,8 @@ slurmctld, slurmd and munged on free ports), yields a :class:`SlurmCluster`, the
 ``scripts/slurm-down.sh`` (jobs cancelled, daemons stopped), keeps the daemons' logs under
 ``test-artifacts/slurm/`` and removes the directory (``DLINFRA_KEEP_SLURM=1`` keeps it).
 
-:func:`slurm_cluster` is the session-scoped pytest fixture built on it; import it into a
-``conftest.py`` to use it. It fails, never skips, when SLURM cannot be had: ``make test``
+:func:`slurm_cluster` is the session-scoped pytest fixture built on it; ``tests/conftest.py``
+loads this module as a plugin, so that every directory shares one cluster per run. It fails, never skips, when SLURM cannot be had: ``make test``
 installs Debian's SLURM packages (``scripts/test.sh``).
 """
 

@@ -40,8 +40,9 @@ KERNEL_USERS: Mapping[str, frozenset[str]] = {
     "jobs": frozenset({"jupyter_dlinfra.kernel.grammar"}),
     # idle warnings carry the same coaching hints as %gpu profile
     "server": frozenset({"jupyter_dlinfra.kernel.coaching"}),
-    # one stdlib REST client under both the kernel's and the command line's
-    "cli": frozenset({"jupyter_dlinfra.kernel.client"}),
+    # one stdlib REST client under both the kernel's and the command line's, and one way
+    # to say the API's times
+    "cli": frozenset({"jupyter_dlinfra.kernel.client", "jupyter_dlinfra.kernel.times"}),
 }
 #: top-level modules that import nothing of ours, so that any room may use them
 LEAVES = frozenset({"jupyter_dlinfra.kernel_pod", "jupyter_dlinfra._version"})

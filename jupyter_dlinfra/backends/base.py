@@ -72,6 +72,9 @@ class JobLaunch:
     #: the job's scheduling class in our policy (``"batch"``), None: the policy's default;
     #: backends map it to their own notion (kubernetes: a PriorityClass name)
     priority_class: str | None = None
+    #: the groups of the job's user, in the order the server's ``user_groups`` gives them
+    #: (backends may map them to their own notion: SLURM accounts)
+    groups: Sequence[str] = ()
     #: handles of jobs that must succeed first (for backends with ``places_gpus``)
     after: Sequence[JobHandle] = ()
     #: where the command's stdout and stderr go
@@ -102,6 +105,12 @@ class BackendStatus:
     #: why it waits, or how it ended, in words (SLURM's reason, an exit code...)
     reason: str | None = None
     exit_code: int | None = None
+    #: where a pending job stands in the backend's own queue (1-based), and among how many;
+    #: None where the backend does not say
+    position: int | None = None
+    queue_length: int | None = None
+    #: the backend's own estimate of when a pending job starts (epoch seconds)
+    estimated_start: float | None = None
 
 
 class JobBackend(abc.ABC):

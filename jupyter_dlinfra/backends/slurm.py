@@ -26,12 +26,27 @@ job needs and whose body exports ``launch.env`` and ``exec``\\ s ``launch.argv``
   site that wants positive priorities to count sets ``nice_base`` (e.g. ``10000``: priorities up
   to 100 then move jobs up). Nice only orders jobs where the cluster's multifactor priority has
   other non-zero weights (with ``priority/basic`` jobs run in submission order).
-- ``--qos`` from ``qos_by_priority``: the QOS of the largest threshold not above the priority
-  (``{0: "normal", 10: "high"}``: priority 12 -> ``high``, -1 -> no ``--qos``).
-- ``--partition``, ``--account`` and ``extra_args`` (put on the command line, so that they
-  override the script's lines).
+- ``--qos`` from ``qos_by_class``: our scheduling class -> a SLURM QOS (``{"interactive":
+  "high", "batch": "normal", "low": "scavenger"}``); for a class it does not name, from
+  ``qos_by_priority``: the QOS of the largest threshold not above the priority (``{0: "normal",
+  10: "high"}``: priority 12 -> ``high``, -1 -> no ``--qos``).
+- ``--account`` from ``account_by_group``: the first of the user's groups (in the order of the
+  server's ``user_groups``) that it names -> that SLURM account (``{"vision": "cv-lab"}``); else
+  ``account``; else SLURM's default account of the user.
+- ``--time`` from ``time_limit`` (SLURM's forms: ``90``, ``4:00:00``, ``2-00:00:00``): SLURM's
+  backfill can only plan starts, and so estimate when pending jobs start, for jobs that have
+  one; without it the partition's ``DefaultTime`` applies.
+- ``--partition`` and ``extra_args`` (put on the command line, so that they override the
+  script's lines).
 
-Polling asks one ``squeue --states=all`` for all the handles at once, and maps SLURM's states:
+QOS, account and time limit are SLURM's to enforce: QOS limits and priorities, and accounts'
+fair share, need SLURM's accounting (slurmdbd); without it SLURM accepts the names and records
+the account, and orders jobs by what its multifactor plugin has (age, partition, nice).
+
+Polling asks one ``squeue --states=all`` for all the handles at once, and, when some of them
+pend, one ``squeue --states=PENDING`` for the pending jobs of their partitions: each pending job's
+position among them and SLURM's estimated start (``squeue --start``), see
+:mod:`~jupyter_dlinfra.backends.slurm_queue`. It maps SLURM's states:
 
 - PENDING, CONFIGURING, REQUEUED, REQUEUE_HOLD, REQUEUE_FED, RESV_DEL_HOLD, SPECIAL_EXIT ->
   PENDING, reason: SLURM's (``Resources``, ``Priority``, ``Dependency``...), prefixed with the
@@ -63,6 +78,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +91,7 @@ from jupyter_dlinfra.backends.base import (
     JobLaunch,
 )
 from jupyter_dlinfra.backends.local import status_from_file
+from jupyter_dlinfra.backends.slurm_queue import FORMAT, Standing, parse_queue, standings
 
 __all__ = ["NICE_MAX", "SlurmBackend", "nice_for_priority"]
 
@@ -107,6 +124,12 @@ _CANCELLED = frozenset({"CANCELLED", "REVOKED"})
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_ID = re.compile(r"^[0-9]+$")
+# QOS and account names go into #SBATCH lines
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# SLURM's time limit forms: minutes, m:s, h:m:s, d-h, d-h:m, d-h:m:s; or no limit
+_TIME_LIMIT = re.compile(
+    r"^(?:\d+(?::\d{1,2}){0,2}|\d+-\d+(?::\d{1,2}){0,2}|UNLIMITED|INFINITE)$", re.IGNORECASE
+)
 # environment of the server that must not reach jobs (sbatch exports its environment)
 _HIDDEN_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
 
@@ -118,6 +141,28 @@ def nice_for_priority(
     nice = base - priority * step
     low = -NICE_MAX if allow_negative else 0
     return max(low, min(NICE_MAX, nice))
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One job as the poll's ``squeue`` shows it."""
+
+    state: str
+    reason: str
+    wait_status: int | None
+    partition: str
+
+
+def _names(option: str, mapping: Mapping[str, str] | None) -> dict[str, str]:
+    """A mapping of ours -> SLURM names, each checked to fit an ``#SBATCH`` line."""
+    found: dict[str, str] = {}
+    for key, value in (mapping or {}).items():
+        if not isinstance(value, str) or not _SLURM_NAME.match(value):
+            raise ValueError(
+                f"{option}[{key!r}]: {value!r} is not a SLURM name (letters, digits, '.', '_', '-')"
+            )
+        found[str(key)] = value
+    return found
 
 
 def _exit_code(wait_status: int) -> int:
@@ -156,6 +201,9 @@ class SlurmBackend(JobBackend):
         partition: str | None = None,
         account: str | None = None,
         qos_by_priority: Mapping[int, str] | None = None,
+        qos_by_class: Mapping[str, str] | None = None,
+        account_by_group: Mapping[str, str] | None = None,
+        time_limit: str | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         sbatch: str = "sbatch",
@@ -172,6 +220,14 @@ class SlurmBackend(JobBackend):
         self.partition = partition or None
         self.account = account or None
         self.qos_by_priority = dict(qos_by_priority or {})
+        self.qos_by_class = _names("qos_by_class", qos_by_class)
+        self.account_by_group = _names("account_by_group", account_by_group)
+        if time_limit is not None and not _TIME_LIMIT.match(str(time_limit).strip()):
+            raise ValueError(
+                f"time_limit: {time_limit!r} is not a SLURM time limit (minutes, "
+                "hours:minutes:seconds, days-hours:minutes:seconds, or UNLIMITED)"
+            )
+        self.time_limit = str(time_limit).strip() if time_limit is not None else None
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.commands = {
@@ -250,9 +306,17 @@ class SlurmBackend(JobBackend):
             allow_negative=self.allow_negative_nice,
         )
 
-    def _qos(self, priority: int) -> str | None:
-        eligible = [t for t in self.qos_by_priority if t <= priority]
+    def _qos(self, launch: JobLaunch) -> str | None:
+        if launch.priority_class is not None and launch.priority_class in self.qos_by_class:
+            return self.qos_by_class[launch.priority_class]
+        eligible = [t for t in self.qos_by_priority if t <= launch.priority]
         return self.qos_by_priority[max(eligible)] if eligible else None
+
+    def _account(self, launch: JobLaunch) -> str | None:
+        for group in launch.groups:
+            if group in self.account_by_group:
+                return self.account_by_group[group]
+        return self.account
 
     def _gres(self, launch: JobLaunch) -> str | None:
         if launch.gpus <= 0:
@@ -317,12 +381,14 @@ class SlurmBackend(JobBackend):
         nice = self._nice(launch.priority)
         if nice:
             lines.append(f"#SBATCH --nice={nice}")
-        qos = self._qos(launch.priority)
-        for option, value in (("partition", self.partition), ("account", self.account)):
+        for option, value in (
+            ("partition", self.partition),
+            ("account", self._account(launch)),
+            ("qos", self._qos(launch)),
+            ("time", self.time_limit),
+        ):
             if value:
                 lines.append(f"#SBATCH --{option}={value}")
-        if qos:
-            lines.append(f"#SBATCH --qos={qos}")
         for key, value in launch.env.items():
             if not _ENV_NAME.match(key):
                 raise BackendError(f"invalid environment variable name {key!r}")
@@ -391,8 +457,8 @@ class SlurmBackend(JobBackend):
 
     # --- poll -----------------------------------------------------------------------------
 
-    def _squeue(self, refs: Sequence[str]) -> dict[str, tuple[str, str, int | None]]:
-        """SLURM's (state, reason, wait status) of the jobs it still knows, by id."""
+    def _squeue(self, refs: Sequence[str]) -> dict[str, _Row]:
+        """What SLURM says of the jobs it still knows, by id."""
         ids = sorted({r for r in refs if _JOB_ID.match(r)}, key=int)
         if not ids:
             return {}
@@ -401,24 +467,42 @@ class SlurmBackend(JobBackend):
             "--noheader",
             "--states=all",
             "--jobs=" + ",".join(ids),
-            "--Format=JobID:|,State:|,Reason:|,exit_code:|",
+            "--Format=JobID:|,State:|,Reason:|,exit_code:|,Partition:|",
         )
         if proc.returncode != 0:
             # one id that SLURM forgot: squeue errs; with several it just leaves them out
             if "invalid job id" in proc.stderr.lower():
                 return {}
             raise self._failure("squeue", proc)
-        rows: dict[str, tuple[str, str, int | None]] = {}
+        rows: dict[str, _Row] = {}
         for line in proc.stdout.splitlines():
             fields = [f.strip() for f in line.split("|")]
-            if len(fields) < 4 or fields[0] not in ids:
+            if len(fields) < 5 or fields[0] not in ids:
                 continue
             try:
                 wait_status: int | None = int(fields[3])
             except ValueError:
                 wait_status = None
-            rows[fields[0]] = (fields[1].upper(), fields[2], wait_status)
+            rows[fields[0]] = _Row(fields[1].upper(), fields[2], wait_status, fields[4])
         return rows
+
+    def _standings(self, rows: Mapping[str, _Row]) -> dict[str, Standing]:
+        """Where the pending jobs of ``rows`` stand in their partitions' queues; {} when SLURM
+        does not say (the jobs' states are known without it)."""
+        pending = {ref for ref, row in rows.items() if row.state.split()[0] in _PENDING}
+        if not pending:
+            return {}
+        partitions = sorted({p for ref in pending for p in rows[ref].partition.split(",") if p})
+        args = ["--noheader", "--states=PENDING", "--Format=" + FORMAT]
+        if partitions:
+            args.append("--partition=" + ",".join(partitions))
+        try:
+            proc = self._run("squeue", *args)
+        except BackendError:
+            return {}
+        if proc.returncode != 0:
+            return {}
+        return standings(parse_queue(proc.stdout), pending)
 
     @staticmethod
     def _status(state: str, reason: str, wait_status: int | None) -> BackendStatus:
@@ -467,12 +551,23 @@ class SlurmBackend(JobBackend):
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, BackendStatus]:
         rows = self._squeue([h.ref for h in handles])
+        standing = self._standings(rows)
         statuses: dict[str, BackendStatus] = {}
         for handle in handles:
             row = rows.get(handle.ref)
-            statuses[handle.ref] = (
-                self._status(*row) if row is not None else self._from_status_file(handle)
-            )
+            if row is None:
+                statuses[handle.ref] = self._from_status_file(handle)
+                continue
+            status = self._status(row.state, row.reason, row.wait_status)
+            where = standing.get(handle.ref)
+            if where is not None and status.state is BackendState.PENDING:
+                status = replace(
+                    status,
+                    position=where.position,
+                    queue_length=where.length,
+                    estimated_start=where.estimated_start,
+                )
+            statuses[handle.ref] = status
         return statuses
 
     # --- cancel, describe -----------------------------------------------------------------

@@ -44,7 +44,7 @@ from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -229,6 +229,10 @@ jobs = Table(
     # schema 4
     Column("priority_class", String(64), nullable=True),
     Column("attempts", Integer, nullable=True),
+    # schema 9: where a queued job stands in its backend's queue (SLURM's, or the ledger's)
+    Column("queue_position", Integer, nullable=True),
+    Column("queue_length", Integer, nullable=True),
+    Column("estimated_start", Float, nullable=True),
 )
 
 #: fair share: each user's decayed GPU-seconds of ended allocations, as of ``at``
@@ -251,6 +255,7 @@ _ADDED = (
     (5, "dlinfra_allocations", "placement"),
     (5, "dlinfra_allocations", "cluster_reason"),
     (6, "dlinfra_kernels", "launched_at"),
+    *((9, "dlinfra_jobs", c) for c in ("queue_position", "queue_length", "estimated_start")),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
@@ -392,7 +397,7 @@ class Store:
                     conn.execute(meta.insert().values(key=key, value=value))
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
-            # create_all makes only with their table, and so did 8
+            # create_all makes only with their table, and so did 8; 9 added columns
             for index in (*allocations.indexes, *kernels.indexes, *holdings.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(

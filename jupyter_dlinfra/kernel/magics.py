@@ -11,6 +11,7 @@ from typing import Any
 from jupyter_dlinfra.kernel.client import ApiFailure, DLInfraUnavailable, KernelApiClient
 from jupyter_dlinfra.kernel.cuda_state import cuda_initialised
 from jupyter_dlinfra.kernel.grammar import USAGE, Command, UsageError, parse_line
+from jupyter_dlinfra.kernel.times import when
 
 __all__ = ["GpuMagic", "parse_line", "queue_line", "register"]
 
@@ -29,27 +30,10 @@ def idle_warning(idle: dict[str, Any]) -> str:
     left = idle.get("keeps_left", 0)
     keep = f"run `%gpu keep` ({left} left), " if left else ""
     return (
-        f"this kernel's GPUs have been idle since {_when(idle.get('idle_since'))} and will be "
-        f"reclaimed {_when(idle.get('reclaim_at'), relative=True)} ({action}). To hold them, "
+        f"this kernel's GPUs have been idle since {when(idle.get('idle_since'))} and will be "
+        f"reclaimed {when(idle.get('reclaim_at'), relative=True)} ({action}). To hold them, "
         f"use them, {keep}or give them back with `%gpu release`."
     )
-
-
-def _when(stamp: Any, *, relative: bool = False) -> str:
-    """'13:40:12 UTC', or with ``relative`` 'at 13:40:12 UTC (in 29 min)'."""
-    from datetime import datetime, timezone
-
-    if not isinstance(stamp, str):
-        return "soon" if relative else "a while"
-    try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return stamp
-    clock = moment.astimezone(timezone.utc).strftime("%H:%M:%S UTC")
-    if not relative:
-        return clock
-    left = (moment - datetime.now(timezone.utc)).total_seconds()
-    return f"at {clock} (in {max(0.0, left) / 60:.0f} min)"
 
 
 def queue_line(alloc: dict[str, Any], waited: float | None = None) -> str:
@@ -61,7 +45,7 @@ def queue_line(alloc: dict[str, Any], waited: float | None = None) -> str:
     if alloc.get("estimated_start"):
         # what the estimate rests on: recent holding times, or an assumed default
         note = f", {alloc['estimate_note']}" if alloc.get("estimate_note") else ""
-        line += f" Estimated start {_when(alloc['estimated_start'], relative=True)}{note}."
+        line += f" Estimated start {when(alloc['estimated_start'], relative=True)}{note}."
     return line
 
 
@@ -309,8 +293,8 @@ class GpuMagic:
                 print(idle_warning(idle))
             elif idle.get("state") == "idle":
                 print(
-                    f"Idle since {_when(idle.get('idle_since'))}; a reclaim warning comes "
-                    f"{_when(idle.get('warn_at'), relative=True)}."
+                    f"Idle since {when(idle.get('idle_since'))}; a reclaim warning comes "
+                    f"{when(idle.get('warn_at'), relative=True)}."
                 )
             for hint in usage.get("hints", []):
                 print(f"Hint: {hint['message']}")
@@ -319,7 +303,7 @@ class GpuMagic:
         idle = self.client.keep()
         left = idle.get("keeps_left", 0)
         print(
-            f"Kept: these GPUs will not be reclaimed before {_when(idle.get('hold_until'))} "
+            f"Kept: these GPUs will not be reclaimed before {when(idle.get('hold_until'))} "
             f"({left} keep{'s' if left != 1 else ''} left while they stay idle)."
         )
 

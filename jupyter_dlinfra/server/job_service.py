@@ -53,6 +53,8 @@ __all__ = ["JobService", "JobSettings", "Submission"]
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 #: names and models are stored in 255-character columns
 _MAX_TEXT = 200
+#: how far a queued job's estimated start may move before it is written again (seconds)
+_ESTIMATE_SLACK_S = 30.0
 #: the reason of a preempted job while it is being stopped
 _STOPPING = "being stopped for a higher-priority request"
 _ENDS = {
@@ -359,7 +361,9 @@ class JobService:
             gpus=job.gpus,
             model=job.model,
             priority=job.priority,
-            priority_class=job.priority_class,
+            # the class it is scheduled in: a backend maps it (a SLURM QOS, a PriorityClass)
+            priority_class=job.priority_class or self.ledger.scheduling_policy().job_class,
+            groups=tuple(self.ledger.groups_of(job.user)),
             after=after,
             log_path=str(workdir / "job.log"),
         )
@@ -424,8 +428,7 @@ class JobService:
             reason = f"waiting for {gpus} at position {alloc.position}: {alloc.waiting_reason}"
             if job.attempts:
                 reason += f" (preempted {job.attempts} time{'s' if job.attempts > 1 else ''})"
-            if reason != job.reason:
-                self.book.update(job.id, reason=reason)
+            self._note_wait(job, reason, alloc.position, None, alloc.estimated_start)
             return None
         self._end(job, JobState.FAILED, f"its GPU request ended: {alloc.end_reason}")
         return None
@@ -471,11 +474,46 @@ class JobService:
         if status.state is BackendState.RUNNING and job.state is JobState.QUEUED:
             self.book.start(job.id, handle=None, reason=None)
         elif status.state is BackendState.PENDING and job.state is JobState.QUEUED:
-            reason = f"queued in {name}" + (f": {status.reason}" if status.reason else "")
-            if reason != job.reason:
-                self.book.update(job.id, reason=reason)
+            where = ""
+            if status.position is not None:
+                where = f" at position {status.position}"
+                if status.queue_length is not None:
+                    where += f" of {status.queue_length}"
+            reason = f"queued in {name}{where}" + (f": {status.reason}" if status.reason else "")
+            self._note_wait(
+                job, reason, status.position, status.queue_length, status.estimated_start
+            )
         elif status.state.ended:
             self._record_end(job, status.state, status.reason)
+
+    def _note_wait(
+        self,
+        job: Job,
+        reason: str,
+        position: int | None,
+        length: int | None,
+        estimated_start: float | None,
+    ) -> None:
+        """Record why and where a queued job waits, when that changed (one write). An estimate
+        that moved by less than ``_ESTIMATE_SLACK_S`` is not written again: estimates drift a
+        little at every look, and each job-loop pass would otherwise write every queued job."""
+        start = None if estimated_start is None else float(round(estimated_start))
+        before = job.estimated_start
+        moved = (before is None) != (start is None) or (
+            before is not None and start is not None and abs(before - start) >= _ESTIMATE_SLACK_S
+        )
+        if moved or (job.reason, job.queue_position, job.queue_length) != (
+            reason,
+            position,
+            length,
+        ):
+            self.book.update(
+                job.id,
+                reason=reason,
+                queue_position=position,
+                queue_length=length,
+                estimated_start=start,
+            )
 
     def _stop_preempted(self, running: list[Job]) -> list[Job]:
         """Stop the jobs whose GPUs the scheduler wants back; they are queued again once gone.

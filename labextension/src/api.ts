@@ -593,6 +593,12 @@ export interface Job {
   state: JobState;
   /** Why a queued job waits, or how the job ended, in words (or null). */
   reason: string | null;
+  /** A queued job's place in the queue that decides its start (the ledger's, or SLURM's). */
+  position?: number | null;
+  /** How many compete in that queue, where known. */
+  queue_length?: number | null;
+  /** That queue's estimate of the start: the ledger's, or SLURM's own (`squeue --start`). */
+  estimated_start?: Timestamp | null;
   created_at: Timestamp;
   started_at: Timestamp | null;
   ended_at: Timestamp | null;

@@ -1,6 +1,6 @@
-"""Fixtures for the job backends' tests: a real single-node SLURM (see tests/slurm_cluster.py)
-and, from tests/conftest.py's plugins, a real Kubernetes control plane (tests/k8s_cluster.py),
-with a backend on each that the contract suite and the backend's own tests share."""
+"""Fixtures for the job backends' tests: from tests/conftest.py's plugins, a real single-node
+SLURM (tests/slurm_cluster.py) and a real Kubernetes control plane (tests/k8s_cluster.py), with
+a backend on each that the contract suite and the backend's own tests share."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 
 import kubernetes.client
 import pytest
-from slurm_cluster import SlurmCluster, slurm_cluster
+from slurm_cluster import SlurmCluster
 
 from jupyter_dlinfra.backends.kubernetes import KubernetesBackend
 from jupyter_dlinfra.backends.slurm import SlurmBackend
 
-__all__ = ["make_k8s_backend", "slurm_backend", "slurm_cluster"]
+__all__ = ["make_k8s_backend", "slurm_backend"]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from slurm_cluster import SlurmCluster
 
 from jupyter_dlinfra.backends import BackendError, BackendState, BackendStatus, JobHandle, JobLaunch
 from jupyter_dlinfra.backends.slurm import NICE_MAX, SlurmBackend, nice_for_priority
+from jupyter_dlinfra.backends.slurm_queue import parse_time
 
 
 @pytest.fixture
@@ -102,6 +103,65 @@ def test_priority_orders_pending_jobs(
     )
     assert all(s.state is BackendState.SUCCEEDED for s in statuses.values()), statuses
     assert order.read_text().split() == ["high", "low"]
+
+
+def test_pending_jobs_show_slurms_own_position_and_estimate(
+    backend: SlurmBackend, jobs: Jobs, tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """Positions among the partition's pending jobs, SLURM's reason and its backfill's start
+    estimate come back from the poll; the class's QOS and the group's account reach sbatch."""
+    mapped = SlurmBackend(
+        env=slurm_cluster.env,
+        timeout=20,
+        time_limit="10",
+        qos_by_class={"interactive": "high"},
+        qos_by_priority={0: "normal"},
+        account_by_group={"vision": "cv-lab"},
+    )
+    release = tmp_path / "release"
+    blocker = mapped.submit(jobs.launch(hold(release), gpus=slurm_cluster.ngpu))
+    wait_for(mapped, [blocker], lambda s: s[blocker.ref].state is BackendState.RUNNING, "run")
+    first = mapped.submit(
+        jobs.launch("echo first", gpus=2, priority_class="interactive", groups=("nlp", "vision"))
+    )
+    second = mapped.submit(jobs.launch("echo second", gpus=2, priority_class="batch"))
+    statuses = wait_for(
+        mapped,
+        [blocker, first, second],
+        lambda s: s[first.ref].estimated_start is not None and s[second.ref].position == 2,
+        "SLURM's plan for the pending jobs",
+    )
+    ahead, behind = statuses[first.ref], statuses[second.ref]
+    assert statuses[blocker.ref].position is None  # running: no place in the queue
+    assert (ahead.state, ahead.position, ahead.queue_length) == (BackendState.PENDING, 1, 2)
+    assert (behind.position, behind.queue_length) == (2, 2)
+    assert ahead.reason == "Resources" and behind.reason == "Priority"
+    # SLURM plans the first start when the blocker's 10-minute limit runs out
+    started = slurm_cluster.run(
+        "squeue", "--noheader", f"--jobs={blocker.ref}", "--Format=StartTime"
+    ).stdout
+    blocker_start = parse_time(started)
+    assert blocker_start is not None and ahead.estimated_start is not None
+    assert abs(ahead.estimated_start - (blocker_start + 600)) <= 5
+    # what sbatch was given, as SLURM keeps the batch script
+    for handle, qos in ((first, "high"), (second, "normal")):
+        kept = slurm_cluster.run("scontrol", "write", "batch_script", handle.ref, "-").stdout
+        assert f"#SBATCH --qos={qos}\n" in kept and "#SBATCH --time=10\n" in kept, kept
+    accounts = slurm_cluster.run(
+        "squeue", "--noheader", f"--jobs={first.ref},{second.ref}", "--Format=JobID:|,Account:|"
+    ).stdout
+    # SLURM keeps account names in lower case; without one, the user's default account
+    assert f"{first.ref}|cv-lab|" in accounts.replace(" ", "")
+    assert f"{second.ref}|cv-lab|" not in accounts.replace(" ", "")
+    release.touch()
+    ended = wait_for(
+        mapped,
+        [first, second],
+        lambda s: all(x.state.ended for x in s.values()),
+        "both ended",
+        timeout=60,
+    )
+    assert all(x.state is BackendState.SUCCEEDED for x in ended.values()), ended
 
 
 def test_parent_slurm_forgot_counts_by_its_status_file(
@@ -202,6 +262,45 @@ def test_script_lines() -> None:
         backend.script(launch_for_script(env={"A B": "x"}))
     with pytest.raises(BackendError, match="cannot carry"):
         backend.script(launch_for_script(workdir='/data/"quoted"'))
+
+
+def test_classes_map_to_qos_and_groups_to_accounts() -> None:
+    backend = SlurmBackend(
+        account="lab",
+        qos_by_priority={0: "normal", 10: "high"},
+        qos_by_class={"interactive": "urgent", "low": "scavenger"},
+        account_by_group={"vision": "cv-lab", "nlp": "nlp-lab"},
+        time_limit="2-00:00:00",
+    )
+
+    def lines(**fields: object) -> list[str]:
+        script = backend.script(launch_for_script(**fields))
+        return [x for x in script.splitlines() if x.startswith(("#SBATCH --qos", "#SBATCH --acc"))]
+
+    # the class wins over the priority; a class it does not name falls back to the priority
+    assert lines(priority_class="low", priority=12, groups=("nlp", "vision")) == [
+        "#SBATCH --account=nlp-lab",
+        "#SBATCH --qos=scavenger",
+    ]
+    assert lines(priority_class="batch", priority=12, groups=("vision",)) == [
+        "#SBATCH --account=cv-lab",
+        "#SBATCH --qos=high",
+    ]
+    # no group it names: the configured account
+    assert lines(priority_class="interactive", groups=("ops",)) == [
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=urgent",
+    ]
+    assert "#SBATCH --time=2-00:00:00\n" in backend.script(launch_for_script())
+    assert "--time" not in SlurmBackend().script(launch_for_script())
+    for time_limit in ("90", "4:00:00", "1-12", "UNLIMITED"):
+        assert SlurmBackend(time_limit=time_limit).time_limit == time_limit
+    with pytest.raises(ValueError, match="not a SLURM time limit"):
+        SlurmBackend(time_limit="4h")
+    with pytest.raises(ValueError, match=r"qos_by_class\['low'\]: 'a b' is not a SLURM name"):
+        SlurmBackend(qos_by_class={"low": "a b"})
+    with pytest.raises(ValueError, match="account_by_group"):
+        SlurmBackend(account_by_group={"vision": "cv\n#SBATCH --x"})
 
 
 def test_nice_mapping() -> None:

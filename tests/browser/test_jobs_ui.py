@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect
@@ -60,3 +62,54 @@ def test_submit_dialog_runs_the_notebook_as_a_job_and_its_log_opens(lab: Any, pa
     expect(page.locator(".jp-OutputArea-output", has_text="training at 0.25").first).to_be_visible(
         timeout=30_000
     )
+
+
+def test_a_slurm_job_shows_slurms_own_place_and_estimate(
+    lab: Any, page: Any, slurm_cluster: Any, tmp_path: Path
+) -> None:
+    # jobs get a time limit, so that SLURM's backfill plans when the waiting one starts
+    config = tmp_path / "slurm-limits.json"
+    config.write_text(json.dumps({"DLInfra": {"backend_options": {"slurm": {"time_limit": "10"}}}}))
+    server = lab(
+        gpus=1,
+        args=(
+            "--DLInfra.job_interval=0.2",
+            "--DLInfra.job_backends=local",
+            "--DLInfra.job_backends=slurm",
+            f"--config={config}",
+        ),
+        env=dict(slurm_cluster.env),
+    )
+    gate = tmp_path / "gate"
+    root = server.workdir / "root"
+    write_notebook(
+        root / "hold.ipynb",
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+    )
+    write_notebook(root / "small.ipynb", "print('small ran')")
+    try:
+        big = server.post(
+            "dlinfra/api/jobs",
+            {"path": "hold.ipynb", "backend": "slurm", "gpus": slurm_cluster.ngpu},
+        )
+        wait_until(
+            lambda: server.get(f"dlinfra/api/jobs/{big['id']}")["state"] == "running",
+            timeout=60,
+            what="the big SLURM job to run",
+        )
+        small = server.post(
+            "dlinfra/api/jobs", {"path": "small.ipynb", "backend": "slurm", "gpus": 2}
+        )
+        page.goto(f"{server.url}lab?token={server.token}")
+        sidebar = open_sidebar(page)
+        entry = sidebar.locator(f".jp-DLInfra-job[data-job-id='{small['id']}']")
+        expect(entry.locator(".jp-DLInfra-jobReason")).to_have_text(
+            "queued in slurm at position 1 of 1: Resources", timeout=60_000
+        )
+        expect(entry.locator(".jp-DLInfra-estimatedStart")).to_have_attribute(
+            "data-estimated-start", re.compile(r"^\d{4}-\d\d-\d\dT"), timeout=30_000
+        )
+        expect(entry.locator(".jp-DLInfra-estimateBasis")).to_have_text("slurm's own estimate")
+    finally:
+        gate.write_text("go")
+        slurm_cluster.cancel_all()

@@ -38,7 +38,4 @@ def start_server(tmp_path: Path, servers: list[object]) -> Callable[..., ServerP
     return start
 
 
-# a real single-node SLURM for the jobs tests on the slurm backend (shared with tests/backends)
-from slurm_cluster import slurm_cluster  # noqa: E402
-
-__all__ = ["slurm_cluster", "start_server"]
+__all__ = ["start_server"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +83,13 @@ def test_on_slurm_a_failed_parent_cancels_its_chain(
 def test_on_slurm_a_job_waits_for_gpus_then_runs_and_cancel_works(
     start_server: Callable[..., ServerProcess], slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
-    server = slurm_server(start_server, slurm_cluster)
+    # jobs get a time limit, so that SLURM's backfill plans when the waiting one starts
+    workdir = tmp_path / "limited"
+    (workdir / "config").mkdir(parents=True)
+    (workdir / "config" / "jupyter_server_config.json").write_text(
+        json.dumps({"DLInfra": {"backend_options": {"slurm": {"time_limit": "10"}}}})
+    )
+    server = slurm_server(start_server, slurm_cluster, workdir=workdir)
     gate = tmp_path / "gate"
     write_notebook(
         root_of(server) / "hold.ipynb",
@@ -93,15 +102,44 @@ def test_on_slurm_a_job_waits_for_gpus_then_runs_and_cancel_works(
     wait_state(server, big["id"], "running")
     small = server.post("dlinfra/api/jobs", {"path": "small.ipynb", "backend": "slurm", "gpus": 2})
 
-    def pending_for_resources() -> Any:
+    def planned() -> Any:
         current = server.get(f"dlinfra/api/jobs/{small['id']}")
-        return current if "Resources" in (current["reason"] or "") else None
+        return current if current["estimated_start"] and current["position"] else None
 
-    waiting = wait_until(pending_for_resources, timeout=60, what="SLURM to hold the small job")
-    assert waiting["state"] == "queued" and waiting["reason"].startswith("queued in slurm")
+    waiting = wait_until(planned, timeout=60, what="SLURM to hold and plan the small job")
+    # SLURM's own answer: its place among the partition's pending jobs, its reason, its plan
+    assert waiting["state"] == "queued" and (waiting["position"], waiting["queue_length"]) == (1, 1)
+    assert waiting["reason"] == "queued in slurm at position 1 of 1: Resources"
+    planned_at = datetime.fromisoformat(waiting["estimated_start"].replace("Z", "+00:00"))
+    started_at = datetime.fromisoformat(
+        server.get(f"dlinfra/api/jobs/{big['id']}")["started_at"].replace("Z", "+00:00")
+    )
+    # the big job's 10 minutes, from when SLURM started it (the ledger saw it a poll later)
+    assert 0 < (planned_at - started_at).total_seconds() <= 600
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_dlinfra.cli",
+            "--url",
+            server.url,
+            "--token",
+            server.token,
+            "jobs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    line = next(x for x in listed.stdout.splitlines() if x.split()[0] == str(small["id"]))
+    assert "queued in slurm at position 1 of 1: Resources (estimated start at " in line
     gate.write_text("go")
     assert wait_state(server, big["id"], "succeeded", "failed")["state"] == "succeeded"
-    assert wait_state(server, small["id"], "succeeded", "failed")["state"] == "succeeded"
+    ran = wait_state(server, small["id"], "succeeded", "failed")
+    assert ran["state"] == "succeeded"
+    # no longer waiting: no place, no estimate
+    assert (ran["position"], ran["queue_length"], ran["estimated_start"]) == (None, None, None)
 
     gate.unlink()
     again = server.post("dlinfra/api/jobs", {"path": "hold.ipynb", "backend": "slurm"})

@@ -1174,6 +1174,9 @@ async def test_batch_jobs_through_their_life_match_the_document(
     )
     assert held_for_job["kind"] == "job" and held_for_job["priority_class"] == "low"
     assert held_for_job["waiting_code"] == "no_free_gpu"
+    # where it stands, as its GPU request does (the ledger's queue has no length to say)
+    assert queued["position"] == held_for_job["position"] == 1 and queued["queue_length"] is None
+    assert (queued["estimated_start"] is None) == (held_for_job["estimated_start"] is None)
     _, log = await api("GET", JOB_LOG, path=fpath, expect=200, schema_name="JobLog")
     assert log["text"] == "" and log["size"] == 0 and log["complete"] is False
     for fmt in ("notebook", "html", "log"):

@@ -95,6 +95,12 @@ class Job:
     priority_class: str | None = None
     #: how many times it was stopped by preemption and queued again
     attempts: int = 0
+    #: a queued job's place in the queue that decides its start (1-based: the ledger's for
+    #: GPUs the ledger grants, the backend's own for SLURM), among ``queue_length`` when known,
+    #: and the estimate of its start (epoch seconds) of that queue; None when not known
+    queue_position: int | None = None
+    queue_length: int | None = None
+    estimated_start: float | None = None
 
     @property
     def kernel_id(self) -> str:
@@ -107,6 +113,9 @@ def job_kernel_id(job_id: int) -> str:
 
 
 _ENDED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+#: where a queued job stands; cleared when it starts or ends
+_STANDING = ("queue_position", "queue_length", "estimated_start")
+_NO_STANDING: dict[str, Any] = dict.fromkeys(_STANDING)
 
 
 class JobBook:
@@ -254,8 +263,16 @@ class JobBook:
     # -- changing --------------------------------------------------------------------------------
 
     def update(self, job_id: int, **changes: Any) -> Job:
-        """Change bookkeeping fields (reason, allocation_id, handle, server_id, workdir)."""
-        allowed = {"reason", "allocation_id", "handle", "server_id", "workdir"}
+        """Change bookkeeping fields (reason, allocation_id, handle, server_id, workdir, and
+        where a queued job stands: queue_position, queue_length, estimated_start)."""
+        allowed = {
+            "reason",
+            "allocation_id",
+            "handle",
+            "server_id",
+            "workdir",
+            *_STANDING,
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))} of a job this way")
@@ -279,6 +296,7 @@ class JobBook:
                     started_at=self.clock.now(),
                     reason=reason,
                     handle=json.dumps(dict(handle if handle is not None else current.handle or {})),
+                    **_NO_STANDING,
                 )
             )
             write_event(
@@ -306,6 +324,7 @@ class JobBook:
                     allocation_id=None,
                     reason=reason,
                     attempts=current.attempts + 1,
+                    **_NO_STANDING,
                 )
             )
             write_event(
@@ -366,6 +385,7 @@ class JobBook:
                 ended_at=self.clock.now(),
                 failed_cell=failed_cell,
                 error=error,
+                **_NO_STANDING,
             )
         )
         write_event(
@@ -449,6 +469,9 @@ def _job(r: Row[Any], after: Iterable[int]) -> Job:
         error=r.error,
         priority_class=r.priority_class,
         attempts=r.attempts or 0,
+        queue_position=r.queue_position,
+        queue_length=r.queue_length,
+        estimated_start=r.estimated_start,
     )
 
 

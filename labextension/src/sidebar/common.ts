@@ -66,7 +66,10 @@ export function schedBadges(a: Allocation | null): HTMLElement[] {
  * "starts in ~12 min · from recent holding times": the estimate (counted down by
  * `tickEstimates`) and what it rests on, or "start time unknown".
  */
-export function estimateNode(a: Allocation): HTMLElement {
+/** When a queued request or job may start, with what the estimate rests on. */
+export function estimateNode(
+  a: Pick<Allocation, 'estimated_start' | 'estimate_note' | 'estimate_basis'>
+): HTMLElement {
   const iso = a.estimated_start ?? null;
   const note = iso ? a.estimate_note ?? null : null;
   return h(

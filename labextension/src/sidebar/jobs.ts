@@ -6,7 +6,7 @@
 import { showErrorMessage } from '@jupyterlab/apputils';
 import type { CommandRegistry } from '@lumino/commands';
 
-import { isActiveJob, Job } from '../api';
+import { Allocation, isActiveJob, Job } from '../api';
 import { clock, gpus, h } from '../dom';
 import { JobCommandIDs, jobDurationText } from '../jobs';
 import { JobsModel, LedgerModel } from '../model';
@@ -330,7 +330,19 @@ function jobItem(jobs: JobsModel, ledger: LedgerModel, job: Job, withCommands: b
     marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null,
     paramsText ? h('div', { class: 'jp-DLInfra-jobParams', title: paramsText }, paramsText) : null,
     reasonText ? h('div', { class: 'jp-DLInfra-jobReason', title: reasonText }, reasonText) : null,
-    grant && grant.state === 'queued' ? estimateNode(grant) : null,
+    grant && grant.state === 'queued' ? estimateNode(grant) : clusterEstimate(job, grant),
     h('div', { class: 'jp-DLInfra-jobActions' }, buttons)
   );
+}
+
+/** The estimate of a queued job whose backend places its GPUs (SLURM's own), if it has one. */
+function clusterEstimate(job: Job, grant: Allocation | null): HTMLElement | null {
+  if (grant || job.state !== 'queued' || !job.estimated_start) {
+    return null;
+  }
+  return estimateNode({
+    estimated_start: job.estimated_start,
+    estimate_note: `${job.backend}'s own estimate`,
+    estimate_basis: job.backend
+  });
 }
