@@ -6,8 +6,9 @@ slurmctld, slurmd and munged on free ports), yields a :class:`SlurmCluster`, the
 ``test-artifacts/slurm/`` and removes the directory (``DLINFRA_KEEP_SLURM=1`` keeps it).
 
 :func:`slurm_cluster` is the session-scoped pytest fixture built on it; ``tests/conftest.py``
-loads this module as a plugin, so that every directory shares one cluster per run. It fails, never skips, when SLURM cannot be had: ``make test``
-installs Debian's SLURM packages (``scripts/test.sh``).
+loads this module as a plugin, so that every directory shares one cluster per run. It fails,
+never skips, when SLURM cannot be had: ``make test`` installs Debian's SLURM packages
+(``scripts/test.sh``).
 """
 
 from __future__ import annotations

@@ -560,7 +560,9 @@ class SlurmBackend(JobBackend):
                 continue
             status = self._status(row.state, row.reason, row.wait_status)
             where = standing.get(handle.ref)
-            if where is not None and status.state is BackendState.PENDING:
+            # a job waiting for a parent or held is not in the race: its reason says why
+            competing = where is not None and where.position is not None
+            if where is not None and competing and status.state is BackendState.PENDING:
                 status = replace(
                     status,
                     position=where.position,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["Allocation", "AllocationState", "Gpu", "KernelRecord", "LedgerEvent"]
+__all__ = ["POOL", "Allocation", "AllocationState", "Gpu", "KernelRecord", "LedgerEvent"]
+
+#: the placement of a request that this ledger's scheduler grants on any node with room: work
+#: that a cluster runs wherever it is told (a Kubernetes Job or pod admitted by the ledger), not
+#: a kernel already running on a node
+POOL = "pool"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +72,10 @@ class Allocation:
     #: set once preempted: the request its GPUs are being freed for, and why
     preempted_for: int | None = None
     preempt_reason: str | None = None
-    #: who places it: "ledger" (this ledger's scheduler) or "cluster" (Kubernetes' scheduler,
-    #: which the ledger then mirrors: queued with the cluster's reason until it is placed)
+    #: who places it: "ledger" (this ledger's scheduler, on its kernel's node), "pool" (this
+    #: ledger's scheduler, on any node: ``node`` is its kernel's until granted, then the node of
+    #: its GPUs; see POOL) or "cluster" (Kubernetes' scheduler, which the ledger then mirrors:
+    #: queued with the cluster's reason until it is placed)
     placement: str = "ledger"
 
 

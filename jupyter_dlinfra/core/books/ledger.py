@@ -48,7 +48,14 @@ from jupyter_dlinfra.core.errors import (
     NotFound,
     Unsatisfiable,
 )
-from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu, KernelRecord, LedgerEvent
+from jupyter_dlinfra.core.models import (
+    POOL,
+    Allocation,
+    AllocationState,
+    Gpu,
+    KernelRecord,
+    LedgerEvent,
+)
 from jupyter_dlinfra.core.scheduling import explain
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, bounded_usage, decayed
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
@@ -304,6 +311,7 @@ class Ledger:
                     node=a.node,
                     placed_reason=cluster_reasons.get(a.id),
                     placed=a.placement == CLUSTER,
+                    anywhere=a.placement == POOL,
                 )
                 for a in active
                 if a.state is AllocationState.QUEUED
@@ -581,11 +589,16 @@ class Ledger:
         priority_class: str | None = None,
         kind: str = "kernel",
         cluster_reason: str | None = None,
+        anywhere: bool = False,
     ) -> Allocation:
         """Ask for ``count`` GPUs for a kernel (or a job's holder record, ``kind="job"``): granted
         at once, or queued with a position, a reason and an estimated start.
 
-        With ``cluster_reason``, a cluster's scheduler places it (see :meth:`request_placed`)."""
+        With ``cluster_reason``, a cluster's scheduler places it (see :meth:`request_placed`).
+        With ``anywhere``, it may take GPUs of any one node (placement :data:`POOL`: work that
+        a cluster starts where it is told, such as a Kubernetes Job the ledger admits); the
+        allocation names its kernel's node until it is granted, then the node of its GPUs, and
+        so does its kernel record. Otherwise it waits for GPUs of its kernel's node."""
         if isinstance(count, bool) or not isinstance(count, int):
             raise InvalidRequest(f"the GPU count must be a whole number, not {count!r}")
         if count <= 0:
@@ -597,6 +610,9 @@ class Ledger:
         if kind not in ("kernel", "job"):
             raise InvalidRequest(f"kind must be 'kernel' or 'job', not {kind!r}")
         placed = cluster_reason is not None
+        if placed and anywhere:
+            raise InvalidRequest("a request is placed by the cluster or by the ledger, not both")
+        placement = CLUSTER if placed else POOL if anywhere else None
         # what the check found, for the writes (a change may be checked again, alone)
         kernel: KernelRecord | None = None
         klass = ""
@@ -639,7 +655,7 @@ class Ledger:
                     reason="already_allocated",
                 )
             if not placed:
-                self._check_satisfiable(cache, kernel.node, count, model)
+                self._check_satisfiable(cache, None if anywhere else kernel.node, count, model)
             return None
 
         def apply(tx: Transaction, cache: LedgerCache) -> tuple[_Finish, bool]:
@@ -661,7 +677,7 @@ class Ledger:
                     "kind": kind,
                     "groups": groups,
                     "borrowed": False,
-                    "placement": CLUSTER if placed else None,
+                    "placement": placement,
                     "cluster_reason": cluster_reason,
                 },
             )
@@ -684,7 +700,7 @@ class Ledger:
                 created_at=now,
                 priority_class=klass,
                 kind=kind,
-                placement=CLUSTER if placed else "ledger",
+                placement=placement or "ledger",
             )
             cache.changed()
             cache.add_active(new_id, kernel_id)
@@ -694,6 +710,7 @@ class Ledger:
                 node=kernel.node,
                 placed_reason=cluster_reason,
                 placed=placed,
+                anywhere=anywhere,
             )
             if not placed:
                 cache.sched.submit(
@@ -712,6 +729,7 @@ class Ledger:
                         gpus=grant.gpus,
                         granted_at=at,
                         borrowed=grant.borrowed,
+                        node=cache.sched.node_of(grant.gpus) or alloc.node,
                     )
                 if new_id in cache.waiting:
                     return self._waited(alloc, cache)
@@ -1067,8 +1085,12 @@ class Ledger:
             self._check_satisfiable(cache, node, count, model)
 
     def _check_satisfiable(
-        self, cache: LedgerCache, node: str, count: int, model: str | None
+        self, cache: LedgerCache, node: str | None, count: int, model: str | None
     ) -> None:
+        """``node`` None: on some one node of the pool."""
+        if node is None:
+            self._check_pool_satisfiable(cache, count, model)
+            return
         present = cache.sched.node_models(node)  # the node's present GPUs: model -> count
         if not present:
             raise Unsatisfiable(f"node {node} has no GPUs", reason="no_gpus")
@@ -1083,6 +1105,24 @@ class Ledger:
             kind = f" of model '{model}'" if model else ""
             raise Unsatisfiable(
                 f"asked for {plural(count, 'GPU')}{kind} but node {node} has {matching}",
+                reason="too_many",
+            )
+
+    @staticmethod
+    def _check_pool_satisfiable(cache: LedgerCache, count: int, model: str | None) -> None:
+        known = cache.sched.known_models()
+        if not known:
+            raise Unsatisfiable("no node has GPUs", reason="no_gpus")
+        matching, _ = cache.sched.largest(model)
+        if not matching:
+            raise Unsatisfiable(
+                f"no node has GPUs of model '{model}'; models: {', '.join(known)}",
+                reason="unknown_model",
+            )
+        if count > matching:
+            kind = f" of model '{model}'" if model else ""
+            raise Unsatisfiable(
+                f"asked for {plural(count, 'GPU')}{kind} but the largest node has {matching}",
                 reason="too_many",
             )
 
@@ -1180,11 +1220,16 @@ class Ledger:
                 conn,
                 [{"p_id": g.request_id, "p_at": now, "p_borrowed": g.borrowed} for g in out.grants],
             )
+        placed_on: list[tuple[int, str, str]] = []  # request, its kernel, the node granted
         for grant in out.grants:
             asked = cache.waiting.pop(grant.request_id, None)
             detail: dict[str, Any] = {"gpus": list(grant.gpus)}
             if asked is not None:
                 detail["waited_s"] = now - asked.created_at
+                node = sched.node_of(grant.gpus)
+                if asked.anywhere and node is not None:
+                    detail["node"] = node
+                    placed_on.append((grant.request_id, asked.kernel_id, node))
             if grant.borrowed:
                 detail["borrowed"] = True
             told.append(
@@ -1196,6 +1241,9 @@ class Ledger:
                     detail=detail,
                 )
             )
+        if placed_on:
+            sql.PLACE_ON_NODE.run_many(conn, [{"p_id": a, "p_node": n} for a, _, n in placed_on])
+            sql.PLACE_KERNEL.run_many(conn, [{"p_kernel": k, "p_node": n} for _, k, n in placed_on])
         if out.preemptions:
             sql.MARK_PREEMPTED.run_many(
                 conn,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
 from jupyter_dlinfra.core.models import Allocation
 from jupyter_dlinfra.core.scheduling import explain
+from jupyter_dlinfra.core.scheduling.explain_pool import explain_pool, pool_order
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding
@@ -85,6 +86,8 @@ class Waiting:
     node: str
     placed_reason: str | None = None
     placed: bool = False
+    #: a request of the pool: it may take GPUs of any node (``node`` is its kernel's)
+    anywhere: bool = False
 
 
 @dataclass
@@ -124,6 +127,8 @@ class LedgerCache:
     #: node -> (when it was worked out, the node's queue in order, the explanations of its head)
     _views: dict[str, _NodeView] = field(default_factory=dict)
     _placed_order: list[int] | None = None
+    #: the pool's requests explained (its head), kept like a node's until the next change
+    _pool_view: _NodeView | None = None
     #: pages of the queue answered lately: (version, when, the page, how many wait)
     _pages: dict[PageKey, tuple[int, float, list[Allocation], int]] = field(default_factory=dict)
 
@@ -149,6 +154,8 @@ class LedgerCache:
         by what the scheduler says it touched)."""
         self.dirty = True
         self._placed_order = None
+        # the pool's requests compete on every node: any change may move them
+        self._pool_view = None
 
     def become(self, other: LedgerCache) -> None:
         """Take the state of ``other`` (loaded again within the write that changed it)."""
@@ -217,6 +224,8 @@ class LedgerCache:
             )
         for node in self.sched.take_touched():
             self._views.pop(node, None)
+        if waiting.anywhere:
+            return self._pool_info(allocation_id, now)
         node = waiting.node
         kept = self._views.get(node)
         if kept is None or not 0 <= now - kept.at < VIEW_TTL:
@@ -246,6 +255,52 @@ class LedgerCache:
         kept.at = now
         return kept.infos.get(allocation_id)
 
+    def _pool_info(self, allocation_id: int, now: float) -> explain.WaitInfo | None:
+        """:meth:`wait_info` of a request of the pool: its head explained as a node's is (down
+        to the request asked about, at least twice as deep as before, EXPLAIN_DEPTH at most);
+        below that, its place and a brief reason."""
+        kept = self._pool_view
+        if kept is None or not 0 <= now - kept.at < VIEW_TTL:
+            kept = self._pool_view = _NodeView(at=now, order={}, queue=[])
+        found = kept.infos.get(allocation_id) or kept.beyond.get(allocation_id)
+        if found is not None:
+            return found
+        self.sched.now = max(self.sched.now, now)
+        if not kept.order:
+            kept.queue = list(pool_order(self.sched))
+            kept.order = {d.id: i for i, d in enumerate(kept.queue)}
+        place = kept.order.get(allocation_id)
+        if place is None:
+            return None
+        if place >= EXPLAIN_DEPTH:
+            d = kept.queue[place]
+            over = self.sched.over_quota(d)
+            found = kept.beyond[allocation_id] = explain.WaitInfo(
+                request_id=allocation_id,
+                position=place + 1,
+                code="quota" if over is not None else "order",
+                reason=over
+                if over is not None
+                else f"behind {place} requests for GPUs of any node",
+            )
+            return found
+        depth = min(max(place + 1, 2 * len(kept.infos)), EXPLAIN_DEPTH)
+        typical = self.durations.typical()
+        kept.infos = explain_pool(
+            self.sched,
+            kept.queue[:depth],
+            expected_end=lambda h: self._expected_end(h, now, typical),
+            duration=lambda d: typical.get(d.klass, DEFAULT_DURATION),
+            assumed=lambda klass: klass not in typical,
+        )
+        return kept.infos.get(allocation_id)
+
+    @staticmethod
+    def _expected_end(h: Holding, now: float, typical: dict[str, float]) -> float:
+        if h.preempted_for is not None:
+            return now + PREEMPT_GRACE
+        return max(h.granted_at + typical.get(h.klass, DEFAULT_DURATION), now + 60.0)
+
     def _placed(self) -> list[int]:
         if self._placed_order is None:
             self._placed_order = sorted(aid for aid, w in self.waiting.items() if w.placed)
@@ -258,9 +313,7 @@ class LedgerCache:
             return typical.get(klass, DEFAULT_DURATION)
 
         def expected_end(h: Holding) -> float:
-            if h.preempted_for is not None:
-                return now + PREEMPT_GRACE
-            return max(h.granted_at + lasts(h.klass), now + 60.0)
+            return self._expected_end(h, now, typical)
 
         def duration(d: Demand) -> float:
             return lasts(d.klass)

@@ -40,6 +40,8 @@ __all__ = [
     "INSERT_HOLDINGS",
     "KERNEL",
     "MARK_PREEMPTED",
+    "PLACE_KERNEL",
+    "PLACE_ON_NODE",
     "UNMARK_PREEMPTED",
     "UPDATE_FAIRSHARE",
 ]
@@ -84,6 +86,19 @@ GRANT = DriverStatement(
         borrowed=bindparam("p_borrowed"),
     ),
     ["p_id", "p_at", "p_borrowed"],
+)
+#: where a request of the pool was granted: the node of its GPUs, for it and its kernel record
+PLACE_ON_NODE = DriverStatement(
+    update(allocations)
+    .where(allocations.c.id == bindparam("p_id"))
+    .values(node=bindparam("p_node")),
+    ["p_id", "p_node"],
+)
+PLACE_KERNEL = DriverStatement(
+    update(kernels)
+    .where(kernels.c.kernel_id == bindparam("p_kernel"))
+    .values(node=bindparam("p_node")),
+    ["p_kernel", "p_node"],
 )
 END_ALLOCATION = DriverStatement(
     update(allocations)

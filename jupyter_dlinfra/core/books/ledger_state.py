@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from sqlalchemy import Connection, select
 
-from jupyter_dlinfra.core.models import Allocation, AllocationState
+from jupyter_dlinfra.core.models import POOL, Allocation, AllocationState
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding, Slot
@@ -132,7 +132,8 @@ def demand_of(alloc: Allocation, policy: SchedulingPolicy, groups: tuple[str, ..
         groups=groups,
         count=alloc.count,
         model=alloc.model,
-        node=alloc.node,
+        # a request of the pool may take GPUs of any node; the others wait for their kernel's
+        node=None if alloc.placement == POOL else alloc.node,
         klass=class_of(alloc, policy),
         kind=alloc.kind,
         submitted_at=alloc.created_at,

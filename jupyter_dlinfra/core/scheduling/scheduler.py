@@ -204,6 +204,22 @@ class Scheduler:
             found = self._caps[models] = max(sizes, default=0)
         return found
 
+    def largest(self, model: str | None) -> tuple[int, tuple[str, ...]]:
+        """The most GPUs of ``model`` (None: any) that one node has, and the models that match."""
+        models = self._models(model)
+        return self._largest(models), models
+
+    def known_models(self) -> list[str]:
+        return sorted({p.model for p in self._pool_list if p.gpus})
+
+    def node_of(self, uuids: Iterable[str]) -> str | None:
+        """The node of these GPUs (a grant's are on one node, unless it is a gang's)."""
+        for uuid in uuids:
+            pool = self._pool_of.get(uuid)
+            if pool is not None:
+                return pool.node
+        return None
+
     def gpu_count(self, model: str | None = None, node: str | None = None) -> int:
         pools = self._node_pools.get(node, []) if node is not None else self._pool_list
         return sum(len(p.gpus) for p in pools if model_matches(model, p.model))

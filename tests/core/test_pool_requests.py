@@ -1,0 +1,123 @@
+"""Requests of the pool (``anywhere``): the ledger's scheduler grants them on any node with room,
+in the policy's order, and tells them where they stand cluster-wide. This is how the ledger admits
+work a cluster starts where it is told (Kubernetes Jobs and pods), through the public Ledger API
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter_dlinfra.core.errors import InvalidRequest, Unsatisfiable
+from jupyter_dlinfra.core.models import POOL, AllocationState
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+
+from .kit import A100, H100, Kit
+
+
+@pytest.fixture
+def cluster(kit: Kit) -> Kit:
+    """Two nodes of four A100s and one of two H100s; the server's own node has no GPUs."""
+    kit.node("node-a")
+    kit.node("node-b")
+    kit.node("node-h", (2, H100))
+    return kit
+
+
+def ask(kit: Kit, name: str, count: int, *, user: str = "alice", **extra: object) -> object:
+    kit.kernel(name, node="gateway", user=user)
+    return kit.ledger.request(kernel_id=name, count=count, anywhere=True, **extra)  # type: ignore[arg-type]
+
+
+def test_a_pool_request_is_granted_on_a_node_with_room_and_says_which(cluster: Kit) -> None:
+    ledger = cluster.ledger
+    first = ask(cluster, "job-1", 3)
+    assert first.state is AllocationState.GRANTED and first.placement == POOL
+    node = first.node
+    assert node in ("node-a", "node-b") and len(first.gpus) == 3
+    assert all(u.startswith(f"GPU-{node}-") for u in first.gpus)
+    # best fit: a 1-GPU request goes where one GPU is left, not to an empty node
+    second = ask(cluster, "job-2", 1)
+    assert second.node == node
+    # the model asked for decides the nodes
+    third = ask(cluster, "job-3", 2, model="H100")
+    assert third.node == "node-h" and third.state is AllocationState.GRANTED
+    # the row and the kernel record say where it runs
+    assert ledger.allocation(third.id).node == "node-h"
+    assert ledger.kernel("job-3").node == "node-h"
+    granted = [e for e in ledger.events() if e.kind == "granted" and e.allocation_id == third.id]
+    assert granted[0].detail["node"] == "node-h"
+
+
+def test_a_request_no_node_can_hold_is_refused_plainly(cluster: Kit) -> None:
+    with pytest.raises(Unsatisfiable, match="the largest node has 4") as too_many:
+        ask(cluster, "job-1", 5)
+    assert too_many.value.reason == "too_many"
+    with pytest.raises(Unsatisfiable, match="no node has GPUs of model 'V100'"):
+        ask(cluster, "job-2", 1, model="V100")
+    with pytest.raises(InvalidRequest, match="not both"):
+        cluster.kernel("k", node="gateway")
+        cluster.ledger.request(kernel_id="k", count=1, anywhere=True, cluster_reason="Pending")
+
+
+def test_waiting_pool_requests_are_told_their_place_reason_and_start(cluster: Kit) -> None:
+    ledger, clock = cluster.ledger, cluster.clock
+    holders = [ask(cluster, f"hold-{i}", 4, user="carol") for i in range(2)]
+    assert {h.node for h in holders} == {"node-a", "node-b"}
+    ask(cluster, "big", 4, model="A100")
+    ask(cluster, "small", 1, user="bob", model="A100")
+    big, small = (ledger.allocations(kernel_id=k)[0] for k in ("big", "small"))
+    assert big.state is small.state is AllocationState.QUEUED
+    assert (big.position, small.position) == (1, 2)
+    assert big.waiting_code == "no_free_gpu"
+    assert big.waiting_reason is not None and big.waiting_reason.startswith(
+        "waiting for 4 GPUs of model 'A100' on one node: at most 0 free on a node (0 of 8 free"
+    )
+    # with no history the default holding time (an hour) is assumed, and said
+    assert big.estimated_start is not None and big.estimate_basis == "default"
+    assert big.estimated_start >= clock.now() + 3600 - 1
+    # a node comes free: the head of the queue takes it, the one behind moves up
+    clock.advance(60)
+    ledger.release(holders[0].id, reason="done")
+    now_big = ledger.allocation(big.id)
+    now_small = ledger.allocation(small.id)
+    assert now_big.state is AllocationState.GRANTED and now_big.node == holders[0].node
+    assert now_small.state is AllocationState.QUEUED and now_small.position == 1
+
+
+def test_pool_requests_follow_the_policys_order_not_arrival(cluster: Kit) -> None:
+    ledger = cluster.ledger
+    ledger.set_scheduling_policy(
+        SchedulingPolicy(fair_share=True, preemption=False), who="admin"
+    )
+    hold = [ask(cluster, f"hold-{i}", 4, user="carol") for i in range(2)]
+    # alice used GPUs recently; bob never did: bob's later request goes first
+    cluster.kernel("past", node="gateway", user="alice")
+    past = ledger.request(kernel_id="past", count=2, model="H100", anywhere=True)
+    cluster.clock.advance(3600)
+    ledger.release(past.id, reason="done")
+    alice = ask(cluster, "alice-1", 4, user="alice")
+    bob = ask(cluster, "bob-1", 4, user="bob")
+    assert (ledger.allocation(bob.id).position, ledger.allocation(alice.id).position) == (1, 2)
+    assert ledger.allocation(alice.id).waiting_code in ("no_free_gpu", "fair_share")
+    ledger.release(hold[0].id, reason="done")
+    assert ledger.allocation(bob.id).state is AllocationState.GRANTED
+    assert ledger.allocation(alice.id).state is AllocationState.QUEUED
+
+
+def test_pool_requests_survive_a_restart_of_the_ledger(cluster: Kit) -> None:
+    ask(cluster, "hold-a", 4)
+    ask(cluster, "hold-b", 4)
+    waiting = ask(cluster, "later", 3)
+    assert waiting.state is AllocationState.QUEUED
+    kit = cluster.reopen()
+    again = kit.ledger.allocation(waiting.id)
+    assert again.state is AllocationState.QUEUED and again.placement == POOL
+    assert again.position == 1 and again.waiting_code == "no_free_gpu"
+    # loaded as a request of the pool: granted on whichever node frees room
+    holder = next(
+        a for a in kit.ledger.allocations(state=AllocationState.GRANTED) if a.node == "node-b"
+    )
+    kit.ledger.release(holder.id, reason="done")
+    granted = kit.ledger.allocation(waiting.id)
+    assert granted.state is AllocationState.GRANTED and granted.node == "node-b"
+    assert A100 in {g.model for g in kit.ledger.gpus_of(granted.gpus)}
