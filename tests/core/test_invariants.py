@@ -31,6 +31,8 @@ INVENTORY: dict[str, list[Gpu]] = {
     "node-b": make_gpus("node-b", (2, A100), (2, H100)),
 }
 KERNEL_NODE = {f"k{i}": ("node-a" if i < 3 else "node-b") for i in range(6)}
+#: holders of requests of the pool (any node): work a cluster starts where it is told
+POOL_KERNELS = ("p0", "p1")
 MODELS = [None, None, "A100", "h100", "V100"]
 
 
@@ -50,6 +52,10 @@ class LedgerMachine(RuleBasedStateMachine):
         for kid, node in KERNEL_NODE.items():
             self.ledger.register_kernel(
                 KernelRecord(kernel_id=kid, user=f"user-{kid}", node=node, server_id="srv")
+            )
+        for kid in POOL_KERNELS:
+            self.ledger.register_kernel(
+                KernelRecord(kernel_id=kid, user=f"user-{kid}", node="gateway", server_id="srv")
             )
         self.ids: list[int] = []
         self.seen_granted: set[int] = set()
@@ -112,6 +118,34 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             self.ids.append(alloc.id)
 
+    @rule(
+        kernel=st.sampled_from(POOL_KERNELS),
+        count=st.integers(1, 5),
+        model=st.sampled_from(MODELS),
+    )
+    def request_anywhere(self, kernel: str, count: int, model: str | None) -> None:
+        # a request takes GPUs of one model on one node
+        pools = Counter(
+            (g.node, g.model)
+            for node in INVENTORY
+            for g in self.ledger.gpus(node)
+            if model_matches(model, g.model)
+        )
+        largest = max(pools.values(), default=0)
+        active = self.ledger.allocations(kernel_id=kernel)
+        try:
+            alloc = self.ledger.request(kernel_id=kernel, count=count, model=model, anywhere=True)
+        except Unsatisfiable:
+            assert count > largest
+            return
+        except Conflict:
+            assert active
+            return
+        assert alloc.placement == "pool"
+        if alloc.id not in self.ids:
+            assert not active and count <= largest
+            self.ids.append(alloc.id)
+
     @precondition(lambda self: bool(self.ids))
     @rule(pick=st.integers(0, 1_000), only_active=st.booleans())
     def release(self, pick: int, only_active: bool) -> None:
@@ -129,7 +163,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert after == before
         assert after.ended_at is not None
 
-    @rule(kernel=st.sampled_from(sorted(KERNEL_NODE)))
+    @rule(kernel=st.sampled_from(sorted(KERNEL_NODE) + list(POOL_KERNELS)))
     def release_kernel(self, kernel: str) -> None:
         active = {a.id for a in self.ledger.allocations(kernel_id=kernel)}
         ended = self.ledger.release_kernel(kernel, reason="rule")
@@ -174,8 +208,11 @@ class LedgerMachine(RuleBasedStateMachine):
             assert a.ended_at is None
             assert a.position is None
             for u in a.gpus:
+                # a request of the pool says the node it was granted on
                 assert everything[u].node == a.node
                 assert model_matches(a.model, everything[u].model)
+            if a.placement == "pool":
+                assert self.ledger.kernel(a.kernel_id).node == a.node
             if a.id not in self.seen_granted:
                 # a new grant never takes a GPU that is gone
                 assert all(u in present for u in a.gpus)
@@ -198,19 +235,32 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert a.id not in holding_ids
 
         # work-conserving under FIFO: replaying the rule grants nothing more
+        # GPUs the last pass set aside for a request of the pool are not free for the rest
+        cache = self.ledger._cache
+        assert cache is not None
+        sched = cache.sched
+        aside = {
+            u
+            for rid, uuids in sched.reserved.items()
+            if rid in sched.demands and sched.demands[rid].node is None
+            for u in uuids
+        }
         free: dict[str, list[Gpu]] = defaultdict(list)
         for g in sorted(present.values(), key=lambda g: (g.node, g.index)):
-            if g.uuid not in holders:
+            if g.uuid not in holders and g.uuid not in aside:
                 free[g.node].append(g)
+        # (the pool's requests, which may run anywhere, are looked at up to the scan limit:
+        # pinned ones are checked here)
         for a in queue:
+            if a.placement == "pool":
+                continue
             fits = [g for g in free[a.node] if model_matches(a.model, g.model)]
             assert len(fits) < a.count, f"allocation {a.id} could be granted now"
             for g in fits:
                 free[a.node].remove(g)
         # and whatever the scan limit: no GPU idles that a waiter within quota could take,
         # what the last pass set aside aside
-        cache = self.ledger._cache
-        assert cache is not None and cache.sched.unserved() == []
+        assert sched.unserved() == []
 
 
 LedgerMachine.TestCase.settings = settings(

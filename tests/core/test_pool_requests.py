@@ -86,9 +86,7 @@ def test_waiting_pool_requests_are_told_their_place_reason_and_start(cluster: Ki
 
 def test_pool_requests_follow_the_policys_order_not_arrival(cluster: Kit) -> None:
     ledger = cluster.ledger
-    ledger.set_scheduling_policy(
-        SchedulingPolicy(fair_share=True, preemption=False), who="admin"
-    )
+    ledger.set_scheduling_policy(SchedulingPolicy(fair_share=True, preemption=False), who="admin")
     hold = [ask(cluster, f"hold-{i}", 4, user="carol") for i in range(2)]
     # alice used GPUs recently; bob never did: bob's later request goes first
     cluster.kernel("past", node="gateway", user="alice")
