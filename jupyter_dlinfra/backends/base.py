@@ -9,7 +9,10 @@ server, never from the event loop, one at a time per backend instance:
   that does not place GPUs itself (``places_gpus = False``, e.g. ``local``) that is after the
   ledger granted the job's GPUs (``launch.env`` then carries ``CUDA_VISIBLE_DEVICES``); for one
   that does (``slurm``, ``kubernetes``), as soon as the job is submitted, with its parents'
-  handles in ``launch.after`` so that the cluster's scheduler enforces the chain. ``submit``
+  handles in ``launch.after`` so that the cluster's scheduler enforces the chain. A backend
+  whose jobs the ledger admits (``ledger_admits = True``: Kubernetes without Kueue) is called
+  once the ledger granted the job GPUs of one node of the cluster (``launch.node``), and its
+  parents succeeded; it runs the job there, asking the cluster for that many GPUs. ``submit``
   returns a :class:`JobHandle`, which the server stores: it must be enough to find the job
   again after a restart of the server (JSON: ``to_json``/``from_json``).
 - ``poll(handles)`` once per job-loop interval with the handles of the jobs it runs; it answers
@@ -77,6 +80,8 @@ class JobLaunch:
     groups: Sequence[str] = ()
     #: handles of jobs that must succeed first (for backends with ``places_gpus``)
     after: Sequence[JobHandle] = ()
+    #: the node the ledger admitted the job on (backends with ``ledger_admits``): it runs there
+    node: str | None = None
     #: where the command's stdout and stderr go
     log_path: str = ""
 
@@ -118,6 +123,10 @@ class JobBackend(abc.ABC):
     name: str = "abstract"
     #: True when the backend's own scheduler places GPUs (the ledger then does not grant them)
     places_gpus: bool = False
+    #: True when the ledger's scheduler admits the backend's jobs before they are submitted: it
+    #: grants each GPUs of one node of the cluster (a request of the pool) in the team's order,
+    #: and the job runs on that node; preempted, it is stopped and queued again
+    ledger_admits: bool = False
 
     @abc.abstractmethod
     def submit(self, launch: JobLaunch) -> JobHandle:

@@ -31,6 +31,18 @@ at its creation); when a parent failed, was cancelled or is lost, it cancels the
 CANCELLED (``DependencyNeverSatisfied``, as SLURM says). The hold is in the cluster, so a restarted
 server goes on where the last one stopped. Parents must be Jobs of this backend.
 
+Admission by the ledger (``admission``)
+---------------------------------------
+
+With ``admission`` (the gateway turns it on when its GPU inventory is the cluster's, through
+``c.DLInfra.cluster_telemetry``, and no ``kueue_queue`` is set), a Job is created only once the
+ledger's scheduler admitted it: the job asks the ledger for GPUs of any node (a request of the
+pool), waits in the team's order (class, fair share, age; quotas, borrowing, reservations for
+big requests) with a place, a reason and an estimated start, and once granted is created with a
+required node affinity on the granted node (``matchFields`` on ``metadata.name``), asking the
+cluster for that many ``nvidia.com/gpu``: kube-scheduler binds it there, the device plugin picks
+the devices. A preempted job's Job is deleted and the job queued again, as a local job is.
+
 Kueue (``kueue_queue``)
 -----------------------
 
@@ -155,6 +167,8 @@ class KubernetesBackend(JobBackend):
         priority_classes: Mapping[str, str] | None = None,
         # a Kueue LocalQueue: Jobs are created suspended with its label; None: no Kueue
         kueue_queue: str | None = None,
+        # Jobs are created once the ledger admitted them, on the node it chose (see above)
+        admission: bool = False,
         # extra labels on every Job and pod
         labels: Mapping[str, str] | None = None,
         # extra pod volumes and container mounts, Kubernetes JSON form
@@ -180,6 +194,12 @@ class KubernetesBackend(JobBackend):
         # seconds one API request may take
         timeout: float = 30.0,
     ) -> None:
+        if admission and kueue_queue:
+            raise ValueError(
+                "admission and kueue_queue: admission is either the ledger's or Kueue's; "
+                "unset one of them"
+            )
+        self.ledger_admits = bool(admission)
         # a missing client package is a configuration error now, not at the first job
         self.kube = KubeApi(api_client, kubeconfig=kubeconfig, context=context, timeout=timeout)
         self.template = PodTemplate(
@@ -419,6 +439,7 @@ class KubernetesBackend(JobBackend):
         info: dict[str, Any] = {
             "name": self.name,
             "places_gpus": self.places_gpus,
+            "ledger_admits": self.ledger_admits,
             "available": False,
             "namespace": self.namespace,
         }

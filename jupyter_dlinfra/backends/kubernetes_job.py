@@ -247,6 +247,7 @@ class JobTemplate:
             model=launch.model,
             priority_class=launch.priority_class,
             volumes=[volume],
+            node=launch.node,
         )
         spec: dict[str, Any] = {
             "backoffLimit": 0,

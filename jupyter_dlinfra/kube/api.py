@@ -56,6 +56,7 @@ __all__ = [
     "import_kubernetes",
     "label_value",
     "meta",
+    "node_name_affinity",
     "pending_reason",
     "terminated",
     "true_condition",
@@ -258,6 +259,16 @@ def _api_message(status: Any, reason: Any, body: Any) -> str:
 
 
 # --- GPU models ------------------------------------------------------------------------------
+
+
+def node_name_affinity(node: str) -> dict[str, Any]:
+    """Node affinity that requires the node named ``node`` (as DaemonSets pin their pods)."""
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
+    }
 
 
 def gpu_node_affinity(

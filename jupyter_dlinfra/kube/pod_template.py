@@ -24,6 +24,7 @@ from jupyter_dlinfra.kube.api import (
     check_env_name,
     gpu_node_affinity,
     label_value,
+    node_name_affinity,
 )
 
 __all__ = ["PodTemplate"]
@@ -140,10 +141,14 @@ class PodTemplate:
         model: str | None,
         priority_class: str | None,
         volumes: Sequence[Mapping[str, Any]] = (),
+        node: str | None = None,
     ) -> dict[str, Any]:
         """A pod spec that runs ``container`` once, placed by the options; ``priority_class``
-        (ours) through ``priority_classes`` (unmapped: the cluster's default); a GPU ``model``
-        through :func:`~jupyter_dlinfra.kube.api.gpu_node_affinity` (an API call)."""
+        (ours) through ``priority_classes`` (unmapped: the cluster's default); on ``node`` when
+        given (the ledger admitted it there: a required node affinity on the node's name, which
+        kube-scheduler honours, unlike ``nodeName``, which would skip it and its reasons), else
+        a GPU ``model`` through :func:`~jupyter_dlinfra.kube.api.gpu_node_affinity` (an API
+        call)."""
         pod: dict[str, Any] = {
             "restartPolicy": "Never",
             "enableServiceLinks": False,
@@ -161,7 +166,9 @@ class PodTemplate:
         klass = self.priority_classes.get(priority_class or "")
         if klass:
             pod["priorityClassName"] = klass
-        if model and gpus > 0:
+        if node is not None:
+            pod["affinity"] = node_name_affinity(node)
+        elif model and gpus > 0:
             pod["affinity"] = gpu_node_affinity(
                 api, model, label=self.gpu_product_label, products=self.gpu_products
             )

@@ -5,7 +5,9 @@ queued in the ledger. Then, once per ``job_interval``:
 
 - a queued job whose parents all succeeded starts. With a backend that does not place GPUs
   (``local``) the ledger grants its GPUs first, as to any kernel (it holds them under the name
-  ``job-<id>``), so a job and a notebook never hold the same GPU; a backend that places GPUs
+  ``job-<id>``), so a job and a notebook never hold the same GPU; with a backend whose jobs the
+  ledger admits (Kubernetes without Kueue) the ledger grants GPUs of any one node of the cluster
+  first (a request of the pool) and the job runs on that node; a backend that places GPUs
   itself (SLURM) gets the job at once, with its parents' handles to chain on;
 - every job a backend holds is polled; its end is recorded with how it ended (the runner's
   ``status.json``: which cell failed, and its error), its GPUs go back to the queue, and the jobs
@@ -63,6 +65,14 @@ _ENDS = {
     BackendState.CANCELLED: JobState.CANCELLED,
     BackendState.LOST: JobState.FAILED,
 }
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Granted:
+    """A job's GPUs as the ledger granted them: their node (None without GPUs) and UUIDs."""
+
+    node: str | None
+    gpus: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,9 +205,11 @@ class JobService:
         kernel_name, spec_gpus = _job_kernel(prepared[0].kernel_name, self.kernel_specs)
         wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
         model = sub.model if sub.model is not None else prepared[0].model
-        if wanted and not self.backends[backend].places_gpus:
+        chosen = self.backends[backend]
+        if wanted and (chosen.ledger_admits or not chosen.places_gpus):
             # refused now, as %gpu would be, rather than failing at the job's first pass
-            self.ledger.check_satisfiable(self.server.node, wanted, model)
+            node = None if chosen.ledger_admits else self.server.node
+            self.ledger.check_satisfiable(node, wanted, model)
         created: list[Job] = []
         try:
             for point, ready in zip(points, prepared, strict=True):
@@ -336,20 +348,28 @@ class JobService:
         parents = [self.book.job(p) for p in job.after]
         waiting = [p for p in parents if p.state is not JobState.SUCCEEDED]
         after: list[JobHandle] = []
+        granted_by_ledger = backend.ledger_admits or not backend.places_gpus
         if waiting:
-            if not backend.places_gpus:
+            if granted_by_ledger:
                 return  # the reason says which jobs it waits for
             # the cluster chains them itself, once every parent is with it
             if any(p.handle is None or p.backend != job.backend for p in waiting):
                 return
             after = [JobHandle.from_json(p.handle) for p in waiting if p.handle]
         env: dict[str, str] = {"DLINFRA_JOB_ID": str(job.id)}
-        if not backend.places_gpus:
-            visible = self._gpus_for(job)
-            if visible is None:
+        node: str | None = None
+        if granted_by_ledger:
+            granted = self._granted(job, anywhere=backend.ledger_admits)
+            if granted is None:
                 return
-            if visible or self.settings.hide_unallocated_gpus:
-                env["CUDA_VISIBLE_DEVICES"] = visible
+            if backend.ledger_admits:
+                # admitted on a node of the cluster: the job runs there, and the cluster's
+                # device plugin picks its devices
+                node = granted.node
+            else:
+                visible = ",".join(granted.gpus)
+                if visible or self.settings.hide_unallocated_gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = visible
         workdir = Path(job.workdir)
         launch = JobLaunch(
             job_id=job.id,
@@ -365,6 +385,7 @@ class JobService:
             priority_class=job.priority_class or self.ledger.scheduling_policy().job_class,
             groups=tuple(self.ledger.groups_of(job.user)),
             after=after,
+            node=node,
             log_path=str(workdir / "job.log"),
         )
         try:
@@ -391,10 +412,12 @@ class JobService:
                 job.kernel_id, pid=pid, pid_started_at=process_started_at(pid)
             )
 
-    def _gpus_for(self, job: Job) -> str | None:
-        """The CUDA_VISIBLE_DEVICES of a job the ledger must grant GPUs; None while it waits."""
+    def _granted(self, job: Job, *, anywhere: bool = False) -> _Granted | None:
+        """What the ledger granted a job that it must grant GPUs (of its node, or with
+        ``anywhere`` of any one node of the cluster); None while it waits. A job without GPUs
+        needs no grant."""
         if job.gpus == 0:
-            return ""
+            return _Granted(node=None, gpus=())
         ledger = self.ledger
         alloc = None if job.allocation_id is None else ledger.allocation(job.allocation_id)
         if alloc is not None and not alloc.state.active and not self._holder_known(job):
@@ -419,10 +442,11 @@ class JobService:
                 model=job.model,
                 priority_class=job.priority_class,
                 kind="job",
+                anywhere=anywhere,
             )
             job = self.book.update(job.id, allocation_id=alloc.id)
         if alloc.state is AllocationState.GRANTED:
-            return ",".join(alloc.gpus)
+            return _Granted(node=alloc.node, gpus=alloc.gpus)
         if alloc.state is AllocationState.QUEUED:
             gpus = f"{job.gpus} GPU{'s' if job.gpus != 1 else ''}"
             reason = f"waiting for {gpus} at position {alloc.position}: {alloc.waiting_reason}"

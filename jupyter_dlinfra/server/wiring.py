@@ -306,6 +306,13 @@ def _load_backends(
         backend_options = dict(options.backend_options.get(name, {}))
         if name == "kubernetes" and options.kubernetes_priority_classes != "off":
             backend_options.setdefault("priority_classes", priority_classes(backend_options))
+        if (
+            name == "kubernetes"
+            and options.kernel_backend == "kubernetes"
+            and not backend_options.get("kueue_queue")
+        ):
+            # the ledger's GPUs are the cluster's (cluster_telemetry): it admits the Jobs
+            backend_options.setdefault("admission", True)
         try:
             backends[name] = found[name].load()(**backend_options)
         except TypeError as err:

@@ -469,6 +469,23 @@ def test_manifest_with_a_host_path_and_gpus() -> None:
         _offline(labels={"app.kubernetes.io/managed-by": "me"})
 
 
+def test_an_admitted_job_is_pinned_to_the_node_the_ledger_chose() -> None:
+    backend = _offline(admission=True)
+    assert backend.ledger_admits and backend.describe()["ledger_admits"] is True
+    # the node's name, not a model: the ledger chose a node of the right model (no API call)
+    pod = backend.job_manifest(_launch(gpus=2, model="A100", node="gpu-7"))["spec"]["template"]
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-7"]}]}
+    assert pod["spec"]["affinity"] == {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
+    }
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert not _offline().ledger_admits
+    with pytest.raises(ValueError, match="admission is either the ledger's or Kueue's"):
+        _offline(admission=True, kueue_queue="q")
+
+
 def test_chain_manifest_is_held() -> None:
     parent = JobHandle(
         backend="kubernetes", ref="dlinfra-job-6-aa", detail={"namespace": "ml", "workdir": "/w/6"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from jupyter_dlinfra.core.books import ledger_cache
 from jupyter_dlinfra.core.errors import InvalidRequest, Unsatisfiable
 from jupyter_dlinfra.core.models import POOL, AllocationState
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
@@ -119,3 +120,20 @@ def test_pool_requests_survive_a_restart_of_the_ledger(cluster: Kit) -> None:
     granted = kit.ledger.allocation(waiting.id)
     assert granted.state is AllocationState.GRANTED and granted.node == "node-b"
     assert A100 in {g.model for g in kit.ledger.gpus_of(granted.gpus)}
+
+
+def test_below_the_explained_head_a_pool_request_is_told_its_place_in_brief(
+    cluster: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_cache, "EXPLAIN_DEPTH", 2)
+    for i in range(2):
+        ask(cluster, f"hold-{i}", 4, user="carol", model="A100")
+    waiting = [ask(cluster, f"wait-{i}", 4, model="A100") for i in range(4)]
+    ledger = cluster.ledger
+    places = [ledger.allocation(a.id) for a in waiting]
+    assert [a.position for a in places] == [1, 2, 3, 4]
+    assert [a.estimated_start is not None for a in places] == [True, True, False, False]
+    assert places[3].waiting_code == "order"
+    assert places[3].waiting_reason == "behind 3 requests for GPUs of any node"
+    # the queue's page says the same places
+    assert [a.position for a in ledger.queue()] == [1, 2, 3, 4]

@@ -389,6 +389,80 @@ def test_a_notebook_job_runs_as_a_kubernetes_job_to_completion(
     limits = jobs[0].spec.template.spec.containers[0].resources.limits
     assert limits["nvidia.com/gpu"] == "1"
     assert jobs[0].spec.template.spec.priority_class_name == "dlinfra-batch"
+    # admitted by the ledger on one node of the cluster, and created to run there
+    assert _pinned_node(jobs[0]) in ("gpu-node-a", "gpu-node-b")
+
+
+def _pinned_node(job: Any) -> str | None:
+    """The node a Job's pod is required to run on (its admission), if any."""
+    affinity = job.spec.template.spec.affinity
+    if affinity is None or affinity.node_affinity is None:
+        return None
+    required = affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    for term in required.node_selector_terms:
+        for field in term.match_fields or []:
+            if field.key == "metadata.name" and field.operator == "In":
+                return str(field.values[0])
+    return None
+
+
+def test_jobs_are_admitted_by_the_ledger_and_wait_there_in_its_order(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    alice = k8s_user("alice")
+    bob = k8s_user("bob")
+    for who in (alice, bob):
+        write_notebook(
+            who.workdir / "root" / "big.ipynb",
+            f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+        )
+    # the A100 node's four GPUs: alice's job is admitted there and runs
+    first = alice.post("dlinfra/api/jobs", {"path": "big.ipynb", "gpus": 4, "model": "A100"})
+    batch = kubernetes.client.BatchV1Api(k8s_api)
+
+    def job_objects(job_id: int) -> list[Any]:
+        selector = f"dlinfra.jupyter.org/job-id={job_id}"
+        return list(batch.list_namespaced_job(k8s_namespace, label_selector=selector).items)
+
+    wait_until(
+        lambda: alice.get(f"dlinfra/api/jobs/{first['id']}")["state"] == "running",
+        timeout=120,
+        interval=0.5,
+        what="alice's job to run",
+    )
+    [created] = job_objects(first["id"])
+    assert _pinned_node(created) == "gpu-node-a"
+    # bob's waits in the ledger, with its place, reason and estimate: no Job exists for it
+    second = bob.post("dlinfra/api/jobs", {"path": "big.ipynb", "gpus": 4, "model": "A100"})
+
+    def queued_in_ledger() -> Any:
+        current = bob.get(f"dlinfra/api/jobs/{second['id']}")
+        return current if current["position"] is not None else None
+
+    waiting = wait_until(queued_in_ledger, timeout=60, interval=0.5, what="bob's job to queue")
+    assert waiting["state"] == "queued" and waiting["position"] == 1, waiting
+    assert waiting["reason"].startswith("waiting for 4 GPUs at position 1: waiting for 4 GPUs")
+    assert "on one node" in waiting["reason"] and waiting["estimated_start"] is not None
+    held = bob.get(f"dlinfra/api/allocations/{waiting['allocation_id']}")
+    assert held["placement"] == "pool" and held["waiting_code"] == "no_free_gpu"
+    assert job_objects(second["id"]) == []
+    # alice's ends: bob's is admitted on the node that came free, and runs to its end
+    gate.write_text("go")
+    for who, job in ((alice, first), (bob, second)):
+
+        def ended(who: ServerProcess = who, job: Any = job) -> Any:
+            current = who.get(f"dlinfra/api/jobs/{job['id']}")
+            return current if current["state"] in ("succeeded", "failed", "cancelled") else None
+
+        final = wait_until(ended, timeout=180, interval=0.5, what=f"job {job['id']} to end")
+        assert final["state"] == "succeeded", final
+    [admitted] = job_objects(second["id"])
+    assert _pinned_node(admitted) == "gpu-node-a"
 
 
 def test_users_through_one_gateway_cannot_touch_each_others_pod_kernels(

@@ -1079,8 +1079,9 @@ class Ledger:
             detail=detail,
         )
 
-    def check_satisfiable(self, node: str, count: int, model: str | None = None) -> None:
-        """Raise Unsatisfiable when no wait could ever grant this request on ``node``."""
+    def check_satisfiable(self, node: str | None, count: int, model: str | None = None) -> None:
+        """Raise Unsatisfiable when no wait could ever grant this request on ``node`` (None: on
+        some one node, as a request of the pool)."""
         with self._reading() as (_, cache):
             self._check_satisfiable(cache, node, count, model)
 

@@ -23,6 +23,7 @@ import bisect
 import itertools
 import statistics
 from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
@@ -103,6 +104,38 @@ class _NodeView:
 
 
 @dataclass
+class _PoolView:
+    """The pool's queue as far as it was walked (a request's place costs the walk down to it,
+    not the whole queue), and the explanations of its head."""
+
+    at: float
+    rest: Iterator[Demand]
+    walked: list[Demand] = field(default_factory=list)
+    order: dict[int, int] = field(default_factory=dict)
+    infos: dict[int, explain.WaitInfo] = field(default_factory=dict)
+    beyond: dict[int, explain.WaitInfo] = field(default_factory=dict)
+
+    def place(self, request_id: int) -> int | None:
+        """0-based place of a request of the pool; None if it is not one."""
+        while request_id not in self.order:
+            d = next(self.rest, None)
+            if d is None:
+                return None
+            self.order[d.id] = len(self.walked)
+            self.walked.append(d)
+        return self.order[request_id]
+
+    def head(self, depth: int) -> list[Demand]:
+        while len(self.walked) < depth:
+            d = next(self.rest, None)
+            if d is None:
+                break
+            self.order[d.id] = len(self.walked)
+            self.walked.append(d)
+        return self.walked[:depth]
+
+
+@dataclass
 class LedgerCache:
     """The scheduling state as of ledger counter ``version``."""
 
@@ -128,7 +161,7 @@ class LedgerCache:
     _views: dict[str, _NodeView] = field(default_factory=dict)
     _placed_order: list[int] | None = None
     #: the pool's requests explained (its head), kept like a node's until the next change
-    _pool_view: _NodeView | None = None
+    _pool_view: _PoolView | None = None
     #: pages of the queue answered lately: (version, when, the page, how many wait)
     _pages: dict[PageKey, tuple[int, float, list[Allocation], int]] = field(default_factory=dict)
 
@@ -261,19 +294,16 @@ class LedgerCache:
         below that, its place and a brief reason."""
         kept = self._pool_view
         if kept is None or not 0 <= now - kept.at < VIEW_TTL:
-            kept = self._pool_view = _NodeView(at=now, order={}, queue=[])
+            self.sched.now = max(self.sched.now, now)
+            kept = self._pool_view = _PoolView(at=now, rest=pool_order(self.sched))
         found = kept.infos.get(allocation_id) or kept.beyond.get(allocation_id)
         if found is not None:
             return found
-        self.sched.now = max(self.sched.now, now)
-        if not kept.order:
-            kept.queue = list(pool_order(self.sched))
-            kept.order = {d.id: i for i, d in enumerate(kept.queue)}
-        place = kept.order.get(allocation_id)
+        place = kept.place(allocation_id)
         if place is None:
             return None
         if place >= EXPLAIN_DEPTH:
-            d = kept.queue[place]
+            d = kept.walked[place]
             over = self.sched.over_quota(d)
             found = kept.beyond[allocation_id] = explain.WaitInfo(
                 request_id=allocation_id,
@@ -288,7 +318,7 @@ class LedgerCache:
         typical = self.durations.typical()
         kept.infos = explain_pool(
             self.sched,
-            kept.queue[:depth],
+            kept.head(depth),
             expected_end=lambda h: self._expected_end(h, now, typical),
             duration=lambda d: typical.get(d.klass, DEFAULT_DURATION),
             assumed=lambda klass: klass not in typical,
