@@ -607,3 +607,61 @@ def _try(session: KernelSession, code: str) -> Any:
         return session.execute(code, timeout=20)
     except Exception:  # the kernel is still restarting
         return None
+
+
+def test_admitted_jobs_hold_quotas_and_a_restarted_gateway_admits_nothing_twice(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+    tmp_path: Path,
+) -> None:
+    gateway = k8s_team.gateway
+    # a quota of 2, and no borrowing beyond it (jobs may borrow idle GPUs by default)
+    quota = {"user_quotas": {"alice": 2}, "borrowing": False}
+    status, _, _ = gateway.request("PUT", "dlinfra/api/scheduling", quota)
+    assert status == 200
+    gate = tmp_path / "gate"
+    alice = k8s_user("alice")
+    write_notebook(
+        alice.workdir / "root" / "one.ipynb",
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+    )
+    made = [alice.post("dlinfra/api/jobs", {"path": "one.ipynb", "gpus": 1}) for _ in range(3)]
+    batch = kubernetes.client.BatchV1Api(k8s_api)
+
+    def job_objects(job_id: int) -> list[Any]:
+        selector = f"dlinfra.jupyter.org/job-id={job_id}"
+        return list(batch.list_namespaced_job(k8s_namespace, label_selector=selector).items)
+
+    def states() -> list[str]:
+        return [alice.get(f"dlinfra/api/jobs/{j['id']}")["state"] for j in made]
+
+    wait_until(
+        lambda: states() == ["running", "running", "queued"],
+        timeout=120,
+        interval=0.5,
+        what="two of alice's jobs to run within her quota of 2",
+    )
+    third = alice.get(f"dlinfra/api/jobs/{made[2]['id']}")
+    held = alice.get(f"dlinfra/api/allocations/{third['allocation_id']}")
+    assert held["waiting_code"] == "quota" and "quota of 2" in held["waiting_reason"], held
+    assert "quota" in third["reason"] and job_objects(made[2]["id"]) == []
+    # the gateway goes away and comes back: nothing is admitted twice, nothing is lost
+    gateway.stop()
+    gateway.start(same_port=True)
+    wait_until(
+        lambda: states() == ["running", "running", "queued"],
+        timeout=60,
+        interval=0.5,
+        what="the same jobs running and waiting after the restart",
+    )
+    assert [len(job_objects(j["id"])) for j in made] == [1, 1, 0]
+    gate.write_text("go")
+    wait_until(
+        lambda: states() == ["succeeded"] * 3,
+        timeout=180,
+        interval=0.5,
+        what="all three jobs to succeed, the third admitted once the others ended",
+    )
+    assert [len(job_objects(j["id"])) for j in made] == [1, 1, 1]
