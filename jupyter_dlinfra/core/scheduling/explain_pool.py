@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from jupyter_dlinfra.core.scheduling.explain import (
     DEFAULT,
@@ -41,12 +40,62 @@ def pool_order(s: Scheduler) -> Iterator[Demand]:
     return (d for d in s.in_order() if d.node is None)
 
 
-def _candidates(s: Scheduler, cache: dict[tuple[str, ...], list[Any]], d: Demand) -> list[Any]:
-    models = s._models(d.model)
-    found = cache.get(models)
-    if found is None:
-        found = cache[models] = [p for p in s._pool_list if p.model in models and p.gpus]
-    return found
+class _FreeIndex:
+    """Free GPUs per pool, and pools by how many are free, per model: a request's best fit
+    (the pool with the fewest free GPUs that are enough) in O(GPUs of a node), not O(nodes)."""
+
+    def __init__(self, s: Scheduler, free: dict[int, int]) -> None:
+        self.free = free
+        self.model_of = {p.id: p.model for p in s._pool_list}
+        self.buckets: dict[str, list[set[int]]] = {}
+        self.in_all: Counter[str] = Counter()
+        self.total: Counter[str] = Counter()
+        for p in s._pool_list:
+            if not p.gpus:
+                continue
+            n = free[p.id]
+            self._bucket(p.model, n).add(p.id)
+            self.in_all[p.model] += n
+            self.total[p.model] += len(p.gpus)
+
+    def _bucket(self, model: str, n: int) -> set[int]:
+        found = self.buckets.setdefault(model, [])
+        while len(found) <= n:
+            found.append(set())
+        return found[n]
+
+    def set(self, pid: int, n: int) -> None:
+        old = self.free[pid]
+        if old == n:
+            return
+        model = self.model_of[pid]
+        self._bucket(model, old).discard(pid)
+        self._bucket(model, n).add(pid)
+        self.in_all[model] += n - old
+        self.free[pid] = n
+
+    def best(self, models: tuple[str, ...], count: int) -> int | None:
+        """The pool of these models with the fewest free GPUs, at least ``count``."""
+        best: tuple[int, int] | None = None
+        for model in models:
+            buckets = self.buckets.get(model, [])
+            for n in range(count, len(buckets)):
+                if buckets[n]:
+                    if best is None or n < best[0]:
+                        best = (n, next(iter(buckets[n])))
+                    break
+        return None if best is None else best[1]
+
+    def most(self, models: tuple[str, ...]) -> int:
+        """The most free GPUs of these models on one pool."""
+        found = 0
+        for model in models:
+            buckets = self.buckets.get(model, [])
+            for n in range(len(buckets) - 1, found, -1):
+                if buckets[n]:
+                    found = n
+                    break
+        return found
 
 
 def explain_pool(
@@ -65,8 +114,8 @@ def explain_pool(
         return {}
     starts = estimate_pool(s, queue, expected_end, duration, assumed=assumed, horizon=horizon)
     policy = s.policy
-    free = {p.id: len(p.free) for p in s._pool_list}
-    real_free = dict(free)
+    real = _FreeIndex(s, {p.id: len(p.free) for p in s._pool_list})
+    free = _FreeIndex(s, dict(real.free))
     takers: dict[str, tuple[int, set[str]]] = {}
 
     def took(model: str, tier: int, user: str) -> None:
@@ -81,23 +130,22 @@ def explain_pool(
             continue
         for uuid in uuids:
             pool = s._pool_of.get(uuid)
-            if pool is None or uuid not in pool.free or free[pool.id] <= 0:
+            if pool is None or uuid not in pool.free or free.free[pool.id] <= 0:
                 continue
             set_aside[rid][pool.id] += 1
-            free[pool.id] -= 1
+            free.set(pool.id, free.free[pool.id] - 1)
             took(pool.model, policy.class_map[keeper.klass].priority, keeper.user)
-    candidates_of: dict[tuple[str, ...], list[Any]] = {}
     view: dict[int, WaitInfo] = {}
     for position, d in enumerate(queue, start=first):
         mine = set_aside.pop(d.id, None)
         if mine:
             for pid, n in mine.items():
-                free[pid] += n
+                free.set(pid, free.free[pid] + n)
         tier = policy.class_map[d.klass].priority
-        candidates = _candidates(s, candidates_of, d)
-        fitting = [p for p in candidates if free[p.id] >= d.count]
+        models = s._models(d.model)
         over = s.over_quota(d)
         pending = s.pending.get(d.id, 0)
+        fit = free.best(models, d.count)
         if over is not None:
             code, reason = "quota", over
             if policy.borrowing and policy.class_map[d.klass].preemptible:
@@ -105,22 +153,21 @@ def explain_pool(
         elif pending:
             code = "preempting"
             reason = f"{plural(pending, 'GPU')} of lower-priority jobs are being stopped for it"
-        elif fitting:
+        elif fit is not None:
             code, reason = "starting", "GPUs are free for it; it starts at the next pass"
-            best = min(fitting, key=lambda p: (free[p.id], p.id))
-            free[best.id] -= d.count
-            took(best.model, tier, d.user)
+            free.set(fit, free.free[fit] - d.count)
+            took(free.model_of[fit], tier, d.user)
         else:
-            most = max((real_free[p.id] for p in candidates), default=0)
-            in_all = sum(real_free[p.id] for p in candidates)
-            total = sum(len(p.gpus) for p in candidates)
+            most = real.most(models)
+            in_all = sum(real.in_all[m] for m in models)
+            total = sum(real.total[m] for m in models)
             kind = f" of model '{d.model}'" if d.model else ""
             reason = (
                 f"waiting for {plural(d.count, 'GPU')}{kind} on one node: at most {most} free on "
                 f"a node ({in_all} of {total} free in all)"
             )
             if most >= d.count:
-                code, ahead = _why_kept(s, d, tier, s._models(d.model), takers)
+                code, ahead = _why_kept(s, d, tier, models, takers)
                 reason += f"; kept for {ahead}"
             else:
                 code = "no_free_gpu"
@@ -147,36 +194,38 @@ def estimate_pool(
 ) -> dict[int, Estimate]:
     """When each of ``queue`` (the head of the pool's order) may start if holdings end when
     expected; a request held back by a quota gets none (its start depends on its owner)."""
-    free = {p.id: len(p.free) for p in s._pool_list}
+    free = _FreeIndex(s, {p.id: len(p.free) for p in s._pool_list})
+    pool_of = s._pool_of
     # (end, tie-break, pool, GPUs back, whether the end assumes a default holding time)
     ends: list[tuple[float, int, int, int, bool]] = []
     for hid, h in s.holdings.items():
-        per_pool = Counter(s._pool_of[u].id for u in h.gpus if u in s._pool_of)
         guessed = h.preempted_for is None and assumed(h.klass)
         at = max(expected_end(h), s.now)
-        for pid, n in per_pool.items():
+        first_pool = pool_of.get(h.gpus[0]) if h.gpus else None
+        if first_pool is not None and all(pool_of.get(u) is first_pool for u in h.gpus):
+            ends.append((at, hid, first_pool.id, len(h.gpus), guessed))  # most: one pool
+            continue
+        for pid, n in Counter(pool_of[u].id for u in h.gpus if u in pool_of).items():
             ends.append((at, hid, pid, n, guessed))
     heapq.heapify(ends)
     starts: dict[int, Estimate] = {}
-    candidates_of: dict[tuple[str, ...], list[Any]] = {}
     now = s.now
     rests_on_default = False
     for d in queue:
         if s.over_quota(d) is not None:
             continue
-        candidates = _candidates(s, candidates_of, d)
-        ids = {p.id for p in candidates}
-        fits = any(free[p.id] >= d.count for p in candidates)
-        while not fits and ends:
+        models = s._models(d.model)
+        fit = free.best(models, d.count)
+        while fit is None and ends:
             at, _, pid, back, guessed = heapq.heappop(ends)
             now = max(now, at)
-            free[pid] += back
+            free.set(pid, free.free[pid] + back)
             rests_on_default = rests_on_default or guessed
-            fits = pid in ids and free[pid] >= d.count
-        if not fits or now > s.now + horizon:
+            if free.model_of[pid] in models and free.free[pid] >= d.count:
+                fit = free.best(models, d.count)
+        if fit is None or now > s.now + horizon:
             break  # later requests start no earlier than this one
-        best = min((p for p in candidates if free[p.id] >= d.count), key=lambda p: free[p.id])
-        free[best.id] -= d.count
+        free.set(fit, free.free[fit] - d.count)
         starts[d.id] = Estimate(at=now, basis=DEFAULT if rests_on_default else HISTORY)
-        heapq.heappush(ends, (now + duration(d), -d.id, best.id, d.count, assumed(d.klass)))
+        heapq.heappush(ends, (now + duration(d), -d.id, fit, d.count, assumed(d.klass)))
     return starts
