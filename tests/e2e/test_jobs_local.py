@@ -176,30 +176,30 @@ def test_the_command_line_submits_and_follows_a_job(
     notebook = write_notebook(
         root_of(server) / "cli.ipynb", ("n = 1", ["parameters"]), "print('n is', n * 10)"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jupyter_dlinfra.cli",
-            "--url",
-            server.url,
-            "--token",
-            server.token,
-            "submit",
-            str(notebook.relative_to(root_of(server))),
-            "--gpus",
-            "0",
-            "-p",
-            "n=4",
-            "--wait",
-        ],
+    result = run_cli(
+        server,
+        "submit",
+        str(notebook.relative_to(root_of(server))),
+        "--gpus",
+        "0",
+        "-p",
+        "n=4",
+        "--wait",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "n is 40" in result.stdout and "succeeded" in result.stdout
+
+
+def run_cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """``jupyter dlinfra ARGS`` against ``server``, from its root."""
+    command = ["jupyter_dlinfra.cli", "--url", server.url, "--token", server.token]
+    return subprocess.run(
+        [sys.executable, "-m", *command, *args],
         cwd=root_of(server),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
-    assert "n is 40" in result.stdout and "succeeded" in result.stdout
 
 
 def _job_pid(workdir: Path, job_id: int) -> int:

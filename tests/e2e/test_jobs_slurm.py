@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from slurm_cluster import SlurmCluster
-from test_jobs_local import root_of, wait_state
+from test_jobs_local import root_of, run_cli, wait_state
 
 from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
 
@@ -116,21 +114,7 @@ def test_on_slurm_a_job_waits_for_gpus_then_runs_and_cancel_works(
     )
     # the big job's 10 minutes, from when SLURM started it (the ledger saw it a poll later)
     assert 0 < (planned_at - started_at).total_seconds() <= 600
-    listed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jupyter_dlinfra.cli",
-            "--url",
-            server.url,
-            "--token",
-            server.token,
-            "jobs",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = run_cli(server, "jobs")
     assert listed.returncode == 0, listed.stderr
     line = next(x for x in listed.stdout.splitlines() if x.split()[0] == str(small["id"]))
     assert "queued in slurm at position 1 of 1: Resources (estimated start at " in line

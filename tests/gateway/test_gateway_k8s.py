@@ -393,6 +393,13 @@ def test_a_notebook_job_runs_as_a_kubernetes_job_to_completion(
     assert _pinned_node(jobs[0]) in ("gpu-node-a", "gpu-node-b")
 
 
+def jobs_of(api: kubernetes.client.ApiClient, namespace: str, job_id: int) -> list[Any]:
+    """The Kubernetes Jobs of one of our jobs (none while the ledger has not admitted it)."""
+    selector = f"dlinfra.jupyter.org/job-id={job_id}"
+    batch = kubernetes.client.BatchV1Api(api)
+    return list(batch.list_namespaced_job(namespace, label_selector=selector).items)
+
+
 def _pinned_node(job: Any) -> str | None:
     """The node a Job's pod is required to run on (its admission), if any."""
     affinity = job.spec.template.spec.affinity
@@ -423,11 +430,6 @@ def test_jobs_are_admitted_by_the_ledger_and_wait_there_in_its_order(
         )
     # the A100 node's four GPUs: alice's job is admitted there and runs
     first = alice.post("dlinfra/api/jobs", {"path": "big.ipynb", "gpus": 4, "model": "A100"})
-    batch = kubernetes.client.BatchV1Api(k8s_api)
-
-    def job_objects(job_id: int) -> list[Any]:
-        selector = f"dlinfra.jupyter.org/job-id={job_id}"
-        return list(batch.list_namespaced_job(k8s_namespace, label_selector=selector).items)
 
     wait_until(
         lambda: alice.get(f"dlinfra/api/jobs/{first['id']}")["state"] == "running",
@@ -435,7 +437,7 @@ def test_jobs_are_admitted_by_the_ledger_and_wait_there_in_its_order(
         interval=0.5,
         what="alice's job to run",
     )
-    [created] = job_objects(first["id"])
+    [created] = jobs_of(k8s_api, k8s_namespace, first["id"])
     assert _pinned_node(created) == "gpu-node-a"
     # bob's waits in the ledger, with its place, reason and estimate: no Job exists for it
     second = bob.post("dlinfra/api/jobs", {"path": "big.ipynb", "gpus": 4, "model": "A100"})
@@ -450,7 +452,7 @@ def test_jobs_are_admitted_by_the_ledger_and_wait_there_in_its_order(
     assert "on one node" in waiting["reason"] and waiting["estimated_start"] is not None
     held = bob.get(f"dlinfra/api/allocations/{waiting['allocation_id']}")
     assert held["placement"] == "pool" and held["waiting_code"] == "no_free_gpu"
-    assert job_objects(second["id"]) == []
+    assert jobs_of(k8s_api, k8s_namespace, second["id"]) == []
     # alice's ends: bob's is admitted on the node that came free, and runs to its end
     gate.write_text("go")
     for who, job in ((alice, first), (bob, second)):
@@ -461,7 +463,7 @@ def test_jobs_are_admitted_by_the_ledger_and_wait_there_in_its_order(
 
         final = wait_until(ended, timeout=180, interval=0.5, what=f"job {job['id']} to end")
         assert final["state"] == "succeeded", final
-    [admitted] = job_objects(second["id"])
+    [admitted] = jobs_of(k8s_api, k8s_namespace, second["id"])
     assert _pinned_node(admitted) == "gpu-node-a"
 
 
@@ -628,11 +630,6 @@ def test_admitted_jobs_hold_quotas_and_a_restarted_gateway_admits_nothing_twice(
         f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
     )
     made = [alice.post("dlinfra/api/jobs", {"path": "one.ipynb", "gpus": 1}) for _ in range(3)]
-    batch = kubernetes.client.BatchV1Api(k8s_api)
-
-    def job_objects(job_id: int) -> list[Any]:
-        selector = f"dlinfra.jupyter.org/job-id={job_id}"
-        return list(batch.list_namespaced_job(k8s_namespace, label_selector=selector).items)
 
     def states() -> list[str]:
         return [alice.get(f"dlinfra/api/jobs/{j['id']}")["state"] for j in made]
@@ -646,7 +643,7 @@ def test_admitted_jobs_hold_quotas_and_a_restarted_gateway_admits_nothing_twice(
     third = alice.get(f"dlinfra/api/jobs/{made[2]['id']}")
     held = alice.get(f"dlinfra/api/allocations/{third['allocation_id']}")
     assert held["waiting_code"] == "quota" and "quota of 2" in held["waiting_reason"], held
-    assert "quota" in third["reason"] and job_objects(made[2]["id"]) == []
+    assert "quota" in third["reason"] and jobs_of(k8s_api, k8s_namespace, made[2]["id"]) == []
     # the gateway goes away and comes back: nothing is admitted twice, nothing is lost
     gateway.stop()
     gateway.start(same_port=True)
@@ -656,7 +653,7 @@ def test_admitted_jobs_hold_quotas_and_a_restarted_gateway_admits_nothing_twice(
         interval=0.5,
         what="the same jobs running and waiting after the restart",
     )
-    assert [len(job_objects(j["id"])) for j in made] == [1, 1, 0]
+    assert [len(jobs_of(k8s_api, k8s_namespace, j["id"])) for j in made] == [1, 1, 0]
     gate.write_text("go")
     wait_until(
         lambda: states() == ["succeeded"] * 3,
@@ -664,4 +661,4 @@ def test_admitted_jobs_hold_quotas_and_a_restarted_gateway_admits_nothing_twice(
         interval=0.5,
         what="all three jobs to succeed, the third admitted once the others ended",
     )
-    assert [len(job_objects(j["id"])) for j in made] == [1, 1, 1]
+    assert [len(jobs_of(k8s_api, k8s_namespace, j["id"])) for j in made] == [1, 1, 1]

@@ -91,27 +91,18 @@ def explain(
     free = {p.id: len(p.free) for p in pools}
     real_free = dict(free)
     holders = _holders(s, pools)
-    #: model -> (highest class that took or kept its GPUs in this walk, users who did)
-    takers: dict[str, tuple[int, set[str]]] = {}
+    takers: Takers = {}
 
     def took(model: str, tier: int, user: str) -> None:
-        best, users = takers.get(model, (tier, set()))
-        takers[model] = (max(best, tier), users | {user})
+        took_by(takers, model, tier, user)
 
-    # what the last pass set aside for a request is free for it alone
-    set_aside: dict[int, Counter[int]] = defaultdict(Counter)
-    for rid, uuids in s.reserved.items():
-        keeper = s.demands.get(rid)
-        if keeper is None:
-            continue
-        for uuid in uuids:
-            kept_on = s._pool_of.get(uuid)
-            if kept_on is None or kept_on.id not in free or uuid not in kept_on.free:
-                continue
-            if free[kept_on.id] > 0:
-                set_aside[rid][kept_on.id] += 1
-                free[kept_on.id] -= 1
-                took(kept_on.model, policy.class_map[keeper.klass].priority, keeper.user)
+    def keep(pid: int) -> bool:
+        if free.get(pid, 0) <= 0:
+            return False
+        free[pid] -= 1
+        return True
+
+    set_aside = kept_aside(s, keep, takers)
     view: dict[int, WaitInfo] = {}
     # what requests of one model share (most of a node's queue asks the same)
     candidates_of: dict[tuple[str, ...], list[Any]] = {}
@@ -175,16 +166,51 @@ def explain(
             reason += held_by
             if mine:
                 consume()
-        start = starts.get(d.id)
-        view[d.id] = WaitInfo(
-            request_id=d.id,
-            position=position,
-            code=code,
-            reason=reason,
-            estimated_start=None if start is None else start.at,
-            estimate_basis=None if start is None else start.basis,
-        )
+        view[d.id] = wait_info(d.id, position, code, reason, starts.get(d.id))
     return view
+
+
+def wait_info(
+    request_id: int, position: int, code: str, reason: str, start: Estimate | None
+) -> WaitInfo:
+    return WaitInfo(
+        request_id=request_id,
+        position=position,
+        code=code,
+        reason=reason,
+        estimated_start=None if start is None else start.at,
+        estimate_basis=None if start is None else start.basis,
+    )
+
+
+#: model -> (the highest class that took or kept its GPUs in a walk of the queue, who did)
+Takers = dict[str, tuple[int, set[str]]]
+
+
+def took_by(takers: Takers, model: str, tier: int, user: str) -> None:
+    best, users = takers.get(model, (tier, set()))
+    takers[model] = (max(best, tier), users | {user})
+
+
+def kept_aside(
+    s: Scheduler, keep: Callable[[int], bool], takers: Takers
+) -> dict[int, Counter[int]]:
+    """What the last pass set aside for each request (free for it alone, as the pass keeps
+    them): request -> pool -> GPUs. ``keep(pool id)`` takes one free GPU of the pool out of
+    the walk's count, or says there is none left there."""
+    set_aside: dict[int, Counter[int]] = defaultdict(Counter)
+    for rid, uuids in s.reserved.items():
+        keeper = s.demands.get(rid)
+        if keeper is None:
+            continue
+        tier = s.policy.class_map[keeper.klass].priority
+        for uuid in uuids:
+            pool = s._pool_of.get(uuid)
+            if pool is None or uuid not in pool.free or not keep(pool.id):
+                continue
+            set_aside[rid][pool.id] += 1
+            took_by(takers, pool.model, tier, keeper.user)
+    return set_aside
 
 
 def beyond(s: Scheduler, node: str, d: Demand, position: int) -> WaitInfo:
@@ -239,7 +265,7 @@ def _why_kept(
     d: Demand,
     tier: int,
     models: tuple[str, ...],
-    takers: dict[str, tuple[int, set[str]]],
+    takers: Takers,
 ) -> tuple[str, str]:
     """Who the free GPUs a request could use are kept for: (code, words)."""
     best = max((takers.get(m, (tier, set()))[0] for m in models), default=tier)

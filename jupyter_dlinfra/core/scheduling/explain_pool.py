@@ -17,15 +17,19 @@ replay costs the cluster's holdings and the explained head of the queue, not the
 from __future__ import annotations
 
 import heapq
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from jupyter_dlinfra.core.scheduling.explain import (
     DEFAULT,
     HISTORY,
     Estimate,
+    Takers,
     WaitInfo,
     _why_kept,
+    kept_aside,
+    took_by,
+    wait_info,
 )
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding
@@ -116,25 +120,15 @@ def explain_pool(
     policy = s.policy
     real = _FreeIndex(s, {p.id: len(p.free) for p in s._pool_list})
     free = _FreeIndex(s, dict(real.free))
-    takers: dict[str, tuple[int, set[str]]] = {}
+    takers: Takers = {}
 
-    def took(model: str, tier: int, user: str) -> None:
-        best, users = takers.get(model, (tier, set()))
-        takers[model] = (max(best, tier), users | {user})
+    def keep(pid: int) -> bool:
+        if free.free.get(pid, 0) <= 0:
+            return False
+        free.set(pid, free.free[pid] - 1)
+        return True
 
-    # what the last pass set aside for a request is free for it alone
-    set_aside: dict[int, Counter[int]] = defaultdict(Counter)
-    for rid, uuids in s.reserved.items():
-        keeper = s.demands.get(rid)
-        if keeper is None:
-            continue
-        for uuid in uuids:
-            pool = s._pool_of.get(uuid)
-            if pool is None or uuid not in pool.free or free.free[pool.id] <= 0:
-                continue
-            set_aside[rid][pool.id] += 1
-            free.set(pool.id, free.free[pool.id] - 1)
-            took(pool.model, policy.class_map[keeper.klass].priority, keeper.user)
+    set_aside = kept_aside(s, keep, takers)
     view: dict[int, WaitInfo] = {}
     for position, d in enumerate(queue, start=first):
         mine = set_aside.pop(d.id, None)
@@ -156,7 +150,7 @@ def explain_pool(
         elif fit is not None:
             code, reason = "starting", "GPUs are free for it; it starts at the next pass"
             free.set(fit, free.free[fit] - d.count)
-            took(free.model_of[fit], tier, d.user)
+            took_by(takers, free.model_of[fit], tier, d.user)
         else:
             most = real.most(models)
             in_all = sum(real.in_all[m] for m in models)
@@ -171,15 +165,7 @@ def explain_pool(
                 reason += f"; kept for {ahead}"
             else:
                 code = "no_free_gpu"
-        start = starts.get(d.id)
-        view[d.id] = WaitInfo(
-            request_id=d.id,
-            position=position,
-            code=code,
-            reason=reason,
-            estimated_start=None if start is None else start.at,
-            estimate_basis=None if start is None else start.basis,
-        )
+        view[d.id] = wait_info(d.id, position, code, reason, starts.get(d.id))
     return view
 
 
