@@ -16,6 +16,9 @@ from jupyter_dlinfra.kernel.times import when
 __all__ = ["GpuMagic", "parse_line", "queue_line", "register"]
 
 POLL_S = 2.0
+#: placements of grants held by a pod of the kernel's own (a Kubernetes gateway's): the kernel
+#: moves into that pod to use them, and out of it to give them back
+_IN_PODS = ("cluster", "pool")
 #: how often %gpu profile asks the server for the kernel's latest reading (seconds)
 PROFILE_POLL_S = 0.5
 
@@ -225,9 +228,9 @@ class GpuMagic:
 
     def _in_other_pod(self, alloc: dict[str, Any]) -> bool:
         """Granted in a Kubernetes pod that is not this kernel's (it holds the GPUs)."""
-        return alloc.get("placement") == "cluster" and self.environ.get(
-            "DLINFRA_ALLOCATION"
-        ) != str(alloc["id"])
+        return alloc.get("placement") in _IN_PODS and self.environ.get("DLINFRA_ALLOCATION") != str(
+            alloc["id"]
+        )
 
     def _apply(self, alloc: dict[str, Any]) -> None:
         if self._in_other_pod(alloc):
@@ -333,7 +336,7 @@ class GpuMagic:
         self.pending = None
         self.environ["CUDA_VISIBLE_DEVICES"] = ""
         held = sum(len(a["gpus"]) for a in mine)
-        if any(a.get("placement") == "cluster" and a["state"] == "granted" for a in mine):
+        if any(a.get("placement") in _IN_PODS and a["state"] == "granted" for a in mine):
             # a pod keeps its GPUs while it runs: only a pod without them gives them back
             print(
                 f"Released {held} GPU(s). This kernel's pod holds them while it runs: restarting "

@@ -152,6 +152,8 @@ class KernelPodSpec:
     connection: Mapping[str, Any] = field(default_factory=dict)
     #: the kernel's working directory in the pod; None: the image's
     cwd: str | None = None
+    #: the node the ledger admitted its GPUs on: the pod is required to run there
+    node: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,6 +367,7 @@ class PodLauncher:
             gpus=spec.gpus,
             model=spec.model,
             priority_class=spec.priority_class,
+            node=spec.node,
         )
         # a kernel runs its user's code: no service-account token unless one is named
         pod["automountServiceAccountToken"] = self.template.service_account is not None

@@ -1,12 +1,20 @@
 """Kernels as Kubernetes pods, on the team gateway: launch, ``%gpu``, and the cluster's word.
 
 The pod provisioner (:mod:`..provisioning.pod_provisioner`) calls in here. A kernel first runs in
-a pod without GPUs. ``%gpu N`` records a request that the cluster places (``placement =
-"cluster"`` in the ledger) and creates the kernel's next pod, asking ``nvidia.com/gpu: N``; the
-kernel keeps working meanwhile. Every ``interval`` one list call reads every kernel pod: while the
-next pod is Pending, the request stays queued with kube-scheduler's own reason ("0/3 nodes are
-available: 3 Insufficient nvidia.com/gpu."); once it runs on a node, the request is granted on
-that node and the magic restarts the kernel into the pod (the restart adopts it).
+a pod without GPUs; ``%gpu N`` readies the kernel's next pod, asking ``nvidia.com/gpu: N``, and
+the kernel keeps working meanwhile. Who decides when and where:
+
+- **the ledger** (``admission``, the default): ``%gpu N`` is a request of the pool, granted on a
+  node in the team's order (class, fair share, age; quotas, reservations, preemption of batch
+  jobs) or queued with its place, reason and estimate, without a pod. Once granted, the next pod
+  is created with a required node affinity on the granted node; the magic restarts the kernel,
+  and the restart waits for that pod to be ready before it moves in;
+- **the cluster** (with Kueue, ``kueue_queue``): the request is recorded as the cluster's
+  (``placement = "cluster"``) and the pod is created at once (within quotas: one over a quota
+  waits here, without a pod). Every ``interval`` one list call reads every kernel pod: while the
+  next pod is Pending, the request stays queued with kube-scheduler's own reason ("0/3 nodes are
+  available: 3 Insufficient nvidia.com/gpu."); once it runs on a node, the request is granted
+  on that node and the magic restarts the kernel into the pod (the restart adopts it).
 
 A pod waiting for GPUs is never a launch timeout: only the GPU-less first pod is waited for at
 launch, and any node can take it.
@@ -28,7 +36,7 @@ from jupyter_dlinfra.backends.base import BackendError
 from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
 from jupyter_dlinfra.core.books.ledger import QUOTA_WAIT
 from jupyter_dlinfra.core.errors import NotFound
-from jupyter_dlinfra.core.models import Allocation, AllocationState
+from jupyter_dlinfra.core.models import POOL, Allocation, AllocationState
 from jupyter_dlinfra.kube.kernel_pods import KernelPod, KernelPodSpec, PodLauncher
 from jupyter_dlinfra.provisioning.pod_provisioner import client_env
 from jupyter_dlinfra.provisioning.port import LaunchPlan
@@ -101,9 +109,13 @@ class PodKernels:
         server_id: str,
         log: logging.Logger,
         interval: float,
+        admission: bool = True,
+        move_timeout: float = 90.0,
     ) -> None:
         """``launches``: the ledger's side of a kernel's launch and end, which a pod's follows;
-        ``cluster``: the GPUs' telemetry, which tells which GPUs a pod uses (when it knows)."""
+        ``cluster``: the GPUs' telemetry, which tells which GPUs a pod uses (when it knows);
+        ``admission``: the ledger admits GPU pods (see the module); ``move_timeout``: how long
+        a restart into an admitted pod waits for it to be ready before it starts without."""
         self.calls = calls
         self.ledger = calls.ledger
         self.launches = launches
@@ -112,6 +124,8 @@ class PodKernels:
         self.launcher = launcher
         self.log = log
         self.interval = interval
+        self.admission = admission
+        self.move_timeout = move_timeout
         self._kernels: dict[str, _Kernel] = {}
         self._pods: dict[str, KernelPod] = {}
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +148,9 @@ class PodKernels:
         known = self._kernels.get(kernel_id)
         if known is not None and known.adopting:
             return LaunchPlan(env=dict(known.env), summary=f"adopting its pod {known.current}")
+        if self.admission and known is not None and known.next is not None:
+            # restarting into the pod readied for its admitted GPUs: wait until it runs there
+            await self._wait_ready(known)
         if known is not None and known.next is not None and self._ready(known.next):
             # moving into the pod readied for its GPUs: that pod already has the kernel's token
             return LaunchPlan(env=dict(known.env), summary=f"moving into pod {known.next}")
@@ -186,6 +203,22 @@ class PodKernels:
         state.seen = True
         return self.launcher.connection_info(pod, state.connection)
 
+    async def _wait_ready(self, state: _Kernel) -> None:
+        """Until the kernel's next pod is ready, is gone, or ``move_timeout`` passes (the pod
+        listing every ``interval`` says which)."""
+        deadline = asyncio.get_running_loop().time() + self.move_timeout
+        while state.next is not None and not self._ready(state.next):
+            if asyncio.get_running_loop().time() >= deadline:
+                self.log.warning(
+                    "dlinfra: pod %s of kernel %s was not ready within %.0f s; the kernel "
+                    "restarts without it",
+                    state.next,
+                    state.kernel_id,
+                    self.move_timeout,
+                )
+                return
+            await asyncio.sleep(min(self.interval, 1.0))
+
     def pod_exit(self, kernel_id: str) -> int | None:
         state = self._kernels.get(kernel_id)
         if state is None or state.current is None:
@@ -227,9 +260,24 @@ class PodKernels:
     async def request(
         self, *, kernel_id: str, count: int, model: str | None, priority_class: str | None
     ) -> Allocation:
-        """Queue ``count`` GPUs for a pod kernel and ready its next pod with them, unless that
-        would pass a quota: then the request waits here, without a pod, until it would not."""
+        """Ask for ``count`` GPUs for a pod kernel and ready its next pod with them: once the
+        ledger grants them (admission), or at once unless that would pass a quota (the
+        cluster's placement: then the request waits here, without a pod, until it would not)."""
         state = self._kernels[kernel_id]
+        if self.admission:
+            alloc = await self.calls.mutate(
+                self.ledger.request,
+                kernel_id=kernel_id,
+                count=count,
+                model=model,
+                priority_class=priority_class,
+                anywhere=True,
+            )
+            if alloc.state is AllocationState.GRANTED and state.next is None:
+                await self._create_gpu_pod(state, alloc)
+            elif alloc.state is AllocationState.QUEUED:
+                state.held_back = alloc.id
+            return alloc
         blocked = await self._quota_block(state.user, count)
         alloc = await self.calls.mutate(
             self.ledger.request_placed,
@@ -270,6 +318,8 @@ class PodKernels:
             priority_class=alloc.priority_class,
             env={**state.env, "DLINFRA_ALLOCATION": str(alloc.id)},
             connection=connection,
+            # admitted: on the node the ledger granted (its GPUs there are counted as taken)
+            node=alloc.node if alloc.placement == POOL else None,
         )
         try:
             name = await self.calls.call(self.launcher.create, spec)
@@ -281,7 +331,8 @@ class PodKernels:
         state.next, state.next_connection, state.next_allocation = name, connection, alloc.id
 
     async def _admit_held_back(self) -> None:
-        """Requests held back by a quota, oldest first: a pod for each that fits now."""
+        """Requests waiting without a pod, oldest first: a pod for each that may have one now
+        (granted by the ledger; or, placed by the cluster, within quotas now)."""
         ledger = self.ledger
         waiting = sorted(
             (s for s in self._kernels.values() if s.held_back is not None),
@@ -293,6 +344,17 @@ class PodKernels:
                 alloc = await self.calls.call(ledger.allocation, state.held_back)
             except NotFound:
                 alloc = None
+            if alloc is not None and alloc.placement == POOL:
+                if alloc.state is not AllocationState.QUEUED or state.next:
+                    state.held_back = None
+                if alloc.state is AllocationState.GRANTED and state.next is None:
+                    try:
+                        await self._create_gpu_pod(state, alloc)
+                    except BackendError as err:
+                        self.log.warning(
+                            "dlinfra: no GPU pod for kernel %s: %s", state.kernel_id, err
+                        )
+                continue
             if alloc is None or alloc.state is not AllocationState.QUEUED or state.next:
                 state.held_back = None
                 continue

@@ -200,6 +200,7 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
             server_id=settings.server_id,
             log=log,
             interval=options.pod_interval,
+            admission=pods.admission,
         )
         if pods is not None
         else None
@@ -270,6 +271,8 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
 class _Pods:
     launcher: Any
     cluster: ClusterTelemetry
+    #: whether the ledger admits GPU pods (else kube-scheduler places them within quotas)
+    admission: bool
 
 
 def _kernel_pods(options: DLInfraOptions, priority_classes: _PriorityClasses) -> _Pods:
@@ -280,12 +283,19 @@ def _kernel_pods(options: DLInfraOptions, priority_classes: _PriorityClasses) ->
         raise TraitError("DLInfra.kernel_backend = 'kubernetes' needs DLInfra.gateway = True")
     kube = dict(options.kernel_pods)
     kube.setdefault("priority_classes", priority_classes(kube))
+    # the ledger admits GPU pods unless Kueue does (kernel_pods' kueue_queue)
+    admission = bool(kube.pop("admission", not kube.get("kueue_queue")))
+    if admission and kube.get("kueue_queue"):
+        raise TraitError(
+            "DLInfra.kernel_pods: admission and kueue_queue: admission is either the ledger's "
+            "or Kueue's; unset one of them"
+        )
     try:
         launcher = PodLauncher(**kube)
         cluster = KubernetesTelemetry(**options.cluster_telemetry)
     except TypeError as err:
         raise TraitError(f"DLInfra.kernel_pods or DLInfra.cluster_telemetry: {err}") from None
-    return _Pods(launcher=launcher, cluster=cluster)
+    return _Pods(launcher=launcher, cluster=cluster, admission=admission)
 
 
 def _load_backends(
