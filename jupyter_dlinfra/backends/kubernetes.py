@@ -34,8 +34,8 @@ server goes on where the last one stopped. Parents must be Jobs of this backend.
 Admission by the ledger (``admission``)
 ---------------------------------------
 
-With ``admission`` (the gateway turns it on when its GPU inventory is the cluster's, through
-``c.DLInfra.cluster_telemetry``, and no ``kueue_queue`` is set), a Job is created only once the
+With ``admission`` (the gateway turns it on when its kernels are pods, so that its GPU inventory
+is the cluster's, and no ``kueue_queue`` is set), a Job is created only once the
 ledger's scheduler admitted it: the job asks the ledger for GPUs of any node (a request of the
 pool), waits in the team's order (class, fair share, age; quotas, borrowing, reservations for
 big requests) with a place, a reason and an estimated start, and once granted is created with a

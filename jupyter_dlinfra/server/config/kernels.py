@@ -38,7 +38,9 @@ class KernelOptions(HasTraits):
         help="Options of kernel pods (kube/kernel_pods.py PodLauncher): namespace, "
         "image, python, service_account, node_selector, tolerations, priority_classes (our "
         "class -> PriorityClass), kueue_queue, labels, resources, kubeconfig, context, "
-        "startup_timeout_s. Example: {'namespace': 'dlinfra', 'image': 'ghcr.io/me/dl:1'}.",
+        "startup_timeout_s, admission (the ledger admits GPU pods in the team's order; on "
+        "unless kueue_queue is set). Example: {'namespace': 'dlinfra', 'image': "
+        "'ghcr.io/me/dl:1'}.",
     )
     cluster_telemetry = Dict(
         config=True,
