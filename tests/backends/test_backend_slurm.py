@@ -128,8 +128,13 @@ def test_pending_jobs_show_slurms_own_position_and_estimate(
     statuses = wait_for(
         mapped,
         [blocker, first, second],
-        lambda s: s[first.ref].estimated_start is not None and s[second.ref].position == 2,
-        "SLURM's plan for the pending jobs",
+        # SLURM says "None" until its scheduler has looked at a job: wait for its reasons too
+        lambda s: (
+            s[first.ref].estimated_start is not None
+            and s[second.ref].position == 2
+            and bool(s[first.ref].reason and s[second.ref].reason)
+        ),
+        "SLURM's plan and reasons for the pending jobs",
     )
     ahead, behind = statuses[first.ref], statuses[second.ref]
     assert statuses[blocker.ref].position is None  # running: no place in the queue

@@ -102,7 +102,9 @@ def test_on_slurm_a_job_waits_for_gpus_then_runs_and_cancel_works(
 
     def planned() -> Any:
         current = server.get(f"dlinfra/api/jobs/{small['id']}")
-        return current if current["estimated_start"] and current["position"] else None
+        # SLURM's reason is "None" until its scheduler has looked at the job
+        planned = current["estimated_start"] and "Resources" in (current["reason"] or "")
+        return current if planned and current["position"] else None
 
     waiting = wait_until(planned, timeout=60, what="SLURM to hold and plan the small job")
     # SLURM's own answer: its place among the partition's pending jobs, its reason, its plan
