@@ -128,6 +128,12 @@ class JobBackend(abc.ABC):
     #: and the job runs on that node; preempted, it is stopped and queued again
     ledger_admits: bool = False
 
+    @property
+    def gpus_from_ledger(self) -> bool:
+        """Whether the ledger grants a job's GPUs before it is submitted (on its node, or, for
+        a backend it admits jobs of, on a node of the cluster)."""
+        return self.ledger_admits or not self.places_gpus
+
     @abc.abstractmethod
     def submit(self, launch: JobLaunch) -> JobHandle:
         """Start (or enqueue) the job; raise BackendError with a reason if it cannot."""

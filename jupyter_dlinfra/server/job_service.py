@@ -206,7 +206,7 @@ class JobService:
         wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
         model = sub.model if sub.model is not None else prepared[0].model
         chosen = self.backends[backend]
-        if wanted and (chosen.ledger_admits or not chosen.places_gpus):
+        if wanted and chosen.gpus_from_ledger:
             # refused now, as %gpu would be, rather than failing at the job's first pass
             node = None if chosen.ledger_admits else self.server.node
             self.ledger.check_satisfiable(node, wanted, model)
@@ -348,9 +348,8 @@ class JobService:
         parents = [self.book.job(p) for p in job.after]
         waiting = [p for p in parents if p.state is not JobState.SUCCEEDED]
         after: list[JobHandle] = []
-        granted_by_ledger = backend.ledger_admits or not backend.places_gpus
         if waiting:
-            if granted_by_ledger:
+            if backend.gpus_from_ledger:
                 return  # the reason says which jobs it waits for
             # the cluster chains them itself, once every parent is with it
             if any(p.handle is None or p.backend != job.backend for p in waiting):
@@ -358,7 +357,7 @@ class JobService:
             after = [JobHandle.from_json(p.handle) for p in waiting if p.handle]
         env: dict[str, str] = {"DLINFRA_JOB_ID": str(job.id)}
         node: str | None = None
-        if granted_by_ledger:
+        if backend.gpus_from_ledger:
             granted = self._granted(job, anywhere=backend.ledger_admits)
             if granted is None:
                 return

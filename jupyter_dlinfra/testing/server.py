@@ -475,6 +475,11 @@ def notebook_json(*cells: str | tuple[str, Sequence[str]]) -> dict[str, Any]:
     }
 
 
+def wait_for_file(path: Path, every_s: float = 0.2) -> str:
+    """A cell that waits until ``path`` exists: a job held until its test lets it go."""
+    return f"import os, time\nwhile not os.path.exists({str(path)!r}):\n    time.sleep({every_s})"
+
+
 def write_notebook(path: Path, *cells: str | tuple[str, Sequence[str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(notebook_json(*cells)), encoding="utf-8")

@@ -9,7 +9,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from jupyter_dlinfra.testing.server import wait_until, write_notebook
+from jupyter_dlinfra.testing.server import wait_for_file, wait_until, write_notebook
 
 from .test_sidebar import open_sidebar
 
@@ -84,7 +84,7 @@ def test_a_slurm_job_shows_slurms_own_place_and_estimate(
     root = server.workdir / "root"
     write_notebook(
         root / "hold.ipynb",
-        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+        wait_for_file(gate),
     )
     write_notebook(root / "small.ipynb", "print('small ran')")
     try:

@@ -11,7 +11,7 @@ from typing import Any
 from slurm_cluster import SlurmCluster
 from test_jobs_local import root_of, run_cli, wait_state
 
-from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, wait_for_file, wait_until, write_notebook
 
 SLURM = (
     "--DLInfra.job_interval=0.2",
@@ -91,7 +91,7 @@ def test_on_slurm_a_job_waits_for_gpus_then_runs_and_cancel_works(
     gate = tmp_path / "gate"
     write_notebook(
         root_of(server) / "hold.ipynb",
-        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+        wait_for_file(gate),
     )
     write_notebook(root_of(server) / "small.ipynb", "print('small ran')")
     big = server.post(

@@ -19,7 +19,13 @@ from jupyter_dlinfra.core.store import kernels as kernels_table
 from jupyter_dlinfra.kernel_pod import PORT_NAMES as PORTS
 from jupyter_dlinfra.kube.kernel_pods import KernelPodSpec, PodLauncher
 from jupyter_dlinfra.testing.k8s import ControlPlane
-from jupyter_dlinfra.testing.server import KernelSession, ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import (
+    KernelSession,
+    ServerProcess,
+    wait_for_file,
+    wait_until,
+    write_notebook,
+)
 
 
 @pytest.fixture
@@ -413,7 +419,7 @@ def test_jobs_are_admitted_by_the_ledger_and_wait_there_in_its_order(
     for who in (alice, bob):
         write_notebook(
             who.workdir / "root" / "big.ipynb",
-            f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+            wait_for_file(gate),
         )
     # the A100 node's four GPUs: alice's job is admitted there and runs
     first = alice.post("dlinfra/api/jobs", {"path": "big.ipynb", "gpus": 4, "model": "A100"})
@@ -614,7 +620,7 @@ def test_admitted_jobs_hold_quotas_and_a_restarted_gateway_admits_nothing_twice(
     alice = k8s_user("alice")
     write_notebook(
         alice.workdir / "root" / "one.ipynb",
-        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+        wait_for_file(gate),
     )
     made = [alice.post("dlinfra/api/jobs", {"path": "one.ipynb", "gpus": 1}) for _ in range(3)]
 
@@ -662,7 +668,7 @@ def test_a_notebooks_gpu_request_preempts_an_admitted_batch_job_which_runs_again
     alice, bob = k8s_user("alice"), k8s_user("bob")
     write_notebook(
         bob.workdir / "root" / "train.ipynb",
-        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.2)",
+        wait_for_file(gate),
     )
     job = bob.post("dlinfra/api/jobs", {"path": "train.ipynb", "gpus": 4, "model": "A100"})
 

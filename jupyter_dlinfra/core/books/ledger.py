@@ -1111,11 +1111,12 @@ class Ledger:
 
     @staticmethod
     def _check_pool_satisfiable(cache: LedgerCache, count: int, model: str | None) -> None:
-        known = cache.sched.known_models()
-        if not known:
-            raise Unsatisfiable("no node has GPUs", reason="no_gpus")
-        matching, _ = cache.sched.largest(model)
+        # the largest node is kept by the scheduler; the models are listed only to refuse
+        matching = cache.sched.largest(model)
         if not matching:
+            known = cache.sched.known_models()
+            if not known:
+                raise Unsatisfiable("no node has GPUs", reason="no_gpus")
             raise Unsatisfiable(
                 f"no node has GPUs of model '{model}'; models: {', '.join(known)}",
                 reason="unknown_model",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
 from jupyter_dlinfra.core.models import Allocation
 from jupyter_dlinfra.core.scheduling import explain
-from jupyter_dlinfra.core.scheduling.explain_pool import explain_pool, pool_order
+from jupyter_dlinfra.core.scheduling.explain_pool import beyond_pool, explain_pool, pool_order
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding
@@ -303,15 +303,8 @@ class LedgerCache:
         if place is None:
             return None
         if place >= EXPLAIN_DEPTH:
-            d = kept.walked[place]
-            over = self.sched.over_quota(d)
-            found = kept.beyond[allocation_id] = explain.WaitInfo(
-                request_id=allocation_id,
-                position=place + 1,
-                code="quota" if over is not None else "order",
-                reason=over
-                if over is not None
-                else f"behind {place} requests for GPUs of any node",
+            found = kept.beyond[allocation_id] = beyond_pool(
+                self.sched, kept.walked[place], place + 1
             )
             return found
         depth = min(max(place + 1, 2 * len(kept.infos)), EXPLAIN_DEPTH)

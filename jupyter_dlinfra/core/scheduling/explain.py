@@ -132,15 +132,12 @@ def explain(
                 if need <= 0:
                     break
 
-        over = s.over_quota(d)
+        over = quota_wait(s, d)
         pending = s.pending.get(d.id, 0)
         if over is not None:
             code, reason = "quota", over
-            if policy.borrowing and policy.class_map[d.klass].preemptible:
-                reason += "; it may borrow GPUs that nobody within quota wants"
         elif pending:
-            code = "preempting"
-            reason = f"{plural(pending, 'GPU')} of lower-priority jobs are being stopped for it"
+            code, reason = "preempting", preempting_wait(pending)
             consume()
         elif fits(free):
             code, reason = "starting", "GPUs are free for it; it starts at the next pass"
@@ -168,6 +165,19 @@ def explain(
                 consume()
         view[d.id] = wait_info(d.id, position, code, reason, starts.get(d.id))
     return view
+
+
+def quota_wait(s: Scheduler, d: Demand) -> str | None:
+    """Why ``d`` waits for a quota, in words (and the borrowing its class may do); None within
+    every quota."""
+    over = s.over_quota(d)
+    if over is not None and s.policy.borrowing and s.policy.class_map[d.klass].preemptible:
+        over += "; it may borrow GPUs that nobody within quota wants"
+    return over
+
+
+def preempting_wait(pending: int) -> str:
+    return f"{plural(pending, 'GPU')} of lower-priority jobs are being stopped for it"
 
 
 def wait_info(
@@ -218,13 +228,9 @@ def beyond(s: Scheduler, node: str, d: Demand, position: int) -> WaitInfo:
     brief, why it waits (its quota, or the GPUs of its models on the node and who holds them,
     behind the requests ahead of it), without an estimated start: the replay that estimates
     starts, and the walk that tells who keeps free GPUs, stop at the head."""
-    policy = s.policy
-    over = s.over_quota(d)
+    over = quota_wait(s, d)
     if over is not None:
-        reason = over
-        if policy.borrowing and policy.class_map[d.klass].preemptible:
-            reason += "; it may borrow GPUs that nobody within quota wants"
-        return WaitInfo(request_id=d.id, position=position, code="quota", reason=reason)
+        return WaitInfo(request_id=d.id, position=position, code="quota", reason=over)
     pools = s._node_pools.get(node, [])
     models = s._models(d.model)
     candidates = [p for p in pools if p.model in models]

@@ -28,6 +28,8 @@ from jupyter_dlinfra.core.scheduling.explain import (
     WaitInfo,
     _why_kept,
     kept_aside,
+    preempting_wait,
+    quota_wait,
     took_by,
     wait_info,
 )
@@ -35,7 +37,7 @@ from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding
 from jupyter_dlinfra.core.wording import plural
 
-__all__ = ["estimate_pool", "explain_pool", "pool_order"]
+__all__ = ["beyond_pool", "estimate_pool", "explain_pool", "pool_order"]
 
 
 def pool_order(s: Scheduler) -> Iterator[Demand]:
@@ -137,16 +139,13 @@ def explain_pool(
                 free.set(pid, free.free[pid] + n)
         tier = policy.class_map[d.klass].priority
         models = s._models(d.model)
-        over = s.over_quota(d)
+        over = quota_wait(s, d)
         pending = s.pending.get(d.id, 0)
         fit = free.best(models, d.count)
         if over is not None:
             code, reason = "quota", over
-            if policy.borrowing and policy.class_map[d.klass].preemptible:
-                reason += "; it may borrow GPUs that nobody within quota wants"
         elif pending:
-            code = "preempting"
-            reason = f"{plural(pending, 'GPU')} of lower-priority jobs are being stopped for it"
+            code, reason = "preempting", preempting_wait(pending)
         elif fit is not None:
             code, reason = "starting", "GPUs are free for it; it starts at the next pass"
             free.set(fit, free.free[fit] - d.count)
@@ -167,6 +166,16 @@ def explain_pool(
                 code = "no_free_gpu"
         view[d.id] = wait_info(d.id, position, code, reason, starts.get(d.id))
     return view
+
+
+def beyond_pool(s: Scheduler, d: Demand, position: int) -> WaitInfo:
+    """A request of the pool further down than the explained head: its place and, in brief,
+    why it waits (its quota, or the requests ahead of it), without an estimated start."""
+    over = quota_wait(s, d)
+    if over is not None:
+        return WaitInfo(request_id=d.id, position=position, code="quota", reason=over)
+    reason = f"behind {position - 1} requests for GPUs of any node"
+    return WaitInfo(request_id=d.id, position=position, code="order", reason=reason)
 
 
 def estimate_pool(

@@ -204,10 +204,10 @@ class Scheduler:
             found = self._caps[models] = max(sizes, default=0)
         return found
 
-    def largest(self, model: str | None) -> tuple[int, tuple[str, ...]]:
-        """The most GPUs of ``model`` (None: any) that one node has, and the models that match."""
-        models = self._models(model)
-        return self._largest(models), models
+    def largest(self, model: str | None) -> int:
+        """The most GPUs of ``model`` (None: any) that one node has (cached until the inventory
+        changes)."""
+        return self._largest(self._models(model))
 
     def known_models(self) -> list[str]:
         return sorted({p.model for p in self._pool_list if p.gpus})
