@@ -116,6 +116,8 @@ class BackendStatus:
     queue_length: int | None = None
     #: the backend's own estimate of when a pending job starts (epoch seconds)
     estimated_start: float | None = None
+    #: pending and not placed on a node by the cluster (its pod exists, unbound)
+    unplaced: bool = False
 
 
 class JobBackend(abc.ABC):
@@ -127,6 +129,9 @@ class JobBackend(abc.ABC):
     #: grants each GPUs of one node of the cluster (a request of the pool) in the team's order,
     #: and the job runs on that node; preempted, it is stopped and queued again
     ledger_admits: bool = False
+    #: with ``ledger_admits``: seconds an admitted job's pod may stay unbound on its node
+    #: before its GPUs go back to the queue (None: never)
+    bind_timeout: float | None = None
 
     @property
     def gpus_from_ledger(self) -> bool:

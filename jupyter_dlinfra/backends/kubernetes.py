@@ -43,6 +43,12 @@ required node affinity on the granted node (``matchFields`` on ``metadata.name``
 cluster for that many ``nvidia.com/gpu``: kube-scheduler binds it there, the device plugin picks
 the devices. A preempted job's Job is deleted and the job queued again, as a local job is.
 
+An admitted Job whose pod stays unbound on its node (a taint, a node selector, GPUs taken by
+pods the ledger does not know of, a node that went away) shows kube-scheduler's reason; after
+``bind_timeout_s`` (300 s) the Job is deleted and its GPUs handed back to the ledger, which asks
+again at the job's place in the order, avoiding that node (``Ledger.hand_back``): the admission
+never holds capacity it cannot use for longer than that.
+
 Kueue (``kueue_queue``)
 -----------------------
 
@@ -169,6 +175,8 @@ class KubernetesBackend(JobBackend):
         kueue_queue: str | None = None,
         # Jobs are created once the ledger admitted them, on the node it chose (see above)
         admission: bool = False,
+        # with admission: seconds an admitted Job's pod may stay unbound before it goes back
+        bind_timeout_s: float = 300.0,
         # extra labels on every Job and pod
         labels: Mapping[str, str] | None = None,
         # extra pod volumes and container mounts, Kubernetes JSON form
@@ -199,7 +207,12 @@ class KubernetesBackend(JobBackend):
                 "admission and kueue_queue: admission is either the ledger's or Kueue's; "
                 "unset one of them"
             )
+        if isinstance(bind_timeout_s, bool) or not isinstance(bind_timeout_s, (int, float)):
+            raise ValueError(f"bind_timeout_s must be seconds, not {bind_timeout_s!r}")
+        if not bind_timeout_s > 0:
+            raise ValueError(f"bind_timeout_s must be above 0 seconds, got {bind_timeout_s}")
         self.ledger_admits = bool(admission)
+        self.bind_timeout = float(bind_timeout_s) if admission else None
         # a missing client package is a configuration error now, not at the first job
         self.kube = KubeApi(api_client, kubeconfig=kubeconfig, context=context, timeout=timeout)
         self.template = PodTemplate(

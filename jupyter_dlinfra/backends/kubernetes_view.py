@@ -13,7 +13,8 @@ PriorityClass). It lives for one poll: the next poll lists again. From what it s
   runs, then CANCELLED;
 - a pod that runs -> RUNNING;
 - otherwise PENDING, with the scheduler's own words from the pod's ``PodScheduled`` condition
-  (``0/2 nodes are available: 2 Insufficient nvidia.com/gpu.``), or the container's waiting
+  (``0/2 nodes are available: 2 Insufficient nvidia.com/gpu.``; ``unplaced`` while the pod is
+  bound to no node), or the container's waiting
   reason (``ErrImagePull: ...``), or why the pod cannot be created, or that it waits for Kueue;
 - no Job: CANCELLED for a Job the backend deleted, else what the runner's ``status.json`` says
   (a Job removed by ``ttl_after_finished_s``), else LOST.
@@ -163,7 +164,11 @@ class JobView:
             why = f"waiting for Kueue to admit it (queue {queue})" if queue else "suspended"
             return BackendStatus(state=BackendState.PENDING, reason=why)
         if pod is not None:
-            return BackendStatus(state=BackendState.PENDING, reason=pending_reason(pod, CONTAINER))
+            return BackendStatus(
+                state=BackendState.PENDING,
+                reason=pending_reason(pod, CONTAINER),
+                unplaced=not (pod.get("spec") or {}).get("nodeName"),
+            )
         problem = self._failed_create(namespace, name)
         if problem:
             return BackendStatus(

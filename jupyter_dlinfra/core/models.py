@@ -77,6 +77,9 @@ class Allocation:
     #: its GPUs; see POOL) or "cluster" (Kubernetes' scheduler, which the ledger then mirrors:
     #: queued with the cluster's reason until it is placed)
     placement: str = "ledger"
+    #: nodes a request of the pool is not granted on: where the cluster could not start it
+    #: after an earlier grant (see ``Ledger.hand_back``)
+    avoid: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

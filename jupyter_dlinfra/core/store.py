@@ -44,7 +44,7 @@ from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -112,6 +112,8 @@ allocations = Table(
     # schema 5: "cluster" when a cluster's scheduler places it (Kubernetes), and why it waits
     Column("placement", String(16), nullable=True),
     Column("cluster_reason", Text, nullable=True),
+    # schema 10: nodes a request of the pool is not granted on (JSON list), after hand-backs
+    Column("avoid_nodes", Text, nullable=True),
 )
 # schema 7: one user's (or node's) allocations are read without scanning everyone's
 Index("ix_dlinfra_allocations_user_state", allocations.c.user, allocations.c.state)
@@ -256,6 +258,7 @@ _ADDED = (
     (5, "dlinfra_allocations", "cluster_reason"),
     (6, "dlinfra_kernels", "launched_at"),
     *((9, "dlinfra_jobs", c) for c in ("queue_position", "queue_length", "estimated_start")),
+    (10, "dlinfra_allocations", "avoid_nodes"),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
@@ -397,7 +400,7 @@ class Store:
                     conn.execute(meta.insert().values(key=key, value=value))
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
-            # create_all makes only with their table, and so did 8; 9 added columns
+            # create_all makes only with their table, and so did 8; 9 and 10 added columns
             for index in (*allocations.indexes, *kernels.indexes, *holdings.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(

@@ -59,6 +59,8 @@ _MAX_TEXT = 200
 _ESTIMATE_SLACK_S = 30.0
 #: the reason of a preempted job while it is being stopped
 _STOPPING = "being stopped for a higher-priority request"
+#: the reason of an admitted job whose pod never bound, while its Job is deleted
+_HANDING_BACK = "handing its GPUs back"
 _ENDS = {
     BackendState.SUCCEEDED: JobState.SUCCEEDED,
     BackendState.FAILED: JobState.FAILED,
@@ -497,6 +499,8 @@ class JobService:
         if status.state is BackendState.RUNNING and job.state is JobState.QUEUED:
             self.book.start(job.id, handle=None, reason=None)
         elif status.state is BackendState.PENDING and job.state is JobState.QUEUED:
+            if status.unplaced and self._unbound(job, name, status.reason):
+                return
             where = ""
             if status.position is not None:
                 where = f" at position {status.position}"
@@ -508,6 +512,66 @@ class JobService:
             )
         elif status.state.ended:
             self._record_end(job, status.state, status.reason)
+
+    def _unbound(self, job: Job, name: str, why: str | None) -> bool:
+        """An admitted job whose pod the cluster has not bound on its granted node: say so,
+        and once that lasted the backend's ``bind_timeout``, delete its Job (its GPUs go back
+        to the queue once it is gone, see _record_end). True when that was said here."""
+        backend = self.backends.get(name)
+        timeout = backend.bind_timeout if backend is not None else None
+        if backend is None or not backend.ledger_admits or timeout is None:
+            return False
+        if job.allocation_id is None or (job.reason or "").startswith(_HANDING_BACK):
+            return False
+        try:
+            alloc = self.ledger.allocation(job.allocation_id)
+        except NotFound:
+            return False
+        if alloc.state is not AllocationState.GRANTED or alloc.granted_at is None:
+            return False
+        waited = self.ledger.clock.now() - alloc.granted_at
+        said = f"kubernetes has not placed it on {alloc.node}, where the ledger admitted it"
+        said += f": {why}" if why else ""
+        if waited < timeout:
+            # no running count of seconds: the reason is written only when it changes
+            reason = (
+                f"{said} (its GPUs go back to the queue if it is not placed {timeout:.0f} s "
+                "after admission)"
+            )
+            self._note_wait(job, reason, None, None, None)
+            return True
+        if job.handle is None:
+            return False
+        marked = f"{_HANDING_BACK}: {said} for {waited:.0f} s"
+        self.book.update(job.id, reason=marked)
+        try:
+            backend.cancel(JobHandle.from_json(job.handle))
+        except BackendError as err:
+            self.log.warning("dlinfra: deleting the unplaced Job of job %s failed: %s", job.id, err)
+            self.book.update(job.id, reason=job.reason)  # the next pass tries again
+        return True
+
+    def _hand_back(self, job: Job) -> None:
+        """The Job of an admitted job that never bound is gone: its GPUs go back to the ledger,
+        which asks again at the job's place, avoiding that node; the job waits for it."""
+        said = (job.reason or "").removeprefix(f"{_HANDING_BACK}: ")
+        new_id: int | None = None
+        if job.allocation_id is not None:
+            try:
+                again = self.ledger.hand_back(job.allocation_id, reason=said)
+            except NotFound:
+                again = None
+            if again is not None and again.id != job.allocation_id:
+                new_id = again.id
+        self.book.update(
+            job.id,
+            handle=None,
+            allocation_id=new_id,
+            reason=f"{said}; its GPUs went back to the queue, to be admitted on another node",
+            queue_position=None,
+            queue_length=None,
+            estimated_start=None,
+        )
 
     def _note_wait(
         self,
@@ -592,6 +656,10 @@ class JobService:
         self.book.requeue(job.id, reason)
 
     def _record_end(self, job: Job, state: BackendState, reason: str | None) -> None:
+        handing_back = job.state is JobState.QUEUED and (job.reason or "").startswith(_HANDING_BACK)
+        if handing_back and state in (BackendState.CANCELLED, BackendState.LOST):
+            self._hand_back(job)
+            return
         preempted = self._preemption(job, active=False)
         stopping = (job.reason or "").startswith(_STOPPING)
         cancelling = (job.reason or "").startswith("cancelled by")

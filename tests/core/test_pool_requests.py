@@ -137,3 +137,59 @@ def test_below_the_explained_head_a_pool_request_is_told_its_place_in_brief(
     assert places[3].waiting_reason == "behind 3 requests for GPUs of any node"
     # the queue's page says the same places
     assert [a.position for a in ledger.queue()] == [1, 2, 3, 4]
+
+
+def test_a_grant_the_cluster_could_not_start_is_handed_back_and_avoids_that_node(
+    cluster: Kit,
+) -> None:
+    """A pod that never bound on its granted node: the grant is released and asked again at
+    the same place in the order, never on that node again while another can hold it."""
+    ledger, clock = cluster.ledger, cluster.clock
+    first = ask(cluster, "job-1", 4, model="A100")
+    ahead = first.node
+    other = "node-b" if ahead == "node-a" else "node-a"
+    carol = ask(cluster, "carol-1", 4, user="carol", model="A100")
+    assert carol.node == other
+    clock.advance(30)
+    later = ask(cluster, "later", 4, user="bob", model="A100")
+    assert later.state is AllocationState.QUEUED and later.position == 1
+    clock.advance(120)
+    again = ledger.hand_back(first.id, reason="its pod never bound on " + ahead)
+    # released, and asked again ahead of the later request (its place is its first request's)
+    assert ledger.allocation(first.id).state is AllocationState.RELEASED
+    assert again.id != first.id and again.kernel_id == "job-1"
+    assert again.state is AllocationState.QUEUED and again.avoid == (ahead,)
+    assert again.created_at == first.created_at and again.position == 1
+    assert again.waiting_reason is not None and f"not on {ahead}" in again.waiting_reason
+    # the freed node goes to the request behind it, not back to the one that could not use it
+    assert ledger.allocation(later.id).state is AllocationState.GRANTED
+    assert ledger.allocation(later.id).node == ahead
+    told = [e for e in ledger.events() if e.kind == "requested" and e.allocation_id == again.id]
+    assert told[0].detail["handed_back"] == first.id and told[0].detail["avoid"] == [ahead]
+    # the avoided node is remembered across a restart of the ledger
+    kit = cluster.reopen()
+    assert kit.ledger.allocation(again.id).avoid == (ahead,)
+    kit.ledger.release(kit.ledger.allocation(later.id).id, reason="done")
+    assert kit.ledger.allocation(again.id).state is AllocationState.QUEUED
+    kit.ledger.release(carol.id, reason="done")
+    moved = kit.ledger.allocation(again.id)
+    assert moved.state is AllocationState.GRANTED and moved.node == other
+    # handed back from the only other node too: it may come back to the first, not to the last
+    last = kit.ledger.hand_back(moved.id, reason="its pod never bound on " + other)
+    assert last.avoid == (other,)
+    assert last.state is AllocationState.GRANTED and last.node == ahead
+
+
+def test_only_a_granted_pool_request_is_handed_back(cluster: Kit) -> None:
+    ledger = cluster.ledger
+    cluster.kernel("pinned", node="node-a")
+    pinned = ledger.request(kernel_id="pinned", count=1)
+    assert ledger.hand_back(pinned.id, reason="x").id == pinned.id
+    assert ledger.allocation(pinned.id).state is AllocationState.GRANTED
+    mine = ask(cluster, "job-1", 1)
+    ledger.release(mine.id, reason="done")
+    assert ledger.hand_back(mine.id, reason="x").state is AllocationState.RELEASED
+    # a node of a model it does not ask for is never a reason to keep avoiding
+    h = ask(cluster, "h", 2, model="H100")
+    back = ledger.hand_back(h.id, reason="x")
+    assert back.avoid == () and back.state is AllocationState.GRANTED and back.node == "node-h"

@@ -30,9 +30,16 @@ from jupyter_dlinfra.testing.server import (
 
 @pytest.fixture
 def k8s_team(
-    tmp_path: Path, k8s_control_plane: ControlPlane, k8s_agent: Any, k8s_namespace: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    k8s_control_plane: ControlPlane,
+    k8s_agent: Any,
+    k8s_namespace: str,
 ) -> Iterator[Team]:
+    """A gateway on the control plane; ``indirect`` parameters are more options of its job
+    backend."""
     kube = {"kubeconfig": str(k8s_control_plane.kubeconfig)}
+    jobs = {**kube, "namespace": k8s_namespace, **getattr(request, "param", {})}
     config = f"""
 c.DLInfra.kernel_backend = "kubernetes"
 c.DLInfra.kernel_pods = {json.dumps({**kube, "namespace": k8s_namespace})}
@@ -41,7 +48,7 @@ c.DLInfra.pod_interval = 0.3
 c.DLInfra.kubernetes_priority_classes = "ensure"
 c.DLInfra.job_backends = ["kubernetes"]
 c.DLInfra.default_backend = "kubernetes"
-c.DLInfra.backend_options = {json.dumps({"kubernetes": {**kube, "namespace": k8s_namespace}})}
+c.DLInfra.backend_options = {json.dumps({"kubernetes": jobs})}
 """
     team = start_gateway(tmp_path, config=config)
     try:
@@ -706,3 +713,50 @@ def test_a_notebooks_gpu_request_preempts_an_admitted_batch_job_which_runs_again
     )
     assert done["state"] == "succeeded" and done["attempts"] == 1, done
     kernel.shutdown()
+
+
+@pytest.mark.parametrize("k8s_team", [{"bind_timeout_s": 6}], indirect=True)
+def test_an_admitted_job_that_never_binds_is_handed_back_and_runs_on_another_node(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    """The ledger admits a Job on a node whose taint its pod does not tolerate: the job shows
+    kube-scheduler's reason, and after the bind timeout its Job is deleted and its GPUs go back
+    to the queue, which admits it on the other node, where it runs."""
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    taint = {"key": "dlinfra.test/blocked", "value": "yes", "effect": "NoSchedule"}
+    # best fit: 2 GPUs of any model go to the H100 node's 2, where nothing may be placed now
+    core.patch_node("gpu-node-b", {"spec": {"taints": [taint]}})
+    try:
+        alice = k8s_user("alice")
+        write_notebook(alice.workdir / "root" / "two.ipynb", "%gpu 2\nprint('ran')")
+        job = alice.post("dlinfra/api/jobs", {"path": "two.ipynb", "gpus": 2})
+
+        def told_why() -> Any:
+            current = alice.get(f"dlinfra/api/jobs/{job['id']}")
+            return current if "taint" in (current["reason"] or "") else None
+
+        waiting = wait_until(told_why, timeout=60, interval=0.2, what="kube-scheduler's reason")
+        assert waiting["state"] == "queued"
+        assert "kubernetes has not placed it on gpu-node-b" in waiting["reason"], waiting
+        assert "go back to the queue if it is not placed 6 s after admission" in waiting["reason"]
+        [first] = jobs_of(k8s_api, k8s_namespace, job["id"])
+        assert _pinned_node(first) == "gpu-node-b"
+
+        def ended() -> Any:
+            current = alice.get(f"dlinfra/api/jobs/{job['id']}")
+            return current if current["state"] in ("succeeded", "failed", "cancelled") else None
+
+        final = wait_until(ended, timeout=180, interval=0.5, what="the job to end")
+        assert final["state"] == "succeeded", final
+        admitted = [j for j in jobs_of(k8s_api, k8s_namespace, job["id"]) if j.status.succeeded]
+        assert [_pinned_node(j) for j in admitted] == ["gpu-node-a"]
+        # the ledger's record: the first grant released, asked again avoiding the tainted node
+        mine = alice.get(f"dlinfra/api/allocations?kernel_id=job-{job['id']}&state=all")
+        grants = [a for a in mine["allocations"] if a["id"] != final["allocation_id"]]
+        assert [a["node"] for a in grants] == ["gpu-node-b"]
+        assert "kubernetes has not placed it on gpu-node-b" in grants[0]["end_reason"]
+    finally:
+        core.patch_node("gpu-node-b", {"spec": {"taints": None}})

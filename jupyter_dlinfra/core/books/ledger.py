@@ -35,6 +35,7 @@ from jupyter_dlinfra.core.books.ledger_state import (
     groups_json,
     groups_of_row,
     load_scheduler,
+    nodes_of_row,
     recent_spans,
     recorded_usage,
     running_usage,
@@ -920,6 +921,88 @@ class Ledger:
 
         return self._change(look, apply)
 
+    def hand_back(self, allocation_id: int, *, reason: str) -> Allocation:
+        """A grant of the pool that the cluster could not start on its node (its pod never
+        bound there): released, and asked again in the same transaction, at the same place in
+        the order (its original request time), avoiding that node, so that it neither holds
+        GPUs it cannot use nor is granted the same node again at once. When every node that
+        could hold it has been avoided, only the last is: it may come back to the others.
+        Returns the new request (granted elsewhere already, or queued with its wait); an
+        allocation that is no longer a granted request of the pool is returned as it is."""
+        with self._writing() as (tx, cache):
+            conn = tx.conn
+            alloc = self._one(conn, allocation_id)
+            if alloc.state is not AllocationState.GRANTED or alloc.placement != POOL:
+                return self._waited(alloc, cache)
+            raw_groups = conn.execute(
+                select(allocations.c.groups).where(allocations.c.id == alloc.id)
+            ).scalar()
+            node = alloc.node
+            avoid = set(alloc.avoid) | {node}
+            fitting = cache.sched.fitting_nodes(alloc.model, alloc.count)
+            if fitting <= avoid:
+                avoid = {node} if len(fitting) > 1 else set()
+            self._end(tx, cache, alloc, reason)
+            kernel = self._kernel(conn, alloc.kernel_id)
+            inserted = conn.execute(
+                sql.INSERT_ALLOCATION,
+                {
+                    "kernel_id": alloc.kernel_id,
+                    "user": alloc.user,
+                    "node": kernel.node,
+                    "count": alloc.count,
+                    "model": alloc.model,
+                    "state": AllocationState.QUEUED.value,
+                    "created_at": alloc.created_at,
+                    "priority_class": alloc.priority_class,
+                    "kind": alloc.kind,
+                    "groups": raw_groups,
+                    "borrowed": False,
+                    "placement": POOL,
+                    "avoid_nodes": json.dumps(sorted(avoid)) if avoid else None,
+                },
+            )
+            new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+            self.write_event(
+                tx,
+                "requested",
+                allocation_id=new_id,
+                kernel_id=alloc.kernel_id,
+                detail={
+                    "count": alloc.count,
+                    "model": alloc.model,
+                    "priority_class": alloc.priority_class,
+                    "handed_back": alloc.id,
+                    "avoid": sorted(avoid),
+                },
+            )
+            again = replace(
+                alloc,
+                id=new_id,
+                node=kernel.node,
+                state=AllocationState.QUEUED,
+                gpus=(),
+                granted_at=None,
+                borrowed=False,
+                preempted_for=None,
+                preempt_reason=None,
+                avoid=tuple(sorted(avoid)),
+            )
+            cache.add_active(new_id, alloc.kernel_id)
+            cache.waiting[new_id] = Waiting(
+                kernel_id=alloc.kernel_id,
+                created_at=alloc.created_at,
+                node=kernel.node,
+                anywhere=True,
+            )
+            cache.sched.submit(
+                demand_of(
+                    again, cache.policy, groups_of_row(raw_groups, alloc.user, self.groups_of)
+                )
+            )
+            self._schedule(tx, cache)
+            return self._waited(self._one(conn, new_id), cache)
+
     def release_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         with self._writing() as (tx, cache):
             ended = self._end_kernel_allocations(tx, cache, kernel_id, reason)
@@ -1520,4 +1603,5 @@ def _allocation_row(r: Row[Any], owned: tuple[str, ...]) -> Allocation:
         preempted_for=r.preempted_for,
         preempt_reason=r.preempt_reason,
         placement=r.placement or "ledger",
+        avoid=nodes_of_row(r._mapping.get("avoid_nodes")),
     )

@@ -22,6 +22,7 @@ __all__ = [
     "demand_of",
     "groups_of_row",
     "load_scheduler",
+    "nodes_of_row",
     "recent_spans",
 ]
 
@@ -40,6 +41,17 @@ def class_of(alloc: Allocation, policy: SchedulingPolicy) -> str:
 
 def groups_json(groups: Iterable[str]) -> str:
     return json.dumps(sorted(set(groups)))
+
+
+def nodes_of_row(raw: str | None) -> tuple[str, ...]:
+    """The nodes a request avoids (stored as JSON; NULL on rows from before schema 10)."""
+    if not raw:
+        return ()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return ()
+    return tuple(str(n) for n in parsed) if isinstance(parsed, list) else ()
 
 
 def groups_of_row(raw: str | None, user: str, groups_of: GroupsOf) -> tuple[str, ...]:
@@ -134,6 +146,7 @@ def demand_of(alloc: Allocation, policy: SchedulingPolicy, groups: tuple[str, ..
         model=alloc.model,
         # a request of the pool may take GPUs of any node; the others wait for their kernel's
         node=None if alloc.placement == POOL else alloc.node,
+        avoid=frozenset(alloc.avoid),
         klass=class_of(alloc, policy),
         kind=alloc.kind,
         submitted_at=alloc.created_at,

@@ -53,6 +53,7 @@ class _FreeIndex:
     def __init__(self, s: Scheduler, free: dict[int, int]) -> None:
         self.free = free
         self.model_of = {p.id: p.model for p in s._pool_list}
+        self.node_of = {p.id: p.node for p in s._pool_list}
         self.buckets: dict[str, list[set[int]]] = {}
         self.in_all: Counter[str] = Counter()
         self.total: Counter[str] = Counter()
@@ -80,15 +81,19 @@ class _FreeIndex:
         self.in_all[model] += n - old
         self.free[pid] = n
 
-    def best(self, models: tuple[str, ...], count: int) -> int | None:
-        """The pool of these models with the fewest free GPUs, at least ``count``."""
+    def best(
+        self, models: tuple[str, ...], count: int, avoid: frozenset[str] = frozenset()
+    ) -> int | None:
+        """The pool of these models with the fewest free GPUs, at least ``count``, on a node
+        not in ``avoid``."""
         best: tuple[int, int] | None = None
         for model in models:
             buckets = self.buckets.get(model, [])
             for n in range(count, len(buckets)):
-                if buckets[n]:
+                pid = next((p for p in buckets[n] if self.node_of[p] not in avoid), None)
+                if pid is not None:
                     if best is None or n < best[0]:
-                        best = (n, next(iter(buckets[n])))
+                        best = (n, pid)
                     break
         return None if best is None else best[1]
 
@@ -141,7 +146,7 @@ def explain_pool(
         models = s._models(d.model)
         over = quota_wait(s, d)
         pending = s.pending.get(d.id, 0)
-        fit = free.best(models, d.count)
+        fit = free.best(models, d.count, d.avoid)
         if over is not None:
             code, reason = "quota", over
         elif pending:
@@ -159,7 +164,9 @@ def explain_pool(
                 f"waiting for {plural(d.count, 'GPU')}{kind} on one node: at most {most} free on "
                 f"a node ({in_all} of {total} free in all)"
             )
-            if most >= d.count:
+            if d.avoid:
+                reason += f"; not on {', '.join(sorted(d.avoid))}, where it could not start"
+            if most >= d.count and not d.avoid:
                 code, ahead = _why_kept(s, d, tier, models, takers)
                 reason += f"; kept for {ahead}"
             else:
@@ -210,14 +217,14 @@ def estimate_pool(
         if s.over_quota(d) is not None:
             continue
         models = s._models(d.model)
-        fit = free.best(models, d.count)
+        fit = free.best(models, d.count, d.avoid)
         while fit is None and ends:
             at, _, pid, back, guessed = heapq.heappop(ends)
             now = max(now, at)
             free.set(pid, free.free[pid] + back)
             rests_on_default = rests_on_default or guessed
             if free.model_of[pid] in models and free.free[pid] >= d.count:
-                fit = free.best(models, d.count)
+                fit = free.best(models, d.count, d.avoid)
         if fit is None or now > s.now + horizon:
             break  # later requests start no earlier than this one
         free.set(fit, free.free[fit] - d.count)

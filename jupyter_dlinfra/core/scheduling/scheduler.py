@@ -209,6 +209,11 @@ class Scheduler:
         changes)."""
         return self._largest(self._models(model))
 
+    def fitting_nodes(self, model: str | None, count: int) -> set[str]:
+        """The nodes with at least ``count`` GPUs of ``model`` on one node, free or not."""
+        models = self._models(model)
+        return {p.node for p in self._pool_list if p.model in models and len(p.gpus) >= count}
+
     def known_models(self) -> list[str]:
         return sorted({p.model for p in self._pool_list if p.gpus})
 
@@ -709,24 +714,41 @@ class Scheduler:
         for model in models:
             buckets = self._buckets.get(model, [])
             for free in range(count, len(buckets)):
-                if buckets[free]:
+                pid = self._first_allowed(buckets[free], demand.avoid)
+                if pid is not None:
                     if best is None or free < best[0]:
-                        best = (free, next(iter(buckets[free])))
+                        best = (free, pid)
                     break
         if best is not None:
             return self._take(self._pool_list[best[1]], count)
         if not demand.gang or sum(self._free_by_model[m] for m in models) < count:
             return None
         taken = []
-        for pool in self._fullest(models, count):
+        for pool in self._fullest(models, count, avoid=demand.avoid):
             taken += self._take(pool, count - len(taken))
             if len(taken) == count:
                 break
         return taken
 
-    def _fullest(self, models: tuple[str, ...], enough: int, *, big: int = 0) -> list[_Pool]:
+    def _first_allowed(self, pids: set[int], avoid: frozenset[str]) -> int | None:
+        """A pool of ``pids`` on a node not in ``avoid`` (any of them when nothing is avoided)."""
+        if not avoid:
+            return next(iter(pids), None)
+        for pid in pids:
+            if self._pool_list[pid].node not in avoid:
+                return pid
+        return None
+
+    def _fullest(
+        self,
+        models: tuple[str, ...],
+        enough: int,
+        *,
+        big: int = 0,
+        avoid: frozenset[str] = frozenset(),
+    ) -> list[_Pool]:
         """Pools with free GPUs of these models, most free first, until ``enough`` are free
-        (0: the first one); only pools of at least ``big`` GPUs."""
+        (0: the first one); only pools of at least ``big`` GPUs, on nodes not in ``avoid``."""
         per_model = [self._buckets.get(m, []) for m in models]
         top = max((len(b) for b in per_model), default=0)
         found: list[_Pool] = []
@@ -736,7 +758,7 @@ class Scheduler:
                 if free < len(buckets):
                     for pid in sorted(buckets[free]) if len(buckets[free]) < 64 else buckets[free]:
                         pool = self._pool_list[pid]
-                        if len(pool.gpus) < big:
+                        if len(pool.gpus) < big or pool.node in avoid:
                             continue
                         found.append(pool)
                         total += free
@@ -752,10 +774,10 @@ class Scheduler:
         elif nominated:
             pools = [self._pool_list[i] for i in nominated]
         elif demand.gang:
-            pools = self._fullest(models, demand.count)
+            pools = self._fullest(models, demand.count, avoid=demand.avoid)
         else:
             # the node closest to fitting, among those large enough
-            pools = [p for p in self._fullest(models, 0, big=demand.count)][:1]
+            pools = self._fullest(models, 0, big=demand.count, avoid=demand.avoid)[:1]
         kept = []
         need = demand.count
         for pool in pools:

@@ -36,6 +36,8 @@ class Demand:
     model: str | None = None
     #: only GPUs of this node (a kernel's own node); None: any node
     node: str | None = None
+    #: nodes a request of any node is not placed on (the cluster could not start it there)
+    avoid: frozenset[str] = frozenset()
     #: may span nodes, all or nothing (otherwise packed on one node)
     gang: bool = False
     klass: str
