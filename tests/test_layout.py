@@ -31,8 +31,9 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"gateway"}),
     frozenset({"cli"}),
 )
-#: imports between rooms of one layer: job backends run on the Kubernetes plumbing
-SIDEWAYS: frozenset[tuple[str, str]] = frozenset({("backends", "kube")})
+#: imports between rooms of one layer: job backends run on the Kubernetes plumbing, and the
+#: cluster's telemetry tells our pods from others' by its labels
+SIDEWAYS: frozenset[tuple[str, str]] = frozenset({("backends", "kube"), ("telemetry", "kube")})
 #: the modules of kernel/ that each room may import (kernel/ runs in the user's kernel; what it
 #: shares with the server side is named here, one module at a time)
 KERNEL_USERS: Mapping[str, frozenset[str]] = {

@@ -5,7 +5,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["POOL", "Allocation", "AllocationState", "Gpu", "KernelRecord", "LedgerEvent"]
+__all__ = [
+    "POOL",
+    "Allocation",
+    "AllocationState",
+    "Gpu",
+    "KernelRecord",
+    "LedgerEvent",
+    "OutsideUse",
+]
 
 #: the placement of a request that this ledger's scheduler grants on any node with room: work
 #: that a cluster runs wherever it is told (a Kubernetes Job or pod admitted by the ledger), not
@@ -23,6 +31,20 @@ class Gpu:
     simulated: bool = False
     #: False once the telemetry provider stops reporting it; it is then never granted again
     present: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutsideUse:
+    """GPUs of a node used by work the ledger did not admit (a cluster's pods that are not
+    ours): never granted while that lasts."""
+
+    node: str
+    #: how many GPUs that work asks for on the node
+    gpus: int
+    #: what uses them, as the cluster names it ("namespace/pod")
+    pods: tuple[str, ...] = ()
+    #: the node's GPUs the ledger keeps out for it (fewer than ``gpus`` while ours hold the rest)
+    taken: tuple[str, ...] = ()
 
 
 class AllocationState(str, enum.Enum):

@@ -237,6 +237,17 @@ jobs = Table(
     Column("estimated_start", Float, nullable=True),
 )
 
+#: GPUs of a node used by work the ledger did not admit (a cluster's pods that are not ours):
+#: ``pods`` names them (a JSON list of "namespace/name"); schema 10
+outside_use = Table(
+    "dlinfra_outside",
+    metadata,
+    Column("node", String(255), primary_key=True),
+    Column("gpus", Integer, nullable=False),
+    Column("pods", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
 #: fair share: each user's decayed GPU-seconds of ended allocations, as of ``at``
 fairshare = Table(
     "dlinfra_fairshare",

@@ -52,6 +52,10 @@ class Sampler:
         self._cluster_nodes = set(inventory)
         for node, found in inventory.items():
             self._sync_node(node, found, self.cluster.simulated)
+        # GPUs that pods we did not create use there are not the ledger's to admit work on
+        use = self.cluster.outside_use()
+        if use is not None:
+            self.ledger.sync_outside({n: u for n, u in use.items() if n in inventory})
 
     def _sync_node(self, node: str, devices: Sequence[GpuDevice], simulated: bool) -> None:
         gpus = [

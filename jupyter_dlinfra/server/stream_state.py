@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, LedgerEvent
-from jupyter_dlinfra.server.views import allocation_json, gpu_json
+from jupyter_dlinfra.server.views import allocation_json, gpu_json, outside_by_gpu
 from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 
 __all__ = ["FULL_EVERY", "Moved", "Picture", "StreamState"]
@@ -130,6 +130,9 @@ class StreamState:
         self._entries: dict[str, dict[str, Any]] = {}
         self._granted: dict[int, dict[str, Any]] = {}
         self._samples: Mapping[str, GpuSample] = {}
+        #: GPU -> the cluster's pods the ledger keeps it out for (read at every step: it moves
+        #: with releases on those nodes too, which name no pod)
+        self.outside: dict[str, tuple[str, ...]] = {}
 
     # -- moving ----------------------------------------------------------------------------------
 
@@ -155,6 +158,12 @@ class StreamState:
             gpus_moved, allocs_moved = self._read_whole(ledger, provider, now)
         else:
             gpus_moved, allocs_moved = self._read_touched(ledger, events)
+        outside = outside_by_gpu(ledger.outside())
+        if outside != self.outside:
+            gpus_moved |= {
+                u for u in set(outside) | set(self.outside) if outside.get(u) != self.outside.get(u)
+            }
+            self.outside = outside
         if samples is not self._samples:
             measured = set(samples) | set(self._samples)
             gpus_moved |= measured
@@ -247,6 +256,7 @@ class StreamState:
                 self.holders.get(uuid),
                 self.kernels,
                 self._samples.get(uuid) if node == local_node else None,
+                self.outside.get(uuid),
             )
             if entries.get(uuid) != entry:
                 entries.put(uuid, entry)

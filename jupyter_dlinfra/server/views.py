@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
-from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord
+from jupyter_dlinfra.core.models import Allocation, Gpu, KernelRecord, OutsideUse
 from jupyter_dlinfra.core.scheduling.explain import DEFAULT, HISTORY
 from jupyter_dlinfra.telemetry import GpuSample, TelemetryProvider
 
@@ -19,6 +19,7 @@ __all__ = [
     "estimate_note",
     "gpu_json",
     "iso",
+    "outside_by_gpu",
     "outside_ledger",
     "shown_gpus",
 ]
@@ -121,15 +122,17 @@ def _metrics(sample: GpuSample | None) -> dict[str, Any]:
 BUSY_PERCENT = 5.0
 
 
-def outside_ledger(sample: GpuSample | None) -> dict[str, Any] | None:
-    """What runs on a GPU that the ledger says is free (someone bypassing it); None: nothing.
+def outside_ledger(
+    sample: GpuSample | None, pods: Sequence[str] | None = None
+) -> dict[str, Any] | None:
+    """What runs on a GPU that the ledger says is free (someone bypassing it), or that it keeps
+    out for ``pods`` the cluster runs besides the work it admitted; None: nothing.
 
     A display server drawing on it does not count: only compute processes, or utilisation.
     """
-    if sample is None:
-        return None
-    working = [p for p in sample.processes if p.compute]
-    if not working and sample.utilization_percent < BUSY_PERCENT:
+    working = [p for p in sample.processes if p.compute] if sample is not None else []
+    busy = sample is not None and sample.utilization_percent >= BUSY_PERCENT
+    if not working and not busy and not pods:
         return None
     return {
         "processes": [
@@ -137,7 +140,13 @@ def outside_ledger(sample: GpuSample | None) -> dict[str, Any] | None:
             for p in working
         ],
         "users": sorted({p.user for p in working if p.user}),
+        "pods": list(pods or ()),
     }
+
+
+def outside_by_gpu(use: Mapping[str, OutsideUse]) -> dict[str, tuple[str, ...]]:
+    """GPU UUID -> the pods the ledger keeps it out for (see ``Ledger.outside``)."""
+    return {uuid: u.pods for u in use.values() for uuid in u.taken}
 
 
 def gpu_json(
@@ -145,9 +154,10 @@ def gpu_json(
     holder: Allocation | None,
     kernels: Mapping[str, KernelRecord],
     sample: GpuSample | None,
+    outside_pods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One GPU as the cluster view shows it (``sample``: None where this server does not
-    measure the GPU's node)."""
+    measure the GPU's node; ``outside_pods``: the cluster's pods it is kept out for)."""
     holder_json = None
     if holder is not None:
         kernel = kernels.get(holder.kernel_id)
@@ -167,7 +177,7 @@ def gpu_json(
         "simulated": gpu.simulated,
         "holder": holder_json,
         **_metrics(sample),
-        "outside_ledger": outside_ledger(sample) if holder is None else None,
+        "outside_ledger": outside_ledger(sample, outside_pods) if holder is None else None,
     }
 
 
@@ -202,11 +212,14 @@ def cluster_json(
     provider: TelemetryProvider,
     local_node: str,
     queue_length: int,
+    outside: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     nodes: dict[str, list[dict[str, Any]]] = {}
+    kept_out = outside or {}
     for gpu in gpus:
         sample = samples.get(gpu.uuid) if gpu.node == local_node else None
-        nodes.setdefault(gpu.node, []).append(gpu_json(gpu, holders.get(gpu.uuid), kernels, sample))
+        entry = gpu_json(gpu, holders.get(gpu.uuid), kernels, sample, kept_out.get(gpu.uuid))
+        nodes.setdefault(gpu.node, []).append(entry)
     return {
         **cluster_fields(
             gpu_count=len(gpus),

@@ -84,6 +84,11 @@ class ClusterTelemetry(abc.ABC):
         """GPU UUID -> the pod that uses it, as the last ``sample()`` saw it; {} when unknown."""
         return {}
 
+    def outside_use(self) -> dict[str, tuple[int, tuple[str, ...]]] | None:
+        """Node -> (GPUs that work not started by jupyter-dlinfra asks for there, what it is),
+        for the nodes where there is some; None when this source cannot tell."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
         """Release what the source holds (HTTP connections, API clients)."""
 

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jupyter_dlinfra.kube.api import MANAGED_BY, MANAGER
 from jupyter_dlinfra.telemetry.base import GpuDevice, GpuSample
 from jupyter_dlinfra.telemetry.cluster import ClusterTelemetry, ClusterTelemetryError, PodRef
 from jupyter_dlinfra.telemetry.dcgm import DcgmClient, DcgmGpu, DcgmSnapshot
@@ -144,6 +145,26 @@ def _node_info(node: Any) -> GpuNode | None:
     )
 
 
+def _pod_gpus(pod: Any) -> int:
+    """GPUs a pod asks for, as kube-scheduler counts them (its requests, else its limits)."""
+
+    def asked(container: Any) -> int:
+        resources = container.resources
+        if resources is None:
+            return 0
+        raw = (resources.requests or {}).get(GPU_RESOURCE) or (resources.limits or {}).get(
+            GPU_RESOURCE
+        )
+        return max(_int(raw) or 0, 0) if raw is not None else 0
+
+    spec = pod.spec
+    if spec is None:
+        return 0
+    running = sum(asked(c) for c in spec.containers or [])
+    starting = max((asked(c) for c in spec.init_containers or []), default=0)
+    return max(running, starting)
+
+
 class _NodeIndex:
     """Finds a node's DCGM GPUs: exact name, then case-insensitive, then unique short name."""
 
@@ -169,7 +190,8 @@ class KubernetesTelemetry(ClusterTelemetry):
     ``api_client`` is a ``kubernetes.client.ApiClient``; without one, credentials load at the first
     call: in-cluster (service account) when running in a pod and no ``kubeconfig`` is given, else
     from ``kubeconfig`` (default ``$KUBECONFIG`` or ``~/.kube/config``) and ``context``. A client
-    passed in is the caller's to close. The gateway needs ``list`` on ``nodes`` (a ClusterRole).
+    passed in is the caller's to close. The gateway needs ``list`` on ``nodes`` (a ClusterRole),
+    and on ``pods`` cluster-wide for :meth:`outside_use`.
 
     ``node_selector`` is a Kubernetes label selector (``"pool=gpu,!preemptible"``); "" takes every
     node. ``prometheus_url`` ("" or None: no live utilisation) and ``prometheus_filter`` (see
@@ -228,6 +250,8 @@ class KubernetesTelemetry(ClusterTelemetry):
         self._dcgm_error: str | None = None
         self._seen_simulated = False
         self._closed = False
+        #: why the pods could not be listed last time (said once)
+        self._pods_error: str | None = None
 
     # -- the contract -----------------------------------------------------------------------------
 
@@ -331,6 +355,45 @@ class KubernetesTelemetry(ClusterTelemetry):
         }
         self._by_uuid = {d.uuid: d for devices in inventory.values() for d in devices}
         return {name: list(devices) for name, devices in inventory.items()}
+
+    def outside_use(self) -> dict[str, tuple[int, tuple[str, ...]]] | None:
+        """The GPUs that pods we did not create ask for, by node: one paged list of the
+        cluster's bound, unfinished pods without our managed-by label (the gateway needs
+        ``list`` on ``pods`` cluster-wide). A pod counts what kube-scheduler counts: the most of
+        its containers' GPUs together and of any one init container's. None when the pods
+        cannot be listed (the ledger then keeps what it was told last)."""
+        api = self._core()
+        found: dict[str, tuple[int, list[str]]] = {}
+        token: str | None = None
+        try:
+            while True:
+                kwargs: dict[str, Any] = {
+                    "limit": _PAGE,
+                    "_request_timeout": self.timeout,
+                    "label_selector": f"{MANAGED_BY}!={MANAGER}",
+                    "field_selector": "status.phase!=Succeeded,status.phase!=Failed",
+                }
+                if token:
+                    kwargs["_continue"] = token
+                page = self._call("list pods", api.list_pod_for_all_namespaces, **kwargs)
+                for pod in page.items or []:
+                    node = pod.spec.node_name if pod.spec else None
+                    gpus = _pod_gpus(pod)
+                    if not node or gpus <= 0:
+                        continue
+                    count, names = found.get(node, (0, []))
+                    names.append(f"{pod.metadata.namespace}/{pod.metadata.name}")
+                    found[node] = (count + gpus, names)
+                token = getattr(page.metadata, "_continue", None) if page.metadata else None
+                if not token:
+                    break
+        except ClusterTelemetryError as err:
+            if str(err) != self._pods_error:
+                log.warning("GPUs used by other pods are not known: %s", err)
+            self._pods_error = str(err)
+            return None
+        self._pods_error = None
+        return {node: (count, tuple(sorted(names))) for node, (count, names) in found.items()}
 
     def sample(self) -> list[GpuSample]:
         if self.dcgm is None or self._closed:
@@ -460,7 +523,8 @@ class KubernetesTelemetry(ClusterTelemetry):
             hint = ""
             if err.status in (401, 403):
                 hint = (
-                    "; the gateway's identity needs a ClusterRole that allows list on nodes"
+                    "; the gateway's identity needs a ClusterRole that allows "
+                    + ("list on pods" if what == "list pods" else "list on nodes")
                     if err.status == 403
                     else "; the credentials were refused (expired token?)"
                 )

@@ -48,10 +48,12 @@ export interface ClusterGpu {
   outside_ledger?: OutsideLedger | null;
 }
 
-/** What runs on a GPU the ledger says is free: its compute processes and their owners. */
+/** What runs on a GPU the ledger says is free: its compute processes and their owners, or
+ * (on Kubernetes) the pods not started by jupyter-dlinfra it is kept out for. */
 export interface OutsideLedger {
   processes: { pid: number; user: string | null; memory_used_bytes: number }[];
   users: string[];
+  pods?: string[];
 }
 
 /** One node of the cluster. */

@@ -193,3 +193,48 @@ def test_only_a_granted_pool_request_is_handed_back(cluster: Kit) -> None:
     h = ask(cluster, "h", 2, model="H100")
     back = ledger.hand_back(h.id, reason="x")
     assert back.avoid == () and back.state is AllocationState.GRANTED and back.node == "node-h"
+
+
+def test_gpus_others_pods_use_are_never_granted_while_they_do(cluster: Kit) -> None:
+    """What the cluster runs besides the work the ledger admitted takes GPUs out of its nodes:
+    at once as far as they are free, else as the ledger's grants there end."""
+    ledger = cluster.ledger
+    ours = ask(cluster, "ours", 2, model="A100")
+    node = ours.node
+    other = "node-b" if node == "node-a" else "node-a"
+    ask(cluster, "carol", 4, user="carol", model="A100")  # fills the other A100 node
+    version = cluster.store.version()
+    assert ledger.sync_outside({node: (3, ["team-x/train-0", "team-x/train-1"])}) is True
+    # two of the node's GPUs were free: both are kept out now, the third once ours ends
+    seen = ledger.outside()[node]
+    assert (seen.gpus, len(seen.taken)) == (3, 2)
+    assert seen.pods == ("team-x/train-0", "team-x/train-1")
+    assert not set(seen.taken) & set(ours.gpus)
+    told = [e for e in ledger.events() if e.kind == "outside_use"]
+    assert told[-1].detail == {"node": node, "gpus": 3, "pods": list(seen.pods)}
+    # the same picture again writes nothing
+    version = cluster.store.version()
+    assert ledger.sync_outside({node: (3, ["team-x/train-1", "team-x/train-0"])}) is False
+    assert cluster.store.version() == version
+    # no A100 is free for the ledger: a request of the pool and one pinned to the node wait
+    waiting = ask(cluster, "waiting", 1, model="A100")
+    assert waiting.state is AllocationState.QUEUED
+    assert (
+        waiting.waiting_reason is not None and "at most 0 free on a node" in waiting.waiting_reason
+    )
+    ledger.release(ours.id, reason="done")
+    assert len(ledger.outside()[node].taken) == 3
+    granted = ledger.allocation(waiting.id)
+    assert granted.state is AllocationState.GRANTED and granted.node == node
+    assert not set(granted.gpus) & set(ledger.outside()[node].taken)
+    # kept across a restart of the ledger
+    kit = cluster.reopen()
+    again = kit.ledger.outside()[node]
+    assert (again.gpus, again.pods, len(again.taken)) == (3, seen.pods, 3)
+    # the others' pods end: their GPUs are the ledger's again, and waiting work takes them
+    later = ask(kit, "later", 3, model="A100")
+    assert later.state is AllocationState.QUEUED
+    assert kit.ledger.sync_outside({other: (0, [])}) is True
+    assert kit.ledger.outside() == {}
+    back = kit.ledger.allocation(later.id)
+    assert back.state is AllocationState.GRANTED and back.node == node

@@ -3,6 +3,7 @@ a node agent that plays kubelet for two fake GPU nodes, a real gateway and a per
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -36,10 +37,11 @@ def k8s_team(
     k8s_agent: Any,
     k8s_namespace: str,
 ) -> Iterator[Team]:
-    """A gateway on the control plane; ``indirect`` parameters are more options of its job
-    backend."""
+    """A gateway on the control plane; an ``indirect`` parameter may give more options of its
+    job backend (``jobs``) and more lines of its configuration (``config``)."""
     kube = {"kubeconfig": str(k8s_control_plane.kubeconfig)}
-    jobs = {**kube, "namespace": k8s_namespace, **getattr(request, "param", {})}
+    extra = getattr(request, "param", {})
+    jobs = {**kube, "namespace": k8s_namespace, **extra.get("jobs", {})}
     config = f"""
 c.DLInfra.kernel_backend = "kubernetes"
 c.DLInfra.kernel_pods = {json.dumps({**kube, "namespace": k8s_namespace})}
@@ -49,6 +51,7 @@ c.DLInfra.kubernetes_priority_classes = "ensure"
 c.DLInfra.job_backends = ["kubernetes"]
 c.DLInfra.default_backend = "kubernetes"
 c.DLInfra.backend_options = {json.dumps({"kubernetes": jobs})}
+{extra.get("config", "")}
 """
     team = start_gateway(tmp_path, config=config)
     try:
@@ -715,7 +718,7 @@ def test_a_notebooks_gpu_request_preempts_an_admitted_batch_job_which_runs_again
     kernel.shutdown()
 
 
-@pytest.mark.parametrize("k8s_team", [{"bind_timeout_s": 6}], indirect=True)
+@pytest.mark.parametrize("k8s_team", [{"jobs": {"bind_timeout_s": 6}}], indirect=True)
 def test_an_admitted_job_that_never_binds_is_handed_back_and_runs_on_another_node(
     k8s_team: Team,
     k8s_user: Callable[..., ServerProcess],
@@ -760,3 +763,74 @@ def test_an_admitted_job_that_never_binds_is_handed_back_and_runs_on_another_nod
         assert "kubernetes has not placed it on gpu-node-b" in grants[0]["end_reason"]
     finally:
         core.patch_node("gpu-node-b", {"spec": {"taints": None}})
+
+
+@pytest.mark.parametrize(
+    "k8s_team", [{"config": "c.DLInfra.reconcile_interval = 1.0"}], indirect=True
+)
+def test_gpus_of_pods_the_gateway_did_not_start_are_not_admitted_on(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    """Someone runs a pod with 3 GPUs on the A100 node outside jupyter-dlinfra: the ledger keeps
+    those GPUs out (the cluster view says for which pod), a 2-GPU A100 job waits in the ledger
+    without a Job, and is admitted once that pod is gone."""
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    name = "someone-elses-training"
+    core.create_namespaced_pod(
+        k8s_namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": "gpu-node-a",
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "none",
+                        "command": ["sleep", "600"],
+                        "resources": {"limits": {"nvidia.com/gpu": "3"}},
+                    }
+                ],
+            },
+        },
+    )
+    try:
+        alice = k8s_user("alice")
+        pod = f"{k8s_namespace}/{name}"
+
+        def kept_out() -> Any:
+            nodes = alice.get("dlinfra/api/cluster")["nodes"]
+            gpus = [g for n in nodes if n["name"] == "gpu-node-a" for g in n["gpus"]]
+            kept = [g for g in gpus if pod in ((g["outside_ledger"] or {}).get("pods") or [])]
+            return kept if len(kept) == 3 else None
+
+        kept = wait_until(kept_out, timeout=60, interval=0.5, what="the pod's GPUs kept out")
+        assert all(g["holder"] is None for g in kept)
+        write_notebook(alice.workdir / "root" / "two.ipynb", "%gpu 2\nprint('ran')")
+        job = alice.post("dlinfra/api/jobs", {"path": "two.ipynb", "gpus": 2, "model": "A100"})
+
+        def queued_in_ledger() -> Any:
+            current = alice.get(f"dlinfra/api/jobs/{job['id']}")
+            return current if current["position"] is not None else None
+
+        waiting = wait_until(queued_in_ledger, timeout=60, interval=0.5, what="the job to wait")
+        assert waiting["position"] == 1 and "at most 1 free on a node" in waiting["reason"]
+        assert jobs_of(k8s_api, k8s_namespace, job["id"]) == []
+        core.delete_namespaced_pod(name, k8s_namespace, grace_period_seconds=0)
+
+        def ended() -> Any:
+            current = alice.get(f"dlinfra/api/jobs/{job['id']}")
+            return current if current["state"] in ("succeeded", "failed", "cancelled") else None
+
+        final = wait_until(ended, timeout=180, interval=0.5, what="the job to end")
+        assert final["state"] == "succeeded", final
+        [admitted] = jobs_of(k8s_api, k8s_namespace, job["id"])
+        assert _pinned_node(admitted) == "gpu-node-a"
+    finally:
+        with contextlib.suppress(kubernetes.client.ApiException):
+            core.delete_namespaced_pod(name, k8s_namespace, grace_period_seconds=0)

@@ -188,11 +188,14 @@ def test_the_pod_launcher_needs_no_more_than_the_manifests_grant(
     telemetry = KubernetesTelemetry(api_client=as_gateway)
     try:
         assert {"gpu-node-a", "gpu-node-b"} <= set(telemetry.inventory())
+        # and the GPUs of pods we did not start (pods list, cluster-wide)
+        assert telemetry.outside_use() is not None
     finally:
         telemetry.close()
-    # and what the account may not do, it may not: Kubernetes says so, in our error
+    # and what the account may not do, it may not: Kubernetes says so, in our error (listing
+    # pods is granted cluster-wide, for the GPUs of others' pods; reading one is not)
     with pytest.raises(BackendError, match="forbidden"):
-        PodLauncher(api_client=as_gateway, namespace="default").pods()
+        PodLauncher(api_client=as_gateway, namespace="default").pod("any-pod")
 
 
 def test_the_helm_chart_renders_to_objects_and_a_configuration_the_gateway_accepts(

@@ -408,3 +408,81 @@ def test_an_unreachable_api_server_is_a_clear_error() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         KubernetesTelemetry(timeout=0)
+
+
+# -- GPUs of pods not started by jupyter-dlinfra --------------------------------------------------
+
+
+def test_gpus_of_others_pods_are_counted_by_node_and_ours_are_not(
+    k8s_api: kubernetes.client.ApiClient, k8s_namespace: str
+) -> None:
+    core = kubernetes.client.CoreV1Api(k8s_api)
+
+    def pod(
+        name: str,
+        gpus: int,
+        *,
+        node: str | None,
+        labels: dict[str, str] | None = None,
+        init_gpus: int = 0,
+    ) -> None:
+        spec: dict[str, object] = {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "none",
+                    "command": ["sleep", "600"],
+                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                }
+            ],
+        }
+        if init_gpus:
+            spec["initContainers"] = [
+                {
+                    "name": "warm",
+                    "image": "none",
+                    "command": ["true"],
+                    "resources": {"limits": {"nvidia.com/gpu": str(init_gpus)}},
+                }
+            ]
+        if node:
+            spec["nodeName"] = node
+        else:
+            spec["nodeSelector"] = {"no-such-label": "x"}  # never bound
+        body = {"metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+        core.create_namespaced_pod(k8s_namespace, body)
+
+    pod("theirs-a", 1, node="gpu-node-a")
+    # an init container asking for more than the main ones: kube-scheduler counts the larger
+    pod("theirs-b", 1, node="gpu-node-b", init_gpus=2)
+    pod("ours", 2, node="gpu-node-a", labels={"app.kubernetes.io/managed-by": "jupyter-dlinfra"})
+    pod("unbound", 4, node=None)
+    try:
+        telemetry = KubernetesTelemetry(api_client=k8s_api)
+        use = telemetry.outside_use()
+        assert use is not None
+        mine = {
+            node: [p for p in pods if p.startswith(f"{k8s_namespace}/")]
+            for node, (_count, pods) in use.items()
+        }
+        assert mine.get("gpu-node-a") == [f"{k8s_namespace}/theirs-a"]
+        assert mine.get("gpu-node-b") == [f"{k8s_namespace}/theirs-b"]
+        assert use["gpu-node-a"][0] >= 1 and use["gpu-node-b"][0] >= 2
+    finally:
+        for name in ("theirs-a", "theirs-b", "ours", "unbound"):
+            with contextlib.suppress(ApiException):
+                core.delete_namespaced_pod(name, k8s_namespace, grace_period_seconds=0)
+
+
+def test_pods_that_cannot_be_listed_leave_the_outside_use_unknown(
+    k8s_control_plane: ControlPlane,
+) -> None:
+    config = kubernetes.client.Configuration(
+        host=k8s_control_plane.url,
+        api_key={"BearerToken": "not-the-token"},
+        api_key_prefix={"BearerToken": "Bearer"},
+    )
+    config.verify_ssl = False
+    with kubernetes.client.ApiClient(config) as api:
+        assert KubernetesTelemetry(api_client=api).outside_use() is None

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -56,6 +56,7 @@ from jupyter_dlinfra.core.models import (
     Gpu,
     KernelRecord,
     LedgerEvent,
+    OutsideUse,
 )
 from jupyter_dlinfra.core.scheduling import explain
 from jupyter_dlinfra.core.scheduling.fairshare import Standing, bounded_usage, decayed
@@ -71,6 +72,7 @@ from jupyter_dlinfra.core.store import (
     gpus,
     holdings,
     kernels,
+    outside_use,
     policies,
     read_counter,
 )
@@ -288,6 +290,12 @@ class Ledger:
             recorded=recorded,
             max_scan=self.max_scan,
         )
+        outside = {
+            r.node: (int(r.gpus), tuple(_names(r.pods)))
+            for r in conn.execute(select(outside_use).order_by(outside_use.c.node))
+        }
+        for node, (count, _pods) in outside.items():
+            sched.set_outside(node, count)
         if sched.demands:
             # what the last pass set aside is not written down: a pass on a copy tells it, so
             # that waiters are told the same before and after a restart
@@ -304,6 +312,7 @@ class Ledger:
             check_all=any(sched.check(d) is not None for d in sched.demands.values()),
             durations=Durations(recent_spans(conn, policy)),
             recorded=recorded,
+            outside=outside,
             kernel_of={a.id: a.kernel_id for a in active},
             waiting={
                 a.id: Waiting(
@@ -411,6 +420,62 @@ class Ledger:
                     cache.changed()
                     cache.sched.add_gpus(added)
                 self._schedule(tx, cache)
+
+    def sync_outside(self, use: Mapping[str, tuple[int, Sequence[str]]]) -> bool:
+        """Make the GPUs used by work the ledger did not admit (other people's pods) those the
+        cluster reports now: ``use`` is node -> (GPUs, what uses them), for every node (a node
+        not named uses none). Those GPUs are not granted while that lasts. Writes only when
+        something changed; returns whether it did."""
+        wanted = {
+            node: (int(count), tuple(sorted(str(p) for p in pods)))
+            for node, (count, pods) in use.items()
+            if count > 0
+        }
+        with self._reading() as (_conn, cache):
+            if cache.outside == wanted:
+                return False
+        with self._writing() as (tx, cache):
+            if cache.outside == wanted:
+                return False
+            conn = tx.conn
+            now = self.clock.now()
+            cache.changed()
+            for node in sorted(set(cache.outside) | set(wanted)):
+                before = cache.outside.get(node)
+                after = wanted.get(node)
+                if before == after:
+                    continue
+                if after is None:
+                    conn.execute(delete(outside_use).where(outside_use.c.node == node))
+                elif before is None:
+                    conn.execute(
+                        insert(outside_use).values(
+                            node=node, gpus=after[0], pods=json.dumps(list(after[1])), at=now
+                        )
+                    )
+                else:
+                    conn.execute(
+                        update(outside_use)
+                        .where(outside_use.c.node == node)
+                        .values(gpus=after[0], pods=json.dumps(list(after[1])), at=now)
+                    )
+                count, pods = after or (0, ())
+                self.write_event(
+                    tx, "outside_use", detail={"node": node, "gpus": count, "pods": list(pods)}
+                )
+                cache.sched.set_outside(node, count)
+            cache.outside = wanted
+            self._schedule(tx, cache)
+            return True
+
+    def outside(self) -> dict[str, OutsideUse]:
+        """By node, the GPUs used by work the ledger did not admit, and those it keeps out."""
+        with self._reading() as (_conn, cache):
+            taken = cache.sched.outside_taken
+            return {
+                node: OutsideUse(node=node, gpus=count, pods=pods, taken=tuple(taken.get(node, ())))
+                for node, (count, pods) in cache.outside.items()
+            }
 
     def gpus(self, node: str | None = None, *, include_absent: bool = False) -> list[Gpu]:
         query = select(gpus).order_by(gpus.c.node, gpus.c.idx)
@@ -1477,6 +1542,15 @@ def _rows_with(
         part = wanted[start : start + _IN_SLICE]
         found += conn.execute(select(column.table).where(column.in_(part))).all()
     return found
+
+
+def _names(raw: str | None) -> list[str]:
+    """A stored JSON list of names (anything else: none)."""
+    try:
+        parsed = json.loads(raw or "[]")
+    except ValueError:
+        return []
+    return [str(n) for n in parsed] if isinstance(parsed, list) else []
 
 
 def _check_page(limit: int | None, offset: int) -> None:

@@ -150,6 +150,8 @@ class LedgerCache:
     waiting: dict[int, Waiting]
     #: each user's stored fair-share usage (its dlinfra_fairshare row): (GPU-seconds, at)
     recorded: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: node -> (GPUs used there by work the ledger did not admit, what uses them), as stored
+    outside: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
     #: kernel -> how many active allocations it has (a kernel not here has none: a request
     #: need not look for one in the tables); derived from ``kernel_of``
     active_kernels: Counter[str] = field(init=False)

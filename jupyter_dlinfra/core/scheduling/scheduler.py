@@ -157,6 +157,10 @@ class Scheduler:
         self._nodes_waited: dict[tuple[str, str, int], Counter[str]] = defaultdict(Counter)
         #: request id -> the GPUs the last pass reserved or kept for it (free, but not for others)
         self.reserved: dict[int, tuple[str, ...]] = {}
+        #: node -> GPUs used there by work this scheduler does not place (other people's pods)
+        self.outside_wanted: dict[str, int] = {}
+        #: node -> the GPUs taken out of its free ones for that work (fewer while ours hold them)
+        self.outside_taken: dict[str, list[str]] = {}
 
     # -- inventory -------------------------------------------------------------------------------
 
@@ -188,12 +192,45 @@ class Scheduler:
         pool = self._pool_of.pop(uuid, None)
         if pool is None:
             return
+        taken = self.outside_taken.get(pool.node)
+        if taken and uuid in taken:
+            taken.remove(uuid)
         before = len(pool.free)
         pool.gpus.pop(uuid, None)
         if uuid in pool.free:
             pool.free.remove(uuid)
         self._moved(pool, before)
         self._caps.clear()
+
+    def set_outside(self, node: str, count: int) -> None:
+        """``count`` GPUs of ``node`` are used by work this scheduler does not place (pods the
+        ledger did not admit): that many of the node's GPUs are taken out of its free ones, at
+        once as far as they are free, else as ours release them."""
+        if count > 0:
+            self.outside_wanted[node] = count
+        else:
+            self.outside_wanted.pop(node, None)
+        self._settle_outside(node)
+
+    def _settle_outside(self, node: str) -> None:
+        want = self.outside_wanted.get(node, 0)
+        taken = self.outside_taken.setdefault(node, [])
+        while len(taken) > want:
+            uuid = taken.pop()
+            pool = self._pool_of.get(uuid)
+            if pool is not None and uuid not in self._holder_of:
+                before = len(pool.free)
+                pool.free.append(uuid)
+                pool.free.sort(key=pool.gpus.__getitem__)
+                self._moved(pool, before)
+                self._dirty.add(node)
+        for pool in self._node_pools.get(node, []):
+            if len(taken) >= want:
+                break
+            taken += self._take(pool, want - len(taken))
+        if not taken:
+            del self.outside_taken[node]
+        self.touched.add(node)
 
     def _largest(self, models: tuple[str, ...]) -> int:
         """The most GPUs of one of these models on one node: a request is packed on GPUs of one
@@ -297,6 +334,9 @@ class Scheduler:
             pool.free.sort(key=pool.gpus.__getitem__)
             self._moved(pool, before)
             self._dirty.add(pool.node)
+            if pool.node in self.outside_wanted:
+                # the others' work was waiting for GPUs ours held here
+                self._settle_outside(pool.node)
         self._unindex_victim(holding)
         self._victim_epoch += 1
         self._charge(holding.user, holding.groups, -len(holding.gpus))

@@ -32,7 +32,7 @@ from jupyter_dlinfra.server.parsing import (
 )
 from jupyter_dlinfra.server.restarts import restart_soon
 from jupyter_dlinfra.server.service import GpuService
-from jupyter_dlinfra.server.views import allocation_json, cluster_json, shown_gpus
+from jupyter_dlinfra.server.views import allocation_json, cluster_json, outside_by_gpu, shown_gpus
 from jupyter_dlinfra.telemetry import GpuSample
 
 __all__ = [
@@ -114,6 +114,7 @@ class ClusterHandler(_Base):
             ledger.kernels_by_id, {a.kernel_id for a in holders.values()}
         )
         queue_length = await self.service.call(ledger.queue_length)
+        outside = await self.service.call(ledger.outside)
         self.answer(
             cluster_json(
                 gpus=gpus,
@@ -123,6 +124,7 @@ class ClusterHandler(_Base):
                 provider=self.service.provider,
                 local_node=self.service.settings.node,
                 queue_length=queue_length,
+                outside=outside_by_gpu(outside),
             )
         )
 

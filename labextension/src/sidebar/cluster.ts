@@ -185,10 +185,21 @@ function gpuCard(
 
 /** "in use outside the ledger by mallory": work on a GPU that nobody holds in the ledger. */
 function outsideText(outside: OutsideLedger): string {
+  const pods = outside.pods ?? [];
+  if (pods.length) {
+    return `kept for other pods: ${pods.join(', ')}`;
+  }
   return `in use outside the ledger${outside.users.length ? ` by ${outside.users.join(', ')}` : ''}`;
 }
 
 function outsideTitle(outside: OutsideLedger): string {
+  const pods = outside.pods ?? [];
+  if (pods.length) {
+    return (
+      'Pods that jupyter-dlinfra did not start use GPUs of this node, so the ledger grants ' +
+      `this one to nobody while they run: ${pods.join(', ')}.`
+    );
+  }
   const processes = outside.processes.map(
     p => `pid ${p.pid} (${p.user ?? 'owner unknown'}, ${gib(p.memory_used_bytes)} GiB)`
   );
