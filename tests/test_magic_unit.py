@@ -134,3 +134,30 @@ def test_a_refusal_while_waiting_is_not_waited_out() -> None:
     queued = {"id": 7, "state": "queued", "position": 1, "waiting_reason": "all GPUs are held"}
     with pytest.raises(ApiFailure):
         magic._wait(queued, None)
+
+
+class _HandedBack:
+    """A kernel's API client: its pending request of the pool was handed back (released) and
+    asked again as request 9, which waits."""
+
+    def allocation(self, allocation_id: int, *, wait: float = 0.0) -> dict[str, Any]:
+        assert allocation_id == 7
+        return {
+            "id": 7,
+            "state": "released",
+            "placement": "pool",
+            "end_reason": "kubernetes did not place its pod on gpu-node-b in 45 s",
+        }
+
+    def my_allocations(self) -> list[dict[str, Any]]:
+        return [{"id": 9, "state": "queued", "placement": "pool", "position": 1}]
+
+
+def test_a_pending_request_handed_back_is_followed_as_asked_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    magic = GpuMagic(shell=None, environ={"DLINFRA_PENDING_ALLOCATION": "7"})
+    magic._client = _HandedBack()  # type: ignore[assignment]
+    magic.before_cell()
+    assert magic.pending == 9
+    assert "ended" not in capsys.readouterr().err

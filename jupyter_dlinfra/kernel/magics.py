@@ -133,12 +133,33 @@ class GpuMagic:
             alloc = self.client.allocation(self.pending)
         except (DLInfraUnavailable, ApiFailure):
             return  # try again before the next cell
+        if alloc["state"] not in ("granted", "queued") and alloc.get("placement") == "pool":
+            # a grant the cluster could not start was handed back: the kernel asked again
+            again = self._asked_again()
+            if again is not None:
+                alloc = again
+                self.pending = alloc["id"]
         if alloc["state"] == "granted":
             self.pending = None
             self._apply(alloc)
         elif alloc["state"] != "queued":
             self.pending = None
             print(f"%gpu: your queued request ended: {alloc['end_reason']}", file=sys.stderr)
+
+    def _asked_again(self) -> dict[str, Any] | None:
+        """This kernel's active request of the pool, if it has one."""
+        try:
+            mine = self.client.my_allocations()
+        except (DLInfraUnavailable, ApiFailure):
+            return None
+        return next(
+            (
+                a
+                for a in mine
+                if a.get("placement") == "pool" and a["state"] in ("granted", "queued")
+            ),
+            None,
+        )
 
     # -- actions ---------------------------------------------------------------------------------
 

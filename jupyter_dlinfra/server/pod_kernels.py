@@ -8,7 +8,9 @@ the kernel keeps working meanwhile. Who decides when and where:
   node in the team's order (class, fair share, age; quotas, reservations, preemption of batch
   jobs) or queued with its place, reason and estimate, without a pod. Once granted, the next pod
   is created with a required node affinity on the granted node; the magic restarts the kernel,
-  and the restart waits for that pod to be ready before it moves in;
+  and the restart waits for that pod to be ready before it moves in. A GPU pod the cluster does
+  not bind there within ``bind_timeout`` is deleted and its GPUs handed back to the queue
+  (``Ledger.hand_back``: asked again at the same place, not on that node);
 - **the cluster** (with Kueue, ``kueue_queue``): the request is recorded as the cluster's
   (``placement = "cluster"``) and the pod is created at once (within quotas: one over a quota
   waits here, without a pod). Every ``interval`` one list call reads every kernel pod: while the
@@ -45,7 +47,11 @@ from jupyter_dlinfra.server.launches import KernelLaunches
 from jupyter_dlinfra.server.ledger_health import run_every
 from jupyter_dlinfra.telemetry.cluster import ClusterTelemetry
 
-__all__ = ["PodKernels"]
+__all__ = ["BIND_TIMEOUT_S", "PodKernels"]
+
+#: seconds an admitted GPU pod may stay unbound on its node before its GPUs go back to the queue
+#: (below ``move_timeout``, so that a restart waiting for it may still move into the next one)
+BIND_TIMEOUT_S = 45.0
 
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
@@ -111,11 +117,14 @@ class PodKernels:
         interval: float,
         admission: bool = True,
         move_timeout: float = 90.0,
+        bind_timeout: float = BIND_TIMEOUT_S,
     ) -> None:
         """``launches``: the ledger's side of a kernel's launch and end, which a pod's follows;
         ``cluster``: the GPUs' telemetry, which tells which GPUs a pod uses (when it knows);
         ``admission``: the ledger admits GPU pods (see the module); ``move_timeout``: how long
-        a restart into an admitted pod waits for it to be ready before it starts without."""
+        a restart into an admitted pod waits for it to be ready before it starts without;
+        ``bind_timeout``: how long an admitted GPU pod may stay unbound before its GPUs are
+        handed back to the queue (asked again, not on that node)."""
         self.calls = calls
         self.ledger = calls.ledger
         self.launches = launches
@@ -126,6 +135,7 @@ class PodKernels:
         self.interval = interval
         self.admission = admission
         self.move_timeout = move_timeout
+        self.bind_timeout = bind_timeout
         self._kernels: dict[str, _Kernel] = {}
         self._pods: dict[str, KernelPod] = {}
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +174,17 @@ class PodKernels:
         )
         # in a pod, the device plugin says which GPUs the kernel sees
         env = {**client_env, **{k: v for k, v in plan.env.items() if k != "CUDA_VISIBLE_DEVICES"}}
+        waiting = known.held_back or known.next_allocation if known is not None else None
+        if self.admission and waiting is not None:
+            # restarted without the GPU pod it waited for: the magic in the new process
+            # follows the request and moves the kernel once its pod can run
+            env["DLINFRA_PENDING_ALLOCATION"] = str(waiting)
+            env.setdefault(
+                "DLINFRA_NOTICE",
+                f"%gpu: this kernel restarted without its GPUs: its GPU pod was not ready in "
+                f"{self.move_timeout:.0f} s. Request {waiting} goes on; the kernel moves into "
+                "its pod before the first cell you run once it is granted and running.",
+            )
         record = await self.calls.call(self.ledger.kernel, kernel_id)
         if known is None:
             self._kernels[kernel_id] = _Kernel(kernel_id=kernel_id, user=record.user, env=env)
@@ -577,9 +598,48 @@ class PodKernels:
                     ledger.grant_placed, aid, node=pod.node, gpu_uuids=self._gpus_of(pod)
                 )
             return
+        if alloc.placement == POOL and alloc.state is AllocationState.GRANTED and not pod.node:
+            await self._unbound(state, alloc, pod)
+            return
         reason = pod.waiting_reason or "waiting for the cluster's scheduler"
         if await self.calls.call(ledger.note_placement, aid, reason):
             self.calls.events.poke()
+
+    async def _unbound(self, state: _Kernel, alloc: Allocation, pod: KernelPod) -> None:
+        """An admitted GPU pod the cluster has not bound on its node: after ``bind_timeout``
+        it is deleted and its GPUs handed back (asked again at the same place, not on that
+        node); a new pod is made wherever the ledger grants them next."""
+        waited = self.ledger.clock.now() - (alloc.granted_at or alloc.created_at)
+        if waited < self.bind_timeout:
+            return
+        why = pod.waiting_reason or "not scheduled"
+        self.log.warning(
+            "dlinfra: GPU pod %s of kernel %s was not placed on %s in %.0f s (%s); its GPUs go "
+            "back to the queue",
+            pod.name,
+            state.kernel_id,
+            alloc.node,
+            waited,
+            why,
+        )
+        again = await self.calls.mutate(
+            self.ledger.hand_back,
+            alloc.id,
+            reason=f"kubernetes did not place its pod on {alloc.node} in {waited:.0f} s: {why}",
+        )
+        # the old pod stays the kernel's next one until there is another (a restart waiting
+        # for it must not start without GPUs in between)
+        if again.state is AllocationState.GRANTED:
+            try:
+                await self._create_gpu_pod(state, again)
+            except BackendError as err:
+                self.log.warning("dlinfra: no GPU pod for kernel %s: %s", state.kernel_id, err)
+                state.next, state.next_allocation = None, None
+        else:
+            state.next, state.next_allocation = None, None
+            if again.state is AllocationState.QUEUED:
+                state.held_back = again.id
+        await self._delete(pod.name)
 
     def _gpus_of(self, pod: KernelPod) -> list[str]:
         """The GPUs DCGM says the pod uses, when the cluster's telemetry knows."""

@@ -30,7 +30,7 @@ from jupyter_dlinfra.server.config import DLInfraOptions
 from jupyter_dlinfra.server.identity import Directory
 from jupyter_dlinfra.server.job_service import JobService, JobSettings
 from jupyter_dlinfra.server.launches import KernelLaunches
-from jupyter_dlinfra.server.pod_kernels import PodKernels
+from jupyter_dlinfra.server.pod_kernels import BIND_TIMEOUT_S, PodKernels
 from jupyter_dlinfra.server.reclaim import (
     Coach,
     IdleView,
@@ -201,6 +201,7 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
             log=log,
             interval=options.pod_interval,
             admission=pods.admission,
+            bind_timeout=pods.bind_timeout,
         )
         if pods is not None
         else None
@@ -273,6 +274,8 @@ class _Pods:
     cluster: ClusterTelemetry
     #: whether the ledger admits GPU pods (else kube-scheduler places them within quotas)
     admission: bool
+    #: seconds an admitted GPU pod may stay unbound before its GPUs go back to the queue
+    bind_timeout: float
 
 
 def _kernel_pods(options: DLInfraOptions, priority_classes: _PriorityClasses) -> _Pods:
@@ -290,12 +293,23 @@ def _kernel_pods(options: DLInfraOptions, priority_classes: _PriorityClasses) ->
             "DLInfra.kernel_pods: admission and kueue_queue: admission is either the ledger's "
             "or Kueue's; unset one of them"
         )
+    bind_timeout = kube.pop("bind_timeout_s", BIND_TIMEOUT_S)
+    if (
+        isinstance(bind_timeout, bool)
+        or not isinstance(bind_timeout, (int, float))
+        or not bind_timeout > 0
+    ):
+        raise TraitError(
+            f"DLInfra.kernel_pods: bind_timeout_s must be seconds above 0, not {bind_timeout!r}"
+        )
     try:
         launcher = PodLauncher(**kube)
         cluster = KubernetesTelemetry(**options.cluster_telemetry)
     except TypeError as err:
         raise TraitError(f"DLInfra.kernel_pods or DLInfra.cluster_telemetry: {err}") from None
-    return _Pods(launcher=launcher, cluster=cluster, admission=admission)
+    return _Pods(
+        launcher=launcher, cluster=cluster, admission=admission, bind_timeout=float(bind_timeout)
+    )
 
 
 def _load_backends(

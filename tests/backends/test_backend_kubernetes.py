@@ -484,6 +484,13 @@ def test_an_admitted_job_is_pinned_to_the_node_the_ledger_chose() -> None:
     assert not _offline().ledger_admits
     with pytest.raises(ValueError, match="admission is either the ledger's or Kueue's"):
         _offline(admission=True, kueue_queue="q")
+    # how long an admitted Job's pod may stay unplaced before its GPUs go back to the queue
+    assert backend.bind_timeout == 300.0
+    assert _offline(admission=True, bind_timeout_s=20).bind_timeout == 20.0
+    assert _offline(bind_timeout_s=20).bind_timeout is None  # nothing to hand back
+    for bad in (0, -5, "soon", True):
+        with pytest.raises(ValueError, match="bind_timeout_s must be"):
+            _offline(admission=True, bind_timeout_s=bad)
 
 
 def test_chain_manifest_is_held() -> None:

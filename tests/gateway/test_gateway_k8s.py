@@ -834,3 +834,47 @@ def test_gpus_of_pods_the_gateway_did_not_start_are_not_admitted_on(
     finally:
         with contextlib.suppress(kubernetes.client.ApiException):
             core.delete_namespaced_pod(name, k8s_namespace, grace_period_seconds=0)
+
+
+@pytest.mark.parametrize(
+    "k8s_team",
+    [{"config": 'c.DLInfra.kernel_pods["bind_timeout_s"] = 4'}],
+    indirect=True,
+)
+def test_a_gpu_pod_that_never_binds_is_handed_back_and_the_kernel_moves_to_another_node(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+) -> None:
+    """``%gpu 2`` is admitted on the H100 node, whose taint the pod does not tolerate: after the
+    bind timeout the pod is deleted, the GPUs go back to the queue, the ledger grants 2 GPUs of
+    the other node, and the kernel's restart moves it into the pod there."""
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    taint = {"key": "dlinfra.test/blocked", "value": "yes", "effect": "NoSchedule"}
+    core.patch_node("gpu-node-b", {"spec": {"taints": [taint]}})
+    try:
+        alice = k8s_user("alice")
+        kernel = alice.start_kernel()
+        out = kernel.execute("%gpu 2", timeout=120, partial=True)
+        assert "on node gpu-node-b" in out.text, out.text
+
+        def in_gpu_pod() -> Any:
+            try:
+                env = kernel.value("dict(__import__('os').environ)")
+            except Exception:  # the kernel is restarting
+                return None
+            return env if env.get("CUDA_VISIBLE_DEVICES") else None
+
+        env = wait_until(in_gpu_pod, timeout=150, interval=1, what="the kernel in its GPU pod")
+        assert env["NODE_NAME"] == "gpu-node-a"
+        assert len(env["CUDA_VISIBLE_DEVICES"].split(",")) == 2
+        mine = alice.get(f"dlinfra/api/allocations?kernel_id={kernel.kernel_id}&state=all")
+        ended = [a for a in mine["allocations"] if a["state"] == "released"]
+        held = [a for a in mine["allocations"] if a["state"] == "granted"]
+        assert [a["node"] for a in ended] == ["gpu-node-b"]
+        assert "kubernetes did not place its pod on gpu-node-b" in ended[0]["end_reason"]
+        assert [(a["node"], a["placement"]) for a in held] == [("gpu-node-a", "pool")]
+        kernel.shutdown()
+    finally:
+        core.patch_node("gpu-node-b", {"spec": {"taints": None}})
