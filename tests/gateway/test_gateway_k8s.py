@@ -878,3 +878,114 @@ def test_a_gpu_pod_that_never_binds_is_handed_back_and_the_kernel_moves_to_anoth
         kernel.shutdown()
     finally:
         core.patch_node("gpu-node-b", {"spec": {"taints": None}})
+
+
+def _held_jobs(who: ServerProcess, gates: Path, name: str, count: int, **asked: Any) -> list[int]:
+    """``count`` jobs of one GPU each, job ``i`` held until ``gates / f"{name}-{i}"`` exists."""
+    ids = []
+    for i in range(count):
+        write_notebook(
+            who.workdir / "root" / f"{name}-{i}.ipynb", wait_for_file(gates / f"{name}-{i}")
+        )
+        job = who.post("dlinfra/api/jobs", {"path": f"{name}-{i}.ipynb", "gpus": 1, **asked})
+        ids.append(job["id"])
+    return ids
+
+
+def _states(who: ServerProcess, ids: list[int]) -> list[str]:
+    return [who.get(f"dlinfra/api/jobs/{i}")["state"] for i in ids]
+
+
+def _cancel(who: ServerProcess, ids: list[int]) -> None:
+    for i in ids:
+        if who.get(f"dlinfra/api/jobs/{i}")["state"] in ("queued", "running"):
+            who.delete(f"dlinfra/api/jobs/{i}")
+
+
+def test_a_waiting_big_kernel_request_is_not_overtaken_by_a_stream_of_small_jobs(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """bob's 1-GPU Jobs fill the A100 node; alice's kernel asks for all four (without
+    preemption): the GPUs bob's Jobs free are kept for her, and bob's later Jobs wait, without a
+    Job object, until she had hers."""
+    status, _ = k8s_team.call("admin", "PUT", "dlinfra/api/scheduling", {"preemption": False})
+    assert status == 200
+    alice, bob = k8s_user("alice"), k8s_user("bob")
+    first = _held_jobs(bob, tmp_path, "first", 4, model="A100")
+    wait_until(
+        lambda: _states(bob, first) == ["running"] * 4, timeout=120, what="bob's jobs to run"
+    )
+    kernel = alice.start_kernel()
+    out = kernel.execute("%gpu 4 --model A100 --no-wait", timeout=60)
+    assert "position 1" in out.text, out.text
+    stream = _held_jobs(bob, tmp_path, "stream", 2, model="A100")
+    try:
+        # two of bob's first Jobs end: two A100s are free, and kept for alice's request
+        for i in (0, 1):
+            (tmp_path / f"first-{i}").write_text("go")
+        wait_until(
+            lambda: _states(bob, first[:2]) == ["succeeded"] * 2,
+            timeout=120,
+            what="two of bob's jobs to end",
+        )
+        time.sleep(2)  # ten passes of the job loop: none may admit bob's stream meanwhile
+        waiting = [bob.get(f"dlinfra/api/jobs/{i}") for i in stream]
+        assert [j["state"] for j in waiting] == ["queued", "queued"]
+        assert all(jobs_of(k8s_api, k8s_namespace, i) == [] for i in stream)
+        assert [j["position"] for j in waiting] == [2, 3], waiting
+        theirs = f"dlinfra/api/allocations?kernel_id={kernel.kernel_id}"
+        mine = alice.get(theirs)["allocations"]
+        assert [(a["state"], a["position"]) for a in mine] == [("queued", 1)]
+        # the rest of bob's first Jobs end: alice's request has the node, bob's stream waits
+        for i in (2, 3):
+            (tmp_path / f"first-{i}").write_text("go")
+        granted = wait_until(
+            lambda: (
+                [a for a in alice.get(theirs)["allocations"] if a["state"] == "granted"] or None
+            ),
+            timeout=120,
+            what="alice's request to be granted",
+        )
+        assert granted[0]["node"] == "gpu-node-a" and len(granted[0]["gpus"]) == 4
+        assert _states(bob, stream) == ["queued", "queued"]
+        assert all(jobs_of(k8s_api, k8s_namespace, i) == [] for i in stream)
+    finally:
+        _cancel(bob, first + stream)
+        kernel.shutdown()
+
+
+def test_two_users_sweeps_share_the_cluster_by_fair_share(
+    k8s_team: Team, k8s_user: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """While the A100 node is held, alice and then bob queue four 1-GPU Jobs each: when it comes
+    free, the ledger admits them in turn (each grant counts towards its user's share), two and
+    two, not alice's four first."""
+    admin, alice, bob = k8s_user("admin"), k8s_user("alice"), k8s_user("bob")
+    write_notebook(admin.workdir / "root" / "hold.ipynb", wait_for_file(tmp_path / "hold"))
+    blocker = admin.post("dlinfra/api/jobs", {"path": "hold.ipynb", "gpus": 4, "model": "A100"})
+    wait_until(
+        lambda: _states(admin, [blocker["id"]]) == ["running"], timeout=120, what="the holder"
+    )
+    sweeps = {
+        "alice": _held_jobs(alice, tmp_path, "alice", 4, model="A100"),
+        "bob": _held_jobs(bob, tmp_path, "bob", 4, model="A100"),
+    }
+    servers = {"alice": alice, "bob": bob}
+    try:
+        assert all(set(_states(servers[u], ids)) == {"queued"} for u, ids in sweeps.items())
+        (tmp_path / "hold").write_text("go")
+
+        def running() -> dict[str, int] | None:
+            counts = {u: _states(servers[u], ids).count("running") for u, ids in sweeps.items()}
+            return counts if sum(counts.values()) == 4 else None
+
+        counts = wait_until(running, timeout=180, interval=0.5, what="four of the sweeps to run")
+        # equal shares: two each (within one Job of the shares)
+        assert abs(counts["alice"] - 2) <= 1 and abs(counts["bob"] - 2) <= 1, counts
+    finally:
+        for user, ids in sweeps.items():
+            _cancel(servers[user], ids)

@@ -30,6 +30,7 @@ async def test_work_on_a_free_gpu_is_shown_outside_the_ledger(api: Any, dlinfra_
     assert gpus[free[0]]["outside_ledger"] == {
         "processes": [{"pid": 4242, "user": "mallory", "memory_used_bytes": 2**30}],
         "users": ["mallory"],
+        "pods": [],
     }
     assert gpus[held]["holder"]["kernel_id"] == "k" and gpus[held]["outside_ledger"] is None
     # the other free simulated GPUs idle, as free GPUs do
