@@ -542,13 +542,22 @@ class JobService:
             return True
         if job.handle is None:
             return False
-        marked = f"{_HANDING_BACK}: {said} for {waited:.0f} s"
-        self.book.update(job.id, reason=marked)
+        self._stop_saying(job, backend, f"{_HANDING_BACK}: {said} for {waited:.0f} s")
+        return True
+
+    def _stop_saying(self, job: Job, backend: JobBackend, reason: str) -> bool:
+        """Stop a job's run in its backend, its reason saying why before it is done: a server
+        that dies between the two leaves a job whose end its successor reads as what it was
+        (a preemption, a hand-back), not as a failure. False when the backend refused (the
+        reason is put back, and the next pass tries again)."""
+        assert job.handle is not None
+        self.book.update(job.id, reason=reason)
         try:
             backend.cancel(JobHandle.from_json(job.handle))
         except BackendError as err:
-            self.log.warning("dlinfra: deleting the unplaced Job of job %s failed: %s", job.id, err)
-            self.book.update(job.id, reason=job.reason)  # the next pass tries again
+            self.log.warning("dlinfra: stopping job %s failed: %s", job.id, err)
+            self.book.update(job.id, reason=job.reason)
+            return False
         return True
 
     def _hand_back(self, job: Job) -> None:
@@ -616,17 +625,9 @@ class JobService:
             backend = self.backends.get(job.backend)
             if backend is None or job.handle is None:
                 continue
-            # said before it is done: a server that dies between the two leaves a job whose
-            # end its successor reads as the preemption it was, not as a failure
             stopping = f"{_STOPPING}: {alloc.preempt_reason}"
-            self.book.update(job.id, reason=stopping)
-            try:
-                backend.cancel(JobHandle.from_json(job.handle))
-            except BackendError as err:
-                self.log.warning("dlinfra: stopping preempted job %s failed: %s", job.id, err)
-                self.book.update(job.id, reason=job.reason)  # the next pass tries again
-                continue
-            current[-1] = replace(job, reason=stopping)
+            if self._stop_saying(job, backend, stopping):
+                current[-1] = replace(job, reason=stopping)
         return current
 
     def _preemption(self, job: Job, *, active: bool = True) -> Allocation | None:

@@ -371,14 +371,19 @@ def test_a_missing_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
         telemetry.inventory()
 
 
-def test_refused_credentials_are_a_clear_error(k8s_control_plane: ControlPlane) -> None:
+def refused(plane: ControlPlane) -> kubernetes.client.ApiClient:
+    """A client of ``plane`` whose token the API server refuses."""
     config = kubernetes.client.Configuration(
-        host=k8s_control_plane.url,
+        host=plane.url,
         api_key={"BearerToken": "not-the-token"},
         api_key_prefix={"BearerToken": "Bearer"},
     )
     config.verify_ssl = False
-    with kubernetes.client.ApiClient(config) as api:
+    return kubernetes.client.ApiClient(config)
+
+
+def test_refused_credentials_are_a_clear_error(k8s_control_plane: ControlPlane) -> None:
+    with refused(k8s_control_plane) as api:
         telemetry = KubernetesTelemetry(api_client=api)
         with pytest.raises(ClusterTelemetryError) as caught:
             telemetry.inventory()
@@ -478,11 +483,5 @@ def test_gpus_of_others_pods_are_counted_by_node_and_ours_are_not(
 def test_pods_that_cannot_be_listed_leave_the_outside_use_unknown(
     k8s_control_plane: ControlPlane,
 ) -> None:
-    config = kubernetes.client.Configuration(
-        host=k8s_control_plane.url,
-        api_key={"BearerToken": "not-the-token"},
-        api_key_prefix={"BearerToken": "Bearer"},
-    )
-    config.verify_ssl = False
-    with kubernetes.client.ApiClient(config) as api:
+    with refused(k8s_control_plane) as api:
         assert KubernetesTelemetry(api_client=api).outside_use() is None
