@@ -103,6 +103,7 @@ def allocation_json(
         "preempted_for": alloc.preempted_for,
         "preempt_reason": alloc.preempt_reason,
         "placement": alloc.placement,
+        "avoid": list(alloc.avoid),
         "simulated": simulated or any(e["simulated"] for e in held),
     }
 

@@ -149,8 +149,11 @@ export interface Allocation {
   preempted_for?: number | null;
   /** Why it is being preempted, in words. */
   preempt_reason?: string | null;
-  /** `cluster`: a Kubernetes scheduler places it (a pod kernel's `%gpu` on a team gateway). */
-  placement?: 'ledger' | 'cluster';
+  /** `pool`: the ledger admits it on any one node (Kubernetes); `cluster`: a Kubernetes
+   * scheduler places it (with Kueue or `admission: false`). */
+  placement?: 'ledger' | 'pool' | 'cluster';
+  /** Nodes a request of the pool is not granted on (an earlier grant there was handed back). */
+  avoid?: string[];
   simulated: boolean;
 }
 

@@ -874,7 +874,9 @@ def test_a_gpu_pod_that_never_binds_is_handed_back_and_the_kernel_moves_to_anoth
         held = [a for a in mine["allocations"] if a["state"] == "granted"]
         assert [a["node"] for a in ended] == ["gpu-node-b"]
         assert "kubernetes did not place its pod on gpu-node-b" in ended[0]["end_reason"]
-        assert [(a["node"], a["placement"]) for a in held] == [("gpu-node-a", "pool")]
+        assert [(a["node"], a["placement"], a["avoid"]) for a in held] == [
+            ("gpu-node-a", "pool", ["gpu-node-b"])
+        ]
         kernel.shutdown()
     finally:
         core.patch_node("gpu-node-b", {"spec": {"taints": None}})
