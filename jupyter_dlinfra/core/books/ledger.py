@@ -35,7 +35,7 @@ from jupyter_dlinfra.core.books.ledger_state import (
     groups_json,
     groups_of_row,
     load_scheduler,
-    nodes_of_row,
+    names_of_row,
     recent_spans,
     recorded_usage,
     running_usage,
@@ -291,7 +291,7 @@ class Ledger:
             max_scan=self.max_scan,
         )
         outside = {
-            r.node: (int(r.gpus), tuple(_names(r.pods)))
+            r.node: (int(r.gpus), names_of_row(r.pods))
             for r in conn.execute(select(outside_use).order_by(outside_use.c.node))
         }
         for node, (count, _pods) in outside.items():
@@ -727,63 +727,26 @@ class Ledger:
         def apply(tx: Transaction, cache: LedgerCache) -> tuple[_Finish, bool]:
             assert kernel is not None, "a request is written only once checked"
             conn = tx.conn
-            now = self.clock.now()
-            groups = groups_json(self.groups_of(kernel.user))
-            inserted = conn.execute(
-                sql.INSERT_ALLOCATION,
-                {
-                    "kernel_id": kernel_id,
-                    "user": kernel.user,
-                    "node": kernel.node,
-                    "count": count,
-                    "model": model,
-                    "state": AllocationState.QUEUED.value,
-                    "created_at": now,
-                    "priority_class": klass,
-                    "kind": kind,
-                    "groups": groups,
-                    "borrowed": False,
-                    "placement": placement,
-                    "cluster_reason": cluster_reason,
-                },
-            )
-            new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
-            self.write_event(
+            alloc = self._enqueue(
                 tx,
-                "requested",
-                allocation_id=new_id,
-                kernel_id=kernel_id,
-                detail={"count": count, "model": model, "priority_class": klass},
+                cache,
+                Allocation(
+                    id=0,
+                    kernel_id=kernel_id,
+                    user=kernel.user,
+                    node=kernel.node,
+                    count=count,
+                    model=model,
+                    state=AllocationState.QUEUED,
+                    created_at=self.clock.now(),
+                    priority_class=klass,
+                    kind=kind,
+                    placement=placement or "ledger",
+                ),
+                groups_json(self.groups_of(kernel.user)),
+                cluster_reason=cluster_reason,
             )
-            alloc = Allocation(
-                id=new_id,
-                kernel_id=kernel_id,
-                user=kernel.user,
-                node=kernel.node,
-                count=count,
-                model=model,
-                state=AllocationState.QUEUED,
-                created_at=now,
-                priority_class=klass,
-                kind=kind,
-                placement=placement or "ledger",
-            )
-            cache.changed()
-            cache.add_active(new_id, kernel_id)
-            cache.waiting[new_id] = Waiting(
-                kernel_id=kernel_id,
-                created_at=now,
-                node=kernel.node,
-                placed_reason=cluster_reason,
-                placed=placed,
-                anywhere=anywhere,
-            )
-            if not placed:
-                cache.sched.submit(
-                    demand_of(
-                        alloc, cache.policy, groups_of_row(groups, kernel.user, self.groups_of)
-                    )
-                )
+            new_id = alloc.id
 
             def finish(grants: _Grants) -> Allocation:
                 granted = grants.get(new_id)
@@ -1008,65 +971,85 @@ class Ledger:
             if fitting <= avoid:
                 avoid = {node} if len(fitting) > 1 else set()
             self._end(tx, cache, alloc, reason)
-            kernel = self._kernel(conn, alloc.kernel_id)
-            inserted = conn.execute(
-                sql.INSERT_ALLOCATION,
-                {
-                    "kernel_id": alloc.kernel_id,
-                    "user": alloc.user,
-                    "node": kernel.node,
-                    "count": alloc.count,
-                    "model": alloc.model,
-                    "state": AllocationState.QUEUED.value,
-                    "created_at": alloc.created_at,
-                    "priority_class": alloc.priority_class,
-                    "kind": alloc.kind,
-                    "groups": raw_groups,
-                    "borrowed": False,
-                    "placement": POOL,
-                    "avoid_nodes": json.dumps(sorted(avoid)) if avoid else None,
-                },
-            )
-            new_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
-            self.write_event(
+            again = self._enqueue(
                 tx,
-                "requested",
-                allocation_id=new_id,
-                kernel_id=alloc.kernel_id,
-                detail={
-                    "count": alloc.count,
-                    "model": alloc.model,
-                    "priority_class": alloc.priority_class,
-                    "handed_back": alloc.id,
-                    "avoid": sorted(avoid),
-                },
-            )
-            again = replace(
-                alloc,
-                id=new_id,
-                node=kernel.node,
-                state=AllocationState.QUEUED,
-                gpus=(),
-                granted_at=None,
-                borrowed=False,
-                preempted_for=None,
-                preempt_reason=None,
-                avoid=tuple(sorted(avoid)),
-            )
-            cache.add_active(new_id, alloc.kernel_id)
-            cache.waiting[new_id] = Waiting(
-                kernel_id=alloc.kernel_id,
-                created_at=alloc.created_at,
-                node=kernel.node,
-                anywhere=True,
-            )
-            cache.sched.submit(
-                demand_of(
-                    again, cache.policy, groups_of_row(raw_groups, alloc.user, self.groups_of)
-                )
+                cache,
+                replace(
+                    alloc,
+                    node=self._kernel(conn, alloc.kernel_id).node,
+                    state=AllocationState.QUEUED,
+                    gpus=(),
+                    granted_at=None,
+                    borrowed=False,
+                    preempted_for=None,
+                    preempt_reason=None,
+                    avoid=tuple(sorted(avoid)),
+                ),
+                raw_groups,
+                handed_back=alloc.id,
             )
             self._schedule(tx, cache)
-            return self._waited(self._one(conn, new_id), cache)
+            return self._waited(self._one(conn, again.id), cache)
+
+    def _enqueue(
+        self,
+        tx: Transaction,
+        cache: LedgerCache,
+        alloc: Allocation,
+        groups: str | None,
+        *,
+        cluster_reason: str | None = None,
+        handed_back: int | None = None,
+    ) -> Allocation:
+        """Write a queued request (``alloc``, its id not known yet; ``groups`` as stored) with
+        its ``requested`` event, and add it to the state in memory (the scheduler's demands
+        unless a cluster places it); returns it with its id."""
+        placed = alloc.placement == CLUSTER
+        inserted = tx.conn.execute(
+            sql.INSERT_ALLOCATION,
+            {
+                "kernel_id": alloc.kernel_id,
+                "user": alloc.user,
+                "node": alloc.node,
+                "count": alloc.count,
+                "model": alloc.model,
+                "state": AllocationState.QUEUED.value,
+                "created_at": alloc.created_at,
+                "priority_class": alloc.priority_class,
+                "kind": alloc.kind,
+                "groups": groups,
+                "borrowed": False,
+                "placement": None if alloc.placement == "ledger" else alloc.placement,
+                "cluster_reason": cluster_reason,
+                "avoid_nodes": json.dumps(list(alloc.avoid)) if alloc.avoid else None,
+            },
+        )
+        alloc = replace(alloc, id=int(inserted.inserted_primary_key[0]))  # type: ignore[index]
+        detail: dict[str, Any] = {
+            "count": alloc.count,
+            "model": alloc.model,
+            "priority_class": alloc.priority_class,
+        }
+        if handed_back is not None:
+            detail.update(handed_back=handed_back, avoid=list(alloc.avoid))
+        self.write_event(
+            tx, "requested", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
+        )
+        cache.changed()
+        cache.add_active(alloc.id, alloc.kernel_id)
+        cache.waiting[alloc.id] = Waiting(
+            kernel_id=alloc.kernel_id,
+            created_at=alloc.created_at,
+            node=alloc.node,
+            placed_reason=cluster_reason,
+            placed=placed,
+            anywhere=alloc.placement == POOL,
+        )
+        if not placed:
+            cache.sched.submit(
+                demand_of(alloc, cache.policy, groups_of_row(groups, alloc.user, self.groups_of))
+            )
+        return alloc
 
     def release_kernel(self, kernel_id: str, *, reason: str) -> list[Allocation]:
         with self._writing() as (tx, cache):
@@ -1544,15 +1527,6 @@ def _rows_with(
     return found
 
 
-def _names(raw: str | None) -> list[str]:
-    """A stored JSON list of names (anything else: none)."""
-    try:
-        parsed = json.loads(raw or "[]")
-    except ValueError:
-        return []
-    return [str(n) for n in parsed] if isinstance(parsed, list) else []
-
-
 def _check_page(limit: int | None, offset: int) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidRequest(f"limit must be a whole number of 0 or more, not {limit!r}")
@@ -1677,5 +1651,5 @@ def _allocation_row(r: Row[Any], owned: tuple[str, ...]) -> Allocation:
         preempted_for=r.preempted_for,
         preempt_reason=r.preempt_reason,
         placement=r.placement or "ledger",
-        avoid=nodes_of_row(r._mapping.get("avoid_nodes")),
+        avoid=names_of_row(r._mapping.get("avoid_nodes")),
     )

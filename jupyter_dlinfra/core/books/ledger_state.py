@@ -22,7 +22,7 @@ __all__ = [
     "demand_of",
     "groups_of_row",
     "load_scheduler",
-    "nodes_of_row",
+    "names_of_row",
     "recent_spans",
 ]
 
@@ -43,8 +43,9 @@ def groups_json(groups: Iterable[str]) -> str:
     return json.dumps(sorted(set(groups)))
 
 
-def nodes_of_row(raw: str | None) -> tuple[str, ...]:
-    """The nodes a request avoids (stored as JSON; NULL on rows from before schema 10)."""
+def names_of_row(raw: str | None) -> tuple[str, ...]:
+    """A list of names stored as JSON (a request's avoided nodes, the pods that use a node's
+    GPUs); NULL (rows from before schema 10) or anything but a list: none."""
     if not raw:
         return ()
     try:

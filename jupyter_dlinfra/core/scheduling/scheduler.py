@@ -219,10 +219,7 @@ class Scheduler:
             uuid = taken.pop()
             pool = self._pool_of.get(uuid)
             if pool is not None and uuid not in self._holder_of:
-                before = len(pool.free)
-                pool.free.append(uuid)
-                pool.free.sort(key=pool.gpus.__getitem__)
-                self._moved(pool, before)
+                self._give_back([(pool, [uuid])])
                 self._dirty.add(node)
         for pool in self._node_pools.get(node, []):
             if len(taken) >= want:
