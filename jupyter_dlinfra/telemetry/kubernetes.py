@@ -40,7 +40,7 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,25 +286,27 @@ class KubernetesTelemetry(ClusterTelemetry):
 
     def nodes(self) -> list[GpuNode]:
         """Every node with allocatable GPUs that the selector matches, excluded ones too."""
-        api = self._core()
-        found: list[GpuNode] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": _PAGE, "_request_timeout": self.timeout}
-            if self.node_selector:
-                kwargs["label_selector"] = self.node_selector
-            if token:
-                kwargs["_continue"] = token
-            page = self._call("list nodes", api.list_node, **kwargs)
-            for item in page.items or []:
-                info = _node_info(item)
-                if info is not None:
-                    found.append(info)
-            token = getattr(page.metadata, "_continue", None) if page.metadata else None
-            if not token:
-                break
+        query = {"label_selector": self.node_selector} if self.node_selector else {}
+        found = [
+            info
+            for item in self._listed("list nodes", self._core().list_node, **query)
+            if (info := _node_info(item)) is not None
+        ]
         found.sort(key=lambda n: n.name)
         return found
+
+    def _listed(self, what: str, list_call: Callable[..., Any], **query: Any) -> Iterator[Any]:
+        """Every item of a list call, page by page (``_PAGE`` a request)."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": _PAGE, "_request_timeout": self.timeout, **query}
+            if token:
+                kwargs["_continue"] = token
+            page = self._call(what, list_call, **kwargs)
+            yield from page.items or []
+            token = getattr(page.metadata, "_continue", None) if page.metadata else None
+            if not token:
+                return
 
     def inventory(self) -> dict[str, list[GpuDevice]]:
         nodes = self.nodes()
@@ -362,31 +364,22 @@ class KubernetesTelemetry(ClusterTelemetry):
         ``list`` on ``pods`` cluster-wide). A pod counts what kube-scheduler counts: the most of
         its containers' GPUs together and of any one init container's. None when the pods
         cannot be listed (the ledger then keeps what it was told last)."""
-        api = self._core()
         found: dict[str, tuple[int, list[str]]] = {}
-        token: str | None = None
+        pods = self._listed(
+            "list pods",
+            self._core().list_pod_for_all_namespaces,
+            label_selector=f"{MANAGED_BY}!={MANAGER}",
+            field_selector="status.phase!=Succeeded,status.phase!=Failed",
+        )
         try:
-            while True:
-                kwargs: dict[str, Any] = {
-                    "limit": _PAGE,
-                    "_request_timeout": self.timeout,
-                    "label_selector": f"{MANAGED_BY}!={MANAGER}",
-                    "field_selector": "status.phase!=Succeeded,status.phase!=Failed",
-                }
-                if token:
-                    kwargs["_continue"] = token
-                page = self._call("list pods", api.list_pod_for_all_namespaces, **kwargs)
-                for pod in page.items or []:
-                    node = pod.spec.node_name if pod.spec else None
-                    gpus = _pod_gpus(pod)
-                    if not node or gpus <= 0:
-                        continue
-                    count, names = found.get(node, (0, []))
-                    names.append(f"{pod.metadata.namespace}/{pod.metadata.name}")
-                    found[node] = (count + gpus, names)
-                token = getattr(page.metadata, "_continue", None) if page.metadata else None
-                if not token:
-                    break
+            for pod in pods:
+                node = pod.spec.node_name if pod.spec else None
+                gpus = _pod_gpus(pod)
+                if not node or gpus <= 0:
+                    continue
+                count, names = found.get(node, (0, []))
+                names.append(f"{pod.metadata.namespace}/{pod.metadata.name}")
+                found[node] = (count + gpus, names)
         except ClusterTelemetryError as err:
             if str(err) != self._pods_error:
                 log.warning("GPUs used by other pods are not known: %s", err)
@@ -522,9 +515,9 @@ class KubernetesTelemetry(ClusterTelemetry):
         except api_exception as err:
             hint = ""
             if err.status in (401, 403):
+                verb, _, resource = what.partition(" ")
                 hint = (
-                    "; the gateway's identity needs a ClusterRole that allows "
-                    + ("list on pods" if what == "list pods" else "list on nodes")
+                    f"; the gateway's identity needs a ClusterRole that allows {verb} on {resource}"
                     if err.status == 403
                     else "; the credentials were refused (expired token?)"
                 )
