@@ -6,10 +6,11 @@ be granted is granted within a bounded number of passes."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -113,6 +114,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.slot_of = {slot.uuid: slot for slot in SLOTS}
         #: request ids granted so far (ids are never reused here)
         self.granted: set[int] = set()
+        self.settled_passes = 0
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -271,7 +273,20 @@ class SchedulerMachine(RuleBasedStateMachine):
             for g in h.groups:
                 group_held[g] += len(h.gpus)
 
+        twin = None
+        if s.settled:
+            # the pass skips the walk: one that walks must decide the same
+            twin = copy.deepcopy(s)
+            twin.walk_next()
+            twin_out = twin.schedule(self.now)
         out = s.schedule(self.now)
+        if twin is not None:
+            self.settled_passes += 1
+            event("a settled pass")
+            assert out.grants == twin_out.grants
+            assert out.preemptions == twin_out.preemptions
+            assert s.reserved == twin.reserved
+            assert s.settled == twin.settled
 
         for grant in out.grants:
             demand = waiting[grant.request_id]

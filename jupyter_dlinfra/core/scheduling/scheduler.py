@@ -28,10 +28,17 @@ that changed, so scanning further would find nothing step 5 does not.
 
 5. then it is work-conserving for requests pinned to a node, whatever the scan limit: on every
    node where something changed since the last pass (GPUs freed or added, a request arrived, a
-   quota's holder released, GPUs reserved or kept last pass), the requests pinned there are
-   looked at in order and granted while they fit in what is free and not reserved (within
-   quota first, then borrowers). A node where nothing fitted is not looked at again until
-   something changes there, so a pass costs what changed, not the queue behind it.
+   quota's holder released, GPUs the last pass set aside and this one does not), the requests
+   pinned there are looked at in order and granted while they fit in what is free and not
+   reserved (within quota first, then borrowers). A node where nothing fitted is not looked at
+   again until something changes there, so a pass costs what changed, not the queue behind it.
+
+A pass need not walk at all when a walk would see what the last one saw: the last walk decided
+nothing and did not run out of requests, and since then only requests pinned to a node arrived,
+in classes below the one it stopped in, within one step of order keys (``KEY_STEP_S``), and what
+step 5 granted since touches none of the users, accounts, groups or nodes the walk saw. Such a
+pass is step 5 alone (:meth:`Scheduler._settled_pass`): a request of a lower class, the most
+common change on a busy cluster, costs its node's look, not a walk of the queue's head.
 """
 
 from __future__ import annotations
@@ -63,6 +70,41 @@ __all__ = ["Scheduler"]
 
 def _submitted(demand: Demand) -> float:
     return demand.submitted_at
+
+
+def _released_aside(
+    before: dict[int, tuple[str, ...]], now: dict[int, tuple[str, ...]]
+) -> set[str]:
+    """GPUs set aside in ``before`` and for nobody in ``now``."""
+    kept = {u for uuids in now.values() for u in uuids}
+    return {u for uuids in before.values() for u in uuids if u not in kept}
+
+
+class _Frontier:
+    """What a walk that decided nothing saw: the class (priority) it stopped in, and the
+    users, fair-share accounts, groups and nodes of the requests it looked at (``anywhere``:
+    one of them may take GPUs of any node)."""
+
+    __slots__ = ("accounts", "anywhere", "groups", "nodes", "step", "tier", "users")
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.tier = 0
+        self.users: set[str] = set()
+        self.accounts: set[str] = set()
+        self.groups: set[str] = set()
+        self.nodes: set[str] = set()
+        self.anywhere = False
+
+    def saw(self, demand: Demand, tier: int, account: str) -> None:
+        self.tier = tier
+        self.users.add(demand.user)
+        self.accounts.add(account)
+        self.groups.update(demand.groups)
+        if demand.node is None:
+            self.anywhere = True
+        else:
+            self.nodes.add(demand.node)
 
 
 def _age(demand: Demand) -> tuple[float, int]:
@@ -150,6 +192,9 @@ class Scheduler:
         #: those who wait there moved, reservations made or dropped
         self.touched: set[str] = set()
         self._in_pass = False
+        #: where the last walk stopped, while a walk would stop there again (see
+        #: :meth:`_settled_pass`); None when the next pass must walk
+        self._frontier: _Frontier | None = None
         #: the most GPUs a request has asked for (which quota moves can change a waiter's lot)
         self._largest_asked = 0
         #: ("user", name, GPUs asked) or ("group", name, GPUs asked) -> nodes where such pinned
@@ -165,6 +210,7 @@ class Scheduler:
     # -- inventory -------------------------------------------------------------------------------
 
     def add_gpus(self, slots: Iterable[Slot]) -> None:
+        self._frontier = None
         for slot in slots:
             if slot.uuid in self._pool_of:
                 continue
@@ -189,6 +235,7 @@ class Scheduler:
 
     def remove_gpu(self, uuid: str) -> None:
         """A GPU is gone: never handed out again (its holder keeps it until it releases)."""
+        self._frontier = None
         pool = self._pool_of.pop(uuid, None)
         if pool is None:
             return
@@ -206,6 +253,7 @@ class Scheduler:
         """``count`` GPUs of ``node`` are used by work this scheduler does not place (pods the
         ledger did not admit): that many of the node's GPUs are taken out of its free ones, at
         once as far as they are free, else as ours release them."""
+        self._frontier = None
         if count > 0:
             self.outside_wanted[node] = count
         else:
@@ -297,6 +345,7 @@ class Scheduler:
 
     def hold(self, holding: Holding) -> None:
         """Record a grant made earlier (loading state) or by someone else."""
+        self._frontier = None
         if holding.id in self.holdings:
             raise Conflict(f"holding {holding.id} is already known")
         for uuid in holding.gpus:
@@ -321,6 +370,7 @@ class Scheduler:
         holding = self.holdings.pop(holding_id, None)
         if holding is None:
             raise NotFound(f"no holding {holding_id}")
+        self._frontier = None
         for uuid in holding.gpus:
             self._holder_of.pop(uuid, None)
             pool = self._pool_of.get(uuid)
@@ -351,6 +401,7 @@ class Scheduler:
 
     def load_usage(self, user: str, groups: Iterable[str], gpu_seconds: float, at: float) -> None:
         """Add GPU-seconds used before (stored figures), decayed from ``at``."""
+        self._frontier = None
         h = self.policy.half_life
         self._set_account(user, groups)
         self.users[user].load(gpu_seconds, at, h, self.now)
@@ -362,6 +413,7 @@ class Scheduler:
 
     def set_policy(self, policy: SchedulingPolicy) -> None:
         """Apply a new policy: requests are re-ranked, preemptible holdings re-indexed."""
+        self._frontier = None
         self.policy = policy
         self._model_cache.clear()
         for user in list(self._account_of):
@@ -400,6 +452,10 @@ class Scheduler:
         if demand.count <= 0:
             raise InvalidRequest(f"ask for at least 1 GPU (got {demand.count})")
         self.policy.klass(demand.klass)
+        if self._frontier is not None and (
+            demand.node is None or self._tier_of(demand) >= self._frontier.tier
+        ):
+            self._frontier = None
         self.demands[demand.id] = demand
         self._largest_asked = max(self._largest_asked, demand.count)
         if demand.node is not None:
@@ -415,11 +471,13 @@ class Scheduler:
         demand = self.demands.pop(request_id, None)
         if demand is None:
             raise NotFound(f"no waiting request {request_id}")
+        self._frontier = None
         self.ranking.remove(demand)
         self._unpin(demand)
-        # what the last pass set aside for it is free for others: its nodes are looked at by
-        # the next pass already (every pass marks the nodes of what it sets aside)
-        self.reserved.pop(request_id, None)
+        # what the last pass set aside for it is free for others at the next pass
+        aside = self.reserved.pop(request_id, None)
+        if aside:
+            self._dirty.update(self._nodes(aside))
         self._nominated.pop(request_id, None)
         if self.pending.pop(request_id, None):
             # its victims are no longer wanted: they may be chosen again for someone else
@@ -442,6 +500,9 @@ class Scheduler:
         if self.now - self._refreshed >= REFRESH_INTERVAL:
             self._refreshed = self.now
             self.ranking.rebuild()
+            self._frontier = None
+        if self.settled:
+            return self._settled_pass()
         out = Outcome()
         if not self.demands:
             self._dirty.clear()
@@ -464,8 +525,11 @@ class Scheduler:
         # preemption looks at), so a pass costs its reservations, not max_scan more requests
         depth = 1 if self._pinned_total == len(self.demands) else self.max_scan
         walk = self.ranking.walk(self.now)
+        seen = _Frontier(self._step())
+        walked_all = False
         try:
             for demand in walk:
+                seen.saw(demand, self._tier_of(demand), self._ranking_account(demand.user))
                 nominated = kept.pop(demand.id, None)
                 if nominated is not None:
                     self._give_back(nominated)
@@ -502,6 +566,8 @@ class Scheduler:
                     scanned_beyond += 1
                     if scanned_beyond >= self._depth(depth, reservations_left, blocked):
                         break
+            else:
+                walked_all = True  # a new request would be looked at too
             for demand in borrowers:
                 if self.free_total == 0:
                     break
@@ -510,7 +576,7 @@ class Scheduler:
                     self._grant(demand, gpus, True, out)
         finally:
             walk.close()
-        self._backfill(out)
+        frontier = None if walked_all or out.grants else seen
         self.reserved = {
             rid: tuple(u for _, uuids in taken for u in uuids) for rid, taken in kept.items()
         }
@@ -518,9 +584,11 @@ class Scheduler:
             self.reserved[rid] = self.reserved.get(rid, ()) + tuple(
                 u for _, uuids in taken for u in uuids
             )
+        # GPUs the last pass set aside and this one does not are free for the requests pinned
+        # there; GPUs set aside again are not free now, so their nodes need no second look
+        self._dirty.update(self._nodes(_released_aside(reserved_before, self.reserved)))
+        self._backfill(out)
         self._touch_reserved(reserved_before)
-        # what is set aside now may be free for others at the next pass
-        self._dirty.update(self._nodes(u for g in self.reserved.values() for u in g))
         for taken in kept.values():
             self._give_back(taken)
         self._give_back(reserved)
@@ -528,6 +596,75 @@ class Scheduler:
         self.touched.update(self._nodes(u for g in out.grants for u in g.gpus))
         if can_preempt:
             self._preempt(blocked, out)
+        self._frontier = None if out.preemptions else self._beside(frontier, out.grants)
+        return out
+
+    def _step(self) -> int:
+        """The step of time order keys are worked out for (see :meth:`_fresh_keys`): within
+        one, nothing but a change reorders the queue."""
+        return math.ceil(self.now / KEY_STEP_S)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the next pass (if nothing else changes first) is step 5 alone."""
+        return self._frontier is not None and self._frontier.step == self._step()
+
+    def walk_next(self) -> None:
+        """Make the next pass walk the queue (what a settled pass skips)."""
+        self._frontier = None
+
+    def _beside(self, frontier: _Frontier | None, grants: list[Grant]) -> _Frontier | None:
+        """``frontier`` if none of ``grants`` moves what its walk saw: no grant to one of its
+        users or accounts (whose fair-share keys grow) or to a member of one of its groups
+        (whose quotas fill), and no grant that could be preempted on a node where one of its
+        requests may preempt."""
+        if frontier is None:
+            return None
+        preempts = self.policy.preemption
+        for grant in grants:
+            holding = self.holdings[grant.request_id]
+            if (
+                holding.user in frontier.users
+                or self._ranking_account(holding.user) in frontier.accounts
+                or not frontier.groups.isdisjoint(holding.groups)
+            ):
+                return None
+            if (
+                preempts
+                and self._may_be_preempted(holding)
+                and (frontier.anywhere or not frontier.nodes.isdisjoint(self._nodes(holding.gpus)))
+            ):
+                return None
+        return frontier
+
+    def _settled_pass(self) -> Outcome:
+        """A pass that need not walk: the last walk decided nothing (step 5 may have granted
+        beside what it saw, see :meth:`_beside`), and what came since are requests pinned to a
+        node in classes below where it stopped, all within one step of order keys. A walk
+        would see what it saw, in the same order, and stop at the same place, with the same
+        reservations and no preemption; the requests that came are not reached (a walk takes
+        a class after the classes above it). So only step 5 runs, on their nodes, around what
+        the last pass set aside: a request costs its own node's look, not a walk of the
+        queue's head."""
+        frontier = self._frontier
+        out = Outcome()
+        self._in_pass = True
+        aside: list[tuple[_Pool, list[str]]] = []
+        for uuids in self.reserved.values():
+            for uuid in uuids:
+                pool = self._pool_of.get(uuid)
+                if pool is not None and uuid in pool.free:
+                    before = len(pool.free)
+                    pool.free.remove(uuid)
+                    self._moved(pool, before)
+                    aside.append((pool, [uuid]))
+        try:
+            self._backfill(out)
+        finally:
+            self._give_back(aside)
+            self._in_pass = False
+        self.touched.update(self._nodes(u for g in out.grants for u in g.gpus))
+        self._frontier = self._beside(frontier, out.grants)
         return out
 
     def _depth(self, depth: int, reservations_left: int, blocked: list[Demand]) -> int:
@@ -723,6 +860,7 @@ class Scheduler:
         old = self._account_of.get(user)
         if old != account:
             if old is not None:
+                self._frontier = None  # the user's requests move to another account
                 self._members[old].discard(user)
             self._account_of[user] = account
             self._members[account].add(user)
@@ -973,7 +1111,7 @@ class Scheduler:
     def _fresh_keys(self) -> float:
         """The time keys are worked out as of: the end of the current step (not before any
         account's last change, which is at most now)."""
-        at = math.ceil(self.now / KEY_STEP_S) * KEY_STEP_S
+        at = self._step() * KEY_STEP_S
         if self._keys_at != at:
             self._keys_at = at
             self._ukeys.clear()
