@@ -130,9 +130,11 @@ class StreamState:
         self._entries: dict[str, dict[str, Any]] = {}
         self._granted: dict[int, dict[str, Any]] = {}
         self._samples: Mapping[str, GpuSample] = {}
-        #: GPU -> the cluster's pods the ledger keeps it out for (read at every step: it moves
-        #: with releases on those nodes too, which name no pod)
+        #: GPU -> the cluster's pods the ledger keeps it out for, and the nodes where such pods
+        #: use GPUs (read again when told of them, or of a release on one of those nodes: the
+        #: ledger then keeps the GPU that came free out, without an event of its own)
         self.outside: dict[str, tuple[str, ...]] = {}
+        self._outside_nodes: frozenset[str] = frozenset()
 
     # -- moving ----------------------------------------------------------------------------------
 
@@ -158,8 +160,10 @@ class StreamState:
             gpus_moved, allocs_moved = self._read_whole(ledger, provider, now)
         else:
             gpus_moved, allocs_moved = self._read_touched(ledger, events)
-        outside = outside_by_gpu(ledger.outside())
-        if outside != self.outside:
+        if whole or self._outside_moved(events):
+            use = ledger.outside()
+            self._outside_nodes = frozenset(use)
+            outside = outside_by_gpu(use)
             gpus_moved |= {
                 u for u in set(outside) | set(self.outside) if outside.get(u) != self.outside.get(u)
             }
@@ -170,6 +174,19 @@ class StreamState:
             allocs_moved |= {self.holders[u].id for u in measured if u in self.holders}
             self._samples = samples
         return self._moved(gpus_moved, allocs_moved, provider, local_node)
+
+    def _outside_moved(self, events: list[LedgerEvent]) -> bool:
+        """Whether ``events`` may have moved which GPUs are kept out for others' pods."""
+        for event in events:
+            if event.kind == "outside_use":
+                return True
+            if event.kind == "released" and self._outside_nodes:
+                gpus = event.detail.get("gpus")
+                if isinstance(gpus, list) and any(
+                    self._node_of.get(str(u)) in self._outside_nodes for u in gpus
+                ):
+                    return True
+        return False
 
     def _read_whole(
         self, ledger: Ledger, provider: TelemetryProvider, now: float
