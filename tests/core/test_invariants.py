@@ -249,8 +249,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for g in sorted(present.values(), key=lambda g: (g.node, g.index)):
             if g.uuid not in holders and g.uuid not in aside:
                 free[g.node].append(g)
-        # (the pool's requests, which may run anywhere, are looked at up to the scan limit:
-        # pinned ones are checked here)
+        # (pinned requests are checked here; the pool's, which may run anywhere, by unserved)
         for a in queue:
             if a.placement == "pool":
                 continue
@@ -258,8 +257,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert len(fits) < a.count, f"allocation {a.id} could be granted now"
             for g in fits:
                 free[a.node].remove(g)
-        # and whatever the scan limit: no GPU idles that a waiter within quota could take,
-        # what the last pass set aside aside
+        # and whatever the scan limit: no GPU idles that a waiter within quota could take (of
+        # its node, or of any node for the pool's), what the last pass set aside aside
         assert sched.unserved() == []
 
 

@@ -335,6 +335,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert s.over_quota(demand) is None
 
         self.granted |= {g.request_id for g in out.grants}
+        # work-conserving, whatever the scan limit: nothing within quota fits in what is free
+        # and not set aside, pinned to a node or not
+        assert s.unserved() == [], s.unserved()
         return out
 
     # -- invariants --------------------------------------------------------------------------

@@ -118,3 +118,100 @@ def test_a_pass_over_pinned_requests_costs_its_reservations_not_the_scan_depth()
     assert s.unserved() == []
     ask(s, 5000, "anywhere", 8, at=2002.0)  # not pinned: it may fit wherever GPUs free up
     assert s.schedule(2003.0).examined == 4 + 100
+
+
+# -- the pool's requests (any node) beyond the scan limit ----------------------------------------
+
+
+def test_a_pool_request_beyond_the_scan_limit_takes_the_gpus_it_fits() -> None:
+    """Deep in a queue of 8-GPU requests that fit nowhere, the 1- and 2-GPU requests of the pool
+    that fit are granted, in the order of service, whatever the scan limit; and the step looks
+    at the groups that fit, not at the queue."""
+    s = _full(4, 8, reservations=0, preemption=False, fair_share=False)
+    s.max_scan = 5
+    for rid in range(1, 2001):
+        ask(s, rid, f"u{rid % 50}", 8, at=float(rid))
+    two = ask(s, 3000, "ana", 2, at=3000.0)
+    one = ask(s, 3001, "bob", 1, at=3001.0)
+    later = ask(s, 3002, "carl", 1, at=3002.0)
+    assert s.schedule(4000.0).grants == []
+    s.release(100_001)  # n1's holder
+    hold(s, 200, "dave", tuple(f"n1-{i}" for i in range(5)))  # 3 of n1's 8 stay free
+    looked = _count_calls(s, "over_quota")
+    out = s.schedule(4002.0)
+    assert len(looked) < 20, len(looked)  # the walk's 5, the groups' offers: not 2,000
+    # 3 free: ana's 2 (older) and bob's 1; carl's 1 finds nothing left
+    assert [g.request_id for g in out.grants] == [two.id, one.id]
+    assert later.id in s.demands and s.unserved() == []
+
+
+def test_in_the_pool_step_a_user_at_quota_is_passed_over_and_borrowers_come_last() -> None:
+    def one_free(borrowing: bool) -> Scheduler:
+        """Blocked 4-GPU requests ahead; ana holds her quota of 2; one GPU of n0 is free."""
+        s = _full(
+            2,
+            4,
+            reservations=0,
+            preemption=False,
+            fair_share=False,
+            default_user_quota=2,
+            borrowing=borrowing,
+        )
+        s.max_scan = 1
+        for rid in range(1, 50):
+            ask(s, rid, f"w{rid}", 4, at=float(rid))
+        s.release(100_000)
+        hold(s, 400, "ana", ("n0-0", "n0-1"))
+        hold(s, 401, "ed", ("n0-2",))
+        return s
+
+    s = one_free(borrowing=True)
+    over = ask(s, 100, "ana", 1, at=100.0, klass=BATCH, kind="job")
+    lender = ask(s, 101, "bob", 3, at=101.0, klass=BATCH, kind="job")  # over his quota of 2
+    within = ask(s, 102, "carl", 1, at=102.0, klass=BATCH, kind="job")
+    out = s.schedule(200.0)
+    # carl, within quota, before ana (at quota: may only borrow, and comes first among those)
+    assert {g.request_id: g.borrowed for g in out.grants} == {within.id: False}
+    assert over.id in s.demands and lender.id in s.demands
+    # without carl the free GPU is lent to ana's job, the first borrower that fits
+    s = one_free(borrowing=True)
+    over = ask(s, 100, "ana", 1, at=100.0, klass=BATCH, kind="job")
+    out = s.schedule(200.0)
+    assert {g.request_id: g.borrowed for g in out.grants} == {over.id: True}
+    # and not with borrowing off
+    s = one_free(borrowing=False)
+    over = ask(s, 100, "ana", 1, at=100.0, klass=BATCH, kind="job")
+    assert s.schedule(200.0).grants == [] and s.unserved() == []
+
+
+def test_the_pool_step_leaves_what_a_pass_reserved() -> None:
+    """ana's 4-GPU request keeps n0's free GPUs; bob's 1-GPU request, beyond the scan, does not
+    take them, but takes n1's free one."""
+    s = _full(2, 4, reservations=1, preemption=False, fair_share=False)
+    s.max_scan = 1
+    big = ask(s, 1, "ana", 4, at=1.0)
+    ask(s, 3, "cy", 4, at=1.5)  # blocked too: the walk stops there
+    small = ask(s, 2, "bob", 1, at=2.0)
+    s.release(100_000)
+    hold(s, 500, "ed", ("n0-0",))  # n0 has 3 free: kept for ana
+    s.release(100_001)
+    hold(s, 501, "ed", ("n1-0", "n1-1", "n1-2"))  # n1 has 1 free
+    out = s.schedule(10.0)
+    assert out.examined == 2  # ana, cy
+    assert [g.request_id for g in out.grants] == [small.id]
+    assert set(out.grants[0].gpus) == {"n1-3"}
+    assert s.reserved == {big.id: ("n0-1", "n0-2", "n0-3")}
+    assert s.unserved() == []
+
+
+def _count_calls(s: Scheduler, name: str) -> list[int]:
+    """Count the calls of one of ``s``'s methods (a list that grows by one per call)."""
+    calls: list[int] = []
+    method = getattr(s, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return method(*args, **kwargs)
+
+    setattr(s, name, counted)
+    return calls

@@ -32,6 +32,9 @@ that changed, so scanning further would find nothing step 5 does not.
    pinned there are looked at in order and granted while they fit in what is free and not
    reserved (within quota first, then borrowers). A node where nothing fitted is not looked at
    again until something changes there, so a pass costs what changed, not the queue behind it.
+   The same for the pool's requests (any node): while a group of them (model, GPUs, gang) fits
+   in what is free and not reserved, the best first request within quota of the groups that
+   fit is placed (pool_queue.py), then borrowers; pinned requests are served first.
 
 A pass need not walk at all when a walk would see what the last one saw: the last walk decided
 nothing and did not run out of requests, and since then only requests pinned to a node arrived,
@@ -48,12 +51,13 @@ import heapq
 import itertools
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import replace
 
 from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
 from jupyter_dlinfra.core.scheduling.fairshare import Account
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
+from jupyter_dlinfra.core.scheduling.pool_queue import GroupKey, PoolQueue
 from jupyter_dlinfra.core.scheduling.ranking import Ranking
 from jupyter_dlinfra.core.scheduling.types import (
     Demand,
@@ -174,6 +178,8 @@ class Scheduler:
         self._account_of: dict[str, str] = {}
         self._members: dict[str, set[str]] = defaultdict(set)
         self.ranking = self._new_ranking()
+        #: the pool's waiting requests again, grouped by what they ask for (step 5 for them)
+        self._pool_queue = PoolQueue(self._new_ranking)
         self.held_by_group: dict[str, int] = defaultdict(int)
         #: request id -> GPUs being freed for it by preemption
         self.pending: dict[int, int] = defaultdict(int)
@@ -408,8 +414,7 @@ class Scheduler:
         self.accounts[self._account_of[user]].load(gpu_seconds, at, h, self.now)
         self._ukeys.pop(user, None)
         self._akeys.pop(self._account_of[user], None)
-        self.ranking.rerank(user)
-        self.ranking.rerank_account(self._account_of[user])
+        self._rerank(user, self._account_of[user])
 
     def set_policy(self, policy: SchedulingPolicy) -> None:
         """Apply a new policy: requests are re-ranked, preemptible holdings re-indexed."""
@@ -438,6 +443,7 @@ class Scheduler:
         self._dirty.update(self._node_pools)
         self.touched.update(self._node_pools)
         self.ranking = self._new_ranking()
+        self._pool_queue = PoolQueue(self._new_ranking)
         for demand in waiting:
             if demand.klass not in policy.class_map:
                 fallback = policy.job_class if demand.kind == "job" else policy.kernel_class
@@ -464,6 +470,8 @@ class Scheduler:
             self._dirty.add(demand.node)
             self.touched.add(demand.node)
             self._count_waiting(demand, 1)
+        else:
+            self._pool_queue.add(demand)
         self._set_account(demand.user, demand.groups)
         self.ranking.add(demand)
 
@@ -474,6 +482,7 @@ class Scheduler:
         self._frontier = None
         self.ranking.remove(demand)
         self._unpin(demand)
+        self._pool_queue.remove(demand)
         # what the last pass set aside for it is free for others at the next pass
         aside = self.reserved.pop(request_id, None)
         if aside:
@@ -500,6 +509,7 @@ class Scheduler:
         if self.now - self._refreshed >= REFRESH_INTERVAL:
             self._refreshed = self.now
             self.ranking.rebuild()
+            self._pool_queue.rebuild()
             self._frontier = None
         if self.settled:
             return self._settled_pass()
@@ -588,6 +598,7 @@ class Scheduler:
         # there; GPUs set aside again are not free now, so their nodes need no second look
         self._dirty.update(self._nodes(_released_aside(reserved_before, self.reserved)))
         self._backfill(out)
+        self._backfill_pool(out)
         self._touch_reserved(reserved_before)
         for taken in kept.values():
             self._give_back(taken)
@@ -700,6 +711,91 @@ class Scheduler:
                 if gpus is not None:
                     self._grant(demand, gpus, True, out)
 
+    def _backfill_pool(self, out: Outcome) -> None:
+        """Step 5 for the pool's requests, whatever the scan limit: while some group of them
+        (model, GPUs, gang) fits in what is free and not set aside, the best first request
+        within quota among the groups that fit is placed (see pool_queue.py); then those over
+        quota that may borrow, in the same order."""
+        queue = self._pool_queue
+        if not queue or self.free_total == 0:
+            return
+        walks: dict[GroupKey, Generator[Demand, None, None]] = {}
+        offers: dict[GroupKey, Demand] = {}
+        lenders: list[Demand] = []
+        try:
+            while self.free_total > 0:
+                best: tuple[tuple[float, ...], GroupKey, Demand] | None = None
+                for key, ranking in queue.waiting():
+                    if not self._group_fits(key):
+                        continue
+                    offer = offers.get(key)
+                    if offer is None:
+                        walk = walks.get(key)
+                        if walk is None:
+                            walk = walks[key] = ranking.walk(self.now)
+                        offer = self._next_offer(ranking, walk, lenders)
+                        if offer is None:
+                            continue
+                        offers[key] = offer
+                    rank = self.order_key(offer)
+                    if best is None or rank < best[0]:
+                        best = (rank, key, offer)
+                if best is None:
+                    break
+                _, key, demand = best
+                del offers[key]
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, False, out)
+        finally:
+            for walk in walks.values():
+                walk.close()
+            queue.prune()
+        lenders.sort(key=self.order_key)
+        for demand in lenders:
+            if self.free_total == 0:
+                break
+            if demand.id in self.demands:
+                gpus = self._place(demand)
+                if gpus is not None:
+                    self._grant(demand, gpus, True, out)
+
+    def _group_fits(self, key: GroupKey) -> bool:
+        """Whether a request of this group may fit in what is free now (an upper bound: the
+        nodes it avoids are not counted out)."""
+        model, count, gang = key
+        models = self._models(model)
+        if gang:
+            return sum(self._free_by_model[m] for m in models) >= count
+        for m in models:
+            buckets = self._buckets.get(m, ())
+            if any(buckets[free] for free in range(count, len(buckets))):
+                return True
+        return False
+
+    def _next_offer(
+        self, ranking: Ranking, walk: Generator[Demand, None, None], lenders: list[Demand]
+    ) -> Demand | None:
+        """The group's next request within quota that may be granted; the user of one over
+        quota is passed over in the group (its requests all ask as much), kept as a lender
+        when it may borrow."""
+        for demand in walk:
+            if self.over_quota(demand) is not None:
+                if self._may_borrow(demand):
+                    lenders.append(demand)
+                ranking.skip(demand)
+                continue
+            if self.check(demand) is None:
+                return demand
+        return None
+
+    def _rerank(self, user: str, account: str) -> None:
+        """The user's (and its account's) fair-share key moved."""
+        self.ranking.rerank(user)
+        self.ranking.rerank_account(account)
+        self._pool_queue.rerank(user)
+        self._pool_queue.rerank_account(account)
+
     def order_key(self, demand: Demand) -> tuple[float, ...]:
         """Where ``demand`` stands in the order of service if nothing changes: class, then
         (unless it waited past the starvation limit) fair share of its account and user, then
@@ -748,8 +844,10 @@ class Scheduler:
                 yield from heapq.merge(*(queue for _, queue in same), key=_age)
 
     def unserved(self) -> list[int]:
-        """Pinned requests within their quotas that would fit in their node's free GPUs not set
-        aside for others: none after a pass (it is work-conserving)."""
+        """Requests within their quotas that would fit in free GPUs not set aside for others
+        (a pinned one on its node; one of the pool on a node it does not avoid, a gang in all
+        of them): none after a pass (it is work-conserving). A check, for tests: it costs the
+        whole queue."""
         aside: dict[str, Counter[int]] = defaultdict(Counter)  # node -> request -> GPUs kept
         for rid, uuids in self.reserved.items():
             for uuid in uuids:
@@ -766,7 +864,20 @@ class Scheduler:
                 others = sum(n for rid, n in aside[node].items() if rid != demand.id)
                 if free - others >= demand.count:
                     found.append(demand.id)
-        return found
+        for demand in self.demands.values():
+            if demand.node is not None or self.over_quota(demand) is not None:
+                continue
+            models = self._models(demand.model)
+            # one model's GPUs on one node, unless a gang (as placement packs them)
+            room = []
+            for pool in self._pool_list:
+                if pool.model not in models or pool.node in demand.avoid:
+                    continue
+                others = sum(n for rid, n in aside[pool.node].items() if rid != demand.id)
+                room.append(max(len(pool.free) - others, 0))
+            if (sum(room) if demand.gang else max(room, default=0)) >= demand.count:
+                found.append(demand.id)
+        return sorted(found)
 
     def node_models(self, node: str) -> dict[str, int]:
         """The node's GPUs that may be handed out: model -> how many."""
@@ -865,6 +976,7 @@ class Scheduler:
             self._account_of[user] = account
             self._members[account].add(user)
             self.ranking.rerank(user)
+            self._pool_queue.rerank(user)
 
     def _take(self, pool: _Pool, count: int) -> list[str]:
         before = len(pool.free)
@@ -968,6 +1080,7 @@ class Scheduler:
         del self.demands[demand.id]
         self.ranking.remove(demand)
         self._unpin(demand)
+        self._pool_queue.remove(demand)
         self._nominated.pop(demand.id, None)
         holding = Holding(
             id=demand.id,
@@ -1049,8 +1162,7 @@ class Scheduler:
             self.held_by_group[group] += delta
         self._ukeys.pop(user, None)
         self._akeys.pop(account, None)
-        self.ranking.rerank(user)
-        self.ranking.rerank_account(account)
+        self._rerank(user, account)
 
     def _quota_moved(self, who: tuple[str, str], quota: int, held: int, delta: int) -> None:
         """What ``who`` (a user or a group) holds under ``quota`` moves from ``held`` by

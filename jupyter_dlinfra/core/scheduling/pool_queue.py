@@ -1,0 +1,80 @@
+"""The waiting requests of the pool (those that may run on any node), grouped by what they ask
+for, each group in the order of service.
+
+A pass walks the queue's head only (its reservations, then ``max_scan`` requests): a request of
+the pool deeper than that would wait while GPUs it fits stay idle. Step 5 of a pass serves them
+(see scheduler.py): a group whose request fits somewhere (a node with that many free GPUs of its
+model, or for a gang that many free in all) offers its first request within quota, and the best
+of those offers is placed, again and again while any group fits. Groups are few (models asked
+for x GPU counts), so finding the next request to serve costs the groups and the users passed
+over, not the length of the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from jupyter_dlinfra.core.scheduling.ranking import Ranking
+from jupyter_dlinfra.core.scheduling.types import Demand
+
+__all__ = ["GroupKey", "PoolQueue", "group_of"]
+
+#: (the model asked for, or None for any; GPUs; a gang over several nodes)
+GroupKey = tuple[str | None, int, bool]
+
+
+def group_of(demand: Demand) -> GroupKey:
+    return (demand.model, demand.count, demand.gang)
+
+
+class PoolQueue:
+    def __init__(self, new_ranking: Callable[[], Ranking]) -> None:
+        self._new_ranking = new_ranking
+        self.groups: dict[GroupKey, Ranking] = {}
+        self._sizes: dict[GroupKey, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._sizes)
+
+    def add(self, demand: Demand) -> None:
+        key = group_of(demand)
+        ranking = self.groups.get(key)
+        if ranking is None:
+            ranking = self.groups[key] = self._new_ranking()
+        ranking.add(demand)
+        self._sizes[key] = self._sizes.get(key, 0) + 1
+
+    def remove(self, demand: Demand) -> None:
+        key = group_of(demand)
+        ranking = self.groups.get(key)
+        if ranking is None or demand.id not in ranking.alive:
+            return
+        ranking.remove(demand)
+        left = self._sizes[key] - 1
+        if left:
+            self._sizes[key] = left
+        else:
+            # an empty group is dropped when no walk is on it (a pass ends its walks first)
+            del self._sizes[key]
+
+    def waiting(self) -> Iterator[tuple[GroupKey, Ranking]]:
+        """The groups with requests waiting."""
+        for key in list(self._sizes):
+            yield key, self.groups[key]
+
+    def prune(self) -> None:
+        """Drop the groups left empty (between passes)."""
+        for key in [k for k in self.groups if k not in self._sizes]:
+            del self.groups[key]
+
+    def rerank(self, user: str) -> None:
+        for ranking in self.groups.values():
+            ranking.rerank(user)
+
+    def rerank_account(self, account: str) -> None:
+        for ranking in self.groups.values():
+            ranking.rerank_account(account)
+
+    def rebuild(self) -> None:
+        for ranking in self.groups.values():
+            ranking.rebuild()
