@@ -4,8 +4,10 @@ asked about, and is what a whole node's explanation would say, in whatever order
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +213,38 @@ def test_one_model_nodes_are_estimated_as_the_general_replay_does(seed: int) -> 
     general = explain._estimate_models(s, "n1", **chosen)  # type: ignore[arg-type]
     assert explain.estimate_node(s, "n1", **chosen) == general  # type: ignore[arg-type]
     assert explain._estimate_one_model(s, "n1", **chosen) == general  # type: ignore[arg-type]
+
+
+def test_a_requests_wait_is_worked_out_after_its_transaction_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process may write the ledger file while a queued request's place, reason and
+    estimate are worked out: the store's write lock is not held for them."""
+    path = tmp_path / "ledger.db"
+    kit = Kit.open(f"sqlite:///{path}")
+    try:
+        kit.node("node-a", (2, A100))
+        kit.kernel("holder")
+        kit.ledger.request(kernel_id="holder", count=2)
+        kit.kernel("waiter")
+        locked: list[bool] = []
+        explain_wait = ledger_cache.LedgerCache.wait_info
+
+        def wait_info(self: ledger_cache.LedgerCache, allocation_id: int, now: float) -> object:
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                locked.append(False)
+            except sqlite3.OperationalError:
+                locked.append(True)
+            finally:
+                other.close()
+            return explain_wait(self, allocation_id, now)
+
+        monkeypatch.setattr(ledger_cache.LedgerCache, "wait_info", wait_info)
+        queued = kit.ledger.request(kernel_id="waiter", count=1)
+        assert queued.position == 1 and queued.waiting_code is not None
+        assert locked == [False]
+    finally:
+        kit.close()

@@ -95,8 +95,19 @@ def _same_model(a: str | None, b: str | None) -> bool:
 
 #: what a pass granted: the grant of each request, and when
 _Grants = dict[int, tuple[Grant, float]]
+
+
+@dataclass(frozen=True)
+class _Waits:
+    """An answer that is a queued request: its place, reason and estimated start are worked
+    out once the transaction has committed (still under the ledger's lock, on the state as of
+    the commit), so that the store's write lock is not held for them."""
+
+    alloc: Allocation
+
+
 #: a change's answer, once the pass it waits for has run (inside its transaction)
-_Finish = Callable[[_Grants], Allocation]
+_Finish = Callable[[_Grants], Allocation | _Waits]
 
 
 @dataclass(eq=False)
@@ -191,18 +202,36 @@ class Ledger:
             for change in batch:
                 self._run_changes([change])
             return
+        now = self.clock.now()
         for change, answer in answers:
             if isinstance(answer, Exception):
                 change.outcome.fail(answer)
+            elif isinstance(answer, _Waits):
+                change.outcome.answer(self._told_wait(answer.alloc, now))
             else:
                 change.outcome.answer(answer)
 
-    def _together(self, batch: list[_Change]) -> list[tuple[_Change, Allocation | Exception]]:
+    def _told_wait(self, alloc: Allocation, now: float) -> Allocation:
+        """A committed request with its wait (the state in memory is as of the commit: the
+        ledger's lock is held). The request is made whatever happens here: a failure to explain
+        its wait is logged and the request answered without it, never made again."""
+        cache = self._cache
+        if cache is None:
+            return alloc
+        try:
+            return self._waited(alloc, cache, now)
+        except Exception:
+            _log.exception("could not work out the wait of request %d", alloc.id)
+            return alloc
+
+    def _together(
+        self, batch: list[_Change]
+    ) -> list[tuple[_Change, Allocation | _Waits | Exception]]:
         """The changes of ``batch`` in order, then one pass for them all, in one transaction.
         An error of a check is that change's answer (a check writes nothing: a refusal, or the
         caller's own check of the allocation, such as an HTTP 403); an error of the database,
         or of a change that wrote, undoes them all."""
-        answers: list[tuple[_Change, Allocation | Exception]] = []
+        answers: list[tuple[_Change, Allocation | _Waits | Exception]] = []
         with self._writing() as (tx, cache):
             finishing: list[tuple[_Change, _Finish]] = []
             schedules = False
@@ -748,7 +777,7 @@ class Ledger:
             )
             new_id = alloc.id
 
-            def finish(grants: _Grants) -> Allocation:
+            def finish(grants: _Grants) -> Allocation | _Waits:
                 granted = grants.get(new_id)
                 if granted is not None:
                     grant, at = granted
@@ -761,7 +790,7 @@ class Ledger:
                         node=cache.sched.node_of(grant.gpus) or alloc.node,
                     )
                 if new_id in cache.waiting:
-                    return self._waited(alloc, cache)
+                    return _Waits(alloc)
                 return self._one(conn, new_id)
 
             return finish, not placed
