@@ -4,10 +4,12 @@ scan limit, and the queue's order of service is the merge of the ranking's queue
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.types import Demand
 
-from .test_scheduler import BATCH, INTERACTIVE, LOW, ask, hold, make
+from .test_scheduler import BATCH, INTERACTIVE, LOW, ask, granted, hold, make
 
 
 def _full(nodes: int, per_node: int, **policy: object) -> Scheduler:
@@ -215,3 +217,21 @@ def _count_calls(s: Scheduler, name: str) -> list[int]:
 
     setattr(s, name, counted)
     return calls
+
+
+def test_gpus_kept_for_a_request_and_given_back_go_to_one_ahead_of_it_in_the_same_pass() -> None:
+    """n2's free GPU is kept for bob's request (a preemption there is under way for it), so
+    ana's 2-GPU gang, walked first, finds one GPU and reserves it; when the walk reaches bob,
+    the kept GPU is his to try, does not fit him, and is free again: ana gets both at once."""
+    s = make({"n2": 2, "n3": 1}, reservations=1, fair_share=False)
+    s.submit(
+        Demand(id=2, user="bob", count=2, klass=BATCH, kind="job", submitted_at=1.0, node=None)
+    )
+    hold(s, 50, "vic", ("n2-0",), klass=LOW, kind="job")
+    s.holdings[50] = replace(s.holdings[50], preempted_for=2)
+    s.pending[2] += 1
+    s._nominated[2] = [s._pool_of["n2-0"].id]
+    ana = ask(s, 1, "ana", 2, at=2.0, klass=INTERACTIVE, kind="job", gang=True)
+    out = s.schedule(10.0)
+    assert granted(out) == {ana.id: ("n2-1", "n3-0")}
+    assert 2 in s.demands and s.unserved() == []

@@ -537,12 +537,15 @@ class Scheduler:
         walk = self.ranking.walk(self.now)
         seen = _Frontier(self._step())
         walked_all = False
+        #: GPUs kept for a request were given back after requests ahead of it were blocked
+        late = False
         try:
             for demand in walk:
                 seen.saw(demand, self._tier_of(demand), self._ranking_account(demand.user))
                 nominated = kept.pop(demand.id, None)
                 if nominated is not None:
                     self._give_back(nominated)
+                    late = late or bool(reserved_for)
                 wants_preemption = can_preempt and len(blocked) < _PREEMPTING
                 if self.free_total == 0 and not kept and not wants_preemption:
                     break
@@ -578,6 +581,9 @@ class Scheduler:
                         break
             else:
                 walked_all = True  # a new request would be looked at too
+            if late:
+                self._retry_reserved(reserved_for, out)
+                reserved = [kept for taken in reserved_for.values() for kept in taken]
             for demand in borrowers:
                 if self.free_total == 0:
                     break
@@ -677,6 +683,25 @@ class Scheduler:
         self.touched.update(self._nodes(u for g in out.grants for u in g.gpus))
         self._frontier = self._beside(frontier, out.grants)
         return out
+
+    def _retry_reserved(
+        self, reserved_for: dict[int, list[tuple[_Pool, list[str]]]], out: Outcome
+    ) -> None:
+        """GPUs nominated for a request were given back when the walk reached it, after
+        requests ahead of it had been found blocked and reserved what they could: each of those,
+        in order, is placed again with what it reserved and what is free now, or reserves
+        again. (Else one that now fits would wait for the next pass, and if nothing changes,
+        for ever.)"""
+        for rid in list(reserved_for):
+            demand = self.demands[rid]
+            self._give_back(reserved_for.pop(rid))
+            gpus = self._place(demand)
+            if gpus is not None:
+                self._grant(demand, gpus, False, out)
+                continue
+            again = self._reserve(demand)
+            if again:
+                reserved_for[rid] = again
 
     def _depth(self, depth: int, reservations_left: int, blocked: list[Demand]) -> int:
         """How many requests beyond its reservations this pass looks at: ``depth`` once the
