@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
 from jupyter_dlinfra.core.scheduling.types import Outcome
 from tests.core.test_scheduler import BATCH, INTERACTIVE, ask, granted, hold, job, make
@@ -46,11 +48,6 @@ def test_a_lower_class_request_is_granted_on_its_node_without_a_walk() -> None:
     assert out.examined == 0  # no walk
     # u4 is none of the users, accounts or groups the walk saw: it would see the same
     assert s.settled
-    # in the account of a user the walk saw, the account's key grows: the order may change
-    s = blocked_head()
-    job(s, 4, "u5", 2, node="n3", groups=("g2",), at=11.0)
-    s.schedule(10.5)
-    assert not s.settled
 
 
 def test_a_settled_pass_keeps_what_the_last_walk_set_aside() -> None:
@@ -63,18 +60,20 @@ def test_a_settled_pass_keeps_what_the_last_walk_set_aside() -> None:
     assert s.unserved() == []
 
 
-def test_a_grant_to_someone_the_walk_saw_makes_the_next_pass_walk() -> None:
+@pytest.mark.parametrize(
+    ("user", "group"),
+    [
+        ("u2", "g2"),  # seen by the walk, asking again in a lower class: its key grows
+        ("u5", "g2"),  # in the account of a user the walk saw: the account's key grows
+        ("u5", "g1"),  # a member of a group the walk saw: that group's quota fills
+    ],
+)
+def test_a_grant_to_someone_the_walk_saw_makes_the_next_pass_walk(user: str, group: str) -> None:
     s = blocked_head()
-    # u2 (seen by the walk) asks again in a lower class: its fair-share key grows when granted
-    job(s, 4, "u2", 2, node="n3", groups=("g2",), at=11.0)
+    job(s, 4, user, 2, node="n3", groups=(group,), at=11.0)
     assert s.settled
     out = s.schedule(10.5)
     assert granted(out) == {4: ("n3-2", "n3-3")}
-    assert not s.settled
-    # a member of a group the walk saw: that group's quota fills
-    s = blocked_head()
-    job(s, 4, "u5", 2, node="n3", groups=("g1",), at=11.0)
-    s.schedule(10.5)
     assert not s.settled
 
 

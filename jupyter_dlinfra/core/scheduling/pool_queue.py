@@ -17,54 +17,46 @@ from collections.abc import Callable, Iterator
 from jupyter_dlinfra.core.scheduling.ranking import Ranking
 from jupyter_dlinfra.core.scheduling.types import Demand
 
-__all__ = ["GroupKey", "PoolQueue", "group_of"]
+__all__ = ["GroupKey", "PoolQueue"]
 
 #: (the model asked for, or None for any; GPUs; a gang over several nodes)
 GroupKey = tuple[str | None, int, bool]
 
 
-def group_of(demand: Demand) -> GroupKey:
+def _group_of(demand: Demand) -> GroupKey:
     return (demand.model, demand.count, demand.gang)
 
 
 class PoolQueue:
     def __init__(self, new_ranking: Callable[[], Ranking]) -> None:
         self._new_ranking = new_ranking
+        #: a group left empty is dropped when no walk is on it (see :meth:`prune`)
         self.groups: dict[GroupKey, Ranking] = {}
-        self._sizes: dict[GroupKey, int] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._sizes)
+        return any(ranking.alive for ranking in self.groups.values())
 
     def add(self, demand: Demand) -> None:
-        key = group_of(demand)
+        key = _group_of(demand)
         ranking = self.groups.get(key)
         if ranking is None:
             ranking = self.groups[key] = self._new_ranking()
         ranking.add(demand)
-        self._sizes[key] = self._sizes.get(key, 0) + 1
 
     def remove(self, demand: Demand) -> None:
-        key = group_of(demand)
-        ranking = self.groups.get(key)
-        if ranking is None or demand.id not in ranking.alive:
-            return
-        ranking.remove(demand)
-        left = self._sizes[key] - 1
-        if left:
-            self._sizes[key] = left
-        else:
-            # an empty group is dropped when no walk is on it (a pass ends its walks first)
-            del self._sizes[key]
+        ranking = self.groups.get(_group_of(demand))
+        if ranking is not None and demand.id in ranking.alive:
+            ranking.remove(demand)
 
     def waiting(self) -> Iterator[tuple[GroupKey, Ranking]]:
         """The groups with requests waiting."""
-        for key in list(self._sizes):
-            yield key, self.groups[key]
+        for key, ranking in list(self.groups.items()):
+            if ranking.alive:
+                yield key, ranking
 
     def prune(self) -> None:
         """Drop the groups left empty (between passes)."""
-        for key in [k for k in self.groups if k not in self._sizes]:
+        for key in [k for k, ranking in self.groups.items() if not ranking.alive]:
             del self.groups[key]
 
     def rerank(self, user: str) -> None:

@@ -85,25 +85,24 @@ def _released_aside(
 
 
 class _Frontier:
-    """What a walk that decided nothing saw: the class (priority) it stopped in, and the
-    users, fair-share accounts, groups and nodes of the requests it looked at (``anywhere``:
-    one of them may take GPUs of any node)."""
+    """What a walk that decided nothing saw: the users, groups and nodes of the requests it
+    looked at (``anywhere``: one of them may take GPUs of any node), the last of them, and the
+    class (priority) it stopped in, set once the walk is over."""
 
-    __slots__ = ("accounts", "anywhere", "groups", "nodes", "step", "tier", "users")
+    __slots__ = ("anywhere", "groups", "last", "nodes", "step", "tier", "users")
 
     def __init__(self, step: int) -> None:
         self.step = step
         self.tier = 0
+        self.last: Demand | None = None
         self.users: set[str] = set()
-        self.accounts: set[str] = set()
         self.groups: set[str] = set()
         self.nodes: set[str] = set()
         self.anywhere = False
 
-    def saw(self, demand: Demand, tier: int, account: str) -> None:
-        self.tier = tier
+    def saw(self, demand: Demand) -> None:
+        self.last = demand
         self.users.add(demand.user)
-        self.accounts.add(account)
         self.groups.update(demand.groups)
         if demand.node is None:
             self.anywhere = True
@@ -541,7 +540,7 @@ class Scheduler:
         late = False
         try:
             for demand in walk:
-                seen.saw(demand, self._tier_of(demand), self._ranking_account(demand.user))
+                seen.saw(demand)
                 nominated = kept.pop(demand.id, None)
                 if nominated is not None:
                     self._give_back(nominated)
@@ -583,7 +582,7 @@ class Scheduler:
                 walked_all = True  # a new request would be looked at too
             if late:
                 self._retry_reserved(reserved_for, out)
-                reserved = [kept for taken in reserved_for.values() for kept in taken]
+                reserved = [part for taken in reserved_for.values() for part in taken]
             for demand in borrowers:
                 if self.free_total == 0:
                     break
@@ -592,7 +591,10 @@ class Scheduler:
                     self._grant(demand, gpus, True, out)
         finally:
             walk.close()
-        frontier = None if walked_all or out.grants else seen
+        frontier: _Frontier | None = None
+        if not walked_all and not out.grants and seen.last is not None:
+            seen.tier = self._tier_of(seen.last)  # the class the walk stopped in
+            frontier = seen
         self.reserved = {
             rid: tuple(u for _, uuids in taken for u in uuids) for rid, taken in kept.items()
         }
@@ -635,14 +637,15 @@ class Scheduler:
         users or accounts (whose fair-share keys grow) or to a member of one of its groups
         (whose quotas fill), and no grant that could be preempted on a node where one of its
         requests may preempt."""
-        if frontier is None:
-            return None
+        if frontier is None or not grants:
+            return frontier
+        accounts = {self._ranking_account(u) for u in frontier.users}
         preempts = self.policy.preemption
         for grant in grants:
             holding = self.holdings[grant.request_id]
             if (
                 holding.user in frontier.users
-                or self._ranking_account(holding.user) in frontier.accounts
+                or self._ranking_account(holding.user) in accounts
                 or not frontier.groups.isdisjoint(holding.groups)
             ):
                 return None
