@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from tornado.iostream import StreamClosedError
 
 from jupyter_dlinfra.backends.base import BackendError
+from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.models import Allocation, AllocationState, Gpu
 from jupyter_dlinfra.server.allocation_waits import allocation_waits, read_versioned
 from jupyter_dlinfra.server.errors import ApiError
@@ -59,15 +60,35 @@ ALLOCATIONS_LIMIT = 100
 MAX_ALLOCATIONS_LIMIT = 1000
 
 
+def gpu_index(ledger: Ledger, allocations: Iterable[Allocation]) -> dict[str, Gpu]:
+    """The GPUs that the views of ``allocations`` show, by UUID: none for waiting requests,
+    never the whole cluster's."""
+    uuids = shown_gpus(allocations)
+    if not uuids:
+        return {}
+    return {g.uuid: g for g in ledger.gpus_of(uuids)}
+
+
+def _page_with_gpus(
+    ledger: Ledger, **filters: Any
+) -> tuple[list[Allocation], int, dict[str, Gpu]]:
+    """A page of allocations and the GPUs its views show, in one trip to the ledger's threads
+    (each trip is a hand-over between the event loop and a thread, twice)."""
+    found, total = ledger.allocations_page(**filters)
+    return found, total, gpu_index(ledger, found)
+
+
+def _allocation_with_gpus(ledger: Ledger, aid: int) -> tuple[Allocation, dict[str, Gpu]]:
+    alloc = ledger.allocation(aid)
+    return alloc, gpu_index(ledger, [alloc])
+
+
 class _Base(DLInfraHandler):
     async def gpu_index_for(self, allocations: Iterable[Allocation]) -> dict[str, Gpu]:
-        """The GPUs that the views of ``allocations`` show, by UUID: none for waiting requests,
-        never the whole cluster's."""
-        uuids = shown_gpus(allocations)
-        if not uuids:
+        """:func:`gpu_index`, on the ledger's threads."""
+        if not shown_gpus(allocations):
             return {}
-        gpus = await self.service.call(self.service.ledger.gpus_of, uuids)
-        return {g.uuid: g for g in gpus}
+        return await self.service.call(gpu_index, self.service.ledger, allocations)
 
     def page_query(self, default: int, most: int) -> tuple[int, int]:
         """``?limit=`` (``default`` unless given, at most ``most``) and ``?offset=``."""
@@ -150,10 +171,9 @@ class AllocationsHandler(_Base):
             "active": state != "all",
             "state": AllocationState.GRANTED if state == "granted" else None,
         }
-        found, total = await self.service.call(
-            ledger.allocations_page, **filters, limit=limit, offset=offset
+        found, total, gpus = await self.service.call(
+            _page_with_gpus, ledger, **filters, limit=limit, offset=offset
         )
-        gpus = await self.gpu_index_for(found)
         listed = [self.view(a, gpus, self.service.samples) for a in found]
         self.answer_page("allocations", listed, total=total, offset=offset, limit=limit)
 
@@ -218,17 +238,19 @@ class AllocationHandler(_Base):
         )
         ledger = self.service.ledger
         version = None
+        gpus: dict[str, Gpu] | None = None
         if wait:
             version, alloc = await self.service.call(read_versioned, ledger, aid)
         else:
-            alloc = await self.service.call(ledger.allocation, aid)
+            alloc, gpus = await self.service.call(_allocation_with_gpus, ledger, aid)
         if self.kernel_scope is not None and alloc.kernel_id != self.kernel_scope:
             raise ApiError(403, "a kernel's token acts only for that kernel", code="forbidden")
         if version is not None and alloc.state is AllocationState.QUEUED:
             # one watcher reads the waiting requests again, when the ledger has changed
             waits = allocation_waits(self.service)
             alloc = await waits.until_changed(alloc, version=version, timeout=wait)
-        gpus = await self.gpu_index_for([alloc])
+        if gpus is None:
+            gpus = await self.gpu_index_for([alloc])
         self.answer(self.view(alloc, gpus, self.service.samples))
 
     @authorized("write")
