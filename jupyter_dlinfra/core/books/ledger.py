@@ -1663,9 +1663,7 @@ def _kernel(r: Row[Any]) -> KernelRecord:
     )
 
 
-def _allocation_rows(
-    rows: Sequence[Row[Any]], owned: dict[int, list[str]]
-) -> list[Allocation]:
+def _allocation_rows(rows: Sequence[Row[Any]], owned: dict[int, list[str]]) -> list[Allocation]:
     """Allocations of rows of the allocations table, with their GPUs (``owned``)."""
     if not rows:
         return []
@@ -1701,8 +1699,7 @@ def _allocation_rows(
     )
     avoid = at.get("avoid_nodes")
     found = []
-    for row in rows:
-        r = tuple(row)
+    for r in rows:
         found.append(
             Allocation(
                 id=r[id_],

@@ -69,9 +69,7 @@ def gpu_index(ledger: Ledger, allocations: Iterable[Allocation]) -> dict[str, Gp
     return {g.uuid: g for g in ledger.gpus_of(uuids)}
 
 
-def _page_with_gpus(
-    ledger: Ledger, **filters: Any
-) -> tuple[list[Allocation], int, dict[str, Gpu]]:
+def _page_with_gpus(ledger: Ledger, **filters: Any) -> tuple[list[Allocation], int, dict[str, Gpu]]:
     """A page of allocations and the GPUs its views show, in one trip to the ledger's threads
     (each trip is a hand-over between the event loop and a thread, twice)."""
     found, total = ledger.allocations_page(**filters)
