@@ -1045,8 +1045,11 @@ def run_config(
     result.rows = len(state.allocations)
     # a server starting on the ledger: a new store, a new Ledger
     store = Store(url)
+    # as a server makes it (DLInfra.freeze_gc: its objects frozen after the first load)
+    ledger = Ledger(
+        store, SystemClock(), policy=state.policy, groups_of=groups_of, freeze_loaded_state=True
+    )
     try:
-        ledger = Ledger(store, SystemClock(), policy=state.policy, groups_of=groups_of)
         t0 = time.perf_counter()
         measure(
             ledger,
@@ -1060,6 +1063,7 @@ def run_config(
         )
         took = time.perf_counter() - t0
     finally:
+        ledger.close()  # its state was frozen: only letting go of it frees it
         store.dispose()
     print(
         f"  {backend} {config.label}: seeded in {result.seed_s:.1f} s (setup: "

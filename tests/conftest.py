@@ -22,6 +22,19 @@ os.environ.pop("DLINFRA_DB_URL", None)
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_gc_freeze_in_the_test_process() -> Iterator[None]:
+    """Servers started in this process (pytest-jupyter) would freeze its objects at their
+    first ledger load (``DLInfra.freeze_gc``): each test's server, frozen while alive, would
+    then never be freed. Servers started as processes freeze as they do in use;
+    tests/core/test_state_disposal.py checks what the freeze relies on."""
+    from jupyter_dlinfra.core.books import ledger
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ledger, "freeze_long_lived", lambda: None)
+        yield
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # the test apiserver's certificate is self-signed and its kubeconfig skips verification
     config.addinivalue_line("filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning")

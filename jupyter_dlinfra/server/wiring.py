@@ -132,7 +132,13 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
         admin_groups=options.admin_groups,
         unix_groups=options.unix_groups,
     )
-    ledger = Ledger(store, clock, policy=scheduling, groups_of=directory.groups_of)
+    ledger = Ledger(
+        store,
+        clock,
+        policy=scheduling,
+        groups_of=directory.groups_of,
+        freeze_loaded_state=options.freeze_gc,
+    )
     priority_classes = _PriorityClasses(options.kubernetes_priority_classes, ledger)
     # the job backends first: the PriorityClasses are ensured with their cluster's credentials
     backends = _load_backends(options, priority_classes) if options.job_backends else None

@@ -194,8 +194,14 @@ class LedgerCache:
 
     def become(self, other: LedgerCache) -> None:
         """Take the state of ``other`` (loaded again within the write that changed it)."""
+        if other.sched is not self.sched:
+            self.sched.dispose()
         self.__dict__.update(other.__dict__)
         self.changed()
+
+    def dispose(self) -> None:
+        """The state is dropped (see ``Scheduler.dispose``)."""
+        self.sched.dispose()
 
     # -- the queue -----------------------------------------------------------------------------
 

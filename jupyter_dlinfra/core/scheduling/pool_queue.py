@@ -23,6 +23,10 @@ __all__ = ["GroupKey", "PoolQueue"]
 GroupKey = tuple[str | None, int, bool]
 
 
+def _disposed() -> Ranking:
+    raise RuntimeError("this pool queue's scheduler was dropped")
+
+
 def _group_of(demand: Demand) -> GroupKey:
     return (demand.model, demand.count, demand.gang)
 
@@ -32,6 +36,13 @@ class PoolQueue:
         self._new_ranking = new_ranking
         #: a group left empty is dropped when no walk is on it (see :meth:`prune`)
         self.groups: dict[GroupKey, Ranking] = {}
+
+    def dispose(self) -> None:
+        """Let go of the scheduler (see ``Ranking.dispose``)."""
+        for ranking in self.groups.values():
+            ranking.dispose()
+        self.groups.clear()
+        self._new_ranking = _disposed
 
     def __bool__(self) -> bool:
         return any(ranking.alive for ranking in self.groups.values())

@@ -13,6 +13,7 @@ import bisect
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Generator
+from typing import NoReturn
 
 from jupyter_dlinfra.core.scheduling.types import Demand
 
@@ -23,6 +24,10 @@ QueueKey = tuple[int, str]  # (class priority, user)
 
 def _age(demand: Demand) -> tuple[float, int]:
     return (demand.submitted_at, demand.id)
+
+
+def _disposed(*_: object) -> NoReturn:
+    raise RuntimeError("this ranking's scheduler was dropped")
 
 
 class Ranking:
@@ -50,6 +55,15 @@ class Ranking:
         #: queues passed over for the rest of the current walk
         self._skipped: set[QueueKey] = set()
         self.tiers: set[int] = set()
+
+    def dispose(self) -> None:
+        """Let go of the scheduler's keys (bound methods of it): a scheduler that is dropped
+        is then freed as soon as nothing refers to it, with no cycle for the collector to find
+        (see ``Scheduler.dispose``). The ranking is of no use afterwards."""
+        self.tier_of = _disposed
+        self.account_of = _disposed
+        self.account_key = _disposed
+        self.user_key = _disposed
 
     # -- changes between passes ------------------------------------------------------------------
 

@@ -628,6 +628,14 @@ class Scheduler:
         """Whether the next pass (if nothing else changes first) is step 5 alone."""
         return self._frontier is not None and self._frontier.step == self._step()
 
+    def dispose(self) -> None:
+        """The scheduler is dropped (a state loaded again replaces it): its rankings let go of
+        it, so that it is freed by reference counting as soon as nothing refers to it. A
+        process may freeze its long-lived objects out of the cyclic collector's sight
+        (``gc.freeze``); a frozen state in a cycle would never be freed. Of no use afterwards."""
+        self.ranking.dispose()
+        self._pool_queue.dispose()
+
     def walk_next(self) -> None:
         """Make the next pass walk the queue (what a settled pass skips)."""
         self._frontier = None

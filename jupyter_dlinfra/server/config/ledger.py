@@ -39,6 +39,14 @@ class LedgerOptions(HasTraits):
         "of this user on this node. Servers that should share one ledger must use the same URL. "
         "Environment: DLINFRA_DB_URL.",
     )
+    freeze_gc = Bool(
+        True,
+        config=True,
+        help="Once the ledger's state is first loaded, freeze the server's objects out of "
+        "Python's cyclic garbage collector (gc.freeze): a full collection no longer scans the "
+        "state, which at 1,024 nodes and 10,000 waiting requests paused whichever request was "
+        "running for 100-180 ms. Off: the collector scans every object, Python's default.",
+    )
     node_name = Unicode(
         config=True,
         help="Name of this node in the ledger. Default: the host name. Kernels get GPUs of their "
