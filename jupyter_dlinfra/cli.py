@@ -39,6 +39,9 @@ class Client(RestClient):
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         return self.request(method, path, body, query=query)
 
+    def text(self, path: str, **query: Any) -> str:
+        return str(self.request("GET", path, query=query, raw=True))
+
     def _http_error(self, err: urllib.error.HTTPError) -> Exception:
         try:
             message = json.loads(err.read() or b"{}").get("message") or err.reason
@@ -177,6 +180,54 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hours(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+def _wait(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    client, _ = connect(args)
+    query = {"since": args.since, "by": args.by}
+    if args.until:
+        query["until"] = args.until
+    if args.user:
+        query["user"] = args.user
+    if args.csv:
+        sys.stdout.write(client.text("reports/usage", format="csv", **query))
+        return 0
+    report = client.call("GET", "reports/usage", **query)
+    whose = f"{report['user']}'s" if report["user"] else "everyone's"
+    print(
+        f"GPU usage by {report['by']}, {whose}, {report['since']} to {report['until']} "
+        f"(idle: under {report['idle_util_percent']:g} %)"
+    )
+    header = (
+        f"{report['by']:<24} {'GPU-h':>9} {'busy':>9} {'eff':>5} {'idle':>9} {'reclaim':>8} "
+        f"{'grants':>6} {'wait p50':>8} {'p95':>6} {'jobs ok/failed/cancelled':>24}"
+    )
+    print(header)
+    for row in [*report["rows"], {**report["total"], "key": "(total)"}]:
+        efficiency = "-" if row["efficiency"] is None else f"{row['efficiency'] * 100:.0f}%"
+        jobs = f"{row['jobs_succeeded']}/{row['jobs_failed']}/{row['jobs_cancelled']}"
+        print(
+            f"{row['key'][:24]:<24} {_hours(row['gpu_hours']):>9} "
+            f"{_hours(row['busy_gpu_hours']):>9} {efficiency:>5} "
+            f"{_hours(row['idle_gpu_hours']):>9} {_hours(row['reclaimed_gpu_hours']):>8} "
+            f"{row['grants']:>6} {_wait(row['wait_p50_s']):>8} {_wait(row['wait_p95_s']):>6} "
+            f"{jobs:>24}"
+        )
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     client, _ = connect(args)
     job = client.call("DELETE", f"jobs/{args.job}")
@@ -223,6 +274,17 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a job")
     c.add_argument("job", type=int)
     c.set_defaults(run=cmd_cancel)
+
+    r = sub.add_parser(
+        "report",
+        help="GPU-hours held, busy and idle, waits and jobs (yours; everyone's for admins)",
+    )
+    r.add_argument("--since", default="7d", help="7d, 12h, 2w, an ISO date or epoch (7d)")
+    r.add_argument("--until", help="as --since (default: now)")
+    r.add_argument("--by", default="user", choices=("user", "group", "class", "model", "node"))
+    r.add_argument("--user", help="one person's (admins)")
+    r.add_argument("--csv", action="store_true", help="the table as CSV, for a spreadsheet")
+    r.set_defaults(run=cmd_report)
 
     from jupyter_dlinfra.gateway.tokens_cli import add_parser as add_token_parser
 

@@ -44,7 +44,7 @@ from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -201,6 +201,28 @@ usage = Table(
     Column("memory_bytes", BigInteger, nullable=False),
     Column("samples", Integer, nullable=False),
 )
+
+#: what allocations held and used, one row per allocation per clock hour (UTC) it held GPUs in:
+#: the usage reports' history, kept far longer than ``usage`` (see core/books/usage_hours.py)
+usage_hours = Table(
+    "dlinfra_usage_hours",
+    metadata,
+    # hours since the epoch (an integer, so that a report's steps are integer divisions)
+    Column("hour", Integer, primary_key=True),
+    Column("allocation_id", Integer, primary_key=True),
+    Column("user", String(255), nullable=False),
+    Column("groups", Text, nullable=False, default="[]"),
+    Column("priority_class", String(64), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("node", String(255), nullable=False),
+    # GPU-seconds within the hour: held; with utilisation samples; utilisation-weighted; held
+    # in samples under the idle threshold
+    Column("held_s", Float, nullable=False),
+    Column("observed_s", Float, nullable=False),
+    Column("busy_s", Float, nullable=False),
+    Column("idle_s", Float, nullable=False),
+)
+Index("ix_dlinfra_usage_hours_user", usage_hours.c.user, usage_hours.c.hour)
 
 #: batch jobs made from notebooks (core/books/jobs.py), whatever backend runs them
 jobs = Table(
@@ -411,7 +433,8 @@ class Store:
                     conn.execute(meta.insert().values(key=key, value=value))
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
-            # create_all makes only with their table, and so did 8; 9 and 10 added columns
+            # create_all makes only with their table, and so did 8; 9 and 10 added columns; 11 a
+            # table
             for index in (*allocations.indexes, *kernels.indexes, *holdings.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(

@@ -59,8 +59,10 @@ class RestClient:
         *,
         query: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        raw: bool = False,
     ) -> Any:
-        """The decoded JSON answer to ``method path``, None when the answer has no body."""
+        """The decoded JSON answer to ``method path``, None when the answer has no body (with
+        ``raw``: the body as text, whatever its type)."""
         import urllib.error
         import urllib.request
 
@@ -75,12 +77,14 @@ class RestClient:
             req.add_header("Content-Type", "application/json")
         try:
             with self._opener.open(req, timeout=timeout or self.timeout) as resp:
-                raw = resp.read()
+                body = resp.read()
         except urllib.error.HTTPError as err:
             raise self._http_error(err) from None
         except (urllib.error.URLError, OSError) as err:
             raise self._unreachable(err) from None
-        return json.loads(raw) if raw else None
+        if raw:
+            return body.decode()
+        return json.loads(body) if body else None
 
     def _http_error(self, err: urllib.error.HTTPError) -> Exception:
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jupyter_dlinfra.core.books.idle import IdleBook, Reading, StoredPolicy, UsageBucket
+from jupyter_dlinfra.core.books.usage_hours import UsageHours
 from jupyter_dlinfra.core.errors import NotFound
 from jupyter_dlinfra.core.idle import IdlePolicy, Phase, ReclaimAction, ReclaimPolicy, Transition
 from jupyter_dlinfra.core.models import AllocationState, KernelRecord
@@ -38,6 +39,10 @@ __all__ = [
 ]
 
 
+#: how often the hours that ended are rolled up into the reports' history (seconds)
+ROLL_UP_EVERY_S = 300.0
+
+
 class KernelControl(Protocol):
     """What the reclaim loop needs from the server's kernel manager."""
 
@@ -56,6 +61,8 @@ class ReclaimSettings:
     usage_bucket: float = 60.0
     #: seconds of usage history kept; 0 keeps none
     usage_retention: float = 7 * 86400.0
+    #: seconds of the reports' hourly history kept; 0 keeps none
+    report_retention: float = 400 * 86400.0
     #: seconds of samples behind the coaching hints
 
 
@@ -166,6 +173,9 @@ class Reclaimer:
         self._attributor = Attributor()
         self._buckets: dict[str, UsageBucket] = {}
         self._last_prune = 0.0
+        self.hours = UsageHours(book.store)
+        self._last_roll_up = 0.0
+        self._last_hours_prune = 0.0
         #: kernels judged at the last pass (their states must be forgotten when they stop)
         self._judged: set[str] = set()
 
@@ -274,6 +284,29 @@ class Reclaimer:
     # -- coaching and history ----------------------------------------------------------------------
 
     def _keep_history(self, usages: list[KernelUsage]) -> None:
+        self._keep_buckets(usages)
+        self._roll_up_hours()
+
+    def _roll_up_hours(self) -> None:
+        """The reports' hourly history: the hours that ended are rolled up every few minutes
+        (whichever server of the ledger gets there first), the oldest dropped hourly."""
+        retention = self.settings.report_retention
+        now = self.ledger.clock.now()
+        if retention <= 0 or now - self._last_roll_up < ROLL_UP_EVERY_S:
+            return
+        self._last_roll_up = now
+        idle_percent = self.policies.current().default.idle_util_percent
+        self.hours.roll_up(
+            now,
+            bucket_s=self.settings.usage_bucket or 60.0,
+            idle_percent=idle_percent,
+            retention=retention,
+        )
+        if now - self._last_hours_prune > 3600:
+            self._last_hours_prune = now
+            self.hours.prune(now - retention)
+
+    def _keep_buckets(self, usages: list[KernelUsage]) -> None:
         if self.settings.usage_retention <= 0 or self.settings.usage_bucket <= 0:
             return
         size = self.settings.usage_bucket

@@ -222,6 +222,7 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
         settings=ReclaimSettings(
             usage_bucket=options.usage_bucket,
             usage_retention=options.usage_retention,
+            report_retention=options.report_retention,
         ),
         server_id=settings.server_id,
         log=log,

@@ -91,6 +91,13 @@ class ReclaimOptions(HasTraits):
         help="Seconds of usage history kept for dry runs; older rows are deleted hourly. "
         "0 keeps no history.",
     )
+    report_retention = Float(
+        400 * 86400.0,
+        config=True,
+        help="Seconds of hourly usage history kept for usage reports (GET "
+        "/dlinfra/api/reports/usage, `jupyter dlinfra report`): one row per allocation per "
+        "hour it held GPUs. Older rows are deleted hourly; 0 keeps none.",
+    )
     coach_window = Float(
         300.0,
         config=True,

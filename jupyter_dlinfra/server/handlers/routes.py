@@ -37,6 +37,7 @@ from jupyter_dlinfra.server.handlers.policy import (
     PolicyHandler,
     PolicySimulateHandler,
 )
+from jupyter_dlinfra.server.handlers.reports import UsageReportHandler
 from jupyter_dlinfra.server.handlers.scheduling import FairShareHandler, SchedulingHandler
 
 __all__ = ["FORWARD_ROUTES", "KERNEL_ROUTES", "ROUTES", "Route", "routes"]
@@ -57,6 +58,7 @@ ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
     (r"/dlinfra/api/policy", PolicyHandler, ("GET", "PUT")),
     (r"/dlinfra/api/policy/simulate", PolicySimulateHandler, ("POST",)),
     (r"/dlinfra/api/me", MeHandler, ("GET",)),
+    (r"/dlinfra/api/reports/usage", UsageReportHandler, ("GET",)),
     (
         r"/dlinfra/api/notices/(?P<notice_id>[^/]+)/actions/(?P<action_id>[^/]+)",
         NoticeActionHandler,
