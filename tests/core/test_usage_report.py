@@ -207,6 +207,7 @@ def test_one_users_report_holds_only_their_figures(history: Kit) -> None:
         ({"since": UNTIL}, "since must come before until"),
         ({"since": D - 500 * 86400}, "400 days at most"),
         ({"since": float("nan")}, "since must come before until"),
+        ({"since": UNTIL - 90 * 86400, "step": "hour"}, "ask for step=day"),
     ],
 )
 def test_bad_report_questions_are_refused_with_the_reason(

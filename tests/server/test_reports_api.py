@@ -108,6 +108,7 @@ async def test_an_admin_sees_everyone_and_exports_csv(
         ("since=1e400", "is not a time"),
         ("since=1d&until=2d", "since must come before until"),
         ("since=1000w", "400 days at most"),
+        ("since=90d&step=hour", "ask for step=day"),
         ("user=" + "x" * 300, "user"),
     ],
 )

@@ -42,6 +42,8 @@ NO_GROUP = "(none)"
 RECLAIMED = "reclaimed:%"
 #: the longest period a report covers (days)
 MAX_DAYS = 400
+#: the most steps of a report's series (each row carries one entry per step)
+MAX_STEPS = 2000
 
 _COLUMNS = {
     "user": usage_hours.c.user,
@@ -135,6 +137,11 @@ def usage_report(
     end = math.ceil(min(until, now) / HOUR_S)
     end = max(end, first)
     per = STEPS[step]
+    if (until - since) / (per * HOUR_S) > MAX_STEPS:
+        raise InvalidRequest(
+            f"a report's series has {MAX_STEPS} steps at most: ask for step=day, or a period "
+            f"of at most {MAX_STEPS * per // 24} days"
+        )
     base = first - first % per if per > 1 else first
     rows: dict[str, ReportRow] = {}
     total = ReportRow(key="(total)")
