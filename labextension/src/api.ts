@@ -428,6 +428,38 @@ export interface FairShare {
   simulated?: boolean;
 }
 
+/** The figures of one row of a usage report (GET reports/usage); see docs/reports.md. */
+export interface UsageFigures {
+  gpu_hours: number;
+  busy_gpu_hours: number;
+  observed_gpu_hours: number;
+  /** busy over held, 0 to 1; null when nothing was held. */
+  efficiency: number | null;
+  idle_gpu_hours: number;
+  reclaimed_gpu_hours: number;
+  grants: number;
+  wait_p50_s: number | null;
+  wait_p95_s: number | null;
+  jobs_succeeded: number;
+  jobs_failed: number;
+  jobs_cancelled: number;
+  series: { start: string; gpu_hours: number; busy_gpu_hours: number; idle_gpu_hours: number }[];
+}
+
+/** GET dlinfra/api/reports/usage */
+export interface UsageReport {
+  since: string;
+  until: string;
+  by: string;
+  step: string;
+  /** Whose usage: null for everyone's (admins). */
+  user: string | null;
+  idle_util_percent: number;
+  rows: (UsageFigures & { key: string })[];
+  total: UsageFigures;
+  simulated?: boolean;
+}
+
 /** One GPU of a kernel's latest reading. */
 export interface UsageGpu {
   uuid: string;
@@ -755,6 +787,13 @@ export interface IDLInfraClient {
   setScheduling(changes: Partial<SchedulingPolicyDoc>): Promise<SchedulingView>;
   /** GET dlinfra/api/fairshare: the caller's fair-share standing (admins: everyone's). */
   fairShare(): Promise<FairShare>;
+  /** GET dlinfra/api/reports/usage: one person's usage (anyone's for admins) since `since`. */
+  usageReport(options: {
+    since: string;
+    user?: string;
+    by?: string;
+    step?: string;
+  }): Promise<UsageReport>;
   /** POST to any action URL (relative to the base URL, or absolute). */
   postAction(url: string, body?: unknown): Promise<void>;
   /** GET dlinfra/api/backends: where jobs can run, and the default. */
@@ -982,6 +1021,22 @@ export class DLInfraClient implements IDLInfraClient {
 
   async fairShare(): Promise<FairShare> {
     return this._json<FairShare>(this.url('fairshare'));
+  }
+
+  async usageReport(options: {
+    since: string;
+    user?: string;
+    by?: string;
+    step?: string;
+  }): Promise<UsageReport> {
+    const query = new URLSearchParams({ since: options.since });
+    for (const key of ['user', 'by', 'step'] as const) {
+      const value = options[key];
+      if (value) {
+        query.set(key, value);
+      }
+    }
+    return this._json<UsageReport>(`${this.url('reports/usage')}?${query.toString()}`);
   }
 
   async postAction(url: string, body?: unknown): Promise<void> {

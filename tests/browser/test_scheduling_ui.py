@@ -74,6 +74,18 @@ def test_a_queued_request_shows_its_place_class_reason_and_start_and_the_fair_sh
     expect(fair.locator(".jp-DLInfra-fairShareUsage")).to_contain_text("GPU-h")
     expect(fair.locator(".jp-DLInfra-fairShareRank")).to_have_text("#1 among users waiting")
     expect(fair.locator(".jp-DLInfra-fairShareQuota")).to_have_text("no limit · holding 1 GPU")
+    # "My usage": the week's figures of this user, as the report API gives them
+    usage = sidebar.locator(".jp-DLInfra-section-usage .jp-DLInfra-usage")
+    expect(usage).to_be_visible(timeout=30_000)
+    me = server.get("dlinfra/api/me")["user"]
+    report = server.get(f"dlinfra/api/reports/usage?since=7d&user={me}")
+    assert report["user"] == me and report["total"]["gpu_hours"] > 0, report
+    held = usage.locator(".jp-DLInfra-usageHeld")
+    expect(held).to_contain_text("GPU-h")
+    # read when the Lab opened (seconds after the grant: maybe 0.0): at most what is held now
+    assert 0 <= float(held.get_attribute("data-value") or "-1") <= report["total"]["gpu_hours"]
+    hint = usage.locator(".jp-DLInfra-usageHint")
+    expect(hint).to_have_attribute("data-hint", re.compile(r"^(none|unobserved|idle|low|good)$"))
     ARTIFACTS.mkdir(exist_ok=True)
     sidebar.screenshot(path=str(ARTIFACTS / "sidebar-scheduling.png"))
 

@@ -47,6 +47,7 @@ import { JobsModel } from './jobs';
 import { LabKernels } from './kernels';
 import { IKept, IMyAllocation, LedgerModel } from './ledger';
 import { IFailure, NoticesModel } from './notices';
+import { UsageModel } from './usage';
 
 export { AdminModel } from './admin';
 export { Connection } from './connection';
@@ -57,6 +58,7 @@ export { LabKernels } from './kernels';
 export { LedgerModel, MAX_QUEUE_SHOWN, QUEUE_PAGE } from './ledger';
 export type { IKept, IMyAllocation, ISnapshotApplied } from './ledger';
 export { NoticesModel } from './notices';
+export { UsageModel } from './usage';
 export type { IFailure } from './notices';
 
 export namespace DLInfraModel {
@@ -77,6 +79,7 @@ export namespace DLInfraModel {
     readonly fairShare: FairShareModel;
     readonly admin: AdminModel;
     readonly notices: NoticesModel;
+    readonly usage: UsageModel;
   }
 }
 
@@ -96,7 +99,8 @@ export class DLInfraModel implements IDisposable {
     const fairShare = new FairShareModel(client, ledger);
     const admin = new AdminModel(client, ledger, fairShare);
     const notices = new NoticesModel({ client, kernels, ledger, jobs, admin });
-    this.parts = { kernels, ledger, jobs, fairShare, admin, notices };
+    const usage = new UsageModel(client);
+    this.parts = { kernels, ledger, jobs, fairShare, admin, notices, usage };
   }
 
   readonly client: IDLInfraClient;
@@ -108,10 +112,11 @@ export class DLInfraModel implements IDisposable {
       return;
     }
     this._started = true;
-    const { ledger, jobs, fairShare, notices } = this.parts;
+    const { ledger, jobs, fairShare, notices, usage } = this.parts;
     void ledger.refresh();
     void jobs.refresh();
     void fairShare.refresh();
+    void usage.refresh();
     this._connection.start({
       snapshot: snapshot => ledger.applyLive(snapshot),
       notice: notice => notices.receive(notice),
@@ -129,8 +134,8 @@ export class DLInfraModel implements IDisposable {
     }
     this._isDisposed = true;
     this._connection.dispose();
-    const { kernels, ledger, jobs, fairShare, admin, notices } = this.parts;
-    for (const part of [notices, admin, fairShare, jobs, ledger, kernels]) {
+    const { kernels, ledger, jobs, fairShare, admin, notices, usage } = this.parts;
+    for (const part of [usage, notices, admin, fairShare, jobs, ledger, kernels]) {
       part.dispose();
     }
   }

@@ -1,7 +1,7 @@
 /**
- * The "GPUs" left sidebar: a header (connection, summary, refresh) over five sections, each
+ * The "GPUs" left sidebar: a header (connection, summary, refresh) over six sections, each
  * rendered by its own module: cluster, this Lab's kernels, jobs, the queue, the user's fair
- * share. The widget re-renders a section when its signature changes, counts badges down each
+ * share and their usage of the last week. The widget re-renders a section when its signature changes, counts badges down each
  * second, and hands button clicks back to the model.
  */
 import type { CommandRegistry } from '@lumino/commands';
@@ -18,12 +18,13 @@ import { renderFairShare } from './fairshare';
 import { onJobButton, renderJobs, tickJobs } from './jobs';
 import { onKeep, onRelease, renderMine } from './mine';
 import { onQueueMore, renderQueue } from './queue';
+import { renderUsage } from './usage';
 
 export { MAX_JOBS_SHOWN } from './jobs';
 
 export const SIDEBAR_ID = 'dlinfra-sidebar';
 
-type SectionKey = 'cluster' | 'mine' | 'jobs' | 'queue' | 'fairshare';
+type SectionKey = 'cluster' | 'mine' | 'jobs' | 'queue' | 'fairshare' | 'usage';
 
 export class DLInfraSidebar extends Widget {
   /**
@@ -78,12 +79,14 @@ export class DLInfraSidebar extends Widget {
       mine: this._section('mine', 'My kernels', {}),
       jobs: this._section('jobs', 'Jobs', {}, 'jp-DLInfra-jobs'),
       queue: this._section('queue', 'Queue', { 'aria-live': 'polite', 'aria-relevant': 'all' }),
-      fairshare: this._section('fairshare', 'Your fair share', {}, 'jp-DLInfra-fairShareSection')
+      fairshare: this._section('fairshare', 'Your fair share', {}, 'jp-DLInfra-fairShareSection'),
+      usage: this._section('usage', 'My usage · 7 days', {})
     };
     this.node.addEventListener('click', this._onClick);
     model.changed.connect(this._render, this);
     model.jobsChanged.connect(this._render, this);
     model.fairShareChanged.connect(this._render, this);
+    model.parts.usage.changed.connect(this._render, this);
   }
 
   readonly model: DLInfraModel;
@@ -105,6 +108,7 @@ export class DLInfraSidebar extends Widget {
     this.model.changed.disconnect(this._render, this);
     this.model.jobsChanged.disconnect(this._render, this);
     this.model.fairShareChanged.disconnect(this._render, this);
+    this.model.parts.usage.changed.disconnect(this._render, this);
     this.node.removeEventListener('click', this._onClick);
     this._stopTicking();
     super.dispose();
@@ -190,12 +194,13 @@ export class DLInfraSidebar extends Widget {
     this._error.hidden = !model.error;
     this._error.textContent = model.error ? `Cannot read the GPU ledger: ${model.error}` : '';
 
-    const { ledger, jobs, fairShare } = model.parts;
+    const { ledger, jobs, fairShare, usage } = model.parts;
     this._update('cluster', () => renderCluster(ledger, jobs, this.compact));
     this._update('mine', () => renderMine(ledger));
     this._update('jobs', () => renderJobs(jobs, ledger, !!this._commands));
     this._update('queue', () => renderQueue(ledger, jobs));
     this._update('fairshare', () => renderFairShare(fairShare));
+    this._update('usage', () => renderUsage(usage));
     this._tickBadges();
   }
 
