@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
@@ -89,3 +95,79 @@ async def test_each_server_has_its_own_registry(dlinfra_app: Any) -> None:
     assert mine is not another
     assert b"dlinfra_queue_length" in generate_latest(mine)
     assert b"dlinfra_" not in generate_latest(REGISTRY), "nothing leaks into the global registry"
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dlinfra-dashboard.json"
+RULES = DEPLOY / "prometheus" / "dlinfra-rules.yml"
+#: a metric or recording-rule name of ours inside a PromQL expression
+_OURS = re.compile(r"\bdlinfra[_:][A-Za-z0-9_:]*")
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def _dashboard_exprs() -> list[str]:
+    def walk(panels: list[dict[str, Any]]) -> list[str]:
+        found = []
+        for panel in panels:
+            found += [t["expr"] for t in panel.get("targets", []) if t.get("expr")]
+            found += walk(panel.get("panels", []))
+        return found
+
+    return walk(json.loads(DASHBOARD.read_text())["panels"])
+
+
+def _promtool(*args: str, cwd: Path) -> str:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/test.sh installs Debian's prometheus"
+    done = subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def test_the_dashboard_and_the_rules_query_only_series_we_export(
+    jp_fetch: Any, api: Any, dlinfra_app: Any, tmp_path: Path
+) -> None:
+    register(dlinfra_app, "k1")
+    register(dlinfra_app, "k2")
+    await api("POST", "allocations", {"kernel_id": "k1", "count": 2})
+    await api("POST", "allocations", {"kernel_id": "k2", "count": 3})
+    await dlinfra_app.service.sample()
+    response = await jp_fetch("dlinfra", "metrics")
+    exported = {
+        f.name + suffix
+        for f in text_string_to_metric_families(response.body.decode())
+        for suffix in _SUFFIXES[f.type]
+    }
+    rules = yaml.safe_load(RULES.read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"]}
+    rule_exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    exprs = _dashboard_exprs()
+    assert len(exprs) >= 10
+    for expr in exprs + rule_exprs:
+        for name in _OURS.findall(expr):
+            known = recorded if ":" in name else exported
+            assert name in known, f"{name} (in {expr!r}) is not a series we export or record"
+    # every recording rule feeds the dashboard
+    assert recorded <= {n for e in exprs for n in _OURS.findall(e)}
+
+    # each query parses as PromQL: promtool reads the dashboard's as recording rules
+    checked = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": e.replace("$__rate_interval", "5m")}
+                    for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    (tmp_path / "dashboard-rules.yml").write_text(yaml.safe_dump(checked))
+    assert f"{len(exprs)} rules found" in _promtool(
+        "check", "rules", "dashboard-rules.yml", cwd=tmp_path
+    )
+    assert f"{len(recorded)} rules found" in _promtool(
+        "check", "rules", RULES.name, cwd=RULES.parent
+    )
+    # the rules compute what they say on a known cluster
+    assert "SUCCESS" in _promtool("test", "rules", "dlinfra-rules.test.yml", cwd=RULES.parent)
