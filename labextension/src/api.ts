@@ -794,6 +794,8 @@ export interface IDLInfraClient {
     by?: string;
     step?: string;
   }): Promise<UsageReport>;
+  /** The URL of a usage report (for a download link: `format: 'csv'`). */
+  usageReportUrl(options: { since: string; by?: string; format?: 'json' | 'csv' }): string;
   /** POST to any action URL (relative to the base URL, or absolute). */
   postAction(url: string, body?: unknown): Promise<void>;
   /** GET dlinfra/api/backends: where jobs can run, and the default. */
@@ -1089,6 +1091,21 @@ export class DLInfraClient implements IDLInfraClient {
   async jobLog(jobId: number, offset = 0): Promise<JobLogChunk> {
     const q = URLExt.objectToQueryString({ offset: String(Math.max(0, Math.floor(offset))) });
     return this._json<JobLogChunk>(this.url('jobs', String(jobId), 'log') + q);
+  }
+
+  usageReportUrl(options: { since: string; by?: string; format?: 'json' | 'csv' }): string {
+    const query: Record<string, string> = { since: options.since };
+    if (options.by) {
+      query.by = options.by;
+    }
+    if (options.format) {
+      query.format = options.format;
+    }
+    const token = this.serverSettings.token;
+    if (token) {
+      query.token = token;
+    }
+    return this.url('reports', 'usage') + URLExt.objectToQueryString(query);
   }
 
   jobOutputUrl(jobId: number, format: JobOutputFormat = 'notebook'): string {

@@ -7,14 +7,16 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
+import { ICommandPalette, MainAreaWidget, showErrorMessage } from '@jupyterlab/apputils';
+import { ILauncher } from '@jupyterlab/launcher';
 import { INotebookTracker } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Signal } from '@lumino/signaling';
 
-import { ADMIN_PANEL_ID, DLInfraAdminPanel } from './admin/panel';
 import { DLInfraClient, IDLInfraClient } from './api';
+import { consoleWidget, DLInfraConsole } from './console';
 import { gpuIcon, jobIcon, policyIcon } from './icons';
 import { JobCommandIDs, registerJobCommands } from './jobs';
 import { DLInfraModel } from './model';
@@ -39,6 +41,9 @@ namespace CommandIDs {
 
 /** Registered for admins only (GET me says `admin: true`); the server enforces it anyway. */
 const OPEN_ADMIN = 'dlinfra:open-admin';
+const OPEN_CONSOLE = 'dlinfra:open-console';
+/** The console's tabs, in order (the `tab` argument of OPEN_CONSOLE). */
+const CONSOLE_TABS = ['overview', 'people', 'policy', 'history'];
 
 const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
   id: PLUGIN_ID,
@@ -46,14 +51,24 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
     'GPU ledger sidebar, status bar item, notebook toolbar buttons (GPUs, Submit as job), batch jobs and notifications.',
   autoStart: true,
   provides: IDLInfraClient,
-  optional: [ISettingRegistry, IStatusBar, INotebookTracker, ILayoutRestorer, ICommandPalette],
+  optional: [
+    ISettingRegistry,
+    IStatusBar,
+    INotebookTracker,
+    ILayoutRestorer,
+    ICommandPalette,
+    IRenderMimeRegistry,
+    ILauncher
+  ],
   activate: (
     app: JupyterFrontEnd,
     settingRegistry: ISettingRegistry | null,
     statusBar: IStatusBar | null,
     tracker: INotebookTracker | null,
     restorer: ILayoutRestorer | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    rendermime: IRenderMimeRegistry | null,
+    launcher: ILauncher | null
   ): IDLInfraClient => {
     const client = new DLInfraClient(app.serviceManager.serverSettings);
     const model = new DLInfraModel({ client, serviceManager: app.serviceManager });
@@ -136,29 +151,50 @@ const plugin: JupyterFrontEndPlugin<IDLInfraClient> = {
       palette.addItem({ command: JobCommandIDs.submit, category: 'GPUs' });
     }
 
-    // The policy panel, for admins: ask the server once at start-up.
-    const addAdminPanel = () => {
-      const panel = new DLInfraAdminPanel(model.parts.admin);
-      app.shell.add(panel, 'left', { rank: 660 });
-      restorer?.add(panel, ADMIN_PANEL_ID);
+    // The admin console, for admins: ask the server once at start-up.
+    let adminConsole: MainAreaWidget<DLInfraConsole> | null = null;
+    const openConsole = (tab?: string) => {
+      if (!adminConsole || adminConsole.isDisposed) {
+        adminConsole = consoleWidget(client, model, rendermime);
+        app.shell.add(adminConsole, 'main');
+      }
+      const index = CONSOLE_TABS.indexOf(tab ?? '');
+      if (index >= 0) {
+        adminConsole.content.currentIndex = index;
+      }
+      app.shell.activateById(adminConsole.id);
+      return adminConsole;
+    };
+    const addAdminConsole = () => {
+      app.commands.addCommand(OPEN_CONSOLE, {
+        label: args => (args.tab ? `GPU Admin Console: ${String(args.tab)}` : 'GPU Admin Console'),
+        caption:
+          "Who uses the GPUs and how well, everyone's usage, the reclaim and scheduling " +
+          'policies and their history (admin)',
+        icon: policyIcon,
+        execute: args => openConsole(args.tab as string | undefined)
+      });
       app.commands.addCommand(OPEN_ADMIN, {
         label: 'Open the GPU policy: reclaim and scheduling (admin)',
         caption:
           'Edit the idle-GPU reclaim policy (and dry-run it over the recorded usage) ' +
           'and the scheduling policy',
         icon: policyIcon,
-        execute: () => app.shell.activateById(ADMIN_PANEL_ID)
+        execute: () => openConsole('policy')
       });
+      palette?.addItem({ command: OPEN_CONSOLE, category: 'GPUs' });
       palette?.addItem({ command: OPEN_ADMIN, category: 'GPUs' });
+      launcher?.add({ command: OPEN_CONSOLE, category: 'Other', rank: 50 });
+      sidebar.showConsoleLink(() => void openConsole());
     };
     model
       .loadMe()
       .then(me => {
         if (me.admin) {
-          addAdminPanel();
+          addAdminConsole();
         }
       })
-      .catch(error => console.info('jupyter-dlinfra: no admin panel', error?.message ?? error));
+      .catch(error => console.info('jupyter-dlinfra: no admin console', error?.message ?? error));
 
     let settings: ISettingRegistry.ISettings | null = null;
     const applySettings = (s: ISettingRegistry.ISettings) => {

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from jupyter_dlinfra.testing.server import wait_until, write_notebook
 
 from .conftest import ARTIFACTS
-from .test_sidebar import open_sidebar
+from .test_sidebar import open_admin, open_sidebar
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -224,8 +224,7 @@ def test_long_names_fit_or_show_whole_in_a_tooltip(lab: Any, page: Any) -> None:
         hidden = sidebar.evaluate(HIDDEN_TEXT)
         assert not hidden, "\n".join(hidden)
 
-        page.locator('.jp-SideBar.jp-mod-left li[data-id="dlinfra-admin"]').click()
-        panel = page.locator("#dlinfra-admin")
+        panel = open_admin(page)
         form = panel.locator(".jp-DLInfra-schedForm")
         expect(form.locator(f".jp-DLInfra-schedClass[data-class='{LONG_CLASS}']")).to_have_count(1)
         form.screenshot(path=str(ARTIFACTS / "admin-long-names.png"))

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from jupyter_dlinfra.testing.server import wait_until
 
-from .test_sidebar import make_notebook, open_and_run, open_sidebar
+from .test_sidebar import make_notebook, open_admin, open_and_run, open_sidebar
 
 FAST = (
     "--DLInfra.telemetry_interval=0.25",
@@ -65,9 +65,7 @@ def test_the_admin_panel_edits_the_policy_and_runs_a_dry_run(lab: Any, page: Any
     me = getpass.getuser()
     server = lab(gpus=1, args=(f"--DLInfra.admin_users={me}",))
     page.goto(f"{server.url}lab?token={server.token}")
-    page.locator('.jp-SideBar.jp-mod-left li[data-id="dlinfra-admin"]').click()
-    panel = page.locator("#dlinfra-admin")
-    expect(panel).to_be_visible(timeout=60_000)
+    panel = open_admin(page)
     expect(panel.locator("input[name=reclaim_after]")).to_have_value("3600")
 
     # a bad value is refused by the server, which names the field
@@ -101,4 +99,5 @@ def test_non_admins_get_no_admin_panel(lab: Any, page: Any) -> None:
     # the GPUs sidebar loaded, so the extension asked GET me: no panel, no tab
     open_sidebar(page)
     expect(page.locator("#dlinfra-admin")).to_have_count(0)
-    expect(page.locator('li[data-id="dlinfra-admin"]')).to_have_count(0)
+    expect(page.locator(".jp-DLInfra-consoleLink")).to_have_count(0)
+    expect(page.locator("#dlinfra-console")).to_have_count(0)

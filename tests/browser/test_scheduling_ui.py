@@ -13,17 +13,14 @@ from playwright.sync_api import expect
 from jupyter_dlinfra.testing.server import wait_until, write_notebook
 
 from .conftest import ARTIFACTS
-from .test_sidebar import make_notebook, open_and_run, open_sidebar
+from .test_sidebar import make_notebook, open_admin, open_and_run, open_sidebar
 
 ESTIMATE = re.compile(r"^(starts in (<1 min|~\d+ (min|h|days)( \d+ min)?)|start time unknown)$")
 
 
 def _open_admin(page: Any, server: Any) -> Any:
     page.goto(f"{server.url}lab?token={server.token}")
-    page.locator('.jp-SideBar.jp-mod-left li[data-id="dlinfra-admin"]').click()
-    panel = page.locator("#dlinfra-admin")
-    expect(panel).to_be_visible(timeout=60_000)
-    return panel
+    return open_admin(page)
 
 
 def test_a_queued_request_shows_its_place_class_reason_and_start_and_the_fair_share(

@@ -61,6 +61,24 @@ def open_sidebar(page: Any) -> Any:
     return sidebar
 
 
+def open_console(page: Any, tab: str) -> Any:
+    """The admin console (the sidebar's link, for admins) at one of its tabs."""
+    sidebar = open_sidebar(page)
+    sidebar.locator(".jp-DLInfra-consoleLink").click(timeout=60_000)
+    console = page.locator("#dlinfra-console")
+    expect(console).to_be_visible(timeout=30_000)
+    console.locator(".lm-TabBar-tab", has_text=tab).click()
+    return console
+
+
+def open_admin(page: Any) -> Any:
+    """The reclaim and scheduling forms: the admin console's Policy tab."""
+    open_console(page, "Policy")
+    panel = page.locator("#dlinfra-admin")
+    expect(panel).to_be_visible(timeout=60_000)
+    return panel
+
+
 def active(server: ServerProcess) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = server.get("dlinfra/api/allocations")["allocations"]
     return found

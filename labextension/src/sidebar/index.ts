@@ -91,6 +91,24 @@ export class DLInfraSidebar extends Widget {
 
   readonly model: DLInfraModel;
 
+  /** Show the link to the admin console (admins), which runs ``open``. */
+  showConsoleLink(open: () => void): void {
+    if (this.node.querySelector('.jp-DLInfra-consoleLink')) {
+      return;
+    }
+    const link = h(
+      'button',
+      {
+        type: 'button',
+        class: 'jp-DLInfra-consoleLink jp-Button jp-mod-minimal',
+        title: "Everyone's usage, charts, and the reclaim and scheduling policies"
+      },
+      'Admin console'
+    );
+    link.addEventListener('click', open);
+    this._summary.after(link);
+  }
+
   /** The compact view: one line per GPU, no sparklines. */
   get compact(): boolean {
     return this.hasClass('jp-mod-compact');
