@@ -13,6 +13,7 @@ import { gpuIcon } from '../icons';
 import { refreshBadges } from '../idle';
 import { DLInfraModel } from '../model';
 import { renderCluster } from './cluster';
+import { ClusterListView, LARGE_CLUSTER } from './clusterList';
 import { IRendered, tickEstimates } from './common';
 import { renderFairShare } from './fairshare';
 import { onJobButton, renderJobs, tickJobs } from './jobs';
@@ -213,7 +214,17 @@ export class DLInfraSidebar extends Widget {
     this._error.textContent = model.error ? `Cannot read the GPU ledger: ${model.error}` : '';
 
     const { ledger, jobs, fairShare, usage } = model.parts;
-    this._update('cluster', () => renderCluster(ledger, jobs, this.compact));
+    if (cluster && cluster.gpu_count > LARGE_CLUSTER) {
+      // a large cluster: one lasting view, updated in place (see clusterList.ts)
+      if (this._signatures.cluster !== 'large') {
+        this._signatures.cluster = 'large';
+        this._sections.cluster.replaceChildren(this._clusterList.node);
+      }
+      const me = model.parts.admin.me?.user ?? fairShare.standing?.user ?? null;
+      this._clusterList.update(cluster, ledger, me);
+    } else {
+      this._update('cluster', () => renderCluster(ledger, jobs, this.compact));
+    }
     this._update('mine', () => renderMine(ledger));
     this._update('jobs', () => renderJobs(jobs, ledger, !!this._commands));
     this._update('queue', () => renderQueue(ledger, jobs));
@@ -274,4 +285,5 @@ export class DLInfraSidebar extends Widget {
   private _signatures: Partial<Record<SectionKey, string>> = {};
   private _rendered = false;
   private _ticker: number | null = null;
+  private _clusterList = new ClusterListView();
 }
