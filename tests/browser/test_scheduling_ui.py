@@ -124,7 +124,16 @@ def test_the_admin_panel_edits_the_scheduling_policy_and_jobs_pick_a_class(
 
     # good values: a class priority and a user's quota, each one line of the history
     priority.fill("60")
-    form.locator("textarea[name=user_quotas]").fill(f'{{"{me}": 2}}')
+    # the user quotas' editor: a row per user, a bad number named by its field before sending
+    quotas = form.locator(".jp-DLInfra-mapEditor[data-map='user_quotas']")
+    quotas.locator(".jp-DLInfra-mapAdd").click()
+    quotas.locator(".jp-DLInfra-mapKey").last.fill(me)
+    quotas.locator(".jp-DLInfra-mapValue").last.fill("2.5")
+    form.locator(".jp-DLInfra-schedSave").click()
+    expect(error).to_contain_text(f"user_quotas.{me}: must be a whole number")
+    expect(quotas.locator(".jp-DLInfra-mapValue").last).to_have_attribute("aria-invalid", "true")
+    assert server.get("dlinfra/api/scheduling")["source"] == "config"
+    quotas.locator(".jp-DLInfra-mapValue").last.fill("2")
     form.locator(".jp-DLInfra-schedSave").click()
     changes = panel.locator(".jp-DLInfra-schedChange")
     expect(changes).to_have_count(2)

@@ -22,10 +22,10 @@ import {
   FormError,
   labelledField,
   numberValue,
-  objectValue,
   PolicyForm,
   section
 } from './form';
+import { MapEditor } from './mapEditor';
 
 type NumberField = 'half_life' | 'default_share' | 'reservations' | 'starvation_limit';
 type BoolField = 'fair_share' | 'borrowing' | 'preemption';
@@ -95,32 +95,28 @@ const BOOLS: Array<{ name: BoolField; label: string; help: string }> = [
   }
 ];
 
-const MAPS: Array<{ name: MapField; label: string; help: string; example: string }> = [
+const MAPS: Array<{ name: MapField; label: string; help: string }> = [
   {
     name: 'user_shares',
-    label: 'User shares (JSON)',
-    help: 'Fair-share weight per user: name → number above 0.',
-    example: '{"alice": 2}'
+    label: 'User shares',
+    help: 'Fair-share weight per user: name → number above 0.'
   },
   {
     name: 'group_shares',
-    label: 'Group shares (JSON)',
+    label: 'Group shares',
     help:
       'Fair-share weight per group (an account): name → number above 0. A user is in the ' +
-      'account of the first of their groups, alphabetically, that has a share.',
-    example: '{"vision": 3, "nlp": 1}'
+      'account of the first of their groups, alphabetically, that has a share.'
   },
   {
     name: 'user_quotas',
-    label: 'User quotas (JSON)',
-    help: 'GPUs a user may hold at once: name → whole number.',
-    example: '{"alice": 8}'
+    label: 'User quotas',
+    help: 'GPUs a user may hold at once: name → whole number.'
   },
   {
     name: 'group_quotas',
-    label: 'Group quotas (JSON)',
-    help: 'GPUs the members of a group may hold together: name → whole number.',
-    example: '{"interns": 4}'
+    label: 'Group quotas',
+    help: 'GPUs the members of a group may hold together: name → whole number.'
   }
 ];
 
@@ -290,20 +286,22 @@ export class SchedulingEditor {
     );
     for (const spec of MAPS) {
       const id = `dlinfra-sched-${spec.name}`;
-      const area = fieldControl('textarea', id, spec.name, {
-        rows: 3,
-        spellcheck: 'false',
-        placeholder: spec.example,
-        class: 'jp-mod-styled jp-DLInfra-policyOverrides jp-DLInfra-schedMap'
+      const editor = new MapEditor({
+        name: spec.name,
+        id,
+        key: spec.name.startsWith('user') ? 'user' : 'group',
+        unit: spec.name.endsWith('quotas') ? 'GPUs' : 'share',
+        whole: spec.name.endsWith('quotas')
       });
-      this._maps[spec.name] = area;
+      editor.node.setAttribute('aria-describedby', `${id}-help`);
+      this._maps[spec.name] = editor;
       this._formNode.append(
         labelledField({
           name: spec.name,
           id,
           label: spec.label,
-          controls: [area],
-          help: [`${spec.help} Such as `, h('code', {}, spec.example), '.'],
+          controls: [editor.node],
+          help: [spec.help],
           wide: true,
           className: 'jp-DLInfra-schedField'
         })
@@ -456,9 +454,9 @@ export class SchedulingEditor {
       policy.default_user_quota
     );
     for (const spec of MAPS) {
-      const area = this._maps[spec.name];
-      area.value = JSON.stringify(policy[spec.name] ?? {}, null, 1).replace(/\n\s*/g, ' ');
-      area.disabled = !editable;
+      const editor = this._maps[spec.name];
+      editor.value = policy[spec.name] ?? {};
+      editor.disabled = !editable;
     }
   }
 
@@ -590,7 +588,8 @@ export class SchedulingEditor {
       return this._defaultQuota;
     }
     if (head in this._maps) {
-      return this._maps[head as MapField];
+      const editor = this._maps[head as MapField];
+      return rest.length ? editor.target(rest.join('.')) : editor.node;
     }
     if (head in this._bools) {
       return this._bools[head as BoolField];
@@ -661,7 +660,7 @@ export class SchedulingEditor {
       changes.default_user_quota = quota;
     }
     for (const spec of MAPS) {
-      const value = objectValue(this._maps[spec.name], spec.name, spec.example);
+      const value = this._maps[spec.name].value;
       if (canonical(value) !== canonical(policy[spec.name] ?? {})) {
         changes[spec.name] = value as Record<string, number>;
       }
@@ -680,7 +679,7 @@ export class SchedulingEditor {
   private _numbers = {} as Record<NumberField, HTMLInputElement>;
   private _durations = {} as Record<NumberField, HTMLElement>;
   private _defaultQuota: HTMLInputElement;
-  private _maps = {} as Record<MapField, HTMLTextAreaElement>;
+  private _maps = {} as Record<MapField, MapEditor>;
   private _configuredNotes: Record<string, HTMLElement> = {};
 }
 
