@@ -88,6 +88,20 @@ def test_the_console_shows_usage_charts_people_and_history(lab: Any, page: Any) 
     policy.locator(".jp-DLInfra-policySave").click()
     expect(policy.locator("input[name=warn_after]")).to_have_value("2400")
     assert server.get("dlinfra/api/policy")["policy"]["warn_after"] == 2400
+    # an override for bob, edited as a card: a reclaim before the warning is refused by the
+    # server, which names the field; then saved
+    policy.locator(".jp-DLInfra-overrideAdd").click()
+    card = policy.locator(".jp-DLInfra-overrideCard").last
+    card.locator(".jp-DLInfra-overrideName").fill("bob")
+    card.locator("[data-field='reclaim_after']").fill("100")
+    policy.locator(".jp-DLInfra-policySave").click()
+    expect(policy.locator(".jp-DLInfra-policyError")).to_contain_text("users.bob.reclaim_after")
+    expect(card.locator("[data-field='reclaim_after']")).to_have_attribute("aria-invalid", "true")
+    card.locator("[data-field='reclaim_after']").fill("7200")
+    policy.locator(".jp-DLInfra-policySave").click()
+    expect(policy.locator(".jp-DLInfra-policyError")).to_be_hidden()
+    saved = server.get("dlinfra/api/policy")["policy"]
+    assert saved["users"] == {"bob": {"reclaim_after": 7200}}, saved
     policy.screenshot(path=str(ARTIFACTS / "console-policy.png"))
 
     console.locator(".lm-TabBar-tab", has_text="History").click()
@@ -96,4 +110,5 @@ def test_the_console_shows_usage_charts_people_and_history(lab: Any, page: Any) 
     expect(change).to_have_count(1, timeout=30_000)
     expect(change.locator(".jp-DLInfra-historyNew")).to_have_text("2400")
     expect(change).to_contain_text(me)
+    expect(history.locator(".jp-DLInfra-historyRow[data-field^='users.bob']")).to_have_count(1)
     history.screenshot(path=str(ARTIFACTS / "console-history.png"))

@@ -49,30 +49,6 @@ export function numberValue(input: HTMLInputElement, field: string): number {
   return value;
 }
 
-/**
- * A JSON object typed into a text area ({} when empty); throws a FormError naming `field` when
- * it is no JSON, or no object (`example` shows one).
- */
-export function objectValue(
-  area: HTMLTextAreaElement,
-  field: string,
-  example: string
-): Record<string, unknown> {
-  const text = area.value.trim();
-  let value: unknown = {};
-  if (text) {
-    try {
-      value = JSON.parse(text);
-    } catch (error) {
-      throw new FormError(field, `not valid JSON: ${(error as Error).message}`);
-    }
-  }
-  if (!value || typeof value !== 'object' || Array.isArray(value)) {
-    throw new FormError(field, `must be a JSON object such as ${example}`);
-  }
-  return value as Record<string, unknown>;
-}
-
 /* ------------------------------------------------------------------ rendering */
 
 /** A section of the admin panel, headed `heading`. */

@@ -17,13 +17,12 @@ import {
   durationNote,
   errorMessage,
   fieldControl,
-  FormError,
   labelledField,
   numberValue,
-  objectValue,
   PolicyForm,
   section
 } from './form';
+import { OverridesEditor } from './overridesEditor';
 import { SchedulingEditor } from './scheduling';
 
 export const ADMIN_PANEL_ID = 'dlinfra-admin';
@@ -167,11 +166,7 @@ export class DLInfraAdminPanel extends Widget {
       ACTIONS.map(a => h('option', { value: a.value, title: a.help }, a.value))
     );
     this._actionConfigured = configuredNote();
-    this._overrides = fieldControl('textarea', 'dlinfra-policy-overrides', 'overrides', {
-      class: 'jp-mod-styled jp-DLInfra-policyOverrides',
-      rows: 6,
-      spellcheck: 'false'
-    });
+    this._overrides = new OverridesEditor();
     this._formNode.append(
       labelledField({
         name: 'action',
@@ -186,16 +181,12 @@ export class DLInfraAdminPanel extends Widget {
       labelledField({
         name: 'overrides',
         id: 'dlinfra-policy-overrides',
-        label: 'Overrides (JSON)',
-        controls: [this._overrides],
+        label: 'Overrides',
+        controls: [this._overrides.node],
         help: [
-          'Per user and per group: ',
-          h(
-            'code',
-            {},
-            '{"users": {"alice": {"reclaim_after": 7200}}, "groups": {"staff": {"exempt": true}}}'
-          ),
-          '.'
+          'Per user and per group: exempt from reclaim, or fields that differ from the ' +
+            'default (blank: the default). A user gets their groups\' overrides in ' +
+            'alphabetical order, then their own.'
         ],
         wide: true
       }),
@@ -367,13 +358,8 @@ export class DLInfraAdminPanel extends Widget {
     this._action.removeAttribute('aria-invalid');
     this._actionConfigured.textContent =
       configured && configured.action !== policy.action ? ` Configured: ${configured.action}.` : '';
-    this._overrides.value = JSON.stringify(
-      { users: policy.users ?? {}, groups: policy.groups ?? {} },
-      null,
-      2
-    );
+    this._overrides.value = { users: policy.users ?? {}, groups: policy.groups ?? {} };
     this._overrides.disabled = !view.editable;
-    this._overrides.removeAttribute('aria-invalid');
   }
 
   private _renderResult(result: SimulationResult, draftFields: string[]): Node[] {
@@ -493,7 +479,7 @@ export class DLInfraAdminPanel extends Widget {
   private _target(field: string): HTMLElement | undefined {
     const head = field.split('.')[0];
     return head === 'users' || head === 'groups' || head === 'overrides'
-      ? this._overrides
+      ? this._overrides.target(field)
       : head === 'action'
         ? this._action
         : this._inputs[head as NumberField];
@@ -511,18 +497,10 @@ export class DLInfraAdminPanel extends Widget {
     if (this._action.value !== policy.action) {
       changes.action = this._action.value as PolicyFields['action'];
     }
-    const doc = objectValue(this._overrides, 'overrides', '{"users": {}, "groups": {}}');
-    const unknown = Object.keys(doc).filter(k => k !== 'users' && k !== 'groups');
-    if (unknown.length) {
-      throw new FormError('overrides', `holds users and groups only, not ${unknown.join(', ')}`);
-    }
+    const doc = this._overrides.value;
     for (const key of ['users', 'groups'] as const) {
-      const value = doc[key] ?? {};
-      if (!value || typeof value !== 'object' || Array.isArray(value)) {
-        throw new FormError(key, 'must be an object of names to overrides');
-      }
-      if (canonical(value) !== canonical(policy[key] ?? {})) {
-        changes[key] = value as PolicyDoc[typeof key];
+      if (canonical(doc[key]) !== canonical(policy[key] ?? {})) {
+        changes[key] = doc[key];
       }
     }
     return changes;
@@ -537,7 +515,7 @@ export class DLInfraAdminPanel extends Widget {
   private _configuredNotes = {} as Record<NumberField, HTMLElement>;
   private _action: HTMLSelectElement;
   private _actionConfigured: HTMLElement;
-  private _overrides: HTMLTextAreaElement;
+  private _overrides: OverridesEditor;
   private _hours: HTMLInputElement;
   private _simulate: HTMLButtonElement;
   private _simulateError: HTMLElement;
