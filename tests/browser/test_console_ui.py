@@ -72,6 +72,13 @@ def test_the_console_shows_usage_charts_people_and_history(lab: Any, page: Any) 
     expect(people.locator("th[aria-sort='ascending']")).to_contain_text("GPU-h")
     people.locator(".jp-DLInfra-sortButton[data-sort='user']").click()
     expect(people.locator("th[aria-sort='ascending']")).to_contain_text("Person")
+    # quota use: what each holds now against their quota (none configured here)
+    expect(
+        people.locator(f".jp-DLInfra-personRow[data-user='{me}'] td[data-column='held']")
+    ).to_have_text("1 / no limit")
+    expect(
+        people.locator(".jp-DLInfra-personRow[data-user='bob'] td[data-column='held']")
+    ).to_have_text("0 / no limit")
     people.locator(f".jp-DLInfra-personRow[data-user='{me}']").click()
     detail = people.locator(".jp-DLInfra-personDetail")
     expect(detail.locator("h3")).to_have_text(me)

@@ -10,7 +10,7 @@ import { h } from '../dom';
 import { topHint } from '../sidebar/usage';
 import { figureList, gpuHours, percent, waitWords } from './figures';
 
-type Row = UsageFigures & { key: string };
+type Row = UsageFigures & { key: string; held: number; quota: number | null };
 
 interface IColumn {
   key: string;
@@ -58,6 +58,13 @@ const COLUMNS: IColumn[] = [
     title: '95th percentile of the waits of their requests granted in the period'
   },
   {
+    key: 'held',
+    label: 'Holding / quota',
+    value: r => (r.quota ? r.held / r.quota : r.held > 0 ? 0.0001 * r.held : 0),
+    text: r => (r.quota === null ? `${r.held} / no limit` : `${r.held} / ${r.quota}`),
+    title: 'GPUs held now, of the user quota (the scheduling policy)'
+  },
+  {
     key: 'jobs_failed',
     label: 'Jobs failed',
     value: r => r.jobs_failed,
@@ -97,7 +104,19 @@ export class PeopleTab extends Widget {
     const since = this._period.value;
     this._csv.setAttribute('href', this._client.usageReportUrl({ since, by: 'user', format: 'csv' }));
     try {
-      this._report = await this._client.usageReport({ since, by: 'user', step: 'day' });
+      const [report, standing, scheduling] = await Promise.all([
+        this._client.usageReport({ since, by: 'user', step: 'day' }),
+        this._client.fairShare().catch(() => null),
+        this._client.scheduling().catch(() => null)
+      ]);
+      const held = new Map((standing?.users ?? []).map(s => [s.user, s.held]));
+      const policy = scheduling?.policy ?? null;
+      this._report = report;
+      this._rows = report.rows.map(r => ({
+        ...r,
+        held: held.get(r.key) ?? 0,
+        quota: policy ? (policy.user_quotas[r.key] ?? policy.default_user_quota) : null
+      }));
     } catch (error) {
       this._table.replaceChildren(
         h('caption', { class: 'jp-DLInfra-error', role: 'alert' }, `Cannot read the usage report: ${String(error)}`)
@@ -117,7 +136,7 @@ export class PeopleTab extends Widget {
     }
     const column = COLUMNS.find(c => c.key === this._sortKey) ?? COLUMNS[1];
     const sign = this._descending ? -1 : 1;
-    const rows = [...report.rows].sort((a, b) => {
+    const rows = [...this._rows].sort((a, b) => {
       const x = column.value(a);
       const y = column.value(b);
       return (x < y ? -1 : x > y ? 1 : 0) * sign || a.key.localeCompare(b.key);
@@ -216,6 +235,7 @@ export class PeopleTab extends Widget {
   private _table: HTMLTableElement;
   private _detail: HTMLElement;
   private _report: UsageReport | null = null;
+  private _rows: Row[] = [];
   private _sortKey = 'gpu_hours';
   private _descending = true;
   private _chosen: string | null = null;
