@@ -26,7 +26,13 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from jupyter_dlinfra.core.books.usage_hours import HOUR_S, WATERMARK, granted_models, hour_rows
+from jupyter_dlinfra.core.books.usage_hours import (
+    HOUR_S,
+    WATERMARK,
+    HourRow,
+    granted_models,
+    hour_rows,
+)
 from jupyter_dlinfra.core.errors import InvalidRequest
 from jupyter_dlinfra.core.store import Store, allocations, jobs, read_counter, usage_hours
 
@@ -174,14 +180,7 @@ def usage_report(
             now=now,
             user=user,
         ):
-            value = {
-                "user": r.user,
-                "group": json.dumps(list(r.groups)),
-                "class": r.priority_class,
-                "model": r.model,
-                "node": r.node,
-            }[by]
-            add(value, r.hour, r.held_s, r.observed_s, r.busy_s, r.idle_s)
+            add(_key_of_hour(by, r), r.hour, r.held_s, r.observed_s, r.busy_s, r.idle_s)
         _reclaimed(conn, by, first, end, rolled, user, row, total, bucket_s, idle_percent, now)
         _waits(conn, by, first * HOUR_S, end * HOUR_S, user, row, total)
         _jobs(conn, by, first * HOUR_S, end * HOUR_S, user, row, total)
@@ -228,6 +227,13 @@ def _rolled_rows(
     )
     for value, step_index, held, observed, busy, idle in found:
         add(value, base + int(step_index) * per, held, observed, busy, idle)
+
+
+def _key_of_hour(by: str, r: HourRow) -> str:
+    """An hour row's key by ``by``, as the rolled-up rows hold it (groups as their JSON)."""
+    if by == "group":
+        return json.dumps(list(r.groups))
+    return {"user": r.user, "class": r.priority_class, "model": r.model, "node": r.node}[by]
 
 
 def _key_of_allocation(by: str, r: Any, model: str | None = None) -> Any:
@@ -289,13 +295,7 @@ def _reclaimed(
             user=user,
         ):
             if r.allocation_id in chosen:
-                value = {
-                    "user": r.user,
-                    "group": json.dumps(list(r.groups)),
-                    "class": r.priority_class,
-                    "model": r.model,
-                    "node": r.node,
-                }[by]
+                value = _key_of_hour(by, r)
                 before = idle.get(r.allocation_id, (value, 0.0))[1]
                 idle[r.allocation_id] = (value, before + r.idle_s)
     for value, seconds in idle.values():
