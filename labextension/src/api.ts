@@ -802,8 +802,8 @@ export interface IDLInfraClient {
   backends(): Promise<JobBackends>;
   /** POST dlinfra/api/jobs: a job, or for a sweep its group (400 says what is wrong). */
   submitJob(request: JobRequest): Promise<JobSubmission>;
-  /** GET dlinfra/api/jobs: the caller's jobs, newest first. */
-  jobs(state?: 'active' | 'ended' | 'all'): Promise<Job[]>;
+  /** GET dlinfra/api/jobs: the caller's jobs (admins: `user`'s), newest first. */
+  jobs(state?: 'active' | 'ended' | 'all', user?: string): Promise<Job[]>;
   /** GET dlinfra/api/jobs/<id> */
   job(jobId: number): Promise<Job>;
   /** DELETE dlinfra/api/jobs/<id>: cancel (a running job ends shortly after). */
@@ -1066,8 +1066,8 @@ export class DLInfraClient implements IDLInfraClient {
     });
   }
 
-  async jobs(state: 'active' | 'ended' | 'all' = 'all'): Promise<Job[]> {
-    const q = URLExt.objectToQueryString({ state });
+  async jobs(state: 'active' | 'ended' | 'all' = 'all', user?: string): Promise<Job[]> {
+    const q = URLExt.objectToQueryString(user ? { state, user } : { state });
     const answer = await this._json<{ jobs: Job[] }>(this.url('jobs') + q);
     return answer.jobs ?? [];
   }

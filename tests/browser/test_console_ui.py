@@ -10,6 +10,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
+from jupyter_dlinfra.core.books.jobs import JobBook, JobState, NewJob
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.models import KernelRecord
@@ -34,6 +35,19 @@ def _bobs_afternoon(server: Any) -> None:
         granted = past.request(kernel_id="k-bob", count=2)
         past.clock.advance(2 * HOUR)  # type: ignore[attr-defined]
         past.release(granted.id, reason="released by the user")
+        jobs = JobBook(store, past.clock)
+        job = jobs.create(
+            NewJob(
+                user="bob",
+                name="sweep-lr",
+                path="train.ipynb",
+                backend="local",
+                node=node,
+                server_id="elsewhere",
+            ),
+            workdir_for=lambda i: f"/tmp/bob-job-{i}",
+        )
+        jobs.finish(job.id, JobState.SUCCEEDED, "finished")
     finally:
         store.dispose()
 
@@ -84,6 +98,13 @@ def test_the_console_shows_usage_charts_people_and_history(lab: Any, page: Any) 
     expect(detail.locator("h3")).to_have_text(me)
     expect(detail.locator(".jp-DLInfra-personAllocations li")).to_have_count(1)
     expect(detail.locator(".jp-DLInfra-usageHint")).to_have_count(1)
+    people.locator(".jp-DLInfra-personRow[data-user='bob']").click()
+    expect(detail.locator("h3")).to_have_text("bob")
+    expect(detail.locator(".jp-DLInfra-personJobs li[data-state='succeeded']")).to_contain_text(
+        "sweep-lr: succeeded"
+    )
+    people.locator(f".jp-DLInfra-personRow[data-user='{me}']").click()
+    expect(detail.locator("h3")).to_have_text(me)
     assert "format=csv" in (people.locator(".jp-DLInfra-consoleCsv").get_attribute("href") or "")
     people.screenshot(path=str(ARTIFACTS / "console-people.png"))
 
@@ -119,3 +140,8 @@ def test_the_console_shows_usage_charts_people_and_history(lab: Any, page: Any) 
     expect(change).to_contain_text(me)
     expect(history.locator(".jp-DLInfra-historyRow[data-field^='users.bob']")).to_have_count(1)
     history.screenshot(path=str(ARTIFACTS / "console-history.png"))
+
+    # the launcher has a card for the console (admins)
+    page.locator(".lm-TabBar-addButton:not(.lm-mod-hidden)").first.click()
+    card = page.locator(".jp-LauncherCard", has_text="GPU Admin Console")
+    expect(card).to_have_count(1, timeout=30_000)

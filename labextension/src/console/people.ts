@@ -5,10 +5,13 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { Allocation, IDLInfraClient, UsageFigures, UsageReport } from '../api';
+import { Allocation, IDLInfraClient, Job, UsageFigures, UsageReport } from '../api';
 import { h } from '../dom';
 import { topHint } from '../sidebar/usage';
 import { figureList, gpuHours, percent, waitWords } from './figures';
+
+/** A person's latest jobs listed in their detail. */
+const MAX_JOBS = 10;
 
 type Row = UsageFigures & { key: string; held: number; quota: number | null };
 
@@ -204,8 +207,12 @@ export class PeopleTab extends Widget {
     }
     const hint = topHint(row, report.idle_util_percent);
     let held: Allocation[] = [];
+    let jobs: Job[] = [];
     try {
-      held = (await this._client.allocationsPage({ user, state: 'active', limit: 50 })).allocations;
+      [held, jobs] = await Promise.all([
+        this._client.allocationsPage({ user, state: 'active', limit: 50 }).then(p => p.allocations),
+        this._client.jobs('all', user)
+      ]);
     } catch {
       held = [];
     }
@@ -225,7 +232,21 @@ export class PeopleTab extends Widget {
       figureList(row, report.idle_util_percent),
       h('p', { class: 'jp-DLInfra-usageHint', 'data-hint': hint.code }, hint.text),
       h('h4', {}, 'Holding and waiting now'),
-      now.length ? h('ul', { class: 'jp-DLInfra-personAllocations' }, now) : h('p', { class: 'jp-DLInfra-empty' }, 'Nothing.')
+      now.length ? h('ul', { class: 'jp-DLInfra-personAllocations' }, now) : h('p', { class: 'jp-DLInfra-empty' }, 'Nothing.'),
+      h('h4', {}, 'Latest jobs'),
+      jobs.length
+        ? h(
+            'ul',
+            { class: 'jp-DLInfra-personJobs' },
+            jobs.slice(0, MAX_JOBS).map(j =>
+              h(
+                'li',
+                { 'data-job-id': j.id, 'data-state': j.state },
+                `#${j.id} ${j.name}: ${j.state}${j.reason ? ` (${j.reason})` : ''}`
+              )
+            )
+          )
+        : h('p', { class: 'jp-DLInfra-empty' }, 'No jobs.')
     );
   }
 
