@@ -35,10 +35,12 @@ def dlinfra_config() -> dict[str, Any]:
 
 
 def _history(app: Any) -> None:
-    """alice and bob each held 2 GPUs for an hour, alice's from three hours ago, bob's then:
-    made through a ledger of their own on the server's store, with a clock in the past."""
+    """alice and bob each held 2 GPUs for an hour, alice's from four hours ago, bob's then:
+    made through a ledger of their own on the server's store, with a clock in the past (bob's
+    ends two hours ago: its last hour has settled, see usage_hours.SETTLE_S, whatever the
+    minute the test runs at)."""
     service = app.service
-    past = Ledger(service.ledger.store, ManualClock(time.time() - 3 * H))
+    past = Ledger(service.ledger.store, ManualClock(time.time() - 4 * H))
     for who in ("alice", "bob"):
         past.register_kernel(
             KernelRecord(

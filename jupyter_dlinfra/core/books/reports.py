@@ -171,17 +171,21 @@ def usage_report(
         rolled = min(read_counter(conn, WATERMARK), end)
         if rolled > first:
             _rolled_rows(conn, by, per, base, first, rolled, user, add)
-        for r in hour_rows(
-            conn,
-            max(first, rolled),
-            end,
-            bucket_s=bucket_s,
-            idle_percent=idle_percent,
-            now=now,
-            user=user,
-        ):
+        # the hours not rolled up yet, worked out once for the figures and the reclaims
+        live = list(
+            hour_rows(
+                conn,
+                max(first, rolled),
+                end,
+                bucket_s=bucket_s,
+                idle_percent=idle_percent,
+                now=now,
+                user=user,
+            )
+        )
+        for r in live:
             add(_key_of_hour(by, r), r.hour, r.held_s, r.observed_s, r.busy_s, r.idle_s)
-        _reclaimed(conn, by, first, end, rolled, user, row, total, bucket_s, idle_percent, now)
+        _reclaimed(conn, by, first, end, rolled, user, row, total, live)
         _waits(conn, by, first * HOUR_S, end * HOUR_S, user, row, total)
         _jobs(conn, by, first * HOUR_S, end * HOUR_S, user, row, total)
     starts = [float((base + i * per) * HOUR_S) for i in range(-(-(end - base) // per))]
@@ -257,11 +261,10 @@ def _reclaimed(
     user: str | None,
     row: Any,
     total: ReportRow,
-    bucket_s: float,
-    idle_percent: float,
-    now: float,
+    live: list[HourRow],
 ) -> None:
-    """The idle GPU-seconds, within the period, of the allocations the idle reclaim ended."""
+    """The idle GPU-seconds, within the period, of the allocations the idle reclaim ended
+    (``live``: the rows of the hours not rolled up)."""
     cond = allocations.c.end_reason.like(RECLAIMED) & (allocations.c.ended_at > first * HOUR_S)
     cond = cond & (allocations.c.granted_at < end * HOUR_S)
     if user is not None:
@@ -284,20 +287,11 @@ def _reclaimed(
         for aid, value, seconds in found:
             idle[aid] = (value, float(seconds or 0.0))
     chosen = set(ids)
-    if rolled < end:
-        for r in hour_rows(
-            conn,
-            max(first, rolled),
-            end,
-            bucket_s=bucket_s,
-            idle_percent=idle_percent,
-            now=now,
-            user=user,
-        ):
-            if r.allocation_id in chosen:
-                value = _key_of_hour(by, r)
-                before = idle.get(r.allocation_id, (value, 0.0))[1]
-                idle[r.allocation_id] = (value, before + r.idle_s)
+    for r in live:
+        if r.allocation_id in chosen:
+            value = _key_of_hour(by, r)
+            before = idle.get(r.allocation_id, (value, 0.0))[1]
+            idle[r.allocation_id] = (value, before + r.idle_s)
     for value, seconds in idle.values():
         for key in _keys(by, value):
             row(key).reclaimed_s += seconds
