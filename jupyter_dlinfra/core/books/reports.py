@@ -30,8 +30,10 @@ from jupyter_dlinfra.core.books.usage_hours import (
     HOUR_S,
     WATERMARK,
     HourRow,
+    class_key,
     granted_models,
     hour_rows,
+    model_key,
 )
 from jupyter_dlinfra.core.errors import InvalidRequest
 from jupyter_dlinfra.core.store import Store, allocations, jobs, read_counter, usage_hours
@@ -246,9 +248,9 @@ def _key_of_allocation(by: str, r: Any, model: str | None = None) -> Any:
     if by == "group":
         return r.groups
     if by == "class":
-        return r.priority_class or ("(job default)" if r.kind == "job" else "(kernel default)")
+        return class_key(r.priority_class, r.kind)
     if by == "model":
-        return model or r.model or "(unknown)"
+        return model_key(model, r.model)
     return r.node
 
 
@@ -366,7 +368,7 @@ def _jobs(
         if by == "model" and value is None:
             value = "(any)"
         elif by == "class" and value is None:
-            value = "(job default)"
+            value = class_key(None, "job")
         for key in _keys(by, value):
             row(key).jobs[state] += int(count)
         total.jobs[state] += int(count)

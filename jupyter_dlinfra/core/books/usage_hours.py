@@ -40,8 +40,10 @@ __all__ = [
     "WATERMARK",
     "HourRow",
     "UsageHours",
+    "class_key",
     "granted_models",
     "hour_rows",
+    "model_key",
 ]
 
 HOUR_S = 3600
@@ -67,6 +69,16 @@ class HourRow:
     observed_s: float
     busy_s: float
     idle_s: float
+
+
+def class_key(priority_class: str | None, kind: str | None) -> str:
+    """The class an allocation (or job) is reported under: its own, else which default."""
+    return priority_class or ("(job default)" if kind == "job" else "(kernel default)")
+
+
+def model_key(granted: str | None, asked: str | None) -> str:
+    """The model an allocation is reported under: its GPUs', else the one it asked for."""
+    return granted or asked or "(unknown)"
 
 
 def _groups(raw: str | None) -> tuple[str, ...]:
@@ -127,9 +139,9 @@ def hour_rows(
         held_to = min(float(r.ended_at) if r.ended_at is not None else now, end)
         if held_to <= held_from:
             continue
-        model = models.get(r.id) or r.model or "(unknown)"
+        model = model_key(models.get(r.id), r.model)
         count = int(r._mapping["count"])  # a Row's own count() hides the column
-        klass = r.priority_class or ("(job default)" if r.kind == "job" else "(kernel default)")
+        klass = class_key(r.priority_class, r.kind)
         groups = _groups(r.groups)
         sampled = buckets.get(r.kernel_id, [])
         for hour in range(int(held_from // HOUR_S), int((held_to - 1e-9) // HOUR_S) + 1):
