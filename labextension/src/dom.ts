@@ -123,6 +123,16 @@ export function pct(value: number | null | undefined): string {
   return typeof value === 'number' ? `${Math.round(value)}%` : '–';
 }
 
+/** GPU-hours in words: one decimal, none from 100 on. */
+export function gpuHours(value: number): string {
+  return value >= 100 ? value.toFixed(0) : value.toFixed(1);
+}
+
+/** A share (0 to 1) as a whole percentage, '–' for none. */
+export function share(value: number | null): string {
+  return value === null ? '–' : `${Math.round(value * 100)} %`;
+}
+
 /** The file name of a path. */
 export function basename(path: string): string {
   const parts = path.split('/');

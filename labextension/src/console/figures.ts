@@ -1,14 +1,6 @@
 /** The figures of a usage report row, as the console lists them (see docs/reports.md). */
 import { UsageFigures } from '../api';
-import { h } from '../dom';
-
-export function gpuHours(value: number): string {
-  return value >= 100 ? value.toFixed(0) : value.toFixed(1);
-}
-
-export function percent(value: number | null): string {
-  return value === null ? '–' : `${Math.round(value * 100)} %`;
-}
+import { gpuHours, h, share } from '../dom';
 
 export function waitWords(seconds: number | null): string {
   if (seconds === null) {
@@ -35,7 +27,7 @@ export function figureList(f: UsageFigures, idlePercent: number): HTMLElement {
     ...item(
       'Busy',
       'efficiency',
-      percent(f.efficiency),
+      share(f.efficiency),
       'Utilisation-weighted GPU-hours over held GPU-hours'
     ),
     ...item(

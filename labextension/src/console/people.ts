@@ -6,9 +6,9 @@
 import { Widget } from '@lumino/widgets';
 
 import { Allocation, IDLInfraClient, Job, UsageFigures, UsageReport } from '../api';
-import { h } from '../dom';
+import { gpuHours, h, share } from '../dom';
 import { topHint } from '../sidebar/usage';
-import { figureList, gpuHours, percent, waitWords } from './figures';
+import { figureList, waitWords } from './figures';
 
 /** A person's latest jobs listed in their detail. */
 const MAX_JOBS = 10;
@@ -36,7 +36,7 @@ const COLUMNS: IColumn[] = [
     key: 'efficiency',
     label: 'Busy',
     value: r => r.efficiency ?? -1,
-    text: r => percent(r.efficiency),
+    text: r => share(r.efficiency),
     title: 'Utilisation-weighted GPU-hours over held GPU-hours'
   },
   {

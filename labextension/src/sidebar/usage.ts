@@ -3,7 +3,7 @@
  * idle) and the one hint that matters most for them.
  */
 import { UsageFigures } from '../api';
-import { h } from '../dom';
+import { gpuHours, h, share } from '../dom';
 import { UsageModel } from '../model/usage';
 import { IRendered } from './common';
 
@@ -36,10 +36,6 @@ export function renderUsage(usage: UsageModel): IRendered {
   };
 }
 
-function hours(value: number): string {
-  return value >= 100 ? value.toFixed(0) : value.toFixed(1);
-}
-
 /** The hint that matters most for a week like this one, in words. */
 export function topHint(f: UsageFigures, idlePercent: number): { code: string; text: string } {
   if (f.gpu_hours <= 0) {
@@ -49,7 +45,7 @@ export function topHint(f: UsageFigures, idlePercent: number): { code: string; t
     return {
       code: 'reclaimed',
       text:
-        `The idle reclaim took back GPUs of yours after ${hours(f.reclaimed_gpu_hours)} idle ` +
+        `The idle reclaim took back GPUs of yours after ${gpuHours(f.reclaimed_gpu_hours)} idle ` +
         'GPU-hours: release them yourself with %gpu release when you pause.'
     };
   }
@@ -85,7 +81,7 @@ function usageView(f: UsageFigures, idlePercent: number): HTMLElement {
     h('dt', {}, label),
     h('dd', { class: cls, 'data-value': value, title }, text)
   ];
-  const efficiency = f.efficiency === null ? '–' : `${Math.round(f.efficiency * 100)} %`;
+  const efficiency = share(f.efficiency);
   const hint = topHint(f, idlePercent);
   return h(
     'div',
@@ -97,7 +93,7 @@ function usageView(f: UsageFigures, idlePercent: number): HTMLElement {
         'Held',
         'jp-DLInfra-usageHeld',
         f.gpu_hours,
-        `${hours(f.gpu_hours)} GPU-h`,
+        `${gpuHours(f.gpu_hours)} GPU-h`,
         'GPUs you held x hours, over the last 7 days'
       ),
       ...row(
@@ -112,7 +108,7 @@ function usageView(f: UsageFigures, idlePercent: number): HTMLElement {
         'Idle',
         'jp-DLInfra-usageIdle',
         f.idle_gpu_hours,
-        `${hours(f.idle_gpu_hours)} GPU-h`,
+        `${gpuHours(f.idle_gpu_hours)} GPU-h`,
         `Held GPU-hours under ${idlePercent} % utilisation`
       )
     ),
