@@ -11,6 +11,9 @@ import { LedgerModel } from '../model/ledger';
 import { ChartBox, heldVersusBusy, idlePerStep, utilisationHeatmap } from './charts';
 import { figureList } from './figures';
 
+/** The heatmap of utilisation is drawn again at most this often (ms). */
+const HEATMAP_EVERY_MS = 10_000;
+
 export class OverviewTab extends Panel {
   constructor(client: IDLInfraClient, ledger: LedgerModel, rendermime: IRenderMimeRegistry | null) {
     super();
@@ -26,7 +29,7 @@ export class OverviewTab extends Panel {
     for (const part of [this._figures, this._hourly, this._idle, this._heatmap]) {
       this.addWidget(part);
     }
-    ledger.changed.connect(this._drawHeatmap, this);
+    ledger.changed.connect(this._heatmapSoon, this);
   }
 
   /** Read the week's report again and redraw. */
@@ -53,7 +56,10 @@ export class OverviewTab extends Panel {
     if (this.isDisposed) {
       return;
     }
-    this._ledger.changed.disconnect(this._drawHeatmap, this);
+    this._ledger.changed.disconnect(this._heatmapSoon, this);
+    if (this._heatmapTimer !== null) {
+      clearTimeout(this._heatmapTimer);
+    }
     super.dispose();
   }
 
@@ -64,11 +70,28 @@ export class OverviewTab extends Panel {
     );
   }
 
+  /**
+   * Draw the heatmap again after a change of the ledger or its telemetry, at most every
+   * HEATMAP_EVERY_MS: the ledger changes with every sample, and at 1,024 nodes a drawing is
+   * 8,192 cells.
+   */
+  private _heatmapSoon(): void {
+    if (this._heatmapTimer !== null) {
+      return;
+    }
+    const wait = Math.max(this._heatmapAt + HEATMAP_EVERY_MS - Date.now(), 0);
+    this._heatmapTimer = window.setTimeout(() => {
+      this._heatmapTimer = null;
+      void this._drawHeatmap();
+    }, wait);
+  }
+
   private async _drawHeatmap(): Promise<void> {
     const cluster = this._ledger.cluster;
     if (!cluster || !this.isVisible) {
       return;
     }
+    this._heatmapAt = Date.now();
     await this._heatmap.draw(utilisationHeatmap(cluster.nodes));
   }
 
@@ -78,4 +101,6 @@ export class OverviewTab extends Panel {
   private _hourly: ChartBox;
   private _idle: ChartBox;
   private _heatmap: ChartBox;
+  private _heatmapTimer: number | null = null;
+  private _heatmapAt = 0;
 }
