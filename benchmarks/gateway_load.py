@@ -116,7 +116,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -162,6 +162,8 @@ TARGET_RPS = 500.0
 #: seconds of the baseline run (jupyter_server's /api/status, back to back)
 FLOOR_S = 5.0
 FLOOR = "GET /api/status (baseline)"
+#: seconds each route runs alone, back to back, to measure the gateway's CPU per answer
+ROUTE_COST_S = 3.0
 #: the share of the offered rate a run must answer to count as keeping up with it
 KEPT_UP = 0.98
 TARGET_P99_MS = 100.0
@@ -874,6 +876,8 @@ class Options:
     rate: float = TARGET_RPS
     #: seconds of the baseline run
     floor_s: float = FLOOR_S
+    #: seconds each client route runs alone to measure its CPU (0: not measured)
+    route_cost_s: float = ROUTE_COST_S
 
     @property
     def every_s(self) -> float:
@@ -902,6 +906,8 @@ class Report:
     #: the baseline: /api/status answered per second, and the gateway's CPU s per answer
     floor_rps: float = math.nan
     floor_cpu_s: float = math.nan
+    #: route -> (answers/s, gateway CPU s per answer), each route alone back to back
+    route_costs: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def served(self) -> list[float]:
@@ -955,8 +961,80 @@ async def framework_floor(
     return answered / wall, cpu / answered
 
 
+async def route_costs(
+    port: int, plan: Plan, proc: psutil.Process, seconds: float, queue_path: str
+) -> dict[str, tuple[float, float]]:
+    """Each client route alone, from every client back to back for ``seconds``: answers per
+    second and the gateway's CPU seconds per answer, by route (no event stream open). Where the
+    CPU of the product's mix goes, next to the baseline's; a request and the cancel of it run
+    as pairs (the queue keeps its length), a status reads the client's one queued request."""
+    base = "/dlinfra/api/allocations"
+    costs: dict[str, tuple[float, float]] = {}
+
+    async def one(client: ClientPlan, caller: Caller, route: str, asked: int) -> None:
+        auth = client.kernel_auth[0]
+        if route == REQUEST:
+            body = json.dumps(
+                {"kernel_id": kernel_id_of(client.index, 1), "count": 1, "model": None}
+            ).encode()
+            status, answer = await caller.call(
+                REQUEST, "POST", base, client.kernel_auth[1], body, expect=201
+            )
+            if status == 201:
+                await caller.call(
+                    RELEASE,
+                    "DELETE",
+                    f"{base}/{int(json.loads(answer)['id'])}",
+                    client.kernel_auth[1],
+                    expect=204,
+                )
+        elif route == STATUS:
+            await caller.call(STATUS, "GET", f"{base}/{asked}", auth)
+        elif route == QUEUE:
+            await caller.call(QUEUE, "GET", queue_path, client.person)
+        else:
+            await caller.call(MINE, "GET", f"{base}?user={client.user}", client.person)
+
+    callers = [Caller(port, Recorder()) for _ in plan.clients]
+    held: list[int] = []
+    for client, caller in zip(plan.clients, callers, strict=True):
+        body = json.dumps({"kernel_id": kernel_id_of(client.index, 0), "count": 1}).encode()
+        _, answer = await caller.call(
+            REQUEST, "POST", base, client.kernel_auth[0], body, expect=201
+        )
+        held.append(int(json.loads(answer)["id"]))
+    for route in (REQUEST, STATUS, QUEUE, MINE):
+        recorder = Recorder()
+        for caller in callers:
+            caller.recorder = recorder
+        cpu0 = _cpu_s(proc)
+        t0 = time.perf_counter()
+        stop_at = t0 + seconds
+
+        async def run(
+            client: ClientPlan, caller: Caller, asked: int, route: str, stop_at: float
+        ) -> None:
+            while time.perf_counter() < stop_at:
+                await one(client, caller, route, asked)
+
+        await asyncio.gather(
+            *(run(*args, route, stop_at) for args in zip(plan.clients, callers, held, strict=True))
+        )
+        wall, cpu = time.perf_counter() - t0, _cpu_s(proc) - cpu0
+        answered = sum(len(v) for v in recorder.latencies.values())
+        if recorder.total_errors or not answered:
+            raise RuntimeError(f"the route cost run failed: {recorder.first_errors}")
+        name = f"{REQUEST} + {RELEASE}" if route == REQUEST else route
+        costs[name] = (answered / wall, cpu / answered)
+    for client, caller, asked in zip(plan.clients, callers, held, strict=True):
+        await caller.call(RELEASE, "DELETE", f"{base}/{asked}", client.kernel_auth[0], expect=204)
+        caller.conn.close()
+    return costs
+
+
 async def drive(gateway: ServerProcess, plan: Plan, options: Options) -> Report:
     """Open the streams, run the clients and the prober, let the streams catch up; close all."""
+    queue_path = f"/dlinfra/api/queue?limit={options.queue_limit}"
     loop = asyncio.get_running_loop()
     recorder = Recorder()
     log = SnapshotLog()
@@ -985,7 +1063,6 @@ async def drive(gateway: ServerProcess, plan: Plan, options: Options) -> Report:
             stream.fail(f"cannot connect: {err}")
 
     rng = random.Random(options.seed)
-    queue_path = f"/dlinfra/api/queue?limit={options.queue_limit}"
     clients = [
         Client(
             client,
@@ -1002,6 +1079,11 @@ async def drive(gateway: ServerProcess, plan: Plan, options: Options) -> Report:
     assert gateway.proc is not None
     proc, me = psutil.Process(gateway.proc.pid), psutil.Process()
     floor_rps, floor_cpu_s = await framework_floor(gateway.port, plan, proc, options.floor_s)
+    costs = (
+        await route_costs(gateway.port, plan, proc, options.route_cost_s, queue_path)
+        if options.route_cost_s > 0
+        else {}
+    )
     try:
         opened = time.perf_counter()
         await asyncio.gather(*(connect(s) for s in streams))
@@ -1038,6 +1120,7 @@ async def drive(gateway: ServerProcess, plan: Plan, options: Options) -> Report:
         stream_bytes=stream_bytes,
         floor_rps=floor_rps,
         floor_cpu_s=floor_cpu_s,
+        route_costs=costs,
     )
 
 
@@ -1184,6 +1267,11 @@ def format_report(report: Report) -> str:
             f"per request; the product's routes: {rps / report.floor_rps:.1%} of its rate, "
             f"{per_request * 1000:.2f} ms CPU per request ({per_request / report.floor_cpu_s:.1f}x)"
         )
+    for route, (alone_rps, cpu_s) in report.route_costs.items():
+        lines.append(
+            f"  alone, back to back: {route}: {alone_rps:,.0f} answers/s, gateway CPU "
+            f"{cpu_s * 1000:.2f} ms per answer ({cpu_s / report.floor_cpu_s:.1f}x the baseline's)"
+        )
     kept_up = rps >= TARGET_RPS if o.rate <= 0 else o.rate >= TARGET_RPS and rps >= KEPT_UP * o.rate
     lines.append(
         f"answered {rps:,.1f} requests/s (the prober's among them)"
@@ -1242,6 +1330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=FLOOR_S,
         help=f"seconds of the baseline run, GET /api/status ({FLOOR_S:g})",
     )
+    parser.add_argument(
+        "--route-cost-s",
+        type=float,
+        default=ROUTE_COST_S,
+        help=f"seconds each route runs alone to measure its CPU, 0: skip ({ROUTE_COST_S:g})",
+    )
     parser.add_argument("--pg-url", default=None, help="a PostgreSQL server (role with CREATEDB)")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
@@ -1264,6 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         rate=args.rate,
         floor_s=args.floor_s,
+        route_cost_s=max(args.route_cost_s, 0.0),
     )
     report = run(options, args.pg_url)
     print(format_report(report), flush=True)

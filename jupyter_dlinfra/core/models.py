@@ -10,6 +10,7 @@ __all__ = [
     "Allocation",
     "AllocationState",
     "Gpu",
+    "KernelCaller",
     "KernelRecord",
     "LedgerEvent",
     "OutsideUse",
@@ -102,6 +103,14 @@ class Allocation:
     #: nodes a request of the pool is not granted on: where the cluster could not start it
     #: after an earlier grant (see ``Ledger.hand_back``)
     avoid: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelCaller:
+    """Who calls with a kernel's token: the kernel it acts for, and its user."""
+
+    kernel_id: str
+    user: str
 
 
 @dataclass(frozen=True, kw_only=True)

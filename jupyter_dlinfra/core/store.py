@@ -10,7 +10,8 @@ level.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from jupyter_dlinfra.core.change_feed import CHANNEL, ChangeFeed
 from jupyter_dlinfra.core.driver_sql import DriverStatement
 from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
@@ -347,9 +349,14 @@ class Transaction:
         self.changed = False
         #: the change is one of the GPU ledger's scheduling state (LEDGER_VERSION counts it)
         self.ledger_changed = False
+        self.committed: list[Callable[[], None]] = []
 
     def touch(self) -> None:
         self.changed = True
+
+    def on_commit(self, call: Callable[[], None]) -> None:
+        """Call ``call`` once the transaction has committed (not if it fails)."""
+        self.committed.append(call)
 
 
 class Store:
@@ -378,6 +385,11 @@ class Store:
                 )
         self.engine: Engine = create_engine(self.url, **engine_kwargs)
         self._checkpointer: WalCheckpointer | None = None
+        #: this Store's id in the change feed's notifications (its own are not news to it)
+        self.writer = uuid.uuid4().hex[:16]
+        #: other processes' commits, where the database tells them (start_feed)
+        self.feed: ChangeFeed | None = None
+        self._notifies = self.url.get_backend_name() == "postgresql"
         if self.is_sqlite:
             self._configure_sqlite(self.engine)
             self._reader = self.engine
@@ -461,6 +473,14 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Transaction]:
         """A transaction that holds the ledger's write lock from its first statement."""
+        tx = self._write()
+        with tx as opened:
+            yield opened
+        for call in opened.committed:
+            call()
+
+    @contextmanager
+    def _write(self) -> Iterator[Transaction]:
         with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
             counters = None
             if not self.is_sqlite:
@@ -468,7 +488,14 @@ class Store:
             tx = Transaction(conn, counters)
             yield tx
             if tx.changed:
-                (_BUMP_BOTH if tx.ledger_changed else _BUMP).run(conn, {})
+                if self._notifies:
+                    # the bump and the notification of it in one round trip
+                    conn.exec_driver_sql(
+                        _BUMP_BOTH_NOTIFY if tx.ledger_changed else _BUMP_NOTIFY,
+                        {"writer": self.writer},
+                    )
+                else:
+                    (_BUMP_BOTH if tx.ledger_changed else _BUMP).run(conn, {})
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -482,9 +509,25 @@ class Store:
         with self.read() as conn:
             return read_counter(conn, "version")
 
+    def start_feed(self) -> ChangeFeed | None:
+        """Listen for other processes' commits (PostgreSQL with psycopg 3; None elsewhere).
+        Started once; stopped by :meth:`dispose`."""
+        if self.feed is None and self._notifies and self.engine.dialect.driver == "psycopg":
+            import psycopg
+
+            args, kwargs = self.engine.dialect.create_connect_args(self.url)
+
+            def connect() -> Any:
+                return psycopg.connect(*args, **kwargs)
+
+            self.feed = ChangeFeed(connect, self.writer).start()
+        return self.feed
+
     def dispose(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        if self.feed is not None:
+            self.feed.stop()
         self.engine.dispose()
 
 
@@ -544,3 +587,18 @@ _BUMP_BOTH = DriverStatement(
     update(meta).where(meta.c.key.in_(("version", LEDGER_VERSION))).values(value=meta.c.value + 1),
     [],
 )
+
+
+def _bump_notify(keys: tuple[str, ...]) -> str:
+    listed = ", ".join(f"'{k}'" for k in keys)
+    return (
+        f"WITH bumped AS (UPDATE {meta.name} SET value = value + 1 WHERE key IN ({listed}) "
+        "RETURNING key, value) "
+        f"SELECT pg_notify('{CHANNEL}', %(writer)s || ' ' || "
+        "string_agg(key || '=' || value::text, ',' ORDER BY key)) FROM bumped"
+    )
+
+
+#: PostgreSQL: _BUMP and _BUMP_BOTH, notifying the change feed's listeners of the new values
+_BUMP_NOTIFY = _bump_notify(("version",))
+_BUMP_BOTH_NOTIFY = _bump_notify(("version", LEDGER_VERSION))

@@ -16,7 +16,7 @@ from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.books.tokens import hash_secret
 from jupyter_dlinfra.core.errors import LedgerError, NotFound
-from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecord
+from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelCaller, KernelRecord
 from jupyter_dlinfra.core.outage import LedgerUnavailable, describe
 from jupyter_dlinfra.provisioning import LaunchPlan
 from jupyter_dlinfra.server.calls import LedgerCalls
@@ -182,5 +182,9 @@ class KernelLaunches:
         except Exception:  # releasing must never break a kernel shutdown
             self.log.exception("dlinfra: could not release the GPUs of kernel %s", kernel_id)
 
-    async def kernel_for_token(self, token: str) -> KernelRecord | None:
-        return await self.calls.call(self.ledger.kernel_by_token_hash, hash_token(token))
+    async def kernel_for_token(self, token: str) -> KernelCaller | None:
+        digest = hash_token(token)
+        # every call of a kernel checks its token: from memory when the ledger keeps it
+        return self.ledger.cached_caller(digest) or await self.calls.call(
+            self.ledger.caller_by_token_hash, digest
+        )

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from jupyter_dlinfra.core.books.idle import IdleBook
 from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
 from jupyter_dlinfra.core.books.ledger import Ledger
-from jupyter_dlinfra.core.models import KernelRecord
+from jupyter_dlinfra.core.models import KernelCaller, KernelRecord
 from jupyter_dlinfra.core.outage import LedgerUnavailable, database_unavailable, describe
 from jupyter_dlinfra.provisioning import LaunchPlan
 from jupyter_dlinfra.server.calls import LedgerCalls
@@ -299,5 +299,5 @@ class GpuService:
 
     # -- authentication of kernels -------------------------------------------------------------
 
-    async def kernel_for_token(self, token: str) -> KernelRecord | None:
+    async def kernel_for_token(self, token: str) -> KernelCaller | None:
         return await self.launches.kernel_for_token(token)

@@ -42,6 +42,7 @@ from jupyter_dlinfra.core.books.ledger_state import (
     running_usage,
 )
 from jupyter_dlinfra.core.books.policies import SCHEDULING_PREFIX, UnreadablePolicy, save_document
+from jupyter_dlinfra.core.change_feed import FeedCache
 from jupyter_dlinfra.core.clock import Clock
 from jupyter_dlinfra.core.errors import (
     Conflict,
@@ -55,6 +56,7 @@ from jupyter_dlinfra.core.models import (
     Allocation,
     AllocationState,
     Gpu,
+    KernelCaller,
     KernelRecord,
     LedgerEvent,
     OutsideUse,
@@ -169,6 +171,13 @@ class Ledger:
         # in this process (taken before the store's write lock, never after)
         self._cache: LedgerCache | None = None
         self._lock = threading.RLock()
+        #: GPU rows by UUID (gpus_of)
+        self._gpu_rows: FeedCache[str, Gpu] = FeedCache(lambda: store.feed)
+        #: the GPUs each granted allocation was given, in their order on the node: written once
+        #: with the grant and never changed, so kept whatever else writes (bounded)
+        self._granted_gpus: dict[int, list[str]] = {}
+        #: kernel token hash -> the kernel it acts for (caller_by_token_hash)
+        self._callers: FeedCache[str, KernelCaller] = FeedCache(lambda: store.feed)
         # requests and releases that arrive together share a transaction and a pass
         self._combiner: Combiner[_Change] = Combiner(self._lock, self._run_changes)
 
@@ -469,6 +478,7 @@ class Ledger:
                     self.write_event(tx, "gpu_lost", detail={"gpu": uuid, "node": node})
                     reshaped = True
             if tx.changed:
+                tx.on_commit(self._gpu_rows.clear)
                 if reshaped:
                     # GPUs moved, changed or were lost (rare): the state is loaded again, and
                     # the requests that can no longer be granted are ended at the pass
@@ -545,9 +555,24 @@ class Ledger:
 
     def gpus_of(self, uuids: Collection[str]) -> list[Gpu]:
         """The GPUs with these UUIDs, absent ones too: those that answers about allocations
-        show, read without the rest of the cluster."""
-        with self.store.read() as conn:
-            return [_gpu(r) for r in _rows_with(conn, gpus.c.uuid, uuids)]
+        show, read without the rest of the cluster (kept in memory while nobody else writes and
+        this process's inventory does not change)."""
+        found: list[Gpu] = []
+        missing: list[str] = []
+        for uuid in uuids:
+            kept = self._gpu_rows.get(uuid)
+            if kept is None:
+                missing.append(uuid)
+            else:
+                found.append(kept)
+        if missing:
+            stamp = self._gpu_rows.stamp()
+            with self.store.read() as conn:
+                read = [_gpu(r) for r in _rows_with(conn, gpus.c.uuid, missing)]
+            for gpu in read:
+                self._gpu_rows.put(gpu.uuid, gpu, stamp)
+            found += read
+        return found
 
     def holders(self, allocation_ids: Collection[int] | None = None) -> dict[str, Allocation]:
         """Granted allocations by the UUID of each GPU they hold; with ``allocation_ids``, of
@@ -611,6 +636,8 @@ class Ledger:
                     .values(launched_at=record.launched_at or self.clock.now(), **values)
                 )
             self.write_event(tx, "kernel_registered", kernel_id=record.kernel_id)
+            # a relaunch's new token replaces the old one, which must not act for it any more
+            tx.on_commit(self._callers.clear)
             return self._kernel(tx.conn, record.kernel_id)
 
     def update_kernel(self, kernel_id: str, **changes: Any) -> KernelRecord:
@@ -647,6 +674,25 @@ class Ledger:
             row = conn.execute(select(kernels).where(kernels.c.token_hash == token_hash)).first()
             return None if row is None else _kernel(row)
 
+    def cached_caller(self, token_hash: str) -> KernelCaller | None:
+        """:meth:`caller_by_token_hash` when it is known without the database (None: ask it)."""
+        return self._callers.get(token_hash)
+
+    def caller_by_token_hash(self, token_hash: str) -> KernelCaller | None:
+        """The kernel (and its user) a kernel token acts for: what a kernel's every call is
+        checked with, kept in memory while nobody else writes (see ``change_feed``) and no
+        kernel of this process is registered again or forgotten."""
+        found = self.cached_caller(token_hash)
+        if found is not None:
+            return found
+        stamp = self._callers.stamp()
+        record = self.kernel_by_token_hash(token_hash)
+        if record is None:
+            return None
+        found = KernelCaller(kernel_id=record.kernel_id, user=record.user)
+        self._callers.put(token_hash, found, stamp)
+        return found
+
     def kernels(
         self, node: str | None = None, *, server_id: str | None = None
     ) -> list[KernelRecord]:
@@ -674,6 +720,7 @@ class Ledger:
     ) -> list[Allocation]:
         ended = self._end_kernel_allocations(tx, cache, kernel_id, reason)
         gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
+        tx.on_commit(self._callers.clear)
         if gone.rowcount:
             self.write_event(tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason})
         if ended:
@@ -1541,19 +1588,36 @@ class Ledger:
         return self._with_gpus(conn, rows)
 
     def _with_gpus(self, conn: Connection, rows: Sequence[Row[Any]]) -> list[Allocation]:
-        """Allocation rows with their GPUs (one more statement, for those that were granted)."""
+        """Allocation rows with their GPUs (one more statement, for those granted whose GPUs
+        were not read before)."""
         ids: list[int] = []
+        kept = self._granted_gpus
+        owned: dict[int, list[str]] = {}
         if rows:
             id_, granted = rows[0]._fields.index("id"), rows[0]._fields.index("granted_at")
-            ids = [r[id_] for r in rows if r[granted] is not None]
-        owned: dict[int, list[str]] = defaultdict(list)
+            for r in rows:
+                if r[granted] is None:
+                    continue
+                known = kept.get(r[id_])
+                if known is None:
+                    ids.append(r[id_])
+                else:
+                    owned[r[id_]] = known
         found: Iterable[Any] = ()
         if len(ids) == 1:
             found = conn.execute(sql.GPUS_OF_ALLOCATION, {"p_id": ids[0]})
         elif ids:
             found = conn.execute(sql.GPUS_OF_ALLOCATIONS, {"p_ids": ids})
+        read: dict[int, list[str]] = defaultdict(list)
         for aid, uuid in found:
-            owned[aid].append(uuid)
+            read[aid].append(uuid)
+        if read:
+            if len(kept) + len(read) > _GRANTED_GPUS_KEPT:
+                kept.clear()
+            # a grant writes its GPUs with granted_at, in one transaction: a row read as
+            # granted has all of them
+            kept.update(read)
+            owned.update(read)
         return _allocation_rows(rows, owned)
 
     def _waited(
@@ -1575,6 +1639,9 @@ class Ledger:
             estimate_basis=info.estimate_basis,
         )
 
+
+#: allocations whose granted GPUs are kept in memory at most (a few MB)
+_GRANTED_GPUS_KEPT = 100_000
 
 #: the LIMIT of a page with no limit
 _NO_LIMIT = 2**62

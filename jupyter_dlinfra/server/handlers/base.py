@@ -19,7 +19,7 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from jupyter_dlinfra.core.errors import LedgerError
-from jupyter_dlinfra.core.models import KernelRecord
+from jupyter_dlinfra.core.models import KernelCaller
 from jupyter_dlinfra.server.errors import ApiError, from_database_error, from_ledger_error
 from jupyter_dlinfra.server.identity import Directory
 from jupyter_dlinfra.server.parsing import MAX_BODY_BYTES, parse_json_object
@@ -34,14 +34,14 @@ F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
 class DLInfraHandler(APIHandler):  # type: ignore[misc]
     auth_resource = "dlinfra"
-    #: the ledger's record of the kernel a kernel token acts for, as the token was checked;
-    #: None when a person calls
-    kernel_record: KernelRecord | None = None
+    #: the kernel a kernel token acts for, and its user, as the token was checked; None when a
+    #: person calls
+    kernel_caller: KernelCaller | None = None
 
     @property
     def kernel_scope(self) -> str | None:
         """The kernel id a kernel token acts for; None when a person calls."""
-        return self.kernel_record.kernel_id if self.kernel_record is not None else None
+        return self.kernel_caller.kernel_id if self.kernel_caller is not None else None
 
     @property
     def service(self) -> GpuService:
@@ -106,7 +106,7 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
             )
         user = User(username=record.user, name=record.user, display_name=record.user)
         self.current_user = self._jupyter_current_user = user
-        self.kernel_record = record
+        self.kernel_caller = record
 
     def check_xsrf_cookie(self) -> None:
         # a kernel token travels in a header a browser cannot forge cross-site

@@ -197,11 +197,13 @@ class AllocationsHandler(_Base):
         assert count is not None
         model = json_field_name(body, "model", what="a GPU model, such as 'A100'")
         klass = json_field_name(body, "priority_class", what="a class name, such as 'batch'")
-        record = self.kernel_record
-        if record is None or record.kernel_id != kernel_id:
+        caller = self.kernel_caller
+        if caller is not None and caller.kernel_id == kernel_id:
+            owner = caller.user
+        else:
             # a person asking for a kernel (a kernel's token was checked with its record)
-            record = await self.service.call(self.service.ledger.kernel, kernel_id)
-        self.own_kernel(kernel_id, record.user)
+            owner = (await self.service.call(self.service.ledger.kernel, kernel_id)).user
+        self.own_kernel(kernel_id, owner)
         pods = self.settings.get("dlinfra_pod_kernels")
         if pods is not None and pods.manages(kernel_id):
             # a pod kernel: the cluster places its GPUs, in a new pod

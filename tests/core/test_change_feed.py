@@ -1,0 +1,186 @@
+"""Answers kept in memory until another process commits: the change feed (PostgreSQL's
+LISTEN/NOTIFY) and the caches that follow it (people's tokens, kernels' tokens)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.books.tokens import TokenBook
+from jupyter_dlinfra.core.change_feed import ChangeFeed, FeedCache, parse_payload, payload
+from jupyter_dlinfra.core.clock import ManualClock
+from jupyter_dlinfra.core.models import KernelRecord
+from jupyter_dlinfra.core.store import Store
+
+DEADLINE_S = 10.0
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE_S:g} s: {what}")
+        time.sleep(0.01)
+
+
+class FakeFeed(ChangeFeed):
+    """A feed whose stamp the test moves (no database)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: None, "me")
+        self.live = True
+
+
+def test_payloads_name_the_writer_and_the_counters_it_moved() -> None:
+    text_ = payload("w1", {"version": 12, "ledger": 5})
+    assert parse_payload(text_) == ("w1", {"ledger": 5, "version": 12})
+    assert parse_payload("w2 junk,version=x,ledger=3") == ("w2", {"ledger": 3})
+
+
+def test_a_cache_keeps_nothing_read_before_a_change_and_nothing_without_a_live_feed() -> None:
+    feed = FakeFeed()
+    cache: FeedCache[str, int] = FeedCache(lambda: feed)
+    stamp = cache.stamp()
+    cache.put("a", 1, stamp)
+    assert cache.get("a") == 1
+    # another process committed while "b" was read: not kept, and "a" is dropped
+    stamp = cache.stamp()
+    feed._moved()
+    cache.put("b", 2, stamp)
+    assert cache.get("b") is None and cache.get("a") is None
+    # this process changed something while "c" was read
+    stamp = cache.stamp()
+    cache.clear()
+    cache.put("c", 3, stamp)
+    assert cache.get("c") is None
+    cache.put("c", 3, cache.stamp())
+    assert cache.get("c") == 3
+    feed.live = False
+    assert cache.get("c") is None and cache.stamp() is None
+    cache.put("d", 4, None)
+    feed.live = True
+    assert cache.get("d") is None
+    assert FeedCache[str, int](lambda: None).stamp() is None
+
+
+@pytest.fixture
+def two_processes(fresh_postgres_db: str) -> Iterator[tuple[Store, Store]]:
+    """Two stores on one PostgreSQL ledger, as a gateway and the command line are: the first
+    listens."""
+    gateway, other = Store(fresh_postgres_db), Store(fresh_postgres_db)
+    feed = gateway.start_feed()
+    assert feed is not None and feed.listening.wait(DEADLINE_S)
+    try:
+        yield gateway, other
+    finally:
+        gateway.dispose()
+        other.dispose()
+
+
+def test_a_token_revoked_by_another_process_stops_working_once_its_commit_is_told(
+    two_processes: tuple[Store, Store],
+) -> None:
+    gateway, other = two_processes
+    clock = ManualClock(1000.0)
+    book, cli = TokenBook(gateway, clock), TokenBook(other, clock)
+    issued = cli.issue("bob", by="admin")
+    until(lambda: book._live.stamp() is not None, "the feed listens")
+    assert book.cached(issued.token) is None  # never read yet
+    # kept once read after the issue's own notification came (one read before it is not)
+    until(lambda: book.verify(issued.token) == "bob" and book.cached(issued.token) == "bob", "")
+    assert gateway.feed is not None
+    seen = gateway.feed.stamp
+    cli.revoke(issued.record.id)
+    until(lambda: gateway.feed is not None and gateway.feed.stamp > seen, "the revoke is told")
+    assert book.cached(issued.token) is None
+    assert book.verify(issued.token) is None
+    # a last use older than TOUCH_EVERY is written by verify, not answered from memory
+    again = cli.issue("carol", by="admin")
+    assert book.verify(again.token) == "carol"
+    until(lambda: book.cached(again.token) == "carol", "kept")
+    clock.advance(TokenBook.TOUCH_EVERY)
+    assert book.cached(again.token) is None
+    assert book.verify(again.token) == "carol"
+
+
+def test_this_process_revoking_a_token_clears_it_at_once(
+    two_processes: tuple[Store, Store],
+) -> None:
+    gateway, _ = two_processes
+    book = TokenBook(gateway, ManualClock(1000.0))
+    issued = book.issue("alice", by="admin")
+    until(lambda: book.verify(issued.token) == "alice" and book.cached(issued.token), "kept")
+    book.revoke(issued.record.id)
+    assert book.cached(issued.token) is None and book.verify(issued.token) is None
+
+
+def test_a_kernels_token_is_kept_until_the_kernel_is_forgotten_here_or_elsewhere(
+    two_processes: tuple[Store, Store],
+) -> None:
+    gateway, other = two_processes
+    clock = ManualClock(1000.0)
+    ledger, cli = Ledger(gateway, clock), Ledger(other, clock)
+
+    def register(ledger: Ledger, kernel_id: str, token_hash: str) -> None:
+        ledger.register_kernel(
+            KernelRecord(kernel_id=kernel_id, user="alice", node="n1", server_id="s"),
+            token_hash=token_hash,
+        )
+
+    register(ledger, "k1", "h1")
+    register(ledger, "k2", "h2")
+    until(lambda: ledger.caller_by_token_hash("h1") is not None and ledger.cached_caller("h1"), "")
+    assert ledger.cached_caller("h1") == ledger.caller_by_token_hash("h1")
+    assert ledger.caller_by_token_hash("h1").user == "alice"  # type: ignore[union-attr]
+    # forgotten here: at once
+    ledger.forget_kernel("k1", reason="gone")
+    assert ledger.cached_caller("h1") is None and ledger.caller_by_token_hash("h1") is None
+    # relaunched elsewhere with a new token: the old one is told
+    until(lambda: ledger.caller_by_token_hash("h2") is not None and ledger.cached_caller("h2"), "")
+    register(cli, "k2", "h2-new")
+    until(lambda: ledger.cached_caller("h2") is None, "the relaunch is told")
+    assert ledger.caller_by_token_hash("h2") is None
+    assert ledger.caller_by_token_hash("h2-new") is not None
+
+
+def test_a_lost_feed_turns_the_caches_off_until_it_listens_again(
+    two_processes: tuple[Store, Store], fresh_postgres_db: str
+) -> None:
+    gateway, _ = two_processes
+    book = TokenBook(gateway, ManualClock(1000.0))
+    issued = book.issue("alice", by="admin")
+    until(lambda: book.verify(issued.token) == "alice" and book.cached(issued.token), "kept")
+    feed = gateway.feed
+    assert feed is not None
+    killer = create_engine(fresh_postgres_db, isolation_level="AUTOCOMMIT")
+    try:
+        with killer.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+                )
+            )
+    finally:
+        killer.dispose()
+    until(lambda: book.cached(issued.token) is None, "the cache is off or cleared")
+    until(lambda: feed.live, "the feed listens again")
+    assert book.verify(issued.token) == "alice"
+    assert book.cached(issued.token) == "alice"
+
+
+def test_sqlite_has_no_feed_and_keeps_nothing(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        assert store.start_feed() is None
+        book = TokenBook(store, ManualClock(1000.0))
+        issued = book.issue("alice", by="admin")
+        assert book.verify(issued.token) == "alice"
+        assert book.cached(issued.token) is None
+    finally:
+        store.dispose()
