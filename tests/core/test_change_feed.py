@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.books.tokens import TokenBook
@@ -16,6 +16,8 @@ from jupyter_dlinfra.core.change_feed import ChangeFeed, FeedCache, parse_payloa
 from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.core.store import Store
+
+from .kit import A100, make_gpus
 
 DEADLINE_S = 10.0
 
@@ -184,3 +186,37 @@ def test_sqlite_has_no_feed_and_keeps_nothing(tmp_path: Path) -> None:
         assert book.cached(issued.token) is None
     finally:
         store.dispose()
+
+
+def test_a_ledger_reads_without_the_counter_until_another_process_writes(
+    two_processes: tuple[Store, Store],
+) -> None:
+    gateway, other = two_processes
+    clock = ManualClock(1000.0)
+    ledger, cli = Ledger(gateway, clock), Ledger(other, clock)
+    ledger.sync_inventory("node-a", make_gpus("node-a", (2, A100)))
+    for kernel_id in ("k1", "k2"):
+        ledger.register_kernel(
+            KernelRecord(kernel_id=kernel_id, user="alice", node="node-a", server_id="s")
+        )
+    ledger.request(kernel_id="k1", count=2)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(gateway.engine, "before_cursor_execute", seen)
+    try:
+        until(lambda: ledger.queue_length() == 0 and not ledger.queue_length(), "settled")
+        statements.clear()
+        assert ledger.queue_length() == 0
+        assert not [s for s in statements if "dlinfra_meta" in s]
+        # another process queues a request: told by the feed, the next read sees it
+        cli.request(kernel_id="k2", count=1)
+        until(lambda: ledger.queue_length() == 1, "the other process's request is seen")
+        assert [a.kernel_id for a in ledger.queue()] == ["k2"]
+        statements.clear()
+        assert ledger.queue_length() == 1
+        assert not [s for s in statements if "dlinfra_meta" in s]
+    finally:
+        event.remove(gateway.engine, "before_cursor_execute", seen)
