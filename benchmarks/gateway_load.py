@@ -87,13 +87,20 @@ or timeout, and every event stream refused or lost before the end; the first few
 Also the gateway's and this process's CPU seconds per second of the run, what the streams read,
 the snapshots built and their size, and the queue's length in the last snapshot.
 
+**Route costs** (``--route-cost-s``, 3 s each; 0 skips them): after the baseline, before the
+streams open, each client route runs alone from every client back to back (a request and the
+cancel of it as pairs; a status of the client's one queued request; the queue's first page; the
+user's own allocations): answers per second and the gateway's CPU per answer, by route, next to
+the baseline's. Where the mix's CPU goes; the mix costs more than their average by what the
+event streams and the long polls add, and by views kept in memory that its changes drop.
+
 PostgreSQL: ``--pg-url`` names a server (a database is created for the run and dropped; the role
 needs CREATEDB), else one is started as the test suite does (``tests/postgres_server.py``, a
 throw-away server with fsync off). Without PostgreSQL the run stops with an error.
 
 Usage: ``.venv/bin/python benchmarks/gateway_load.py [--nodes N] [--waiting N] [--clients N]
 [--streams N] [--duration-s S] [--rate R] [--floor-s S] [--long-poll-s S] [--queue-limit N]
-[--pg-url URL] [--seed N]``.
+[--route-cost-s S] [--pg-url URL] [--seed N]``.
 Targets (issue 15): >= 500 requests/s with p99 < 100 ms, event delay p99 < 500 ms, 0 errors. The
 last line: ``RESULT requests_per_s=... p99_ms=... event_p99_ms=... errors=...``.
 """

@@ -126,8 +126,9 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
     reclaim_policy = options.configured_policy()
     clock = SystemClock()
     store = Store(options.db_url)
-    # other processes' commits (PostgreSQL): what answers may be kept until one comes
-    store.start_feed()
+    if options.change_feed:
+        # other processes' commits (PostgreSQL): what answers may be kept until one comes
+        store.start_feed()
     directory = Directory(
         user_groups=options.user_groups,
         admin_users=options.admin_users,

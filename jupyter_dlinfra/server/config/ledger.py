@@ -47,6 +47,17 @@ class LedgerOptions(HasTraits):
         "state, which at 1,024 nodes and 10,000 waiting requests paused whichever request was "
         "running for 100-180 ms. Off: the collector scans every object, Python's default.",
     )
+    change_feed = Bool(
+        True,
+        config=True,
+        help="On PostgreSQL, listen for other processes' commits (LISTEN/NOTIFY, a connection of "
+        "its own) and keep people's and kernels' tokens, GPU rows and the scheduling state in "
+        "memory until one comes: a request then costs no database round trip to check its "
+        "token or the ledger's version. A token revoked with `jupyter dlinfra token revoke` "
+        "stops working once its commit is told (milliseconds). Turn it off where the database "
+        "is reached through a pooler in transaction mode (PgBouncer's pool_mode=transaction), "
+        "which does not deliver notifications: every request then reads them again.",
+    )
     node_name = Unicode(
         config=True,
         help="Name of this node in the ledger. Default: the host name. Kernels get GPUs of their "
