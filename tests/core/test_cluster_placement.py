@@ -44,11 +44,14 @@ def test_grant_placed_holds_the_named_gpus_on_the_pods_node(kit: Kit) -> None:
     devices = kit.node("node-a")
     kit.kernel("k1", node="gateway")
     alloc = kit.ledger.request_placed(kernel_id="k1", count=2, reason="creating a pod")
+    # the user's own list shows it waiting (kept in memory from here on)
+    assert [a.state for a in kit.ledger.allocations_page(user="alice", limit=5)[0]] == [QUEUED]
     kit.clock.advance(3)
     granted = kit.ledger.grant_placed(
         alloc.id, node="node-a", gpu_uuids=[devices[2].uuid, devices[3].uuid]
     )
     assert granted.state is GRANTED
+    assert kit.ledger.allocations_page(user="alice", limit=5)[0] == [granted]
     assert granted.node == "node-a"
     assert set(granted.gpus) == {devices[2].uuid, devices[3].uuid}
     assert granted.granted_at == kit.clock.now()

@@ -227,6 +227,16 @@ class LedgerMachine(RuleBasedStateMachine):
             assert sorted(on_node) == list(range(1, len(on_node) + 1))
         assert all(a.waiting_reason and a.waiting_code for a in queue)
 
+        # a user's own list, served from the rows kept in memory, is what the tables say
+        for kid in (*KERNEL_NODE, *POOL_KERNELS):
+            user = f"user-{kid}"
+            served, total = self.ledger.allocations_page(user=user, limit=1000)
+            assert served == self.ledger.allocations(user=user)
+            assert total == len(served)
+            assert served[1:2] == self.ledger.allocations_page(user=user, limit=1, offset=1)[0]
+        kept = self.ledger._cache
+        assert kept is not None and set(kept.rows) <= set(kept.user_of)  # ended rows go
+
         # ended allocations hold nothing any more
         holding_ids = {h.id for h in holders.values()}
         for a in history:

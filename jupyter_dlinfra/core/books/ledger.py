@@ -395,6 +395,8 @@ class Ledger:
             recorded=recorded,
             outside=outside,
             kernel_of={a.id: a.kernel_id for a in active},
+            user_of={a.id: a.user for a in active},
+            rows={a.id: a for a in active},
             waiting={
                 a.id: Waiting(
                     kernel_id=a.kernel_id,
@@ -1021,6 +1023,7 @@ class Ledger:
             )
             cache.changed()
             cache.waiting.pop(alloc.id, None)
+            cache.forget_rows([alloc.id])
             raw = conn.execute(
                 select(allocations.c.groups).where(allocations.c.id == alloc.id)
             ).scalar()
@@ -1155,7 +1158,8 @@ class Ledger:
             tx, "requested", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
         )
         cache.changed()
-        cache.add_active(alloc.id, alloc.kernel_id)
+        # its row is read when first shown (what the database made of it, defaults included)
+        cache.add_active(alloc.id, alloc.kernel_id, alloc.user)
         cache.waiting[alloc.id] = Waiting(
             kernel_id=alloc.kernel_id,
             created_at=alloc.created_at,
@@ -1221,8 +1225,11 @@ class Ledger:
         state: AllocationState | None = None,
     ) -> tuple[list[Allocation], int]:
         """A page of :meth:`allocations` and how many match in all, read together (one
-        indexed count for one user's or kernel's active ones)."""
+        indexed count for one user's or kernel's active ones). One user's active allocations
+        (a sidebar's own list) are served from the state in memory."""
         _check_page(limit, offset)
+        if user is not None and kernel_id is None and active and state is None:
+            return self._users_page(user, limit, offset)
         found, values = _allocation_filter(kernel_id, user, None, active, state, None)
         with self.store.read() as conn:
             total = int(conn.execute(found.count, values).scalar() or 0)
@@ -1232,6 +1239,42 @@ class Ledger:
                 else []
             )
             return page, total
+
+    def _users_page(self, user: str, limit: int, offset: int) -> tuple[list[Allocation], int]:
+        """A page of the user's active allocations, from the rows in memory; those a write
+        changed since they were read are read again (by id, outside the lock) and kept."""
+        with self.store.read() as conn:
+            with self._locked_state(conn) as cache:
+                ids = cache.active_of(user)
+                page = ids[offset : offset + limit]
+                kept = {aid: cache.rows.get(aid) for aid in page}
+                version = cache.version
+            rows = self._rows(conn, cache, version, kept)
+            # one that ended since its id was listed is left out, as the tables would
+            found = [a for a in (rows.get(aid) for aid in page) if a is not None and a.state.active]
+            return self._with_waits(conn, found), len(ids)
+
+    def _rows(
+        self,
+        conn: Connection,
+        cache: LedgerCache,
+        version: int,
+        kept: dict[int, Allocation | None],
+    ) -> dict[int, Allocation]:
+        """``kept`` (the rows in memory of some ids, as of ``version``) with those missing read
+        (outside the lock) and kept, unless a write came in between: it may have changed them
+        again."""
+        missing = [aid for aid, row in kept.items() if row is None]
+        found = {aid: row for aid, row in kept.items() if row is not None}
+        if missing:
+            read = self._load(conn, allocations.c.id.in_(missing))
+            with self._lock:
+                if self._cache is cache and cache.version == version:
+                    for a in read:
+                        if a.state.active and a.id in cache.user_of:
+                            cache.rows[a.id] = a
+            found.update((a.id, a) for a in read)
+        return found
 
     def _allocations(
         self,
@@ -1272,9 +1315,10 @@ class Ledger:
                 else:
                     ids = cache.node_order(node, now)
                     page = ids[offset:] if limit is None else ids[offset : offset + limit]
+                in_memory = {aid: cache.rows.get(aid) for aid in page}
             answer: list[Allocation] = []
             if page:
-                found = {a.id: a for a in self._load(conn, allocations.c.id.in_(page))}
+                found = self._rows(conn, cache, version, in_memory)
                 # one granted or ended since the page was taken is no longer in the queue
                 waiting = [found[aid] for aid in page if aid in found]
                 queued = [a for a in waiting if a.state is AllocationState.QUEUED]
@@ -1407,7 +1451,11 @@ class Ledger:
         if state is AllocationState.CANCELLED:
             # what was being preempted for it is no longer wanted (a job already stopping is
             # queued again by its owner all the same)
-            sql.UNMARK_PREEMPTED.run(tx.conn, {"p_for": alloc.id})
+            unmarked = sql.UNMARK_PREEMPTED.run(tx.conn, {"p_for": alloc.id}).rowcount
+            if unmarked:  # rare: grants being preempted for it go back to plain grants
+                cache.forget_rows(
+                    [a.id for a in cache.rows.values() if a.preempted_for == alloc.id]
+                )
         if alloc.state is AllocationState.GRANTED:
             sql.DELETE_HOLDINGS.run(tx.conn, {"p_id": alloc.id})
         sql.END_ALLOCATION.run(
@@ -1480,6 +1528,7 @@ class Ledger:
                 conn,
                 [{"p_id": g.request_id, "p_at": now, "p_borrowed": g.borrowed} for g in out.grants],
             )
+            cache.forget_rows(g.request_id for g in out.grants)
         placed_on: list[tuple[int, str, str]] = []  # request, its kernel, the node granted
         for grant in out.grants:
             asked = cache.waiting.pop(grant.request_id, None)
@@ -1505,6 +1554,7 @@ class Ledger:
             sql.PLACE_ON_NODE.run_many(conn, [{"p_id": a, "p_node": n} for a, _, n in placed_on])
             sql.PLACE_KERNEL.run_many(conn, [{"p_kernel": k, "p_node": n} for _, k, n in placed_on])
         if out.preemptions:
+            cache.forget_rows(p.holding_id for p in out.preemptions)
             sql.MARK_PREEMPTED.run_many(
                 conn,
                 [

@@ -23,7 +23,7 @@ import bisect
 import itertools
 import statistics
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
@@ -144,8 +144,11 @@ class LedgerCache:
     sched: Scheduler
     durations: Durations
     #: every active allocation (queued or granted) -> its kernel (changed through
-    #: :meth:`add_active` and :meth:`drop_active`, which keep ``active_kernels`` in step)
+    #: :meth:`add_active` and :meth:`drop_active`, which keep ``active_kernels`` and
+    #: ``user_active`` in step)
     kernel_of: dict[int, str]
+    #: every active allocation -> its user
+    user_of: dict[int, str]
     #: queued allocations: the ledger's (also in ``sched.demands``) and the cluster's
     waiting: dict[int, Waiting]
     #: each user's stored fair-share usage (its dlinfra_fairshare row): (GPU-seconds, at)
@@ -155,6 +158,12 @@ class LedgerCache:
     #: kernel -> how many active allocations it has (a kernel not here has none: a request
     #: need not look for one in the tables); derived from ``kernel_of``
     active_kernels: Counter[str] = field(init=False)
+    #: active allocations as their rows read (without waits), by id: what a user's list of
+    #: their own is served from. A write drops each row it changes (:meth:`forget_rows`), and a
+    #: read fills those it had to read again; a state loaded again starts from its own load
+    rows: dict[int, Allocation] = field(default_factory=dict)
+    #: user -> ids of their active allocations; derived from ``user_of``
+    user_active: dict[str, set[int]] = field(init=False)
     #: the waiting requests may include some that lost their GPUs: check them at the next pass
     check_all: bool = True
     #: changed since the write that uses it began (then a failed write cannot keep it)
@@ -169,12 +178,25 @@ class LedgerCache:
 
     def __post_init__(self) -> None:
         self.active_kernels = Counter(self.kernel_of.values())
+        self.user_active = defaultdict(set)
+        for aid, user in self.user_of.items():
+            self.user_active[user].add(aid)
 
-    def add_active(self, allocation_id: int, kernel_id: str) -> None:
+    def add_active(self, allocation_id: int, kernel_id: str, user: str) -> None:
         self.kernel_of[allocation_id] = kernel_id
         self.active_kernels[kernel_id] += 1
+        self.user_of[allocation_id] = user
+        self.user_active[user].add(allocation_id)
 
     def drop_active(self, allocation_id: int) -> None:
+        self.rows.pop(allocation_id, None)
+        user = self.user_of.pop(allocation_id, None)
+        if user is not None:
+            mine = self.user_active.get(user)
+            if mine is not None:
+                mine.discard(allocation_id)
+                if not mine:
+                    del self.user_active[user]
         kernel_id = self.kernel_of.pop(allocation_id, None)
         if kernel_id is None:
             return
@@ -183,6 +205,15 @@ class LedgerCache:
             self.active_kernels[kernel_id] = left
         else:
             del self.active_kernels[kernel_id]
+
+    def forget_rows(self, allocation_ids: Iterable[int]) -> None:
+        """These allocations' rows changed: read them again when next shown."""
+        for aid in allocation_ids:
+            self.rows.pop(aid, None)
+
+    def active_of(self, user: str) -> list[int]:
+        """Ids of the user's active allocations, in order."""
+        return sorted(self.user_active.get(user, ()))
 
     def changed(self) -> None:
         """The state is about to change (nodes' explanations are dropped as it is read again,
