@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +29,12 @@ __all__ = [
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
+    return _iso(ts)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _iso(ts: float) -> str:
+    # the same allocations' times are shown again and again (sidebars, queue pages)
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 

@@ -1056,7 +1056,8 @@ class Ledger:
 
         def look(tx: Transaction, cache: LedgerCache) -> Allocation | None:
             nonlocal found
-            alloc = self._one(tx.conn, allocation_id)
+            # the state is current under the write lock: its row, when kept, is the table's
+            alloc = cache.rows.get(allocation_id) or self._one(tx.conn, allocation_id)
             if check is not None:
                 check(alloc)
             if not alloc.state.active:
@@ -1158,8 +1159,9 @@ class Ledger:
             tx, "requested", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
         )
         cache.changed()
-        # its row is read when first shown (what the database made of it, defaults included)
         cache.add_active(alloc.id, alloc.kernel_id, alloc.user)
+        # as the table has it (the hypothesis state machine compares the two)
+        cache.rows[alloc.id] = alloc
         cache.waiting[alloc.id] = Waiting(
             kernel_id=alloc.kernel_id,
             created_at=alloc.created_at,
@@ -1697,7 +1699,8 @@ class Ledger:
             return alloc
         # dataclasses.replace validates and calls __init__ with every field: a sidebar's
         # page waits for dozens of these
-        waited = copy.copy(alloc)
+        waited = object.__new__(Allocation)
+        waited.__dict__.update(alloc.__dict__)
         for name, value in (
             ("position", info.position),
             ("waiting_reason", info.reason),
