@@ -79,7 +79,35 @@ def allocation_json(
     simulated: bool = False,
 ) -> dict[str, Any]:
     """``gpus`` needs only the GPUs of :func:`shown_gpus` (others are not looked at);
-    ``simulated`` marks the answer even before any GPU is held (a queued request)."""
+    ``simulated`` marks the answer even before any GPU is held (a queued request). An
+    allocation that holds no GPU is described by itself alone: the answer for the same object
+    is made once and shared (the ledger hands out the same object while nothing about it
+    changes), so callers must not change it."""
+    if not alloc.gpus:
+        kept = _NO_GPU_VIEWS.get(alloc.id)
+        if kept is not None and kept[0] is alloc and kept[1] is simulated:
+            return kept[2]
+        if len(_NO_GPU_VIEWS) >= _NO_GPU_VIEWS_KEPT:
+            _NO_GPU_VIEWS.clear()
+        made = _allocation_json(alloc, gpus, samples, simulated=simulated)
+        _NO_GPU_VIEWS[alloc.id] = (alloc, simulated, made)
+        return made
+    return _allocation_json(alloc, gpus, samples, simulated=simulated)
+
+
+#: allocation id -> (the allocation object, simulated, its view): views of allocations that hold
+#: no GPU (queued ones: sidebars and queue pages show the same ones again and again)
+_NO_GPU_VIEWS: dict[int, tuple[Allocation, bool, dict[str, Any]]] = {}
+_NO_GPU_VIEWS_KEPT = 50_000
+
+
+def _allocation_json(
+    alloc: Allocation,
+    gpus: Mapping[str, Gpu],
+    samples: Mapping[str, GpuSample] | None = None,
+    *,
+    simulated: bool = False,
+) -> dict[str, Any]:
     held = [_gpu_brief(u, gpus) for u in alloc.gpus]
     if samples is not None:
         for entry in held:

@@ -1697,6 +1697,10 @@ class Ledger:
         info = cache.wait_info(alloc.id, self.clock.now() if now is None else now)
         if info is None:
             return alloc
+        kept = cache.waited.get(alloc.id)
+        if kept is not None and kept[0] is alloc and kept[1] is info:
+            # the same row with the same explanation: the same answer, which views may keep
+            return kept[2]
         # dataclasses.replace validates and calls __init__ with every field: a sidebar's
         # page waits for dozens of these
         waited = object.__new__(Allocation)
@@ -1709,6 +1713,7 @@ class Ledger:
             ("estimate_basis", info.estimate_basis),
         ):
             object.__setattr__(waited, name, value)
+        cache.waited[alloc.id] = (alloc, info, waited)
         return waited
 
 

@@ -162,6 +162,9 @@ class LedgerCache:
     #: their own is served from. A write drops each row it changes (:meth:`forget_rows`), and a
     #: read fills those it had to read again; a state loaded again starts from its own load
     rows: dict[int, Allocation] = field(default_factory=dict)
+    #: queued allocation -> (its row, its explanation, the row with it): the same answer object
+    #: for as long as neither changes (Ledger._waited)
+    waited: dict[int, tuple[Allocation, explain.WaitInfo, Allocation]] = field(default_factory=dict)
     #: user -> ids of their active allocations; derived from ``user_of``
     user_active: dict[str, set[int]] = field(init=False)
     #: the waiting requests may include some that lost their GPUs: check them at the next pass
@@ -190,6 +193,7 @@ class LedgerCache:
 
     def drop_active(self, allocation_id: int) -> None:
         self.rows.pop(allocation_id, None)
+        self.waited.pop(allocation_id, None)
         user = self.user_of.pop(allocation_id, None)
         if user is not None:
             mine = self.user_active.get(user)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from http.client import responses
 from typing import Any, TypeVar, cast
 
+import orjson
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.identity import User
 from jupyter_server.base.handlers import APIHandler
@@ -154,7 +155,7 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
     def answer(self, body: dict[str, Any], status: int = 200) -> None:
         body.setdefault("simulated", self.service.provider.simulated)
         self.set_status(status)
-        self.finish(json.dumps(body))
+        self.finish(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
 
 
 def authorized(action: str) -> Callable[[F], F]:
