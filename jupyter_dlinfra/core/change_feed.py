@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +32,8 @@ CHANNEL = "dlinfra_changes"
 #: seconds between the listener's checks that it should stop, and before it reconnects
 POLL_S = 0.5
 RECONNECT_S = 1.0
+#: seconds between two warnings that the feed cannot listen
+WARN_EVERY_S = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class ChangeFeed:
         self._lock = threading.Lock()
         #: set once the first connection listens (tests and start-up wait on it)
         self.listening = threading.Event()
+        self._warned_at = -math.inf
 
     def start(self) -> ChangeFeed:
         if self._thread is None:
@@ -105,12 +110,20 @@ class ChangeFeed:
             except Exception:  # a listener's fault must not stop the feed
                 log.exception("dlinfra: a change-feed listener failed")
 
+    def _say(self, message: str, err: Exception) -> None:
+        """Warn, but once a minute at most: a database that is away is retried every second
+        (its outage is told elsewhere, once)."""
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(message, err)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 conn = self._connect()
             except Exception as err:
-                log.warning("dlinfra: cannot listen for ledger changes (%s); caches are off", err)
+                self._say("dlinfra: cannot listen for ledger changes (%s); caches are off", err)
                 self._stop.wait(RECONNECT_S)
                 continue
             try:
@@ -127,7 +140,7 @@ class ChangeFeed:
                             self._moved(counters)
             except Exception as err:
                 if not self._stop.is_set():
-                    log.warning("dlinfra: lost the ledger's change feed (%s); reconnecting", err)
+                    self._say("dlinfra: lost the ledger's change feed (%s); reconnecting", err)
             finally:
                 self.live = False
                 with contextlib.suppress(Exception):  # closing a broken connection

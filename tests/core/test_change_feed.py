@@ -3,6 +3,7 @@ LISTEN/NOTIFY) and the caches that follow it (people's tokens, kernels' tokens).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, event, text
 
+from jupyter_dlinfra.core import change_feed
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.books.tokens import TokenBook
 from jupyter_dlinfra.core.change_feed import ChangeFeed, FeedCache, parse_payload, payload
@@ -150,8 +152,9 @@ def test_a_kernels_token_is_kept_until_the_kernel_is_forgotten_here_or_elsewhere
 
 
 def test_a_lost_feed_turns_the_caches_off_until_it_listens_again(
-    two_processes: tuple[Store, Store], fresh_postgres_db: str
+    two_processes: tuple[Store, Store], fresh_postgres_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(change_feed, "RECONNECT_S", 0.05)
     gateway, _ = two_processes
     book = TokenBook(gateway, ManualClock(1000.0))
     issued = book.issue("alice", by="admin")
@@ -219,3 +222,24 @@ def test_a_ledger_reads_without_the_counter_until_another_process_writes(
         assert not [s for s in statements if "dlinfra_meta" in s]
     finally:
         event.remove(gateway.engine, "before_cursor_execute", seen)
+
+
+def test_a_feed_that_cannot_connect_says_so_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(change_feed, "RECONNECT_S", 0.01)
+    attempts: list[int] = []
+
+    def refuse() -> object:
+        attempts.append(1)
+        raise OSError("connection refused")
+
+    feed = ChangeFeed(refuse, "me")
+    with caplog.at_level(logging.WARNING, logger="jupyter_dlinfra.core.change_feed"):
+        for _ in range(3):
+            feed._say("cannot listen (%s)", OSError("connection refused"))
+        feed.start()
+        until(lambda: len(attempts) >= 2, "two attempts")
+        feed.stop()
+    assert len([r for r in caplog.records if "cannot listen" in r.getMessage()]) == 1
+    assert not feed.live
