@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["CHANNEL", "ChangeFeed", "FeedCache", "parse_payload", "payload"]
+__all__ = ["CHANNEL", "ChangeFeed", "FeedCache", "writer_of"]
 
 CHANNEL = "dlinfra_changes"
 #: seconds between the listener's checks that it should stop, and before it reconnects
@@ -41,20 +41,10 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-def payload(writer: str, counters: dict[str, int]) -> str:
-    """What a write notifies: its writer and the counters it moved, ``w key=1,key2=5``."""
-    return writer + " " + ",".join(f"{k}={v}" for k, v in sorted(counters.items()))
-
-
-def parse_payload(text: str) -> tuple[str, dict[str, int]]:
-    """The writer and counters of a notification (counters it cannot read are left out)."""
-    writer, _, rest = text.partition(" ")
-    counters: dict[str, int] = {}
-    for part in rest.split(","):
-        key, _, value = part.partition("=")
-        if key and value.isdigit():
-            counters[key] = int(value)
-    return writer, counters
+def writer_of(payload: str) -> str:
+    """The writer of a notification (``<writer> <counter>=<value>,...``; the counters are
+    there for whoever watches the channel by hand)."""
+    return payload.partition(" ")[0]
 
 
 class ChangeFeed:
@@ -70,11 +60,8 @@ class ChangeFeed:
         self.stamp = 0
         #: listening now (a cache may be served only while it is)
         self.live = False
-        #: the highest value of each counter another writer notified
-        self.counters: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         #: set once the first connection listens (tests and start-up wait on it)
         self.listening = threading.Event()
@@ -93,22 +80,9 @@ class ChangeFeed:
             thread.join(timeout=POLL_S * 4)
         self.live = False
 
-    def on_change(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` (on the feed's thread) after ``stamp`` moved."""
-        self._listeners.append(listener)
-
-    def _moved(self, counters: dict[str, int] | None = None) -> None:
+    def _moved(self) -> None:
         with self._lock:
-            if counters:
-                for key, value in counters.items():
-                    if value > self.counters.get(key, -1):
-                        self.counters[key] = value
             self.stamp += 1
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:  # a listener's fault must not stop the feed
-                log.exception("dlinfra: a change-feed listener failed")
 
     def _say(self, message: str, err: Exception) -> None:
         """Warn, but once a minute at most: a database that is away is retried every second
@@ -135,9 +109,8 @@ class ChangeFeed:
                 self.listening.set()
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=POLL_S):
-                        writer, counters = parse_payload(note.payload)
-                        if writer != self.writer:
-                            self._moved(counters)
+                        if writer_of(note.payload) != self.writer:
+                            self._moved()
             except Exception as err:
                 if not self._stop.is_set():
                     self._say("dlinfra: lost the ledger's change feed (%s); reconnecting", err)

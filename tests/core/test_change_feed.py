@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, event, text
 from jupyter_dlinfra.core import change_feed
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.books.tokens import TokenBook
-from jupyter_dlinfra.core.change_feed import ChangeFeed, FeedCache, parse_payload, payload
+from jupyter_dlinfra.core.change_feed import ChangeFeed, FeedCache, writer_of
 from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.core.store import Store
@@ -40,10 +40,9 @@ class FakeFeed(ChangeFeed):
         self.live = True
 
 
-def test_payloads_name_the_writer_and_the_counters_it_moved() -> None:
-    text_ = payload("w1", {"version": 12, "ledger": 5})
-    assert parse_payload(text_) == ("w1", {"ledger": 5, "version": 12})
-    assert parse_payload("w2 junk,version=x,ledger=3") == ("w2", {"ledger": 3})
+def test_a_notification_names_its_writer() -> None:
+    assert writer_of("w1 ledger=5,version=12") == "w1"
+    assert writer_of("w2") == "w2"
 
 
 def test_a_cache_keeps_nothing_read_before_a_change_and_nothing_without_a_live_feed() -> None:

@@ -737,8 +737,8 @@ class Ledger:
     ) -> list[Allocation]:
         ended = self._end_kernel_allocations(tx, cache, kernel_id, reason)
         gone = tx.conn.execute(delete(kernels).where(kernels.c.kernel_id == kernel_id))
-        tx.on_commit(self._callers.clear)
         if gone.rowcount:
+            tx.on_commit(self._callers.clear)
             self.write_event(tx, "kernel_forgotten", kernel_id=kernel_id, detail={"reason": reason})
         if ended:
             self._schedule(tx, cache)

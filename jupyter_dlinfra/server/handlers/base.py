@@ -95,19 +95,19 @@ class DLInfraHandler(APIHandler):  # type: ignore[misc]
         if not self.check_host():
             raise web.HTTPError(403)
         try:
-            record = await self.service.kernel_for_token(token)
+            caller = await self.service.kernel_for_token(token)
         except LedgerError as err:  # the database is away: 503, not a traceback
             raise from_ledger_error(err) from err
-        if record is None:
+        if caller is None:
             raise ApiError(
                 403,
                 "this kernel's dlinfra token is not valid any more (was the kernel restarted "
                 "by another server?)",
                 code="bad_kernel_token",
             )
-        user = User(username=record.user, name=record.user, display_name=record.user)
+        user = User(username=caller.user, name=caller.user, display_name=caller.user)
         self.current_user = self._jupyter_current_user = user
-        self.kernel_caller = record
+        self.kernel_caller = caller
 
     def check_xsrf_cookie(self) -> None:
         # a kernel token travels in a header a browser cannot forge cross-site
