@@ -28,9 +28,12 @@ the views with the person's token):
 1. ``POST allocations`` for the cycle's kernel (the two kernels take turns), 1/2/4/8 GPUs with
    ledger_scale's weights, no model and no class, as ``%gpu N`` sends it;
 2. its status, ``GET allocations/{id}`` (``%gpu --no-wait`` and the check before each cell); on
-   every other cycle (half the clients start with it) instead a long poll,
+   every other cycle (half the clients start with it) also a long poll,
    ``GET allocations/{id}?wait=S`` (``--long-poll-s``, 1 s; ``%gpu N`` waiting in the queue):
-   answered at the first change of its place or reason, else after S seconds;
+   answered at the first change of its place or reason, else after S seconds. It goes on a
+   connection of its own (the kernel's, beside the sidebar's), not paced and not awaited by the
+   cycle, one at a time per client: it waits by design, and a wait inside the cycle would take
+   the place of paced requests (with these defaults, the offered rate could not be answered);
 3. a queue view, ``GET queue?limit=Q`` (``--queue-limit``, 50: its first page, as the sidebar
    shows it);
 4. the user's own allocations, ``GET allocations?user=U`` (the sidebar's "mine");
@@ -38,9 +41,9 @@ the views with the person's token):
    that a client has one request waiting between cycles and the queue stays at its seeded length
    plus one per client.
 
-**Pacing**: each client sends its next request one interval (``--clients`` / ``--rate``
-seconds, 0.4 s by default) after the last one began, and at once when its answer came later
-than that (a long poll, or a gateway that falls behind), catching up at most one interval: the
+**Pacing**: each client sends its next request (long polls aside) one interval (``--clients`` /
+``--rate`` seconds, 0.4 s by default) after the last one began, and at once when its answer came
+later than that (a gateway that falls behind), catching up at most one interval: the
 gateway is offered the target rate, and latencies are its service time plus the queueing it
 causes, not the queueing of a closed loop. Without pacing (``--rate 0``, back to back without
 think time) latency is the number of clients over the throughput whatever the gateway does
@@ -400,6 +403,10 @@ class Client(Caller):
     ) -> None:
         """``every_s``: seconds between the client's requests (0: back to back)."""
         super().__init__(port, recorder, Pace(every_s, rng.uniform(0, every_s)))
+        #: the waiting kernel's long polls: a connection of their own (a kernel's, not the
+        #: sidebar's), outside the pacing, at most one at a time
+        self.poller = Caller(port, recorder)
+        self._poll: asyncio.Future[tuple[int, bytes]] | None = None
         self.plan = plan
         self.rng = rng
         self.long_poll_s = long_poll_s
@@ -423,17 +430,19 @@ class Client(Caller):
             status, answer = await self.call(REQUEST, "POST", base, auth, body, expect=201)
             asked = int(json.loads(answer)["id"]) if status == 201 else None
             if asked is not None:
-                # half the clients long-poll on odd cycles, half on even ones
-                if self.long_poll_s > 0 and (self.cycles + plan.index) % 2 == 0:
-                    await self.call(
-                        LONG_POLL,
-                        "GET",
-                        f"{base}/{asked}?wait={self.long_poll_s:g}",
-                        auth,
-                        wait=self.long_poll_s,
+                # half the clients long-poll on odd cycles, half on even ones, beside the cycle
+                polling = self._poll is not None and not self._poll.done()
+                if self.long_poll_s > 0 and (self.cycles + plan.index) % 2 == 0 and not polling:
+                    self._poll = asyncio.ensure_future(
+                        self.poller.call(
+                            LONG_POLL,
+                            "GET",
+                            f"{base}/{asked}?wait={self.long_poll_s:g}",
+                            auth,
+                            wait=self.long_poll_s,
+                        )
                     )
-                else:
-                    await self.call(STATUS, "GET", f"{base}/{asked}", auth)
+                await self.call(STATUS, "GET", f"{base}/{asked}", auth)
             await self.call(QUEUE, "GET", self.queue_path, plan.person)
             await self.call(MINE, "GET", mine, plan.person)
             if held is not None:
@@ -447,7 +456,10 @@ class Client(Caller):
                 )
             held = None if asked is None else (asked, slot)
         self.ended_at = time.perf_counter()
+        if self._poll is not None:
+            await self._poll
         self.conn.close()
+        self.poller.conn.close()
 
 
 class Prober(Caller):

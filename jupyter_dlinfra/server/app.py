@@ -22,6 +22,7 @@ from jupyter_dlinfra.server.config import DLInfraOptions, default_db_url
 from jupyter_dlinfra.server.handlers.routes import routes
 from jupyter_dlinfra.server.metrics import registry_for
 from jupyter_dlinfra.server.pod_kernels import PodKernels
+from jupyter_dlinfra.server.request_log import quiet_request_log
 from jupyter_dlinfra.server.service import GpuService
 from jupyter_dlinfra.server.wiring import ServerSide, build
 
@@ -103,6 +104,8 @@ class DLInfra(ExtensionApp, DLInfraOptions):  # type: ignore[misc]
             self._take_over_pods(parts.pod_kernels)
         self.service.prepare()
         self.settings["dlinfra_service"] = self.service
+        # the web application's settings are updated from these once this returns
+        self.settings["log_function"] = quiet_request_log(self.settings["log_function"])
         self.settings["dlinfra_directory"] = self.directory
         if parts.tokens is not None:
             self.settings["dlinfra_tokens"] = parts.tokens

@@ -45,7 +45,7 @@ import contextlib
 import json
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -237,6 +237,9 @@ class Subscription:
         self._items: deque[tuple[int | None, bytes]] = deque()
         # the reader waiting in next(), woken with True by a frame, False by the keepalive timer
         self._waiter: asyncio.Future[bool] | None = None
+        #: while the reader waits with nothing queued: writes a frame straight to the
+        #: subscriber's connection, or says it cannot now (False: the frame is queued)
+        self._sink: Callable[[bytes], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -244,6 +247,9 @@ class Subscription:
     def offer(self, frame: bytes, *, seq: int | None = None) -> None:
         """Queue a frame: a delta of snapshot ``seq``, or a notice (``seq`` None)."""
         if self.closed:
+            return
+        sink = self._sink
+        if sink is not None and not self._items and not self.resync and sink(frame):
             return
         if len(self._items) >= self.maxsize:
             if seq is not None or any(s is not None for s, _ in self._items):
@@ -269,22 +275,27 @@ class Subscription:
         self.resync = self.overflows != overflows
         self._wake()
 
-    async def next(self, keepalive: float) -> list[bytes] | None:
+    async def next(
+        self, keepalive: float, *, sink: Callable[[bytes], bool] | None = None
+    ) -> list[bytes] | None:
         """Every frame waiting (none when a resync is due), or ``[KEEPALIVE]`` after
-        ``keepalive`` idle seconds; None once closed."""
+        ``keepalive`` idle seconds; None once closed. ``sink``: while this waits, frames go
+        straight to it, in order, as long as it takes them (it returns False for one it cannot
+        take now: that one and those after it are queued, and this returns them)."""
         while not self._items and not self.resync:
             if self.closed:
                 return None
-            # a future and a timer per wait (asyncio.wait_for would make a task of each): 500
-            # streams wait here, woken by every delta
+            # a future and a timer per wait (asyncio.wait_for would make a task of each)
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(keepalive, _settle, waiter, False)
+            self._sink = sink
             try:
                 woken = await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
+                self._sink = None
             if not woken:
                 if self.closed:
                     return None
@@ -302,6 +313,7 @@ class Subscription:
 
     def close(self) -> None:
         self.closed = True
+        self._sink = None
         self._items.clear()
         self._wake()
 

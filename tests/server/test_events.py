@@ -674,3 +674,36 @@ def test_a_preempted_job_tells_its_owner_it_was_queued_again() -> None:
     assert (notice.kind, notice.level, notice.user) == ("job_requeued", "warning", "ana")
     assert notice.kernel_id == "job-3" and notice.message.startswith("Job 3 was stopped: preempted")
     assert len(notice.message) <= 140
+
+
+async def test_frames_go_straight_to_a_waiting_readers_sink_until_it_refuses_one() -> None:
+    sub = Subscription(maxsize=4)
+    sub.start(b"s1", 1, overflows=0)
+    assert await sub.next(10) == [b"s1"]
+    taken: list[bytes] = []
+    takes = True
+
+    def sink(frame: bytes) -> bool:
+        if takes:
+            taken.append(frame)
+        return takes
+
+    reader = asyncio.ensure_future(sub.next(10, sink=sink))
+    await asyncio.sleep(0)  # the reader waits: frames go to its sink, in order
+    sub.offer(b"d2", seq=2)
+    sub.offer(b"n1")
+    assert taken == [b"d2", b"n1"] and not reader.done() and len(sub) == 0
+    takes = False  # its connection still sends: this one and those after it queue
+    sub.offer(b"d3", seq=3)
+    takes = True
+    sub.offer(b"d4", seq=4)
+    assert await reader == [b"d3", b"d4"] and taken == [b"d2", b"n1"]
+    sub.offer(b"d5", seq=5)  # no reader waiting: queued for the next read
+    assert taken == [b"d2", b"n1"] and await sub.next(10, sink=sink) == [b"d5"]
+    # a reader that fell behind gets no frame through its sink until it was resynced
+    for seq in range(6, 11):
+        sub.offer(b"d", seq=seq)
+    assert sub.resync
+    reader = asyncio.ensure_future(sub.next(10, sink=sink))
+    await asyncio.sleep(0)
+    assert await reader == [] and taken == [b"d2", b"n1"]

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -87,6 +87,8 @@ SCHEDULING_KEY = "scheduling"
 __all__ = ["CLUSTER", "QUOTA_WAIT", "SCHEDULING_KEY", "Ledger"]
 
 _log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: ``placement`` of a request that a cluster's scheduler places
 CLUSTER = "cluster"
@@ -313,6 +315,84 @@ class Ledger:
             cache = self._state(conn, version=version)
             self._checked_at = stamp
             yield cache
+
+    def _from_memory(self, answer: Callable[[LedgerCache], _T | None]) -> _T | None:
+        """``answer`` of the state in memory, on the caller's thread, without waiting and without
+        the database (an event loop may call it). None when that state may be behind what has
+        committed (no change feed tells it current, another process wrote since it was checked,
+        or a write of this process is under way and holds the lock), or when ``answer`` finds
+        something missing from memory (it returns None)."""
+        feed = self.store.feed
+        if feed is None or not feed.live or feed.stamp != self._checked_at:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            cache = self._cache
+            return None if cache is None else answer(cache)
+        finally:
+            self._lock.release()
+
+    def kept_allocation(self, allocation_id: int) -> Allocation | None:
+        """:meth:`allocation` from memory, or None where it would wait or read (see
+        ``_from_memory``): the check before each cell of a waiting ``%gpu``."""
+
+        def answer(cache: LedgerCache) -> Allocation | None:
+            row = cache.rows.get(allocation_id)
+            return None if row is None else self._waited(row, cache)
+
+        return self._from_memory(answer)
+
+    def kept_users_page(
+        self, user: str, *, limit: int, offset: int = 0
+    ) -> tuple[list[Allocation], int] | None:
+        """``allocations_page(user=user, active=True)`` from memory, or None where it would wait
+        or read a row (see ``_from_memory``): a sidebar's own list."""
+        _check_page(limit, offset)
+
+        def answer(cache: LedgerCache) -> tuple[list[Allocation], int] | None:
+            ids = cache.active_of(user)
+            rows = [cache.rows.get(aid) for aid in ids[offset : offset + limit]]
+            if any(row is None for row in rows):
+                return None
+            now = self.clock.now()
+            return [self._waited(a, cache, now) for a in rows if a is not None], len(ids)
+
+        return self._from_memory(answer)
+
+    def kept_queue_page(
+        self, node: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[Allocation], int] | None:
+        """:meth:`queue_page` from memory, or None where it would wait or read a row (see
+        ``_from_memory``)."""
+        _check_page(limit, offset)
+
+        def answer(cache: LedgerCache) -> tuple[list[Allocation], int] | None:
+            now = self.clock.now()
+            key = (node, limit, offset)
+            kept = cache.kept_page(key, now)
+            if kept is not None:
+                return kept
+            page, total = _queue_ids(cache, node, limit, offset, now)
+            rows = [cache.rows.get(aid) for aid in page]
+            if any(row is None for row in rows):
+                return None
+            queued = [a for a in rows if a is not None and a.state is AllocationState.QUEUED]
+            answer = [self._waited(a, cache, now) for a in queued]
+            cache.keep_page(key, cache.version, now, answer, total)
+            return answer, total
+
+        return self._from_memory(answer)
+
+    def kept_gpus(self, uuids: Collection[str]) -> list[Gpu] | None:
+        """:meth:`gpus_of` from memory, or None where it would read."""
+        found: list[Gpu] = []
+        for uuid in uuids:
+            kept = self._gpu_rows.get(uuid)
+            if kept is None:
+                return None
+            found.append(kept)
+        return found
 
     def _with_waits(self, conn: Connection, found: list[Allocation]) -> list[Allocation]:
         """``found`` (read without the lock: rows need no scheduler, and readers must not wait
@@ -1184,8 +1264,18 @@ class Ledger:
             return ended
 
     def allocation(self, allocation_id: int) -> Allocation:
+        """One allocation, its wait explained if it waits: an active one's row from memory
+        (read, and kept, when a write changed it since)."""
         with self.store.read() as conn:
-            return self._with_waits(conn, [self._one(conn, allocation_id)])[0]
+            with self._locked_state(conn) as cache:
+                row = cache.rows.get(allocation_id)
+                if row is not None:
+                    return self._waited(row, cache)
+                version = cache.version
+            found = self._rows(conn, cache, version, {allocation_id: None}).get(allocation_id)
+            if found is None:
+                raise NotFound(f"no allocation {allocation_id}", reason="no_allocation")
+            return self._with_waits(conn, [found])[0]
 
     def allocations_by_id(self, ids: Collection[int]) -> list[Allocation]:
         """The allocations of ``ids`` that exist, by id, the queued ones explained: read
@@ -1311,12 +1401,7 @@ class Ledger:
                 if kept is not None:
                     return kept
                 version = cache.version
-                total = cache.length(node)
-                if node is None:
-                    page = cache.page(offset, limit, now)
-                else:
-                    ids = cache.node_order(node, now)
-                    page = ids[offset:] if limit is None else ids[offset : offset + limit]
+                page, total = _queue_ids(cache, node, limit, offset, now)
                 in_memory = {aid: cache.rows.get(aid) for aid in page}
             answer: list[Allocation] = []
             if page:
@@ -1439,9 +1524,13 @@ class Ledger:
         now = self.clock.now()
         cache.changed()
         sched = cache.sched
+        # grants may be marked as preempted for it: for a request of this ledger's scheduler,
+        # it knows whether any is (GPUs pending for it); of the cluster's, the tables say
+        marked = True
         if alloc.id in sched.holdings:
             sched.release(alloc.id)
         elif alloc.id in sched.demands:
+            marked = sched.may_have_victims(alloc.id)
             sched.withdraw(alloc.id)
         cache.waiting.pop(alloc.id, None)
         cache.drop_active(alloc.id)
@@ -1450,7 +1539,7 @@ class Ledger:
             if alloc.state is AllocationState.GRANTED
             else AllocationState.CANCELLED
         )
-        if state is AllocationState.CANCELLED:
+        if state is AllocationState.CANCELLED and marked:
             # what was being preempted for it is no longer wanted (a job already stopping is
             # queued again by its owner all the same)
             unmarked = sql.UNMARK_PREEMPTED.run(tx.conn, {"p_for": alloc.id}).rowcount
@@ -1698,8 +1787,9 @@ class Ledger:
         if info is None:
             return alloc
         kept = cache.waited.get(alloc.id)
-        if kept is not None and kept[0] is alloc and kept[1] is info:
-            # the same row with the same explanation: the same answer, which views may keep
+        if kept is not None and kept[0] is alloc and (kept[1] is info or kept[1] == info):
+            # the same row with the same explanation (one worked out again after a change that
+            # did not move it, too): the same answer, which views may keep
             return kept[2]
         # dataclasses.replace validates and calls __init__ with every field: a sidebar's
         # page waits for dozens of these
@@ -1737,6 +1827,17 @@ def _rows_with(
         part = wanted[start : start + _IN_SLICE]
         found += conn.execute(select(column.table).where(column.in_(part))).all()
     return found
+
+
+def _queue_ids(
+    cache: LedgerCache, node: str | None, limit: int | None, offset: int, now: float
+) -> tuple[list[int], int]:
+    """Ids of a page of the queue (of ``node``, or of every node) and how many wait in it."""
+    total = cache.length(node)
+    if node is None:
+        return cache.page(offset, limit, now), total
+    ids = cache.node_order(node, now)
+    return (ids[offset:] if limit is None else ids[offset : offset + limit]), total
 
 
 def _check_page(limit: int | None, offset: int) -> None:

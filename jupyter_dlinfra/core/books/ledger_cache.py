@@ -40,8 +40,11 @@ __all__ = ["EXPLAIN_DEPTH", "QUOTA_WAIT", "Durations", "LedgerCache", "Waiting"]
 QUOTA_WAIT = "over quota: "
 #: a preempted job is expected to stop within this long (for estimates only)
 PREEMPT_GRACE = 30.0
-#: how long a node's explanation is kept while nothing touches the node (s)
-VIEW_TTL = 2.0
+#: how long a node's explanation is kept while nothing touches the node (s): a sidebar asks
+#: for its user's requests every few seconds, on nodes that changes seldom touch, and each asks
+#: a new explanation once this has passed (SLURM's backfill works out the starts that
+#: ``squeue --start`` shows every bf_interval, 30 s by default)
+VIEW_TTL = 10.0
 #: places of a node's queue explained in full, with an estimated start; those further down
 #: are told their place and, in brief, why they wait (as SLURM's backfill plans a bounded
 #: number of jobs, bf_max_job_test): a node with thousands waiting costs its head

@@ -1340,6 +1340,11 @@ class Scheduler:
                 self._mark(holding, demand.id)
                 out.preemptions.append(Preemption(holding.id, demand.id, message))
 
+    def may_have_victims(self, request_id: int) -> bool:
+        """Whether grants may be marked as preempted for request ``request_id`` (False: none
+        is, those loaded marked included, whatever they hold)."""
+        return self.pending.get(request_id, 0) > 0 or request_id in self._nominated
+
     def _mark(self, holding: Holding, request_id: int) -> None:
         waiter = self.demands.get(request_id)
         if waiter is not None and waiter.node is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from asyncio import Future
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -88,6 +89,15 @@ class _Base(DLInfraHandler):
             return {}
         return await self.service.call(gpu_index, self.service.ledger, allocations)
 
+    def kept_gpu_index(self, allocations: Iterable[Allocation]) -> dict[str, Gpu] | None:
+        """:func:`gpu_index` from the ledger's memory, on the event loop; None where it would
+        read the database."""
+        uuids = shown_gpus(allocations)
+        if not uuids:
+            return {}
+        found = self.service.ledger.kept_gpus(uuids)
+        return None if found is None else {g.uuid: g for g in found}
+
     def page_query(self, default: int, most: int) -> tuple[int, int]:
         """``?limit=`` (``default`` unless given, at most ``most``) and ``?offset=``."""
         limit = query_int(
@@ -169,9 +179,17 @@ class AllocationsHandler(_Base):
             "active": state != "all",
             "state": AllocationState.GRANTED if state == "granted" else None,
         }
-        found, total, gpus = await self.service.call(
-            _page_with_gpus, ledger, **filters, limit=limit, offset=offset
-        )
+        kept = None
+        if kernel_id is None and user is not None and state == "active":
+            # a sidebar's own list: from memory on the event loop when nothing is missing
+            kept = ledger.kept_users_page(user, limit=limit, offset=offset)
+        kept_gpus = None if kept is None else self.kept_gpu_index(kept[0])
+        if kept is not None and kept_gpus is not None:
+            (found, total), gpus = kept, kept_gpus
+        else:
+            found, total, gpus = await self.service.call(
+                _page_with_gpus, ledger, **filters, limit=limit, offset=offset
+            )
         listed = [self.view(a, gpus, self.service.samples) for a in found]
         self.answer_page("allocations", listed, total=total, offset=offset, limit=limit)
 
@@ -239,7 +257,11 @@ class AllocationHandler(_Base):
         ledger = self.service.ledger
         version = None
         gpus: dict[str, Gpu] | None = None
-        if wait:
+        kept = None if wait else ledger.kept_allocation(aid)
+        if kept is not None:
+            # the check before each cell of a waiting %gpu: from memory, on the event loop
+            alloc, gpus = kept, self.kept_gpu_index([kept])
+        elif wait:
             version, alloc = await self.service.call(read_versioned, ledger, aid)
         else:
             alloc, gpus = await self.service.call(_allocation_with_gpus, ledger, aid)
@@ -286,7 +308,13 @@ class QueueHandler(_Base):
         limit, offset = self.page_query(QUEUE_LIMIT, MAX_QUEUE_LIMIT)
         node = query_name(self.get_query_argument("node", None), "node")
         ledger = self.service.ledger
-        queued, total = await self.service.call(ledger.queue_page, node, limit=limit, offset=offset)
+        kept = ledger.kept_queue_page(node, limit=limit, offset=offset)
+        if kept is not None:
+            queued, total = kept
+        else:
+            queued, total = await self.service.call(
+                ledger.queue_page, node, limit=limit, offset=offset
+            )
         gpus = await self.gpu_index_for(queued)
         listed = [self.view(a, gpus) for a in queued]
         self.answer_page("queue", listed, total=total, offset=offset, limit=limit)
@@ -335,12 +363,16 @@ class EventsHandler(_Base):
     Each frame is built once by the service's broadcaster and written as is to every
     subscriber; this handler only copies bytes from its subscription to its socket (and asks
     for a whole snapshot again when the subscriber fell so far behind that deltas were dropped).
+    While it waits for frames, the broadcaster writes each one straight to its connection
+    (:meth:`_write_through`): a delta reaches 500 streams without waking 500 coroutines.
     """
 
     # an open dashboard is not activity: it must not keep an idle server from being culled
     _track_activity = False
     _subscription: Subscription | None = None
     _gone = False
+    #: the last frame written through while the connection still sends it
+    _sending: Future[None] | None = None
 
     @authorized("read")
     async def get(self) -> None:
@@ -354,10 +386,13 @@ class EventsHandler(_Base):
                 return
             # an EventSource that loses the connection tries again after this long (ms)
             self.write(b"retry: 3000\n\n")
+            await self.flush()  # the headers go first: frames may then be written through
+            # an output transform (compress_response) must see every byte: no writing around it
+            sink = None if self.application.transforms else self._write_through
             while True:
                 if sub.resync:  # fell behind: the latest whole snapshot, then deltas again
                     await broadcaster.resync(sub)
-                frames = await sub.next(broadcaster.keepalive)
+                frames = await sub.next(broadcaster.keepalive, sink=sink)
                 if frames is None:
                     break
                 for frame in frames:
@@ -371,6 +406,23 @@ class EventsHandler(_Base):
             # the server is stopping: end the response so that the client sees a clean close
             with contextlib.suppress(StreamClosedError):
                 self.finish()
+
+    def _write_through(self, frame: bytes) -> bool:
+        """Write ``frame`` to the connection now; False when it cannot take it now (it still
+        sends the last one: a slow reader, whose frames then queue within the subscription's
+        bound; or it is closed)."""
+        sending = self._sending
+        if sending is not None and not sending.done():
+            return False
+        connection = self.request.connection
+        if connection is None:
+            return False
+        sent = connection.write(frame)
+        if sent.done():
+            self._sending = None
+            return sent.exception() is None
+        self._sending = sent
+        return True
 
     def on_connection_close(self) -> None:
         self._gone = True
