@@ -35,8 +35,12 @@ IdleViewFn = Callable[[Mapping[str, KernelRecord]], dict[str, Any]]
 
 
 #: threads that call the ledger for requests; changes they bring at once share a transaction
-#: and a pass (core/books/group_commit.py)
+#: and a pass (core/books/group_commit.py). More threads made a loaded gateway slower: each
+#: thread hop waits for the interpreter's lock, and the more threads want it, the longer
 LEDGER_THREADS = 4
+#: how long an answer from the ledger's memory waits on the event loop for the write that holds
+#: it to make it (a batch takes milliseconds) before the pool is asked instead
+MEMORY_WAIT_S = 0.05
 
 
 class LedgerCalls:
@@ -109,6 +113,29 @@ class LedgerCalls:
                 raise LedgerUnavailable.from_error(err) from err
             raise
 
+    async def from_memory(self, answer: Callable[[], T | None]) -> T | None:
+        """``answer()``: an answer from the ledger's memory, on the event loop (None where it
+        would wait or read). While a write holds the ledger, that write's thread makes it once
+        it is over (``Ledger.answer_after_write``), within MEMORY_WAIT_S: no thread of the pool
+        is taken, where the read would queue behind the writes. None: ask the pool."""
+        found = answer()
+        if found is not None:
+            return found
+        loop = asyncio.get_running_loop()
+        made: asyncio.Future[T | None] = loop.create_future()
+
+        def deliver(value: T | None) -> None:  # on the writing thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
+                loop.call_soon_threadsafe(_settle, made, value)
+
+        if not self.ledger.answer_after_write(answer, deliver):
+            return None
+        timer = loop.call_later(MEMORY_WAIT_S, _settle, made, None)
+        try:
+            return await made
+        finally:
+            timer.cancel()
+
     async def mutate(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like :meth:`call`, for ledger writes: waiters in this process hear of it at once."""
         try:
@@ -146,3 +173,8 @@ class LedgerCalls:
             "The GPU ledger's database is unreachable: GPU requests, releases and jobs fail "
             "until it is back, and this view is not updated. The server retries by itself.",
         )
+
+
+def _settle(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -112,6 +112,11 @@ class GpuService:
         """Like :meth:`call`, for ledger writes: waiters in this process hear of it at once."""
         return await self.calls.mutate(fn, *args, **kwargs)
 
+    async def from_memory(self, answer: Callable[[], T | None]) -> T | None:
+        """An answer from the ledger's memory, on the event loop (``LedgerCalls.from_memory``);
+        None: ask the pool."""
+        return await self.calls.from_memory(answer)
+
     async def wait_for_change(self, timeout: float) -> None:
         """Return after the next ledger change (in any process sharing the store) or ``timeout``."""
         await self.calls.wait_for_change(timeout)

@@ -145,3 +145,41 @@ def test_without_a_change_feed_nothing_is_served_from_memory(tmp_path: Path) -> 
         assert ledger.kept_queue_page(limit=10) is None
     finally:
         store.dispose()
+
+
+def test_an_answer_asked_during_a_write_is_made_once_it_has_committed(
+    ledgers: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, _ = ledgers
+    ledger.sync_inventory("node-a", make_gpus("node-a", (1, A100)))
+    for kernel_id in ("k1", "k2", "k3"):
+        _kernel(ledger, kernel_id, "alice")
+    ledger.request(kernel_id="k1", count=1)
+    waiting = ledger.request(kernel_id="k2", count=1)
+    ledger.queue_length()
+    assert not ledger.answer_after_write(lambda: None, lambda _: None), "no write under way"
+    inside, go_on = threading.Event(), threading.Event()
+    schedule = ledger._schedule
+
+    def slow_pass(*args: object) -> object:
+        inside.set()
+        go_on.wait(DEADLINE_S)
+        return schedule(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger, "_schedule", slow_pass)
+    writer = threading.Thread(target=ledger.request, kwargs={"kernel_id": "k3", "count": 1})
+    writer.start()
+    made: list[object] = []
+    try:
+        assert inside.wait(DEADLINE_S)
+        assert ledger.kept_queue_page(limit=10) is None, "the write holds the state"
+        asked = ledger.answer_after_write(lambda: ledger.kept_queue_page(limit=10), made.append)
+        assert asked and made == []
+    finally:
+        go_on.set()
+        writer.join()
+    # made on the writer's thread once it committed: the new request is in the page
+    assert len(made) == 1 and made[0] is not None
+    page, total = made[0]  # type: ignore[misc]
+    assert total == 2 and page[0].id == waiting.id
+    assert (page, total) == ledger.queue_page(limit=10)

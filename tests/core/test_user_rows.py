@@ -3,6 +3,10 @@ write that changes a row shows in it, as the tables have it."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.models import AllocationState
 from jupyter_dlinfra.core.store import Store
@@ -54,3 +58,51 @@ def test_grants_releases_and_new_requests_show_at_once(kit: Kit) -> None:
     finally:
         store.dispose()
     assert mine(kit, "alice") == []
+
+
+def test_a_read_overtaken_by_a_write_keeps_only_the_rows_that_write_left_alone(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.node("node-a", (1, "A100"))
+    kit.kernel("holder", user="bob")
+    kit.kernel("k1")
+    kit.kernel("k2")
+    held = kit.ledger.request(kernel_id="holder", count=1)
+    first = kit.ledger.request(kernel_id="k1", count=1)
+    second = kit.ledger.request(kernel_id="k2", count=1)
+    cache = kit.ledger._cache
+    assert cache is not None
+    cache.forget_rows([first.id, second.id])  # both must be read again
+    load = kit.ledger._load
+
+    def overtaken(conn: Any, cond: Any) -> Any:
+        read = load(conn, cond)
+        if overtaken.once:
+            overtaken.once = False
+            # a write between the read and the keeping of its rows: the grant changes one
+            kit.ledger.release(held.id, reason="done")
+        return read
+
+    overtaken.once = True  # type: ignore[attr-defined]
+    monkeypatch.setattr(kit.ledger, "_load", overtaken)
+    served, _ = kit.ledger.allocations_page(user="alice", limit=10)
+    assert [a.state for a in served] == [AllocationState.QUEUED, AllocationState.QUEUED]
+    assert first.id not in cache.rows, "the row the grant changed was read before it"
+    assert second.id in cache.rows, "a row no write touched is kept"
+    assert mine(kit, "alice") == [(first.id, "granted", None), (second.id, "queued", None)]
+
+
+def test_rows_dropped_since_a_count_are_named_while_remembered() -> None:
+    from jupyter_dlinfra.core.books import ledger_cache
+
+    cache = ledger_cache.LedgerCache.__new__(ledger_cache.LedgerCache)
+    cache.rows, cache.drops = {}, 0
+    cache._dropped = ledger_cache.deque(maxlen=3)
+    assert cache.dropped_since(0) == set()
+    cache.forget_rows([1, 2])
+    cache.forget_rows(iter([3]))
+    assert cache.dropped_since(0) == {1, 2, 3} and cache.dropped_since(1) == {3}
+    for aid in (4, 5, 6):
+        cache.forget_rows([aid])
+    assert cache.dropped_since(0) is None, "further back than remembered"
+    assert cache.dropped_since(3) == {5, 6} and cache.dropped_since(5) == set()

@@ -173,6 +173,12 @@ class Ledger:
         # in this process (taken before the store's write lock, never after)
         self._cache: LedgerCache | None = None
         self._lock = threading.RLock()
+        #: a write of the state is under way (it holds the lock)
+        self.writing = False
+        #: answers from memory asked while a write held the state (answer_after_write), and
+        #: the lock of both them and ``writing``
+        self._after_write: list[tuple[Callable[[], Any], Callable[[Any], None]]] = []
+        self._after_write_lock = threading.Lock()
         #: the change feed's stamp when the state was last checked against the ledger's
         #: counter (while it stays, nobody else has written since)
         self._checked_at: int | None = None
@@ -191,24 +197,31 @@ class Ledger:
         """A write transaction and the scheduling state as of it, changed together: the state
         is kept only once the transaction has committed (or when it was not changed)."""
         with self._lock:
-            with self.store.write() as tx:
-                cache = self._state(tx.conn, writing=True, version=tx.counters.get(LEDGER_VERSION))
-                cache.dirty = False
-                # what is held accrues fair-share usage up to the change, not the last pass
-                cache.sched.now = max(cache.sched.now, self.clock.now())
-                self._cache = None
-                try:
-                    yield tx, cache
-                except BaseException:
-                    if not cache.dirty:
-                        self._cache = cache
-                    else:
-                        cache.dispose()
-                    raise
-                if tx.changed:
-                    tx.ledger_changed = True  # the store counts it with the commit
-                    cache.version += 1
-            self._cache = cache
+            with self._after_write_lock:
+                self.writing = True
+            try:
+                with self.store.write() as tx:
+                    cache = self._state(
+                        tx.conn, writing=True, version=tx.counters.get(LEDGER_VERSION)
+                    )
+                    cache.dirty = False
+                    # what is held accrues fair-share usage up to the change, not the last pass
+                    cache.sched.now = max(cache.sched.now, self.clock.now())
+                    self._cache = None
+                    try:
+                        yield tx, cache
+                    except BaseException:
+                        if not cache.dirty:
+                            self._cache = cache
+                        else:
+                            cache.dispose()
+                        raise
+                    if tx.changed:
+                        tx.ledger_changed = True  # the store counts it with the commit
+                        cache.version += 1
+                self._cache = cache
+            finally:
+                self._answer_waiting_reads()
 
     def _change(
         self,
@@ -332,6 +345,33 @@ class Ledger:
             return None if cache is None else answer(cache)
         finally:
             self._lock.release()
+
+    def answer_after_write(
+        self, answer: Callable[[], _T | None], deliver: Callable[[_T | None], None]
+    ) -> bool:
+        """While a write holds the state: ``answer`` (one of the ``kept_*`` answers) is made
+        on the writing thread once that write is over (committed or undone), before the next
+        one takes the state, and handed to ``deliver`` there; False when no write is under way
+        (ask again now). Writes of a busy gateway follow each other closely: a reader that
+        waited for the lock to come free would mostly find the next write holding it."""
+        with self._after_write_lock:
+            if not self.writing:
+                return False
+            self._after_write.append((answer, deliver))
+            return True
+
+    def _answer_waiting_reads(self) -> None:
+        """The end of a write, the lock still held: the answers asked while it ran."""
+        with self._after_write_lock:
+            self.writing = False
+            waiting, self._after_write = self._after_write, []
+        for answer, deliver in waiting:
+            try:
+                found = answer()
+            except Exception:
+                _log.exception("dlinfra: an answer from the ledger's memory failed")
+                found = None
+            deliver(found)
 
     def kept_allocation(self, allocation_id: int) -> Allocation | None:
         """:meth:`allocation` from memory, or None where it would wait or read (see
@@ -1271,8 +1311,8 @@ class Ledger:
                 row = cache.rows.get(allocation_id)
                 if row is not None:
                     return self._waited(row, cache)
-                version = cache.version
-            found = self._rows(conn, cache, version, {allocation_id: None}).get(allocation_id)
+                drops = cache.drops
+            found = self._rows(conn, cache, drops, {allocation_id: None}).get(allocation_id)
             if found is None:
                 raise NotFound(f"no allocation {allocation_id}", reason="no_allocation")
             return self._with_waits(conn, [found])[0]
@@ -1340,8 +1380,8 @@ class Ledger:
                 ids = cache.active_of(user)
                 page = ids[offset : offset + limit]
                 kept = {aid: cache.rows.get(aid) for aid in page}
-                version = cache.version
-            rows = self._rows(conn, cache, version, kept)
+                drops = cache.drops
+            rows = self._rows(conn, cache, drops, kept)
             # one that ended since its id was listed is left out, as the tables would
             found = [a for a in (rows.get(aid) for aid in page) if a is not None and a.state.active]
             return self._with_waits(conn, found), len(ids)
@@ -1350,20 +1390,21 @@ class Ledger:
         self,
         conn: Connection,
         cache: LedgerCache,
-        version: int,
+        drops: int,
         kept: dict[int, Allocation | None],
     ) -> dict[int, Allocation]:
-        """``kept`` (the rows in memory of some ids, as of ``version``) with those missing read
-        (outside the lock) and kept, unless a write came in between: it may have changed them
-        again."""
+        """``kept`` (the rows in memory of some ids, taken when ``cache.drops`` was ``drops``)
+        with those missing read (outside the lock) and kept, but for those a write dropped
+        since: it may have changed them again after the read."""
         missing = [aid for aid, row in kept.items() if row is None]
         found = {aid: row for aid, row in kept.items() if row is not None}
         if missing:
             read = self._load(conn, allocations.c.id.in_(missing))
             with self._lock:
-                if self._cache is cache and cache.version == version:
+                changed = cache.dropped_since(drops) if self._cache is cache else None
+                if changed is not None:
                     for a in read:
-                        if a.state.active and a.id in cache.user_of:
+                        if a.state.active and a.id in cache.user_of and a.id not in changed:
                             cache.rows[a.id] = a
             found.update((a.id, a) for a in read)
         return found
@@ -1400,12 +1441,12 @@ class Ledger:
                 kept = cache.kept_page(key, now)
                 if kept is not None:
                     return kept
-                version = cache.version
+                version, drops = cache.version, cache.drops
                 page, total = _queue_ids(cache, node, limit, offset, now)
                 in_memory = {aid: cache.rows.get(aid) for aid in page}
             answer: list[Allocation] = []
             if page:
-                found = self._rows(conn, cache, version, in_memory)
+                found = self._rows(conn, cache, drops, in_memory)
                 # one granted or ended since the page was taken is no longer in the queue
                 waiting = [found[aid] for aid in page if aid in found]
                 queued = [a for a in waiting if a.state is AllocationState.QUEUED]

@@ -55,6 +55,8 @@ _PAGES_KEPT = 16
 PageKey = tuple[str | None, int | None, int]
 #: released grants per class whose median is the class's typical holding time
 SAMPLE = 200
+#: drops of rows remembered (dropped_since): a read that more writes overtook keeps nothing
+_DROPS_KEPT = 4096
 
 
 class Durations:
@@ -168,6 +170,12 @@ class LedgerCache:
     #: queued allocation -> (its row, its explanation, the row with it): the same answer object
     #: for as long as neither changes (Ledger._waited)
     waited: dict[int, tuple[Allocation, explain.WaitInfo, Allocation]] = field(default_factory=dict)
+    #: rows dropped so far (a count), and the ids of the latest drops: a read of rows outside
+    #: the lock keeps those that no write dropped since it began (:meth:`dropped_since`)
+    drops: int = 0
+    _dropped: deque[tuple[int, tuple[int, ...]]] = field(
+        default_factory=lambda: deque(maxlen=_DROPS_KEPT)
+    )
     #: user -> ids of their active allocations; derived from ``user_of``
     user_active: dict[str, set[int]] = field(init=False)
     #: the waiting requests may include some that lost their GPUs: check them at the next pass
@@ -195,7 +203,7 @@ class LedgerCache:
         self.user_active[user].add(allocation_id)
 
     def drop_active(self, allocation_id: int) -> None:
-        self.rows.pop(allocation_id, None)
+        self._drop((allocation_id,))
         self.waited.pop(allocation_id, None)
         user = self.user_of.pop(allocation_id, None)
         if user is not None:
@@ -215,8 +223,27 @@ class LedgerCache:
 
     def forget_rows(self, allocation_ids: Iterable[int]) -> None:
         """These allocations' rows changed: read them again when next shown."""
+        self._drop(tuple(allocation_ids))
+
+    def _drop(self, allocation_ids: tuple[int, ...]) -> None:
         for aid in allocation_ids:
             self.rows.pop(aid, None)
+        self.drops += 1
+        self._dropped.append((self.drops, allocation_ids))
+
+    def dropped_since(self, drops: int) -> set[int] | None:
+        """Ids of the rows dropped since the count was ``drops``; None when that is further
+        back than this remembers (then any row may have changed)."""
+        if self.drops == drops:
+            return set()
+        if not self._dropped or self._dropped[0][0] > drops + 1:
+            return None
+        changed: set[int] = set()
+        for count, ids in reversed(self._dropped):
+            if count <= drops:
+                break
+            changed.update(ids)
+        return changed
 
     def active_of(self, user: str) -> list[int]:
         """Ids of the user's active allocations, in order."""
@@ -234,7 +261,11 @@ class LedgerCache:
         """Take the state of ``other`` (loaded again within the write that changed it)."""
         if other.sched is not self.sched:
             self.sched.dispose()
+        drops = self.drops
         self.__dict__.update(other.__dict__)
+        # every row may have changed: reads begun before keep nothing (the count never goes back)
+        self.drops = drops + 1
+        self._dropped = deque(maxlen=_DROPS_KEPT)
         self.changed()
 
     def dispose(self) -> None:

@@ -182,7 +182,9 @@ class AllocationsHandler(_Base):
         kept = None
         if kernel_id is None and user is not None and state == "active":
             # a sidebar's own list: from memory on the event loop when nothing is missing
-            kept = ledger.kept_users_page(user, limit=limit, offset=offset)
+            kept = await self.service.from_memory(
+                functools.partial(ledger.kept_users_page, user, limit=limit, offset=offset)
+            )
         kept_gpus = None if kept is None else self.kept_gpu_index(kept[0])
         if kept is not None and kept_gpus is not None:
             (found, total), gpus = kept, kept_gpus
@@ -257,7 +259,9 @@ class AllocationHandler(_Base):
         ledger = self.service.ledger
         version = None
         gpus: dict[str, Gpu] | None = None
-        kept = None if wait else ledger.kept_allocation(aid)
+        kept = None
+        if not wait:
+            kept = await self.service.from_memory(functools.partial(ledger.kept_allocation, aid))
         if kept is not None:
             # the check before each cell of a waiting %gpu: from memory, on the event loop
             alloc, gpus = kept, self.kept_gpu_index([kept])
@@ -308,7 +312,9 @@ class QueueHandler(_Base):
         limit, offset = self.page_query(QUEUE_LIMIT, MAX_QUEUE_LIMIT)
         node = query_name(self.get_query_argument("node", None), "node")
         ledger = self.service.ledger
-        kept = ledger.kept_queue_page(node, limit=limit, offset=offset)
+        kept = await self.service.from_memory(
+            functools.partial(ledger.kept_queue_page, node, limit=limit, offset=offset)
+        )
         if kept is not None:
             queued, total = kept
         else:
