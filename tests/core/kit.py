@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +12,24 @@ from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.models import Gpu, KernelRecord
 from jupyter_dlinfra.core.store import Store
 
-__all__ = ["A100", "H100", "Kit", "make_gpus"]
+__all__ = ["A100", "DEADLINE_S", "H100", "Kit", "make_gpus", "until"]
 
 A100 = "NVIDIA A100-SXM4-80GB"
 H100 = "NVIDIA H100 80GB HBM3"
+
+
+#: how long a test waits for what another thread or process does
+DEADLINE_S = 10.0
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds, failing after DEADLINE_S (what another process or
+    thread does shows up in its own time)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE_S:g} s: {what}")
+        time.sleep(0.01)
 
 
 def make_gpus(node: str, *groups: tuple[int, str]) -> list[Gpu]:

@@ -4,8 +4,7 @@ LISTEN/NOTIFY) and the caches that follow it (people's tokens, kernels' tokens).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,7 @@ from jupyter_dlinfra.core.clock import ManualClock
 from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.core.store import Store
 
-from .kit import A100, make_gpus
-
-DEADLINE_S = 10.0
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE_S:g} s: {what}")
-        time.sleep(0.01)
+from .kit import A100, DEADLINE_S, make_gpus, until
 
 
 class FakeFeed(ChangeFeed):

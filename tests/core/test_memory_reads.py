@@ -7,27 +7,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.clock import ManualClock
-from jupyter_dlinfra.core.models import AllocationState, KernelRecord
+from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecord
 from jupyter_dlinfra.core.store import Store
 
-from .kit import A100, make_gpus
-
-DEADLINE_S = 10.0
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE_S:g} s: {what}")
-        time.sleep(0.01)
+from .kit import A100, DEADLINE_S, make_gpus, until
 
 
 @pytest.fixture
@@ -48,6 +38,18 @@ def _kernel(ledger: Ledger, kernel_id: str, user: str) -> None:
     ledger.register_kernel(
         KernelRecord(kernel_id=kernel_id, user=user, node="node-a", server_id="s")
     )
+
+
+def _one_waiting(ledger: Ledger) -> Allocation:
+    """A node of one GPU that k1 holds, k2 waiting for it (returned), k3 registered; the state
+    checked against the ledger once."""
+    ledger.sync_inventory("node-a", make_gpus("node-a", (1, A100)))
+    for kernel_id in ("k1", "k2", "k3"):
+        _kernel(ledger, kernel_id, "alice")
+    ledger.request(kernel_id="k1", count=1)
+    waiting = ledger.request(kernel_id="k2", count=1)
+    ledger.queue_length()
+    return waiting
 
 
 def test_memory_answers_are_the_databases(ledgers: tuple[Ledger, Ledger]) -> None:
@@ -91,12 +93,7 @@ def test_nothing_is_served_from_memory_that_may_be_behind(
     ledgers: tuple[Ledger, Ledger],
 ) -> None:
     ledger, other = ledgers
-    ledger.sync_inventory("node-a", make_gpus("node-a", (1, A100)))
-    for kernel_id in ("k1", "k2", "k3"):
-        _kernel(ledger, kernel_id, "alice")
-    ledger.request(kernel_id="k1", count=1)
-    waiting = ledger.request(kernel_id="k2", count=1)
-    ledger.queue_length()
+    waiting = _one_waiting(ledger)
     assert ledger.kept_allocation(waiting.id) is not None
     # another process writes: once the feed tells, memory answers nothing until a read checks
     # the ledger again; then they include the other process's request
@@ -151,12 +148,7 @@ def test_an_answer_asked_during_a_write_is_made_once_it_has_committed(
     ledgers: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger, _ = ledgers
-    ledger.sync_inventory("node-a", make_gpus("node-a", (1, A100)))
-    for kernel_id in ("k1", "k2", "k3"):
-        _kernel(ledger, kernel_id, "alice")
-    ledger.request(kernel_id="k1", count=1)
-    waiting = ledger.request(kernel_id="k2", count=1)
-    ledger.queue_length()
+    waiting = _one_waiting(ledger)
     assert not ledger.answer_after_write(lambda: None, lambda _: None), "no write under way"
     inside, go_on = threading.Event(), threading.Event()
     schedule = ledger._schedule
