@@ -707,3 +707,41 @@ async def test_frames_go_straight_to_a_waiting_readers_sink_until_it_refuses_one
     reader = asyncio.ensure_future(sub.next(10, sink=sink))
     await asyncio.sleep(0)
     assert await reader == [] and taken == [b"d2", b"n1"]
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.sending = False
+        self.gone = False
+
+    def writing(self) -> bool:
+        return self.sending
+
+    def closed(self) -> bool:
+        return self.gone
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.stream = _Stream()
+        self.written: list[bytes] = []
+
+    def write(self, chunk: bytes) -> None:
+        self.written.append(chunk)
+
+
+def test_a_frame_goes_through_only_to_a_connection_that_has_sent_the_last() -> None:
+    from types import SimpleNamespace
+
+    from jupyter_dlinfra.server.handlers.gpus import EventsHandler
+
+    handler = EventsHandler.__new__(EventsHandler)
+    connection = _Connection()
+    handler.request = SimpleNamespace(connection=connection)  # type: ignore[assignment]
+    assert handler._write_through(b"d1") and connection.written == [b"d1"]
+    connection.stream.sending = True  # a slow reader: its frames queue instead
+    assert not handler._write_through(b"d2") and connection.written == [b"d1"]
+    connection.stream.sending = False
+    assert handler._write_through(b"d3") and connection.written == [b"d1", b"d3"]
+    connection.stream.gone = True
+    assert not handler._write_through(b"d4") and connection.written == [b"d1", b"d3"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from asyncio import Future
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -377,8 +376,6 @@ class EventsHandler(_Base):
     _track_activity = False
     _subscription: Subscription | None = None
     _gone = False
-    #: the last frame written through while the connection still sends it
-    _sending: Future[None] | None = None
 
     @authorized("read")
     async def get(self) -> None:
@@ -414,20 +411,15 @@ class EventsHandler(_Base):
                 self.finish()
 
     def _write_through(self, frame: bytes) -> bool:
-        """Write ``frame`` to the connection now; False when it cannot take it now (it still
-        sends the last one: a slow reader, whose frames then queue within the subscription's
-        bound; or it is closed)."""
-        sending = self._sending
-        if sending is not None and not sending.done():
-            return False
+        """Write ``frame`` to the connection now; False when it cannot take it now: it is
+        closed, or still sends what was written before (a slow reader, whose frames then queue
+        within the subscription's bound, and whose handler writes them when it can)."""
         connection = self.request.connection
-        if connection is None:
+        stream = getattr(connection, "stream", None)
+        if connection is None or stream is None or stream.closed() or stream.writing():
             return False
-        sent = connection.write(frame)
-        if sent.done():
-            self._sending = None
-            return sent.exception() is None
-        self._sending = sent
+        # nothing waits for it: the next frame goes through only once this one is sent
+        connection.write(frame)
         return True
 
     def on_connection_close(self) -> None:
