@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -350,28 +350,9 @@ class Transaction:
         #: the change is one of the GPU ledger's scheduling state (LEDGER_VERSION counts it)
         self.ledger_changed = False
         self.committed: list[Callable[[], None]] = []
-        #: rows written at the end, in the order they came, a run of one statement at a time
-        self._deferred: list[tuple[DriverStatement, list[Mapping[str, Any]]]] = []
 
     def touch(self) -> None:
         self.changed = True
-
-    def defer(self, statement: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Write ``rows`` with ``statement`` (one returning nothing) before the commit, after
-        what the transaction executes meanwhile: the rows of a run of such writes (the events
-        of a batch of changes and of its pass) go in one executemany, one round trip."""
-        if not rows:
-            return
-        if self._deferred and self._deferred[-1][0] is statement:
-            self._deferred[-1][1].extend(rows)
-        else:
-            self._deferred.append((statement, list(rows)))
-
-    def flush(self) -> None:
-        """Write what was deferred now (its order kept)."""
-        deferred, self._deferred = self._deferred, []
-        for statement, rows in deferred:
-            statement.run_many(self.conn, rows)
 
     def on_commit(self, call: Callable[[], None]) -> None:
         """Call ``call`` once the transaction has committed (not if it fails)."""
@@ -506,7 +487,6 @@ class Store:
                 counters = {r.key: int(r.value) for r in _LOCK.run(conn, {})}
             tx = Transaction(conn, counters)
             yield tx
-            tx.flush()
             if tx.changed:
                 if self._notifies:
                     # the bump and the notification of it in one round trip

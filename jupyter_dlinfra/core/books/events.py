@@ -27,20 +27,18 @@ def write_event(
     kernel_id: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Add an event row within ``tx`` and mark the transaction as a change of the ledger.
-    Events are written at the end of the transaction, in their order, in one statement
-    (``Transaction.defer``): a batch of changes costs one round trip for its events."""
-    tx.defer(
-        INSERT_EVENT,
-        [event_row(kind, at=at, allocation_id=allocation_id, kernel_id=kernel_id, detail=detail)],
+    """Add an event row within ``tx`` and mark the transaction as a change of the ledger."""
+    INSERT_EVENT.run(
+        tx.conn,
+        event_row(kind, at=at, allocation_id=allocation_id, kernel_id=kernel_id, detail=detail),
     )
     tx.touch()
 
 
 def write_events(tx: Transaction, rows: list[dict[str, Any]]) -> None:
-    """Add several events made by :func:`event_row` (a pass's grants), as :func:`write_event`."""
+    """Add several events made by :func:`event_row` in one statement (a pass's grants)."""
     if rows:
-        tx.defer(INSERT_EVENT, rows)
+        INSERT_EVENT.run_many(tx.conn, rows)
         tx.touch()
 
 
