@@ -1304,9 +1304,12 @@ class Ledger:
             return ended
 
     def allocation(self, allocation_id: int) -> Allocation:
-        """One allocation, its wait explained if it waits: an active one's row from memory
-        (read, and kept, when a write changed it since)."""
+        """One allocation, its wait explained if it waits. Where the scheduling state is in
+        memory (a server's), an active one's row comes from there (read, and kept, when a write
+        changed it since); a process without it (the command line) reads the row alone."""
         with self.store.read() as conn:
+            if self._cache is None:
+                return self._with_waits(conn, [self._one(conn, allocation_id)])[0]
             with self._locked_state(conn) as cache:
                 row = cache.rows.get(allocation_id)
                 if row is not None:
