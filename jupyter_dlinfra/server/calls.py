@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.models import KernelRecord
 from jupyter_dlinfra.core.outage import LedgerUnavailable, database_unavailable
-from jupyter_dlinfra.server.events import Broadcaster
+from jupyter_dlinfra.server.events import Broadcaster, settle
 from jupyter_dlinfra.server.ledger_health import LedgerHealth
 from jupyter_dlinfra.server.sampling import Sampler
 from jupyter_dlinfra.server.settings import ServiceSettings
@@ -126,11 +126,11 @@ class LedgerCalls:
 
         def deliver(value: T | None) -> None:  # on the writing thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
-                loop.call_soon_threadsafe(_settle, made, value)
+                loop.call_soon_threadsafe(settle, made, value)
 
         if not self.ledger.answer_after_write(answer, deliver):
             return None
-        timer = loop.call_later(MEMORY_WAIT_S, _settle, made, None)
+        timer = loop.call_later(MEMORY_WAIT_S, settle, made, None)
         try:
             return await made
         finally:
@@ -173,8 +173,3 @@ class LedgerCalls:
             "The GPU ledger's database is unreachable: GPU requests, releases and jobs fail "
             "until it is back, and this view is not updated. The server retries by itself.",
         )
-
-
-def _settle(future: asyncio.Future[T], value: T) -> None:
-    if not future.done():
-        future.set_result(value)

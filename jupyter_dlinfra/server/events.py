@@ -48,7 +48,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jupyter_dlinfra.core.books.events import latest_event_seq
 from jupyter_dlinfra.core.books.ledger import Ledger
@@ -64,7 +64,17 @@ from jupyter_dlinfra.telemetry import GpuSample
 if TYPE_CHECKING:
     from jupyter_dlinfra.server.sources import StreamSource
 
-__all__ = ["KEEPALIVE", "QUEUE_PAGE", "Broadcaster", "Snapshot", "Subscription", "WaitHistogram"]
+__all__ = [
+    "KEEPALIVE",
+    "QUEUE_PAGE",
+    "Broadcaster",
+    "Snapshot",
+    "Subscription",
+    "WaitHistogram",
+    "settle",
+]
+
+T = TypeVar("T")
 
 #: an SSE comment: keeps proxies from timing the connection out, ignored by EventSource
 KEEPALIVE = b": keepalive\n\n"
@@ -288,7 +298,7 @@ class Subscription:
             # a future and a timer per wait (asyncio.wait_for would make a task of each)
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(keepalive, _settle, waiter, False)
+            timer = loop.call_later(keepalive, settle, waiter, False)
             self._sink = sink
             try:
                 woken = await waiter
@@ -319,12 +329,13 @@ class Subscription:
 
     def _wake(self) -> None:
         if self._waiter is not None:
-            _settle(self._waiter, True)
+            settle(self._waiter, True)
 
 
-def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
-    if not waiter.done():
-        waiter.set_result(woken)
+def settle(future: asyncio.Future[T], value: T) -> None:
+    """Give ``future`` its result unless it has one (a timer and a wake may both come)."""
+    if not future.done():
+        future.set_result(value)
 
 
 class Broadcaster:
