@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from jupyter_dlinfra.core.books.ledger import Ledger
-from jupyter_dlinfra.core.models import KernelRecord
+from jupyter_dlinfra.core.books.group_commit import Outcome
+from jupyter_dlinfra.core.books.ledger import Ledger, LedgerChange
+from jupyter_dlinfra.core.models import Allocation, KernelRecord
 from jupyter_dlinfra.core.outage import LedgerUnavailable, database_unavailable
 from jupyter_dlinfra.server.events import Broadcaster, settle
 from jupyter_dlinfra.server.ledger_health import LedgerHealth
@@ -135,6 +136,33 @@ class LedgerCalls:
             return await made
         finally:
             timer.cancel()
+
+    async def change(self, change: LedgerChange) -> Allocation:
+        """A request or a release (``Ledger.request_change``/``release_change``), carried out on
+        the ledger's writing thread (``Ledger.post``) with the others that wait there: no thread
+        of the pool waits for the ledger's lock, so reads are not held up behind writes, and a
+        busy server's changes go in batches as large as the load brings. Waiters in this
+        process hear of it at once, as after :meth:`mutate`."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcome[Allocation]] = loop.create_future()
+
+        def then(outcome: Outcome[Allocation]) -> None:  # on the writing thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
+                loop.call_soon_threadsafe(settle, done, outcome)
+
+        try:
+            self.ledger.post(change, then)
+            outcome = await done
+            try:
+                return outcome.value()
+            except LedgerUnavailable:
+                raise
+            except Exception as err:
+                if database_unavailable(err):
+                    raise LedgerUnavailable.from_error(err) from err
+                raise
+        finally:
+            self.notify()
 
     async def mutate(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like :meth:`call`, for ledger writes: waiters in this process hear of it at once."""

@@ -69,8 +69,9 @@ def notice_from_event(
 
     A grant is worth a notice only when the request waited in the queue. The ledger writes
     ``waited_s`` with the real clock, so an immediate grant has a few microseconds of "wait";
-    what tells it apart is that its ``requested`` event is the one just before, written in the
-    same transaction.
+    what tells it apart is ``at_once`` in its detail (granted in the transaction that asked for
+    it, whatever else that transaction wrote in between), or, in events written before the
+    ledger said so, its ``requested`` event just before it.
     """
     kernel = kernels.get(event.kernel_id) if event.kernel_id else None
     aid = event.allocation_id
@@ -82,7 +83,7 @@ def notice_from_event(
 
     if event.kind == "granted":
         waited = event.detail.get("waited_s")
-        if not isinstance(waited, (int, float)) or waited <= 0:
+        if not isinstance(waited, (int, float)) or waited <= 0 or event.detail.get("at_once"):
             return None
         if (
             previous is not None

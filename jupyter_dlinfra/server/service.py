@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from jupyter_dlinfra.core.books.idle import IdleBook
 from jupyter_dlinfra.core.books.jobs import JOB_KERNEL_NAME
-from jupyter_dlinfra.core.books.ledger import Ledger
-from jupyter_dlinfra.core.models import KernelCaller, KernelRecord
+from jupyter_dlinfra.core.books.ledger import Ledger, LedgerChange
+from jupyter_dlinfra.core.models import Allocation, KernelCaller, KernelRecord
 from jupyter_dlinfra.core.outage import LedgerUnavailable, database_unavailable, describe
 from jupyter_dlinfra.provisioning import LaunchPlan
 from jupyter_dlinfra.server.calls import LedgerCalls
@@ -111,6 +111,10 @@ class GpuService:
     async def mutate(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like :meth:`call`, for ledger writes: waiters in this process hear of it at once."""
         return await self.calls.mutate(fn, *args, **kwargs)
+
+    async def change(self, change: LedgerChange) -> Allocation:
+        """A request or a release, on the ledger's writing thread (``LedgerCalls.change``)."""
+        return await self.calls.change(change)
 
     async def from_memory(self, answer: Callable[[], T | None]) -> T | None:
         """An answer from the ledger's memory, on the event loop (``LedgerCalls.from_memory``);

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from jupyter_dlinfra.core.books.group_commit import Combiner, Outcome
+from jupyter_dlinfra.core.books.group_commit import Combiner, CountedLock, Outcome
 from jupyter_dlinfra.core.books.ledger import Ledger
 from jupyter_dlinfra.core.errors import Conflict, NotFound
 from jupyter_dlinfra.core.models import Allocation, AllocationState
@@ -252,7 +252,7 @@ class _Job:
 
 
 def test_the_combiner_hands_every_waiting_change_to_the_holder_of_the_lock() -> None:
-    lock = threading.RLock()
+    lock = CountedLock()
     batches: list[list[int]] = []
 
     def run(batch: list[_Job]) -> None:
@@ -291,11 +291,11 @@ def test_the_combiner_hands_every_waiting_change_to_the_holder_of_the_lock() -> 
 
 def test_a_batch_holds_at_least_one_change() -> None:
     with pytest.raises(ValueError, match="at least one"):
-        Combiner(threading.RLock(), lambda batch: None, most=0)
+        Combiner(CountedLock(), lambda batch: None, most=0)
 
 
 def test_a_change_made_from_inside_a_batch_is_refused_not_left_waiting() -> None:
-    lock = threading.RLock()
+    lock = CountedLock()
     combiner: Combiner[_Job] = Combiner(lock, lambda batch: None)
     inner = _Job(2)
 
@@ -313,3 +313,151 @@ def test_a_change_made_from_inside_a_batch_is_refused_not_left_waiting() -> None
     assert outer.outcome.value() == 0
     with pytest.raises(RuntimeError, match="from inside a batch"):
         inner.outcome.value()
+
+
+class _Told:
+    """What posted changes' callbacks were given, and on which thread."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, outcome: Outcome[Any]) -> None:
+        try:
+            value: Any = outcome.value()
+        except Exception as err:
+            value = err
+        with self._lock:
+            self.seen.append((threading.current_thread().name, value))
+
+
+def test_posted_changes_run_on_the_writing_thread_as_one_batch_and_are_told() -> None:
+    lock = CountedLock()
+    batches: list[list[int]] = []
+
+    def run(batch: list[_Job]) -> None:
+        batches.append([job.value for job in batch])
+        for job in batch:
+            if job.value == 3:
+                job.outcome.fail(ValueError("three is refused"))
+            else:
+                job.outcome.answer(job.value * 10)
+
+    combiner: Combiner[_Job] = Combiner(lock, run)
+    told = _Told()
+    with lock:
+        for value in range(1, 6):
+            combiner.post(_Job(value), told)  # returns at once, the lock held here
+        assert combiner.pending == 5 and told.seen == []
+    _wait_for(lambda: len(told.seen) == 5, "every posted change to be told")
+    assert batches == [[1, 2, 3, 4, 5]]  # whatever waited when the writer got the lock
+    assert {name for name, _ in told.seen} == {"dlinfra-ledger-writer"}
+    values = dict(enumerate((v for _, v in told.seen), start=1))
+    assert [values[i] for i in (1, 2, 4, 5)] == [10, 20, 40, 50]
+    assert isinstance(values[3], ValueError)
+
+
+def test_a_caller_of_submit_and_posted_changes_share_a_batch() -> None:
+    lock = CountedLock()
+    batches: list[list[int]] = []
+
+    def run(batch: list[_Job]) -> None:
+        batches.append([job.value for job in batch])
+        for job in batch:
+            job.outcome.answer(job.value)
+
+    combiner: Combiner[_Job] = Combiner(lock, run)
+    told = _Told()
+    blocking = _Job(1)
+    caller = threading.Thread(target=combiner.submit, args=(blocking,))
+    with lock:
+        caller.start()
+        _wait_for(lambda: combiner.pending == 1, "the blocking change to wait")
+        combiner.post(_Job(2), told)
+        combiner.post(_Job(3), told)
+    caller.join(DEADLINE_S)
+    _wait_for(lambda: len(told.seen) == 2, "the posted changes to be told")
+    assert blocking.outcome.value() == 1
+    assert batches == [[1, 2, 3]]
+
+
+def test_a_callback_that_fails_does_not_keep_the_others_of_its_batch_from_being_told() -> None:
+    lock = CountedLock()
+
+    def run(batch: list[_Job]) -> None:
+        for job in batch:
+            job.outcome.answer(job.value)
+
+    def broken(outcome: Outcome[Any]) -> None:
+        raise RuntimeError("the loop has gone")
+
+    combiner: Combiner[_Job] = Combiner(lock, run)
+    told = _Told()
+    with lock:
+        combiner.post(_Job(1), broken)
+        combiner.post(_Job(2), told)
+    _wait_for(lambda: len(told.seen) == 1, "the second change to be told")
+    assert told.seen[0][1] == 2
+    combiner.post(_Job(3), told)  # the writing thread goes on
+    _wait_for(lambda: len(told.seen) == 2, "a later change to be told")
+
+
+def test_the_writing_thread_lets_a_waiting_reader_take_the_lock_before_it_takes_it_again() -> None:
+    lock = CountedLock()
+    reading = threading.Event()
+    done = threading.Event()
+
+    def reader() -> None:
+        with lock:
+            reading.set()
+            done.wait(DEADLINE_S)
+
+    lock.acquire()
+    thread = threading.Thread(target=reader)
+    thread.start()
+    _wait_for(lambda: lock.waiting == 1, "the reader to wait for the lock")
+    lock.release()
+    lock.let_waiters_in(most_s=DEADLINE_S)
+    # the reader had it first: the writer would now wait behind it
+    assert reading.is_set() and lock.waiting == 0
+    assert not lock.acquire(blocking=False)
+    done.set()
+    thread.join(DEADLINE_S)
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def test_posted_requests_granted_in_their_own_batch_say_so_and_make_no_notice(kit: Kit) -> None:
+    from jupyter_dlinfra.server.notices import notice_from_event
+
+    kit.node("node-a")  # four GPUs
+    for i in range(3):
+        kit.kernel(f"k{i}", user=f"u{i}")
+    ledger = kit.ledger
+    told = _Told()
+    with commits(kit) as count:
+        with ledger._lock:
+            for i in range(3):
+                ledger.post(ledger.request_change(kernel_id=f"k{i}", count=2), told)
+        _wait_for(lambda: len(told.seen) == 3, "the requests to be answered")
+    assert count[0] == 1
+    answers = [value for _, value in told.seen]
+    assert sorted(a.state.value for a in answers) == ["granted", "granted", "queued"]
+    waiting = next(a for a in answers if a.state is AllocationState.QUEUED)
+    assert waiting.position == 1 and waiting.waiting_reason
+    events = ledger.events()
+    granted = [e for e in events if e.kind == "granted"]
+    # the second request's event came between the first's and its grant: the grant was
+    # immediate all the same, and is no "granted after a wait" notice
+    assert len(granted) == 2 and all(e.detail.get("at_once") is True for e in granted)
+    previous = None
+    for e in events:
+        assert notice_from_event(e, previous=previous, kernels={}, owner_of=lambda _: "u") is None
+        previous = e
+    # granted later, by a release: it waited, and says so
+    ledger.release(
+        answers[0].id if answers[0].state is AllocationState.GRANTED else answers[1].id,
+        reason="done",
+    )
+    later = [e for e in ledger.events() if e.kind == "granted"][-1]
+    assert later.allocation_id == waiting.id and "at_once" not in later.detail

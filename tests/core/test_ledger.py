@@ -682,7 +682,7 @@ def test_events_are_recorded_in_order(kit: Kit) -> None:
         ("kernel_forgotten", None, "k2"),
     ]
     assert evs[4].detail == {"count": 2, "model": None, "priority_class": "interactive"}
-    assert evs[5].detail == {"gpus": list(a.gpus), "waited_s": 0.0}
+    assert evs[5].detail == {"gpus": list(a.gpus), "waited_s": 0.0, "at_once": True}
     assert evs[7].detail == {"reason": "done", "gpus": list(a.gpus)}
     assert evs[8].detail["waited_s"] == pytest.approx(1.0)
     assert evs[10].detail == {"reason": "gone"}

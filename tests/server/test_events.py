@@ -626,6 +626,8 @@ def _event(seq: int, kind: str, detail: dict[str, object], aid: int = 7) -> Ledg
         # written in the same transaction as its request: an immediate grant
         ("granted", {"gpus": ["a"], "waited_s": 1e-5}, "requested", None),
         ("granted", {"gpus": ["a"], "waited_s": 0}, None, None),
+        # granted in the batch that asked for it, other changes' events in between
+        ("granted", {"gpus": ["a"], "waited_s": 0.02, "at_once": True}, "released", None),
         ("released", {"reason": "released by the user", "gpus": ["a"]}, None, None),
         ("released", {"reason": "released by its kernel", "gpus": ["a"]}, None, None),
         ("released", {"reason": "kernel shut down", "gpus": ["a"]}, None, None),

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from jupyter_dlinfra.core.books import ledger_sql as sql
 from jupyter_dlinfra.core.books.events import event_row, write_event, write_events
-from jupyter_dlinfra.core.books.group_commit import Combiner, Outcome
+from jupyter_dlinfra.core.books.group_commit import Combiner, CountedLock, Outcome
 from jupyter_dlinfra.core.books.ledger_cache import QUOTA_WAIT, Durations, LedgerCache, Waiting
 from jupyter_dlinfra.core.books.ledger_state import (
     GroupsOf,
@@ -84,7 +84,7 @@ from jupyter_dlinfra.core.wording import plural
 #: where the admin's scheduling policy is kept (dlinfra_policy.key)
 SCHEDULING_KEY = "scheduling"
 
-__all__ = ["CLUSTER", "QUOTA_WAIT", "SCHEDULING_KEY", "Ledger"]
+__all__ = ["CLUSTER", "QUOTA_WAIT", "SCHEDULING_KEY", "Ledger", "LedgerChange"]
 
 _log = logging.getLogger(__name__)
 
@@ -116,11 +116,12 @@ _Finish = Callable[[_Grants], Allocation | _Waits]
 
 
 @dataclass(eq=False)
-class _Change:
+class LedgerChange:
     """A request or a release, in two steps, so that several can share a transaction and a
     pass (``group_commit.py``): ``check`` reads, and refuses (raises) or answers at once,
     before anything is written; ``apply`` writes, and returns how to answer once the pass has
-    run, and whether the change needs one."""
+    run, and whether the change needs one. Made by :meth:`Ledger.request_change` and
+    :meth:`Ledger.release_change`, carried out by :meth:`Ledger.post`."""
 
     check: Callable[[Transaction, LedgerCache], Allocation | None]
     apply: Callable[[Transaction, LedgerCache], tuple[_Finish, bool]]
@@ -172,7 +173,7 @@ class Ledger:
         # the scheduling state in memory, and the lock of both it and the ledger's transactions
         # in this process (taken before the store's write lock, never after)
         self._cache: LedgerCache | None = None
-        self._lock = threading.RLock()
+        self._lock = CountedLock()
         #: a write of the state is under way (it holds the lock)
         self.writing = False
         #: answers from memory asked while a write held the state (answer_after_write), and
@@ -190,7 +191,7 @@ class Ledger:
         #: kernel token hash -> the kernel it acts for (caller_by_token_hash)
         self._callers: FeedCache[str, KernelCaller] = FeedCache(lambda: store.feed)
         # requests and releases that arrive together share a transaction and a pass
-        self._combiner: Combiner[_Change] = Combiner(self._lock, self._run_changes)
+        self._combiner: Combiner[LedgerChange] = Combiner(self._lock, self._run_changes)
 
     @contextmanager
     def _writing(self) -> Iterator[tuple[Transaction, LedgerCache]]:
@@ -205,6 +206,7 @@ class Ledger:
                         tx.conn, writing=True, version=tx.counters.get(LEDGER_VERSION)
                     )
                     cache.dirty = False
+                    cache.asked_now.clear()
                     # what is held accrues fair-share usage up to the change, not the last pass
                     cache.sched.now = max(cache.sched.now, self.clock.now())
                     self._cache = None
@@ -223,16 +225,18 @@ class Ledger:
             finally:
                 self._answer_waiting_reads()
 
-    def _change(
-        self,
-        check: Callable[[Transaction, LedgerCache], Allocation | None],
-        apply: Callable[[Transaction, LedgerCache], tuple[_Finish, bool]],
-    ) -> Allocation:
-        change = _Change(check, apply)
+    def _submit(self, change: LedgerChange) -> Allocation:
         self._combiner.submit(change)
         return change.outcome.value()
 
-    def _run_changes(self, batch: list[_Change]) -> None:
+    def post(self, change: LedgerChange, then: Callable[[Outcome[Allocation]], None]) -> None:
+        """Carry ``change`` out on the ledger's writing thread, with whatever else waits there,
+        and return at once: ``then`` gets its outcome (``.value()`` is the allocation, or
+        raises what the change would have raised), on that thread. For an event loop, which
+        must not wait for the ledger's lock nor keep a thread of a pool waiting for it."""
+        self._combiner.post(change, then)
+
+    def _run_changes(self, batch: list[LedgerChange]) -> None:
         """Answer every change of ``batch``: together in one transaction and one pass, or, when
         one of them fails after it wrote (that transaction is undone), each alone, so that the
         others do not fail with it."""
@@ -274,15 +278,15 @@ class Ledger:
             return alloc
 
     def _together(
-        self, batch: list[_Change]
-    ) -> list[tuple[_Change, Allocation | _Waits | Exception]]:
+        self, batch: list[LedgerChange]
+    ) -> list[tuple[LedgerChange, Allocation | _Waits | Exception]]:
         """The changes of ``batch`` in order, then one pass for them all, in one transaction.
         An error of a check is that change's answer (a check writes nothing: a refusal, or the
         caller's own check of the allocation, such as an HTTP 403); an error of the database,
         or of a change that wrote, undoes them all."""
-        answers: list[tuple[_Change, Allocation | _Waits | Exception]] = []
+        answers: list[tuple[LedgerChange, Allocation | _Waits | Exception]] = []
         with self._writing() as (tx, cache):
-            finishing: list[tuple[_Change, _Finish]] = []
+            finishing: list[tuple[LedgerChange, _Finish]] = []
             schedules = False
             for change in batch:
                 try:
@@ -906,6 +910,30 @@ class Ledger:
         a cluster starts where it is told, such as a Kubernetes Job the ledger admits); the
         allocation names its kernel's node until it is granted, then the node of its GPUs, and
         so does its kernel record. Otherwise it waits for GPUs of its kernel's node."""
+        return self._submit(
+            self.request_change(
+                kernel_id=kernel_id,
+                count=count,
+                model=model,
+                priority_class=priority_class,
+                kind=kind,
+                cluster_reason=cluster_reason,
+                anywhere=anywhere,
+            )
+        )
+
+    def request_change(
+        self,
+        *,
+        kernel_id: str,
+        count: int,
+        model: str | None = None,
+        priority_class: str | None = None,
+        kind: str = "kernel",
+        cluster_reason: str | None = None,
+        anywhere: bool = False,
+    ) -> LedgerChange:
+        """:meth:`request` as a change to :meth:`post` (its arguments are checked here)."""
         if isinstance(count, bool) or not isinstance(count, int):
             raise InvalidRequest(f"the GPU count must be a whole number, not {count!r}")
         if count <= 0:
@@ -1007,7 +1035,7 @@ class Ledger:
 
             return finish, not placed
 
-        return self._change(check, apply)
+        return LedgerChange(check, apply)
 
     # -- requests the cluster places (Kubernetes) ----------------------------------------------
 
@@ -1171,6 +1199,16 @@ class Ledger:
 
         ``check`` sees the allocation as the release found it, before anything is written, and
         raises to refuse (the caller may not release it): one read, in the same transaction."""
+        return self._submit(self.release_change(allocation_id, reason=reason, check=check))
+
+    def release_change(
+        self,
+        allocation_id: int,
+        *,
+        reason: str,
+        check: Callable[[Allocation], None] | None = None,
+    ) -> LedgerChange:
+        """:meth:`release` as a change to :meth:`post` (``check`` runs on the writing thread)."""
         # what the check found, for the writes (a change may be checked again, alone)
         found: Allocation | None = None
 
@@ -1190,7 +1228,7 @@ class Ledger:
             ended = self._end(tx, cache, found, reason)
             return (lambda grants: ended), True
 
-        return self._change(look, apply)
+        return LedgerChange(look, apply)
 
     def hand_back(self, allocation_id: int, *, reason: str) -> Allocation:
         """A grant of the pool that the cluster could not start on its node (its pod never
@@ -1268,6 +1306,7 @@ class Ledger:
             },
         )
         alloc = replace(alloc, id=int(inserted.inserted_primary_key[0]))  # type: ignore[index]
+        cache.asked_now.add(alloc.id)
         detail: dict[str, Any] = {
             "count": alloc.count,
             "model": alloc.model,
@@ -1670,6 +1709,8 @@ class Ledger:
             detail: dict[str, Any] = {"gpus": list(grant.gpus)}
             if asked is not None:
                 detail["waited_s"] = now - asked.created_at
+                if grant.request_id in cache.asked_now:
+                    detail["at_once"] = True  # granted in the transaction that asked for it
                 node = sched.node_of(grant.gpus)
                 if asked.anywhere and node is not None:
                     detail["node"] = node

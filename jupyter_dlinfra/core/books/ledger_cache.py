@@ -182,6 +182,9 @@ class LedgerCache:
     check_all: bool = True
     #: changed since the write that uses it began (then a failed write cannot keep it)
     dirty: bool = False
+    #: requests made by the write under way: one its pass grants never waited in the queue,
+    #: even when other changes of its batch were written between its request and its grant
+    asked_now: set[int] = field(default_factory=set)
     #: node -> (when it was worked out, the node's queue in order, the explanations of its head)
     _views: dict[str, _NodeView] = field(default_factory=dict)
     _placed_order: list[int] | None = None

@@ -235,12 +235,10 @@ class AllocationsHandler(_Base):
                     502, f"Kubernetes refused the pod: {err}", code="backend_error"
                 ) from None
         else:
-            alloc = await self.service.mutate(
-                self.service.ledger.request,
-                kernel_id=kernel_id,
-                count=count,
-                model=model,
-                priority_class=klass,
+            alloc = await self.service.change(
+                self.service.ledger.request_change(
+                    kernel_id=kernel_id, count=count, model=model, priority_class=klass
+                )
             )
         self.set_header(
             "Location", self.base_url.rstrip("/") + f"/dlinfra/api/allocations/{alloc.id}"
@@ -296,8 +294,8 @@ class AllocationHandler(_Base):
         who = "its kernel" if self.kernel_scope else "the user"
         # checked on the row the release reads, in its transaction: one trip, and no change
         # between the check and the release
-        await self.service.mutate(
-            ledger.release, aid, reason=f"released by {who}", check=may_release
+        await self.service.change(
+            ledger.release_change(aid, reason=f"released by {who}", check=may_release)
         )
         self.set_status(204)
         self.finish()
