@@ -59,6 +59,10 @@ threads (default ``LEDGER_THREADS``, the threads a server calls the ledger from)
 thread through the same code, each over the wall time of everything the callers do (their
 bookkeeping too: kernels are registered before, untimed); changes that arrive together share a
 transaction and a pass (``core/books/group_commit.py``), and the ratio says what that gives.
+Then **posted**: the same number of pairs posted to the ledger's writing thread
+(``Ledger.post``) with at most ``IN_FLIGHT`` (32) changes unanswered, the path a server's REST
+handlers take (``changes_per_s_posted``: the sustained rate of a busy server, whose batches grow
+with what waits).
 Times are wall clock (``perf_counter``), p50/p99 nearest rank; at the largest sizes a round
 takes tens of seconds, so p99 there is the maximum of a few samples.
 
@@ -109,7 +113,8 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from jupyter_dlinfra.core.books.events import latest_event_seq
-from jupyter_dlinfra.core.books.ledger import Ledger
+from jupyter_dlinfra.core.books.group_commit import Outcome as ChangeOutcome
+from jupyter_dlinfra.core.books.ledger import Ledger, LedgerChange
 from jupyter_dlinfra.core.clock import ManualClock, SystemClock
 from jupyter_dlinfra.core.models import (
     Allocation,
@@ -161,6 +166,10 @@ HOLD_S = {
 BUDGET_S = 60.0
 SAMPLES = 50
 CORE_EVENTS = 1_000
+#: changes posted to the ledger's writing thread and not yet answered, at most (``posted``): a
+#: busy gateway's handlers have tens of changes waiting at once
+IN_FLIGHT = 32
+
 #: request + release pairs of each window made by several callers at once (and by one)
 TOGETHER_PAIRS = 300
 #: passes of the seeding's settle before it gives up (each preempts for at most 8 requests)
@@ -801,8 +810,15 @@ class Measured:
     final_queue: int = 0
     #: callers at once -> (changes, wall s) of the window they made together
     together: dict[int, tuple[int, float]] = field(default_factory=dict)
+    #: (changes, wall s) of the same pairs posted, IN_FLIGHT at a time (``posted``)
+    posted: tuple[int, float] = (0, 0.0)
     window_changes: int = 0
     window_s: float = 0.0
+
+    @property
+    def posted_per_s(self) -> float:
+        changes, wall = self.posted
+        return changes / wall if wall else 0.0
 
     @property
     def changes_per_s(self) -> float:
@@ -834,13 +850,20 @@ class Ask:
     kind: str
 
     def make(self, ledger: Ledger) -> Allocation:
-        return ledger.request(
-            kernel_id=self.kernel_id,
-            count=self.count,
-            model=self.model,
-            priority_class=self.klass,
-            kind=self.kind,
-        )
+        return ledger.request(**self._fields())
+
+    def change(self, ledger: Ledger) -> LedgerChange:
+        """The request as a REST handler posts it (``Ledger.post``)."""
+        return ledger.request_change(**self._fields())
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "kernel_id": self.kernel_id,
+            "count": self.count,
+            "model": self.model,
+            "priority_class": self.klass,
+            "kind": self.kind,
+        }
 
 
 class Harness:
@@ -990,6 +1013,48 @@ def together(harness: Harness, callers: int, pairs: int) -> tuple[int, float]:
     return sum(made), wall
 
 
+def posted(harness: Harness, in_flight: int, pairs: int) -> tuple[int, float]:
+    """``pairs`` request + release pairs posted to the ledger's writing thread
+    (``Ledger.post``), at most ``in_flight`` changes unanswered at a time, as a server's REST
+    handlers post the changes of the people it serves (each handler waits for its own answer,
+    no thread does); returns (changes, wall s). The same pairs and bookkeeping as
+    :func:`together`, on this one thread."""
+    ledger, tracker, rng = harness.ledger, harness.tracker, harness.rng
+    plan = [harness.ask() for _ in range(pairs)]
+    slots = threading.BoundedSemaphore(in_flight)
+    errors: list[BaseException] = []
+    answered = [0]  # counted on the ledger's writing thread alone
+
+    def told(outcome: ChangeOutcome[Allocation]) -> None:
+        try:
+            outcome.value()
+        except BaseException as err:
+            errors.append(err)
+        else:
+            answered[0] += 1
+        slots.release()
+
+    def post(change: LedgerChange) -> None:
+        slots.acquire()
+        ledger.post(change, told)
+
+    t0 = time.perf_counter()
+    for i, ask in enumerate(plan):
+        post(ask.change(ledger))
+        victim = tracker.grant_on(ask.node, ask.count, rng, claim=True)
+        if victim is not None:
+            post(ledger.release_change(victim, reason="released by the user"))
+        if i % 50 == 0:
+            tracker.apply(tracker.unread(ledger))
+    for _ in range(in_flight):
+        slots.acquire()  # every change answered
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    tracker.follow(ledger)
+    return answered[0], wall
+
+
 def measure(
     ledger: Ledger,
     seed: Seed,
@@ -1019,6 +1084,7 @@ def measure(
     if together_pairs:
         for n in sorted({1, callers}):
             result.together[n] = together(harness, n, together_pairs)
+        result.posted = posted(harness, IN_FLIGHT, together_pairs)
         result.final_queue = len(harness.tracker.waiting)
 
 
@@ -1174,8 +1240,9 @@ def format_together(results: Sequence[Measured], callers: int) -> str:
     """Changes/s of the windows made by one caller and by ``callers`` at once."""
     lines = [
         f"changes/s with callers at once (requests and releases of {callers} threads, as a "
-        "server's ledger threads make them; their bookkeeping counted; one caller through the "
-        "same code is the baseline):"
+        "server's ledger threads make them, and posted to the ledger's writing thread as its "
+        "REST handlers post them; their bookkeeping counted; one caller through the same code "
+        "is the baseline):"
     ]
     for r in results:
         if not r.together:
@@ -1184,7 +1251,8 @@ def format_together(results: Sequence[Measured], callers: int) -> str:
         ratio = f"x{many / one:.2f}" if one else "-"
         lines.append(
             f"  {r.backend} {r.config.label}: 1 caller {one:,.0f}/s, {callers} callers "
-            f"{many:,.0f}/s ({ratio}); queue at the end {r.final_queue:,}"
+            f"{many:,.0f}/s ({ratio}), posted {IN_FLIGHT} at a time {r.posted_per_s:,.0f}/s "
+            f"(x{r.posted_per_s / one if one else 0.0:.2f}); queue at the end {r.final_queue:,}"
         )
     return "\n".join(lines)
 
@@ -1193,7 +1261,8 @@ def result_line(last: Measured, grown: float, core: core_bench.Run, callers: int
     one, many = last.together_per_s(1), last.together_per_s(callers)
     together = (
         f" changes_per_s_together={many:.2f} callers={callers} "
-        f"together_ratio={many / one if one else 0.0:.2f}"
+        f"together_ratio={many / one if one else 0.0:.2f} "
+        f"changes_per_s_posted={last.posted_per_s:.2f} in_flight={IN_FLIGHT}"
         if last.together
         else ""
     )

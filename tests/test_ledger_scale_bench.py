@@ -23,6 +23,8 @@ RESULT_KEYS = [
     "changes_per_s_together",
     "callers",
     "together_ratio",
+    "changes_per_s_posted",
+    "in_flight",
     "request_p99_ms",
     "release_p99_ms",
     "queue_p99_ms",
@@ -87,6 +89,9 @@ def test_main_prints_the_table_and_the_result_line(capsys: pytest.CaptureFixture
     # the window of callers at once ran, with a server's threads and with one
     assert fields["callers"] == str(bench.LEDGER_THREADS)
     assert float(fields["changes_per_s_together"]) > 0 and float(fields["together_ratio"]) > 0
+    # ... and posted to the ledger's writing thread, as the REST handlers post them
+    assert fields["in_flight"] == str(bench.IN_FLIGHT)
+    assert float(fields["changes_per_s_posted"]) > 0
     together = [line for line in out.splitlines() if " 1 caller " in line]
     assert [line.split(":")[0] for line in together] == ["  sqlite 2x0", "  sqlite 2x20"]
 
