@@ -82,23 +82,48 @@ def allocation_json(
     ``simulated`` marks the answer even before any GPU is held (a queued request). An
     allocation that holds no GPU is described by itself alone: the answer for the same object
     is made once and shared (the ledger hands out the same object while nothing about it
-    changes), so callers must not change it."""
+    changes), and so is a grant's while its GPUs' rows and ``samples`` are the same objects:
+    callers must not change it."""
     if not alloc.gpus:
         kept = _NO_GPU_VIEWS.get(alloc.id)
         if kept is not None and kept[0] is alloc and kept[1] is simulated:
             return kept[2]
-        if len(_NO_GPU_VIEWS) >= _NO_GPU_VIEWS_KEPT:
+        if len(_NO_GPU_VIEWS) >= _VIEWS_KEPT:
             _NO_GPU_VIEWS.clear()
         made = _allocation_json(alloc, gpus, samples, simulated=simulated)
         _NO_GPU_VIEWS[alloc.id] = (alloc, simulated, made)
         return made
-    return _allocation_json(alloc, gpus, samples, simulated=simulated)
+    # a grant's view also shows its GPUs' rows and their latest samples: the same objects
+    # (GPU rows are kept until they change, a sampling replaces the whole mapping) give the
+    # same view
+    rows = tuple(gpus.get(uuid) for uuid in alloc.gpus)
+    held = _GPU_VIEWS.get(alloc.id)
+    if (
+        held is not None
+        and held[0] is alloc
+        and held[1] is simulated
+        and held[2] is samples
+        and len(held[3]) == len(rows)
+        and all(a is b for a, b in zip(held[3], rows, strict=True))
+    ):
+        return held[4]
+    if len(_GPU_VIEWS) >= _VIEWS_KEPT:
+        _GPU_VIEWS.clear()
+    made = _allocation_json(alloc, gpus, samples, simulated=simulated)
+    _GPU_VIEWS[alloc.id] = (alloc, simulated, samples, rows, made)
+    return made
 
 
 #: allocation id -> (the allocation object, simulated, its view): views of allocations that hold
 #: no GPU (queued ones: sidebars and queue pages show the same ones again and again)
 _NO_GPU_VIEWS: dict[int, tuple[Allocation, bool, dict[str, Any]]] = {}
-_NO_GPU_VIEWS_KEPT = 50_000
+#: allocation id -> (the allocation, simulated, the samples, its GPUs' rows, its view): a
+#: sidebar's list shows its user's grants at each refresh, between two samplings unchanged
+_GPU_VIEWS: dict[
+    int,
+    tuple[Allocation, bool, Mapping[str, GpuSample] | None, tuple[Gpu | None, ...], dict[str, Any]],
+] = {}
+_VIEWS_KEPT = 50_000
 
 
 def _allocation_json(
