@@ -3,8 +3,11 @@
 Every write in this process, and each change another process makes, wakes whoever waits for a
 change, most of the time for nothing that concerns them. So the waiting polls do not each wake
 and read their request again: one watcher per server reads the ledger's version once per wake,
-and reads the waiting requests again only when it moved, all of them in a few calls on the pool
-(each one read of up to READ_CHUNK requests).
+and reads the waiting requests again only when it moved. Where the ledger's memory is current
+(``Ledger.kept_versioned``: the change feed listens), both come from there on the event loop,
+and only the requests whose rows a change dropped are read from the database; otherwise the
+version and the requests are read on the pool, all of them in a few calls (each one read of up
+to READ_CHUNK requests).
 A wait that runs out with the version unmoved is answered with the request as it was read (the
 magic polls again within seconds, and that poll reads it anew). Then a wake costs one cheap read
 however many wait, a change one read of each waiting request, and the pool stays free for the
@@ -14,6 +17,7 @@ other requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +44,7 @@ def _told(alloc: Allocation) -> tuple[Any, ...]:
 def read_versioned(ledger: Ledger, allocation_id: int) -> tuple[int, Allocation]:
     """Blocking: the allocation and a ledger version no newer than what it shows (read first:
     a change between the two reads makes the watcher read the request again, never miss it)."""
-    version = ledger.version()
+    version = ledger.ledger_version()
     return version, ledger.allocation(allocation_id)
 
 
@@ -149,7 +153,16 @@ class AllocationWaits:
     async def _pass(self) -> None:
         ledger = self._service.ledger
         loop = asyncio.get_running_loop()
-        version = self._version = await self._service.call(ledger.version)
+        kept = await self._service.from_memory(
+            functools.partial(ledger.kept_versioned, {w.alloc.id for w in self._waiters})
+        )
+        found: dict[int, Allocation | NotFound] = {}
+        if kept is None:
+            version = await self._service.call(ledger.ledger_version)
+        else:
+            version = kept[0]
+            found.update(kept[1])
+        self._version = version
         now = loop.time()
         for waiter in [w for w in self._waiters if w.version == version and w.deadline <= now]:
             # its wait is over, and nothing changed since it was read: told as it was read
@@ -160,8 +173,7 @@ class AllocationWaits:
         if not due:
             self.passes += 1
             return
-        ids = sorted({w.alloc.id for w in due})
-        found: dict[int, Allocation | NotFound] = {}
+        ids = sorted({w.alloc.id for w in due if w.alloc.id not in found})
         for start in range(0, len(ids), READ_CHUNK):
             part = ids[start : start + READ_CHUNK]
             found.update(await self._service.call(_read_many, ledger, part))

@@ -461,3 +461,31 @@ def test_posted_requests_granted_in_their_own_batch_say_so_and_make_no_notice(ki
     )
     later = [e for e in ledger.events() if e.kind == "granted"][-1]
     assert later.allocation_id == waiting.id and "at_once" not in later.detail
+
+
+def test_a_batch_reads_its_requests_kernels_in_one_statement(kit: Kit) -> None:
+    kit.node("node-a")  # four GPUs
+    for i in range(4):
+        kit.kernel(f"k{i}", user=f"u{i}")
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM dlinfra_kernels" in statement:
+            seen.append(statement)
+
+    event.listen(kit.store.engine, "before_cursor_execute", count)
+    try:
+        answers = together(
+            kit.ledger,
+            [
+                (lambda i=i: kit.ledger.request(kernel_id=f"k{i}", count=1))  # type: ignore[misc]
+                for i in range(4)
+            ]
+            + [lambda: kit.ledger.request(kernel_id="nobody", count=1)],
+        )
+    finally:
+        event.remove(kit.store.engine, "before_cursor_execute", count)
+    assert [a.state for a in answers[:4]] == [AllocationState.GRANTED] * 4  # type: ignore[union-attr]
+    # an unknown kernel is refused alone, as before: looked for once more, then not found
+    assert isinstance(answers[4], NotFound)
+    assert len(seen) == 2

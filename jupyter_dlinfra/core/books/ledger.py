@@ -125,6 +125,8 @@ class LedgerChange:
 
     check: Callable[[Transaction, LedgerCache], Allocation | None]
     apply: Callable[[Transaction, LedgerCache], tuple[_Finish, bool]]
+    #: the kernel whose row ``check`` reads: a batch reads its changes' rows in one statement
+    kernel_id: str | None = None
     outcome: Outcome[Allocation] = field(default_factory=Outcome)
 
 
@@ -207,6 +209,7 @@ class Ledger:
                     )
                     cache.dirty = False
                     cache.asked_now.clear()
+                    cache.batch_kernels = {}
                     # what is held accrues fair-share usage up to the change, not the last pass
                     cache.sched.now = max(cache.sched.now, self.clock.now())
                     self._cache = None
@@ -286,6 +289,12 @@ class Ledger:
         or of a change that wrote, undoes them all."""
         answers: list[tuple[LedgerChange, Allocation | _Waits | Exception]] = []
         with self._writing() as (tx, cache):
+            wanted = {change.kernel_id for change in batch if change.kernel_id is not None}
+            if len(wanted) > 1:
+                # a round trip per batch, not one per request (no change of a batch writes a
+                # kernel's row before the last check has read it: a pass places kernels after)
+                rows = _rows_with(tx.conn, kernels.c.kernel_id, wanted)
+                cache.batch_kernels = {r.kernel_id: _kernel(r) for r in rows}
             finishing: list[tuple[LedgerChange, _Finish]] = []
             schedules = False
             for change in batch:
@@ -384,6 +393,25 @@ class Ledger:
         def answer(cache: LedgerCache) -> Allocation | None:
             row = cache.rows.get(allocation_id)
             return None if row is None else self._waited(row, cache)
+
+        return self._from_memory(answer)
+
+    def kept_versioned(
+        self, allocation_ids: Collection[int]
+    ) -> tuple[int, dict[int, Allocation]] | None:
+        """From memory: the state's ledger counter (:meth:`ledger_version`) and those of
+        ``allocation_ids`` whose rows are kept, with their waits; None where ``_from_memory``
+        gives nothing. An id left out is to be read: a change dropped its row, or it ended."""
+
+        def answer(cache: LedgerCache) -> tuple[int, dict[int, Allocation]]:
+            now = self.clock.now()
+            rows = cache.rows
+            found = {}
+            for aid in allocation_ids:
+                row = rows.get(aid)
+                if row is not None:
+                    found[aid] = self._waited(row, cache, now)
+            return cache.version, found
 
         return self._from_memory(answer)
 
@@ -966,7 +994,7 @@ class Ledger:
                 klass = priority_class
             else:
                 klass = policy.job_class if kind == "job" else policy.kernel_class
-            kernel = self._kernel(conn, kernel_id)
+            kernel = cache.batch_kernels.get(kernel_id) or self._kernel(conn, kernel_id)
             # the state in memory is current (the write lock is held): most kernels that ask
             # hold nothing, and need no look at the tables
             rows = (
@@ -1035,7 +1063,7 @@ class Ledger:
 
             return finish, not placed
 
-        return LedgerChange(check, apply)
+        return LedgerChange(check, apply, kernel_id=kernel_id)
 
     # -- requests the cluster places (Kubernetes) ----------------------------------------------
 
@@ -1520,6 +1548,13 @@ class Ledger:
 
     def version(self) -> int:
         return self.store.version()
+
+    def ledger_version(self) -> int:
+        """The ledger's own counter: it moves with each change of the scheduling state
+        (requests, grants, releases, the policy), not with other books' writes; what
+        :meth:`kept_versioned` counts in."""
+        with self.store.read() as conn:
+            return read_counter(conn, LEDGER_VERSION)
 
     def close(self) -> None:
         """Let go of the state in memory (this process is done with the ledger; a later call

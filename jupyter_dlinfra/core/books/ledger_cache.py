@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from jupyter_dlinfra.core.books.ledger_state import DEFAULT_DURATION
-from jupyter_dlinfra.core.models import Allocation
+from jupyter_dlinfra.core.models import Allocation, KernelRecord
 from jupyter_dlinfra.core.scheduling import explain
 from jupyter_dlinfra.core.scheduling.explain_pool import beyond_pool, explain_pool, pool_order
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
@@ -185,6 +185,8 @@ class LedgerCache:
     #: requests made by the write under way: one its pass grants never waited in the queue,
     #: even when other changes of its batch were written between its request and its grant
     asked_now: set[int] = field(default_factory=set)
+    #: the kernel rows the changes of the write under way check, read together
+    batch_kernels: dict[str, KernelRecord] = field(default_factory=dict)
     #: node -> (when it was worked out, the node's queue in order, the explanations of its head)
     _views: dict[str, _NodeView] = field(default_factory=dict)
     _placed_order: list[int] | None = None

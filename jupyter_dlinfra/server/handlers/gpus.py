@@ -263,7 +263,13 @@ class AllocationHandler(_Base):
             # the check before each cell of a waiting %gpu: from memory, on the event loop
             alloc, gpus = kept, self.kept_gpu_index([kept])
         elif wait:
-            version, alloc = await self.service.call(read_versioned, ledger, aid)
+            kept_now = await self.service.from_memory(
+                functools.partial(ledger.kept_versioned, (aid,))
+            )
+            if kept_now is not None and aid in kept_now[1]:
+                version, alloc = kept_now[0], kept_now[1][aid]
+            else:
+                version, alloc = await self.service.call(read_versioned, ledger, aid)
         else:
             alloc, gpus = await self.service.call(_allocation_with_gpus, ledger, aid)
         if self.kernel_scope is not None and alloc.kernel_id != self.kernel_scope:
