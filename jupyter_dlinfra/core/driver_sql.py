@@ -36,9 +36,14 @@ class DriverStatement:
     itself), executed with a mapping of ``keys`` (:meth:`run`) or a list of them
     (:meth:`run_many`)."""
 
-    def __init__(self, statement: ClauseElement, keys: Sequence[str]) -> None:
+    def __init__(
+        self, statement: ClauseElement, keys: Sequence[str], *, returns_number: bool = False
+    ) -> None:
+        """``returns_number``: the statement returns one plain number (``RETURNING id``),
+        read with ``run(...).scalar_one()``; it cannot be run with :meth:`run_many`."""
         self.statement = statement
         self.keys = tuple(keys)
+        self.returns_number = returns_number
         #: (database, driver, parameter style) -> (SQL text, each positional parameter's source
         #: (None: by name), values the statement fixes); two threads may compile it twice
         self._compiled: dict[
@@ -55,6 +60,8 @@ class DriverStatement:
 
     def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Execute once per row (the driver's executemany); nothing when there is none."""
+        if self.returns_number:
+            raise ValueError(f"{self!r} returns a row per execution: run it once per row")
         if rows:
             text, order, fixed = self._for(conn.dialect)
             conn.exec_driver_sql(text, [self._values(row, order, fixed) for row in rows])
@@ -80,11 +87,12 @@ class DriverStatement:
             dialect=dialect,
             column_keys=list(self.keys),
             # as for executemany: an INSERT on PostgreSQL would otherwise return its new key
-            for_executemany=True,
+            for_executemany=not self.returns_number,
             compile_kwargs={"render_postcompile": True},
         )
         assert isinstance(compiled, SQLCompiler), compiled
-        if compiled.effective_returning:
+        returning = compiled.effective_returning
+        if returning and not (self.returns_number and len(returning) == 1):
             raise ValueError(f"{self!r} returns rows: run it through SQLAlchemy")
         # every parameter the text binds: the caller's keys, or a value the statement fixes
         defaults = compiled.construct_params({key: None for key in self.keys}, _check=False)

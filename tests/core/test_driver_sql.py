@@ -86,3 +86,29 @@ def test_statements_it_cannot_run_as_core_would_are_refused(tmp_path: object) ->
                 unbound.run(tx.conn, {"at": 1.0, "kind": "x", "nonsense": 1})
     finally:
         store.dispose()
+
+
+def test_a_statement_may_return_one_number_read_once_per_execution(tmp_path: object) -> None:
+    store = Store(f"sqlite:///{tmp_path}/x.db")
+    try:
+        with store.write() as tx:
+            numbered = DriverStatement(
+                insert(events).returning(events.c.seq),
+                ["at", "kind", "detail"],
+                returns_number=True,
+            )
+            first = numbered.run(tx.conn, {"at": 1.0, "kind": "x", "detail": "{}"}).scalar_one()
+            second = numbered.run(tx.conn, {"at": 2.0, "kind": "y", "detail": "{}"}).scalar_one()
+            assert second == first + 1
+            with pytest.raises(ValueError, match="once per row"):
+                numbered.run_many(tx.conn, [{"at": 3.0, "kind": "z", "detail": "{}"}])
+            # two columns are rows: refused, as without the flag
+            rows = DriverStatement(
+                insert(events).returning(events.c.seq, events.c.kind),
+                ["at", "kind", "detail"],
+                returns_number=True,
+            )
+            with pytest.raises(ValueError, match="returns rows"):
+                rows.run(tx.conn, {"at": 4.0, "kind": "w", "detail": "{}"})
+    finally:
+        store.dispose()

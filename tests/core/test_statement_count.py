@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
 from jupyter_dlinfra.core.models import AllocationState
@@ -110,3 +111,24 @@ def test_a_pod_quota_check_costs_the_placed_requests_not_the_clusters_grants(kit
     many = _quota_block_cost(kit, 200)
     assert few[0] == many[0], f"{few[0]} statements with 2 grants, {many[0]} with 200"
     assert many[1] <= 1.5 * few[1] + 5, f"{few[1]} x{STEPS} steps with 2 grants, then {many[1]}"
+
+
+def test_on_postgresql_a_change_writes_its_row_and_its_event_in_one_statement(kit: Kit) -> None:
+    if kit.ledger.store.is_sqlite:
+        pytest.skip("SQLite cannot write in a WITH: two statements there, in the process")
+    kit.node("node-c", (1, A100))
+    kit.kernel("c-holder", node="node-c")
+    kit.ledger.request(kernel_id="c-holder", count=1)
+    kit.kernel("c-waiter", node="node-c", user="late")
+    kit.ledger.queue_length()
+    with counted(kit) as asked:
+        waiting = kit.ledger.request(kernel_id="c-waiter", count=1)
+    with counted(kit) as cancelled:
+        kit.ledger.release(waiting.id, reason="changed my mind")
+    for what, seen in (("request", asked), ("cancel", cancelled)):
+        alone = [s for s in seen if s.lstrip().startswith("INSERT INTO dlinfra_events")]
+        assert alone == [], f"{what}: its event went in a statement of its own"
+    kinds = [(e.kind, e.allocation_id) for e in kit.ledger.events()[-2:]]
+    assert kinds == [("requested", waiting.id), ("cancelled", waiting.id)]
+    stored = kit.ledger.allocation(waiting.id)
+    assert stored.state.value == "cancelled" and stored.end_reason == "changed my mind"

@@ -1314,27 +1314,22 @@ class Ledger:
         its ``requested`` event, and add it to the state in memory (the scheduler's demands
         unless a cluster places it); returns it with its id."""
         placed = alloc.placement == CLUSTER
-        inserted = tx.conn.execute(
-            sql.INSERT_ALLOCATION,
-            {
-                "kernel_id": alloc.kernel_id,
-                "user": alloc.user,
-                "node": alloc.node,
-                "count": alloc.count,
-                "model": alloc.model,
-                "state": AllocationState.QUEUED.value,
-                "created_at": alloc.created_at,
-                "priority_class": alloc.priority_class,
-                "kind": alloc.kind,
-                "groups": groups,
-                "borrowed": False,
-                "placement": None if alloc.placement == "ledger" else alloc.placement,
-                "cluster_reason": cluster_reason,
-                "avoid_nodes": json.dumps(list(alloc.avoid)) if alloc.avoid else None,
-            },
-        )
-        alloc = replace(alloc, id=int(inserted.inserted_primary_key[0]))  # type: ignore[index]
-        cache.asked_now.add(alloc.id)
+        row = {
+            "kernel_id": alloc.kernel_id,
+            "user": alloc.user,
+            "node": alloc.node,
+            "count": alloc.count,
+            "model": alloc.model,
+            "state": AllocationState.QUEUED.value,
+            "created_at": alloc.created_at,
+            "priority_class": alloc.priority_class,
+            "kind": alloc.kind,
+            "groups": groups,
+            "borrowed": False,
+            "placement": None if alloc.placement == "ledger" else alloc.placement,
+            "cluster_reason": cluster_reason,
+            "avoid_nodes": json.dumps(list(alloc.avoid)) if alloc.avoid else None,
+        }
         detail: dict[str, Any] = {
             "count": alloc.count,
             "model": alloc.model,
@@ -1342,9 +1337,25 @@ class Ledger:
         }
         if handed_back is not None:
             detail.update(handed_back=handed_back, avoid=list(alloc.avoid))
-        self.write_event(
-            tx, "requested", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
-        )
+        if self.store.is_sqlite:
+            inserted = tx.conn.execute(sql.INSERT_ALLOCATION, row)
+            alloc = replace(alloc, id=int(inserted.inserted_primary_key[0]))  # type: ignore[index]
+            self.write_event(
+                tx, "requested", allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
+            )
+        else:
+            new_id = sql.INSERT_REQUEST_WITH_EVENT.run(
+                tx.conn,
+                {
+                    **row,
+                    "p_at": self.clock.now(),
+                    "p_kernel": alloc.kernel_id,
+                    "p_detail": json.dumps(detail),
+                },
+            ).scalar_one()
+            alloc = replace(alloc, id=int(new_id))
+            tx.touch()
+        cache.asked_now.add(alloc.id)
         cache.changed()
         cache.add_active(alloc.id, alloc.kernel_id, alloc.user)
         # as the table has it (the hypothesis state machine compares the two)
@@ -1667,17 +1678,25 @@ class Ledger:
                 )
         if alloc.state is AllocationState.GRANTED:
             sql.DELETE_HOLDINGS.run(tx.conn, {"p_id": alloc.id})
-        sql.END_ALLOCATION.run(
-            tx.conn,
-            {"p_id": alloc.id, "p_state": state.value, "p_at": now, "p_why": reason},
-        )
-        self.write_event(
-            tx,
-            state.value,
-            allocation_id=alloc.id,
-            kernel_id=alloc.kernel_id,
-            detail={"reason": reason, "gpus": list(alloc.gpus)},
-        )
+        ended = {"p_id": alloc.id, "p_state": state.value, "p_at": now, "p_why": reason}
+        detail = {"reason": reason, "gpus": list(alloc.gpus)}
+        if self.store.is_sqlite:
+            sql.END_ALLOCATION.run(tx.conn, ended)
+            self.write_event(
+                tx, state.value, allocation_id=alloc.id, kernel_id=alloc.kernel_id, detail=detail
+            )
+        else:
+            sql.END_WITH_EVENT.run(
+                tx.conn,
+                {
+                    **ended,
+                    "p_event_at": self.clock.now(),
+                    "p_kind": state.value,
+                    "p_kernel": alloc.kernel_id,
+                    "p_detail": json.dumps(detail),
+                },
+            )
+            tx.touch()
         if state is AllocationState.RELEASED and alloc.granted_at is not None:
             cache.durations.add(class_of(alloc, cache.policy), now - alloc.granted_at)
             # the GPUs are back above; the bookkeeping cannot take them again (see _record_usage)

@@ -12,13 +12,14 @@ and return nothing, go through the driver (:class:`DriverStatement`, ``core/driv
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, literal, select, update
 
 from jupyter_dlinfra.core.driver_sql import DriverStatement
 from jupyter_dlinfra.core.models import AllocationState
 from jupyter_dlinfra.core.store import (
     allocation_gpus,
     allocations,
+    events,
     fairshare,
     gpus,
     holdings,
@@ -31,6 +32,7 @@ __all__ = [
     "ALLOCATION",
     "DELETE_HOLDINGS",
     "END_ALLOCATION",
+    "END_WITH_EVENT",
     "GPUS_OF_ALLOCATION",
     "GPUS_OF_ALLOCATIONS",
     "GRANT",
@@ -38,6 +40,7 @@ __all__ = [
     "INSERT_ALLOCATION_GPUS",
     "INSERT_FAIRSHARE",
     "INSERT_HOLDINGS",
+    "INSERT_REQUEST_WITH_EVENT",
     "KERNEL",
     "MARK_PREEMPTED",
     "PLACE_KERNEL",
@@ -105,6 +108,71 @@ END_ALLOCATION = DriverStatement(
     .where(allocations.c.id == bindparam("p_id"))
     .values(state=bindparam("p_state"), ended_at=bindparam("p_at"), end_reason=bindparam("p_why")),
     ["p_id", "p_state", "p_at", "p_why"],
+)
+
+# PostgreSQL: a change's row and its event in one statement (a WITH that writes), one round trip
+# where a loaded writer waits for the interpreter's lock after each. SQLite cannot write in a
+# WITH; it runs in the process, and keeps the two statements.
+_EVENT_COLUMNS = ["at", "kind", "allocation_id", "kernel_id", "detail"]
+_REQUEST_COLUMNS = [
+    "kernel_id",
+    "user",
+    "node",
+    "count",
+    "model",
+    "state",
+    "created_at",
+    "priority_class",
+    "kind",
+    "groups",
+    "borrowed",
+    "placement",
+    "cluster_reason",
+    "avoid_nodes",
+]
+_asked = (
+    insert(allocations)
+    .values({c: bindparam(c, type_=allocations.c[c].type) for c in _REQUEST_COLUMNS})
+    .returning(allocations.c.id)
+    .cte("asked")
+)
+#: a queued request and its "requested" event; returns the request's id
+INSERT_REQUEST_WITH_EVENT = DriverStatement(
+    insert(events)
+    .from_select(
+        _EVENT_COLUMNS,
+        select(
+            bindparam("p_at", type_=events.c.at.type),
+            literal("requested", events.c.kind.type),
+            _asked.c.id,
+            bindparam("p_kernel", type_=events.c.kernel_id.type),
+            bindparam("p_detail", type_=events.c.detail.type),
+        ),
+    )
+    .returning(events.c.allocation_id),
+    [*_REQUEST_COLUMNS, "p_at", "p_kernel", "p_detail"],
+    returns_number=True,
+)
+_ended = (
+    update(allocations)
+    .where(allocations.c.id == bindparam("p_id"))
+    .values(state=bindparam("p_state"), ended_at=bindparam("p_at"), end_reason=bindparam("p_why"))
+    .returning(allocations.c.id)
+    .cte("ended")
+)
+#: END_ALLOCATION and its event (kind: the state it ended in)
+END_WITH_EVENT = DriverStatement(
+    insert(events).from_select(
+        _EVENT_COLUMNS,
+        select(
+            bindparam("p_event_at", type_=events.c.at.type),
+            bindparam("p_kind", type_=events.c.kind.type),
+            _ended.c.id,
+            bindparam("p_kernel", type_=events.c.kernel_id.type),
+            bindparam("p_detail", type_=events.c.detail.type),
+        ),
+    ),
+    ["p_id", "p_state", "p_at", "p_why", "p_event_at", "p_kind", "p_kernel", "p_detail"],
 )
 DELETE_HOLDINGS = DriverStatement(
     delete(holdings).where(holdings.c.allocation_id == bindparam("p_id")), ["p_id"]
