@@ -489,3 +489,31 @@ def test_a_batch_reads_its_requests_kernels_in_one_statement(kit: Kit) -> None:
     # an unknown kernel is refused alone, as before: looked for once more, then not found
     assert isinstance(answers[4], NotFound)
     assert len(seen) == 2
+
+
+class _Fatal(BaseException):
+    """Something no ``except Exception`` catches, raised inside a batch."""
+
+
+def test_a_writing_thread_that_dies_leaves_later_changes_to_another() -> None:
+    lock = CountedLock()
+
+    def run(batch: list[_Job]) -> None:
+        if any(job.value == 1 for job in batch):
+            raise _Fatal("the batch blew up")
+        for job in batch:
+            job.outcome.answer(job.value)
+
+    combiner: Combiner[_Job] = Combiner(lock, run)
+    told = _Told()
+    first = threading.excepthook
+    threading.excepthook = lambda args: None  # the dying thread's traceback is expected
+    try:
+        combiner.post(_Job(1), told)
+        _wait_for(lambda: len(told.seen) == 1, "the first change's failure")
+        assert isinstance(told.seen[0][1], RuntimeError)  # "not carried out", never left hanging
+        combiner.post(_Job(2), told)
+        _wait_for(lambda: len(told.seen) == 2, "a later change to be made")
+    finally:
+        threading.excepthook = first
+    assert told.seen[1][1] == 2

@@ -182,28 +182,42 @@ class Combiner(Generic[C]):
             self._pending.append(change)
             self._posted += 1
             if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write, name="dlinfra-ledger-writer", daemon=True
-                )
-                self._writer.start()
+                self._start_writer()
             else:
                 self._turn.notify_all()
+
+    def _start_writer(self) -> None:
+        """(``_turn`` held.)"""
+        self._writer = threading.Thread(
+            target=self._write, name="dlinfra-ledger-writer", daemon=True
+        )
+        self._writer.start()
 
     def _write(self) -> None:
         """The writing thread: leads a batch while posted changes wait, ends when none comes."""
         me = threading.get_ident()
-        while True:
+        try:
+            while True:
+                with self._turn:
+                    while self._posted == 0 or self._leading is not None:
+                        if not self._turn.wait(WRITER_IDLE_S) and self._posted == 0:
+                            self._writer = None
+                            return
+                self._lock.let_waiters_in()
+                with self._turn:
+                    if self._leading is not None:
+                        continue  # a caller of submit leads: its batch may take ours
+                    self._leading = me
+                self._lead()
+        except BaseException:
+            # whatever ended this thread (its batch was answered, see _lead), the changes
+            # posted after it must not wait for ever: another thread takes them
             with self._turn:
-                while self._posted == 0 or self._leading is not None:
-                    if not self._turn.wait(WRITER_IDLE_S) and self._posted == 0:
-                        self._writer = None
-                        return
-            self._lock.let_waiters_in()
-            with self._turn:
-                if self._leading is not None:
-                    continue  # a caller of submit leads: its batch may take ours
-                self._leading = me
-            self._lead()
+                if self._writer is threading.current_thread():
+                    self._writer = None
+                    if self._posted:
+                        self._start_writer()
+            raise
 
     def _lead(self) -> None:
         """Run one batch of what waits (this thread leads: ``_leading`` is set)."""
