@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -42,6 +42,20 @@ LEDGER_THREADS = 4
 #: how long an answer from the ledger's memory waits on the event loop for the write that holds
 #: it to make it (a batch takes milliseconds) before the pool is asked instead
 MEMORY_WAIT_S = 0.05
+
+
+@contextlib.contextmanager
+def _outage_as_domain_error() -> Iterator[None]:
+    """One domain error for every caller of the ledger when its database does not answer:
+    handlers answer 503, loops back off."""
+    try:
+        yield
+    except LedgerUnavailable:
+        raise
+    except Exception as err:
+        if database_unavailable(err):
+            raise LedgerUnavailable.from_error(err) from err
+        raise
 
 
 class LedgerCalls:
@@ -104,15 +118,8 @@ class LedgerCalls:
 
     async def _run(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
-        try:
+        with _outage_as_domain_error():
             return await loop.run_in_executor(executor, fn)
-        except LedgerUnavailable:
-            raise
-        except Exception as err:
-            # one domain error for every caller: handlers answer 503, loops back off
-            if database_unavailable(err):
-                raise LedgerUnavailable.from_error(err) from err
-            raise
 
     async def from_memory(self, answer: Callable[[], T | None]) -> T | None:
         """``answer()``: an answer from the ledger's memory, on the event loop (None where it
@@ -153,14 +160,8 @@ class LedgerCalls:
         try:
             self.ledger.post(change, then)
             outcome = await done
-            try:
+            with _outage_as_domain_error():
                 return outcome.value()
-            except LedgerUnavailable:
-                raise
-            except Exception as err:
-                if database_unavailable(err):
-                    raise LedgerUnavailable.from_error(err) from err
-                raise
         finally:
             self.notify()
 
