@@ -233,10 +233,13 @@ class Subscription:
     came), counted in ``dropped_notices``.
     """
 
-    def __init__(self, maxsize: int = 16) -> None:
+    def __init__(self, maxsize: int = 16, *, user: str | None = None) -> None:
+        """``user``: the person reading, who gets the notices for everyone and their own, not
+        other people's (None: every notice)."""
         if maxsize < 2:
             raise ValueError("a subscription must hold at least a snapshot and a notice")
         self.maxsize = maxsize
+        self.user = user
         self.closed = False
         #: the chain of state frames broke (or never began): a whole snapshot must come next
         self.resync = True
@@ -451,17 +454,18 @@ class Broadcaster:
             actions=tuple((str(a), str(label)) for a, label in actions),
         )
         self._next_notice_id -= 1
-        self._fan_out(_notice_frame(notice))
+        self._tell(notice)
         return notice
 
     # -- subscribers -----------------------------------------------------------------------------
 
-    async def subscribe(self) -> Subscription:
-        """A new subscription, whose first frame is a whole snapshot of the current state."""
+    async def subscribe(self, user: str | None = None) -> Subscription:
+        """A new subscription, whose first frame is a whole snapshot of the current state;
+        ``user``: whose notices it gets besides those for everyone (None: all of them)."""
         if self._closed:
             raise RuntimeError("the event stream is closed (the server is stopping)")
         self.start()
-        sub = Subscription(self.queue_size)
+        sub = Subscription(self.queue_size, user=user)
         # the ledger must answer before a stream opens (two small reads when nothing changed):
         # a stale snapshot would look live while its database is away, where this answers 503
         self._dirty = True
@@ -532,7 +536,7 @@ class Broadcaster:
                 raise
             self._source.health.recovered(where="the event stream")
             for notice in notices:
-                self._fan_out(_notice_frame(notice))
+                self._tell(notice)
             if snapshot is not None:
                 # only a snapshot sent counts: a poke that changed nothing must not delay the next
                 self._last_build_at = asyncio.get_running_loop().time()
@@ -546,6 +550,23 @@ class Broadcaster:
         self.fanout.spend(asyncio.get_running_loop().time(), len(self._subs))
         for sub in self._subs:
             sub.offer(frame, seq=seq)
+
+    def _tell(self, notice: Notice) -> None:
+        """A notice to the subscribers it is for: a person's own (a grant after a wait, an idle
+        warning) to that person's streams only, not to every open dashboard of the team (which
+        would show anyone reading the stream other people's kernels, and spend the frame
+        budget of the deltas on frames their clients drop)."""
+        owner = notice.user
+        if owner is None:
+            self._fan_out(_notice_frame(notice))
+            return
+        readers = [sub for sub in self._subs if sub.user is None or sub.user == owner]
+        if not readers:
+            return
+        self.fanout.spend(asyncio.get_running_loop().time(), len(readers))
+        frame = _notice_frame(notice)
+        for sub in readers:
+            sub.offer(frame)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -26,7 +26,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.httputil import HTTPHeaders
 
 from jupyter_dlinfra.core.models import KernelRecord, LedgerEvent
-from jupyter_dlinfra.server.events import KEEPALIVE, QUEUE_PAGE, Subscription
+from jupyter_dlinfra.server.events import KEEPALIVE, QUEUE_PAGE, Broadcaster, Subscription
 from jupyter_dlinfra.server.notices import notice_from_event
 from jupyter_dlinfra.server.token_bucket import TokenBucket
 from jupyter_dlinfra.testing.event_stream import apply_delta
@@ -360,21 +360,23 @@ async def test_gpus_of_a_vanished_kernel_give_an_ended_warning(
     await stream.next("snapshot", _without("stuck"))
 
 
-async def test_published_notices_reach_every_subscriber(
+async def test_published_notices_reach_every_subscriber_they_are_for(
     open_stream: Any, dlinfra_app: Any, schemas: dict[str, Draft202012Validator]
 ) -> None:
     service = dlinfra_app.service
+    me = service.settings.user  # whom this server's streams are opened as
     streams = [await open_stream(), await open_stream()]
     sent = service.events.publish_notice(
         "warning",
         "warning",
         "2 GPUs idle for 30 min will be released in 10 min",
-        user="ana",
+        user=me,
         kernel_id="k9",
         allocation_id=12,
         actions=[("keep", "Keep my GPUs")],
     )
-    service.events.publish_notice("warning", "info", "second")
+    service.events.publish_notice("warning", "info", "someone else's", user=f"not-{me}")
+    service.events.publish_notice("warning", "info", "for everyone")
     for stream in streams:
         notice = await stream.next("notice")
         schemas["Notice"].validate(notice)
@@ -382,13 +384,14 @@ async def test_published_notices_reach_every_subscriber(
             "id": -1,
             "kind": "warning",
             "level": "warning",
-            "user": "ana",
+            "user": me,
             "kernel_id": "k9",
             "allocation_id": 12,
             "message": "2 GPUs idle for 30 min will be released in 10 min",
             "actions": [{"id": "keep", "label": "Keep my GPUs"}],
         }
-        assert (await stream.next("notice"))["id"] == -2
+        # another person's notice is not sent here
+        assert (await stream.next("notice"))["id"] == -3
     assert sent.id == -1
     with pytest.raises(ValueError, match="level"):
         service.events.publish_notice("warning", "fatal", "no such level")
@@ -747,3 +750,23 @@ def test_a_frame_goes_through_only_to_a_connection_that_has_sent_the_last() -> N
     assert handler._write_through(b"d3") and connection.written == [b"d1", b"d3"]
     connection.stream.gone = True
     assert not handler._write_through(b"d4") and connection.written == [b"d1", b"d3"]
+
+
+async def test_a_persons_notices_reach_only_that_persons_streams() -> None:
+    # the ledger is not read: only notices are published here
+    broadcaster = Broadcaster(cast(Any, None), fanout_rate=0)
+    ana, bob, everything = Subscription(user="ana"), Subscription(user="bob"), Subscription()
+    broadcaster._subs.update({ana, bob, everything})
+    for sub in (ana, bob, everything):
+        sub.resync = False  # as after the snapshot each stream starts with
+    broadcaster.publish_notice("granted", "info", "2 GPUs granted to ana's kernel", user="ana")
+    broadcaster.publish_notice("ledger_unavailable", "error", "the database is away")
+
+    def kinds(sub: Subscription) -> list[str]:
+        return [frame.split(b"\n")[0].decode() for _, frame in sub._items]
+
+    assert kinds(ana) == ["event: notice", "event: notice"]
+    assert b"granted to ana" in ana._items[0][1]
+    # bob sees the notice for everyone, not ana's
+    assert len(bob._items) == 1 and b"database is away" in bob._items[0][1]
+    assert len(everything._items) == 2

@@ -387,7 +387,7 @@ class EventsHandler(_Base):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         broadcaster = self.service.events
-        sub = self._subscription = await broadcaster.subscribe()
+        sub = self._subscription = await broadcaster.subscribe(user=self.person())
         try:
             if self._gone:
                 return
