@@ -58,6 +58,18 @@ def _outage_as_domain_error() -> Iterator[None]:
         raise
 
 
+def _settled_from_thread(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[T]
+) -> Callable[[T], None]:
+    """A callback for the ledger's writing thread that gives ``future`` its value on ``loop``."""
+
+    def deliver(value: T) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
+            loop.call_soon_threadsafe(settle, future, value)
+
+    return deliver
+
+
 class LedgerCalls:
     def __init__(
         self,
@@ -132,11 +144,7 @@ class LedgerCalls:
         loop = asyncio.get_running_loop()
         made: asyncio.Future[T | None] = loop.create_future()
 
-        def deliver(value: T | None) -> None:  # on the writing thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
-                loop.call_soon_threadsafe(settle, made, value)
-
-        if not self.ledger.answer_after_write(answer, deliver):
+        if not self.ledger.answer_after_write(answer, _settled_from_thread(loop, made)):
             return None
         timer = loop.call_later(MEMORY_WAIT_S, settle, made, None)
         try:
@@ -152,13 +160,8 @@ class LedgerCalls:
         process hear of it at once, as after :meth:`mutate`."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Outcome[Allocation]] = loop.create_future()
-
-        def then(outcome: Outcome[Allocation]) -> None:  # on the writing thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
-                loop.call_soon_threadsafe(settle, done, outcome)
-
         try:
-            self.ledger.post(change, then)
+            self.ledger.post(change, _settled_from_thread(loop, done))
             outcome = await done
             with _outage_as_domain_error():
                 return outcome.value()

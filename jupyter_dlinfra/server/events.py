@@ -45,7 +45,7 @@ import contextlib
 import json
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -546,9 +546,17 @@ class Broadcaster:
             assert self.latest is not None
             return self.latest
 
-    def _fan_out(self, frame: bytes, *, seq: int | None = None) -> None:
-        self.fanout.spend(asyncio.get_running_loop().time(), len(self._subs))
-        for sub in self._subs:
+    def _fan_out(
+        self,
+        frame: bytes,
+        *,
+        seq: int | None = None,
+        readers: Collection[Subscription] | None = None,
+    ) -> None:
+        """``frame`` to ``readers`` (every subscriber unless given)."""
+        readers = self._subs if readers is None else readers
+        self.fanout.spend(asyncio.get_running_loop().time(), len(readers))
+        for sub in readers:
             sub.offer(frame, seq=seq)
 
     def _tell(self, notice: Notice) -> None:
@@ -557,16 +565,13 @@ class Broadcaster:
         would show anyone reading the stream other people's kernels, and spend the frame
         budget of the deltas on frames their clients drop)."""
         owner = notice.user
-        if owner is None:
-            self._fan_out(_notice_frame(notice))
-            return
-        readers = [sub for sub in self._subs if sub.user is None or sub.user == owner]
-        if not readers:
-            return
-        self.fanout.spend(asyncio.get_running_loop().time(), len(readers))
-        frame = _notice_frame(notice)
-        for sub in readers:
-            sub.offer(frame)
+        readers = (
+            self._subs
+            if owner is None
+            else [sub for sub in self._subs if sub.user is None or sub.user == owner]
+        )
+        if readers:
+            self._fan_out(_notice_frame(notice), readers=readers)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -79,50 +79,32 @@ def allocation_json(
     simulated: bool = False,
 ) -> dict[str, Any]:
     """``gpus`` needs only the GPUs of :func:`shown_gpus` (others are not looked at);
-    ``simulated`` marks the answer even before any GPU is held (a queued request). An
-    allocation that holds no GPU is described by itself alone: the answer for the same object
-    is made once and shared (the ledger hands out the same object while nothing about it
-    changes), and so is a grant's while its GPUs' rows and ``samples`` are the same objects:
-    callers must not change it."""
-    if not alloc.gpus:
-        kept = _NO_GPU_VIEWS.get(alloc.id)
-        if kept is not None and kept[0] is alloc and kept[1] is simulated:
-            return kept[2]
-        if len(_NO_GPU_VIEWS) >= _VIEWS_KEPT:
-            _NO_GPU_VIEWS.clear()
-        made = _allocation_json(alloc, gpus, samples, simulated=simulated)
-        _NO_GPU_VIEWS[alloc.id] = (alloc, simulated, made)
-        return made
-    # a grant's view also shows its GPUs' rows and their latest samples: the same objects
-    # (GPU rows are kept until they change, a sampling replaces the whole mapping) give the
-    # same view
-    rows = tuple(gpus.get(uuid) for uuid in alloc.gpus)
-    held = _GPU_VIEWS.get(alloc.id)
+    ``simulated`` marks the answer even before any GPU is held (a queued request). The answer
+    for the same allocation object (with, for a grant, the same GPU rows and ``samples``) is
+    made once and shared: callers must not change it."""
+    # what the view shows besides the allocation: its GPUs' rows and their latest samples,
+    # none for one that holds no GPU. The same objects give the same view: the ledger hands
+    # out the same allocation while nothing about it changes, GPU rows are kept until they
+    # change, and a sampling replaces the whole mapping
+    held = alloc.gpus
+    parts = (alloc, simulated, samples if held else None, *(gpus.get(uuid) for uuid in held))
+    kept = _VIEWS.get(alloc.id)
     if (
-        held is not None
-        and held[0] is alloc
-        and held[1] is simulated
-        and held[2] is samples
-        and len(held[3]) == len(rows)
-        and all(a is b for a, b in zip(held[3], rows, strict=True))
+        kept is not None
+        and len(kept[0]) == len(parts)
+        and all(a is b for a, b in zip(kept[0], parts, strict=True))
     ):
-        return held[4]
-    if len(_GPU_VIEWS) >= _VIEWS_KEPT:
-        _GPU_VIEWS.clear()
+        return kept[1]
+    if len(_VIEWS) >= _VIEWS_KEPT:
+        _VIEWS.clear()
     made = _allocation_json(alloc, gpus, samples, simulated=simulated)
-    _GPU_VIEWS[alloc.id] = (alloc, simulated, samples, rows, made)
+    _VIEWS[alloc.id] = (parts, made)
     return made
 
 
-#: allocation id -> (the allocation object, simulated, its view): views of allocations that hold
-#: no GPU (queued ones: sidebars and queue pages show the same ones again and again)
-_NO_GPU_VIEWS: dict[int, tuple[Allocation, bool, dict[str, Any]]] = {}
-#: allocation id -> (the allocation, simulated, the samples, its GPUs' rows, its view): a
-#: sidebar's list shows its user's grants at each refresh, between two samplings unchanged
-_GPU_VIEWS: dict[
-    int,
-    tuple[Allocation, bool, Mapping[str, GpuSample] | None, tuple[Gpu | None, ...], dict[str, Any]],
-] = {}
+#: allocation id -> (what its view was made of, the view): sidebars and queue pages show the
+#: same requests and grants again and again (a grant's, between two samplings, unchanged)
+_VIEWS: dict[int, tuple[tuple[object, ...], dict[str, Any]]] = {}
 _VIEWS_KEPT = 50_000
 
 

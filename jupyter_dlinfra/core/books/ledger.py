@@ -1345,16 +1345,9 @@ class Ledger:
             )
         else:
             new_id = sql.INSERT_REQUEST_WITH_EVENT.run(
-                tx.conn,
-                {
-                    **row,
-                    "p_at": self.clock.now(),
-                    "p_kernel": alloc.kernel_id,
-                    "p_detail": json.dumps(detail),
-                },
+                tx.conn, {**row, **self._event_fields(tx, "requested", alloc.kernel_id, detail)}
             ).scalar_one()
             alloc = replace(alloc, id=int(new_id))
-            tx.touch()
         cache.asked_now.add(alloc.id)
         cache.changed()
         cache.add_active(alloc.id, alloc.kernel_id, alloc.user)
@@ -1597,6 +1590,20 @@ class Ledger:
             detail=detail,
         )
 
+    def _event_fields(
+        self, tx: Transaction, kind: str, kernel_id: str, detail: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The values an event written in its change's statement binds (``sql.EVENT_FIELDS``),
+        as :meth:`write_event` writes them; marks ``tx`` as a change of the ledger."""
+        row = event_row(kind, at=self.clock.now(), kernel_id=kernel_id, detail=detail)
+        tx.touch()
+        return {
+            "p_event_at": row["at"],
+            "p_kind": row["kind"],
+            "p_kernel": row["kernel_id"],
+            "p_detail": row["detail"],
+        }
+
     def check_satisfiable(self, node: str | None, count: int, model: str | None = None) -> None:
         """Raise Unsatisfiable when no wait could ever grant this request on ``node`` (None: on
         some one node, as a request of the pool)."""
@@ -1687,16 +1694,8 @@ class Ledger:
             )
         else:
             sql.END_WITH_EVENT.run(
-                tx.conn,
-                {
-                    **ended,
-                    "p_event_at": self.clock.now(),
-                    "p_kind": state.value,
-                    "p_kernel": alloc.kernel_id,
-                    "p_detail": json.dumps(detail),
-                },
+                tx.conn, {**ended, **self._event_fields(tx, state.value, alloc.kernel_id, detail)}
             )
-            tx.touch()
         if state is AllocationState.RELEASED and alloc.granted_at is not None:
             cache.durations.add(class_of(alloc, cache.policy), now - alloc.granted_at)
             # the GPUs are back above; the bookkeeping cannot take them again (see _record_usage)

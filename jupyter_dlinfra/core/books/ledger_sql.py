@@ -12,7 +12,7 @@ and return nothing, go through the driver (:class:`DriverStatement`, ``core/driv
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, delete, insert, literal, select, update
+from sqlalchemy import CTE, Insert, bindparam, delete, insert, select, update
 
 from jupyter_dlinfra.core.driver_sql import DriverStatement
 from jupyter_dlinfra.core.models import AllocationState
@@ -33,6 +33,7 @@ __all__ = [
     "DELETE_HOLDINGS",
     "END_ALLOCATION",
     "END_WITH_EVENT",
+    "EVENT_FIELDS",
     "GPUS_OF_ALLOCATION",
     "GPUS_OF_ALLOCATIONS",
     "GRANT",
@@ -113,7 +114,25 @@ END_ALLOCATION = DriverStatement(
 # PostgreSQL: a change's row and its event in one statement (a WITH that writes), one round trip
 # where a loaded writer waits for the interpreter's lock after each. SQLite cannot write in a
 # WITH; it runs in the process, and keeps the two statements.
-_EVENT_COLUMNS = ["at", "kind", "allocation_id", "kernel_id", "detail"]
+#: what a change written WITH_EVENT binds for its event (``Ledger._event_fields``)
+EVENT_FIELDS = ["p_event_at", "p_kind", "p_kernel", "p_detail"]
+
+
+def _with_event(change: CTE) -> Insert:
+    """The event of ``change`` (a CTE returning the allocation's id), written by the same
+    statement."""
+    return insert(events).from_select(
+        ["at", "kind", "allocation_id", "kernel_id", "detail"],
+        select(
+            bindparam("p_event_at", type_=events.c.at.type),
+            bindparam("p_kind", type_=events.c.kind.type),
+            change.c.id,
+            bindparam("p_kernel", type_=events.c.kernel_id.type),
+            bindparam("p_detail", type_=events.c.detail.type),
+        ),
+    )
+
+
 _REQUEST_COLUMNS = [
     "kernel_id",
     "user",
@@ -130,49 +149,29 @@ _REQUEST_COLUMNS = [
     "cluster_reason",
     "avoid_nodes",
 ]
-_asked = (
-    insert(allocations)
-    .values({c: bindparam(c, type_=allocations.c[c].type) for c in _REQUEST_COLUMNS})
-    .returning(allocations.c.id)
-    .cte("asked")
-)
-#: a queued request and its "requested" event; returns the request's id
+#: a queued request and its event; returns the request's id
 INSERT_REQUEST_WITH_EVENT = DriverStatement(
-    insert(events)
-    .from_select(
-        _EVENT_COLUMNS,
-        select(
-            bindparam("p_at", type_=events.c.at.type),
-            literal("requested", events.c.kind.type),
-            _asked.c.id,
-            bindparam("p_kernel", type_=events.c.kernel_id.type),
-            bindparam("p_detail", type_=events.c.detail.type),
-        ),
-    )
-    .returning(events.c.allocation_id),
-    [*_REQUEST_COLUMNS, "p_at", "p_kernel", "p_detail"],
+    _with_event(
+        insert(allocations)
+        .values({c: bindparam(c, type_=allocations.c[c].type) for c in _REQUEST_COLUMNS})
+        .returning(allocations.c.id)
+        .cte("asked")
+    ).returning(events.c.allocation_id),
+    [*_REQUEST_COLUMNS, *EVENT_FIELDS],
     returns_number=True,
 )
-_ended = (
-    update(allocations)
-    .where(allocations.c.id == bindparam("p_id"))
-    .values(state=bindparam("p_state"), ended_at=bindparam("p_at"), end_reason=bindparam("p_why"))
-    .returning(allocations.c.id)
-    .cte("ended")
-)
-#: END_ALLOCATION and its event (kind: the state it ended in)
+#: END_ALLOCATION and its event
 END_WITH_EVENT = DriverStatement(
-    insert(events).from_select(
-        _EVENT_COLUMNS,
-        select(
-            bindparam("p_event_at", type_=events.c.at.type),
-            bindparam("p_kind", type_=events.c.kind.type),
-            _ended.c.id,
-            bindparam("p_kernel", type_=events.c.kernel_id.type),
-            bindparam("p_detail", type_=events.c.detail.type),
-        ),
+    _with_event(
+        update(allocations)
+        .where(allocations.c.id == bindparam("p_id"))
+        .values(
+            state=bindparam("p_state"), ended_at=bindparam("p_at"), end_reason=bindparam("p_why")
+        )
+        .returning(allocations.c.id)
+        .cte("ended")
     ),
-    ["p_id", "p_state", "p_at", "p_why", "p_event_at", "p_kind", "p_kernel", "p_detail"],
+    ["p_id", "p_state", "p_at", "p_why", *EVENT_FIELDS],
 )
 DELETE_HOLDINGS = DriverStatement(
     delete(holdings).where(holdings.c.allocation_id == bindparam("p_id")), ["p_id"]
