@@ -112,6 +112,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"path": path}
     if args.gpus is not None:
         body["gpus"] = args.gpus
+    if args.nodes is not None:
+        body["nodes"] = args.nodes
+    if args.gpus_per_node is not None:
+        body["gpus_per_node"] = args.gpus_per_node
     if args.model:
         body["model"] = args.model
     if args.name:
@@ -139,10 +143,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(client: Client, job_id: int, *, quiet: bool = False) -> int:
+def _follow(client: Client, job_id: int, *, quiet: bool = False, rank: int | None = None) -> int:
     offset = 0
+    ranked = {} if rank is None else {"rank": rank}
     while True:
-        chunk = client.call("GET", f"jobs/{job_id}/log", offset=offset)
+        chunk = client.call("GET", f"jobs/{job_id}/log", offset=offset, **ranked)
         if chunk["text"] and not quiet:
             sys.stdout.write(chunk["text"])
             sys.stdout.flush()
@@ -175,8 +180,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     client, _ = connect(args)
     if args.follow:
-        return _follow(client, args.job)
-    print(client.call("GET", f"jobs/{args.job}/log")["text"], end="")
+        return _follow(client, args.job, rank=args.rank)
+    ranked = {} if args.rank is None else {"rank": args.rank}
+    print(client.call("GET", f"jobs/{args.job}/log", **ranked)["text"], end="")
     return 0
 
 
@@ -244,6 +250,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", help="run a notebook as a batch job")
     s.add_argument("notebook")
     s.add_argument("--gpus", type=int, help="GPUs (default: the notebook's %%gpu line, else 0)")
+    s.add_argument(
+        "--nodes",
+        type=int,
+        help="run as ranks (one per GPU, torchrun's environment) over this many nodes",
+    )
+    s.add_argument("--gpus-per-node", type=int, help="ranks (GPUs) per node of a distributed job")
     s.add_argument("--model", help="GPU model, e.g. A100")
     s.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
     s.add_argument(
@@ -269,6 +281,7 @@ def parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("log", help="print a job's log")
     lg.add_argument("job", type=int)
     lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("--rank", type=int, help="one rank's own log (a distributed job)")
     lg.set_defaults(run=cmd_log)
 
     c = sub.add_parser("cancel", help="cancel a job")

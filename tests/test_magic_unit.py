@@ -29,6 +29,7 @@ from jupyter_dlinfra.kernel.magics import Command, GpuMagic, UsageError, parse_l
         ("keep", Command(action="keep")),
         ("profile 30", Command(action="profile", seconds=30.0)),
         ("profile 0.5", Command(action="profile", seconds=0.5)),
+        ("16 --nodes 2", Command(action="request", count=16, nodes=2)),
     ],
 )
 def test_parse(line: str, expected: Command) -> None:
@@ -62,6 +63,9 @@ def test_parse_the_profile_cell_magic() -> None:
         ("profile soon", "expected a number of seconds"),
         ("profile 0", "more than 0"),
         ("profile 7200", "at most 3600"),
+        ("2 --nodes 3", "--nodes must be from 1 to the 2 GPUs asked for, not 3"),
+        ("2 --nodes 0", "--nodes must be from 1"),
+        ("--nodes 2", "say how many GPUs"),
     ],
 )
 def test_parse_errors(line: str, message: str) -> None:
@@ -84,6 +88,14 @@ def test_a_kernel_without_a_ledger_gets_one_line(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("%gpu: GPU ledger not reachable: this kernel was not started by")
+
+
+def test_nodes_are_for_jobs_not_for_a_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    # refused before anything is asked of the ledger (this kernel has none)
+    GpuMagic(shell=None, environ={})("16 --nodes 2")
+    err = capsys.readouterr().err
+    assert err.startswith("%gpu: --nodes applies when the notebook runs as a job"), err
+    assert "e.g. %gpu 2" in err
 
 
 def test_usage_error_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:

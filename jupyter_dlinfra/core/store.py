@@ -46,7 +46,7 @@ from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -259,6 +259,9 @@ jobs = Table(
     Column("queue_position", Integer, nullable=True),
     Column("queue_length", Integer, nullable=True),
     Column("estimated_start", Float, nullable=True),
+    # schema 12: a distributed job's nodes (its GPUs are nodes x gpus / nodes, a rank per GPU);
+    # NULL: one process with all its GPUs
+    Column("nodes", Integer, nullable=True),
 )
 
 #: GPUs of a node used by work the ledger did not admit (a cluster's pods that are not ours):
@@ -294,6 +297,7 @@ _ADDED = (
     (6, "dlinfra_kernels", "launched_at"),
     *((9, "dlinfra_jobs", c) for c in ("queue_position", "queue_length", "estimated_start")),
     (10, "dlinfra_allocations", "avoid_nodes"),
+    (12, "dlinfra_jobs", "nodes"),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
@@ -446,7 +450,7 @@ class Store:
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
             # create_all makes only with their table, and so did 8; 9 and 10 added columns; 11 a
-            # table
+            # table; 12 a column
             for index in (*allocations.indexes, *kernels.indexes, *holdings.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(

@@ -5,7 +5,8 @@ Pure functions, no server: the server calls them at submission, so everything a 
 :class:`~jupyter_dlinfra.core.errors.InvalidRequest` (HTTP 400 at the boundary).
 
 - :func:`read_notebook` checks the size, the JSON and the nbformat schema, and upgrades to v4.5.
-- :func:`gpu_request` finds the notebook's first ``%gpu N [--model M]`` line: the job's GPUs.
+- :func:`gpu_request` finds the notebook's first ``%gpu N [--model M] [--nodes K]`` line: the
+  job's GPUs (and, with ``--nodes``, its ranks: ``jobs/shape.py``).
 - :func:`prepare` returns a new notebook for the job: every ``%gpu`` line neutralised (the job's
   GPUs are granted at launch, and there is no ledger to talk to from inside a job), parameters
   injected papermill-style, outputs of the interactive session dropped, and the Python script.
@@ -88,6 +89,8 @@ class GpuLine:
 
     count: int
     model: str | None
+    #: ``--nodes K``: the job's ranks span K nodes (see ``jobs/shape.py``); None: not said
+    nodes: int | None = None
     #: position in ``nb.cells``, from 0 (messages say ``cell {cell_index + 1}``)
     cell_index: int
     #: line within the cell's source, from 1
@@ -102,6 +105,8 @@ class Prepared:
     #: from the notebook's first ``%gpu N`` line; 0 when it has none
     gpus: int
     model: str | None
+    #: that line's ``--nodes`` (a distributed job), None when it says none
+    nodes: int | None = None
     #: the validated parameters, as JSON gives them back (tuples are lists)
     parameters: Mapping[str, Any]
     #: the prepared notebook as a Python script (nbconvert's PythonExporter), for people to read
@@ -277,6 +282,7 @@ def gpu_request(nb: NotebookNode) -> GpuLine | None:
             return GpuLine(
                 count=found.command.count,
                 model=found.command.model,
+                nodes=found.command.nodes,
                 cell_index=found.cell_index,
                 line_no=found.line_index + 1,
             )
@@ -405,6 +411,7 @@ def prepare(
         notebook=out,
         gpus=request.count if request else 0,
         model=request.model if request else None,
+        nodes=request.nodes if request else None,
         parameters=checked,
         script=_script(out),
         kernel_name=_kernel_name(out),

@@ -106,6 +106,13 @@ class JobDir:
     """The files of one job, in one directory that the server and the job's node share."""
 
     path: Path
+    #: where this run's log, outputs and status go: a rank's own directory of a distributed
+    #: job (``ranks/2``, see ``jobs/ranks.py``); None: ``path``
+    out: Path | None = None
+
+    @property
+    def _out(self) -> Path:
+        return self.path if self.out is None else self.out
 
     @property
     def input(self) -> Path:
@@ -121,23 +128,23 @@ class JobDir:
 
     @property
     def log(self) -> Path:
-        return self.path / "job.log"
+        return self._out / "job.log"
 
     @property
     def kernel_log(self) -> Path:
-        return self.path / "kernel.log"
+        return self._out / "kernel.log"
 
     @property
     def executed(self) -> Path:
-        return self.path / "executed.ipynb"
+        return self._out / "executed.ipynb"
 
     @property
     def report(self) -> Path:
-        return self.path / "report.html"
+        return self._out / "report.html"
 
     @property
     def status(self) -> Path:
-        return self.path / "status.json"
+        return self._out / "status.json"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -508,8 +515,9 @@ def _final_line(outcome: _Outcome, seconds: float) -> str:
     return f"--- failed{where} {took}: {outcome.error} ---"
 
 
-def run(jobdir: Path) -> int:
-    """Run the job in ``jobdir``; returns the exit code (0, 1, 130, 143).
+def run(jobdir: Path, out: Path | None = None) -> int:
+    """Run the job in ``jobdir``; returns the exit code (0, 1, 130, 143). ``out``: where the
+    log, outputs and status go instead of ``jobdir`` (one rank's of a distributed job).
 
     Always writes ``status.json``, last and atomically::
 
@@ -524,7 +532,9 @@ def run(jobdir: Path) -> int:
     and, whenever the notebook could be read, ``executed.ipynb`` and ``report.html`` before it.
     SIGTERM and SIGINT cancel the job when this runs in the main thread (as the command does).
     """
-    job = JobDir(Path(jobdir))
+    job = JobDir(Path(jobdir), None if out is None else Path(out))
+    if job.out is not None:
+        job.out.mkdir(parents=True, exist_ok=True)
     # a status left by an earlier run of this directory must not speak for this one
     job.status.unlink(missing_ok=True)
     started = time.time()
@@ -582,11 +592,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run a notebook job from its job directory (see the module's docstring).",
     )
     parser.add_argument("jobdir", type=Path, help="the job directory: input.ipynb, spec.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the log, outputs and status go (relative: under JOBDIR); default JOBDIR",
+    )
     args = parser.parse_args(argv)
     if not args.jobdir.is_dir():
         print(f"{args.jobdir}: no such job directory", file=sys.stderr)
         return EXIT_USAGE
-    return run(args.jobdir)
+    out = None if args.out is None else args.jobdir / args.out
+    return run(args.jobdir, out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ __all__ = ["MAX_PROFILE_S", "USAGE", "Command", "UsageError", "parse_line"]
 USAGE = """\
 %gpu N [--model NAME] [--class NAME] [--timeout SECONDS] [--no-wait]
                                                         ask for N GPUs (waits in the queue)
+%gpu N --nodes K                                        (a job's line) N GPUs as K nodes' ranks
 %gpu                                                    show this kernel's GPUs, live
 %gpu release                                            give this kernel's GPUs back
 %gpu keep                                               keep idle GPUs past a reclaim warning
@@ -40,6 +41,9 @@ class Command:
     timeout: float | None = None
     wait: bool = True
     restart: bool = False
+    #: a job's ranks: its N GPUs as this many nodes' worth (read when the notebook runs as a
+    #: job; the magic in a kernel refuses it); None: one process with N GPUs
+    nodes: int | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +58,7 @@ def _parser() -> _Parser:
     p.add_argument("--model")
     p.add_argument("--class", dest="priority_class")
     p.add_argument("--timeout", type=float)
+    p.add_argument("--nodes", type=int)
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--restart", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
@@ -89,7 +94,13 @@ def parse_line(line: str, cell: str | None = None) -> Command:
     if args.extra and what not in ("release", "keep", "profile"):
         raise UsageError(f"unexpected {' '.join(args.extra)!r}")
     if what is None:
-        if args.model or args.priority_class or args.timeout is not None or args.no_wait:
+        if (
+            args.model
+            or args.priority_class
+            or args.timeout is not None
+            or args.no_wait
+            or args.nodes is not None
+        ):
             raise UsageError("say how many GPUs, e.g. %gpu 2 --model A100")
         return Command(action="restart" if args.restart else "show")
     if what in ("release", "keep"):
@@ -108,6 +119,8 @@ def parse_line(line: str, cell: str | None = None) -> Command:
         )
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    if args.nodes is not None and not 0 < args.nodes <= count:
+        raise UsageError(f"--nodes must be from 1 to the {count} GPUs asked for, not {args.nodes}")
     return Command(
         action="request",
         count=count,
@@ -116,4 +129,5 @@ def parse_line(line: str, cell: str | None = None) -> Command:
         timeout=args.timeout,
         wait=not args.no_wait,
         restart=args.restart,
+        nodes=args.nodes,
     )

@@ -108,6 +108,12 @@ class GpuMagic:
                 self.profile(cmd.seconds, cell)
             elif cmd.action == "restart":
                 self.restart()
+            elif cmd.nodes is not None:
+                raise UsageError(
+                    f"--nodes applies when the notebook runs as a job (its ranks start together "
+                    f"on {cmd.nodes} node{'s' if cmd.nodes != 1 else ''}): submit it as a job; "
+                    "in this kernel ask for GPUs of one node, e.g. %gpu 2"
+                )
             else:
                 self.request(cmd)
         except UsageError as err:

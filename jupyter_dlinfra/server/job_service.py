@@ -46,6 +46,7 @@ from jupyter_dlinfra.core.errors import InvalidRequest, NotFound
 from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecord
 from jupyter_dlinfra.core.outage import database_unavailable
 from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
+from jupyter_dlinfra.jobs.shape import Shape, ShapeError, job_shape
 from jupyter_dlinfra.provisioning.provisioner import PROVISIONER_NAME
 from jupyter_dlinfra.server.liveness import pid_alive, process_alive, process_started_at
 from jupyter_dlinfra.server.settings import ServiceSettings
@@ -113,6 +114,9 @@ class Submission:
     #: the notebook itself, when the server that submits it is not this one (a user's server
     #: forwarding to the team gateway): ``path`` then only names it
     content: bytes | None = None
+    #: a distributed job's shape, as asked (see ``jobs/shape.py``): None where not said
+    nodes: int | None = None
+    gpus_per_node: int | None = None
 
 
 class JobService:
@@ -208,6 +212,9 @@ class JobService:
         wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
         model = sub.model if sub.model is not None else prepared[0].model
         chosen = self.backends[backend]
+        shape = self._shape(sub, wanted, prepared[0].nodes, chosen)
+        if shape is not None:
+            wanted = shape.gpus
         if wanted and chosen.gpus_from_ledger:
             # refused now, as %gpu would be, rather than failing at the job's first pass
             node = None if chosen.ledger_admits else self.server.node
@@ -224,13 +231,16 @@ class JobService:
                         backend=backend,
                         node=self.server.node,
                         server_id=self.server.server_id,
-                        gpus=sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus),
+                        gpus=wanted
+                        if shape is not None
+                        else (sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus)),
                         model=sub.model if sub.model is not None else ready.model,
                         priority=sub.priority,
                         priority_class=klass,
                         parameters=ready.parameters,
                         after=sub.after,
                         group_id=group,
+                        nodes=None if shape is None else shape.nodes,
                     ),
                     # a random part: a directory left by an older ledger is never reused
                     workdir_for=lambda job_id, n=name: (
@@ -253,6 +263,12 @@ class JobService:
                         "cwd": "." if sub.content is not None else str(path.parent),
                         "kernel_name": kernel_name,
                         "parameters": dict(ready.parameters),
+                        # the ranks' launcher (jobs/ranks.py) reads the shape from here
+                        **(
+                            {}
+                            if shape is None
+                            else {"nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node}
+                        ),
                     },
                 )
         except Exception as err:
@@ -261,6 +277,50 @@ class JobService:
                 self.book.finish(job.id, JobState.FAILED, f"the submission failed: {err}")
             raise
         return created
+
+    def _shape(
+        self, sub: Submission, wanted: int, notebook_nodes: int | None, backend: JobBackend
+    ) -> Shape | None:
+        """The job's ranks (None: one process), refused with a 400 that says what to ask where
+        the backend cannot run them."""
+        nodes = sub.nodes if sub.nodes is not None else notebook_nodes
+        if sub.nodes is None and sub.gpus_per_node is None and sub.gpus is not None:
+            # a submission's gpus stand for themselves: the notebook's --nodes was for its own
+            nodes = None
+        node_gpus = len(self.ledger.gpus(self.server.node)) if backend.name == "local" else None
+        if sub.gpus is None and sub.nodes is not None and sub.gpus_per_node is not None:
+            wanted = 0  # the submission's shape says how many, whatever the notebook's line
+        try:
+            shape = job_shape(
+                gpus=wanted or None,
+                nodes=nodes,
+                gpus_per_node=sub.gpus_per_node,
+                node_gpus=node_gpus or None,
+            )
+        except ShapeError as err:
+            raise InvalidRequest(str(err), reason="bad_shape") from None
+        if shape is None:
+            return None
+        said = nodes is not None or sub.gpus_per_node is not None
+        if not said and backend.name == "local":
+            # more GPUs than this node has, split into nodes this backend cannot run: the
+            # ledger's check refuses them as too many for the node, as for any job
+            return None
+        if backend.name != "local":
+            raise InvalidRequest(
+                f"the {backend.name} backend does not run distributed jobs yet: submit "
+                f"{shape.describe()} to the local backend (one node), or ask for one process "
+                "with gpus alone",
+                reason="bad_shape",
+            )
+        if shape.nodes > 1:
+            raise InvalidRequest(
+                f"{shape.describe()}: the local backend runs a job on this node only "
+                f"({node_gpus} GPUs); ask for --nodes 1 --gpus-per-node {shape.gpus_per_node} "
+                "or fewer GPUs",
+                reason="bad_shape",
+            )
+        return shape
 
     def rerun(self, job: Job, user: str) -> list[Job]:
         source = Path(job.workdir) / "source.ipynb"
@@ -377,7 +437,13 @@ class JobService:
             name=job.name,
             user=job.user,
             workdir=str(workdir),
-            argv=[sys.executable, "-m", "jupyter_dlinfra.jobs.runner", str(workdir)],
+            # a distributed job's ranks are started, watched and stopped by their launcher
+            argv=[
+                sys.executable,
+                "-m",
+                "jupyter_dlinfra.jobs.ranks" if job.nodes else "jupyter_dlinfra.jobs.runner",
+                str(workdir),
+            ],
             env=env,
             gpus=job.gpus,
             model=job.model,

@@ -616,6 +616,10 @@ export interface Job {
   backend: string;
   node: string;
   gpus: number;
+  /** A distributed job's nodes, ranks per node and ranks in all; null for one process. */
+  nodes?: number | null;
+  gpus_per_node?: number | null;
+  world_size?: number | null;
   model: string | null;
   priority: number;
   /** The scheduling class it runs in (absent on servers without classes). */
@@ -671,6 +675,8 @@ export interface JobRequest {
   name?: string;
   /** GPUs (0 or more); left out, the notebook's `%gpu` line decides. */
   gpus?: number;
+  /** Run as ranks, one per GPU, over this many nodes; left out, the `%gpu` line's `--nodes`. */
+  nodes?: number;
   model?: string;
   /** -1000 to 1000. */
   priority?: number;
@@ -811,7 +817,7 @@ export interface IDLInfraClient {
   /** POST dlinfra/api/jobs/<id>/rerun: the new job. */
   rerunJob(jobId: number): Promise<Job>;
   /** GET dlinfra/api/jobs/<id>/log from a byte offset. */
-  jobLog(jobId: number, offset?: number): Promise<JobLogChunk>;
+  jobLog(jobId: number, offset?: number, rank?: number | null): Promise<JobLogChunk>;
   /** The URL of a job's output file (GET dlinfra/api/jobs/<id>/output?format=...). */
   jobOutputUrl(jobId: number, format?: JobOutputFormat): string;
   /** The URL of the live event stream (with the token when one is set). */
@@ -1088,8 +1094,13 @@ export class DLInfraClient implements IDLInfraClient {
     });
   }
 
-  async jobLog(jobId: number, offset = 0): Promise<JobLogChunk> {
-    const q = URLExt.objectToQueryString({ offset: String(Math.max(0, Math.floor(offset))) });
+  /** `rank`: one rank's own log of a distributed job; left out, the job's. */
+  async jobLog(jobId: number, offset = 0, rank: number | null = null): Promise<JobLogChunk> {
+    const query: Record<string, string> = { offset: String(Math.max(0, Math.floor(offset))) };
+    if (rank !== null) {
+      query.rank = String(rank);
+    }
+    const q = URLExt.objectToQueryString(query);
     return this._json<JobLogChunk>(this.url('jobs', String(jobId), 'log') + q);
   }
 

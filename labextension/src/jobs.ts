@@ -14,6 +14,7 @@ import {
   isJobGroup,
   Job,
   JobOutputFormat,
+  JobLogChunk,
   JobState,
   JobSubmission
 } from './api';
@@ -68,8 +69,22 @@ export class JobLogView extends Widget {
       'aria-label': `Log of job ${jobId}`
     });
     this._text.addEventListener('scroll', this._onScroll);
+    // A distributed job's ranks: the job's log (the launcher's and rank 0's) or one rank's own.
+    this._rankSelect = h('select', {
+      class: 'jp-DLInfra-jobLogRank jp-mod-styled',
+      'aria-label': 'Which log to show',
+      hidden: true
+    });
+    this._rankSelect.addEventListener('change', this._onRank);
     this.node.append(
-      h('div', { class: 'jp-DLInfra-jobLogHeader' }, this._name, this._state, this._status),
+      h(
+        'div',
+        { class: 'jp-DLInfra-jobLogHeader' },
+        this._name,
+        this._state,
+        this._rankSelect,
+        this._status
+      ),
       this._error,
       this._text
     );
@@ -94,6 +109,7 @@ export class JobLogView extends Widget {
       this._timer = null;
     }
     this._text.removeEventListener('scroll', this._onScroll);
+    this._rankSelect.removeEventListener('change', this._onRank);
     this._model.changed.disconnect(this._renderHeader, this);
     super.dispose();
   }
@@ -122,48 +138,20 @@ export class JobLogView extends Widget {
       return;
     }
     this._reading = true;
-    let delay = LOG_POLL_MS;
+    let delay: number;
+    const shown = this._shown;
     try {
-      const chunk = await this._model.client.jobLog(this.jobId, this._offset);
+      const chunk = await this._model.client.jobLog(this.jobId, this._offset, this._rank);
       if (this.isDisposed) {
         return;
       }
-      this._failures = 0;
-      this._setError(null);
-      if (chunk.size < this._offset) {
-        // The log started over: read it again from its beginning.
-        this._text.replaceChildren();
-        this._offset = 0;
-        delay = 0;
-      } else {
-        if (chunk.text) {
-          this._append(chunk.text);
-        }
-        this._offset = chunk.next_offset;
-        this._size = chunk.size;
-        this._logState = chunk.state;
-        this._complete = chunk.complete;
-        if (chunk.next_offset < chunk.size) {
-          delay = 0;
-        } else if (chunk.state === 'queued') {
-          delay = LOG_QUEUED_POLL_MS;
-        }
-      }
+      // Another rank's log chosen meanwhile: this answer is not for it; read that one now.
+      delay = shown === this._shown ? this._take(chunk) : 0;
     } catch (error) {
       if (this.isDisposed) {
         return;
       }
-      const message = (error as Error).message ?? String(error);
-      if (error instanceof DLInfraApiError && error.status >= 400 && error.status < 500) {
-        // No such job, or not the user's: reading again will not help.
-        this._setError(message);
-        this._complete = true;
-        this._stopped = true;
-      } else {
-        this._failures++;
-        delay = Math.min(LOG_MAX_BACKOFF_MS, LOG_POLL_MS * 2 ** this._failures);
-        this._setError(`${message} (trying again in ${Math.round(delay / 1000)} s)`);
-      }
+      delay = shown === this._shown ? this._failed(error) : 0;
     } finally {
       this._reading = false;
     }
@@ -171,6 +159,83 @@ export class JobLogView extends Widget {
     if (!this._complete && !this.isDisposed) {
       this._timer = window.setTimeout(() => void this._poll(), delay);
     }
+  }
+
+  /** Show a piece of the log; the delay before the next read. */
+  private _take(chunk: JobLogChunk): number {
+    this._failures = 0;
+    this._setError(null);
+    if (chunk.size < this._offset) {
+      // The log started over: read it again from its beginning.
+      this._text.replaceChildren();
+      this._offset = 0;
+      return 0;
+    }
+    if (chunk.text) {
+      this._append(chunk.text);
+    }
+    this._offset = chunk.next_offset;
+    this._size = chunk.size;
+    this._logState = chunk.state;
+    this._complete = chunk.complete;
+    if (chunk.next_offset < chunk.size) {
+      return 0;
+    }
+    return chunk.state === 'queued' ? LOG_QUEUED_POLL_MS : LOG_POLL_MS;
+  }
+
+  /** Say why a read failed; the delay before the next one. */
+  private _failed(error: unknown): number {
+    const message = (error as Error).message ?? String(error);
+    if (error instanceof DLInfraApiError && error.status >= 400 && error.status < 500) {
+      // No such job, or not the user's: reading again will not help.
+      this._setError(message);
+      this._complete = true;
+      this._stopped = true;
+      return LOG_POLL_MS;
+    }
+    this._failures++;
+    const delay = Math.min(LOG_MAX_BACKOFF_MS, LOG_POLL_MS * 2 ** this._failures);
+    this._setError(`${message} (trying again in ${Math.round(delay / 1000)} s)`);
+    return delay;
+  }
+
+  /** Show the job's log (`''`) or rank R's own, from its beginning. */
+  private _onRank = (): void => {
+    const value = this._rankSelect.value;
+    this._rank = value === '' ? null : Number(value);
+    this._shown++;
+    if (this._timer !== null) {
+      clearTimeout(this._timer);
+      this._timer = null;
+    }
+    this._text.replaceChildren();
+    this._text.setAttribute(
+      'aria-label',
+      this._rank === null ? `Log of job ${this.jobId}` : `Log of rank ${this._rank} of job ${this.jobId}`
+    );
+    this._offset = 0;
+    this._size = 0;
+    this._complete = false;
+    this._stopped = false;
+    this._stick = true;
+    this._setError(null);
+    // a read under way sees the change and reads the chosen log when it returns
+    if (!this._reading) {
+      void this._poll();
+    }
+  };
+
+  private _renderRanks(worldSize: number): void {
+    if (this._rankSelect.options.length === worldSize + 1) {
+      return;
+    }
+    this._rankSelect.replaceChildren(
+      h('option', { value: '' }, 'job (rank 0 and the launcher)'),
+      ...Array.from({ length: worldSize }, (_, r) => h('option', { value: String(r) }, `rank ${r}`))
+    );
+    this._rankSelect.value = this._rank === null ? '' : String(this._rank);
+    this._rankSelect.hidden = false;
   }
 
   private _append(text: string): void {
@@ -198,6 +263,9 @@ export class JobLogView extends Widget {
       return;
     }
     const job = this._model.jobById(this.jobId);
+    if (job?.world_size) {
+      this._renderRanks(job.world_size);
+    }
     const state: JobState | null = job?.state ?? this._logState;
     const name = job ? `${job.name} (job #${job.id})` : `Job #${this.jobId}`;
     this.title.label = job ? `Log: ${job.name} #${job.id}` : `Log: job ${this.jobId}`;
@@ -235,6 +303,11 @@ export class JobLogView extends Widget {
   private _status: HTMLElement;
   private _error: HTMLElement;
   private _text: HTMLPreElement;
+  private _rankSelect: HTMLSelectElement;
+  /** The rank whose own log is shown; null: the job's. */
+  private _rank: number | null = null;
+  /** Counts the changes of the log shown: a read begun before one is not shown. */
+  private _shown = 0;
   private _offset = 0;
   private _size = 0;
   private _logState: JobState | null = null;

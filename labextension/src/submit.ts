@@ -64,6 +64,8 @@ export interface INotebookDefaults {
   gpus: number;
   /** From that line's `--model NAME`, else null. */
   model: string | null;
+  /** From that line's `--nodes K` (a distributed job), else null. */
+  nodes: number | null;
   /** From the cell tagged `parameters` when its lines are simple assignments, else {}. */
   parameters: Record<string, unknown>;
   /** Whether a `parameters` cell was found, and whether it could be read. */
@@ -72,6 +74,7 @@ export interface INotebookDefaults {
 
 const GPU_LINE = /^\s*%gpu\s+(\d+)\b(.*)$/;
 const MODEL_OPTION = /(?:^|\s)--model(?:=|\s+)(\S+)/;
+const NODES_OPTION = /(?:^|\s)--nodes(?:=|\s+)(\d+)\b/;
 
 /** Read the defaults of the submit dialog from a notebook's cells. */
 export function notebookDefaults(path: string, cells: Iterable<ICellLike>): INotebookDefaults {
@@ -79,6 +82,7 @@ export function notebookDefaults(path: string, cells: Iterable<ICellLike>): INot
     name: basename(path).replace(/\.ipynb$/i, ''),
     gpus: 0,
     model: null,
+    nodes: null,
     parameters: {},
     parametersCell: 'none'
   };
@@ -92,6 +96,8 @@ export function notebookDefaults(path: string, cells: Iterable<ICellLike>): INot
           gpuFound = true;
           defaults.gpus = Number(match[1]);
           defaults.model = MODEL_OPTION.exec(match[2])?.[1] ?? null;
+          const nodes = NODES_OPTION.exec(match[2])?.[1];
+          defaults.nodes = nodes ? Number(nodes) : null;
           break;
         }
       }
@@ -419,6 +425,15 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
       step: 1,
       value: d.gpus
     });
+    this._nodes = h('input', {
+      type: 'number',
+      name: 'nodes',
+      class: 'jp-mod-styled',
+      min: 1,
+      step: 1,
+      value: d.nodes ?? '',
+      placeholder: 'one process'
+    });
     this._gpuModel = h('input', {
       type: 'text',
       name: 'model',
@@ -564,6 +579,13 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
       ),
       field('name', 'Name', this._name),
       field('gpus', 'GPUs', this._gpus, d.gpus > 0 ? 'From the notebook\'s %gpu line.' : null),
+      field(
+        'nodes',
+        'Nodes',
+        this._nodes,
+        'Run as ranks, one per GPU, over this many nodes, with torchrun\'s environment ' +
+          '(RANK, WORLD_SIZE, MASTER_ADDR...). Empty: one process with all the GPUs.'
+      ),
       field('model', 'GPU model', this._gpuModel),
       h(
         'datalist',
@@ -638,6 +660,14 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
         throw new FieldError(this._gpus, `GPUs must be a whole number, 0 or more, not ${gpus}.`);
       }
       request.gpus = n;
+    }
+    const nodes = this._nodes.value.trim();
+    if (nodes) {
+      const n = Number(nodes);
+      if (!Number.isInteger(n) || n < 1) {
+        throw new FieldError(this._nodes, `Nodes must be a whole number, 1 or more, not ${nodes}.`);
+      }
+      request.nodes = n;
     }
     const model = this._gpuModel.value.trim();
     if (model) {
@@ -731,6 +761,7 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
   private _path: string;
   private _name: HTMLInputElement;
   private _gpus: HTMLInputElement;
+  private _nodes: HTMLInputElement;
   private _gpuModel: HTMLInputElement;
   private _priority: HTMLInputElement;
   private _class: HTMLSelectElement;

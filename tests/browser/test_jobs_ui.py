@@ -9,6 +9,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL
 from jupyter_dlinfra.testing.server import wait_for_file, wait_until, write_notebook
 
 from .test_sidebar import open_sidebar
@@ -31,6 +32,7 @@ def test_submit_dialog_runs_the_notebook_as_a_job_and_its_log_opens(lab: Any, pa
     # prefilled from the notebook
     expect(dialog.locator("input[name=name]")).to_have_value("train")
     expect(dialog.locator("input[name=gpus]")).to_have_value("1")
+    expect(dialog.locator("input[name=nodes]")).to_have_value("")  # one process
     expect(dialog.locator("textarea[name=parameters]")).to_have_value(re.compile(r'"lr": 0\.1\b'))
 
     # a bad parameter is refused by the server and the dialog stays, saying why
@@ -62,6 +64,28 @@ def test_submit_dialog_runs_the_notebook_as_a_job_and_its_log_opens(lab: Any, pa
     expect(page.locator(".jp-OutputArea-output", has_text="training at 0.25").first).to_be_visible(
         timeout=30_000
     )
+
+    # a distributed job's log viewer shows the job's log, or one rank's own
+    write_notebook(server.workdir / "root" / "ddp.ipynb", "%gpu 2 --nodes 1", ALLREDUCE_CELL)
+    status, ddp, _ = server.request("POST", "dlinfra/api/jobs", {"path": "ddp.ipynb"})
+    assert status == 201 and ddp["world_size"] == 2, ddp
+    wait_until(
+        lambda: server.get(f"dlinfra/api/jobs/{ddp['id']}")["state"] == "succeeded",
+        timeout=120,
+        what="the distributed job to succeed",
+    )
+    entry = sidebar.locator(f".jp-DLInfra-job[data-job-id='{ddp['id']}']")
+    expect(entry).to_have_attribute("data-state", "succeeded", timeout=30_000)
+    entry.locator(".jp-DLInfra-jobLog").click()
+    log_view = page.locator(f"#dlinfra-job-log-{ddp['id']}")
+    text = log_view.locator(".jp-DLInfra-jobLogText")
+    expect(text).to_contain_text("[rank0]: rank 0/2 local 0")
+    ranks = log_view.locator("select.jp-DLInfra-jobLogRank")
+    expect(ranks.locator("option")).to_have_count(3)  # the job's, rank 0, rank 1
+    ranks.select_option("1")
+    expect(text).to_contain_text("rank 1/2 local 1 node 0 gpus GPU-")
+    expect(text).not_to_contain_text("[rank0]")
+    expect(log_view).to_have_attribute("data-complete", "true")
 
 
 def test_a_slurm_job_shows_slurms_own_place_and_estimate(

@@ -130,3 +130,31 @@ def test_jobs_survive_reopening_the_store(kit: Kit) -> None:
     kit.reopen()
     again = JobBook(kit.store, kit.clock)
     assert [j.after for j in again.jobs()] == [(first.id,), ()]
+
+
+def test_a_distributed_jobs_nodes_are_kept(kit: Kit, book: JobBook) -> None:
+    job = submit(book, gpus=16, nodes=2)
+    assert (job.nodes, job.gpus_per_node) == (2, 8)
+    assert book.job(job.id).nodes == 2
+    one = submit(book, "one", gpus=4)
+    assert (one.nodes, one.gpus_per_node) == (None, None)
+
+
+def test_a_ledger_from_before_distributed_jobs_gains_their_column(tmp_path: Any) -> None:
+    from sqlalchemy import text
+
+    from jupyter_dlinfra.core.store import Store
+
+    url = f"sqlite:///{tmp_path}/old.sqlite"
+    Store(url).dispose()
+    old = Store(url)
+    with old.engine.begin() as conn:  # as schema 11 made it: no nodes column
+        conn.execute(text("ALTER TABLE dlinfra_jobs DROP COLUMN nodes"))
+    old.dispose()
+    store = Store(url)
+    try:
+        with store.engine.connect() as conn:
+            columns = {r[1] for r in conn.execute(text("PRAGMA table_info(dlinfra_jobs)"))}
+        assert "nodes" in columns
+    finally:
+        store.dispose()

@@ -203,6 +203,14 @@ def test_finds_the_first_request_with_its_model_and_place() -> None:
     assert gpu_request(nb) == GpuLine(count=2, model="A100", cell_index=2, line_no=2)
 
 
+def test_a_request_names_its_nodes_for_a_distributed_job() -> None:
+    nb = notebook(code("%gpu 16 --nodes 2\nimport torch"))
+    assert gpu_request(nb) == GpuLine(count=16, model=None, nodes=2, cell_index=0, line_no=1)
+    ready = prepare(nb, parameters={}, max_parameter_bytes=1024)
+    assert (ready.gpus, ready.nodes) == (16, 2)
+    assert ready.notebook.cells[0].source.startswith("# %gpu 16 --nodes 2  -- applied by the job")
+
+
 def test_profile_and_other_cell_magics_are_not_requests() -> None:
     nb = notebook(
         code("%gpu profile 30"),
@@ -434,3 +442,15 @@ def test_snapshot_defaults_cwd_to_the_job_dir_and_the_caller_wins(tmp_path: Path
     assert spec["cwd"] == str(tmp_path)
     assert spec["kernel_name"] == "python3-2gpu"
     assert spec["timeout"] is None
+
+
+@pytest.mark.parametrize("name", ["ddp.ipynb", "accelerate.ipynb"])
+def test_the_distributed_examples_ask_for_two_ranks(name: str) -> None:
+    path = Path(__file__).parents[2] / "docs" / "examples" / name
+    nb = convert.read_notebook(path.read_bytes(), max_bytes=2**20)
+    ready = prepare(nb, parameters={}, max_parameter_bytes=1024)
+    assert (ready.gpus, ready.nodes) == (2, 1)
+    # they read the ranks' environment (or let Accelerate read it), and compile
+    source = "\n".join(c.source for c in ready.notebook.cells if c.cell_type == "code")
+    assert "LOCAL_RANK" in source or "Accelerator()" in source
+    compile(ready.script, name, "exec")

@@ -59,6 +59,8 @@ class NewJob:
     after: Sequence[int] = ()
     #: jobs of one sweep share a group id
     group_id: str | None = None
+    #: a distributed job's nodes (a rank per GPU, ``gpus / nodes`` per node); None: one process
+    nodes: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +103,13 @@ class Job:
     queue_position: int | None = None
     queue_length: int | None = None
     estimated_start: float | None = None
+    #: a distributed job's nodes; None: one process with all the job's GPUs
+    nodes: int | None = None
+
+    @property
+    def gpus_per_node(self) -> int | None:
+        """A distributed job's ranks (and GPUs) per node; None for a one-process job."""
+        return None if self.nodes is None else self.gpus // self.nodes
 
     @property
     def kernel_id(self) -> str:
@@ -159,6 +168,7 @@ class JobBook:
                     priority_class=new.priority_class,
                     parameters=json.dumps(dict(new.parameters)),
                     group_id=new.group_id,
+                    nodes=new.nodes,
                     state=JobState.QUEUED.value,
                     reason=_waiting_reason(parents, new.gpus),
                     created_at=now,
@@ -472,6 +482,7 @@ def _job(r: Row[Any], after: Iterable[int]) -> Job:
         queue_position=r.queue_position,
         queue_length=r.queue_length,
         estimated_start=r.estimated_start,
+        nodes=r.nodes,
     )
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from jupyter_dlinfra.backends import BackendError
 from jupyter_dlinfra.core.books.jobs import Job
+from jupyter_dlinfra.jobs.ranks import rank_dir
+from jupyter_dlinfra.jobs.shape import MAX_GPUS_PER_NODE, MAX_NODES
 from jupyter_dlinfra.server.errors import ApiError
 from jupyter_dlinfra.server.handlers.base import DLInfraHandler, authorized
 from jupyter_dlinfra.server.job_service import JobService, Submission
@@ -53,6 +55,8 @@ _SUBMIT_FIELDS = {
     "path",
     "name",
     "gpus",
+    "nodes",
+    "gpus_per_node",
     "model",
     "priority",
     "priority_class",
@@ -98,6 +102,10 @@ def job_json(job: Job, root: Path, now: float) -> dict[str, Any]:
         "backend": job.backend,
         "node": job.node,
         "gpus": job.gpus,
+        # a distributed job: a rank per GPU, gpus_per_node of them on each of its nodes
+        "nodes": job.nodes,
+        "gpus_per_node": job.gpus_per_node,
+        "world_size": job.gpus if job.nodes else None,
         "model": job.model,
         "priority": job.priority,
         "priority_class": job.priority_class,
@@ -190,6 +198,10 @@ class JobsHandler(_JobBase):
             backend=_string(body, "backend"),
             after=_ids(body.get("after", [])),
             content=_notebook(body),
+            nodes=json_field_int(body, "nodes", minimum=1, maximum=MAX_NODES),
+            gpus_per_node=json_field_int(
+                body, "gpus_per_node", minimum=1, maximum=MAX_GPUS_PER_NODE
+            ),
         )
         created = await self.service.jobs_call(self.jobs.submit, sub)
         # start it now rather than at the loop's next pass
@@ -255,7 +267,16 @@ class JobLogHandler(_JobBase):
         offset = query_int(
             self.get_query_argument("offset", "0"), "offset (bytes)", minimum=0, maximum=MAX_ID
         )
-        path = Path(job.workdir) / "job.log"
+        rank = self.get_query_argument("rank", None)
+        if rank is None:
+            path = Path(job.workdir) / "job.log"
+        else:
+            if not job.nodes:
+                raise ApiError(
+                    400, f"job {job.id} is one process: it has no ranks", code="bad_query"
+                )
+            number = query_int(rank, "rank", minimum=0, maximum=job.gpus - 1)
+            path = rank_dir(Path(job.workdir), number) / "job.log"
         start, data, size = await self.service.call(_read_from, path, offset, MAX_LOG_CHUNK)
         self.answer(
             {

@@ -1,0 +1,433 @@
+"""The ranks of a distributed job on one node: ``python -m jupyter_dlinfra.jobs.ranks JOBDIR``.
+
+What ``torchrun`` is to a script, this is to a notebook job: it starts one in-job runner
+(``jupyter_dlinfra.jobs.runner``) per rank of its node, each with the environment of
+:func:`jupyter_dlinfra.jobs.shape.rank_env`, watches them, and says how the job ended. The job's
+shape comes from ``spec.json`` (``nodes``, ``gpus_per_node``, written at submission); the node's
+granted GPUs from ``CUDA_VISIBLE_DEVICES`` (the server's job loop sets it from the ledger's grant,
+as for any job).
+
+Files, beside the job's own (see ``runner.py``)::
+
+    ranks/R/        rank R's job.log, kernel.log, executed.ipynb, report.html, status.json
+    job.log         this launcher's lines, and rank 0's log as it comes, each line "[rank0]: "
+    executed.ipynb  rank 0's, copied when the job ends (it writes the notebook and the report)
+    report.html
+    status.json     the job's status (the runner's keys, plus ``world_size``, ``failed_rank``
+                    and ``ranks``: each rank's state, exit code and error), written last
+
+The ranks stay in this process's process group: a backend that stops the job's group
+(``local``'s cancel, its SIGKILL after a grace period) stops every rank with it. When one rank
+fails, the others are sent SIGTERM (their runners write what they had and stop their kernels),
+then SIGKILL after ``KILL_AFTER_S``; the job fails with the first failing rank and its error.
+SIGTERM or SIGINT here cancels the job: every rank is told, and the job ends ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from jupyter_dlinfra.jobs.shape import Shape, ShapeError, job_shape, rank_env
+
+__all__ = ["KILL_AFTER_S", "main", "rank_dir", "run_ranks"]
+
+#: seconds the other ranks get to stop after one failed (or after a cancel) before SIGKILL
+KILL_AFTER_S = 10.0
+#: how often the ranks are looked at (s): a failure stops the others within this
+_POLL_S = 0.05
+#: lines of a failed rank's log copied into job.log
+_TAIL_LINES = 20
+_EXIT_FAILED = 1
+_EXIT_USAGE = 2
+
+
+def rank_dir(jobdir: Path, rank: int) -> Path:
+    """Where rank ``rank`` writes its log, outputs and status."""
+    return jobdir / "ranks" / str(rank)
+
+
+def _free_port(host: str) -> int:
+    # the port is free now; the ranks' rendezvous binds it a moment later (torchrun does the same)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Log:
+    """The job's ``job.log``: this launcher's lines and rank 0's log, flushed at each write."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("a", encoding="utf-8", errors="replace")
+
+    def line(self, text: str) -> None:
+        self._file.write(text.rstrip("\n") + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Follow:
+    """Copies the whole lines a rank's log gains into the job's log, prefixed as torchrun does."""
+
+    def __init__(self, path: Path, prefix: str) -> None:
+        self.path = path
+        self.prefix = prefix
+        self._at = 0
+        self._partial = b""
+
+    def step(self, log: _Log, *, final: bool = False) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._at)
+                data = f.read()
+        except OSError:
+            return
+        self._at += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = b"" if final else lines.pop()
+        for raw in lines:
+            if raw or not final:
+                log.line(self.prefix + raw.decode("utf-8", errors="replace"))
+
+
+@dataclass
+class _Rank:
+    rank: int
+    proc: subprocess.Popen[bytes]
+    out: Path
+    code: int | None = None
+    #: sent SIGTERM by this launcher (another rank failed, or a cancel)
+    told_to_stop: bool = False
+
+
+@dataclass
+class _Run:
+    ranks: list[_Rank] = field(default_factory=list)
+    signum: int | None = None
+    #: the first rank that failed on its own (not stopped by this launcher)
+    failed: _Rank | None = None
+    stop_sent_at: float | None = None
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def stop_all(self) -> None:
+        if self.stop_sent_at is None:
+            self.stop_sent_at = time.monotonic()
+        for r in self.ranks:
+            if r.code is None and not r.told_to_stop:
+                r.told_to_stop = True
+                with contextlib.suppress(ProcessLookupError):
+                    r.proc.send_signal(signal.SIGTERM)
+
+    def kill_late(self, grace: float) -> None:
+        if self.stop_sent_at is None or time.monotonic() - self.stop_sent_at < grace:
+            return
+        for r in self.ranks:
+            if r.code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    r.proc.kill()
+
+
+def _spec_shape(jobdir: Path) -> Shape:
+    spec = _read_json(jobdir / "spec.json")
+    nodes, per_node = spec.get("nodes"), spec.get("gpus_per_node")
+    if not isinstance(nodes, int) or not isinstance(per_node, int):
+        raise ShapeError("spec.json does not say the job's nodes and gpus_per_node")
+    shape = job_shape(gpus=None, nodes=nodes, gpus_per_node=per_node, node_gpus=None)
+    assert shape is not None
+    return shape
+
+
+def _rank_error(r: _Rank) -> tuple[str, int | None]:
+    """What rank ``r`` says went wrong (its status), else how its process ended."""
+    status = _read_json(r.out / "status.json")
+    cell = status.get("failed_cell")
+    error = status.get("error")
+    if error:
+        return str(error), cell if isinstance(cell, int) else None
+    if r.code is not None and r.code < 0:
+        return f"its process was killed by signal {-r.code}", None
+    return f"its process exited with code {r.code}", None
+
+
+def _said(r: _Rank) -> object:
+    """The state rank ``r``'s own status gives (None without one)."""
+    return _read_json(r.out / "status.json").get("state")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_ranks(
+    jobdir: Path,
+    *,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    grace: float = KILL_AFTER_S,
+) -> int:
+    """Run this node's ranks of the job in ``jobdir`` to their end; the exit code (0 when every
+    rank succeeded, 1 when one failed, 128 + the signal when cancelled). Writes the job's
+    ``status.json`` last (see the module's docstring)."""
+    started = time.time()
+    (jobdir / "status.json").unlink(missing_ok=True)
+    log = _Log(jobdir / "job.log")
+    run = _Run()
+    previous: dict[int, Any] = {}
+    try:
+        try:
+            shape = _spec_shape(jobdir)
+            if not 0 <= node_rank < shape.nodes:
+                raise ShapeError(f"node rank {node_rank} is outside {shape.describe()}")
+        except ShapeError as err:
+            return _finish(jobdir, log, run, started, state="failed", error=str(err), shape=None)
+        visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+        if visible and len(visible) != shape.gpus_per_node:
+            error = (
+                f"this node was granted {len(visible)} GPUs for {shape.gpus_per_node} ranks "
+                f"(CUDA_VISIBLE_DEVICES={','.join(visible)})"
+            )
+            return _finish(jobdir, log, run, started, state="failed", error=error, shape=shape)
+        port = master_port or _free_port(master_addr)
+        previous = {sig: signal.signal(sig, run.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        log.line(
+            f"--- distributed job: {shape.describe()}; node {node_rank} starts ranks "
+            f"{node_rank * shape.gpus_per_node}..{(node_rank + 1) * shape.gpus_per_node - 1}, "
+            f"rendezvous at {master_addr}:{port} ---"
+        )
+        run_id = f"job-{_read_json(jobdir / 'spec.json').get('job_id', jobdir.name)}"
+        for local in range(shape.gpus_per_node):
+            if run.signum is not None:
+                break
+            env = dict(os.environ)
+            env.update(
+                rank_env(
+                    shape,
+                    node_rank=node_rank,
+                    local_rank=local,
+                    master_addr=master_addr,
+                    master_port=port,
+                    node_gpus=visible,
+                    run_id=run_id,
+                )
+            )
+            rank = int(env["RANK"])
+            out = rank_dir(jobdir, rank)
+            out.mkdir(parents=True, exist_ok=True)
+            with (out / "job.log").open("ab") as rank_log:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "jupyter_dlinfra.jobs.runner",
+                        str(jobdir),
+                        "--out",
+                        str(out.relative_to(jobdir)),
+                    ],
+                    cwd=jobdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=rank_log,
+                    stderr=subprocess.STDOUT,
+                )
+            run.ranks.append(_Rank(rank=rank, proc=proc, out=out))
+            gpu = env.get("DLINFRA_RANK_GPU")
+            on = f" on GPU {gpu}" if gpu else ""
+            where = out.relative_to(jobdir)
+            log.line(f"--- rank {rank} started{on}: pid {proc.pid}, log {where}/job.log ---")
+        follow = _Follow(rank_dir(jobdir, 0) / "job.log", "[rank0]: ") if node_rank == 0 else None
+        _watch(run, log, follow, grace)
+        if follow is not None:
+            follow.step(log, final=True)
+        if run.signum is not None:
+            name = signal.Signals(run.signum).name
+            return _finish(
+                jobdir,
+                log,
+                run,
+                started,
+                state="cancelled",
+                error=f"cancelled by {name}",
+                shape=shape,
+                code=128 + run.signum,
+            )
+        if run.failed is not None:
+            error, cell = _rank_error(run.failed)
+            tail = _tail(run.failed.out / "job.log", _TAIL_LINES)
+            if tail:
+                log.line(f"--- the last lines of rank {run.failed.rank} ---\n{tail}")
+            return _finish(
+                jobdir,
+                log,
+                run,
+                started,
+                state="failed",
+                error=error,
+                shape=shape,
+                failed_cell=cell,
+            )
+        return _finish(jobdir, log, run, started, state="succeeded", error=None, shape=shape)
+    finally:
+        log.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch(run: _Run, log: _Log, follow: _Follow | None, grace: float) -> None:
+    """Until every rank has ended: the first failure or a signal stops the others."""
+    while any(r.code is None for r in run.ranks):
+        if run.signum is not None and run.stop_sent_at is None:
+            log.line(f"--- {signal.Signals(run.signum).name}: stopping every rank ---")
+            run.stop_all()
+        for r in run.ranks:
+            if r.code is not None:
+                continue
+            r.code = r.proc.poll()
+            if r.code is None:
+                continue
+            ok = r.code == 0
+            if not ok and not r.told_to_stop and _said(r) == "cancelled" and run.signum is None:
+                # signalled by someone else (the job's process group was): the job's cancel
+                run.signum = signal.SIGTERM
+                log.line("--- a rank was cancelled: stopping every rank ---")
+                run.stop_all()
+            elif not ok and not r.told_to_stop and run.failed is None and run.signum is None:
+                run.failed = r
+                error, _cell = _rank_error(r)
+                log.line(f"--- rank {r.rank} failed: {error}; stopping the other ranks ---")
+                run.stop_all()
+            elif not r.told_to_stop:
+                log.line(f"--- rank {r.rank} {'ended' if ok else 'failed'} (exit {r.code}) ---")
+        run.kill_late(grace)
+        if follow is not None:
+            follow.step(log)
+        time.sleep(_POLL_S)
+
+
+def _finish(
+    jobdir: Path,
+    log: _Log,
+    run: _Run,
+    started: float,
+    *,
+    state: str,
+    error: str | None,
+    shape: Shape | None,
+    failed_cell: int | None = None,
+    code: int | None = None,
+) -> int:
+    if code is None:
+        code = 0 if state == "succeeded" else _EXIT_FAILED
+    first = rank_dir(jobdir, 0)
+    for name in ("executed.ipynb", "report.html"):
+        if (first / name).exists():
+            try:
+                shutil.copyfile(first / name, jobdir / f".{name}.tmp")
+                os.replace(jobdir / f".{name}.tmp", jobdir / name)
+            except OSError as err:
+                log.line(f"--- could not copy rank 0's {name}: {err} ---")
+    ranks = []
+    for r in run.ranks:
+        own = _read_json(r.out / "status.json")
+        ranks.append(
+            {
+                "rank": r.rank,
+                "state": own.get("state") or ("succeeded" if r.code == 0 else "failed"),
+                "exit_code": r.code,
+                "error": own.get("error"),
+                "failed_cell": own.get("failed_cell"),
+            }
+        )
+    failed = run.failed
+    if failed is not None and error is not None and shape is not None:
+        error = f"rank {failed.rank} of {shape.world_size}: {error}"
+    ended = time.time()
+    status = {
+        "state": state,
+        "failed_cell": failed_cell,
+        "error": error,
+        "traceback": [],
+        "started_at": started,
+        "ended_at": ended,
+        "runner_pid": os.getpid(),
+        "exit_code": code,
+        "world_size": None if shape is None else shape.world_size,
+        "failed_rank": None if failed is None else failed.rank,
+        "ranks": ranks,
+    }
+    _write_atomic(jobdir / "status.json", json.dumps(status, indent=2) + "\n")
+    took = ended - started
+    if state == "succeeded":
+        log.line(f"--- succeeded in {took:.1f} s ---")
+    elif state == "cancelled":
+        log.line(f"--- {error} after {took:.1f} s ---")
+    else:
+        where = f" at cell {failed_cell}" if failed_cell is not None else ""
+        log.line(f"--- failed{where} after {took:.1f} s: {error} ---")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jupyter_dlinfra.jobs.ranks",
+        description="Run one node's ranks of a distributed notebook job (see the module's "
+        "docstring).",
+    )
+    parser.add_argument("jobdir", type=Path, help="the job directory: input.ipynb, spec.json")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (0)")
+    parser.add_argument("--master-addr", default="127.0.0.1", help="rank 0's host (127.0.0.1)")
+    parser.add_argument("--master-port", type=int, default=None, help="default: a free port")
+    args = parser.parse_args(argv)
+    if not args.jobdir.is_dir():
+        print(f"{args.jobdir}: no such job directory", file=sys.stderr)
+        return _EXIT_USAGE
+    return run_ranks(
+        args.jobdir.resolve(),
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""A distributed notebook job through the REST API on the local backend: a real server, its
+ledger's grant split among real ranks that find each other over TCP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
+
+FAST = ("--DLInfra.job_interval=0.2",)
+
+
+def wait_state(server: ServerProcess, job_id: int, *states: str, timeout: float = 120) -> Any:
+    def reached() -> Any:
+        current = server.get(f"dlinfra/api/jobs/{job_id}")
+        return current if current["state"] in states else None
+
+    return wait_until(reached, timeout=timeout, what=f"job {job_id} to be {' or '.join(states)}")
+
+
+def test_a_notebook_asking_for_ranks_runs_them_together_with_their_logs(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(gpus=4, args=FAST)
+    root = server.workdir / "root"
+    # the notebook's own line says the shape: read by the converter, not run in the job
+    write_notebook(root / "ddp.ipynb", "%gpu 2 --nodes 1", ALLREDUCE_CELL)
+    status, created, _ = server.request("POST", "dlinfra/api/jobs", {"path": "ddp.ipynb"})
+    assert status == 201, created
+    assert (created["gpus"], created["nodes"], created["gpus_per_node"]) == (2, 1, 2)
+    assert created["world_size"] == 2
+    done = wait_state(server, created["id"], "succeeded", "failed")
+    assert done["state"] == "succeeded", done
+    job_id = done["id"]
+
+    granted = None
+    for rank in range(2):
+        own = server.get(f"dlinfra/api/jobs/{job_id}/log?rank={rank}")
+        line = next(x for x in own["text"].splitlines() if x.startswith(f"rank {rank}/2 "))
+        # its own rank, both of the grant's GPUs (device LOCAL_RANK is its own), the sum
+        assert line.startswith(f"rank {rank}/2 local {rank} node 0 gpus GPU-"), line
+        assert line.endswith(f" sum {expected_sum(2)}"), line
+        gpus = line.split(" gpus ")[1].split(" sum ")[0]
+        assert len(gpus.split(",")) == 2
+        assert granted in (None, gpus)
+        granted = gpus
+        assert own["complete"]
+    log = server.get(f"dlinfra/api/jobs/{job_id}/log")["text"]
+    assert "distributed job: 1 node x 2 GPUs (2 ranks)" in log
+    assert "[rank0]: rank 0/2 local 0" in log
+    # rank 0's notebook is the job's
+    assert done["outputs"]["notebook"] is not None
+    # the one grant went back
+    assert not server.get("dlinfra/api/allocations")["allocations"]
+
+    # what cannot run is refused at submission, with what to ask instead
+    for body, message in (
+        ({"nodes": 2, "gpus_per_node": 2}, "the local backend runs a job on this node only"),
+        ({"gpus": 3, "nodes": 2}, "3 GPUs do not split evenly over 2 nodes"),
+        # the notebook says 1 node: 5 GPUs cannot be 1 x 2
+        ({"gpus": 5, "gpus_per_node": 2}, "gpus (5) is not nodes x gpus_per_node (1 x 2 = 2)"),
+        ({"gpus_per_node": 8}, "8 GPUs per node, but the largest node has 4"),
+        ({"nodes": 0}, "nodes"),
+    ):
+        status, refused, _ = server.request(
+            "POST", "dlinfra/api/jobs", {"path": "ddp.ipynb", **body}
+        )
+        assert status == 400 and message in refused["message"], (body, refused)
+    # a one-process job has no ranks to read
+    write_notebook(root / "one.ipynb", "print('one')")
+    status, one, _ = server.request("POST", "dlinfra/api/jobs", {"path": "one.ipynb"})
+    assert status == 201 and one["nodes"] is None and one["world_size"] is None
+    status, refused, _ = server.request("GET", f"dlinfra/api/jobs/{one['id']}/log?rank=0")
+    assert status == 400 and "has no ranks" in refused["message"]
+    status, refused, _ = server.request("GET", f"dlinfra/api/jobs/{job_id}/log?rank=2")
+    assert status == 400, refused

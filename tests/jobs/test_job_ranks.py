@@ -1,0 +1,162 @@
+"""A distributed job's ranks on one node (``jobs/ranks.py``): real runner processes, real
+kernels, a real rendezvous over TCP at the launcher's MASTER_ADDR:MASTER_PORT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import psutil
+
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+
+GPUS = ["GPU-a", "GPU-b", "GPU-c"]
+
+
+def job_dir(tmp_path: Path, *cells: str, ranks: int = 3) -> Path:
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]  # type: ignore[no-untyped-call]
+    nbformat.write(nb, tmp_path / "input.ipynb")  # type: ignore[no-untyped-call]
+    spec = {"cwd": ".", "kernel_name": "python3", "job_id": 7, "nodes": 1, "gpus_per_node": ranks}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    return tmp_path
+
+
+def launch(jobdir: Path, gpus: list[str]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus))
+    # its own session, as the local backend starts a job: a cancel signals the whole group
+    return subprocess.Popen(
+        [sys.executable, "-m", "jupyter_dlinfra.jobs.ranks", str(jobdir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def status(path: Path) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads((path / "status.json").read_text())
+    return found
+
+
+def wait_for(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def descendants(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The launcher's ranks and their kernels (kernels have sessions of their own: only their
+    parents tie them to the job)."""
+    return psutil.Process(proc.pid).children(recursive=True)
+
+
+def none_left(processes: list[psutil.Process]) -> None:
+    def gone() -> bool:
+        alive = []
+        for p in processes:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                continue
+        return not alive
+
+    wait_for(gone, "the ranks and their kernels to end", timeout=30)
+
+
+def running_cell(jobdir: Path, rank: int, cell: int) -> bool:
+    path = jobdir / "ranks" / str(rank) / "job.log"
+    return path.exists() and f"--- cell {cell} ---" in path.read_text()
+
+
+def test_the_ranks_find_each_other_and_rank_0_writes_the_notebook(tmp_path: Path) -> None:
+    jobdir = job_dir(tmp_path, ALLREDUCE_CELL)
+    proc = launch(jobdir, GPUS)
+    assert proc.wait(timeout=120) == 0
+    done = status(jobdir)
+    assert done["state"] == "succeeded" and done["world_size"] == 3
+    assert [(r["rank"], r["state"]) for r in done["ranks"]] == [
+        (0, "succeeded"),
+        (1, "succeeded"),
+        (2, "succeeded"),
+    ]
+    for rank in range(3):
+        own = (jobdir / "ranks" / str(rank) / "job.log").read_text()
+        # its own rank, the same world, every GPU of the node, and the sum over all ranks
+        line = f"rank {rank}/3 local {rank} node 0 gpus {','.join(GPUS)} sum {expected_sum(3)}"
+        assert line in own, own
+    log = (jobdir / "job.log").read_text()
+    assert "distributed job: 1 node x 3 GPUs (3 ranks)" in log
+    assert "rank 1 started on GPU GPU-b" in log
+    # rank 0's log as it came, prefixed as torchrun does
+    assert "[rank0]: rank 0/3 local 0 node 0 gpus GPU-a,GPU-b,GPU-c sum 6" in log
+    assert log.rstrip().endswith("---") and "succeeded in" in log.splitlines()[-1]
+    executed = nbformat.read(jobdir / "executed.ipynb", as_version=4)  # type: ignore[no-untyped-call]
+    assert "rank 0/3" in "".join(o.get("text", "") for o in executed.cells[0].outputs)
+    assert (jobdir / "report.html").exists()
+
+
+def test_one_failing_rank_fails_the_job_and_stops_the_others(tmp_path: Path) -> None:
+    jobdir = job_dir(
+        tmp_path,
+        "import os, time",
+        # rank 1 fails; the others would go on for ten minutes
+        "if os.environ['RANK'] == '1':\n    1 / 0\ntime.sleep(600)",
+        ranks=2,
+    )
+    proc = launch(jobdir, GPUS[:2])
+    wait_for(lambda: running_cell(jobdir, 0, 2), "rank 0 to run its long cell", timeout=90)
+    started = descendants(proc)
+    assert proc.wait(timeout=120) == 1
+    done = status(jobdir)
+    assert done["state"] == "failed" and done["failed_rank"] == 1 and done["failed_cell"] == 2
+    assert done["error"] == "rank 1 of 2: ZeroDivisionError: division by zero"
+    by_rank = {r["rank"]: r["state"] for r in done["ranks"]}
+    assert by_rank == {0: "cancelled", 1: "failed"}
+    log = (jobdir / "job.log").read_text()
+    assert "rank 1 failed: ZeroDivisionError: division by zero; stopping the other ranks" in log
+    assert "--- the last lines of rank 1 ---" in log
+    none_left(started)
+
+
+def test_a_cancel_stops_every_rank(tmp_path: Path) -> None:
+    jobdir = job_dir(
+        tmp_path, "import time\nprint('working', flush=True)\ntime.sleep(600)", ranks=2
+    )
+    proc = launch(jobdir, GPUS[:2])
+
+    def all_working() -> bool:
+        logs = [jobdir / "ranks" / str(r) / "job.log" for r in range(2)]
+        return all(p.exists() and "working" in p.read_text() for p in logs)
+
+    wait_for(all_working, "both ranks to run their cell", timeout=90)
+    started = descendants(proc)
+    assert len(started) >= 4  # two runners, two kernels
+    os.killpg(proc.pid, signal.SIGTERM)  # what the local backend's cancel does
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    done = status(jobdir)
+    assert done["state"] == "cancelled" and done["error"] == "cancelled by SIGTERM"
+    assert {r["state"] for r in done["ranks"]} == {"cancelled"}
+    none_left(started)
+
+
+def test_a_grant_that_does_not_match_the_ranks_fails_before_starting_any(tmp_path: Path) -> None:
+    jobdir = job_dir(tmp_path, "print('never')", ranks=3)
+    proc = launch(jobdir, GPUS[:2])
+    assert proc.wait(timeout=60) == 1
+    done = status(jobdir)
+    assert done["state"] == "failed"
+    assert done["error"] == (
+        "this node was granted 2 GPUs for 3 ranks (CUDA_VISIBLE_DEVICES=GPU-a,GPU-b)"
+    )
+    assert not (jobdir / "ranks").exists()
