@@ -84,6 +84,11 @@ class JobLaunch:
     node: str | None = None
     #: where the command's stdout and stderr go
     log_path: str = ""
+    #: a distributed job's nodes (``jobs/ranks.py``): ``argv`` then runs one node's ranks, and a
+    #: backend that places nodes starts it once on each (a task per node, with ``--slurm`` under
+    #: srun, or ``--node-rank K``), then, once all ended, once more with ``--gather`` for the
+    #: job's status; None: ``argv`` is the whole job, one process
+    nodes: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

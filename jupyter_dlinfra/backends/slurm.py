@@ -319,7 +319,9 @@ class SlurmBackend(JobBackend):
         return self.account
 
     def _gres(self, launch: JobLaunch) -> str | None:
-        if launch.gpus <= 0:
+        """The GRES of each node (a distributed job's GPUs are split evenly over its nodes)."""
+        count = launch.gpus // launch.nodes if launch.nodes else launch.gpus
+        if count <= 0:
             return None
         if launch.model and self.gres_types:
             gres_type = self.gres_types.get(launch.model.lower())
@@ -329,8 +331,8 @@ class SlurmBackend(JobBackend):
                     f"no SLURM GRES type is configured for GPU model {launch.model!r} "
                     f"(known: {known})"
                 )
-            return f"{self.gres_name}:{gres_type}:{launch.gpus}"
-        return f"{self.gres_name}:{launch.gpus}"
+            return f"{self.gres_name}:{gres_type}:{count}"
+        return f"{self.gres_name}:{count}"
 
     def _parents(self, after: Sequence[JobHandle]) -> list[str]:
         """The SLURM ids to depend on; parents SLURM forgot must have succeeded (status.json)."""
@@ -372,6 +374,9 @@ class SlurmBackend(JobBackend):
             log_path = os.path.abspath(launch.log_path).replace("%", "%%")
             log = _quote_path(log_path, "log path")
             lines += [f"#SBATCH --output={log}", "#SBATCH --open-mode=append"]
+        if launch.nodes:
+            # one task per node: the node's launcher starts its ranks (one per GPU)
+            lines += [f"#SBATCH --nodes={launch.nodes}", "#SBATCH --ntasks-per-node=1"]
         gres = self._gres(launch)
         if gres:
             lines.append(f"#SBATCH --gres={gres}")
@@ -393,7 +398,18 @@ class SlurmBackend(JobBackend):
             if not _ENV_NAME.match(key):
                 raise BackendError(f"invalid environment variable name {key!r}")
             lines.append(f"export {key}={shlex.quote(value)}")
-        lines.append("exec " + " ".join(shlex.quote(str(arg)) for arg in launch.argv))
+        command = " ".join(shlex.quote(str(arg)) for arg in launch.argv)
+        if not launch.nodes:
+            lines.append(f"exec {command}")
+            return "\n".join(lines) + "\n"
+        lines += [
+            # a requeued job starts afresh: nothing of an earlier attempt speaks for this one
+            "rm -f rendezvous.json status.json nodes/*/status.json",
+            # one launcher per node; when one fails, srun stops the others'
+            f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 {command} --slurm",
+            # the job's status from the nodes' (its exit code is the job's)
+            f"exec {command} --gather",
+        ]
         return "\n".join(lines) + "\n"
 
     def submit(self, launch: JobLaunch) -> JobHandle:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from jupyter_dlinfra.jobs import nodes
 from jupyter_dlinfra.jobs.shape import Shape, ShapeError, job_shape, rank_env
 
 __all__ = ["KILL_AFTER_S", "main", "rank_dir", "run_ranks"]
@@ -202,33 +204,46 @@ def run_ranks(
     jobdir: Path,
     *,
     node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
+    master_addr: str | None = None,
     master_port: int | None = None,
     grace: float = KILL_AFTER_S,
 ) -> int:
     """Run this node's ranks of the job in ``jobdir`` to their end; the exit code (0 when every
-    rank succeeded, 1 when one failed, 128 + the signal when cancelled). Writes the job's
-    ``status.json`` last (see the module's docstring)."""
+    rank succeeded, 1 when one failed, 128 + the signal when cancelled). Writes this node's
+    status last: the job's ``status.json`` for a job of one node, else ``nodes/K/status.json``
+    (see ``jobs/nodes.py``: node 0 says where the ranks meet, :func:`nodes.gather` ends).
+    ``master_addr``: where rank 0 listens (default: 127.0.0.1 for one node, node 0's host name
+    for more)."""
     started = time.time()
-    (jobdir / "status.json").unlink(missing_ok=True)
+    spec_nodes = _read_json(jobdir / "spec.json").get("nodes")
+    status_path = (
+        nodes.node_status_path(jobdir, node_rank)
+        if isinstance(spec_nodes, int) and spec_nodes > 1
+        else jobdir / "status.json"
+    )
+    status_path.unlink(missing_ok=True)
     log = _Log(jobdir / "job.log")
     run = _Run()
     previous: dict[int, Any] = {}
+    end = functools.partial(_finish, jobdir, status_path, node_rank, log, run, started)
     try:
         try:
             shape = _spec_shape(jobdir)
             if not 0 <= node_rank < shape.nodes:
                 raise ShapeError(f"node rank {node_rank} is outside {shape.describe()}")
         except ShapeError as err:
-            return _finish(jobdir, log, run, started, state="failed", error=str(err), shape=None)
+            return end(state="failed", error=str(err), shape=None)
         visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
         if visible and len(visible) != shape.gpus_per_node:
             error = (
-                f"this node was granted {len(visible)} GPUs for {shape.gpus_per_node} ranks "
-                f"(CUDA_VISIBLE_DEVICES={','.join(visible)})"
+                f"node {node_rank} was granted {len(visible)} GPUs for {shape.gpus_per_node} "
+                f"ranks (CUDA_VISIBLE_DEVICES={','.join(visible)})"
             )
-            return _finish(jobdir, log, run, started, state="failed", error=error, shape=shape)
-        port = master_port or _free_port(master_addr)
+            return end(state="failed", error=error, shape=shape)
+        try:
+            master_addr, port = _meeting_point(jobdir, shape, node_rank, master_addr, master_port)
+        except nodes.RendezvousTimeout as err:
+            return end(state="failed", error=str(err), shape=shape)
         previous = {sig: signal.signal(sig, run.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.line(
             f"--- distributed job: {shape.describe()}; node {node_rank} starts ranks "
@@ -281,11 +296,7 @@ def run_ranks(
             follow.step(log, final=True)
         if run.signum is not None:
             name = signal.Signals(run.signum).name
-            return _finish(
-                jobdir,
-                log,
-                run,
-                started,
+            return end(
                 state="cancelled",
                 error=f"cancelled by {name}",
                 shape=shape,
@@ -296,17 +307,13 @@ def run_ranks(
             tail = _tail(run.failed.out / "job.log", _TAIL_LINES)
             if tail:
                 log.line(f"--- the last lines of rank {run.failed.rank} ---\n{tail}")
-            return _finish(
-                jobdir,
-                log,
-                run,
-                started,
+            return end(
                 state="failed",
                 error=error,
                 shape=shape,
                 failed_cell=cell,
             )
-        return _finish(jobdir, log, run, started, state="succeeded", error=None, shape=shape)
+        return end(state="succeeded", error=None, shape=shape)
     finally:
         log.close()
         for sig, handler in previous.items():
@@ -344,8 +351,24 @@ def _watch(run: _Run, log: _Log, follow: _Follow | None, grace: float) -> None:
         time.sleep(_POLL_S)
 
 
+def _meeting_point(
+    jobdir: Path, shape: Shape, node_rank: int, addr: str | None, port: int | None
+) -> tuple[str, int]:
+    """Where rank 0 listens: given, or chosen here (one node), or by node 0 (several)."""
+    if shape.nodes == 1:
+        host = addr or "127.0.0.1"
+        return host, port or _free_port(host)
+    if addr is not None and port is not None:
+        return addr, port
+    if node_rank == 0:
+        return nodes.publish(jobdir, addr)
+    return nodes.wait_for(jobdir)
+
+
 def _finish(
     jobdir: Path,
+    status_path: Path,
+    node_rank: int,
     log: _Log,
     run: _Run,
     started: float,
@@ -360,7 +383,7 @@ def _finish(
         code = 0 if state == "succeeded" else _EXIT_FAILED
     first = rank_dir(jobdir, 0)
     for name in ("executed.ipynb", "report.html"):
-        if (first / name).exists():
+        if node_rank == 0 and (first / name).exists():
             try:
                 shutil.copyfile(first / name, jobdir / f".{name}.tmp")
                 os.replace(jobdir / f".{name}.tmp", jobdir / name)
@@ -395,7 +418,8 @@ def _finish(
         "failed_rank": None if failed is None else failed.rank,
         "ranks": ranks,
     }
-    _write_atomic(jobdir / "status.json", json.dumps(status, indent=2) + "\n")
+    status_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(status_path, json.dumps(status, indent=2) + "\n")
     took = ended - started
     if state == "succeeded":
         log.line(f"--- succeeded in {took:.1f} s ---")
@@ -414,16 +438,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         "docstring).",
     )
     parser.add_argument("jobdir", type=Path, help="the job directory: input.ipynb, spec.json")
-    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (0)")
-    parser.add_argument("--master-addr", default="127.0.0.1", help="rank 0's host (127.0.0.1)")
+    parser.add_argument("--node-rank", type=int, default=None, help="this node's rank (0)")
+    parser.add_argument(
+        "--slurm",
+        action="store_true",
+        help="the node's rank from SLURM_NODEID (one task per node, started by srun)",
+    )
+    parser.add_argument(
+        "--gather",
+        action="store_true",
+        help="after every node's launcher ended: write the job's status from theirs",
+    )
+    parser.add_argument(
+        "--master-addr",
+        default=None,
+        help="where rank 0 listens (default: 127.0.0.1 on one node, node 0's host name on more)",
+    )
     parser.add_argument("--master-port", type=int, default=None, help="default: a free port")
     args = parser.parse_args(argv)
     if not args.jobdir.is_dir():
         print(f"{args.jobdir}: no such job directory", file=sys.stderr)
         return _EXIT_USAGE
+    jobdir = args.jobdir.resolve()
+    if args.gather:
+        spec_nodes = _read_json(jobdir / "spec.json").get("nodes")
+        if not isinstance(spec_nodes, int) or spec_nodes < 2:
+            # a job of one node: its launcher wrote the job's status itself
+            return 0 if _read_json(jobdir / "status.json").get("state") == "succeeded" else 1
+        status = nodes.gather(jobdir, spec_nodes)
+        log = _Log(jobdir / "job.log")
+        try:
+            log.line(f"--- the job {status['state']} on {spec_nodes} nodes ---")
+        finally:
+            log.close()
+        return int(status["exit_code"])
+    node_rank = args.node_rank
+    if args.slurm:
+        raw = os.environ.get("SLURM_NODEID")
+        if raw is None or not raw.isdigit():
+            print("--slurm: SLURM_NODEID is not set (run under srun)", file=sys.stderr)
+            return _EXIT_USAGE
+        node_rank = int(raw)
     return run_ranks(
-        args.jobdir.resolve(),
-        node_rank=args.node_rank,
+        jobdir,
+        node_rank=node_rank or 0,
         master_addr=args.master_addr,
         master_port=args.master_port,
     )

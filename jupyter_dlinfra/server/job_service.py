@@ -62,6 +62,9 @@ _ESTIMATE_SLACK_S = 30.0
 _STOPPING = "being stopped for a higher-priority request"
 #: the reason of an admitted job whose pod never bound, while its Job is deleted
 _HANDING_BACK = "handing its GPUs back"
+#: the backends that run a distributed job's ranks (local: one node's; slurm: with srun, a
+#: launcher per node)
+_RUNS_RANKS = frozenset({"local", "slurm"})
 _ENDS = {
     BackendState.SUCCEEDED: JobState.SUCCEEDED,
     BackendState.FAILED: JobState.FAILED,
@@ -306,14 +309,14 @@ class JobService:
             # more GPUs than this node has, split into nodes this backend cannot run: the
             # ledger's check refuses them as too many for the node, as for any job
             return None
-        if backend.name != "local":
+        if backend.name not in _RUNS_RANKS:
             raise InvalidRequest(
                 f"the {backend.name} backend does not run distributed jobs yet: submit "
-                f"{shape.describe()} to the local backend (one node), or ask for one process "
-                "with gpus alone",
+                f"{shape.describe()} to {' or '.join(sorted(_RUNS_RANKS))}, or ask for one "
+                "process with gpus alone",
                 reason="bad_shape",
             )
-        if shape.nodes > 1:
+        if shape.nodes > 1 and backend.name == "local":
             raise InvalidRequest(
                 f"{shape.describe()}: the local backend runs a job on this node only "
                 f"({node_gpus} GPUs); ask for --nodes 1 --gpus-per-node {shape.gpus_per_node} "
@@ -454,6 +457,7 @@ class JobService:
             after=after,
             node=node,
             log_path=str(workdir / "job.log"),
+            nodes=job.nodes,
         )
         try:
             recovered = backend.recover(launch)

@@ -225,6 +225,22 @@ def launch_for_script(**kwargs: object) -> JobLaunch:
     return JobLaunch(**fields)  # type: ignore[arg-type]
 
 
+def test_a_distributed_jobs_script_starts_a_launcher_per_node_then_gathers() -> None:
+    script = SlurmBackend().script(launch_for_script(gpus=16, nodes=2))
+    lines = script.splitlines()
+    # GRES are per node: 16 GPUs over 2 nodes is 8 on each
+    assert lines[7:10] == [
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gres=gpu:8",
+    ]
+    assert lines[-3:] == [
+        "rm -f rendezvous.json status.json nodes/*/status.json",
+        "srun --kill-on-bad-exit=1 --ntasks-per-node=1 python -m runner 'it'\"'\"'s' --slurm",
+        "exec python -m runner 'it'\"'\"'s' --gather",
+    ]
+
+
 def test_script_lines() -> None:
     backend = SlurmBackend(
         partition="gpu",

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from slurm_cluster import SlurmCluster
 from test_jobs_local import root_of, run_cli, wait_state
 
@@ -158,3 +159,50 @@ def test_a_slurm_job_outlives_a_server_restart(
     done = wait_state(again, created["id"], "succeeded", "failed")
     assert done["state"] == "succeeded", done
     assert "released" in again.get(f"dlinfra/api/jobs/{created['id']}/log")["text"]
+
+
+def test_a_distributed_job_on_slurm_runs_its_ranks_with_srun_and_a_cancel_stops_them(
+    start_server: Callable[..., ServerProcess], slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+
+    server = slurm_server(start_server, slurm_cluster)
+    write_notebook(root_of(server) / "ddp.ipynb", "%gpu 2 --nodes 1", ALLREDUCE_CELL)
+    created = server.post("dlinfra/api/jobs", {"path": "ddp.ipynb", "backend": "slurm"})
+    assert (created["nodes"], created["gpus_per_node"], created["world_size"]) == (1, 2, 2)
+    done = wait_state(server, created["id"], "succeeded", "failed", "cancelled")
+    assert done["state"] == "succeeded", (done, slurm_cluster.log_tail())
+    script = (root_of(server) / created["workdir"] / "job.sbatch").read_text()
+    assert "#SBATCH --nodes=1\n#SBATCH --ntasks-per-node=1\n#SBATCH --gres=gpu:2\n" in script
+    for rank in range(2):
+        own = server.get(f"dlinfra/api/jobs/{created['id']}/log?rank={rank}")["text"]
+        # SLURM's two GRES for the node, seen by both ranks; each takes device LOCAL_RANK
+        assert f"rank {rank}/2 local {rank} node 0 gpus 0,1 sum {expected_sum(2)}" in own, own
+    log = server.get(f"dlinfra/api/jobs/{created['id']}/log")["text"]
+    assert "distributed job: 1 node x 2 GPUs (2 ranks)" in log and "[rank0]: rank 0/2" in log
+
+    # scancel reaches the node's launcher through srun: every rank stops
+    write_notebook(
+        root_of(server) / "long.ipynb",
+        "%gpu 2 --nodes 1",
+        "import time\nprint('working', flush=True)\ntime.sleep(600)",
+    )
+    long = server.post("dlinfra/api/jobs", {"path": "long.ipynb", "backend": "slurm"})
+    workdir = root_of(server) / long["workdir"]
+
+    def working() -> bool:
+        logs = [workdir / "ranks" / str(r) / "job.log" for r in range(2)]
+        return all(p.exists() and "working" in p.read_text() for p in logs)
+
+    wait_until(working, timeout=90, what="both ranks of the SLURM job to run")
+    server.delete(f"dlinfra/api/jobs/{long['id']}")
+    ended = wait_state(server, long["id"], "cancelled", "failed", "succeeded", timeout=90)
+    assert ended["state"] == "cancelled", ended
+
+    def runners_gone() -> bool:
+        return not any(
+            str(workdir) in " ".join(p.info["cmdline"] or [])
+            for p in psutil.process_iter(["cmdline"])
+        )
+
+    wait_until(runners_gone, timeout=60, what="the ranks' runners to end")

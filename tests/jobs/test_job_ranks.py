@@ -20,20 +20,26 @@ from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
 GPUS = ["GPU-a", "GPU-b", "GPU-c"]
 
 
-def job_dir(tmp_path: Path, *cells: str, ranks: int = 3) -> Path:
+def job_dir(tmp_path: Path, *cells: str, ranks: int = 3, nodes: int = 1) -> Path:
     nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]  # type: ignore[no-untyped-call]
     nbformat.write(nb, tmp_path / "input.ipynb")  # type: ignore[no-untyped-call]
-    spec = {"cwd": ".", "kernel_name": "python3", "job_id": 7, "nodes": 1, "gpus_per_node": ranks}
+    spec = {
+        "cwd": ".",
+        "kernel_name": "python3",
+        "job_id": 7,
+        "nodes": nodes,
+        "gpus_per_node": ranks,
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return tmp_path
 
 
-def launch(jobdir: Path, gpus: list[str]) -> subprocess.Popen[bytes]:
+def launch(jobdir: Path, gpus: list[str], *args: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus))
     # its own session, as the local backend starts a job: a cancel signals the whole group
     return subprocess.Popen(
-        [sys.executable, "-m", "jupyter_dlinfra.jobs.ranks", str(jobdir)],
+        [sys.executable, "-m", "jupyter_dlinfra.jobs.ranks", str(jobdir), *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -157,6 +163,63 @@ def test_a_grant_that_does_not_match_the_ranks_fails_before_starting_any(tmp_pat
     done = status(jobdir)
     assert done["state"] == "failed"
     assert done["error"] == (
-        "this node was granted 2 GPUs for 3 ranks (CUDA_VISIBLE_DEVICES=GPU-a,GPU-b)"
+        "node 0 was granted 2 GPUs for 3 ranks (CUDA_VISIBLE_DEVICES=GPU-a,GPU-b)"
     )
     assert not (jobdir / "ranks").exists()
+
+
+def gather(jobdir: Path) -> int:
+    return subprocess.run(
+        [sys.executable, "-m", "jupyter_dlinfra.jobs.ranks", str(jobdir), "--gather"],
+        check=False,
+        timeout=60,
+    ).returncode
+
+
+def test_two_nodes_ranks_meet_where_node_0_says_and_the_job_is_gathered(tmp_path: Path) -> None:
+    # two launchers, as srun starts one per node, sharing the job's directory; node 0 says
+    # where rank 0 listens (rendezvous.json), node 1's ranks find it there
+    jobdir = job_dir(tmp_path, ALLREDUCE_CELL, ranks=2, nodes=2)
+    second = launch(jobdir, ["GPU-c", "GPU-d"], "--node-rank", "1")
+    first = launch(jobdir, ["GPU-a", "GPU-b"], "--node-rank", "0", "--master-addr", "127.0.0.1")
+    assert first.wait(timeout=120) == 0 and second.wait(timeout=120) == 0
+    assert not (jobdir / "status.json").exists()  # the nodes' own statuses only, so far
+    assert gather(jobdir) == 0
+    done = status(jobdir)
+    assert done["state"] == "succeeded" and done["world_size"] == 4 and done["nodes"] == 2
+    assert [r["rank"] for r in done["ranks"]] == [0, 1, 2, 3]
+    for rank, (node, gpus) in enumerate(
+        [(0, "GPU-a,GPU-b"), (0, "GPU-a,GPU-b"), (1, "GPU-c,GPU-d"), (1, "GPU-c,GPU-d")]
+    ):
+        own = (jobdir / "ranks" / str(rank) / "job.log").read_text()
+        line = f"rank {rank}/4 local {rank % 2} node {node} gpus {gpus} sum {expected_sum(4)}"
+        assert line in own, own
+    assert (jobdir / "executed.ipynb").exists()  # rank 0's, copied by node 0
+
+
+def test_across_nodes_the_rank_that_failed_decides_not_the_nodes_stopped_for_it(
+    tmp_path: Path,
+) -> None:
+    jobdir = job_dir(
+        tmp_path,
+        "import os, time",
+        "if os.environ['RANK'] == '3':\n    raise RuntimeError('out of memory')\ntime.sleep(600)",
+        ranks=2,
+        nodes=2,
+    )
+    first = launch(jobdir, ["GPU-a", "GPU-b"], "--node-rank", "0", "--master-addr", "127.0.0.1")
+    second = launch(jobdir, ["GPU-c", "GPU-d"], "--node-rank", "1")
+    assert second.wait(timeout=120) == 1
+    # what srun --kill-on-bad-exit does to the other nodes' tasks
+    os.killpg(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM
+    assert gather(jobdir) == 1
+    done = status(jobdir)
+    assert done["state"] == "failed" and done["failed_rank"] == 3 and done["failed_cell"] == 2
+    assert done["error"] == "rank 3 of 4: RuntimeError: out of memory"
+    assert {r["rank"]: r["state"] for r in done["ranks"]} == {
+        0: "cancelled",
+        1: "cancelled",
+        2: "cancelled",
+        3: "failed",
+    }
