@@ -333,6 +333,9 @@ class JobService:
                 path=job.path,
                 name=job.name,
                 gpus=job.gpus,
+                # a distributed job runs again as the same ranks (None: one process again)
+                nodes=job.nodes,
+                gpus_per_node=job.gpus_per_node,
                 model=job.model,
                 priority=job.priority,
                 priority_class=job.priority_class,

@@ -55,6 +55,11 @@ def test_a_notebook_asking_for_ranks_runs_them_together_with_their_logs(
     # the one grant went back
     assert not server.get("dlinfra/api/allocations")["allocations"]
 
+    # run again, it is the same ranks
+    again = server.post(f"dlinfra/api/jobs/{job_id}/rerun", {})
+    assert (again["nodes"], again["gpus_per_node"], again["world_size"]) == (1, 2, 2), again
+    assert wait_state(server, again["id"], "succeeded", "failed")["state"] == "succeeded"
+
     # what cannot run is refused at submission, with what to ask instead
     for body, message in (
         ({"nodes": 2, "gpus_per_node": 2}, "the local backend runs a job on this node only"),
