@@ -33,7 +33,9 @@ __all__ = [
     "gather",
     "node_status_path",
     "publish",
+    "read_json",
     "wait_for",
+    "write_atomic",
 ]
 
 RENDEZVOUS_FILE = "rendezvous.json"
@@ -51,7 +53,8 @@ def node_status_path(jobdir: Path, node_rank: int) -> Path:
     return jobdir / "nodes" / str(node_rank) / "status.json"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Readers on any node see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -61,7 +64,8 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None while it is missing or not one."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -86,7 +90,7 @@ def publish(jobdir: Path, addr: str | None = None) -> tuple[str, int]:
         # free on this host now; rank 0 binds it a moment later (as torchrun's c10d store does)
         s.bind(("", 0))
         port = int(s.getsockname()[1])
-    _write_atomic(jobdir / RENDEZVOUS_FILE, json.dumps({"addr": host, "port": port}) + "\n")
+    write_atomic(jobdir / RENDEZVOUS_FILE, json.dumps({"addr": host, "port": port}) + "\n")
     return host, port
 
 
@@ -94,7 +98,7 @@ def wait_for(jobdir: Path, *, timeout: float = RENDEZVOUS_WAIT_S) -> tuple[str, 
     """Another node: node 0's address, once it has written it."""
     deadline = time.monotonic() + timeout
     while True:
-        found = _read_json(jobdir / RENDEZVOUS_FILE)
+        found = read_json(jobdir / RENDEZVOUS_FILE)
         if found and isinstance(found.get("addr"), str) and isinstance(found.get("port"), int):
             return found["addr"], found["port"]
         if time.monotonic() > deadline:
@@ -107,7 +111,7 @@ def wait_for(jobdir: Path, *, timeout: float = RENDEZVOUS_WAIT_S) -> tuple[str, 
 
 def gather(jobdir: Path, nodes: int) -> dict[str, Any]:
     """The job's status from its nodes' (written as the job's ``status.json``, and returned)."""
-    found = {k: _read_json(node_status_path(jobdir, k)) for k in range(nodes)}
+    found = {k: read_json(node_status_path(jobdir, k)) for k in range(nodes)}
     missing = sorted(k for k, status in found.items() if status is None)
     present = [s for s in found.values() if s is not None]
     ranks = sorted((r for s in present for r in s.get("ranks") or []), key=lambda r: r["rank"])
@@ -146,5 +150,5 @@ def gather(jobdir: Path, nodes: int) -> dict[str, Any]:
         "nodes": nodes,
         "ranks": ranks,
     }
-    _write_atomic(jobdir / "status.json", json.dumps(status, indent=2) + "\n")
+    write_atomic(jobdir / "status.json", json.dumps(status, indent=2) + "\n")
     return status

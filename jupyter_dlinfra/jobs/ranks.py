@@ -70,20 +70,7 @@ def _free_port(host: str) -> int:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return nodes.read_json(path) or {}
 
 
 class _Log:
@@ -419,7 +406,7 @@ def _finish(
         "ranks": ranks,
     }
     status_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(status_path, json.dumps(status, indent=2) + "\n")
+    nodes.write_atomic(status_path, json.dumps(status, indent=2) + "\n")
     took = ended - started
     if state == "succeeded":
         log.line(f"--- succeeded in {took:.1f} s ---")

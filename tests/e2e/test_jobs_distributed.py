@@ -4,20 +4,13 @@ ledger's grant split among real ranks that find each other over TCP."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+
+from test_jobs_local import wait_state
 
 from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
-from jupyter_dlinfra.testing.server import ServerProcess, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import ServerProcess, write_notebook
 
 FAST = ("--DLInfra.job_interval=0.2",)
-
-
-def wait_state(server: ServerProcess, job_id: int, *states: str, timeout: float = 120) -> Any:
-    def reached() -> Any:
-        current = server.get(f"dlinfra/api/jobs/{job_id}")
-        return current if current["state"] in states else None
-
-    return wait_until(reached, timeout=timeout, what=f"job {job_id} to be {' or '.join(states)}")
 
 
 def test_a_notebook_asking_for_ranks_runs_them_together_with_their_logs(
