@@ -262,6 +262,8 @@ jobs = Table(
     # schema 12: a distributed job's nodes (its GPUs are nodes x gpus / nodes, a rank per GPU);
     # NULL: one process with all its GPUs
     Column("nodes", Integer, nullable=True),
+    # schema 12: a job with roles: its roles as JSON (jobs/shape.py's Role.to_json); NULL: none
+    Column("roles", Text, nullable=True),
 )
 
 #: GPUs of a node used by work the ledger did not admit (a cluster's pods that are not ours):
@@ -298,6 +300,7 @@ _ADDED = (
     *((9, "dlinfra_jobs", c) for c in ("queue_position", "queue_length", "estimated_start")),
     (10, "dlinfra_allocations", "avoid_nodes"),
     (12, "dlinfra_jobs", "nodes"),
+    (12, "dlinfra_jobs", "roles"),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another
@@ -450,7 +453,7 @@ class Store:
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
             # create_all makes only with their table, and so did 8; 9 and 10 added columns; 11 a
-            # table; 12 a column
+            # table; 12 two columns
             for index in (*allocations.indexes, *kernels.indexes, *holdings.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(

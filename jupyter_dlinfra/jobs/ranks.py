@@ -43,7 +43,17 @@ from types import FrameType
 from typing import Any
 
 from jupyter_dlinfra.jobs import nodes
-from jupyter_dlinfra.jobs.shape import Shape, ShapeError, job_shape, rank_env
+from jupyter_dlinfra.jobs.shape import (
+    Role,
+    Shape,
+    ShapeError,
+    job_shape,
+    parse_roles,
+    rank_env,
+    role_envs,
+    roles_gpus,
+    roles_world,
+)
 
 __all__ = ["KILL_AFTER_S", "main", "rank_dir", "run_ranks"]
 
@@ -54,6 +64,7 @@ _POLL_S = 0.05
 #: lines of a failed rank's log copied into job.log
 _TAIL_LINES = 20
 _EXIT_FAILED = 1
+_RUNNER = (sys.executable, "-m", "jupyter_dlinfra.jobs.runner")
 _EXIT_USAGE = 2
 
 
@@ -117,14 +128,34 @@ class _Rank:
     rank: int
     proc: subprocess.Popen[bytes]
     out: Path
+    #: its role and replica ("worker 2"), in a job with roles
+    role: str | None = None
     code: int | None = None
     #: sent SIGTERM by this launcher (another rank failed, or a cancel)
     told_to_stop: bool = False
 
 
 @dataclass
+class _Stage:
+    """Processes started together: a role's replicas (once the roles it is after are ready),
+    or all of a node's ranks (``role`` None)."""
+
+    role: Role | None
+    #: (rank, its environment)
+    ranks: list[tuple[int, dict[str, str]]]
+    started: bool = False
+
+
+@dataclass
 class _Run:
     ranks: list[_Rank] = field(default_factory=list)
+    stages: list[_Stage] = field(default_factory=list)
+    #: starts one process: (rank, environment, role label)
+    start: Any = None
+    #: roles whose every process is ready
+    ready: set[str] = field(default_factory=set)
+    #: roles that could never start (what they wait for ended unready)
+    never_started: str | None = None
     signum: int | None = None
     #: the first rank that failed on its own (not stopped by this launcher)
     failed: _Rank | None = None
@@ -214,69 +245,47 @@ def run_ranks(
     previous: dict[int, Any] = {}
     end = functools.partial(_finish, jobdir, status_path, node_rank, log, run, started)
     try:
-        try:
-            shape = _spec_shape(jobdir)
-            if not 0 <= node_rank < shape.nodes:
-                raise ShapeError(f"node rank {node_rank} is outside {shape.describe()}")
-        except ShapeError as err:
-            return end(state="failed", error=str(err), shape=None)
+        spec = _read_json(jobdir / "spec.json")
+        run_id = f"job-{spec.get('job_id', jobdir.name)}"
         visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
-        if visible and len(visible) != shape.gpus_per_node:
-            error = (
-                f"node {node_rank} was granted {len(visible)} GPUs for {shape.gpus_per_node} "
-                f"ranks (CUDA_VISIBLE_DEVICES={','.join(visible)})"
-            )
-            return end(state="failed", error=error, shape=shape)
         try:
-            master_addr, port = _meeting_point(jobdir, shape, node_rank, master_addr, master_port)
-        except nodes.RendezvousTimeout as err:
-            return end(state="failed", error=str(err), shape=shape)
+            if "roles" in spec:
+                roles = parse_roles(spec["roles"])
+                shape = Shape(1, roles_world(roles))
+                stages = _role_stages(jobdir, roles, visible, run_id, log)
+            else:
+                shape = _spec_shape(jobdir)
+                if not 0 <= node_rank < shape.nodes:
+                    raise ShapeError(f"node rank {node_rank} is outside {shape.describe()}")
+                if visible and len(visible) != shape.gpus_per_node:
+                    raise ShapeError(
+                        f"node {node_rank} was granted {len(visible)} GPUs for "
+                        f"{shape.gpus_per_node} ranks (CUDA_VISIBLE_DEVICES={','.join(visible)})"
+                    )
+                addr, port = _meeting_point(jobdir, shape, node_rank, master_addr, master_port)
+                log.line(
+                    f"--- distributed job: {shape.describe()}; node {node_rank} starts ranks "
+                    f"{node_rank * shape.gpus_per_node}.."
+                    f"{(node_rank + 1) * shape.gpus_per_node - 1}, rendezvous at {addr}:{port} ---"
+                )
+                envs = [
+                    rank_env(
+                        shape,
+                        node_rank=node_rank,
+                        local_rank=local,
+                        master_addr=addr,
+                        master_port=port,
+                        node_gpus=visible,
+                        run_id=run_id,
+                    )
+                    for local in range(shape.gpus_per_node)
+                ]
+                stages = [_Stage(None, [(int(e["RANK"]), dict(e)) for e in envs])]
+        except (ShapeError, nodes.RendezvousTimeout) as err:
+            return end(state="failed", error=str(err), world_size=None)
+        run.stages = stages
+        run.start = functools.partial(_start_rank, jobdir, run, log)
         previous = {sig: signal.signal(sig, run.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-        log.line(
-            f"--- distributed job: {shape.describe()}; node {node_rank} starts ranks "
-            f"{node_rank * shape.gpus_per_node}..{(node_rank + 1) * shape.gpus_per_node - 1}, "
-            f"rendezvous at {master_addr}:{port} ---"
-        )
-        run_id = f"job-{_read_json(jobdir / 'spec.json').get('job_id', jobdir.name)}"
-        for local in range(shape.gpus_per_node):
-            if run.signum is not None:
-                break
-            env = dict(os.environ)
-            env.update(
-                rank_env(
-                    shape,
-                    node_rank=node_rank,
-                    local_rank=local,
-                    master_addr=master_addr,
-                    master_port=port,
-                    node_gpus=visible,
-                    run_id=run_id,
-                )
-            )
-            rank = int(env["RANK"])
-            out = rank_dir(jobdir, rank)
-            out.mkdir(parents=True, exist_ok=True)
-            with (out / "job.log").open("ab") as rank_log:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "jupyter_dlinfra.jobs.runner",
-                        str(jobdir),
-                        "--out",
-                        str(out.relative_to(jobdir)),
-                    ],
-                    cwd=jobdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=rank_log,
-                    stderr=subprocess.STDOUT,
-                )
-            run.ranks.append(_Rank(rank=rank, proc=proc, out=out))
-            gpu = env.get("DLINFRA_RANK_GPU")
-            on = f" on GPU {gpu}" if gpu else ""
-            where = out.relative_to(jobdir)
-            log.line(f"--- rank {rank} started{on}: pid {proc.pid}, log {where}/job.log ---")
         follow = _Follow(rank_dir(jobdir, 0) / "job.log", "[rank0]: ") if node_rank == 0 else None
         _watch(run, log, follow, grace)
         if follow is not None:
@@ -286,7 +295,7 @@ def run_ranks(
             return end(
                 state="cancelled",
                 error=f"cancelled by {name}",
-                shape=shape,
+                world_size=shape.world_size,
                 code=128 + run.signum,
             )
         if run.failed is not None:
@@ -297,10 +306,16 @@ def run_ranks(
             return end(
                 state="failed",
                 error=error,
-                shape=shape,
+                world_size=shape.world_size,
                 failed_cell=cell,
             )
-        return end(state="succeeded", error=None, shape=shape)
+        if run.never_started:
+            error = (
+                f"role {run.never_started} never started: the roles it starts after ended "
+                "before they were ready"
+            )
+            return end(state="failed", error=error, world_size=shape.world_size)
+        return end(state="succeeded", error=None, world_size=shape.world_size)
     finally:
         log.close()
         for sig, handler in previous.items():
@@ -308,8 +323,21 @@ def run_ranks(
 
 
 def _watch(run: _Run, log: _Log, follow: _Follow | None, grace: float) -> None:
-    """Until every rank has ended: the first failure or a signal stops the others."""
-    while any(r.code is None for r in run.ranks):
+    """Start the stages whose roles may start; until every rank has ended, the first failure
+    or a signal stops the others."""
+    while True:
+        if run.signum is None and run.failed is None:
+            _start_ready(run, log)
+        waiting = [st for st in run.stages if not st.started]
+        running = any(r.code is None for r in run.ranks)
+        if not running and (not waiting or run.signum is not None or run.failed is not None):
+            return
+        if not running and waiting:
+            # what they wait for ended before it was ready: they would wait for ever
+            names = ", ".join(str(st.role.name) for st in waiting if st.role is not None)
+            run.never_started = names
+            log.line(f"--- role {names} cannot start: the roles it waits for ended unready ---")
+            return
         if run.signum is not None and run.stop_sent_at is None:
             log.line(f"--- {signal.Signals(run.signum).name}: stopping every rank ---")
             run.stop_all()
@@ -338,6 +366,101 @@ def _watch(run: _Run, log: _Log, follow: _Follow | None, grace: float) -> None:
         time.sleep(_POLL_S)
 
 
+def _start_ready(run: _Run, log: _Log) -> None:
+    """Start every stage whose roles it is after are ready (a stage without a role at once)."""
+    for stage in run.stages:
+        if stage.started:
+            continue
+        role = stage.role
+        if role is not None:
+            for name in role.after:
+                if name not in run.ready and not _role_ready(run, name):
+                    return  # the roles start in their order: the later ones wait too
+                run.ready.add(name)
+        stage.started = True
+        if role is not None and role.after:
+            log.line(f"--- role {role.name} starts: {', '.join(role.after)} ready ---")
+        for replica, (rank, env) in enumerate(stage.ranks):
+            label = None if role is None else f"{role.name} {replica}"
+            run.start(rank, env, label)
+
+
+def _role_ready(run: _Run, name: str) -> bool:
+    """Every process of role ``name`` is ready, as the role says (a port open or a file)."""
+    stage = next((st for st in run.stages if st.role is not None and st.role.name == name), None)
+    if stage is None or not stage.started or stage.role is None:
+        return False
+    for _rank, env in stage.ranks:
+        if stage.role.ready == "file":
+            if not Path(env["DLINFRA_READY_FILE"]).exists():
+                return False
+        else:
+            try:
+                with socket.create_connection(
+                    (env["MASTER_ADDR"], int(env["DLINFRA_ROLE_PORT"])), timeout=0.2
+                ):
+                    pass
+            except OSError:
+                return False
+    return True
+
+
+def _start_rank(
+    jobdir: Path, run: _Run, log: _Log, rank: int, extra: dict[str, str], role: str | None
+) -> None:
+    env = dict(os.environ)
+    env.update(extra)
+    out = rank_dir(jobdir, rank)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "job.log").open("ab") as rank_log:
+        proc = subprocess.Popen(
+            [*_RUNNER, str(jobdir), "--out", str(out.relative_to(jobdir))],
+            cwd=jobdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=rank_log,
+            stderr=subprocess.STDOUT,
+        )
+    run.ranks.append(_Rank(rank=rank, proc=proc, out=out, role=role))
+    gpu = env.get("DLINFRA_RANK_GPU") or (env.get("CUDA_VISIBLE_DEVICES") if role else None)
+    on = f" on GPU {gpu}" if gpu else ""
+    what = f" ({role})" if role else ""
+    where = out.relative_to(jobdir)
+    log.line(f"--- rank {rank}{what} started{on}: pid {proc.pid}, log {where}/job.log ---")
+
+
+def _role_stages(
+    jobdir: Path, roles: Sequence[Role], visible: list[str], run_id: str, log: _Log
+) -> list[_Stage]:
+    """A job with roles (on one node): a stage per role, with each process's environment."""
+    need = roles_gpus(roles)
+    if visible and len(visible) != need:
+        raise ShapeError(
+            f"the job was granted {len(visible)} GPUs for its roles' {need} "
+            f"(CUDA_VISIBLE_DEVICES={','.join(visible)})"
+        )
+    ready_dir = jobdir / "ready"
+    if ready_dir.is_dir():
+        shutil.rmtree(ready_dir)
+    ready_dir.mkdir()
+    host = "127.0.0.1"
+    ports = [_free_port(host) for _ in range(roles_world(roles))]
+    envs = role_envs(
+        roles, host=host, ports=ports, gpus=visible, ready_dir=str(ready_dir), run_id=run_id
+    )
+    described = ", ".join(
+        f"{r.name} x{r.replicas}" + (f" after {'+'.join(r.after)}" if r.after else "")
+        for r in roles
+    )
+    log.line(f"--- job with roles: {described}; rank 0 at {host}:{ports[0]} ---")
+    stages = []
+    rank = 0
+    for role in roles:
+        stages.append(_Stage(role, [(rank + i, envs[rank + i]) for i in range(role.replicas)]))
+        rank += role.replicas
+    return stages
+
+
 def _meeting_point(
     jobdir: Path, shape: Shape, node_rank: int, addr: str | None, port: int | None
 ) -> tuple[str, int]:
@@ -362,10 +485,11 @@ def _finish(
     *,
     state: str,
     error: str | None,
-    shape: Shape | None,
+    world_size: int | None,
     failed_cell: int | None = None,
     code: int | None = None,
 ) -> int:
+    """Write this node's status (see :func:`run_ranks`) and the log's last line."""
     if code is None:
         code = 0 if state == "succeeded" else _EXIT_FAILED
     first = rank_dir(jobdir, 0)
@@ -389,8 +513,9 @@ def _finish(
             }
         )
     failed = run.failed
-    if failed is not None and error is not None and shape is not None:
-        error = f"rank {failed.rank} of {shape.world_size}: {error}"
+    if failed is not None and error is not None and world_size is not None:
+        role = f" ({failed.role})" if failed.role else ""
+        error = f"rank {failed.rank} of {world_size}{role}: {error}"
     ended = time.time()
     status = {
         "state": state,
@@ -401,7 +526,7 @@ def _finish(
         "ended_at": ended,
         "runner_pid": os.getpid(),
         "exit_code": code,
-        "world_size": None if shape is None else shape.world_size,
+        "world_size": world_size,
         "failed_rank": None if failed is None else failed.rank,
         "ranks": ranks,
     }

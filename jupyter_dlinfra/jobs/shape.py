@@ -17,10 +17,24 @@ Standard library only: the in-job launcher imports it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["MAX_GPUS_PER_NODE", "MAX_NODES", "Shape", "ShapeError", "job_shape", "rank_env"]
+__all__ = [
+    "MAX_GPUS_PER_NODE",
+    "MAX_NODES",
+    "READY_KINDS",
+    "Role",
+    "Shape",
+    "ShapeError",
+    "job_shape",
+    "parse_roles",
+    "rank_env",
+    "role_envs",
+    "roles_gpus",
+    "roles_world",
+]
 
 #: the most nodes one job may span, and GPUs (ranks) per node: beyond them a request is a typo,
 #: refused rather than queued for ever
@@ -160,3 +174,154 @@ def rank_env(
     if local_rank < len(node_gpus):
         env["DLINFRA_RANK_GPU"] = node_gpus[local_rank]
     return env
+
+
+# -- roles ----------------------------------------------------------------------------------------
+
+#: a role's name: it becomes part of environment variable names (DLINFRA_ROLE_<NAME>_ADDRS)
+_ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: how a role says it is ready for the roles that start after it
+READY_KINDS = ("port", "file")
+MAX_ROLES = 16
+#: processes of a job with roles, over all its roles (each is a kernel on the node)
+MAX_REPLICAS = 64
+
+
+@dataclass(frozen=True)
+class Role:
+    """A group of processes of a job with roles: ``replicas`` of them, each with ``gpus`` GPUs,
+    started once every role of ``after`` is ready (each of its processes listens on its
+    ``DLINFRA_ROLE_PORT``, or has written its ``DLINFRA_READY_FILE``, as ``ready`` says)."""
+
+    name: str
+    replicas: int = 1
+    gpus: int = 0
+    after: tuple[str, ...] = ()
+    ready: str = "port"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "replicas": self.replicas,
+            "gpus": self.gpus,
+            "after": list(self.after),
+            "ready": self.ready,
+        }
+
+
+def parse_roles(raw: object) -> tuple[Role, ...]:
+    """A submission's ``roles`` (a list of objects), checked; raises :class:`ShapeError` saying
+    what is wrong. A role may only start after roles listed before it (so there is no cycle)."""
+    if not isinstance(raw, list) or not raw:
+        raise ShapeError("roles must be a non-empty list of {name, replicas, gpus, after, ready}")
+    if len(raw) > MAX_ROLES:
+        raise ShapeError(f"a job has at most {MAX_ROLES} roles, not {len(raw)}")
+    roles: list[Role] = []
+    for i, item in enumerate(raw):
+        where = f"roles[{i}]"
+        if not isinstance(item, dict):
+            raise ShapeError(f'{where} must be an object such as {{"name": "worker"}}')
+        unknown = set(item) - {"name", "replicas", "gpus", "after", "ready"}
+        if unknown:
+            raise ShapeError(
+                f"{where}: unknown field(s) {', '.join(sorted(unknown))}; expected name, "
+                "replicas, gpus, after and ready"
+            )
+        name = item.get("name")
+        if not isinstance(name, str) or not _ROLE_NAME.match(name):
+            raise ShapeError(
+                f"{where}: name must be lowercase letters, digits and _ (starting with a letter, "
+                f"32 at most), such as 'worker', not {name!r}"
+            )
+        if any(r.name == name for r in roles):
+            raise ShapeError(f"{where}: there are two roles named {name!r}")
+        replicas = _count(item.get("replicas", 1), f"{where}.replicas", 1, MAX_REPLICAS)
+        gpus = _count(item.get("gpus", 0), f"{where}.gpus", 0, MAX_GPUS_PER_NODE)
+        after_raw = item.get("after", [])
+        after = (after_raw,) if isinstance(after_raw, str) else after_raw
+        if not isinstance(after, list | tuple) or not all(isinstance(a, str) for a in after):
+            raise ShapeError(f"{where}.after must be a role's name or a list of them")
+        earlier = {r.name for r in roles}
+        for a in after:
+            if a not in earlier:
+                raise ShapeError(
+                    f"{where}: '{name}' starts after {a!r}, which is not a role listed before it"
+                )
+        ready = item.get("ready", "port")
+        if ready not in READY_KINDS:
+            raise ShapeError(f"{where}.ready must be 'port' or 'file', not {ready!r}")
+        roles.append(Role(name, replicas, gpus, tuple(dict.fromkeys(after)), ready))
+    if roles_world(roles) > MAX_REPLICAS:
+        raise ShapeError(
+            f"a job with roles runs at most {MAX_REPLICAS} processes on its node, not "
+            f"{roles_world(roles)}"
+        )
+    return tuple(roles)
+
+
+def _count(value: object, what: str, least: int, most: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise ShapeError(f"{what} must be a whole number from {least} to {most}, not {value!r}")
+    return value
+
+
+def roles_gpus(roles: Sequence[Role]) -> int:
+    return sum(r.replicas * r.gpus for r in roles)
+
+
+def roles_world(roles: Sequence[Role]) -> int:
+    return sum(r.replicas for r in roles)
+
+
+def role_envs(
+    roles: Sequence[Role],
+    *,
+    host: str,
+    ports: Sequence[int],
+    gpus: Sequence[str],
+    ready_dir: str,
+    run_id: str,
+) -> list[dict[str, str]]:
+    """The environment of every process of a job with roles, in rank order (the roles' order,
+    replica by replica): ``ports`` one per process (its ``DLINFRA_ROLE_PORT``), ``gpus`` the
+    job's granted GPUs (each process gets the next ``role.gpus`` of them). Rank 0 is the first
+    role's first replica: MASTER_ADDR/MASTER_PORT point at it."""
+    world = roles_world(roles)
+    if len(ports) != world:
+        raise ValueError(f"{len(ports)} ports for {world} processes")
+    addrs: dict[str, list[str]] = {}
+    rank = 0
+    for role in roles:
+        addrs[role.name] = [f"{host}:{ports[rank + i]}" for i in range(role.replicas)]
+        rank += role.replicas
+    shared = {f"DLINFRA_ROLE_{name.upper()}_ADDRS": ",".join(a) for name, a in addrs.items()}
+    envs: list[dict[str, str]] = []
+    rank = 0
+    taken = 0
+    for role in roles:
+        for replica in range(role.replicas):
+            mine = list(gpus[taken : taken + role.gpus]) if gpus else []
+            taken += role.gpus
+            envs.append(
+                {
+                    **shared,
+                    "WORLD_SIZE": str(world),
+                    "RANK": str(rank),
+                    "LOCAL_RANK": str(rank),
+                    "LOCAL_WORLD_SIZE": str(world),
+                    "NODE_RANK": "0",
+                    "GROUP_RANK": "0",
+                    "GROUP_WORLD_SIZE": "1",
+                    "ROLE_NAME": role.name,
+                    "ROLE_RANK": str(replica),
+                    "ROLE_WORLD_SIZE": str(role.replicas),
+                    "MASTER_ADDR": host,
+                    "MASTER_PORT": str(ports[0]),
+                    "TORCHELASTIC_RUN_ID": run_id,
+                    "DLINFRA_ROLE_PORT": str(ports[rank]),
+                    "DLINFRA_READY_FILE": f"{ready_dir}/{rank}",
+                    "CUDA_VISIBLE_DEVICES": ",".join(mine),
+                }
+            )
+            rank += 1
+    return envs

@@ -46,7 +46,14 @@ from jupyter_dlinfra.core.errors import InvalidRequest, NotFound
 from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecord
 from jupyter_dlinfra.core.outage import database_unavailable
 from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
-from jupyter_dlinfra.jobs.shape import Shape, ShapeError, job_shape
+from jupyter_dlinfra.jobs.shape import (
+    Role,
+    Shape,
+    ShapeError,
+    job_shape,
+    parse_roles,
+    roles_gpus,
+)
 from jupyter_dlinfra.provisioning.provisioner import PROVISIONER_NAME
 from jupyter_dlinfra.server.liveness import pid_alive, process_alive, process_started_at
 from jupyter_dlinfra.server.settings import ServiceSettings
@@ -120,6 +127,8 @@ class Submission:
     #: a distributed job's shape, as asked (see ``jobs/shape.py``): None where not said
     nodes: int | None = None
     gpus_per_node: int | None = None
+    #: a job with roles, as asked (a list of {name, replicas, gpus, after, ready}); None: none
+    roles: Any = None
 
 
 class JobService:
@@ -215,9 +224,12 @@ class JobService:
         wanted = sub.gpus if sub.gpus is not None else (prepared[0].gpus or spec_gpus)
         model = sub.model if sub.model is not None else prepared[0].model
         chosen = self.backends[backend]
-        shape = self._shape(sub, wanted, prepared[0].nodes, chosen)
+        roles = self._roles(sub, chosen)
+        shape = None if roles is not None else self._shape(sub, wanted, prepared[0].nodes, chosen)
         if shape is not None:
             wanted = shape.gpus
+        elif roles is not None:
+            wanted = roles_gpus(roles)
         if wanted and chosen.gpus_from_ledger:
             # refused now, as %gpu would be, rather than failing at the job's first pass
             node = None if chosen.ledger_admits else self.server.node
@@ -235,7 +247,7 @@ class JobService:
                         node=self.server.node,
                         server_id=self.server.server_id,
                         gpus=wanted
-                        if shape is not None
+                        if shape is not None or roles is not None
                         else (sub.gpus if sub.gpus is not None else (ready.gpus or spec_gpus)),
                         model=sub.model if sub.model is not None else ready.model,
                         priority=sub.priority,
@@ -243,7 +255,8 @@ class JobService:
                         parameters=ready.parameters,
                         after=sub.after,
                         group_id=group,
-                        nodes=None if shape is None else shape.nodes,
+                        nodes=1 if roles is not None else (None if shape is None else shape.nodes),
+                        roles=None if roles is None else [r.to_json() for r in roles],
                     ),
                     # a random part: a directory left by an older ledger is never reused
                     workdir_for=lambda job_id, n=name: (
@@ -272,6 +285,7 @@ class JobService:
                             if shape is None
                             else {"nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node}
                         ),
+                        **({} if roles is None else {"roles": [r.to_json() for r in roles]}),
                     },
                 )
         except Exception as err:
@@ -280,6 +294,35 @@ class JobService:
                 self.book.finish(job.id, JobState.FAILED, f"the submission failed: {err}")
             raise
         return created
+
+    @staticmethod
+    def _roles(sub: Submission, backend: JobBackend) -> tuple[Role, ...] | None:
+        """A job's roles, checked (None: it has none), refused with a 400 that says why."""
+        if sub.roles is None:
+            return None
+        try:
+            roles = parse_roles(sub.roles)
+        except ShapeError as err:
+            raise InvalidRequest(str(err), reason="bad_roles") from None
+        if sub.nodes is not None or sub.gpus_per_node is not None:
+            raise InvalidRequest(
+                "a job has roles or nodes x gpus_per_node, not both: each role says its "
+                "replicas and their GPUs",
+                reason="bad_roles",
+            )
+        if backend.name != "local":
+            raise InvalidRequest(
+                f"the {backend.name} backend does not run jobs with roles yet: submit them to "
+                "the local backend",
+                reason="bad_roles",
+            )
+        total = roles_gpus(roles)
+        if sub.gpus is not None and sub.gpus != total:
+            raise InvalidRequest(
+                f"gpus ({sub.gpus}) is not what the roles ask for ({total}): leave gpus out",
+                reason="bad_roles",
+            )
+        return roles
 
     def _shape(
         self, sub: Submission, wanted: int, notebook_nodes: int | None, backend: JobBackend
@@ -334,8 +377,9 @@ class JobService:
                 name=job.name,
                 gpus=job.gpus,
                 # a distributed job runs again as the same ranks (None: one process again)
-                nodes=job.nodes,
-                gpus_per_node=job.gpus_per_node,
+                nodes=None if job.roles is not None else job.nodes,
+                gpus_per_node=None if job.roles is not None else job.gpus_per_node,
+                roles=None if job.roles is None else [dict(r) for r in job.roles],
                 model=job.model,
                 priority=job.priority,
                 priority_class=job.priority_class,

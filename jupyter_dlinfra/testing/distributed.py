@@ -13,7 +13,7 @@ GPUs, and that they met at the address the launcher gave them.
 
 from __future__ import annotations
 
-__all__ = ["ALLREDUCE_CELL", "expected_sum"]
+__all__ = ["ALLREDUCE_CELL", "ROLES_CELL", "expected_sum"]
 
 ALLREDUCE_CELL = r"""
 import os, socket, time
@@ -52,3 +52,40 @@ print(
 def expected_sum(world_size: int) -> int:
     """What every rank prints as ``sum``: 1 + 2 + ... + world_size."""
     return world_size * (world_size + 1) // 2
+
+
+#: A job with roles, ``server`` (1, ready when its port is open) then ``worker`` (after it): the
+#: server sums what every worker sends (its ROLE_RANK + 1) and tells each the sum. A worker
+#: connects once, without retrying: had it started before the server was ready, it would fail.
+#: The launcher's readiness probe connects and closes at once: the server skips connections
+#: that say nothing.
+ROLES_CELL = r"""
+import os, socket
+role = os.environ["ROLE_NAME"]
+if role == "server":
+    server = socket.create_server(("127.0.0.1", int(os.environ["DLINFRA_ROLE_PORT"])))
+    server.settimeout(120)
+    workers = int(os.environ["WORLD_SIZE"]) - int(os.environ["ROLE_WORLD_SIZE"])
+    total, peers = 0, []
+    while len(peers) < workers:
+        conn, _ = server.accept()
+        line = conn.makefile().readline()
+        if not line:
+            conn.close()
+            continue
+        total += int(line)
+        peers.append(conn)
+    for conn in peers:
+        conn.sendall(f"{total}\n".encode())
+        conn.close()
+    print(f"server rank {os.environ['RANK']} total {total}")
+else:
+    host, port = os.environ["DLINFRA_ROLE_SERVER_ADDRS"].split(",")[0].rsplit(":", 1)
+    conn = socket.create_connection((host, int(port)), timeout=10)
+    conn.sendall(f"{int(os.environ['ROLE_RANK']) + 1}\n".encode())
+    total = conn.makefile().readline().strip()
+    print(
+        f"worker {os.environ['ROLE_RANK']} rank {os.environ['RANK']} "
+        f"gpus {os.environ.get('CUDA_VISIBLE_DEVICES', '')} total {total}"
+    )
+"""

@@ -620,6 +620,8 @@ export interface Job {
   nodes?: number | null;
   gpus_per_node?: number | null;
   world_size?: number | null;
+  /** A job with roles: each role, in rank order (its replicas are consecutive ranks). */
+  roles?: Array<{ name: string; replicas: number }> | null;
   model: string | null;
   priority: number;
   /** The scheduling class it runs in (absent on servers without classes). */

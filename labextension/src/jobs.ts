@@ -226,13 +226,22 @@ export class JobLogView extends Widget {
     }
   };
 
-  private _renderRanks(worldSize: number): void {
+  private _renderRanks(worldSize: number, roles: Job['roles']): void {
     if (this._rankSelect.options.length === worldSize + 1) {
       return;
     }
+    // A job with roles: "rank 3 (worker 2)".
+    const labels: string[] = [];
+    for (const role of roles ?? []) {
+      for (let replica = 0; replica < role.replicas; replica++) {
+        labels.push(`${role.name} ${replica}`);
+      }
+    }
     this._rankSelect.replaceChildren(
       h('option', { value: '' }, 'job (rank 0 and the launcher)'),
-      ...Array.from({ length: worldSize }, (_, r) => h('option', { value: String(r) }, `rank ${r}`))
+      ...Array.from({ length: worldSize }, (_, r) =>
+        h('option', { value: String(r) }, labels[r] ? `rank ${r} (${labels[r]})` : `rank ${r}`)
+      )
     );
     this._rankSelect.value = this._rank === null ? '' : String(this._rank);
     this._rankSelect.hidden = false;
@@ -264,7 +273,7 @@ export class JobLogView extends Widget {
     }
     const job = this._model.jobById(this.jobId);
     if (job?.world_size) {
-      this._renderRanks(job.world_size);
+      this._renderRanks(job.world_size, job.roles);
     }
     const state: JobState | null = job?.state ?? this._logState;
     const name = job ? `${job.name} (job #${job.id})` : `Job #${this.jobId}`;

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from test_jobs_local import wait_state
 
-from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, ROLES_CELL, expected_sum
 from jupyter_dlinfra.testing.server import ServerProcess, write_notebook
 
 FAST = ("--DLInfra.job_interval=0.2",)
@@ -66,6 +66,35 @@ def test_a_notebook_asking_for_ranks_runs_them_together_with_their_logs(
             "POST", "dlinfra/api/jobs", {"path": "ddp.ipynb", **body}
         )
         assert status == 400 and message in refused["message"], (body, refused)
+    # a job with roles: a server, then workers once it listens; refused shapes say why
+    write_notebook(root / "ps.ipynb", ROLES_CELL)
+    roles = [
+        {"name": "server", "replicas": 1},
+        {"name": "worker", "replicas": 2, "gpus": 1, "after": "server"},
+    ]
+    status, ps, _ = server.request("POST", "dlinfra/api/jobs", {"path": "ps.ipynb", "roles": roles})
+    assert status == 201, ps
+    assert (ps["gpus"], ps["world_size"], [r["name"] for r in ps["roles"]]) == (
+        2,
+        3,
+        ["server", "worker"],
+    )
+    ended = wait_state(server, ps["id"], "succeeded", "failed")
+    assert ended["state"] == "succeeded", ended
+    worker = server.get(f"dlinfra/api/jobs/{ps['id']}/log?rank=2")["text"]
+    assert "worker 1 rank 2 gpus GPU-" in worker and worker.rstrip().count("total 3") == 1
+    for body, message in (
+        ({"roles": [{"name": "w", "after": "ps"}]}, "not a role listed before it"),
+        ({"roles": [{"name": "w"}], "nodes": 1}, "roles or nodes x gpus_per_node, not both"),
+        ({"roles": [{"name": "w", "gpus": 1}], "gpus": 3}, "gpus (3) is not what the roles ask"),
+        ({"roles": "server"}, "roles must be a non-empty list"),
+    ):
+        status, refused, _ = server.request(
+            "POST", "dlinfra/api/jobs", {"path": "ps.ipynb", **body}
+        )
+        assert status == 400 and message in refused["message"], (body, refused)
+        assert refused["reason"] == "bad_roles"
+
     # a one-process job has no ranks to read
     write_notebook(root / "one.ipynb", "print('one')")
     status, one, _ = server.request("POST", "dlinfra/api/jobs", {"path": "one.ipynb"})

@@ -15,12 +15,12 @@ from typing import Any
 import nbformat
 import psutil
 
-from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, ROLES_CELL, expected_sum
 
 GPUS = ["GPU-a", "GPU-b", "GPU-c"]
 
 
-def job_dir(tmp_path: Path, *cells: str, ranks: int = 3, nodes: int = 1) -> Path:
+def job_dir(tmp_path: Path, *cells: str, ranks: int = 3, nodes: int = 1, roles: Any = None) -> Path:
     nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]  # type: ignore[no-untyped-call]
     nbformat.write(nb, tmp_path / "input.ipynb")  # type: ignore[no-untyped-call]
@@ -30,6 +30,7 @@ def job_dir(tmp_path: Path, *cells: str, ranks: int = 3, nodes: int = 1) -> Path
         "job_id": 7,
         "nodes": nodes,
         "gpus_per_node": ranks,
+        **({} if roles is None else {"roles": roles}),
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return tmp_path
@@ -223,3 +224,56 @@ def test_across_nodes_the_rank_that_failed_decides_not_the_nodes_stopped_for_it(
         2: "cancelled",
         3: "failed",
     }
+
+
+def test_roles_start_in_order_and_see_each_others_addresses(tmp_path: Path) -> None:
+    roles = [
+        {"name": "server", "replicas": 1, "gpus": 0, "ready": "port"},
+        {"name": "worker", "replicas": 2, "gpus": 1, "after": ["server"]},
+    ]
+    jobdir = job_dir(tmp_path, ROLES_CELL, roles=roles)
+    proc = launch(jobdir, ["GPU-a", "GPU-b"])
+    assert proc.wait(timeout=120) == 0, (jobdir / "job.log").read_text()
+    done = status(jobdir)
+    assert done["state"] == "succeeded" and done["world_size"] == 3
+    # workers connect once, without retrying: they started after the server listened
+    assert "server rank 0 total 3" in (jobdir / "ranks" / "0" / "job.log").read_text()
+    for replica, gpu in enumerate(["GPU-a", "GPU-b"]):
+        own = (jobdir / "ranks" / str(replica + 1) / "job.log").read_text()
+        assert f"worker {replica} rank {replica + 1} gpus {gpu} total 3" in own, own
+    log = (jobdir / "job.log").read_text()
+    assert "job with roles: server x1, worker x2 after server" in log
+    assert log.index("rank 0 (server 0) started") < log.index("role worker starts: server ready")
+    assert log.index("role worker starts: server ready") < log.index("rank 1 (worker 0) started")
+
+
+def test_a_role_waiting_for_one_that_ended_unready_fails_the_job(tmp_path: Path) -> None:
+    roles = [
+        {"name": "prep", "ready": "file"},  # never writes its ready file
+        {"name": "train", "after": "prep"},
+    ]
+    jobdir = job_dir(tmp_path, "print('prepared, but not ready')", roles=roles)
+    proc = launch(jobdir, [])
+    assert proc.wait(timeout=120) == 1
+    done = status(jobdir)
+    assert done["state"] == "failed"
+    assert done["error"] == (
+        "role train never started: the roles it starts after ended before they were ready"
+    )
+    assert not (jobdir / "ranks" / "1").exists()
+
+
+def test_a_role_ready_by_its_file_lets_the_next_start(tmp_path: Path) -> None:
+    roles = [{"name": "prep", "ready": "file"}, {"name": "train", "after": "prep"}]
+    cell = (
+        "import os, time\n"
+        "if os.environ['ROLE_NAME'] == 'prep':\n"
+        "    open(os.environ['DLINFRA_READY_FILE'], 'w').close()\n"
+        "    time.sleep(1)\n"
+        "print(os.environ['ROLE_NAME'], 'done')"
+    )
+    jobdir = job_dir(tmp_path, cell, roles=roles)
+    proc = launch(jobdir, [])
+    assert proc.wait(timeout=120) == 0, (jobdir / "job.log").read_text()
+    assert "train done" in (jobdir / "ranks" / "1" / "job.log").read_text()
+    assert "role train starts: prep ready" in (jobdir / "job.log").read_text()

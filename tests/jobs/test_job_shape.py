@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_dlinfra.jobs.shape import Shape, ShapeError, job_shape, rank_env
+from jupyter_dlinfra.jobs.shape import (
+    Role,
+    Shape,
+    ShapeError,
+    job_shape,
+    parse_roles,
+    rank_env,
+    role_envs,
+    roles_gpus,
+    roles_world,
+)
 
 
 @pytest.mark.parametrize(
@@ -112,3 +122,61 @@ def test_every_rank_of_a_shape_is_numbered_once() -> None:
             node_gpus=[],
             run_id="r",
         )
+
+
+def test_roles_are_read_in_order_with_their_defaults() -> None:
+    roles = parse_roles(
+        [
+            {"name": "server"},
+            {"name": "worker", "replicas": 4, "gpus": 2, "after": "server", "ready": "file"},
+        ]
+    )
+    assert roles == (
+        Role("server", replicas=1, gpus=0, after=(), ready="port"),
+        Role("worker", replicas=4, gpus=2, after=("server",), ready="file"),
+    )
+    assert (roles_gpus(roles), roles_world(roles)) == (8, 5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([], "roles must be a non-empty list"),
+        ({"name": "x"}, "roles must be a non-empty list"),
+        (["worker"], r"roles\[0\] must be an object"),
+        ([{"name": "Worker"}], "name must be lowercase letters"),
+        ([{"name": "w", "colour": 1}], "unknown field"),
+        ([{"name": "w"}, {"name": "w"}], "two roles named 'w'"),
+        ([{"name": "w", "replicas": 0}], r"replicas must be a whole number from 1 to 64"),
+        ([{"name": "w", "gpus": True}], r"gpus must be a whole number from 0"),
+        ([{"name": "w", "after": "server"}], "'server', which is not a role listed before it"),
+        ([{"name": "w", "after": "w"}], "not a role listed before it"),
+        ([{"name": "w", "ready": "soon"}], "ready must be 'port' or 'file'"),
+        ([{"name": f"r{i}"} for i in range(17)], "at most 16 roles"),
+        ([{"name": "a", "replicas": 40}, {"name": "b", "replicas": 25}], "at most 64 processes"),
+    ],
+)
+def test_roles_that_cannot_run_are_refused_with_why(raw: object, message: str) -> None:
+    with pytest.raises(ShapeError, match=message):
+        parse_roles(raw)
+
+
+def test_each_process_of_a_job_with_roles_knows_every_roles_addresses() -> None:
+    roles = parse_roles([{"name": "ps"}, {"name": "worker", "replicas": 2, "gpus": 1}])
+    envs = role_envs(
+        roles, host="h", ports=[7000, 7001, 7002], gpus=["G0", "G1"], ready_dir="/r", run_id="j"
+    )
+    assert [(e["ROLE_NAME"], e["ROLE_RANK"], e["RANK"]) for e in envs] == [
+        ("ps", "0", "0"),
+        ("worker", "0", "1"),
+        ("worker", "1", "2"),
+    ]
+    assert {e["DLINFRA_ROLE_WORKER_ADDRS"] for e in envs} == {"h:7001,h:7002"}
+    assert {e["DLINFRA_ROLE_PS_ADDRS"] for e in envs} == {"h:7000"}
+    # each process its own GPUs (the roles' sizes differ), its own port and ready file
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["", "G0", "G1"]
+    assert [e["DLINFRA_ROLE_PORT"] for e in envs] == ["7000", "7001", "7002"]
+    assert envs[2]["DLINFRA_READY_FILE"] == "/r/2"
+    assert {(e["MASTER_ADDR"], e["MASTER_PORT"], e["WORLD_SIZE"]) for e in envs} == {
+        ("h", "7000", "3")
+    }

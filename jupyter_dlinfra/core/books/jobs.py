@@ -61,6 +61,8 @@ class NewJob:
     group_id: str | None = None
     #: a distributed job's nodes (a rank per GPU, ``gpus / nodes`` per node); None: one process
     nodes: int | None = None
+    #: a job with roles: each role as JSON ({name, replicas, gpus, after, ready}); None: none
+    roles: Sequence[Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,11 +107,21 @@ class Job:
     estimated_start: float | None = None
     #: a distributed job's nodes; None: one process with all the job's GPUs
     nodes: int | None = None
+    #: a job with roles (on one node): its roles as submitted; None: none
+    roles: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def gpus_per_node(self) -> int | None:
-        """A distributed job's ranks (and GPUs) per node; None for a one-process job."""
+        """A distributed job's GPUs per node (its ranks per node, without roles); None for a
+        one-process job."""
         return None if self.nodes is None else self.gpus // self.nodes
+
+    @property
+    def world_size(self) -> int | None:
+        """A distributed job's processes (ranks) in all; None for a one-process job."""
+        if self.roles is not None:
+            return sum(int(r.get("replicas", 1)) for r in self.roles)
+        return self.gpus if self.nodes else None
 
     @property
     def kernel_id(self) -> str:
@@ -169,6 +181,7 @@ class JobBook:
                     parameters=json.dumps(dict(new.parameters)),
                     group_id=new.group_id,
                     nodes=new.nodes,
+                    roles=None if new.roles is None else json.dumps([dict(r) for r in new.roles]),
                     state=JobState.QUEUED.value,
                     reason=_waiting_reason(parents, new.gpus),
                     created_at=now,
@@ -483,7 +496,18 @@ def _job(r: Row[Any], after: Iterable[int]) -> Job:
         queue_length=r.queue_length,
         estimated_start=r.estimated_start,
         nodes=r.nodes,
+        roles=_roles(r.roles),
     )
+
+
+def _roles(raw: str | None) -> tuple[Mapping[str, Any], ...] | None:
+    if not raw:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    return tuple(r for r in parsed if isinstance(r, dict)) if isinstance(parsed, list) else None
 
 
 def _waiting_reason(parents: Sequence[Job], gpus: int) -> str:

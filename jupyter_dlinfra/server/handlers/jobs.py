@@ -57,6 +57,7 @@ _SUBMIT_FIELDS = {
     "gpus",
     "nodes",
     "gpus_per_node",
+    "roles",
     "model",
     "priority",
     "priority_class",
@@ -105,7 +106,8 @@ def job_json(job: Job, root: Path, now: float) -> dict[str, Any]:
         # a distributed job: a rank per GPU, gpus_per_node of them on each of its nodes
         "nodes": job.nodes,
         "gpus_per_node": job.gpus_per_node,
-        "world_size": job.gpus if job.nodes else None,
+        "world_size": job.world_size,
+        "roles": None if job.roles is None else [dict(r) for r in job.roles],
         "model": job.model,
         "priority": job.priority,
         "priority_class": job.priority_class,
@@ -202,6 +204,8 @@ class JobsHandler(_JobBase):
             gpus_per_node=json_field_int(
                 body, "gpus_per_node", minimum=1, maximum=MAX_GPUS_PER_NODE
             ),
+            # checked by the service (jobs/shape.py's parse_roles): its errors are 400s
+            roles=body.get("roles"),
         )
         created = await self.service.jobs_call(self.jobs.submit, sub)
         # start it now rather than at the loop's next pass
@@ -275,7 +279,7 @@ class JobLogHandler(_JobBase):
                 raise ApiError(
                     400, f"job {job.id} is one process: it has no ranks", code="bad_query"
                 )
-            number = query_int(rank, "rank", minimum=0, maximum=job.gpus - 1)
+            number = query_int(rank, "rank", minimum=0, maximum=(job.world_size or 1) - 1)
             path = rank_dir(Path(job.workdir), number) / "job.log"
         start, data, size = await self.service.call(_read_from, path, offset, MAX_LOG_CHUNK)
         self.answer(
