@@ -17,8 +17,9 @@ no server, no ledger, no launcher; timed the same way.
 For N in 1, 2 and 4 (``--ranks``), ``--rounds`` (5) each, interleaved (median), after one warm-up
 of each kind. The job's end is seen in its directory (``status.json``), not by asking the
 server: a client asking 20 times a second would take CPU the ranks start with.
-The Kubernetes node agents are not measured: the ``kubernetes`` backend does not run
-distributed jobs yet. Target (issue 18): ours <= 1.2 x by hand at 4 ranks. Last line:
+The Kubernetes node agents are not measured: the ``kubernetes`` backend runs one node's ranks
+in one pod, where they start as here, behind the pod's start. Target (issue 18): ours <= 1.2 x
+by hand at 4 ranks. Last line:
 ``RESULT start_s_4=... by_hand_s_4=... overhead_ratio=...`` (and the other sizes' figures).
 
 Usage: ``.venv/bin/python benchmarks/distributed_start.py [--rounds N] [--ranks 1,2,4]``.

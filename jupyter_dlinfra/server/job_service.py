@@ -69,9 +69,9 @@ _ESTIMATE_SLACK_S = 30.0
 _STOPPING = "being stopped for a higher-priority request"
 #: the reason of an admitted job whose pod never bound, while its Job is deleted
 _HANDING_BACK = "handing its GPUs back"
-#: the backends that run a distributed job's ranks (local: one node's; slurm: with srun, a
-#: launcher per node)
-_RUNS_RANKS = frozenset({"local", "slurm"})
+#: the backends that run a distributed job's ranks (local: one node's; kubernetes: one node's,
+#: in one pod; slurm: with srun, a launcher per node)
+_RUNS_RANKS = frozenset({"local", "kubernetes", "slurm"})
 _ENDS = {
     BackendState.SUCCEEDED: JobState.SUCCEEDED,
     BackendState.FAILED: JobState.FAILED,
@@ -364,6 +364,12 @@ class JobService:
                 f"{shape.describe()}: the local backend runs a job on this node only "
                 f"({node_gpus} GPUs); ask for --nodes 1 --gpus-per-node {shape.gpus_per_node} "
                 "or fewer GPUs",
+                reason="bad_shape",
+            )
+        if shape.nodes > 1 and backend.name == "kubernetes":
+            raise InvalidRequest(
+                f"{shape.describe()}: the kubernetes backend runs a distributed job's ranks in "
+                "one pod, on one node, for now; ask for --nodes 1, or submit to slurm",
                 reason="bad_shape",
             )
         return shape

@@ -169,6 +169,43 @@ def test_the_real_runner_runs_a_notebook_in_a_pod(
     assert "--- job started" in (workdir / "job.log").read_text()
 
 
+def test_a_distributed_jobs_ranks_meet_in_their_pod(
+    backend: KubernetesBackend, tmp_path: Path, jobs: Jobs
+) -> None:
+    from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+
+    nb = nbformat.v4.new_notebook(  # type: ignore[no-untyped-call]
+        cells=[nbformat.v4.new_code_cell(ALLREDUCE_CELL)],  # type: ignore[no-untyped-call]
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    ready = prepare(nb, parameters={}, max_parameter_bytes=4096)
+    workdir = jobs.root / "8-ranks"
+    snapshot(ready, workdir, spec={"job_id": 8, "nodes": 1, "gpus_per_node": 2})
+    launch = JobLaunch(
+        job_id=8,
+        name="ranks",
+        user="bob",
+        workdir=str(workdir),
+        # the ranks' launcher, as the server builds it for a distributed job
+        argv=["/usr/bin/gateway-python", "-m", "jupyter_dlinfra.jobs.ranks", str(workdir)],
+        env={"DLINFRA_JOB_ID": "8"},
+        gpus=2,
+        log_path=str(workdir / "job.log"),
+        nodes=1,
+    )
+    handle = backend.submit(launch)
+    status = wait_ended(backend, handle, timeout=RUNNER_DEADLINE)
+    assert status.state is BackendState.SUCCEEDED, (status, Path(launch.log_path).read_text())
+    done = json.loads((workdir / "status.json").read_text())
+    assert done["state"] == "succeeded" and done["world_size"] == 2
+    for rank in range(2):
+        own = (workdir / "ranks" / str(rank) / "job.log").read_text()
+        assert f"rank {rank}/2 local {rank} node 0 gpus " in own, own
+        assert f" sum {expected_sum(2)}" in own, own
+
+
 def test_deadline_fails_the_job_with_kubernetes_reason(
     make_backend: Callable[..., KubernetesBackend],
     jobs: Jobs,
