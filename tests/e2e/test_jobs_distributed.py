@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from test_jobs_local import wait_state
+from test_jobs_local import run_cli, wait_state
 
 from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, ROLES_CELL, expected_sum
 from jupyter_dlinfra.testing.server import ServerProcess, write_notebook
@@ -47,6 +47,14 @@ def test_a_notebook_asking_for_ranks_runs_them_together_with_their_logs(
     assert done["outputs"]["notebook"] is not None
     # the one grant went back
     assert not server.get("dlinfra/api/allocations")["allocations"]
+
+    # the command line asks for the same shape, and reads one rank's log
+    cli = run_cli(server, "submit", "ddp.ipynb", "--nodes", "1", "--gpus-per-node", "2", "--wait")
+    assert cli.returncode == 0, cli.stderr
+    submitted = max(j["id"] for j in server.get("dlinfra/api/jobs")["jobs"])
+    assert server.get(f"dlinfra/api/jobs/{submitted}")["world_size"] == 2
+    rank_log = run_cli(server, "log", str(submitted), "--rank", "1")
+    assert rank_log.returncode == 0 and "rank 1/2 local 1" in rank_log.stdout, rank_log
 
     # run again, it is the same ranks
     again = server.post(f"dlinfra/api/jobs/{job_id}/rerun", {})
