@@ -167,6 +167,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         query["user"] = "*"
     for job in client.call("GET", "jobs", **query)["jobs"]:
         gpus = plural(job["gpus"], "GPU")
+        if job.get("world_size"):
+            # a distributed job: its ranks (or processes in roles), e.g. "16 GPUs x16"
+            gpus += f" x{job['world_size']}"
         # the queue's estimate (the ledger's, or SLURM's own) after why it waits
         start = job.get("estimated_start")
         estimate = f" (estimated start {when(start, relative=True)})" if start else ""

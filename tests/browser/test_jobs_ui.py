@@ -76,6 +76,7 @@ def test_submit_dialog_runs_the_notebook_as_a_job_and_its_log_opens(lab: Any, pa
     )
     entry = sidebar.locator(f".jp-DLInfra-job[data-job-id='{ddp['id']}']")
     expect(entry).to_have_attribute("data-state", "succeeded", timeout=30_000)
+    expect(entry.locator(".jp-DLInfra-jobRanks")).to_have_text("1 node \u00d7 2 ranks")
     entry.locator(".jp-DLInfra-jobLog").click()
     log_view = page.locator(f"#dlinfra-job-log-{ddp['id']}")
     text = log_view.locator(".jp-DLInfra-jobLogText")

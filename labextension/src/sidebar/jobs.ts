@@ -248,6 +248,16 @@ function jobItem(jobs: JobsModel, ledger: LedgerModel, job: Job, withCommands: b
       job.gpus > 0 ? `${gpus(job.gpus)}${job.model ? ` ${job.model}` : ''}` : 'no GPU'
     )
   );
+  if (job.world_size) {
+    // A distributed job: its ranks (or its roles' processes), started and stopped together.
+    const shape =
+      job.roles && job.roles.length > 0
+        ? job.roles.map(r => `${r.name} ×${r.replicas}`).join(', ')
+        : `${job.nodes ?? 1} node${(job.nodes ?? 1) === 1 ? '' : 's'} × ${job.gpus_per_node} ranks`;
+    meta.push(
+      h('span', { class: 'jp-DLInfra-jobRanks', title: `${job.world_size} processes` }, shape)
+    );
+  }
   const durationText = jobDurationText(jobs, job);
   if (durationText || job.state === 'running') {
     meta.push(
