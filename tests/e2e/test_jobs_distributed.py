@@ -4,11 +4,18 @@ ledger's grant split among real ranks that find each other over TCP."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from test_jobs_local import run_cli, wait_state
 
 from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, ROLES_CELL, expected_sum
-from jupyter_dlinfra.testing.server import ServerProcess, write_notebook
+from jupyter_dlinfra.testing.server import (
+    ServerProcess,
+    wait_for_file,
+    wait_until,
+    write_notebook,
+)
 
 FAST = ("--DLInfra.job_interval=0.2",)
 
@@ -111,3 +118,36 @@ def test_a_notebook_asking_for_ranks_runs_them_together_with_their_logs(
     assert status == 400 and "has no ranks" in refused["message"]
     status, refused, _ = server.request("GET", f"dlinfra/api/jobs/{job_id}/log?rank=2")
     assert status == 400, refused
+
+
+def test_no_rank_starts_until_every_gpu_of_the_job_is_granted(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    server = start_server(gpus=4, args=FAST)
+    root = server.workdir / "root"
+    gate = tmp_path / "gate"
+    write_notebook(root / "hold.ipynb", "%gpu 3", wait_for_file(gate))
+    write_notebook(root / "ddp.ipynb", "%gpu 2 --nodes 1", ALLREDUCE_CELL)
+    holder = server.post("dlinfra/api/jobs", {"path": "hold.ipynb"})
+    wait_state(server, holder["id"], "running")
+    # one GPU is free, the job needs two: it waits as one request, and no rank runs
+    gang = server.post("dlinfra/api/jobs", {"path": "ddp.ipynb"})
+
+    def queued_with_place() -> Any:
+        current = server.get(f"dlinfra/api/jobs/{gang['id']}")
+        return current if current["position"] == 1 else None
+
+    waiting = wait_until(queued_with_place, timeout=60, what="the job's place in the queue")
+    assert waiting["state"] == "queued"
+    assert waiting["reason"].startswith("waiting for 2 GPUs at position 1"), waiting
+    [request] = [
+        a for a in server.get("dlinfra/api/queue")["queue"] if a["kernel_id"] == f"job-{gang['id']}"
+    ]
+    assert request["count"] == 2  # one request for every rank's GPU
+    assert not (root / waiting["workdir"] / "ranks").exists()
+    gate.write_text("go")
+    assert wait_state(server, holder["id"], "succeeded", "failed")["state"] == "succeeded"
+    done = wait_state(server, gang["id"], "succeeded", "failed")
+    assert done["state"] == "succeeded", done
+    log = server.get(f"dlinfra/api/jobs/{gang['id']}/log")["text"]
+    assert "rank 0 started" in log and "rank 1 started" in log
