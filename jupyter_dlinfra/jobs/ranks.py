@@ -36,7 +36,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -115,12 +115,14 @@ class _Follow:
         except OSError:
             return
         self._at += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = b"" if final else lines.pop()
+        lines = (self._partial + data).split(b"\n")
+        # what follows the last newline is a line still being written, until the rank ended
+        self._partial = lines.pop()
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = b""
         for raw in lines:
-            if raw or not final:
-                log.line(self.prefix + raw.decode("utf-8", errors="replace"))
+            log.line(self.prefix + raw.decode("utf-8", errors="replace"))
 
 
 @dataclass
@@ -151,7 +153,7 @@ class _Run:
     ranks: list[_Rank] = field(default_factory=list)
     stages: list[_Stage] = field(default_factory=list)
     #: starts one process: (rank, environment, role label)
-    start: Any = None
+    start: Callable[[int, dict[str, str], str | None], None] | None = None
     #: roles whose every process is ready
     ready: set[str] = field(default_factory=set)
     #: roles that could never start (what they wait for ended unready)
@@ -382,6 +384,7 @@ def _start_ready(run: _Run, log: _Log) -> None:
             log.line(f"--- role {role.name} starts: {', '.join(role.after)} ready ---")
         for replica, (rank, env) in enumerate(stage.ranks):
             label = None if role is None else f"{role.name} {replica}"
+            assert run.start is not None
             run.start(rank, env, label)
 
 

@@ -277,3 +277,25 @@ def test_a_role_ready_by_its_file_lets_the_next_start(tmp_path: Path) -> None:
     assert proc.wait(timeout=120) == 0, (jobdir / "job.log").read_text()
     assert "train done" in (jobdir / "ranks" / "1" / "job.log").read_text()
     assert "role train starts: prep ready" in (jobdir / "job.log").read_text()
+
+
+def test_rank_0s_log_is_copied_line_by_line_blank_lines_and_last_words_included(
+    tmp_path: Path,
+) -> None:
+    from jupyter_dlinfra.jobs.ranks import _Follow, _Log
+
+    source = tmp_path / "rank.log"
+    log = _Log(tmp_path / "job.log")
+    follow = _Follow(source, "[rank0]: ")
+    source.write_text("one\n\ntw")
+    follow.step(log)  # "tw" is a line still being written
+    with source.open("a") as f:
+        f.write("o\nthree")
+    follow.step(log, final=True)  # the rank ended: its unfinished line is copied too
+    log.close()
+    assert (tmp_path / "job.log").read_text().splitlines() == [
+        "[rank0]: one",
+        "[rank0]: ",
+        "[rank0]: two",
+        "[rank0]: three",
+    ]
