@@ -359,17 +359,16 @@ class JobService:
                 "process with gpus alone",
                 reason="bad_shape",
             )
-        if shape.nodes > 1 and backend.name == "local":
-            raise InvalidRequest(
-                f"{shape.describe()}: the local backend runs a job on this node only "
-                f"({node_gpus} GPUs); ask for --nodes 1 --gpus-per-node {shape.gpus_per_node} "
-                "or fewer GPUs",
-                reason="bad_shape",
+        if shape.nodes > 1 and backend.name in ("local", "kubernetes"):
+            where = (
+                f"the local backend runs a job on this node only ({node_gpus} GPUs)"
+                if backend.name == "local"
+                else "the kubernetes backend runs a distributed job's ranks in one pod, on one "
+                "node, for now"
             )
-        if shape.nodes > 1 and backend.name == "kubernetes":
             raise InvalidRequest(
-                f"{shape.describe()}: the kubernetes backend runs a distributed job's ranks in "
-                "one pod, on one node, for now; ask for --nodes 1, or submit to slurm",
+                f"{shape.describe()}: {where}; ask for --nodes 1 --gpus-per-node "
+                f"{shape.gpus_per_node}, or submit to slurm",
                 reason="bad_shape",
             )
         return shape

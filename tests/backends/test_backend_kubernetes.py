@@ -136,10 +136,11 @@ def test_the_job_and_its_pod_carry_our_labels_and_run_on_the_nodes_of_its_model(
         backend.submit(jobs.launch("print()", gpus=1, model="V100"))
 
 
-def test_the_real_runner_runs_a_notebook_in_a_pod(
-    backend: KubernetesBackend, tmp_path: Path, jobs: Jobs
-) -> None:
-    cell = "import os\nprint('cells see', os.environ['DLINFRA_JOB_ID'])"
+def notebook_launch(
+    jobs: Jobs, job_id: int, cell: str, module: str, *, gpus: int, nodes: int | None = None
+) -> JobLaunch:
+    """A job directory made as the server makes it, and its launch (``module``: the runner, or
+    the ranks' launcher of a distributed job)."""
     nb = nbformat.v4.new_notebook(  # type: ignore[no-untyped-call]
         cells=[nbformat.v4.new_code_cell(cell)],  # type: ignore[no-untyped-call]
         metadata={
@@ -147,19 +148,27 @@ def test_the_real_runner_runs_a_notebook_in_a_pod(
         },
     )
     ready = prepare(nb, parameters={}, max_parameter_bytes=4096)
-    workdir = jobs.root / "7-notebook"
-    snapshot(ready, workdir, spec={"job_id": 7})
-    launch = JobLaunch(
-        job_id=7,
+    workdir = jobs.root / f"{job_id}-notebook"
+    shape = {} if nodes is None else {"nodes": nodes, "gpus_per_node": gpus // nodes}
+    snapshot(ready, workdir, spec={"job_id": job_id, **shape})
+    return JobLaunch(
+        job_id=job_id,
         name="notebook",
         user="bob",
         workdir=str(workdir),
         # as the server builds it (argv[0]: the gateway's interpreter, replaced by the image's)
-        argv=["/usr/bin/gateway-python", "-m", "jupyter_dlinfra.jobs.runner", str(workdir)],
-        env={"DLINFRA_JOB_ID": "7"},
-        gpus=1,
+        argv=["/usr/bin/gateway-python", "-m", module, str(workdir)],
+        env={"DLINFRA_JOB_ID": str(job_id)},
+        gpus=gpus,
         log_path=str(workdir / "job.log"),
+        nodes=nodes,
     )
+
+
+def test_the_real_runner_runs_a_notebook_in_a_pod(backend: KubernetesBackend, jobs: Jobs) -> None:
+    cell = "import os\nprint('cells see', os.environ['DLINFRA_JOB_ID'])"
+    launch = notebook_launch(jobs, 7, cell, "jupyter_dlinfra.jobs.runner", gpus=1)
+    workdir = Path(launch.workdir)
     handle = backend.submit(launch)
     status = wait_ended(backend, handle, timeout=RUNNER_DEADLINE)
     assert status.state is BackendState.SUCCEEDED, (status, Path(launch.log_path).read_text())
@@ -169,32 +178,11 @@ def test_the_real_runner_runs_a_notebook_in_a_pod(
     assert "--- job started" in (workdir / "job.log").read_text()
 
 
-def test_a_distributed_jobs_ranks_meet_in_their_pod(
-    backend: KubernetesBackend, tmp_path: Path, jobs: Jobs
-) -> None:
+def test_a_distributed_jobs_ranks_meet_in_their_pod(backend: KubernetesBackend, jobs: Jobs) -> None:
     from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
 
-    nb = nbformat.v4.new_notebook(  # type: ignore[no-untyped-call]
-        cells=[nbformat.v4.new_code_cell(ALLREDUCE_CELL)],  # type: ignore[no-untyped-call]
-        metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },
-    )
-    ready = prepare(nb, parameters={}, max_parameter_bytes=4096)
-    workdir = jobs.root / "8-ranks"
-    snapshot(ready, workdir, spec={"job_id": 8, "nodes": 1, "gpus_per_node": 2})
-    launch = JobLaunch(
-        job_id=8,
-        name="ranks",
-        user="bob",
-        workdir=str(workdir),
-        # the ranks' launcher, as the server builds it for a distributed job
-        argv=["/usr/bin/gateway-python", "-m", "jupyter_dlinfra.jobs.ranks", str(workdir)],
-        env={"DLINFRA_JOB_ID": "8"},
-        gpus=2,
-        log_path=str(workdir / "job.log"),
-        nodes=1,
-    )
+    launch = notebook_launch(jobs, 8, ALLREDUCE_CELL, "jupyter_dlinfra.jobs.ranks", gpus=2, nodes=1)
+    workdir = Path(launch.workdir)
     handle = backend.submit(launch)
     status = wait_ended(backend, handle, timeout=RUNNER_DEADLINE)
     assert status.state is BackendState.SUCCEEDED, (status, Path(launch.log_path).read_text())
