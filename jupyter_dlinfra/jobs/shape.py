@@ -1,9 +1,8 @@
 """A distributed job's shape (nodes x GPUs per node) and the environment each of its ranks gets.
 
 A job is *distributed* when its submission says how many nodes it spans (``nodes``, or
-``gpus_per_node``, or ``%gpu 16 --nodes 2`` in the notebook), or when it asks for more GPUs than
-one node has: then its GPUs are split into whole nodes, one rank per GPU. A job that says neither
-stays one process with all its GPUs, as before (a notebook using ``DataParallel``).
+``gpus_per_node``, or ``%gpu 16 --nodes 2`` in the notebook): one rank per GPU. A job that says
+neither stays one process with all its GPUs, as before (a notebook using ``DataParallel``).
 
 Each rank gets the environment ``torchrun`` gives its workers (:func:`rank_env`), so
 ``torch.distributed.init_process_group("nccl")`` (the ``env://`` rendezvous) and Hugging Face
@@ -77,11 +76,12 @@ def job_shape(
     gpus_per_node: int | None,
     node_gpus: int | None,
 ) -> Shape | None:
-    """The shape a submission asks for, or None for a one-process job.
+    """The shape a submission asks for, or None for a one-process job (neither ``nodes`` nor
+    ``gpus_per_node`` said).
 
     ``gpus``: the job's GPUs in all (the submission's, else the notebook's ``%gpu`` line);
     ``nodes``/``gpus_per_node``: as given (None: not said); ``node_gpus``: the GPUs of the
-    largest node the job may run on (None: unknown, then ``gpus`` alone never splits).
+    largest node the job may run on (None: unknown, not checked).
     Raises :class:`ShapeError` with what to ask instead."""
     for name, value, most in (
         ("nodes", nodes, MAX_NODES),
@@ -90,15 +90,7 @@ def job_shape(
         if value is not None and not 1 <= value <= most:
             raise ShapeError(f"{name} must be from 1 to {most}, not {value}")
     if nodes is None and gpus_per_node is None:
-        if not gpus or node_gpus is None or gpus <= node_gpus:
-            return None
-        if gpus % node_gpus:
-            raise ShapeError(
-                f"{_plural(gpus, 'GPU')} do not split into whole nodes of {node_gpus}: ask for "
-                f"a multiple of {node_gpus}, or say the shape (nodes and gpus_per_node, "
-                f"--nodes N --gpus-per-node G)"
-            )
-        return Shape(gpus // node_gpus, node_gpus)
+        return None
     if gpus_per_node is not None:
         _fits_a_node(gpus_per_node, node_gpus)
     else:

@@ -331,7 +331,8 @@ class JobService:
         the backend cannot run them."""
         nodes = sub.nodes if sub.nodes is not None else notebook_nodes
         if sub.nodes is None and sub.gpus_per_node is None and sub.gpus is not None:
-            # a submission's gpus stand for themselves: the notebook's --nodes was for its own
+            # a submission that says its GPUs and no shape is one process, whatever the
+            # notebook's --nodes
             nodes = None
         node_gpus = len(self.ledger.gpus(self.server.node)) if backend.name == "local" else None
         if sub.gpus is None and sub.nodes is not None and sub.gpus_per_node is not None:
@@ -346,11 +347,8 @@ class JobService:
         except ShapeError as err:
             raise InvalidRequest(str(err), reason="bad_shape") from None
         if shape is None:
-            return None
-        said = nodes is not None or sub.gpus_per_node is not None
-        if not said and backend.name == "local":
-            # more GPUs than this node has, split into nodes this backend cannot run: the
-            # ledger's check refuses them as too many for the node, as for any job
+            # one process: more GPUs than a node has are refused as too many for it (local),
+            # or by the cluster's scheduler
             return None
         if backend.name not in _RUNS_RANKS:
             raise InvalidRequest(

@@ -24,10 +24,9 @@ from jupyter_dlinfra.jobs.shape import (
         (4, None, None, 8, None),
         (8, None, None, 8, None),
         (0, None, None, 8, None),
-        (16, None, None, None, None),  # node size unknown: never split
-        # more than a node: whole nodes
-        (16, None, None, 8, Shape(2, 8)),
-        (32, None, None, 8, Shape(4, 8)),
+        # more than a node, without a shape: one process (refused as too many by the ledger)
+        (16, None, None, 8, None),
+        (16, None, None, None, None),
         # the shape said
         (None, 2, 8, 8, Shape(2, 8)),
         (16, 2, None, 8, Shape(2, 8)),
@@ -52,7 +51,6 @@ def test_a_request_takes_its_shape(
 @pytest.mark.parametrize(
     ("gpus", "nodes", "per_node", "node_gpus", "message"),
     [
-        (12, None, None, 8, "12 GPUs do not split into whole nodes of 8: ask for a multiple of 8"),
         (3, 2, None, 8, "3 GPUs do not split evenly over 2 nodes"),
         (12, None, 8, 8, "12 GPUs do not make whole nodes of 8"),
         (8, 2, 8, 8, r"gpus \(8\) is not nodes x gpus_per_node \(2 x 8 = 16\)"),
