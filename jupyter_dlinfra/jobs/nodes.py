@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,15 @@ def publish(jobdir: Path, addr: str | None = None) -> tuple[str, int]:
     return host, port
 
 
-def wait_for(jobdir: Path, *, timeout: float = RENDEZVOUS_WAIT_S) -> tuple[str, int]:
-    """Another node: node 0's address, once it has written it."""
+def wait_for(
+    jobdir: Path, *, timeout: float = RENDEZVOUS_WAIT_S, stop: Callable[[], bool] = lambda: False
+) -> tuple[str, int]:
+    """Another node: node 0's address, once it has written it (:class:`RendezvousTimeout` after
+    ``timeout``, or as soon as ``stop()`` says so)."""
     deadline = time.monotonic() + timeout
     while True:
+        if stop():
+            raise RendezvousTimeout("stopped while waiting for node 0's address")
         found = read_json(jobdir / RENDEZVOUS_FILE)
         if found and isinstance(found.get("addr"), str) and isinstance(found.get("port"), int):
             return found["addr"], found["port"]

@@ -235,7 +235,8 @@ def run_ranks(
     ``master_addr``: where rank 0 listens (default: 127.0.0.1 for one node, node 0's host name
     for more)."""
     started = time.time()
-    spec_nodes = _read_json(jobdir / "spec.json").get("nodes")
+    spec = _read_json(jobdir / "spec.json")
+    spec_nodes = spec.get("nodes")
     status_path = (
         nodes.node_status_path(jobdir, node_rank)
         if isinstance(spec_nodes, int) and spec_nodes > 1
@@ -244,10 +245,10 @@ def run_ranks(
     status_path.unlink(missing_ok=True)
     log = _Log(jobdir / "job.log")
     run = _Run()
-    previous: dict[int, Any] = {}
+    # from the start: a node waiting for node 0's address is cancelled as one that runs ranks
+    previous = {sig: signal.signal(sig, run.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     end = functools.partial(_finish, jobdir, status_path, node_rank, log, run, started)
     try:
-        spec = _read_json(jobdir / "spec.json")
         run_id = f"job-{spec.get('job_id', jobdir.name)}"
         visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
         try:
@@ -264,7 +265,9 @@ def run_ranks(
                         f"node {node_rank} was granted {len(visible)} GPUs for "
                         f"{shape.gpus_per_node} ranks (CUDA_VISIBLE_DEVICES={','.join(visible)})"
                     )
-                addr, port = _meeting_point(jobdir, shape, node_rank, master_addr, master_port)
+                if shape.nodes > 1 and node_rank > 0 and master_port is None:
+                    log.line(f"--- node {node_rank} waits for node 0's address ---")
+                addr, port = _meeting_point(jobdir, shape, node_rank, master_addr, master_port, run)
                 log.line(
                     f"--- distributed job: {shape.describe()}; node {node_rank} starts ranks "
                     f"{node_rank * shape.gpus_per_node}.."
@@ -284,10 +287,17 @@ def run_ranks(
                 ]
                 stages = [_Stage(None, [(int(e["RANK"]), dict(e)) for e in envs])]
         except (ShapeError, nodes.RendezvousTimeout) as err:
+            if run.signum is not None:
+                name = signal.Signals(run.signum).name
+                return end(
+                    state="cancelled",
+                    error=f"cancelled by {name}",
+                    world_size=None,
+                    code=128 + run.signum,
+                )
             return end(state="failed", error=str(err), world_size=None)
         run.stages = stages
         run.start = functools.partial(_start_rank, jobdir, run, log)
-        previous = {sig: signal.signal(sig, run.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         follow = _Follow(rank_dir(jobdir, 0) / "job.log", "[rank0]: ") if node_rank == 0 else None
         _watch(run, log, follow, grace)
         if follow is not None:
@@ -465,9 +475,10 @@ def _role_stages(
 
 
 def _meeting_point(
-    jobdir: Path, shape: Shape, node_rank: int, addr: str | None, port: int | None
+    jobdir: Path, shape: Shape, node_rank: int, addr: str | None, port: int | None, run: _Run
 ) -> tuple[str, int]:
-    """Where rank 0 listens: given, or chosen here (one node), or by node 0 (several)."""
+    """Where rank 0 listens: given, or chosen here (one node), or by node 0 (several; a signal
+    ends the wait)."""
     if shape.nodes == 1:
         host = addr or "127.0.0.1"
         return host, port or _free_port(host)
@@ -475,7 +486,7 @@ def _meeting_point(
         return addr, port
     if node_rank == 0:
         return nodes.publish(jobdir, addr)
-    return nodes.wait_for(jobdir)
+    return nodes.wait_for(jobdir, stop=lambda: run.signum is not None)
 
 
 def _finish(

@@ -299,3 +299,18 @@ def test_rank_0s_log_is_copied_line_by_line_blank_lines_and_last_words_included(
         "[rank0]: two",
         "[rank0]: three",
     ]
+
+
+def test_a_node_waiting_for_node_0_is_cancelled_at_once(tmp_path: Path) -> None:
+    jobdir = job_dir(tmp_path, "print('never')", ranks=1, nodes=2)
+    second = launch(jobdir, ["GPU-b"], "--node-rank", "1")  # node 0 never comes
+
+    def waiting() -> bool:
+        log = jobdir / "job.log"
+        return log.exists() and "node 1 waits for node 0's address" in log.read_text()
+
+    wait_for(waiting, "node 1 to wait for node 0", timeout=30)
+    os.killpg(second.pid, signal.SIGTERM)
+    assert second.wait(timeout=30) == 128 + signal.SIGTERM
+    own = json.loads((jobdir / "nodes" / "1" / "status.json").read_text())
+    assert own["state"] == "cancelled" and own["error"] == "cancelled by SIGTERM"
