@@ -28,7 +28,6 @@ Usage: ``.venv/bin/python benchmarks/distributed_start.py [--rounds N] [--ranks 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -37,11 +36,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
 from jupyter_dlinfra.jobs.ranks import rank_dir
 from jupyter_dlinfra.jobs.shape import Shape, rank_env
 from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL
-from jupyter_dlinfra.testing.server import ServerProcess, notebook_json, wait_until, write_notebook
+from jupyter_dlinfra.testing.server import (
+    ServerProcess,
+    free_port,
+    wait_until,
+    write_job_dir,
+    write_notebook,
+)
 
 MARK = "past rendezvous at"
 CELLS = (ALLREDUCE_CELL, f"import time\nprint('{MARK}', repr(time.monotonic()), flush=True)")
@@ -85,17 +89,11 @@ def ours(server: ServerProcess, ranks: int) -> float:
 
 def by_hand(workdir: Path, ranks: int) -> float:
     jobdir = workdir / f"hand-{ranks}-{time.monotonic_ns()}"
-    jobdir.mkdir()
-    ready = prepare(
-        read_notebook(json.dumps(notebook_json(*CELLS)), max_bytes=2**24),
-        parameters={},
-        max_parameter_bytes=2**16,
-    )
-    snapshot(ready, jobdir, spec={"cwd": str(jobdir)})
+    write_job_dir(jobdir, *CELLS, spec={"cwd": str(jobdir)})
     shape = Shape(1, ranks)
     gpus = [f"GPU-hand-{i}" for i in range(ranks)]
     start = time.monotonic()
-    port = _free_port()
+    port = free_port()
     procs = []
     for local in range(ranks):
         env = dict(os.environ)
@@ -125,14 +123,6 @@ def by_hand(workdir: Path, ranks: int) -> float:
     if any(codes):
         raise RuntimeError(f"by hand, the ranks exited with {codes}")
     return max(_past(rank_dir(jobdir, r) / "job.log") for r in range(ranks)) - start
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:

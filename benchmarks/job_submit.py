@@ -35,8 +35,14 @@ from typing import Any
 import nbformat
 from nbconvert import PythonExporter
 
-from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
-from jupyter_dlinfra.testing.server import ServerProcess, notebook_json, wait_until, write_notebook
+from jupyter_dlinfra.jobs.convert import prepare, read_notebook
+from jupyter_dlinfra.testing.server import (
+    ServerProcess,
+    notebook_json,
+    wait_until,
+    write_job_dir,
+    write_notebook,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "first line of the job"
@@ -64,13 +70,7 @@ def _first_output(server: ServerProcess, backend: str) -> float:
 def _direct_first_output(workdir: Path) -> float:
     """The baseline: the runner alone on a prepared job directory, no server."""
     jobdir = workdir / f"direct-{time.monotonic_ns()}"
-    jobdir.mkdir()
-    ready = prepare(
-        read_notebook(json.dumps(notebook_json(*CELLS)), max_bytes=2**24),
-        parameters={},
-        max_parameter_bytes=2**16,
-    )
-    snapshot(ready, jobdir, spec={"cwd": str(jobdir)})
+    write_job_dir(jobdir, *CELLS, spec={"cwd": str(jobdir)})
     log = jobdir / "job.log"
     start = time.perf_counter()
     with log.open("ab") as out:

@@ -137,6 +137,15 @@ class JobBackend(abc.ABC):
     #: with ``ledger_admits``: seconds an admitted job's pod may stay unbound on its node
     #: before its GPUs go back to the queue (None: never)
     bind_timeout: float | None = None
+    #: the most nodes a distributed job's ranks may span here (``launch.nodes``: the ranks'
+    #: launcher, ``jobs/ranks.py``, started once per node): 0 none (such jobs are refused at
+    #: submission), None any
+    rank_nodes: int | None = 0
+    #: why a job of more than ``rank_nodes`` nodes cannot run here, after the backend's name
+    #: ("runs a job on this node only")
+    rank_nodes_why: str = ""
+    #: whether jobs with roles (processes that start in order, on one node) run here
+    runs_roles: bool = False
 
     @property
     def gpus_from_ledger(self) -> bool:

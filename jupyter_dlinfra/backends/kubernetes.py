@@ -149,6 +149,8 @@ def parse_time(stamp: Any) -> float | None:
 class KubernetesBackend(JobBackend):
     name = "kubernetes"
     places_gpus = True
+    rank_nodes = 1
+    rank_nodes_why = "runs a distributed job's ranks in one pod, on one node, for now"
 
     def __init__(
         self,

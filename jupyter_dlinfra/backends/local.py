@@ -92,6 +92,9 @@ def status_from_file(workdir: object, unknown: str) -> BackendStatus:
 class LocalBackend(JobBackend):
     name = "local"
     places_gpus = False
+    rank_nodes = 1
+    rank_nodes_why = "runs a job on this node only"
+    runs_roles = True
 
     def __init__(self, *, kill_after: float = KILL_AFTER_S) -> None:
         self.kill_after = kill_after

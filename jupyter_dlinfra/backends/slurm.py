@@ -194,6 +194,8 @@ def _comment(launch: JobLaunch) -> str:
 class SlurmBackend(JobBackend):
     name = "slurm"
     places_gpus = True
+    # srun starts the ranks' launcher on each node of the batch job
+    rank_nodes = None
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ __all__ = [
     "RENDEZVOUS_WAIT_S",
     "RendezvousTimeout",
     "clear",
+    "free_port",
     "gather",
     "node_status_path",
     "publish",
@@ -84,13 +85,18 @@ def clear(jobdir: Path) -> None:
             status.unlink(missing_ok=True)
 
 
+def free_port(host: str) -> int:
+    """A port free on ``host`` now (``""``: on every address); rank 0 binds it a moment later,
+    as torchrun's c10d store does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def publish(jobdir: Path, addr: str | None = None) -> tuple[str, int]:
     """Node 0: the address its rank 0 will listen at, written for the other nodes."""
     host = addr or socket.gethostname()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # free on this host now; rank 0 binds it a moment later (as torchrun's c10d store does)
-        s.bind(("", 0))
-        port = int(s.getsockname()[1])
+    port = free_port("")
     write_atomic(jobdir / RENDEZVOUS_FILE, json.dumps({"addr": host, "port": port}) + "\n")
     return host, port
 

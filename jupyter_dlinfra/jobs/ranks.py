@@ -73,13 +73,6 @@ def rank_dir(jobdir: Path, rank: int) -> Path:
     return jobdir / "ranks" / str(rank)
 
 
-def _free_port(host: str) -> int:
-    # the port is free now; the ranks' rendezvous binds it a moment later (torchrun does the same)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return nodes.read_json(path) or {}
 
@@ -185,8 +178,7 @@ class _Run:
                     r.proc.kill()
 
 
-def _spec_shape(jobdir: Path) -> Shape:
-    spec = _read_json(jobdir / "spec.json")
+def _spec_shape(spec: dict[str, Any]) -> Shape:
     nodes, per_node = spec.get("nodes"), spec.get("gpus_per_node")
     if not isinstance(nodes, int) or not isinstance(per_node, int):
         raise ShapeError("spec.json does not say the job's nodes and gpus_per_node")
@@ -254,10 +246,11 @@ def run_ranks(
         try:
             if "roles" in spec:
                 roles = parse_roles(spec["roles"])
-                shape = Shape(1, roles_world(roles))
+                world_size = roles_world(roles)
                 stages = _role_stages(jobdir, roles, visible, run_id, log)
             else:
-                shape = _spec_shape(jobdir)
+                shape = _spec_shape(spec)
+                world_size = shape.world_size
                 if not 0 <= node_rank < shape.nodes:
                     raise ShapeError(f"node rank {node_rank} is outside {shape.describe()}")
                 if visible and len(visible) != shape.gpus_per_node:
@@ -288,13 +281,7 @@ def run_ranks(
                 stages = [_Stage(None, [(int(e["RANK"]), dict(e)) for e in envs])]
         except (ShapeError, nodes.RendezvousTimeout) as err:
             if run.signum is not None:
-                name = signal.Signals(run.signum).name
-                return end(
-                    state="cancelled",
-                    error=f"cancelled by {name}",
-                    world_size=None,
-                    code=128 + run.signum,
-                )
+                return _cancelled(end, run.signum, None)
             return end(state="failed", error=str(err), world_size=None)
         run.stages = stages
         run.start = functools.partial(_start_rank, jobdir, run, log)
@@ -303,13 +290,7 @@ def run_ranks(
         if follow is not None:
             follow.step(log, final=True)
         if run.signum is not None:
-            name = signal.Signals(run.signum).name
-            return end(
-                state="cancelled",
-                error=f"cancelled by {name}",
-                world_size=shape.world_size,
-                code=128 + run.signum,
-            )
+            return _cancelled(end, run.signum, world_size)
         if run.failed is not None:
             error, cell = _rank_error(run.failed)
             tail = _tail(run.failed.out / "job.log", _TAIL_LINES)
@@ -318,7 +299,7 @@ def run_ranks(
             return end(
                 state="failed",
                 error=error,
-                world_size=shape.world_size,
+                world_size=world_size,
                 failed_cell=cell,
             )
         if run.never_started:
@@ -326,12 +307,20 @@ def run_ranks(
                 f"role {run.never_started} never started: the roles it starts after ended "
                 "before they were ready"
             )
-            return end(state="failed", error=error, world_size=shape.world_size)
-        return end(state="succeeded", error=None, world_size=shape.world_size)
+            return end(state="failed", error=error, world_size=world_size)
+        return end(state="succeeded", error=None, world_size=world_size)
     finally:
         log.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _cancelled(end: Callable[..., int], signum: int, world_size: int | None) -> int:
+    """This node's status when a signal cancelled the job (exit 128 + the signal)."""
+    name = signal.Signals(signum).name
+    return end(
+        state="cancelled", error=f"cancelled by {name}", world_size=world_size, code=128 + signum
+    )
 
 
 def _watch(run: _Run, log: _Log, follow: _Follow | None, grace: float) -> None:
@@ -457,7 +446,7 @@ def _role_stages(
         shutil.rmtree(ready_dir)
     ready_dir.mkdir()
     host = "127.0.0.1"
-    ports = [_free_port(host) for _ in range(roles_world(roles))]
+    ports = [nodes.free_port(host) for _ in range(roles_world(roles))]
     envs = role_envs(
         roles, host=host, ports=ports, gpus=visible, ready_dir=str(ready_dir), run_id=run_id
     )
@@ -481,7 +470,7 @@ def _meeting_point(
     ends the wait)."""
     if shape.nodes == 1:
         host = addr or "127.0.0.1"
-        return host, port or _free_port(host)
+        return host, port or nodes.free_port(host)
     if addr is not None and port is not None:
         return addr, port
     if node_rank == 0:

@@ -69,9 +69,6 @@ _ESTIMATE_SLACK_S = 30.0
 _STOPPING = "being stopped for a higher-priority request"
 #: the reason of an admitted job whose pod never bound, while its Job is deleted
 _HANDING_BACK = "handing its GPUs back"
-#: the backends that run a distributed job's ranks (local: one node's; kubernetes: one node's,
-#: in one pod; slurm: with srun, a launcher per node)
-_RUNS_RANKS = frozenset({"local", "kubernetes", "slurm"})
 _ENDS = {
     BackendState.SUCCEEDED: JobState.SUCCEEDED,
     BackendState.FAILED: JobState.FAILED,
@@ -295,8 +292,7 @@ class JobService:
             raise
         return created
 
-    @staticmethod
-    def _roles(sub: Submission, backend: JobBackend) -> tuple[Role, ...] | None:
+    def _roles(self, sub: Submission, backend: JobBackend) -> tuple[Role, ...] | None:
         """A job's roles, checked (None: it has none), refused with a 400 that says why."""
         if sub.roles is None:
             return None
@@ -310,10 +306,10 @@ class JobService:
                 "replicas and their GPUs",
                 reason="bad_roles",
             )
-        if backend.name != "local":
+        if not backend.runs_roles:
             raise InvalidRequest(
                 f"the {backend.name} backend does not run jobs with roles yet: submit them to "
-                "the local backend",
+                f"{self._backends_that(lambda b: b.runs_roles)}",
                 reason="bad_roles",
             )
         total = roles_gpus(roles)
@@ -334,7 +330,9 @@ class JobService:
             # a submission that says its GPUs and no shape is one process, whatever the
             # notebook's --nodes
             nodes = None
-        node_gpus = len(self.ledger.gpus(self.server.node)) if backend.name == "local" else None
+        # the GPUs of this server's node, where the ledger grants the backend's jobs theirs
+        on_this_node = backend.gpus_from_ledger and not backend.ledger_admits
+        node_gpus = len(self.ledger.gpus(self.server.node)) if on_this_node else None
         if sub.gpus is None and sub.nodes is not None and sub.gpus_per_node is not None:
             wanted = 0  # the submission's shape says how many, whatever the notebook's line
         try:
@@ -350,26 +348,30 @@ class JobService:
             # one process: more GPUs than a node has are refused as too many for it (local),
             # or by the cluster's scheduler
             return None
-        if backend.name not in _RUNS_RANKS:
+        most = backend.rank_nodes
+        if most == 0:
             raise InvalidRequest(
                 f"the {backend.name} backend does not run distributed jobs yet: submit "
-                f"{shape.describe()} to {' or '.join(sorted(_RUNS_RANKS))}, or ask for one "
-                "process with gpus alone",
+                f"{shape.describe()} to {self._backends_that(lambda b: b.rank_nodes != 0)}, or "
+                "ask for one process with gpus alone",
                 reason="bad_shape",
             )
-        if shape.nodes > 1 and backend.name in ("local", "kubernetes"):
-            where = (
-                f"the local backend runs a job on this node only ({node_gpus} GPUs)"
-                if backend.name == "local"
-                else "the kubernetes backend runs a distributed job's ranks in one pod, on one "
-                "node, for now"
-            )
+        if most is not None and shape.nodes > most:
+            gpus_here = f" ({node_gpus} GPUs)" if node_gpus is not None else ""
             raise InvalidRequest(
-                f"{shape.describe()}: {where}; ask for --nodes 1 --gpus-per-node "
-                f"{shape.gpus_per_node}, or submit to slurm",
+                f"{shape.describe()}: the {backend.name} backend {backend.rank_nodes_why}"
+                f"{gpus_here}; ask for --nodes {most} --gpus-per-node {shape.gpus_per_node}, "
+                f"or submit to {self._backends_that(lambda b: b.rank_nodes is None)}",
                 reason="bad_shape",
             )
         return shape
+
+    def _backends_that(self, can: Callable[[JobBackend], bool]) -> str:
+        """The enabled backends that can do something, for a refusal to name them."""
+        names = sorted(name for name, b in self.backends.items() if can(b))
+        if not names:
+            return "a backend that can (none is enabled here)"
+        return f"the {' or '.join(names)} backend"
 
     def rerun(self, job: Job, user: str) -> list[Job]:
         source = Path(job.workdir) / "source.ipynb"

@@ -39,6 +39,7 @@ __all__ = [
     "kernel_websocket",
     "response_lines",
     "wait_until",
+    "write_job_dir",
 ]
 
 _S = TypeVar("_S", bound="StartStop")
@@ -478,6 +479,23 @@ def notebook_json(*cells: str | tuple[str, Sequence[str]]) -> dict[str, Any]:
 def wait_for_file(path: Path, every_s: float = 0.2) -> str:
     """A cell that waits until ``path`` exists: a job held until its test lets it go."""
     return f"import os, time\nwhile not os.path.exists({str(path)!r}):\n    time.sleep({every_s})"
+
+
+def write_job_dir(
+    jobdir: Path, *cells: str | tuple[str, Sequence[str]], spec: Mapping[str, Any]
+) -> Path:
+    """A job directory as a submission makes it (the notebook of ``cells`` prepared and
+    snapshotted with ``spec``), for running the in-job runner or the ranks' launcher directly."""
+    from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot  # nbconvert: heavy
+
+    jobdir.mkdir(parents=True, exist_ok=True)
+    ready = prepare(
+        read_notebook(json.dumps(notebook_json(*cells)), max_bytes=2**24),
+        parameters={},
+        max_parameter_bytes=2**16,
+    )
+    snapshot(ready, jobdir, spec=spec)
+    return jobdir
 
 
 def write_notebook(path: Path, *cells: str | tuple[str, Sequence[str]]) -> Path:

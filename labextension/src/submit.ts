@@ -383,6 +383,28 @@ class FieldError extends Error {
   }
 }
 
+/**
+ * A whole-number field: undefined when empty, else its value within `min` (and `max`), or a
+ * `FieldError` that says what it must be.
+ */
+function wholeNumber(
+  input: HTMLInputElement,
+  label: string,
+  min: number,
+  max?: number
+): number | undefined {
+  const raw = input.value.trim();
+  if (!raw) {
+    return undefined;
+  }
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || (max !== undefined && n > max)) {
+    const range = max === undefined ? `, ${min} or more` : ` from ${min} to ${max}`;
+    throw new FieldError(input, `${label} must be a whole number${range}, not ${raw}.`);
+  }
+  return n;
+}
+
 /** The body of the submit dialog. */
 class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | null> {
   constructor(options: SubmitForm.IOptions) {
@@ -653,36 +675,21 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
     if (name) {
       request.name = name;
     }
-    const gpus = this._gpus.value.trim();
-    if (gpus) {
-      const n = Number(gpus);
-      if (!Number.isInteger(n) || n < 0) {
-        throw new FieldError(this._gpus, `GPUs must be a whole number, 0 or more, not ${gpus}.`);
-      }
-      request.gpus = n;
+    const gpus = wholeNumber(this._gpus, 'GPUs', 0);
+    if (gpus !== undefined) {
+      request.gpus = gpus;
     }
-    const nodes = this._nodes.value.trim();
-    if (nodes) {
-      const n = Number(nodes);
-      if (!Number.isInteger(n) || n < 1) {
-        throw new FieldError(this._nodes, `Nodes must be a whole number, 1 or more, not ${nodes}.`);
-      }
-      request.nodes = n;
+    const nodes = wholeNumber(this._nodes, 'Nodes', 1);
+    if (nodes !== undefined) {
+      request.nodes = nodes;
     }
     const model = this._gpuModel.value.trim();
     if (model) {
       request.model = model;
     }
-    const priority = this._priority.value.trim();
-    if (priority) {
-      const n = Number(priority);
-      if (!Number.isInteger(n) || n < -1000 || n > 1000) {
-        throw new FieldError(
-          this._priority,
-          `Priority must be a whole number from -1000 to 1000, not ${priority}.`
-        );
-      }
-      request.priority = n;
+    const priority = wholeNumber(this._priority, 'Priority', -1000, 1000);
+    if (priority !== undefined) {
+      request.priority = priority;
     }
     if (this._class.value) {
       request.priority_class = this._class.value;

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import kubernetes.client
-import nbformat
 import pytest
 from backend_kit import DEADLINE, Counting, Jobs, wait_ended, wait_for, wait_reason
 
@@ -29,10 +28,9 @@ from jupyter_dlinfra.backends.kubernetes import KubernetesBackend
 from jupyter_dlinfra.backends.kubernetes_job import wrapper_source
 from jupyter_dlinfra.backends.kubernetes_view import failure
 from jupyter_dlinfra.core.scheduling.policy import DEFAULT_CLASSES, PriorityClass
-from jupyter_dlinfra.jobs.convert import prepare, snapshot
 from jupyter_dlinfra.kube import api as kube_api
 from jupyter_dlinfra.kube.priority import ensure_priority_classes, priority_class_manifests
-from jupyter_dlinfra.testing.server import wait_until
+from jupyter_dlinfra.testing.server import wait_until, write_job_dir
 
 #: a job that starts a real kernel (the runner) may take longer on a loaded machine
 RUNNER_DEADLINE = 120.0
@@ -141,16 +139,9 @@ def notebook_launch(
 ) -> JobLaunch:
     """A job directory made as the server makes it, and its launch (``module``: the runner, or
     the ranks' launcher of a distributed job)."""
-    nb = nbformat.v4.new_notebook(  # type: ignore[no-untyped-call]
-        cells=[nbformat.v4.new_code_cell(cell)],  # type: ignore[no-untyped-call]
-        metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },
-    )
-    ready = prepare(nb, parameters={}, max_parameter_bytes=4096)
     workdir = jobs.root / f"{job_id}-notebook"
     shape = {} if nodes is None else {"nodes": nodes, "gpus_per_node": gpus // nodes}
-    snapshot(ready, workdir, spec={"job_id": job_id, **shape})
+    write_job_dir(workdir, cell, spec={"job_id": job_id, **shape})
     return JobLaunch(
         job_id=job_id,
         name="notebook",

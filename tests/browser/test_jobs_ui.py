@@ -41,6 +41,14 @@ def test_submit_dialog_runs_the_notebook_as_a_job_and_its_log_opens(lab: Any, pa
     expect(dialog.locator(".jp-DLInfra-submitError")).to_contain_text("1x")
     assert server.get("dlinfra/api/jobs")["jobs"] == []
 
+    # a job spans 1 node or more: the dialog will not submit 0 (JupyterLab keeps Submit off
+    # while an input is out of its range)
+    accept = dialog.locator(".jp-Dialog-button.jp-mod-accept")
+    dialog.locator("input[name=nodes]").fill("0")
+    expect(accept).to_be_disabled()
+    dialog.locator("input[name=nodes]").fill("")
+    expect(accept).to_be_enabled()
+
     dialog.locator("textarea[name=parameters]").fill('{"lr": 0.25}')
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
     expect(dialog).to_have_count(0)
