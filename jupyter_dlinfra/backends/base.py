@@ -89,6 +89,9 @@ class JobLaunch:
     #: srun, or ``--node-rank K``), then, once all ended, once more with ``--gather`` for the
     #: job's status; None: ``argv`` is the whole job, one process
     nodes: int | None = None
+    #: the nodes the ledger admitted a job of several ``nodes`` on (backends with
+    #: ``ledger_admits``), in node-rank order: node K's ranks run on the K-th
+    placed_nodes: Sequence[str] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,6 +16,9 @@ Where the rest lives:
   :mod:`jupyter_dlinfra.backends.kubernetes_job`, and the wrapper itself in
   :mod:`jupyter_dlinfra.backends.kubernetes_wrapper`;
 - how one poll reads the Jobs and pods it listed: :mod:`jupyter_dlinfra.backends.kubernetes_view`;
+- a distributed job of several nodes (with ``admission``): one Job per node, created together
+  once the ledger admitted every node, read back as one job:
+  :mod:`jupyter_dlinfra.backends.kubernetes_gang`;
 - the PriorityClasses of our classes (``priority_classes``): :mod:`jupyter_dlinfra.kube.priority`.
 
 Chains (``launch.after``)
@@ -93,6 +96,7 @@ import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jupyter_dlinfra.backends.base import (
@@ -103,6 +107,12 @@ from jupyter_dlinfra.backends.base import (
     JobHandle,
     JobLaunch,
 )
+from jupyter_dlinfra.backends.kubernetes_gang import (
+    GANG_ANNOTATION,
+    NODE_RANK_LABEL,
+    gang_manifests,
+    gang_status,
+)
 from jupyter_dlinfra.backends.kubernetes_job import (
     AFTER_ANNOTATION,
     CANCELLED_ANNOTATION,
@@ -112,6 +122,7 @@ from jupyter_dlinfra.backends.kubernetes_job import (
     jobs_path,
 )
 from jupyter_dlinfra.backends.kubernetes_view import JobView
+from jupyter_dlinfra.jobs import nodes as job_nodes
 from jupyter_dlinfra.kube.api import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -149,8 +160,11 @@ def parse_time(stamp: Any) -> float | None:
 class KubernetesBackend(JobBackend):
     name = "kubernetes"
     places_gpus = True
-    rank_nodes = 1
-    rank_nodes_why = "runs a distributed job's ranks in one pod, on one node, for now"
+    rank_nodes: int | None = 1
+    rank_nodes_why = (
+        "runs a job on more than one node only when the ledger admits its jobs (admission: "
+        "true), which grants every node of the job at once"
+    )
 
     def __init__(
         self,
@@ -214,6 +228,9 @@ class KubernetesBackend(JobBackend):
         if not bind_timeout_s > 0:
             raise ValueError(f"bind_timeout_s must be above 0 seconds, got {bind_timeout_s}")
         self.ledger_admits = bool(admission)
+        # a job of several nodes is one pod per node, all admitted together by the ledger
+        # (kubernetes_gang.py); without admission, nothing would start its pods together
+        self.rank_nodes = None if admission else 1
         self.bind_timeout = float(bind_timeout_s) if admission else None
         # a missing client package is a configuration error now, not at the first job
         self.kube = KubeApi(api_client, kubeconfig=kubeconfig, context=context, timeout=timeout)
@@ -290,6 +307,8 @@ class KubernetesBackend(JobBackend):
             )
 
     def submit(self, launch: JobLaunch) -> JobHandle:
+        if launch.nodes is not None and launch.nodes > 1:
+            return self._submit_gang(launch)
         manifest = self.job_manifest(launch)
         if self.template.kueue_queue:
             self._check_suspend(manifest)
@@ -301,6 +320,41 @@ class KubernetesBackend(JobBackend):
             body=manifest,
         )
         return self._handle(created or manifest, launch.workdir)
+
+    def _submit_gang(self, launch: JobLaunch) -> JobHandle:
+        """Every node's Job of a distributed job, or none (see kubernetes_gang.py)."""
+        if not self.ledger_admits:
+            raise BackendError(f"the kubernetes backend {self.rank_nodes_why}")
+        gang, manifests = gang_manifests(self.job_template, launch)
+        # nothing of an earlier attempt (a preempted run) speaks for this one
+        job_nodes.clear(Path(launch.workdir))
+        made: list[str] = []
+        try:
+            for manifest in manifests:
+                name = manifest["metadata"]["name"]
+                self.api().request(
+                    "POST",
+                    jobs_path(self.namespace),
+                    what=f"create the Job {name} in namespace {self.namespace}",
+                    body=manifest,
+                )
+                made.append(name)
+        except BackendError:
+            for name in made:
+                self._delete(self.namespace, name, what=f"delete the Job {name}")
+            raise
+        return self._gang_handle(gang, made, launch.workdir)
+
+    def _gang_handle(self, gang: str, parts: Sequence[str], workdir: str) -> JobHandle:
+        return JobHandle(
+            backend=self.name,
+            ref=gang,
+            detail={
+                "namespace": self.namespace,
+                "workdir": posixpath.normpath(os.path.abspath(workdir)),
+                "parts": list(parts),
+            },
+        )
 
     def _handle(self, job: Mapping[str, Any], workdir: str | None = None) -> JobHandle:
         metadata = meta(job)
@@ -338,10 +392,30 @@ class KubernetesBackend(JobBackend):
             and annotations_of(j).get(CANCELLED_ANNOTATION) != "true"
             and not meta(j).get("deletionTimestamp")
         ]
+        if launch.nodes is not None and launch.nodes > 1:
+            return self._recover_gang(mine, launch.nodes, workdir)
         if not mine:
             return None
         newest = max(mine, key=lambda j: str(meta(j).get("creationTimestamp") or ""))
         return self._handle(newest, launch.workdir)
+
+    def _recover_gang(
+        self, mine: list[Mapping[str, Any]], count: int, workdir: str
+    ) -> JobHandle | None:
+        """The whole gang of a launch; a gang left half made (a server that died while
+        creating it) is deleted, and the launch starts again."""
+        gangs: dict[str, dict[int, str]] = {}
+        for job in mine:
+            gang = annotations_of(job).get(GANG_ANNOTATION)
+            rank = (meta(job).get("labels") or {}).get(NODE_RANK_LABEL)
+            if gang and rank is not None and rank.isdigit():
+                gangs.setdefault(gang, {})[int(rank)] = str(meta(job).get("name"))
+        for gang, parts in gangs.items():
+            if sorted(parts) == list(range(count)):
+                return self._gang_handle(gang, [parts[k] for k in range(count)], workdir)
+            for name in parts.values():
+                self._delete(self.namespace, name, what=f"delete the half-made Job {name}")
+        return None
 
     # --- poll ------------------------------------------------------------------------------
 
@@ -353,6 +427,20 @@ class KubernetesBackend(JobBackend):
             view.load(namespace)
         for handle in handles:
             namespace = str(handle.detail.get("namespace") or self.namespace)
+            parts = handle.detail.get("parts")
+            if isinstance(parts, list) and parts:
+                workdir = handle.detail.get("workdir")
+                statuses[handle.ref] = gang_status(
+                    view,
+                    namespace,
+                    [str(p) for p in parts],
+                    str(workdir) if workdir else None,
+                    cancelled=(namespace, handle.ref) in self._cancelled,
+                    stop=lambda name, ns=namespace: self._delete(  # type: ignore[misc]
+                        ns, name, what=f"stop the Job {name}: another node of its job failed"
+                    ),
+                )
+                continue
             job = view.job(namespace, handle.ref)
             if job is not None and AFTER_ANNOTATION in annotations_of(job):
                 statuses[handle.ref] = self._held(view, namespace, job)
@@ -418,6 +506,12 @@ class KubernetesBackend(JobBackend):
 
     def cancel(self, handle: JobHandle) -> None:
         namespace = str(handle.detail.get("namespace") or self.namespace)
+        parts = handle.detail.get("parts")
+        if isinstance(parts, list) and parts:
+            self._cancelled.add((namespace, handle.ref))
+            for name in parts:
+                self._delete(namespace, str(name), what=f"cancel the Job {name}")
+            return
         self._delete(namespace, handle.ref, what=f"cancel the Job {handle.ref}")
 
     def _delete(self, namespace: str, name: str, *, what: str) -> None:

@@ -103,6 +103,10 @@ class Allocation:
     #: nodes a request of the pool is not granted on: where the cluster could not start it
     #: after an earlier grant (see ``Ledger.hand_back``)
     avoid: tuple[str, ...] = ()
+    #: a request of the pool in whole nodes (a distributed job): its GPUs per node, on
+    #: ``count // per_node`` different nodes (``node`` is the first of them once granted);
+    #: None: one node
+    per_node: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

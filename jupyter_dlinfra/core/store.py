@@ -46,7 +46,7 @@ from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -116,6 +116,9 @@ allocations = Table(
     Column("cluster_reason", Text, nullable=True),
     # schema 10: nodes a request of the pool is not granted on (JSON list), after hand-backs
     Column("avoid_nodes", Text, nullable=True),
+    # schema 13: a gang in whole nodes (a distributed job): its GPUs per node, ``count`` of them
+    # over ``count / per_node`` different nodes; NULL: one node
+    Column("per_node", Integer, nullable=True),
 )
 # schema 7: one user's (or node's) allocations are read without scanning everyone's
 Index("ix_dlinfra_allocations_user_state", allocations.c.user, allocations.c.state)
@@ -301,6 +304,7 @@ _ADDED = (
     (10, "dlinfra_allocations", "avoid_nodes"),
     (12, "dlinfra_jobs", "nodes"),
     (12, "dlinfra_jobs", "roles"),
+    (13, "dlinfra_allocations", "per_node"),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another

@@ -83,6 +83,8 @@ class _Granted:
 
     node: str | None
     gpus: tuple[str, ...]
+    #: a grant in whole nodes: its nodes, the first one's GPUs first
+    nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -474,14 +476,22 @@ class JobService:
             after = [JobHandle.from_json(p.handle) for p in waiting if p.handle]
         env: dict[str, str] = {"DLINFRA_JOB_ID": str(job.id)}
         node: str | None = None
+        placed: tuple[str, ...] = ()
         if backend.gpus_from_ledger:
-            granted = self._granted(job, anywhere=backend.ledger_admits)
+            several = backend.ledger_admits and job.nodes is not None and job.nodes > 1
+            granted = self._granted(
+                job,
+                anywhere=backend.ledger_admits,
+                # the gang in whole nodes: every node's share is granted at once
+                per_node=job.gpus // job.nodes if several and job.nodes else None,
+            )
             if granted is None:
                 return
             if backend.ledger_admits:
                 # admitted on a node of the cluster: the job runs there, and the cluster's
                 # device plugin picks its devices
                 node = granted.node
+                placed = granted.nodes if several else ()
             else:
                 visible = ",".join(granted.gpus)
                 if visible or self.settings.hide_unallocated_gpus:
@@ -510,6 +520,7 @@ class JobService:
             node=node,
             log_path=str(workdir / "job.log"),
             nodes=job.nodes,
+            placed_nodes=placed,
         )
         try:
             recovered = backend.recover(launch)
@@ -535,10 +546,12 @@ class JobService:
                 job.kernel_id, pid=pid, pid_started_at=process_started_at(pid)
             )
 
-    def _granted(self, job: Job, *, anywhere: bool = False) -> _Granted | None:
+    def _granted(
+        self, job: Job, *, anywhere: bool = False, per_node: int | None = None
+    ) -> _Granted | None:
         """What the ledger granted a job that it must grant GPUs (of its node, or with
-        ``anywhere`` of any one node of the cluster); None while it waits. A job without GPUs
-        needs no grant."""
+        ``anywhere`` of any one node of the cluster, or with ``per_node`` too that many on each
+        of several nodes); None while it waits. A job without GPUs needs no grant."""
         if job.gpus == 0:
             return _Granted(node=None, gpus=())
         ledger = self.ledger
@@ -566,10 +579,12 @@ class JobService:
                 priority_class=job.priority_class,
                 kind="job",
                 anywhere=anywhere,
+                per_node=per_node,
             )
             job = self.book.update(job.id, allocation_id=alloc.id)
         if alloc.state is AllocationState.GRANTED:
-            return _Granted(node=alloc.node, gpus=alloc.gpus)
+            nodes = self._nodes_of(alloc.gpus) if alloc.per_node is not None else ()
+            return _Granted(node=alloc.node, gpus=alloc.gpus, nodes=nodes)
         if alloc.state is AllocationState.QUEUED:
             gpus = f"{job.gpus} GPU{'s' if job.gpus != 1 else ''}"
             reason = f"waiting for {gpus} at position {alloc.position}: {alloc.waiting_reason}"
@@ -579,6 +594,11 @@ class JobService:
             return None
         self._end(job, JobState.FAILED, f"its GPU request ended: {alloc.end_reason}")
         return None
+
+    def _nodes_of(self, gpus: tuple[str, ...]) -> tuple[str, ...]:
+        """The nodes of a grant's GPUs, in the order of its GPUs."""
+        node_of = {g.uuid: g.node for g in self.ledger.gpus_of(gpus)}
+        return tuple(dict.fromkeys(node_of[u] for u in gpus if u in node_of))
 
     def _holder_known(self, job: Job) -> bool:
         """Whether the ledger still has the record that holds the job's GPUs (a reconcile that

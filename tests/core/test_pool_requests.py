@@ -238,3 +238,45 @@ def test_gpus_others_pods_use_are_never_granted_while_they_do(cluster: Kit) -> N
     assert kit.ledger.outside() == {}
     back = kit.ledger.allocation(later.id)
     assert back.state is AllocationState.GRANTED and back.node == node
+
+
+def test_whole_nodes_are_granted_together_and_wait_as_one_request(cluster: Kit) -> None:
+    """A distributed job's request (``per_node``): the same GPUs on different nodes, all at
+    once; while it waits, one place and a reason about nodes; kept across a restart."""
+    ledger = cluster.ledger
+    gang = ask(cluster, "job-1", 4, per_node=2)
+    assert gang.state is AllocationState.GRANTED and gang.per_node == 2
+    on = {g.node for g in ledger.gpus_of(gang.gpus)}
+    # best fit, node by node: the H100 node's 2 and 2 of an A100 node's 4
+    assert len(on) == 2 and "node-h" in on and gang.node in on
+    # a gang of 2 x 3 waits, holding nothing: one A100 node has 4 free, the other 2
+    big = ask(cluster, "job-2", 6, per_node=3, user="bob")
+    assert big.state is AllocationState.QUEUED and big.gpus == ()
+    assert big.position == 1 and big.waiting_code == "no_free_gpu"
+    assert big.waiting_reason == (
+        "waiting for 2 nodes with 3 free GPUs each: 1 node has that many free (6 of 10 free in all)"
+    )
+    kit = cluster.reopen()
+    kept = kit.ledger.allocation(big.id)
+    assert kept.per_node == 3 and kept.state is AllocationState.QUEUED
+    kit.ledger.release(gang.id, reason="done")
+    granted = kit.ledger.allocation(big.id)
+    assert granted.state is AllocationState.GRANTED
+    per_node: dict[str, int] = {}
+    for g in kit.ledger.gpus_of(granted.gpus):
+        per_node[g.node] = per_node.get(g.node, 0) + 1
+    assert sorted(per_node.values()) == [3, 3]
+
+
+def test_whole_nodes_that_cannot_exist_are_refused_with_what_there_is(cluster: Kit) -> None:
+    with pytest.raises(
+        Unsatisfiable, match="asked for 3 nodes of 2 GPUs of model 'A100' but only 2 nodes have 2$"
+    ):
+        ask(cluster, "job-1", 6, per_node=2, model="A100")
+    with pytest.raises(Unsatisfiable, match="the largest node has 4"):
+        ask(cluster, "job-2", 10, per_node=5)
+    with pytest.raises(InvalidRequest, match="do not split into whole nodes of 4"):
+        ask(cluster, "job-3", 6, per_node=4)
+    cluster.kernel("mine", node="node-a")
+    with pytest.raises(InvalidRequest, match="whole nodes are asked of the pool"):
+        cluster.ledger.request(kernel_id="mine", count=4, per_node=2)

@@ -145,6 +145,19 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.submit_one(user, count, "interactive", "job", None, None, gang)
         self.run_pass()
 
+    @rule(
+        user=st.sampled_from(sorted(USERS)),
+        nodes=st.sampled_from([2, 3]),
+        per_node=st.sampled_from([1, 2]),
+        klass=st.sampled_from(CLASS_NAMES),
+        model=st.sampled_from([None, "A100", "h100"]),
+    )
+    def whole_nodes(
+        self, user: str, nodes: int, per_node: int, klass: str, model: str | None
+    ) -> None:
+        """A distributed job: the same GPUs on each of several different nodes."""
+        self.submit_one(user, nodes * per_node, klass, "job", model, None, True, per_node)
+
     def submit_one(
         self,
         user: str,
@@ -154,6 +167,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         model: str | None,
         node: str | None,
         gang: bool,
+        per_node: int | None = None,
     ) -> None:
         demand = Demand(
             id=self.next_id,
@@ -163,6 +177,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             model=model,
             node=node if kind == "kernel" else None,
             gang=gang and kind == "job",
+            per_node=per_node,
             klass=klass,
             kind=kind,
             submitted_at=self.now,
@@ -300,6 +315,12 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert all(_matches(demand.model, slot.model) for slot in slots), (demand, slots)
             if demand.node is not None:
                 assert {slot.node for slot in slots} == {demand.node}
+            elif demand.shape is not None:
+                nodes, per_node = demand.shape
+                on = Counter(slot.node for slot in slots)
+                assert len(on) == nodes and set(on.values()) == {per_node}, (demand, slots)
+                for node in on:
+                    assert len({slot.model for slot in slots if slot.node == node}) == 1
             elif not demand.gang:
                 assert len({slot.node for slot in slots}) == 1
             # quotas: replayed in the order of the grants

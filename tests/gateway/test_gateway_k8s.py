@@ -19,6 +19,7 @@ from jupyter_dlinfra.core.store import Store
 from jupyter_dlinfra.core.store import kernels as kernels_table
 from jupyter_dlinfra.kernel_pod import PORT_NAMES as PORTS
 from jupyter_dlinfra.kube.kernel_pods import KernelPodSpec, PodLauncher
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
 from jupyter_dlinfra.testing.k8s import ControlPlane
 from jupyter_dlinfra.testing.server import (
     KernelSession,
@@ -991,3 +992,76 @@ def test_two_users_sweeps_share_the_cluster_by_fair_share(
     finally:
         for user, ids in sweeps.items():
             _cancel(servers[user], ids)
+
+
+def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_as_one(
+    k8s_team: Team,
+    k8s_user: Callable[..., ServerProcess],
+    k8s_api: kubernetes.client.ApiClient,
+    k8s_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """2 nodes x 2 GPUs: the ledger admits both nodes at once, a Job per node is created, the 4
+    ranks meet at node 0's pod; a rank that fails on node 1 fails the job and stops node 0's
+    Job; a cancel stops every node's."""
+    alice = k8s_user("alice")
+    root = alice.workdir / "root"
+    write_notebook(root / "ddp.ipynb", ALLREDUCE_CELL)
+    shape = {"nodes": 2, "gpus_per_node": 2}
+    job = alice.post("dlinfra/api/jobs", {"path": "ddp.ipynb", **shape})
+    assert (job["world_size"], job["backend"]) == (4, "kubernetes"), job
+
+    def ended(job_id: int) -> Any:
+        current = alice.get(f"dlinfra/api/jobs/{job_id}")
+        return current if current["state"] in ("succeeded", "failed", "cancelled") else None
+
+    final = wait_until(lambda: ended(job["id"]), timeout=240, interval=0.5, what="the ranks")
+    log = alice.get(f"dlinfra/api/jobs/{job['id']}/log")["text"]
+    assert final["state"] == "succeeded", (final, log)
+    parts = jobs_of(k8s_api, k8s_namespace, job["id"])
+    # one Job per node, each pinned to a different admitted node with its share of the GPUs
+    assert sorted(_pinned_node(p) or "" for p in parts) == ["gpu-node-a", "gpu-node-b"]
+    for part in parts:
+        limits = part.spec.template.spec.containers[0].resources.limits
+        assert limits["nvidia.com/gpu"] == "2" and part.status.succeeded == 1
+    for rank in range(4):
+        own = alice.get(f"dlinfra/api/jobs/{job['id']}/log?rank={rank}")["text"]
+        line = next(x for x in own.splitlines() if x.startswith(f"rank {rank}/4 "))
+        assert f"node {rank // 2} " in line and line.endswith(f" sum {expected_sum(4)}"), line
+    assert "[rank0]: rank 0/4 local 0 node 0" in log, log
+
+    # rank 3 (node 1) fails at once: node 0's ranks would wait for it forever; its Job is
+    # stopped and the job fails with the rank's error
+    write_notebook(
+        root / "bad.ipynb",
+        "import os\nif os.environ['RANK'] == '3': raise RuntimeError('rank three broke')",
+        ALLREDUCE_CELL,
+    )
+    bad = alice.post("dlinfra/api/jobs", {"path": "bad.ipynb", **shape})
+    final = wait_until(lambda: ended(bad["id"]), timeout=240, interval=0.5, what="the failure")
+    assert final["state"] == "failed", final
+    assert "rank 3 of 4" in final["reason"] and "rank three broke" in final["reason"], final
+    assert all(p.status.succeeded != 1 for p in jobs_of(k8s_api, k8s_namespace, bad["id"]))
+
+    # a cancel stops every node's Job
+    gate = tmp_path / "gate"
+    write_notebook(root / "wait.ipynb", wait_for_file(gate))
+    waiting = alice.post("dlinfra/api/jobs", {"path": "wait.ipynb", **shape})
+    wait_until(
+        lambda: alice.get(f"dlinfra/api/jobs/{waiting['id']}")["state"] == "running",
+        timeout=120,
+        interval=0.5,
+        what="the job to run",
+    )
+    assert len(jobs_of(k8s_api, k8s_namespace, waiting["id"])) == 2
+    alice.delete(f"dlinfra/api/jobs/{waiting['id']}")
+    final = wait_until(lambda: ended(waiting["id"]), timeout=120, interval=0.5, what="the cancel")
+    assert final["state"] == "cancelled", final
+    wait_until(
+        lambda: not jobs_of(k8s_api, k8s_namespace, waiting["id"]),
+        timeout=60,
+        interval=0.5,
+        what="every node's Job to go",
+    )
+    # every grant went back
+    assert not alice.get("dlinfra/api/allocations")["allocations"]

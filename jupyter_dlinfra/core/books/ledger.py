@@ -929,6 +929,7 @@ class Ledger:
         kind: str = "kernel",
         cluster_reason: str | None = None,
         anywhere: bool = False,
+        per_node: int | None = None,
     ) -> Allocation:
         """Ask for ``count`` GPUs for a kernel (or a job's holder record, ``kind="job"``): granted
         at once, or queued with a position, a reason and an estimated start.
@@ -937,7 +938,10 @@ class Ledger:
         With ``anywhere``, it may take GPUs of any one node (placement :data:`POOL`: work that
         a cluster starts where it is told, such as a Kubernetes Job the ledger admits); the
         allocation names its kernel's node until it is granted, then the node of its GPUs, and
-        so does its kernel record. Otherwise it waits for GPUs of its kernel's node."""
+        so does its kernel record. Otherwise it waits for GPUs of its kernel's node. With
+        ``anywhere`` and ``per_node`` as well, it is a gang in whole nodes (a distributed job):
+        ``per_node`` GPUs on each of ``count // per_node`` different nodes, all granted at once
+        (:meth:`gpus_of` says which GPUs are on which node)."""
         return self._submit(
             self.request_change(
                 kernel_id=kernel_id,
@@ -947,6 +951,7 @@ class Ledger:
                 kind=kind,
                 cluster_reason=cluster_reason,
                 anywhere=anywhere,
+                per_node=per_node,
             )
         )
 
@@ -960,12 +965,27 @@ class Ledger:
         kind: str = "kernel",
         cluster_reason: str | None = None,
         anywhere: bool = False,
+        per_node: int | None = None,
     ) -> LedgerChange:
         """:meth:`request` as a change to :meth:`post` (its arguments are checked here)."""
         if isinstance(count, bool) or not isinstance(count, int):
             raise InvalidRequest(f"the GPU count must be a whole number, not {count!r}")
         if count <= 0:
             raise InvalidRequest(f"ask for at least 1 GPU (got {count})")
+        if per_node is not None:
+            if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node <= 0:
+                raise InvalidRequest(f"GPUs per node must be a whole number, not {per_node!r}")
+            if not anywhere:
+                raise InvalidRequest(
+                    "whole nodes are asked of the pool (anywhere): a request on its kernel's "
+                    "node has one node"
+                )
+            if count % per_node:
+                raise InvalidRequest(
+                    f"{count} GPUs do not split into whole nodes of {per_node}", reason="bad_shape"
+                )
+            if per_node == count:
+                per_node = None  # one node: an ordinary request of the pool
         if model is not None:
             if not isinstance(model, str) or not model.strip():
                 raise InvalidRequest("the GPU model must be a non-empty name, such as 'A100'")
@@ -1009,6 +1029,7 @@ class Ledger:
                     held.count == count
                     and _same_model(held.model, model)
                     and class_of(held, policy) == klass
+                    and held.per_node == per_node
                 ):
                     return self._waited(held, cache)
                 verb = "holds" if held.state is AllocationState.GRANTED else "is waiting for"
@@ -1017,7 +1038,9 @@ class Ledger:
                     f"{held.id}); release them first with `%gpu release`",
                     reason="already_allocated",
                 )
-            if not placed:
+            if per_node is not None:
+                self._check_whole_nodes(cache, count // per_node, per_node, model)
+            elif not placed:
                 self._check_satisfiable(cache, None if anywhere else kernel.node, count, model)
             return None
 
@@ -1039,6 +1062,7 @@ class Ledger:
                     priority_class=klass,
                     kind=kind,
                     placement=placement or "ledger",
+                    per_node=per_node,
                 ),
                 groups_json(self.groups_of(kernel.user)),
                 cluster_reason=cluster_reason,
@@ -1329,6 +1353,7 @@ class Ledger:
             "placement": None if alloc.placement == "ledger" else alloc.placement,
             "cluster_reason": cluster_reason,
             "avoid_nodes": json.dumps(list(alloc.avoid)) if alloc.avoid else None,
+            "per_node": alloc.per_node,
         }
         detail: dict[str, Any] = {
             "count": alloc.count,
@@ -1650,6 +1675,21 @@ class Ledger:
             kind = f" of model '{model}'" if model else ""
             raise Unsatisfiable(
                 f"asked for {plural(count, 'GPU')}{kind} but the largest node has {matching}",
+                reason="too_many",
+            )
+
+    @classmethod
+    def _check_whole_nodes(
+        cls, cache: LedgerCache, nodes: int, per_node: int, model: str | None
+    ) -> None:
+        cls._check_pool_satisfiable(cache, per_node, model)
+        big = len(cache.sched.fitting_nodes(model, per_node))
+        if big < nodes:
+            kind = f" of model '{model}'" if model else ""
+            raise Unsatisfiable(
+                f"asked for {nodes} nodes of {plural(per_node, 'GPU')}{kind} but "
+                f"{'only ' if big else ''}{big or 'no'} node{'' if big == 1 else 's'} "
+                f"{'has' if big == 1 else 'have'} {per_node}",
                 reason="too_many",
             )
 
@@ -2117,6 +2157,7 @@ def _allocation_rows(rows: Sequence[Row[Any]], owned: dict[int, list[str]]) -> l
         )
     )
     avoid = at.get("avoid_nodes")
+    per_node = at.get("per_node")
     found = []
     for r in rows:
         found.append(
@@ -2140,6 +2181,7 @@ def _allocation_rows(rows: Sequence[Row[Any]], owned: dict[int, list[str]]) -> l
                 preempt_reason=r[preempt_reason],
                 placement=r[placement] or "ledger",
                 avoid=() if avoid is None else names_of_row(r[avoid]),
+                per_node=None if per_node is None else r[per_node],
             )
         )
     return found

@@ -148,6 +148,7 @@ _REQUEST_COLUMNS = [
     "placement",
     "cluster_reason",
     "avoid_nodes",
+    "per_node",
 ]
 #: a queued request and its event; returns the request's id
 INSERT_REQUEST_WITH_EVENT = DriverStatement(

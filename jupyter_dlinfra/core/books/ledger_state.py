@@ -148,6 +148,8 @@ def demand_of(alloc: Allocation, policy: SchedulingPolicy, groups: tuple[str, ..
         # a request of the pool may take GPUs of any node; the others wait for their kernel's
         node=None if alloc.placement == POOL else alloc.node,
         avoid=frozenset(alloc.avoid),
+        gang=alloc.per_node is not None,
+        per_node=alloc.per_node,
         klass=class_of(alloc, policy),
         kind=alloc.kind,
         submitted_at=alloc.created_at,

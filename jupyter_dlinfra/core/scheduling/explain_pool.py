@@ -2,7 +2,8 @@
 GPUs of any node (placement ``pool``: work a cluster starts wherever the ledger admits it).
 
 A request of the pool takes GPUs of one model on one node (a pod does not span nodes), wherever
-the pass finds room, best fit first, as :meth:`Scheduler._place` does. Its place is among the
+the pass finds room, best fit first, as :meth:`Scheduler._place` does; a gang in whole nodes (a
+distributed job) takes as many GPUs on each of several different nodes. Its place is among the
 pool's requests in the order of service; requests pinned to a node (kernels waiting for their own
 node's GPUs) compete there and are not counted in it. Reasons have the codes of
 :mod:`~jupyter_dlinfra.core.scheduling.explain`; ``no_free_gpu`` and the kept-for reasons speak
@@ -97,6 +98,43 @@ class _FreeIndex:
                     break
         return None if best is None else best[1]
 
+    def whole_nodes(
+        self, models: tuple[str, ...], shape: tuple[int, int], avoid: frozenset[str]
+    ) -> list[int]:
+        """Up to ``nodes`` pools on different nodes with ``per_node`` free GPUs each, the
+        fewest free first (as the pass places them)."""
+        nodes, per_node = shape
+        seen: set[str] = set()
+        found: list[int] = []
+        top = max((len(self.buckets.get(m, ())) for m in models), default=0)
+        for n in range(per_node, top):
+            for model in models:
+                buckets = self.buckets.get(model, [])
+                if n >= len(buckets):
+                    continue
+                for pid in sorted(buckets[n]) if len(buckets[n]) < 64 else buckets[n]:
+                    node = self.node_of[pid]
+                    if node in avoid or node in seen:
+                        continue
+                    seen.add(node)
+                    found.append(pid)
+                    if len(found) == nodes:
+                        return found
+        return found
+
+    def fit(self, models: tuple[str, ...], d: Demand) -> list[tuple[int, int]] | None:
+        """Where ``d`` would start now: (pool, GPUs) for each part; None when it does not fit."""
+        shape = d.shape
+        if shape is None:
+            pid = self.best(models, d.count, d.avoid)
+            return None if pid is None else [(pid, d.count)]
+        pools = self.whole_nodes(models, shape, d.avoid)
+        return [(pid, shape[1]) for pid in pools] if len(pools) == shape[0] else None
+
+    def take(self, parts: list[tuple[int, int]]) -> None:
+        for pid, n in parts:
+            self.set(pid, self.free[pid] - n)
+
     def most(self, models: tuple[str, ...]) -> int:
         """The most free GPUs of these models on one pool."""
         found = 0
@@ -146,15 +184,35 @@ def explain_pool(
         models = s._models(d.model)
         over = quota_wait(s, d)
         pending = s.pending.get(d.id, 0)
-        fit = free.best(models, d.count, d.avoid)
+        fit = free.fit(models, d)
+        shape = d.shape
         if over is not None:
             code, reason = "quota", over
         elif pending:
             code, reason = "preempting", preempting_wait(pending)
         elif fit is not None:
             code, reason = "starting", "GPUs are free for it; it starts at the next pass"
-            free.set(fit, free.free[fit] - d.count)
-            took_by(takers, free.model_of[fit], tier, d.user)
+            free.take(fit)
+            for pid, _ in fit:
+                took_by(takers, free.model_of[pid], tier, d.user)
+        elif shape is not None:
+            nodes, per_node = shape
+            roomy = len(real.whole_nodes(models, (len(real.node_of), per_node), d.avoid))
+            in_all = sum(real.in_all[m] for m in models)
+            total = sum(real.total[m] for m in models)
+            kind = f" of model '{d.model}'" if d.model else ""
+            reason = (
+                f"waiting for {nodes} nodes with {per_node} free GPUs each{kind}: "
+                f"{plural(roomy, 'node')} {'has' if roomy == 1 else 'have'} that many free "
+                f"({in_all} of {total} free in all)"
+            )
+            if d.avoid:
+                reason += f"; not on {', '.join(sorted(d.avoid))}, where it could not start"
+            if roomy >= nodes and not d.avoid:
+                code, ahead = _why_kept(s, d, tier, models, takers)
+                reason += f"; kept for {ahead}"
+            else:
+                code = "no_free_gpu"
         else:
             most = real.most(models)
             in_all = sum(real.in_all[m] for m in models)
@@ -217,17 +275,19 @@ def estimate_pool(
         if s.over_quota(d) is not None:
             continue
         models = s._models(d.model)
-        fit = free.best(models, d.count, d.avoid)
+        part = d.count if d.per_node is None else d.per_node
+        fit = free.fit(models, d)
         while fit is None and ends:
             at, _, pid, back, guessed = heapq.heappop(ends)
             now = max(now, at)
             free.set(pid, free.free[pid] + back)
             rests_on_default = rests_on_default or guessed
-            if free.model_of[pid] in models and free.free[pid] >= d.count:
-                fit = free.best(models, d.count, d.avoid)
+            if free.model_of[pid] in models and free.free[pid] >= part:
+                fit = free.fit(models, d)
         if fit is None or now > s.now + horizon:
             break  # later requests start no earlier than this one
-        free.set(fit, free.free[fit] - d.count)
+        free.take(fit)
         starts[d.id] = Estimate(at=now, basis=DEFAULT if rests_on_default else HISTORY)
-        heapq.heappush(ends, (now + duration(d), -d.id, fit, d.count, assumed(d.klass)))
+        for pid, n in fit:
+            heapq.heappush(ends, (now + duration(d), -d.id, pid, n, assumed(d.klass)))
     return starts

@@ -19,8 +19,9 @@ from jupyter_dlinfra.core.scheduling.types import Demand
 
 __all__ = ["GroupKey", "PoolQueue"]
 
-#: (the model asked for, or None for any; GPUs; a gang over several nodes)
-GroupKey = tuple[str | None, int, bool]
+#: (the model asked for, or None for any; GPUs; a gang over several nodes; its GPUs per node
+#: when it asks for whole nodes, else 0)
+GroupKey = tuple[str | None, int, bool, int]
 
 
 def _disposed() -> Ranking:
@@ -28,7 +29,7 @@ def _disposed() -> Ranking:
 
 
 def _group_of(demand: Demand) -> GroupKey:
-    return (demand.model, demand.count, demand.gang)
+    return (demand.model, demand.count, demand.gang, demand.per_node or 0)
 
 
 class PoolQueue:

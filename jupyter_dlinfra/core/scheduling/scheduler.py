@@ -332,6 +332,17 @@ class Scheduler:
                 return "there are no GPUs here"
             known = ", ".join(sorted({p.model for p in self._pool_list})) or "none"
             return f"no GPU of model '{demand.model}' here; models: {known}"
+        shape = demand.shape
+        if shape is not None:
+            nodes, per_node = shape
+            big = {p.node for p in self._pool_list if p.model in models and len(p.gpus) >= per_node}
+            if len(big) < nodes:
+                return (
+                    f"{nodes} nodes of {per_node} GPUs{kind or ' of one model'} asked for, and "
+                    f"{len(big) or 'no'} node{'' if len(big) == 1 else 's'} here "
+                    f"{'has' if len(big) == 1 else 'have'} that many"
+                )
+            return None
         if demand.gang:
             have = sum(len(p.gpus) for p in self._pool_list if p.model in models)
             if have < demand.count:
@@ -456,6 +467,16 @@ class Scheduler:
             raise Conflict(f"request {demand.id} is already waiting")
         if demand.count <= 0:
             raise InvalidRequest(f"ask for at least 1 GPU (got {demand.count})")
+        if demand.per_node is not None and (
+            not demand.gang
+            or demand.node is not None
+            or demand.per_node <= 0
+            or demand.count % demand.per_node
+        ):
+            raise InvalidRequest(
+                f"request {demand.id}: whole nodes of {demand.per_node} GPUs are a gang of any "
+                f"node whose {demand.count} GPUs they divide"
+            )
         self.policy.klass(demand.klass)
         if self._frontier is not None and (
             demand.node is None or self._tier_of(demand) >= self._frontier.tier
@@ -799,8 +820,15 @@ class Scheduler:
     def _group_fits(self, key: GroupKey) -> bool:
         """Whether a request of this group may fit in what is free now (an upper bound: the
         nodes it avoids are not counted out)."""
-        model, count, gang = key
+        model, count, gang, per_node = key
         models = self._models(model)
+        if per_node:
+            # an upper bound too: pools of one node are not told apart
+            enough = 0
+            for m in models:
+                buckets = self._buckets.get(m, ())
+                enough += sum(len(buckets[free]) for free in range(per_node, len(buckets)))
+            return enough >= count // per_node
         if gang:
             return sum(self._free_by_model[m] for m in models) >= count
         for m in models:
@@ -906,12 +934,19 @@ class Scheduler:
             models = self._models(demand.model)
             # one model's GPUs on one node, unless a gang (as placement packs them)
             room = []
+            roomy: set[str] = set()  # for whole nodes: the nodes with enough room
             for pool in self._pool_list:
                 if pool.model not in models or pool.node in demand.avoid:
                     continue
                 others = sum(n for rid, n in aside[pool.node].items() if rid != demand.id)
                 room.append(max(len(pool.free) - others, 0))
-            if (sum(room) if demand.gang else max(room, default=0)) >= demand.count:
+                if demand.per_node is not None and room[-1] >= demand.per_node:
+                    roomy.add(pool.node)
+            shape = demand.shape
+            if shape is not None:
+                if len(roomy) >= shape[0]:
+                    found.append(demand.id)
+            elif (sum(room) if demand.gang else max(room, default=0)) >= demand.count:
                 found.append(demand.id)
         return sorted(found)
 
@@ -960,7 +995,7 @@ class Scheduler:
             for pid in pool_ids:
                 if need <= 0:
                     break
-                taken = self._take(self._pool_list[pid], need)
+                taken = self._take(self._pool_list[pid], min(need, demand.per_node or need))
                 need -= len(taken)
                 if taken:
                     taken_here.append((self._pool_list[pid], taken))
@@ -1033,6 +1068,12 @@ class Scheduler:
                 if len(taken) == count:
                     break
             return taken
+        shape = demand.shape
+        if shape is not None:
+            fits = self._whole_nodes(models, shape, demand.avoid)
+            if len(fits) < shape[0]:
+                return None
+            return [u for pool in fits for u in self._take(pool, shape[1])]
         best: tuple[int, int] | None = None
         for model in models:
             buckets = self._buckets.get(model, [])
@@ -1052,6 +1093,47 @@ class Scheduler:
             if len(taken) == count:
                 break
         return taken
+
+    def _whole_nodes(
+        self,
+        models: tuple[str, ...],
+        shape: tuple[int, int],
+        avoid: frozenset[str],
+        *,
+        least: int | None = None,
+    ) -> list[_Pool]:
+        """Up to ``nodes`` pools on different nodes, each with at least ``least`` free GPUs
+        (default: the GPUs per node; 0 counts a pool of that many GPUs whatever is free), the
+        fewest free first (best fit, as one node's requests are placed: large holes stay for
+        large requests), or the most free first when ``least`` is given (a reservation
+        keeps the nodes closest to fitting)."""
+        nodes, per_node = shape
+        seen: set[str] = set()
+        found: list[_Pool] = []
+        if least is None:
+            per_model = [self._buckets.get(m, []) for m in models]
+            top = max((len(b) for b in per_model), default=0)
+            for free in range(per_node, top):
+                for buckets in per_model:
+                    if free >= len(buckets):
+                        continue
+                    same = buckets[free]
+                    for pid in sorted(same) if len(same) < 64 else same:
+                        pool = self._pool_list[pid]
+                        if pool.node in avoid or pool.node in seen:
+                            continue
+                        seen.add(pool.node)
+                        found.append(pool)
+                        if len(found) == nodes:
+                            return found
+            return found
+        for pool in self._fullest(models, 1 << 62, big=per_node, avoid=avoid):
+            if pool.node not in seen and len(pool.free) >= least:
+                seen.add(pool.node)
+                found.append(pool)
+                if len(found) == nodes:
+                    break
+        return found
 
     def _first_allowed(self, pids: set[int], avoid: frozenset[str]) -> int | None:
         """A pool of ``pids`` on a node not in ``avoid`` (any of them when nothing is avoided)."""
@@ -1096,6 +1178,8 @@ class Scheduler:
             pools = [p for p in self._node_pools.get(demand.node, []) if p.model in models]
         elif nominated:
             pools = [self._pool_list[i] for i in nominated]
+        elif demand.shape is not None:
+            pools = self._whole_nodes(models, demand.shape, demand.avoid, least=0)
         elif demand.gang:
             pools = self._fullest(models, demand.count, avoid=demand.avoid)
         else:
@@ -1106,7 +1190,7 @@ class Scheduler:
         for pool in pools:
             if need <= 0:
                 break
-            taken = self._take(pool, need)
+            taken = self._take(pool, min(need, demand.per_node or need))
             need -= len(taken)
             if taken:
                 kept.append((pool, taken))
@@ -1392,6 +1476,52 @@ class Scheduler:
             return []
         return chosen
 
+    def _node_victims(
+        self,
+        demand: Demand,
+        shape: tuple[int, int],
+        models: tuple[str, ...],
+        prio: int,
+        claimed: dict[int, int],
+    ) -> list[Holding]:
+        """Whole nodes for a gang that asks for them: the nodes where enough is free come
+        first (no victim), then the cheapest of those where preemptible work would free enough,
+        all or nothing; the search costs the nodes with free GPUs or preemptible work."""
+        nodes, per_node = shape
+        one = replace(demand, count=per_node, gang=False, per_node=None)
+        chosen: dict[str, tuple[tuple[int, int, int], list[Holding], _Pool]] = {}
+        for pool in self._whole_nodes(models, shape, demand.avoid):
+            if len(pool.free) - claimed[pool.id] >= per_node:
+                chosen[pool.node] = ((0, 0, 0), [], pool)
+        if len(chosen) < nodes:
+            for pid, count in self._pool_victims.items():
+                pool = self._pool_list[pid]
+                if count <= 0 or pool.model not in models or pool.node in demand.avoid:
+                    continue
+                if pool.node in chosen or len(pool.gpus) < per_node:
+                    continue
+                if len(pool.free) - claimed[pid] + count < per_node:
+                    continue
+                found = self._pick(one, [pool], prio, claimed)
+                if found:
+                    cost = (
+                        sum(1 for h in found if not h.borrowed),
+                        max(self._prio_of(h) for h in found),
+                        len(found),
+                    )
+                    chosen[pool.node] = (cost, found, pool)
+        if len(chosen) < nodes:
+            return []
+        best = sorted(chosen.values(), key=lambda entry: (entry[0], entry[2].id))[:nodes]
+        victims: dict[int, Holding] = {}
+        for _, found, _pool in best:
+            for holding in found:
+                victims[holding.id] = holding
+        if not victims:
+            return []  # it fits as it is: the pass places it
+        self._claim([pool for _, _, pool in best], claimed)
+        return list(victims.values())
+
     def _claim(self, pools: list[_Pool], claimed: dict[int, int]) -> None:
         for p in pools:
             claimed[p.id] = len(p.free)
@@ -1405,6 +1535,8 @@ class Scheduler:
         """
         prio = self.policy.class_map[demand.klass].priority
         models = self._models(demand.model)
+        if demand.shape is not None:
+            return self._node_victims(demand, demand.shape, models, prio, claimed)
         if demand.node is not None or demand.gang:
             pools = [
                 p

@@ -40,10 +40,20 @@ class Demand:
     avoid: frozenset[str] = frozenset()
     #: may span nodes, all or nothing (otherwise packed on one node)
     gang: bool = False
+    #: a gang in whole nodes: ``per_node`` GPUs of one model on each of ``count // per_node``
+    #: different nodes (a distributed job's ranks, node by node); None: any split
+    per_node: int | None = None
     klass: str
     #: "kernel" or "job": only jobs are ever preempted
     kind: str = "kernel"
     submitted_at: float
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """(nodes, GPUs per node) of a gang in whole nodes; None otherwise."""
+        if self.per_node is None:
+            return None
+        return self.count // self.per_node, self.per_node
 
 
 @dataclass(frozen=True, kw_only=True)
