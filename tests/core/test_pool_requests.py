@@ -270,7 +270,7 @@ def test_whole_nodes_are_granted_together_and_wait_as_one_request(cluster: Kit) 
 
 def test_whole_nodes_that_cannot_exist_are_refused_with_what_there_is(cluster: Kit) -> None:
     with pytest.raises(
-        Unsatisfiable, match="asked for 3 nodes of 2 GPUs of model 'A100' but only 2 nodes have 2$"
+        Unsatisfiable, match=r"asked for 3 nodes of 2 GPUs of model 'A100' but only 2 nodes have 2$"
     ):
         ask(cluster, "job-1", 6, per_node=2, model="A100")
     with pytest.raises(Unsatisfiable, match="the largest node has 4"):
