@@ -31,7 +31,7 @@ fi
 # SIGTERM to all three at once (each takes about 2 s to exit), then wait up to 10 s for each
 # and SIGKILL what is left.
 pids=()
-for file in "$D/run/slurmd.pid" "$D/run/slurmctld.pid" "$D/munge/munged.pid"; do
+for file in "$D"/run/slurmd*.pid "$D/run/slurmctld.pid" "$D/munge/munged.pid"; do
     if alive "$file"; then
         pid=$(pid_of "$file")
         kill "$pid" 2>/dev/null && pids+=("$pid")
@@ -41,6 +41,17 @@ for pid in "${pids[@]}"; do
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null
 done
+
+# a cluster of several nodes (SLURM_NODES): its namespaces, links and hosts files
+if [ -f "$D/run/net" ]; then
+    T=$(cat "$D/run/net")
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^dlinfra${T}n[0-9]+$"); do
+        ip netns del "$ns" 2>/dev/null
+        rm -rf "/etc/netns/$ns"
+    done
+    ip link del "dlbr$T" 2>/dev/null
+    rm -f "$D/run/net"
+fi
 
 if [ "${SLURM_TEST_CLEAN:-0}" = 1 ]; then
     rm -rf "$D"

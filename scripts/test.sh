@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 
 # System packages: a PostgreSQL server (the ledger's store tests run on it as well as on
 # SQLite), Debian's chromium (the browser tests drive a real JupyterLab with it), SLURM with
-# munge (the slurm backend's tests run a single-node cluster: scripts/slurm-up.sh) and
-# Prometheus (the cluster telemetry's tests read simulated DCGM metrics through a real one)
+# munge (the slurm backend's tests run a single-node cluster and one of two nodes in network
+# namespaces, which needs iproute2 and util-linux: scripts/slurm-up.sh) and Prometheus (the
+# cluster telemetry's tests read simulated DCGM metrics through a real one)
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
@@ -14,6 +15,8 @@ command -v slurmctld >/dev/null || missing+=(slurmctld)
 command -v slurmd >/dev/null || missing+=(slurmd)
 command -v sbatch >/dev/null || missing+=(slurm-client)
 command -v munged >/dev/null || missing+=(munge)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v nsenter >/dev/null || missing+=(util-linux)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -8,12 +8,14 @@ slurmctld, slurmd and munged on free ports), yields a :class:`SlurmCluster`, the
 :func:`slurm_cluster` is the session-scoped pytest fixture built on it; ``tests/conftest.py``
 loads this module as a plugin, so that every directory shares one cluster per run. It fails,
 never skips, when SLURM cannot be had: ``make test`` installs Debian's SLURM packages
-(``scripts/test.sh``).
+(``scripts/test.sh``). :func:`slurm_two_nodes` is a second cluster, of two nodes (each slurmd in
+its own network namespace, see ``scripts/slurm-up.sh``), started only for the tests that ask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["SlurmCluster", "SlurmUnavailable", "slurm_cluster", "start_slurm"]
+__all__ = ["SlurmCluster", "SlurmUnavailable", "slurm_cluster", "slurm_two_nodes", "start_slurm"]
 
 ROOT = Path(__file__).resolve().parent.parent
 UP = ROOT / "scripts" / "slurm-up.sh"
@@ -52,6 +54,8 @@ class SlurmCluster:
     ngpu: int
     #: the environment the SLURM tools need to reach it: {"SLURM_CONF": ...}
     env: dict[str, str] = field(default_factory=dict)
+    #: its nodes' names
+    nodes: tuple[str, ...] = ()
 
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a SLURM tool (squeue, scontrol...) against this cluster."""
@@ -83,8 +87,8 @@ class SlurmCluster:
 
     def log_tail(self, lines: int = 30) -> str:
         parts = []
-        for name in ("slurmctld.log", "slurmd.log"):
-            path = self.directory / "log" / name
+        for path in sorted((self.directory / "log").glob("slurm*.log")):
+            name = path.name
             if path.exists():
                 text = path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {name}\n" + "\n".join(text))
@@ -96,8 +100,9 @@ def missing_binaries() -> list[str]:
 
 
 @contextlib.contextmanager
-def start_slurm(ngpu: int = 4) -> Iterator[SlurmCluster]:
-    """A running single-node cluster with ``ngpu`` fake GPUs for the duration of the block."""
+def start_slurm(ngpu: int = 4, nodes: int = 1) -> Iterator[SlurmCluster]:
+    """A running cluster of ``nodes`` nodes with ``ngpu`` fake GPUs each for the duration of
+    the block."""
     missing = missing_binaries()
     if missing:
         raise SlurmUnavailable(
@@ -108,7 +113,12 @@ def start_slurm(ngpu: int = 4) -> Iterator[SlurmCluster]:
         raise SlurmUnavailable("the test SLURM cluster needs root (slurmd starts jobs as users)")
     # a short path: the munge socket's path must fit in a UNIX socket address
     directory = Path(tempfile.mkdtemp(prefix="dlinfra-slurm-", dir="/tmp"))
-    env = {**os.environ, "SLURM_TEST_DIR": str(directory), "NGPU": str(ngpu)}
+    env = {
+        **os.environ,
+        "SLURM_TEST_DIR": str(directory),
+        "NGPU": str(ngpu),
+        "SLURM_NODES": str(nodes),
+    }
     started = False
     try:
         proc = subprocess.run(
@@ -121,27 +131,42 @@ def start_slurm(ngpu: int = 4) -> Iterator[SlurmCluster]:
                 f"scripts/slurm-up.sh failed (exit status {proc.returncode}):\n"
                 f"{proc.stdout}\n{proc.stderr}"
             )
-        yield SlurmCluster(directory=directory, conf=conf, ngpu=ngpu, env={"SLURM_CONF": str(conf)})
+        cluster = SlurmCluster(
+            directory=directory, conf=conf, ngpu=ngpu, env={"SLURM_CONF": str(conf)}
+        )
+        listed = cluster.run("sinfo", "--noheader", "--Node", "--format=%N").stdout.split()
+        yield dataclasses.replace(cluster, nodes=tuple(sorted(set(listed))))
     finally:
         if started:
             subprocess.run(
                 ["bash", str(DOWN)], env=env, capture_output=True, timeout=120, check=False
             )
             with contextlib.suppress(OSError):
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                kept = ARTIFACTS if nodes == 1 else ARTIFACTS / f"{nodes}-nodes"
+                kept.mkdir(parents=True, exist_ok=True)
                 for log in (directory / "log").glob("*.log"):
-                    shutil.copy(log, ARTIFACTS / log.name)
+                    shutil.copy(log, kept / log.name)
         if os.environ.get("DLINFRA_KEEP_SLURM", "").strip() != "1":
             shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[SlurmCluster]:
-    """A real single-node SLURM with 4 fake GPUs for the whole session; fails if unavailable."""
+def _cluster(ngpu: int, nodes: int) -> Iterator[SlurmCluster]:
     try:
-        with start_slurm(ngpu=4) as cluster:
+        with start_slurm(ngpu=ngpu, nodes=nodes) as cluster:
             yield cluster
             return
     except SlurmUnavailable as err:
         error = str(err)
     pytest.fail(f"SLURM unavailable: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A real single-node SLURM with 4 fake GPUs for the whole session; fails if unavailable."""
+    yield from _cluster(4, 1)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes() -> Iterator[SlurmCluster]:
+    """A real SLURM of two nodes (dln1, dln2) with 2 fake GPUs each; fails if unavailable."""
+    yield from _cluster(2, 2)

@@ -12,6 +12,7 @@ import psutil
 from slurm_cluster import SlurmCluster
 from test_jobs_local import root_of, run_cli, wait_state
 
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
 from jupyter_dlinfra.testing.server import ServerProcess, wait_for_file, wait_until, write_notebook
 
 SLURM = (
@@ -164,8 +165,6 @@ def test_a_slurm_job_outlives_a_server_restart(
 def test_a_distributed_job_on_slurm_runs_its_ranks_with_srun_and_a_cancel_stops_them(
     start_server: Callable[..., ServerProcess], slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
-    from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
-
     server = slurm_server(start_server, slurm_cluster)
     write_notebook(root_of(server) / "ddp.ipynb", "%gpu 2 --nodes 1", ALLREDUCE_CELL)
     created = server.post("dlinfra/api/jobs", {"path": "ddp.ipynb", "backend": "slurm"})
@@ -206,3 +205,64 @@ def test_a_distributed_job_on_slurm_runs_its_ranks_with_srun_and_a_cancel_stops_
         )
 
     wait_until(runners_gone, timeout=60, what="the ranks' runners to end")
+
+
+HOST_CELL = "import os, socket\nprint('rank', os.environ['RANK'], 'host', socket.gethostname())"
+
+
+def test_a_job_of_two_nodes_runs_on_two_slurm_nodes_whose_ranks_meet_and_cancel_stops_all(
+    start_server: Callable[..., ServerProcess], slurm_two_nodes: SlurmCluster
+) -> None:
+    """Two real slurmd (each in its own network namespace and host name): the batch job has
+    both nodes, srun starts a launcher on each, the 4 ranks meet over TCP at node 0's address;
+    a cancel stops every rank on both nodes."""
+    assert slurm_two_nodes.nodes == ("dln1", "dln2")
+    server = slurm_server(start_server, slurm_two_nodes)
+    root = root_of(server)
+    write_notebook(root / "ddp.ipynb", "%gpu 4 --nodes 2", HOST_CELL, ALLREDUCE_CELL)
+    created = server.post("dlinfra/api/jobs", {"path": "ddp.ipynb", "backend": "slurm"})
+    assert (created["nodes"], created["gpus_per_node"], created["world_size"]) == (2, 2, 4)
+    done = wait_state(server, created["id"], "succeeded", "failed", "cancelled")
+    log = server.get(f"dlinfra/api/jobs/{created['id']}/log")["text"]
+    assert done["state"] == "succeeded", (done, log, slurm_two_nodes.log_tail())
+    hosts = {}
+    for rank in range(4):
+        own = server.get(f"dlinfra/api/jobs/{created['id']}/log?rank={rank}")["text"]
+        hosts[rank] = next(x for x in own.splitlines() if x.startswith(f"rank {rank} host "))
+        line = next(x for x in own.splitlines() if x.startswith(f"rank {rank}/4 "))
+        # each node's GPUs are SLURM's GRES of that node
+        assert line.startswith(f"rank {rank}/4 local {rank % 2} node {rank // 2} gpus 0,1 ")
+        assert line.endswith(f" sum {expected_sum(4)}"), line
+    # ranks 0-1 on the first node, 2-3 on the second
+    assert [h.split()[-1] for _, h in sorted(hosts.items())] == ["dln1", "dln1", "dln2", "dln2"]
+    assert "the job succeeded on 2 nodes" in log, log
+
+    # scancel reaches both nodes' launchers through srun: every rank stops
+    write_notebook(
+        root / "long.ipynb",
+        "%gpu 4 --nodes 2",
+        "import time\nprint('working', flush=True)\ntime.sleep(600)",
+    )
+    waiting = server.post("dlinfra/api/jobs", {"path": "long.ipynb", "backend": "slurm"})
+    jobdir = root / waiting["workdir"]
+
+    def working() -> bool:
+        logs = [jobdir / "ranks" / str(r) / "job.log" for r in range(4)]
+        return all(p.exists() and "working" in p.read_text() for p in logs)
+
+    wait_until(working, timeout=120, interval=0.3, what="every rank to run on both nodes")
+    server.delete(f"dlinfra/api/jobs/{waiting['id']}")
+    final = wait_state(server, waiting["id"], "succeeded", "failed", "cancelled")
+    assert final["state"] == "cancelled", final
+    wait_until(
+        lambda: (
+            not [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if str(jobdir) in " ".join(p.info["cmdline"] or [])
+            ]
+        ),
+        timeout=60,
+        interval=0.3,
+        what="every rank's process to end",
+    )

@@ -1042,6 +1042,9 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
     assert final["state"] == "failed", final
     assert "rank 3 of 4" in final["reason"] and "rank three broke" in final["reason"], final
     assert all(p.status.succeeded != 1 for p in jobs_of(k8s_api, k8s_namespace, bad["id"]))
+    # node 0's launcher was stopped by its Job's deletion, not by waiting out its ranks
+    bad_log = alice.get(f"dlinfra/api/jobs/{bad['id']}/log")["text"]
+    assert "SIGTERM: stopping every rank" in bad_log, bad_log
 
     # a cancel stops every node's Job
     gate = tmp_path / "gate"
