@@ -75,13 +75,16 @@ def job_shape(
     nodes: int | None,
     gpus_per_node: int | None,
     node_gpus: int | None,
+    split: bool = False,
 ) -> Shape | None:
     """The shape a submission asks for, or None for a one-process job (neither ``nodes`` nor
-    ``gpus_per_node`` said).
+    ``gpus_per_node`` said, and it fits a node).
 
     ``gpus``: the job's GPUs in all (the submission's, else the notebook's ``%gpu`` line);
     ``nodes``/``gpus_per_node``: as given (None: not said); ``node_gpus``: the GPUs of the
-    largest node the job may run on (None: unknown, not checked).
+    largest node the job may run on (None: unknown, not checked). With ``split`` (a backend
+    that runs jobs of several nodes), more GPUs than ``node_gpus`` without a shape are split
+    into whole nodes of ``node_gpus``, one rank per GPU.
     Raises :class:`ShapeError` with what to ask instead."""
     for name, value, most in (
         ("nodes", nodes, MAX_NODES),
@@ -90,7 +93,16 @@ def job_shape(
         if value is not None and not 1 <= value <= most:
             raise ShapeError(f"{name} must be from 1 to {most}, not {value}")
     if nodes is None and gpus_per_node is None:
-        return None
+        if not split or not gpus or node_gpus is None or gpus <= node_gpus:
+            return None
+        if gpus % node_gpus:
+            whole = (gpus // node_gpus + 1) * node_gpus
+            raise ShapeError(
+                f"{_plural(gpus, 'GPU')} are more than one node has ({node_gpus}) and do not "
+                f"make whole nodes of {node_gpus}: ask for {gpus - gpus % node_gpus} or {whole}, "
+                "or say the shape (nodes and gpus_per_node, --nodes N --gpus-per-node G)"
+            )
+        return Shape(gpus // node_gpus, node_gpus)
     if gpus_per_node is not None:
         _fits_a_node(gpus_per_node, node_gpus)
     else:

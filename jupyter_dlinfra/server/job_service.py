@@ -224,7 +224,11 @@ class JobService:
         model = sub.model if sub.model is not None else prepared[0].model
         chosen = self.backends[backend]
         roles = self._roles(sub, chosen)
-        shape = None if roles is not None else self._shape(sub, wanted, prepared[0].nodes, chosen)
+        shape = (
+            None
+            if roles is not None
+            else self._shape(sub, wanted, prepared[0].nodes, chosen, model)
+        )
         if shape is not None:
             wanted = shape.gpus
         elif roles is not None:
@@ -232,7 +236,8 @@ class JobService:
         if wanted and chosen.gpus_from_ledger:
             # refused now, as %gpu would be, rather than failing at the job's first pass
             node = None if chosen.ledger_admits else self.server.node
-            self.ledger.check_satisfiable(node, wanted, model)
+            per_node = shape.gpus_per_node if shape is not None and chosen.ledger_admits else None
+            self.ledger.check_satisfiable(node, wanted, model, per_node=per_node)
         created: list[Job] = []
         try:
             for point, ready in zip(points, prepared, strict=True):
@@ -323,7 +328,12 @@ class JobService:
         return roles
 
     def _shape(
-        self, sub: Submission, wanted: int, notebook_nodes: int | None, backend: JobBackend
+        self,
+        sub: Submission,
+        wanted: int,
+        notebook_nodes: int | None,
+        backend: JobBackend,
+        model: str | None,
     ) -> Shape | None:
         """The job's ranks (None: one process), refused with a 400 that says what to ask where
         the backend cannot run them."""
@@ -332,9 +342,13 @@ class JobService:
             # a submission that says its GPUs and no shape is one process, whatever the
             # notebook's --nodes
             nodes = None
-        # the GPUs of this server's node, where the ledger grants the backend's jobs theirs
-        on_this_node = backend.gpus_from_ledger and not backend.ledger_admits
-        node_gpus = len(self.ledger.gpus(self.server.node)) if on_this_node else None
+        # the GPUs of this server's node, where the ledger grants the backend's jobs theirs, or
+        # of the cluster's largest node, where the ledger admits them on any
+        node_gpus: int | None = None
+        if backend.gpus_from_ledger and not backend.ledger_admits:
+            node_gpus = len(self.ledger.gpus(self.server.node))
+        elif backend.ledger_admits:
+            node_gpus = self.ledger.largest_node(model)
         if sub.gpus is None and sub.nodes is not None and sub.gpus_per_node is not None:
             wanted = 0  # the submission's shape says how many, whatever the notebook's line
         try:
@@ -343,6 +357,8 @@ class JobService:
                 nodes=nodes,
                 gpus_per_node=sub.gpus_per_node,
                 node_gpus=node_gpus or None,
+                # more GPUs than a node: whole nodes, where the backend runs several
+                split=backend.rank_nodes is None or backend.rank_nodes > 1,
             )
         except ShapeError as err:
             raise InvalidRequest(str(err), reason="bad_shape") from None

@@ -1007,6 +1007,16 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
     alice = k8s_user("alice")
     root = alice.workdir / "root"
     write_notebook(root / "ddp.ipynb", ALLREDUCE_CELL)
+    # more GPUs than the largest node (4) are whole nodes of 4, or refused with what to ask
+    for body, message in (
+        ({"gpus": 6}, "6 GPUs are more than one node has (4) and do not make whole nodes of 4"),
+        ({"gpus": 8}, "asked for 2 nodes of 4 GPUs but only 1 node has 4"),
+        ({"nodes": 3, "gpus_per_node": 1}, "asked for 3 nodes of 1 GPU but only 2 nodes have 1"),
+    ):
+        status, refused, _ = alice.request(
+            "POST", "dlinfra/api/jobs", {"path": "ddp.ipynb", **body}
+        )
+        assert status == 400 and message in refused["message"], refused
     shape = {"nodes": 2, "gpus_per_node": 2}
     job = alice.post("dlinfra/api/jobs", {"path": "ddp.ipynb", **shape})
     assert (job["world_size"], job["backend"]) == (4, "kubernetes"), job

@@ -48,6 +48,21 @@ def test_a_request_takes_its_shape(
     )
 
 
+def test_more_gpus_than_a_node_are_whole_nodes_where_the_backend_runs_several() -> None:
+    assert job_shape(gpus=16, nodes=None, gpus_per_node=None, node_gpus=8, split=True) == Shape(
+        2, 8
+    )
+    # a node's worth or less stays one process; unknown nodes never split
+    assert job_shape(gpus=8, nodes=None, gpus_per_node=None, node_gpus=8, split=True) is None
+    assert job_shape(gpus=16, nodes=None, gpus_per_node=None, node_gpus=None, split=True) is None
+    with pytest.raises(
+        ShapeError,
+        match=r"12 GPUs are more than one node has \(8\) and do not "
+        "make whole nodes of 8: ask for 8 or 16",
+    ):
+        job_shape(gpus=12, nodes=None, gpus_per_node=None, node_gpus=8, split=True)
+
+
 @pytest.mark.parametrize(
     ("gpus", "nodes", "per_node", "node_gpus", "message"),
     [

@@ -1629,11 +1629,21 @@ class Ledger:
             "p_detail": row["detail"],
         }
 
-    def check_satisfiable(self, node: str | None, count: int, model: str | None = None) -> None:
-        """Raise Unsatisfiable when no wait could ever grant this request on ``node`` (None: on
-        some one node, as a request of the pool)."""
+    def largest_node(self, model: str | None = None) -> int:
+        """The most GPUs (of ``model``, None: of one model) that one node has, free or not."""
         with self._reading() as (_, cache):
-            self._check_satisfiable(cache, node, count, model)
+            return cache.sched.largest(model)
+
+    def check_satisfiable(
+        self, node: str | None, count: int, model: str | None = None, *, per_node: int | None = None
+    ) -> None:
+        """Raise Unsatisfiable when no wait could ever grant this request on ``node`` (None: on
+        some one node, as a request of the pool; with ``per_node``, on whole nodes)."""
+        with self._reading() as (_, cache):
+            if per_node is not None and node is None and per_node < count:
+                self._check_whole_nodes(cache, count // per_node, per_node, model)
+            else:
+                self._check_satisfiable(cache, node, count, model)
 
     def _check_satisfiable(
         self, cache: LedgerCache, node: str | None, count: int, model: str | None
