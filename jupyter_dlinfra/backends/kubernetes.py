@@ -161,6 +161,8 @@ class KubernetesBackend(JobBackend):
     name = "kubernetes"
     places_gpus = True
     rank_nodes: int | None = 1
+    # roles run on one node: the job's launcher starts them in order in its pod
+    runs_roles = True
     rank_nodes_why = (
         "runs a job on more than one node only when the ledger admits its jobs (admission: "
         "true), which grants every node of the job at once"

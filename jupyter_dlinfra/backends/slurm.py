@@ -196,6 +196,8 @@ class SlurmBackend(JobBackend):
     places_gpus = True
     # srun starts the ranks' launcher on each node of the batch job
     rank_nodes = None
+    # roles run on one node (the job's launcher starts them in order, in the allocation)
+    runs_roles = True
 
     def __init__(
         self,

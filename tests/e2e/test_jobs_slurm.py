@@ -12,7 +12,7 @@ import psutil
 from slurm_cluster import SlurmCluster
 from test_jobs_local import root_of, run_cli, wait_state
 
-from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, ROLES_CELL, expected_sum
 from jupyter_dlinfra.testing.server import ServerProcess, wait_for_file, wait_until, write_notebook
 
 SLURM = (
@@ -205,6 +205,20 @@ def test_a_distributed_job_on_slurm_runs_its_ranks_with_srun_and_a_cancel_stops_
         )
 
     wait_until(runners_gone, timeout=60, what="the ranks' runners to end")
+
+    # roles: the worker starts once the server's port is open, in the SLURM allocation, each
+    # worker with its own one of SLURM's GRES
+    write_notebook(root_of(server) / "ps.ipynb", ROLES_CELL)
+    roles = [
+        {"name": "server", "replicas": 1},
+        {"name": "worker", "replicas": 2, "gpus": 1, "after": "server"},
+    ]
+    ps = server.post("dlinfra/api/jobs", {"path": "ps.ipynb", "backend": "slurm", "roles": roles})
+    assert (ps["gpus"], ps["world_size"]) == (2, 3)
+    ended = wait_state(server, ps["id"], "succeeded", "failed", "cancelled")
+    assert ended["state"] == "succeeded", (ended, slurm_cluster.log_tail())
+    worker = server.get(f"dlinfra/api/jobs/{ps['id']}/log?rank=2")["text"]
+    assert "worker 1 rank 2 gpus 1 " in worker and worker.rstrip().count("total 3") == 1, worker
 
 
 HOST_CELL = "import os, socket\nprint('rank', os.environ['RANK'], 'host', socket.gethostname())"

@@ -19,7 +19,7 @@ from jupyter_dlinfra.core.store import Store
 from jupyter_dlinfra.core.store import kernels as kernels_table
 from jupyter_dlinfra.kernel_pod import PORT_NAMES as PORTS
 from jupyter_dlinfra.kube.kernel_pods import KernelPodSpec, PodLauncher
-from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, expected_sum
+from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, ROLES_CELL, expected_sum
 from jupyter_dlinfra.testing.k8s import ControlPlane
 from jupyter_dlinfra.testing.server import (
     KernelSession,
@@ -1039,6 +1039,18 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
         line = next(x for x in own.splitlines() if x.startswith(f"rank {rank}/4 "))
         assert f"node {rank // 2} " in line and line.endswith(f" sum {expected_sum(4)}"), line
     assert "[rank0]: rank 0/4 local 0 node 0" in log, log
+
+    # roles run in one pod, in order, each worker with its own of the pod's GPUs
+    write_notebook(root / "ps.ipynb", ROLES_CELL)
+    roles = [
+        {"name": "server", "replicas": 1},
+        {"name": "worker", "replicas": 2, "gpus": 1, "after": "server"},
+    ]
+    ps = alice.post("dlinfra/api/jobs", {"path": "ps.ipynb", "roles": roles})
+    final = wait_until(lambda: ended(ps["id"]), timeout=240, interval=0.5, what="the roles")
+    assert final["state"] == "succeeded", final
+    worker = alice.get(f"dlinfra/api/jobs/{ps['id']}/log?rank=2")["text"]
+    assert "worker 1 rank 2 gpus 1 " in worker and worker.rstrip().count("total 3") == 1, worker
 
     # rank 3 (node 1) fails at once: node 0's ranks would wait for it forever; its Job is
     # stopped and the job fails with the rank's error
