@@ -395,6 +395,10 @@ function wholeNumber(
 ): number | undefined {
   const raw = input.value.trim();
   if (!raw) {
+    if (input.validity.badInput) {
+      // the browser keeps what is not a number to itself: value is '' then
+      throw new FieldError(input, `${label} must be a whole number.`);
+    }
     return undefined;
   }
   const n = Number(raw);
@@ -579,6 +583,7 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
       placeholder: '{"lr": [0.1, 0.01]}'
     });
     this._error = h('div', { class: 'jp-DLInfra-submitError', role: 'alert', hidden: true });
+    this.node.addEventListener('input', () => this._explainInvalid());
 
     const paramsHelp =
       d.parametersCell === 'read'
@@ -727,8 +732,41 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
     return request;
   }
 
+  /**
+   * While a field is out of its range JupyterLab keeps Submit off (its dialog looks for
+   * `:invalid` inputs): say which field and what it must be, as a click on Submit would.
+   */
+  private _explainInvalid(): void {
+    const invalid = this.node.querySelector<HTMLElement>(':invalid');
+    if (!invalid) {
+      if (this._explaining) {
+        this._explaining = false;
+        this._error.hidden = true;
+        this._error.textContent = '';
+        for (const control of this.node.querySelectorAll('[aria-invalid]')) {
+          control.removeAttribute('aria-invalid');
+        }
+      }
+      return;
+    }
+    let message: string;
+    try {
+      this.request();
+      const label = this.node.querySelector(`label[for="${invalid.id}"]`)?.textContent;
+      const said = (invalid as HTMLInputElement).validationMessage || 'is not valid';
+      message = `${label ?? 'A field'}: ${said}`;
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    invalid.setAttribute('aria-invalid', 'true');
+    this._explaining = true;
+    this._error.hidden = false;
+    this._error.textContent = message;
+  }
+
   /** Show an error (the server's message, or a field's), or hide it with null. */
   setError(message: string | null, control?: HTMLElement): void {
+    this._explaining = false;
     this._error.hidden = !message;
     this._error.textContent = message ?? '';
     if (control) {
@@ -777,6 +815,8 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<JobSubmission | nu
   private _parameters: HTMLTextAreaElement;
   private _sweep: HTMLTextAreaElement;
   private _error: HTMLElement;
+  /** The error shown is why Submit is off (an input out of its range), not the server's. */
+  private _explaining = false;
 }
 
 /* ---------------------------------------------------------------- the dialog */

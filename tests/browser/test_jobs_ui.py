@@ -42,12 +42,20 @@ def test_submit_dialog_runs_the_notebook_as_a_job_and_its_log_opens(lab: Any, pa
     assert server.get("dlinfra/api/jobs")["jobs"] == []
 
     # a job spans 1 node or more: the dialog will not submit 0 (JupyterLab keeps Submit off
-    # while an input is out of its range)
+    # while an input is out of its range), and says why
     accept = dialog.locator(".jp-Dialog-button.jp-mod-accept")
+    error = dialog.locator(".jp-DLInfra-submitError")
     dialog.locator("input[name=nodes]").fill("0")
     expect(accept).to_be_disabled()
+    expect(error).to_have_text("Nodes must be a whole number, 1 or more, not 0.")
+    expect(dialog.locator("input[name=nodes]")).to_have_attribute("aria-invalid", "true")
+    dialog.locator("input[name=priority]").fill("5000")
+    expect(error).to_contain_text("Nodes must be")  # the first field out of range first
     dialog.locator("input[name=nodes]").fill("")
+    expect(error).to_have_text("Priority must be a whole number from -1000 to 1000, not 5000.")
+    dialog.locator("input[name=priority]").fill("0")
     expect(accept).to_be_enabled()
+    expect(error).to_be_hidden()
 
     dialog.locator("textarea[name=parameters]").fill('{"lr": 0.25}')
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
