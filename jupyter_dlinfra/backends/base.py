@@ -176,6 +176,12 @@ class JobBackend(abc.ABC):
         """
         return None
 
+    def node_gpus(self, model: str | None) -> int | None:
+        """The most GPUs (of ``model``; None: any) one node of this backend has, for a backend
+        that places GPUs itself; None when it cannot tell. A submission of more GPUs without a
+        shape is split into whole nodes of that many (see ``jobs/shape.py``)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What the API shows about this backend (name, whether it is usable, why not)."""
         return {"name": self.name, "places_gpus": self.places_gpus, "available": True}

@@ -77,6 +77,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,6 +154,23 @@ class _Row:
     partition: str
 
 
+#: how long the nodes' GPUs read from sinfo are kept (s)
+_NODES_TTL_S = 60.0
+
+
+def _gres_counts(line: str, name: str) -> dict[str, int]:
+    """One node's GPUs from sinfo's ``%G`` (``gpu:4``, ``gpu:a100:4(S:0-1),shard:8``): count
+    by type ("" untyped), for the GRES ``name``."""
+    counts: dict[str, int] = {}
+    for item in re.split(r",(?![^(]*\))", line.strip()):
+        parts = item.split("(", 1)[0].split(":")
+        if parts[0] != name or len(parts) < 2 or not parts[-1].isdigit():
+            continue
+        kind = parts[1].lower() if len(parts) == 3 else ""
+        counts[kind] = counts.get(kind, 0) + int(parts[-1])
+    return counts
+
+
 def _names(option: str, mapping: Mapping[str, str] | None) -> dict[str, str]:
     """A mapping of ours -> SLURM names, each checked to fit an ``#SBATCH`` line."""
     found: dict[str, str] = {}
@@ -214,6 +232,7 @@ class SlurmBackend(JobBackend):
         squeue: str = "squeue",
         scontrol: str = "scontrol",
         scancel: str = "scancel",
+        sinfo: str = "sinfo",
         gres_name: str = "gpu",
         gres_types: Mapping[str, str] | None = None,
         nice_base: int = 0,
@@ -239,6 +258,7 @@ class SlurmBackend(JobBackend):
             "squeue": squeue,
             "scontrol": scontrol,
             "scancel": scancel,
+            "sinfo": sinfo,
         }
         self.gres_name = gres_name
         self.gres_types = {k.lower(): v.lower() for k, v in (gres_types or {}).items()}
@@ -249,6 +269,8 @@ class SlurmBackend(JobBackend):
         )
         self.timeout = timeout
         self._cluster: str | None = None
+        #: (when read, each node's GPUs by GRES type: "" for untyped)
+        self._nodes_read: tuple[float, list[dict[str, int]]] | None = None
 
     # --- running the tools ----------------------------------------------------------------
 
@@ -600,6 +622,30 @@ class SlurmBackend(JobBackend):
         proc = self._run("scancel", handle.ref)
         if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
             raise self._failure("scancel", proc)
+
+    def node_gpus(self, model: str | None) -> int | None:
+        """The most GPUs of the GRES ``gres_name`` one node of the partition has (``sinfo``,
+        read at most once a minute), of ``model``'s GRES type when ``gres_types`` maps it;
+        None when SLURM does not say."""
+        now = time.monotonic()
+        if self._nodes_read is None or now - self._nodes_read[0] > _NODES_TTL_S:
+            args = ["--noheader", "--Node", "--format=%G"]
+            if self.partition:
+                args.append(f"--partition={self.partition}")
+            try:
+                proc = self._run("sinfo", *args)
+            except BackendError:
+                return None
+            if proc.returncode != 0:
+                return None
+            found = [_gres_counts(line, self.gres_name) for line in proc.stdout.splitlines()]
+            self._nodes_read = (now, found)
+        wanted = self.gres_types.get(model.lower()) if model and self.gres_types else None
+        counts = [
+            (node.get(wanted, 0) if wanted is not None else sum(node.values()))
+            for node in self._nodes_read[1]
+        ]
+        return max(counts, default=0) or None
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -349,6 +349,8 @@ class JobService:
             node_gpus = len(self.ledger.gpus(self.server.node))
         elif backend.ledger_admits:
             node_gpus = self.ledger.largest_node(model)
+        else:
+            node_gpus = backend.node_gpus(model)
         if sub.gpus is None and sub.nodes is not None and sub.gpus_per_node is not None:
             wanted = 0  # the submission's shape says how many, whatever the notebook's line
         try:

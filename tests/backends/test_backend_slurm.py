@@ -17,7 +17,12 @@ from backend_kit import Jobs, wait_ended, wait_for
 from slurm_cluster import SlurmCluster
 
 from jupyter_dlinfra.backends import BackendError, BackendState, BackendStatus, JobHandle, JobLaunch
-from jupyter_dlinfra.backends.slurm import NICE_MAX, SlurmBackend, nice_for_priority
+from jupyter_dlinfra.backends.slurm import (
+    NICE_MAX,
+    SlurmBackend,
+    _gres_counts,
+    nice_for_priority,
+)
 from jupyter_dlinfra.backends.slurm_queue import parse_time
 
 
@@ -382,3 +387,24 @@ def test_recover_finds_an_accepted_job_by_its_comment(
     found = backend.recover(launch)
     assert found is not None and found.ref == handle.ref
     backend.cancel(handle)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("gpu:4", {"": 4}),
+        ("gpu:a100:4(S:0-1),shard:8", {"a100": 4}),
+        ("gpu:a100:2,gpu:h100:4(S:0)", {"a100": 2, "h100": 4}),
+        ("(null)", {}),
+        ("mps:100", {}),
+    ],
+)
+def test_a_nodes_gpus_are_read_from_sinfo(line: str, expected: dict[str, int]) -> None:
+    assert _gres_counts(line, "gpu") == expected
+
+
+def test_the_largest_nodes_gpus_come_from_sinfo(slurm_cluster: SlurmCluster) -> None:
+    backend = SlurmBackend(env=slurm_cluster.env)
+    assert backend.node_gpus(None) == slurm_cluster.ngpu
+    typed = SlurmBackend(env=slurm_cluster.env, gres_types={"A100": "a100"})
+    assert typed.node_gpus("A100") is None  # the test cluster's GRES have no type

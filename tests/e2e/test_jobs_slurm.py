@@ -251,13 +251,18 @@ def test_a_job_of_two_nodes_runs_on_two_slurm_nodes_whose_ranks_meet_and_cancel_
     assert [h.split()[-1] for _, h in sorted(hosts.items())] == ["dln1", "dln1", "dln2", "dln2"]
     assert "the job succeeded on 2 nodes" in log, log
 
-    # scancel reaches both nodes' launchers through srun: every rank stops
+    # more GPUs than a node has (2, as sinfo says) are whole nodes, or refused
     write_notebook(
-        root / "long.ipynb",
-        "%gpu 4 --nodes 2",
-        "import time\nprint('working', flush=True)\ntime.sleep(600)",
+        root / "long.ipynb", "import time\nprint('working', flush=True)\ntime.sleep(600)"
     )
-    waiting = server.post("dlinfra/api/jobs", {"path": "long.ipynb", "backend": "slurm"})
+    status, refused, _ = server.request(
+        "POST", "dlinfra/api/jobs", {"path": "long.ipynb", "backend": "slurm", "gpus": 3}
+    )
+    assert status == 400 and "3 GPUs are more than one node has (2)" in refused["message"]
+    waiting = server.post("dlinfra/api/jobs", {"path": "long.ipynb", "backend": "slurm", "gpus": 4})
+    assert (waiting["nodes"], waiting["gpus_per_node"]) == (2, 2), waiting
+
+    # scancel reaches both nodes' launchers through srun: every rank stops
     jobdir = root / waiting["workdir"]
 
     def working() -> bool:
