@@ -251,6 +251,18 @@ def test_a_job_of_two_nodes_runs_on_two_slurm_nodes_whose_ranks_meet_and_cancel_
     assert [h.split()[-1] for _, h in sorted(hosts.items())] == ["dln1", "dln1", "dln2", "dln2"]
     assert "the job succeeded on 2 nodes" in log, log
 
+    # a rank of the second node fails: srun stops the first node's, the job fails with it
+    write_notebook(
+        root / "bad.ipynb",
+        "%gpu 4 --nodes 2",
+        "import os\nif os.environ['RANK'] == '3': raise RuntimeError('rank three broke')",
+        ALLREDUCE_CELL,
+    )
+    bad = server.post("dlinfra/api/jobs", {"path": "bad.ipynb", "backend": "slurm"})
+    failed = wait_state(server, bad["id"], "succeeded", "failed", "cancelled")
+    assert failed["state"] == "failed", failed
+    assert "rank 3 of 4" in failed["reason"] and "rank three broke" in failed["reason"], failed
+
     # more GPUs than a node has (2, as sinfo says) are whole nodes, or refused
     write_notebook(
         root / "long.ipynb", "import time\nprint('working', flush=True)\ntime.sleep(600)"
