@@ -107,3 +107,24 @@ def test_a_servers_ledger_freezes_once_after_its_first_load(
         assert frozen == [1]
     finally:
         store.dispose()
+
+
+def test_freezing_also_spaces_out_the_collectors_passes() -> None:
+    """In a process of its own (the test process must keep Python's collector as it is): after
+    the freeze, young collections wait for 50,000 new objects and full passes for 2,000 of
+    them (see ``freeze_long_lived``)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc\n"
+        "from jupyter_dlinfra.core.books.ledger import freeze_long_lived\n"
+        "assert gc.get_threshold() == (700, 10, 10), gc.get_threshold()\n"
+        "freeze_long_lived()\n"
+        "print(gc.get_threshold(), gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{ledger_module.SERVER_GC_THRESHOLDS} True"

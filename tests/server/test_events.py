@@ -26,7 +26,13 @@ from tornado.httpclient import HTTPClientError
 from tornado.httputil import HTTPHeaders
 
 from jupyter_dlinfra.core.models import KernelRecord, LedgerEvent
-from jupyter_dlinfra.server.events import KEEPALIVE, QUEUE_PAGE, Broadcaster, Subscription
+from jupyter_dlinfra.server.events import (
+    FANOUT_SLICE,
+    KEEPALIVE,
+    QUEUE_PAGE,
+    Broadcaster,
+    Subscription,
+)
 from jupyter_dlinfra.server.notices import notice_from_event
 from jupyter_dlinfra.server.token_bucket import TokenBucket
 from jupyter_dlinfra.testing.event_stream import apply_delta
@@ -770,3 +776,42 @@ async def test_a_persons_notices_reach_only_that_persons_streams() -> None:
     # bob sees the notice for everyone, not ana's
     assert len(bob._items) == 1 and b"database is away" in bob._items[0][1]
     assert len(everything._items) == 2
+
+
+async def test_a_delta_reaches_many_streams_a_slice_at_a_time_in_order() -> None:
+    """500 streams written to in one step of the event loop held every request of a gateway
+    for 100-350 ms: the event loop runs other work between slices, and every stream still
+    gets the delta, once, and the one after it only after it."""
+    broadcaster = Broadcaster(cast(Any, None), fanout_rate=0)
+    subs = [Subscription() for _ in range(3 * FANOUT_SLICE + 1)]
+    for sub in subs:
+        sub.resync = False  # as after the snapshot each stream starts with
+    broadcaster._subs.update(subs)
+    offered: list[int] = []
+    between: list[int] = []
+
+    async def other_work() -> None:
+        while len(offered) < len(subs):
+            between.append(len(offered))
+            await asyncio.sleep(0)
+
+    def counting(sub: Subscription) -> None:
+        original = sub.offer
+
+        def offer(frame: bytes, *, seq: int | None = None) -> None:
+            offered.append(id(sub))
+            original(frame, seq=seq)
+
+        sub.offer = offer  # type: ignore[method-assign]
+
+    for sub in subs:
+        counting(sub)
+    other = asyncio.create_task(other_work())
+    await broadcaster._fan_out_sliced(b"event: delta\ndata: 1\n\n", 1)
+    await broadcaster._fan_out_sliced(b"event: delta\ndata: 2\n\n", 2)
+    await other
+    # the other work ran while the first delta was being handed out, between its slices
+    assert any(0 < n < len(subs) for n in between), between
+    assert sorted(offered) == sorted(id(s) for s in subs for _ in range(2))
+    for sub in subs:
+        assert [seq for seq, _ in sub._items] == [1, 2]
