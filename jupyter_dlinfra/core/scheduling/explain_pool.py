@@ -185,7 +185,6 @@ def explain_pool(
         over = quota_wait(s, d)
         pending = s.pending.get(d.id, 0)
         fit = free.fit(models, d)
-        shape = d.shape
         if over is not None:
             code, reason = "quota", over
         elif pending:
@@ -195,42 +194,48 @@ def explain_pool(
             free.take(fit)
             for pid, _ in fit:
                 took_by(takers, free.model_of[pid], tier, d.user)
-        elif shape is not None:
-            nodes, per_node = shape
-            roomy = len(real.whole_nodes(models, (len(real.node_of), per_node), d.avoid))
-            in_all = sum(real.in_all[m] for m in models)
-            total = sum(real.total[m] for m in models)
-            kind = f" of model '{d.model}'" if d.model else ""
-            reason = (
-                f"waiting for {nodes} nodes with {per_node} free GPUs each{kind}: "
-                f"{plural(roomy, 'node')} {'has' if roomy == 1 else 'have'} that many free "
-                f"({in_all} of {total} free in all)"
-            )
-            if d.avoid:
-                reason += f"; not on {', '.join(sorted(d.avoid))}, where it could not start"
-            if roomy >= nodes and not d.avoid:
-                code, ahead = _why_kept(s, d, tier, models, takers)
-                reason += f"; kept for {ahead}"
-            else:
-                code = "no_free_gpu"
         else:
-            most = real.most(models)
-            in_all = sum(real.in_all[m] for m in models)
-            total = sum(real.total[m] for m in models)
-            kind = f" of model '{d.model}'" if d.model else ""
-            reason = (
-                f"waiting for {plural(d.count, 'GPU')}{kind} on one node: at most {most} free on "
-                f"a node ({in_all} of {total} free in all)"
-            )
-            if d.avoid:
-                reason += f"; not on {', '.join(sorted(d.avoid))}, where it could not start"
-            if most >= d.count and not d.avoid:
-                code, ahead = _why_kept(s, d, tier, models, takers)
-                reason += f"; kept for {ahead}"
-            else:
-                code = "no_free_gpu"
+            code, reason = _no_room(s, d, real, models, tier, takers)
         view[d.id] = wait_info(d.id, position, code, reason, starts.get(d.id))
     return view
+
+
+def _no_room(
+    s: Scheduler,
+    d: Demand,
+    real: _FreeIndex,
+    models: tuple[str, ...],
+    tier: int,
+    takers: Takers,
+) -> tuple[str, str]:
+    """Why a request of the pool that fits nowhere now waits: the room it needs (GPUs on one
+    node, or that many on each of several nodes) against what is free, and, where there is
+    room, whom it is kept for."""
+    kind = f" of model '{d.model}'" if d.model else ""
+    shape = d.shape
+    if shape is None:
+        most = real.most(models)
+        wants = (
+            f"waiting for {plural(d.count, 'GPU')}{kind} on one node: at most {most} free on a node"
+        )
+        room = most >= d.count
+    else:
+        nodes, per_node = shape
+        roomy = len(real.whole_nodes(models, (len(real.node_of), per_node), d.avoid))
+        wants = (
+            f"waiting for {nodes} nodes with {per_node} free GPUs each{kind}: "
+            f"{plural(roomy, 'node')} {'has' if roomy == 1 else 'have'} that many free"
+        )
+        room = roomy >= nodes
+    in_all = sum(real.in_all[m] for m in models)
+    total = sum(real.total[m] for m in models)
+    reason = f"{wants} ({in_all} of {total} free in all)"
+    if d.avoid:
+        reason += f"; not on {', '.join(sorted(d.avoid))}, where it could not start"
+    if room and not d.avoid:
+        code, ahead = _why_kept(s, d, tier, models, takers)
+        return code, f"{reason}; kept for {ahead}"
+    return "no_free_gpu", reason
 
 
 def beyond_pool(s: Scheduler, d: Demand, position: int) -> WaitInfo:
