@@ -116,6 +116,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["nodes"] = args.nodes
     if args.gpus_per_node is not None:
         body["gpus_per_node"] = args.gpus_per_node
+    if args.launcher:
+        body["launcher"] = args.launcher
     if args.model:
         body["model"] = args.model
     if args.name:
@@ -259,6 +261,12 @@ def parser() -> argparse.ArgumentParser:
         help="run as ranks (one per GPU, torchrun's environment) over this many nodes",
     )
     s.add_argument("--gpus-per-node", type=int, help="ranks (GPUs) per node of a distributed job")
+    s.add_argument(
+        "--launcher",
+        choices=["torchrun"],
+        help="start a distributed job's ranks with one torchrun per node (PyTorch needed "
+        "where the job runs); default: the job's own launcher, with torchrun's environment",
+    )
     s.add_argument("--model", help="GPU model, e.g. A100")
     s.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
     s.add_argument(

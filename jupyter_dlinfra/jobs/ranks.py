@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -44,6 +45,7 @@ from typing import Any
 
 from jupyter_dlinfra.jobs import nodes
 from jupyter_dlinfra.jobs.shape import (
+    TORCHRUN,
     Role,
     Shape,
     ShapeError,
@@ -55,7 +57,7 @@ from jupyter_dlinfra.jobs.shape import (
     roles_world,
 )
 
-__all__ = ["KILL_AFTER_S", "main", "rank_dir", "run_ranks"]
+__all__ = ["KILL_AFTER_S", "main", "rank_dir", "run_ranks", "torchrun_argv"]
 
 #: seconds the other ranks get to stop after one failed (or after a cancel) before SIGKILL
 KILL_AFTER_S = 10.0
@@ -266,6 +268,10 @@ def run_ranks(
                     f"{node_rank * shape.gpus_per_node}.."
                     f"{(node_rank + 1) * shape.gpus_per_node - 1}, rendezvous at {addr}:{port} ---"
                 )
+                if spec.get("launcher") == TORCHRUN:
+                    return _torchrun_node(
+                        jobdir, shape, node_rank, (addr, port), run_id, log, run, end, grace
+                    )
                 envs = [
                     rank_env(
                         shape,
@@ -313,6 +319,99 @@ def run_ranks(
         log.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def torchrun_argv(
+    jobdir: Path, shape: Shape, node_rank: int, endpoint: tuple[str, int], run_id: str
+) -> list[str]:
+    """One node's ``torchrun``: its workers are in-job runners, each writing to
+    ``ranks/$RANK``; node 0's agent holds the static rendezvous at ``endpoint``."""
+    addr, port = endpoint
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={shape.nodes}",
+        f"--node-rank={node_rank}",
+        f"--nproc-per-node={shape.gpus_per_node}",
+        "--rdzv-backend=static",
+        f"--rdzv-endpoint={addr}:{port}",
+        f"--rdzv-id={run_id}",
+        "--max-restarts=0",
+        "-m",
+        "jupyter_dlinfra.jobs.runner",
+        str(jobdir),
+        "--rank-out",
+    ]
+
+
+def _torchrun_node(
+    jobdir: Path,
+    shape: Shape,
+    node_rank: int,
+    endpoint: tuple[str, int],
+    run_id: str,
+    log: _Log,
+    run: _Run,
+    end: Callable[..., int],
+    grace: float,
+) -> int:
+    """``launcher: torchrun``: this node's ranks are torchrun's workers (its environment, its
+    restarts policy, its stopping of the others when one fails); this launcher starts it,
+    passes on a cancel, and says how the node's ranks ended from their own status files."""
+    world_size = shape.world_size
+    if importlib.util.find_spec("torch") is None:
+        return end(
+            state="failed",
+            error=(
+                f"launcher torchrun: PyTorch is not installed for {sys.executable}, which runs "
+                "the job: install torch there, or leave launcher out (the default starts the "
+                "ranks itself, with torchrun's environment)"
+            ),
+            world_size=None,
+        )
+    argv = torchrun_argv(jobdir, shape, node_rank, endpoint, run_id)
+    log.line(f"--- torchrun: {' '.join(argv[2:])} ---")
+    with (jobdir / "job.log").open("ab") as out:
+        proc = subprocess.Popen(
+            argv, cwd=jobdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    follow = _Follow(rank_dir(jobdir, 0) / "job.log", "[rank0]: ") if node_rank == 0 else None
+    code = None
+    while code is None:
+        if run.signum is not None and run.stop_sent_at is None:
+            log.line(f"--- {signal.Signals(run.signum).name}: stopping torchrun ---")
+            run.stop_sent_at = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        if run.stop_sent_at is not None and time.monotonic() - run.stop_sent_at > grace:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        if follow is not None:
+            follow.step(log)
+        code = proc.poll()
+        if code is None:
+            time.sleep(_POLL_S)
+    if follow is not None:
+        follow.step(log, final=True)
+    first = node_rank * shape.gpus_per_node
+    for rank in range(first, first + shape.gpus_per_node):
+        said = _read_json(rank_dir(jobdir, rank) / "status.json")
+        done = said.get("state") == "succeeded"
+        run.ranks.append(
+            _Rank(rank=rank, proc=proc, out=rank_dir(jobdir, rank), code=0 if done else 1)
+        )
+    if run.signum is not None:
+        return _cancelled(end, run.signum, world_size)
+    failed = [r for r in run.ranks if _read_json(r.out / "status.json").get("state") == "failed"]
+    failed.sort(key=lambda r: float(_read_json(r.out / "status.json").get("ended_at") or 0.0))
+    if failed:
+        run.failed = failed[0]
+        error, cell = _rank_error(failed[0])
+        return end(state="failed", error=error, world_size=world_size, failed_cell=cell)
+    if code != 0:
+        return end(state="failed", error=f"torchrun exited with code {code}", world_size=world_size)
+    return end(state="succeeded", error=None, world_size=world_size)
 
 
 def _cancelled(end: Callable[..., int], signum: int, world_size: int | None) -> int:

@@ -598,11 +598,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="where the log, outputs and status go (relative: under JOBDIR); default JOBDIR",
     )
+    parser.add_argument(
+        "--rank-out",
+        action="store_true",
+        help="a worker that torchrun started: write to ranks/$RANK, this output included",
+    )
     args = parser.parse_args(argv)
     if not args.jobdir.is_dir():
         print(f"{args.jobdir}: no such job directory", file=sys.stderr)
         return EXIT_USAGE
     out = None if args.out is None else args.jobdir / args.out
+    if args.rank_out:
+        rank = os.environ.get("RANK", "")
+        if not rank.isdigit():
+            print("--rank-out: RANK is not set (run under torchrun)", file=sys.stderr)
+            return EXIT_USAGE
+        out = args.jobdir / "ranks" / rank
+        out.mkdir(parents=True, exist_ok=True)
+        # torchrun gives a worker the agent's own output: this rank's goes to its own log,
+        # as the launcher's ranks' do
+        log = os.open(out / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
     return run(args.jobdir, out)
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_GPUS_PER_NODE",
     "MAX_NODES",
     "READY_KINDS",
+    "TORCHRUN",
     "Role",
     "Shape",
     "ShapeError",
@@ -39,6 +40,9 @@ __all__ = [
 #: refused rather than queued for ever
 MAX_NODES = 1024
 MAX_GPUS_PER_NODE = 64
+#: a job's ``launcher`` (spec.json) when one ``torchrun`` per node starts the node's ranks;
+#: without one, ``jobs/ranks.py`` starts them itself with torchrun's environment
+TORCHRUN = "torchrun"
 
 
 class ShapeError(ValueError):

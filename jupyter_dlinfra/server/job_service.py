@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import re
@@ -47,6 +48,7 @@ from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecor
 from jupyter_dlinfra.core.outage import database_unavailable
 from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
 from jupyter_dlinfra.jobs.shape import (
+    TORCHRUN,
     Role,
     Shape,
     ShapeError,
@@ -128,6 +130,8 @@ class Submission:
     gpus_per_node: int | None = None
     #: a job with roles, as asked (a list of {name, replicas, gpus, after, ready}); None: none
     roles: Any = None
+    #: who starts a distributed job's ranks: None (the default launcher) or "torchrun"
+    launcher: str | None = None
 
 
 class JobService:
@@ -229,6 +233,8 @@ class JobService:
             if roles is not None
             else self._shape(sub, wanted, prepared[0].nodes, chosen, model)
         )
+        if sub.launcher is not None:
+            self._check_launcher(sub.launcher, shape)
         if shape is not None:
             wanted = shape.gpus
         elif roles is not None:
@@ -290,6 +296,7 @@ class JobService:
                             else {"nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node}
                         ),
                         **({} if roles is None else {"roles": [r.to_json() for r in roles]}),
+                        **({} if sub.launcher is None else {"launcher": sub.launcher}),
                     },
                 )
         except Exception as err:
@@ -386,6 +393,21 @@ class JobService:
             )
         return shape
 
+    @staticmethod
+    def _check_launcher(launcher: object, shape: Shape | None) -> None:
+        if launcher != TORCHRUN:
+            raise InvalidRequest(
+                f"launcher must be {TORCHRUN!r} (one torchrun per node starts the ranks) or "
+                f"left out (the ranks are started with torchrun's environment), not {launcher!r}",
+                reason="bad_shape",
+            )
+        if shape is None:
+            raise InvalidRequest(
+                "launcher torchrun starts a distributed job's ranks: say its nodes (and GPUs per "
+                "node); a job with roles, or of one process, has no ranks for torchrun",
+                reason="bad_shape",
+            )
+
     def _backends_that(self, can: Callable[[JobBackend], bool]) -> str:
         """The enabled backends that can do something, for a refusal to name them."""
         names = sorted(name for name, b in self.backends.items() if can(b))
@@ -405,6 +427,7 @@ class JobService:
                 nodes=None if job.roles is not None else job.nodes,
                 gpus_per_node=None if job.roles is not None else job.gpus_per_node,
                 roles=None if job.roles is None else [dict(r) for r in job.roles],
+                launcher=_launcher_of(job),
                 model=job.model,
                 priority=job.priority,
                 priority_class=job.priority_class,
@@ -948,6 +971,16 @@ class JobService:
         self.book.forget_server(server.server_id)
         for backend in self.backends.values():
             backend.close()
+
+
+def _launcher_of(job: Job) -> str | None:
+    """The launcher a job was submitted with (its spec.json says; None: the default)."""
+    try:
+        spec = json.loads((Path(job.workdir) / "spec.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    launcher = spec.get("launcher") if isinstance(spec, dict) else None
+    return launcher if isinstance(launcher, str) else None
 
 
 def _job_kernel(name: str, lookup: Callable[[str], Any] | None) -> tuple[str, int]:

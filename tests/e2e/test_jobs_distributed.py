@@ -3,6 +3,8 @@ ledger's grant split among real ranks that find each other over TCP."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,11 +78,25 @@ def test_a_notebook_asking_for_ranks_runs_them_together_with_their_logs(
         ({"gpus": 5, "gpus_per_node": 2}, "gpus (5) is not nodes x gpus_per_node (1 x 2 = 2)"),
         ({"gpus_per_node": 8}, "8 GPUs per node, but the largest node has 4"),
         ({"nodes": 0}, "nodes"),
+        ({"launcher": "mpirun"}, "launcher must be 'torchrun'"),
+        # a submission's GPUs without a shape are one process: nothing for torchrun to start
+        ({"launcher": "torchrun", "gpus": 2}, "launcher torchrun starts a distributed job's"),
     ):
         status, refused, _ = server.request(
             "POST", "dlinfra/api/jobs", {"path": "ddp.ipynb", **body}
         )
         assert status == 400 and message in refused["message"], (body, refused)
+    # one torchrun per node: where PyTorch is not installed the job fails saying so, and a
+    # re-run keeps the launcher
+    if importlib.util.find_spec("torch") is None:
+        torchrun = server.post("dlinfra/api/jobs", {"path": "ddp.ipynb", "launcher": "torchrun"})
+        failed = wait_state(server, torchrun["id"], "succeeded", "failed")
+        assert "launcher torchrun: PyTorch is not installed" in failed["reason"], failed
+        again = server.post(f"dlinfra/api/jobs/{torchrun['id']}/rerun", {})
+        spec = json.loads((root / again["workdir"] / "spec.json").read_text())
+        assert spec["launcher"] == "torchrun", spec
+        wait_state(server, again["id"], "succeeded", "failed")
+
     # a job with roles: a server, then workers once it listens; refused shapes say why
     write_notebook(root / "ps.ipynb", ROLES_CELL)
     roles = [

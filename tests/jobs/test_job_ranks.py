@@ -3,6 +3,7 @@ kernels, a real rendezvous over TCP at the launcher's MASTER_ADDR:MASTER_PORT.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -14,13 +15,23 @@ from typing import Any
 
 import nbformat
 import psutil
+import pytest
 
+from jupyter_dlinfra.jobs.ranks import torchrun_argv
+from jupyter_dlinfra.jobs.shape import Shape
 from jupyter_dlinfra.testing.distributed import ALLREDUCE_CELL, ROLES_CELL, expected_sum
 
 GPUS = ["GPU-a", "GPU-b", "GPU-c"]
 
 
-def job_dir(tmp_path: Path, *cells: str, ranks: int = 3, nodes: int = 1, roles: Any = None) -> Path:
+def job_dir(
+    tmp_path: Path,
+    *cells: str,
+    ranks: int = 3,
+    nodes: int = 1,
+    roles: Any = None,
+    launcher: str | None = None,
+) -> Path:
     nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]  # type: ignore[no-untyped-call]
     nbformat.write(nb, tmp_path / "input.ipynb")  # type: ignore[no-untyped-call]
@@ -31,6 +42,7 @@ def job_dir(tmp_path: Path, *cells: str, ranks: int = 3, nodes: int = 1, roles: 
         "nodes": nodes,
         "gpus_per_node": ranks,
         **({} if roles is None else {"roles": roles}),
+        **({} if launcher is None else {"launcher": launcher}),
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return tmp_path
@@ -314,3 +326,53 @@ def test_a_node_waiting_for_node_0_is_cancelled_at_once(tmp_path: Path) -> None:
     assert second.wait(timeout=30) == 128 + signal.SIGTERM
     own = json.loads((jobdir / "nodes" / "1" / "status.json").read_text())
     assert own["state"] == "cancelled" and own["error"] == "cancelled by SIGTERM"
+
+
+def test_torchrun_is_one_per_node_with_a_static_rendezvous_at_node_0() -> None:
+    argv = torchrun_argv(Path("/jobs/7"), Shape(2, 4), 1, ("10.0.0.5", 29500), "job-7")
+    assert argv[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--node-rank=1",
+        "--nproc-per-node=4",
+        "--rdzv-backend=static",
+        "--rdzv-endpoint=10.0.0.5:29500",
+        "--rdzv-id=job-7",
+        "--max-restarts=0",
+        "-m",
+        "jupyter_dlinfra.jobs.runner",
+        "/jobs/7",
+        "--rank-out",
+    ]
+
+
+def test_launcher_torchrun_without_pytorch_fails_saying_what_to_do(tmp_path: Path) -> None:
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed here: the next test runs torchrun itself")
+    jobdir = job_dir(tmp_path, ALLREDUCE_CELL, ranks=2, launcher="torchrun")
+    proc = launch(jobdir, GPUS[:2])
+    assert proc.wait(timeout=60) == 1
+    done = status(jobdir)
+    assert done["state"] == "failed", done
+    assert done["error"].startswith("launcher torchrun: PyTorch is not installed for "), done
+    assert "leave launcher out" in done["error"]
+    assert not (jobdir / "ranks").exists()  # nothing started
+
+
+def test_launcher_torchrun_runs_the_ranks_as_its_workers(tmp_path: Path) -> None:
+    """Where PyTorch is installed (a GPU machine's image): torchrun's workers are the job's
+    runners, each with torchrun's own RANK and rendezvous, meeting through TCP."""
+    pytest.importorskip("torch")
+    jobdir = job_dir(tmp_path, ALLREDUCE_CELL, ranks=2, launcher="torchrun")
+    proc = launch(jobdir, GPUS[:2])
+    assert proc.wait(timeout=180) == 0, (jobdir / "job.log").read_text()
+    done = status(jobdir)
+    assert done["state"] == "succeeded" and [r["state"] for r in done["ranks"]] == [
+        "succeeded",
+        "succeeded",
+    ]
+    for rank in range(2):
+        own = (jobdir / "ranks" / str(rank) / "job.log").read_text()
+        assert f"rank {rank}/2 local {rank} node 0 " in own and f"sum {expected_sum(2)}" in own
+    assert "torchrun: torch.distributed.run --nnodes=1" in (jobdir / "job.log").read_text()

@@ -57,6 +57,7 @@ _SUBMIT_FIELDS = {
     "gpus",
     "nodes",
     "gpus_per_node",
+    "launcher",
     "roles",
     "model",
     "priority",
@@ -206,6 +207,7 @@ class JobsHandler(_JobBase):
             ),
             # checked by the service (jobs/shape.py's parse_roles): its errors are 400s
             roles=body.get("roles"),
+            launcher=_string(body, "launcher"),
         )
         created = await self.service.jobs_call(self.jobs.submit, sub)
         # start it now rather than at the loop's next pass
