@@ -157,7 +157,10 @@ def rank_env(
     run_id: str,
 ) -> Mapping[str, str]:
     """The environment of one rank, as ``torchrun`` sets it for its workers (``node_gpus``:
-    the GPUs granted on the rank's node, in order; empty on a node without them)."""
+    the GPUs granted on the rank's node, in order; empty where the node's environment does
+    not name them: a Kubernetes pod, whose device plugin exposes just its GPUs, or a node
+    without any. ``CUDA_VISIBLE_DEVICES`` is then left as the rank inherits it, not emptied,
+    which would hide the pod's GPUs from every rank)."""
     if not 0 <= node_rank < shape.nodes or not 0 <= local_rank < shape.gpus_per_node:
         raise ValueError(f"rank {node_rank}/{local_rank} is outside {shape.describe()}")
     rank = node_rank * shape.gpus_per_node + local_rank
@@ -177,8 +180,9 @@ def rank_env(
         "TORCHELASTIC_RUN_ID": run_id,
         "TORCHELASTIC_RESTART_COUNT": "0",
         "TORCHELASTIC_MAX_RESTARTS": "0",
-        "CUDA_VISIBLE_DEVICES": ",".join(node_gpus),
     }
+    if node_gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(node_gpus)
     if local_rank < len(node_gpus):
         env["DLINFRA_RANK_GPU"] = node_gpus[local_rank]
     return env
@@ -306,9 +310,12 @@ def role_envs(
     envs: list[dict[str, str]] = []
     rank = 0
     taken = 0
+    if not gpus:
+        # not named (a Kubernetes pod: its device plugin exposes its GPUs as devices 0..N-1)
+        gpus = [str(i) for i in range(roles_gpus(roles))]
     for role in roles:
         for replica in range(role.replicas):
-            mine = list(gpus[taken : taken + role.gpus]) if gpus else []
+            mine = list(gpus[taken : taken + role.gpus])
             taken += role.gpus
             envs.append(
                 {

@@ -125,6 +125,12 @@ def test_every_rank_of_a_shape_is_numbered_once() -> None:
         for lr in range(2)
     ]
     assert ranks == list(range(6))
+    # a pod's GPUs are what its device plugin exposed: without names, the rank's
+    # CUDA_VISIBLE_DEVICES is left as inherited (empty would hide them all)
+    unnamed = rank_env(
+        shape, node_rank=0, local_rank=0, master_addr="h", master_port=1, node_gpus=[], run_id="r"
+    )
+    assert "CUDA_VISIBLE_DEVICES" not in unnamed and "DLINFRA_RANK_GPU" not in unnamed
     with pytest.raises(ValueError, match="outside 3 nodes x 2 GPUs"):
         rank_env(
             shape,
@@ -193,3 +199,6 @@ def test_each_process_of_a_job_with_roles_knows_every_roles_addresses() -> None:
     assert {(e["MASTER_ADDR"], e["MASTER_PORT"], e["WORLD_SIZE"]) for e in envs} == {
         ("h", "7000", "3")
     }
+    # a pod's GPUs are not named: its device plugin exposes them as devices 0 and 1
+    unnamed = role_envs(roles, host="h", ports=[1, 2, 3], gpus=[], ready_dir="/r", run_id="j")
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in unnamed] == ["", "0", "1"]
