@@ -31,9 +31,13 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"gateway"}),
     frozenset({"cli"}),
 )
-#: imports between rooms of one layer: job backends run on the Kubernetes plumbing, and the
-#: cluster's telemetry tells our pods from others' by its labels
-SIDEWAYS: frozenset[tuple[str, str]] = frozenset({("backends", "kube"), ("telemetry", "kube")})
+#: imports between rooms of one layer: job backends run on the Kubernetes plumbing, the
+#: cluster's telemetry tells our pods from others' by its labels, and a backend that runs a job's
+#: nodes itself (Kubernetes) reads and gathers their statuses as the in-job launcher writes
+#: them (jobs/nodes.py, standard library only)
+SIDEWAYS: frozenset[tuple[str, str]] = frozenset(
+    {("backends", "kube"), ("telemetry", "kube"), ("backends", "jobs")}
+)
 #: the modules of kernel/ that each room may import (kernel/ runs in the user's kernel; what it
 #: shares with the server side is named here, one module at a time)
 KERNEL_USERS: Mapping[str, frozenset[str]] = {
