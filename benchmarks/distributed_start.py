@@ -72,11 +72,28 @@ RUNNER = (sys.executable, "-m", "jupyter_dlinfra.jobs.runner")
 TARGET_RATIO = 1.2
 
 
-def _past(log: Path) -> float:
-    for line in log.read_text(errors="replace").splitlines():
+def _past_in(text: str, where: str) -> float:
+    """When a rank was past its rendezvous, as its log says."""
+    for line in text.splitlines():
         if line.startswith(MARK):
             return float(line.split()[-1])
-    raise RuntimeError(f"{log}: no '{MARK}' line:\n{log.read_text(errors='replace')[-2000:]}")
+    raise RuntimeError(f"{where}: no '{MARK}' line:\n{text[-2000:]}")
+
+
+def _past(log: Path) -> float:
+    return _past_in(log.read_text(errors="replace"), str(log))
+
+
+def _succeeded(server: ServerProcess, job_id: int, *, timeout: float, what: str) -> None:
+    """Wait for the job's record to end; it must have succeeded."""
+
+    def ended() -> dict[str, object] | None:
+        found: dict[str, object] = server.get(f"dlinfra/api/jobs/{job_id}")
+        return found if found["state"] not in ("queued", "running") else None
+
+    done = wait_until(ended, timeout=timeout, interval=0.2, what=f"{what} to end")
+    if done["state"] != "succeeded":
+        raise RuntimeError(f"{what} {done['state']}: {done['reason']}")
 
 
 def ours(server: ServerProcess, ranks: int) -> float:
@@ -94,13 +111,7 @@ def ours(server: ServerProcess, ranks: int) -> float:
         what=f"the {ranks}-rank job to end",
     )
 
-    def ended() -> dict[str, object] | None:
-        found: dict[str, object] = server.get(f"dlinfra/api/jobs/{job['id']}")
-        return found if found["state"] not in ("queued", "running") else None
-
-    done = wait_until(ended, timeout=60, interval=0.2, what=f"the {ranks}-rank job's record")
-    if done["state"] != "succeeded":
-        raise RuntimeError(f"the {ranks}-rank job {done['state']}: {done['reason']}")
+    _succeeded(server, int(job["id"]), timeout=60, what=f"the {ranks}-rank job")
     return max(_past(rank_dir(jobdir, r) / "job.log") for r in range(ranks)) - start
 
 
@@ -210,18 +221,9 @@ def through_gateway(person: ServerProcess, ranks: int) -> float:
         "dlinfra/api/jobs", {"path": "dist.ipynb", "nodes": count, "gpus_per_node": per_node}
     )
 
-    def ended() -> dict[str, object] | None:
-        found: dict[str, object] = person.get(f"dlinfra/api/jobs/{job['id']}")
-        return found if found["state"] not in ("queued", "running") else None
-
-    done = wait_until(ended, timeout=300, interval=0.2, what=f"the {ranks}-rank job on k8s")
-    if done["state"] != "succeeded":
-        raise RuntimeError(f"the {ranks}-rank job on k8s {done['state']}: {done['reason']}")
-    past = []
-    for r in range(ranks):
-        text = str(person.get(f"dlinfra/api/jobs/{job['id']}/log?rank={r}")["text"])
-        past.append(next(float(x.split()[-1]) for x in text.splitlines() if x.startswith(MARK)))
-    return max(past) - start
+    _succeeded(person, int(job["id"]), timeout=300, what=f"the {ranks}-rank job on k8s")
+    logs = [person.get(f"dlinfra/api/jobs/{job['id']}/log?rank={r}") for r in range(ranks)]
+    return max(_past_in(str(log["text"]), f"rank {r}'s log") for r, log in enumerate(logs)) - start
 
 
 def main(argv: list[str] | None = None) -> int:

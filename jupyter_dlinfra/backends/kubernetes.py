@@ -157,6 +157,12 @@ def parse_time(stamp: Any) -> float | None:
         return None
 
 
+def _parts(handle: JobHandle) -> list[str]:
+    """The node Jobs of a distributed job's handle (kubernetes_gang.py); [] for one Job."""
+    parts = handle.detail.get("parts")
+    return [str(p) for p in parts] if isinstance(parts, list) else []
+
+
 class KubernetesBackend(JobBackend):
     name = "kubernetes"
     places_gpus = True
@@ -429,13 +435,13 @@ class KubernetesBackend(JobBackend):
             view.load(namespace)
         for handle in handles:
             namespace = str(handle.detail.get("namespace") or self.namespace)
-            parts = handle.detail.get("parts")
-            if isinstance(parts, list) and parts:
+            parts = _parts(handle)
+            if parts:
                 workdir = handle.detail.get("workdir")
                 statuses[handle.ref] = gang_status(
                     view,
                     namespace,
-                    [str(p) for p in parts],
+                    parts,
                     str(workdir) if workdir else None,
                     cancelled=(namespace, handle.ref) in self._cancelled,
                     stop=lambda name, ns=namespace: self._delete(  # type: ignore[misc]
@@ -508,11 +514,11 @@ class KubernetesBackend(JobBackend):
 
     def cancel(self, handle: JobHandle) -> None:
         namespace = str(handle.detail.get("namespace") or self.namespace)
-        parts = handle.detail.get("parts")
-        if isinstance(parts, list) and parts:
+        parts = _parts(handle)
+        if parts:
             self._cancelled.add((namespace, handle.ref))
             for name in parts:
-                self._delete(namespace, str(name), what=f"cancel the Job {name}")
+                self._delete(namespace, name, what=f"cancel the Job {name}")
             return
         self._delete(namespace, handle.ref, what=f"cancel the Job {handle.ref}")
 

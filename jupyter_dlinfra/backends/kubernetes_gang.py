@@ -48,6 +48,7 @@ from jupyter_dlinfra.backends.base import (
 )
 from jupyter_dlinfra.backends.kubernetes_job import CONTAINER, JobTemplate, job_name
 from jupyter_dlinfra.backends.kubernetes_view import JobView
+from jupyter_dlinfra.backends.local import status_from_file
 from jupyter_dlinfra.jobs import nodes as job_nodes
 from jupyter_dlinfra.kube.api import PREFIX
 
@@ -64,12 +65,6 @@ GANG_ANNOTATION = PREFIX + "gang"
 NODE_RANK_LABEL = PREFIX + "node-rank"
 #: node 0's pod IP (the downward API), where its rank 0 listens
 POD_IP_ENV = "DLINFRA_POD_IP"
-
-_STATES = {
-    "succeeded": BackendState.SUCCEEDED,
-    "failed": BackendState.FAILED,
-    "cancelled": BackendState.CANCELLED,
-}
 
 
 def part_name(gang: str, node_rank: int) -> str:
@@ -121,19 +116,12 @@ def gang_status(
 ) -> BackendStatus:
     """The job's status from its nodes' Jobs (see the module's documentation). ``cancelled``:
     the gang was cancelled through the backend; ``stop(name)`` deletes one node's Job."""
-    statuses = [view.status(namespace, name, {}) for name in parts]
-    gone = [
-        k for k, s in enumerate(statuses) if s.state is BackendState.LOST and workdir is not None
+    # a node's Job removed by ttl_after_finished_s reads as its launcher's own status says
+    details = [
+        {} if workdir is None else {"workdir": job_nodes.node_status_path(Path(workdir), k).parent}
+        for k in range(len(parts))
     ]
-    for k in gone:
-        # removed by ttl_after_finished_s: the node's launcher said how it ended
-        own = job_nodes.read_json(job_nodes.node_status_path(Path(workdir or ""), k))
-        if own is not None and own.get("state") in _STATES:
-            statuses[k] = BackendStatus(
-                state=_STATES[own["state"]],
-                reason=own.get("error"),
-                exit_code=own.get("exit_code"),
-            )
+    statuses = [view.status(namespace, name, d) for name, d in zip(parts, details, strict=True)]
     if all(s.state.ended for s in statuses):
         return _ended(statuses, len(parts), workdir, cancelled=cancelled)
     bad = [
@@ -175,10 +163,5 @@ def _ended(
     jobdir = Path(workdir)
     found = job_nodes.read_json(jobdir / "status.json")
     if found is None or found.get("nodes") != count:
-        found = job_nodes.gather(jobdir, count)
-    state = _STATES.get(str(found.get("state")), BackendState.FAILED)
-    return BackendStatus(
-        state=state,
-        reason=None if state is BackendState.SUCCEEDED else found.get("error"),
-        exit_code=found.get("exit_code"),
-    )
+        job_nodes.gather(jobdir, count)
+    return status_from_file(jobdir, f"the {count} nodes' Jobs ended")

@@ -376,41 +376,50 @@ def _torchrun_node(
         proc = subprocess.Popen(
             argv, cwd=jobdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
         )
+    # while it runs, torchrun is the one process this launcher stops (SIGTERM, then SIGKILL)
+    agent = _Rank(rank=-1, proc=proc, out=jobdir)
+    run.ranks = [agent]
     follow = _Follow(rank_dir(jobdir, 0) / "job.log", "[rank0]: ") if node_rank == 0 else None
-    code = None
-    while code is None:
+    while agent.code is None:
         if run.signum is not None and run.stop_sent_at is None:
             log.line(f"--- {signal.Signals(run.signum).name}: stopping torchrun ---")
-            run.stop_sent_at = time.monotonic()
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        if run.stop_sent_at is not None and time.monotonic() - run.stop_sent_at > grace:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            run.stop_all()
+        run.kill_late(grace)
         if follow is not None:
             follow.step(log)
-        code = proc.poll()
-        if code is None:
+        agent.code = proc.poll()
+        if agent.code is None:
             time.sleep(_POLL_S)
     if follow is not None:
         follow.step(log, final=True)
     first = node_rank * shape.gpus_per_node
-    for rank in range(first, first + shape.gpus_per_node):
-        said = _read_json(rank_dir(jobdir, rank) / "status.json")
-        done = said.get("state") == "succeeded"
-        run.ranks.append(
-            _Rank(rank=rank, proc=proc, out=rank_dir(jobdir, rank), code=0 if done else 1)
+    said = {
+        rank: _read_json(rank_dir(jobdir, rank) / "status.json")
+        for rank in range(first, first + shape.gpus_per_node)
+    }
+    run.ranks = [
+        _Rank(
+            rank=rank,
+            proc=proc,
+            out=rank_dir(jobdir, rank),
+            code=0 if own.get("state") == "succeeded" else 1,
         )
+        for rank, own in said.items()
+    ]
     if run.signum is not None:
         return _cancelled(end, run.signum, world_size)
-    failed = [r for r in run.ranks if _read_json(r.out / "status.json").get("state") == "failed"]
-    failed.sort(key=lambda r: float(_read_json(r.out / "status.json").get("ended_at") or 0.0))
+    failed = sorted(
+        (r for r in run.ranks if said[r.rank].get("state") == "failed"),
+        key=lambda r: float(said[r.rank].get("ended_at") or 0.0),
+    )
     if failed:
         run.failed = failed[0]
         error, cell = _rank_error(failed[0])
         return end(state="failed", error=error, world_size=world_size, failed_cell=cell)
-    if code != 0:
-        return end(state="failed", error=f"torchrun exited with code {code}", world_size=world_size)
+    if agent.code != 0:
+        return end(
+            state="failed", error=f"torchrun exited with code {agent.code}", world_size=world_size
+        )
     return end(state="succeeded", error=None, world_size=world_size)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import re
@@ -47,6 +46,7 @@ from jupyter_dlinfra.core.errors import InvalidRequest, NotFound
 from jupyter_dlinfra.core.models import Allocation, AllocationState, KernelRecord
 from jupyter_dlinfra.core.outage import database_unavailable
 from jupyter_dlinfra.jobs.convert import prepare, read_notebook, snapshot
+from jupyter_dlinfra.jobs.nodes import read_json
 from jupyter_dlinfra.jobs.shape import (
     TORCHRUN,
     Role,
@@ -975,11 +975,7 @@ class JobService:
 
 def _launcher_of(job: Job) -> str | None:
     """The launcher a job was submitted with (its spec.json says; None: the default)."""
-    try:
-        spec = json.loads((Path(job.workdir) / "spec.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    launcher = spec.get("launcher") if isinstance(spec, dict) else None
+    launcher = (read_json(Path(job.workdir) / "spec.json") or {}).get("launcher")
     return launcher if isinstance(launcher, str) else None
 
 

@@ -86,6 +86,16 @@ def k8s_user(k8s_team: Team, tmp_path: Path) -> Iterator[Callable[..., ServerPro
         stop_and_keep_log(server)
 
 
+def job_end(who: ServerProcess, job_id: int, *, timeout: float = 180, what: str = "") -> Any:
+    """A job of ``who``'s once it ended (succeeded, failed or cancelled)."""
+
+    def ended() -> Any:
+        current = who.get(f"dlinfra/api/jobs/{job_id}")
+        return current if current["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_until(ended, timeout=timeout, interval=0.5, what=what or f"job {job_id} to end")
+
+
 def pods_of(api: kubernetes.client.ApiClient, namespace: str, kernel_id: str) -> list[Any]:
     core = kubernetes.client.CoreV1Api(api)
     selector = f"dlinfra.jupyter.org/kernel-id={kernel_id}"
@@ -377,11 +387,7 @@ def test_a_notebook_job_runs_as_a_kubernetes_job_to_completion(
     job = alice.post("dlinfra/api/jobs", {"path": "train.ipynb"})
     assert job["backend"] == "kubernetes"
 
-    def ended() -> Any:
-        current = alice.get(f"dlinfra/api/jobs/{job['id']}")
-        return current if current["state"] in ("succeeded", "failed", "cancelled") else None
-
-    final = wait_until(ended, timeout=180, interval=0.5, what="the job to end")
+    final = job_end(alice, job["id"])
     log = alice.get(f"dlinfra/api/jobs/{job['id']}/log")["text"]
     assert final["state"] == "succeeded", (final, log)
     assert "devices 0" in log, log
@@ -460,12 +466,7 @@ def test_jobs_are_admitted_by_the_ledger_and_wait_there_in_its_order(
     # alice's ends: bob's is admitted on the node that came free, and runs to its end
     gate.write_text("go")
     for who, job in ((alice, first), (bob, second)):
-
-        def ended(who: ServerProcess = who, job: Any = job) -> Any:
-            current = who.get(f"dlinfra/api/jobs/{job['id']}")
-            return current if current["state"] in ("succeeded", "failed", "cancelled") else None
-
-        final = wait_until(ended, timeout=180, interval=0.5, what=f"job {job['id']} to end")
+        final = job_end(who, job["id"])
         assert final["state"] == "succeeded", final
     [admitted] = jobs_of(k8s_api, k8s_namespace, second["id"])
     assert _pinned_node(admitted) == "gpu-node-a"
@@ -710,11 +711,7 @@ def test_a_notebooks_gpu_request_preempts_an_admitted_batch_job_which_runs_again
     assert jobs_of(k8s_api, k8s_namespace, job["id"]) == []
     kernel.execute("%gpu release", timeout=120, partial=True)
     gate.write_text("go")
-    done = wait_until(
-        lambda: (j := bobs())["state"] in ("succeeded", "failed", "cancelled") and j,
-        timeout=180,
-        what="bob's job to run again and end",
-    )
+    done = job_end(bob, job["id"], what="bob's job to run again and end")
     assert done["state"] == "succeeded" and done["attempts"] == 1, done
     kernel.shutdown()
 
@@ -749,11 +746,7 @@ def test_an_admitted_job_that_never_binds_is_handed_back_and_runs_on_another_nod
         [first] = jobs_of(k8s_api, k8s_namespace, job["id"])
         assert _pinned_node(first) == "gpu-node-b"
 
-        def ended() -> Any:
-            current = alice.get(f"dlinfra/api/jobs/{job['id']}")
-            return current if current["state"] in ("succeeded", "failed", "cancelled") else None
-
-        final = wait_until(ended, timeout=180, interval=0.5, what="the job to end")
+        final = job_end(alice, job["id"])
         assert final["state"] == "succeeded", final
         admitted = [j for j in jobs_of(k8s_api, k8s_namespace, job["id"]) if j.status.succeeded]
         assert [_pinned_node(j) for j in admitted] == ["gpu-node-a"]
@@ -824,11 +817,7 @@ def test_gpus_of_pods_the_gateway_did_not_start_are_not_admitted_on(
         assert jobs_of(k8s_api, k8s_namespace, job["id"]) == []
         core.delete_namespaced_pod(name, k8s_namespace, grace_period_seconds=0)
 
-        def ended() -> Any:
-            current = alice.get(f"dlinfra/api/jobs/{job['id']}")
-            return current if current["state"] in ("succeeded", "failed", "cancelled") else None
-
-        final = wait_until(ended, timeout=180, interval=0.5, what="the job to end")
+        final = job_end(alice, job["id"])
         assert final["state"] == "succeeded", final
         [admitted] = jobs_of(k8s_api, k8s_namespace, job["id"])
         assert _pinned_node(admitted) == "gpu-node-a"
@@ -1021,11 +1010,7 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
     job = alice.post("dlinfra/api/jobs", {"path": "ddp.ipynb", **shape})
     assert (job["world_size"], job["backend"]) == (4, "kubernetes"), job
 
-    def ended(job_id: int) -> Any:
-        current = alice.get(f"dlinfra/api/jobs/{job_id}")
-        return current if current["state"] in ("succeeded", "failed", "cancelled") else None
-
-    final = wait_until(lambda: ended(job["id"]), timeout=240, interval=0.5, what="the ranks")
+    final = job_end(alice, job["id"], timeout=240, what="the ranks")
     log = alice.get(f"dlinfra/api/jobs/{job['id']}/log")["text"]
     assert final["state"] == "succeeded", (final, log)
     parts = jobs_of(k8s_api, k8s_namespace, job["id"])
@@ -1047,7 +1032,7 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
         {"name": "worker", "replicas": 2, "gpus": 1, "after": "server"},
     ]
     ps = alice.post("dlinfra/api/jobs", {"path": "ps.ipynb", "roles": roles})
-    final = wait_until(lambda: ended(ps["id"]), timeout=240, interval=0.5, what="the roles")
+    final = job_end(alice, ps["id"], timeout=240, what="the roles")
     assert final["state"] == "succeeded", final
     worker = alice.get(f"dlinfra/api/jobs/{ps['id']}/log?rank=2")["text"]
     assert "worker 1 rank 2 gpus 1 " in worker and worker.rstrip().count("total 3") == 1, worker
@@ -1060,7 +1045,7 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
         ALLREDUCE_CELL,
     )
     bad = alice.post("dlinfra/api/jobs", {"path": "bad.ipynb", **shape})
-    final = wait_until(lambda: ended(bad["id"]), timeout=240, interval=0.5, what="the failure")
+    final = job_end(alice, bad["id"], timeout=240, what="the failure")
     assert final["state"] == "failed", final
     assert "rank 3 of 4" in final["reason"] and "rank three broke" in final["reason"], final
     assert all(p.status.succeeded != 1 for p in jobs_of(k8s_api, k8s_namespace, bad["id"]))
@@ -1080,7 +1065,7 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
     )
     assert len(jobs_of(k8s_api, k8s_namespace, waiting["id"])) == 2
     alice.delete(f"dlinfra/api/jobs/{waiting['id']}")
-    final = wait_until(lambda: ended(waiting["id"]), timeout=120, interval=0.5, what="the cancel")
+    final = job_end(alice, waiting["id"], timeout=120, what="the cancel")
     assert final["state"] == "cancelled", final
     wait_until(
         lambda: not jobs_of(k8s_api, k8s_namespace, waiting["id"]),

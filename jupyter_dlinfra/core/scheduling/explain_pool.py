@@ -34,7 +34,7 @@ from jupyter_dlinfra.core.scheduling.explain import (
     took_by,
     wait_info,
 )
-from jupyter_dlinfra.core.scheduling.scheduler import Scheduler
+from jupyter_dlinfra.core.scheduling.scheduler import Scheduler, whole_node_pools
 from jupyter_dlinfra.core.scheduling.types import Demand, Holding
 from jupyter_dlinfra.core.wording import plural
 
@@ -101,26 +101,10 @@ class _FreeIndex:
     def whole_nodes(
         self, models: tuple[str, ...], shape: tuple[int, int], avoid: frozenset[str]
     ) -> list[int]:
-        """Up to ``nodes`` pools on different nodes with ``per_node`` free GPUs each, the
-        fewest free first (as the pass places them)."""
-        nodes, per_node = shape
-        seen: set[str] = set()
-        found: list[int] = []
-        top = max((len(self.buckets.get(m, ())) for m in models), default=0)
-        for n in range(per_node, top):
-            for model in models:
-                buckets = self.buckets.get(model, [])
-                if n >= len(buckets):
-                    continue
-                for pid in sorted(buckets[n]) if len(buckets[n]) < 64 else buckets[n]:
-                    node = self.node_of[pid]
-                    if node in avoid or node in seen:
-                        continue
-                    seen.add(node)
-                    found.append(pid)
-                    if len(found) == nodes:
-                        return found
-        return found
+        """Up to ``nodes`` pools on different nodes with ``per_node`` free GPUs each, as the
+        pass picks them."""
+        per_model = [self.buckets.get(m, []) for m in models]
+        return whole_node_pools(per_model, self.node_of.__getitem__, shape, avoid)
 
     def fit(self, models: tuple[str, ...], d: Demand) -> list[tuple[int, int]] | None:
         """Where ``d`` would start now: (pool, GPUs) for each part; None when it does not fit."""

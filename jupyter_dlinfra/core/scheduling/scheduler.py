@@ -51,7 +51,7 @@ import heapq
 import itertools
 import math
 from collections import Counter, defaultdict
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import replace
 
 from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
@@ -69,7 +69,7 @@ from jupyter_dlinfra.core.scheduling.types import (
     model_matches,
 )
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "whole_node_pools"]
 
 
 def _submitted(demand: Demand) -> float:
@@ -125,6 +125,37 @@ KEY_STEP_S = 1.0
 _PREEMPTING = 8
 #: nodes whose victims are compared before choosing where to preempt
 _NODES_COMPARED = 8
+
+
+def whole_node_pools(
+    per_model: list[list[set[int]]],
+    node_of: Callable[[int], str],
+    shape: tuple[int, int],
+    avoid: frozenset[str],
+) -> list[int]:
+    """Up to ``nodes`` pools (ids) on different nodes with at least ``per_node`` free GPUs
+    each, the fewest free first (best fit, as one node's requests are placed: large holes stay
+    for large requests). ``per_model``: for each model asked for, its pools by free GPUs
+    (``buckets[free]``); ``node_of(pid)``: a pool's node. The pass places by it, and the pool's
+    explanations replay it on their copy of the free GPUs."""
+    nodes, per_node = shape
+    seen: set[str] = set()
+    found: list[int] = []
+    top = max((len(b) for b in per_model), default=0)
+    for free in range(per_node, top):
+        for buckets in per_model:
+            if free >= len(buckets):
+                continue
+            same = buckets[free]
+            for pid in sorted(same) if len(same) < 64 else same:
+                node = node_of(pid)
+                if node in avoid or node in seen:
+                    continue
+                seen.add(node)
+                found.append(pid)
+                if len(found) == nodes:
+                    return found
+    return found
 
 
 class _Pool:
@@ -1095,40 +1126,28 @@ class Scheduler:
         return taken
 
     def _whole_nodes(
-        self,
-        models: tuple[str, ...],
-        shape: tuple[int, int],
-        avoid: frozenset[str],
-        *,
-        least: int | None = None,
+        self, models: tuple[str, ...], shape: tuple[int, int], avoid: frozenset[str]
     ) -> list[_Pool]:
-        """Up to ``nodes`` pools on different nodes, each with at least ``least`` free GPUs
-        (default: the GPUs per node; 0 counts a pool of that many GPUs whatever is free), the
-        fewest free first (best fit, as one node's requests are placed: large holes stay for
-        large requests), or the most free first when ``least`` is given (a reservation
-        keeps the nodes closest to fitting)."""
+        """Up to ``nodes`` pools on different nodes with ``per_node`` free GPUs each, best fit
+        (see :func:`whole_node_pools`)."""
+        found = whole_node_pools(
+            [self._buckets.get(m, []) for m in models],
+            lambda pid: self._pool_list[pid].node,
+            shape,
+            avoid,
+        )
+        return [self._pool_list[pid] for pid in found]
+
+    def _closest_nodes(
+        self, models: tuple[str, ...], shape: tuple[int, int], avoid: frozenset[str]
+    ) -> list[_Pool]:
+        """Up to ``nodes`` pools large enough, on different nodes, the most free first: what a
+        waiting gang in whole nodes keeps for itself (those closest to fitting)."""
         nodes, per_node = shape
         seen: set[str] = set()
         found: list[_Pool] = []
-        if least is None:
-            per_model = [self._buckets.get(m, []) for m in models]
-            top = max((len(b) for b in per_model), default=0)
-            for free in range(per_node, top):
-                for buckets in per_model:
-                    if free >= len(buckets):
-                        continue
-                    same = buckets[free]
-                    for pid in sorted(same) if len(same) < 64 else same:
-                        pool = self._pool_list[pid]
-                        if pool.node in avoid or pool.node in seen:
-                            continue
-                        seen.add(pool.node)
-                        found.append(pool)
-                        if len(found) == nodes:
-                            return found
-            return found
         for pool in self._fullest(models, 1 << 62, big=per_node, avoid=avoid):
-            if pool.node not in seen and len(pool.free) >= least:
+            if pool.node not in seen:
                 seen.add(pool.node)
                 found.append(pool)
                 if len(found) == nodes:
@@ -1179,7 +1198,7 @@ class Scheduler:
         elif nominated:
             pools = [self._pool_list[i] for i in nominated]
         elif demand.shape is not None:
-            pools = self._whole_nodes(models, demand.shape, demand.avoid, least=0)
+            pools = self._closest_nodes(models, demand.shape, demand.avoid)
         elif demand.gang:
             pools = self._fullest(models, demand.count, avoid=demand.avoid)
         else:
