@@ -107,6 +107,20 @@ class Allocation:
     #: ``count // per_node`` different nodes (``node`` is the first of them once granted);
     #: None: one node
     per_node: int | None = None
+    #: a kernel's grant whose GPU memory is checkpointed to the host (see core/books/parking.py):
+    #: "parking", "parked", "resuming", "restoring"; None when not parked
+    park_state: str | None = None
+    parked_at: float | None = None
+    park_reason: str | None = None
+    #: GPU memory the host keeps for it while parked
+    park_bytes: int | None = None
+    #: granted on a parked grant's GPUs: preempted as soon as that grant resumes
+    on_loan: bool = False
+
+    @property
+    def parked(self) -> bool:
+        """Whether its GPUs are not its own now (lent, or free to lend)."""
+        return self.park_state in ("parked", "resuming")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,7 +46,7 @@ from jupyter_dlinfra.core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["LEDGER_VERSION", "SCHEMA_VERSION", "Store", "Transaction", "read_counter"]
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 #: how long opening a connection to a database server may take before the call fails (seconds)
 CONNECT_TIMEOUT_S = 10
@@ -119,6 +119,15 @@ allocations = Table(
     # schema 13: a gang in whole nodes (a distributed job): its GPUs per node, ``count`` of them
     # over ``count / per_node`` different nodes; NULL: one node
     Column("per_node", Integer, nullable=True),
+    # schema 14: a kernel's grant parked (its GPU memory checkpointed to the host, its GPUs lent):
+    # "parking", "parked", "resuming" (waiting for the loans to end), "restoring" (its GPUs
+    # are back, its process is being restored); NULL: not parked. With when, why, and how many
+    # bytes of GPU memory the host keeps for it; and grants made on a parked grant's GPUs
+    Column("park_state", String(16), nullable=True),
+    Column("parked_at", Float, nullable=True),
+    Column("park_reason", Text, nullable=True),
+    Column("park_bytes", BigInteger, nullable=True),
+    Column("on_loan", Boolean, nullable=True),
 )
 # schema 7: one user's (or node's) allocations are read without scanning everyone's
 Index("ix_dlinfra_allocations_user_state", allocations.c.user, allocations.c.state)
@@ -305,6 +314,10 @@ _ADDED = (
     (12, "dlinfra_jobs", "nodes"),
     (12, "dlinfra_jobs", "roles"),
     (13, "dlinfra_allocations", "per_node"),
+    *(
+        (14, "dlinfra_allocations", c)
+        for c in ("park_state", "parked_at", "park_reason", "park_bytes", "on_loan")
+    ),
 )
 
 #: the Jupyter servers using the ledger: jobs of a server that is gone are adopted by another

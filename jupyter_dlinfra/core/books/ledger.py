@@ -1094,6 +1094,7 @@ class Ledger:
                         gpus=grant.gpus,
                         granted_at=at,
                         borrowed=grant.borrowed,
+                        on_loan=grant.on_loan,
                         node=cache.sched.node_of(grant.gpus) or alloc.node,
                     )
                 if new_id in cache.waiting:
@@ -1728,7 +1729,7 @@ class Ledger:
         # grants may be marked as preempted for it: for a request of this ledger's scheduler,
         # it knows whether any is (GPUs pending for it); of the cluster's, the tables say
         marked = True
-        if alloc.id in sched.holdings:
+        if alloc.id in sched.holdings or alloc.id in sched.parking.parked:
             sched.release(alloc.id)
         elif alloc.id in sched.demands:
             marked = sched.may_have_victims(alloc.id)
@@ -1791,7 +1792,7 @@ class Ledger:
         """Grant and preempt what the policy says now, in memory, and write what was decided
         (the grants by request, and when). Runs inside the caller's write transaction."""
         sched = cache.sched
-        if not sched.demands:
+        if not sched.demands and not sched.parking.resuming:
             return {}
         conn = tx.conn
         cache.changed()
@@ -1807,6 +1808,8 @@ class Ledger:
                     )
         now = self.clock.now()
         out = sched.schedule(now)
+        if out.resumed:
+            self._returned(tx, cache, out.resumed, now)
         # what the pass decided, in one statement per table (executemany)
         rows: list[dict[str, Any]] = []
         for grant in out.grants:
@@ -1821,6 +1824,11 @@ class Ledger:
                 [{"p_id": g.request_id, "p_at": now, "p_borrowed": g.borrowed} for g in out.grants],
             )
             cache.forget_rows(g.request_id for g in out.grants)
+            loans = [g.request_id for g in out.grants if g.on_loan]
+            if loans:
+                tx.conn.execute(
+                    update(allocations).where(allocations.c.id.in_(loans)).values(on_loan=True)
+                )
         placed_on: list[tuple[int, str, str]] = []  # request, its kernel, the node granted
         for grant in out.grants:
             asked = cache.waiting.pop(grant.request_id, None)
@@ -1835,6 +1843,8 @@ class Ledger:
                     placed_on.append((grant.request_id, asked.kernel_id, node))
             if grant.borrowed:
                 detail["borrowed"] = True
+            if grant.on_loan:
+                detail["on_loan"] = True
             told.append(
                 event_row(
                     "granted",
@@ -1869,6 +1879,31 @@ class Ledger:
             )
         write_events(tx, told)
         return {g.request_id: (g, now) for g in out.grants}
+
+    def _returned(self, tx: Transaction, cache: LedgerCache, ids: list[int], now: float) -> None:
+        """The pass gave these parked grants their GPUs back (their loans ended): they hold
+        them again, and their processes are to be restored (see books/parking.py)."""
+        held = cache.sched.holdings
+        sql.INSERT_HOLDINGS.run_many(
+            tx.conn, [{"gpu_uuid": u, "allocation_id": a} for a in ids for u in held[a].gpus]
+        )
+        tx.conn.execute(
+            update(allocations).where(allocations.c.id.in_(ids)).values(park_state="restoring")
+        )
+        cache.forget_rows(ids)
+        write_events(
+            tx,
+            [
+                event_row(
+                    "park_returned",
+                    at=now,
+                    allocation_id=a,
+                    kernel_id=cache.kernel_of.get(a),
+                    detail={"gpus": list(held[a].gpus)},
+                )
+                for a in ids
+            ],
+        )
 
     def _record_usage(
         self,
@@ -2183,6 +2218,7 @@ def _allocation_rows(rows: Sequence[Row[Any]], owned: dict[int, list[str]]) -> l
     )
     avoid = at.get("avoid_nodes")
     per_node = at.get("per_node")
+    park = [at.get(n) for n in ("park_state", "parked_at", "park_reason", "park_bytes", "on_loan")]
     found = []
     for r in rows:
         found.append(
@@ -2207,6 +2243,18 @@ def _allocation_rows(rows: Sequence[Row[Any]], owned: dict[int, list[str]]) -> l
                 placement=r[placement] or "ledger",
                 avoid=() if avoid is None else names_of_row(r[avoid]),
                 per_node=None if per_node is None else r[per_node],
+                **({} if park[0] is None else _park_fields(r, park)),
             )
         )
     return found
+
+
+def _park_fields(r: Row[Any], at: list[int | None]) -> dict[str, Any]:
+    state, parked_at, reason, size, on_loan = (None if i is None else r[i] for i in at)
+    return {
+        "park_state": state,
+        "parked_at": parked_at,
+        "park_reason": reason,
+        "park_bytes": size,
+        "on_loan": bool(on_loan),
+    }

@@ -6,6 +6,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from sqlalchemy import Connection, select
 
@@ -97,19 +98,24 @@ def load_scheduler(
         groups = groups_of_row(raw_groups.get(alloc.id), alloc.user, groups_of)
         klass = class_of(alloc, policy)
         if alloc.state is AllocationState.GRANTED:
-            s.hold(
-                Holding(
-                    id=alloc.id,
-                    user=alloc.user,
-                    groups=groups,
-                    klass=klass,
-                    kind=alloc.kind,
-                    gpus=tuple(held.get(alloc.id, ())),
-                    granted_at=alloc.granted_at or alloc.created_at,
-                    borrowed=alloc.borrowed,
-                    preempted_for=alloc.preempted_for,
-                )
+            holding = Holding(
+                id=alloc.id,
+                user=alloc.user,
+                groups=groups,
+                klass=klass,
+                kind=alloc.kind,
+                gpus=tuple(held.get(alloc.id, ())),
+                granted_at=alloc.granted_at or alloc.created_at,
+                borrowed=alloc.borrowed,
+                preempted_for=alloc.preempted_for,
+                on_loan=alloc.on_loan,
             )
+            if alloc.parked:
+                # it holds no rows of holdings: its own GPUs are those it was granted
+                holding = replace(holding, gpus=alloc.gpus)
+                s.parking.restore(holding, resuming=alloc.park_state == "resuming")
+            else:
+                s.hold(holding)
     for alloc in active:
         if alloc.state is AllocationState.QUEUED:
             s.submit(

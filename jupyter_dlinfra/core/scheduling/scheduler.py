@@ -56,6 +56,7 @@ from dataclasses import replace
 
 from jupyter_dlinfra.core.errors import Conflict, InvalidRequest, NotFound
 from jupyter_dlinfra.core.scheduling.fairshare import Account
+from jupyter_dlinfra.core.scheduling.parking import Parking
 from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 from jupyter_dlinfra.core.scheduling.pool_queue import GroupKey, PoolQueue
 from jupyter_dlinfra.core.scheduling.ranking import Ranking
@@ -242,6 +243,8 @@ class Scheduler:
         self.outside_wanted: dict[str, int] = {}
         #: node -> the GPUs taken out of its free ones for that work (fewer while ours hold them)
         self.outside_taken: dict[str, list[str]] = {}
+        #: parked grants and the loans on their GPUs
+        self.parking = Parking(self)
 
     # -- inventory -------------------------------------------------------------------------------
 
@@ -272,6 +275,7 @@ class Scheduler:
     def remove_gpu(self, uuid: str) -> None:
         """A GPU is gone: never handed out again (its holder keeps it until it releases)."""
         self._frontier = None
+        self.parking.held(uuid)  # a parked grant's GPU that is gone is lent no more
         pool = self._pool_of.pop(uuid, None)
         if pool is None:
             return
@@ -398,8 +402,11 @@ class Scheduler:
         for uuid in holding.gpus:
             if uuid in self._holder_of:
                 raise Conflict(f"GPU {uuid} is already held by {self._holder_of[uuid]}")
+        parked = self.parking.owner
         for uuid in holding.gpus:
             self._holder_of[uuid] = holding.id
+            if parked:
+                self.parking.held(uuid)
             pool = self._pool_of.get(uuid)
             if pool is not None and uuid in pool.free:
                 before = len(pool.free)
@@ -414,12 +421,17 @@ class Scheduler:
             self._index_victim(holding)
 
     def release(self, holding_id: int) -> Holding:
+        if holding_id in self.parking.parked:
+            return self.parking.drop(holding_id)
         holding = self.holdings.pop(holding_id, None)
         if holding is None:
             raise NotFound(f"no holding {holding_id}")
         self._frontier = None
+        parked = self.parking.owner
         for uuid in holding.gpus:
             self._holder_of.pop(uuid, None)
+            if parked and self.parking.freed(uuid):
+                continue  # a loan ended: the GPU is its parked grant's again
             pool = self._pool_of.get(uuid)
             if pool is None:
                 continue
@@ -441,6 +453,16 @@ class Scheduler:
             else:
                 self.pending.pop(holding.preempted_for, None)
         return holding
+
+    def park(self, holding_id: int) -> Holding:
+        """The grant's process was checkpointed off its GPUs: they are lent until it resumes
+        (see parking.py)."""
+        return self.parking.park(holding_id)
+
+    def resume(self, holding_id: int) -> tuple[bool, list[Preemption]]:
+        """The parked grant wants its GPUs back: done at once, or the loans to preempt first
+        (``Outcome.resumed`` says when it holds them again)."""
+        return self.parking.resume(holding_id)
 
     def holder(self, uuid: str) -> Holding | None:
         hid = self._holder_of.get(uuid)
@@ -525,6 +547,8 @@ class Scheduler:
             self._pool_queue.add(demand)
         self._set_account(demand.user, demand.groups)
         self.ranking.add(demand)
+        if self.parking.lendable:
+            self.parking.offer(demand)
 
     def withdraw(self, request_id: int) -> Demand:
         demand = self.demands.pop(request_id, None)
@@ -556,6 +580,15 @@ class Scheduler:
 
     def schedule(self, now: float) -> Outcome:
         """Grant, reserve and preempt; the caller records the outcome (already applied here)."""
+        out = self._pass(now)
+        if self.parking.parked:
+            granted = len(out.grants)
+            self.parking.finish(out)
+            if len(out.grants) > granted or out.resumed:
+                self._frontier = None  # loans and resumes move what a walk would see
+        return out
+
+    def _pass(self, now: float) -> Outcome:
         self.now = max(now, self.now)
         if self.now - self._refreshed >= REFRESH_INTERVAL:
             self._refreshed = self.now
@@ -687,6 +720,7 @@ class Scheduler:
         (``gc.freeze``); a frozen state in a cycle would never be freed. Of no use afterwards."""
         self.ranking.dispose()
         self._pool_queue.dispose()
+        del self.parking  # it refers back to this scheduler
 
     def walk_next(self) -> None:
         """Make the next pass walk the queue (what a settled pass skips)."""
@@ -1215,7 +1249,15 @@ class Scheduler:
                 kept.append((pool, taken))
         return kept
 
-    def _grant(self, demand: Demand, gpus: list[str], borrowed: bool, out: Outcome) -> None:
+    def _grant(
+        self,
+        demand: Demand,
+        gpus: list[str],
+        borrowed: bool,
+        out: Outcome,
+        *,
+        on_loan: bool = False,
+    ) -> None:
         del self.demands[demand.id]
         self.ranking.remove(demand)
         self._unpin(demand)
@@ -1230,9 +1272,10 @@ class Scheduler:
             gpus=tuple(gpus),
             granted_at=self.now,
             borrowed=borrowed,
+            on_loan=on_loan,
         )
         self.hold(holding)
-        out.grants.append(Grant(demand.id, holding.gpus, borrowed))
+        out.grants.append(Grant(demand.id, holding.gpus, borrowed, on_loan))
 
     def over_quota(self, demand: Demand) -> str | None:
         """Why granting ``demand`` would pass a quota; None within every quota."""
@@ -1266,7 +1309,8 @@ class Scheduler:
         return False
 
     def _may_be_preempted(self, holding: Holding) -> bool:
-        if holding.kind != "job":
+        if holding.kind != "job" or holding.on_loan:
+            # a loan frees only its parked grant's GPUs: preempting it helps nobody else
             return False
         try:
             return self.policy.class_map[holding.klass].preemptible

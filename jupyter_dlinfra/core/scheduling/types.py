@@ -69,8 +69,11 @@ class Holding:
     granted_at: float
     #: granted beyond a quota: the first to be taken back
     borrowed: bool = False
-    #: the request its GPUs are being freed for, once preempted
+    #: the request its GPUs are being freed for, once preempted (or the parked grant whose
+    #: GPUs it borrows, once that resumes)
     preempted_for: int | None = None
+    #: granted on a parked grant's GPUs (see parking.py): taken back when that grant resumes
+    on_loan: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Grant:
     request_id: int
     gpus: tuple[str, ...]
     borrowed: bool = False
+    on_loan: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,3 +97,5 @@ class Outcome:
     preemptions: list[Preemption] = field(default_factory=list)
     #: requests looked at in this pass (granted or found to wait)
     examined: int = 0
+    #: parked grants that hold their GPUs again (their loans ended)
+    resumed: list[int] = field(default_factory=list)
