@@ -26,7 +26,7 @@ PACKAGE_DIR = Path(jupyter_dlinfra.__file__).resolve().parent
 #: the rooms of the package from the bottom up: a room imports only from rooms below its own
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"core"}),
-    frozenset({"telemetry", "kube", "backends", "provisioning", "jobs"}),
+    frozenset({"telemetry", "kube", "backends", "provisioning", "jobs", "checkpoint"}),
     frozenset({"server"}),
     frozenset({"gateway"}),
     frozenset({"cli"}),
