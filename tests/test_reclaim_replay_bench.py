@@ -24,17 +24,47 @@ c: 2 % (under the threshold, yet the GPU is not at 0: a cell runs) at 0..600, no
 
 Totals: idle 3660 s; ours 2760 s, 3 reclaims, 1 false, 3 warnings; culler 1860 s, 4 culls,
 2 false; oracle 3660 s, 3 reclaims. Spans 3600 + 1200 + 1320 = 6120 s.
+
+Park, 120 s after a run of quiet samples starts, every kernel 10 GiB; copy out 10 s + 10 GiB /
+0.5 GiB/s = 30 s, resume 1 s + 10 GiB / 2.5 GiB/s = 5 s:
+
+a: quiet (0 %) from 600: parked at 720, free from 750; recovers 750..2400 = 1650 s; resumed at
+   2400, waits 5 s.
+b: quiet from 300: parked at 420, free from 450; recovers 450..900 = 450 s; resumed at 900, 5 s.
+c: never reads 0 % (2 % is light use, and a parked kernel can run nothing): never parked.
+   Totals: 2100 of 3660 s (57.38 %), 2 parks, 2 resumes of 5 s, 2 / (6120 / 86400) = 28.24
+   resumes per kernel-day, no state lost.
+Woken only by busy samples (quiet = under 5 %), c parks too: idle from 0, parked at 120, free
+   from 150, recovers 150..600, 600..900 (the sample before the hole) and 1500..1860: 1110 s;
+   resumed at 1860. Totals 3210 s (87.70 %), 3 parks, 3 resumes.
+Parked 580 s into the quiet: a at 1180 (inside sample 1140), free from 1210, recovers
+   1210..2400 = 1190 s; b at 880, free from 910, but used again at 900: recovers nothing and its
+   cell waits the copy's last 10 s and the 5 s resume: waits 5 and 15 s, p50 5, p95 15.
+Woken only by busy samples, parked 1000 s into the quiet: c's park instant falls in the hole
+   (sample 600 stands for 600..900): parked at the next quiet sample, 1500, free from 1530,
+   recovers 1530..1860 = 330 s; a at 1600, free from 1630, recovers 770 s; b's quiet lasts only
+   600 s.
+
+What users paid, re-running a notebook after a lost state costing 100 s: ours loses state at
+every reclaim (3), and each comes back (a at 2400, b at 900, c at 1860): 3 waits of 100 s. The
+culler loses state at every cull (4): a comes back at 2400, and its busy culls at 3000 and 3600
+are restarted at once; c comes back at 1860: 4 waits of 100 s. Costed by busy time since the
+kernel last started instead: ours a 600 s (0..600), b 300 s (0..300), c 0 (never at 5 %): p50
+300, p95 600.
 """
 
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench_module import load_benchmark
 
 from jupyter_dlinfra.core.idle import IdlePolicy
+from jupyter_dlinfra.core.park_replay import ParkReport
 
 T0 = 1_662_858_720.0
 POLICY = IdlePolicy(idle_util_percent=5.0, idle_after=60.0, warn_after=120.0, reclaim_after=300.0)
@@ -153,3 +183,138 @@ def test_missing_trace_exits_2(
     assert bench.default_trace_path() == tmp_path / "nowhere" / bench.TRACE_NAME
     assert bench.main([]) == 2
     assert "trace not found" in capsys.readouterr().err
+
+
+#: copy out 30 s and resume 5 s at 10 GiB
+PARK = bench.ParkSettings(
+    park_after=120.0,
+    kernel_gib=10.0,
+    park=bench.CopyModel(fixed_s=10.0, gib_per_s=0.5),
+    resume=bench.CopyModel(fixed_s=1.0, gib_per_s=2.5),
+)
+
+
+def _park(trace: Path, **changes: Any) -> ParkReport:
+    settings = replace(PARK, **changes)
+    report: ParkReport = bench.park_run(bench.load_trace(trace), settings, idle_util_percent=5.0)
+    return report
+
+
+def test_park_figures_match_the_hand_count(trace: Path) -> None:
+    c = bench.compare(bench.load_trace(trace), POLICY, false_window=300.0, settings=PARK)
+    park = c.park
+    assert park.replay.idle_gpu_hours == pytest.approx(3660 / H)
+    assert [k.recovered_gpu_hours * H for k in park.replay.kernels] == pytest.approx([1650, 450, 0])
+    assert [(k.reclaims, k.false_reclaims) for k in park.replay.kernels] == [(1, 0), (1, 0), (0, 0)]
+    assert park.replay.recovered_pct == pytest.approx(100 * 2100 / 3660)
+    assert park.cost.waits == pytest.approx((5.0, 5.0))
+    assert park.cost.state_lost == 0
+    assert park.cost.returns_per_kernel_day == pytest.approx(2 * 86400 / 6120)
+    # the other rules are untouched by the park
+    assert c.ours.recovered_pct == pytest.approx(100 * 2760 / 3660)
+    assert c.baseline.recovered_pct == pytest.approx(100 * 1860 / 3660)
+
+    busy = _park(trace, any_use=False)
+    assert [k.recovered_gpu_hours * H for k in busy.replay.kernels] == pytest.approx(
+        [1650, 450, 1110]
+    )
+    assert busy.replay.reclaims == 3
+    assert busy.cost.waits == pytest.approx((5.0, 5.0, 5.0))
+
+
+def test_a_park_still_copying_makes_the_cell_wait(trace: Path) -> None:
+    late = _park(trace, park_after=580.0)
+    assert [k.recovered_gpu_hours * H for k in late.replay.kernels] == pytest.approx([1190, 0, 0])
+    assert late.cost.waits == pytest.approx((5.0, 15.0))
+    assert (late.cost.wait_at(50), late.cost.wait_at(95)) == pytest.approx((5.0, 15.0))
+
+
+def test_a_park_due_in_a_hole_waits_for_the_next_sample(trace: Path) -> None:
+    holey = _park(trace, park_after=1000.0, any_use=False)
+    assert [k.recovered_gpu_hours * H for k in holey.replay.kernels] == pytest.approx([770, 0, 330])
+    assert holey.replay.reclaims == 2
+
+
+def test_what_release_and_the_culler_cost(trace: Path) -> None:
+    series = bench.load_trace(trace)
+    c = bench.compare(series, POLICY, false_window=300.0, settings=PARK, rerun_s=100.0)
+    assert (c.ours_cost.state_lost, c.ours_cost.waits) == (3, (100.0, 100.0, 100.0))
+    # every reclaim that replay counts is a lost state here
+    assert c.ours_cost.state_lost == c.ours.reclaims
+    assert (c.baseline_cost.state_lost, c.baseline_cost.waits) == (4, (100.0,) * 4)
+    assert c.ours_cost.returns_per_kernel_day == pytest.approx(3 * 86400 / 6120)
+
+    by_busy = bench.release_costs(series, POLICY, rerun_s=None)
+    assert by_busy.waits == (600.0, 300.0, 0.0)
+    assert (by_busy.wait_at(50), by_busy.wait_at(95)) == (300.0, 600.0)
+
+
+def test_a_cull_inside_a_sample_costs_the_busy_time_until_it(trace: Path) -> None:
+    """Pod a alone, the culler's checks at T0 + 30 + k * 300 (timeout 300 s, window 300 s).
+
+    Activity at 0, 600 (cell ends), 2400 (starts). 330: 330 s quiet, busy: culled (false), 30 s
+    into sample 300, after 300 s of busy samples: waits 330 s at once. 930: 330 s since 600,
+    idle: culled, recovers 930..2400 = 1470 s, built 270 s since the restart (the last 30 s of
+    sample 300 and samples 360..540); back at 2400 (not false), waits 270 s. 2730: busy, culled
+    (false), 330 s built (2400..2730); 3030: exactly 300 s, kept; 3330: culled (false), 600 s
+    built (2730..3330).
+    """
+    series = bench.load_trace(trace)[:1]
+    report, cost = bench.culler_run(
+        series,
+        timeout=300.0,
+        idle_util_percent=5.0,
+        false_window=300.0,
+        first_check=T0 + 30,
+        rerun_s=None,
+    )
+    assert (report.reclaims, report.false_reclaims) == (4, 3)
+    assert report.recovered_gpu_hours * H == pytest.approx(1470)
+    assert cost.state_lost == 4
+    assert cost.waits == pytest.approx((330.0, 270.0, 330.0, 600.0))
+    assert (cost.wait_at(50), cost.wait_at(95)) == pytest.approx((330.0, 600.0))
+
+
+def test_main_prints_the_park_figures(
+    trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--trace", str(trace), "--idle-after", "60", "--warn-after", "120"]
+    argv += ["--reclaim-after", "300", "--false-window", "300", "--park-after", "120"]
+    argv += ["--kernel-gib", "10", "--rerun-s", "100"]
+    measured = tmp_path / "park_resume.txt"
+    # park 10 s + 2 s/GiB, resume 1 s + 0.4 s/GiB: the models above, fitted exactly
+    measured.write_text(
+        "RESULT park_s_1=12 resume_s_1=1.4 park_s_11=32 resume_s_6=3.4 gpu=h100\n",
+        encoding="utf-8",
+    )
+    by_hand = [*argv, "--park-model", "10,0.5", "--resume-model", "1,2.5"]
+    outputs = []
+    for args in (by_hand, [*argv, "--measured", str(measured)]):
+        assert bench.main(args) == 0
+        outputs.append(capsys.readouterr().out)
+    last = outputs[1].strip().splitlines()[-1]
+    fields = dict(kv.split("=") for kv in last.split()[1:])
+    assert fields["recovered_pct"] == "75.41"
+    assert fields["baseline_recovered_pct"] == "50.82"
+    assert fields["oracle_recovered_pct"] == "100.00"
+    assert fields["park_recovered_pct"] == "57.38"
+    assert fields["park_resume_p50_s"] == "5.00"
+    assert fields["park_resume_p95_s"] == "5.00"
+    assert fields["park_resumes_per_kernel_day"] == "28.24"
+    assert fields["park_state_lost"] == "0"
+    assert fields["release_state_lost"] == "3"
+    assert fields["culler_state_lost"] == "4"
+    assert fields["park_after_s"] == "120"
+    assert outputs[0].strip().splitlines()[-1] == last
+    assert "fitted to" in outputs[1]
+
+
+def test_main_refuses_bad_measurements(
+    trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    measured = tmp_path / "park_resume.txt"
+    measured.write_text("RESULT resume_s_1=1.4\n", encoding="utf-8")
+    assert bench.main(["--trace", str(trace), "--measured", str(measured)]) == 2
+    assert "two sizes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--trace", str(trace), "--resume-model", "1"])
