@@ -61,6 +61,9 @@ class ReclaimAction(str, enum.Enum):
     SHUTDOWN = "shutdown"
     #: take nothing; record what would have happened (a dry run)
     NOTIFY = "notify"
+    #: checkpoint the kernel's GPU memory to the host and lend its GPUs until its next cell;
+    #: a kernel that cannot be parked is released instead, with the reason
+    PARK = "park"
 
 
 class PolicyError(InvalidRequest):

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["ApiFailure", "DLInfraUnavailable", "KernelApiClient", "RestClient"]
 
 
+#: how long %gpu park waits for the server's checkpoint (seconds)
+PARK_TIMEOUT_S = 330.0
+
+
 class DLInfraUnavailable(Exception):
     """No dlinfra server can be reached from this kernel."""
 
@@ -169,6 +173,14 @@ class KernelApiClient(RestClient):
 
     def keep(self) -> dict[str, Any]:
         return self.call("POST", f"kernels/{self.kernel_id}/keep", {})
+
+    def park(self, prepared: Mapping[str, Any]) -> dict[str, Any]:
+        # a checkpoint copies the GPUs' memory to the host: as long as the server allows one
+        body = {"prepared": dict(prepared)}
+        return self.call("POST", f"kernels/{self.kernel_id}/park", body, timeout=PARK_TIMEOUT_S)
+
+    def resume(self) -> dict[str, Any]:
+        return self.call("POST", f"kernels/{self.kernel_id}/resume", {})
 
     def usage(self) -> dict[str, Any]:
         return self.call("GET", f"kernels/{self.kernel_id}/usage")

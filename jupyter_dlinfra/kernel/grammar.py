@@ -20,6 +20,8 @@ USAGE = """\
 %gpu                                                    show this kernel's GPUs, live
 %gpu release                                            give this kernel's GPUs back
 %gpu keep                                               keep idle GPUs past a reclaim warning
+%gpu park                                               park this kernel's GPU memory in host
+                                                        memory and lend the GPUs until the next cell
 %gpu profile SECONDS                                    sample this kernel's GPUs, report findings
 %%gpu profile                                           (cell magic) profile while the cell runs
 %gpu --restart                                          restart the kernel with its GPUs applied"""
@@ -33,7 +35,7 @@ class UsageError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class Command:
-    action: str  # show | request | release | restart | keep | profile | help
+    action: str  # show | request | release | restart | keep | park | profile | help
     count: int = 0
     seconds: float = 0.0
     model: str | None = None
@@ -91,7 +93,7 @@ def parse_line(line: str, cell: str | None = None) -> Command:
     what = args.what
     if cell is not None and what != "profile":
         raise UsageError("only %%gpu profile takes a cell; the other commands are line magics")
-    if args.extra and what not in ("release", "keep", "profile"):
+    if args.extra and what not in ("release", "keep", "park", "profile"):
         raise UsageError(f"unexpected {' '.join(args.extra)!r}")
     if what is None:
         if (
@@ -103,7 +105,7 @@ def parse_line(line: str, cell: str | None = None) -> Command:
         ):
             raise UsageError("say how many GPUs, e.g. %gpu 2 --model A100")
         return Command(action="restart" if args.restart else "show")
-    if what in ("release", "keep"):
+    if what in ("release", "keep", "park"):
         if args.extra:
             raise UsageError(f"%gpu {what} takes nothing more, not {' '.join(args.extra)!r}")
         return Command(action=what)

@@ -16,6 +16,8 @@ from jupyter_dlinfra.kernel.times import when
 __all__ = ["GpuMagic", "parse_line", "queue_line", "register"]
 
 POLL_S = 2.0
+#: how long one look at a resume under way waits for a change (seconds)
+RESUME_POLL_S = 0.5
 #: placements of grants held by a pod of the kernel's own (a Kubernetes gateway's): the kernel
 #: moves into that pod to use them, and out of it to give them back
 _IN_PODS = ("cluster", "pool")
@@ -104,6 +106,8 @@ class GpuMagic:
                 self.release()
             elif cmd.action == "keep":
                 self.keep()
+            elif cmd.action == "park":
+                self.park()
             elif cmd.action == "profile":
                 self.profile(cmd.seconds, cell)
             elif cmd.action == "restart":
@@ -123,8 +127,9 @@ class GpuMagic:
         except ApiFailure as err:
             self._fail(str(err))
 
-    def before_cell(self, *_: Any) -> None:
-        """Runs before each cell: report a launch failure, apply GPUs granted in the background."""
+    def before_cell(self, info: Any = None, *_: Any) -> None:
+        """Runs before each cell: report a launch failure, take parked GPUs back, apply GPUs
+        granted in the background."""
         if self._launch_error:
             print(f"%gpu: {self._launch_error}", file=sys.stderr)
             self._launch_error = None
@@ -132,7 +137,9 @@ class GpuMagic:
             print(self._notice, file=sys.stderr)
             self._notice = None
         if self.holding:
-            self._warn_if_idle()
+            parked = self._warn_if_idle()
+            if parked is not None and not _gpu_line(getattr(info, "raw_cell", None)):
+                self._resume(parked)
         if self.pending is None:
             return
         try:
@@ -241,17 +248,60 @@ class GpuMagic:
         else:
             print(text)
 
-    def _warn_if_idle(self) -> None:
+    def _warn_if_idle(self) -> dict[str, Any] | None:
+        """Warn of an idle reclaim to come; the kernel's parked grant, if it has one."""
         try:
             usage = self.client.usage()
         except (DLInfraUnavailable, ApiFailure):
-            return
+            return None
+        parked = usage.get("parked")
+        if parked:
+            return dict(parked)
         idle = usage.get("idle") or {}
         if idle.get("state") == "warned" and idle.get("warned_at") != self._warned_at:
             self._warned_at = idle.get("warned_at")
             print(f"%gpu: {idle_warning(idle)}", file=sys.stderr)
         elif not usage.get("held"):
             self.holding = False
+        return None
+
+    def _resume(self, parked: dict[str, Any]) -> None:
+        """Take the parked GPUs back before the cell runs, saying so while it waits."""
+        from IPython.display import display  # type: ignore[attr-defined]
+
+        start = time.monotonic()
+        park = parked.get("park") or {}
+        why = f" (parked {when(park.get('since'), relative=True)})" if park.get("since") else ""
+        handle = display(  # type: ignore[no-untyped-call]
+            {"text/plain": f"resuming your GPUs{why}: 0 s"}, raw=True, display_id=True
+        )
+        try:
+            alloc = self.client.resume()["allocation"]
+            while alloc["state"] == "granted" and alloc.get("park"):
+                waited = time.monotonic() - start
+                stopping = (
+                    ", a batch job that borrowed them is stopping"
+                    if alloc["park"]["state"] == "resuming"
+                    else ""
+                )
+                self._update(handle, f"resuming your GPUs{why}: {waited:.0f} s{stopping}")
+                alloc = self.client.allocation(alloc["id"], wait=RESUME_POLL_S)
+        except (DLInfraUnavailable, ApiFailure) as err:
+            self._update(handle, f"resuming your GPUs failed: {err}")
+            print(
+                "%gpu: this kernel's GPUs are still parked; CUDA calls wait until they are "
+                "back. Run a cell again to retry.",
+                file=sys.stderr,
+            )
+            return
+        except KeyboardInterrupt:
+            self._update(handle, "interrupted: your GPUs come back in the background")
+            return
+        if alloc["state"] != "granted":
+            self.holding = False
+            self._update(handle, f"your parked GPUs could not be resumed: {alloc['end_reason']}")
+            return
+        self._update(handle, f"resumed your GPUs in {time.monotonic() - start:.1f} s")
 
     def _in_other_pod(self, alloc: dict[str, Any]) -> bool:
         """Granted in a Kubernetes pod that is not this kernel's (it holds the GPUs)."""
@@ -353,6 +403,25 @@ class GpuMagic:
                 self.shell.ex(compile(code, "<%%gpu profile>", "exec"))
         print(profiler.report())
 
+    def park(self) -> None:
+        from jupyter_dlinfra.kernel.parking import prepare
+
+        # asked here, in the kernel: the server cannot ask a kernel whose cell runs (this one)
+        report = prepare()
+        if report["blockers"]:
+            self._fail("this kernel cannot be parked: " + "; ".join(report["blockers"]))
+            return
+        answer = self.client.park(report)
+        alloc = answer["allocation"]
+        n = len(alloc["gpus"])
+        size = (alloc.get("park") or {}).get("bytes")
+        memory = f" ({size / 2**30:.1f} GiB)" if isinstance(size, int) else ""
+        print(
+            f"Parked: the memory of this kernel's {n} GPU{'s' if n != 1 else ''}{memory} waits "
+            "in host memory and the GPUs are lent to preemptible jobs. The next cell you run "
+            "takes them back first (a few seconds), with your variables as they were."
+        )
+
     def release(self) -> None:
         mine = self.client.my_allocations()
         if not mine:
@@ -384,6 +453,14 @@ class GpuMagic:
     @staticmethod
     def _fail(message: str) -> None:
         print(f"%gpu: {message}", file=sys.stderr)
+
+
+def _gpu_line(cell: str | None) -> bool:
+    """A cell that only runs %gpu (release, show...): no need to take parked GPUs back first."""
+    lines = [line.strip() for line in (cell or "").splitlines() if line.strip()]
+    return bool(lines) and all(
+        line.startswith("%gpu") and not line.startswith("%%") for line in lines
+    )
 
 
 def register(ipython: Any) -> GpuMagic:

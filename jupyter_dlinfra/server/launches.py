@@ -99,7 +99,10 @@ class KernelLaunches:
         summary = "no GPUs at launch"
         if previous is not None and previous.keep_on_restart:
             held = await self.calls.call(self.ledger.allocations, kernel_id=kernel_id)
-            granted = next((a for a in held if a.state is AllocationState.GRANTED), None)
+            granted = next(
+                (a for a in held if a.state is AllocationState.GRANTED and a.park_state is None),
+                None,
+            )
             summary = "GPUs carried over the restart"
         elif gpus > 0:
             try:
@@ -159,6 +162,8 @@ class KernelLaunches:
                 return
             if not record.keep_on_restart:
                 await self.calls.mutate(self.ledger.release_kernel, kernel_id, reason=reason)
+            else:
+                await self._end_parked(kernel_id, reason)
             # launching again from now: until the new process registers, a reconcile (another
             # server's too) must not take the ended one's pid for the kernel and forget it,
             # with the GPUs it carries over
@@ -181,6 +186,19 @@ class KernelLaunches:
             )
         except Exception:  # releasing must never break a kernel shutdown
             self.log.exception("dlinfra: could not release the GPUs of kernel %s", kernel_id)
+
+    async def _end_parked(self, kernel_id: str, reason: str) -> None:
+        """A parked grant's GPU memory lived in the process that ended: nothing to resume."""
+        held = await self.calls.call(
+            self.ledger.allocations, kernel_id=kernel_id, state=AllocationState.GRANTED
+        )
+        for alloc in held:
+            if alloc.park_state is not None:
+                await self.calls.mutate(
+                    self.ledger.release,
+                    alloc.id,
+                    reason=f"its kernel's process ended ({reason}) while its GPU memory was parked",
+                )
 
     async def kernel_for_token(self, token: str) -> KernelCaller | None:
         digest = hash_token(token)

@@ -25,6 +25,7 @@ from jupyter_dlinfra.core.outage import database_unavailable
 from jupyter_dlinfra.kernel.coaching import CoachingSample, Hint, hints
 from jupyter_dlinfra.server.attribution import Attributor, KernelUsage
 from jupyter_dlinfra.server.calls import LedgerCalls
+from jupyter_dlinfra.server.parking import Parker
 from jupyter_dlinfra.server.sampling import Sampler
 from jupyter_dlinfra.server.views import duration, iso
 
@@ -157,6 +158,7 @@ class Reclaimer:
         settings: ReclaimSettings,
         server_id: str,
         log: logging.Logger,
+        parker: Parker | None = None,
     ) -> None:
         """``sampler``: whose latest sample each pass judges; ``server_id``: this server's, whose
         kernels alone it judges."""
@@ -167,6 +169,7 @@ class Reclaimer:
         self.policies = policies
         self.coach = coach
         self.control = control
+        self.parker = parker
         self.settings = settings
         self.server_id = server_id
         self.log = log
@@ -243,6 +246,8 @@ class Reclaimer:
         granted = {
             a.kernel_id: a
             for a in ledger.allocations(state=AllocationState.GRANTED, server_id=self.server_id)
+            # a parked kernel's GPUs are not its own now: a borrower's load is not its use
+            if not a.parked
         }
         executing = {k.kernel_id: self.control.executing(k.kernel_id) for k in kernels}
         usages = self._attributor.usage(kernels, granted, self.sampler.samples, executing=executing)
@@ -261,14 +266,26 @@ class Reclaimer:
             self.log.info("dlinfra: kernel %s would be reclaimed (notify only): %s", kid, why)
             return
         reason = f"reclaimed: {why}"
+        fallback = ""
+        if policy.action is ReclaimAction.PARK:
+            if self.parker is None:
+                fallback = "parking is not available on this server"
+            else:
+                parked = await self.parker.park(kid, reason=f"parked: {why}")
+                if parked.parked:
+                    return
+                fallback = parked.reason or "it could not be parked"
+            self.log.info("dlinfra: kernel %s could not be parked (%s): releasing", kid, fallback)
+            reason = f"reclaimed: {why}; it could not be parked ({fallback})"
         await calls.mutate(self.ledger.release_kernel, kid, reason=reason)
         if policy.action is ReclaimAction.SHUTDOWN:
             self.log.info("dlinfra: shutting kernel %s down, %s", kid, why)
             if self.control.exists(kid):
                 await self.control.shutdown(kid)
             return
+        unparked = f" It could not be parked instead: {fallback}." if fallback else ""
         message = (
-            f"dlinfra: this kernel's {gpus} reclaimed ({', '.join(usage.held)}): {why}. "
+            f"dlinfra: this kernel's {gpus} reclaimed ({', '.join(usage.held)}): {why}.{unparked} "
             "The kernel was restarted without GPUs (CUDA_VISIBLE_DEVICES is empty) and its "
             "variables are gone. Ask for GPUs again with %gpu N."
         )

@@ -146,7 +146,21 @@ def _allocation_json(
         "preempt_reason": alloc.preempt_reason,
         "placement": alloc.placement,
         "avoid": list(alloc.avoid),
+        "park": park_json(alloc),
+        "on_loan": alloc.on_loan,
         "simulated": simulated or any(e["simulated"] for e in held),
+    }
+
+
+def park_json(alloc: Allocation) -> dict[str, Any] | None:
+    """A parked grant's state (its GPUs lent while its kernel's memory waits in host memory)."""
+    if alloc.park_state is None:
+        return None
+    return {
+        "state": alloc.park_state,
+        "since": iso(alloc.parked_at),
+        "reason": alloc.park_reason,
+        "bytes": alloc.park_bytes,
     }
 
 

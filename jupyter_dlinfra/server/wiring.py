@@ -9,6 +9,7 @@ callables onto them, when it is made. Starting and stopping stay with the extens
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import psutil
 from traitlets import TraitError
 
 from jupyter_dlinfra.backends import JobBackend
+from jupyter_dlinfra.checkpoint import SIMULATED_CHECKPOINT_FILE_ENV
+from jupyter_dlinfra.checkpoint.base import Checkpointer
 from jupyter_dlinfra.core.books.idle import IdleBook
 from jupyter_dlinfra.core.books.jobs import JobBook
 from jupyter_dlinfra.core.books.ledger import Ledger
@@ -30,6 +34,7 @@ from jupyter_dlinfra.server.config import DLInfraOptions
 from jupyter_dlinfra.server.identity import Directory
 from jupyter_dlinfra.server.job_service import JobService, JobSettings
 from jupyter_dlinfra.server.launches import KernelLaunches
+from jupyter_dlinfra.server.parking import Parker, ParkSettings
 from jupyter_dlinfra.server.pod_kernels import BIND_TIMEOUT_S, PodKernels
 from jupyter_dlinfra.server.reclaim import (
     Coach,
@@ -74,6 +79,10 @@ class KernelControl:
 
     def __init__(self, kernel_manager: Any) -> None:
         self._km = kernel_manager
+
+    @property
+    def kernel_manager(self) -> Any:
+        return self._km
 
     def exists(self, kernel_id: str) -> bool:
         return kernel_id in self._km
@@ -215,13 +224,28 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
         if pods is not None
         else None
     )
+    control = KernelControl(server.kernel_manager)
+    parker = Parker(
+        calls=calls,
+        checkpointer=_checkpointer(options, provider),
+        kernels=control,
+        samples=lambda: sampler.samples,
+        settings=ParkSettings(
+            host_memory_limit=_park_memory(options.park_host_memory),
+            timeout_s=options.park_timeout,
+        ),
+        node=settings.node,
+        log=log,
+        tell=lambda kid, message: calls.call(idle_book.set_message, kid, message),
+    )
     reclaimer = Reclaimer(
         calls=calls,
+        parker=parker,
         sampler=sampler,
         book=idle_book,
         policies=policies,
         coach=coach,
-        control=KernelControl(server.kernel_manager),
+        control=control,
         settings=ReclaimSettings(
             usage_bucket=options.usage_bucket,
             usage_retention=options.usage_retention,
@@ -276,6 +300,28 @@ def build(options: DLInfraOptions, server: ServerSide, log: logging.Logger) -> P
         tokens=TokenBook(store, clock) if options.gateway else None,
         pod_kernels=pod_kernels,
     )
+
+
+def _checkpointer(options: DLInfraOptions, provider: TelemetryProvider) -> Checkpointer:
+    """What parks kernels: the labelled stand-in on simulated GPUs (or when asked for), else the
+    driver's CUDA checkpointing."""
+    chosen = options.checkpointer
+    if chosen == "simulated" or (chosen == "auto" and provider.simulated):
+        from jupyter_dlinfra.checkpoint.simulated import SimulatedCheckpointer
+
+        return SimulatedCheckpointer(
+            control_file=os.environ.get(SIMULATED_CHECKPOINT_FILE_ENV) or None
+        )
+    from jupyter_dlinfra.checkpoint.cuda import CudaCheckpointer
+
+    return CudaCheckpointer()
+
+
+def _park_memory(gib: float) -> int:
+    """The cap on parked kernels' host memory, in bytes (0 GiB: half of this machine's)."""
+    if gib > 0:
+        return int(gib * (1 << 30))
+    return int(psutil.virtual_memory().total // 2)
 
 
 @dataclass(frozen=True, kw_only=True)

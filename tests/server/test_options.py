@@ -32,7 +32,7 @@ def _other_value(trait: Any) -> Any:
 
 def test_every_mixin_option_is_set_through_c_dlinfra() -> None:
     own = DLInfraOptions.class_traits(config=True)
-    assert len(own) == 65
+    assert len(own) == 68
     # a Configurable mixin would be a section of its own, configured as c.<Mixin>.<name>
     assert not [k.__name__ for k in DLInfraOptions.__mro__ if issubclass(k, Configurable)]
     values = {name: _other_value(trait) for name, trait in own.items()}

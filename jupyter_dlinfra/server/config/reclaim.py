@@ -41,13 +41,39 @@ class ReclaimOptions(HasTraits):
         "after a gap in sampling. 0 disables reclaim (warnings only).",
     )
     reclaim_action = Enum(
-        ["release", "shutdown", "notify"],
+        ["release", "shutdown", "notify", "park"],
         "release",
         config=True,
         help="What a reclaim does: 'release' frees the GPUs and restarts the kernel without "
         "them (the notebook says why at its next execution); 'shutdown' frees them and shuts "
         "the kernel down; 'notify' takes nothing and only records what would have happened "
-        "(a dry run). Freed GPUs go to the head of the queue at once.",
+        "(a dry run); 'park' checkpoints the kernel's GPU memory to host memory (CUDA "
+        "checkpointing), lends its GPUs to preemptible jobs and gives them back at its next "
+        "cell, variables intact (a kernel that cannot be parked is released, with the reason). "
+        "Freed GPUs go to the head of the queue at once.",
+    )
+    checkpointer = Enum(
+        ["auto", "cuda", "simulated"],
+        "auto",
+        config=True,
+        help="What parks kernels (reclaim_action 'park', %gpu park): 'cuda', the NVIDIA "
+        "driver's CUDA checkpointing (driver 570 or later, the cuda-bindings package: pip "
+        "install 'jupyter-dlinfra[cuda]'); 'simulated', a labelled stand-in for machines "
+        "without GPUs (demos, tests; DLINFRA_SIMULATED_CHECKPOINT_FILE makes it refuse or "
+        "fail); 'auto': simulated on simulated GPUs, else cuda.",
+    )
+    park_host_memory = Float(
+        0.0,
+        config=True,
+        help="GiB of host memory this node keeps, all together, for parked kernels' GPU "
+        "memory; a kernel that would pass it is released instead. 0: half of this machine's "
+        "memory.",
+    )
+    park_timeout = Float(
+        300.0,
+        config=True,
+        help="Seconds a park (lock and checkpoint) or a restore may take before it counts as "
+        "failed.",
     )
     keep_extension = Float(
         3600.0,
@@ -136,6 +162,16 @@ class ReclaimOptions(HasTraits):
             field = err.field.replace("action", "reclaim_action")
             where = field if "." in field else f"DLInfra.{field}"
             raise TraitError(f"{where}: {err.message.partition(': ')[2]}") from None
+
+    @validate("park_host_memory", "park_timeout")
+    def _check_park(self, proposal: dict[str, Any]) -> float:
+        value = float(proposal["value"])
+        name = proposal["trait"].name
+        low_ok = value >= 0 if name == "park_host_memory" else value > 0
+        if not low_ok or value != value or value == float("inf"):
+            need = "0 or more" if name == "park_host_memory" else "more than 0"
+            raise TraitError(f"DLInfra.{name} must be a finite number, {need}, not {value:g}")
+        return value
 
     @validate("exempt_users", "exempt_groups")
     def _read_exempt(self, proposal: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ from jupyter_dlinfra.server.errors import ApiError
 from jupyter_dlinfra.server.handlers.base import DLInfraHandler, authorized
 from jupyter_dlinfra.server.parsing import kernel_id_of, path_id, shown
 from jupyter_dlinfra.server.reclaim import Reclaimer, hints_json, idle_json
-from jupyter_dlinfra.server.views import iso
+from jupyter_dlinfra.server.views import iso, park_json
 
 __all__ = [
     "KernelKeepHandler",
@@ -235,7 +235,9 @@ class KernelUsageHandler(_ReclaimBase):
         if not self.is_admin():
             self.own_kernel(kernel_id, record.user)
         held = await self.service.call(self.service.ledger.allocations, kernel_id=kernel_id)
-        granted = [u for a in held if a.state is AllocationState.GRANTED for u in a.gpus]
+        mine = [a for a in held if a.state is AllocationState.GRANTED]
+        granted = [u for a in mine if not a.parked for u in a.gpus]
+        parked = next((a for a in mine if a.park_state is not None), None)
         latest = self.reclaimer.latest.get(kernel_id)
         body: dict[str, Any] = {
             "kernel_id": kernel_id,
@@ -274,4 +276,7 @@ class KernelUsageHandler(_ReclaimBase):
                 hints=hints_json({kernel_id: latest})[kernel_id],
             )
         body["idle"] = await self.idle_of(kernel_id, record.user) if granted else None
+        body["parked"] = (
+            None if parked is None else {"allocation_id": parked.id, "park": park_json(parked)}
+        )
         self.answer(body)

@@ -29,6 +29,7 @@ from jupyter_dlinfra.server.handlers.jobs import (
     JobsHandler,
 )
 from jupyter_dlinfra.server.handlers.kernels import KERNEL_ROUTES
+from jupyter_dlinfra.server.handlers.parking import KernelParkHandler, KernelResumeHandler
 from jupyter_dlinfra.server.handlers.policy import (
     KernelKeepHandler,
     KernelUsageHandler,
@@ -55,6 +56,8 @@ ROUTES: list[tuple[str, type[DLInfraHandler], tuple[str, ...]]] = [
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/restart", KernelRestartHandler, ("POST",)),
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/keep", KernelKeepHandler, ("POST",)),
     (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/usage", KernelUsageHandler, ("GET",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/park", KernelParkHandler, ("POST",)),
+    (r"/dlinfra/api/kernels/(?P<kernel_id>[^/]+)/resume", KernelResumeHandler, ("POST",)),
     (r"/dlinfra/api/policy", PolicyHandler, ("GET", "PUT")),
     (r"/dlinfra/api/policy/simulate", PolicySimulateHandler, ("POST",)),
     (r"/dlinfra/api/me", MeHandler, ("GET",)),
