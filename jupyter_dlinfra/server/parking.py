@@ -140,7 +140,14 @@ class Parker:
             blockers = probe.blockers
         if blockers:
             return ParkOutcome(False, "; ".join(blockers), alloc)
-        cuda_pids, footprint = self._footprint(record.pid, alloc.gpus)
+        cuda_pids, footprint, listed = self._footprint(record.pid, alloc.gpus)
+        if listed and not cuda_pids:
+            return ParkOutcome(
+                False,
+                "the GPUs' process lists show no process of this kernel (it has no CUDA context, "
+                "or this server sees another PID namespace): there is nothing to checkpoint",
+                alloc,
+            )
         parked = await calls.call(self.book.parked_bytes, self.node)
         limit = self.settings.host_memory_limit
         if parked + footprint > limit:
@@ -156,7 +163,7 @@ class Parker:
         )
         if refusal is not None:
             return ParkOutcome(False, refusal, alloc)
-        await calls.mutate(self.book.begin, alloc.id, reason=reason)
+        await calls.mutate(self.book.begin, alloc.id, reason=reason, gpu_bytes=footprint)
         try:
             toggle = await asyncio.to_thread(
                 self.checkpointer.park, record.pid, timeout_s=self.settings.timeout_s
@@ -187,9 +194,10 @@ class Parker:
             return "the kernel is not running on this server"
         return None
 
-    def _footprint(self, pid: int, gpus: tuple[str, ...]) -> tuple[list[int], int]:
-        """The processes of the kernel's tree that hold memory on its GPUs, and how much they
-        hold (without per-process readings, as on simulated GPUs: the GPUs' memory in use)."""
+    def _footprint(self, pid: int, gpus: tuple[str, ...]) -> tuple[list[int], int, bool]:
+        """The processes of the kernel's tree that hold memory on its GPUs, how much they hold
+        (without per-process readings, as on simulated GPUs: the GPUs' memory in use), and
+        whether the GPUs list their processes at all."""
         try:
             root = psutil.Process(pid)
             tree = {pid, *(c.pid for c in root.children(recursive=True))}
@@ -211,7 +219,7 @@ class Parker:
                         total += proc.memory_used_bytes
         if not seen:
             total = sum(samples[u].memory_used_bytes for u in gpus if u in samples)
-        return sorted(pids), total
+        return sorted(pids), total, seen
 
     # -- resume ----------------------------------------------------------------------------------
 
@@ -289,13 +297,23 @@ class Parker:
         process is checkpointed is completed, any other abandoned (the process is unlocked if
         need be); a resume under way is carried on."""
         for alloc in await self.calls.call(self.book.in_progress, kernel_ids):
+            lock = self._lock(alloc.kernel_id)
+            if lock.locked() or alloc.id in self._resumes:
+                continue  # under way in this server
             try:
-                await self._recover(alloc)
+                if alloc.park_state == "parking":
+                    async with lock:
+                        await self._recover(alloc)
+                else:
+                    await self._recover(alloc)
             except Exception:
                 self.log.exception("dlinfra: finishing the park of kernel %s", alloc.kernel_id)
 
     async def _recover(self, alloc: Allocation) -> None:
         calls = self.calls
+        alloc = await calls.call(calls.ledger.allocation, alloc.id)  # as it is now
+        if alloc.park_state is None or not alloc.state.active:
+            return
         record: KernelRecord = await calls.call(calls.ledger.kernel, alloc.kernel_id)
         pid = record.pid
         state = "none" if pid is None else await asyncio.to_thread(self.checkpointer.state, pid)
@@ -308,7 +326,10 @@ class Parker:
             if state == "locked" and pid is not None:
                 await asyncio.to_thread(self.checkpointer.unlock, pid)
             await calls.mutate(
-                self.book.abandon, alloc.id, why="the server stopped during the checkpoint"
+                self.book.abandon,
+                alloc.id,
+                why="the park was interrupted before its checkpoint completed (the server or "
+                "its database failed)",
             )
         elif alloc.park_state in ("resuming", "restoring"):
             if alloc.park_state == "restoring" and state == "running":

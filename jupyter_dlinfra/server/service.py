@@ -222,6 +222,11 @@ class GpuService:
     async def _maintain(self) -> None:
         await self.sync_inventory()
         await self.reconcile()
+        parker = self.reclaimer.parker
+        if parker is not None:
+            # a park or resume that a failure (the database, the server) left half done
+            mine = await self.call(self.ledger.kernels, server_id=self.settings.server_id)
+            await parker.recover([k.kernel_id for k in mine])
 
     async def sync_inventory(self) -> None:
         await self.mutate(self.sampler.sync_inventory)

@@ -8,6 +8,7 @@ import copy
 import pytest
 
 from jupyter_dlinfra.core.errors import Conflict, NotFound
+from jupyter_dlinfra.core.scheduling.policy import SchedulingPolicy
 
 from .test_scheduler import BATCH, INTERACTIVE, ask, granted, hold, job, make, preempted
 
@@ -159,3 +160,25 @@ def test_a_parked_state_copies_and_restores() -> None:
     assert again.parking.lendable == {"n1": ["n1-1"]}
     assert again.users["ann"].held == 2
     assert again.free_total == 0
+
+
+def test_pool_requests_that_may_borrow_are_kept_only_while_they_wait() -> None:
+    s = make({"n1": 2})
+    job(s, 5, "eve", 1)
+    ask(s, 6, "fay", 1)  # a kernel of the pool: never a borrower
+    assert list(s.parking._pool_borrowers) == [5]
+    s.schedule(1.0)  # granted from the free GPUs
+    assert s.parking._pool_borrowers == {}
+    job(s, 7, "gil", 1)
+    s.withdraw(7)
+    assert s.parking._pool_borrowers == {}
+
+
+def test_a_new_policy_decides_again_who_may_borrow() -> None:
+    s = parked_scheduler()
+    job(s, 8, "hal", 1, node="n1", klass="low")
+    policy = s.policy.to_json()
+    policy["classes"]["low"]["preemptible"] = False
+    policy["classes"]["batch"]["preemptible"] = False
+    s.set_policy(SchedulingPolicy.from_json(policy))
+    assert granted(s.schedule(1.0)) == {}

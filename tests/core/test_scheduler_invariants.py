@@ -208,6 +208,57 @@ class SchedulerMachine(RuleBasedStateMachine):
         ids = sorted(self.s.holdings)
         self.s.release(ids[pick % len(ids)])
 
+    @precondition(lambda self: bool(self._parkable()))
+    @rule(
+        pick=st.integers(0, 1000),
+        borrowers=st.lists(
+            st.tuples(st.sampled_from(sorted(USERS)), st.integers(1, 3)), max_size=3
+        ),
+        and_resume=st.booleans(),
+    )
+    def park(self, pick: int, borrowers: list[tuple[str, int]], and_resume: bool) -> None:
+        """A kernel's grant is parked: its GPUs are lent to preemptible jobs only (jobs of
+        every class arrive for them, kernels too); and maybe resumed at once."""
+        ids = self._parkable()
+        rid = ids[pick % len(ids)]
+        self.s.park(rid)
+        classes = sorted(self.s.policy.class_map)
+        for n, (user, count) in enumerate(borrowers):
+            kind = "kernel" if n == 2 else "job"
+            node = self.slot_of[next(iter(self.s.parking.owner))].node if kind == "kernel" else None
+            self.submit_one(user, count, classes[n % len(classes)], kind, None, node, False)
+        if borrowers:
+            self.run_pass()
+        if and_resume:
+            self.resume(sorted(self.s.parking.parked).index(rid), then_schedule=True)
+
+    @precondition(lambda self: bool(self.s.parking.parked))
+    @rule(pick=st.integers(0, 1000), then_schedule=st.booleans())
+    def resume(self, pick: int, then_schedule: bool) -> None:
+        ids = sorted(self.s.parking.parked)
+        rid = ids[pick % len(ids)]
+        parked = self.s.parking.parked[rid]
+        done, preemptions = self.s.resume(rid)
+        if done:
+            assert self.s.holdings[rid].gpus == parked.gpus
+        for p in preemptions:
+            loan = self.s.holdings[p.holding_id]
+            assert loan.on_loan and loan.preempted_for == rid
+            assert set(loan.gpus) & set(parked.gpus)  # a loan may borrow of two parked grants
+        if then_schedule and not done:
+            # the borrowers stop (their owners' part), then the next pass gives the GPUs back
+            for loan in self.s.parking.loans_of(rid):
+                assert loan.preempted_for == rid
+                self.s.release(loan.id)
+            out = self.run_pass()
+            assert done or out.resumed == [rid], (done, out.resumed)
+
+    @precondition(lambda self: bool(self.s.parking.parked))
+    @rule(pick=st.integers(0, 1000))
+    def release_parked(self, pick: int) -> None:
+        ids = sorted(self.s.parking.parked)
+        self.s.release(ids[pick % len(ids)])
+
     @precondition(lambda self: bool(self.s.demands))
     @rule(pick=st.integers(0, 1000))
     def withdraw(self, pick: int) -> None:
@@ -241,6 +292,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         pass after each. Every waiting request that could be granted is granted in a bounded
         number of steps."""
         policy = self.s.policy
+        for parked in sorted(self.s.parking.parked):
+            self.s.release(parked)  # its kernel gave up: its GPUs are everyone's
         eligible = {d.id for d in self.s.demands.values() if self.could_be_granted(d)}
         # each step releases a holding, or finds none held and must grant something
         bound = len(self.s.holdings) + 2 * len(self.s.demands) + 2
@@ -261,6 +314,13 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert steps <= bound, f"{waiting} still waiting after {steps} passes"
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _parkable(self) -> list[int]:
+        return sorted(
+            h.id
+            for h in self.s.holdings.values()
+            if h.kind == "kernel" and h.preempted_for is None and not h.on_loan
+        )
 
     def could_be_granted(self, demand: Demand) -> bool:
         """Possible with these GPUs, and within quota when its user holds nothing (or a job of
@@ -288,6 +348,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             for g in h.groups:
                 group_held[g] += len(h.gpus)
 
+        lendable_before = {u for free in s.parking.lendable.values() for u in free}
+        resuming_before = set(s.parking.resuming)
         twin = None
         if s.settled:
             # the pass skips the walk: one that walks must decide the same
@@ -323,6 +385,16 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert len({slot.model for slot in slots if slot.node == node}) == 1
             elif not demand.gang:
                 assert len({slot.node for slot in slots}) == 1
+            if grant.on_loan:
+                event("parked GPUs lent")
+                # parked GPUs go only to what gives them back at once: preemptible jobs
+                assert demand.kind == "job" and not demand.gang and demand.per_node is None
+                assert policy.class_map[demand.klass].preemptible
+                assert set(grant.gpus) <= lendable_before, (grant, lendable_before)
+                owners = {s.parking.owner[u] for u in grant.gpus}
+                assert not owners & resuming_before, "lent from a grant that resumes"
+            else:
+                assert not set(grant.gpus) & set(s.parking.owner), "a parked GPU to a non-loan"
             # quotas: replayed in the order of the grants
             user_held[demand.user] += demand.count
             for g in demand.groups:
@@ -355,6 +427,10 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert holding.borrowed or klass.priority < policy.klass(demand.klass).priority
             assert s.over_quota(demand) is None
 
+        for rid in out.resumed:
+            event("a resume completed after its loans ended")
+            assert rid in s.holdings and rid not in s.parking.parked
+            assert all(s.holder(u) is s.holdings[rid] for u in s.holdings[rid].gpus)
         self.granted |= {g.request_id for g in out.grants}
         # work-conserving, whatever the scan limit: nothing within quota fits in what is free
         # and not set aside, pinned to a node or not
@@ -377,14 +453,31 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert s.free_total == len(free)
         assert not set(free) & set(held)
         assert set(free) <= self.present
-        assert self.present <= set(free) | set(held)
+        # a parked grant's GPU is lent (held by a loan), lendable, or gone from the inventory
+        lendable = [u for gpus in s.parking.lendable.values() for u in gpus]
+        assert len(lendable) == len(set(lendable))
+        assert not set(lendable) & (set(free) | set(held))
+        assert set(lendable) <= self.present
+        for uuid, owner in s.parking.owner.items():
+            assert uuid in s.parking.parked[owner].gpus
+            holder = s.holder(uuid)
+            assert holder is None or holder.on_loan, (uuid, holder)
+            assert holder is not None or uuid in lendable or uuid not in self.present
+        for h in s.holdings.values():
+            if h.on_loan and h.preempted_for is not None:
+                assert h.preempted_for in s.parking.resuming, h
+        assert self.present <= set(free) | set(held) | set(lendable)
         assert s.gpu_count() == len(self.present)
 
     @invariant()
     def preempted_holdings_point_at_live_or_granted_requests(self) -> None:
         for h in self.s.holdings.values():
             if h.preempted_for is not None:
-                assert h.preempted_for in self.s.demands or h.preempted_for in self.granted, (
+                assert (
+                    h.preempted_for in self.s.demands
+                    or h.preempted_for in self.granted
+                    or h.preempted_for in self.s.parking.parked
+                ), (
                     f"holding {h.id} is preempted for request {h.preempted_for}, "
                     "which is neither waiting nor granted"
                 )
@@ -395,10 +488,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert not set(s.demands) & set(s.holdings)
         per_user: Counter[str] = Counter()
         per_group: Counter[str] = Counter()
-        for h in s.holdings.values():
+        # a parked grant keeps its charge
+        for h in (*s.holdings.values(), *s.parking.parked.values()):
             per_user[h.user] += len(h.gpus)
             for g in h.groups:
                 per_group[g] += len(h.gpus)
+        assert not set(s.parking.parked) & set(s.holdings)
         for user in USERS:
             assert s.users[user].held == per_user[user]
         for group in ("g1", "g2"):

@@ -1741,6 +1741,10 @@ class Ledger:
             if alloc.state is AllocationState.GRANTED
             else AllocationState.CANCELLED
         )
+        if alloc.park_state == "resuming":
+            # its loans were being stopped for it: they run on as ordinary grants
+            sql.UNMARK_PREEMPTED.run(tx.conn, {"p_for": alloc.id})
+            cache.forget_rows([a.id for a in cache.rows.values() if a.preempted_for == alloc.id])
         if state is AllocationState.CANCELLED and marked:
             # what was being preempted for it is no longer wanted (a job already stopping is
             # queued again by its owner all the same)

@@ -42,15 +42,16 @@ class ParkBook:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    def begin(self, allocation_id: int, *, reason: str) -> Allocation:
-        """The grant is about to be checkpointed (it still holds its GPUs)."""
+    def begin(self, allocation_id: int, *, reason: str, gpu_bytes: int | None = None) -> Allocation:
+        """The grant is about to be checkpointed (it still holds its GPUs); ``gpu_bytes``: its
+        footprint as measured (a server that finishes the park after a crash records it)."""
         ledger = self.ledger
         with ledger._writing() as (tx, cache):
             alloc = ledger._one(tx.conn, allocation_id)
             why = _not_parkable(alloc)
             if why is not None:
                 raise Conflict(f"allocation {allocation_id} cannot be parked: {why}")
-            self._set(tx, alloc.id, park_state="parking", park_reason=reason)
+            self._set(tx, alloc.id, park_state="parking", park_reason=reason, park_bytes=gpu_bytes)
             cache.forget_rows([alloc.id])
             self._event(tx, "parking", alloc, {"reason": reason, "gpus": list(alloc.gpus)})
             return ledger._one(tx.conn, allocation_id)
@@ -81,7 +82,7 @@ class ParkBook:
         ledger = self.ledger
         with ledger._writing() as (tx, cache):
             alloc = self._in(tx, allocation_id, "parking")
-            self._set(tx, alloc.id, park_state=None, park_reason=None)
+            self._set(tx, alloc.id, park_state=None, park_reason=None, park_bytes=None)
             cache.forget_rows([alloc.id])
             self._event(tx, "park_failed", alloc, {"reason": why})
             return ledger._one(tx.conn, allocation_id)
@@ -121,9 +122,7 @@ class ParkBook:
                     )
                     for p in preemptions
                 ]
-                waiting = sorted(
-                    {h.id for h in sched.holdings.values() if h.preempted_for == alloc.id}
-                )
+                waiting = [h.id for h in sched.parking.loans_of(alloc.id)]
                 told.append(
                     event_row(
                         "resuming",

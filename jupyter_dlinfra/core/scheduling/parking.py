@@ -40,6 +40,7 @@ class _Pools(Protocol):
     holdings: dict[int, Holding]
     demands: dict[int, Demand]
     touched: set[str]
+    pending: dict[int, int]
     _holder_of: dict[str, int]
     _pool_of: dict[str, Any]
     _pinned: dict[str, dict[int, Demand]]
@@ -74,6 +75,8 @@ class Parking:
         self.resuming: set[int] = set()
         #: nodes whose lendable GPUs the next pass offers to the waiting jobs
         self._dirty: set[str] = set()
+        #: the waiting requests of any node that may borrow (those gone are dropped as met)
+        self._pool_borrowers: dict[int, Demand] = {}
 
     # -- park, resume, end -----------------------------------------------------------------------
 
@@ -143,6 +146,10 @@ class Parking:
         holding = self.parked.pop(holding_id)
         s.walk_next()
         self.resuming.discard(holding_id)
+        for loan in self._loans_on(holding):
+            if loan.preempted_for == holding_id:
+                # nothing to give back to any more: the loan runs on as an ordinary grant
+                s.holdings[loan.id] = replace(loan, preempted_for=None)
         s._charge(holding.user, holding.groups, -len(holding.gpus))
         freed = []
         for uuid in holding.gpus:
@@ -179,11 +186,25 @@ class Parking:
 
     def offer(self, demand: Demand) -> None:
         """A request arrived: if it may borrow parked GPUs, the next pass offers them."""
-        if self.lendable and self._may_borrow(demand):
-            if demand.node is None:
-                self._dirty.update(self.lendable)
-            elif demand.node in self.lendable:
-                self._dirty.add(demand.node)
+        if not self._may_borrow(demand):
+            return
+        if demand.node is None:
+            self._pool_borrowers[demand.id] = demand
+            self._dirty.update(self.lendable)
+        elif demand.node in self.lendable:
+            self._dirty.add(demand.node)
+
+    def left(self, request_id: int) -> None:
+        """A waiting request was granted or withdrawn."""
+        self._pool_borrowers.pop(request_id, None)
+
+    def forget_waiting(self) -> None:
+        """Every waiting request is submitted again (a new policy may change who borrows)."""
+        self._pool_borrowers.clear()
+
+    def loans_of(self, holding_id: int) -> list[Holding]:
+        """The loans on a parked grant's GPUs now."""
+        return self._loans_on(self.parked[holding_id])
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -212,9 +233,14 @@ class Parking:
         free = self.lendable.setdefault(pool.node, [])
         if uuid not in free:
             free.append(uuid)
-            free.sort(key=pool.gpus.__getitem__)
+            free.sort(key=self._index)
         self._dirty.add(pool.node)
         self._sched.touched.add(pool.node)
+
+    def _index(self, uuid: str) -> int:
+        """A GPU's index on its node (the node's pools are one per model)."""
+        pool = self._sched._pool_of.get(uuid)
+        return pool.gpus.get(uuid, 1 << 30) if pool is not None else 1 << 30
 
     def _unlend(self, uuid: str) -> bool:
         """Take ``uuid`` out of the lendable GPUs; whether it was there."""
@@ -264,10 +290,19 @@ class Parking:
         nodes &= set(self.lendable)
         if not nodes:
             return
+        # GPUs are being freed for some requests: a loan must neither take such a request
+        # (its victims would stop for nothing) nor fill its owners' quotas before it starts
+        freeing = [s.demands[r] for r in s.pending if r in s.demands]
+        users = {d.user for d in freeing}
+        groups = {g for d in freeing for g in d.groups}
         wanting = [
             d
             for d in self._candidates(nodes)
-            if self._may_borrow(d) and (d.node is None or d.node in nodes)
+            if self._may_borrow(d)
+            and (d.node is None or d.node in nodes)
+            and d.id not in s.pending
+            and d.user not in users
+            and groups.isdisjoint(d.groups)
         ]
         later = []
         for demand in s._in_order(wanting):
@@ -284,7 +319,7 @@ class Parking:
         s = self._sched
         for node in sorted(nodes):
             yield from s._pinned.get(node, {}).values()
-        yield from (d for d in s.demands.values() if d.node is None)
+        yield from list(self._pool_borrowers.values())
 
     def _place(self, demand: Demand, nodes: set[str], borrowed: bool, out: Outcome) -> None:
         s = self._sched

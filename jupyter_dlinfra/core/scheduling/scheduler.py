@@ -266,7 +266,11 @@ class Scheduler:
             before = len(pool.free)
             pool.gpus[slot.uuid] = slot.index
             self._pool_of[slot.uuid] = pool
-            if slot.uuid not in self._holder_of:
+            if slot.uuid in self._holder_of:
+                pass
+            elif slot.uuid in self.parking.owner:
+                self.parking.freed(slot.uuid)  # back: lendable again, not everyone's
+            else:
                 pool.free.append(slot.uuid)
                 pool.free.sort(key=pool.gpus.__getitem__)
             self._moved(pool, before)
@@ -499,6 +503,7 @@ class Scheduler:
             if holding.preempted_for is None and self._may_be_preempted(holding):
                 self._index_victim(holding)
         waiting = list(self.demands.values())
+        self.parking.forget_waiting()
         self.demands.clear()
         self._pinned.clear()
         self._pinned_total = 0
@@ -547,7 +552,7 @@ class Scheduler:
             self._pool_queue.add(demand)
         self._set_account(demand.user, demand.groups)
         self.ranking.add(demand)
-        if self.parking.lendable:
+        if demand.node is None or self.parking.lendable:
             self.parking.offer(demand)
 
     def withdraw(self, request_id: int) -> Demand:
@@ -558,6 +563,7 @@ class Scheduler:
         self.ranking.remove(demand)
         self._unpin(demand)
         self._pool_queue.remove(demand)
+        self.parking.left(request_id)
         # what the last pass set aside for it is free for others at the next pass
         aside = self.reserved.pop(request_id, None)
         if aside:
@@ -792,6 +798,8 @@ class Scheduler:
         for rid in list(reserved_for):
             demand = self.demands[rid]
             self._give_back(reserved_for.pop(rid))
+            if self.over_quota(demand) is not None:
+                continue  # grants of this pass after its reservation filled its quota
             gpus = self._place(demand)
             if gpus is not None:
                 self._grant(demand, gpus, False, out)
@@ -866,6 +874,11 @@ class Scheduler:
                     break
                 _, key, demand = best
                 del offers[key]
+                if self.over_quota(demand) is not None:
+                    # its offer was made before a grant of this loop to its user or group
+                    if self._may_borrow(demand):
+                        lenders.append(demand)
+                    continue
                 gpus = self._place(demand)
                 if gpus is not None:
                     self._grant(demand, gpus, False, out)
@@ -1262,6 +1275,7 @@ class Scheduler:
         self.ranking.remove(demand)
         self._unpin(demand)
         self._pool_queue.remove(demand)
+        self.parking.left(demand.id)
         self._nominated.pop(demand.id, None)
         holding = Holding(
             id=demand.id,
