@@ -836,6 +836,64 @@ async def test_an_idle_kernel_warned_and_kept_matches_the_document(
         await jp_fetch("api", "kernels", kernel_id, method="DELETE")
 
 
+PARK = "/dlinfra/api/kernels/{kernel_id}/park"
+RESUME = "/dlinfra/api/kernels/{kernel_id}/resume"
+
+
+async def test_a_kernel_parked_and_resumed_matches_the_document(
+    doc: dict[str, Any], jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    api = Api(doc, jp_fetch)
+    service = _extension(jp_serverapp).service
+    started = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kernel_id = json.loads(started.body)["id"]
+    kid = {"kernel_id": kernel_id}
+    try:
+        await _until(lambda: service.ledger.kernel(kernel_id).pid is not None, "the kernel's pid")
+        _, err = await api("POST", PARK, path=kid, body={}, expect=409, schema_name="Error")
+        assert err["reason"] == "not_parked" and "holds no GPUs" in err["message"]
+        _, granted = await api(
+            "POST",
+            "/dlinfra/api/allocations",
+            body={"kernel_id": kernel_id, "count": 1},
+            expect=201,
+        )
+        gpu = granted["gpus"][0]["uuid"]
+        service.provider.set_load(gpu, 0.0, memory_used_bytes=1 << 30)
+        await service.sample()
+        # only the kernel itself, with its token, says what it prepared
+        _, err = await api("POST", PARK, path=kid, body={"prepared": {"blockers": []}}, expect=400)
+        assert err["reason"] == "bad_field"
+        _, err = await api("POST", RESUME, path=kid, body={}, expect=409, schema_name="Error")
+        assert err["reason"] == "not_parked"
+
+        _, parked = await api("POST", PARK, path=kid, body={}, expect=200, schema_name="ParkAnswer")
+        assert parked["allocation"]["park"]["state"] == "parked"
+        assert parked["allocation"]["park"]["bytes"] == 1 << 30
+        _, usage = await api("GET", USAGE, path=kid, expect=200, schema_name="KernelUsage")
+        assert usage["held"] == [] and usage["parked"]["allocation_id"] == granted["id"]
+        _, listed = await api(
+            "GET", "/dlinfra/api/allocations", params={"kernel_id": kernel_id}, expect=200
+        )
+        assert listed["allocations"][0]["park"]["state"] == "parked"
+        assert listed["allocations"][0]["on_loan"] is False
+
+        _, back = await api("POST", RESUME, path=kid, body={}, expect=200, schema_name="ParkAnswer")
+        assert back["allocation"]["park"] is None or back["allocation"]["park"]["state"] in (
+            "resuming",
+            "restoring",
+        )
+
+        def resumed() -> bool:
+            return service.ledger.allocation(granted["id"]).park_state is None
+
+        await _until(resumed, "the resume")
+        _, usage = await api("GET", USAGE, path=kid, expect=200, schema_name="KernelUsage")
+        assert usage["held"] == [gpu] and usage["parked"] is None
+    finally:
+        await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+
+
 # -- scheduling: the policy, fair share, classes of requests --------------------------------------
 
 SCHEDULING = "/dlinfra/api/scheduling"
