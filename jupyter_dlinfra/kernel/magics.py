@@ -271,7 +271,10 @@ class GpuMagic:
 
         start = time.monotonic()
         park = parked.get("park") or {}
-        why = f" (parked {when(park.get('since'), relative=True)})" if park.get("since") else ""
+        why = ""
+        if park.get("since"):
+            reason = f": {park['reason']}" if park.get("reason") else ""
+            why = f" (parked {when(park.get('since'), relative=True)}{reason})"
         handle = display(  # type: ignore[no-untyped-call]
             {"text/plain": f"resuming your GPUs{why}: 0 s"}, raw=True, display_id=True
         )
@@ -349,6 +352,15 @@ class GpuMagic:
             return
         held = False
         for alloc in mine:
+            park = alloc.get("park")
+            if park:
+                n = len(alloc["gpus"])
+                print(
+                    f"This kernel's {n} GPU{'s' if n != 1 else ''} are {park['state']} "
+                    f"(allocation {alloc['id']}, since {when(park.get('since'))}: "
+                    f"{park.get('reason') or 'parked'}); the next cell takes them back."
+                )
+                continue
             if alloc["state"] == "queued":
                 print(queue_line(alloc))
                 standing = self.client.fairshare().get("you")
@@ -427,6 +439,11 @@ class GpuMagic:
         if not mine:
             print("This kernel holds no GPUs.")
             return
+        parked = next((a for a in mine if a.get("park")), None)
+        if parked is not None:
+            # its GPU state must come back first, or this process's CUDA calls wait for ever
+            self._resume({"allocation_id": parked["id"], "park": parked["park"]})
+            mine = self.client.my_allocations()
         for alloc in mine:
             self.client.release(alloc["id"])
         self.pending = None

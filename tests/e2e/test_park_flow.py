@@ -125,10 +125,21 @@ def test_a_kernel_that_cannot_be_parked_is_released_with_the_reason_and_park_by_
     control.write_text(json.dumps({}))
     by_hand = kernel.execute("%gpu park")
     assert "Parked: the memory of this kernel's 1 GPU" in by_hand.stdout, by_hand
-    assert allocation_of(server, kernel.kernel_id)["park"]["state"] == "parked"
+    parked = allocation_of(server, kernel.kernel_id)
+    assert parked["park"]["state"] == "parked"
+    assert "are parked" in kernel.execute("%gpu").stdout  # a %gpu line does not resume first
+    # released from outside while parked: refused, the kernel's CUDA state needs those GPUs
+    status, body, _ = server.request("DELETE", f"dlinfra/api/allocations/{parked['id']}")
+    assert status == 409 and body["reason"] == "parked", body
     again = kernel.execute("x = 1")
     assert "resumed your GPUs in" in "".join(again.displays), again
     assert allocation_of(server, kernel.kernel_id)["park"] is None
+    # parked again, then %gpu release: the GPU state comes back first, then the GPUs go
+    assert "Parked" in kernel.execute("%gpu park").stdout
+    released = kernel.execute("%gpu release")
+    assert "resumed your GPUs in" in "".join(released.displays), released
+    assert "Released 1 GPU" in released.stdout, released
+    assert "Granted 1 GPU" in kernel.execute("%gpu 1").stdout
 
     # now refused again, and idle: the reclaim falls back to a release and says why
     control.write_text(json.dumps({"refuse": {"*": "NCCL communicators are open"}}))
@@ -136,7 +147,11 @@ def test_a_kernel_that_cannot_be_parked_is_released_with_the_reason_and_park_by_
 
     def released() -> Any:
         found = server.get(f"dlinfra/api/allocations?kernel_id={kernel.kernel_id}&state=all")
-        ended = [a for a in found["allocations"] if a["state"] == "released"]
+        ended = [
+            a
+            for a in found["allocations"]
+            if a["state"] == "released" and a["end_reason"].startswith("reclaimed")
+        ]
         return ended or None
 
     (ended,) = wait_until(released, timeout=60, what="the fallback release")

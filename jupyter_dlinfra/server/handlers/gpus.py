@@ -296,6 +296,16 @@ class AllocationHandler(_Base):
                     "cancel the job to free them (DELETE /dlinfra/api/jobs/ID)",
                     code="job_allocation",
                 )
+            if alloc.state.active and alloc.park_state is not None:
+                # its process's GPU state waits in host memory for these GPUs: without them
+                # the kernel's next CUDA call would wait for ever
+                raise ApiError(
+                    409,
+                    f"allocation {aid} is {alloc.park_state}: its kernel's GPU memory waits in "
+                    "host memory. Resume it first (run a cell, or POST "
+                    f"/dlinfra/api/kernels/{alloc.kernel_id}/resume), or shut the kernel down",
+                    code="parked",
+                )
 
         who = "its kernel" if self.kernel_scope else "the user"
         # checked on the row the release reads, in its transaction: one trip, and no change
