@@ -165,3 +165,51 @@ def test_a_kernel_that_cannot_be_parked_is_released_with_the_reason_and_park_by_
 
     after = wait_until(runs_again, timeout=60, what="the restarted kernel")
     assert "It could not be parked instead: NCCL communicators are open" in after.stderr, after
+
+
+def test_a_server_restart_with_a_parked_kernel_loses_nothing(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The kernel dies with the server, so its parked grant ends; the job that borrowed its
+    GPUs runs on as an ordinary grant across the restart and finishes; nothing stays parked."""
+    workdir = tmp_path / "restarting"
+    workdir.mkdir()
+    load = tmp_path / "load.json"
+    load.write_text(json.dumps({"0": {"utilization_percent": 90, "memory_used_bytes": GIB}}))
+    env = {"DLINFRA_SIMULATED_LOAD_FILE": str(load)}
+    args = ("--DLInfra.job_interval=0.2",)
+    server = start_server(gpus=1, args=args, workdir=workdir, env=env)
+    kernel = server.start_kernel()
+    assert "Granted 1 GPU" in kernel.execute("%gpu 1").stdout
+    assert "Parked" in kernel.execute("%gpu park").stdout
+    root: Path = server.workdir / "root"
+    write_notebook(root / "train.ipynb", *TRAIN)
+    job = server.post("dlinfra/api/jobs", {"path": "train.ipynb", "gpus": 1})
+
+    def running() -> Any:
+        found = server.get(f"dlinfra/api/jobs/{job['id']}")
+        return found if found["state"] == "running" and (root / "runs.txt").exists() else None
+
+    wait_until(running, timeout=90, what="the job to run on the parked kernel's GPU")
+    parked = allocation_of(server, kernel.kernel_id)
+    server.stop()
+
+    again = start_server(gpus=1, args=args, workdir=workdir, env=env)
+
+    def ended() -> Any:
+        found = again.get(f"dlinfra/api/allocations/{parked['id']}")
+        return found if found["state"] == "released" else None
+
+    gone = wait_until(ended, timeout=60, what="the dead kernel's parked grant to end")
+    assert gone["park"] is None or gone["park"]["state"] == "parked"
+    (root / "go.txt").write_text("go")
+
+    def finished() -> Any:
+        found = again.get(f"dlinfra/api/jobs/{job['id']}")
+        return found if found["state"] in ("succeeded", "failed") else None
+
+    done = wait_until(finished, timeout=90, what="the borrowing job to finish")
+    assert done["state"] == "succeeded" and done["attempts"] == 0, done
+    assert not again.get("dlinfra/api/allocations")["allocations"]
+    cluster = again.get("dlinfra/api/cluster")
+    assert cluster["free_count"] == cluster["gpu_count"] == 1, cluster
