@@ -9,7 +9,7 @@ import pytest
 
 from jupyter_dlinfra.kernel.client import ApiFailure, DLInfraUnavailable
 from jupyter_dlinfra.kernel.cuda_state import cuda_initialised
-from jupyter_dlinfra.kernel.magics import Command, GpuMagic, UsageError, parse_line
+from jupyter_dlinfra.kernel.magics import Command, GpuMagic, UsageError, _gpu_line, parse_line
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,7 @@ from jupyter_dlinfra.kernel.magics import Command, GpuMagic, UsageError, parse_l
         ("2 --restart", Command(action="request", count=2, restart=True)),
         ("1 --model 'A100 80GB'", Command(action="request", count=1, model="A100 80GB")),
         ("keep", Command(action="keep")),
+        ("park", Command(action="park")),
         ("profile 30", Command(action="profile", seconds=30.0)),
         ("profile 0.5", Command(action="profile", seconds=0.5)),
         ("16 --nodes 2", Command(action="request", count=16, nodes=2)),
@@ -173,3 +174,86 @@ def test_a_pending_request_handed_back_is_followed_as_asked_again(
     magic.before_cell()
     assert magic.pending == 9
     assert "ended" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("cell", "only_gpu"),
+    [
+        ("%gpu release", True),
+        ("%gpu\n%gpu keep\n", True),
+        ("%%gpu profile\nx = 1", False),
+        ("%gpu\nprint(1)", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_a_cell_of_gpu_lines_only_does_not_resume_parked_gpus(
+    cell: str | None, only_gpu: bool
+) -> None:
+    assert _gpu_line(cell) is only_gpu
+
+
+class _Parked:
+    """A kernel's API client: its grant 5 is parked, the resume waits for a loan, then the
+    GPUs come back; or the restore fails and the grant ends."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails = fails
+        self.resumed = 0
+        self.looks = 0
+
+    def usage(self) -> dict[str, Any]:
+        park = {"state": "parked", "since": None, "reason": "parked: idle", "bytes": 1}
+        return {"held": [], "idle": None, "parked": {"allocation_id": 5, "park": park}}
+
+    def resume(self) -> dict[str, Any]:
+        self.resumed += 1
+        return {"allocation": {"id": 5, "state": "granted", "park": {"state": "resuming"}}}
+
+    def allocation(self, allocation_id: int, *, wait: float = 0.0) -> dict[str, Any]:
+        self.looks += 1
+        if self.looks == 1:
+            return {"id": 5, "state": "granted", "park": {"state": "restoring"}}
+        if self.fails:
+            return {"id": 5, "state": "released", "park": None, "end_reason": "restore failed"}
+        return {"id": 5, "state": "granted", "park": None}
+
+
+class _Cell:
+    def __init__(self, raw_cell: str) -> None:
+        self.raw_cell = raw_cell
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_parked_kernel_takes_its_gpus_back_before_a_cell(
+    fails: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shown: list[str] = []
+
+    class Handle:
+        def update(self, data: dict[str, str], raw: bool) -> None:
+            shown.append(data["text/plain"])
+
+    import IPython.display
+
+    def display(data: dict[str, str], raw: bool, display_id: bool) -> Handle:
+        shown.append(data["text/plain"])
+        return Handle()
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    magic = GpuMagic(shell=None, environ={"DLINFRA_ALLOCATION": "5"})
+    client = _Parked(fails)
+    magic._client = client  # type: ignore[assignment]
+    magic.before_cell(_Cell("%gpu"))
+    assert client.resumed == 0  # a %gpu line does not resume
+    magic.before_cell(_Cell("x = 1"))
+    assert client.resumed == 1
+    assert shown[0].startswith("resuming your GPUs (parked") or shown[0].startswith(
+        "resuming your GPUs: "
+    )
+    assert any("a batch job that borrowed them is stopping" in s for s in shown), shown
+    if fails:
+        assert shown[-1] == "your parked GPUs could not be resumed: restore failed"
+        assert magic.holding is False
+    else:
+        assert shown[-1].startswith("resumed your GPUs in")
