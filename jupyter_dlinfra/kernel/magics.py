@@ -31,6 +31,8 @@ def idle_warning(idle: dict[str, Any]) -> str:
         "release": "the kernel will be restarted without GPUs",
         "shutdown": "the kernel will be shut down",
         "notify": "nothing will be taken: the policy only reports",
+        "park": "their memory will be parked in host memory and the GPUs lent until your next "
+        "cell, which takes them back with your variables intact",
     }.get(str(idle.get("action")), "they will be reclaimed")
     left = idle.get("keeps_left", 0)
     keep = f"run `%gpu keep` ({left} left), " if left else ""

@@ -149,6 +149,7 @@ _ACTION_WORDS = {
     "release": "kernel restarted without GPUs",
     "shutdown": "kernel shut down",
     "notify": "report only, nothing taken",
+    "park": "parked until its next cell",
 }
 
 
@@ -203,6 +204,12 @@ def _idle_notice(event: LedgerEvent, kernel: KernelRecord | None, user: str | No
         )
     if action == "notify":
         message = f"GPUs of {who} would have been reclaimed after {idle_words} idle (report only)."
+        level = "info"
+    elif action == "park":
+        message = (
+            f"GPUs of {who} idle for {idle_words}: parked until its next cell, variables kept "
+            "(released instead if it cannot be parked)."
+        )
         level = "info"
     else:
         done = "restarted without GPUs" if action == "release" else "shut down"

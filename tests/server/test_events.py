@@ -815,3 +815,21 @@ async def test_a_delta_reaches_many_streams_a_slice_at_a_time_in_order() -> None
     assert sorted(offered) == sorted(id(s) for s in subs for _ in range(2))
     for sub in subs:
         assert [seq for seq, _ in sub._items] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("idle_warning", "reclaimed in 5 min (parked until its next cell) unless used"),
+        ("idle_reclaimed", "parked until its next cell, variables kept"),
+    ],
+)
+def test_a_park_policy_says_so_in_its_notices(kind: str, expected: str) -> None:
+    kernels = {
+        "k": KernelRecord(kernel_id="k", user="ana", node="n", server_id="s", path="a.ipynb")
+    }
+    detail = {"idle_s": 120.0, "action": "park", "reclaim_at": 300.0, "keeps_left": 0}
+    notice = notice_from_event(
+        _event(11, kind, detail), previous=None, kernels=kernels, owner_of=lambda _: None
+    )
+    assert notice is not None and expected in notice.message, notice
