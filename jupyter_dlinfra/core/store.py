@@ -132,6 +132,8 @@ allocations = Table(
 # schema 7: one user's (or node's) allocations are read without scanning everyone's
 Index("ix_dlinfra_allocations_user_state", allocations.c.user, allocations.c.state)
 Index("ix_dlinfra_allocations_node_state", allocations.c.node, allocations.c.state)
+# schema 14: the few parked grants are read without the others (the cluster view shows them)
+Index("ix_dlinfra_allocations_park_state", allocations.c.park_state)
 # a server's loops read its own kernels
 Index("ix_dlinfra_kernels_server", kernels.c.server_id)
 
@@ -470,7 +472,7 @@ class Store:
             # versions 2 and 3 only added tables, which create_all has just made on older
             # ledgers; 4, 5 and 6 added columns too (_add_columns); 7 added indexes, which
             # create_all makes only with their table, and so did 8; 9 and 10 added columns; 11 a
-            # table; 12 two columns
+            # table; 12 two columns; 14 columns and an index
             for index in (*allocations.indexes, *kernels.indexes, *holdings.indexes):
                 index.create(conn, checkfirst=True)
             conn.execute(

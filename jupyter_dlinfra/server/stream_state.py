@@ -108,6 +108,10 @@ class _CopyOnWrite(Generic[K, V]):
             self._copied = True
 
 
+#: the events after which a grant may have become parked (or resuming, still parked)
+_PARKS = frozenset({"parked", "resuming"})
+
+
 class StreamState:
     """Blocking, one caller at a time (the broadcaster's build)."""
 
@@ -118,6 +122,9 @@ class StreamState:
         self.gpus: dict[str, Gpu] = {}
         self.present: tuple[Gpu, ...] = ()
         self.holders: dict[str, Allocation] = {}
+        #: parked grants by each GPU they return to (lent, or free to lend), and by id
+        self.parked: dict[str, Allocation] = {}
+        self._parked_by: dict[int, Allocation] = {}
         self.kernels: dict[str, KernelRecord] = {}
         self.simulated = False
         self._order: tuple[str, ...] = ()
@@ -193,7 +200,8 @@ class StreamState:
     ) -> tuple[set[str], set[int]]:
         every = ledger.gpus(include_absent=True)
         holders = ledger.holders()
-        wanted = {a.kernel_id for a in holders.values()}
+        parked = ledger.parked()
+        wanted = {a.kernel_id for a in holders.values()} | {a.kernel_id for a in parked.values()}
         self.kernels = {k.kernel_id: k for k in ledger.kernels_by_id(wanted)}
         self.gpus = {g.uuid: g for g in every}
         self.present = tuple(g for g in every if g.present)
@@ -203,8 +211,11 @@ class StreamState:
         self._departed = {u: n for u, n in self._node_of.items() if u not in node_of}
         self._node_of = node_of
         self._set_holders(holders)
+        self.parked = parked
+        self._parked_by = {a.id: a for a in parked.values()}
         self.read_at = now
-        return set(self._entries) | set(self._node_of), set(self._granted) | set(self._held_by)
+        allocs = set(self._granted) | set(self._held_by) | set(self._parked_by)
+        return set(self._entries) | set(self._node_of), allocs
 
     def _set_holders(self, holders: dict[str, Allocation]) -> None:
         self.holders = holders
@@ -219,6 +230,9 @@ class StreamState:
     ) -> tuple[set[str], set[int]]:
         touched: set[int] = set()
         renamed: set[str] = set()
+        # a grant becomes parked (or resuming) only by these; it stops being parked by any
+        # change of its own, which touches it
+        parks = any(e.kind in _PARKS for e in events)
         for event in events:
             if event.allocation_id is not None:
                 touched.add(event.allocation_id)
@@ -242,7 +256,19 @@ class StreamState:
                 self._held_present += 1
             self.holders[uuid] = alloc
             self._held_by[alloc.id] = (*self._held_by.get(alloc.id, ()), uuid)
+        for aid in touched:
+            was = self._parked_by.pop(aid, None)
+            if was is not None:
+                for uuid in was.gpus:
+                    self.parked.pop(uuid, None)
+                    gpus_moved.add(uuid)
+        fresh_parked = ledger.parked(touched) if parks else {}
+        for uuid, alloc in fresh_parked.items():
+            self.parked[uuid] = alloc
+            self._parked_by[alloc.id] = alloc
+            gpus_moved.add(uuid)
         wanted = {a.kernel_id for a in fresh.values()}
+        wanted |= {a.kernel_id for a in fresh_parked.values()}
         missing = {k for k in wanted if k not in self.kernels} | (wanted & renamed)
         for gone in renamed - wanted:
             self.kernels.pop(gone, None)
@@ -274,6 +300,7 @@ class StreamState:
                 self.kernels,
                 self._samples.get(uuid) if node == local_node else None,
                 self.outside.get(uuid),
+                self.parked.get(uuid),
             )
             if entries.get(uuid) != entry:
                 entries.put(uuid, entry)
@@ -285,13 +312,12 @@ class StreamState:
         gone_allocs: list[int] = []
         for aid in sorted(allocs_moved):
             uuids = self._held_by.get(aid)
-            if not uuids:
+            shown = self._parked_by.get(aid) or (self.holders[uuids[0]] if uuids else None)
+            if shown is None:
                 if granted.pop(aid):
                     gone_allocs.append(aid)
                 continue
-            alloc = allocation_json(
-                self.holders[uuids[0]], self.gpus, self._samples, simulated=provider.simulated
-            )
+            alloc = allocation_json(shown, self.gpus, self._samples, simulated=provider.simulated)
             if granted.get(aid) != alloc:
                 granted.put(aid, alloc)
                 changed_allocs.append(alloc)
@@ -317,7 +343,9 @@ class StreamState:
     # -- reading ---------------------------------------------------------------------------------
 
     def free_count(self) -> int:
-        return len(self._order) - self._held_present
+        # a parked grant's GPU nobody borrows is free only to the jobs that may borrow it
+        lendable = sum(1 for u in self.parked if u in self._node_of and u not in self.holders)
+        return len(self._order) - self._held_present - lendable
 
     def picture(self, cluster: Mapping[str, Any]) -> Picture:
         """The pieces as they are now (``cluster``: the cluster's fields but its nodes)."""

@@ -212,29 +212,39 @@ def gpu_json(
     kernels: Mapping[str, KernelRecord],
     sample: GpuSample | None,
     outside_pods: Sequence[str] | None = None,
+    parked: Allocation | None = None,
 ) -> dict[str, Any]:
     """One GPU as the cluster view shows it (``sample``: None where this server does not
-    measure the GPU's node; ``outside_pods``: the cluster's pods it is kept out for)."""
-    holder_json = None
-    if holder is not None:
-        kernel = kernels.get(holder.kernel_id)
-        holder_json = {
-            "allocation_id": holder.id,
-            "kernel_id": holder.kernel_id,
-            "user": holder.user,
-            "kernel_name": kernel.kernel_name if kernel else None,
-            "path": kernel.path if kernel else None,
-            "since": iso(holder.granted_at),
-        }
+    measure the GPU's node; ``outside_pods``: the cluster's pods it is kept out for;
+    ``parked``: the parked grant it returns to, lent to ``holder`` or free to lend)."""
     return {
         "uuid": gpu.uuid,
         "index": gpu.index,
         "model": gpu.model,
         "memory_total_bytes": gpu.memory_bytes,
         "simulated": gpu.simulated,
-        "holder": holder_json,
+        "holder": _holder_json(holder, kernels),
+        "parked_for": _holder_json(parked, kernels),
         **_metrics(sample),
-        "outside_ledger": outside_ledger(sample, outside_pods) if holder is None else None,
+        "outside_ledger": (
+            outside_ledger(sample, outside_pods) if holder is None and parked is None else None
+        ),
+    }
+
+
+def _holder_json(
+    holder: Allocation | None, kernels: Mapping[str, KernelRecord]
+) -> dict[str, Any] | None:
+    if holder is None:
+        return None
+    kernel = kernels.get(holder.kernel_id)
+    return {
+        "allocation_id": holder.id,
+        "kernel_id": holder.kernel_id,
+        "user": holder.user,
+        "kernel_name": kernel.kernel_name if kernel else None,
+        "path": kernel.path if kernel else None,
+        "since": iso(holder.granted_at),
     }
 
 
@@ -270,17 +280,27 @@ def cluster_json(
     local_node: str,
     queue_length: int,
     outside: Mapping[str, Sequence[str]] | None = None,
+    parked: Mapping[str, Allocation] | None = None,
 ) -> dict[str, Any]:
     nodes: dict[str, list[dict[str, Any]]] = {}
     kept_out = outside or {}
+    parked = parked or {}
     for gpu in gpus:
         sample = samples.get(gpu.uuid) if gpu.node == local_node else None
-        entry = gpu_json(gpu, holders.get(gpu.uuid), kernels, sample, kept_out.get(gpu.uuid))
+        entry = gpu_json(
+            gpu,
+            holders.get(gpu.uuid),
+            kernels,
+            sample,
+            kept_out.get(gpu.uuid),
+            parked.get(gpu.uuid),
+        )
         nodes.setdefault(gpu.node, []).append(entry)
     return {
         **cluster_fields(
             gpu_count=len(gpus),
-            free_count=sum(1 for g in gpus if g.uuid not in holders),
+            # a parked grant's GPU is free only to the jobs that may borrow it
+            free_count=sum(1 for g in gpus if g.uuid not in holders and g.uuid not in parked),
             provider=provider,
             simulated=provider.simulated or any(g.simulated for g in gpus),
             queue_length=queue_length,

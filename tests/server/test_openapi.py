@@ -877,6 +877,17 @@ async def test_a_kernel_parked_and_resumed_matches_the_document(
         )
         assert listed["allocations"][0]["park"]["state"] == "parked"
         assert listed["allocations"][0]["on_loan"] is False
+        # the cluster view and the event stream show it parked, its GPU free to lend only
+        _, cluster = await api("GET", "/dlinfra/api/cluster", expect=200, schema_name="Cluster")
+        entry = next(g for n in cluster["nodes"] for g in n["gpus"] if g["uuid"] == gpu)
+        assert entry["holder"] is None and entry["parked_for"]["allocation_id"] == granted["id"]
+        assert cluster["free_count"] == cluster["gpu_count"] - 1
+        snapshot = await service.events.refresh()
+        body = json.loads(snapshot.frame.decode().split("data: ", 1)[1])
+        api.validator({"$ref": "#/components/schemas/Snapshot"}).validate(body)
+        shown = {a["id"]: a for a in body["allocations"]}
+        assert shown[granted["id"]]["park"]["state"] == "parked", body["allocations"]
+        assert body["cluster"]["free_count"] == cluster["free_count"]
 
         _, back = await api("POST", RESUME, path=kid, body={}, expect=200, schema_name="ParkAnswer")
         assert back["allocation"]["park"] is None or back["allocation"]["park"]["state"] in (

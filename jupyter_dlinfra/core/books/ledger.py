@@ -771,6 +771,18 @@ class Ledger:
             by_id = {a.id: a for a in self._load(conn, allocations.c.id.in_({h[1] for h in held}))}
         return {uuid: by_id[aid] for uuid, aid in held}
 
+    def parked(self, allocation_ids: Collection[int] | None = None) -> dict[str, Allocation]:
+        """Parked grants by the UUID of each GPU they return to (their GPUs are lent, or free to
+        lend, and held by nothing of theirs); with ``allocation_ids``, of those only."""
+        cond = allocations.c.park_state.in_(("parked", "resuming")) & (
+            allocations.c.state == AllocationState.GRANTED.value
+        )
+        if allocation_ids is not None:
+            cond = cond & allocations.c.id.in_(list(allocation_ids))
+        with self.store.read() as conn:
+            found = self._load(conn, cond)
+        return {uuid: alloc for alloc in found for uuid in alloc.gpus}
+
     def held_on(self, node: str) -> set[str]:
         """The UUIDs of the node's GPUs that someone holds (read without the other nodes')."""
         with self.store.read() as conn:

@@ -137,9 +137,11 @@ class ClusterHandler(_Base):
         ledger = self.service.ledger
         gpus = await self.service.call(ledger.gpus)
         holders = await self.service.call(ledger.holders)
+        parked = await self.service.call(ledger.parked)
         # the holders' kernels only: those waiting would make the answer grow with the queue
         kernels = await self.service.call(
-            ledger.kernels_by_id, {a.kernel_id for a in holders.values()}
+            ledger.kernels_by_id,
+            {a.kernel_id for a in holders.values()} | {a.kernel_id for a in parked.values()},
         )
         queue_length = await self.service.call(ledger.queue_length)
         outside = await self.service.call(ledger.outside)
@@ -153,6 +155,7 @@ class ClusterHandler(_Base):
                 local_node=self.service.settings.node,
                 queue_length=queue_length,
                 outside=outside_by_gpu(outside),
+                parked=parked,
             )
         )
 
