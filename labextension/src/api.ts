@@ -41,6 +41,13 @@ export interface ClusterGpu {
   memory_total_bytes: number;
   simulated: boolean;
   holder: Holder | null;
+  /**
+   * The parked kernel's grant this GPU returns to when that kernel resumes (while it is
+   * `parked` or `resuming`): the GPU is then lent to `holder` (a preemptible job whose grant is
+   * `on_loan`), or, with no holder, free to lend to such jobs only (not counted in the
+   * cluster's `free_count`). Null when not parked (absent on servers without parking).
+   */
+  parked_for?: Holder | null;
   utilization_percent: number | null;
   memory_used_bytes: number | null;
   sampled_at: Timestamp | null;
@@ -154,7 +161,38 @@ export interface Allocation {
   placement?: 'ledger' | 'pool' | 'cluster';
   /** Nodes a request of the pool is not granted on (an earlier grant there was handed back). */
   avoid?: string[];
+  /**
+   * A kernel's grant whose GPU memory is parked in host memory (its `gpus` are the ones it
+   * returns to; while `parked` or `resuming` they are lent or free to lend); null when not
+   * parked (absent on servers without parking).
+   */
+  park?: ParkState | null;
+  /** Granted on a parked kernel's GPUs: preempted as soon as that kernel resumes. */
+  on_loan?: boolean;
   simulated: boolean;
+}
+
+/**
+ * Where a parked grant stands: `parking` (being checkpointed; it still holds its GPUs),
+ * `parked` (its GPU memory waits in host memory; its GPUs are lent to preemptible jobs),
+ * `resuming` (its kernel wants them back; the jobs on them are being stopped), `restoring`
+ * (its GPUs are back; its process is being restored).
+ */
+export interface ParkState {
+  state: 'parking' | 'parked' | 'resuming' | 'restoring';
+  /** When it was parked; null while parking. */
+  since: Timestamp | null;
+  /** Why it was parked, in words ("parked: idle for 12 min ..."). */
+  reason: string | null;
+  /** GPU memory the host keeps for it; null while parking. */
+  bytes: number | null;
+}
+
+/** POST dlinfra/api/kernels/<id>/park and .../resume: the grant as it now stands. */
+export interface ParkAnswer {
+  parked?: boolean;
+  allocation: Allocation;
+  simulated?: boolean;
 }
 
 /** GET dlinfra/api/allocations: a page of them, oldest first. */
@@ -203,7 +241,7 @@ export interface ApiErrorBody {
 export type IdleState = 'active' | 'idle' | 'warned' | 'reclaimed';
 
 /** What the policy does when a kernel's idle GPUs are reclaimed. */
-export type ReclaimAction = 'release' | 'shutdown' | 'notify';
+export type ReclaimAction = 'release' | 'shutdown' | 'notify' | 'park';
 
 /** The idle state of a kernel the reclaim policy judges. */
 export interface IdleInfo {
@@ -484,6 +522,8 @@ export interface KernelUsage {
   executing: boolean | null;
   hints: Hint[];
   idle: KernelIdle | null;
+  /** The kernel's parked grant (absent on servers without parking); `held` leaves it out. */
+  parked?: { allocation_id: number; park: ParkState } | null;
   simulated?: boolean;
 }
 
@@ -776,6 +816,13 @@ export interface IDLInfraClient {
   noticeAction(noticeId: number, actionId: string): Promise<unknown>;
   /** POST dlinfra/api/kernels/<id>/keep: hold a kernel's idle GPUs longer (409 when it cannot). */
   keep(kernelId: string): Promise<KeepResult>;
+  /**
+   * POST dlinfra/api/kernels/<id>/park: checkpoint the kernel's GPU memory to the host and
+   * lend its GPUs until its next cell (409 with the reason when it cannot be parked).
+   */
+  park(kernelId: string): Promise<ParkAnswer>;
+  /** POST dlinfra/api/kernels/<id>/resume: start taking a parked kernel's GPUs back. */
+  resume(kernelId: string): Promise<ParkAnswer>;
   /** GET dlinfra/api/kernels/<id>/usage: the kernel's latest reading, idle state and hints. */
   usage(kernelId: string): Promise<KernelUsage>;
   /** GET dlinfra/api/me */
@@ -976,6 +1023,22 @@ export class DLInfraClient implements IDLInfraClient {
 
   async keep(kernelId: string): Promise<KeepResult> {
     return this._json<KeepResult>(this.url('kernels', encodeURIComponent(kernelId), 'keep'), {
+      method: 'POST',
+      body: '{}',
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async park(kernelId: string): Promise<ParkAnswer> {
+    return this._json<ParkAnswer>(this.url('kernels', encodeURIComponent(kernelId), 'park'), {
+      method: 'POST',
+      body: '{}',
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async resume(kernelId: string): Promise<ParkAnswer> {
+    return this._json<ParkAnswer>(this.url('kernels', encodeURIComponent(kernelId), 'resume'), {
       method: 'POST',
       body: '{}',
       headers: { 'Content-Type': 'application/json' }

@@ -9,7 +9,8 @@ import { clock, countdown, elapsed, h } from './dom';
 export const ACTION_WORDS: Record<string, string> = {
   release: 'the kernel will be restarted without GPUs',
   shutdown: 'the kernel will be shut down',
-  notify: 'nothing will be taken: the policy only reports'
+  notify: 'nothing will be taken: the policy only reports',
+  park: 'the GPUs will be parked (their memory kept in host memory) until the next cell'
 };
 
 /** Whether an idle state shows a badge. */

@@ -1,6 +1,7 @@
 /**
  * The status bar item `dlinfra:status`: the active notebook's kernel's GPUs and their mean
- * utilisation ("GPU 2 · 37%", "GPU queued #2", "GPU –"). Clicking it opens the sidebar.
+ * utilisation ("GPU 2 · 37%", "GPU 2 · parked", "GPU queued #2", "GPU –"). Clicking it opens
+ * the sidebar.
  */
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
@@ -8,6 +9,7 @@ import { Widget } from '@lumino/widgets';
 import { gpus, pct, startsIn } from './dom';
 import { gpuIcon } from './icons';
 import { LedgerModel } from './model';
+import { parkBadgeTitle } from './park';
 
 export const STATUS_ITEM_ID = 'dlinfra:status';
 
@@ -60,7 +62,16 @@ export class DLInfraStatus extends Widget {
     let text = 'GPU –';
     let title = 'This notebook\'s kernel holds no GPUs. Click to open the GPUs panel.';
     let state = 'none';
-    if (allocation?.state === 'granted') {
+    const park = allocation?.state === 'granted' ? allocation.park ?? null : null;
+    if (allocation && park) {
+      const resuming = park.state === 'resuming' || park.state === 'restoring';
+      const word = resuming ? 'resuming…' : park.state === 'parking' ? 'parking…' : 'parked';
+      text = `GPU ${allocation.gpus.length} · ${word}`;
+      title =
+        `This notebook's kernel: ${gpus(allocation.gpus.length)}, ${word} ` +
+        `(${parkBadgeTitle(park)}). Click to open the GPUs panel.`;
+      state = park.state === 'restoring' ? 'resuming' : park.state;
+    } else if (allocation?.state === 'granted') {
       const util = this._model.meanUtilisation(allocation);
       text = `GPU ${allocation.gpus.length} · ${pct(util)}`;
       title = `This notebook's kernel holds ${gpus(allocation.gpus.length)} (mean utilisation ${pct(

@@ -12,6 +12,7 @@ import { Allocation } from './api';
 import { gpus, h, startsIn } from './dom';
 import { gpuIcon } from './icons';
 import { LedgerModel } from './model';
+import { parkBadgeText, parkBadgeTitle } from './park';
 
 export const TOOLBAR_ITEM = 'dlinfraGpus';
 
@@ -96,8 +97,18 @@ function body(...children: Array<Node | string>): Widget {
 }
 
 function describeGrant(a: Allocation): Node[] {
+  const park = a.park
+    ? [
+        h(
+          'p',
+          { class: 'jp-DLInfra-parkNote' },
+          `${parkBadgeText(a.park)}: ${parkBadgeTitle(a.park)}.`
+        )
+      ]
+    : [];
   return [
     h('p', {}, `Granted ${gpus(a.gpus.length)}${a.simulated ? ' (simulated)' : ''}:`),
+    ...park,
     h(
       'ul',
       { class: 'jp-DLInfra-uuidList' },

@@ -20,7 +20,7 @@ const NUMBERS: Array<{ name: NumberField; label: string }> = [
   { name: 'keep_extension', label: 'Keep holds for (s)' },
   { name: 'max_keeps', label: 'Keeps allowed' }
 ];
-const ACTIONS = ['release', 'shutdown', 'notify'];
+const ACTIONS = ['release', 'shutdown', 'notify', 'park'];
 
 interface ICard {
   node: HTMLElement;

@@ -83,7 +83,11 @@ const FIELDS: IFieldSpec[] = [
 const ACTIONS: Array<{ value: PolicyFields['action']; help: string }> = [
   { value: 'release', help: 'restart the kernel without GPUs' },
   { value: 'shutdown', help: 'shut the kernel down' },
-  { value: 'notify', help: 'take nothing, only report' }
+  { value: 'notify', help: 'take nothing, only report' },
+  {
+    value: 'park',
+    help: 'park the GPU memory in host memory and lend the GPUs until the next cell'
+  }
 ];
 
 export class DLInfraAdminPanel extends Widget {

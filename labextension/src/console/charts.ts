@@ -73,7 +73,11 @@ export function utilisationHeatmap(nodes: ClusterNode[]): Spec {
       node: n.name,
       gpu: g.index,
       util: g.utilization_percent,
-      holder: g.holder ? g.holder.user : 'free'
+      holder: g.holder
+        ? `${g.holder.user}${g.parked_for ? ' (on loan)' : ''}`
+        : g.parked_for
+          ? `free to lend (parked: ${g.parked_for.user})`
+          : 'free'
     }))
   );
   return {

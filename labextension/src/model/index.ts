@@ -34,6 +34,7 @@ import {
   KernelIdle,
   Me,
   Notice,
+  ParkAnswer,
   PolicyDoc,
   PolicyView,
   SchedulingPolicyDoc,
@@ -241,6 +242,12 @@ export class DLInfraModel implements IDisposable {
   }
   keep(kernelId: string): Promise<KeepResult> {
     return this.parts.ledger.keep(kernelId);
+  }
+  park(kernelId: string): Promise<ParkAnswer> {
+    return this.parts.ledger.park(kernelId);
+  }
+  resume(kernelId: string): Promise<ParkAnswer> {
+    return this.parts.ledger.resume(kernelId);
   }
 
   /* ------------------------------------------------- this Lab's kernels (see `LabKernels`) */

@@ -2,12 +2,13 @@
  * The ledger as this Lab sees it: the cluster's GPUs (with a utilisation history per GPU for
  * the sparklines), the active allocations and the queue, and the idle state and hints of
  * kernels, from the stream's snapshots or REST reads; and the GPU actions (request, release,
- * keep, a notice's buttons).
+ * keep, park and resume, a notice's buttons).
  *
- * A snapshot holds the granted allocations and the first page of the queue only (its size does
- * not grow with the queue). When more wait than that page lists, the user's own requests
- * further down are read through REST (GET allocations?user=) as the ledger moves, at most once
- * a second, and so are further pages of the queue once "Show more" asked for them.
+ * A snapshot holds the granted allocations (parked ones too, with their `park`; each GPU of the
+ * cluster names the parked grant it returns to in `parked_for`) and the first page of the queue
+ * only (its size does not grow with the queue). When more wait than that page lists, the user's
+ * own requests further down are read through REST (GET allocations?user=) as the ledger moves,
+ * at most once a second, and so are further pages of the queue once "Show more" asked for them.
  */
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
@@ -22,6 +23,7 @@ import {
   KeepResult,
   KernelIdle,
   Notice,
+  ParkAnswer,
   Snapshot
 } from '../api';
 import { Connection, ConnectionMode } from './connection';
@@ -217,6 +219,11 @@ export class LedgerModel implements IDisposable {
     return this._allocations.find(a => a.id === allocationId) ?? null;
   }
 
+  /** Whether a park (`park`) or a resume (`resume`) of the kernel was asked from here and waits. */
+  parkPending(kernelId: string): 'park' | 'resume' | null {
+    return this._parkPending.get(kernelId) ?? null;
+  }
+
   /** The active allocation of a kernel, or null. */
   allocationOfKernel(kernelId: string): Allocation | null {
     return this._allocations.find(a => a.kernel_id === kernelId) ?? null;
@@ -353,6 +360,20 @@ export class LedgerModel implements IDisposable {
     return result;
   }
 
+  /**
+   * Park a kernel's GPUs now (POST kernels/<id>/park): its GPU memory goes to host memory and
+   * its GPUs are lent until its next cell. Rejects with the server's reason (409) when it
+   * cannot be parked.
+   */
+  park(kernelId: string): Promise<ParkAnswer> {
+    return this._parkStep(kernelId, 'park', () => this.client.park(kernelId));
+  }
+
+  /** Start taking a parked kernel's GPUs back (POST kernels/<id>/resume). */
+  resume(kernelId: string): Promise<ParkAnswer> {
+    return this._parkStep(kernelId, 'resume', () => this.client.resume(kernelId));
+  }
+
   dispose(): void {
     if (this._isDisposed) {
       return;
@@ -441,7 +462,8 @@ export class LedgerModel implements IDisposable {
         }
       }
     }
-    // The snapshot's grants are all the grants, and its queue is fresher than our last read.
+    // The snapshot's grants are all the grants (parked ones too), and its queue is fresher
+    // than our last read.
     for (const a of this._granted) {
       byId.set(a.id, a);
     }
@@ -612,6 +634,23 @@ export class LedgerModel implements IDisposable {
     }
   }
 
+  private async _parkStep(
+    kernelId: string,
+    step: 'park' | 'resume',
+    call: () => Promise<ParkAnswer>
+  ): Promise<ParkAnswer> {
+    this._parkPending.set(kernelId, step);
+    this._changed.emit();
+    try {
+      return await call();
+    } finally {
+      // read the grant as it now stands before the button comes back
+      await this.refresh();
+      this._parkPending.delete(kernelId);
+      this._changed.emit();
+    }
+  }
+
   private _emitChanged(): void {
     this._changed.emit();
   }
@@ -643,6 +682,7 @@ export class LedgerModel implements IDisposable {
   private _usageAvailable = true;
   private _history = new Map<string, { sampledAt: string | null; values: number[] }>();
   private _releasing = new Set<number>();
+  private _parkPending = new Map<string, 'park' | 'resume'>();
   private _simulated = false;
   private _error: string | null = null;
   private _updatedAt: number | null = null;

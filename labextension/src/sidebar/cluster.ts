@@ -1,12 +1,14 @@
 /**
  * The sidebar's "Cluster" section: a card per GPU, by node, with utilisation, memory, a
  * sparkline (not in the compact view), what holds it and its marks (idle, borrowed, being
- * preempted, in use outside the ledger).
+ * preempted, in use outside the ledger, and a parked kernel's: parked and free to lend, or on
+ * loan, from the GPU's `parked_for`).
  */
-import { ClusterGpu, isJudged, OutsideLedger } from '../api';
+import { ClusterGpu, Holder, isJudged, OutsideLedger } from '../api';
 import { clock, gib, h, meter, pct, sparkline } from '../dom';
 import { JobsModel, LedgerModel } from '../model';
-import { holderName, IRendered, schedBadges } from './common';
+import { parkBadgeTitle } from '../park';
+import { holderName, IRendered, onLoanBadge, schedBadges } from './common';
 
 export function renderCluster(ledger: LedgerModel, jobs: JobsModel, compact: boolean): IRendered {
   const cluster = ledger.cluster;
@@ -49,7 +51,10 @@ export function renderCluster(ledger: LedgerModel, jobs: JobsModel, compact: boo
           h(
             'span',
             { class: 'jp-DLInfra-nodeCount' },
-            ` ${node.gpus.filter(g => !g.holder).length} of ${node.gpus.length} free`
+            // a parked kernel's GPU nobody borrows is free to lend, not free
+            ` ${node.gpus.filter(g => !g.holder && !g.parked_for).length} of ${
+              node.gpus.length
+            } free`
           )
         ),
         h(
@@ -73,7 +78,16 @@ export function renderCluster(ledger: LedgerModel, jobs: JobsModel, compact: boo
   const marks = cluster.nodes.flatMap(n =>
     n.gpus.map(g => {
       const a = g.holder ? ledger.allocationById(g.holder.allocation_id) : null;
-      return a ? [a.borrowed ?? false, a.preempted_for ?? null] : null;
+      const parked = g.parked_for ?? null;
+      return [
+        a ? [a.borrowed ?? false, a.preempted_for ?? null, a.on_loan ?? false] : null,
+        parked
+          ? [
+              ledger.allocationById(parked.allocation_id)?.park ?? null,
+              holderName(ledger, jobs, parked.kernel_id)
+            ]
+          : null
+      ];
     })
   );
   const holderNames = cluster.nodes.flatMap(n =>
@@ -89,9 +103,13 @@ function gpuCard(
   compact: boolean
 ): HTMLElement {
   const holder = gpu.holder;
-  let holderText = 'free';
+  // a GPU of a parked kernel (anyone's): lent to a job (its holder), or free to lend, until
+  // that kernel resumes
+  const parked = gpu.parked_for ?? null;
+  const parkedName = parked ? whose(ledger, jobs, parked) : null;
+  let holderText = parkedName ? `free to lend · parked: ${parkedName}` : 'free';
   if (holder) {
-    holderText = `${holder.user} · ${holderName(ledger, jobs, holder.kernel_id, holder.path, holder.kernel_name)}`;
+    holderText = whose(ledger, jobs, holder);
   }
   const outside = holder ? null : gpu.outside_ledger ?? null;
   const memPercent =
@@ -103,9 +121,32 @@ function gpuCard(
   const idleState = isJudged(idle) && idle.state !== 'active' ? idle.state : null;
   const values = ledger.history(gpu.uuid);
   const grant = holder ? ledger.allocationById(holder.allocation_id) : null;
-  const marks = schedBadges(grant);
+  // its holder is on loan (the grant says so too, when this Lab knows it)
+  let marks: HTMLElement[] = [];
+  if (grant) {
+    marks = schedBadges(grant, parkedName);
+  } else if (holder && parked) {
+    marks = [onLoanBadge(parkedName)];
+  }
+  if (parked && !holder) {
+    const park = ledger.allocationById(parked.allocation_id)?.park ?? null;
+    marks.push(
+      h(
+        'span',
+        {
+          class: 'jp-DLInfra-schedBadge jp-DLInfra-parkedMark',
+          title: `Parked: ${parkedName}. ${
+            park
+              ? parkBadgeTitle(park)
+              : 'Its GPUs are lent to preemptible jobs until its next cell takes them back'
+          }`
+        },
+        'parked'
+      )
+    );
+  }
   const label = `GPU ${gpu.index}, ${gpu.model}${gpu.simulated ? ', simulated' : ''}, ${
-    holder ? `held by ${holderText}` : 'free'
+    holder ? `held by ${holderText}` : holderText
   }${outside ? `, ${outsideText(outside)}` : ''}, utilisation ${pct(gpu.utilization_percent)}${
     idleState === 'warned' ? ', idle: about to be reclaimed' : idleState === 'idle' ? ', idle' : ''
   }${marks.map(m => `, ${m.textContent}`).join('')}`;
@@ -125,9 +166,12 @@ function gpuCard(
   return h(
     'div',
     {
-      class: `jp-DLInfra-gpuCard ${holder ? 'jp-mod-held' : 'jp-mod-free'}${mine ? ' jp-mod-mine' : ''}${
+      // free to lend is not free: only preemptible jobs may borrow it
+      class: `jp-DLInfra-gpuCard ${
+        holder ? 'jp-mod-held' : parked ? 'jp-mod-lendable' : 'jp-mod-free'
+      }${mine ? ' jp-mod-mine' : ''}${
         idleState === 'warned' ? ' jp-mod-idleWarned' : idleState === 'idle' ? ' jp-mod-idle' : ''
-      }${outside ? ' jp-mod-outsideLedger' : ''}`,
+      }${outside ? ' jp-mod-outsideLedger' : ''}${parked ? ' jp-mod-parked' : ''}`,
       'data-uuid': gpu.uuid,
       'data-index': gpu.index,
       'data-idle-state': idleState,
@@ -181,6 +225,12 @@ function gpuCard(
       : null,
     marks.length > 0 ? h('div', { class: 'jp-DLInfra-schedBadges' }, marks) : null
   );
+}
+
+/** Who holds a GPU (or, for `parked_for`, which parked kernel it returns to), in words. */
+function whose(ledger: LedgerModel, jobs: JobsModel, holder: Holder): string {
+  const name = holderName(ledger, jobs, holder.kernel_id, holder.path, holder.kernel_name);
+  return `${holder.user} · ${name}`;
 }
 
 /** "in use outside the ledger by mallory": work on a GPU that nobody holds in the ledger. */

@@ -1,10 +1,10 @@
 /**
  * The "Cluster" section of a large cluster (more than LARGE_CLUSTER GPUs): a summary (free,
- * held, idle, yours, by model), a search and filters, and one compact row per node, a cell per
- * GPU, of which only the rows in view are in the page (a list of 1,024 nodes keeps some thirty
- * rows in the DOM and draws again as it scrolls). The view lasts across updates, so that the
- * scroll position, the search and the focus stay; an update costs a pass over the GPUs and the
- * rows in view, not the DOM of the whole cluster.
+ * held, idle, yours, parked, by model), a search and filters, and one compact row per node, a
+ * cell per GPU, of which only the rows in view are in the page (a list of 1,024 nodes keeps some
+ * thirty rows in the DOM and draws again as it scrolls). The view lasts across updates, so that
+ * the scroll position, the search and the focus stay; an update costs a pass over the GPUs and
+ * the rows in view, not the DOM of the whole cluster.
  */
 import { Cluster, ClusterGpu, isJudged } from '../api';
 import { h, pct } from '../dom';
@@ -19,7 +19,8 @@ const OVERSCAN = 6;
 
 type Filter = 'all' | 'free' | 'mine' | 'idle' | 'busy';
 
-type GpuState = 'free' | 'held' | 'mine' | 'idle' | 'outside';
+/** `parked`: a parked kernel's GPU nobody borrows (free to lend to preemptible jobs only). */
+type GpuState = 'free' | 'held' | 'mine' | 'idle' | 'outside' | 'parked';
 
 interface IRow {
   name: string;
@@ -79,6 +80,7 @@ export class ClusterListView {
     let held = 0;
     let idle = 0;
     let yours = 0;
+    let parked = 0;
     for (const node of cluster.nodes) {
       const states: GpuState[] = [];
       let nodeFree = 0;
@@ -91,6 +93,8 @@ export class ClusterListView {
           free += 1;
           nodeFree += 1;
           model.free += 1;
+        } else if (state === 'parked') {
+          parked += 1;
         } else if (state !== 'outside') {
           held += 1;
         }
@@ -122,7 +126,27 @@ export class ClusterListView {
         ' · ',
         h('span', { 'data-count': 'idle', class: 'jp-mod-idle' }, `${idle.toLocaleString()} idle`),
         ' · ',
-        h('span', { 'data-count': 'mine', class: 'jp-mod-mine' }, `${yours.toLocaleString()} yours`)
+        h(
+          'span',
+          { 'data-count': 'mine', class: 'jp-mod-mine' },
+          `${yours.toLocaleString()} yours`
+        ),
+        ...(parked > 0
+          ? [
+              ' · ',
+              h(
+                'span',
+                {
+                  'data-count': 'parked',
+                  class: 'jp-mod-parked',
+                  title:
+                    "Parked kernels' GPUs nobody borrows: free to lend to preemptible jobs " +
+                    'only'
+                },
+                `${parked.toLocaleString()} parked`
+              )
+            ]
+          : [])
       ),
       h(
         'ul',
@@ -173,7 +197,11 @@ export class ClusterListView {
       }
       return (
         row.name.toLowerCase().includes(words) ||
-        row.gpus.some(g => g.holder?.user.toLowerCase().includes(words))
+        row.gpus.some(
+          g =>
+            g.holder?.user.toLowerCase().includes(words) ||
+            g.parked_for?.user.toLowerCase().includes(words)
+        )
       );
     });
     this._count.textContent =
@@ -222,7 +250,7 @@ function gpuState(
 ): GpuState {
   const holder = gpu.holder;
   if (!holder) {
-    return gpu.outside_ledger ? 'outside' : 'free';
+    return gpu.parked_for ? 'parked' : gpu.outside_ledger ? 'outside' : 'free';
   }
   const idle = ledger.idleOf(holder.kernel_id);
   if (isJudged(idle) && idle.state !== 'active') {
@@ -244,13 +272,24 @@ function nodeRow(row: IRow): HTMLElement {
           class: `jp-DLInfra-cell jp-mod-${row.states[i]}`,
           'data-index': gpu.index,
           style: gpu.holder ? `--jp-dlinfra-util: ${Math.round(gpu.utilization_percent ?? 0)}%` : null,
-          title:
-            `GPU ${gpu.index} (${gpu.model}): ` +
-            (gpu.holder ? `${gpu.holder.user} · ${gpu.holder.path ?? gpu.holder.kernel_id}` : row.states[i]) +
-            `, ${pct(gpu.utilization_percent)}`
+          title: `GPU ${gpu.index} (${gpu.model}): ${cellText(gpu, row.states[i])}, ${pct(
+            gpu.utilization_percent
+          )}`
         })
       )
     ),
     h('span', { class: 'jp-DLInfra-nodeRowFree' }, `${row.free} free`)
   );
+}
+
+/** A cell's holder in words: who holds it (on loan from a parked kernel), or its state. */
+function cellText(gpu: ClusterGpu, state: GpuState): string {
+  const holder = gpu.holder;
+  const parked = gpu.parked_for ?? null;
+  const parkedBy = parked ? `${parked.user} · ${parked.path ?? parked.kernel_id}` : '';
+  if (holder) {
+    const text = `${holder.user} · ${holder.path ?? holder.kernel_id}`;
+    return parked ? `${text}, on loan from ${parkedBy} (parked)` : text;
+  }
+  return parked ? `free to lend · parked: ${parkedBy}` : state;
 }

@@ -24,8 +24,12 @@ export function classBadge(klass: string | null | undefined): HTMLElement | null
   );
 }
 
-/** The "being preempted" and "borrowed" marks of a grant (none for other states). */
-export function schedBadges(a: Allocation | null): HTMLElement[] {
+/**
+ * The "being preempted", "borrowed" and "on loan" marks of a grant (none for other states);
+ * `lentFrom`: the parked kernel whose GPUs a loan runs on, in words, when known (a GPU's
+ * `parked_for`: the grant that holds it is then on loan).
+ */
+export function schedBadges(a: Allocation | null, lentFrom: string | null = null): HTMLElement[] {
   const marks: HTMLElement[] = [];
   if (!a || a.state !== 'granted') {
     return marks;
@@ -59,7 +63,27 @@ export function schedBadges(a: Allocation | null): HTMLElement[] {
       )
     );
   }
+  if (a.on_loan || lentFrom !== null) {
+    marks.push(onLoanBadge(lentFrom));
+  }
   return marks;
+}
+
+/**
+ * The "on loan" mark of a grant on a parked kernel's GPUs; `lentFrom`: that kernel, in words,
+ * when known.
+ */
+export function onLoanBadge(lentFrom: string | null = null): HTMLElement {
+  return h(
+    'span',
+    {
+      class: 'jp-DLInfra-schedBadge jp-DLInfra-onLoanBadge',
+      title:
+        `On loan from ${lentFrom ? `${lentFrom}, ` : ''}a parked kernel: ` +
+        'stopped and queued again as soon as that kernel takes its GPUs back'
+    },
+    'on loan'
+  );
 }
 
 /**
@@ -132,5 +156,6 @@ export function holderName(
     return `job #${jobId}${job ? ` (${job.name})` : ''}`;
   }
   const local = ledger.kernels.sessionOfKernel(kernelId);
-  return local?.path ?? path ?? kernelName ?? `kernel ${kernelId.slice(0, 8)}`;
+  // an empty name (a kernel the ledger knows without its kernelspec) says nothing
+  return local?.path || path || kernelName || `kernel ${kernelId.slice(0, 8)}`;
 }

@@ -17,7 +17,7 @@ import { ClusterListView, LARGE_CLUSTER } from './clusterList';
 import { IRendered, tickEstimates } from './common';
 import { renderFairShare } from './fairshare';
 import { onJobButton, renderJobs, tickJobs } from './jobs';
-import { onKeep, onRelease, renderMine } from './mine';
+import { onKeep, onParkButton, onRelease, renderMine } from './mine';
 import { onQueueMore, renderQueue } from './queue';
 import { renderUsage } from './usage';
 
@@ -260,6 +260,11 @@ export class DLInfraSidebar extends Widget {
     const keep = target.closest<HTMLButtonElement>('.jp-DLInfra-keep');
     if (keep && this.node.contains(keep)) {
       onKeep(ledger, keep);
+      return;
+    }
+    const park = target.closest<HTMLButtonElement>('.jp-DLInfra-parkButton');
+    if (park && this.node.contains(park)) {
+      onParkButton(ledger, park);
       return;
     }
     const release = target.closest<HTMLElement>('.jp-DLInfra-release');
