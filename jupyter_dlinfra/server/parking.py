@@ -164,6 +164,10 @@ class Parker:
         if refusal is not None:
             return ParkOutcome(False, refusal, alloc)
         await calls.mutate(self.book.begin, alloc.id, reason=reason, gpu_bytes=footprint)
+        if prepared is None and self.kernels.executing(kernel_id):
+            # a cell started since the kernel answered: its CUDA calls would wait for a resume
+            await calls.mutate(self.book.abandon, alloc.id, why="a cell started")
+            return ParkOutcome(False, "a cell started: a kernel is parked between cells", alloc)
         try:
             toggle = await asyncio.to_thread(
                 self.checkpointer.park, record.pid, timeout_s=self.settings.timeout_s
@@ -182,7 +186,19 @@ class Parker:
             toggle.seconds,
             reason,
         )
+        if prepared is None and self.kernels.executing(kernel_id):
+            # a cell started while the checkpoint ran, after its own look found nothing parked:
+            # its CUDA calls wait on the lock, so its GPUs come back now, not at its next cell
+            asyncio.get_running_loop().call_soon(self._resume_soon, kernel_id)
         return ParkOutcome(True, None, done)
+
+    def _resume_soon(self, kernel_id: str) -> None:
+        task = asyncio.ensure_future(self.resume(kernel_id))
+        task.add_done_callback(functools.partial(self._resumed_soon, kernel_id))
+
+    def _resumed_soon(self, kernel_id: str, task: asyncio.Future[Allocation | None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("dlinfra: resuming kernel %s: %s", kernel_id, task.exception())
 
     def _local(self, record: KernelRecord) -> str | None:
         if record.node != self.node or record.pid is None:

@@ -265,3 +265,35 @@ class _FakeProcess:
 
     def children(self, recursive: bool = False) -> list[_Proc]:
         return [_Proc(PID + 1)]
+
+
+class _StartsACell(SimulatedCheckpointer):
+    """A cell starts in the kernel while its checkpoint runs."""
+
+    def __init__(self, kernels: Kernels, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kernels = kernels
+
+    def park(self, pid: int, *, timeout_s: float, gpu_bytes: int | None = None) -> Any:
+        done = super().park(pid, timeout_s=timeout_s, gpu_bytes=gpu_bytes)
+        self.kernels.busy = True
+        return done
+
+
+async def test_a_cell_started_during_the_checkpoint_gets_its_gpus_back_at_once(
+    rig: Rig,
+) -> None:
+    import asyncio
+
+    rig.checkpointer = _StartsACell(rig.kernels, available_memory=lambda: 64 * GIB)
+    parker = rig.make()
+    outcome = await parker.park("k1", reason="parked: test")
+    assert outcome.parked
+    for _ in range(50):  # the resume runs on the event loop, soon after
+        await asyncio.sleep(0)
+        task = parker._resumes.get(rig.alloc.id)
+        if task is not None:
+            await task
+            break
+    assert rig.ledger.allocation(rig.alloc.id).park_state is None
+    assert rig.checkpointer.state(PID) == "running"
