@@ -154,8 +154,8 @@ def _allocation_json(
 
 def park_json(alloc: Allocation) -> dict[str, Any] | None:
     """A parked grant's state (its GPUs lent while its kernel's memory waits in host memory)."""
-    if alloc.park_state is None:
-        return None
+    if alloc.park_state is None or not alloc.state.active:
+        return None  # an ended grant keeps its last park state in its row, as history
     return {
         "state": alloc.park_state,
         "since": iso(alloc.parked_at),

@@ -201,7 +201,7 @@ def test_a_server_restart_with_a_parked_kernel_loses_nothing(
         return found if found["state"] == "released" else None
 
     gone = wait_until(ended, timeout=60, what="the dead kernel's parked grant to end")
-    assert gone["park"] is None or gone["park"]["state"] == "parked"
+    assert gone["park"] is None
     (root / "go.txt").write_text("go")
 
     def finished() -> Any:
@@ -212,4 +212,36 @@ def test_a_server_restart_with_a_parked_kernel_loses_nothing(
     assert done["state"] == "succeeded" and done["attempts"] == 0, done
     assert not again.get("dlinfra/api/allocations")["allocations"]
     cluster = again.get("dlinfra/api/cluster")
+    assert cluster["free_count"] == cluster["gpu_count"] == 1, cluster
+
+
+def test_restarting_a_parked_kernel_ends_its_parked_grant(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The GPU state waits in the process that the restart ends: nothing is left to resume."""
+    load = tmp_path / "load.json"
+    load.write_text(json.dumps({"0": {"utilization_percent": 90, "memory_used_bytes": GIB}}))
+    server = start_server(gpus=1, env={"DLINFRA_SIMULATED_LOAD_FILE": str(load)})
+    kernel = server.start_kernel()
+    assert "Granted 1 GPU" in kernel.execute("%gpu 1").stdout
+    assert "Parked" in kernel.execute("%gpu park").stdout
+    parked = allocation_of(server, kernel.kernel_id)
+    server.post(f"api/kernels/{kernel.kernel_id}/restart", {})
+
+    def ended() -> Any:
+        found = server.get(f"dlinfra/api/allocations/{parked['id']}")
+        return found if found["state"] == "released" else None
+
+    gone = wait_until(ended, timeout=60, what="the parked grant to end with the restart")
+    assert gone["park"] is None
+
+    def runs_again() -> Any:
+        try:
+            return kernel.execute("print('back')", timeout=10)
+        except Exception:
+            return None
+
+    after = wait_until(runs_again, timeout=60, what="the restarted kernel")
+    assert after.stdout.strip() == "back" and "resum" not in "".join(after.displays), after
+    cluster = server.get("dlinfra/api/cluster")
     assert cluster["free_count"] == cluster["gpu_count"] == 1, cluster
