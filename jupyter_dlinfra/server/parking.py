@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +39,8 @@ __all__ = ["ParkOutcome", "ParkSettings", "Parker"]
 
 #: how often a resume looks whether its loans have ended (seconds)
 RESUME_POLL_S = 0.25
+#: how often a park looks again at a kernel's status that says busy (seconds)
+CELL_POLL_S = 0.05
 
 
 class KernelHands(Protocol):
@@ -61,6 +64,9 @@ class ParkSettings:
     timeout_s: float = 300.0
     #: seconds the kernel has to answer the question before a park
     probe_timeout_s: float = 10.0
+    #: seconds the kernel's status may still say busy after answering (its idle status comes
+    #: on another channel, after the answer) before a running cell is believed
+    cell_settle_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ class Parker:
         if refusal is not None:
             return ParkOutcome(False, refusal, alloc)
         await calls.mutate(self.book.begin, alloc.id, reason=reason, gpu_bytes=footprint)
-        if prepared is None and self.kernels.executing(kernel_id):
+        if prepared is None and await self._cell_running(kernel_id):
             # a cell started since the kernel answered: its CUDA calls would wait for a resume
             await calls.mutate(self.book.abandon, alloc.id, why="a cell started")
             return ParkOutcome(False, "a cell started: a kernel is parked between cells", alloc)
@@ -186,11 +192,20 @@ class Parker:
             toggle.seconds,
             reason,
         )
-        if prepared is None and self.kernels.executing(kernel_id):
+        if prepared is None and await self._cell_running(kernel_id):
             # a cell started while the checkpoint ran, after its own look found nothing parked:
             # its CUDA calls wait on the lock, so its GPUs come back now, not at its next cell
             asyncio.get_running_loop().call_soon(self._resume_soon, kernel_id)
         return ParkOutcome(True, None, done)
+
+    async def _cell_running(self, kernel_id: str) -> bool:
+        """Whether a cell runs in the kernel, once the status its answer left has settled."""
+        deadline = time.monotonic() + self.settings.cell_settle_s
+        while self.kernels.executing(kernel_id):
+            if time.monotonic() >= deadline:
+                return True
+            await asyncio.sleep(CELL_POLL_S)
+        return False
 
     def _resume_soon(self, kernel_id: str) -> None:
         task = asyncio.ensure_future(self.resume(kernel_id))

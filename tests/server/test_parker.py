@@ -104,7 +104,8 @@ class Rig:
             checkpointer=self.checkpointer,
             kernels=self.kernels,
             samples=lambda: self.samples,
-            settings=ParkSettings(host_memory_limit=limit),
+            # the fake kernel's status is what the test sets: nothing to settle
+            settings=ParkSettings(host_memory_limit=limit, cell_settle_s=0.0),
             node="n1",
             log=logging.getLogger("test"),
             tell=self._tell,
