@@ -1012,6 +1012,12 @@ def test_a_job_of_two_nodes_runs_a_pod_on_each_admitted_node_and_fails_or_stops_
 
     final = job_end(alice, job["id"], timeout=240, what="the ranks")
     log = alice.get(f"dlinfra/api/jobs/{job['id']}/log")["text"]
+    if final["state"] != "succeeded":
+        # whole, as the report's captured output (an assertion's message is cut short)
+        print(f"job {job['id']} ended {final['state']}: {final.get('reason')}\n{log}")
+        for rank in range(4):
+            found = alice.request("GET", f"dlinfra/api/jobs/{job['id']}/log?rank={rank}")
+            print(f"--- rank {rank}: {found[1]}")
     assert final["state"] == "succeeded", (final, log)
     parts = jobs_of(k8s_api, k8s_namespace, job["id"])
     # one Job per node, each pinned to a different admitted node with its share of the GPUs
