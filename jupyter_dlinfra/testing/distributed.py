@@ -39,6 +39,9 @@ else:
             if time.time() > deadline:
                 raise
             time.sleep(0.05)
+    # the sum comes once every rank has connected, however late the last one starts: the
+    # connect's own timeout must not cut that wait short
+    conn.settimeout(120)
     conn.sendall(f"{value}\n".encode())
     total = int(conn.makefile().readline())
     conn.close()
@@ -82,6 +85,7 @@ if role == "server":
 else:
     host, port = os.environ["DLINFRA_ROLE_SERVER_ADDRS"].split(",")[0].rsplit(":", 1)
     conn = socket.create_connection((host, int(port)), timeout=10)
+    conn.settimeout(120)  # the total comes once every worker has connected
     conn.sendall(f"{int(os.environ['ROLE_RANK']) + 1}\n".encode())
     total = conn.makefile().readline().strip()
     print(
