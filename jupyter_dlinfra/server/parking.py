@@ -124,7 +124,7 @@ class Parker:
     ) -> ParkOutcome:
         calls = self.calls
         record: KernelRecord = await calls.call(calls.ledger.kernel, kernel_id)
-        alloc = await self._granted(kernel_id)
+        alloc = await self._granted(kernel_id, None)
         if alloc is None:
             return ParkOutcome(False, "this kernel holds no GPUs to park")
         why = self._local(record)
@@ -259,7 +259,7 @@ class Parker:
         None when it has none parked. The restore itself runs in the background once the loans
         on its GPUs ended; the caller polls the allocation."""
         async with self._lock(kernel_id):  # a park under way ends first
-            alloc = await self._parked(kernel_id)
+            alloc = await self._granted(kernel_id, "parked", "resuming", "restoring")
             if alloc is None:
                 return None
             if alloc.park_state == "parked":
@@ -373,14 +373,9 @@ class Parker:
     def _lock(self, kernel_id: str) -> asyncio.Lock:
         return self._locks.setdefault(kernel_id, asyncio.Lock())
 
-    async def _granted(self, kernel_id: str) -> Allocation | None:
+    async def _granted(self, kernel_id: str, *park_states: str | None) -> Allocation | None:
+        """The kernel's grant in one of ``park_states`` (None: not parked)."""
         mine = await self.calls.call(
             self.calls.ledger.allocations, kernel_id=kernel_id, state=AllocationState.GRANTED
         )
-        return next((a for a in mine if a.park_state is None), None)
-
-    async def _parked(self, kernel_id: str) -> Allocation | None:
-        mine = await self.calls.call(
-            self.calls.ledger.allocations, kernel_id=kernel_id, state=AllocationState.GRANTED
-        )
-        return next((a for a in mine if a.park_state in ("parked", "resuming", "restoring")), None)
+        return next((a for a in mine if a.park_state in park_states), None)

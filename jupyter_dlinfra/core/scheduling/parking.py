@@ -50,7 +50,8 @@ class _Pools(Protocol):
     def over_quota(self, demand: Demand) -> str | None: ...
     def _unindex_victim(self, holding: Holding) -> None: ...
     def _charge(self, user: str, groups: tuple[str, ...], delta: int) -> None: ...
-    def _moved(self, pool: Any, before: int) -> None: ...
+    def _unfree(self, uuid: str) -> None: ...
+    def _give_back(self, taken: list[tuple[Any, list[str]]]) -> None: ...
     def _nodes(self, uuids: Iterable[str]) -> set[str]: ...
     def _models(self, wanted: str | None) -> tuple[str, ...]: ...
     def _in_order(self, demands: Iterable[Demand]) -> list[Demand]: ...
@@ -108,11 +109,7 @@ class Parking:
             self.resuming.add(holding.id)
         for uuid in holding.gpus:
             self.owner[uuid] = holding.id
-            pool = s._pool_of.get(uuid)
-            if pool is not None and uuid in pool.free:
-                before = len(pool.free)
-                pool.free.remove(uuid)
-                s._moved(pool, before)
+            s._unfree(uuid)
             if uuid not in s._holder_of:
                 self._to_lend(uuid)
 
@@ -259,10 +256,7 @@ class Parking:
         s = self._sched
         for uuid in uuids:
             pool = s._pool_of[uuid]
-            before = len(pool.free)
-            pool.free.append(uuid)
-            pool.free.sort(key=pool.gpus.__getitem__)
-            s._moved(pool, before)
+            s._give_back([(pool, [uuid])])
             s._dirty.add(pool.node)
 
     def _may_borrow(self, demand: Demand) -> bool:

@@ -411,11 +411,7 @@ class Scheduler:
             self._holder_of[uuid] = holding.id
             if parked:
                 self.parking.held(uuid)
-            pool = self._pool_of.get(uuid)
-            if pool is not None and uuid in pool.free:
-                before = len(pool.free)
-                pool.free.remove(uuid)
-                self._moved(pool, before)
+            self._unfree(uuid)
         self.holdings[holding.id] = holding
         self._charge(holding.user, holding.groups, len(holding.gpus))
         if holding.preempted_for is not None:
@@ -1080,6 +1076,14 @@ class Scheduler:
             if taken_here:
                 kept[request_id] = taken_here
         return kept
+
+    def _unfree(self, uuid: str) -> None:
+        """Take ``uuid`` out of its pool's free GPUs, if it is there."""
+        pool = self._pool_of.get(uuid)
+        if pool is not None and uuid in pool.free:
+            before = len(pool.free)
+            pool.free.remove(uuid)
+            self._moved(pool, before)
 
     def _give_back(self, taken: list[tuple[_Pool, list[str]]]) -> None:
         for pool, uuids in taken:

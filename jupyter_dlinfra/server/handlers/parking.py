@@ -8,6 +8,7 @@ from typing import Any
 from jupyter_dlinfra.core.models import Allocation
 from jupyter_dlinfra.server.errors import ApiError
 from jupyter_dlinfra.server.handlers.base import DLInfraHandler, authorized
+from jupyter_dlinfra.server.handlers.gpus import gpu_index
 from jupyter_dlinfra.server.parking import Parker
 from jupyter_dlinfra.server.parsing import kernel_id_of
 from jupyter_dlinfra.server.views import allocation_json
@@ -37,7 +38,7 @@ class _ParkBase(DLInfraHandler):
         return kernel_id
 
     async def shown(self, alloc: Allocation) -> dict[str, Any]:
-        gpus = {g.uuid: g for g in await self.service.call(self.service.ledger.gpus_of, alloc.gpus)}
+        gpus = await self.service.call(gpu_index, self.service.ledger, [alloc])
         return allocation_json(
             alloc, gpus, self.service.samples, simulated=self.service.provider.simulated
         )
